@@ -1,0 +1,180 @@
+package nar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// RestoreOptions tunes [Restore].
+type RestoreOptions struct {
+	// Size is passed to [Parse] (see [Options]).
+	Size int64
+	// Sync fsyncs every file and directory before Restore returns, so that
+	// the tree is durable once it is renamed into place.
+	Sync bool
+}
+
+// Restore parses an archive from r and recreates it at dest, which must not
+// exist. Files get mode 0444, or 0555 when executable; directories 0555.
+// Every file is created relative to an already opened parent directory with
+// O_NOFOLLOW|O_EXCL, so a symlink in the archive, or one planted while
+// restoring, is never followed and nothing is written outside dest. On error
+// the partial tree is removed. Restore returns the archive's size.
+func Restore(r io.Reader, dest string, opts RestoreOptions) (int64, error) {
+	parent, err := unix.Open(filepath.Dir(dest), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("nar: restore %q: open parent: %w", dest, err)
+	}
+	rs := &restorer{dest: dest, rootName: filepath.Base(dest), dirs: []int{parent}, sync: opts.Sync}
+	n, err := Parse(r, rs, Options{Size: opts.Size})
+	for _, fd := range rs.dirs {
+		unix.Close(fd)
+	}
+	if err != nil {
+		if rs.created {
+			if rerr := RemoveTree(dest); rerr != nil {
+				return n, fmt.Errorf("%w (and removing the partial tree failed: %v)", err, rerr)
+			}
+		}
+		return n, err
+	}
+	if opts.Sync {
+		if err := syncDir(filepath.Dir(dest)); err != nil {
+			return n, fmt.Errorf("nar: restore %q: %w", dest, err)
+		}
+	}
+	return n, nil
+}
+
+type restorer struct {
+	dest     string
+	rootName string
+	dirs     []int // open directory fds; dirs[0] is dest's parent
+	paths    []string
+	created  bool
+	sync     bool
+	buf      []byte
+}
+
+// at returns the parent fd and the name to create for the node name.
+func (rs *restorer) at(name string) (int, string, string) {
+	if len(rs.paths) == 0 {
+		rs.created = true
+		return rs.dirs[0], rs.rootName, rs.dest
+	}
+	return rs.dirs[len(rs.dirs)-1], name, filepath.Join(rs.paths[len(rs.paths)-1], name)
+}
+
+func (rs *restorer) Directory(name string) error {
+	fd, n, full := rs.at(name)
+	if err := unix.Mkdirat(fd, n, 0o700); err != nil {
+		return fmt.Errorf("nar: restore: mkdir %q: %w", full, err)
+	}
+	dfd, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("nar: restore: open %q: %w", full, err)
+	}
+	rs.dirs = append(rs.dirs, dfd)
+	rs.paths = append(rs.paths, full)
+	return nil
+}
+
+func (rs *restorer) EndDirectory() error {
+	fd := rs.dirs[len(rs.dirs)-1]
+	full := rs.paths[len(rs.paths)-1]
+	rs.dirs = rs.dirs[:len(rs.dirs)-1]
+	rs.paths = rs.paths[:len(rs.paths)-1]
+	defer unix.Close(fd)
+	if rs.sync {
+		if err := unix.Fsync(fd); err != nil {
+			return fmt.Errorf("nar: restore: fsync %q: %w", full, err)
+		}
+	}
+	if err := unix.Fchmod(fd, 0o555); err != nil {
+		return fmt.Errorf("nar: restore: chmod %q: %w", full, err)
+	}
+	return nil
+}
+
+func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) error {
+	fd, n, full := rs.at(name)
+	ffd, err := unix.Openat(fd, n, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("nar: restore: create %q: %w", full, err)
+	}
+	f := os.NewFile(uintptr(ffd), full)
+	defer f.Close()
+	if rs.buf == nil {
+		rs.buf = make([]byte, 256<<10)
+	}
+	if _, err := io.CopyBuffer(onlyWriter{f}, r, rs.buf); err != nil {
+		return fmt.Errorf("nar: restore: write %q: %w", full, err)
+	}
+	mode := os.FileMode(0o444)
+	if executable {
+		mode = 0o555
+	}
+	if err := f.Chmod(mode); err != nil {
+		return fmt.Errorf("nar: restore: %w", err)
+	}
+	if rs.sync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("nar: restore: %w", err)
+		}
+	}
+	return f.Close()
+}
+
+// onlyWriter hides os.File's ReadFrom, which would otherwise make
+// io.CopyBuffer ignore the buffer and probe for copy_file_range/splice.
+type onlyWriter struct{ w io.Writer }
+
+func (o onlyWriter) Write(b []byte) (int, error) { return o.w.Write(b) }
+
+func (rs *restorer) Symlink(name, target string) error {
+	fd, n, full := rs.at(name)
+	if err := unix.Symlinkat(target, fd, n); err != nil {
+		return fmt.Errorf("nar: restore: symlink %q: %w", full, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %q: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("fsync %q: %w", dir, err)
+	}
+	return nil
+}
+
+// RemoveTree removes path and everything below it, first making read-only
+// directories writable so that restored trees (mode 0555) can be removed by
+// their owner. It never follows symlinks. A missing path is not an error.
+func RemoveTree(path string) error {
+	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			return os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %q: %w", path, err)
+	}
+	return os.RemoveAll(path)
+}

@@ -1,0 +1,150 @@
+package closure
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// PathInfo is the metadata of a valid store path, stored as a narinfo-style
+// text file.
+type PathInfo struct {
+	Path       string   `json:"path"`       // full store path
+	NarHash    [32]byte `json:"-"`          // SHA-256 of the path's NAR
+	NarSize    int64    `json:"narSize"`    // size of the NAR in bytes
+	References []string `json:"references"` // full store paths, sorted
+	Deriver    string   `json:"deriver,omitempty"`
+	Sig        []string `json:"signatures,omitempty"`
+}
+
+// NarHashString returns the hash in Nix's narinfo form, "sha256:<nix32>".
+func (pi *PathInfo) NarHashString() string {
+	return "sha256:" + Nix32(pi.NarHash[:])
+}
+
+// ParseNarHash parses "sha256:<nix32>" or "sha256:<hex>".
+func ParseNarHash(s string) ([32]byte, error) {
+	var h [32]byte
+	rest, ok := strings.CutPrefix(s, "sha256:")
+	if !ok {
+		return h, fmt.Errorf("nar hash %q: want sha256:<nix32>", s)
+	}
+	if len(rest) == 64 {
+		var b []byte
+		if _, err := fmt.Sscanf(rest, "%x", &b); err == nil && len(b) == 32 {
+			copy(h[:], b)
+			return h, nil
+		}
+	}
+	b, err := ParseNix32(rest, 32)
+	if err != nil {
+		return h, fmt.Errorf("nar hash %q: %w", s, err)
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+// marshal renders the metadata file. References are written as base names,
+// as in Nix's narinfo.
+func (pi *PathInfo) marshal() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "StorePath: %s\n", pi.Path)
+	fmt.Fprintf(&b, "NarHash: %s\n", pi.NarHashString())
+	fmt.Fprintf(&b, "NarSize: %d\n", pi.NarSize)
+	refs := make([]string, len(pi.References))
+	for i, r := range pi.References {
+		refs[i] = path.Base(r)
+	}
+	fmt.Fprintf(&b, "References: %s\n", strings.Join(refs, " "))
+	if pi.Deriver != "" {
+		fmt.Fprintf(&b, "Deriver: %s\n", pi.Deriver)
+	}
+	for _, s := range pi.Sig {
+		fmt.Fprintf(&b, "Sig: %s\n", s)
+	}
+	return b.Bytes()
+}
+
+// parsePathInfo parses a metadata file of a store in storeDir.
+func parsePathInfo(storeDir string, data []byte) (*PathInfo, error) {
+	pi := &PathInfo{}
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ": ")
+		if !ok {
+			if k, ok = strings.CutSuffix(sc.Text(), ":"); !ok {
+				return nil, fmt.Errorf("line %q: want Key: value", sc.Text())
+			}
+		}
+		if seen[k] && k != "Sig" {
+			return nil, fmt.Errorf("field %s repeated", k)
+		}
+		seen[k] = true
+		switch k {
+		case "StorePath":
+			if _, _, err := SplitPath(storeDir, v); err != nil {
+				return nil, err
+			}
+			pi.Path = v
+		case "NarHash":
+			h, err := ParseNarHash(v)
+			if err != nil {
+				return nil, err
+			}
+			pi.NarHash = h
+		case "NarSize":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("field NarSize: %q is not a size", v)
+			}
+			pi.NarSize = n
+		case "References":
+			for _, r := range strings.Fields(v) {
+				full := storeDir + "/" + r
+				if _, _, err := SplitPath(storeDir, full); err != nil {
+					return nil, fmt.Errorf("field References: %w", err)
+				}
+				pi.References = append(pi.References, full)
+			}
+		case "Deriver":
+			pi.Deriver = v
+		case "Sig":
+			pi.Sig = append(pi.Sig, v)
+		}
+	}
+	for _, k := range []string{"StorePath", "NarHash", "NarSize"} {
+		if !seen[k] {
+			return nil, fmt.Errorf("field %s missing", k)
+		}
+	}
+	slices.Sort(pi.References)
+	return pi, nil
+}
+
+// hashWriter is the SHA-256 of a NAR together with its size.
+type hashWriter struct {
+	h interface {
+		Write([]byte) (int, error)
+		Sum([]byte) []byte
+	}
+	n int64
+}
+
+func newHashWriter() *hashWriter { return &hashWriter{h: sha256.New()} }
+
+func (w *hashWriter) Write(b []byte) (int, error) {
+	w.n += int64(len(b))
+	return w.h.Write(b)
+}
+
+func (w *hashWriter) sum() [32]byte {
+	var out [32]byte
+	copy(out[:], w.h.Sum(nil))
+	return out
+}

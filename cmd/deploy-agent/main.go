@@ -1,0 +1,76 @@
+// Command deploy-agent runs on the target. It is shipped inside every system
+// closure and is static (CGO_ENABLED=0), without tsnet or lipgloss: it
+// receives store paths, verifies the store, and activates generations.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/declarative/deploy/closure"
+)
+
+// version is set by the linker (-X main.version=...).
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Main runs the agent and returns its exit code: 0 success, 1 failure,
+// 2 usage.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify} [flags]")
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "deploy-agent", version)
+	case "verify":
+		err = runVerify(ctx, args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "deploy-agent: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// runVerify rehashes every valid store path.
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", "/var/lib/deploy", "the agent's state `directory`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s := closure.NewTargetStore(*stateDir)
+	problems, err := s.Verify(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range problems {
+		fmt.Fprintf(stdout, "%s\t%v\n", p.Path, p.Err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("verify: %d problems in %q", len(problems), s.StoreDir)
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+
+	"github.com/declarative/deploy/closure"
+
+	"github.com/declarative/deploy/closure/nar"
+)
+
+func runNar(ctx context.Context, e *env, args []string) error {
+	return subcommand(e, "nar", map[string]func([]string) error{
+		"dump":    func(a []string) error { return runNarDump(ctx, e, a) },
+		"restore": func(a []string) error { return runNarRestore(ctx, e, a) },
+		"hash":    func(a []string) error { return runNarHash(ctx, e, a) },
+	}, args)
+}
+
+func runNarDump(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "nar dump", "PATH")
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(e.stdout, 1<<20)
+	if err := nar.Dump(w, pos[0]); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+func runNarRestore(_ context.Context, e *env, args []string) error {
+	var sync bool
+	fs := newFlags(e, "nar restore", "DEST < NAR")
+	fs.BoolVar(&sync, "sync", false, "fsync every file and directory")
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	_, err = nar.Restore(e.stdin, pos[0], nar.RestoreOptions{Sync: sync})
+	return err
+}
+
+// runNarHash prints the SHA-256 of a tree's NAR in Nix's base-32, like
+// nix-hash --type sha256 --base32.
+func runNarHash(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "nar hash", "PATH...")
+	pos, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	for _, p := range pos {
+		h := sha256.New()
+		if err := nar.Dump(h, p); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, closure.Nix32(sum(h)))
+	}
+	return nil
+}
+
+func sum(h hash.Hash) []byte { return h.Sum(nil) }

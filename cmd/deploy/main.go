@@ -1,0 +1,75 @@
+// Command deploy is the operator's CLI: it evaluates a fleet, builds system
+// closures, copies them to hosts and activates them. See README.md and
+// docs/ for the commands; exit codes are documented in exit.go.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// env is what every subcommand gets: its streams and the environment.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, e *env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
+		{"nar", "write or restore Nix archives (dump, restore)", runNar},
+		{"version", "print the version", runVersion},
+	}
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return report(stderr, c.run(ctx, e, args[1:]))
+		}
+	}
+	return report(stderr, usageErrorf("unknown command %q", args[0]))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: deploy COMMAND [ARGS...]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'deploy COMMAND -h' for a command's flags.")
+}
+
+// version is set by the linker (-X main.version=...).
+var version = "dev"
+
+func runVersion(_ context.Context, e *env, _ []string) error {
+	fmt.Fprintln(e.stdout, "deploy", version)
+	return nil
+}

@@ -1,0 +1,150 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// This test enforces the dependency directions of docs/ARCHITECTURE.md.
+
+const module = "github.com/declarative/deploy"
+
+type listedPackage struct {
+	ImportPath string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T) []listedPackage {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps=false", "-json", "./...")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	var pkgs []listedPackage
+	for {
+		var p listedPackage
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) < 5 {
+		t.Fatalf("go list found only %d packages", len(pkgs))
+	}
+	return pkgs
+}
+
+// allowed lists, for each package of the module, the other packages of the
+// module it may import directly (a listed package allows its subpackages
+// too). internal/ is open to all.
+var allowed = map[string][]string{
+	"closure":          {"closure/nar"},
+	"closure/nar":      {},
+	"manifest":         {},
+	"modules":          {"closure", "manifest"},
+	"builder":          {"modules", "closure", "manifest"},
+	"secrets":          {"closure"},
+	"activation":       {"closure", "secrets", "manifest"},
+	"mesh":             {},
+	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest"},
+	"vmtest":           {"closure", "mesh"},
+	"examples":         {"closure", "manifest"},
+	"bench":            {"closure", "manifest"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "vmtest"},
+	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest"},
+}
+
+func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, module), "/") }
+
+func within(p, root string) bool { return p == root || strings.HasPrefix(p, root+"/") }
+
+func ruleFor(p string) (string, bool) {
+	best := ""
+	for root := range allowed {
+		if within(p, root) && len(root) > len(best) {
+			best = root
+		}
+	}
+	return best, best != ""
+}
+
+func TestImportDirections(t *testing.T) {
+	for _, p := range listPackages(t) {
+		r := rel(p.ImportPath)
+		if within(r, "internal") || r == "" {
+			continue
+		}
+		root, ok := ruleFor(r)
+		if !ok {
+			t.Errorf("package %q has no dependency rule: add it to deps_test.go and docs/ARCHITECTURE.md", r)
+			continue
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module) {
+				checkExternal(t, r, imp)
+				continue
+			}
+			ir := rel(imp)
+			if within(ir, "cmd") {
+				t.Errorf("%q imports %q: nothing imports cmd/", r, ir)
+				continue
+			}
+			if within(ir, "internal") || within(ir, root) {
+				continue
+			}
+			ok := false
+			for _, a := range allowed[root] {
+				if within(ir, a) {
+					ok = true
+				}
+			}
+			if !ok {
+				t.Errorf("%q imports %q, which its rule (%q → %v) does not allow", r, ir, root, allowed[root])
+			}
+		}
+	}
+}
+
+// checkExternal enforces: tailscale.com only under mesh/ and in cmd/deploy;
+// lipgloss only in cmd/deploy.
+func checkExternal(t *testing.T, pkg, imp string) {
+	t.Helper()
+	switch {
+	case within(imp, "tailscale.com"):
+		if !within(pkg, "mesh") && pkg != "cmd/deploy" && !within(pkg, "vmtest") {
+			t.Errorf("%q imports %q: tailscale.com is only for mesh/ and cmd/deploy", pkg, imp)
+		}
+	case within(imp, "github.com/charmbracelet/lipgloss"):
+		if pkg != "cmd/deploy" {
+			t.Errorf("%q imports %q: lipgloss is only for cmd/deploy", pkg, imp)
+		}
+	}
+}
+
+// The agent binary must stay small and static: no tsnet, no lipgloss, no
+// cgo anywhere in what it links.
+func TestAgentDeps(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{if .CgoFiles}}cgo{{end}}", "./cmd/deploy-agent")
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		imp, flag, _ := strings.Cut(line, " ")
+		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") {
+			t.Errorf("deploy-agent links %q", imp)
+		}
+		if flag == "cgo" {
+			t.Errorf("deploy-agent links cgo package %q", imp)
+		}
+	}
+}
