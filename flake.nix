@@ -15,7 +15,7 @@
           version = self.shortRev or "dirty";
           src = ./.;
           # Kept current by scripts/flake-vendor-hash --check (make lint).
-          vendorHash = "sha256-t0oQ2V3TGh5Dd2ECKpAmYl9bXF/C2z0oPgjuIXhz0jk=";
+          vendorHash = "sha256-TPh8BDw1aWRiwBdFzEySKQ5Ekj0cUbeFMx447qJJTjs=";
           subPackages = [ "cmd/deploy" "cmd/deploy-agent" ];
           env.CGO_ENABLED = 0;
           ldflags = [ "-s" "-w" "-X main.version=${self.shortRev or "dirty"}" ];

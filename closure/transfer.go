@@ -1,0 +1,466 @@
+package closure
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// The transfer protocol, version 1 (docs/transfer.md). The agent serves it
+// on one SSH channel (`deploy-agent receive`); the operator drives it with
+// [Send]. Control messages are single-line JSON objects with a "t" field;
+// each "path" message is followed by exactly narSize bytes of NAR.
+//
+//	agent → operator  {"t":"hello","proto":"deploy-receive","version":1,"storeDir":...,"agent":...}
+//	operator → agent  {"t":"want","paths":[...],"compression":"none"|"zstd"}
+//	agent → operator  {"t":"missing","paths":[...]}             one round trip
+//	operator → agent  (zstd from here on if asked)
+//	                  {"t":"path","path":...,"narHash":...,"narSize":N,"references":[...]} + N bytes
+//	                  ... one per missing path, references first
+//	                  {"t":"end"}
+//	agent → operator  {"t":"done","path":...,"bytes":N}          after each path is valid
+//	                  {"t":"ok","imported":K}                   or {"t":"error","path":...,"error":...}
+const (
+	ProtocolName    = "deploy-receive"
+	ProtocolVersion = 1
+)
+
+// maxLine bounds a control message (a want list of ~500k paths).
+const maxLine = 64 << 20
+
+type message struct {
+	T           string   `json:"t"`
+	Proto       string   `json:"proto,omitempty"`
+	Version     int      `json:"version,omitempty"`
+	StoreDir    string   `json:"storeDir,omitempty"`
+	Agent       string   `json:"agent,omitempty"`
+	Paths       []string `json:"paths,omitempty"`
+	Compression string   `json:"compression,omitempty"`
+	Path        string   `json:"path,omitempty"`
+	NarHash     string   `json:"narHash,omitempty"`
+	NarSize     int64    `json:"narSize,omitempty"`
+	References  []string `json:"references,omitempty"`
+	Bytes       int64    `json:"bytes,omitempty"`
+	Imported    int      `json:"imported,omitempty"`
+	Error       string   `json:"error,omitempty"`
+}
+
+// ProtocolError is a violation of the transfer protocol by the peer.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return "transfer protocol: " + e.Msg }
+
+func protoErrorf(format string, args ...any) error {
+	return &ProtocolError{Msg: fmt.Sprintf(format, args...)}
+}
+
+type lineReader struct{ br *bufio.Reader }
+
+func (lr *lineReader) read() (*message, error) {
+	var line []byte
+	for {
+		frag, err := lr.br.ReadSlice('\n')
+		line = append(line, frag...)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) && len(line) < maxLine {
+			continue
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return nil, protoErrorf("control message longer than %d bytes", maxLine)
+		}
+		if errors.Is(err, io.EOF) {
+			if len(line) == 0 {
+				return nil, io.EOF
+			}
+			return nil, io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	m := &message{}
+	if err := json.Unmarshal(line, m); err != nil {
+		return nil, protoErrorf("bad control message: %v", err)
+	}
+	return m, nil
+}
+
+type lineWriter struct {
+	w interface {
+		io.Writer
+		Flush() error
+	}
+}
+
+func (lw *lineWriter) write(m *message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if _, err := lw.w.Write(append(b, '\n')); err != nil {
+		return err
+	}
+	return lw.w.Flush()
+}
+
+// ReceiveOptions tunes [Store.Receive].
+type ReceiveOptions struct {
+	// Agent names the receiving agent's version in the hello message.
+	Agent string
+	// Logf, if set, receives a line per imported path.
+	Logf func(format string, args ...any)
+}
+
+// TransferStats sums up a transfer.
+type TransferStats struct {
+	Wanted   int   // paths in the operator's list
+	Missing  int   // paths the target lacked
+	Imported int   // paths made valid
+	NarBytes int64 // NAR bytes of the imported paths
+}
+
+// Receive serves the agent side of one transfer on r and w (see the
+// protocol above): it answers which of the wanted paths are missing, then
+// imports each path the operator sends with [Store.Import]. It returns
+// after the operator's end message, or at the first error, which it also
+// reports to the operator.
+func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts ReceiveOptions) (*TransferStats, error) {
+	bw := bufio.NewWriter(w)
+	out := &lineWriter{w: bw}
+	in := &lineReader{br: bufio.NewReaderSize(r, 256<<10)}
+	stats := &TransferStats{}
+	fail := func(path string, err error) (*TransferStats, error) {
+		out.write(&message{T: "error", Path: path, Error: err.Error()})
+		return stats, err
+	}
+	if err := out.write(&message{T: "hello", Proto: ProtocolName, Version: ProtocolVersion, StoreDir: s.StoreDir, Agent: opts.Agent}); err != nil {
+		return stats, err
+	}
+	req, err := in.read()
+	if err != nil {
+		return stats, fmt.Errorf("transfer: reading the want list: %w", err)
+	}
+	if req.T != "want" {
+		return fail("", protoErrorf("got %q, want a want list", req.T))
+	}
+	for _, p := range req.Paths {
+		if _, _, err := SplitPath(s.StoreDir, p); err != nil {
+			return fail(p, err)
+		}
+	}
+	missing, err := s.Missing(req.Paths)
+	if err != nil {
+		return fail("", err)
+	}
+	stats.Wanted, stats.Missing = len(req.Paths), len(missing)
+	if err := out.write(&message{T: "missing", Paths: missing}); err != nil {
+		return stats, err
+	}
+	switch req.Compression {
+	case "", "none":
+	case "zstd":
+		zr, err := zstd.NewReader(in.br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+		if err != nil {
+			return fail("", err)
+		}
+		defer zr.Close()
+		in = &lineReader{br: bufio.NewReaderSize(zr, 256<<10)}
+	default:
+		return fail("", protoErrorf("unknown compression %q", req.Compression))
+	}
+	expected := map[string]bool{}
+	for _, p := range missing {
+		expected[p] = true
+	}
+	for {
+		m, err := in.read()
+		if err != nil {
+			return stats, fmt.Errorf("transfer: %w", err)
+		}
+		switch m.T {
+		case "end":
+			return stats, out.write(&message{T: "ok", Imported: stats.Imported})
+		case "path":
+		default:
+			return fail("", protoErrorf("got %q, want a path or the end", m.T))
+		}
+		if !expected[m.Path] {
+			return fail(m.Path, protoErrorf("%q was not asked for or was sent twice", m.Path))
+		}
+		delete(expected, m.Path)
+		h, err := ParseNarHash(m.NarHash)
+		if err != nil {
+			return fail(m.Path, err)
+		}
+		pi := &PathInfo{Path: m.Path, NarHash: h, NarSize: m.NarSize, References: m.References}
+		if err := s.Import(ctx, in.br, pi); err != nil {
+			return fail(m.Path, err)
+		}
+		stats.Imported++
+		stats.NarBytes += m.NarSize
+		if opts.Logf != nil {
+			opts.Logf("received %s (%d bytes)", m.Path, m.NarSize)
+		}
+		if err := out.write(&message{T: "done", Path: m.Path, Bytes: m.NarSize}); err != nil {
+			return stats, err
+		}
+	}
+}
+
+// Progress reports a step of [Send].
+type Progress struct {
+	Path      string // the path being sent or just confirmed
+	Sent      int64  // NAR bytes of all paths written to the connection so far
+	Confirmed int64  // NAR bytes of all paths the agent has made valid
+	Total     int64  // NAR bytes of all missing paths
+	Done      bool   // Path has just been made valid on the target
+}
+
+// SendOptions tunes [Send].
+type SendOptions struct {
+	// Compress asks for a zstd-compressed stream (for slow links).
+	Compress bool
+	// Progress, if set, is called as data is written and confirmed. It is
+	// called from two goroutines, never concurrently.
+	Progress func(Progress)
+}
+
+// AgentError is an error the agent reported during a transfer.
+type AgentError struct {
+	Path string
+	Msg  string
+}
+
+func (e *AgentError) Error() string {
+	if e.Path == "" {
+		return "agent: " + e.Msg
+	}
+	return fmt.Sprintf("agent: %q: %s", e.Path, e.Msg)
+}
+
+// Send runs the operator side of a transfer over conn (the stdin/stdout of
+// `deploy-agent receive`): it sends paths (a closure, references first, as
+// [Store.Closure] orders it), learns in one round trip which are missing,
+// and streams those from local. If conn is an [io.Closer], it is closed
+// when ctx is cancelled, which unblocks the transfer.
+func Send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter, opts SendOptions) (*TransferStats, error) {
+	if c, ok := conn.(io.Closer); ok {
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
+	}
+	stats, err := send(ctx, local, paths, conn, opts)
+	if err != nil && ctx.Err() != nil {
+		return stats, fmt.Errorf("transfer: %w", ctx.Err())
+	}
+	return stats, err
+}
+
+func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter, opts SendOptions) (*TransferStats, error) {
+	stats := &TransferStats{Wanted: len(paths)}
+	infos := make(map[string]*PathInfo, len(paths))
+	for _, p := range paths {
+		pi, err := local.Info(p)
+		if err != nil {
+			return stats, fmt.Errorf("transfer: local store: %w", err)
+		}
+		infos[p] = pi
+	}
+	in := &lineReader{br: bufio.NewReaderSize(conn, 64<<10)}
+	bw := bufio.NewWriterSize(conn, 256<<10)
+	out := &lineWriter{w: bw}
+	hello, err := in.read()
+	if err != nil {
+		return stats, fmt.Errorf("transfer: waiting for the agent's hello: %w", err)
+	}
+	if hello.T == "error" {
+		return stats, &AgentError{Msg: hello.Error}
+	}
+	if hello.T != "hello" || hello.Proto != ProtocolName {
+		return stats, protoErrorf("the agent did not greet with %q", ProtocolName)
+	}
+	if hello.Version != ProtocolVersion {
+		return stats, protoErrorf("agent speaks version %d, we speak %d", hello.Version, ProtocolVersion)
+	}
+	if hello.StoreDir != local.StoreDir {
+		return stats, fmt.Errorf("transfer: the target's store is %q, these paths are for %q", hello.StoreDir, local.StoreDir)
+	}
+	compression := "none"
+	if opts.Compress {
+		compression = "zstd"
+	}
+	if err := out.write(&message{T: "want", Paths: paths, Compression: compression}); err != nil {
+		return stats, fmt.Errorf("transfer: %w", err)
+	}
+	reply, err := in.read()
+	if err != nil {
+		return stats, fmt.Errorf("transfer: waiting for the missing list: %w", err)
+	}
+	if reply.T == "error" {
+		return stats, &AgentError{Path: reply.Path, Msg: reply.Error}
+	}
+	if reply.T != "missing" {
+		return stats, protoErrorf("got %q, want the missing list", reply.T)
+	}
+	order := make(map[string]int, len(paths))
+	for i, p := range paths {
+		order[p] = i
+	}
+	missing := slices.Clone(reply.Paths)
+	var total int64
+	for _, p := range missing {
+		if _, ok := order[p]; !ok {
+			return stats, protoErrorf("agent asked for %q, which was not offered", p)
+		}
+		total += infos[p].NarSize
+	}
+	slices.SortFunc(missing, func(a, b string) int { return order[a] - order[b] })
+	stats.Missing = len(missing)
+
+	// The writer streams the missing paths while this goroutine reads the
+	// agent's confirmations; the mutex keeps Progress calls apart.
+	var mu sync.Mutex
+	var sent, confirmed int64
+	report := func(p Progress) {
+		if opts.Progress != nil {
+			mu.Lock()
+			p.Sent, p.Confirmed, p.Total = sent, confirmed, total
+			opts.Progress(p)
+			mu.Unlock()
+		}
+	}
+	werr := make(chan error, 1)
+	go func() {
+		werr <- writePaths(local, missing, infos, bw, opts.Compress, func(p string, n int64) {
+			mu.Lock()
+			sent += n
+			mu.Unlock()
+			report(Progress{Path: p})
+		})
+	}()
+	pending := slices.Clone(missing)
+	for {
+		m, err := in.read()
+		if err != nil {
+			// A write error explains a closed connection better.
+			select {
+			case e := <-werr:
+				if e != nil {
+					return stats, e
+				}
+			default:
+			}
+			return stats, fmt.Errorf("transfer: connection to the agent: %w", err)
+		}
+		switch m.T {
+		case "done":
+			if len(pending) == 0 || pending[0] != m.Path {
+				return stats, protoErrorf("agent confirmed %q out of order", m.Path)
+			}
+			pending = pending[1:]
+			stats.Imported++
+			stats.NarBytes += infos[m.Path].NarSize
+			mu.Lock()
+			confirmed += infos[m.Path].NarSize
+			mu.Unlock()
+			report(Progress{Path: m.Path, Done: true})
+		case "ok":
+			if err := <-werr; err != nil {
+				return stats, err
+			}
+			if len(pending) > 0 {
+				return stats, protoErrorf("agent finished with %d paths unconfirmed", len(pending))
+			}
+			return stats, nil
+		case "error":
+			return stats, &AgentError{Path: m.Path, Msg: m.Error}
+		default:
+			return stats, protoErrorf("unexpected %q from the agent", m.T)
+		}
+	}
+}
+
+type flushWriter interface {
+	io.Writer
+	Flush() error
+}
+
+// writePaths streams each missing path (header + NAR), then the end
+// message, optionally through zstd.
+func writePaths(local *Store, missing []string, infos map[string]*PathInfo, bw *bufio.Writer, compress bool, sentBytes func(string, int64)) error {
+	var w flushWriter = bw
+	var zw *zstd.Encoder
+	if compress {
+		var err error
+		zw, err = zstd.NewWriter(bw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(8<<20))
+		if err != nil {
+			return err
+		}
+		w = &zstdFlusher{zw: zw, bw: bw}
+	}
+	out := &lineWriter{w: w}
+	for _, p := range missing {
+		pi := infos[p]
+		refs := pi.References
+		if err := out.write(&message{T: "path", Path: p, NarHash: pi.NarHashString(), NarSize: pi.NarSize, References: refs}); err != nil {
+			return fmt.Errorf("transfer: sending %q: %w", p, err)
+		}
+		cw := &countWriter{w: w, path: p, report: sentBytes}
+		if err := local.Dump(cw, p); err != nil {
+			return fmt.Errorf("transfer: sending %q: %w", p, err)
+		}
+		if cw.n != pi.NarSize {
+			return fmt.Errorf("transfer: local store path %q dumps to %d bytes, its metadata says %d (run 'deploy store verify')", p, cw.n, pi.NarSize)
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("transfer: sending %q: %w", p, err)
+		}
+	}
+	// The end message goes out together with the end of the zstd frame,
+	// in one write: after it the agent reads nothing more.
+	if zw != nil {
+		if _, err := zw.Write([]byte(`{"t":"end"}` + "\n")); err != nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+		if err := zw.Close(); err != nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+		return bw.Flush()
+	}
+	return out.write(&message{T: "end"})
+}
+
+type zstdFlusher struct {
+	zw *zstd.Encoder
+	bw *bufio.Writer
+}
+
+func (z *zstdFlusher) Write(b []byte) (int, error) { return z.zw.Write(b) }
+func (z *zstdFlusher) Flush() error {
+	if err := z.zw.Flush(); err != nil {
+		return err
+	}
+	return z.bw.Flush()
+}
+
+type countWriter struct {
+	w      io.Writer
+	n      int64
+	path   string
+	report func(string, int64)
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	if c.report != nil {
+		c.report(c.path, int64(n))
+	}
+	return n, err
+}
