@@ -50,6 +50,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 	if pi.NarSize <= 0 {
 		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
 	}
+	if err := s.checkContentAddress(pi); err != nil {
+		return err
+	}
 	if err := s.init(); err != nil {
 		return err
 	}
@@ -101,6 +104,10 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 	info.References = sortedUnique(pi.References)
 	return s.writeInfo(&info)
 }
+
+// UploadPrefix starts the names of bootstrap uploads of the agent binary in
+// the store directory. The leftover sweep removes them after an hour.
+const UploadPrefix = ".upload-"
 
 // The store lock: imports hold it shared, GC and the leftover sweep hold it
 // exclusive, so neither ever sees the other's work half done.
@@ -186,6 +193,16 @@ func (s *Store) sweep() error {
 			}
 			continue
 		}
+		if strings.HasPrefix(name, UploadPrefix) {
+			// A bootstrap upload: keep it while it may still be in use.
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.Remove(full)
+			}
+			continue
+		}
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
 		ok, err := s.Valid(s.StoreDir + "/" + name)
 		if err != nil && !errors.Is(err, ErrNotValid) {
 			// Not a store path name at all: leave what we do not own.
@@ -205,6 +222,23 @@ func (s *Store) sweep() error {
 		if strings.HasPrefix(e.Name(), ".tmp-") {
 			os.Remove(filepath.Join(s.DBDir, e.Name()))
 		}
+	}
+	return nil
+}
+
+// checkContentAddress checks that pi.Path is the path its NAR hash, name and
+// references give, so that a sender cannot name content falsely.
+func (s *Store) checkContentAddress(pi *PathInfo) error {
+	_, name, err := SplitPath(s.StoreDir, pi.Path)
+	if err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	want, err := MakeSourcePath(s.StoreDir, pi.NarHash, name, pi.References)
+	if err != nil {
+		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	}
+	if want != pi.Path {
+		return fmt.Errorf("store: import %q: path does not match its NAR hash and references (they give %q)", pi.Path, want)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -181,10 +182,31 @@ func TestImportRejects(t *testing.T) {
 	data := narOf(t, writeTree(t, t.TempDir(), map[string]string{"f": "payload"}))
 	good := infoFor(t, s, data, "good")
 
-	t.Run("hash mismatch", func(t *testing.T) {
+	t.Run("path does not match hash", func(t *testing.T) {
 		bad := *good
 		bad.NarHash[0] ^= 1
 		err := s.Import(ctx, bytes.NewReader(data), &bad)
+		if err == nil || !strings.Contains(err.Error(), "does not match its NAR hash") {
+			t.Fatalf("Import of a falsely named path = %v, want a content-address error", err)
+		}
+	})
+	t.Run("wrong size", func(t *testing.T) {
+		bad := *good
+		bad.NarSize += 8
+		bad.Path, _ = MakeSourcePath(s.StoreDir, bad.NarHash, "good", nil)
+		err := s.Import(ctx, io.MultiReader(bytes.NewReader(data), bytes.NewReader(make([]byte, 8))), &bad)
+		if err == nil || !strings.Contains(err.Error(), "trailing") {
+			t.Fatalf("Import with a wrong size = %v, want trailing data", err)
+		}
+	})
+	t.Run("hash mismatch", func(t *testing.T) {
+		// A self-consistent claim (path made from the claimed hash) whose
+		// content does not match.
+		var h [32]byte
+		h[0] = 1
+		bad := &PathInfo{NarHash: h, NarSize: int64(len(data))}
+		bad.Path, _ = MakeSourcePath(s.StoreDir, h, "good", nil)
+		err := s.Import(ctx, bytes.NewReader(data), bad)
 		var hm *HashMismatchError
 		if !errors.As(err, &hm) || !strings.Contains(err.Error(), bad.Path) {
 			t.Fatalf("Import with a wrong hash = %v, want a HashMismatchError naming the path", err)

@@ -30,7 +30,7 @@ func main() {
 // 2 usage.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify} [flags]")
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self} [flags]")
 		return 2
 	}
 	var err error
@@ -39,6 +39,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "deploy-agent", version)
 	case "verify":
 		err = runVerify(ctx, args[1:], stdout, stderr)
+	case "receive":
+		err = runReceive(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "install-self":
+		err = runInstallSelf(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
 		return 2

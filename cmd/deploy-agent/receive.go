@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/declarative/deploy/closure"
+)
+
+func stateDirFlag(fs *flag.FlagSet) *string {
+	return fs.String("state-dir", "/var/lib/deploy", "the agent's state `directory` (store, db, profiles)")
+}
+
+// runReceive serves the transfer protocol on stdin/stdout (see
+// docs/transfer.md). Progress lines go to stderr.
+func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := stateDirFlag(fs)
+	verbose := fs.Bool("v", false, "log every received path to stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s := closure.NewTargetStore(*stateDir)
+	opts := closure.ReceiveOptions{Agent: version}
+	if *verbose {
+		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
+	}
+	stats, err := s.Receive(ctx, stdin, stdout, opts)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	fmt.Fprintf(stderr, "deploy-agent: received %d of %d wanted paths (%d missing), %d NAR bytes\n", stats.Imported, stats.Wanted, stats.Missing, stats.NarBytes)
+	return nil
+}
+
+// runInstallSelf registers the running binary as the agent store path
+// with the given NAR hash, then removes the binary when it is a bootstrap
+// upload (store/.upload-*). It prints the agent's store path.
+func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("install-self", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := stateDirFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("usage: deploy-agent install-self [--state-dir DIR] NARHASH")
+	}
+	h, err := closure.ParseNarHash(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("install-self: %w", err)
+	}
+	s := closure.NewTargetStore(*stateDir)
+	pi, err := s.InstallAgent(ctx, exe, h)
+	if err != nil {
+		return err
+	}
+	if filepath.Dir(exe) == s.RealDir && strings.HasPrefix(filepath.Base(exe), closure.UploadPrefix) {
+		os.Remove(exe)
+	}
+	fmt.Fprintln(stdout, pi.Path)
+	return nil
+}
