@@ -8,7 +8,7 @@ GO          ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2026.2.2
 # Debian packages the tests use: Nix for golden vectors, the test machines'
 # tools (debootstrap, systemd-nspawn, iproute2, nftables), OpenSSH.
-APT_PACKAGES := nix-bin debootstrap systemd-container openssh-server openssh-client \
+APT_PACKAGES := nix-bin debootstrap debian-archive-keyring systemd-container openssh-server openssh-client sudo \
 	iproute2 nftables util-linux procps ca-certificates bc
 FUZZTIME    ?= 30s
 

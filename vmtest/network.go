@@ -1,0 +1,252 @@
+package vmtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ControllerAddr is the test process's own address on the switch: hosts
+// reach a listener from [Network.Listen] there.
+var ControllerAddr = netip.MustParseAddr("10.231.0.1")
+
+// prefixLen is the length of the test subnet 10.231.0.0/16.
+const prefixLen = 16
+
+// MaxHosts is the largest number of hosts one [Network] can have.
+const MaxHosts = 250
+
+// hostAddr is the address of the i-th host, counting from 1: 10.231.1.i.
+func hostAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 231, 1, byte(i)}) }
+
+// macFor derives a locally administered MAC address from an IPv4 address,
+// so an interface made again for the same address has the same MAC.
+// kind tells apart the two ends of a link.
+func macFor(kind byte, a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x02 | kind<<2, 0x00, b[0], b[1], b[2], b[3]}
+}
+
+// Network is a set of test hosts on one switch, made by [Start]. Its
+// methods may be called from any goroutine.
+type Network struct {
+	// Hosts are the hosts, named h1, h2, ... with addresses 10.231.1.1,
+	// 10.231.1.2, ... Their failing methods report to the test given to
+	// [Start]; use [Host.With] in subtests.
+	Hosts []*Host
+
+	tb     testing.TB
+	ctx    context.Context // the test's context, canceled when it ends
+	logf   func(format string, args ...any)
+	cfg    config
+	rootfs string
+	run    *run
+	sw     *netns // the switch namespace: bridge br0 and the controller address
+	client keyPair
+
+	closeOnce sync.Once
+}
+
+// Option configures [Start].
+type Option func(*config)
+
+type config struct {
+	cacheDir       string
+	mirror         string
+	bootTimeout    time.Duration
+	commandTimeout time.Duration
+}
+
+// WithCacheDir sets the directory for the image cache and the run state,
+// instead of $DEPLOY_VMTEST_CACHE or [DefaultCacheDir]. It must be on a file
+// system that can hold an overlayfs upper layer (ext4, xfs, btrfs, tmpfs).
+func WithCacheDir(dir string) Option { return func(c *config) { c.cacheDir = dir } }
+
+// WithBootTimeout bounds how long hosts may take to boot (default two
+// minutes; building the image on the first run is not counted).
+func WithBootTimeout(d time.Duration) Option { return func(c *config) { c.bootTimeout = d } }
+
+// WithTimeout bounds each [Host.Succeed], [Host.Fail] and wait (default five
+// minutes).
+func WithTimeout(d time.Duration) Option { return func(c *config) { c.commandTimeout = d } }
+
+// Start boots n hosts (1 to [MaxHosts]) and returns when each runs systemd
+// to completion of its boot, with sshd listening. Everything is torn down
+// by tb.Cleanup. When this machine cannot run test hosts, Start skips the
+// test saying what is missing, or fails it if the environment has CI=true.
+func Start(tb testing.TB, n int, opts ...Option) *Network {
+	tb.Helper()
+	requireAvailable(tb)
+	cfg := config{
+		cacheDir:       os.Getenv("DEPLOY_VMTEST_CACHE"),
+		mirror:         os.Getenv("DEPLOY_VMTEST_MIRROR"),
+		bootTimeout:    2 * time.Minute,
+		commandTimeout: 5 * time.Minute,
+	}
+	if cfg.cacheDir == "" {
+		cfg.cacheDir = DefaultCacheDir
+	}
+	if cfg.mirror == "" {
+		cfg.mirror = DefaultMirror
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if n < 1 || n > MaxHosts {
+		tb.Fatalf("vmtest: Start(%d): want 1 to %d hosts", n, MaxHosts)
+	}
+	nw := &Network{tb: tb, ctx: tb.Context(), logf: tb.Logf, cfg: cfg}
+	if err := nw.start(n); err != nil {
+		tb.Fatalf("vmtest: %v", err)
+	}
+	return nw
+}
+
+func (n *Network) start(count int) error {
+	begin := time.Now()
+	cacheDir, err := filepath.Abs(n.cfg.cacheDir)
+	if err != nil {
+		return fmt.Errorf("cache dir: %w", err)
+	}
+	if err := validPathForOverlay(cacheDir); err != nil {
+		return err
+	}
+	cgm, err := findCgroups()
+	if err != nil {
+		return fmt.Errorf("find cgroups: missing %w", err)
+	}
+	imgCtx, cancel := context.WithTimeout(n.ctx, 15*time.Minute)
+	n.rootfs, err = ensureImage(imgCtx, cacheDir, n.cfg.mirror, n.logf)
+	cancel()
+	if err != nil {
+		return err
+	}
+	n.run, err = newRun(n.ctx, cacheDir, cgm, n.logf)
+	if err != nil {
+		return err
+	}
+	// From here on, everything made is undone by close.
+	n.tb.Cleanup(n.close)
+	n.logf("vmtest: run %s: state in %s", n.run.id, n.run.dir)
+
+	if n.client, err = newKeyPair("vmtest-client"); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.bootTimeout)
+	defer cancel()
+	if n.sw, err = newNetns(); err != nil {
+		return err
+	}
+	err = n.sw.ip(ctx, fmt.Sprintf(`link set lo up
+link add br0 address %s type bridge
+addr add %s/%d dev br0
+link set br0 up
+`, macFor(0, ControllerAddr), ControllerAddr, prefixLen))
+	if err != nil {
+		return fmt.Errorf("create switch: %w", err)
+	}
+	for i := 1; i <= count; i++ {
+		m, err := n.newMachine(i)
+		if err != nil {
+			return err
+		}
+		n.Hosts = append(n.Hosts, &Host{m: m, tb: n.tb})
+	}
+	for _, h := range n.Hosts {
+		if err := h.m.prepareLayer(n.rootfs, n.Hosts); err != nil {
+			return err
+		}
+	}
+	booted := time.Now()
+	errs := make([]error, len(n.Hosts))
+	var wg sync.WaitGroup
+	for i, h := range n.Hosts {
+		wg.Go(func() { errs[i] = h.m.boot(ctx) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	n.logf("vmtest: run %s: %d hosts up in %v (setup %v, boot %v)", n.run.id, count,
+		time.Since(begin).Round(time.Millisecond), booted.Sub(begin).Round(time.Millisecond),
+		time.Since(booted).Round(time.Millisecond))
+	return nil
+}
+
+// close tears everything down; it is the run's t.Cleanup.
+func (n *Network) close() {
+	n.closeOnce.Do(func() {
+		// The test's context is canceled by now.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if n.tb.Failed() {
+			for _, h := range n.Hosts {
+				n.logf("vmtest: %s: last lines of its log:\n%s", h.Name(), tailFile(h.m.consolePath(), 40))
+			}
+		}
+		var errs []error
+		for _, h := range n.Hosts {
+			errs = append(errs, h.m.shutdown(ctx))
+		}
+		// Anything left in the run's cgroup, whatever its host, goes too.
+		errs = append(errs, n.run.cg.kill(ctx))
+		errs = append(errs, n.sw.close())
+		errs = append(errs, n.run.release())
+		if err := errors.Join(errs...); err != nil {
+			n.tb.Errorf("vmtest: clean up run %s: %v", n.run.id, err)
+		}
+	})
+}
+
+// Host returns the host with the given name, or nil.
+func (n *Network) Host(name string) *Host {
+	for _, h := range n.Hosts {
+		if h.Name() == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// resolve turns a host name into its address; other strings pass through.
+func (n *Network) resolve(host string) string {
+	if h := n.Host(host); h != nil {
+		return h.Addr().String()
+	}
+	return host
+}
+
+// Dial connects with TCP to port on host (a host name such as "h1", or an
+// address) from the switch namespace. The connection works from any
+// goroutine; the root network namespace has no route to the hosts.
+func (n *Network) Dial(ctx context.Context, host string, port int) (net.Conn, error) {
+	return n.sw.dial(ctx, "tcp", net.JoinHostPort(n.resolve(host), strconv.Itoa(port)))
+}
+
+// DialContext is [Network.Dial] with the signature of
+// [net.Dialer.DialContext], for clients that take a dial function. The host
+// part of address may be a host name.
+func (n *Network) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %q: %w", address, err)
+	}
+	return n.sw.dial(ctx, network, net.JoinHostPort(n.resolve(host), port))
+}
+
+// Listen listens in the switch namespace, where hosts reach the test process
+// at [ControllerAddr]; address is as for [net.Listen], e.g. ":0".
+func (n *Network) Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	return n.sw.listen(ctx, network, address)
+}
+
+// RunID identifies the run in cgroup names and state directories.
+func (n *Network) RunID() string { return n.run.id }
