@@ -1,0 +1,391 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/modules"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Agent says where the deploy-agent of every system closure comes from.
+// Exactly one field should be set.
+type Agent struct {
+	// Binary is a deploy-agent executable (for example the one installed
+	// beside the deploy command).
+	Binary string
+	// SourceDir is a checkout of this module; the agent is built from it
+	// with go build -trimpath, CGO_ENABLED=0 and an empty build ID.
+	SourceDir string
+}
+
+// Builder evaluates hosts and realizes their system closures in the local
+// store. Its zero value is not usable: set Store and CacheDir. A Builder
+// caches what it built (packages, the agent) and is safe for concurrent use.
+type Builder struct {
+	// Store is the local store that receives every path.
+	Store *closure.Store
+	// CacheDir holds downloads, the go build index and temporary
+	// directories; normally a directory beside the store.
+	CacheDir string
+	// Agent is where the deploy-agent comes from.
+	Agent Agent
+	// Go is the go command for go packages (default "go" from PATH).
+	Go string
+	// GoEnv may set GOCACHE and GOMODCACHE for go builds.
+	GoEnv map[string]string
+	// HTTPClient fetches url packages.
+	HTTPClient *http.Client
+	// Logf receives progress lines; nil discards them.
+	Logf func(format string, args ...any)
+
+	mu       sync.Mutex
+	packages map[string]*modules.PackageBuilder // by fleet dir
+	agent    agentCache
+}
+
+type agentCache struct {
+	key  string
+	path string
+}
+
+// Result is a built host.
+type Result struct {
+	Host string
+	// SystemPath is the store path of the system closure.
+	SystemPath string
+	Manifest   *manifest.Manifest
+}
+
+func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
+	if dry {
+		storeDir := closure.DefaultStoreDir
+		if b.Store != nil {
+			storeDir = b.Store.StoreDir
+		}
+		return &modules.PackageBuilder{Store: &closure.Store{StoreDir: storeDir}, FleetDir: f.Dir, Lock: f.Lock, DryRun: true}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.packages == nil {
+		b.packages = map[string]*modules.PackageBuilder{}
+	}
+	pb, ok := b.packages[f.Dir]
+	if !ok || pb.Lock != f.Lock {
+		pb = &modules.PackageBuilder{Store: b.Store, FleetDir: f.Dir, CacheDir: b.CacheDir, Lock: f.Lock, Go: b.Go,
+			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf}
+		b.packages[f.Dir] = pb
+	}
+	return pb
+}
+
+// Evaluate evaluates host, building its packages.
+func (b *Builder) Evaluate(ctx context.Context, f *Fleet, host string) (*modules.Config, hcl.Diagnostics) {
+	return f.Evaluate(ctx, host, b.packageBuilder(f, false))
+}
+
+// Check evaluates every host of f and realizes it without building or
+// writing anything: packages get placeholder paths and url packages must be
+// pinned. It returns every problem found.
+func Check(ctx context.Context, f *Fleet) hcl.Diagnostics {
+	b := &Builder{}
+	var diags hcl.Diagnostics
+	pb := b.packageBuilder(f, true)
+	for _, h := range f.Hosts {
+		cfg, d := f.Evaluate(ctx, h.Name, pb)
+		diags = append(diags, d...)
+		if cfg == nil {
+			continue
+		}
+		z := &modules.Realizer{FleetDir: f.Dir, StoreDir: pb.Store.StoreDir, Objects: dryObjects{storeDir: pb.Store.StoreDir}}
+		agent, _ := closure.MakeSourcePath(pb.Store.StoreDir, sha256.Sum256([]byte("unbuilt agent")), "deploy-agent", nil)
+		m, d := z.Realize(ctx, cfg, agent)
+		diags = append(diags, d...)
+		if !d.HasErrors() && !diags.HasErrors() {
+			if err := m.Validate(); err != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid manifest",
+					Detail: fmt.Sprintf("Host %q: %s.", h.Name, err), Subject: h.DefRange.Ptr()})
+			}
+		}
+	}
+	return dedupe(diags)
+}
+
+// Build evaluates host and realizes its system closure in the local store:
+// every file content, package, unit file, secret ciphertext and script
+// becomes a store path of its own, then the system path
+// <hash>-system-<host> holds manifest.json, an etc/ tree of symlinks to the
+// files under /etc, units/ with symlinks to the unit files, and agent → the
+// deploy-agent's store path. The same inputs give the same system path.
+func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hcl.Diagnostics) {
+	cfg, diags := b.Evaluate(ctx, f, host)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	agent, err := b.agentPath(ctx)
+	if err != nil {
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot provide the deploy-agent", Detail: err.Error()})
+	}
+	known := map[string]string{}
+	addKnown := func(p string) {
+		if h, _, err := closure.SplitPath(b.Store.StoreDir, p); err == nil {
+			known[h] = p
+		}
+	}
+	for _, p := range cfg.Packages {
+		addKnown(p)
+	}
+	addKnown(agent)
+	objs := &storeObjects{store: b.Store, known: known}
+	z := &modules.Realizer{FleetDir: f.Dir, StoreDir: b.Store.StoreDir, Objects: objs}
+	m, d := z.Realize(ctx, cfg, agent)
+	diags = append(diags, d...)
+	if d.HasErrors() {
+		return nil, diags
+	}
+	sys, err := b.systemPath(ctx, host, m, known)
+	if err != nil {
+		return nil, append(diags, buildError(host, err))
+	}
+	return &Result{Host: host, SystemPath: sys, Manifest: m}, diags
+}
+
+func buildError(host string, err error) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Build failed", Detail: fmt.Sprintf("Host %q: %s.", host, err)}
+}
+
+func (b *Builder) tempDir() (string, error) {
+	dir := filepath.Join(b.CacheDir, "tmp")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(dir, "system-")
+}
+
+// systemPath assembles the system tree and adds it to the store.
+func (b *Builder) systemPath(ctx context.Context, host string, m *manifest.Manifest, known map[string]string) (string, error) {
+	data, err := m.Marshal()
+	if err != nil {
+		return "", err
+	}
+	root := memDir()
+	root.dir[manifest.FileName] = &memNode{contents: data}
+	root.dir["agent"] = &memNode{target: m.Agent}
+	link := func(rel, target string) error {
+		parts := strings.Split(rel, "/")
+		d := root
+		for _, p := range parts[:len(parts)-1] {
+			next, ok := d.dir[p]
+			if !ok {
+				next = memDir()
+				d.dir[p] = next
+			}
+			if next.dir == nil {
+				return fmt.Errorf("system tree: %q is both a file and a directory", rel)
+			}
+			d = next
+		}
+		last := parts[len(parts)-1]
+		if _, ok := d.dir[last]; ok {
+			return fmt.Errorf("system tree: %q is both a file and a directory", rel)
+		}
+		d.dir[last] = &memNode{target: target}
+		return nil
+	}
+	for _, f := range m.Files {
+		if rel, ok := strings.CutPrefix(f.Path, "/etc/"); ok {
+			if err := link(path.Join("etc", rel), f.Source); err != nil {
+				return "", err
+			}
+		}
+	}
+	for _, u := range m.Units {
+		if err := link(path.Join("units", u.Name), u.Source); err != nil {
+			return "", err
+		}
+	}
+	refs := m.StorePaths()
+	for _, p := range refs {
+		if h, _, err := closure.SplitPath(b.Store.StoreDir, p); err == nil {
+			known[h] = p
+		}
+	}
+	scanned, err := scanRefs(b.Store.StoreDir, data, known)
+	if err != nil {
+		return "", err
+	}
+	return addMem(ctx, b.Store, root, "system-"+host, append(refs, scanned...))
+}
+
+// storeObjects adds content to the store, with the references found in it.
+type storeObjects struct {
+	store *closure.Store
+	known map[string]string // hash part → store path
+}
+
+func (o *storeObjects) AddFile(ctx context.Context, name string, content []byte, executable bool) (string, error) {
+	refs, err := scanRefs(o.store.StoreDir, content, o.known)
+	if err != nil {
+		return "", err
+	}
+	return addMem(ctx, o.store, &memNode{contents: content, executable: executable}, name, refs)
+}
+
+// scanRefs finds the store paths of known that content mentions, like Nix's
+// reference scanner. A mention of another store path is an error: it would
+// dangle on the target.
+func scanRefs(storeDir string, content []byte, known map[string]string) ([]string, error) {
+	prefix := []byte(storeDir + "/")
+	var refs []string
+	seen := map[string]bool{}
+	for rest := content; ; {
+		i := bytes.Index(rest, prefix)
+		if i < 0 {
+			break
+		}
+		rest = rest[i+len(prefix):]
+		if len(rest) < closure.HashLen+1 || rest[closure.HashLen] != '-' || !isNix32(rest[:closure.HashLen]) {
+			continue
+		}
+		p, ok := known[string(rest[:closure.HashLen])]
+		if !ok {
+			end := closure.HashLen + 1
+			for end < len(rest) && end < 250 && rest[end] != '/' && rest[end] > ' ' && rest[end] != '"' {
+				end++
+			}
+			return nil, fmt.Errorf("the content refers to store path %q, which is not part of this build", storeDir+"/"+string(rest[:end]))
+		}
+		if !seen[p] {
+			seen[p] = true
+			refs = append(refs, p)
+		}
+	}
+	return refs, nil
+}
+
+func isNix32(b []byte) bool {
+	for _, c := range b {
+		if !strings.ContainsRune("0123456789abcdfghijklmnpqrsvwxyz", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// dryObjects computes placeholder paths without writing anything.
+type dryObjects struct{ storeDir string }
+
+func (o dryObjects) AddFile(_ context.Context, name string, content []byte, _ bool) (string, error) {
+	return closure.MakeSourcePath(o.storeDir, sha256.Sum256(content), name, nil)
+}
+
+// agentPath returns the store path of the deploy-agent, adding it once per
+// Builder (and again only when the binary changes).
+func (b *Builder) agentPath(ctx context.Context) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var key string
+	switch {
+	case b.Agent.Binary != "":
+		fi, err := os.Stat(b.Agent.Binary)
+		if err != nil {
+			return "", fmt.Errorf("deploy-agent: %w", err)
+		}
+		key = fmt.Sprintf("bin\x00%s\x00%d\x00%d", b.Agent.Binary, fi.Size(), fi.ModTime().UnixNano())
+	case b.Agent.SourceDir != "":
+		key = "src\x00" + b.Agent.SourceDir
+	default:
+		return "", errors.New("no deploy-agent: install deploy-agent beside deploy, or pass --agent PATH or --agent-src DIR")
+	}
+	if b.agent.key == key {
+		if ok, err := b.Store.Valid(b.agent.path); err == nil && ok {
+			return b.agent.path, nil
+		}
+	}
+	tmp, err := b.tempDir()
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "agent", "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return "", err
+	}
+	exe := filepath.Join(bin, "deploy-agent")
+	if b.Agent.Binary != "" {
+		data, err := os.ReadFile(b.Agent.Binary)
+		if err != nil {
+			return "", fmt.Errorf("deploy-agent: %w", err)
+		}
+		if err := os.WriteFile(exe, data, 0o755); err != nil {
+			return "", err
+		}
+	} else {
+		if err := b.buildAgent(ctx, exe, tmp); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Chmod(exe, 0o755); err != nil {
+		return "", err
+	}
+	pi, err := b.Store.AddTree(ctx, filepath.Join(tmp, "agent"), "deploy-agent", nil)
+	if err != nil {
+		return "", err
+	}
+	b.agent = agentCache{key: key, path: pi.Path}
+	return pi.Path, nil
+}
+
+func (b *Builder) buildAgent(ctx context.Context, out, tmp string) error {
+	gobin := b.Go
+	if gobin == "" {
+		gobin = "go"
+	}
+	gobin, err := exec.LookPath(gobin)
+	if err != nil {
+		return fmt.Errorf("building deploy-agent: %w", err)
+	}
+	if b.Logf != nil {
+		b.Logf("building deploy-agent from %s", b.Agent.SourceDir)
+	}
+	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-buildid=", "-o", out, "./cmd/deploy-agent")
+	cmd.Dir = b.Agent.SourceDir
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=-mod=mod", "GOPROXY=off", "GOTOOLCHAIN=local", "GOWORK=off",
+		"HOME=" + filepath.Join(tmp, "home"), "TZ=UTC", "LC_ALL=C", "PATH=" + filepath.Dir(gobin) + ":/usr/bin:/bin"}
+	// Where the caches are does not change what is built.
+	for _, k := range []string{"GOCACHE", "GOMODCACHE"} {
+		if v := b.GoEnv[k]; v != "" {
+			env = append(env, k+"="+v)
+		} else if v := goEnv(ctx, gobin, k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	cmd.Env = env
+	var outBuf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("building deploy-agent in %q: %v\n%s", b.Agent.SourceDir, err, strings.TrimSpace(outBuf.String()))
+	}
+	return nil
+}
+
+func goEnv(ctx context.Context, gobin, key string) string {
+	cmd := exec.CommandContext(ctx, gobin, "env", key)
+	out, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}

@@ -1,0 +1,64 @@
+package builder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/rogpeppe/go-internal/txtar"
+)
+
+// The CLI script that builds the quickstart cannot reach the repository, so
+// it carries a copy of examples/quickstart; this keeps the copy exact.
+func TestQuickstartScriptMatchesExample(t *testing.T) {
+	a, err := txtar.ParseFile("../cmd/deploy/testdata/script/quickstart.txtar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inScript := map[string]string{}
+	for _, f := range a.Files {
+		if strings.HasPrefix(f.Name, "agent/") || strings.HasPrefix(f.Name, "changed/") {
+			continue
+		}
+		inScript[f.Name] = string(f.Data)
+	}
+	inExample := map[string]string{}
+	root := "../examples/quickstart"
+	err = filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(root, p)
+		inExample[filepath.ToSlash(rel)] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(inExample, inScript); diff != "" {
+		t.Errorf("quickstart.txtar's copy differs from examples/quickstart (-example +script):\n%s", diff)
+	}
+}
+
+// Every example passes check.
+func TestExamplesCheck(t *testing.T) {
+	dirs, err := filepath.Glob("../examples/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range dirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			f, diags := Load(dir)
+			if !diags.HasErrors() {
+				diags = Check(context.Background(), f)
+			}
+			if diags.HasErrors() {
+				t.Errorf("Check(%q) = %v", dir, diags)
+			}
+		})
+	}
+}

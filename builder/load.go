@@ -1,0 +1,733 @@
+package builder
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/modules"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/ext/typeexpr"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/function"
+)
+
+// Fleet is a loaded fleet directory: its hosts, roles and deployments, not
+// yet evaluated per host.
+type Fleet struct {
+	// Dir is the fleet directory, absolute.
+	Dir string
+	// Files are the parsed files by name, for printing diagnostics with
+	// source snippets (hcl.NewDiagnosticTextWriter).
+	Files map[string]*hcl.File
+	// Hosts, sorted by name.
+	Hosts []*Host
+	// Roles by name.
+	Roles map[string]*Role
+	// Deployments, sorted by name.
+	Deployments []*Deployment
+	// Lock is deploy.lock.
+	Lock *modules.Lock
+
+	defaults     *scopeBody
+	defaultsHost *Host
+	funcs        map[string]function.Function
+	kinds        []*modules.Kind
+	roleNames    cty.Value
+}
+
+// Host is a host block.
+type Host struct {
+	Name      string
+	Address   string
+	SSHUser   string
+	Port      int
+	HostKey   string
+	Transport string
+	Sudo      bool
+	Tags      []string
+	// Arch is the target's GOARCH (default amd64).
+	Arch string
+	// Meta is free-form metadata, host.meta in expressions.
+	Meta     map[string]string
+	DefRange hcl.Range
+
+	body *scopeBody
+}
+
+// Role is a role block: a reusable, parametrised set of resources.
+type Role struct {
+	Name      string
+	Variables []*Variable
+	DefRange  hcl.Range
+
+	body *scopeBody
+}
+
+// Variable is a role's variable block.
+type Variable struct {
+	Name        string
+	Type        cty.Type
+	Default     cty.Value
+	Description string
+	DefRange    hcl.Range
+}
+
+// Deployment is a deployment block: a named set of hosts and how to roll out
+// to them.
+type Deployment struct {
+	Name string
+	// Hosts are the host names given by hosts and selector, sorted.
+	Hosts []string
+	// BatchSize is the number of hosts per batch, or a percentage
+	// ("25%"); default "1".
+	BatchSize      string
+	MaxFailures    int
+	ConfirmTimeout time.Duration
+	// Rollback is "all" (default) or "host".
+	Rollback string
+	DefRange hcl.Range
+}
+
+// scopeBody is the part of a host, role or defaults block that contributes
+// resources: resource blocks, role uses and the host-basics attributes.
+type scopeBody struct {
+	origin   string
+	blocks   []*hcl.Block // resource blocks
+	roleUses []roleUse
+	basics   map[string]*hcl.Attribute // hostname, timezone
+}
+
+type roleUse struct {
+	name  string
+	args  hcl.Body // nil when used through roles = [...]
+	rng   hcl.Range
+	where string
+}
+
+var hostNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// Load parses every *.hcl file of dir and the lock file. The diagnostics
+// carry file:line:column ranges; Files renders them with source snippets.
+// The fleet is returned even with errors, as far as it could be read.
+func Load(dir string) (*Fleet, hcl.Diagnostics) {
+	f := &Fleet{Dir: dir, Files: map[string]*hcl.File{}, Roles: map[string]*Role{}, kinds: modules.Kinds()}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+		f.Dir = abs
+	}
+	f.funcs = functions(dir)
+	matches, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	if err != nil {
+		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot list the fleet directory", Detail: err.Error()}}
+	}
+	if len(matches) == 0 {
+		if _, err := os.Stat(dir); err != nil {
+			return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read the fleet directory", Detail: err.Error()}}
+		}
+		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "No configuration files",
+			Detail: fmt.Sprintf("The fleet directory %q has no *.hcl files.", dir)}}
+	}
+	sort.Strings(matches)
+	p := hclparse.NewParser()
+	var diags hcl.Diagnostics
+	var bodies []hcl.Body
+	for _, m := range matches {
+		name := m
+		if rel, err := filepath.Rel(dir, m); err == nil {
+			name = rel
+		}
+		src, err := os.ReadFile(m)
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read configuration file", Detail: err.Error()})
+			continue
+		}
+		file, d := p.ParseHCL(src, name)
+		diags = append(diags, d...)
+		if file != nil {
+			f.Files[name] = file
+			bodies = append(bodies, file.Body)
+		}
+	}
+	lock, err := modules.ReadLock(dir)
+	if err != nil {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid deploy.lock",
+			Detail: err.Error() + ". Run `deploy lock` to rewrite it."})
+		lock = &modules.Lock{Version: modules.LockVersion, Inputs: map[string]modules.LockedInput{}}
+	}
+	f.Lock = lock
+	if diags.HasErrors() {
+		return f, diags
+	}
+	top := &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{
+		{Type: "deployment", LabelNames: []string{"name"}},
+		{Type: "host", LabelNames: []string{"name"}},
+		{Type: "role", LabelNames: []string{"name"}},
+		{Type: "defaults"},
+	}}
+	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks []*hcl.Block
+	for _, body := range bodies {
+		content, d := body.Content(top)
+		diags = append(diags, d...)
+		if content == nil {
+			continue
+		}
+		for _, b := range content.Blocks {
+			switch b.Type {
+			case "role":
+				roleBlocks = append(roleBlocks, b)
+			case "host":
+				hostBlocks = append(hostBlocks, b)
+			case "deployment":
+				deployBlocks = append(deployBlocks, b)
+			case "defaults":
+				defaultsBlocks = append(defaultsBlocks, b)
+			}
+		}
+	}
+	// Role names first, so that role.NAME resolves in any file.
+	roles := map[string]cty.Value{}
+	for _, b := range roleBlocks {
+		roles[b.Labels[0]] = cty.ObjectVal(map[string]cty.Value{"role": cty.StringVal(b.Labels[0])})
+	}
+	f.roleNames = cty.ObjectVal(roles)
+	for _, b := range roleBlocks {
+		diags = append(diags, f.loadRole(b)...)
+	}
+	f.defaults = &scopeBody{origin: "defaults"}
+	f.defaultsHost = &Host{}
+	for i, b := range defaultsBlocks {
+		if i > 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate defaults block",
+				Detail:  fmt.Sprintf("A fleet has at most one defaults block; the first is at %s.", defaultsBlocks[0].DefRange),
+				Subject: b.DefRange.Ptr()})
+			continue
+		}
+		diags = append(diags, f.loadDefaults(b)...)
+	}
+	seen := map[string]*Host{}
+	for _, b := range hostBlocks {
+		h, d := f.loadHost(b)
+		diags = append(diags, d...)
+		if h == nil {
+			continue
+		}
+		if prev, ok := seen[h.Name]; ok {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate host",
+				Detail:  fmt.Sprintf("Host %q is already defined at %s.", h.Name, prev.DefRange),
+				Subject: b.DefRange.Ptr()})
+			continue
+		}
+		seen[h.Name] = h
+		f.Hosts = append(f.Hosts, h)
+	}
+	sort.Slice(f.Hosts, func(i, j int) bool { return f.Hosts[i].Name < f.Hosts[j].Name })
+	deps := map[string]hcl.Range{}
+	for _, b := range deployBlocks {
+		d, dd := f.loadDeployment(b)
+		diags = append(diags, dd...)
+		if d == nil {
+			continue
+		}
+		if prev, ok := deps[d.Name]; ok {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate deployment",
+				Detail: fmt.Sprintf("Deployment %q is already defined at %s.", d.Name, prev), Subject: b.DefRange.Ptr()})
+			continue
+		}
+		if _, ok := seen[d.Name]; ok {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Ambiguous name",
+				Detail:  fmt.Sprintf("Deployment %q has the name of a host, so .#%s would be ambiguous; rename one.", d.Name, d.Name),
+				Subject: b.DefRange.Ptr()})
+			continue
+		}
+		deps[d.Name] = d.DefRange
+		f.Deployments = append(f.Deployments, d)
+	}
+	sort.Slice(f.Deployments, func(i, j int) bool { return f.Deployments[i].Name < f.Deployments[j].Name })
+	diags = append(diags, f.checkRoleUses()...)
+	return f, diags
+}
+
+// Host returns the host called name.
+func (f *Fleet) Host(name string) (*Host, bool) {
+	for _, h := range f.Hosts {
+		if h.Name == name {
+			return h, true
+		}
+	}
+	return nil, false
+}
+
+// Deployment returns the deployment called name.
+func (f *Fleet) Deployment(name string) (*Deployment, bool) {
+	for _, d := range f.Deployments {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return nil, false
+}
+
+// bodySchema returns the schema of a host, role or defaults body: attrs,
+// role blocks (with args), resource blocks and, for roles, variables.
+func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
+	s := &hcl.BodySchema{}
+	for _, a := range append(attrs, "roles", "hostname", "timezone") {
+		s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a})
+	}
+	s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "role", LabelNames: []string{"name"}})
+	if withVariables {
+		s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "variable", LabelNames: []string{"name"}})
+	}
+	for _, k := range f.kinds {
+		if k.Name == modules.KindHostname || k.Name == modules.KindTimezone {
+			continue
+		}
+		var labels []string
+		if k.Label != "" {
+			labels = []string{k.Label}
+		}
+		s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: k.Name, LabelNames: labels})
+	}
+	return s
+}
+
+// scope splits a body's content into resources, role uses and basics.
+func (f *Fleet) scope(origin string, content *hcl.BodyContent, ctx *hcl.EvalContext) (*scopeBody, hcl.Diagnostics) {
+	sb := &scopeBody{origin: origin, basics: map[string]*hcl.Attribute{}}
+	var diags hcl.Diagnostics
+	for _, n := range []string{"hostname", "timezone"} {
+		if a, ok := content.Attributes[n]; ok {
+			sb.basics[n] = a
+		}
+	}
+	if a, ok := content.Attributes["roles"]; ok {
+		uses, d := f.roleList(a, ctx, origin)
+		diags = append(diags, d...)
+		sb.roleUses = append(sb.roleUses, uses...)
+	}
+	for _, b := range content.Blocks {
+		switch b.Type {
+		case "variable":
+		case "role":
+			sb.roleUses = append(sb.roleUses, roleUse{name: b.Labels[0], args: b.Body, rng: b.LabelRanges[0], where: origin})
+		default:
+			sb.blocks = append(sb.blocks, b)
+		}
+	}
+	return sb, diags
+}
+
+// roleList evaluates roles = [role.a, role.b].
+func (f *Fleet) roleList(a *hcl.Attribute, ctx *hcl.EvalContext, origin string) ([]roleUse, hcl.Diagnostics) {
+	bad := hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid roles",
+		Detail:  "roles must be a list of role references, like roles = [role.web, role.monitoring].",
+		Subject: a.Expr.Range().Ptr()}}
+	v, diags := a.Expr.Value(ctx)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	if v.IsNull() || !(v.Type().IsTupleType() || v.Type().IsListType()) {
+		return nil, bad
+	}
+	var uses []roleUse
+	for it := v.ElementIterator(); it.Next(); {
+		_, e := it.Element()
+		if e.IsNull() || !e.Type().IsObjectType() || !e.Type().HasAttribute("role") {
+			return nil, bad
+		}
+		uses = append(uses, roleUse{name: e.GetAttr("role").AsString(), rng: a.Expr.Range(), where: origin})
+	}
+	return uses, nil
+}
+
+func (f *Fleet) staticCtx() *hcl.EvalContext {
+	return &hcl.EvalContext{Functions: f.funcs}
+}
+
+func (f *Fleet) loadRole(b *hcl.Block) hcl.Diagnostics {
+	name := b.Labels[0]
+	if prev, ok := f.Roles[name]; ok {
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Duplicate role",
+			Detail: fmt.Sprintf("Role %q is already defined at %s.", name, prev.DefRange), Subject: b.DefRange.Ptr()}}
+	}
+	r := &Role{Name: name, DefRange: b.DefRange}
+	f.Roles[name] = r
+	content, diags := b.Body.Content(f.bodySchema(nil, true))
+	if content == nil {
+		return diags
+	}
+	sb, d := f.scope(fmt.Sprintf("role %q", name), content, f.roleCtx())
+	diags = append(diags, d...)
+	r.body = sb
+	for _, vb := range content.Blocks {
+		if vb.Type != "variable" {
+			continue
+		}
+		v, d := decodeVariable(vb)
+		diags = append(diags, d...)
+		if v == nil {
+			continue
+		}
+		for _, o := range r.Variables {
+			if o.Name == v.Name {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate variable",
+					Detail: fmt.Sprintf("Variable %q is already declared at %s.", v.Name, o.DefRange), Subject: vb.DefRange.Ptr()})
+				v = nil
+				break
+			}
+		}
+		if v != nil {
+			r.Variables = append(r.Variables, v)
+		}
+	}
+	return diags
+}
+
+func decodeVariable(b *hcl.Block) (*Variable, hcl.Diagnostics) {
+	v := &Variable{Name: b.Labels[0], Type: cty.DynamicPseudoType, DefRange: b.DefRange}
+	if !hclsyntax.ValidIdentifier(v.Name) {
+		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid variable name",
+			Detail: fmt.Sprintf("%q is not a valid identifier: use letters, digits, _ and -, starting with a letter.", v.Name), Subject: b.LabelRanges[0].Ptr()}}
+	}
+	content, diags := b.Body.Content(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "default"}, {Name: "type"}, {Name: "description"}}})
+	if content == nil {
+		return nil, diags
+	}
+	if a, ok := content.Attributes["type"]; ok {
+		ty, d := typeexpr.TypeConstraint(a.Expr)
+		diags = append(diags, d...)
+		if !d.HasErrors() {
+			v.Type = ty
+		}
+	}
+	if a, ok := content.Attributes["description"]; ok {
+		d := v.decodeString(a, &v.Description)
+		diags = append(diags, d...)
+	}
+	if a, ok := content.Attributes["default"]; ok {
+		val, d := a.Expr.Value(nil)
+		diags = append(diags, d...)
+		if !d.HasErrors() {
+			cv, err := convert.Convert(val, v.Type)
+			if err != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid default value",
+					Detail: fmt.Sprintf("The default of variable %q does not match its type: %s.", v.Name, err), Subject: a.Expr.Range().Ptr()})
+			} else {
+				v.Default = cv
+			}
+		}
+	}
+	return v, diags
+}
+
+func (v *Variable) decodeString(a *hcl.Attribute, dst *string) hcl.Diagnostics {
+	val, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		return diags
+	}
+	if val.IsNull() || !val.Type().Equals(cty.String) {
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid description", Detail: "The description must be a string.", Subject: a.Expr.Range().Ptr()}}
+	}
+	*dst = val.AsString()
+	return nil
+}
+
+var hostAttrs = []string{"address", "ssh_user", "port", "host_key", "transport", "sudo", "tags", "arch", "meta"}
+
+func (f *Fleet) loadDefaults(b *hcl.Block) hcl.Diagnostics {
+	content, diags := b.Body.Content(f.bodySchema(hostAttrs, false))
+	if content == nil {
+		return diags
+	}
+	diags = append(diags, f.decodeHostAttrs(f.defaultsHost, content, true)...)
+	sb, d := f.scope("defaults", content, f.roleCtx())
+	f.defaults = sb
+	return append(diags, d...)
+}
+
+func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
+	name := b.Labels[0]
+	var diags hcl.Diagnostics
+	if !hostNameRe.MatchString(name) {
+		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid host name",
+			Detail:  fmt.Sprintf("%q is not a valid host name: use letters, digits and _ . -, starting with a letter or digit, at most 63 characters.", name),
+			Subject: b.LabelRanges[0].Ptr()}}
+	}
+	content, d := b.Body.Content(f.bodySchema(hostAttrs, false))
+	diags = append(diags, d...)
+	if content == nil {
+		return nil, diags
+	}
+	d0 := f.defaultsHost
+	h := &Host{Name: name, DefRange: b.DefRange, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
+		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{}}
+	for k, v := range d0.Meta {
+		h.Meta[k] = v
+	}
+	diags = append(diags, f.decodeHostAttrs(h, content, false)...)
+	if h.SSHUser == "" {
+		h.SSHUser = "root"
+	}
+	if h.Port == 0 {
+		h.Port = 22
+	}
+	if h.Transport == "" {
+		h.Transport = "ssh"
+	}
+	if h.Arch == "" {
+		h.Arch = "amd64"
+	}
+	if h.Address == "" {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing address",
+			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: b.DefRange.Ptr()})
+	}
+	sb, d := f.scope(fmt.Sprintf("host %q", name), content, f.roleCtx())
+	diags = append(diags, d...)
+	h.body = sb
+	return h, diags
+}
+
+func (f *Fleet) roleCtx() *hcl.EvalContext {
+	return &hcl.EvalContext{Functions: f.funcs, Variables: map[string]cty.Value{"role": f.roleNames}}
+}
+
+// decodeHostAttrs sets h's fields from the host attributes present.
+func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bool) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	ctx := f.staticCtx()
+	get := func(name string, ty cty.Type) (cty.Value, bool) {
+		a, ok := content.Attributes[name]
+		if !ok {
+			return cty.NilVal, false
+		}
+		if isDefaults && name == "address" || isDefaults && name == "host_key" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unexpected " + name,
+				Detail: fmt.Sprintf("%s belongs in each host block, not in defaults.", name), Subject: a.NameRange.Ptr()})
+			return cty.NilVal, false
+		}
+		v, d := a.Expr.Value(ctx)
+		diags = append(diags, d...)
+		if d.HasErrors() {
+			return cty.NilVal, false
+		}
+		cv, err := convert.Convert(v, ty)
+		if err != nil || cv.IsNull() {
+			msg := "must not be null"
+			if err != nil {
+				msg = err.Error()
+			}
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Incorrect attribute value type",
+				Detail: fmt.Sprintf("Inappropriate value for %s: %s.", name, msg), Subject: a.Expr.Range().Ptr()})
+			return cty.NilVal, false
+		}
+		return cv, true
+	}
+	rangeOf := func(name string) *hcl.Range { return content.Attributes[name].Expr.Range().Ptr() }
+	if v, ok := get("address", cty.String); ok {
+		h.Address = v.AsString()
+		if h.Address == "" || strings.ContainsAny(h.Address, " /\n") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid address",
+				Detail: fmt.Sprintf("%q is not a host address.", h.Address), Subject: rangeOf("address")})
+		}
+	}
+	if v, ok := get("ssh_user", cty.String); ok {
+		h.SSHUser = v.AsString()
+	}
+	if v, ok := get("port", cty.Number); ok {
+		p, _ := v.AsBigFloat().Int64()
+		if p < 1 || p > 65535 || !v.AsBigFloat().IsInt() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid port",
+				Detail: fmt.Sprintf("%s is not a port number between 1 and 65535.", v.AsBigFloat().Text('f', -1)), Subject: rangeOf("port")})
+		}
+		h.Port = int(p)
+	}
+	if v, ok := get("host_key", cty.String); ok {
+		h.HostKey = v.AsString()
+		if f := strings.Fields(h.HostKey); len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid host_key",
+				Detail: "host_key must be an SSH public key line like \"ssh-ed25519 AAAA...\" (ssh-keyscan prints it).", Subject: rangeOf("host_key")})
+		}
+	}
+	if v, ok := get("transport", cty.String); ok {
+		h.Transport = v.AsString()
+		if h.Transport != "ssh" && h.Transport != "tailscale" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid transport",
+				Detail: fmt.Sprintf("transport = %q: want \"ssh\" or \"tailscale\".", h.Transport), Subject: rangeOf("transport")})
+		}
+	}
+	if v, ok := get("sudo", cty.Bool); ok {
+		h.Sudo = v.True()
+	}
+	if v, ok := get("arch", cty.String); ok {
+		h.Arch = v.AsString()
+		switch h.Arch {
+		case "amd64", "arm64", "386", "arm", "riscv64", "ppc64le", "s390x", "loong64":
+		default:
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid arch",
+				Detail: fmt.Sprintf("arch = %q is not a Linux GOARCH such as \"amd64\" or \"arm64\".", h.Arch), Subject: rangeOf("arch")})
+		}
+	}
+	if v, ok := get("tags", cty.List(cty.String)); ok {
+		for it := v.ElementIterator(); it.Next(); {
+			_, e := it.Element()
+			t := e.AsString()
+			if !hostNameRe.MatchString(t) {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid tag",
+					Detail: fmt.Sprintf("Tag %q must be letters, digits and _ . -.", t), Subject: rangeOf("tags")})
+			}
+			h.Tags = append(h.Tags, t)
+		}
+		sort.Strings(h.Tags)
+		h.Tags = compactStrings(h.Tags)
+	}
+	if v, ok := get("meta", cty.Map(cty.String)); ok {
+		if h.Meta == nil {
+			h.Meta = map[string]string{}
+		}
+		for k, e := range v.AsValueMap() {
+			h.Meta[k] = e.AsString()
+		}
+	}
+	return diags
+}
+
+func compactStrings(s []string) []string {
+	out := s[:0]
+	for i, x := range s {
+		if i == 0 || x != s[i-1] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
+	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Rollback: "all", ConfirmTimeout: 30 * time.Second, DefRange: b.DefRange}
+	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"},
+	}}
+	content, diags := b.Body.Content(schema)
+	if content == nil {
+		return nil, diags
+	}
+	ctx := f.staticCtx()
+	eval := func(name string, ty cty.Type) (cty.Value, *hcl.Range, bool) {
+		a, ok := content.Attributes[name]
+		if !ok {
+			return cty.NilVal, nil, false
+		}
+		v, dd := a.Expr.Value(ctx)
+		diags = append(diags, dd...)
+		if dd.HasErrors() {
+			return cty.NilVal, nil, false
+		}
+		cv, err := convert.Convert(v, ty)
+		if err != nil || cv.IsNull() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Incorrect attribute value type",
+				Detail: fmt.Sprintf("Inappropriate value for %s of deployment %q.", name, d.Name), Subject: a.Expr.Range().Ptr()})
+			return cty.NilVal, nil, false
+		}
+		return cv, a.Expr.Range().Ptr(), true
+	}
+	set := map[string]bool{}
+	given := false
+	if v, rng, ok := eval("hosts", cty.List(cty.String)); ok {
+		given = true
+		for it := v.ElementIterator(); it.Next(); {
+			_, e := it.Element()
+			n := e.AsString()
+			if _, ok := f.Host(n); !ok {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unknown host",
+					Detail: fmt.Sprintf("Deployment %q lists host %q, which no host block defines.%s", d.Name, n, f.suggestHost(n)), Subject: rng})
+				continue
+			}
+			set[n] = true
+		}
+	}
+	if v, rng, ok := eval("selector", cty.String); ok {
+		given = true
+		sel := v.AsString()
+		tag, isTag := strings.CutPrefix(sel, "@")
+		if !isTag || tag == "" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid selector",
+				Detail: fmt.Sprintf("selector = %q: want a tag selector like \"@web\".", sel), Subject: rng})
+		}
+		for _, h := range f.Hosts {
+			if containsString(h.Tags, tag) {
+				set[h.Name] = true
+			}
+		}
+	}
+	if !given {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Deployment without hosts",
+			Detail: fmt.Sprintf("Deployment %q needs hosts = [...] or selector = \"@tag\".", d.Name), Subject: b.DefRange.Ptr()})
+	}
+	for n := range set {
+		d.Hosts = append(d.Hosts, n)
+	}
+	sort.Strings(d.Hosts)
+	if a, ok := content.Attributes["batch_size"]; ok {
+		v, dd := a.Expr.Value(ctx)
+		diags = append(diags, dd...)
+		if !dd.HasErrors() {
+			s, err := convert.Convert(v, cty.String)
+			valid := err == nil && !s.IsNull()
+			if valid {
+				d.BatchSize = s.AsString()
+				if pct, isPct := strings.CutSuffix(d.BatchSize, "%"); isPct {
+					n, err := strconv.Atoi(pct)
+					valid = err == nil && n >= 1 && n <= 100
+				} else {
+					n, err := strconv.Atoi(d.BatchSize)
+					valid = err == nil && n >= 1
+				}
+			}
+			if !valid {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid batch_size",
+					Detail: "batch_size must be a positive number of hosts, or a percentage like \"25%\".", Subject: a.Expr.Range().Ptr()})
+			}
+		}
+	}
+	if v, rng, ok := eval("max_failures", cty.Number); ok {
+		n, _ := v.AsBigFloat().Int64()
+		if n < 0 || !v.AsBigFloat().IsInt() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_failures",
+				Detail: "max_failures must be a whole number, 0 or more.", Subject: rng})
+		}
+		d.MaxFailures = int(n)
+	}
+	if v, rng, ok := eval("confirm_timeout", cty.String); ok {
+		t, err := time.ParseDuration(v.AsString())
+		if err != nil || t <= 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid confirm_timeout",
+				Detail: fmt.Sprintf("confirm_timeout = %q is not a positive duration like \"30s\".", v.AsString()), Subject: rng})
+		}
+		d.ConfirmTimeout = t
+	}
+	if v, rng, ok := eval("rollback", cty.String); ok {
+		d.Rollback = v.AsString()
+		if d.Rollback != "all" && d.Rollback != "host" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid rollback",
+				Detail: fmt.Sprintf("rollback = %q: want \"all\" (a failing batch rolls back every host switched in this run) or \"host\".", d.Rollback), Subject: rng})
+		}
+	}
+	return d, diags
+}
+
+func containsString(s []string, x string) bool {
+	for _, y := range s {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,83 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/declarative/deploy/modules"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// urlCollector is a dry-run package realizer that records url packages
+// instead of checking their pins.
+type urlCollector struct {
+	dry  *modules.PackageBuilder
+	urls map[string][]*modules.Resource
+}
+
+func (c *urlCollector) Package(ctx context.Context, r *modules.Resource, arch string) (string, hcl.Diagnostics) {
+	if r.Has("url") {
+		c.urls[r.String("url", "")] = append(c.urls[r.String("url", "")], r)
+		return c.dry.Placeholder(r.Name, "url:"+r.String("url", "")), nil
+	}
+	return c.dry.Package(ctx, r, arch)
+}
+
+// UpdateLock computes f's lock: every url package of every host, pinned by
+// the SHA-256 of its content. URLs already locked keep their pin unless
+// update is set; others are downloaded with pb (and so land in its download
+// cache). A url whose sha256 attribute disagrees with its content is an
+// error. The result is not written; see [modules.Lock.Write].
+func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, update bool) (*modules.Lock, hcl.Diagnostics) {
+	b := &Builder{}
+	c := &urlCollector{dry: b.packageBuilder(f, true), urls: map[string][]*modules.Resource{}}
+	var diags hcl.Diagnostics
+	for _, h := range f.Hosts {
+		_, d := f.Evaluate(ctx, h.Name, c)
+		diags = append(diags, d...)
+	}
+	diags = dedupe(diags)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	lock := &modules.Lock{Version: modules.LockVersion, Inputs: map[string]modules.LockedInput{}}
+	urls := make([]string, 0, len(c.urls))
+	for u := range c.urls {
+		urls = append(urls, u)
+	}
+	sort.Strings(urls)
+	for _, u := range urls {
+		rs := c.urls[u]
+		want := ""
+		for _, r := range rs {
+			if r.Has("sha256") {
+				h, err := modules.ParseSHA256(r.String("sha256", ""))
+				if err == nil && want != "" && h != want {
+					diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Conflicting sha256",
+						Detail: fmt.Sprintf("Two packages download %q with different sha256 attributes.", u), Subject: r.Range("sha256")})
+				}
+				want = h
+			}
+		}
+		old, locked := f.Lock.Inputs[u]
+		if locked && !update && (want == "" || want == old.SHA256) {
+			lock.Inputs[u] = old
+			continue
+		}
+		got, err := pb.Hash(ctx, u)
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot fetch input",
+				Detail: err.Error(), Subject: rs[0].Range("url")})
+			continue
+		}
+		if want != "" && got != want {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Input hash mismatch",
+				Detail:  fmt.Sprintf("%q has sha256 %s, but the configuration says %s.", u, got, want),
+				Subject: rs[0].Range("sha256")})
+			continue
+		}
+		lock.Inputs[u] = modules.LockedInput{Type: "url", SHA256: got}
+	}
+	return lock, diags
+}

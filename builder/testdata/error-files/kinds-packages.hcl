@@ -1,0 +1,36 @@
+host "h1" {
+  address = "10.0.0.1"
+  package "none" { # ERROR: Invalid package source
+  }
+  package "two" { # ERROR: Invalid package source
+    path = "./x"
+    url  = "https://example.com/x"
+  }
+  package "unpinned" {
+    url = "https://example.com/tool" # ERROR: Unpinned url
+  }
+  package "pinned-not-locked" {
+    url    = "https://example.com/tool2" # ERROR: Input not in deploy.lock
+    sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+  }
+  package "badhash" {
+    url    = "https://example.com/tool3"
+    sha256 = "abc" # ERROR: Invalid sha256
+  }
+  package "ftp" {
+    url    = "ftp://example.com/tool" # ERROR: Invalid url
+    sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+  }
+  package "outside" {
+    path = "../elsewhere" # ERROR: Invalid package path
+  }
+  package "gomissing" {
+    go { # ERROR: Invalid go package source
+      src = "./nomodule"
+    }
+  }
+  package "gonosrc" {
+    go { # ERROR: Missing required argument
+    }
+  }
+}

@@ -1,0 +1,5 @@
+{
+  "listen": ":${port}",
+  "greeting": ${jsonencode(greeting)},
+  "host": ${jsonencode(host)}
+}

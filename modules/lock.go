@@ -1,0 +1,105 @@
+package modules
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/declarative/deploy/internal/atomicfile"
+)
+
+// LockFileName is the lock file's name in a fleet directory.
+const LockFileName = "deploy.lock"
+
+// LockVersion is the version of the lock file format.
+const LockVersion = 1
+
+// Lock is deploy.lock: every external input of a fleet, pinned by hash.
+// Today the external inputs are url packages, keyed by URL.
+type Lock struct {
+	Version int                    `json:"version"`
+	Inputs  map[string]LockedInput `json:"inputs"`
+}
+
+// LockedInput is one pinned input.
+type LockedInput struct {
+	// Type is "url".
+	Type string `json:"type"`
+	// SHA256 is the hex SHA-256 of the input's bytes.
+	SHA256 string `json:"sha256"`
+}
+
+// ReadLock reads the lock file of fleetDir; a missing file is an empty lock.
+func ReadLock(fleetDir string) (*Lock, error) {
+	data, err := os.ReadFile(filepath.Join(fleetDir, LockFileName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Lock{Version: LockVersion, Inputs: map[string]LockedInput{}}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", LockFileName, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var l Lock
+	if err := dec.Decode(&l); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", LockFileName, err)
+	}
+	if l.Version != LockVersion {
+		return nil, fmt.Errorf("parsing %s: version %d is not supported (want %d)", LockFileName, l.Version, LockVersion)
+	}
+	if l.Inputs == nil {
+		l.Inputs = map[string]LockedInput{}
+	}
+	for k, in := range l.Inputs {
+		if _, err := ParseSHA256(in.SHA256); err != nil || in.Type != "url" {
+			return nil, fmt.Errorf("parsing %s: input %q: want type \"url\" and a hex sha256", LockFileName, k)
+		}
+	}
+	return &l, nil
+}
+
+// Marshal returns the lock file's canonical encoding.
+func (l *Lock) Marshal() []byte {
+	c := *l
+	c.Version = LockVersion
+	if c.Inputs == nil {
+		c.Inputs = map[string]LockedInput{}
+	}
+	data, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		panic("modules: encoding a Lock cannot fail: " + err.Error())
+	}
+	return append(data, '\n')
+}
+
+// Write writes the lock file into fleetDir atomically.
+func (l *Lock) Write(fleetDir string) error {
+	if err := atomicfile.Write(filepath.Join(fleetDir, LockFileName), l.Marshal(), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", LockFileName, err)
+	}
+	return nil
+}
+
+// ParseSHA256 accepts a SHA-256 as 64 hex digits or as SRI
+// ("sha256-<base64>") and returns it as lowercase hex.
+func ParseSHA256(s string) (string, error) {
+	if rest, ok := strings.CutPrefix(s, "sha256-"); ok {
+		b, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil || len(b) != 32 {
+			return "", fmt.Errorf("%q is not a SHA-256 in SRI form (sha256-<44 base64 characters>)", s)
+		}
+		return hex.EncodeToString(b), nil
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 32 {
+		return "", fmt.Errorf("%q is not a SHA-256: want 64 hex digits or sha256-<base64>", s)
+	}
+	return hex.EncodeToString(b), nil
+}

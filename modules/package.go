@@ -1,0 +1,511 @@
+package modules
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/nar"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// PackageBuilder realizes package resources into the store: reproducible go
+// builds, local paths, and pinned downloads. It caches what it built in
+// CacheDir, so a rebuild of unchanged inputs costs a hash of the source and
+// two small file reads.
+//
+// With DryRun it only checks the package (sources exist, urls are pinned)
+// and returns a placeholder store path derived from the package's name, so
+// a whole fleet can be validated without building.
+//
+// A PackageBuilder is safe for concurrent use once its fields are set.
+type PackageBuilder struct {
+	// Store receives the packages.
+	Store *closure.Store
+	// FleetDir is the directory that relative sources are in.
+	FleetDir string
+	// CacheDir holds downloads and the index of finished builds.
+	CacheDir string
+	// Lock pins url packages; nil is an empty lock.
+	Lock *Lock
+	// Go is the go command (default: "go" from PATH). The Go version is
+	// part of every go package's cache key.
+	Go string
+	// GoEnv adds to the fixed environment of go builds; only GOCACHE and
+	// GOMODCACHE (where caches are, not what is built) are honoured.
+	GoEnv map[string]string
+	// HTTPClient fetches url packages (default http.DefaultClient).
+	HTTPClient *http.Client
+	// DryRun checks packages without building or fetching.
+	DryRun bool
+	// Logf receives progress lines; nil discards them.
+	Logf func(format string, args ...any)
+
+	once      sync.Once
+	goVersion string
+	goCache   string
+	goModDir  string
+	goErr     error
+	mu        sync.Mutex
+	inFlight  map[string]*sync.Mutex
+}
+
+func (b *PackageBuilder) logf(format string, args ...any) {
+	if b.Logf != nil {
+		b.Logf(format, args...)
+	}
+}
+
+// Package realizes package r for architecture arch (a GOARCH) and returns its
+// store path.
+func (b *PackageBuilder) Package(ctx context.Context, r *Resource, arch string) (string, hcl.Diagnostics) {
+	switch {
+	case r.Has("go"):
+		return b.goPackage(ctx, r, arch)
+	case r.Has("path"):
+		return b.pathPackage(ctx, r)
+	case r.Has("url"):
+		return b.urlPackage(ctx, r)
+	}
+	return "", hcl.Diagnostics{errAt(r.nameRange(), "Invalid package source", "Package %q has no source.", r.Name)}
+}
+
+// Placeholder returns the store path a dry run gives a package: derived from
+// its name and salt, never built.
+func (b *PackageBuilder) Placeholder(name, salt string) string {
+	p, err := closure.MakeSourcePath(b.Store.StoreDir, sha256.Sum256([]byte("unbuilt\x00"+salt)), StoreName(name, "package"), nil)
+	if err != nil {
+		panic("modules: placeholder path: " + err.Error())
+	}
+	return p
+}
+
+func (b *PackageBuilder) pathPackage(ctx context.Context, r *Resource) (string, hcl.Diagnostics) {
+	src, err := FleetPath(b.FleetDir, r.String("path", ""))
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.Range("path"), "Invalid package path", "Package %q: %s.", r.Name, err)}
+	}
+	if b.DryRun {
+		return b.Placeholder(r.Name, "path:"+r.String("path", "")), nil
+	}
+	pi, err := b.Store.AddTree(ctx, src, StoreName(r.Name, "package"), nil)
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.Range("path"), "Cannot store package", "Package %q: %s.", r.Name, err)}
+	}
+	return pi.Path, nil
+}
+
+// lockFor returns the per-key mutex, so that concurrent builds of the same
+// input happen once.
+func (b *PackageBuilder) lockFor(key string) *sync.Mutex {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inFlight == nil {
+		b.inFlight = map[string]*sync.Mutex{}
+	}
+	m, ok := b.inFlight[key]
+	if !ok {
+		m = &sync.Mutex{}
+		b.inFlight[key] = m
+	}
+	return m
+}
+
+// cached returns the store path recorded under key if it is still valid.
+func (b *PackageBuilder) cached(kind, key string) (string, bool) {
+	data, err := os.ReadFile(filepath.Join(b.CacheDir, kind, key))
+	if err != nil {
+		return "", false
+	}
+	p := strings.TrimSpace(string(data))
+	ok, err := b.Store.Valid(p)
+	return p, err == nil && ok
+}
+
+func (b *PackageBuilder) remember(kind, key, p string) error {
+	dir := filepath.Join(b.CacheDir, kind)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(p + "\n"); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, key))
+}
+
+func (b *PackageBuilder) tempDir() (string, error) {
+	dir := filepath.Join(b.CacheDir, "tmp")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(dir, "build-")
+}
+
+// goSetup finds the go command, its version and its caches, once.
+func (b *PackageBuilder) goSetup(ctx context.Context) error {
+	b.once.Do(func() {
+		gobin := b.Go
+		if gobin == "" {
+			gobin = "go"
+		}
+		p, err := exec.LookPath(gobin)
+		if err != nil {
+			b.goErr = fmt.Errorf("finding the go command: %w", err)
+			return
+		}
+		b.Go = p
+		cmd := exec.CommandContext(ctx, p, "env", "GOVERSION", "GOCACHE", "GOMODCACHE")
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "GOFLAGS=")
+		out, err := cmd.Output()
+		if err != nil {
+			b.goErr = fmt.Errorf("running %q env: %w", p, err)
+			return
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 3 {
+			b.goErr = fmt.Errorf("running %q env: unexpected output %q", p, out)
+			return
+		}
+		b.goVersion, b.goCache, b.goModDir = lines[0], lines[1], lines[2]
+		if v := b.GoEnv["GOCACHE"]; v != "" {
+			b.goCache = v
+		}
+		if v := b.GoEnv["GOMODCACHE"]; v != "" {
+			b.goModDir = v
+		}
+	})
+	return b.goErr
+}
+
+func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string) (string, hcl.Diagnostics) {
+	g, _ := r.Block("go")
+	srcRel := g.String("src", "")
+	src, err := FleetPath(b.FleetDir, srcRel)
+	if err == nil {
+		if _, serr := os.Stat(filepath.Join(src, "go.mod")); serr != nil {
+			err = fmt.Errorf("%q has no go.mod; src must be a Go module's directory", srcRel)
+		}
+	}
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(g.Range("src"), "Invalid go package source", "Package %q: %s.", r.Name, err)}
+	}
+	pkgs := g.Strings("packages")
+	if len(pkgs) == 0 {
+		pkgs = []string{"."}
+	}
+	cgo := g.Bool("cgo", false)
+	if b.DryRun {
+		return b.Placeholder(r.Name, "go:"+srcRel), nil
+	}
+	fail := func(err error) (string, hcl.Diagnostics) {
+		return "", hcl.Diagnostics{errAt(g.Range("src"), "Go build failed", "Package %q: %s.", r.Name, err)}
+	}
+	if err := b.goSetup(ctx); err != nil {
+		return fail(err)
+	}
+	h := sha256.New()
+	if err := nar.Dump(h, src); err != nil {
+		return fail(err)
+	}
+	key := sha256.New()
+	fmt.Fprintf(key, "go-package-v1\x00%s\x00linux\x00%s\x00%t\x00%q\x00%q\x00%q\x00%s\x00%x",
+		b.goVersion, arch, cgo, pkgs, g.Strings("ldflags"), g.Strings("tags"), StoreName(r.Name, "package"), h.Sum(nil))
+	k := hex.EncodeToString(key.Sum(nil))
+	mu := b.lockFor("go:" + k)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := b.cached("go", k); ok {
+		return p, nil
+	}
+	b.logf("building package %q (go build %s, %s/%s)", r.Name, srcRel, "linux", arch)
+	tmp, err := b.tempDir()
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	work := filepath.Join(tmp, "src")
+	if err := copyTree(src, work); err != nil {
+		return fail(err)
+	}
+	out := filepath.Join(tmp, "out")
+	if err := os.MkdirAll(filepath.Join(out, "bin"), 0o755); err != nil {
+		return fail(err)
+	}
+	ldflags := append([]string{"-buildid="}, g.Strings("ldflags")...)
+	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=" + strings.Join(ldflags, " "), "-o", filepath.Join(out, "bin") + "/"}
+	if tags := g.Strings("tags"); len(tags) > 0 {
+		args = append(args, "-tags="+strings.Join(tags, ","))
+	}
+	args = append(args, pkgs...)
+	cmd := exec.CommandContext(ctx, b.Go, args...)
+	cmd.Dir = work
+	cgoEnv := "0"
+	if cgo {
+		cgoEnv = "1"
+	}
+	home := filepath.Join(tmp, "home")
+	cmd.Env = []string{
+		"PATH=" + filepath.Dir(b.Go) + ":/usr/bin:/bin",
+		"HOME=" + home,
+		"GOCACHE=" + b.goCache,
+		"GOMODCACHE=" + b.goModDir,
+		"GOPROXY=off",
+		"GOSUMDB=off",
+		"GOFLAGS=-mod=mod",
+		"GOTOOLCHAIN=local",
+		"GOENV=off",
+		"GOWORK=off",
+		"GO111MODULE=on",
+		"GOOS=linux",
+		"GOARCH=" + arch,
+		"CGO_ENABLED=" + cgoEnv,
+		"TZ=UTC",
+		"LC_ALL=C",
+		"LANG=C",
+		"SOURCE_DATE_EPOCH=0",
+	}
+	var stderr bytes.Buffer
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > 4000 {
+			msg = msg[:4000] + "..."
+		}
+		if strings.Contains(msg, "GOPROXY=off") || strings.Contains(msg, "module lookup disabled") {
+			msg += "\n(the build may use only the module cache: run `go mod download` in " + srcRel + ")"
+		}
+		return fail(fmt.Errorf("%v\n%s", err, msg))
+	}
+	entries, err := os.ReadDir(filepath.Join(out, "bin"))
+	if err != nil {
+		return fail(err)
+	}
+	if len(entries) == 0 {
+		return fail(fmt.Errorf("no main package among %q", pkgs))
+	}
+	pi, err := b.Store.AddTree(ctx, out, StoreName(r.Name, "package"), nil)
+	if err != nil {
+		return fail(err)
+	}
+	if err := b.remember("go", k, pi.Path); err != nil {
+		return fail(err)
+	}
+	return pi.Path, nil
+}
+
+// copyTree copies directories, regular files (keeping the executable bit)
+// and symlinks from src to dst.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(target, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(l, target)
+		case d.Type().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			mode := os.FileMode(0o644)
+			if info.Mode()&0o100 != 0 {
+				mode = 0o755
+			}
+			return os.WriteFile(target, data, mode)
+		}
+		return fmt.Errorf("%q: unsupported file type %s", p, info.Mode().Type())
+	})
+}
+
+// URLPin returns the SHA-256 (hex) that pins url package r. deploy.lock must
+// pin the url; a sha256 attribute, if present, must agree with the lock.
+func URLPin(r *Resource, lock *Lock) (string, hcl.Diagnostics) {
+	url := r.String("url", "")
+	var want string
+	if r.Has("sha256") {
+		h, err := ParseSHA256(r.String("sha256", ""))
+		if err != nil {
+			return "", hcl.Diagnostics{errAt(r.Range("sha256"), "Invalid sha256", "%s.", err)}
+		}
+		want = h
+	}
+	var locked string
+	if lock != nil {
+		if in, ok := lock.Inputs[url]; ok {
+			locked = in.SHA256
+		}
+	}
+	switch {
+	case want == "" && locked == "":
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Unpinned url",
+			"Package %q downloads %q, which neither a sha256 attribute nor deploy.lock pins. Run `deploy lock` to pin it.", r.Name, url)}
+	case want != "" && locked != "" && want != locked:
+		return "", hcl.Diagnostics{errAt(r.Range("sha256"), "Input does not match deploy.lock",
+			"Package %q pins %q to sha256 %s, but deploy.lock has %s. If the new hash is intended, run `deploy lock`.", r.Name, url, want, locked)}
+	case want == "" && lock != nil:
+		return locked, nil
+	}
+	if locked == "" {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Input not in deploy.lock",
+			"Package %q downloads %q, which deploy.lock does not pin. Run `deploy lock` to add it.", r.Name, url)}
+	}
+	return want, nil
+}
+
+func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, hcl.Diagnostics) {
+	sum, diags := URLPin(r, b.Lock)
+	if diags.HasErrors() {
+		return "", diags
+	}
+	if b.DryRun {
+		return b.Placeholder(r.Name, "url:"+sum), nil
+	}
+	url := r.String("url", "")
+	exe := r.Bool("executable", false)
+	fail := func(err error) (string, hcl.Diagnostics) {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
+	}
+	k := fmt.Sprintf("%s-%t-%s", sum, exe, StoreName(r.Name, "package"))
+	mu := b.lockFor("url:" + k)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := b.cached("url", k); ok {
+		return p, nil
+	}
+	file, err := b.Fetch(ctx, url, sum)
+	if err != nil {
+		return fail(err)
+	}
+	tmp, err := b.tempDir()
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fail(err)
+	}
+	mode := os.FileMode(0o644)
+	if exe {
+		mode = 0o755
+	}
+	obj := filepath.Join(tmp, "obj")
+	if err := os.WriteFile(obj, data, mode); err != nil {
+		return fail(err)
+	}
+	if err := os.Chmod(obj, mode); err != nil {
+		return fail(err)
+	}
+	pi, err := b.Store.AddTree(ctx, obj, StoreName(r.Name, "package"), nil)
+	if err != nil {
+		return fail(err)
+	}
+	if err := b.remember("url", k, pi.Path); err != nil {
+		return fail(err)
+	}
+	return pi.Path, nil
+}
+
+// ErrHashMismatch is returned (wrapped) when a download's hash is not the
+// pinned one.
+var ErrHashMismatch = errors.New("hash mismatch")
+
+// Fetch downloads url into the download cache unless a file with SHA-256
+// sum (hex; empty to accept any) is already there, and returns the cached
+// file's path. A download whose hash differs from sum fails with
+// [ErrHashMismatch] and leaves nothing in the cache.
+func (b *PackageBuilder) Fetch(ctx context.Context, url, sum string) (string, error) {
+	dir := filepath.Join(b.CacheDir, "fetch")
+	if sum != "" {
+		if _, err := os.Stat(filepath.Join(dir, sum)); err == nil {
+			return filepath.Join(dir, sum), nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	b.logf("fetching %s", url)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", fmt.Errorf("fetching %q: %w", url, err)
+	}
+	client := b.HTTPClient
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("fetching %q: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("fetching %q: %s", url, resp.Status)
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(tmp, h), resp.Body); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("fetching %q: %w", url, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if sum != "" && got != sum {
+		return "", fmt.Errorf("fetching %q: %w: got sha256 %s, want %s", url, ErrHashMismatch, got, sum)
+	}
+	final := filepath.Join(dir, got)
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return "", err
+	}
+	return final, nil
+}
+
+// Hash returns the SHA-256 (hex) of the file at url, fetching it into the
+// cache: what `deploy lock` records.
+func (b *PackageBuilder) Hash(ctx context.Context, url string) (string, error) {
+	p, err := b.Fetch(ctx, url, "")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Base(p), nil
+}
