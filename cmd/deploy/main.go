@@ -34,8 +34,16 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"build", "build the system closures of hosts (DIR#NAME...); prints their store paths", runBuild},
+		{"eval", "print the evaluated configuration of hosts (DIR#NAME...)", runEval},
+		{"check", "validate a whole fleet without building (for CI)", runCheck},
+		{"closure", "list a host's system closure with sizes (DIR#HOST)", runClosure},
+		{"diff", "show what activating a host's new system changes (DIR#HOST --from SYSTEM)", runDiff},
+		{"lock", "pin every external input of a fleet in deploy.lock", runLock},
 		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
 		{"nar", "write or restore Nix archives (dump, restore)", runNar},
+		{"copy", "copy store paths and their closure to a host over SSH", runCopy},
+		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/mesh"
+)
+
+// sshFlags are the flags that say how to reach and trust a host.
+type sshFlags struct {
+	hostKey    string
+	knownHosts stringList
+	identities stringList
+	sshConfig  string
+	tofu       bool
+	sudo       bool
+	jump       string
+}
+
+// parseHostSpec splits [user@]host[:port].
+func parseHostSpec(spec string) (user, host string, port int, err error) {
+	if u, rest, ok := strings.Cut(spec, "@"); ok {
+		user, spec = u, rest
+	}
+	host = spec
+	if h, p, err := net.SplitHostPort(spec); err == nil {
+		host = h
+		if port, err = strconv.Atoi(p); err != nil || port <= 0 || port > 65535 {
+			return "", "", 0, fmt.Errorf("host %q: bad port %q", spec, p)
+		}
+	}
+	if host == "" {
+		return "", "", 0, fmt.Errorf("host %q: empty host name", spec)
+	}
+	return user, host, port, nil
+}
+
+// agentBinary finds the deploy-agent to bootstrap: --agent, else the one
+// beside the running deploy.
+func agentBinary(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(filepath.Dir(exe), "deploy-agent")
+	if _, err := os.Stat(p); err != nil {
+		return "", withHint(fmt.Errorf("no deploy-agent beside %q", exe), ExitUsage, "install deploy-agent next to deploy, or pass --agent PATH")
+	}
+	return p, nil
+}
+
+// copyEvent is the --json progress schema of deploy copy (one JSON object
+// per line).
+type copyEvent struct {
+	Event     string `json:"event"` // copy.start, copy.progress, copy.done, copy.error
+	Host      string `json:"host"`
+	Path      string `json:"path,omitempty"`
+	Sent      int64  `json:"sent,omitempty"`
+	Confirmed int64  `json:"confirmed,omitempty"`
+	Total     int64  `json:"total,omitempty"`
+	Paths     int    `json:"paths,omitempty"`
+	Missing   int    `json:"missing,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+func runCopy(ctx context.Context, e *env, args []string) error {
+	var sf storeFlags
+	var sshf sshFlags
+	var to, agent, remoteState string
+	var asJSON, compress bool
+	fs := newFlags(e, "copy", "STORE-PATH... --to [USER@]HOST[:PORT]")
+	sf.register(fs)
+	fs.StringVar(&to, "to", "", "the target `[user@]host[:port]`")
+	fs.StringVar(&agent, "agent", "", "deploy-agent `binary` to bootstrap (default: beside deploy)")
+	fs.StringVar(&sshf.hostKey, "host-key", "", "the target's pinned host `key` (authorized_keys format)")
+	fs.Var(&sshf.knownHosts, "known-hosts", "known_hosts `file` (repeatable; default ~/.ssh/known_hosts)")
+	fs.Var(&sshf.identities, "identity", "private key `file` (repeatable; ssh-agent and ~/.ssh/id_* are used too)")
+	fs.StringVar(&sshf.sshConfig, "ssh-config", "", "ssh config `file` (default ~/.ssh/config; \"none\" to ignore)")
+	fs.StringVar(&sshf.jump, "jump", "", "ProxyJump `hops` ([user@]host[:port],...)")
+	fs.BoolVar(&sshf.tofu, "trust-on-first-use", false, "accept and record an unknown host key (never a changed one)")
+	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from DEPLOY_SUDO_PASSWORD)")
+	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
+	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
+	fs.BoolVar(&asJSON, "json", false, "print progress as JSON lines on stdout")
+	pos, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	if to == "" {
+		return usageErrorf("copy: --to is required")
+	}
+	user, host, port, err := parseHostSpec(to)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
+	local, err := sf.open(e)
+	if err != nil {
+		return err
+	}
+	bin, err := agentBinary(agent)
+	if err != nil {
+		return err
+	}
+	agentInfo, err := local.AddAgent(ctx, bin)
+	if err != nil {
+		return err
+	}
+	cfg := &mesh.Config{
+		IdentityFiles:   sshf.identities,
+		KnownHostsFiles: sshf.knownHosts,
+		SSHConfigFile:   sshf.sshConfig,
+		TrustOnFirstUse: sshf.tofu,
+		Getenv:          e.getenv,
+	}
+	target := mesh.Target{Name: host, Address: host, Port: port, User: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump, Sudo: sshf.sudo}
+
+	emit := func(ev copyEvent) {}
+	var mu sync.Mutex
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		emit = func(ev copyEvent) {
+			ev.Host = host
+			mu.Lock()
+			enc.Encode(ev)
+			mu.Unlock()
+		}
+	}
+	client, err := cfg.Connect(ctx, target)
+	if err != nil {
+		emit(copyEvent{Event: "copy.error", Error: err.Error()})
+		return hostError(err)
+	}
+	defer client.Close()
+	var last time.Time
+	opts := deploy.CopyOptions{
+		StateDir: remoteState,
+		Compress: compress,
+		Logf:     func(f string, a ...any) { fmt.Fprintf(e.stderr, "deploy: %s: "+f+"\n", append([]any{host}, a...)...) },
+		Progress: func(p closure.Progress) {
+			if p.Done || time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				emit(copyEvent{Event: "copy.progress", Path: p.Path, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
+			}
+		},
+	}
+	emit(copyEvent{Event: "copy.start"})
+	res, err := deploy.Copy(ctx, local, client, pos, agentInfo.Path, opts)
+	if err != nil {
+		emit(copyEvent{Event: "copy.error", Error: err.Error()})
+		return hostError(fmt.Errorf("%s: %w", host, err))
+	}
+	emit(copyEvent{Event: "copy.done", Paths: res.Paths, Missing: res.Stats.Missing, Total: res.Stats.NarBytes})
+	if !asJSON {
+		fmt.Fprintf(e.stderr, "deploy: %s: %d paths in the closure, %d were missing, %d NAR bytes sent\n", host, res.Paths, res.Stats.Missing, res.Stats.NarBytes)
+	}
+	return nil
+}
+
+// hostError maps an error reaching or copying to a host to its exit code
+// and hint.
+func hostError(err error) error {
+	var unknown *mesh.UnknownHostError
+	var changed *mesh.HostKeyError
+	switch {
+	case errors.As(err, &unknown):
+		return withHint(err, ExitUnreachable, unknown.Hint())
+	case errors.As(err, &changed):
+		return withHint(err, ExitUnreachable, "the host key changed: if the host was reinstalled, verify the new key out of band and update host_key / known_hosts; otherwise this may be an attack")
+	}
+	return &exitError{code: ExitUnreachable, err: err}
+}

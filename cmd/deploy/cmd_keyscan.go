@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/declarative/deploy/mesh"
+)
+
+// keyscanOptions are the flags of `deploy keyscan`.
+type keyscanOptions struct {
+	knownHosts bool
+	timeout    time.Duration
+}
+
+// runKeyscan prints the host keys of each HOST[:PORT], ed25519 first, in
+// authorized_keys format (ready for a host's host_key), or as known_hosts
+// lines with --known-hosts. Fingerprints go to stderr so the operator can
+// compare them with the host's console output before trusting them.
+func runKeyscan(ctx context.Context, e *env, args []string) error {
+	var o keyscanOptions
+	fs := newFlags(e, "keyscan", "HOST[:PORT]...")
+	fs.BoolVar(&o.knownHosts, "known-hosts", false, "print known_hosts lines (\"[host]:port key\") instead of bare keys")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "dial and handshake `timeout` per key type")
+	pos, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	return keyscan(ctx, e, o, pos)
+}
+
+func keyscan(ctx context.Context, e *env, o keyscanOptions, hosts []string) error {
+	cfg := &mesh.Config{DialTimeout: o.timeout, HandshakeTimeout: o.timeout, Getenv: e.getenv}
+	var failed []string
+	for _, arg := range hosts {
+		host, port, err := splitHostPort(arg)
+		if err != nil {
+			return usageErrorf("keyscan: %v", err)
+		}
+		keys, err := mesh.Keyscan(ctx, cfg, host, port)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "deploy: keyscan %s: %v\n", arg, err)
+			failed = append(failed, arg)
+			continue
+		}
+		addr := knownhosts.Normalize(net.JoinHostPort(host, strconv.Itoa(port)))
+		for _, k := range keys {
+			fmt.Fprintf(e.stderr, "deploy: %s: %s %s\n", addr, k.Type(), ssh.FingerprintSHA256(k))
+			if o.knownHosts {
+				fmt.Fprintln(e.stdout, knownhosts.Line([]string{addr}, k))
+			} else {
+				fmt.Fprintln(e.stdout, mesh.FormatHostKey(k))
+			}
+		}
+	}
+	if len(failed) > 0 {
+		return withHint(fmt.Errorf("keyscan: %d of %d hosts unreachable: %s", len(failed), len(hosts), strings.Join(failed, ", ")),
+			ExitUnreachable, "check the address and port, and that sshd runs on the host")
+	}
+	fmt.Fprintln(e.stderr, "deploy: hint: compare these fingerprints with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before trusting them")
+	return nil
+}
+
+// splitHostPort parses HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address;
+// the port defaults to 22.
+func splitHostPort(s string) (string, int, error) {
+	if s == "" {
+		return "", 0, errors.New("empty host")
+	}
+	if strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
+		return s, 22, nil // bare IPv6
+	}
+	if !strings.Contains(s, ":") {
+		return s, 22, nil
+	}
+	h, p, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+			return s[1 : len(s)-1], 22, nil
+		}
+		return "", 0, fmt.Errorf("bad address %q: %w", s, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n <= 0 || n > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", s)
+	}
+	return h, n, nil
+}

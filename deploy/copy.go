@@ -1,0 +1,238 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/mesh"
+)
+
+// DefaultStateDir is the agent's state directory on every target.
+const DefaultStateDir = "/var/lib/deploy"
+
+// CopyOptions tunes [Copy].
+type CopyOptions struct {
+	// StateDir is the target's state directory (default [DefaultStateDir]).
+	// Its store subdirectory must be the local store's StoreDir.
+	StateDir string
+	// Compress asks for zstd on the wire.
+	Compress bool
+	// Progress, if set, receives transfer progress.
+	Progress func(closure.Progress)
+	// Logf, if set, receives a line per step.
+	Logf func(format string, args ...any)
+}
+
+// CopyResult says what [Copy] did.
+type CopyResult struct {
+	Paths        int  // paths in the closure
+	Bootstrapped bool // the agent was uploaded and installed first
+	Stats        *closure.TransferStats
+}
+
+// CopyError is a failed copy: the phase it failed in and, when the agent
+// said something, the last lines of its stderr.
+type CopyError struct {
+	Phase     string // "bootstrap" or "transfer"
+	Err       error
+	AgentLogs string
+}
+
+func (e *CopyError) Error() string {
+	msg := e.Err.Error()
+	if !strings.HasPrefix(msg, e.Phase+":") {
+		msg = e.Phase + ": " + msg
+	}
+	if e.AgentLogs != "" {
+		msg += "\nagent: " + strings.ReplaceAll(strings.TrimSpace(e.AgentLogs), "\n", "\nagent: ")
+	}
+	return msg
+}
+
+func (e *CopyError) Unwrap() error { return e.Err }
+
+// Copy makes the closure of roots valid in the store of the host behind
+// client, sending only what the target lacks. agentPath is a valid local
+// agent store path (see [closure.AgentName]); when the target lacks it, it
+// is bootstrapped first. An interrupted copy is completed by calling Copy
+// again.
+func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots []string, agentPath string, opts CopyOptions) (*CopyResult, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	if want := path.Join(opts.StateDir, "store"); want != local.StoreDir {
+		return nil, fmt.Errorf("copy: the target's store is %q but these paths are for %q", want, local.StoreDir)
+	}
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	cl, err := local.Closure(append([]string{agentPath}, roots...)...)
+	if err != nil {
+		return nil, fmt.Errorf("copy: %w", err)
+	}
+	paths := make([]string, len(cl))
+	for i, pi := range cl {
+		paths[i] = pi.Path
+	}
+	res := &CopyResult{Paths: len(paths)}
+	boot, err := ensureAgent(ctx, local, client, agentPath, opts.StateDir, logf)
+	res.Bootstrapped = boot
+	if err != nil {
+		return res, err
+	}
+	agentExe := path.Join(agentPath, closure.AgentBin)
+	sess, err := client.Start(ctx, []string{agentExe, "receive", "--state-dir", opts.StateDir})
+	if err != nil {
+		return res, &CopyError{Phase: "transfer", Err: err}
+	}
+	defer sess.Close()
+	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress})
+	res.Stats = stats
+	sess.Stdin.Close()
+	werr := sess.Wait()
+	if err == nil && werr != nil {
+		err = werr
+	}
+	if err != nil {
+		return res, &CopyError{Phase: "transfer", Err: connectionCause(client, err), AgentLogs: tail(string(sess.Stderr()), 10)}
+	}
+	logf("copied %d of %d paths (%d NAR bytes)", stats.Imported, len(paths), stats.NarBytes)
+	return res, nil
+}
+
+// connectionCause explains a transfer error that came from the connection
+// (a closed socket, EOF) by the client's own verdict on the connection,
+// such as "no reply to 3 keepalives": that names the host and the reason.
+// Errors the agent reported, and protocol errors, are returned as they are.
+func connectionCause(client *mesh.Client, err error) error {
+	var ae *closure.AgentError
+	var pe *closure.ProtocolError
+	var hm *closure.HashMismatchError
+	if errors.As(err, &ae) || errors.As(err, &pe) || errors.As(err, &hm) {
+		return err
+	}
+	select {
+	case <-client.Dead():
+	case <-time.After(verdictWait):
+		return err
+	}
+	if cause := client.Err(); cause != nil {
+		var ue *mesh.UnreachableError
+		if errors.As(cause, &ue) {
+			return cause
+		}
+	}
+	return err
+}
+
+// verdictWait bounds how long a failed transfer waits for the connection's
+// keepalive verdict; the keepalive itself has already been running.
+var verdictWait = 10 * time.Second
+
+type sessionConn struct {
+	io.Reader
+	io.Writer
+	close func() error
+}
+
+func (c *sessionConn) Close() error { return c.close() }
+
+// ensureAgent makes agentPath valid on the target, uploading and
+// installing the bare agent binary when it is missing. It reports whether
+// it bootstrapped.
+func ensureAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string, logf func(string, ...any)) (bool, error) {
+	hash, _, err := closure.SplitPath(local.StoreDir, agentPath)
+	if err != nil {
+		return false, err
+	}
+	dbFile := path.Join(stateDir, "db", hash+".narinfo")
+	exe := path.Join(agentPath, closure.AgentBin)
+	var out bytes.Buffer
+	err = client.Run(ctx, []string{"sh", "-c", `test -f "$1" && test -x "$2" && echo present || echo absent`, "sh", dbFile, exe}, nil, &out, io.Discard)
+	if err != nil {
+		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("checking for the agent: %w", err)}
+	}
+	if strings.TrimSpace(out.String()) == "present" {
+		return false, nil
+	}
+	logf("bootstrapping %s", agentPath)
+	info, err := local.Info(agentPath)
+	if err != nil {
+		return false, err
+	}
+	storeDir := path.Join(stateDir, "store")
+	if err := client.Run(ctx, []string{"mkdir", "-p", storeDir}, nil, io.Discard, io.Discard); err != nil {
+		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("creating %q: %w", storeDir, err)}
+	}
+	var rnd [12]byte
+	rand.Read(rnd[:])
+	upload := path.Join(storeDir, closure.UploadPrefix+hex.EncodeToString(rnd[:]))
+	if err := uploadFile(ctx, client, path.Join(local.RealPath(agentPath), closure.AgentBin), upload); err != nil {
+		return true, &CopyError{Phase: "bootstrap", Err: err}
+	}
+	var stdout, stderr bytes.Buffer
+	err = client.Run(ctx, []string{upload, "install-self", "--state-dir", stateDir, info.NarHashString()}, nil, &stdout, &stderr)
+	if err != nil {
+		client.Run(ctx, []string{"rm", "-f", upload}, nil, io.Discard, io.Discard)
+		return true, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self: %w", err), AgentLogs: tail(stderr.String(), 10)}
+	}
+	if got := strings.TrimSpace(stdout.String()); got != agentPath {
+		return true, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self registered %q, want %q", got, agentPath)}
+	}
+	return true, nil
+}
+
+// uploadFile copies a local file to a new private file on the target with
+// SFTP: created exclusively with mode 0700, written, synced, closed.
+func uploadFile(ctx context.Context, client *mesh.Client, src, dst string) error {
+	sc, err := client.SFTP(ctx)
+	if err != nil {
+		return fmt.Errorf("sftp: %w", err)
+	}
+	defer sc.Close()
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	defer in.Close()
+	f, err := sc.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fmt.Errorf("upload %q: %w", dst, err)
+	}
+	if err := f.Chmod(0o700); err != nil {
+		f.Close()
+		return fmt.Errorf("upload %q: %w", dst, err)
+	}
+	if _, err := io.Copy(f, in); err != nil {
+		f.Close()
+		sc.Remove(dst)
+		return fmt.Errorf("upload %q: %w", dst, err)
+	}
+	if err := f.Close(); err != nil {
+		sc.Remove(dst)
+		return fmt.Errorf("upload %q: %w", dst, err)
+	}
+	return nil
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
