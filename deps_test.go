@@ -51,7 +51,7 @@ var allowed = map[string][]string{
 	"manifest":         {},
 	"modules":          {"closure", "manifest"},
 	"builder":          {"modules", "closure", "manifest"},
-	"secrets":          {"closure"},
+	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest"},
 	"mesh":             {},
 	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest"},
