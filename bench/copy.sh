@@ -48,8 +48,12 @@ hostkey=$(cut -d' ' -f1,2 "$w/hostkey.pub")
 nft add table inet deploybench
 nft add chain inet deploybench out '{ type filter hook output priority 0; }'
 nft add rule inet deploybench out tcp dport "$port" counter
-wire() { nft list chain inet deploybench out | sed -n 's/.*counter packets [0-9]* bytes \([0-9]*\).*/\1/p'; }
-reset_wire() { nft reset counters table inet deploybench >/dev/null; }
+# Rule counters cannot be reset by 'nft reset counters' (named counters only):
+# measure the difference from a baseline.
+counter() { nft list chain inet deploybench out | sed -n 's/.*counter packets [0-9]* bytes \([0-9]*\).*/\1/p'; }
+wire_base=0
+reset_wire() { wire_base=$(counter); }
+wire() { echo $(( $(counter) - wire_base )); }
 
 T=$w/target
 STORE=$T/store
@@ -68,7 +72,7 @@ best() { # best of 3 of "$1", with "$2" run before each try; prints seconds and 
 		bash -c "$2"
 		reset_wire
 		local s=$(now)
-		bash -c "$1" >/dev/null 2>&1
+		bash -c "$1" >/dev/null 2>>"$w/errors" || { echo "failed: $1" >&2; cat "$w/errors" >&2; exit 1; }
 		local e=$(now)
 		local t=$(echo "$e - $s" | bc -l)
 		if [ -z "$b" ] || (( $(echo "$t < $b" | bc -l) )); then b=$t; bw=$(wire); fi
@@ -104,7 +108,7 @@ refargs=$(sed 's/^/--ref /' "$w/many.paths" | tr '\n' ' ')
 mkdir -p "$w/rootdir"; echo root > "$w/rootdir/f"
 R=$("$D" store add --cache-dir "$w/cache" --store-dir "$STORE" --name root $refargs "$w/rootdir")
 COPY="$D copy --cache-dir $w/cache --store-dir $STORE --remote-state-dir $T --to root@127.0.0.1:$port --host-key '$hostkey' --identity $w/id --ssh-config none"
-bash -c "$COPY $R" >/dev/null 2>&1
+bash -c "$COPY $R" >/dev/null 2>>"$w/errors" || { echo "failed: first copy of the 2,000-path closure" >&2; cat "$w/errors" >&2; exit 1; }
 read t_noop w_noop < <(best "$COPY $R" "true")
 # One file changes in one 1 KiB path: only that path and the root are sent.
 echo "path 1 changed" > "$w/many/p1/f"

@@ -50,6 +50,8 @@ type message struct {
 	Bytes       int64    `json:"bytes,omitempty"`
 	Imported    int      `json:"imported,omitempty"`
 	Error       string   `json:"error,omitempty"`
+	Current     string   `json:"current,omitempty"`
+	BootDefault string   `json:"bootDefault,omitempty"`
 }
 
 // ProtocolError is a violation of the transfer protocol by the peer.
@@ -116,6 +118,10 @@ type ReceiveOptions struct {
 	Agent string
 	// Logf, if set, receives a line per imported path.
 	Logf func(format string, args ...any)
+	// Systems, if set, reports the target's current system and boot
+	// default (store paths, "" if none); the hello carries them, so the
+	// operator learns in the same round trip whether activation is needed.
+	Systems func() (current, bootDefault string)
 }
 
 // TransferStats sums up a transfer.
@@ -124,6 +130,13 @@ type TransferStats struct {
 	Missing  int   // paths the target lacked
 	Imported int   // paths made valid
 	NarBytes int64 // NAR bytes of the imported paths
+	// MissingBytes is the NAR size of the missing paths (what a copy sends).
+	MissingBytes int64
+	// MissingPaths are the paths the target lacked, references first.
+	MissingPaths []string
+	// Agent, Current and BootDefault are what the agent's hello said: its
+	// version, and the target's current and boot-default systems.
+	Agent, Current, BootDefault string
 }
 
 // Receive serves the agent side of one transfer on r and w (see the
@@ -140,7 +153,11 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 		out.write(&message{T: "error", Path: path, Error: err.Error()})
 		return stats, err
 	}
-	if err := out.write(&message{T: "hello", Proto: ProtocolName, Version: ProtocolVersion, StoreDir: s.StoreDir, Agent: opts.Agent}); err != nil {
+	hello := &message{T: "hello", Proto: ProtocolName, Version: ProtocolVersion, StoreDir: s.StoreDir, Agent: opts.Agent}
+	if opts.Systems != nil {
+		hello.Current, hello.BootDefault = opts.Systems()
+	}
+	if err := out.write(hello); err != nil {
 		return stats, err
 	}
 	req, err := in.read()
@@ -230,6 +247,9 @@ type SendOptions struct {
 	// Progress, if set, is called as data is written and confirmed. It is
 	// called from two goroutines, never concurrently.
 	Progress func(Progress)
+	// DryRun stops after the missing list: nothing is sent, and the stats
+	// say what a copy would send.
+	DryRun bool
 }
 
 // AgentError is an error the agent reported during a transfer.
@@ -291,8 +311,9 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	if hello.StoreDir != local.StoreDir {
 		return stats, fmt.Errorf("transfer: the target's store is %q, these paths are for %q", hello.StoreDir, local.StoreDir)
 	}
+	stats.Agent, stats.Current, stats.BootDefault = hello.Agent, hello.Current, hello.BootDefault
 	compression := "none"
-	if opts.Compress {
+	if opts.Compress && !opts.DryRun {
 		compression = "zstd"
 	}
 	if err := out.write(&message{T: "want", Paths: paths, Compression: compression}); err != nil {
@@ -321,7 +342,24 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 		total += infos[p].NarSize
 	}
 	slices.SortFunc(missing, func(a, b string) int { return order[a] - order[b] })
-	stats.Missing = len(missing)
+	stats.Missing, stats.MissingPaths, stats.MissingBytes = len(missing), missing, total
+	if opts.DryRun {
+		if err := out.write(&message{T: "end"}); err != nil {
+			return stats, fmt.Errorf("transfer: %w", err)
+		}
+		for {
+			m, err := in.read()
+			if err != nil {
+				return stats, fmt.Errorf("transfer: %w", err)
+			}
+			switch m.T {
+			case "ok":
+				return stats, nil
+			case "error":
+				return stats, &AgentError{Path: m.Path, Msg: m.Error}
+			}
+		}
+	}
 
 	// The writer streams the missing paths while this goroutine reads the
 	// agent's confirmations; the mutex keeps Progress calls apart.

@@ -185,3 +185,36 @@ func TestReceiveRejectsUnrequestedPath(t *testing.T) {
 		t.Fatalf("Receive of an unrequested path: %v (sent %q), want a protocol error reported to the peer", err, out.String())
 	}
 }
+
+func TestTransferDryRunAndSystems(t *testing.T) {
+	local, paths := fixture(t, 3)
+	remote := newTestStore(t, DefaultStoreDir)
+	opConn, agentConn := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := remote.Receive(context.Background(), agentConn, agentConn, ReceiveOptions{
+			Systems: func() (string, string) { return paths[len(paths)-1], "" },
+		})
+		agentConn.Close()
+		done <- err
+	}()
+	stats, err := Send(context.Background(), local, paths, opConn, SendOptions{DryRun: true, Compress: true})
+	opConn.Close()
+	if err != nil || <-done != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	var want int64
+	for _, p := range paths {
+		pi, _ := local.Info(p)
+		want += pi.NarSize
+	}
+	if stats.Missing != len(paths) || stats.MissingBytes != want || stats.NarBytes != 0 {
+		t.Errorf("dry run stats %+v, want %d missing paths of %d bytes and nothing sent", stats, len(paths), want)
+	}
+	if stats.Current != paths[len(paths)-1] {
+		t.Errorf("hello's current system = %q, want %q", stats.Current, paths[len(paths)-1])
+	}
+	if got, _ := remote.Paths(); len(got) != 0 {
+		t.Fatalf("a dry run imported %v", got)
+	}
+}

@@ -27,7 +27,9 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return err
 	}
 	s := closure.NewTargetStore(*stateDir)
-	opts := closure.ReceiveOptions{Agent: version}
+	opts := closure.ReceiveOptions{Agent: version, Systems: func() (string, string) {
+		return resolveSystem(s, "/run/deploy/current-system"), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
+	}}
 	if *verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
 	}
@@ -70,4 +72,23 @@ func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	fmt.Fprintln(stdout, pi.Path)
 	return nil
+}
+
+// resolveSystem follows link (and links it points to) to the store path of
+// a system, or "" when there is none.
+func resolveSystem(s *closure.Store, link string) string {
+	for hops := 0; hops < 8; hops++ {
+		target, err := os.Readlink(link)
+		if err != nil {
+			return ""
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(link), target)
+		}
+		if _, _, err := closure.SplitPath(s.StoreDir, target); err == nil {
+			return target
+		}
+		link = target
+	}
+	return ""
 }
