@@ -2,20 +2,23 @@
 # Closure copy vs raw ssh, rsync and nix copy, side by side in one run, over
 # the same link: a real OpenSSH sshd on 127.0.0.1 (root; needs openssh-server,
 # rsync, nix-bin, nftables, bc).
-#   bench/copy.sh [SIZE]        (default 512MiB)
+#   bench/copy.sh [SIZE] [disk|tmpfs]   (default 512MiB disk)
+# With "tmpfs" every target (our store, rsync's and nix's destination) is on
+# /dev/shm, which takes the disk out and measures the protocols themselves.
 # Prints a Markdown table (best of 3, each run into an empty target) and the
 # no-op / incremental measurements. Bytes on the wire are counted by an nft
 # counter on the sshd port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-512MiB}
+on=${2:-disk}
 export GOTOOLCHAIN=local
 w=$(mktemp -d /var/tmp/deploy-copybench.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 cleanup() {
 	[ -f "$w/sshd.pid" ] && kill "$(cat "$w/sshd.pid")" 2>/dev/null || true
 	nft delete table inet deploybench 2>/dev/null || true
-	chmod -R u+w "$w" 2>/dev/null; rm -rf "$w"
+	chmod -R u+w "$w" "${tb:-$w}" 2>/dev/null; rm -rf "$w" "${tb:-$w}"
 }
 trap cleanup EXIT
 mkdir -p "$w/bin"
@@ -55,7 +58,9 @@ wire_base=0
 reset_wire() { wire_base=$(counter); }
 wire() { echo $(( $(counter) - wire_base )); }
 
-T=$w/target
+tb=$w
+if [ "$on" = tmpfs ]; then tb=$(mktemp -d /dev/shm/deploy-copybench.XXXXXX); fi
+T=$tb/target
 STORE=$T/store
 "$D" store add --cache-dir "$w/cache" --store-dir "$STORE" "$w/tree" > "$w/path"
 P=$(cat "$w/path")
@@ -79,14 +84,14 @@ best() { # best of 3 of "$1", with "$2" run before each try; prints seconds and 
 	done
 	echo "$b $bw"
 }
-wipe_target="chmod -R u+w $T 2>/dev/null; rm -rf $T $w/rsync $w/nixdst"
+wipe_target="chmod -R u+w $T 2>/dev/null; rm -rf $T $tb/rsync $tb/nixdst"
 read t_raw w_raw < <(best "ssh $SSHOPTS root@127.0.0.1 'cat > /dev/null' < $w/tree.nar" "true")
 read t_ours w_ours < <(best "$D copy --cache-dir $w/cache --store-dir $STORE --remote-state-dir $T --to root@127.0.0.1:$port --host-key '$hostkey' --identity $w/id --ssh-config none $P" "$wipe_target")
-read t_rsync w_rsync < <(best "rsync -a -e 'ssh $SSHOPTS' $w/tree/ root@127.0.0.1:$w/rsync/" "$wipe_target")
-read t_nix w_nix < <(best "NIX_SSHOPTS='$SSHOPTS' nix --extra-experimental-features nix-command copy --no-check-sigs --from 'local?root=$NIXSRC' --to 'ssh://root@127.0.0.1?remote-store=local%3Froot%3D$w/nixdst' $nixpath" "$wipe_target")
+read t_rsync w_rsync < <(best "rsync -a -e 'ssh $SSHOPTS' $w/tree/ root@127.0.0.1:$tb/rsync/" "$wipe_target")
+read t_nix w_nix < <(best "NIX_SSHOPTS='$SSHOPTS' nix --extra-experimental-features nix-command copy --no-check-sigs --from 'local?root=$NIXSRC' --to 'ssh://root@127.0.0.1?remote-store=local%3Froot%3D$tb/nixdst' $nixpath" "$wipe_target")
 
 rate() { echo "$narsize / $1 / 1048576" | bc -l; }
-echo "tree: $(find "$w/tree" -type f | wc -l) files, NAR $narsize bytes; sshd $(/usr/sbin/sshd -V 2>&1 | head -1); $(nix --version)"
+echo "targets on $on ($(df --output=fstype "$tb" | tail -1)); tree: $(find "$w/tree" -type f | wc -l) files, NAR $narsize bytes; sshd $(/usr/sbin/sshd -V 2>&1 | head -1); $(nix --version)"
 echo
 echo "| copy of the same tree to an empty target | seconds (best of 3) | MiB/s | ours as a share of it | bytes on the wire |"
 echo "|---|---:|---:|---:|---:|"

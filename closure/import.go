@@ -80,7 +80,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 	defer nar.RemoveTree(tmp)
 	h := newHashWriter()
 	staged := filepath.Join(tmp, "x")
-	if _, err := nar.Restore(io.TeeReader(r, h), staged, nar.RestoreOptions{Size: pi.NarSize}); err != nil {
+	if _, err := nar.Restore(io.TeeReader(r, h), staged, nar.RestoreOptions{Size: pi.NarSize, Writeback: true}); err != nil {
 		return fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
 	if got := h.sum(); h.n != pi.NarSize || got != pi.NarHash {

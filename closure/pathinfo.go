@@ -1,7 +1,6 @@
 package closure
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"fmt"
@@ -74,12 +73,13 @@ func (pi *PathInfo) marshal() []byte {
 func parsePathInfo(storeDir string, data []byte) (*PathInfo, error) {
 	pi := &PathInfo{}
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ": ")
+	// Lines can be long (References of a path with thousands of
+	// references), so no line-length-limited scanner here.
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
 		if !ok {
-			if k, ok = strings.CutSuffix(sc.Text(), ":"); !ok {
-				return nil, fmt.Errorf("line %q: want Key: value", sc.Text())
+			if k, ok = strings.CutSuffix(line, ":"); !ok {
+				return nil, fmt.Errorf("line %q: want Key: value", line)
 			}
 		}
 		if seen[k] && k != "Sig" {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -413,5 +414,27 @@ func TestImportKilled(t *testing.T) {
 	t.Logf("%d of %d imports killed before completing (one full import: %v)", killedMidway, iterations, full)
 	if killedMidway == 0 {
 		t.Fatal("no import was interrupted: the test proved nothing")
+	}
+}
+
+// A path with thousands of references has a metadata line far longer than
+// any default line buffer (64 KiB); it must round-trip exactly.
+func TestPathInfoManyReferences(t *testing.T) {
+	pi := &PathInfo{Path: DefaultStoreDir + "/" + strings.Repeat("1", 32) + "-root", NarHash: sha256.Sum256([]byte("x")), NarSize: 8}
+	for i := 0; i < 3000; i++ {
+		h := sha256.Sum256([]byte(fmt.Sprint(i)))
+		pi.References = append(pi.References, DefaultStoreDir+"/"+Nix32(xorFold(h[:], 20))+"-p")
+	}
+	slices.Sort(pi.References)
+	data := pi.marshal()
+	if len(data) < 100<<10 {
+		t.Fatalf("metadata is only %d bytes; the test wants a line over 64 KiB", len(data))
+	}
+	got, err := parsePathInfo(DefaultStoreDir, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.References, pi.References) || got.NarSize != pi.NarSize || got.NarHash != pi.NarHash {
+		t.Fatalf("parsePathInfo(marshal(pi)) lost data: %d references, want %d", len(got.References), len(pi.References))
 	}
 }
