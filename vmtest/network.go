@@ -85,6 +85,43 @@ func WithTimeout(d time.Duration) Option { return func(c *config) { c.commandTim
 func Start(tb testing.TB, n int, opts ...Option) *Network {
 	tb.Helper()
 	requireAvailable(tb)
+	if n < 1 || n > MaxHosts {
+		tb.Fatalf("vmtest: Start(%d): want 1 to %d hosts", n, MaxHosts)
+	}
+	nw := &Network{tb: tb, ctx: tb.Context(), logf: tb.Logf, cfg: newConfig(opts)}
+	if err := nw.start(n); err != nil {
+		tb.Fatalf("vmtest: %v", err)
+	}
+	return nw
+}
+
+// Boot is [Start] for programs rather than tests (deploy demo): it boots n
+// hosts and returns the network, which the caller must Close. The hosts'
+// test helpers that fail a test (Succeed, Fail, WaitForUnit, Cut, ...) need
+// a test; use [Host.Run], [Host.Command] and [Network.DialContext].
+func Boot(ctx context.Context, n int, logf func(format string, args ...any), opts ...Option) (*Network, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if n < 1 || n > MaxHosts {
+		return nil, fmt.Errorf("vmtest: Boot(%d): want 1 to %d hosts", n, MaxHosts)
+	}
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	nw := &Network{ctx: ctx, logf: logf, cfg: newConfig(opts)}
+	if err := nw.start(n); err != nil {
+		nw.close()
+		return nil, fmt.Errorf("vmtest: %w", err)
+	}
+	return nw, nil
+}
+
+// Close tears down a network made by [Boot]: hosts, namespaces, cgroups
+// and state. (Networks made by [Start] are torn down by the test.)
+func (n *Network) Close() { n.close() }
+
+func newConfig(opts []Option) config {
 	cfg := config{
 		cacheDir:       os.Getenv("DEPLOY_VMTEST_CACHE"),
 		mirror:         os.Getenv("DEPLOY_VMTEST_MIRROR"),
@@ -100,14 +137,7 @@ func Start(tb testing.TB, n int, opts ...Option) *Network {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if n < 1 || n > MaxHosts {
-		tb.Fatalf("vmtest: Start(%d): want 1 to %d hosts", n, MaxHosts)
-	}
-	nw := &Network{tb: tb, ctx: tb.Context(), logf: tb.Logf, cfg: cfg}
-	if err := nw.start(n); err != nil {
-		tb.Fatalf("vmtest: %v", err)
-	}
-	return nw
+	return cfg
 }
 
 func (n *Network) start(count int) error {
@@ -134,7 +164,9 @@ func (n *Network) start(count int) error {
 		return err
 	}
 	// From here on, everything made is undone by close.
-	n.tb.Cleanup(n.close)
+	if n.tb != nil {
+		n.tb.Cleanup(n.close)
+	}
 	n.logf("vmtest: run %s: state in %s", n.run.id, n.run.dir)
 
 	if n.client, err = newKeyPair("vmtest-client"); err != nil {
@@ -184,10 +216,13 @@ link set br0 up
 // close tears everything down; it is the run's t.Cleanup.
 func (n *Network) close() {
 	n.closeOnce.Do(func() {
+		if n.run == nil {
+			return // start failed before making anything to undo
+		}
 		// The test's context is canceled by now.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if n.tb.Failed() {
+		if n.tb != nil && n.tb.Failed() {
 			for _, h := range n.Hosts {
 				n.logf("vmtest: %s: last lines of its log:\n%s", h.Name(), tailFile(h.m.consolePath(), 40))
 			}
@@ -198,10 +233,16 @@ func (n *Network) close() {
 		}
 		// Anything left in the run's cgroup, whatever its host, goes too.
 		errs = append(errs, n.run.cg.kill(ctx))
-		errs = append(errs, n.sw.close())
+		if n.sw != nil {
+			errs = append(errs, n.sw.close())
+		}
 		errs = append(errs, n.run.release())
 		if err := errors.Join(errs...); err != nil {
-			n.tb.Errorf("vmtest: clean up run %s: %v", n.run.id, err)
+			if n.tb != nil {
+				n.tb.Errorf("vmtest: clean up run %s: %v", n.run.id, err)
+			} else {
+				n.logf("vmtest: clean up run %s: %v", n.run.id, err)
+			}
 		}
 	})
 }
