@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -291,3 +292,14 @@ func (n *Network) Listen(ctx context.Context, network, address string) (net.List
 
 // RunID identifies the run in cgroup names and state directories.
 func (n *Network) RunID() string { return n.run.id }
+
+// ControllerCommand returns a command that runs the program name inside the
+// switch namespace, where the hosts' addresses are reachable as they are for
+// [Network.Dial]: for running the real deploy CLI against test hosts. The
+// namespace is passed as file descriptor 3; ExtraFiles the caller appends
+// start at 4.
+func (n *Network) ControllerCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/proc/self/fd/3", "--", name}, args...)...)
+	cmd.ExtraFiles = []*os.File{n.sw.f}
+	return cmd
+}

@@ -44,6 +44,7 @@ func commands() []command {
 		{"nar", "write or restore Nix archives (dump, restore)", runNar},
 		{"copy", "copy store paths and their closure to a host over SSH", runCopy},
 		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
+		{"exec", "run a command on hosts in parallel (TARGET... -- CMD)", runExec},
 		{"version", "print the version", runVersion},
 	}
 }
