@@ -15,7 +15,7 @@
           version = self.shortRev or "dirty";
           src = ./.;
           # Kept current by scripts/flake-vendor-hash --check (make lint).
-          vendorHash = "sha256-9Vtw782n8W+mB7LiBhsjQjO+1RKE8/dhW2vJYG55fBY=";
+          vendorHash = "sha256-/jWZnFacVG98PD+KnBhRCXRrJaB7G5XNPVZako7ZP4Y=";
           subPackages = [ "cmd/deploy" "cmd/deploy-agent" ];
           env.CGO_ENABLED = 0;
           ldflags = [ "-s" "-w" "-X main.version=${self.shortRev or "dirty"}" ];

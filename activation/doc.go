@@ -1,4 +1,30 @@
 // Package activation runs on the target: it manages generations, the
 // activation lock, applying a system manifest (users, files, secrets, units),
 // unit diffing, health checks and the magic-rollback watchdog.
+// docs/activation.md is the operator's description; this is the library's.
+//
+// # Layout
+//
+// A [Layout] names the directories: StateDir (/var/lib/deploy: store, db,
+// profiles with the generation links system-N-link and their metadata
+// system-N.json, the boot default profiles/system, log/ with one log and
+// result per activation, applied.json) and RunDir (/run/deploy, mode 0700:
+// current-system, state.json, lock, confirm/, requests/).
+//
+// # Applying
+//
+// [Apply] makes the machine match a manifest given the manifest it
+// matches now ([Layout.MachineManifest], which accounts for interrupted
+// applications), in the order of docs/manifest.md, and records its progress
+// in applied.json so that a rollback or the boot unit can finish or undo
+// it. [CheckHealth] runs the health checks.
+//
+// # Activations
+//
+// A [Worker] runs one [Request] under the lock ([Layout.TryLock]): it
+// creates the generation, switches current-system, applies, checks, waits
+// for the confirmation ([Layout.Confirm]) and moves the boot default, or
+// re-applies the previous generation with that generation's own agent and
+// marks the new one failed. [Worker.Boot] re-applies the boot default at
+// boot. [Layout.Status] and [Layout.Generations] report.
 package activation

@@ -36,6 +36,9 @@ type Fleet struct {
 	Deployments []*Deployment
 	// Lock is deploy.lock.
 	Lock *modules.Lock
+	// Admins, sorted by name: the people whose keys every secret is
+	// encrypted to, besides the hosts that use it.
+	Admins []*Admin
 
 	defaults     *scopeBody
 	defaultsHost *Host
@@ -61,6 +64,15 @@ type Host struct {
 	DefRange hcl.Range
 
 	body *scopeBody
+}
+
+// Admin is an admin block: a person who can edit and rekey secrets.
+type Admin struct {
+	Name string
+	// Keys are age recipients ("age1...") or SSH public keys
+	// ("ssh-ed25519 AAAA...", "ssh-rsa AAAA...").
+	Keys     []string
+	DefRange hcl.Range
 }
 
 // Role is a role block: a reusable, parametrised set of resources.
@@ -94,7 +106,10 @@ type Deployment struct {
 	ConfirmTimeout time.Duration
 	// Rollback is "all" (default) or "host".
 	Rollback string
-	DefRange hcl.Range
+	// Transport, when set ("ssh" or "tailscale"), is how every host of the
+	// deployment is reached, overriding each host's own transport.
+	Transport string
+	DefRange  hcl.Range
 }
 
 // scopeBody is the part of a host, role or defaults block that contributes
@@ -172,6 +187,7 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "host", LabelNames: []string{"name"}},
 		{Type: "role", LabelNames: []string{"name"}},
 		{Type: "defaults"},
+		{Type: "admin", LabelNames: []string{"name"}},
 	}}
 	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks []*hcl.Block
 	for _, body := range bodies {
@@ -190,6 +206,12 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				deployBlocks = append(deployBlocks, b)
 			case "defaults":
 				defaultsBlocks = append(defaultsBlocks, b)
+			case "admin":
+				a, d := f.loadAdmin(b)
+				diags = append(diags, d...)
+				if a != nil {
+					f.Admins = append(f.Admins, a)
+				}
 			}
 		}
 	}
@@ -252,6 +274,13 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		f.Deployments = append(f.Deployments, d)
 	}
 	sort.Slice(f.Deployments, func(i, j int) bool { return f.Deployments[i].Name < f.Deployments[j].Name })
+	sort.SliceStable(f.Admins, func(i, j int) bool { return f.Admins[i].Name < f.Admins[j].Name })
+	for i := 1; i < len(f.Admins); i++ {
+		if a, b := f.Admins[i-1], f.Admins[i]; a.Name == b.Name {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate admin",
+				Detail: fmt.Sprintf("Admin %q is already defined at %s.", b.Name, a.DefRange), Subject: b.DefRange.Ptr()})
+		}
+	}
 	diags = append(diags, f.checkRoleUses()...)
 	return f, diags
 }
@@ -613,7 +642,7 @@ func compactStrings(s []string) []string {
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Rollback: "all", ConfirmTimeout: 30 * time.Second, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"},
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"},
 	}}
 	content, diags := b.Body.Content(schema)
 	if content == nil {
@@ -720,6 +749,13 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 				Detail: fmt.Sprintf("rollback = %q: want \"all\" (a failing batch rolls back every host switched in this run) or \"host\".", d.Rollback), Subject: rng})
 		}
 	}
+	if v, rng, ok := eval("transport", cty.String); ok {
+		d.Transport = v.AsString()
+		if d.Transport != "ssh" && d.Transport != "tailscale" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid transport",
+				Detail: fmt.Sprintf("transport = %q: want \"ssh\" or \"tailscale\".", d.Transport), Subject: rng})
+		}
+	}
 	return d, diags
 }
 
@@ -730,4 +766,38 @@ func containsString(s []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// loadAdmin decodes admin "NAME" { keys = [...] }.
+func (f *Fleet) loadAdmin(b *hcl.Block) (*Admin, hcl.Diagnostics) {
+	a := &Admin{Name: b.Labels[0], DefRange: b.DefRange}
+	content, diags := b.Body.Content(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "keys", Required: true}}})
+	if content == nil || diags.HasErrors() {
+		return nil, diags
+	}
+	attr := content.Attributes["keys"]
+	v, d := attr.Expr.Value(f.staticCtx())
+	diags = append(diags, d...)
+	if d.HasErrors() {
+		return nil, diags
+	}
+	cv, err := convert.Convert(v, cty.List(cty.String))
+	if err != nil || cv.IsNull() || !cv.IsWhollyKnown() || cv.LengthInt() == 0 {
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid admin keys",
+			Detail: fmt.Sprintf("Admin %q needs keys = [\"age1...\" or \"ssh-ed25519 AAAA...\", ...] (at least one).", a.Name), Subject: attr.Expr.Range().Ptr()})
+	}
+	for _, k := range cv.AsValueSlice() {
+		key := strings.TrimSpace(k.AsString())
+		fields := strings.Fields(key)
+		ok := len(fields) == 1 && strings.HasPrefix(key, "age1") ||
+			len(fields) >= 2 && (fields[0] == "ssh-ed25519" || fields[0] == "ssh-rsa")
+		if !ok {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid admin key",
+				Detail:  fmt.Sprintf("Admin %q: %q is neither an age recipient (age1...) nor an ssh-ed25519 or ssh-rsa public key.", a.Name, key),
+				Subject: attr.Expr.Range().Ptr()})
+			continue
+		}
+		a.Keys = append(a.Keys, key)
+	}
+	return a, diags
 }

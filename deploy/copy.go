@@ -32,6 +32,10 @@ type CopyOptions struct {
 	Progress func(closure.Progress)
 	// Logf, if set, receives a line per step.
 	Logf func(format string, args ...any)
+	// DryRun only finds out what a copy would send: nothing is uploaded or
+	// bootstrapped. Without an agent on the target, every path counts as
+	// missing.
+	DryRun bool
 }
 
 // CopyResult says what [Copy] did.
@@ -87,10 +91,25 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		paths[i] = pi.Path
 	}
 	res := &CopyResult{Paths: len(paths)}
-	boot, err := ensureAgent(ctx, local, client, agentPath, opts.StateDir, logf)
-	res.Bootstrapped = boot
-	if err != nil {
-		return res, err
+	if opts.DryRun {
+		present, err := agentPresent(ctx, local, client, agentPath, opts.StateDir)
+		if err != nil {
+			return res, err
+		}
+		if !present {
+			res.Stats = &closure.TransferStats{Wanted: len(paths), Missing: len(paths), MissingPaths: paths}
+			for _, pi := range cl {
+				res.Stats.MissingBytes += pi.NarSize
+			}
+			return res, nil
+		}
+	}
+	if !opts.DryRun {
+		boot, err := ensureAgent(ctx, local, client, agentPath, opts.StateDir, logf)
+		res.Bootstrapped = boot
+		if err != nil {
+			return res, err
+		}
 	}
 	agentExe := path.Join(agentPath, closure.AgentBin)
 	sess, err := client.Start(ctx, []string{agentExe, "receive", "--state-dir", opts.StateDir})
@@ -99,7 +118,7 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 	}
 	defer sess.Close()
 	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress})
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun})
 	res.Stats = stats
 	sess.Stdin.Close()
 	werr := sess.Wait()
@@ -154,19 +173,9 @@ func (c *sessionConn) Close() error { return c.close() }
 // installing the bare agent binary when it is missing. It reports whether
 // it bootstrapped.
 func ensureAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string, logf func(string, ...any)) (bool, error) {
-	hash, _, err := closure.SplitPath(local.StoreDir, agentPath)
-	if err != nil {
+	present, err := agentPresent(ctx, local, client, agentPath, stateDir)
+	if err != nil || present {
 		return false, err
-	}
-	dbFile := path.Join(stateDir, "db", hash+".narinfo")
-	exe := path.Join(agentPath, closure.AgentBin)
-	var out bytes.Buffer
-	err = client.Run(ctx, []string{"sh", "-c", `test -f "$1" && test -x "$2" && echo present || echo absent`, "sh", dbFile, exe}, nil, &out, io.Discard)
-	if err != nil {
-		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("checking for the agent: %w", err)}
-	}
-	if strings.TrimSpace(out.String()) == "present" {
-		return false, nil
 	}
 	logf("bootstrapping %s", agentPath)
 	info, err := local.Info(agentPath)
@@ -193,6 +202,22 @@ func ensureAgent(ctx context.Context, local *closure.Store, client *mesh.Client,
 		return true, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self registered %q, want %q", got, agentPath)}
 	}
 	return true, nil
+}
+
+// agentPresent reports whether agentPath is valid on the target.
+func agentPresent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string) (bool, error) {
+	hash, _, err := closure.SplitPath(local.StoreDir, agentPath)
+	if err != nil {
+		return false, err
+	}
+	dbFile := path.Join(stateDir, "db", hash+".narinfo")
+	exe := path.Join(agentPath, closure.AgentBin)
+	var out bytes.Buffer
+	err = client.Run(ctx, []string{"sh", "-c", `test -f "$1" && test -x "$2" && echo present || echo absent`, "sh", dbFile, exe}, nil, &out, io.Discard)
+	if err != nil {
+		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("checking for the agent: %w", err)}
+	}
+	return strings.TrimSpace(out.String()) == "present", nil
 }
 
 // uploadFile copies a local file to a new private file on the target with

@@ -27,10 +27,10 @@ func main() {
 }
 
 // Main runs the agent and returns its exit code: 0 success, 1 failure,
-// 2 usage.
+// 2 usage, 3 rolled back, 5 lock held (see exit.go).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self} [flags]")
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot} [flags]")
 		return 2
 	}
 	var err error
@@ -43,6 +43,24 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runReceive(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "install-self":
 		err = runInstallSelf(ctx, args[1:], stdout, stderr)
+	case "activate":
+		err = runActivate(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "activate-worker":
+		err = runActivateWorker(ctx, args[1:], stderr)
+	case "confirm":
+		err = runConfirm(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
+	case "generations":
+		err = runGenerations(ctx, args[1:], stdout, stderr)
+	case "rollback":
+		err = runRollback(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "gc":
+		err = runGC(ctx, args[1:], stdout, stderr)
+	case "boot":
+		err = runBoot(ctx, args[1:], stderr)
+	case "apply":
+		err = runApply(ctx, args[1:], stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
 		return 2
@@ -52,7 +70,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintf(stderr, "deploy-agent: %v\n", err)
-		return 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return exitFailed
 	}
 	return 0
 }

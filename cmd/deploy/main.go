@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -43,6 +44,7 @@ func commands() []command {
 		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
 		{"nar", "write or restore Nix archives (dump, restore)", runNar},
 		{"copy", "copy store paths and their closure to a host over SSH", runCopy},
+		{"secrets", "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", runSecrets},
 		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
 		{"exec", "run a command on hosts in parallel (TARGET... -- CMD)", runExec},
 		{"version", "print the version", runVersion},
@@ -64,11 +66,14 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return report(stderr, c.run(ctx, e, args[1:]))
 		}
 	}
-	return report(stderr, usageErrorf("unknown command %q", args[0]))
+	if isTarget(args[0]) || strings.HasPrefix(args[0], "-") {
+		return report(stderr, runDeploy(ctx, e, args))
+	}
+	return report(stderr, withHint(fmt.Errorf("unknown command %q", args[0]), ExitUsage, "targets look like DIR#NAME (for example .#prod); run 'deploy help' for the commands"))
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: deploy COMMAND [ARGS...]\n\ncommands:")
+	fmt.Fprintln(w, "usage: deploy [flags] TARGET...     deploy (TARGET: DIR#NAME, a deployment, host or @tag)\n       deploy COMMAND [ARGS...]\n\ncommands:")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}

@@ -81,3 +81,13 @@ deployment "badbatch" {
 deployment "h2" { # ERROR: Ambiguous name
   hosts = ["h1"]
 }
+
+deployment "badtransport" {
+  hosts     = ["h1"]
+  transport = "carrier-pigeon" # ERROR: Invalid transport
+}
+
+deployment "tailnet" {
+  hosts     = ["h1"]
+  transport = "tailscale"
+}

@@ -1,0 +1,488 @@
+package activation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/manifest"
+)
+
+// Modes of an activation.
+const (
+	ModeSwitch      = "switch"       // apply now, make it the boot default once confirmed
+	ModeBoot        = "boot"         // make it the boot default once confirmed; apply nothing now
+	ModeTest        = "test"         // apply now; the boot default stays
+	ModeDryActivate = "dry-activate" // print what would change
+)
+
+// Outcomes of an activation, also its final phase.
+const (
+	OutcomeDone       = PhaseDone
+	OutcomeRolledBack = PhaseRolledBack
+	OutcomeFailed     = PhaseFailed
+	OutcomeLockHeld   = PhaseLockHeld
+	OutcomeDry        = PhaseDryActivated
+	OutcomeAwaiting   = PhaseAwaiting
+)
+
+// Request is one activation, as handed from the front process (the SSH
+// session) to the detached worker in RunDir/requests/ID.json.
+type Request struct {
+	ID     string `json:"id"`
+	System string `json:"system"`
+	Mode   string `json:"mode"`
+	// Generation, when non-zero, re-activates that existing generation
+	// (rollback) instead of creating one.
+	Generation int `json:"generation,omitempty"`
+	// ConfirmTimeout is how long to wait for confirmation; 0 needs none.
+	ConfirmTimeout time.Duration     `json:"confirm_timeout"`
+	TokenHash      string            `json:"token_hash,omitempty"`
+	Meta           map[string]string `json:"meta,omitempty"`
+	User           string            `json:"user,omitempty"`
+	Force          bool              `json:"force,omitempty"`
+	Created        time.Time         `json:"created"`
+}
+
+// Result is how an activation ended: log/activate-ID.result.json.
+type Result struct {
+	ID         string `json:"activation"`
+	Generation int    `json:"generation,omitempty"`
+	Outcome    string `json:"outcome"`
+	Message    string `json:"message,omitempty"`
+	Log        string `json:"log,omitempty"`
+	// Holder names the lock holder when Outcome is lock-held.
+	Holder *Holder `json:"holder,omitempty"`
+}
+
+// LogFile returns activation id's log file.
+func (l Layout) LogFile(id string) string {
+	return filepath.Join(l.LogDir(), "activate-"+id+".log")
+}
+
+// ResultFile returns activation id's result file.
+func (l Layout) ResultFile(id string) string {
+	return filepath.Join(l.LogDir(), "activate-"+id+".result.json")
+}
+
+func (l Layout) requestFile(id string) string { return filepath.Join(l.requestDir(), id+".json") }
+
+// WriteRequest stores r for its worker.
+func (l Layout) WriteRequest(r *Request) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(l.requestFile(r.ID), data, 0o600)
+}
+
+// ReadRequest reads the request of activation id.
+func (l Layout) ReadRequest(id string) (*Request, error) {
+	data, err := os.ReadFile(l.requestFile(id))
+	if err != nil {
+		return nil, fmt.Errorf("activation request: %w", err)
+	}
+	r := &Request{}
+	if err := json.Unmarshal(data, r); err != nil {
+		return nil, fmt.Errorf("activation request %q: %w", l.requestFile(id), err)
+	}
+	return r, nil
+}
+
+// ReadResult reads activation id's result; nil while it runs.
+func (l Layout) ReadResult(id string) (*Result, error) {
+	data, err := os.ReadFile(l.ResultFile(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("activation result: %w", err)
+	}
+	r := &Result{}
+	if err := json.Unmarshal(data, r); err != nil {
+		return nil, fmt.Errorf("activation result %q: %w", l.ResultFile(id), err)
+	}
+	return r, nil
+}
+
+func (l Layout) writeResult(r *Result) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(l.ResultFile(r.ID), append(data, '\n'), 0o600)
+}
+
+// Worker runs activations on the target. Its zero value uses the default
+// layout.
+type Worker struct {
+	Layout Layout
+	// Logf receives progress; the agent writes it to the activation log.
+	Logf func(format string, args ...any)
+	// Agent is the executable of this agent (for the record only).
+	Agent string
+	// UnitSettle is passed to [Options.UnitSettle].
+	UnitSettle time.Duration
+}
+
+func (w *Worker) logf(format string, args ...any) {
+	if w.Logf != nil {
+		w.Logf(format, args...)
+	}
+}
+
+func (w *Worker) store() *closure.Store {
+	return closure.NewTargetStore(w.Layout.withDefaults().StateDir)
+}
+
+// Run carries out req under the activation lock and returns (and records)
+// its result. It never returns a nil Result.
+func (w *Worker) Run(ctx context.Context, req *Request) *Result {
+	l := w.Layout
+	res := &Result{ID: req.ID, Log: l.LogFile(req.ID)}
+	started := time.Now()
+	holder := Holder{PID: os.Getpid(), User: req.User, Started: started.UTC(), GitRev: req.Meta["git_rev"], Activation: req.ID, System: req.System}
+	lock, err := l.TryLock(holder)
+	var lh *LockHeldError
+	// CheckLock (a front process or status) holds the lock for an instant;
+	// a real holder holds it for the whole activation. Retry briefly.
+	for i := 0; i < 5 && errors.As(err, &lh); i++ {
+		time.Sleep(100 * time.Millisecond)
+		lock, err = l.TryLock(holder)
+	}
+	if errors.As(err, &lh) {
+		res.Outcome, res.Message, res.Holder = OutcomeLockHeld, lh.Error(), lh.Holder
+		w.logf("%s", lh.Error())
+		l.writeResult(res)
+		return res
+	}
+	if err != nil {
+		return w.finish(res, OutcomeFailed, err.Error())
+	}
+	defer lock.Unlock()
+	os.Remove(l.confirmFile(req.ID))
+	w.run(ctx, req, res, started)
+	if err := l.writeResult(res); err != nil {
+		w.logf("recording the result: %v", err)
+	}
+	return res
+}
+
+func (w *Worker) finish(res *Result, outcome, msg string) *Result {
+	res.Outcome, res.Message = outcome, msg
+	w.logf("%s: %s", outcome, msg)
+	w.Layout.writeResult(res)
+	return res
+}
+
+func (w *Worker) run(ctx context.Context, req *Request, res *Result, started time.Time) {
+	l := w.Layout
+	set := func(outcome, msg string) { res.Outcome, res.Message = outcome, msg }
+	store := w.store()
+	if ok, err := store.Valid(req.System); err != nil || !ok {
+		set(OutcomeFailed, fmt.Sprintf("system %q is not a valid store path on this host (copy it first)", req.System))
+		w.logf("%s", res.Message)
+		return
+	}
+	next, err := ReadManifest(req.System, store.RealPath)
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		w.logf("%s", res.Message)
+		return
+	}
+	st, err := l.ReadState()
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		return
+	}
+	prevGen, prevSystem := 0, ""
+	if cur, _ := l.CurrentGeneration(); cur > 0 {
+		prevGen, prevSystem = cur, st.CurrentSystem
+	}
+	machine, err := l.MachineManifest(store.RealPath)
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		return
+	}
+	if req.Mode == ModeDryActivate {
+		d := manifest.Diff(machine, next)
+		pw := &lineWriter{logf: w.logf}
+		d.Write(pw)
+		pw.flush()
+		set(OutcomeDry, "nothing changed")
+		return
+	}
+
+	var gen *Generation
+	if req.Generation > 0 {
+		gen, err = l.Generation(req.Generation)
+	} else {
+		gen, err = l.newGeneration(req.System, req.Meta, started)
+	}
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		return
+	}
+	res.Generation = gen.Number
+	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
+	act := &ActivationState{ID: req.ID, Generation: gen.Number, System: req.System, Mode: req.Mode, Previous: prevGen,
+		Phase: PhaseStarting, PID: os.Getpid(), User: req.User, Started: started.UTC(), GitRev: req.Meta["git_rev"],
+		TokenHash: req.TokenHash, Log: l.LogFile(req.ID)}
+	st.Activation = act
+	phase := func(p, msg string) {
+		act.Phase, act.Message, act.Updated = p, msg, time.Now().UTC()
+		if err := l.writeState(st); err != nil {
+			w.logf("writing state: %v", err)
+		}
+	}
+	phase(PhaseStarting, "")
+	if err := w.installBootUnit(); err != nil {
+		w.logf("installing the boot unit: %v", err)
+	}
+
+	if req.Mode != ModeBoot {
+		// Switch the running system, then apply it.
+		phase(PhaseApplying, "")
+		if err := l.setCurrent(req.System); err != nil {
+			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, err)
+			return
+		}
+		st.Current, st.CurrentSystem = gen.Number, req.System
+		phase(PhaseApplying, "")
+		err := Apply(ctx, machine, next, Options{Layout: l, System: req.System, Generation: gen.Number,
+			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf})
+		if err == nil && len(next.HealthChecks) > 0 {
+			phase(PhaseChecking, "")
+			err = CheckHealth(ctx, next.HealthChecks, w.Logf)
+		}
+		if err != nil {
+			w.logf("activation of generation %d failed: %v", gen.Number, err)
+			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, err)
+			return
+		}
+		w.logf("generation %d applied", gen.Number)
+	}
+
+	if req.ConfirmTimeout > 0 {
+		act.Deadline = time.Now().Add(req.ConfirmTimeout).UTC()
+		phase(PhaseAwaiting, "")
+		w.logf("awaiting confirmation until %s", act.Deadline.Format(time.RFC3339))
+		if !l.waitConfirmed(ctx, req.ID, gen.Number, req.TokenHash, act.Deadline) {
+			cause := fmt.Errorf("not confirmed within %v", req.ConfirmTimeout)
+			if ctx.Err() != nil {
+				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
+			}
+			w.logf("%v", cause)
+			if req.Mode == ModeBoot {
+				l.markFailed(gen.Number, cause.Error(), time.Now())
+				set(OutcomeRolledBack, fmt.Sprintf("generation %d %v; the boot default stays", gen.Number, cause))
+				phase(PhaseRolledBack, res.Message)
+				return
+			}
+			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, cause)
+			return
+		}
+		w.logf("confirmed")
+	}
+	if err := l.markConfirmed(gen.Number, time.Now()); err != nil {
+		w.logf("recording the confirmation: %v", err)
+	}
+	if req.Mode == ModeSwitch || req.Mode == ModeBoot {
+		if err := l.setBootDefault(gen.Number); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("generation %d runs but could not become the boot default: %v", gen.Number, err))
+			phase(PhaseFailed, res.Message)
+			return
+		}
+		w.logf("generation %d is the boot default", gen.Number)
+	}
+	set(OutcomeDone, fmt.Sprintf("generation %d activated", gen.Number))
+	phase(PhaseDone, res.Message)
+	w.logf("%s", res.Message)
+}
+
+// rollback re-applies the previous generation with that generation's own
+// agent (or, when there is none, removes what the failed one installed),
+// marks gen failed and sets the outcome.
+func (w *Worker) rollback(ctx context.Context, req *Request, res *Result, st *State, gen, prevGen int, prevSystem string, cause error) {
+	l := w.Layout
+	// A rollback must finish even when the activation was cancelled.
+	ctx = context.WithoutCancel(ctx)
+	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = PhaseRollingBack, cause.Error(), time.Now().UTC()
+	l.writeState(st)
+	err := l.markFailed(gen, cause.Error(), time.Now())
+	if err != nil {
+		w.logf("marking generation %d failed: %v", gen, err)
+	}
+	if prevGen > 0 {
+		w.logf("rolling back to generation %d with its own agent", prevGen)
+		err = w.runAgentApply(ctx, prevSystem, prevGen)
+		if err == nil {
+			st.Current, st.CurrentSystem = prevGen, prevSystem
+		}
+	} else {
+		w.logf("no previous generation: removing what generation %d installed", gen)
+		err = w.removeAll(ctx, gen)
+		if err == nil {
+			st.Current, st.CurrentSystem = 0, ""
+		}
+	}
+	if err != nil {
+		res.Outcome, res.Message = OutcomeFailed, fmt.Sprintf("generation %d failed (%v) and the rollback failed too: %v", gen, cause, err)
+	} else {
+		res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d failed (%v); rolled back to generation %d", gen, cause, prevGen)
+	}
+	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = res.Outcome, res.Message, time.Now().UTC()
+	l.writeState(st)
+	w.logf("%s", res.Message)
+}
+
+// runAgentApply runs `<system>/agent/bin/deploy-agent apply --lock-held
+// --generation N`: generation N re-applied by its own agent while this
+// process holds the lock. Its output goes to the log.
+func (w *Worker) runAgentApply(ctx context.Context, system string, gen int) error {
+	l := w.Layout.withDefaults()
+	exe := filepath.Join(w.store().RealPath(system), "agent", closure.AgentBin)
+	cmd := exec.CommandContext(ctx, exe, "apply", "--lock-held", "--generation", fmt.Sprint(gen),
+		"--state-dir", l.StateDir, "--run-dir", l.RunDir)
+	lw := &lineWriter{logf: w.logf, prefix: "[generation " + fmt.Sprint(gen) + " agent] "}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	err := cmd.Run()
+	lw.flush()
+	if err != nil {
+		return fmt.Errorf("%s apply: %w", exe, err)
+	}
+	return nil
+}
+
+// removeAll undoes a first activation: it applies an empty manifest.
+func (w *Worker) removeAll(ctx context.Context, gen int) error {
+	l := w.Layout
+	store := w.store()
+	machine, err := l.MachineManifest(store.RealPath)
+	if err != nil {
+		return err
+	}
+	empty := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion}
+	if err := Apply(ctx, machine, empty, Options{Layout: l, Logf: w.Logf, RealPath: store.RealPath}); err != nil {
+		return err
+	}
+	return l.setCurrent("")
+}
+
+// ApplyGeneration applies generation n over whatever the machine has now
+// and makes it the running system (no lock, no confirmation: the caller
+// holds the lock). With boot set it is the boot-time variant (see
+// [Options.Boot]). It is what `deploy-agent apply` and `deploy-agent boot`
+// run.
+func (w *Worker) ApplyGeneration(ctx context.Context, n int, boot bool) error {
+	l := w.Layout
+	g, err := l.Generation(n)
+	if err != nil {
+		return err
+	}
+	store := w.store()
+	next, err := ReadManifest(g.System, store.RealPath)
+	if err != nil {
+		return err
+	}
+	machine, err := l.MachineManifest(store.RealPath)
+	if err != nil {
+		return err
+	}
+	if err := l.setCurrent(g.System); err != nil {
+		return err
+	}
+	err = Apply(ctx, machine, next, Options{Layout: l, System: g.System, Generation: n, RealPath: store.RealPath,
+		Boot: boot, UnitSettle: w.UnitSettle, Logf: w.Logf})
+	if err != nil {
+		return err
+	}
+	st, err := l.ReadState()
+	if err != nil {
+		st = &State{}
+	}
+	st.Current, st.CurrentSystem = n, g.System
+	if err := l.writeState(st); err != nil {
+		return err
+	}
+	w.logf("generation %d applied", n)
+	return nil
+}
+
+// Boot re-establishes the boot default after a reboot: it re-applies that
+// generation completely (whatever an interrupted activation left), marks an
+// unconfirmed generation that was being applied as failed, and records the
+// running generation. It takes the lock.
+func (w *Worker) Boot(ctx context.Context) error {
+	l := w.Layout
+	lock, err := l.TryLock(Holder{PID: os.Getpid(), User: "boot", Started: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	n, err := l.BootGeneration()
+	if err != nil || n == 0 {
+		return err
+	}
+	if rec, err := l.readApplied(); err == nil && rec.Generation != 0 && rec.Generation != n {
+		if g, err := l.Generation(rec.Generation); err == nil && g.Confirmed.IsZero() && !g.Failed {
+			w.logf("generation %d was not confirmed before the reboot: marking it failed", rec.Generation)
+			l.markFailed(rec.Generation, "interrupted by a reboot or crash before confirmation", time.Now())
+		}
+	}
+	w.logf("boot: applying the boot default, generation %d", n)
+	return w.ApplyGeneration(ctx, n, true)
+}
+
+// BootUnitName is the unit that runs `deploy-agent boot` early at boot.
+const BootUnitName = "deploy-boot.service"
+
+// bootUnit is ordered before sysinit.target (and so before every service
+// with default dependencies) and after local file systems are mounted, so
+// the boot default's files, units and links are in place before systemd
+// starts the services. It runs the boot default's own agent.
+const bootUnit = `# Installed by deploy-agent. Re-applies the boot-default generation.
+[Unit]
+Description=deploy: re-apply the boot-default generation
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=sysinit.target shutdown.target
+Conflicts=shutdown.target
+ConditionPathExists=%[1]s/profiles/system
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=%[1]s/profiles/system/agent/bin/deploy-agent boot --state-dir %[1]s --run-dir %[2]s
+StandardOutput=journal+console
+
+[Install]
+WantedBy=sysinit.target
+`
+
+func (w *Worker) installBootUnit() error {
+	l := w.Layout.withDefaults()
+	p := filepath.Join(l.UnitDir, BootUnitName)
+	data := fmt.Sprintf(bootUnit, l.StateDir, l.RunDir)
+	if cur, err := os.ReadFile(p); err == nil && string(cur) == data {
+		return nil
+	}
+	if err := atomicfile.Write(p, []byte(data), 0o644); err != nil {
+		return err
+	}
+	link := filepath.Join(l.UnitDir, "sysinit.target.wants", BootUnitName)
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return err
+	}
+	return symlinkAtomic(p, link)
+}
+
+var _ io.Writer = (*lineWriter)(nil)

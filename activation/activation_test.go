@@ -1,0 +1,121 @@
+package activation
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/manifest"
+)
+
+func TestParseGenLink(t *testing.T) {
+	tests := []struct {
+		name string
+		n    int
+		ok   bool
+	}{
+		{"system-1-link", 1, true},
+		{"system-42-link", 42, true},
+		{"system-0-link", 0, false},
+		{"system-01-link", 0, false},
+		{"system-1.json", 0, false},
+		{"system", 0, false},
+		{"system--1-link", 0, false},
+	}
+	for _, tt := range tests {
+		n, ok := parseGenLink(tt.name)
+		if n != tt.n || ok != tt.ok {
+			t.Errorf("parseGenLink(%q) = %d, %v, want %d, %v", tt.name, n, ok, tt.n, tt.ok)
+		}
+	}
+}
+
+func TestScriptOrder(t *testing.T) {
+	s := func(name string, after ...string) manifest.ActivationScript {
+		return manifest.ActivationScript{Name: name, After: after}
+	}
+	tests := []struct {
+		name    string
+		scripts []manifest.ActivationScript
+		want    string
+		err     bool
+	}{
+		{"by name", []manifest.ActivationScript{s("b"), s("a")}, "[a b]", false},
+		{"after first", []manifest.ActivationScript{s("a", "c"), s("b"), s("c")}, "[c a b]", false},
+		{"cycle", []manifest.ActivationScript{s("a", "b"), s("b", "a")}, "", true},
+		{"unknown", []manifest.ActivationScript{s("a", "x")}, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := scriptOrder(tt.scripts)
+			if (err != nil) != tt.err {
+				t.Fatalf("scriptOrder error = %v, want error %v", err, tt.err)
+			}
+			var names []string
+			for _, x := range got {
+				names = append(names, x.Name)
+			}
+			if !tt.err && fmt.Sprint(names) != tt.want {
+				t.Errorf("scriptOrder = %v, want %s", names, tt.want)
+			}
+		})
+	}
+}
+
+// A machine between two manifests manages the union; a unit defined
+// differently by both restarts whatever comes next.
+func TestMergeManifests(t *testing.T) {
+	h := func(c string) string { return fmt.Sprintf("%064s", c) }
+	a := &manifest.Manifest{Files: []manifest.File{{Path: "/a"}, {Path: "/both"}},
+		Units: []manifest.Unit{{Name: "x.service", RestartHash: h("1")}, {Name: "same.service", RestartHash: h("s")}}}
+	b := &manifest.Manifest{Files: []manifest.File{{Path: "/b"}, {Path: "/both"}},
+		Units: []manifest.Unit{{Name: "x.service", RestartHash: h("2")}, {Name: "same.service", RestartHash: h("s")}}}
+	m := mergeManifests(a, b)
+	if len(m.Files) != 3 {
+		t.Errorf("merged files = %v, want /a, /b, /both", m.Files)
+	}
+	d := manifest.Diff(m, a).Units
+	if fmt.Sprint(d.Restart) != "[x.service]" {
+		t.Errorf("Diff(merged, a).Restart = %v, want [x.service]", d.Restart)
+	}
+}
+
+// Confirm binds a confirmation to the pending activation's generation and
+// token; a stale confirmation file never counts.
+func TestConfirmBinding(t *testing.T) {
+	l := Layout{StateDir: t.TempDir(), RunDir: t.TempDir() + "/run"}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	tok := []byte("a-token-of-enough-length")
+	st := &State{Activation: &ActivationState{ID: "7", Generation: 3, Phase: PhaseApplying, TokenHash: HashToken(tok)}}
+	if err := l.writeState(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Confirm(2, tok); !errors.Is(err, ErrNotPending) {
+		t.Errorf("Confirm(other generation) = %v, want ErrNotPending", err)
+	}
+	if _, err := l.Confirm(3, []byte("another-token-entirely")); !errors.Is(err, ErrBadToken) {
+		t.Errorf("Confirm(wrong token) = %v, want ErrBadToken", err)
+	}
+	if l.confirmed("7", 3, HashToken(tok)) {
+		t.Fatal("confirmed before any confirmation")
+	}
+	// Early: confirmed before the wait starts, seen by the wait.
+	if _, err := l.Confirm(3, tok); err != nil {
+		t.Fatalf("Confirm = %v", err)
+	}
+	if !l.waitConfirmed(t.Context(), "7", 3, HashToken(tok), time.Now()) {
+		t.Error("an early confirmation was lost")
+	}
+	// The same file does not confirm another activation or token.
+	if l.confirmed("7", 3, HashToken([]byte("another-token-entirely"))) || l.confirmed("8", 3, HashToken(tok)) {
+		t.Error("a stale confirmation counted")
+	}
+	st.Activation.Phase = PhaseRolledBack
+	l.writeState(st)
+	if _, err := l.Confirm(3, tok); !errors.Is(err, ErrNotPending) {
+		t.Errorf("Confirm after the rollback = %v, want ErrNotPending", err)
+	}
+}

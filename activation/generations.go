@@ -1,0 +1,276 @@
+package activation
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/internal/atomicfile"
+)
+
+// Generation is one numbered system of a host: the link
+// profiles/system-N-link to its store path, and its metadata in
+// profiles/system-N.json.
+type Generation struct {
+	Number int    `json:"number"`
+	System string `json:"system"`
+	// Time is when the generation was created.
+	Time time.Time `json:"time"`
+	// Operator is who activated it (the --meta operator=, else the SSH
+	// user running the agent).
+	Operator string `json:"operator,omitempty"`
+	// GitRev is the fleet repository's commit.
+	GitRev string `json:"git_rev,omitempty"`
+	// Message is a free-form description.
+	Message string `json:"message,omitempty"`
+	// Meta holds every --meta key=value given at activation.
+	Meta map[string]string `json:"meta,omitempty"`
+	// Failed is set when the generation was rolled back or failed to
+	// apply; FailedReason says why. Failed generations are kept.
+	Failed       bool      `json:"failed,omitempty"`
+	FailedReason string    `json:"failed_reason,omitempty"`
+	FailedTime   time.Time `json:"failed_time,omitzero"`
+	// Confirmed is when the generation was confirmed (or activated
+	// without a confirmation timeout).
+	Confirmed time.Time `json:"confirmed,omitzero"`
+
+	// Current, Boot are filled in by [Layout.Generations]: the generation
+	// is the running system, the boot default.
+	Current bool `json:"current,omitempty"`
+	Boot    bool `json:"boot,omitempty"`
+}
+
+func (l Layout) genLink(n int) string {
+	return filepath.Join(l.ProfilesDir(), fmt.Sprintf("system-%d-link", n))
+}
+
+func (l Layout) genMeta(n int) string {
+	return filepath.Join(l.ProfilesDir(), fmt.Sprintf("system-%d.json", n))
+}
+
+// parseGenLink returns N for "system-N-link".
+func parseGenLink(name string) (int, bool) {
+	s, ok := strings.CutPrefix(name, "system-")
+	if !ok {
+		return 0, false
+	}
+	s, ok = strings.CutSuffix(s, "-link")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || strconv.Itoa(n) != s {
+		return 0, false
+	}
+	return n, true
+}
+
+// Generations lists every generation, oldest first, with the current and
+// boot-default markers set.
+func (l Layout) Generations() ([]*Generation, error) {
+	entries, err := os.ReadDir(l.ProfilesDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("generations: %w", err)
+	}
+	cur, _ := l.CurrentGeneration()
+	boot, _ := l.BootGeneration()
+	var gens []*Generation
+	for _, e := range entries {
+		n, ok := parseGenLink(e.Name())
+		if !ok {
+			continue
+		}
+		g, err := l.Generation(n)
+		if err != nil {
+			return nil, err
+		}
+		g.Current = n == cur
+		g.Boot = n == boot
+		gens = append(gens, g)
+	}
+	slices.SortFunc(gens, func(a, b *Generation) int { return a.Number - b.Number })
+	return gens, nil
+}
+
+// Generation reads generation n.
+func (l Layout) Generation(n int) (*Generation, error) {
+	target, err := os.Readlink(l.genLink(n))
+	if err != nil {
+		return nil, fmt.Errorf("generation %d: %w", n, err)
+	}
+	g := &Generation{}
+	data, err := os.ReadFile(l.genMeta(n))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("generation %d: %w", n, err)
+	default:
+		if err := json.Unmarshal(data, g); err != nil {
+			return nil, fmt.Errorf("generation %d: metadata %q: %w", n, l.genMeta(n), err)
+		}
+	}
+	g.Number, g.System = n, target
+	return g, nil
+}
+
+// saveGeneration writes g's metadata atomically.
+func (l Layout) saveGeneration(g *Generation) error {
+	c := *g
+	c.Current, c.Boot = false, false
+	data, err := json.MarshalIndent(&c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(l.genMeta(g.Number), append(data, '\n'), 0o644)
+}
+
+// newGeneration creates the next generation for system, or returns the
+// newest generation when it already is system and did not fail (a
+// redeploy of the same system adds no generation).
+func (l Layout) newGeneration(system string, meta map[string]string, now time.Time) (*Generation, error) {
+	gens, err := l.Generations()
+	if err != nil {
+		return nil, err
+	}
+	next := 1
+	if len(gens) > 0 {
+		last := gens[len(gens)-1]
+		if last.System == system && !last.Failed {
+			return last, nil
+		}
+		next = last.Number + 1
+	}
+	g := &Generation{Number: next, System: system, Time: now.UTC(), Meta: meta,
+		Operator: meta["operator"], GitRev: meta["git_rev"], Message: meta["message"]}
+	if err := l.saveGeneration(g); err != nil {
+		return nil, err
+	}
+	if err := symlinkAtomic(system, l.genLink(next)); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// markFailed marks generation n failed with reason.
+func (l Layout) markFailed(n int, reason string, now time.Time) error {
+	g, err := l.Generation(n)
+	if err != nil {
+		return err
+	}
+	g.Failed, g.FailedReason, g.FailedTime = true, reason, now.UTC()
+	return l.saveGeneration(g)
+}
+
+// markConfirmed records that generation n was confirmed (and clears an
+// earlier failure mark: it runs now).
+func (l Layout) markConfirmed(n int, now time.Time) error {
+	g, err := l.Generation(n)
+	if err != nil {
+		return err
+	}
+	g.Confirmed, g.Failed, g.FailedReason, g.FailedTime = now.UTC(), false, "", time.Time{}
+	return l.saveGeneration(g)
+}
+
+// setBootDefault points profiles/system at generation n.
+func (l Layout) setBootDefault(n int) error {
+	return symlinkAtomic(filepath.Base(l.genLink(n)), l.BootDefault())
+}
+
+// setCurrent points /run/deploy/current-system at system ("" removes it).
+func (l Layout) setCurrent(system string) error {
+	if system == "" {
+		err := os.Remove(l.CurrentSystem())
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove %q: %w", l.CurrentSystem(), err)
+		}
+		return nil
+	}
+	return symlinkAtomic(system, l.CurrentSystem())
+}
+
+// CurrentSystem returns the running system's store path, "" when none.
+func (l Layout) currentSystem() string {
+	t, err := os.Readlink(l.CurrentSystem())
+	if err != nil {
+		return ""
+	}
+	return t
+}
+
+// CurrentGeneration returns the number of the running generation: the
+// generation recorded in state.json as current, or 0 when nothing runs.
+func (l Layout) CurrentGeneration() (int, error) {
+	st, err := l.ReadState()
+	if err != nil {
+		return 0, err
+	}
+	if st.Current == 0 || l.currentSystem() == "" {
+		return 0, nil
+	}
+	return st.Current, nil
+}
+
+// BootGeneration returns the boot default's number, 0 when there is none.
+func (l Layout) BootGeneration() (int, error) {
+	t, err := os.Readlink(l.BootDefault())
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("boot default: %w", err)
+	}
+	n, ok := parseGenLink(filepath.Base(t))
+	if !ok {
+		return 0, fmt.Errorf("boot default %q points at %q, not a generation", l.BootDefault(), t)
+	}
+	return n, nil
+}
+
+// symlinkAtomic makes link point at target: a temporary link in the same
+// directory renamed over link (rename(2) is atomic), then a directory fsync.
+func symlinkAtomic(target, link string) error {
+	dir := filepath.Dir(link)
+	tmp := filepath.Join(dir, fmt.Sprintf(".tmp-%s-%d", filepath.Base(link), os.Getpid()))
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("link %q: %w", link, err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("link %q: %w", link, err)
+	}
+	return atomicfile.SyncDir(dir)
+}
+
+// RemoveOldGenerations deletes the links and metadata of every generation
+// but the newest keep, the running one and the boot default, and returns
+// the numbers removed. The caller holds the lock.
+func (l Layout) RemoveOldGenerations(keep int) ([]int, error) {
+	gens, err := l.Generations()
+	if err != nil {
+		return nil, err
+	}
+	var removed []int
+	for i, g := range gens {
+		if i >= len(gens)-keep || g.Current || g.Boot {
+			continue
+		}
+		if err := os.Remove(l.genLink(g.Number)); err != nil {
+			return removed, fmt.Errorf("remove generation %d: %w", g.Number, err)
+		}
+		os.Remove(l.genMeta(g.Number))
+		removed = append(removed, g.Number)
+	}
+	return removed, atomicfile.SyncDir(l.ProfilesDir())
+}

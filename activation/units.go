@@ -1,0 +1,244 @@
+package activation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/manifest"
+)
+
+// Units are installed as symlinks /etc/systemd/system/NAME → the unit
+// file's store path, and enabled by links TARGET.wants/NAME →
+// /etc/systemd/system/NAME. Which units the agent owns is the previous
+// manifest's unit list; a unit file in the way that no generation installed
+// is never replaced.
+
+func (a *applier) unitPath(name string) string {
+	return filepath.Join(a.l.withDefaults().UnitDir, name)
+}
+
+func (a *applier) wantsLink(target, name string) string {
+	return filepath.Join(a.l.withDefaults().UnitDir, target+".wants", name)
+}
+
+func (a *applier) systemctl(ctx context.Context, args ...string) error {
+	if a.opts.Boot {
+		args = append([]string{"--no-block"}, args...)
+	}
+	return run(ctx, a.opts, "systemctl", args...)
+}
+
+func (a *applier) units(ctx context.Context) error {
+	d := manifest.Diff(a.prev, a.next).Units
+	prevUnits := map[string]manifest.Unit{}
+	for _, u := range a.prev.Units {
+		prevUnits[u.Name] = u
+	}
+	nextUnits := map[string]manifest.Unit{}
+	for _, u := range a.next.Units {
+		nextUnits[u.Name] = u
+	}
+	if !d.Empty() {
+		a.opts.logf("units: stop %v, start %v, restart %v, reload %v, update %v", d.Stop, d.Start, d.Restart, d.Reload, d.Updated)
+	}
+
+	// 1. Stop what goes away, then remove its files and links.
+	for _, name := range d.Stop {
+		if err := a.systemctl(ctx, "stop", name); err != nil {
+			return err
+		}
+		a.opts.logf("stopped %s", name)
+		if err := a.progress("units", "stop "+name); err != nil {
+			return err
+		}
+	}
+	changed := false
+	for _, name := range d.Stop {
+		for _, t := range prevUnits[name].WantedBy {
+			if err := removeLink(a.wantsLink(t, name)); err != nil {
+				return err
+			}
+		}
+		if err := removeLink(a.unitPath(name)); err != nil {
+			return err
+		}
+		changed = true
+	}
+
+	// 2. Install unit files and wants links.
+	for _, u := range a.next.Units {
+		target := a.opts.real(u.Source)
+		p := a.unitPath(u.Name)
+		cur, err := os.Readlink(p)
+		_, owned := prevUnits[u.Name]
+		switch {
+		case err == nil && cur == target:
+		case err != nil && !errors.Is(err, fs.ErrNotExist) && !owned:
+			return &UnmanagedError{Path: p}
+		case err == nil && !owned:
+			return &UnmanagedError{Path: p}
+		default:
+			if err := symlinkAtomic(target, p); err != nil {
+				return err
+			}
+			changed = true
+		}
+		for _, t := range u.WantedBy {
+			l := a.wantsLink(t, u.Name)
+			if cur, err := os.Readlink(l); err == nil && cur == p {
+				continue
+			}
+			if err := os.MkdirAll(filepath.Dir(l), 0o755); err != nil {
+				return err
+			}
+			if err := symlinkAtomic(p, l); err != nil {
+				return err
+			}
+			changed = true
+		}
+		if o, ok := prevUnits[u.Name]; ok {
+			for _, t := range o.WantedBy {
+				if !slices.Contains(u.WantedBy, t) {
+					if err := removeLink(a.wantsLink(t, u.Name)); err != nil {
+						return err
+					}
+					changed = true
+				}
+			}
+		}
+	}
+
+	// 3. One daemon-reload.
+	if changed || a.opts.Boot {
+		if err := run(ctx, a.opts, "systemctl", "daemon-reload"); err != nil {
+			return err
+		}
+		a.opts.logf("daemon-reload")
+		if err := a.progress("units", "daemon-reload"); err != nil {
+			return err
+		}
+	}
+
+	// 4. Start, restart, reload.
+	var watch []string
+	if a.opts.Boot {
+		// At boot every unit to run is queued, whatever the diff says:
+		// the boot transaction was computed from the links before this
+		// application.
+		for _, u := range a.next.Units {
+			if u.Start {
+				if err := a.systemctl(ctx, "start", u.Name); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	for _, name := range d.Start {
+		if err := a.systemctl(ctx, "start", name); err != nil {
+			return fmt.Errorf("starting %s: %w", name, err)
+		}
+		a.opts.logf("started %s", name)
+		watch = append(watch, name)
+		if err := a.progress("units", "start "+name); err != nil {
+			return err
+		}
+	}
+	for _, name := range d.Restart {
+		verb := "restart"
+		if !nextUnits[name].Start {
+			verb = "try-restart" // only if running: something else starts it
+		}
+		if err := a.systemctl(ctx, verb, name); err != nil {
+			return fmt.Errorf("restarting %s: %w", name, err)
+		}
+		a.opts.logf("restarted %s", name)
+		if nextUnits[name].Start {
+			watch = append(watch, name)
+		}
+		if err := a.progress("units", "restart "+name); err != nil {
+			return err
+		}
+	}
+	for _, name := range d.Reload {
+		verb := "reload-or-restart"
+		if !nextUnits[name].Start {
+			verb = "try-reload-or-restart"
+		}
+		if err := a.systemctl(ctx, verb, name); err != nil {
+			return fmt.Errorf("reloading %s: %w", name, err)
+		}
+		a.opts.logf("reloaded %s", name)
+		if err := a.progress("units", "reload "+name); err != nil {
+			return err
+		}
+	}
+	for _, name := range d.Updated {
+		if u := nextUnits[name]; u.Start && !prevUnits[name].Start {
+			if err := a.systemctl(ctx, "start", name); err != nil {
+				return fmt.Errorf("starting %s: %w", name, err)
+			}
+			a.opts.logf("started %s", name)
+			watch = append(watch, name)
+		}
+	}
+	return a.settle(ctx, watch)
+}
+
+// settle watches the units just started or restarted for UnitSettle and
+// fails when one of them fails or is crash-looping.
+func (a *applier) settle(ctx context.Context, units []string) error {
+	if len(units) == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(a.opts.UnitSettle)
+	for {
+		for _, u := range units {
+			if err := unitFailed(ctx, u); err != nil {
+				return err
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// unitFailed returns an error when unit is failed, restarting after a
+// failure, or its last run did not succeed.
+func unitFailed(ctx context.Context, unit string) error {
+	out, err := output(ctx, "systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "Result", "--", unit)
+	if err != nil {
+		return fmt.Errorf("systemctl show %s: %w", unit, err)
+	}
+	p := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			p[k] = v
+		}
+	}
+	if p["ActiveState"] == "failed" || p["SubState"] == "auto-restart" || (p["Result"] != "" && p["Result"] != "success") {
+		return fmt.Errorf("unit %s failed (%s/%s, result %s)", unit, p["ActiveState"], p["SubState"], p["Result"])
+	}
+	return nil
+}
+
+func removeLink(p string) error {
+	err := os.Remove(p)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %q: %w", p, err)
+	}
+	return nil
+}

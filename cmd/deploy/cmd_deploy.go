@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/mesh"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// deployFlags are the flags of `deploy TARGET...`.
+type deployFlags struct {
+	build          buildFlags
+	ssh            fleetSSHFlags
+	mode           string
+	dryRun         bool
+	asJSON         bool
+	confirmTimeout time.Duration
+	waitLock       time.Duration
+	message        string
+	compress       bool
+	parallel       deploy.Parallelism
+	remoteState    string
+}
+
+// isTarget reports whether an argument of the top-level command names a
+// fleet target rather than a subcommand: DIR#NAME, ".", or a directory.
+func isTarget(arg string) bool {
+	if strings.Contains(arg, "#") || arg == "." || strings.HasPrefix(arg, "./") || strings.HasPrefix(arg, "/") {
+		return true
+	}
+	fi, err := os.Stat(arg)
+	return err == nil && fi.IsDir()
+}
+
+func runDeploy(ctx context.Context, e *env, args []string) error {
+	var df deployFlags
+	fs := newFlags(e, "[flags]", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
+	df.build.register(fs)
+	df.ssh.register(fs)
+	fs.StringVar(&df.mode, "mode", "switch", "switch, boot, test, dry-activate, build or push")
+	fs.BoolVar(&df.dryRun, "dry-run", false, "show the plan per host (paths to copy, units, files) without changing anything")
+	fs.BoolVar(&df.asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
+	fs.DurationVar(&df.confirmTimeout, "confirm-timeout", 0, "roll a host back unless confirmed within this `duration` (default: the deployment's confirm_timeout, else 30s)")
+	fs.DurationVar(&df.waitLock, "wait-lock", 0, "wait up to this `duration` for a host's activation lock instead of failing at once")
+	fs.StringVar(&df.message, "message", "", "a `message` recorded with the new generations")
+	fs.BoolVar(&df.compress, "compress", false, "zstd-compress copies (slow links)")
+	fs.IntVar(&df.parallel.Build, "parallel-build", 2, "hosts built at once")
+	fs.IntVar(&df.parallel.Copy, "parallel-copy", 4, "hosts copied to at once")
+	fs.IntVar(&df.parallel.Activate, "parallel-activate", 0, "hosts activated at once within a batch (0: the whole batch)")
+	fs.StringVar(&df.remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on targets")
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	mode, err := deploy.ParseMode(df.mode)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
+	f, hosts, err := loadSelected(e, targets)
+	if err != nil {
+		return err
+	}
+	rollout, confirm, err := rolloutFor(f, targets, hosts)
+	if err != nil {
+		return err
+	}
+	if df.confirmTimeout > 0 {
+		confirm = df.confirmTimeout
+	}
+	b, err := df.build.builder(e)
+	if err != nil {
+		return err
+	}
+	v := newView(e, df.asJSON)
+	defer v.Close()
+	results, err := buildAll(ctx, e, b, f, hosts, df.parallel.Build, v)
+	if err != nil {
+		return err
+	}
+	if mode == deploy.ModeBuild {
+		if !df.asJSON {
+			for _, h := range hosts {
+				fmt.Fprintln(e.stdout, results[h.Name].SystemPath)
+			}
+		}
+		return nil
+	}
+	cfg := df.ssh.config(e)
+	ops := &deploy.SSHOps{
+		Store: b.Store, Mesh: cfg, StateDir: df.remoteState, Compress: df.compress,
+		Targets: map[string]mesh.Target{}, Manifests: map[string]*manifest.Manifest{},
+		Activation: deploy.ActivationSettings{ConfirmTimeout: confirm, WaitLock: df.waitLock, Meta: generationMeta(f.Dir, df.message)},
+	}
+	defer ops.Close()
+	systems := map[string]string{}
+	for _, h := range hosts {
+		ops.Targets[h.Name] = meshTarget(h)
+		ops.Manifests[h.Name] = results[h.Name].Manifest
+		systems[h.Name] = results[h.Name].SystemPath
+	}
+	r := &deploy.Runner{Ops: ops, Mode: mode, DryRun: df.dryRun, Parallel: df.parallel, Emit: v.Event}
+	rep := r.Run(ctx, systems, rollout)
+	v.Close()
+	v = nopView{}
+	if !df.asJSON {
+		for _, h := range hosts {
+			hr := rep.Hosts[h.Name]
+			line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
+			if hr.Generation != 0 {
+				line += fmt.Sprintf("\tgeneration %d", hr.Generation)
+			}
+			fmt.Fprintln(e.stdout, line+"\t"+hr.System)
+		}
+	}
+	return reportError(rep)
+}
+
+type nopView struct{}
+
+func (nopView) Event(deploy.Event) {}
+func (nopView) Close()             {}
+
+// rolloutFor derives batches and failure policy: a single deployment
+// selected brings its batch_size, max_failures, rollback and
+// confirm_timeout; any other selection is one batch, each host on its own
+// (a failure rolls back only that host).
+func rolloutFor(f *builder.Fleet, targets []string, hosts []*builder.Host) (deploy.Rollout, time.Duration, error) {
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	if len(targets) == 1 {
+		sel, _ := builder.ParseSelector(targets[0])
+		if len(sel.Names) == 1 {
+			if d, ok := f.Deployment(sel.Names[0]); ok {
+				batches, err := deploy.Batches(names, d.BatchSize, true)
+				if err != nil {
+					return deploy.Rollout{}, 0, withHint(fmt.Errorf("deployment %q: %w", d.Name, err), ExitConfig, "fix batch_size in the deployment block")
+				}
+				return deploy.Rollout{Batches: batches, MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host"}, d.ConfirmTimeout, nil
+			}
+		}
+	}
+	return deploy.Rollout{Batches: [][]string{names}, MaxFailures: len(names)}, 0, nil
+}
+
+// buildAll builds every host (limited parallelism) before any host is
+// touched; a configuration or build error stops here (exit 1).
+func buildAll(ctx context.Context, e *env, b *builder.Builder, f *builder.Fleet, hosts []*builder.Host, parallel int, v view) (map[string]*builder.Result, error) {
+	sem := make(chan struct{}, max(parallel, 1))
+	var mu sync.Mutex
+	results := map[string]*builder.Result{}
+	var diags hcl.Diagnostics
+	var wg sync.WaitGroup
+	for _, h := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			v.Event(deploy.Event{V: deploy.EventSchemaVersion, Time: time.Now().UTC(), Type: deploy.EventPhase, Host: h.Name, Phase: deploy.PhaseBuild, State: "started"})
+			res, d := b.Build(ctx, f, h.Name)
+			mu.Lock()
+			defer mu.Unlock()
+			diags = append(diags, d...)
+			if d.HasErrors() {
+				v.Event(deploy.Event{V: deploy.EventSchemaVersion, Time: time.Now().UTC(), Type: deploy.EventPhase, Host: h.Name, Phase: deploy.PhaseBuild, State: "failed", Error: d.Error()})
+				return
+			}
+			results[h.Name] = res
+			v.Event(deploy.Event{V: deploy.EventSchemaVersion, Time: time.Now().UTC(), Type: deploy.EventPhase, Host: h.Name, Phase: deploy.PhaseBuild, State: "done", System: res.SystemPath})
+		}()
+	}
+	wg.Wait()
+	if diags.HasErrors() {
+		printDiags(e, f, diags)
+		return nil, configError(diags)
+	}
+	return results, nil
+}
+
+// generationMeta is what each new generation records: the fleet's git
+// commit (if the fleet is in a git work tree), the operator, a message.
+func generationMeta(dir, message string) map[string]string {
+	meta := map[string]string{}
+	if u, err := user.Current(); err == nil {
+		meta["operator"] = u.Username
+	}
+	if rev := gitRev(dir); rev != "" {
+		meta["git_rev"] = rev
+	}
+	if message != "" {
+		meta["message"] = message
+	}
+	return meta
+}
+
+// gitRev is the fleet's commit, with "-dirty" when the work tree has
+// changes, or "" outside git.
+func gitRev(dir string) string {
+	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	rev := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", dir, "status", "--porcelain", "--", ".").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+// reportError maps a rollout's outcome to the documented exit codes:
+// a host rolled back or failed → 3; else unreachable → 4; else a lock → 5.
+func reportError(rep *deploy.Report) error {
+	switch {
+	case len(rep.With(deploy.ResultRolledBack))+len(rep.With(deploy.ResultFailed)) > 0:
+		return &exitError{code: ExitRolledBack, err: fmt.Errorf("rolled back: %s; failed: %s",
+			strings.Join(rep.With(deploy.ResultRolledBack), ", "), strings.Join(rep.With(deploy.ResultFailed), ", "))}
+	case len(rep.With(deploy.ResultUnreachable)) > 0:
+		return &exitError{code: ExitUnreachable, err: fmt.Errorf("unreachable: %s", strings.Join(rep.With(deploy.ResultUnreachable), ", "))}
+	case len(rep.With(deploy.ResultLocked)) > 0:
+		return &exitError{code: ExitLocked, err: fmt.Errorf("locked: %s", strings.Join(rep.With(deploy.ResultLocked), ", "))}
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/vmtest"
+)
+
+// rolloutFleet writes a five-host fleet: a role with a file, a service and
+// a command health check; hostArgs adds role arguments per host.
+func rolloutFleet(t *testing.T, nw *vmtest.Network, dir, greeting string, hostArgs map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `deployment "prod" {
+  hosts           = [%s]
+  batch_size      = 2
+  confirm_timeout = "10s"
+}
+
+role "web" {
+  variable "healthy" {
+    default = "yes"
+  }
+  variable "greeting" {
+    default = %q
+  }
+  file "/etc/web/greeting" {
+    content = "${var.greeting}\n"
+  }
+  service "web" {
+    exec_start       = "/bin/sleep infinity"
+    restart_triggers = [var.greeting]
+  }
+  health_check "healthy" {
+    command = ["/bin/sh", "-c", "test ${var.healthy} = yes"]
+    timeout = "3s"
+  }
+}
+`, quotedNames(nw), greeting)
+	for _, h := range nw.Hosts {
+		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  role \"web\" {\n%s  }\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine(), hostArgs[h.Name()])
+	}
+	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func quotedNames(nw *vmtest.Network) string {
+	var q []string
+	for _, h := range nw.Hosts {
+		q = append(q, fmt.Sprintf("%q", h.Name()))
+	}
+	return strings.Join(q, ", ")
+}
+
+// runJSON runs deploy --json and returns its events and exit code.
+func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]deploy.Event, int, string) {
+	t.Helper()
+	cmd := deployCmd(t, nw, append([]string{"--json", "--identity", key, "--ssh-config", "none"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var events []deploy.Event
+	sc := bufio.NewScanner(&stdout)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var ev deploy.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("stdout line %q is not an event: %v", sc.Text(), err)
+		}
+		if ev.V != deploy.EventSchemaVersion {
+			t.Fatalf("event %q has schema version %d", sc.Text(), ev.V)
+		}
+		events = append(events, ev)
+	}
+	return events, code, stderr.String()
+}
+
+func results(events []deploy.Event) map[string]deploy.Event {
+	out := map[string]deploy.Event{}
+	for _, ev := range events {
+		if ev.Type == deploy.EventResult {
+			out[ev.Host] = ev
+		}
+	}
+	return out
+}
+
+func TestDeployRolloutE2E(t *testing.T) {
+	nw := vmtest.Start(t, 5)
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	target := fleet + "#prod"
+
+	// 1. First deployment: every host at generation 1.
+	rolloutFleet(t, nw, fleet, "hello", nil)
+	events, code, stderr := runJSON(t, nw, key, target)
+	if code != 0 {
+		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
+	}
+	for _, h := range nw.Hosts {
+		if r := results(events)[h.Name()]; r.Result != deploy.ResultOK || r.Generation == 0 {
+			t.Fatalf("first deploy: %s: %+v", h.Name(), r)
+		}
+		if got := h.Succeed("cat /etc/web/greeting; systemctl is-active web.service"); got != "hello\nactive\n" {
+			t.Fatalf("%s after the first deploy: %q", h.Name(), got)
+		}
+	}
+	i := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Type == deploy.EventRunStart })
+	if i < 0 || len(events[i].Batches) != 3 || len(events[i].Batches[0]) != 1 {
+		t.Errorf("run.start missing or wrong (%d events), want a canary batch then batches of 2", len(events))
+	}
+	if slices.ContainsFunc(events[:max(i, 0)], func(ev deploy.Event) bool { return ev.Phase != deploy.PhaseBuild }) {
+		t.Errorf("events before run.start other than builds: every host is built before any is touched")
+	}
+
+	// 2. One host's role arguments change: only that host is activated.
+	rolloutFleet(t, nw, fleet, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
+	events, code, stderr = runJSON(t, nw, key, target)
+	if code != 0 {
+		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
+	}
+	res := results(events)
+	for _, h := range []string{"h1", "h2", "h3", "h4"} {
+		if res[h].Result != deploy.ResultUnchanged {
+			t.Errorf("second deploy: %s is %s, want unchanged", h, res[h].Result)
+		}
+	}
+	if res["h5"].Result != deploy.ResultOK || nw.Hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
+		t.Errorf("second deploy: h5 %+v", res["h5"])
+	}
+	before := map[string]string{}
+	for _, h := range nw.Hosts {
+		before[h.Name()] = h.Succeed("readlink /run/deploy/current-system")
+	}
+
+	// 3. A change for everyone, and h3 (batch 2) fails its health check:
+	// rollback = "all" returns every host switched in this run.
+	rolloutFleet(t, nw, fleet, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
+	events, code, stderr = runJSON(t, nw, key, target)
+	if code != ExitRolledBack {
+		t.Fatalf("failing deploy: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
+	}
+	res = results(events)
+	if r := res["h3"]; r.Result != deploy.ResultRolledBack || r.Phase != deploy.PhaseActivate || r.Error == "" {
+		t.Errorf("h3: %+v, want rolled back in activate with the reason", r)
+	}
+	var rolled []string
+	for _, ev := range events {
+		if ev.Type == deploy.EventRollback {
+			rolled = ev.Hosts
+		}
+	}
+	slices.Sort(rolled)
+	if !slices.Equal(rolled, []string{"h1", "h2"}) {
+		t.Errorf("run.rollback hosts %v, want h1 and h2 (switched in this run before h3 failed)", rolled)
+	}
+	for _, h := range []string{"h4", "h5"} {
+		if res[h].Result != deploy.ResultSkipped {
+			t.Errorf("%s: %s, want skipped", h, res[h].Result)
+		}
+	}
+	for _, h := range nw.Hosts {
+		cur := h.Succeed("readlink /run/deploy/current-system")
+		if cur != before[h.Name()] {
+			t.Errorf("%s runs %q after the rollback, want its previous system %q", h.Name(), cur, before[h.Name()])
+		}
+		want := "hello\n"
+		if h.Name() == "h5" {
+			want = "hi from h5\n"
+		}
+		if got := h.Succeed("cat /etc/web/greeting"); got != want {
+			t.Errorf("%s greeting %q after the rollback, want %q", h.Name(), got, want)
+		}
+		h.Succeed("systemctl is-active web.service")
+	}
+}

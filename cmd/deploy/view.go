@@ -1,0 +1,347 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/charmbracelet/lipgloss"
+	"github.com/declarative/deploy/deploy"
+	"golang.org/x/term"
+)
+
+// A view renders the event stream of a run. The same events become a live
+// table on a terminal, plain lines otherwise, or NDJSON with --json.
+type view interface {
+	Event(deploy.Event)
+	Close()
+}
+
+// newView picks the rendering: --json → NDJSON on stdout; a terminal on
+// stderr → the live table; otherwise plain lines on stderr.
+func newView(e *env, asJSON bool) view {
+	if asJSON {
+		return &jsonView{enc: json.NewEncoder(e.stdout)}
+	}
+	if f, ok := e.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && e.getenv("TERM") != "dumb" {
+		return newLiveView(f, e.getenv("NO_COLOR") != "")
+	}
+	return &plainView{w: e.stderr}
+}
+
+// jsonView writes one event per line (docs/events.md).
+type jsonView struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func (v *jsonView) Event(ev deploy.Event) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.enc.Encode(ev)
+}
+
+func (v *jsonView) Close() {}
+
+// plainView writes a line per meaningful event, for logs and pipes.
+type plainView struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (v *plainView) Event(ev deploy.Event) {
+	line := plainLine(ev)
+	if line == "" {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	fmt.Fprintln(v.w, "deploy: "+line)
+}
+
+func (v *plainView) Close() {}
+
+func plainLine(ev deploy.Event) string {
+	switch ev.Type {
+	case deploy.EventRunStart:
+		return fmt.Sprintf("%s %d hosts in %d batches", ev.Mode, len(ev.Hosts), len(ev.Batches))
+	case deploy.EventBatchStart:
+		return fmt.Sprintf("batch %d: %s", ev.Batch, strings.Join(ev.Hosts, ", "))
+	case deploy.EventPhase:
+		switch ev.State {
+		case "failed":
+			return fmt.Sprintf("%s: %s failed: %s", ev.Host, ev.Phase, ev.Error)
+		case "done":
+			if ev.Phase == deploy.PhaseCopy {
+				return fmt.Sprintf("%s: copy done (%d paths, %s)", ev.Host, ev.CopyPaths, bytesString(ev.Total))
+			}
+			return fmt.Sprintf("%s: %s done", ev.Host, ev.Phase)
+		default:
+			return fmt.Sprintf("%s: %s %s", ev.Host, ev.Phase, ev.State)
+		}
+	case deploy.EventLog:
+		return fmt.Sprintf("%s: %s: %s", ev.Host, ev.Phase, ev.Message)
+	case deploy.EventPlan:
+		return fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
+			ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.Start, ev.Restart, ev.Reload, ev.Stop, len(ev.Files))
+	case deploy.EventResult:
+		s := fmt.Sprintf("%s: %s", ev.Host, ev.Result)
+		if ev.Generation != 0 {
+			s += fmt.Sprintf(" (generation %d)", ev.Generation)
+		}
+		if ev.Error != "" {
+			s += " in " + string(ev.Phase) + ": " + ev.Error
+		}
+		for _, l := range ev.LogTail {
+			s += "\n  " + ev.Host + " | " + l
+		}
+		return s
+	case deploy.EventRollback:
+		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
+	case deploy.EventRunDone:
+		var parts []string
+		for _, r := range resultOrder {
+			if hs := ev.Summary[r]; len(hs) > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", len(hs), r))
+			}
+		}
+		return "done: " + strings.Join(parts, ", ")
+	}
+	return ""
+}
+
+var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
+	deploy.ResultFailed, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultSkipped}
+
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// liveView redraws a per-host table on the terminal ten times a second.
+// Every state has a word and a symbol; colour only decorates.
+type liveView struct {
+	mu      sync.Mutex
+	w       *os.File
+	hosts   []string
+	rows    map[string]*liveRow
+	notes   []string
+	drawn   int
+	done    chan struct{}
+	stopped chan struct{}
+	styles  liveStyles
+	start   time.Time
+}
+
+type liveRow struct {
+	phase      deploy.Phase
+	state      string // running, ok, failed, waiting...
+	sent, tot  int64
+	rateSample []sample
+	started    time.Time
+	ended      time.Time
+	detail     string
+	bad        bool
+	good       bool
+}
+
+type sample struct {
+	t time.Time
+	n int64
+}
+
+type liveStyles struct {
+	good, bad, dim, bold lipgloss.Style
+}
+
+func newLiveView(w *os.File, noColor bool) *liveView {
+	st := liveStyles{
+		good: lipgloss.NewStyle().Foreground(lipgloss.Color("2")),
+		bad:  lipgloss.NewStyle().Foreground(lipgloss.Color("1")).Bold(true),
+		dim:  lipgloss.NewStyle().Foreground(lipgloss.Color("8")),
+		bold: lipgloss.NewStyle().Bold(true),
+	}
+	if noColor {
+		st = liveStyles{}
+	}
+	v := &liveView{w: w, rows: map[string]*liveRow{}, done: make(chan struct{}), stopped: make(chan struct{}), styles: st, start: time.Now()}
+	go v.loop()
+	return v
+}
+
+func (v *liveView) Event(ev deploy.Event) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	row := func(h string) *liveRow {
+		r := v.rows[h]
+		if r == nil {
+			r = &liveRow{state: "waiting", started: time.Now()}
+			v.rows[h] = r
+			v.hosts = append(v.hosts, h)
+		}
+		return r
+	}
+	switch ev.Type {
+	case deploy.EventRunStart:
+		for _, h := range ev.Hosts {
+			row(h)
+		}
+	case deploy.EventPhase:
+		r := row(ev.Host)
+		r.phase = ev.Phase
+		switch ev.State {
+		case "started":
+			r.state, r.detail = "running", ""
+			if ev.Phase == deploy.PhaseCopy {
+				r.started = time.Now()
+			}
+		case "failed":
+			r.state, r.detail, r.bad = "failed", ev.Error, true
+		case "done":
+			r.state = "done"
+			if ev.Phase == deploy.PhaseCopy {
+				r.detail = fmt.Sprintf("%d paths, %s", ev.CopyPaths, bytesString(ev.Total))
+			}
+		}
+	case deploy.EventProgress:
+		r := row(ev.Host)
+		r.sent, r.tot = ev.Sent, ev.Total
+		r.rateSample = append(r.rateSample, sample{time.Now(), ev.Sent})
+		if len(r.rateSample) > 20 {
+			r.rateSample = r.rateSample[1:]
+		}
+	case deploy.EventLog:
+		row(ev.Host).detail = ev.Message
+	case deploy.EventPlan:
+		r := row(ev.Host)
+		r.state, r.good = "planned", true
+		r.detail = fmt.Sprintf("copy %d paths (%s); start %d, restart %d, stop %d units; %d files", ev.CopyPaths, bytesString(ev.Total), len(ev.Start), len(ev.Restart), len(ev.Stop), len(ev.Files))
+	case deploy.EventResult:
+		r := row(ev.Host)
+		r.state, r.ended = string(ev.Result), time.Now()
+		r.good = ev.Result == deploy.ResultOK || ev.Result == deploy.ResultUnchanged || ev.Result == deploy.ResultPlanned
+		r.bad = !r.good && ev.Result != deploy.ResultSkipped
+		switch {
+		case ev.Error != "":
+			r.detail = ev.Error
+		case ev.Generation != 0:
+			r.detail = fmt.Sprintf("generation %d", ev.Generation)
+		default:
+			r.detail = ev.Message
+		}
+		for _, l := range ev.LogTail {
+			v.notes = append(v.notes, ev.Host+" | "+l)
+		}
+	case deploy.EventRollback:
+		v.notes = append(v.notes, "rolling back "+strings.Join(ev.Hosts, ", ")+": "+ev.Message)
+	}
+}
+
+func (v *liveView) loop() {
+	defer close(v.stopped)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			v.draw()
+		case <-v.done:
+			v.draw()
+			return
+		}
+	}
+}
+
+func (v *liveView) Close() {
+	close(v.done)
+	<-v.stopped
+}
+
+var symbols = map[string]string{"waiting": "·", "running": "▶", "done": "▶", "ok": "✓", "unchanged": "=", "planned": "?",
+	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "skipped": "-"}
+
+func (v *liveView) draw() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var b strings.Builder
+	if v.drawn > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA", v.drawn)
+	}
+	width := 80
+	if w, _, err := term.GetSize(int(v.w.Fd())); err == nil && w > 20 {
+		width = w
+	}
+	hostW := 4
+	for _, h := range v.hosts {
+		hostW = max(hostW, len(h))
+	}
+	lines := []string{v.styles.bold.Render(fmt.Sprintf("%-*s  %-8s  %-13s  %s", hostW, "HOST", "PHASE", "STATUS", "DETAIL"))}
+	hosts := slices.Clone(v.hosts)
+	for _, h := range hosts {
+		r := v.rows[h]
+		status := symbols[r.state] + " " + r.state
+		st := lipgloss.NewStyle()
+		switch {
+		case r.bad:
+			st = v.styles.bad
+		case r.good:
+			st = v.styles.good
+		case r.state == "waiting" || r.state == "skipped":
+			st = v.styles.dim
+		}
+		detail := r.detail
+		if r.phase == deploy.PhaseCopy && r.state == "running" && r.tot > 0 {
+			detail = progressBar(r.sent, r.tot, 20) + " " + bytesString(r.sent) + " / " + bytesString(r.tot) + " " + rate(r.rateSample)
+		}
+		end := r.ended
+		if end.IsZero() {
+			end = time.Now()
+		}
+		line := fmt.Sprintf("%-*s  %-8s  %-13s  %s  %s", hostW, h, r.phase, status, detail, v.styles.dim.Render(end.Sub(r.started).Round(100*time.Millisecond).String()))
+		if len(line) > width-1 {
+			line = line[:width-1]
+		}
+		lines = append(lines, st.Render(line))
+	}
+	for _, n := range v.notes {
+		if len(n) > width-1 {
+			n = n[:width-1]
+		}
+		lines = append(lines, n)
+	}
+	for _, l := range lines {
+		b.WriteString("\x1b[2K" + l + "\n")
+	}
+	v.drawn = len(lines)
+	io.WriteString(v.w, b.String())
+}
+
+func progressBar(n, total int64, width int) string {
+	filled := int(float64(width) * float64(n) / float64(total))
+	filled = min(max(filled, 0), width)
+	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}
+
+func rate(s []sample) string {
+	if len(s) < 2 {
+		return ""
+	}
+	dt := s[len(s)-1].t.Sub(s[0].t).Seconds()
+	if dt <= 0 {
+		return ""
+	}
+	return bytesString(int64(float64(s[len(s)-1].n-s[0].n)/dt)) + "/s"
+}

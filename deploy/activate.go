@@ -1,0 +1,412 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/mesh"
+)
+
+// ActivateOptions tunes [Activate].
+type ActivateOptions struct {
+	// Client is the existing connection to the host (the one the copy
+	// used); nil connects.
+	Client *mesh.Client
+	// Mode is switch (default), boot, test or dry-activate.
+	Mode string
+	// ConfirmTimeout is how long the agent waits for the confirmation
+	// before rolling back (default 30s).
+	ConfirmTimeout time.Duration
+	// Meta is recorded with the generation: operator, git_rev, message, ...
+	Meta map[string]string
+	// Force lets the activation replace unmanaged files.
+	Force bool
+	// StateDir is the target's state directory (default [DefaultStateDir]).
+	StateDir string
+	// Check, if set, runs on the operator's side once the agent awaits
+	// confirmation (outside health checks). An error withholds the
+	// confirmation: the host rolls back when the timeout expires.
+	Check func(ctx context.Context) error
+	// BeforeConfirm, if set, runs just before the confirmation connection
+	// is opened (tests use it to inject faults).
+	BeforeConfirm func()
+	// ReconnectFor bounds how long Activate keeps trying to reach the host
+	// after the connection dropped (default ConfirmTimeout + 1 minute).
+	ReconnectFor time.Duration
+	// Logf receives the agent's log lines and Activate's own steps.
+	Logf func(format string, args ...any)
+}
+
+// ActivateResult is a successful activation.
+type ActivateResult struct {
+	// Generation is the new generation's number.
+	Generation int
+	// Activation is the agent's activation id (its log is
+	// /var/lib/deploy/log/activate-ID.log on the host).
+	Activation string
+	// Outcome is "done" (or "dry-activated").
+	Outcome string
+	// Reconnected is set when the first connection dropped and the outcome
+	// was learned over a new one.
+	Reconnected bool
+}
+
+// RolledBackError is an activation that failed or was not confirmed; the
+// host restored the previous generation by itself. CLI exit code 3.
+type RolledBackError struct {
+	Host       string
+	Generation int
+	Message    string
+}
+
+func (e *RolledBackError) Error() string {
+	return fmt.Sprintf("%s: rolled back: %s", e.Host, e.Message)
+}
+
+// LockHeldError is an activation refused because another one holds the
+// host's lock. CLI exit code 5.
+type LockHeldError struct {
+	Host   string
+	Holder string // the agent's description of the holder
+}
+
+func (e *LockHeldError) Error() string { return fmt.Sprintf("%s: %s", e.Host, e.Holder) }
+
+// ActivationError is an activation that failed and could not be rolled
+// back, or failed in a way the agent could not describe (CLI exit code 1).
+// Unreachable hosts are reported as *[mesh.UnreachableError] (exit 4).
+type ActivationError struct {
+	Host    string
+	Message string
+}
+
+func (e *ActivationError) Error() string {
+	return fmt.Sprintf("%s: activation failed: %s", e.Host, e.Message)
+}
+
+// agentResult is the JSON line the agent prints on stdout.
+type agentResult struct {
+	ID         string `json:"activation"`
+	Generation int    `json:"generation"`
+	Outcome    string `json:"outcome"`
+	Message    string `json:"message"`
+}
+
+// agentStatus is the part of `deploy-agent status --json` Activate reads.
+type agentStatus struct {
+	Current    int   `json:"current"`
+	Boot       int   `json:"boot"`
+	Pending    int   `json:"pending"`
+	Failed     []int `json:"failed"`
+	Activation *struct {
+		ID         string `json:"id"`
+		Generation int    `json:"generation"`
+		Phase      string `json:"phase"`
+		Message    string `json:"message"`
+	} `json:"activation"`
+}
+
+// Activate activates system (already copied, see [Copy]) on target: it
+// runs the system's own agent with `activate` over the existing connection,
+// handing it a fresh random confirmation token on stdin, and streams the
+// agent's log to Logf. When the agent awaits confirmation, Activate runs
+// opts.Check and then confirms over a NEW connection (new TCP connection and
+// SSH handshake): proof that the host is still reachable. If a connection
+// drops, it reconnects and asks the agent's status for the real outcome.
+//
+// Errors: *[RolledBackError], *[LockHeldError], *[mesh.UnreachableError]
+// (wrapped), *[ActivationError].
+func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system string, opts ActivateOptions) (*ActivateResult, error) {
+	if opts.Mode == "" {
+		opts.Mode = "switch"
+	}
+	if opts.ConfirmTimeout <= 0 {
+		opts.ConfirmTimeout = 30 * time.Second
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	if opts.ReconnectFor <= 0 {
+		opts.ReconnectFor = opts.ConfirmTimeout + time.Minute
+	}
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	host := target.Name
+	if host == "" {
+		host = target.Address
+	}
+	client := opts.Client
+	if client == nil {
+		c, err := cfg.Connect(ctx, target)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		client = c
+	}
+	var rnd [32]byte
+	rand.Read(rnd[:])
+	token := hex.EncodeToString(rnd[:])
+	exe := path.Join(system, "agent", closure.AgentBin)
+
+	cmd := []string{exe, "activate", "--state-dir", opts.StateDir, "--mode", opts.Mode,
+		"--confirm-timeout", opts.ConfirmTimeout.String()}
+	keys := make([]string, 0, len(opts.Meta))
+	for k := range opts.Meta {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		cmd = append(cmd, "--meta", k+"="+opts.Meta[k])
+	}
+	if opts.Force {
+		cmd = append(cmd, "--force")
+	}
+	cmd = append(cmd, system)
+	var stdout bytes.Buffer
+	lw := &logLines{logf: logf, prefix: "agent: "}
+	err := client.Run(ctx, cmd, strings.NewReader(token+"\n"), &stdout, lw)
+	lw.flush()
+	res := parseResult(stdout.Bytes())
+	res2 := &ActivateResult{}
+	if res == nil {
+		// No result line: the connection dropped (or the agent died).
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		logf("%s: lost the activation session (%v); reconnecting to learn the outcome", host, err)
+		res2.Reconnected = true
+		r, rerr := recoverOutcome(ctx, cfg, target, token, opts, logf)
+		if rerr != nil {
+			return nil, rerr
+		}
+		res = r
+	}
+	res2.Generation, res2.Activation = res.Generation, res.ID
+	switch res.Outcome {
+	case "done", "dry-activated":
+		res2.Outcome = res.Outcome
+		return res2, nil
+	case "awaiting-confirmation":
+	case "rolled-back":
+		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message}
+	case "lock-held":
+		return nil, &LockHeldError{Host: host, Holder: res.Message}
+	default:
+		return nil, &ActivationError{Host: host, Message: res.Message}
+	}
+
+	if opts.Check != nil {
+		if cerr := opts.Check(ctx); cerr != nil {
+			logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
+			final, err := waitFinal(ctx, cfg, target, res.ID, opts, logf)
+			if err != nil {
+				return nil, err
+			}
+			if final.Outcome == "done" {
+				return nil, &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+			}
+			return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
+		}
+	}
+	if opts.BeforeConfirm != nil {
+		opts.BeforeConfirm()
+	}
+	final, err := confirm(ctx, cfg, target, res.Generation, token, opts, logf)
+	if err != nil {
+		return nil, err
+	}
+	switch final.Outcome {
+	case "done":
+		res2.Outcome = "done"
+		return res2, nil
+	case "rolled-back":
+		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message}
+	}
+	return nil, &ActivationError{Host: host, Message: final.Message}
+}
+
+// confirm opens a new connection and runs `confirm N` with the token on
+// stdin; it retries on connection errors until the confirm deadline.
+func confirm(ctx context.Context, cfg *mesh.Config, target mesh.Target, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+	deadline := time.Now().Add(opts.ReconnectFor)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		c, err := cfg.Connect(ctx, target)
+		if err != nil {
+			lastErr = err
+			if !retryable(err) || ctx.Err() != nil {
+				return nil, err
+			}
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		var stdout bytes.Buffer
+		lw := &logLines{logf: logf, prefix: "agent: "}
+		exe := path.Join(opts.StateDir, "profiles", fmt.Sprintf("system-%d-link", gen), "agent", closure.AgentBin)
+		err = c.Run(ctx, []string{exe, "confirm", "--state-dir", opts.StateDir, fmt.Sprint(gen)}, strings.NewReader(token+"\n"), &stdout, lw)
+		lw.flush()
+		c.Close()
+		if r := parseResult(stdout.Bytes()); r != nil {
+			return r, nil
+		}
+		lastErr = err
+		var ue *mesh.UnreachableError
+		if !errors.As(err, &ue) {
+			// The agent refused (not pending any more, say): ask for the
+			// outcome.
+			logf("%s: confirm: %v", target.Name, err)
+			return waitFinal(ctx, cfg, target, "", opts, logf)
+		}
+		sleepCtx(ctx, time.Second)
+	}
+	return nil, lastErr
+}
+
+// recoverOutcome reconnects after a dropped activation session and finds
+// out what happened: if the activation awaits confirmation, it returns
+// that (the caller confirms); if it ended, its result.
+func recoverOutcome(ctx context.Context, cfg *mesh.Config, target mesh.Target, token string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+	deadline := time.Now().Add(opts.ReconnectFor)
+	var lastErr error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st, err := status(ctx, cfg, target, opts)
+		if err != nil {
+			lastErr = err
+			if !retryable(err) {
+				return nil, err
+			}
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		a := st.Activation
+		if a == nil {
+			return nil, &ActivationError{Host: target.Name, Message: "the host knows of no activation (it rebooted?)"}
+		}
+		switch a.Phase {
+		case "awaiting-confirmation":
+			return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
+		case "done", "rolled-back", "failed":
+			return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	if lastErr == nil {
+		lastErr = &ActivationError{Host: target.Name, Message: "no outcome within the reconnect window"}
+	}
+	return nil, lastErr
+}
+
+// waitFinal polls status until the activation id (or, with id "", the last
+// activation) has ended.
+func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+	deadline := time.Now().Add(opts.ReconnectFor)
+	var lastErr error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st, err := status(ctx, cfg, target, opts)
+		if err == nil && st.Activation != nil && (id == "" || st.Activation.ID == id) {
+			a := st.Activation
+			switch a.Phase {
+			case "done", "rolled-back", "failed":
+				return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
+			}
+		} else if err != nil {
+			lastErr = err
+			if !retryable(err) {
+				return nil, err
+			}
+		}
+		sleepCtx(ctx, time.Second)
+	}
+	if lastErr == nil {
+		lastErr = &ActivationError{Host: target.Name, Message: "no outcome within the wait"}
+	}
+	return nil, lastErr
+}
+
+// Status asks the host's agent for `status --json` over a new connection.
+func status(ctx context.Context, cfg *mesh.Config, target mesh.Target, opts ActivateOptions) (*agentStatus, error) {
+	c, err := cfg.Connect(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	// Any generation's agent reads the status; the boot default's or the
+	// running one's is there.
+	out, err := c.Output(ctx, []string{"sh", "-c", `for a in "$1"/profiles/system/agent/bin/deploy-agent /run/deploy/current-system/agent/bin/deploy-agent "$1"/profiles/system-*-link/agent/bin/deploy-agent; do if [ -x "$a" ]; then exec "$a" status --json --state-dir "$1"; fi; done; echo "no deploy-agent on the host" >&2; exit 1`, "sh", opts.StateDir})
+	if err != nil {
+		return nil, err
+	}
+	st := &agentStatus{}
+	if err := json.Unmarshal(out, st); err != nil {
+		return nil, fmt.Errorf("%s: status: %w", target.Name, err)
+	}
+	return st, nil
+}
+
+func retryable(err error) bool {
+	var ue *mesh.UnreachableError
+	return errors.As(err, &ue)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func parseResult(out []byte) *agentResult {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		r := &agentResult{}
+		if json.Unmarshal([]byte(lines[i]), r) == nil && r.Outcome != "" {
+			return r
+		}
+	}
+	return nil
+}
+
+// logLines turns the agent's stderr into log lines.
+type logLines struct {
+	logf   func(string, ...any)
+	prefix string
+	buf    []byte
+}
+
+func (w *logLines) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.logf("%s%s", w.prefix, w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+}
+
+func (w *logLines) flush() {
+	if len(w.buf) > 0 {
+		w.logf("%s%s", w.prefix, w.buf)
+		w.buf = nil
+	}
+}
+
+var _ io.Writer = (*logLines)(nil)

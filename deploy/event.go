@@ -1,0 +1,85 @@
+package deploy
+
+import "time"
+
+// EventSchemaVersion is the version of the [Event] JSON schema (the "v"
+// field of every --json line). Fields are only ever added within a version.
+const EventSchemaVersion = 1
+
+// Phase is a step of a host's deployment.
+type Phase string
+
+// The phases, in order.
+const (
+	PhaseEval     Phase = "eval"
+	PhaseBuild    Phase = "build"
+	PhaseCopy     Phase = "copy"
+	PhaseActivate Phase = "activate"
+	PhaseConfirm  Phase = "confirm"
+	PhaseRollback Phase = "rollback"
+)
+
+// Result is how a host's deployment ended.
+type Result string
+
+// The results.
+const (
+	ResultOK          Result = "ok"          // at the new generation (or pushed, in push mode)
+	ResultUnchanged   Result = "unchanged"   // already ran this system; nothing activated
+	ResultRolledBack  Result = "rolled-back" // back on its previous generation
+	ResultFailed      Result = "failed"      // failed; see the phase and error
+	ResultUnreachable Result = "unreachable" // could not be reached, or the copy failed
+	ResultLocked      Result = "locked"      // another deployment holds the host's lock
+	ResultSkipped     Result = "skipped"     // not attempted (an earlier batch failed)
+	ResultPlanned     Result = "planned"     // --dry-run: what would happen
+)
+
+// Event is one line of the event stream that the terminal view, the plain
+// log and --json all render. See docs/events.md for the schema.
+type Event struct {
+	V     int       `json:"v"`
+	Time  time.Time `json:"time"`
+	Type  string    `json:"event"`
+	Host  string    `json:"host,omitempty"`
+	Phase Phase     `json:"phase,omitempty"`
+	// State of a phase: "started", "done", "failed", "skipped".
+	State string   `json:"state,omitempty"`
+	Batch int      `json:"batch,omitempty"`
+	Hosts []string `json:"hosts,omitempty"`
+	// Batches of run.start: host names per batch.
+	Batches [][]string `json:"batches,omitempty"`
+	Mode    Mode       `json:"mode,omitempty"`
+	Message string     `json:"message,omitempty"`
+	// Copy progress, in NAR bytes.
+	Sent      int64 `json:"sent,omitempty"`
+	Confirmed int64 `json:"confirmed,omitempty"`
+	Total     int64 `json:"total,omitempty"`
+	// Results.
+	Result     Result   `json:"result,omitempty"`
+	System     string   `json:"system,omitempty"`
+	Generation int      `json:"generation,omitempty"`
+	Error      string   `json:"error,omitempty"`
+	LogTail    []string `json:"log_tail,omitempty"`
+	// Plan (dry run): paths and bytes to copy, unit changes.
+	CopyPaths int      `json:"copy_paths,omitempty"`
+	Start     []string `json:"units_start,omitempty"`
+	Restart   []string `json:"units_restart,omitempty"`
+	Reload    []string `json:"units_reload,omitempty"`
+	Stop      []string `json:"units_stop,omitempty"`
+	Files     []string `json:"files_changed,omitempty"`
+	// Summary of run.done: host names by result.
+	Summary map[Result][]string `json:"summary,omitempty"`
+}
+
+// Event types.
+const (
+	EventRunStart   = "run.start"   // Hosts, Batches, Mode
+	EventBatchStart = "batch.start" // Batch, Hosts
+	EventPhase      = "host.phase"  // Host, Phase, State (+ Error)
+	EventProgress   = "host.progress"
+	EventLog        = "host.log"    // Host, Phase, Message: a line of the target's log
+	EventResult     = "host.result" // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
+	EventPlan       = "host.plan"   // Host + the plan fields (dry run)
+	EventRollback   = "run.rollback"
+	EventRunDone    = "run.done" // Summary
+)

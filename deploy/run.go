@@ -1,0 +1,326 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/closure"
+)
+
+// HostOps is what a rollout does to one host. [SSHOps] is the real one
+// (mesh, [Copy], [Activate]); tests of the batch logic use their own.
+type HostOps interface {
+	// Push copies the closure of system to host, or with dryRun only finds
+	// what a copy would send, and reports the host's current systems.
+	Push(ctx context.Context, host, system string, dryRun bool, progress func(closure.Progress)) (*PushResult, error)
+	// Activate activates system on host in mode and sees it confirmed (or
+	// rolled back). logf receives the target's log lines.
+	Activate(ctx context.Context, host, system string, mode Mode, logf func(string)) (*ActivateOutcome, error)
+	// Rollback returns host to generation gen (0: the one before the
+	// current) and sees it confirmed.
+	Rollback(ctx context.Context, host string, gen int, logf func(string)) error
+}
+
+// PushResult is what [HostOps.Push] found and did.
+type PushResult struct {
+	Paths       int    // paths in the closure
+	Missing     int    // paths the host lacked (sent, unless a dry run)
+	Bytes       int64  // NAR bytes of the missing paths
+	Current     string // the host's current system before the push ("" if none)
+	BootDefault string // the host's boot-default system before the push
+	Plan        *Plan  // with dryRun: what activation would change
+}
+
+// Plan is what activating a system would change on a host (dry run).
+type Plan struct {
+	Start, Restart, Reload, Stop []string // units
+	Files                        []string // files added, changed or removed
+}
+
+// ActivateOutcome is the result of a successful [HostOps.Activate].
+type ActivateOutcome struct {
+	Generation int // the new generation
+	Previous   int // the generation it replaced (0: none)
+}
+
+// HostFailure classifies a failed step: what result it gives the host.
+// [HostOps] implementations return it (wrapped or not) so the orchestrator
+// can tell a rollback from an unreachable host from a held lock.
+type HostFailure struct {
+	Result  Result // ResultRolledBack, ResultUnreachable, ResultLocked or ResultFailed
+	Err     error
+	LogTail []string // the last lines of the target's log, when known
+}
+
+func (f *HostFailure) Error() string { return f.Err.Error() }
+func (f *HostFailure) Unwrap() error { return f.Err }
+
+// Parallelism limits how many hosts are in each phase at once.
+type Parallelism struct {
+	Build    int // default 2
+	Copy     int // default 4
+	Activate int // default: the whole batch
+}
+
+// Rollout says how to roll systems out to hosts.
+type Rollout struct {
+	// Batches are host names per batch, in order (see [Batches]).
+	Batches [][]string
+	// MaxFailures is how many hosts may fail before the rollout stops.
+	MaxFailures int
+	// RollbackAll returns every host switched in this run to its previous
+	// generation when the rollout stops on failures (rollback = "all").
+	RollbackAll bool
+}
+
+// HostReport is how one host's deployment ended.
+type HostReport struct {
+	Host       string
+	Result     Result
+	Phase      Phase // where it ended (for failures: where it failed)
+	System     string
+	Generation int
+	Previous   int
+	Err        error
+	LogTail    []string
+	Push       *PushResult
+}
+
+// Report is the outcome of a rollout.
+type Report struct {
+	Hosts map[string]*HostReport
+}
+
+// With returns the names of the hosts with result res, sorted.
+func (r *Report) With(res Result) []string {
+	var out []string
+	for name, h := range r.Hosts {
+		if h.Result == res {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Runner rolls systems out to hosts.
+type Runner struct {
+	Ops      HostOps
+	Mode     Mode
+	DryRun   bool
+	Parallel Parallelism
+	// Emit receives every event; it must not block for long. Nil drops
+	// them.
+	Emit func(Event)
+
+	mu sync.Mutex
+}
+
+func (r *Runner) emit(ev Event) {
+	if r.Emit == nil {
+		return
+	}
+	ev.V = EventSchemaVersion
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Emit(ev)
+}
+
+// Run rolls systems (host name → system store path) out batch by batch.
+// A batch's hosts go through copy and activate concurrently (within the
+// parallelism limits); after each batch, if more than MaxFailures hosts
+// failed, the rollout stops, the remaining hosts are skipped and, with
+// RollbackAll, every host switched in this run is returned to its
+// previous generation.
+func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout) *Report {
+	rep := &Report{Hosts: map[string]*HostReport{}}
+	var all []string
+	for _, b := range ro.Batches {
+		all = append(all, b...)
+	}
+	for _, h := range all {
+		rep.Hosts[h] = &HostReport{Host: h, Result: ResultSkipped, System: systems[h]}
+	}
+	r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode})
+	copySem := make(chan struct{}, orDefault(r.Parallel.Copy, 4))
+	actSem := make(chan struct{}, orDefault(r.Parallel.Activate, 1<<20))
+	failures := 0
+	var switched []string
+	for i, batch := range ro.Batches {
+		r.emit(Event{Type: EventBatchStart, Batch: i + 1, Hosts: batch})
+		var wg sync.WaitGroup
+		for _, h := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.host(ctx, rep.Hosts[h], copySem, actSem)
+			}()
+		}
+		wg.Wait()
+		for _, h := range batch {
+			switch rep.Hosts[h].Result {
+			case ResultOK:
+				if rep.Hosts[h].Generation != 0 && r.Mode.Activates() && r.Mode != ModeDryActivate {
+					switched = append(switched, h)
+				}
+			case ResultUnchanged, ResultPlanned:
+			default:
+				failures++
+			}
+		}
+		if failures > ro.MaxFailures {
+			if ro.RollbackAll && len(switched) > 0 {
+				r.rollbackAll(ctx, rep, switched)
+			}
+			for _, b := range ro.Batches[i+1:] {
+				for _, h := range b {
+					r.emit(Event{Type: EventResult, Host: h, Result: ResultSkipped, Message: "an earlier batch failed"})
+				}
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	summary := map[Result][]string{}
+	for _, h := range all {
+		summary[rep.Hosts[h].Result] = append(summary[rep.Hosts[h].Result], h)
+	}
+	r.emit(Event{Type: EventRunDone, Summary: summary})
+	return rep
+}
+
+func orDefault(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
+
+// host runs one host through copy and activate.
+func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan struct{}) {
+	h := hr.Host
+	fail := func(phase Phase, err error) {
+		hr.Phase, hr.Err = phase, err
+		hr.Result = ResultFailed
+		var hf *HostFailure
+		if errors.As(err, &hf) {
+			hr.Result, hr.LogTail = hf.Result, hf.LogTail
+		}
+		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail})
+	}
+	select {
+	case copySem <- struct{}{}:
+	case <-ctx.Done():
+		fail(PhaseCopy, ctx.Err())
+		return
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "started"})
+	var last time.Time
+	pr, err := r.Ops.Push(ctx, h, hr.System, r.DryRun, func(p closure.Progress) {
+		if p.Done || time.Since(last) > 100*time.Millisecond {
+			last = time.Now()
+			r.emit(Event{Type: EventProgress, Host: h, Phase: PhaseCopy, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
+		}
+	})
+	<-copySem
+	hr.Push = pr
+	if err != nil {
+		var hf *HostFailure
+		if !errors.As(err, &hf) {
+			err = &HostFailure{Result: ResultUnreachable, Err: err}
+		}
+		fail(PhaseCopy, err)
+		return
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "done", CopyPaths: pr.Missing, Total: pr.Bytes})
+	hr.Phase = PhaseCopy
+	if r.DryRun {
+		hr.Result = ResultPlanned
+		ev := Event{Type: EventPlan, Host: h, System: hr.System, CopyPaths: pr.Missing, Total: pr.Bytes, Result: ResultPlanned}
+		if p := pr.Plan; p != nil {
+			ev.Start, ev.Restart, ev.Reload, ev.Stop, ev.Files = p.Start, p.Restart, p.Reload, p.Stop, p.Files
+		}
+		r.emit(ev)
+		return
+	}
+	if !r.Mode.Activates() {
+		hr.Result = ResultOK
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseCopy, System: hr.System})
+		return
+	}
+	if r.unchanged(pr, hr.System) {
+		hr.Result = ResultUnchanged
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultUnchanged, Phase: PhaseCopy, System: hr.System})
+		return
+	}
+	select {
+	case actSem <- struct{}{}:
+	case <-ctx.Done():
+		fail(PhaseActivate, ctx.Err())
+		return
+	}
+	defer func() { <-actSem }()
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseActivate, State: "started"})
+	out, err := r.Ops.Activate(ctx, h, hr.System, r.Mode, func(line string) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: line})
+	})
+	if err != nil {
+		fail(PhaseActivate, err)
+		return
+	}
+	hr.Result, hr.Phase, hr.Generation, hr.Previous = ResultOK, PhaseConfirm, out.Generation, out.Previous
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseConfirm, State: "done", Generation: out.Generation})
+	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseConfirm, System: hr.System, Generation: out.Generation})
+}
+
+// unchanged reports whether the host already runs system as the mode
+// wants it, so activation can be skipped.
+func (r *Runner) unchanged(pr *PushResult, system string) bool {
+	switch r.Mode {
+	case ModeSwitch:
+		return pr.Current == system && pr.BootDefault == system
+	case ModeTest:
+		return pr.Current == system
+	case ModeBoot:
+		return pr.BootDefault == system
+	}
+	return false
+}
+
+// rollbackAll returns the hosts switched in this run to their previous
+// generations, concurrently.
+func (r *Runner) rollbackAll(ctx context.Context, rep *Report, switched []string) {
+	r.emit(Event{Type: EventRollback, Hosts: switched, Message: "the rollout failed; returning every host switched in this run"})
+	var wg sync.WaitGroup
+	for _, h := range switched {
+		hr := rep.Hosts[h]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "started", Generation: hr.Previous})
+			err := r.Ops.Rollback(ctx, h, hr.Previous, func(line string) {
+				r.emit(Event{Type: EventLog, Host: h, Phase: PhaseRollback, Message: line})
+			})
+			if err != nil {
+				hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseRollback, fmt.Errorf("rolling back to generation %d: %w", hr.Previous, err)
+				r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "failed", Error: hr.Err.Error()})
+				r.emit(Event{Type: EventResult, Host: h, Result: ResultFailed, Phase: PhaseRollback, Error: hr.Err.Error()})
+				return
+			}
+			hr.Result, hr.Phase = ResultRolledBack, PhaseRollback
+			r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "done", Generation: hr.Previous})
+			r.emit(Event{Type: EventResult, Host: h, Result: ResultRolledBack, Phase: PhaseRollback, Generation: hr.Previous})
+		}()
+	}
+	wg.Wait()
+}
