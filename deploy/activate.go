@@ -11,6 +11,7 @@ import (
 	"io"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,11 @@ type ActivateOptions struct {
 	ReconnectFor time.Duration
 	// Logf receives the agent's log lines and Activate's own steps.
 	Logf func(format string, args ...any)
+	// RollbackTo, when positive, returns the host to that existing
+	// generation (the agent's rollback --to N, same confirmation) instead
+	// of activating system as a new one; system must then be that
+	// generation's system, whose agent runs the rollback.
+	RollbackTo int
 }
 
 // ActivateResult is a successful activation.
@@ -164,6 +170,10 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 
 	cmd := []string{exe, "activate", "--state-dir", opts.StateDir, "--mode", opts.Mode,
 		"--confirm-timeout", opts.ConfirmTimeout.String()}
+	if opts.RollbackTo > 0 {
+		cmd = []string{exe, "rollback", "--state-dir", opts.StateDir, "--to", strconv.Itoa(opts.RollbackTo),
+			"--confirm-timeout", opts.ConfirmTimeout.String()}
+	}
 	keys := make([]string, 0, len(opts.Meta))
 	for k := range opts.Meta {
 		keys = append(keys, k)
@@ -172,10 +182,12 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 	for _, k := range keys {
 		cmd = append(cmd, "--meta", k+"="+opts.Meta[k])
 	}
-	if opts.Force {
-		cmd = append(cmd, "--force")
+	if opts.RollbackTo == 0 {
+		if opts.Force {
+			cmd = append(cmd, "--force")
+		}
+		cmd = append(cmd, system)
 	}
-	cmd = append(cmd, system)
 	var stdout bytes.Buffer
 	lw := &logLines{logf: logf, prefix: "agent: "}
 	err := client.Run(ctx, cmd, strings.NewReader(token+"\n"), &stdout, lw)

@@ -192,10 +192,11 @@ func (o *SSHOps) Activate(ctx context.Context, host, system string, mode Mode, l
 	}
 }
 
-// Rollback implements [HostOps]: it activates again the system the host
-// ran before this run (its closure is still on the host), with the same
-// machinery and confirmation as any activation. gen is not used: the host's
-// previous system is what this run replaced.
+// Rollback implements [HostOps]: it returns the host to the generation
+// that ran the system the host ran before this run (the agent's rollback
+// --to N, with the same confirmation as any activation), so the
+// generation's own metadata (commit, operator) stays true. gen is not used:
+// the host's previous system is what this run replaced.
 func (o *SSHOps) Rollback(ctx context.Context, host string, gen int, logf func(string)) error {
 	o.mu.Lock()
 	prev := o.before[host]
@@ -203,8 +204,36 @@ func (o *SSHOps) Rollback(ctx context.Context, host string, gen int, logf func(s
 	if prev == "" {
 		return fmt.Errorf("host %q ran no system before this run: nothing to roll back to", host)
 	}
-	_, err := o.Activate(ctx, host, prev, ModeSwitch, logf)
-	return err
+	c, err := o.client(ctx, host)
+	if err != nil {
+		return err
+	}
+	gens, err := Generations(ctx, c, o.stateDir())
+	if err != nil {
+		return err
+	}
+	to := 0
+	for _, g := range gens {
+		if g.System == prev && !g.Failed && g.Number > to {
+			to = g.Number
+		}
+	}
+	if to == 0 {
+		return fmt.Errorf("host %q: no generation runs %q", host, prev)
+	}
+	tail := &lineTail{max: 10}
+	_, err = Activate(ctx, o.Mesh, o.Targets[host], prev, ActivateOptions{
+		Client: c, RollbackTo: to, ConfirmTimeout: o.Activation.ConfirmTimeout, StateDir: o.stateDir(),
+		Logf: func(format string, args ...any) {
+			line := fmt.Sprintf(format, args...)
+			tail.add(line)
+			logf(line)
+		},
+	})
+	if err != nil {
+		return classify(err, tail.lines())
+	}
+	return nil
 }
 
 // classify maps activation errors to host results.

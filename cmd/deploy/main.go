@@ -47,6 +47,10 @@ func commands() []command {
 		{"secrets", "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", runSecrets},
 		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
 		{"exec", "run a command on hosts in parallel (TARGET... -- CMD)", runExec},
+		{"rollback", "return hosts to an earlier generation (TARGET... [--to N | --to-commit SHA])", runRollback},
+		{"generations", "list hosts' generations with time, operator and commit (TARGET...)", runGenerations},
+		{"status", "show hosts' current, boot, pending and failed generations (TARGET...)", runStatus},
+		{"gc", "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", runGC},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -102,6 +102,26 @@ func results(events []deploy.Event) map[string]deploy.Event {
 	return out
 }
 
+// gitCommit commits everything in dir and returns the commit.
+func gitCommit(t *testing.T, dir, msg string) string {
+	t.Helper()
+	for _, args := range [][]string{{"init", "-q"}, {"add", "-A"}, {"-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", msg}} {
+		if args[0] == "init" {
+			if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
+				continue
+			}
+		}
+		if out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
 func TestDeployRolloutE2E(t *testing.T) {
 	nw := vmtest.Start(t, 5)
 	fleet, key := testFleet(t, nw, "")
@@ -110,6 +130,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// 1. First deployment: every host at generation 1.
 	rolloutFleet(t, nw, fleet, "hello", nil)
+	c1 := gitCommit(t, fleet, "first")
 	events, code, stderr := runJSON(t, nw, key, target)
 	if code != 0 {
 		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
@@ -132,6 +153,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// 2. One host's role arguments change: only that host is activated.
 	rolloutFleet(t, nw, fleet, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
+	c2 := gitCommit(t, fleet, "h5 greets")
 	events, code, stderr = runJSON(t, nw, key, target)
 	if code != 0 {
 		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
@@ -153,6 +175,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 	// 3. A change for everyone, and h3 (batch 2) fails its health check:
 	// rollback = "all" returns every host switched in this run.
 	rolloutFleet(t, nw, fleet, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
+	gitCommit(t, fleet, "bonjour, and h3 breaks")
 	events, code, stderr = runJSON(t, nw, key, target)
 	if code != ExitRolledBack {
 		t.Fatalf("failing deploy: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
@@ -190,4 +213,51 @@ func TestDeployRolloutE2E(t *testing.T) {
 		}
 		h.Succeed("systemctl is-active web.service")
 	}
+
+	// Generations record the commit and the operator; rollback = "all"
+	// returned h1 to its original generation, not to a copy of it.
+	gens := generationsOf(t, nw, key, fleet+"#h1", "h1")
+	if cur := currentGen(gens); cur == nil || cur.Number != 1 || cur.GitRev != c1 || cur.Operator == "" {
+		t.Fatalf("h1 generations %+v: want generation 1 (commit %s, an operator) current", gens, c1)
+	}
+	gens = generationsOf(t, nw, key, fleet+"#h5", "h5")
+	if cur := currentGen(gens); cur == nil || cur.GitRev != c2 {
+		t.Fatalf("h5 generations %+v: want the current one from commit %s", gens, c2)
+	}
+
+	// deploy rollback --to-commit returns h5 to what commit 1 deployed.
+	out, err := deployCmd(t, nw, "rollback", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "10s", "--to-commit", c1[:10], fleet+"#h5").CombinedOutput()
+	if err != nil {
+		t.Fatalf("deploy rollback --to-commit: %v\n%s", err, out)
+	}
+	if got := nw.Hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
+		t.Fatalf("h5 greeting after rollback --to-commit %q, want hello", got)
+	}
+	gens = generationsOf(t, nw, key, fleet+"#h5", "h5")
+	if cur := currentGen(gens); cur == nil || cur.GitRev != c1 {
+		t.Fatalf("h5 after rollback --to-commit: %+v, want the generation of commit %s current", gens, c1)
+	}
+}
+
+// generationsOf runs deploy generations --json for one host.
+func generationsOf(t *testing.T, nw *vmtest.Network, key, target, host string) []deploy.Generation {
+	t.Helper()
+	out, err := deployCmd(t, nw, "generations", "--json", "--identity", key, "--ssh-config", "none", target).Output()
+	if err != nil {
+		t.Fatalf("deploy generations: %v", err)
+	}
+	var all map[string][]deploy.Generation
+	if err := json.Unmarshal(out, &all); err != nil {
+		t.Fatalf("deploy generations --json: %v\n%s", err, out)
+	}
+	return all[host]
+}
+
+func currentGen(gens []deploy.Generation) *deploy.Generation {
+	for i := range gens {
+		if gens[i].Current {
+			return &gens[i]
+		}
+	}
+	return nil
 }
