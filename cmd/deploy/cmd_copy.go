@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/mesh"
+	"github.com/declarative/deploy/mesh/tailnet"
 )
 
 // sshFlags are the flags that say how to reach and trust a host.
@@ -97,12 +99,17 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
 	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
 	fs.BoolVar(&asJSON, "json", false, "print progress as JSON lines on stdout")
+	var tf tailnetFlags
+	tf.register(fs)
 	pos, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
 	}
 	if to == "" {
 		return usageErrorf("copy: --to is required")
+	}
+	if err := tf.check(); err != nil {
+		return err
 	}
 	user, host, port, err := parseHostSpec(to)
 	if err != nil {
@@ -128,6 +135,14 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 		Getenv:          e.getenv,
 	}
 	target := mesh.Target{Name: host, Address: host, Port: port, User: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump, Sudo: sshf.sudo}
+	tn, err := tf.start(ctx, e)
+	if err != nil {
+		return err
+	}
+	if tn != nil {
+		defer tn.Close()
+		cfg.Dialer = tn
+	}
 
 	emit := func(ev copyEvent) {}
 	var mu sync.Mutex
@@ -183,4 +198,54 @@ func hostError(err error) error {
 		return withHint(err, ExitUnreachable, "the host key changed: if the host was reinstalled, verify the new key out of band and update host_key / known_hosts; otherwise this may be an attack")
 	}
 	return &exitError{code: ExitUnreachable, err: err}
+}
+
+// tailnetFlags choose the transport: direct TCP, or an embedded tailnet node.
+type tailnetFlags struct {
+	transport, controlURL, authKeyFile, stateDir, hostname string
+}
+
+func (f *tailnetFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.transport, "transport", "ssh", "how to reach the host: `ssh` (direct TCP) or tailscale (an embedded tailnet node)")
+	fs.StringVar(&f.controlURL, "tailnet-control-url", "", "tailnet coordination server `URL` (default $TS_CONTROL_URL, else Tailscale's; Headscale works)")
+	fs.StringVar(&f.authKeyFile, "tailnet-authkey-file", "", "`file` holding the tailnet auth key (default $TS_AUTHKEY)")
+	fs.StringVar(&f.stateDir, "tailnet-state-dir", "", "the tailnet node's state `directory` (default ~/.config/deploy/tailnet/default)")
+	fs.StringVar(&f.hostname, "tailnet-hostname", "", "the operator's `name` on the tailnet (default deploy-HOSTNAME)")
+}
+
+// check validates the flags before anything is done.
+func (f *tailnetFlags) check() error {
+	switch f.transport {
+	case "ssh":
+		if f.controlURL != "" || f.authKeyFile != "" || f.stateDir != "" || f.hostname != "" {
+			return usageErrorf("copy: --tailnet-* flags need --transport tailscale")
+		}
+	case "tailscale":
+	default:
+		return usageErrorf("copy: --transport %q: want ssh or tailscale", f.transport)
+	}
+	return nil
+}
+
+// start starts the tailnet node when --transport tailscale, else
+// returns nil (direct TCP).
+func (f *tailnetFlags) start(ctx context.Context, e *env) (*tailnet.Transport, error) {
+	if f.transport != "tailscale" {
+		return nil, nil
+	}
+	tn := &tailnet.Transport{
+		Dir:         f.stateDir,
+		Hostname:    f.hostname,
+		ControlURL:  f.controlURL,
+		AuthKeyFile: f.authKeyFile,
+		Getenv:      e.getenv,
+		Logf:        func(format string, a ...any) { fmt.Fprintf(e.stderr, "deploy: "+format+"\n", a...) },
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := tn.Start(sctx); err != nil {
+		tn.Close()
+		return nil, withHint(err, ExitUnreachable, "set TS_AUTHKEY or --tailnet-authkey-file, and check --tailnet-control-url")
+	}
+	return tn, nil
 }
