@@ -35,6 +35,21 @@ func (a *applier) systemctl(ctx context.Context, args ...string) error {
 	return run(ctx, a.opts, "systemctl", args...)
 }
 
+// stop stops a unit. A unit systemd does not know is already stopped: that
+// is the case when the generation that introduced it failed before its
+// units were linked, and the rollback stops what that generation listed.
+func (a *applier) stop(ctx context.Context, name string) error {
+	err := a.systemctl(ctx, "stop", name)
+	if err == nil {
+		return nil
+	}
+	if st, serr := output(ctx, "systemctl", "show", "--property=LoadState", "--value", name); serr == nil && strings.TrimSpace(st) == "not-found" {
+		a.opts.logf("%s is not loaded: nothing to stop", name)
+		return nil
+	}
+	return err
+}
+
 func (a *applier) units(ctx context.Context) error {
 	d := manifest.Diff(a.prev, a.next).Units
 	prevUnits := map[string]manifest.Unit{}
@@ -51,7 +66,7 @@ func (a *applier) units(ctx context.Context) error {
 
 	// 1. Stop what goes away, then remove its files and links.
 	for _, name := range d.Stop {
-		if err := a.systemctl(ctx, "stop", name); err != nil {
+		if err := a.stop(ctx, name); err != nil {
 			return err
 		}
 		a.opts.logf("stopped %s", name)

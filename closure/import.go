@@ -92,6 +92,18 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 	if err := syncFS(tmp); err != nil {
 		return fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
+	// Another import of the same path may have finished meanwhile (a
+	// receive left over from a cut connection, say): under the path's lock,
+	// a path that is valid now stays as it is and ours is discarded, and
+	// content without metadata is a crashed import's leftover.
+	unlockPath, err := s.lockPath(ctx, pi.Path)
+	if err != nil {
+		return err
+	}
+	defer unlockPath()
+	if ok, err := s.Valid(pi.Path); err != nil || ok {
+		return err
+	}
 	final := s.RealPath(pi.Path)
 	if _, err := os.Lstat(final); err == nil {
 		// Content without metadata: an earlier import died between
@@ -147,6 +159,30 @@ func (s *Store) lockShared(ctx context.Context) (func(), error) {
 		return func() { unix.Close(fd) }, nil
 	}
 	if err := flockWait(ctx, fd, unix.LOCK_SH); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// lockPath takes the import lock of one store path (db/.locks/<hash>),
+// which serialises the final check, rename and registration of concurrent
+// imports of that path. The lock files are removed by the leftover sweep,
+// which runs when no import holds the store lock.
+func (s *Store) lockPath(ctx context.Context, p string) (func(), error) {
+	hash, _, err := SplitPath(s.StoreDir, p)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.DBDir, ".locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: lock: %w", err)
+	}
+	fd, err := unix.Open(filepath.Join(dir, hash), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: lock %q: %w", p, err)
+	}
+	if err := flockWait(ctx, fd, unix.LOCK_EX); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -229,6 +265,8 @@ func (s *Store) sweep() error {
 			os.Remove(filepath.Join(s.DBDir, e.Name()))
 		}
 	}
+	// Per-path import locks: nobody imports while the sweep runs.
+	os.RemoveAll(filepath.Join(s.DBDir, ".locks"))
 	return nil
 }
 

@@ -438,3 +438,59 @@ func TestPathInfoManyReferences(t *testing.T) {
 		t.Fatalf("parsePathInfo(marshal(pi)) lost data: %d references, want %d", len(got.References), len(pi.References))
 	}
 }
+
+// Two imports of the same path at once (a receive left over from a cut
+// connection and its rerun): the path ends valid and complete, and never
+// loses its content to the other import.
+func TestConcurrentImportsOfOnePath(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, DefaultStoreDir)
+	files := map[string]string{}
+	for i := 0; i < 50; i++ {
+		files[fmt.Sprint("f", i)] = strings.Repeat(fmt.Sprint(i), 5000)
+	}
+	data := narOf(t, writeTree(t, t.TempDir(), files))
+	pi := infoFor(t, s, data, "shared")
+	for round := 0; round < 10; round++ {
+		// A watcher checks, all along, that a valid path has its content.
+		stop := make(chan struct{})
+		violated := make(chan string, 1)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					close(violated)
+					return
+				default:
+				}
+				if ok, _ := s.Valid(pi.Path); ok {
+					if _, err := os.Lstat(filepath.Join(s.RealPath(pi.Path), "f0")); err != nil {
+						violated <- err.Error()
+						<-stop
+						close(violated)
+						return
+					}
+				}
+			}
+		}()
+		errs := make(chan error, 4)
+		for i := 0; i < 4; i++ {
+			go func() { errs <- s.Import(ctx, bytes.NewReader(data), pi) }()
+		}
+		for i := 0; i < 4; i++ {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		close(stop)
+		if v, ok := <-violated; ok {
+			t.Fatalf("round %d: the path was valid without its content: %s", round, v)
+		}
+		if problems, err := s.Verify(ctx); err != nil || len(problems) != 0 {
+			t.Fatalf("round %d: Verify: %v %v", round, problems, err)
+		}
+		if _, err := s.GC(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -100,7 +100,7 @@ table inet deploy {
 		ct state invalid drop
 		iif "lo" accept
 		iifname { "wg0" } accept
-		meta l4proto { icmp, ipv6-icmp } accept
+		meta l4proto { icmp, icmpv6 } accept
 		tcp dport { 80, 443, 2222 } accept
 		udp dport { 53 } accept
 		ip saddr 10.0.0.0/8 tcp dport 9100 accept

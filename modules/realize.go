@@ -607,7 +607,9 @@ func FirewallRuleset(r *Resource, sshPort int) string {
 		fmt.Fprintf(&b, "\t\tiifname { %s } accept\n", strings.Join(q, ", "))
 	}
 	if r.Bool("allow_ping", true) {
-		b.WriteString("\t\tmeta l4proto { icmp, ipv6-icmp } accept\n")
+		// nft's own keywords, not /etc/protocols names (minimal hosts
+		// have no /etc/protocols).
+		b.WriteString("\t\tmeta l4proto { icmp, icmpv6 } accept\n")
 	}
 	tcp := r.Strings("allowed_tcp_ports")
 	if r.Bool("allow_ssh", true) {

@@ -66,40 +66,71 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
-	f, hosts, err := loadSelected(e, targets)
-	if err != nil {
-		return err
-	}
-	rollout, confirm, err := rolloutFor(f, targets, hosts)
-	if err != nil {
-		return err
-	}
-	if df.confirmTimeout > 0 {
-		confirm = df.confirmTimeout
-	}
 	b, err := df.build.builder(e)
 	if err != nil {
 		return err
 	}
-	v := newView(e, df.asJSON)
-	defer v.Close()
-	results, err := buildAll(ctx, e, b, f, hosts, df.parallel.Build, v)
+	_, err = deployTargets(ctx, e, &deploySpec{
+		targets: targets, mode: mode, dryRun: df.dryRun, asJSON: df.asJSON, confirmTimeout: df.confirmTimeout,
+		waitLock: df.waitLock, message: df.message, compress: df.compress, parallel: df.parallel,
+		remoteState: df.remoteState, builder: b, mesh: df.ssh.config(e), printResults: true,
+	})
+	return err
+}
+
+// deploySpec is one run of deploy TARGET..., from the CLI or the demo.
+type deploySpec struct {
+	targets        []string
+	mode           deploy.Mode
+	dryRun, asJSON bool
+	confirmTimeout time.Duration
+	waitLock       time.Duration
+	message        string
+	compress       bool
+	parallel       deploy.Parallelism
+	remoteState    string
+	builder        *builder.Builder
+	mesh           *mesh.Config
+	printResults   bool // one line per host on stdout at the end
+	view           view // nil: newView
+}
+
+// deployTargets builds every selected host, then rolls the systems out
+// (unless the mode is build), and returns the report and the error that
+// carries the exit code.
+func deployTargets(ctx context.Context, e *env, sp *deploySpec) (*deploy.Report, error) {
+	f, hosts, err := loadSelected(e, sp.targets)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if mode == deploy.ModeBuild {
-		if !df.asJSON {
+	rollout, confirm, err := rolloutFor(f, sp.targets, hosts)
+	if err != nil {
+		return nil, err
+	}
+	if sp.confirmTimeout > 0 {
+		confirm = sp.confirmTimeout
+	}
+	v := sp.view
+	if v == nil {
+		v = newView(e, sp.asJSON)
+		defer v.Close()
+	}
+	results, err := buildAll(ctx, e, sp.builder, f, hosts, sp.parallel.Build, v)
+	if err != nil {
+		return nil, err
+	}
+	if sp.mode == deploy.ModeBuild {
+		if !sp.asJSON && sp.printResults {
 			for _, h := range hosts {
 				fmt.Fprintln(e.stdout, results[h.Name].SystemPath)
 			}
 		}
-		return nil
+		return nil, nil
 	}
-	cfg := df.ssh.config(e)
 	ops := &deploy.SSHOps{
-		Store: b.Store, Mesh: cfg, StateDir: df.remoteState, Compress: df.compress,
+		Store: sp.builder.Store, Mesh: sp.mesh, StateDir: sp.remoteState, Compress: sp.compress,
 		Targets: map[string]mesh.Target{}, Manifests: map[string]*manifest.Manifest{},
-		Activation: deploy.ActivationSettings{ConfirmTimeout: confirm, WaitLock: df.waitLock, Meta: generationMeta(f.Dir, df.message)},
+		Activation: deploy.ActivationSettings{ConfirmTimeout: confirm, WaitLock: sp.waitLock, Meta: generationMeta(f.Dir, sp.message)},
 	}
 	defer ops.Close()
 	systems := map[string]string{}
@@ -108,11 +139,13 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 		ops.Manifests[h.Name] = results[h.Name].Manifest
 		systems[h.Name] = results[h.Name].SystemPath
 	}
-	r := &deploy.Runner{Ops: ops, Mode: mode, DryRun: df.dryRun, Parallel: df.parallel, Emit: v.Event}
+	r := &deploy.Runner{Ops: ops, Mode: sp.mode, DryRun: sp.dryRun, Parallel: sp.parallel, Emit: v.Event}
 	rep := r.Run(ctx, systems, rollout)
-	v.Close()
-	v = nopView{}
-	if !df.asJSON {
+	if sp.view == nil {
+		v.Close()
+		v = nopView{}
+	}
+	if !sp.asJSON && sp.printResults {
 		for _, h := range hosts {
 			hr := rep.Hosts[h.Name]
 			line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
@@ -122,7 +155,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintln(e.stdout, line+"\t"+hr.System)
 		}
 	}
-	return reportError(rep)
+	return rep, reportError(rep)
 }
 
 type nopView struct{}
@@ -222,14 +255,20 @@ func gitRev(dir string) string {
 // reportError maps a rollout's outcome to the documented exit codes:
 // a host rolled back or failed → 3; else unreachable → 4; else a lock → 5.
 func reportError(rep *deploy.Report) error {
+	var parts []string
+	for _, r := range []deploy.Result{deploy.ResultRolledBack, deploy.ResultFailed, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultSkipped} {
+		if hs := rep.With(r); len(hs) > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %s", r, strings.Join(hs, ", ")))
+		}
+	}
+	err := fmt.Errorf("%s", strings.Join(parts, "; "))
 	switch {
 	case len(rep.With(deploy.ResultRolledBack))+len(rep.With(deploy.ResultFailed)) > 0:
-		return &exitError{code: ExitRolledBack, err: fmt.Errorf("rolled back: %s; failed: %s",
-			strings.Join(rep.With(deploy.ResultRolledBack), ", "), strings.Join(rep.With(deploy.ResultFailed), ", "))}
+		return &exitError{code: ExitRolledBack, err: err}
 	case len(rep.With(deploy.ResultUnreachable)) > 0:
-		return &exitError{code: ExitUnreachable, err: fmt.Errorf("unreachable: %s", strings.Join(rep.With(deploy.ResultUnreachable), ", "))}
+		return &exitError{code: ExitUnreachable, err: err}
 	case len(rep.With(deploy.ResultLocked)) > 0:
-		return &exitError{code: ExitLocked, err: fmt.Errorf("locked: %s", strings.Join(rep.With(deploy.ResultLocked), ", "))}
+		return &exitError{code: ExitLocked, err: err}
 	}
 	return nil
 }

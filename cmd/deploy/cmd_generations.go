@@ -203,10 +203,15 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := hf.ssh.config(e)
+	return rollbackHosts(ctx, e, hf.ssh.config(e), hosts, to, toCommit, confirm, hf.remoteState)
+}
+
+// rollbackHosts returns each host to the chosen generation (see
+// pickGeneration) under the same confirmation as an activation.
+func rollbackHosts(ctx context.Context, e *env, cfg *mesh.Config, hosts []*builder.Host, to int, toCommit string, confirm time.Duration, stateDir string) error {
 	var mu sync.Mutex
 	return eachHost(ctx, e, cfg, hosts, func(h *builder.Host, c *mesh.Client) error {
-		gens, err := deploy.Generations(ctx, c, hf.remoteState)
+		gens, err := deploy.Generations(ctx, c, stateDir)
 		if err != nil {
 			return err
 		}
@@ -219,9 +224,13 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 			defer mu.Unlock()
 			fmt.Fprintf(e.stderr, "deploy: %s: "+format+"\n", append([]any{h.Name}, args...)...)
 		}
-		logf("rolling back to generation %d (%s)", g.Number, g.GitRev)
+		if g.GitRev != "" {
+			logf("rolling back to generation %d (commit %s)", g.Number, g.GitRev)
+		} else {
+			logf("rolling back to generation %d", g.Number)
+		}
 		res, err := deploy.Activate(ctx, cfg, meshTarget(h), g.System, deploy.ActivateOptions{
-			Client: c, RollbackTo: g.Number, ConfirmTimeout: confirm, StateDir: hf.remoteState, Logf: logf,
+			Client: c, RollbackTo: g.Number, ConfirmTimeout: confirm, StateDir: stateDir, Logf: logf,
 		})
 		if err != nil {
 			return err

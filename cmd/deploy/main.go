@@ -51,6 +51,7 @@ func commands() []command {
 		{"generations", "list hosts' generations with time, operator and commit (TARGET...)", runGenerations},
 		{"status", "show hosts' current, boot, pending and failed generations (TARGET...)", runStatus},
 		{"gc", "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", runGC},
+		{"demo", "the main job on local test hosts: deploy, change, break, roll back, clean up", runDemo},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -90,15 +90,14 @@ func plainLine(ev deploy.Event) string {
 		return fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
 			ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.Start, ev.Restart, ev.Reload, ev.Stop, len(ev.Files))
 	case deploy.EventResult:
+		// The failure itself was printed by its phase line, and the
+		// target's log lines as they came: the result says where it ended.
 		s := fmt.Sprintf("%s: %s", ev.Host, ev.Result)
 		if ev.Generation != 0 {
 			s += fmt.Sprintf(" (generation %d)", ev.Generation)
 		}
 		if ev.Error != "" {
-			s += " in " + string(ev.Phase) + ": " + ev.Error
-		}
-		for _, l := range ev.LogTail {
-			s += "\n  " + ev.Host + " | " + l
+			s += " in " + string(ev.Phase)
 		}
 		return s
 	case deploy.EventRollback:
