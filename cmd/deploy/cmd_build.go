@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
@@ -88,12 +89,27 @@ func printDiags(e *env, f *builder.Fleet, diags hcl.Diagnostics) {
 			sev = "warning"
 		}
 		if d.Subject != nil {
-			fmt.Fprintf(e.stderr, "%s:%d:%d: %s: %s\n", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column, sev, d.Summary)
+			fmt.Fprintf(e.stderr, "%s:%d:%d: %s: %s\n", diagPath(f, d.Subject.Filename), d.Subject.Start.Line, d.Subject.Start.Column, sev, d.Summary)
 		} else {
 			fmt.Fprintf(e.stderr, "deploy: %s: %s\n", sev, d.Summary)
 		}
 		w.WriteDiagnostic(d)
 	}
+}
+
+// diagPath names a fleet file the way the operator can open it: relative
+// to the working directory when the fleet is below it, else absolute.
+func diagPath(f *builder.Fleet, name string) string {
+	if f == nil || filepath.IsAbs(name) {
+		return name
+	}
+	full := filepath.Join(f.Dir, name)
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, full); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return full
 }
 
 // loadSelected loads the fleet of the selectors (which must share a

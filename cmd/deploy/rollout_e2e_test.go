@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/vmtest"
@@ -260,4 +261,75 @@ func currentGen(gens []deploy.Generation) *deploy.Generation {
 		}
 	}
 	return nil
+}
+
+// A host cut off during the run: the others complete, the run exits 4 and
+// names it, without hanging. Then --dry-run shows a plan and changes
+// nothing.
+func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
+	nw := vmtest.Start(t, 3)
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	write := func(greeting string) {
+		rolloutFleet(t, nw, fleet, greeting, nil)
+		data, _ := os.ReadFile(filepath.Join(fleet, "fleet.hcl"))
+		text := strings.Replace(string(data), "batch_size      = 2", "batch_size      = \"100%\"\n  max_failures    = 1", 1)
+		os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(text), 0o644)
+	}
+	write("hello")
+	nw.Hosts[1].Cut()
+	events, code, stderr := runJSON(t, nw, key, fleet+"#prod")
+	nw.Hosts[1].Restore()
+	if code != ExitUnreachable {
+		t.Fatalf("deploy with h2 cut: exit %d, want %d\n%s", code, ExitUnreachable, stderr)
+	}
+	res := results(events)
+	if r := res["h2"]; r.Result != deploy.ResultUnreachable || r.Phase != deploy.PhaseCopy || !strings.Contains(r.Error, "h2") {
+		t.Errorf("h2: %+v, want unreachable in copy, named", r)
+	}
+	for _, h := range []string{"h1", "h3"} {
+		if res[h].Result != deploy.ResultOK {
+			t.Errorf("%s: %+v, want ok: the others complete", h, res[h])
+		}
+	}
+	if !strings.Contains(stderr, "h2") {
+		t.Errorf("stderr does not name the unreachable host:\n%s", stderr)
+	}
+
+	// --dry-run: a plan per host, nothing changes on the hosts.
+	waitReachableCLI(t, nw, nw.Hosts[1])
+	write("bonjour")
+	before := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
+	events, code, stderr = runJSON(t, nw, key, "--dry-run", fleet+"#prod")
+	if code != 0 {
+		t.Fatalf("dry run: exit %d\n%s", code, stderr)
+	}
+	plans := map[string]deploy.Event{}
+	for _, ev := range events {
+		if ev.Type == deploy.EventPlan {
+			plans[ev.Host] = ev
+		}
+	}
+	if p := plans["h1"]; p.CopyPaths == 0 || !slices.Contains(p.Restart, "web.service") || !slices.Contains(p.Files, "/etc/web/greeting") {
+		t.Errorf("h1 plan %+v, want paths to copy, web.service restarted, /etc/web/greeting changed", p)
+	}
+	if p := plans["h2"]; !slices.Contains(p.Start, "web.service") {
+		t.Errorf("h2 (never deployed) plan %+v, want web.service started", p)
+	}
+	if after := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
+		t.Errorf("the dry run changed h1: %q, was %q", after, before)
+	}
+}
+
+func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		c, err := nw.Dial(t.Context(), h.Name(), 22)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s unreachable after Restore", h.Name())
 }
