@@ -91,42 +91,31 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		paths[i] = pi.Path
 	}
 	res := &CopyResult{Paths: len(paths)}
-	if opts.DryRun {
-		present, err := agentPresent(ctx, local, client, agentPath, opts.StateDir)
-		if err != nil {
-			return res, err
-		}
-		if !present {
+	// The receive command checks for the agent itself (exit 99 when it is
+	// missing), so a copy to a host that has the agent, and a no-op above
+	// all, is one session: the closure check's one round trip.
+	stats, missing, err := receive(ctx, local, client, paths, agentPath, opts)
+	if missing {
+		if opts.DryRun {
 			res.Stats = &closure.TransferStats{Wanted: len(paths), Missing: len(paths), MissingPaths: paths}
 			for _, pi := range cl {
 				res.Stats.MissingBytes += pi.NarSize
 			}
 			return res, nil
 		}
-	}
-	if !opts.DryRun {
 		boot, err := ensureAgent(ctx, local, client, agentPath, opts.StateDir, logf)
 		res.Bootstrapped = boot
 		if err != nil {
 			return res, err
 		}
+		stats, missing, err = receive(ctx, local, client, paths, agentPath, opts)
+		if err == nil && missing {
+			err = &CopyError{Phase: "bootstrap", Err: fmt.Errorf("the agent %q is still missing after its installation", agentPath)}
+		}
 	}
-	agentExe := path.Join(agentPath, closure.AgentBin)
-	sess, err := client.Start(ctx, []string{agentExe, "receive", "--state-dir", opts.StateDir})
-	if err != nil {
-		return res, &CopyError{Phase: "transfer", Err: err}
-	}
-	defer sess.Close()
-	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun})
 	res.Stats = stats
-	sess.Stdin.Close()
-	werr := sess.Wait()
-	if err == nil && werr != nil {
-		err = werr
-	}
 	if err != nil {
-		return res, &CopyError{Phase: "transfer", Err: connectionCause(client, err), AgentLogs: tail(string(sess.Stderr()), 10)}
+		return res, err
 	}
 	logf("copied %d of %d paths (%d NAR bytes)", stats.Imported, len(paths), stats.NarBytes)
 	return res, nil
@@ -160,6 +149,43 @@ func connectionCause(client *mesh.Client, err error) error {
 // verdictWait bounds how long a failed transfer waits for the connection's
 // keepalive verdict; the keepalive itself has already been running.
 var verdictWait = 10 * time.Second
+
+// errAgentMissing is the receive command's exit status when the agent is
+// not installed (see receive).
+const errAgentMissing = 99
+
+// receive runs one transfer through the agent's receive command, checked
+// for on the host in the same session. missing reports that the agent is
+// not installed (nothing was transferred).
+func receive(ctx context.Context, local *closure.Store, client *mesh.Client, paths []string, agentPath string, opts CopyOptions) (*closure.TransferStats, bool, error) {
+	hash, _, err := closure.SplitPath(local.StoreDir, agentPath)
+	if err != nil {
+		return nil, false, err
+	}
+	exe := path.Join(agentPath, closure.AgentBin)
+	db := path.Join(opts.StateDir, "db", hash+".narinfo")
+	sess, err := client.Start(ctx, []string{"sh", "-c", fmt.Sprintf(`test -f "$1" && test -x "$2" || exit %d; shift; exec "$@"`, errAgentMissing),
+		"sh", db, exe, "receive", "--state-dir", opts.StateDir})
+	if err != nil {
+		return nil, false, &CopyError{Phase: "transfer", Err: err}
+	}
+	defer sess.Close()
+	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun})
+	sess.Stdin.Close()
+	werr := sess.Wait()
+	var ee *mesh.ExitError
+	if errors.As(werr, &ee) && ee.Code == errAgentMissing && stats != nil && stats.Agent == "" {
+		return nil, true, nil
+	}
+	if err == nil && werr != nil {
+		err = werr
+	}
+	if err != nil {
+		return stats, false, &CopyError{Phase: "transfer", Err: connectionCause(client, err), AgentLogs: tail(string(sess.Stderr()), 10)}
+	}
+	return stats, false, nil
+}
 
 type sessionConn struct {
 	io.Reader
