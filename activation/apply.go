@@ -97,6 +97,18 @@ func Apply(ctx context.Context, prev, next *manifest.Manifest, opts Options) err
 	if err != nil {
 		return &StepError{"record", err}
 	}
+	if rec.Owned == nil && rec.Complete && rec.System != "" {
+		// Written by an agent that did not record ownership yet: a
+		// completed generation wrote all of its files and symlinks.
+		for _, f := range prev.Files {
+			rec.Owned = append(rec.Owned, f.Path)
+		}
+		for _, l := range prev.Symlinks {
+			rec.Owned = append(rec.Owned, l.Path)
+		}
+		slices.Sort(rec.Owned)
+		rec.Owned = slices.Compact(rec.Owned)
+	}
 	if rec.System != "" {
 		if rec.Complete {
 			rec.Previous = []string{rec.System}

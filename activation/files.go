@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 
@@ -49,16 +50,34 @@ func lookupIDs(owner, group string) (int, int, error) {
 	return uid, gid, nil
 }
 
-// managedPaths are the paths prev manages as files or symlinks.
-func (a *applier) managedPaths() map[string]bool {
+// owned are the files and symlinks deploy wrote and still owns.
+func (a *applier) owned() map[string]bool {
 	m := map[string]bool{}
-	for _, f := range a.prev.Files {
-		m[f.Path] = true
-	}
-	for _, s := range a.prev.Symlinks {
-		m[s.Path] = true
+	for _, p := range a.rec.Owned {
+		m[p] = true
 	}
 	return m
+}
+
+// own records path as deploy's before it is first written, durably, so
+// that a crash right after the write still knows whose the file is.
+func (a *applier) own(path string) error {
+	if slices.Contains(a.rec.Owned, path) {
+		return nil
+	}
+	a.rec.Owned = append(a.rec.Owned, path)
+	slices.Sort(a.rec.Owned)
+	return a.l.writeApplied(a.rec)
+}
+
+// disown forgets path after deploy removed it.
+func (a *applier) disown(path string) error {
+	i := slices.Index(a.rec.Owned, path)
+	if i < 0 {
+		return nil
+	}
+	a.rec.Owned = slices.Delete(a.rec.Owned, i, i+1)
+	return a.l.writeApplied(a.rec)
 }
 
 func (a *applier) directories(ctx context.Context) error {
@@ -91,10 +110,10 @@ func (a *applier) directories(ctx context.Context) error {
 	return nil
 }
 
-// files installs files and symlinks, then removes those prev managed and
-// next does not.
+// files installs files and symlinks, then removes those deploy owns and
+// next does not want.
 func (a *applier) files(ctx context.Context) error {
-	managed := a.managedPaths()
+	managed := a.owned()
 	keep := map[string]bool{}
 	for _, f := range a.next.Files {
 		keep[f.Path] = true
@@ -134,6 +153,9 @@ func (a *applier) files(ctx context.Context) error {
 		}
 		atomicfile.SyncDir(filepath.Dir(p))
 		a.opts.logf("removed %s", p)
+		if err := a.disown(p); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -171,6 +193,9 @@ func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplac
 		if !mayReplace {
 			return &UnmanagedError{Path: path}
 		}
+	}
+	if err := a.own(path); err != nil {
+		return fmt.Errorf("file %q: %w", path, err)
 	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -226,6 +251,9 @@ func (a *applier) installSymlink(path, target string, mayReplace bool) error {
 		if !mayReplace {
 			return &UnmanagedError{Path: path}
 		}
+	}
+	if err := a.own(path); err != nil {
+		return fmt.Errorf("symlink %q: %w", path, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("symlink %q: %w", path, err)

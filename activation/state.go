@@ -105,9 +105,14 @@ type applied struct {
 	Done  []string `json:"done,omitempty"`
 	// CreatedUsers and CreatedGroups are the accounts the agent created
 	// (and so may remove when no generation declares them any more).
-	CreatedUsers  []string  `json:"created_users,omitempty"`
-	CreatedGroups []string  `json:"created_groups,omitempty"`
-	Updated       time.Time `json:"updated"`
+	CreatedUsers  []string `json:"created_users,omitempty"`
+	CreatedGroups []string `json:"created_groups,omitempty"`
+	// Owned are the files and symlinks deploy wrote (recorded before the
+	// first write): only these are replaced without force or removed when
+	// no generation wants them. A path a generation listed but never wrote
+	// (it failed first, say on an unmanaged file) is not owned.
+	Owned   []string  `json:"owned,omitempty"`
+	Updated time.Time `json:"updated"`
 }
 
 func (l Layout) readApplied() (*applied, error) {

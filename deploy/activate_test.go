@@ -329,3 +329,31 @@ func waitSSH(t *testing.T, f *fixture, deadline time.Time) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// An unmanaged file in the way fails the activation, and the rollback must
+// leave it exactly as it was: deploy removes only what it wrote. With
+// force, deploy takes the file over; a later generation without it then
+// removes it, as it owns it now.
+func TestActivateNeverRemovesUnmanagedFile(t *testing.T) {
+	f := newFixture(t)
+	f.h.Succeed("echo mine > /etc/operator-notes")
+	gen := f.build(file("/etc/operator-notes", "deploy's version"))
+	_, err := f.activate(gen, ActivateOptions{})
+	var rb *RolledBackError
+	if !errors.As(err, &rb) {
+		t.Fatalf("activation over an unmanaged file: %v, want rolled back", err)
+	}
+	if got := f.h.Succeed("cat /etc/operator-notes"); got != "mine\n" {
+		t.Fatalf("the unmanaged file after the rollback: %q, want it untouched", got)
+	}
+	forced := f.build(`file "/etc/operator-notes" {
+    content = "deploy's version\n"
+    force   = true
+  }`)
+	f.mustActivate(forced)
+	if got := f.h.Succeed("cat /etc/operator-notes"); got != "deploy's version\n" {
+		t.Fatalf("after force: %q", got)
+	}
+	f.mustActivate(f.build(file("/etc/other", "x")))
+	f.h.Fail("test -e /etc/operator-notes")
+}

@@ -22,6 +22,9 @@ type SSHOps struct {
 	Store *closure.Store
 	// Mesh says how to authenticate and verify hosts.
 	Mesh *mesh.Config
+	// HostMesh overrides Mesh for some hosts (those reached through a
+	// tailnet, say).
+	HostMesh map[string]*mesh.Config
 	// Targets maps host names to how to reach them.
 	Targets map[string]mesh.Target
 	// Manifests maps host names to their new system's manifest (for the
@@ -62,7 +65,7 @@ func (o *SSHOps) client(ctx context.Context, host string) (*mesh.Client, error) 
 	if !ok {
 		return nil, fmt.Errorf("host %q: no target", host)
 	}
-	c, err := o.Mesh.Connect(ctx, t)
+	c, err := o.meshFor(host).Connect(ctx, t)
 	if err != nil {
 		return nil, &HostFailure{Result: ResultUnreachable, Err: err}
 	}
@@ -86,6 +89,13 @@ func (o *SSHOps) Close() {
 		c.Close()
 	}
 	o.clients = nil
+}
+
+func (o *SSHOps) meshFor(host string) *mesh.Config {
+	if m := o.HostMesh[host]; m != nil {
+		return m
+	}
+	return o.Mesh
 }
 
 func (o *SSHOps) stateDir() string {
@@ -166,7 +176,7 @@ func (o *SSHOps) Activate(ctx context.Context, host, system string, mode Mode, l
 		if err != nil {
 			return nil, err
 		}
-		res, err := Activate(ctx, o.Mesh, o.Targets[host], system, ActivateOptions{
+		res, err := Activate(ctx, o.meshFor(host), o.Targets[host], system, ActivateOptions{
 			Client: c, Mode: string(mode), ConfirmTimeout: o.Activation.ConfirmTimeout, Meta: o.Activation.Meta,
 			StateDir: o.stateDir(),
 			Logf: func(format string, args ...any) {
@@ -222,7 +232,7 @@ func (o *SSHOps) Rollback(ctx context.Context, host string, gen int, logf func(s
 		return fmt.Errorf("host %q: no generation runs %q", host, prev)
 	}
 	tail := &lineTail{max: 10}
-	_, err = Activate(ctx, o.Mesh, o.Targets[host], prev, ActivateOptions{
+	_, err = Activate(ctx, o.meshFor(host), o.Targets[host], prev, ActivateOptions{
 		Client: c, RollbackTo: to, ConfirmTimeout: o.Activation.ConfirmTimeout, StateDir: o.stateDir(),
 		Logf: func(format string, args ...any) {
 			line := fmt.Sprintf(format, args...)

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/mesh/tailnet"
@@ -231,4 +234,62 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// TestConfirmAcrossTailnetNodeRestart stops the host's tailnet node just as
+// the operator is about to confirm, and starts it again a few seconds
+// later, within the confirmation window: the confirmation (a new
+// connection, retried) must still arrive, so the host keeps the new
+// generation instead of rolling back.
+func TestConfirmAcrossTailnetNodeRestart(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	node, cfg := onTailnet(t, nw, h, true)
+	local, _ := newLocal(t)
+	dir := t.TempDir()
+	hcl := fmt.Sprintf("host %q {\n  address = %q\n  file \"/etc/deploy-tailnet-test\" {\n    content = \"over the tailnet\\n\"\n  }\n}\n", h.Name(), h.Name())
+	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fl, diags := builder.Load(dir)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	b := &builder.Builder{Store: local, CacheDir: filepath.Join(t.TempDir(), "build"), Agent: builder.Agent{Binary: buildAgent(t)}}
+	res, diags := b.Build(context.Background(), fl, h.Name())
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	c := connect(t, cfg, tailnetTarget(h))
+	if _, err := Copy(context.Background(), local, c, []string{res.SystemPath}, res.Manifest.Agent, CopyOptions{}); err != nil {
+		t.Fatalf("Copy over the tailnet: %v", err)
+	}
+	restarted := make(chan struct{})
+	called := false
+	out, err := Activate(context.Background(), cfg, tailnetTarget(h), res.SystemPath, ActivateOptions{
+		Client: c, ConfirmTimeout: 60 * time.Second, Logf: t.Logf,
+		BeforeConfirm: func() {
+			called = true
+			node.Stop(t)
+			go func() {
+				time.Sleep(3 * time.Second)
+				node.Start(t)
+				close(restarted)
+			}()
+		},
+	})
+	if called {
+		<-restarted
+	}
+	if err != nil {
+		t.Fatalf("Activate with the node restarted in the confirmation window (hook ran: %v): %v\n%s", called, err, h.Succeed("tail -30 /var/lib/deploy/log/*.log"))
+	}
+	if out.Generation != 1 {
+		t.Fatalf("generation %d, want 1", out.Generation)
+	}
+	// Confirmed: the boot default moved to the new generation.
+	if got := h.Succeed("readlink /var/lib/deploy/profiles/system"); !strings.Contains(got, "system-1-link") {
+		t.Fatalf("boot default %q, want generation 1 (confirmed)", got)
+	}
+	h.Succeed("grep -q over /etc/deploy-tailnet-test")
 }

@@ -207,6 +207,12 @@ type tailnetFlags struct {
 
 func (f *tailnetFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.transport, "transport", "ssh", "how to reach the host: `ssh` (direct TCP) or tailscale (an embedded tailnet node)")
+	f.registerNode(fs)
+}
+
+// registerNode registers the flags of the tailnet node only (fleet
+// commands take the transport from the fleet).
+func (f *tailnetFlags) registerNode(fs *flag.FlagSet) {
 	fs.StringVar(&f.controlURL, "tailnet-control-url", "", "tailnet coordination server `URL` (default $TS_CONTROL_URL, else Tailscale's; Headscale works)")
 	fs.StringVar(&f.authKeyFile, "tailnet-authkey-file", "", "`file` holding the tailnet auth key (default $TS_AUTHKEY)")
 	fs.StringVar(&f.stateDir, "tailnet-state-dir", "", "the tailnet node's state `directory` (default ~/.config/deploy/tailnet/default)")

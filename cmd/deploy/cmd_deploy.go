@@ -21,6 +21,7 @@ import (
 type deployFlags struct {
 	build          buildFlags
 	ssh            fleetSSHFlags
+	tailnet        tailnetFlags
 	mode           string
 	dryRun         bool
 	asJSON         bool
@@ -47,6 +48,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "[flags]", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
 	df.build.register(fs)
 	df.ssh.register(fs)
+	df.tailnet.registerNode(fs)
 	fs.StringVar(&df.mode, "mode", "switch", "switch, boot, test, dry-activate, build or push")
 	fs.BoolVar(&df.dryRun, "dry-run", false, "show the plan per host (paths to copy, units, files) without changing anything")
 	fs.BoolVar(&df.asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
@@ -74,6 +76,15 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 		targets: targets, mode: mode, dryRun: df.dryRun, asJSON: df.asJSON, confirmTimeout: df.confirmTimeout,
 		waitLock: df.waitLock, message: df.message, compress: df.compress, parallel: df.parallel,
 		remoteState: df.remoteState, builder: b, mesh: df.ssh.config(e), printResults: true,
+		tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
+			tf := df.tailnet
+			tf.transport = "tailscale"
+			tn, err := tf.start(ctx, e)
+			if err != nil {
+				return nil, nil, err
+			}
+			return tn, func() { tn.Close() }, nil
+		},
 	})
 	return err
 }
@@ -91,8 +102,11 @@ type deploySpec struct {
 	remoteState    string
 	builder        *builder.Builder
 	mesh           *mesh.Config
-	printResults   bool // one line per host on stdout at the end
-	view           view // nil: newView
+	// tailnet starts the tailnet node that hosts with transport =
+	// "tailscale" are reached through (once per run, when needed).
+	tailnet      func(ctx context.Context) (mesh.Dialer, func(), error)
+	printResults bool // one line per host on stdout at the end
+	view         view // nil: newView
 }
 
 // deployTargets builds every selected host, then rolls the systems out
@@ -103,7 +117,7 @@ func deployTargets(ctx context.Context, e *env, sp *deploySpec) (*deploy.Report,
 	if err != nil {
 		return nil, err
 	}
-	rollout, confirm, err := rolloutFor(f, sp.targets, hosts)
+	rollout, confirm, dep, err := rolloutFor(f, sp.targets, hosts)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +147,12 @@ func deployTargets(ctx context.Context, e *env, sp *deploySpec) (*deploy.Report,
 		Activation: deploy.ActivationSettings{ConfirmTimeout: confirm, WaitLock: sp.waitLock, Meta: generationMeta(f.Dir, sp.message)},
 	}
 	defer ops.Close()
+	hostMesh, closeTailnet, err := transports(ctx, sp, dep, hosts)
+	if err != nil {
+		return nil, err
+	}
+	defer closeTailnet()
+	ops.HostMesh = hostMesh
 	systems := map[string]string{}
 	for _, h := range hosts {
 		ops.Targets[h.Name] = meshTarget(h)
@@ -167,7 +187,7 @@ func (nopView) Close()             {}
 // selected brings its batch_size, max_failures, rollback and
 // confirm_timeout; any other selection is one batch, each host on its own
 // (a failure rolls back only that host).
-func rolloutFor(f *builder.Fleet, targets []string, hosts []*builder.Host) (deploy.Rollout, time.Duration, error) {
+func rolloutFor(f *builder.Fleet, targets []string, hosts []*builder.Host) (deploy.Rollout, time.Duration, *builder.Deployment, error) {
 	names := make([]string, len(hosts))
 	for i, h := range hosts {
 		names[i] = h.Name
@@ -178,13 +198,49 @@ func rolloutFor(f *builder.Fleet, targets []string, hosts []*builder.Host) (depl
 			if d, ok := f.Deployment(sel.Names[0]); ok {
 				batches, err := deploy.Batches(names, d.BatchSize, true)
 				if err != nil {
-					return deploy.Rollout{}, 0, withHint(fmt.Errorf("deployment %q: %w", d.Name, err), ExitConfig, "fix batch_size in the deployment block")
+					return deploy.Rollout{}, 0, nil, withHint(fmt.Errorf("deployment %q: %w", d.Name, err), ExitConfig, "fix batch_size in the deployment block")
 				}
-				return deploy.Rollout{Batches: batches, MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host"}, d.ConfirmTimeout, nil
+				return deploy.Rollout{Batches: batches, MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host"}, d.ConfirmTimeout, d, nil
 			}
 		}
 	}
-	return deploy.Rollout{Batches: [][]string{names}, MaxFailures: len(names)}, 0, nil
+	return deploy.Rollout{Batches: [][]string{names}, MaxFailures: len(names)}, 0, nil, nil
+}
+
+// transports gives hosts with transport = "tailscale" (their own, or the
+// deployment's) a mesh configuration that dials through the tailnet node,
+// started once for the run. Host keys are verified the same way.
+func transports(ctx context.Context, sp *deploySpec, dep *builder.Deployment, hosts []*builder.Host) (map[string]*mesh.Config, func(), error) {
+	out := map[string]*mesh.Config{}
+	var tsCfg *mesh.Config
+	closeAll := func() {}
+	for _, h := range hosts {
+		t := h.Transport
+		if dep != nil && dep.Transport != "" {
+			t = dep.Transport
+		}
+		if t != "tailscale" {
+			continue
+		}
+		if tsCfg == nil {
+			if sp.tailnet == nil {
+				return nil, closeAll, fmt.Errorf("host %q: transport tailscale is not available here", h.Name)
+			}
+			d, closeFn, err := sp.tailnet(ctx)
+			if err != nil {
+				return nil, closeAll, err
+			}
+			closeAll = closeFn
+			c := *sp.mesh
+			c.Dialer = d
+			if c.DialTimeout == 0 {
+				c.DialTimeout = 30 * time.Second
+			}
+			tsCfg = &c
+		}
+		out[h.Name] = tsCfg
+	}
+	return out, closeAll, nil
 }
 
 // buildAll builds every host (limited parallelism) before any host is
