@@ -22,7 +22,7 @@ func BenchmarkNoopRedeploy(b *testing.B) {
 		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
 			nw := vmtest.Start(b, n)
 			var hcl strings.Builder
-			hcl.WriteString("role \"web\" {\n  file \"/etc/motd\" {\n    content = \"hello\\n\"\n  }\n}\n")
+			hcl.WriteString("role \"web\" {\n  file \"/etc/bench-file\" {\n    content = \"hello\\n\"\n  }\n}\n")
 			fleet, key := testFleet(b, nw, "")
 			data, _ := os.ReadFile(filepath.Join(fleet, "hosts.hcl"))
 			text := strings.ReplaceAll(string(data), "  tags = [\"test\"]\n", "  tags = [\"test\"]\n  roles = [role.web]\n")
