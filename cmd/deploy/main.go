@@ -39,7 +39,7 @@ func commands() []command {
 		{"eval", "print the evaluated configuration of hosts (DIR#NAME...)", runEval},
 		{"check", "validate a whole fleet without building (for CI)", runCheck},
 		{"closure", "list a host's system closure with sizes (DIR#HOST)", runClosure},
-		{"diff", "show what activating a host's new system changes (DIR#HOST --from SYSTEM)", runDiff},
+		{"diff", "show what deploying a host changes, against what it runs now or --from SYSTEM (DIR#HOST)", runDiff},
 		{"lock", "pin every external input of a fleet in deploy.lock", runLock},
 		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
 		{"nar", "write or restore Nix archives (dump, restore)", runNar},

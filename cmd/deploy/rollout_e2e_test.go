@@ -319,6 +319,15 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	if after := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
 		t.Errorf("the dry run changed h1: %q, was %q", after, before)
 	}
+
+	// deploy diff against what h1 runs now.
+	out, err := deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("deploy diff: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/etc/web/greeting") || !strings.Contains(string(out), "web.service") {
+		t.Errorf("deploy diff against the running system:\n%s\nwant the greeting file and web.service", out)
+	}
 }
 
 func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
