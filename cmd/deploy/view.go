@@ -141,6 +141,7 @@ type liveView struct {
 	drawn   int
 	done    chan struct{}
 	stopped chan struct{}
+	once    sync.Once
 	styles  liveStyles
 	start   time.Time
 }
@@ -264,9 +265,13 @@ func (v *liveView) loop() {
 	}
 }
 
+// Close draws the final table and stops redrawing; it may be called more
+// than once.
 func (v *liveView) Close() {
-	close(v.done)
-	<-v.stopped
+	v.once.Do(func() {
+		close(v.done)
+		<-v.stopped
+	})
 }
 
 var symbols = map[string]string{"waiting": "·", "running": "▶", "done": "▶", "ok": "✓", "unchanged": "=", "planned": "?",

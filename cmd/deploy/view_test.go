@@ -1,0 +1,37 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/deploy"
+)
+
+// The live view renders to a terminal; here to a file, which is enough to
+// check what it draws and that closing it twice (a deferred Close after an
+// explicit one) is harmless.
+func TestLiveView(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "tty"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newLiveView(f, true)
+	v.Event(deploy.Event{Type: deploy.EventRunStart, Hosts: []string{"web1", "web2"}})
+	v.Event(deploy.Event{Type: deploy.EventPhase, Host: "web1", Phase: deploy.PhaseCopy, State: "started"})
+	v.Event(deploy.Event{Type: deploy.EventProgress, Host: "web1", Phase: deploy.PhaseCopy, Sent: 512 << 10, Total: 1 << 20})
+	v.Event(deploy.Event{Type: deploy.EventResult, Host: "web2", Result: deploy.ResultRolledBack, Phase: deploy.PhaseActivate, Error: "health check failed", LogTail: []string{"http: 500"}})
+	v.Close()
+	v.Close()
+	data, _ := os.ReadFile(f.Name())
+	out := string(data)
+	for _, want := range []string{"HOST", "web1", "copy", "▶ running", "[##########..........]", "512.0 KiB / 1.0 MiB", "↺ rolled-back", "health check failed", "web2 | http: 500"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("live view lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "\x1b[3") {
+		t.Errorf("NO_COLOR view contains colour escapes")
+	}
+}
