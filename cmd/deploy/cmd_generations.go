@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 	"sync"
@@ -21,12 +22,26 @@ type hostFlags struct {
 	remoteState string
 }
 
-func (hf *hostFlags) register(fs interface {
-	BoolVar(*bool, string, bool, string)
-	StringVar(*string, string, string, string)
-}) {
+func (hf *hostFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&hf.asJSON, "json", false, "print JSON on stdout")
 	fs.StringVar(&hf.remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on targets")
+}
+
+// parseHosts parses a host command's flags (the common ones, plus what
+// extra registers) and loads the selected hosts.
+func (hf *hostFlags) parseHosts(e *env, name, argsUsage string, args []string, extra func(*flag.FlagSet)) ([]*builder.Host, error) {
+	fs := newFlags(e, name, argsUsage)
+	hf.ssh.register(fs)
+	hf.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return nil, err
+	}
+	_, hosts, err := loadSelected(e, targets)
+	return hosts, err
 }
 
 // eachHost runs fn for every selected host in parallel (each with its own
@@ -82,14 +97,7 @@ func eachHost(ctx context.Context, e *env, cfg *mesh.Config, hosts []*builder.Ho
 
 func runGenerations(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	fs := newFlags(e, "generations", "TARGET...")
-	hf.ssh.register(fs)
-	hf.register(fs)
-	targets, err := parse(fs, args, 1, -1)
-	if err != nil {
-		return err
-	}
-	_, hosts, err := loadSelected(e, targets)
+	hosts, err := hf.parseHosts(e, "generations", "TARGET...", args, nil)
 	if err != nil {
 		return err
 	}
@@ -135,14 +143,7 @@ func runGenerations(ctx context.Context, e *env, args []string) error {
 
 func runStatus(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	fs := newFlags(e, "status", "TARGET...")
-	hf.ssh.register(fs)
-	hf.register(fs)
-	targets, err := parse(fs, args, 1, -1)
-	if err != nil {
-		return err
-	}
-	_, hosts, err := loadSelected(e, targets)
+	hosts, err := hf.parseHosts(e, "status", "TARGET...", args, nil)
 	if err != nil {
 		return err
 	}
@@ -186,22 +187,16 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	var to int
 	var toCommit string
 	var confirm time.Duration
-	fs := newFlags(e, "rollback", "TARGET... [--to N | --to-commit SHA]")
-	hf.ssh.register(fs)
-	hf.register(fs)
-	fs.IntVar(&to, "to", 0, "return to generation `N` (default: the one before the current that did not fail)")
-	fs.StringVar(&toCommit, "to-commit", "", "return each host to its newest generation deployed from fleet commit `SHA` (a prefix is enough)")
-	fs.DurationVar(&confirm, "confirm-timeout", 30*time.Second, "roll forward again unless confirmed within this `duration`")
-	targets, err := parse(fs, args, 1, -1)
+	hosts, err := hf.parseHosts(e, "rollback", "TARGET... [--to N | --to-commit SHA]", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&to, "to", 0, "return to generation `N` (default: the one before the current that did not fail)")
+		fs.StringVar(&toCommit, "to-commit", "", "return each host to its newest generation deployed from fleet commit `SHA` (a prefix is enough)")
+		fs.DurationVar(&confirm, "confirm-timeout", 30*time.Second, "roll forward again unless confirmed within this `duration`")
+	})
 	if err != nil {
 		return err
 	}
 	if to > 0 && toCommit != "" {
 		return usageErrorf("rollback: --to and --to-commit exclude each other")
-	}
-	_, hosts, err := loadSelected(e, targets)
-	if err != nil {
-		return err
 	}
 	return rollbackHosts(ctx, e, hf.ssh.config(e), hosts, to, toCommit, confirm, hf.remoteState)
 }
@@ -282,15 +277,9 @@ func pickGeneration(gens []deploy.Generation, to int, toCommit string) (*deploy.
 func runGC(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
 	var keep int
-	fs := newFlags(e, "gc", "TARGET... --keep K")
-	hf.ssh.register(fs)
-	hf.register(fs)
-	fs.IntVar(&keep, "keep", 5, "keep the newest `K` generations (and always the current and boot ones)")
-	targets, err := parse(fs, args, 1, -1)
-	if err != nil {
-		return err
-	}
-	_, hosts, err := loadSelected(e, targets)
+	hosts, err := hf.parseHosts(e, "gc", "TARGET... --keep K", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&keep, "keep", 5, "keep the newest `K` generations (and always the current and boot ones)")
+	})
 	if err != nil {
 		return err
 	}
