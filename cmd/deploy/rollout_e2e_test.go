@@ -342,3 +342,49 @@ func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	}
 	t.Fatalf("%s unreachable after Restore", h.Name())
 }
+
+// The modes: push copies without activating; test activates without
+// touching the boot default; boot changes only the boot default.
+func TestDeployModesE2E(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	state := func() (current, boot, greeting string) {
+		out := h.Succeed("readlink /run/deploy/current-system || true; readlink -f /var/lib/deploy/profiles/system || true; cat /etc/web/greeting 2>/dev/null || true")
+		lines := strings.SplitN(out+"\n\n\n", "\n", 4)
+		return lines[0], lines[1], lines[2]
+	}
+	deployMode := func(mode string) {
+		t.Helper()
+		if _, code, stderr := runJSON(t, nw, key, "--mode", mode, fleet+"#prod"); code != 0 {
+			t.Fatalf("--mode %s: exit %d\n%s", mode, code, stderr)
+		}
+	}
+	rolloutFleet(t, nw, fleet, "one", nil)
+	deployMode("switch")
+	cur1, boot1, g := state()
+	if g != "one" || cur1 == "" || boot1 == "" {
+		t.Fatalf("after switch: current %q boot %q greeting %q", cur1, boot1, g)
+	}
+
+	rolloutFleet(t, nw, fleet, "two", nil)
+	deployMode("push")
+	if cur, boot, g := state(); cur != cur1 || boot != boot1 || g != "one" {
+		t.Fatalf("push activated something: current %q boot %q greeting %q", cur, boot, g)
+	}
+	h.Succeed("ls /var/lib/deploy/store | grep -c system-h1 | grep -qx 2") // the new system is there
+
+	deployMode("test")
+	cur2, boot, g := state()
+	if cur2 == cur1 || boot != boot1 || g != "two" {
+		t.Fatalf("after test: current %q (was %q) boot %q (was %q) greeting %q; want a new current, the old boot default", cur2, cur1, boot, boot1, g)
+	}
+
+	rolloutFleet(t, nw, fleet, "three", nil)
+	deployMode("boot")
+	cur, boot3, g := state()
+	if cur != cur2 || g != "two" || boot3 == boot1 || !strings.Contains(boot3, "system-") {
+		t.Fatalf("after boot: current %q (want %q unchanged), boot %q (want new), greeting %q (want two)", cur, cur2, boot3, g)
+	}
+}
