@@ -314,35 +314,23 @@ func (b *Builder) agentPath(ctx context.Context) (string, error) {
 			return b.agent.path, nil
 		}
 	}
-	tmp, err := b.tempDir()
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp)
-	bin := filepath.Join(tmp, "agent", "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		return "", err
-	}
-	exe := filepath.Join(bin, "deploy-agent")
-	if b.Agent.Binary != "" {
-		data, err := os.ReadFile(b.Agent.Binary)
+	// The store lays the binary out as an agent path (closure.AgentBin):
+	// one definition of that layout, shared with the target's install-self.
+	exe := b.Agent.Binary
+	if exe == "" {
+		tmp, err := b.tempDir()
 		if err != nil {
-			return "", fmt.Errorf("deploy-agent: %w", err)
-		}
-		if err := os.WriteFile(exe, data, 0o755); err != nil {
 			return "", err
 		}
-	} else {
+		defer os.RemoveAll(tmp)
+		exe = filepath.Join(tmp, "deploy-agent")
 		if err := b.buildAgent(ctx, exe, tmp); err != nil {
 			return "", err
 		}
 	}
-	if err := os.Chmod(exe, 0o755); err != nil {
-		return "", err
-	}
-	pi, err := b.Store.AddTree(ctx, filepath.Join(tmp, "agent"), "deploy-agent", nil)
+	pi, err := b.Store.AddAgent(ctx, exe)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("deploy-agent: %w", err)
 	}
 	b.agent = agentCache{key: key, path: pi.Path}
 	return pi.Path, nil

@@ -103,9 +103,8 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 			}
 			return res, nil
 		}
-		boot, err := ensureAgent(ctx, local, client, agentPath, opts.StateDir, logf)
-		res.Bootstrapped = boot
-		if err != nil {
+		res.Bootstrapped = true
+		if err := bootstrapAgent(ctx, local, client, agentPath, opts.StateDir, logf); err != nil {
 			return res, err
 		}
 		stats, missing, err = receive(ctx, local, client, paths, agentPath, opts)
@@ -195,55 +194,34 @@ type sessionConn struct {
 
 func (c *sessionConn) Close() error { return c.close() }
 
-// ensureAgent makes agentPath valid on the target, uploading and
-// installing the bare agent binary when it is missing. It reports whether
-// it bootstrapped.
-func ensureAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string, logf func(string, ...any)) (bool, error) {
-	present, err := agentPresent(ctx, local, client, agentPath, stateDir)
-	if err != nil || present {
-		return false, err
-	}
+// bootstrapAgent installs agentPath on a target that lacks it (receive
+// said so): the bare binary is uploaded and registers itself.
+func bootstrapAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string, logf func(string, ...any)) error {
 	logf("bootstrapping %s", agentPath)
 	info, err := local.Info(agentPath)
 	if err != nil {
-		return false, err
+		return err
 	}
 	storeDir := path.Join(stateDir, "store")
 	if err := client.Run(ctx, []string{"mkdir", "-p", storeDir}, nil, io.Discard, io.Discard); err != nil {
-		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("creating %q: %w", storeDir, err)}
+		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("creating %q: %w", storeDir, err)}
 	}
 	var rnd [12]byte
 	rand.Read(rnd[:])
 	upload := path.Join(storeDir, closure.UploadPrefix+hex.EncodeToString(rnd[:]))
 	if err := uploadFile(ctx, client, path.Join(local.RealPath(agentPath), closure.AgentBin), upload); err != nil {
-		return true, &CopyError{Phase: "bootstrap", Err: err}
+		return &CopyError{Phase: "bootstrap", Err: err}
 	}
 	var stdout, stderr bytes.Buffer
 	err = client.Run(ctx, []string{upload, "install-self", "--state-dir", stateDir, info.NarHashString()}, nil, &stdout, &stderr)
 	if err != nil {
 		client.Run(ctx, []string{"rm", "-f", upload}, nil, io.Discard, io.Discard)
-		return true, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self: %w", err), AgentLogs: tail(stderr.String(), 10)}
+		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self: %w", err), AgentLogs: tail(stderr.String(), 10)}
 	}
 	if got := strings.TrimSpace(stdout.String()); got != agentPath {
-		return true, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self registered %q, want %q", got, agentPath)}
+		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self registered %q, want %q", got, agentPath)}
 	}
-	return true, nil
-}
-
-// agentPresent reports whether agentPath is valid on the target.
-func agentPresent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string) (bool, error) {
-	hash, _, err := closure.SplitPath(local.StoreDir, agentPath)
-	if err != nil {
-		return false, err
-	}
-	dbFile := path.Join(stateDir, "db", hash+".narinfo")
-	exe := path.Join(agentPath, closure.AgentBin)
-	var out bytes.Buffer
-	err = client.Run(ctx, []string{"sh", "-c", `test -f "$1" && test -x "$2" && echo present || echo absent`, "sh", dbFile, exe}, nil, &out, io.Discard)
-	if err != nil {
-		return false, &CopyError{Phase: "bootstrap", Err: fmt.Errorf("checking for the agent: %w", err)}
-	}
-	return strings.TrimSpace(out.String()) == "present", nil
+	return nil
 }
 
 // uploadFile copies a local file to a new private file on the target with

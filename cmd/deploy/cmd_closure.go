@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 )
 
 // runClosure builds one host and lists its system closure: every store path
@@ -25,18 +24,5 @@ func runClosure(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		out := make([]pathInfoJSON, len(cl))
-		for i, pi := range cl {
-			out[i] = toJSON(pi)
-		}
-		return writeJSON(e.stdout, out)
-	}
-	var total int64
-	for _, pi := range cl {
-		fmt.Fprintf(e.stdout, "%s\t%d\n", pi.Path, pi.NarSize)
-		total += pi.NarSize
-	}
-	fmt.Fprintf(e.stderr, "deploy: %s: %d paths, %d bytes\n", res.Host, len(cl), total)
-	return nil
+	return printClosure(e, cl, asJSON, res.Host)
 }

@@ -135,6 +135,12 @@ func runStoreClosure(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	return printClosure(e, cl, asJSON, "")
+}
+
+// printClosure prints a closure: JSON path infos, or one "path<TAB>narSize"
+// line per path with a total on stderr (prefixed by label when set).
+func printClosure(e *env, cl []*closure.PathInfo, asJSON bool, label string) error {
 	if asJSON {
 		out := make([]pathInfoJSON, len(cl))
 		for i, pi := range cl {
@@ -147,7 +153,10 @@ func runStoreClosure(_ context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "%s\t%d\n", pi.Path, pi.NarSize)
 		total += pi.NarSize
 	}
-	fmt.Fprintf(e.stderr, "deploy: %d paths, %d bytes\n", len(cl), total)
+	if label != "" {
+		label += ": "
+	}
+	fmt.Fprintf(e.stderr, "deploy: %s%d paths, %d bytes\n", label, len(cl), total)
 	return nil
 }
 
