@@ -20,15 +20,14 @@ import (
 	"github.com/declarative/deploy/mesh/tailnet"
 )
 
-// sshFlags are the flags that say how to reach and trust a host.
+// sshFlags say how to reach and trust a host given on the command line:
+// the operator's side shared with fleet commands, plus what a fleet's host
+// block would say.
 type sshFlags struct {
-	hostKey    string
-	knownHosts stringList
-	identities stringList
-	sshConfig  string
-	tofu       bool
-	sudo       bool
-	jump       string
+	fleetSSHFlags
+	hostKey string
+	sudo    bool
+	jump    string
 }
 
 // parseHostSpec splits [user@]host[:port].
@@ -89,12 +88,9 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	sf.register(fs)
 	fs.StringVar(&to, "to", "", "the target `[user@]host[:port]`")
 	fs.StringVar(&agent, "agent", "", "deploy-agent `binary` to bootstrap (default: beside deploy)")
+	sshf.fleetSSHFlags.register(fs)
 	fs.StringVar(&sshf.hostKey, "host-key", "", "the target's pinned host `key` (authorized_keys format)")
-	fs.Var(&sshf.knownHosts, "known-hosts", "known_hosts `file` (repeatable; default ~/.ssh/known_hosts)")
-	fs.Var(&sshf.identities, "identity", "private key `file` (repeatable; ssh-agent and ~/.ssh/id_* are used too)")
-	fs.StringVar(&sshf.sshConfig, "ssh-config", "", "ssh config `file` (default ~/.ssh/config; \"none\" to ignore)")
 	fs.StringVar(&sshf.jump, "jump", "", "ProxyJump `hops` ([user@]host[:port],...)")
-	fs.BoolVar(&sshf.tofu, "trust-on-first-use", false, "accept and record an unknown host key (never a changed one)")
 	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from DEPLOY_SUDO_PASSWORD)")
 	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
 	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
@@ -127,13 +123,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := &mesh.Config{
-		IdentityFiles:   sshf.identities,
-		KnownHostsFiles: sshf.knownHosts,
-		SSHConfigFile:   sshf.sshConfig,
-		TrustOnFirstUse: sshf.tofu,
-		Getenv:          e.getenv,
-	}
+	cfg := sshf.config(e)
 	target := mesh.Target{Name: host, Address: host, Port: port, User: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump, Sudo: sshf.sudo}
 	tn, err := tf.start(ctx, e)
 	if err != nil {
