@@ -78,7 +78,8 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 		return fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
 	defer nar.RemoveTree(tmp)
-	h := newHashWriter()
+	h := newAsyncHasher()
+	defer h.stop()
 	staged := filepath.Join(tmp, "x")
 	if _, err := nar.Restore(io.TeeReader(r, h), staged, nar.RestoreOptions{Size: pi.NarSize, Writeback: true}); err != nil {
 		return fmt.Errorf("store: import %q: %w", pi.Path, err)

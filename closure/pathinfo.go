@@ -148,3 +148,88 @@ func (w *hashWriter) sum() [32]byte {
 	copy(out[:], w.h.Sum(nil))
 	return out
 }
+
+// asyncHashChunk is the size of the chunks an asyncHasher hands to its
+// goroutine, and asyncHashChunks how many may be in flight.
+const (
+	asyncHashChunk  = 1 << 20
+	asyncHashChunks = 4
+)
+
+// asyncHasher computes a NAR hash on its own goroutine: Write copies into a
+// chunk and hands full chunks over, so that SHA-256 of one chunk runs beside
+// the parsing and file writes of the next. sum waits for the hash; a caller
+// that abandons the hash calls stop.
+type asyncHasher struct {
+	n    int64
+	cur  []byte
+	work chan []byte
+	free chan []byte
+	out  chan [32]byte
+	made int
+	// closed is set once work is closed.
+	closed bool
+}
+
+func newAsyncHasher() *asyncHasher {
+	a := &asyncHasher{
+		work: make(chan []byte, asyncHashChunks),
+		free: make(chan []byte, asyncHashChunks),
+		out:  make(chan [32]byte, 1),
+	}
+	go func() {
+		h := sha256.New()
+		for b := range a.work {
+			h.Write(b)
+			a.free <- b[:0]
+		}
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		a.out <- sum
+	}()
+	return a
+}
+
+func (a *asyncHasher) Write(b []byte) (int, error) {
+	n := len(b)
+	a.n += int64(n)
+	for len(b) > 0 {
+		if a.cur == nil {
+			if a.made < asyncHashChunks {
+				a.cur = make([]byte, 0, asyncHashChunk)
+				a.made++
+			} else {
+				a.cur = <-a.free
+			}
+		}
+		c := copy(a.cur[len(a.cur):cap(a.cur)], b)
+		a.cur = a.cur[:len(a.cur)+c]
+		b = b[c:]
+		if len(a.cur) == cap(a.cur) {
+			a.work <- a.cur
+			a.cur = nil
+		}
+	}
+	return n, nil
+}
+
+// sum returns the hash of everything written; the hasher is done after it.
+func (a *asyncHasher) sum() [32]byte {
+	if len(a.cur) > 0 {
+		a.work <- a.cur
+		a.cur = nil
+	}
+	close(a.work)
+	a.closed = true
+	return <-a.out
+}
+
+// stop ends the goroutine of a hasher whose sum is not wanted (an import
+// that failed); after sum it does nothing.
+func (a *asyncHasher) stop() {
+	if !a.closed {
+		close(a.work)
+		a.closed = true
+		<-a.out
+	}
+}

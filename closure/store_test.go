@@ -494,3 +494,37 @@ func TestConcurrentImportsOfOnePath(t *testing.T) {
 		}
 	}
 }
+
+// The import's hasher runs on its own goroutine; whatever the sizes of the
+// writes, its sum is SHA-256 of the bytes written, and stop ends it.
+func TestAsyncHasher(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 3*asyncHashChunk*asyncHashChunks+12345)
+	for i := range data {
+		data[i] = byte(rnd.Uint32())
+	}
+	for _, max := range []int{1, 7, 4096, asyncHashChunk - 1, asyncHashChunk, 3*asyncHashChunk + 5} {
+		a := newAsyncHasher()
+		rest := data
+		if max == 1 {
+			rest = data[:100000]
+		}
+		want := sha256.Sum256(rest)
+		var n int64
+		for len(rest) > 0 {
+			k := min(len(rest), 1+rnd.IntN(max))
+			a.Write(rest[:k])
+			n += int64(k)
+			rest = rest[k:]
+		}
+		if got := a.sum(); got != want || a.n != n {
+			t.Errorf("writes of up to %d bytes: sum %x (%d bytes), want %x (%d)", max, got, a.n, want, n)
+		}
+		a.stop() // after sum: nothing to do
+	}
+	// An abandoned hasher with chunks in flight stops.
+	a := newAsyncHasher()
+	a.Write(data)
+	a.stop()
+	a.stop()
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/declarative/deploy/closure"
+	"golang.org/x/sys/unix"
 )
 
 func stateDirFlag(fs *flag.FlagSet) *string {
@@ -32,6 +33,9 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	}}
 	if *verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
+	}
+	if f, ok := stdin.(*os.File); ok {
+		growPipe(f)
 	}
 	stats, err := s.Receive(ctx, stdin, stdout, opts)
 	if err != nil {
@@ -91,4 +95,16 @@ func resolveSystem(s *closure.Store, link string) string {
 		link = target
 	}
 	return ""
+}
+
+// growPipe raises the capacity of a pipe on stdin (sshd's default is 64 KiB)
+// so that sshd can hand over a whole SSH window while the agent hashes and
+// writes. Best effort: not a pipe, or a lower limit, keeps what there is.
+func growPipe(f *os.File) {
+	fd := int(f.Fd())
+	for size := 8 << 20; size >= 1<<20; size /= 2 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETPIPE_SZ, size); err == nil {
+			return
+		}
+	}
 }
