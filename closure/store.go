@@ -125,13 +125,24 @@ func (s *Store) Info(p string) (*PathInfo, error) {
 	return pi, nil
 }
 
-// Valid reports whether p is a valid path of the store.
+// Valid reports whether p is a valid path of the store: its metadata is
+// registered and its content is there. A path whose content was removed
+// behind the store's back (an operator's rm -rf) is not valid, so the next
+// copy sends it again instead of activating a system with files missing.
 func (s *Store) Valid(p string) (bool, error) {
 	_, err := s.Info(p)
 	if errors.Is(err, ErrNotValid) {
 		return false, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return false, err
+	}
+	if _, err := os.Lstat(s.RealPath(p)); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("store: %w", err)
+	}
+	return true, nil
 }
 
 // Paths lists every valid path, sorted.

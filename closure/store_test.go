@@ -528,3 +528,33 @@ func TestAsyncHasher(t *testing.T) {
 	a.stop()
 	a.stop()
 }
+
+// A path whose content was removed behind the store's back is missing, and
+// importing it again restores it.
+func TestContentRemovedBehindTheStore(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, DefaultStoreDir)
+	pi, err := s.AddTree(ctx, writeTree(t, t.TempDir(), map[string]string{"f": "content"}), "x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := s.Dump(&buf, pi.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := nar.RemoveTree(s.RealPath(pi.Path)); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := s.Missing([]string{pi.Path}); err != nil || len(missing) != 1 {
+		t.Fatalf("Missing = %v, %v; want the removed path", missing, err)
+	}
+	if err := s.Import(ctx, &buf, pi); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(s.RealPath(pi.Path), "f")); err != nil || string(got) != "content" {
+		t.Fatalf("after the re-import: %q, %v", got, err)
+	}
+	if problems, err := s.Verify(ctx); err != nil || len(problems) != 0 {
+		t.Fatalf("Verify = %v, %v", problems, err)
+	}
+}
