@@ -35,6 +35,9 @@ role "web" {
   variable "greeting" {
     default = %q
   }
+  variable "health_timeout" {
+    default = "3s"
+  }
   file "/etc/web/greeting" {
     content = "${var.greeting}\n"
   }
@@ -44,7 +47,7 @@ role "web" {
   }
   health_check "healthy" {
     command = ["/bin/sh", "-c", "test ${var.healthy} = yes"]
-    timeout = "3s"
+    timeout = var.health_timeout
   }
 }
 `, quotedNames(nw), greeting)
@@ -387,4 +390,136 @@ func TestDeployModesE2E(t *testing.T) {
 	if cur != cur2 || g != "two" || boot3 == boot1 || !strings.Contains(boot3, "system-") {
 		t.Fatalf("after boot: current %q (want %q unchanged), boot %q (want new), greeting %q (want two)", cur, cur2, boot3, g)
 	}
+
+	// dry-activate shows what would change and changes nothing: no new
+	// generation, the same current system, boot default and files.
+	generations := func() string { return h.Succeed("ls /var/lib/deploy/profiles") }
+	gensBefore := generations()
+	rolloutFleet(t, nw, fleet, "four", nil)
+	events, code, stderr := runJSON(t, nw, key, "--mode", "dry-activate", fleet+"#prod")
+	if code != 0 {
+		t.Fatalf("--mode dry-activate: exit %d\n%s", code, stderr)
+	}
+	if c, b, g := state(); c != cur2 || b != boot3 || g != "two" {
+		t.Fatalf("after dry-activate: current %q boot %q greeting %q; want %q, %q, two", c, b, g, cur2, boot3)
+	}
+	if gens := generations(); gens != gensBefore {
+		t.Fatalf("dry-activate made a generation: profiles %q, were %q", gens, gensBefore)
+	}
+	var shown bool
+	for _, ev := range events {
+		if ev.Type == deploy.EventLog && strings.Contains(ev.Message, "/etc/web/greeting") {
+			shown = true
+		}
+		if ev.Type == deploy.EventResult && ev.Result != deploy.ResultOK {
+			t.Errorf("dry-activate result %q, want ok", ev.Result)
+		}
+	}
+	if !shown {
+		t.Fatalf("dry-activate did not show the change to /etc/web/greeting; events:\n%v", events)
+	}
+}
+
+// A second deployment to a host that is activating is refused at once
+// (result locked, exit 5) and changes nothing; with --wait-lock it waits
+// for the first and then goes ahead.
+func TestDeployLockE2E(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	rolloutFleet(t, nw, fleet, "one", nil)
+	if _, code, stderr := runJSON(t, nw, key, fleet+"#prod"); code != 0 {
+		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
+	}
+	greeting := func() string { return strings.TrimSpace(h.Succeed("cat /etc/web/greeting")) }
+
+	// A: its health check passes only once the test writes /run/release,
+	// so A holds the activation (and its lock) until then.
+	rolloutFleet(t, nw, fleet, "two", map[string]string{h.Name(): "    healthy = \"$(cat /run/release 2>/dev/null || echo no)\"\n    health_timeout = \"60s\"\n"})
+	a := startJSON(t, nw, key, fleet+"#prod")
+	for greeting() != "two" {
+		select {
+		case <-a.done:
+			t.Fatalf("A ended before its files were in place: exit %d\n%s", a.code, a.stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	// B: refused at once, nothing changed.
+	rolloutFleet(t, nw, fleet, "three", nil)
+	events, code, stderr := runJSON(t, nw, key, fleet+"#prod")
+	if code != ExitLocked {
+		t.Fatalf("B: exit %d, want %d (locked)\n%s", code, ExitLocked, stderr)
+	}
+	if r := results(events)[h.Name()]; r.Result != deploy.ResultLocked || !strings.Contains(r.Error, "lock") {
+		t.Fatalf("B: result %q (%s), want locked naming the lock", r.Result, r.Error)
+	}
+	if g := greeting(); g != "two" {
+		t.Fatalf("B changed the host: greeting %q", g)
+	}
+
+	// C, with --wait-lock: says it is waiting; once A is released and done,
+	// C deploys.
+	c := startJSON(t, nw, key, "--wait-lock", "60s", fleet+"#prod")
+	select {
+	case <-c.waiting:
+	case <-c.done:
+		t.Fatalf("C ended without waiting for the lock: exit %d\n%s", c.code, c.stderr.String())
+	}
+	h.Succeed("echo yes > /run/release")
+	<-a.done
+	if a.code != 0 {
+		t.Fatalf("A: exit %d\n%s", a.code, a.stderr.String())
+	}
+	<-c.done
+	if c.code != 0 {
+		t.Fatalf("C (--wait-lock): exit %d\n%s", c.code, c.stderr.String())
+	}
+	if g := greeting(); g != "three" {
+		t.Fatalf("after C: greeting %q, want three", g)
+	}
+}
+
+// jsonRun is a deploy --json running in the background.
+type jsonRun struct {
+	done    chan struct{} // closed when it has exited; code is set then
+	waiting chan struct{} // closed at its first "waiting for the lock" event
+	code    int
+	stderr  bytes.Buffer
+}
+
+func startJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) *jsonRun {
+	t.Helper()
+	cmd := deployCmd(t, nw, append([]string{"--json", "--identity", key, "--ssh-config", "none"}, args...)...)
+	r := &jsonRun{done: make(chan struct{}), waiting: make(chan struct{})}
+	cmd.Stderr = &r.stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); <-r.done })
+	go func() {
+		defer close(r.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(nil, 1<<20)
+		var waited bool
+		for sc.Scan() {
+			var ev deploy.Event
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventLog && strings.Contains(ev.Message, "waiting for the lock") && !waited {
+				waited = true
+				close(r.waiting)
+			}
+		}
+		err := cmd.Wait()
+		if ee, ok := err.(*exec.ExitError); ok {
+			r.code = ee.ExitCode()
+		} else if err != nil {
+			r.code = -1
+		}
+	}()
+	return r
 }
