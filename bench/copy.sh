@@ -58,7 +58,7 @@ else
 	# A fresh ext4 on a loop device (direct I/O onto a file in /var/tmp, so
 	# no second page cache), with its inode tables initialised up front:
 	# no lazy init writing in the background, no recently freed inodes.
-	truncate -s $(( narsize * (runs * 4 + 4) * 13 / 10 + (1 << 30) )) "$w/fs.img"
+	truncate -s $(( (narsize * (runs * 5 + 4) * 13 / 10 >> 20) + 1024 ))M "$w/fs.img"
 	loopdev=$(losetup --direct-io=on -f --show "$w/fs.img")
 	mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 "$loopdev"
 	# Mounted before sshd starts: "ip netns exec" gives sshd its own mount
@@ -157,6 +157,8 @@ for i in $(seq "$runs"); do
 	timeit raw "ssh $SSHOPTS root@$H 'cat > /dev/null' < $w/tree.nar"
 	mkdir -p "$tb/rawfile$i"
 	timeit rawfile "ssh $SSHOPTS root@$H 'cat > $tb/rawfile$i/tree.nar && sync $tb/rawfile$i/tree.nar' < $w/tree.nar"
+	mkdir -p "$tb/local$i"
+	timeit local "cat $w/tree.nar > $tb/local$i/tree.nar && sync $tb/local$i/tree.nar"
 	timeit ours "$(ours_cmd "$i" "$P")"
 	timeit rsync "rsync -a -e 'ssh $SSHOPTS' $w/tree/ root@$H:$tb/rsync$i/"
 	timeit nix "NIX_SSHOPTS='$SSHOPTS' nix --extra-experimental-features nix-command copy --no-check-sigs --from 'local?root=$NIXSRC' --to 'ssh://root@$H?remote-store=local%3Froot%3D$tb/nix$i' $nixpath"
@@ -177,6 +179,7 @@ echo "| copy of the same tree to a fresh target | seconds | MiB/s | ours against
 echo "|---|---:|---:|---:|---:|"
 printf '| raw `ssh host '"'"'cat > /dev/null'"'"'` of the NAR | %.3f | %.0f | ours: %.0f%% of its throughput | %s |\n' "${best[raw]}" "$(rate_of "${best[raw]}")" "$(share "${best[raw]}")" "${wirebest[raw]}"
 printf '| raw `ssh host '"'"'cat > F && sync F'"'"'` of the NAR | %.3f | %.0f | ours: %.0f%% of its throughput | %s |\n' "${best[rawfile]}" "$(rate_of "${best[rawfile]}")" "$(share "${best[rawfile]}")" "${wirebest[rawfile]}"
+printf '| no network: `cat NAR > F && sync F` on the target'"'"'s file system | %.3f | %.0f | ours: %.0f%% of its throughput | — |\n' "${best[local]}" "$(rate_of "${best[local]}")" "$(share "${best[local]}")"
 printf '| `deploy copy` (agent present: stream, hash, verify, syncfs, register) | %.3f | %.0f | — | %s |\n' "${best[ours]}" "$(rate_of "${best[ours]}")" "${wirebest[ours]}"
 printf '| `rsync -a` over ssh | %.3f | %.0f | ours: %.2fx faster | %s |\n' "${best[rsync]}" "$(rate_of "${best[rsync]}")" "$(echo "${best[rsync]} / ${best[ours]}" | bc -l)" "${wirebest[rsync]}"
 printf '| `nix copy --to ssh://` | %.3f | %.0f | ours: %.2fx faster | %s |\n' "${best[nix]}" "$(rate_of "${best[nix]}")" "$(echo "${best[nix]} / ${best[ours]}" | bc -l)" "${wirebest[nix]}"
