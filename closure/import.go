@@ -1,6 +1,7 @@
 package closure
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,18 +40,13 @@ func (e *HashMismatchError) Error() string {
 // already, the archive is read and discarded.
 //
 // An import interrupted at any point leaves no valid partial path; the next
-// import (or GC) removes its leftovers.
+// import (or GC) removes its leftovers. [Store.Receive] imports many paths
+// the same way, but commits them in batches (see commit).
 func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, _, err := SplitPath(s.StoreDir, pi.Path); err != nil {
-		return fmt.Errorf("store: import: %w", err)
-	}
-	if pi.NarSize <= 0 {
-		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
-	}
-	if err := s.checkContentAddress(pi); err != nil {
+	if err := s.checkImport(pi); err != nil {
 		return err
 	}
 	if err := s.init(); err != nil {
@@ -61,67 +57,249 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 		return err
 	}
 	defer unlock()
-	if err := s.checkRefs(pi); err != nil {
+	if err := s.checkRefs(pi, nil); err != nil {
 		return err
 	}
 	if ok, err := s.Valid(pi.Path); err != nil {
 		return err
 	} else if ok {
-		if _, err := io.CopyN(io.Discard, r, pi.NarSize); err != nil {
-			return fmt.Errorf("store: import %q: %w", pi.Path, err)
-		}
-		return nil
+		return discardNAR(r, pi)
 	}
+	st, err := s.stage(r, pi)
+	if err != nil {
+		return err
+	}
+	return s.commit(ctx, []*staged{st})
+}
 
+// checkImport checks what can be checked of pi before its content arrives.
+func (s *Store) checkImport(pi *PathInfo) error {
+	if _, _, err := SplitPath(s.StoreDir, pi.Path); err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	if pi.NarSize <= 0 {
+		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
+	}
+	return s.checkContentAddress(pi)
+}
+
+func discardNAR(r io.Reader, pi *PathInfo) error {
+	if _, err := io.CopyN(io.Discard, r, pi.NarSize); err != nil {
+		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	}
+	return nil
+}
+
+// staged is a path restored and verified in a private directory of the
+// store (tmp/x), not yet durable, not yet in place, not registered.
+type staged struct {
+	pi  *PathInfo
+	tmp string
+}
+
+func (st *staged) discard() { nar.RemoveTree(st.tmp) }
+
+// stage reads exactly pi.NarSize bytes of NAR from r into a private
+// directory, hashing them on the way, and checks hash and size. The caller
+// holds the store lock shared.
+func (s *Store) stage(r io.Reader, pi *PathInfo) (*staged, error) {
 	tmp, err := os.MkdirTemp(s.RealDir, ".tmp-")
 	if err != nil {
-		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+		return nil, fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
-	defer nar.RemoveTree(tmp)
+	st := &staged{pi: pi, tmp: tmp}
 	h := newAsyncHasher()
 	defer h.stop()
-	staged := filepath.Join(tmp, "x")
-	if _, err := nar.Restore(io.TeeReader(r, h), staged, nar.RestoreOptions{Size: pi.NarSize, Writeback: true}); err != nil {
-		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	if _, err := nar.Restore(io.TeeReader(r, h), filepath.Join(tmp, "x"), nar.RestoreOptions{Size: pi.NarSize, Writeback: true}); err != nil {
+		st.discard()
+		return nil, fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
 	if got := h.sum(); h.n != pi.NarSize || got != pi.NarHash {
-		return &HashMismatchError{Path: pi.Path, WantHash: pi.NarHash, GotHash: got, WantSize: pi.NarSize, GotSize: h.n}
+		st.discard()
+		return nil, &HashMismatchError{Path: pi.Path, WantHash: pi.NarHash, GotHash: got, WantSize: pi.NarSize, GotSize: h.n}
 	}
-	// One syncfs makes every file and directory of the staged tree durable
-	// before it is renamed into place: the same guarantee as an fsync of
+	return st, nil
+}
+
+// batchPrefix starts the names of the intent files of batch commits in the
+// db directory.
+const batchPrefix = ".batch-"
+
+// commit makes the staged paths valid, in order (references first; every
+// reference of each is valid or earlier in batch), with one round of
+// flushes for the whole batch instead of one per path:
+//
+//  1. the metadata of each path is written to a temporary file;
+//  2. one syncfs makes every staged tree and metadata file durable;
+//  3. for more than one path, an intent file listing them is written
+//     durably (temp + fsync + rename + directory fsync);
+//  4. each path's tree, then its metadata, is renamed into place, under the
+//     path's lock (a path made valid meanwhile by another import is kept
+//     and ours discarded);
+//  5. the store and db directories are fsynced, and the intent removed.
+//
+// A crash before 3 leaves only temporary files (the sweep removes them).
+// A crash between 3 and 5 may leave any subset of the renames durable, so
+// the sweep (recoverBatch) re-checks the listed paths, references first,
+// and unregisters any whose content or references did not make it. The
+// batch is consumed: commit discards what it does not make valid.
+func (s *Store) commit(ctx context.Context, batch []*staged) (err error) {
+	var infos []string // temporary metadata files, by batch index
+	defer func() {
+		for _, st := range batch {
+			st.discard()
+		}
+		for _, f := range infos {
+			if f != "" {
+				os.Remove(f)
+			}
+		}
+	}()
+	for _, st := range batch {
+		info := *st.pi
+		info.References = sortedUnique(st.pi.References)
+		f, err := os.CreateTemp(s.DBDir, ".tmp-info-")
+		if err != nil {
+			return fmt.Errorf("store: registering %q: %w", st.pi.Path, err)
+		}
+		infos = append(infos, f.Name())
+		_, werr := f.Write(info.marshal())
+		cerr := f.Close()
+		if err := cmp.Or(werr, cerr, os.Chmod(f.Name(), 0o644)); err != nil {
+			return fmt.Errorf("store: registering %q: %w", st.pi.Path, err)
+		}
+	}
+	// One syncfs makes every file and directory of the staged trees durable
+	// before they are renamed into place: the same guarantee as an fsync of
 	// each, without a journal commit per file.
-	if err := syncFS(tmp); err != nil {
-		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	if err := syncFS(s.RealDir); err != nil {
+		return fmt.Errorf("store: import: %w", err)
 	}
-	// Another import of the same path may have finished meanwhile (a
-	// receive left over from a cut connection, say): under the path's lock,
-	// a path that is valid now stays as it is and ours is discarded, and
-	// content without metadata is a crashed import's leftover.
-	unlockPath, err := s.lockPath(ctx, pi.Path)
+	if !sameFS(s.RealDir, s.DBDir) {
+		if err := syncFS(s.DBDir); err != nil {
+			return fmt.Errorf("store: import: %w", err)
+		}
+	}
+	var intent string
+	if len(batch) > 1 {
+		var list strings.Builder
+		for _, st := range batch {
+			list.WriteString(st.pi.Path + "\n")
+		}
+		intent = filepath.Join(s.DBDir, fmt.Sprintf("%s%d-%d", batchPrefix, os.Getpid(), time.Now().UnixNano()))
+		if err := atomicfile.Write(intent, []byte(list.String()), 0o600); err != nil {
+			return fmt.Errorf("store: import: %w", err)
+		}
+	}
+	for i, st := range batch {
+		if err := s.place(ctx, st, infos[i]); err != nil {
+			return err
+		}
+		infos[i] = ""
+	}
+	if err := atomicfile.SyncDir(s.RealDir); err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	if err := atomicfile.SyncDir(s.DBDir); err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	if intent != "" {
+		os.Remove(intent)
+	}
+	return nil
+}
+
+// place renames one staged, durable path and then its metadata into place,
+// under the path's lock. Another import of the same path may have finished
+// meanwhile (a receive left over from a cut connection, say): a path that
+// is valid now stays as it is and ours is discarded, and content without
+// metadata is a crashed import's leftover.
+func (s *Store) place(ctx context.Context, st *staged, info string) error {
+	unlockPath, err := s.lockPath(ctx, st.pi.Path)
 	if err != nil {
 		return err
 	}
 	defer unlockPath()
-	if ok, err := s.Valid(pi.Path); err != nil || ok {
+	if ok, err := s.Valid(st.pi.Path); err != nil {
 		return err
+	} else if ok {
+		os.Remove(info)
+		return nil
 	}
-	final := s.RealPath(pi.Path)
+	final := s.RealPath(st.pi.Path)
 	if _, err := os.Lstat(final); err == nil {
-		// Content without metadata: an earlier import died between
-		// rename and registration.
 		if err := nar.RemoveTree(final); err != nil {
-			return fmt.Errorf("store: import %q: removing stale content: %w", pi.Path, err)
+			return fmt.Errorf("store: import %q: removing stale content: %w", st.pi.Path, err)
 		}
 	}
-	if err := os.Rename(staged, final); err != nil {
-		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	if err := os.Rename(filepath.Join(st.tmp, "x"), final); err != nil {
+		return fmt.Errorf("store: import %q: %w", st.pi.Path, err)
 	}
-	if err := atomicfile.SyncDir(s.RealDir); err != nil {
-		return fmt.Errorf("store: import %q: %w", pi.Path, err)
+	f, err := s.infoFile(st.pi.Path)
+	if err != nil {
+		return err
 	}
-	info := *pi
-	info.References = sortedUnique(pi.References)
-	return s.writeInfo(&info)
+	if err := os.Rename(info, f); err != nil {
+		return fmt.Errorf("store: registering %q: %w", st.pi.Path, err)
+	}
+	return nil
+}
+
+// recoverBatch finishes the intent file of a batch commit that was
+// interrupted (see commit): in the listed order, references first, a path
+// whose content or any reference is not valid is unregistered. Then the
+// intent is removed. The caller holds the store lock exclusive.
+func (s *Store) recoverBatch(intent string) error {
+	data, err := os.ReadFile(intent)
+	if err != nil {
+		return err
+	}
+	changed := false
+	for _, p := range strings.Fields(string(data)) {
+		pi, err := s.Info(p)
+		if errors.Is(err, ErrNotValid) {
+			continue
+		}
+		if err != nil {
+			// Unreadable metadata of a listed path: not valid.
+			pi = &PathInfo{Path: p}
+		}
+		ok, verr := s.Valid(p)
+		if verr == nil && ok && err == nil {
+			for _, r := range pi.References {
+				if rok, rerr := s.Valid(r); rerr != nil || !rok {
+					ok = false
+					break
+				}
+			}
+		}
+		if ok && verr == nil && err == nil {
+			continue
+		}
+		f, ferr := s.infoFile(p)
+		if ferr != nil {
+			continue
+		}
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		changed = true
+	}
+	if changed {
+		if err := atomicfile.SyncDir(s.DBDir); err != nil {
+			return err
+		}
+	}
+	return os.Remove(intent)
+}
+
+// sameFS reports whether a and b are on the same file system.
+func sameFS(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev
 }
 
 // UploadPrefix starts the names of bootstrap uploads of the agent binary in
@@ -223,6 +401,15 @@ func flockWait(ctx context.Context, fd, how int) error {
 // files, and content that was renamed into place but never registered. The
 // caller holds the store lock exclusive.
 func (s *Store) sweep() error {
+	// Interrupted batch commits first: what they unregister, the content
+	// sweep below then removes.
+	if intents, err := filepath.Glob(filepath.Join(s.DBDir, batchPrefix+"*")); err == nil {
+		for _, f := range intents {
+			if err := s.recoverBatch(f); err != nil {
+				return fmt.Errorf("store: sweep: recovering %s: %w", filepath.Base(f), err)
+			}
+		}
+	}
 	entries, err := os.ReadDir(s.RealDir)
 	if err != nil {
 		return fmt.Errorf("store: sweep: %w", err)

@@ -252,12 +252,15 @@ func (s *Store) writeInfo(pi *PathInfo) error {
 	return nil
 }
 
-// checkRefs checks that every reference of pi is a valid path other than
-// pi itself.
-func (s *Store) checkRefs(pi *PathInfo) error {
+// checkRefs checks that every reference of pi is a path other than pi
+// itself that is valid, or pending: staged earlier in the same batch.
+func (s *Store) checkRefs(pi *PathInfo, pending map[string]bool) error {
 	for _, r := range pi.References {
 		if r == pi.Path {
 			return fmt.Errorf("store: %q refers to itself; self-references are not supported", pi.Path)
+		}
+		if pending[r] {
+			continue
 		}
 		ok, err := s.Valid(r)
 		if err != nil {

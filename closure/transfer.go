@@ -196,38 +196,146 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	for _, p := range missing {
 		expected[p] = true
 	}
+	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf}
+	defer b.release()
 	for {
 		m, err := in.read()
 		if err != nil {
+			// A cut stream: what is staged and verified is still good, so
+			// the rerun need not send it again.
+			b.flush()
 			return stats, fmt.Errorf("transfer: %w", err)
 		}
 		switch m.T {
 		case "end":
+			if err := b.flush(); err != nil {
+				return fail("", err)
+			}
 			return stats, out.write(&message{T: "ok", Imported: stats.Imported})
 		case "path":
 		default:
+			b.flush()
 			return fail("", protoErrorf("got %q, want a path or the end", m.T))
 		}
-		if !expected[m.Path] {
-			return fail(m.Path, protoErrorf("%q was not asked for or was sent twice", m.Path))
+		if err := b.add(in.br, m, expected); err != nil {
+			b.flush()
+			return fail(m.Path, err)
 		}
-		delete(expected, m.Path)
-		h, err := ParseNarHash(m.NarHash)
+	}
+}
+
+// Batch limits of [Store.Receive]: staged paths are committed together
+// (see [Store.commit]) once this many NAR bytes or paths are staged, so that
+// the flushes are paid per batch and not per path. A cut stream loses at
+// most the batch in progress; its paths are re-sent by the rerun.
+var (
+	receiveBatchBytes int64 = 64 << 20
+	receiveBatchPaths       = 4096
+)
+
+// receiveBatch stages the paths of one transfer and commits them in
+// batches, reporting each path's "done" once it is valid.
+type receiveBatch struct {
+	s       *Store
+	ctx     context.Context
+	out     *lineWriter
+	stats   *TransferStats
+	logf    func(string, ...any)
+	unlock  func()          // the store lock, held shared from the first path on
+	staged  []*staged       // in arrival order, references first
+	pending map[string]bool // the paths in staged
+	bytes   int64           // NAR bytes in staged
+}
+
+// add reads one path's NAR and stages it, committing the batch when full.
+func (b *receiveBatch) add(r io.Reader, m *message, expected map[string]bool) error {
+	if !expected[m.Path] {
+		return protoErrorf("%q was not asked for or was sent twice", m.Path)
+	}
+	delete(expected, m.Path)
+	h, err := ParseNarHash(m.NarHash)
+	if err != nil {
+		return err
+	}
+	pi := &PathInfo{Path: m.Path, NarHash: h, NarSize: m.NarSize, References: m.References}
+	if err := b.ctx.Err(); err != nil {
+		return err
+	}
+	if err := b.s.checkImport(pi); err != nil {
+		return err
+	}
+	if b.unlock == nil {
+		if err := b.s.init(); err != nil {
+			return err
+		}
+		unlock, err := b.s.lockShared(b.ctx)
 		if err != nil {
-			return fail(m.Path, err)
+			return err
 		}
-		pi := &PathInfo{Path: m.Path, NarHash: h, NarSize: m.NarSize, References: m.References}
-		if err := s.Import(ctx, in.br, pi); err != nil {
-			return fail(m.Path, err)
+		b.unlock = unlock
+	}
+	if err := b.s.checkRefs(pi, b.pending); err != nil {
+		return err
+	}
+	if ok, err := b.s.Valid(pi.Path); err != nil {
+		return err
+	} else if ok {
+		// Made valid by someone else since the want list was answered.
+		if err := discardNAR(r, pi); err != nil {
+			return err
 		}
-		stats.Imported++
-		stats.NarBytes += m.NarSize
-		if opts.Logf != nil {
-			opts.Logf("received %s (%d bytes)", m.Path, m.NarSize)
+		return b.done(pi)
+	}
+	st, err := b.s.stage(r, pi)
+	if err != nil {
+		return err
+	}
+	if b.pending == nil {
+		b.pending = map[string]bool{}
+	}
+	b.staged = append(b.staged, st)
+	b.pending[pi.Path] = true
+	b.bytes += pi.NarSize
+	if b.bytes >= receiveBatchBytes || len(b.staged) >= receiveBatchPaths {
+		return b.flush()
+	}
+	return nil
+}
+
+// flush commits the staged paths and reports them done.
+func (b *receiveBatch) flush() error {
+	batch := b.staged
+	b.staged, b.pending, b.bytes = nil, nil, 0
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := b.s.commit(b.ctx, batch); err != nil {
+		return err
+	}
+	for _, st := range batch {
+		if err := b.done(st.pi); err != nil {
+			return err
 		}
-		if err := out.write(&message{T: "done", Path: m.Path, Bytes: m.NarSize}); err != nil {
-			return stats, err
-		}
+	}
+	return nil
+}
+
+func (b *receiveBatch) done(pi *PathInfo) error {
+	b.stats.Imported++
+	b.stats.NarBytes += pi.NarSize
+	if b.logf != nil {
+		b.logf("received %s (%d bytes)", pi.Path, pi.NarSize)
+	}
+	return b.out.write(&message{T: "done", Path: pi.Path, Bytes: pi.NarSize})
+}
+
+// release discards anything still staged and releases the store lock.
+func (b *receiveBatch) release() {
+	for _, st := range b.staged {
+		st.discard()
+	}
+	if b.unlock != nil {
+		b.unlock()
 	}
 }
 
