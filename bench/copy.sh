@@ -199,7 +199,9 @@ refargs=$(sed 's/^/--ref /' "$w/many.paths" | tr '\n' ' ')
 mkdir -p "$w/rootdir"; echo root > "$w/rootdir/f"
 R=$("$D" store add --cache-dir "$w/cache" --store-dir "$STORE" --name root $refargs "$w/rootdir")
 COPY="$D copy --cache-dir $w/cache --store-dir $STORE --remote-state-dir $T --to root@$H:$port --host-key '$hostkey' --identity $w/id --ssh-config none"
-bash -c "$COPY $R" >/dev/null 2>>"$w/errors" || { echo "failed: first copy of the 2,000-path closure" >&2; cat "$w/errors" >&2; exit 1; }
+# The first copy (agent bootstrap included): 2,000 small paths, where the
+# per-path cost of durability shows.
+timeit first "$COPY $R"
 for _ in $(seq "$runs"); do timeit noop "$COPY $R"; done
 # One file changes in one 1 KiB path: only that path and the root are sent.
 echo "path 1 changed" > "$w/many/p1/f"
@@ -218,6 +220,7 @@ echo
 echo "| measurement | result |"
 echo "|---|---|"
 printf '| the agent'"'"'s bootstrap: first copy of a tiny path to a host without the agent | %.3f s, %s bytes on the wire |\n' "${best[bootstrap]}" "${wirebest[bootstrap]}"
+printf '| first copy of a 2,000-path closure (1 KiB paths; agent bootstrap included) | %.3f s, %s bytes on the wire |\n' "${best[first]}" "${wirebest[first]}"
 printf '| no-op copy of a 2,000-path closure (all present) | %.3f s, %s bytes on the wire |\n' "${best[noop]}" "${wirebest[noop]}"
 printf '| one-file change in that closure (1 path + the root re-sent) | %s NAR bytes, %s bytes on the wire |\n' "$inc_nar" "$w_inc"
 printf '| the same no-op, measured again | %s bytes on the wire (handshake + want list + reply) |\n' "$w_noop2"
