@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/declarative/deploy/closure/nar"
-	"github.com/declarative/deploy/internal/atomicfile"
 )
 
 // ErrNotValid is returned (wrapped) for a store path that is not valid.
@@ -237,19 +236,6 @@ func (s *Store) Dump(w io.Writer, p string) error {
 		return err
 	}
 	return nar.Dump(w, s.RealPath(p))
-}
-
-// writeInfo makes pi valid: its metadata file is written atomically and
-// durably.
-func (s *Store) writeInfo(pi *PathInfo) error {
-	f, err := s.infoFile(pi.Path)
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.Write(f, pi.marshal(), 0o644); err != nil {
-		return fmt.Errorf("store: registering %q: %w", pi.Path, err)
-	}
-	return nil
 }
 
 // checkRefs checks that every reference of pi is a path other than pi
