@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -225,12 +226,14 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 }
 
 // Batch limits of [Store.Receive]: staged paths are committed together
-// (see [Store.commit]) once this many NAR bytes or paths are staged, so that
-// the flushes are paid per batch and not per path. A cut stream loses at
-// most the batch in progress; its paths are re-sent by the rerun.
+// (see [Store.commit]) once this many NAR bytes or paths are staged, or the
+// oldest has waited this long, so that the flushes are paid per batch and
+// not per path, while a slow link still sees paths confirmed every second.
+// A killed agent loses at most the batch in progress; the rerun re-sends it.
 var (
 	receiveBatchBytes int64 = 64 << 20
 	receiveBatchPaths       = 4096
+	receiveBatchAge         = time.Second
 )
 
 // receiveBatch stages the paths of one transfer and commits them in
@@ -245,6 +248,7 @@ type receiveBatch struct {
 	staged  []*staged       // in arrival order, references first
 	pending map[string]bool // the paths in staged
 	bytes   int64           // NAR bytes in staged
+	since   time.Time       // when the first of staged was staged
 }
 
 // add reads one path's NAR and stages it, committing the batch when full.
@@ -292,11 +296,12 @@ func (b *receiveBatch) add(r io.Reader, m *message, expected map[string]bool) er
 	}
 	if b.pending == nil {
 		b.pending = map[string]bool{}
+		b.since = time.Now()
 	}
 	b.staged = append(b.staged, st)
 	b.pending[pi.Path] = true
 	b.bytes += pi.NarSize
-	if b.bytes >= receiveBatchBytes || len(b.staged) >= receiveBatchPaths {
+	if b.bytes >= receiveBatchBytes || len(b.staged) >= receiveBatchPaths || time.Since(b.since) >= receiveBatchAge {
 		return b.flush()
 	}
 	return nil
