@@ -5,6 +5,9 @@
 #
 #   bench/copy.sh [SIZE] [disk|tmpfs] [RATE]      (default 512MiB disk)
 #
+# TREE=DIR copies DIR instead of a generated tree of SIZE (random, so
+# incompressible); ZSTD=1 adds `deploy copy --compress` and `ssh -C` rows.
+#
 # The target is a real OpenSSH sshd in its own network namespace, reached
 # over a veth pair. RATE (a tc rate such as 1gbit or 200mbit) shapes the
 # operator-to-target direction with a tbf qdisc: a link-bound copy, where the
@@ -47,7 +50,12 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$w/bin"
 CGO_ENABLED=0 go build -trimpath -o "$w/bin/" ./cmd/deploy ./cmd/deploy-agent
-go run ./bench/gentree -size "$size" "$w/tree" >/dev/null
+if [ -n "${TREE:-}" ]; then
+	cp -a "$TREE" "$w/tree"
+	size="the tree $TREE"
+else
+	go run ./bench/gentree -size "$size" "$w/tree" >/dev/null
+fi
 D=$w/bin/deploy
 
 "$D" nar dump "$w/tree" > "$w/tree.nar"
@@ -58,7 +66,7 @@ else
 	# A fresh ext4 on a loop device (direct I/O onto a file in /var/tmp, so
 	# no second page cache), with its inode tables initialised up front:
 	# no lazy init writing in the background, no recently freed inodes.
-	truncate -s $(( (narsize * (runs * 5 + 4) * 13 / 10 >> 20) + 1024 ))M "$w/fs.img"
+	truncate -s $(( (narsize * (runs * 7 + 4) * 13 / 10 >> 20) + 1024 ))M "$w/fs.img"
 	loopdev=$(losetup --direct-io=on -f --show "$w/fs.img")
 	mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 "$loopdev"
 	# Mounted before sshd starts: "ip netns exec" gives sshd its own mount
@@ -160,6 +168,11 @@ for i in $(seq "$runs"); do
 	mkdir -p "$tb/local$i"
 	timeit local "cat $w/tree.nar > $tb/local$i/tree.nar && sync $tb/local$i/tree.nar"
 	timeit ours "$(ours_cmd "$i" "$P")"
+	if [ -n "${ZSTD:-}" ]; then
+		Pz=$(ours_target "z$i")
+		timeit oursz "$(ours_cmd "z$i" "$Pz") --compress"
+		timeit rawz "ssh -C $SSHOPTS root@$H 'cat > /dev/null' < $w/tree.nar"
+	fi
 	timeit rsync "rsync -a -e 'ssh $SSHOPTS' $w/tree/ root@$H:$tb/rsync$i/"
 	timeit nix "NIX_SSHOPTS='$SSHOPTS' nix --extra-experimental-features nix-command copy --no-check-sigs --from 'local?root=$NIXSRC' --to 'ssh://root@$H?remote-store=local%3Froot%3D$tb/nix$i' $nixpath"
 done
@@ -173,7 +186,7 @@ done
 
 rate_of() { echo "$narsize / $1 / 1048576" | bc -l; }
 share() { echo "100 * $1 / ${best[ours]}" | bc -l; }
-echo "targets on $on ($(df --output=fstype "$tb" | tail -1)${loopdev:+, fresh, on $loopdev with direct I/O}), link: $link; tree: $(find "$w/tree" -type f | wc -l) files, NAR $narsize bytes; best of $runs; sshd $(/usr/sbin/sshd -V 2>&1 | head -1); $(nix --version)"
+echo "tree: ${TREE:-generated, $size}; targets on $on ($(df --output=fstype "$tb" | tail -1)${loopdev:+, fresh, on $loopdev with direct I/O}), link: $link; tree: $(find "$w/tree" -type f | wc -l) files, NAR $narsize bytes; best of $runs; sshd $(/usr/sbin/sshd -V 2>&1 | head -1); $(nix --version)"
 echo
 echo "| copy of the same tree to a fresh target | seconds | MiB/s | ours against it | bytes on the wire |"
 echo "|---|---:|---:|---:|---:|"
@@ -181,6 +194,10 @@ printf '| raw `ssh host '"'"'cat > /dev/null'"'"'` of the NAR | %.3f | %.0f | ou
 printf '| raw `ssh host '"'"'cat > F && sync F'"'"'` of the NAR | %.3f | %.0f | ours: %.0f%% of its throughput | %s |\n' "${best[rawfile]}" "$(rate_of "${best[rawfile]}")" "$(share "${best[rawfile]}")" "${wirebest[rawfile]}"
 printf '| no network: `cat NAR > F && sync F` on the target'"'"'s file system | %.3f | %.0f | ours: %.0f%% of its throughput | — |\n' "${best[local]}" "$(rate_of "${best[local]}")" "$(share "${best[local]}")"
 printf '| `deploy copy` (agent present: stream, hash, verify, syncfs, register) | %.3f | %.0f | — | %s |\n' "${best[ours]}" "$(rate_of "${best[ours]}")" "${wirebest[ours]}"
+if [ -n "${ZSTD:-}" ]; then
+	printf '| raw `ssh -C host '"'"'cat > /dev/null'"'"'` (zlib) of the NAR | %.3f | %.0f | ours with zstd: %.0f%% of its throughput | %s |\n' "${best[rawz]}" "$(rate_of "${best[rawz]}")" "$(echo "100 * ${best[rawz]} / ${best[oursz]}" | bc -l)" "${wirebest[rawz]}"
+	printf '| `deploy copy --compress` (zstd; agent present) | %.3f | %.0f | ours with zstd: %.0f%% of raw ssh'"'"'s throughput | %s |\n' "${best[oursz]}" "$(rate_of "${best[oursz]}")" "$(echo "100 * ${best[raw]} / ${best[oursz]}" | bc -l)" "${wirebest[oursz]}"
+fi
 printf '| `rsync -a` over ssh | %.3f | %.0f | ours: %.2fx faster | %s |\n' "${best[rsync]}" "$(rate_of "${best[rsync]}")" "$(echo "${best[rsync]} / ${best[ours]}" | bc -l)" "${wirebest[rsync]}"
 printf '| `nix copy --to ssh://` | %.3f | %.0f | ours: %.2fx faster | %s |\n' "${best[nix]}" "$(rate_of "${best[nix]}")" "$(echo "${best[nix]} / ${best[ours]}" | bc -l)" "${wirebest[nix]}"
 echo
