@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,8 +37,16 @@ func Restore(r io.Reader, dest string, opts RestoreOptions) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("nar: restore %q: open parent: %w", dest, err)
 	}
-	rs := &restorer{dest: dest, rootName: filepath.Base(dest), dirs: []int{parent}, sync: opts.Sync, writeback: opts.Writeback}
+	rs := &restorer{dest: dest, rootName: filepath.Base(dest), dirs: []int{parent}, pending: []*sync.WaitGroup{{}}, sync: opts.Sync, writeback: opts.Writeback}
+	if opts.Writeback {
+		rs.startFlusher(parent)
+	}
 	n, err := Parse(r, rs, Options{Size: opts.Size})
+	// The writers use the open directories: they stop before those close.
+	if werr := rs.stopWriters(); err == nil {
+		err = werr
+	}
+	rs.stopFlusher()
 	for _, fd := range rs.dirs {
 		unix.Close(fd)
 	}
@@ -61,10 +71,175 @@ type restorer struct {
 	rootName  string
 	dirs      []int // open directory fds; dirs[0] is dest's parent
 	paths     []string
+	pending   []*sync.WaitGroup // per entry of dirs: its files still being written
 	created   bool
 	sync      bool
 	writeback bool
 	buf       []byte
+
+	// Small files are written by writers on other goroutines, so that the
+	// per-file system calls of one overlap with the parsing (and hashing) of
+	// the next; a directory is finished only once its files are written.
+	jobs    chan *fileJob
+	free    chan []byte
+	writers sync.WaitGroup
+	errMu   sync.Mutex
+	err     error // the writers' first error
+
+	// With Writeback, a flusher syncs the file system every flushEvery
+	// bytes written, so that the final sync has little left.
+	written atomic.Int64
+	flushAt atomic.Int64
+	flush   chan struct{}
+	flusher sync.WaitGroup
+}
+
+const flushEvery = 32 << 20
+
+// wrote counts n bytes written and wakes the flusher every flushEvery.
+func (rs *restorer) wrote(n int) {
+	if rs.flush == nil {
+		return
+	}
+	w := rs.written.Add(int64(n))
+	if at := rs.flushAt.Load(); w >= at && rs.flushAt.CompareAndSwap(at, w+flushEvery) {
+		select {
+		case rs.flush <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (rs *restorer) startFlusher(fd int) {
+	rs.flush = make(chan struct{}, 1)
+	rs.flushAt.Store(flushEvery)
+	rs.flusher.Add(1)
+	go func() {
+		defer rs.flusher.Done()
+		for range rs.flush {
+			unix.Syncfs(fd)
+		}
+	}()
+}
+
+func (rs *restorer) stopFlusher() {
+	if rs.flush != nil {
+		close(rs.flush)
+		rs.flusher.Wait()
+	}
+}
+
+// smallFile is the largest file handed to a writer; writers is how many
+// there are, and inFlight how many files may wait for one (the memory bound:
+// inFlight+writers buffers of smallFile bytes).
+const (
+	smallFile = 256 << 10
+	writers   = 2
+	inFlight  = 16
+)
+
+type fileJob struct {
+	dirfd      int
+	name, full string
+	executable bool
+	data       []byte
+	done       *sync.WaitGroup
+}
+
+func (rs *restorer) writerErr() error {
+	rs.errMu.Lock()
+	defer rs.errMu.Unlock()
+	return rs.err
+}
+
+// writeSmall reads a small file's content and hands it to a writer.
+func (rs *restorer) writeSmall(fd int, name, full string, executable bool, size int64, r io.Reader) error {
+	if err := rs.writerErr(); err != nil {
+		return err
+	}
+	if rs.jobs == nil {
+		rs.jobs = make(chan *fileJob, inFlight)
+		rs.free = make(chan []byte, inFlight+writers)
+		for range inFlight + writers {
+			rs.free <- make([]byte, smallFile)
+		}
+		for range writers {
+			rs.writers.Add(1)
+			go rs.writer()
+		}
+	}
+	buf := <-rs.free
+	if _, err := io.ReadFull(r, buf[:size]); err != nil {
+		rs.free <- buf
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil // the parser reports the truncated archive
+		}
+		return err
+	}
+	done := rs.pending[len(rs.pending)-1]
+	done.Add(1)
+	rs.jobs <- &fileJob{dirfd: fd, name: name, full: full, executable: executable, data: buf[:size], done: done}
+	return nil
+}
+
+func (rs *restorer) writer() {
+	defer rs.writers.Done()
+	for j := range rs.jobs {
+		if rs.writerErr() == nil {
+			if err := rs.writeFile(j.dirfd, j.name, j.full, j.executable, j.data); err != nil {
+				rs.errMu.Lock()
+				if rs.err == nil {
+					rs.err = err
+				}
+				rs.errMu.Unlock()
+			}
+		}
+		rs.free <- j.data[:cap(j.data)]
+		j.done.Done()
+	}
+}
+
+// writeFile creates one file with its whole content.
+func (rs *restorer) writeFile(fd int, n, full string, executable bool, data []byte) error {
+	ffd, err := unix.Openat(fd, n, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("nar: restore: create %q: %w", full, err)
+	}
+	f := os.NewFile(uintptr(ffd), full)
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("nar: restore: write %q: %w", full, err)
+	}
+	rs.wrote(len(data))
+	return rs.finishFile(f, executable)
+}
+
+// finishFile sets a written file's mode, fsyncs it if asked, and closes it.
+func (rs *restorer) finishFile(f *os.File, executable bool) error {
+	mode := os.FileMode(0o444)
+	if executable {
+		mode = 0o555
+	}
+	if err := f.Chmod(mode); err != nil {
+		return fmt.Errorf("nar: restore: %w", err)
+	}
+	if rs.sync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("nar: restore: %w", err)
+		}
+	}
+	return f.Close()
+}
+
+// stopWriters waits for every handed-over file and returns the writers'
+// first error.
+func (rs *restorer) stopWriters() error {
+	if rs.jobs != nil {
+		close(rs.jobs)
+		rs.writers.Wait()
+		rs.jobs = nil
+	}
+	return rs.writerErr()
 }
 
 // at returns the parent fd and the name to create for the node name.
@@ -87,14 +262,21 @@ func (rs *restorer) Directory(name string) error {
 	}
 	rs.dirs = append(rs.dirs, dfd)
 	rs.paths = append(rs.paths, full)
+	rs.pending = append(rs.pending, &sync.WaitGroup{})
 	return nil
 }
 
 func (rs *restorer) EndDirectory() error {
+	// Its files first: a writer may still be creating one in it.
+	rs.pending[len(rs.pending)-1].Wait()
+	if err := rs.writerErr(); err != nil {
+		return err
+	}
 	fd := rs.dirs[len(rs.dirs)-1]
 	full := rs.paths[len(rs.paths)-1]
 	rs.dirs = rs.dirs[:len(rs.dirs)-1]
 	rs.paths = rs.paths[:len(rs.paths)-1]
+	rs.pending = rs.pending[:len(rs.pending)-1]
 	defer unix.Close(fd)
 	if rs.sync {
 		if err := unix.Fsync(fd); err != nil {
@@ -109,6 +291,12 @@ func (rs *restorer) EndDirectory() error {
 
 func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) error {
 	fd, n, full := rs.at(name)
+	if size <= smallFile && len(rs.paths) > 0 {
+		return rs.writeSmall(fd, n, full, executable, size, r)
+	}
+	if err := rs.writerErr(); err != nil {
+		return err
+	}
 	ffd, err := unix.Openat(fd, n, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("nar: restore: create %q: %w", full, err)
@@ -122,22 +310,12 @@ func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) 
 	if rs.writeback && size > writebackChunk {
 		w = &writebackWriter{f: f}
 	}
-	if _, err := io.CopyBuffer(w, r, rs.buf); err != nil {
+	n64, err := io.CopyBuffer(w, r, rs.buf)
+	rs.wrote(int(n64))
+	if err != nil {
 		return fmt.Errorf("nar: restore: write %q: %w", full, err)
 	}
-	mode := os.FileMode(0o444)
-	if executable {
-		mode = 0o555
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("nar: restore: %w", err)
-	}
-	if rs.sync {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("nar: restore: %w", err)
-		}
-	}
-	return f.Close()
+	return rs.finishFile(f, executable)
 }
 
 // writebackChunk is how much file data is written before its writeback is
