@@ -81,7 +81,7 @@ type restorer struct {
 	// per-file system calls of one overlap with the parsing (and hashing) of
 	// the next; a directory is finished only once its files are written.
 	jobs    chan *fileJob
-	free    chan []byte
+	slots   chan struct{} // a slot per buffer in use: the memory bound
 	writers sync.WaitGroup
 	errMu   sync.Mutex
 	err     error // the writers' first error
@@ -131,18 +131,23 @@ func (rs *restorer) stopFlusher() {
 
 // smallFile is the largest file handed to a writer; writers is how many
 // there are, and inFlight how many files may wait for one (the memory bound:
-// inFlight+writers buffers of smallFile bytes).
+// inFlight+writers buffers of smallFile bytes per restore). The buffers are
+// pooled across restores: an import of thousands of tiny paths must not
+// allocate them afresh for each.
 const (
 	smallFile = 256 << 10
 	writers   = 2
 	inFlight  = 16
 )
 
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
+
 type fileJob struct {
 	dirfd      int
 	name, full string
 	executable bool
 	data       []byte
+	buf        *[]byte // data's pooled buffer
 	done       *sync.WaitGroup
 }
 
@@ -159,18 +164,17 @@ func (rs *restorer) writeSmall(fd int, name, full string, executable bool, size 
 	}
 	if rs.jobs == nil {
 		rs.jobs = make(chan *fileJob, inFlight)
-		rs.free = make(chan []byte, inFlight+writers)
-		for range inFlight + writers {
-			rs.free <- make([]byte, smallFile)
-		}
+		rs.slots = make(chan struct{}, inFlight+writers)
 		for range writers {
 			rs.writers.Add(1)
 			go rs.writer()
 		}
 	}
-	buf := <-rs.free
-	if _, err := io.ReadFull(r, buf[:size]); err != nil {
-		rs.free <- buf
+	rs.slots <- struct{}{}
+	buf := smallBufs.Get().(*[]byte)
+	if _, err := io.ReadFull(r, (*buf)[:size]); err != nil {
+		smallBufs.Put(buf)
+		<-rs.slots
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil // the parser reports the truncated archive
 		}
@@ -178,7 +182,7 @@ func (rs *restorer) writeSmall(fd int, name, full string, executable bool, size 
 	}
 	done := rs.pending[len(rs.pending)-1]
 	done.Add(1)
-	rs.jobs <- &fileJob{dirfd: fd, name: name, full: full, executable: executable, data: buf[:size], done: done}
+	rs.jobs <- &fileJob{dirfd: fd, name: name, full: full, executable: executable, data: (*buf)[:size], buf: buf, done: done}
 	return nil
 }
 
@@ -194,7 +198,8 @@ func (rs *restorer) writer() {
 				rs.errMu.Unlock()
 			}
 		}
-		rs.free <- j.data[:cap(j.data)]
+		smallBufs.Put(j.buf)
+		<-rs.slots
 		j.done.Done()
 	}
 }
