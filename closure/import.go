@@ -256,29 +256,12 @@ func (s *Store) recoverBatch(intent string) error {
 	}
 	changed := false
 	for _, p := range strings.Fields(string(data)) {
-		pi, err := s.Info(p)
-		if errors.Is(err, ErrNotValid) {
-			continue
-		}
+		f, err := s.infoFile(p)
 		if err != nil {
-			// Unreadable metadata of a listed path: not valid.
-			pi = &PathInfo{Path: p}
-		}
-		ok, verr := s.Valid(p)
-		if verr == nil && ok && err == nil {
-			for _, r := range pi.References {
-				if rok, rerr := s.Valid(r); rerr != nil || !rok {
-					ok = false
-					break
-				}
-			}
-		}
-		if ok && verr == nil && err == nil {
 			continue
 		}
-		f, ferr := s.infoFile(p)
-		if ferr != nil {
-			continue
+		if _, err := os.Lstat(f); errors.Is(err, fs.ErrNotExist) || s.complete(p) {
+			continue // not registered, or registered with all it needs
 		}
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -291,6 +274,20 @@ func (s *Store) recoverBatch(intent string) error {
 		}
 	}
 	return os.Remove(intent)
+}
+
+// complete reports whether p is valid and so is every reference of it.
+func (s *Store) complete(p string) bool {
+	pi, err := s.Info(p)
+	if err != nil {
+		return false
+	}
+	for _, r := range append([]string{p}, pi.References...) {
+		if ok, err := s.Valid(r); err != nil || !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // sameFS reports whether a and b are on the same file system.

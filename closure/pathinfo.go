@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // PathInfo is the metadata of a valid store path, stored as a narinfo-style
@@ -190,13 +191,29 @@ func newAsyncHasher() *asyncHasher {
 	return a
 }
 
+// hashChunks pools the asyncHashers' chunks: a receive of thousands of
+// small paths must not allocate a fresh 1 MiB chunk for each.
+var hashChunks = sync.Pool{New: func() any { b := make([]byte, 0, asyncHashChunk); return &b }}
+
+// release returns the chunks to the pool once the goroutine has ended.
+func (a *asyncHasher) release() {
+	if a.cur != nil {
+		a.free <- a.cur
+		a.cur = nil
+	}
+	for len(a.free) > 0 {
+		b := (<-a.free)[:0]
+		hashChunks.Put(&b)
+	}
+}
+
 func (a *asyncHasher) Write(b []byte) (int, error) {
 	n := len(b)
 	a.n += int64(n)
 	for len(b) > 0 {
 		if a.cur == nil {
 			if a.made < asyncHashChunks {
-				a.cur = make([]byte, 0, asyncHashChunk)
+				a.cur = (*hashChunks.Get().(*[]byte))[:0]
 				a.made++
 			} else {
 				a.cur = <-a.free
@@ -221,7 +238,9 @@ func (a *asyncHasher) sum() [32]byte {
 	}
 	close(a.work)
 	a.closed = true
-	return <-a.out
+	sum := <-a.out
+	a.release()
+	return sum
 }
 
 // stop ends the goroutine of a hasher whose sum is not wanted (an import
@@ -231,5 +250,6 @@ func (a *asyncHasher) stop() {
 		close(a.work)
 		a.closed = true
 		<-a.out
+		a.release()
 	}
 }
