@@ -2,29 +2,48 @@
 # all of its own set-up on a fresh Debian machine: packages, Go tools, build.
 SHELL := /bin/bash
 export GOTOOLCHAIN := local
-export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+export PATH := /usr/local/go/bin:$(PATH)
 
 GO          ?= go
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2026.2.2
-# Debian packages the tests use: Nix for golden vectors, the test machines'
-# tools (debootstrap, systemd-nspawn, iproute2, nftables), OpenSSH.
-APT_PACKAGES := nix-bin debootstrap debian-archive-keyring systemd-container openssh-server openssh-client sudo \
-	iproute2 nftables util-linux procps ca-certificates bc
+# Go tools, pinned by a module version the Go module proxy serves (not by a
+# release name such as staticcheck's 2026.2.2), installed into the checkout
+# so that nothing depends on what a machine has in ~/go/bin.
+TOOLS       := $(CURDIR)/bin/tools
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Debian packages. The demo needs the test machines' tools only; the tests
+# also need Nix for golden vectors, OpenSSH and sudo for the SSH tests, and
+# what the benchmarks and fault injection use.
+DEMO_PACKAGES := debootstrap debian-archive-keyring systemd-container iproute2 util-linux mount ca-certificates
+TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc
 FUZZTIME    ?= 30s
 
-.PHONY: all build deps lint test test-unit fuzz bench demo clean
+.PHONY: all build deps deps-demo tools lint tidy-check test test-unit fuzz bench demo clean
 
 all: build
 
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-packages installs the Debian packages in $(1) that are missing.
+define apt-packages
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "make: installing$$missing"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make: need root to install$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+# What the demo needs: the test machines' packages and the Go modules.
+deps-demo:
+	$(call apt-packages,$(DEMO_PACKAGES))
 	$(GO) mod download
-	@command -v staticcheck >/dev/null || $(GO) install $(STATICCHECK)
+
+# What the tests need: every package, the Go modules and the Go tools.
+deps:
+	$(call apt-packages,$(TEST_PACKAGES))
+	$(GO) mod download
+	$(MAKE) --no-print-directory tools
+
+tools:
+	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 
 build:
 	mkdir -p bin
@@ -34,9 +53,14 @@ lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	staticcheck ./...
+	$(TOOLS)/staticcheck ./...
 	nix-instantiate --parse flake.nix >/dev/null
 	scripts/flake-vendor-hash --check
+	$(MAKE) --no-print-directory tidy-check
+
+# go.mod and go.sum are what `go mod tidy` makes of them.
+tidy-check:
+	@$(GO) mod tidy -diff || { echo "go mod tidy would change go.mod/go.sum (above): run it" >&2; exit 1; }
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -52,7 +76,7 @@ bench: deps build
 
 # The main job on a built-in local default: two test hosts, the quickstart
 # fleet deployed, changed, broken (rolls back), rolled back, cleaned up.
-demo: deps build
+demo: deps-demo build
 	bin/deploy demo
 
 clean:
