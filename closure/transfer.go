@@ -173,6 +173,21 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 			return fail(p, err)
 		}
 	}
+	// The store lock, held shared for the whole receive, is taken before
+	// the missing list is answered: when this receive is alone, taking it
+	// sweeps what interrupted receives left (temporary directories, and
+	// batch commits cut by a crash, which may unregister paths), so the
+	// answer is about the store as it will be, and a receive with nothing
+	// to import still cleans up after a killed one.
+	if err := s.init(); err != nil {
+		return fail("", err)
+	}
+	unlock, err := s.lockShared(ctx)
+	if err != nil {
+		return fail("", err)
+	}
+	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf, unlock: unlock}
+	defer b.release()
 	missing, err := s.Missing(req.Paths)
 	if err != nil {
 		return fail("", err)
@@ -197,8 +212,6 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	for _, p := range missing {
 		expected[p] = true
 	}
-	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf}
-	defer b.release()
 	for {
 		m, err := in.read()
 		if err != nil {
@@ -244,7 +257,7 @@ type receiveBatch struct {
 	out     *lineWriter
 	stats   *TransferStats
 	logf    func(string, ...any)
-	unlock  func()          // the store lock, held shared from the first path on
+	unlock  func()          // releases the store lock, held shared for the whole receive
 	staged  []*staged       // in arrival order, references first
 	pending map[string]bool // the paths in staged
 	bytes   int64           // NAR bytes in staged
@@ -267,16 +280,6 @@ func (b *receiveBatch) add(r io.Reader, m *message, expected map[string]bool) er
 	}
 	if err := b.s.checkImport(pi); err != nil {
 		return err
-	}
-	if b.unlock == nil {
-		if err := b.s.init(); err != nil {
-			return err
-		}
-		unlock, err := b.s.lockShared(b.ctx)
-		if err != nil {
-			return err
-		}
-		b.unlock = unlock
 	}
 	if err := b.s.checkRefs(pi, b.pending); err != nil {
 		return err
