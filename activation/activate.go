@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/internal/atomicfile"
 	"github.com/declarative/deploy/manifest"
@@ -24,14 +25,14 @@ const (
 	ModeDryActivate = "dry-activate" // print what would change
 )
 
-// Outcomes of an activation, also its final phase.
+// Outcomes of an activation, also its final phase (see [agentapi.Outcome]).
 const (
-	OutcomeDone       = PhaseDone
-	OutcomeRolledBack = PhaseRolledBack
-	OutcomeFailed     = PhaseFailed
-	OutcomeLockHeld   = PhaseLockHeld
-	OutcomeDry        = PhaseDryActivated
-	OutcomeAwaiting   = PhaseAwaiting
+	OutcomeDone       = agentapi.OutcomeDone
+	OutcomeRolledBack = agentapi.OutcomeRolledBack
+	OutcomeFailed     = agentapi.OutcomeFailed
+	OutcomeLockHeld   = agentapi.OutcomeLockHeld
+	OutcomeDry        = agentapi.OutcomeDry
+	OutcomeAwaiting   = agentapi.OutcomeAwaiting
 )
 
 // Request is one activation, as handed from the front process (the SSH
@@ -52,16 +53,9 @@ type Request struct {
 	Created        time.Time         `json:"created"`
 }
 
-// Result is how an activation ended: log/activate-ID.result.json.
-type Result struct {
-	ID         string `json:"activation"`
-	Generation int    `json:"generation,omitempty"`
-	Outcome    string `json:"outcome"`
-	Message    string `json:"message,omitempty"`
-	Log        string `json:"log,omitempty"`
-	// Holder names the lock holder when Outcome is lock-held.
-	Holder *Holder `json:"holder,omitempty"`
-}
+// Result is how an activation ended: log/activate-ID.result.json, and the
+// last line the front prints.
+type Result = agentapi.Result
 
 // LogFile returns activation id's log file.
 func (l Layout) LogFile(id string) string {
@@ -147,7 +141,7 @@ func (w *Worker) store() *closure.Store {
 // its result. It never returns a nil Result.
 func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 	l := w.Layout
-	res := &Result{ID: req.ID, Log: l.LogFile(req.ID)}
+	res := &Result{V: agentapi.Version, ID: req.ID, Log: l.LogFile(req.ID)}
 	started := time.Now()
 	holder := Holder{PID: os.Getpid(), User: req.User, Started: started.UTC(), GitRev: req.Meta["git_rev"], Activation: req.ID, System: req.System}
 	lock, err := l.TryLock(holder)
@@ -176,7 +170,7 @@ func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 	return res
 }
 
-func (w *Worker) finish(res *Result, outcome, msg string) *Result {
+func (w *Worker) finish(res *Result, outcome agentapi.Outcome, msg string) *Result {
 	res.Outcome, res.Message = outcome, msg
 	w.logf("%s: %s", outcome, msg)
 	w.Layout.writeResult(res)
@@ -185,7 +179,7 @@ func (w *Worker) finish(res *Result, outcome, msg string) *Result {
 
 func (w *Worker) run(ctx context.Context, req *Request, res *Result, started time.Time) {
 	l := w.Layout
-	set := func(outcome, msg string) { res.Outcome, res.Message = outcome, msg }
+	set := func(outcome agentapi.Outcome, msg string) { res.Outcome, res.Message = outcome, msg }
 	store := w.store()
 	if ok, err := store.Valid(req.System); err != nil || !ok {
 		set(OutcomeFailed, fmt.Sprintf("system %q is not a valid store path on this host (copy it first)", req.System))
@@ -233,11 +227,11 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 	}
 	res.Generation = gen.Number
 	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
-	act := &ActivationState{ID: req.ID, Generation: gen.Number, System: req.System, Mode: req.Mode, Previous: prevGen,
-		Phase: PhaseStarting, PID: os.Getpid(), User: req.User, Started: started.UTC(), GitRev: req.Meta["git_rev"],
-		TokenHash: req.TokenHash, Log: l.LogFile(req.ID)}
+	act := &ActivationState{Activation: agentapi.Activation{ID: req.ID, Generation: gen.Number, System: req.System,
+		Mode: req.Mode, Previous: prevGen, Phase: PhaseStarting, PID: os.Getpid(), User: req.User, Started: started.UTC(),
+		GitRev: req.Meta["git_rev"], Log: l.LogFile(req.ID)}, TokenHash: req.TokenHash}
 	st.Activation = act
-	phase := func(p, msg string) {
+	phase := func(p agentapi.Phase, msg string) {
 		act.Phase, act.Message, act.Updated = p, msg, time.Now().UTC()
 		if err := l.writeState(st); err != nil {
 			w.logf("writing state: %v", err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/manifest"
 )
 
@@ -89,7 +90,7 @@ func TestConfirmBinding(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := []byte("a-token-of-enough-length")
-	st := &State{Activation: &ActivationState{ID: "7", Generation: 3, Phase: PhaseApplying, TokenHash: HashToken(tok)}}
+	st := &State{Activation: &ActivationState{Activation: agentapi.Activation{ID: "7", Generation: 3, Phase: PhaseApplying}, TokenHash: HashToken(tok)}}
 	if err := l.writeState(st); err != nil {
 		t.Fatal(err)
 	}

@@ -12,40 +12,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
 )
 
 // Generation is one numbered system of a host: the link
 // profiles/system-N-link to its store path, and its metadata in
-// profiles/system-N.json.
-type Generation struct {
-	Number int    `json:"number"`
-	System string `json:"system"`
-	// Time is when the generation was created.
-	Time time.Time `json:"time"`
-	// Operator is who activated it (the --meta operator=, else the SSH
-	// user running the agent).
-	Operator string `json:"operator,omitempty"`
-	// GitRev is the fleet repository's commit.
-	GitRev string `json:"git_rev,omitempty"`
-	// Message is a free-form description.
-	Message string `json:"message,omitempty"`
-	// Meta holds every --meta key=value given at activation.
-	Meta map[string]string `json:"meta,omitempty"`
-	// Failed is set when the generation was rolled back or failed to
-	// apply; FailedReason says why. Failed generations are kept.
-	Failed       bool      `json:"failed,omitempty"`
-	FailedReason string    `json:"failed_reason,omitempty"`
-	FailedTime   time.Time `json:"failed_time,omitzero"`
-	// Confirmed is when the generation was confirmed (or activated
-	// without a confirmation timeout).
-	Confirmed time.Time `json:"confirmed,omitzero"`
-
-	// Current, Boot are filled in by [Layout.Generations]: the generation
-	// is the running system, the boot default.
-	Current bool `json:"current,omitempty"`
-	Boot    bool `json:"boot,omitempty"`
-}
+// profiles/system-N.json (the same fields, but for Current and Boot, which
+// [Layout.Generations] fills in).
+type Generation = agentapi.Generation
 
 func (l Layout) genLink(n int) string {
 	return filepath.Join(l.ProfilesDir(), fmt.Sprintf("system-%d-link", n))

@@ -6,20 +6,13 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
 )
 
 // Holder describes the process holding the activation lock.
-type Holder struct {
-	PID        int       `json:"pid"`
-	User       string    `json:"user,omitempty"`
-	Started    time.Time `json:"started"`
-	GitRev     string    `json:"git_rev,omitempty"`
-	Activation string    `json:"activation,omitempty"`
-	System     string    `json:"system,omitempty"`
-}
+type Holder = agentapi.Holder
 
 // LockHeldError is returned when another activation holds the lock.
 type LockHeldError struct {
@@ -30,19 +23,7 @@ func (e *LockHeldError) Error() string {
 	if e.Holder == nil {
 		return "activation lock is held by another process"
 	}
-	h := e.Holder
-	s := fmt.Sprintf("activation lock is held by pid %d", h.PID)
-	if h.User != "" {
-		s += fmt.Sprintf(" (user %q)", h.User)
-	}
-	s += " since " + h.Started.UTC().Format(time.RFC3339)
-	if h.GitRev != "" {
-		s += fmt.Sprintf(", git rev %q", h.GitRev)
-	}
-	if h.Activation != "" {
-		s += fmt.Sprintf(", activation %s", h.Activation)
-	}
-	return s
+	return "activation lock is held by " + e.Holder.String()
 }
 
 // Lock is a held activation lock.

@@ -9,22 +9,24 @@ import (
 	"slices"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
 	"github.com/declarative/deploy/manifest"
 )
 
-// Phases of an activation, as recorded in state.json.
+// Phases of an activation, as recorded in state.json (see
+// [agentapi.Phase]).
 const (
-	PhaseStarting     = "starting"
-	PhaseApplying     = "applying"
-	PhaseChecking     = "checking"
-	PhaseAwaiting     = "awaiting-confirmation"
-	PhaseRollingBack  = "rolling-back"
-	PhaseDone         = "done"
-	PhaseRolledBack   = "rolled-back"
-	PhaseFailed       = "failed"
-	PhaseLockHeld     = "lock-held"
-	PhaseDryActivated = "dry-activated"
+	PhaseStarting     = agentapi.PhaseStarting
+	PhaseApplying     = agentapi.PhaseApplying
+	PhaseChecking     = agentapi.PhaseChecking
+	PhaseAwaiting     = agentapi.PhaseAwaiting
+	PhaseRollingBack  = agentapi.PhaseRollingBack
+	PhaseDone         = agentapi.PhaseDone
+	PhaseRolledBack   = agentapi.PhaseRolledBack
+	PhaseFailed       = agentapi.PhaseFailed
+	PhaseLockHeld     = agentapi.PhaseLockHeld
+	PhaseDryActivated = agentapi.PhaseDryActivated
 )
 
 // State is /run/deploy/state.json: what runs and what the last activation
@@ -38,32 +40,12 @@ type State struct {
 	Activation *ActivationState `json:"activation,omitempty"`
 }
 
-// ActivationState describes one activation.
+// ActivationState describes one activation in state.json: what status
+// shows ([agentapi.Activation]) and the hash of its confirmation token.
 type ActivationState struct {
-	// ID names the activation: its log is log/activate-ID.log and its
-	// transient unit deploy-activate-ID.
-	ID         string `json:"id"`
-	Generation int    `json:"generation"`
-	System     string `json:"system"`
-	Mode       string `json:"mode"`
-	// Previous is the generation running before (0: none).
-	Previous int `json:"previous"`
-	// Phase is one of the Phase constants.
-	Phase   string `json:"phase"`
-	Message string `json:"message,omitempty"`
-	// PID, User and Started describe the worker; GitRev comes from
-	// --meta git_rev.
-	PID     int       `json:"pid"`
-	User    string    `json:"user,omitempty"`
-	Started time.Time `json:"started"`
-	Updated time.Time `json:"updated"`
-	GitRev  string    `json:"git_rev,omitempty"`
-	// Deadline is when an unconfirmed activation rolls back.
-	Deadline time.Time `json:"deadline,omitzero"`
+	agentapi.Activation
 	// TokenHash is the hex SHA-256 of the confirmation token.
 	TokenHash string `json:"token_hash,omitempty"`
-	// Log is the activation's log file.
-	Log string `json:"log,omitempty"`
 }
 
 // ReadState reads state.json; a missing file is the zero State.

@@ -1,30 +1,13 @@
 package activation
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/declarative/deploy/agentapi"
+)
 
 // Status is what `deploy-agent status --json` prints.
-type Status struct {
-	// Current is the running generation (0: none) and CurrentSystem its
-	// store path.
-	Current       int    `json:"current"`
-	CurrentSystem string `json:"current_system,omitempty"`
-	// Boot is the boot default (0: none).
-	Boot       int    `json:"boot"`
-	BootSystem string `json:"boot_system,omitempty"`
-	// Pending is the generation of an activation in progress (applying,
-	// checking or awaiting confirmation), 0 when none.
-	Pending int `json:"pending,omitempty"`
-	// Failed lists generations marked failed.
-	Failed []int `json:"failed"`
-	// Activation is the last activation since boot (its token hash
-	// removed).
-	Activation *ActivationState `json:"activation,omitempty"`
-	// Lock names the lock's holder when it is held.
-	Lock *Holder `json:"lock,omitempty"`
-	// Consistent is false while an application is incomplete (in progress,
-	// or interrupted and not yet repaired by a rollback or the boot unit).
-	Consistent bool `json:"consistent"`
-}
+type Status = agentapi.Status
 
 // Status reports the current and boot generations, a pending activation
 // and the failed generations.
@@ -33,7 +16,7 @@ func (l Layout) Status() (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Status{Failed: []int{}}
+	s := &Status{V: agentapi.Version, Failed: []int{}}
 	s.Current, _ = l.CurrentGeneration()
 	if s.Current > 0 {
 		s.CurrentSystem = l.currentSystem()
@@ -54,8 +37,7 @@ func (l Layout) Status() (*Status, error) {
 		}
 	}
 	if a := st.Activation; a != nil {
-		c := *a
-		c.TokenHash = ""
+		c := a.Activation
 		s.Activation = &c
 	}
 	var lh *LockHeldError
@@ -66,12 +48,12 @@ func (l Layout) Status() (*Status, error) {
 		}
 		// Only a live worker (holding the lock) has a pending activation.
 		if a := st.Activation; a != nil {
-			switch a.Phase {
-			case PhaseStarting, PhaseApplying, PhaseChecking, PhaseAwaiting, PhaseRollingBack:
+			if a.Phase.InProgress() {
 				s.Pending = a.Generation
 			}
 		}
 	}
+	s.RunLock = l.RunLockHolder()
 	if rec, err := l.readApplied(); err == nil {
 		s.Consistent = rec.Complete
 	}

@@ -291,6 +291,14 @@ func (o dryObjects) AddFile(_ context.Context, name string, content []byte, _ bo
 	return closure.MakeSourcePath(o.storeDir, sha256.Sum256(content), name, nil)
 }
 
+// AgentPath returns the store path of the deploy-agent that host's system
+// closure holds, adding it to the store once per Builder (and again only
+// when the binary changes). The operator runs it on the host before the
+// closure is copied (the run lock).
+func (b *Builder) AgentPath(ctx context.Context, host *Host) (string, error) {
+	return b.agentPath(ctx)
+}
+
 // agentPath returns the store path of the deploy-agent, adding it once per
 // Builder (and again only when the binary changes).
 func (b *Builder) agentPath(ctx context.Context) (string, error) {

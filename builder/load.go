@@ -55,6 +55,9 @@ type Host struct {
 	Port      int
 	HostKey   string
 	Transport string
+	// ProxyJump lists jump hosts ("[user@]host[:port],..."); "" means
+	// ~/.ssh/config's. Not set by the fleet language (deploy copy --jump).
+	ProxyJump string
 	Sudo      bool
 	Tags      []string
 	// Arch is the target's GOARCH (default amd64).
@@ -101,7 +104,10 @@ type Deployment struct {
 	Hosts []string
 	// BatchSize is the number of hosts per batch, or a percentage
 	// ("25%"); default "1".
-	BatchSize      string
+	BatchSize string
+	// Canary is the number of hosts that go first, in a batch of their
+	// own, before the batches of BatchSize (default 1; 0 for none).
+	Canary         int
 	MaxFailures    int
 	ConfirmTimeout time.Duration
 	// Rollback is "all" (default) or "host".
@@ -640,9 +646,9 @@ func compactStrings(s []string) []string {
 }
 
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
-	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Rollback: "all", ConfirmTimeout: 30 * time.Second, DefRange: b.DefRange}
+	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"},
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"},
 	}}
 	content, diags := b.Body.Content(schema)
 	if content == nil {
@@ -725,6 +731,14 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 					Detail: "batch_size must be a positive number of hosts, or a percentage like \"25%\".", Subject: a.Expr.Range().Ptr()})
 			}
 		}
+	}
+	if v, rng, ok := eval("canary", cty.Number); ok {
+		n, _ := v.AsBigFloat().Int64()
+		if n < 0 || !v.AsBigFloat().IsInt() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid canary",
+				Detail: "canary must be a whole number of hosts that go first, 0 or more (0: no canary batch).", Subject: rng})
+		}
+		d.Canary = int(n)
 	}
 	if v, rng, ok := eval("max_failures", cty.Number); ok {
 		n, _ := v.AsBigFloat().Int64()

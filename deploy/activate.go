@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/mesh"
 )
@@ -61,8 +61,8 @@ type ActivateResult struct {
 	// Activation is the agent's activation id (its log is
 	// /var/lib/deploy/log/activate-ID.log on the host).
 	Activation string
-	// Outcome is "done" (or "dry-activated").
-	Outcome string
+	// Outcome is done (or dry-activated).
+	Outcome agentapi.Outcome
 	// Reconnected is set when the first connection dropped and the outcome
 	// was learned over a new one.
 	Reconnected bool
@@ -99,28 +99,6 @@ type ActivationError struct {
 
 func (e *ActivationError) Error() string {
 	return fmt.Sprintf("%s: activation failed: %s", e.Host, e.Message)
-}
-
-// agentResult is the JSON line the agent prints on stdout.
-type agentResult struct {
-	ID         string `json:"activation"`
-	Generation int    `json:"generation"`
-	Outcome    string `json:"outcome"`
-	Message    string `json:"message"`
-}
-
-// agentStatus is the part of `deploy-agent status --json` Activate reads.
-type agentStatus struct {
-	Current    int   `json:"current"`
-	Boot       int   `json:"boot"`
-	Pending    int   `json:"pending"`
-	Failed     []int `json:"failed"`
-	Activation *struct {
-		ID         string `json:"id"`
-		Generation int    `json:"generation"`
-		Phase      string `json:"phase"`
-		Message    string `json:"message"`
-	} `json:"activation"`
 }
 
 // Activate activates system (already copied, see [Copy]) on target: it
@@ -192,7 +170,10 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 	lw := &logLines{logf: logf, prefix: "agent: "}
 	err := client.Run(ctx, cmd, strings.NewReader(token+"\n"), &stdout, lw)
 	lw.flush()
-	res := parseResult(stdout.Bytes())
+	res, perr := agentapi.ParseResult(stdout.Bytes())
+	if perr != nil {
+		return nil, &ActivationError{Host: host, Message: perr.Error()}
+	}
 	res2 := &ActivateResult{}
 	if res == nil {
 		// No result line: the connection dropped (or the agent died).
@@ -209,13 +190,13 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 	}
 	res2.Generation, res2.Activation = res.Generation, res.ID
 	switch res.Outcome {
-	case "done", "dry-activated":
+	case agentapi.OutcomeDone, agentapi.OutcomeDry:
 		res2.Outcome = res.Outcome
 		return res2, nil
-	case "awaiting-confirmation":
-	case "rolled-back":
+	case agentapi.OutcomeAwaiting:
+	case agentapi.OutcomeRolledBack:
 		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message}
-	case "lock-held":
+	case agentapi.OutcomeLockHeld:
 		return nil, &LockHeldError{Host: host, Holder: res.Message}
 	default:
 		return nil, &ActivationError{Host: host, Message: res.Message}
@@ -228,7 +209,7 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 			if err != nil {
 				return nil, err
 			}
-			if final.Outcome == "done" {
+			if final.Outcome == agentapi.OutcomeDone {
 				return nil, &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
 			}
 			return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
@@ -242,10 +223,10 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 		return nil, err
 	}
 	switch final.Outcome {
-	case "done":
-		res2.Outcome = "done"
+	case agentapi.OutcomeDone:
+		res2.Outcome = agentapi.OutcomeDone
 		return res2, nil
-	case "rolled-back":
+	case agentapi.OutcomeRolledBack:
 		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message}
 	}
 	return nil, &ActivationError{Host: host, Message: final.Message}
@@ -253,7 +234,7 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 
 // confirm opens a new connection and runs `confirm N` with the token on
 // stdin; it retries on connection errors until the confirm deadline.
-func confirm(ctx context.Context, cfg *mesh.Config, target mesh.Target, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+func confirm(ctx context.Context, cfg *mesh.Config, target mesh.Target, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -272,7 +253,11 @@ func confirm(ctx context.Context, cfg *mesh.Config, target mesh.Target, gen int,
 		err = c.Run(ctx, []string{exe, "confirm", "--state-dir", opts.StateDir, fmt.Sprint(gen)}, strings.NewReader(token+"\n"), &stdout, lw)
 		lw.flush()
 		c.Close()
-		if r := parseResult(stdout.Bytes()); r != nil {
+		r, perr := agentapi.ParseResult(stdout.Bytes())
+		if perr != nil {
+			return nil, &ActivationError{Host: target.Name, Message: perr.Error()}
+		}
+		if r != nil {
 			return r, nil
 		}
 		lastErr = err
@@ -291,7 +276,7 @@ func confirm(ctx context.Context, cfg *mesh.Config, target mesh.Target, gen int,
 // recoverOutcome reconnects after a dropped activation session and finds
 // out what happened: if the activation awaits confirmation, it returns
 // that (the caller confirms); if it ended, its result.
-func recoverOutcome(ctx context.Context, cfg *mesh.Config, target mesh.Target, token string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+func recoverOutcome(ctx context.Context, cfg *mesh.Config, target mesh.Target, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -308,11 +293,8 @@ func recoverOutcome(ctx context.Context, cfg *mesh.Config, target mesh.Target, t
 		if a == nil {
 			return nil, &ActivationError{Host: target.Name, Message: "the host knows of no activation (it rebooted?)"}
 		}
-		switch a.Phase {
-		case "awaiting-confirmation":
-			return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
-		case "done", "rolled-back", "failed":
-			return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
+		if a.Phase == agentapi.PhaseAwaiting || a.Phase.Final() {
+			return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 		}
 		sleepCtx(ctx, 500*time.Millisecond)
 	}
@@ -327,16 +309,14 @@ func recoverOutcome(ctx context.Context, cfg *mesh.Config, target mesh.Target, t
 
 // waitFinal polls status until the activation id (or, with id "", the last
 // activation) has ended.
-func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id string, opts ActivateOptions, logf func(string, ...any)) (*agentResult, error) {
+func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		st, err := status(ctx, cfg, target, opts)
 		if err == nil && st.Activation != nil && (id == "" || st.Activation.ID == id) {
-			a := st.Activation
-			switch a.Phase {
-			case "done", "rolled-back", "failed":
-				return &agentResult{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
+			if a := st.Activation; a.Phase.Final() {
+				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
 		} else if err != nil {
 			lastErr = err
@@ -353,7 +333,7 @@ func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id str
 }
 
 // Status asks the host's agent for `status --json` over a new connection.
-func status(ctx context.Context, cfg *mesh.Config, target mesh.Target, opts ActivateOptions) (*agentStatus, error) {
+func status(ctx context.Context, cfg *mesh.Config, target mesh.Target, opts ActivateOptions) (*agentapi.Status, error) {
 	c, err := cfg.Connect(ctx, target)
 	if err != nil {
 		return nil, err
@@ -365,9 +345,9 @@ func status(ctx context.Context, cfg *mesh.Config, target mesh.Target, opts Acti
 	if err != nil {
 		return nil, err
 	}
-	st := &agentStatus{}
-	if err := json.Unmarshal(out, st); err != nil {
-		return nil, fmt.Errorf("%s: status: %w", target.Name, err)
+	st := &agentapi.Status{}
+	if err := agentapi.Decode("status", out, st); err != nil {
+		return nil, fmt.Errorf("%s: %w", target.Name, err)
 	}
 	return st, nil
 }
@@ -382,17 +362,6 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
-}
-
-func parseResult(out []byte) *agentResult {
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		r := &agentResult{}
-		if json.Unmarshal([]byte(lines[i]), r) == nil && r.Outcome != "" {
-			return r
-		}
-	}
-	return nil
 }
 
 // logLines turns the agent's stderr into log lines.

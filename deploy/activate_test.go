@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/mesh"
@@ -225,13 +226,9 @@ func TestActivateUnitLifecycle(t *testing.T) {
 	}
 	f.wantStatus(3, 3)
 	// The generations are listed with their metadata.
-	var gens []struct {
-		Number int    `json:"number"`
-		GitRev string `json:"git_rev"`
-		Boot   bool   `json:"boot"`
-	}
 	out := f.h.Succeed("/var/lib/deploy/profiles/system/agent/bin/deploy-agent generations --json")
-	if err := json.Unmarshal([]byte(out), &gens); err != nil || len(gens) != 3 || gens[2].GitRev != "rev3" || !gens[2].Boot {
+	gens, err := agentapi.DecodeGenerations([]byte(out))
+	if err != nil || len(gens) != 3 || gens[2].GitRev != "rev3" || !gens[2].Boot || !strings.Contains(out, `"v": 1`) {
 		t.Fatalf("generations = %s (%v)", out, err)
 	}
 }

@@ -6,19 +6,23 @@ import (
 	"strings"
 )
 
-// Batches splits hosts into rollout batches of batchSize ("3", or a
-// percentage of the hosts such as "25%", at least 1). With canary, the first
-// batch is a single host, so that a bad change meets one machine first.
-func Batches(hosts []string, batchSize string, canary bool) ([][]string, error) {
+// Batches splits hosts into rollout batches: first the canary batch of
+// the first canary hosts (when canary > 0 and other hosts follow), so that
+// a bad change meets few machines first, then batches of batchSize ("3",
+// or a percentage of all the hosts such as "25%", at least 1).
+func Batches(hosts []string, batchSize string, canary int) ([][]string, error) {
 	size, err := parseBatchSize(batchSize, len(hosts))
 	if err != nil {
 		return nil, err
 	}
+	if canary < 0 {
+		return nil, fmt.Errorf("canary %d: want 0 or more hosts", canary)
+	}
 	var out [][]string
 	rest := hosts
-	if canary && size > 1 && len(rest) > 1 {
-		out = append(out, rest[:1])
-		rest = rest[1:]
+	if canary > 0 && len(rest) > canary {
+		out = append(out, rest[:canary])
+		rest = rest[canary:]
 	}
 	for len(rest) > 0 {
 		n := min(size, len(rest))

@@ -1,6 +1,11 @@
 package deploy
 
-import "time"
+import (
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/manifest"
+)
 
 // EventSchemaVersion is the version of the [Event] JSON schema (the "v"
 // field of every --json line). Fields are only ever added within a version.
@@ -9,14 +14,22 @@ const EventSchemaVersion = 1
 // Phase is a step of a host's deployment.
 type Phase string
 
-// The phases, in order.
+// The phases of a deploy, in order, then those of the other host
+// commands.
 const (
 	PhaseEval     Phase = "eval"
 	PhaseBuild    Phase = "build"
+	PhaseLock     Phase = "lock" // the run lock
 	PhaseCopy     Phase = "copy"
 	PhaseActivate Phase = "activate"
 	PhaseConfirm  Phase = "confirm"
 	PhaseRollback Phase = "rollback"
+
+	PhaseStatus      Phase = "status"
+	PhaseGenerations Phase = "generations"
+	PhaseGC          Phase = "gc"
+	PhaseExec        Phase = "exec"
+	PhaseDiff        Phase = "diff"
 )
 
 // Result is how a host's deployment ended.
@@ -32,16 +45,22 @@ const (
 	ResultLocked      Result = "locked"      // another deployment holds the host's lock
 	ResultSkipped     Result = "skipped"     // not attempted (an earlier batch failed)
 	ResultPlanned     Result = "planned"     // --dry-run: what would happen
+	// ResultCommandFailed is a host command that failed on the host:
+	// exec's command exited non-zero, or the agent failed a gc or query.
+	ResultCommandFailed Result = "command-failed"
 )
 
 // Event is one line of the event stream that the terminal view, the plain
 // log and --json all render. See docs/events.md for the schema.
 type Event struct {
-	V     int       `json:"v"`
-	Time  time.Time `json:"time"`
-	Type  string    `json:"event"`
-	Host  string    `json:"host,omitempty"`
-	Phase Phase     `json:"phase,omitempty"`
+	V    int       `json:"v"`
+	Time time.Time `json:"time"`
+	Type string    `json:"event"`
+	// Command is the run's command (deploy, build, rollback, status, ...)
+	// on run.start and run.done.
+	Command string `json:"command,omitempty"`
+	Host    string `json:"host,omitempty"`
+	Phase   Phase  `json:"phase,omitempty"`
 	// State of a phase: "started", "done", "failed", "skipped".
 	State string   `json:"state,omitempty"`
 	Batch int      `json:"batch,omitempty"`
@@ -50,17 +69,21 @@ type Event struct {
 	Batches [][]string `json:"batches,omitempty"`
 	Mode    Mode       `json:"mode,omitempty"`
 	Message string     `json:"message,omitempty"`
-	// Copy progress, in NAR bytes.
-	Sent      int64 `json:"sent,omitempty"`
-	Confirmed int64 `json:"confirmed,omitempty"`
-	Total     int64 `json:"total,omitempty"`
+	// Copy progress, in NAR bytes; Path is the path being sent or just
+	// confirmed.
+	Path      string `json:"path,omitempty"`
+	Sent      int64  `json:"sent,omitempty"`
+	Confirmed int64  `json:"confirmed,omitempty"`
+	Total     int64  `json:"total,omitempty"`
 	// Results.
 	Result     Result   `json:"result,omitempty"`
 	System     string   `json:"system,omitempty"`
 	Generation int      `json:"generation,omitempty"`
 	Error      string   `json:"error,omitempty"`
 	LogTail    []string `json:"log_tail,omitempty"`
-	// Plan (dry run): paths and bytes to copy, unit changes.
+	// Plan (dry run): paths and bytes to copy, unit changes. A copy's
+	// done also has Paths, the paths in the closure.
+	Paths     int      `json:"paths,omitempty"`
 	CopyPaths int      `json:"copy_paths,omitempty"`
 	Start     []string `json:"units_start,omitempty"`
 	Restart   []string `json:"units_restart,omitempty"`
@@ -69,6 +92,19 @@ type Event struct {
 	Files     []string `json:"files_changed,omitempty"`
 	// Summary of run.done: host names by result.
 	Summary map[Result][]string `json:"summary,omitempty"`
+	// Run locks: the run holding a host's lock (locked), or the run whose
+	// abandoned lock this run took over.
+	Holder   *agentapi.RunHolder `json:"holder,omitempty"`
+	TookOver *agentapi.RunHolder `json:"took_over,omitempty"`
+	// Results of the host commands.
+	Generations []*agentapi.Generation `json:"generations,omitempty"` // generations
+	Status      *agentapi.Status       `json:"status,omitempty"`      // status
+	GC          *agentapi.GCResult     `json:"gc,omitempty"`          // gc
+	Diff        *manifest.Difference   `json:"diff,omitempty"`        // diff
+	// Exec: Stream ("stdout" or "stderr") of a host.output line in
+	// Message; ExitStatus of the command on host.result.
+	Stream     string `json:"stream,omitempty"`
+	ExitStatus *int   `json:"exit_status,omitempty"`
 }
 
 // Event types.
@@ -81,5 +117,6 @@ const (
 	EventResult     = "host.result" // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
 	EventPlan       = "host.plan"   // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
-	EventRunDone    = "run.done" // Summary
+	EventOutput     = "host.output" // Host, Stream, Message: a line of exec's output
+	EventRunDone    = "run.done"    // Summary
 )

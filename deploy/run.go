@@ -8,12 +8,23 @@ import (
 	"sync"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
 )
 
-// HostOps is what a rollout does to one host. [SSHOps] is the real one
-// (mesh, [Copy], [Activate]); tests of the batch logic use their own.
+// HostOps is what a run does to one host. [SSHOps] is the real one (mesh,
+// [Copy], [Activate], the agent's run lock); tests of the session's policy
+// use their own.
 type HostOps interface {
+	// Lock takes host's run lock for run, waiting up to wait while another
+	// run holds it; agent is the deploy-agent store path to hold it with
+	// ("": the host's current agent). The reply is not Locked when another
+	// run holds it. [ErrNoAgent] and [ErrNoRunLock] mean the host cannot
+	// hold a run lock; the run goes on without it.
+	Lock(ctx context.Context, host string, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error)
+	// Unlock releases host's run lock, if held.
+	Unlock(host string)
 	// Push copies the closure of system to host, or with dryRun only finds
 	// what a copy would send, and reports the host's current systems.
 	Push(ctx context.Context, host, system string, dryRun bool, progress func(closure.Progress)) (*PushResult, error)
@@ -59,12 +70,19 @@ type HostFailure struct {
 func (f *HostFailure) Error() string { return f.Err.Error() }
 func (f *HostFailure) Unwrap() error { return f.Err }
 
-// Parallelism limits how many hosts are in each phase at once.
+// Parallelism limits how many hosts are in each phase at once. Zero
+// values mean the defaults.
 type Parallelism struct {
-	Build    int // default 2
-	Copy     int // default 4
-	Activate int // default: the whole batch
+	Build    int // builds at once (default 2)
+	Connect  int // hosts contacted at once for run locks and by host queries, exec, gc (default 16)
+	Copy     int // copies at once (default 4)
+	Activate int // activations at once within a batch, and rollbacks (default: the whole batch)
 }
+
+func (p Parallelism) build() int    { return orDefault(p.Build, 2) }
+func (p Parallelism) connect() int  { return orDefault(p.Connect, 16) }
+func (p Parallelism) copy() int     { return orDefault(p.Copy, 4) }
+func (p Parallelism) activate() int { return orDefault(p.Activate, 1<<20) }
 
 // Rollout says how to roll systems out to hosts.
 type Rollout struct {
@@ -88,6 +106,14 @@ type HostReport struct {
 	Err        error
 	LogTail    []string
 	Push       *PushResult
+	// Holder is the run holding the host's run lock (locked).
+	Holder *agentapi.RunHolder
+	// Results of the host commands.
+	Generations []*agentapi.Generation
+	Status      *agentapi.Status
+	GC          *agentapi.GCResult
+	Diff        *manifest.Difference
+	ExitStatus  int // exec
 }
 
 // Report is the outcome of a rollout.
@@ -116,6 +142,13 @@ type Runner struct {
 	// Emit receives every event; it must not block for long. Nil drops
 	// them.
 	Emit func(Event)
+	// Failed are hosts that failed before the rollout (unreachable for
+	// their run lock, say): each fails in its batch with its error, as if
+	// its copy had failed.
+	Failed map[string]error
+	// NoRunEvents leaves run.start and run.done to the caller (a
+	// [Session] run).
+	NoRunEvents bool
 
 	mu sync.Mutex
 }
@@ -148,9 +181,11 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 	for _, h := range all {
 		rep.Hosts[h] = &HostReport{Host: h, Result: ResultSkipped, System: systems[h]}
 	}
-	r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode})
-	copySem := make(chan struct{}, orDefault(r.Parallel.Copy, 4))
-	actSem := make(chan struct{}, orDefault(r.Parallel.Activate, 1<<20))
+	if !r.NoRunEvents {
+		r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode})
+	}
+	copySem := make(chan struct{}, r.Parallel.copy())
+	actSem := make(chan struct{}, r.Parallel.activate())
 	failures := 0
 	var switched []string
 	for i, batch := range ro.Batches {
@@ -190,11 +225,13 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 			break
 		}
 	}
-	summary := map[Result][]string{}
-	for _, h := range all {
-		summary[rep.Hosts[h].Result] = append(summary[rep.Hosts[h].Result], h)
+	if !r.NoRunEvents {
+		summary := map[Result][]string{}
+		for _, h := range all {
+			summary[rep.Hosts[h].Result] = append(summary[rep.Hosts[h].Result], h)
+		}
+		r.emit(Event{Type: EventRunDone, Summary: summary})
 	}
-	r.emit(Event{Type: EventRunDone, Summary: summary})
 	return rep
 }
 
@@ -217,6 +254,14 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		}
 		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
 		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail})
+	}
+	if err := r.Failed[h]; err != nil {
+		var hf *HostFailure
+		if !errors.As(err, &hf) {
+			err = &HostFailure{Result: ResultUnreachable, Err: err}
+		}
+		fail(PhaseLock, err)
+		return
 	}
 	select {
 	case copySem <- struct{}{}:

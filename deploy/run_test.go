@@ -8,7 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/google/go-cmp/cmp"
 )
@@ -19,11 +21,82 @@ type scriptedOps struct {
 	mu         sync.Mutex
 	pushFail   map[string]error
 	actFail    map[string]error
+	lockFail   map[string]error
 	current    map[string]string
 	calls      []string
 	inCopy     atomic.Int32
 	maxInCopy  atomic.Int32
 	generation map[string]int
+	// locks are the hosts' run locks, shared by the scriptedOps of runs
+	// that contend (nil: every lock is free).
+	locks *fakeLocks
+	// pushDelay makes each push take this long.
+	pushDelay time.Duration
+	runs      map[string]*agentapi.RunHolder // the locks this run holds
+}
+
+// fakeLocks are run locks as the hosts keep them: one holder per host.
+type fakeLocks struct {
+	mu   sync.Mutex
+	held map[string]*agentapi.RunHolder
+}
+
+func (l *fakeLocks) try(host string, run *agentapi.RunHolder) *agentapi.LockReply {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == nil {
+		l.held = map[string]*agentapi.RunHolder{}
+	}
+	if h := l.held[host]; h != nil && h.Run != run.Run {
+		return &agentapi.LockReply{Locked: false, Holder: h}
+	}
+	l.held[host] = run
+	return &agentapi.LockReply{Locked: true}
+}
+
+func (l *fakeLocks) release(host string, run *agentapi.RunHolder) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h := l.held[host]; h != nil && h.Run == run.Run {
+		delete(l.held, host)
+	}
+}
+
+func (o *scriptedOps) Lock(ctx context.Context, host string, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error) {
+	o.record(fmt.Sprintf("lock %s wait=%v", host, wait))
+	if err := o.lockFail[host]; err != nil {
+		return nil, err
+	}
+	if o.locks == nil {
+		return &agentapi.LockReply{Locked: true}, nil
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		r := o.locks.try(host, run)
+		if r.Locked || !time.Now().Before(deadline) {
+			if r.Locked {
+				o.mu.Lock()
+				if o.runs == nil {
+					o.runs = map[string]*agentapi.RunHolder{}
+				}
+				o.runs[host] = run
+				o.mu.Unlock()
+			}
+			return r, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (o *scriptedOps) Unlock(host string) {
+	o.record("unlock " + host)
+	o.mu.Lock()
+	run := o.runs[host]
+	delete(o.runs, host)
+	o.mu.Unlock()
+	if o.locks != nil && run != nil {
+		o.locks.release(host, run)
+	}
 }
 
 func (o *scriptedOps) record(s string) {
@@ -42,6 +115,7 @@ func (o *scriptedOps) Push(ctx context.Context, host, system string, dryRun bool
 		}
 	}
 	o.record("push " + host)
+	time.Sleep(o.pushDelay)
 	progress(closure.Progress{Path: system, Sent: 10, Total: 10, Done: true})
 	if err := o.pushFail[host]; err != nil {
 		return nil, err
@@ -76,28 +150,35 @@ func TestBatches(t *testing.T) {
 	hosts := []string{"a", "b", "c", "d", "e"}
 	for _, tt := range []struct {
 		size   string
-		canary bool
+		canary int
 		want   [][]string
 	}{
-		{"1", true, [][]string{{"a"}, {"b"}, {"c"}, {"d"}, {"e"}}},
-		{"2", false, [][]string{{"a", "b"}, {"c", "d"}, {"e"}}},
-		{"2", true, [][]string{{"a"}, {"b", "c"}, {"d", "e"}}},
-		{"40%", true, [][]string{{"a"}, {"b", "c"}, {"d", "e"}}},
-		{"100%", false, [][]string{hosts}},
-		{"", false, [][]string{{"a"}, {"b"}, {"c"}, {"d"}, {"e"}}},
+		{"1", 1, [][]string{{"a"}, {"b"}, {"c"}, {"d"}, {"e"}}},
+		{"2", 0, [][]string{{"a", "b"}, {"c", "d"}, {"e"}}},
+		{"2", 1, [][]string{{"a"}, {"b", "c"}, {"d", "e"}}},
+		{"2", 2, [][]string{{"a", "b"}, {"c", "d"}, {"e"}}},
+		{"1", 3, [][]string{{"a", "b", "c"}, {"d"}, {"e"}}},
+		{"40%", 1, [][]string{{"a"}, {"b", "c"}, {"d", "e"}}},
+		{"100%", 0, [][]string{hosts}},
+		{"100%", 1, [][]string{{"a"}, {"b", "c", "d", "e"}}},
+		{"100%", 5, [][]string{hosts}},
+		{"", 0, [][]string{{"a"}, {"b"}, {"c"}, {"d"}, {"e"}}},
 	} {
 		got, err := Batches(hosts, tt.size, tt.canary)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if diff := cmp.Diff(tt.want, got); diff != "" {
-			t.Errorf("Batches(%q, canary=%v) (-want +got):\n%s", tt.size, tt.canary, diff)
+			t.Errorf("Batches(%q, canary=%d) (-want +got):\n%s", tt.size, tt.canary, diff)
 		}
 	}
 	for _, bad := range []string{"0", "-1", "0%", "101%", "x"} {
-		if _, err := Batches(hosts, bad, false); err == nil {
+		if _, err := Batches(hosts, bad, 0); err == nil {
 			t.Errorf("Batches(%q) succeeded", bad)
 		}
+	}
+	if _, err := Batches(hosts, "1", -1); err == nil {
+		t.Error("Batches with canary -1 succeeded")
 	}
 }
 

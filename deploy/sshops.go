@@ -42,7 +42,15 @@ type SSHOps struct {
 
 	mu      sync.Mutex
 	clients map[string]*mesh.Client
-	before  map[string]string // each host's current system before this run
+	before  map[string]string    // each host's current system before this run
+	locks   map[string]*heldLock // the run locks held
+}
+
+func (o *SSHOps) logf() func(string, ...any) {
+	if o.Logf == nil {
+		return func(string, ...any) {}
+	}
+	return o.Logf
 }
 
 // ActivationSettings are the per-run settings of activation.
@@ -77,7 +85,23 @@ func (o *SSHOps) client(ctx context.Context, host string) (*mesh.Client, error) 
 		old.Close()
 	}
 	o.clients[host] = c
+	lost := o.locks[host]
+	delete(o.locks, host)
 	o.mu.Unlock()
+	if lost != nil {
+		// The run lock's session died with the old connection: the host
+		// gave the lock up, or will when it notices. Take it again; if
+		// another run got it meanwhile, this host is lost to this run.
+		close(lost.stop)
+		lost.sess.Close()
+		reply, err := o.lockOn(ctx, c, host, lost.run, 0, lost.agent)
+		if err != nil {
+			return nil, err
+		}
+		if !reply.Locked {
+			return nil, &HostFailure{Result: ResultLocked, Err: fmt.Errorf("lost the run lock (the connection dropped) to %s", reply.Holder.String())}
+		}
+	}
 	return c, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 func layoutFlags(fs *flag.FlagSet) func() activation.Layout {
@@ -268,7 +269,9 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 	}
 }
 
+// printResult prints r as the result line, in this agent's API version.
 func printResult(w io.Writer, r *activation.Result) {
+	r.V = agentapi.Version
 	data, _ := json.Marshal(r)
 	fmt.Fprintf(w, "%s\n", data)
 }

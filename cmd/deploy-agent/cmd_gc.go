@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 )
 
@@ -21,6 +22,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	keep := fs.Int("keep", 5, "keep the newest `K` generations")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
 	}
@@ -51,6 +53,12 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	res, err := closure.NewTargetStore(l.StateDir).GC(ctx, extra)
 	if err != nil {
 		return err
+	}
+	if *asJSON {
+		if removed == nil {
+			removed = []int{}
+		}
+		return writeJSON(stdout, &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed})
 	}
 	fmt.Fprintf(stdout, "removed %d generations, deleted %d store paths, freed %d bytes\n", len(removed), len(res.Deleted), res.BytesFreed)
 	return nil

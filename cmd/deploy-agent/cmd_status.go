@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 // runStatus prints the current and boot generations, a pending
@@ -76,7 +77,7 @@ func runGenerations(ctx context.Context, args []string, stdout, stderr io.Writer
 		gens = []*activation.Generation{}
 	}
 	if *asJSON {
-		return writeJSON(stdout, gens)
+		return writeJSON(stdout, &agentapi.Generations{V: agentapi.Version, Generations: gens})
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "GEN\tTIME\tOPERATOR\tGIT\tMARKS\tMESSAGE")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/deploy"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -57,24 +58,19 @@ func (bf *buildFlags) builder(e *env) (*builder.Builder, error) {
 
 // configError is returned after diagnostics were printed.
 func configError(diags hcl.Diagnostics) error {
-	n := 0
-	for _, d := range diags {
-		if d.Severity == hcl.DiagError {
-			n++
-		}
-	}
-	noun := "errors"
-	if n == 1 {
-		noun = "error"
-	}
-	return &exitError{code: ExitConfig, err: fmt.Errorf("configuration: %d %s", n, noun)}
+	return &deploy.ConfigError{Diags: diags}
 }
 
 // printDiags writes diagnostics with file:line:column and source snippets,
-// without colour.
+// without colour. Under GitHub Actions (GITHUB_ACTIONS=true) each is also
+// a workflow command (::error file=...,line=...,col=...::), which GitHub
+// shows as an annotation on the line.
 func printDiags(e *env, f *builder.Fleet, diags hcl.Diagnostics) {
 	if len(diags) == 0 {
 		return
+	}
+	if e.getenv("GITHUB_ACTIONS") == "true" {
+		githubAnnotations(e, f, diags)
 	}
 	var files map[string]*hcl.File
 	if f != nil {
@@ -97,6 +93,40 @@ func printDiags(e *env, f *builder.Fleet, diags hcl.Diagnostics) {
 	}
 }
 
+// githubAnnotations prints diags as GitHub workflow commands. They go to
+// stderr, which the runner reads as well, so that stdout keeps only
+// results and --json.
+func githubAnnotations(e *env, f *builder.Fleet, diags hcl.Diagnostics) {
+	for _, d := range diags {
+		kind := "error"
+		if d.Severity == hcl.DiagWarning {
+			kind = "warning"
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += ": " + d.Detail
+		}
+		if d.Subject == nil {
+			fmt.Fprintf(e.stderr, "::%s::%s\n", kind, ghEscape(msg, false))
+			continue
+		}
+		fmt.Fprintf(e.stderr, "::%s file=%s,line=%d,col=%d,endLine=%d,endColumn=%d,title=%s::%s\n", kind,
+			ghEscape(diagPath(f, d.Subject.Filename), true), d.Subject.Start.Line, d.Subject.Start.Column,
+			d.Subject.End.Line, d.Subject.End.Column, ghEscape(d.Summary, true), ghEscape(msg, false))
+	}
+}
+
+// ghEscape escapes a workflow command's message (or, with prop, a
+// property value) as GitHub's runner expects.
+func ghEscape(s string, prop bool) string {
+	r := strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A")
+	s = r.Replace(s)
+	if prop {
+		s = strings.NewReplacer(":", "%3A", ",", "%2C").Replace(s)
+	}
+	return s
+}
+
 // diagPath names a fleet file the way the operator can open it: relative
 // to the working directory when the fleet is below it, else absolute.
 func diagPath(f *builder.Fleet, name string) string {
@@ -113,48 +143,26 @@ func diagPath(f *builder.Fleet, name string) string {
 }
 
 // loadSelected loads the fleet of the selectors (which must share a
-// directory) and returns the selected hosts.
-func loadSelected(e *env, args []string) (*builder.Fleet, []*builder.Host, error) {
-	var dir string
-	var names []string
-	all := false
-	for _, a := range args {
-		sel, err := builder.ParseSelector(a)
-		if err != nil {
-			return nil, nil, &exitError{code: ExitUsage, err: err}
-		}
-		if dir != "" && filepath.Clean(sel.Dir) != filepath.Clean(dir) {
-			return nil, nil, usageErrorf("selectors name different fleet directories (%q and %q)", dir, sel.Dir)
-		}
-		dir = sel.Dir
-		if len(sel.Names) == 0 {
-			all = true
-		}
-		names = append(names, sel.Names...)
+// directory) and returns the selected hosts, with the session that every
+// fleet command selects hosts with.
+func loadSelected(e *env, targets []string) (*builder.Fleet, []*builder.Host, error) {
+	s := &deploy.Session{Targets: targets, Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) }}
+	if err := s.Open(); err != nil {
+		return nil, nil, err
 	}
-	if all {
-		names = nil
-	}
-	f, diags := builder.Load(dir)
-	if diags.HasErrors() {
-		printDiags(e, f, diags)
-		return nil, nil, configError(diags)
-	}
-	hosts, d := f.Select(names)
-	diags = append(diags, d...)
-	printDiags(e, f, diags)
-	if diags.HasErrors() {
-		return nil, nil, configError(diags)
-	}
-	return f, hosts, nil
+	return s.Fleet, s.Selected, nil
 }
 
 func runBuild(ctx context.Context, e *env, args []string) error {
 	var bf buildFlags
 	var outLink string
+	var asJSON bool
+	var parallel int
 	fs := newFlags(e, "build", "DIR#NAME...")
 	bf.register(fs)
 	fs.StringVar(&outLink, "out-link", "", "also make `PREFIX`-HOST a symlink to each host's system in the local store")
+	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
+	fs.IntVar(&parallel, "parallel-build", 2, "hosts built at once")
 	pos, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
@@ -163,16 +171,16 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	f, hosts, err := loadSelected(e, pos)
-	if err != nil {
+	v := newView(e, asJSON, false)
+	s := &deploy.Session{Targets: pos, Command: "build", Builder: b, Parallel: deploy.Parallelism{Build: parallel}, Emit: v.Event,
+		Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) }}
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Build(ctx) })
+	if rep == nil {
 		return err
 	}
-	var failed hcl.Diagnostics
-	for _, h := range hosts {
-		res, diags := b.Build(ctx, f, h.Name)
-		printDiags(e, f, diags)
-		if diags.HasErrors() {
-			failed = append(failed, diags...)
+	for _, h := range s.Selected {
+		hr := rep.Hosts[h.Name]
+		if hr.Result != deploy.ResultOK {
 			continue
 		}
 		if outLink != "" {
@@ -180,16 +188,15 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 			if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
 				return err
 			}
-			if err := os.Symlink(b.Store.RealPath(res.SystemPath), link); err != nil {
+			if err := os.Symlink(b.Store.RealPath(hr.System), link); err != nil {
 				return err
 			}
 		}
-		fmt.Fprintln(e.stdout, res.SystemPath)
+		if !asJSON {
+			fmt.Fprintln(e.stdout, hr.System)
+		}
 	}
-	if failed.HasErrors() {
-		return configError(failed)
-	}
-	return nil
+	return err
 }
 
 // buildOne builds the single host a selector names.

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -11,10 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/mesh/tailnet"
@@ -65,20 +62,6 @@ func agentBinary(flagValue string) (string, error) {
 	return p, nil
 }
 
-// copyEvent is the --json progress schema of deploy copy (one JSON object
-// per line).
-type copyEvent struct {
-	Event     string `json:"event"` // copy.start, copy.progress, copy.done, copy.error
-	Host      string `json:"host"`
-	Path      string `json:"path,omitempty"`
-	Sent      int64  `json:"sent,omitempty"`
-	Confirmed int64  `json:"confirmed,omitempty"`
-	Total     int64  `json:"total,omitempty"`
-	Paths     int    `json:"paths,omitempty"`
-	Missing   int    `json:"missing,omitempty"`
-	Error     string `json:"error,omitempty"`
-}
-
 func runCopy(ctx context.Context, e *env, args []string) error {
 	var sf storeFlags
 	var sshf sshFlags
@@ -94,7 +77,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from DEPLOY_SUDO_PASSWORD)")
 	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
 	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
-	fs.BoolVar(&asJSON, "json", false, "print progress as JSON lines on stdout")
+	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
 	var tf tailnetFlags
 	tf.register(fs)
 	pos, err := parse(fs, args, 1, -1)
@@ -123,71 +106,24 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := sshf.config(e)
-	target := mesh.Target{Name: host, Address: host, Port: port, User: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump, Sudo: sshf.sudo}
-	tn, err := tf.start(ctx, e)
-	if err != nil {
-		return err
-	}
-	if tn != nil {
-		defer tn.Close()
-		cfg.Dialer = tn
-	}
-
-	emit := func(ev copyEvent) {}
-	var mu sync.Mutex
-	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		emit = func(ev copyEvent) {
-			ev.Host = host
-			mu.Lock()
-			enc.Encode(ev)
-			mu.Unlock()
+	h := &builder.Host{Name: host, Address: host, Port: port, SSHUser: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump,
+		Sudo: sshf.sudo, Transport: tf.transport}
+	v := newView(e, asJSON, true)
+	s := &deploy.Session{Hosts: []*builder.Host{h}, Command: "copy", Mesh: sshf.config(e), StateDir: remoteState, Emit: v.Event,
+		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
+			tn, err := tf.start(ctx, e)
+			if err != nil {
+				return nil, nil, err
+			}
+			return tn, func() { tn.Close() }, nil
+		}}
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Copy(ctx, local, pos, agentInfo.Path, compress) })
+	if err == nil && !asJSON {
+		if p := rep.Hosts[host].Push; p != nil {
+			fmt.Fprintf(e.stderr, "deploy: %s: %d paths in the closure, %d were missing, %d NAR bytes sent\n", host, p.Paths, p.Missing, p.Bytes)
 		}
 	}
-	client, err := cfg.Connect(ctx, target)
-	if err != nil {
-		emit(copyEvent{Event: "copy.error", Error: err.Error()})
-		return hostError(err)
-	}
-	defer client.Close()
-	var last time.Time
-	opts := deploy.CopyOptions{
-		StateDir: remoteState,
-		Compress: compress,
-		Logf:     func(f string, a ...any) { fmt.Fprintf(e.stderr, "deploy: %s: "+f+"\n", append([]any{host}, a...)...) },
-		Progress: func(p closure.Progress) {
-			if p.Done || time.Since(last) > 200*time.Millisecond {
-				last = time.Now()
-				emit(copyEvent{Event: "copy.progress", Path: p.Path, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
-			}
-		},
-	}
-	emit(copyEvent{Event: "copy.start"})
-	res, err := deploy.Copy(ctx, local, client, pos, agentInfo.Path, opts)
-	if err != nil {
-		emit(copyEvent{Event: "copy.error", Error: err.Error()})
-		return hostError(fmt.Errorf("%s: %w", host, err))
-	}
-	emit(copyEvent{Event: "copy.done", Paths: res.Paths, Missing: res.Stats.Missing, Total: res.Stats.NarBytes})
-	if !asJSON {
-		fmt.Fprintf(e.stderr, "deploy: %s: %d paths in the closure, %d were missing, %d NAR bytes sent\n", host, res.Paths, res.Stats.Missing, res.Stats.NarBytes)
-	}
-	return nil
-}
-
-// hostError maps an error reaching or copying to a host to its exit code
-// and hint.
-func hostError(err error) error {
-	var unknown *mesh.UnknownHostError
-	var changed *mesh.HostKeyError
-	switch {
-	case errors.As(err, &unknown):
-		return withHint(err, ExitUnreachable, unknown.Hint())
-	case errors.As(err, &changed):
-		return withHint(err, ExitUnreachable, "the host key changed: if the host was reinstalled, verify the new key out of band and update host_key / known_hosts; otherwise this may be an attack")
-	}
-	return &exitError{code: ExitUnreachable, err: err}
+	return err
 }
 
 // tailnetFlags choose the transport: direct TCP, or an embedded tailnet node.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -73,12 +72,22 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sshf := fleetSSHFlags{identities: stringList{key}, sshConfig: "none"}
-	cfg := sshf.config(e)
-	cfg.Dialer = nw
-	run := func(mode deploy.Mode, targets ...string) error {
-		_, err := deployTargets(ctx, e, &deploySpec{targets: targets, mode: mode, builder: b, mesh: cfg,
-			confirmTimeout: 15 * time.Second, parallel: deploy.Parallelism{Build: 2, Copy: 4}, printResults: true})
+	hf := hostFlags{ssh: fleetSSHFlags{identities: stringList{key}, sshConfig: "none"}, remoteState: deploy.DefaultStateDir}
+	// session is a fleet session of the demo's command over target, on the
+	// test hosts' network, rendered like the CLI's.
+	session := func(command, target string) (*deploy.Session, view) {
+		v := newView(e, false, true)
+		s := hf.session(e, command, []string{target}, v)
+		s.Mesh.Dialer = nw
+		s.Builder = b
+		return s, v
+	}
+	run := func(mode deploy.Mode, target string) error {
+		s, v := session("deploy", target)
+		rep, err := runSession(s, v, func() (*deploy.Report, error) {
+			return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, ConfirmTimeout: 15 * time.Second})
+		})
+		resultLines(e, s, rep)
 		return err
 	}
 	answer := func() {
@@ -107,22 +116,22 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	err = run(deploy.ModeSwitch, fleet+"#prod")
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != ExitRolledBack {
-		return fmt.Errorf("demo: the broken deployment should have rolled back (exit %d), got: %v", ExitRolledBack, err)
+	if code, _ := exitCode(err); code != ExitRolledBack {
+		return fmt.Errorf("demo: the broken deployment should have rolled back (exit %d), got exit %d: %v", ExitRolledBack, code, err)
 	}
-	fmt.Fprintf(e.stderr, "  exit code %d: rolled back, as expected; the hosts still run the second deployment:\n", ee.code)
+	fmt.Fprintf(e.stderr, "  exit code %d: rolled back, as expected; the hosts still run the second deployment:\n", ExitRolledBack)
 	answer()
 	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
 		return err
 	}
 
 	say("5/6 deploy rollback %s#prod: back to the first generation, with the same confirmation", src)
-	_, hosts, err := loadSelected(e, []string{fleet + "#prod"})
+	s, v := session("rollback", fleet+"#prod")
+	rep, err := runSession(s, v, func() (*deploy.Report, error) {
+		return s.Rollback(ctx, deploy.RollbackOptions{To: 1, ConfirmTimeout: 15 * time.Second})
+	})
+	resultLines(e, s, rep)
 	if err != nil {
-		return err
-	}
-	if err := rollbackHosts(ctx, e, cfg, hosts, 1, "", 15*time.Second, deploy.DefaultStateDir); err != nil {
 		return fmt.Errorf("demo: rollback failed: %w", err)
 	}
 	answer()

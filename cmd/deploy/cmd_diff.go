@@ -2,84 +2,49 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/manifest"
-	"github.com/declarative/deploy/mesh"
 )
 
 // runDiff builds one host and compares its manifest with what the host
-// runs now (read over SSH), or with an earlier system closure's (--from):
-// files, units to stop/start/restart/reload, packages, secrets.
+// runs now (read over the host's transport), or with an earlier system
+// closure's (--from): files, units to stop/start/restart/reload, packages,
+// secrets.
 func runDiff(ctx context.Context, e *env, args []string) error {
+	var hf hostFlags
 	var bf buildFlags
-	var sshf fleetSSHFlags
-	var from, remoteState string
-	var asJSON bool
+	var from string
 	fs := newFlags(e, "diff", "DIR#HOST [--from SYSTEM]")
 	bf.register(fs)
-	sshf.register(fs)
-	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the host")
+	hf.register(fs)
 	fs.StringVar(&from, "from", "", "the earlier system: a store path, a system directory or a manifest.json `file`")
-	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	pos, err := parse(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	res, s, err := buildOne(ctx, e, &bf, pos[0])
+	b, err := bf.builder(e)
 	if err != nil {
 		return err
 	}
 	var prev *manifest.Manifest
 	if from != "" {
-		prev, err = readManifest(s, from)
-	} else {
-		prev, err = currentManifest(ctx, e, sshf.config(e), pos[0], remoteState)
+		if prev, err = readManifest(b.Store, from); err != nil {
+			return err
+		}
 	}
-	if err != nil {
+	v := newView(e, hf.asJSON, false)
+	s := hf.session(e, "diff", pos, v)
+	s.Builder = b
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Diff(ctx, prev) })
+	if err != nil || hf.asJSON {
 		return err
 	}
-	d := manifest.Diff(prev, res.Manifest)
-	if asJSON {
-		return writeJSON(e.stdout, d)
-	}
-	return d.Write(e.stdout)
-}
-
-// currentManifest reads the manifest of the system the host runs now; nil
-// when it runs none yet (everything is new).
-func currentManifest(ctx context.Context, e *env, cfg *mesh.Config, selector, stateDir string) (*manifest.Manifest, error) {
-	_, hosts, err := loadSelected(e, []string{selector})
-	if err != nil {
-		return nil, err
-	}
-	if len(hosts) != 1 {
-		return nil, usageErrorf("diff: %q selects %d hosts, want one", selector, len(hosts))
-	}
-	c, err := cfg.Connect(ctx, meshTarget(hosts[0]))
-	if err != nil {
-		return nil, hostError(err)
-	}
-	defer c.Close()
-	st, err := deploy.Status(ctx, c, stateDir)
-	if err != nil || st.CurrentSystem == "" {
-		var ee *mesh.ExitError
-		if errors.As(err, &ee) || (err == nil && st.CurrentSystem == "") {
-			return nil, nil // no agent or no generation yet
-		}
-		return nil, hostError(err)
-	}
-	data, err := c.Output(ctx, []string{"cat", path.Join(st.CurrentSystem, manifest.FileName)})
-	if err != nil {
-		return nil, hostError(err)
-	}
-	return manifest.Parse(data)
+	return rep.Hosts[s.Selected[0].Name].Diff.Write(e.stdout)
 }
 
 // readManifest reads the manifest of a system given as a store path (of the

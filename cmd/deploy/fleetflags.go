@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/mesh"
+	"github.com/hashicorp/hcl/v2"
 )
 
 // fleetSSHFlags say how fleet commands (deploy, exec, status, ...) reach
@@ -34,7 +38,75 @@ func (f *fleetSSHFlags) config(e *env) *mesh.Config {
 	}
 }
 
-// meshTarget is how to reach a fleet host.
-func meshTarget(h *builder.Host) mesh.Target {
-	return mesh.Target{Name: h.Name, Address: h.Address, Port: h.Port, User: h.SSHUser, HostKey: h.HostKey, Sudo: h.Sudo}
+// hostFlags are what every command that reaches fleet hosts shares: how to
+// reach them (SSH, the tailnet node for hosts with transport =
+// "tailscale"), where the agent keeps its state, and --json.
+type hostFlags struct {
+	ssh         fleetSSHFlags
+	tailnet     tailnetFlags
+	asJSON      bool
+	remoteState string
+}
+
+func (hf *hostFlags) register(fs *flag.FlagSet) {
+	hf.ssh.register(fs)
+	hf.tailnet.registerNode(fs)
+	fs.BoolVar(&hf.asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
+	fs.StringVar(&hf.remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on targets")
+}
+
+// session returns the fleet session of a host command over targets, its
+// events going to v and its diagnostics to stderr. The caller opens it.
+func (hf *hostFlags) session(e *env, command string, targets []string, v view) *deploy.Session {
+	return &deploy.Session{
+		Targets:     targets,
+		Command:     command,
+		Mesh:        hf.ssh.config(e),
+		StateDir:    hf.remoteState,
+		Emit:        v.Event,
+		Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) },
+		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
+			tf := hf.tailnet
+			tf.transport = "tailscale"
+			tn, err := tf.start(ctx, e)
+			if err != nil {
+				return nil, nil, err
+			}
+			return tn, func() { tn.Close() }, nil
+		},
+	}
+}
+
+// runSession opens s, runs the command, closes s and the view (so that
+// the view's last lines come before what the caller prints), and returns
+// the command's report and error.
+func runSession(s *deploy.Session, v view, run func() (*deploy.Report, error)) (*deploy.Report, error) {
+	defer v.Close()
+	defer s.Close()
+	if err := s.Open(); err != nil {
+		return nil, err
+	}
+	rep, err := run()
+	s.Close()
+	v.Close()
+	return rep, err
+}
+
+// resultLines prints one line per host on stdout: name, result, generation
+// and system, in the order of the selection.
+func resultLines(e *env, s *deploy.Session, rep *deploy.Report) {
+	if rep == nil {
+		return
+	}
+	for _, h := range s.Selected {
+		hr := rep.Hosts[h.Name]
+		if hr == nil {
+			continue
+		}
+		line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
+		if hr.Generation != 0 {
+			line += fmt.Sprintf("\tgeneration %d", hr.Generation)
+		}
+		fmt.Fprintln(e.stdout, line+"\t"+hr.System)
+	}
 }

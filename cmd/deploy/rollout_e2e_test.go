@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -67,10 +68,15 @@ func quotedNames(nw *vmtest.Network) string {
 	return strings.Join(q, ", ")
 }
 
-// runJSON runs deploy --json and returns its events and exit code.
+// runJSON runs deploy --json (or, when args start with a command, that
+// command with --json) and returns its events and exit code.
 func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]deploy.Event, int, string) {
 	t.Helper()
-	cmd := deployCmd(t, nw, append([]string{"--json", "--identity", key, "--ssh-config", "none"}, args...)...)
+	var pre []string
+	if len(args) > 0 && !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
+		pre, args = args[:1], args[1:]
+	}
+	cmd := deployCmd(t, nw, append(append(pre, "--json", "--identity", key, "--ssh-config", "none"), args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -147,12 +153,15 @@ func TestDeployRolloutE2E(t *testing.T) {
 			t.Fatalf("%s after the first deploy: %q", h.Name(), got)
 		}
 	}
-	i := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Type == deploy.EventRunStart })
-	if i < 0 || len(events[i].Batches) != 3 || len(events[i].Batches[0]) != 1 {
-		t.Errorf("run.start missing or wrong (%d events), want a canary batch then batches of 2", len(events))
+	if ev := events[0]; ev.Type != deploy.EventRunStart || ev.Command != "deploy" || len(ev.Batches) != 3 || len(ev.Batches[0]) != 1 {
+		t.Errorf("first event %+v, want run.start of deploy with a canary batch then batches of 2", ev)
 	}
-	if slices.ContainsFunc(events[:max(i, 0)], func(ev deploy.Event) bool { return ev.Phase != deploy.PhaseBuild }) {
-		t.Errorf("events before run.start other than builds: every host is built before any is touched")
+	if last := events[len(events)-1]; last.Type != deploy.EventRunDone {
+		t.Errorf("last event %+v, want run.done", last)
+	}
+	firstCopy := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseCopy })
+	if slices.ContainsFunc(events[firstCopy:], func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseBuild || ev.Phase == deploy.PhaseLock }) {
+		t.Errorf("a build or lock event after the first copy: every host is locked and built before any is copied to")
 	}
 
 	// 2. One host's role arguments change: only that host is activated.
@@ -244,23 +253,19 @@ func TestDeployRolloutE2E(t *testing.T) {
 }
 
 // generationsOf runs deploy generations --json for one host.
-func generationsOf(t *testing.T, nw *vmtest.Network, key, target, host string) []deploy.Generation {
+func generationsOf(t *testing.T, nw *vmtest.Network, key, target, host string) []*agentapi.Generation {
 	t.Helper()
-	out, err := deployCmd(t, nw, "generations", "--json", "--identity", key, "--ssh-config", "none", target).Output()
-	if err != nil {
-		t.Fatalf("deploy generations: %v", err)
+	events, code, stderr := runJSON(t, nw, key, "generations", target)
+	if code != 0 {
+		t.Fatalf("deploy generations: exit %d\n%s", code, stderr)
 	}
-	var all map[string][]deploy.Generation
-	if err := json.Unmarshal(out, &all); err != nil {
-		t.Fatalf("deploy generations --json: %v\n%s", err, out)
-	}
-	return all[host]
+	return results(events)[host].Generations
 }
 
-func currentGen(gens []deploy.Generation) *deploy.Generation {
-	for i := range gens {
-		if gens[i].Current {
-			return &gens[i]
+func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
+	for _, g := range gens {
+		if g.Current {
+			return g
 		}
 	}
 	return nil
@@ -509,7 +514,7 @@ func startJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) *js
 		var waited bool
 		for sc.Scan() {
 			var ev deploy.Event
-			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventLog && strings.Contains(ev.Message, "waiting for the lock") && !waited {
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventLog && strings.Contains(ev.Message, "waiting for the run lock") && !waited {
 				waited = true
 				close(r.waiting)
 			}

@@ -3,16 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/deploy"
-	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/mesh/tailnet/tailnettest"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -20,7 +19,9 @@ import (
 // TestDeployOverTailnetE2E deploys examples/quickstart with transport =
 // "tailscale" to two hosts that only the tailnet reaches (their sshd
 // listens on loopback, where their tailnet node forwards), confirms, then
-// deploys a broken change that rolls back.
+// deploys a broken change that rolls back; then every other host command
+// (status, generations, diff, exec, rollback, gc) runs over the tailnet,
+// through the real main with the tailnet flags.
 func TestDeployOverTailnetE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
 	tn := tailnettest.Start(t)
@@ -35,13 +36,6 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		}
 		cancel()
 	}
-	op := tn.Transport(t, "operator")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	if err := op.Start(ctx); err != nil {
-		t.Fatalf("join the tailnet: %v", err)
-	}
-	cancel()
-
 	fleet := filepath.Join(t.TempDir(), "fleet")
 	if err := demoFleet("../../examples/quickstart", fleet, nw); err != nil {
 		t.Fatal(err)
@@ -57,31 +51,50 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	}
 	key := filepath.Join(t.TempDir(), "id")
 	os.WriteFile(key, nw.ClientKeyPEM(), 0o600)
-	var stdout, stderr bytes.Buffer
-	e := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
-	bf := buildFlags{store: storeFlags{storeDir: closure.DefaultStoreDir, cacheDir: filepath.Join(t.TempDir(), "cache")}, agent: filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")}
-	b, err := bf.builder(e)
-	if err != nil {
-		t.Fatal(err)
+	authKey := filepath.Join(t.TempDir(), "authkey")
+	os.WriteFile(authKey, []byte(tn.AuthKey+"\n"), 0o600)
+	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
+	cache := filepath.Join(t.TempDir(), "cache")
+	tsState := t.TempDir()
+	// run runs the real main in this process (the tailnet's knobs are
+	// process-wide), each command starting its own tailnet node from the
+	// same state directory, as an operator's commands would.
+	run := func(args ...string) (int, []deploy.Event, string) {
+		t.Helper()
+		var pre []string
+		if !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
+			pre, args = args[:1], args[1:]
+		}
+		flags := []string{"--json", "--identity", key, "--ssh-config", "none", "--tailnet-control-url", tn.ControlURL,
+			"--tailnet-authkey-file", authKey, "--tailnet-state-dir", tsState, "--tailnet-hostname", "operator"}
+		switch {
+		case len(pre) == 0, pre[0] == "diff":
+			flags = append(flags, "--agent", agent, "--cache-dir", cache)
+		}
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), append(append(pre, flags...), args...), strings.NewReader(""), &stdout, &stderr)
+		var events []deploy.Event
+		for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+			var ev deploy.Event
+			if line == "" {
+				continue
+			}
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Fatalf("%v: stdout line %q is not an event", args, line)
+			}
+			events = append(events, ev)
+		}
+		return code, events, stderr.String()
 	}
-	sshf := fleetSSHFlags{identities: stringList{key}, sshConfig: "none"}
-	started := 0
-	sp := func() *deploySpec {
-		return &deploySpec{targets: []string{fleet + "#prod"}, mode: deploy.ModeSwitch, builder: b, mesh: sshf.config(e),
-			confirmTimeout: 20 * time.Second, asJSON: true, parallel: deploy.Parallelism{Build: 2, Copy: 2},
-			tailnet: func(context.Context) (mesh.Dialer, func(), error) { started++; return op, func() {}, nil }}
-	}
-	rep, err := deployTargets(context.Background(), e, sp())
-	if err != nil {
-		t.Fatalf("deploy over the tailnet: %v\n%s", err, stderr.String())
+	target := fleet + "#prod"
+	code, events, stderr := run("--confirm-timeout", "20s", target)
+	if code != 0 {
+		t.Fatalf("deploy over the tailnet: exit %d\n%s", code, stderr)
 	}
 	for _, h := range []string{"web1", "web2"} {
-		if rep.Hosts[h].Result != deploy.ResultOK || rep.Hosts[h].Generation != 1 {
-			t.Fatalf("%s: %+v", h, rep.Hosts[h])
+		if r := results(events)[h]; r.Result != deploy.ResultOK || r.Generation != 1 {
+			t.Fatalf("%s: %+v", h, r)
 		}
-	}
-	if started != 1 {
-		t.Errorf("the tailnet node was started %d times, want once per run", started)
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
 
@@ -89,13 +102,57 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = deployTargets(context.Background(), e, sp())
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != ExitRolledBack || rep.Hosts["web1"].Result != deploy.ResultRolledBack {
-		t.Fatalf("broken deploy over the tailnet: %v (%+v), want web1 rolled back, exit 3\n%s", err, rep, stderr.String())
+	code, events, stderr = run("--confirm-timeout", "20s", target)
+	if code != ExitRolledBack || results(events)["web1"].Result != deploy.ResultRolledBack {
+		t.Fatalf("broken deploy over the tailnet: exit %d (%+v), want web1 rolled back, exit 3\n%s", code, results(events)["web1"], stderr)
 	}
 	if cur := nw.Hosts[0].Succeed("readlink /run/deploy/current-system"); !strings.Contains(cur, "system-web1") {
 		t.Fatalf("web1 runs %q after the rollback", cur)
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
+	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every other host command reaches the hosts through the tailnet: a
+	// second generation, then status, generations, diff, exec, rollback
+	// and gc.
+	if err := editFile(filepath.Join(fleet, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run("--confirm-timeout", "20s", target); code != 0 {
+		t.Fatalf("second deploy over the tailnet: exit %d\n%s", code, stderr)
+	}
+	code, events, stderr = run("status", target)
+	if st := results(events)["web1"].Status; code != 0 || st == nil || st.Current != 3 || !st.Consistent {
+		t.Fatalf("status over the tailnet: exit %d, web1 %+v\n%s", code, st, stderr)
+	}
+	code, events, stderr = run("generations", target)
+	if gens := results(events)["web2"].Generations; code != 0 || len(gens) != 3 || !gens[1].Failed || !gens[2].Current {
+		t.Fatalf("generations over the tailnet: exit %d, web2 %+v\n%s", code, gens, stderr)
+	}
+	code, events, stderr = run("diff", fleet+"#web1")
+	if d := results(events)["web1"].Diff; code != 0 || d == nil {
+		t.Fatalf("diff over the tailnet: exit %d, %+v\n%s", code, d, stderr)
+	}
+	code, events, stderr = run("exec", target, "--", "cat", "/etc/hostname")
+	var lines []string
+	for _, ev := range events {
+		if ev.Type == deploy.EventOutput {
+			lines = append(lines, ev.Host+": "+ev.Message)
+		}
+	}
+	slices.Sort(lines)
+	if code != 0 || !slices.Equal(lines, []string{"web1: web1", "web2: web2"}) {
+		t.Fatalf("exec over the tailnet: exit %d, output %q\n%s", code, lines, stderr)
+	}
+	code, events, stderr = run("rollback", "--confirm-timeout", "20s", target)
+	if code != 0 || results(events)["web1"].Generation != 1 {
+		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v\n%s", code, results(events)["web1"], stderr)
+	}
+	nw.Hosts[0].Succeed("systemctl is-active hello.service")
+	code, events, stderr = run("gc", "--keep", "1", target)
+	if g := results(events)["web1"].GC; code != 0 || g == nil || len(g.Generations) != 2 || g.Paths == 0 {
+		t.Fatalf("gc over the tailnet: exit %d, web1 %+v\n%s", code, g, stderr)
+	}
 }

@@ -22,13 +22,15 @@ type view interface {
 	Close()
 }
 
-// newView picks the rendering: --json → NDJSON on stdout; a terminal on
-// stderr → the live table; otherwise plain lines on stderr.
-func newView(e *env, asJSON bool) view {
+// newView picks the rendering of a command's events: --json → NDJSON on
+// stdout; with live (commands that take a while: deploy, rollback, copy)
+// and a terminal on stderr → the live table; otherwise plain lines on
+// stderr.
+func newView(e *env, asJSON, live bool) view {
 	if asJSON {
 		return &jsonView{enc: json.NewEncoder(e.stdout)}
 	}
-	if f, ok := e.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && e.getenv("TERM") != "dumb" {
+	if f, ok := e.stderr.(*os.File); live && ok && term.IsTerminal(int(f.Fd())) && e.getenv("TERM") != "dumb" {
 		return newLiveView(f, e.getenv("NO_COLOR") != "")
 	}
 	return &plainView{w: e.stderr}
@@ -66,21 +68,32 @@ func (v *plainView) Event(ev deploy.Event) {
 
 func (v *plainView) Close() {}
 
+// quietPhases are the phases of host queries: their plain view says only
+// what went wrong (the result is the table on stdout).
+var quietPhases = map[deploy.Phase]bool{deploy.PhaseStatus: true, deploy.PhaseGenerations: true, deploy.PhaseGC: true,
+	deploy.PhaseExec: true, deploy.PhaseDiff: true, deploy.PhaseLock: true}
+
 func plainLine(ev deploy.Event) string {
 	switch ev.Type {
 	case deploy.EventRunStart:
+		if len(ev.Batches) == 0 {
+			return ""
+		}
 		return fmt.Sprintf("%s %d hosts in %d batches", ev.Mode, len(ev.Hosts), len(ev.Batches))
 	case deploy.EventBatchStart:
 		return fmt.Sprintf("batch %d: %s", ev.Batch, strings.Join(ev.Hosts, ", "))
 	case deploy.EventPhase:
-		switch ev.State {
-		case "failed":
+		switch {
+		case ev.State == "failed":
 			return fmt.Sprintf("%s: %s failed: %s", ev.Host, ev.Phase, ev.Error)
-		case "done":
-			if ev.Phase == deploy.PhaseCopy {
-				return fmt.Sprintf("%s: copy done (%d paths, %s)", ev.Host, ev.CopyPaths, bytesString(ev.Total))
-			}
+		case quietPhases[ev.Phase] || ev.State == "skipped":
+			return ""
+		case ev.State == "done" && ev.Phase == deploy.PhaseCopy:
+			return fmt.Sprintf("%s: copy done (%d paths, %s)", ev.Host, ev.CopyPaths, bytesString(ev.Total))
+		case ev.State == "done":
 			return fmt.Sprintf("%s: %s done", ev.Host, ev.Phase)
+		case ev.Message != "":
+			return fmt.Sprintf("%s: %s", ev.Host, ev.Message)
 		default:
 			return fmt.Sprintf("%s: %s %s", ev.Host, ev.Phase, ev.State)
 		}
@@ -92,6 +105,9 @@ func plainLine(ev deploy.Event) string {
 	case deploy.EventResult:
 		// The failure itself was printed by its phase line, and the
 		// target's log lines as they came: the result says where it ended.
+		if quietPhases[ev.Phase] && ev.Result != deploy.ResultSkipped {
+			return ""
+		}
 		s := fmt.Sprintf("%s: %s", ev.Host, ev.Result)
 		if ev.Generation != 0 {
 			s += fmt.Sprintf(" (generation %d)", ev.Generation)
@@ -103,6 +119,10 @@ func plainLine(ev deploy.Event) string {
 	case deploy.EventRollback:
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
 	case deploy.EventRunDone:
+		switch ev.Command {
+		case "status", "generations", "gc", "exec", "diff", "build", "":
+			return ""
+		}
 		var parts []string
 		for _, r := range resultOrder {
 			if hs := ev.Summary[r]; len(hs) > 0 {
@@ -115,7 +135,7 @@ func plainLine(ev deploy.Event) string {
 }
 
 var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
-	deploy.ResultFailed, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultSkipped}
+	deploy.ResultFailed, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultSkipped}
 
 func bytesString(n int64) string {
 	const unit = 1024
@@ -144,6 +164,11 @@ type liveView struct {
 	once    sync.Once
 	styles  liveStyles
 	start   time.Time
+	// batchOf is each host's batch (1-based) and batches their number;
+	// batch is the batch that runs now (0: none yet).
+	batchOf map[string]int
+	batches int
+	batch   int
 }
 
 type liveRow struct {
@@ -199,13 +224,21 @@ func (v *liveView) Event(ev deploy.Event) {
 		for _, h := range ev.Hosts {
 			row(h)
 		}
+		v.batchOf, v.batches = map[string]int{}, len(ev.Batches)
+		for i, b := range ev.Batches {
+			for _, h := range b {
+				v.batchOf[h] = i + 1
+			}
+		}
+	case deploy.EventBatchStart:
+		v.batch = ev.Batch
 	case deploy.EventPhase:
 		r := row(ev.Host)
 		r.phase = ev.Phase
 		switch ev.State {
 		case "started":
-			r.state, r.detail = "running", ""
-			if ev.Phase == deploy.PhaseCopy {
+			r.state, r.detail, r.ended = "running", ev.Message, time.Time{}
+			if ev.Phase == deploy.PhaseCopy || ev.Phase == deploy.PhaseRollback {
 				r.started = time.Now()
 			}
 		case "failed":
@@ -214,6 +247,11 @@ func (v *liveView) Event(ev deploy.Event) {
 			r.state = "done"
 			if ev.Phase == deploy.PhaseCopy {
 				r.detail = fmt.Sprintf("%d paths, %s", ev.CopyPaths, bytesString(ev.Total))
+			}
+			if b := v.batchOf[ev.Host]; (ev.Phase == deploy.PhaseBuild || ev.Phase == deploy.PhaseLock) && b > v.batch && v.batches > 1 {
+				// Built (or locked), its batch not yet started: it waits,
+				// and the timer stops until its copy starts.
+				r.state, r.detail, r.ended = "waiting", fmt.Sprintf("waiting for batch %d of %d", b, v.batches), time.Now()
 			}
 		}
 	case deploy.EventProgress:
@@ -275,7 +313,7 @@ func (v *liveView) Close() {
 }
 
 var symbols = map[string]string{"waiting": "·", "running": "▶", "done": "▶", "ok": "✓", "unchanged": "=", "planned": "?",
-	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "skipped": "-"}
+	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "command-failed": "✗", "skipped": "-"}
 
 func (v *liveView) draw() {
 	v.mu.Lock()
@@ -314,7 +352,11 @@ func (v *liveView) draw() {
 		if end.IsZero() {
 			end = time.Now()
 		}
-		line := fmt.Sprintf("%-*s  %-8s  %-13s  %s  %s", hostW, h, r.phase, status, detail, v.styles.dim.Render(end.Sub(r.started).Round(100*time.Millisecond).String()))
+		elapsed := end.Sub(r.started).Round(100 * time.Millisecond).String()
+		if r.state == "waiting" {
+			elapsed = ""
+		}
+		line := fmt.Sprintf("%-*s  %-8s  %-13s  %s  %s", hostW, h, r.phase, status, detail, v.styles.dim.Render(elapsed))
 		if len(line) > width-1 {
 			line = line[:width-1]
 		}

@@ -1,0 +1,227 @@
+package activation
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/internal/atomicfile"
+)
+
+// The run lock is held by an operator's whole run (a deploy, a rollback, a
+// gc) over every host it selected, from before its first copy to its end,
+// so that two runs over overlapping hosts never interleave. Unlike the
+// activation lock it is held by no activation on the host: a `deploy-agent
+// run-lock` process holds it for the operator, in an SSH session the
+// operator keeps open, until the operator releases it, the session ends,
+// or the operator falls silent for the lease. A run that crashed therefore
+// never leaves a lock that needs a person: its session ends and the next
+// run takes the lock over, saying whose it was.
+
+// RunLockFile is the run lock (flock); RunHolderFile records its holder.
+func (l Layout) RunLockFile() string { return filepath.Join(l.withDefaults().RunDir, "run.lock") }
+
+// RunHolderFile records the run holding (or last holding, when it ended
+// without releasing) the run lock.
+func (l Layout) RunHolderFile() string {
+	return filepath.Join(l.withDefaults().RunDir, "run.holder")
+}
+
+// runHolderRecord is the run holder file: the run and the run-lock
+// process that holds the lock for it.
+type runHolderRecord struct {
+	Holder agentapi.RunHolder `json:"holder"`
+	PID    int                `json:"pid"`
+}
+
+// RunLockOptions tunes [Layout.HoldRunLock].
+type RunLockOptions struct {
+	// Wait is how long to wait for a held lock (0: answer at once).
+	Wait time.Duration
+	// Lease is how long the operator may stay silent (no line on its
+	// stream) before the lock is given up as abandoned (default 60s).
+	Lease time.Duration
+	// Logf receives what happens (may be nil).
+	Logf func(format string, args ...any)
+}
+
+// HoldRunLock serves one run lock request: it reads the holder (one JSON
+// line of [agentapi.RunHolder]) from in, takes the lock (waiting up to
+// opts.Wait), writes its [agentapi.LockReply] to out, and, if it got the
+// lock, holds it until in says "release", ends, or stays silent for the
+// lease. Lines "ping" keep the lease. A held lock is reported, not waited
+// for, unless opts.Wait: the reply then names the holder and HoldRunLock
+// returns a *[RunLockHeldError].
+//
+// A lock whose previous holder ended without releasing it is taken over;
+// the reply says whose it was. A request from the run that already holds
+// the lock (its connection dropped and it came back) replaces the old
+// holding process.
+func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, opts RunLockOptions) error {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if opts.Lease <= 0 {
+		opts.Lease = time.Minute
+	}
+	br := bufio.NewReader(io.LimitReader(in, 1<<40))
+	line, err := br.ReadString('\n')
+	if err != nil && line == "" {
+		return fmt.Errorf("run lock: reading the holder: %w", err)
+	}
+	var me agentapi.RunHolder
+	if err := json.Unmarshal([]byte(line), &me); err != nil || me.Run == "" {
+		return fmt.Errorf("run lock: the holder is not a run holder document: %q", strings.TrimSpace(line))
+	}
+	if err := l.Init(); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(l.RunLockFile(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("run lock: %w", err)
+	}
+	defer f.Close()
+	reply := func(r *agentapi.LockReply) error {
+		r.V = agentapi.Version
+		data, _ := json.Marshal(r)
+		_, err := fmt.Fprintf(out, "%s\n", data)
+		return err
+	}
+	// A status query takes the lock for an instant to see whether it is
+	// free: retry briefly before calling it held.
+	deadline := time.Now().Add(max(opts.Wait, 300*time.Millisecond))
+	replaced := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("run lock %q: %w", l.RunLockFile(), err)
+		}
+		held := l.readRunHolder()
+		if held != nil && held.Holder.Run == me.Run && !replaced {
+			// Our own run, back after its connection dropped: the old
+			// process may not have noticed yet.
+			logf("run %s is back: ending its previous run-lock process %d", me.Run, held.PID)
+			if held.PID > 0 && held.PID != os.Getpid() {
+				syscall.Kill(held.PID, syscall.SIGTERM)
+			}
+			replaced = true
+			deadline = time.Now().Add(max(opts.Wait, 5*time.Second))
+		} else if time.Now().After(deadline) {
+			var h *agentapi.RunHolder
+			if held != nil {
+				h = &held.Holder
+			}
+			if err := reply(&agentapi.LockReply{Locked: false, Holder: h}); err != nil {
+				return err
+			}
+			return &RunLockHeldError{Holder: h}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("run lock: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Ours. A holder record left behind is a run that ended without
+	// releasing the lock.
+	var tookOver *agentapi.RunHolder
+	if prev := l.readRunHolder(); prev != nil && prev.Holder.Run != me.Run {
+		tookOver = &prev.Holder
+		logf("taking over the run lock of %s: its run ended without releasing it", prev.Holder.String())
+	}
+	data, _ := json.Marshal(&runHolderRecord{Holder: me, PID: os.Getpid()})
+	if err := atomicfile.Write(l.RunHolderFile(), data, 0o600); err != nil {
+		return err
+	}
+	if err := reply(&agentapi.LockReply{Locked: true, TookOver: tookOver}); err != nil {
+		return err
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		for {
+			s, err := br.ReadString('\n')
+			if s != "" {
+				lines <- strings.TrimSpace(s)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	lease := time.NewTimer(opts.Lease)
+	defer lease.Stop()
+	for {
+		select {
+		case s, ok := <-lines:
+			if !ok {
+				logf("run %s ended without releasing the run lock (its connection closed); giving it up", me.Run)
+				return nil
+			}
+			switch s {
+			case "release":
+				os.Remove(l.RunHolderFile())
+				return nil
+			case "ping", "":
+				lease.Reset(opts.Lease)
+			default:
+				logf("run lock: unknown request %q", s)
+			}
+		case <-lease.C:
+			logf("run %s was silent for %v; giving up its run lock", me.Run, opts.Lease)
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// RunLockHeldError is a run lock held by another run.
+type RunLockHeldError struct {
+	Holder *agentapi.RunHolder // nil when the holder did not record itself
+}
+
+func (e *RunLockHeldError) Error() string {
+	return "the run lock is held by " + e.Holder.String()
+}
+
+func (l Layout) readRunHolder() *runHolderRecord {
+	data, err := os.ReadFile(l.RunHolderFile())
+	if err != nil {
+		return nil
+	}
+	r := &runHolderRecord{}
+	if json.Unmarshal(data, r) != nil || r.Holder.Run == "" {
+		return nil
+	}
+	return r
+}
+
+// RunLockHolder names the run holding the run lock, or nil when it is free.
+func (l Layout) RunLockHolder() *agentapi.RunHolder {
+	f, err := os.OpenFile(l.RunLockFile(), os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		return nil // free; closing f releases it
+	}
+	if r := l.readRunHolder(); r != nil {
+		return &r.Holder
+	}
+	return &agentapi.RunHolder{}
+}

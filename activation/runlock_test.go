@@ -1,0 +1,197 @@
+package activation
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+)
+
+// lockClient is the operator's end of one run-lock request served by
+// HoldRunLock in a goroutine.
+type lockClient struct {
+	in    *io.PipeWriter
+	reply *agentapi.LockReply
+	done  chan error
+}
+
+func requestRunLock(t *testing.T, l Layout, run string, opts RunLockOptions) *lockClient {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	c := &lockClient{in: inW, done: make(chan error, 1)}
+	go func() {
+		err := l.HoldRunLock(context.Background(), inR, outW, opts)
+		outW.CloseWithError(io.EOF)
+		inR.Close()
+		c.done <- err
+	}()
+	h, _ := json.Marshal(&agentapi.RunHolder{Run: run, Operator: "op-" + run, Command: "deploy", Hosts: []string{"web1"}, Started: time.Now()})
+	if _, err := fmt.Fprintf(inW, "%s\n", h); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(outR).ReadString('\n')
+	if err != nil {
+		t.Fatalf("run %s: no reply: %v", run, err)
+	}
+	c.reply = &agentapi.LockReply{}
+	if err := agentapi.Decode("run lock", []byte(line), c.reply); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *lockClient) send(t *testing.T, s string) {
+	t.Helper()
+	if _, err := io.WriteString(c.in, s+"\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *lockClient) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-c.done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run-lock holder did not end")
+		return nil
+	}
+}
+
+func testLayout(t *testing.T) Layout {
+	d := t.TempDir()
+	return Layout{StateDir: filepath.Join(d, "state"), RunDir: filepath.Join(d, "run")}
+}
+
+func TestRunLock(t *testing.T) {
+	l := testLayout(t)
+	a := requestRunLock(t, l, "a", RunLockOptions{})
+	if !a.reply.Locked || a.reply.TookOver != nil {
+		t.Fatalf("first request: %+v, want locked, nothing taken over", a.reply)
+	}
+	if h := l.RunLockHolder(); h == nil || h.Run != "a" {
+		t.Errorf("RunLockHolder = %+v, want run a", h)
+	}
+
+	b := requestRunLock(t, l, "b", RunLockOptions{})
+	var held *RunLockHeldError
+	if err := b.wait(t); !errors.As(err, &held) {
+		t.Fatalf("second run: %v, want a RunLockHeldError", err)
+	}
+	if b.reply.Locked || b.reply.Holder == nil || b.reply.Holder.Run != "a" || b.reply.Holder.Operator != "op-a" {
+		t.Fatalf("second run's reply %+v, want not locked, held by run a", b.reply)
+	}
+
+	// Released: the next run takes it with nothing to take over.
+	a.send(t, "ping")
+	a.send(t, "release")
+	if err := a.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.RunLockHolder(); h != nil {
+		t.Errorf("after the release RunLockHolder = %+v, want nil", h)
+	}
+	c := requestRunLock(t, l, "c", RunLockOptions{})
+	if !c.reply.Locked || c.reply.TookOver != nil {
+		t.Fatalf("after a release: %+v, want locked, nothing taken over", c.reply)
+	}
+
+	// Abandoned (the connection ended without a release): the next run
+	// takes it over and says whose it was.
+	c.in.Close()
+	if err := c.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	d := requestRunLock(t, l, "d", RunLockOptions{Lease: 200 * time.Millisecond})
+	if !d.reply.Locked || d.reply.TookOver == nil || d.reply.TookOver.Run != "c" {
+		t.Fatalf("after an abandoned run: %+v, want locked, taken over from run c", d.reply)
+	}
+
+	// Silent for the lease: given up.
+	if err := d.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.RunLockHolder(); h != nil {
+		t.Errorf("after the lease RunLockHolder = %+v, want nil", h)
+	}
+}
+
+// With Wait, a held lock is waited for and taken once it is released.
+func TestRunLockWait(t *testing.T) {
+	l := testLayout(t)
+	a := requestRunLock(t, l, "a", RunLockOptions{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		a.send(t, "release")
+	}()
+	b := requestRunLock(t, l, "b", RunLockOptions{Wait: time.Minute})
+	if !b.reply.Locked || b.reply.TookOver != nil {
+		t.Fatalf("waiting run: %+v, want locked after the release", b.reply)
+	}
+	if err := a.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, "release")
+	b.wait(t)
+}
+
+func init() {
+	// The child half of TestRunLockSameRun: hold the run lock of run
+	// "same" for a test in another process.
+	spec := os.Getenv("DEPLOY_TEST_RUNLOCK_CHILD")
+	if spec == "" {
+		return
+	}
+	dirs := strings.Split(spec, "|")
+	l := Layout{StateDir: dirs[0], RunDir: dirs[1]}
+	if err := l.HoldRunLock(context.Background(), os.Stdin, os.Stdout, RunLockOptions{}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// A run whose connection dropped comes back while its old run-lock process
+// still holds the lock (the host has not noticed the dead connection): the
+// new request ends the old process and takes the lock.
+func TestRunLockSameRun(t *testing.T) {
+	l := testLayout(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "DEPLOY_TEST_RUNLOCK_CHILD="+l.StateDir+"|"+l.RunDir)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	h, _ := json.Marshal(&agentapi.RunHolder{Run: "same", Started: time.Now()})
+	fmt.Fprintf(stdin, "%s\n", h)
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.Contains(line, `"locked":true`) {
+		t.Fatalf("child: %q, %v; want locked", line, err)
+	}
+	again := requestRunLock(t, l, "same", RunLockOptions{})
+	if !again.reply.Locked || again.reply.TookOver != nil {
+		t.Fatalf("the same run again: %+v, want locked, nothing taken over", again.reply)
+	}
+	if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "terminated") {
+		t.Errorf("the old holder ended with %v, want killed by SIGTERM", err)
+	}
+	again.send(t, "release")
+	again.wait(t)
+}

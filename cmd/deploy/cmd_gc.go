@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/declarative/deploy/deploy"
+)
+
+// runGC deletes old generations (never the current or boot default) and
+// unreferenced store paths on hosts, under the run lock.
+func runGC(ctx context.Context, e *env, args []string) error {
+	var hf hostFlags
+	var keep int
+	var waitLock time.Duration
+	fs := newFlags(e, "gc", "TARGET... --keep K")
+	hf.register(fs)
+	fs.IntVar(&keep, "keep", 5, "keep the newest `K` generations (and always the current and boot ones)")
+	fs.DurationVar(&waitLock, "wait-lock", 0, "wait up to this `duration` for another run's run lock instead of failing at once")
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	if keep < 1 {
+		return usageErrorf("gc: --keep must be at least 1")
+	}
+	v := newView(e, hf.asJSON, false)
+	s := hf.session(e, "gc", targets, v)
+	s.WaitLock = waitLock
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.GC(ctx, keep) })
+	if hf.asJSON || rep == nil {
+		return err
+	}
+	for _, h := range s.Selected {
+		if g := rep.Hosts[h.Name].GC; g != nil {
+			fmt.Fprintf(e.stdout, "%s\tremoved %d generations, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), g.Paths, bytesString(g.Bytes))
+		}
+	}
+	return err
+}

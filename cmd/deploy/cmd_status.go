@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/declarative/deploy/deploy"
+)
+
+// runStatus shows each host's current, boot-default, pending and failed
+// generations, whether its last application completed, and who holds its
+// run lock.
+func runStatus(ctx context.Context, e *env, args []string) error {
+	var hf hostFlags
+	fs := newFlags(e, "status", "TARGET...")
+	hf.register(fs)
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	v := newView(e, hf.asJSON, false)
+	s := hf.session(e, "status", targets, v)
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Status(ctx) })
+	if hf.asJSON || rep == nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tCURRENT\tBOOT\tPENDING\tFAILED\tCONSISTENT\tRUN LOCK")
+	for _, h := range s.Selected {
+		hr := rep.Hosts[h.Name]
+		st := hr.Status
+		if st == nil {
+			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\t?\t%s\n", h.Name, hr.Result)
+			continue
+		}
+		lock := "-"
+		if st.RunLock != nil {
+			lock = st.RunLock.String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%v\t%s\n", h.Name, st.Current, st.Boot, st.Pending, st.Failed, st.Consistent, lock)
+	}
+	tw.Flush()
+	return err
+}

@@ -1,0 +1,411 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/mesh"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Session is one run of a host command over a fleet: it loads the fleet
+// and selects hosts, builds their systems, reaches them (direct SSH,
+// ProxyJump, or a tailnet node started once for the run), takes the run
+// lock on every host that the command changes, applies the rollout policy,
+// and turns everything that happens into one event stream ending in a
+// [Report]. Every host command of the CLI is a method: [Session.Deploy],
+// [Session.Build], [Session.Rollback], [Session.Generations],
+// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff] and
+// [Session.Copy].
+//
+// Set the fields, call [Session.Open], run one command, then
+// [Session.Close]. Errors that callers branch on are typed:
+// *[ConfigError] (nothing was touched), *[UsageError], and *[RunError] (some
+// host did not end well; its [Report] says which and how).
+type Session struct {
+	// Targets select the hosts: DIR#NAME selectors of one fleet directory
+	// (a deployment, a host or @tag; DIR alone selects every host).
+	Targets []string
+	// Hosts, when Targets is empty, are the hosts themselves, outside any
+	// fleet (deploy copy --to).
+	Hosts []*builder.Host
+	// Command names the run in its events and in the run locks it takes:
+	// "deploy", "rollback", "gc", ...
+	Command string
+	// Builder builds systems; needed by Deploy, Build and Diff.
+	Builder *builder.Builder
+	// Mesh is the operator's side of SSH: keys, known_hosts, ssh_config.
+	Mesh *mesh.Config
+	// Tailnet starts the tailnet node that hosts with transport =
+	// "tailscale" are reached through; called at most once per session, and
+	// only when a selected host needs it. The returned func stops it.
+	Tailnet func(ctx context.Context) (mesh.Dialer, func(), error)
+	// StateDir is the agent's state directory on the hosts (default
+	// [DefaultStateDir]).
+	StateDir string
+	// Parallel limits how many hosts are in each phase at once.
+	Parallel Parallelism
+	// WaitLock is how long to wait for run locks held by another run
+	// (0: fail at once with the holder named).
+	WaitLock time.Duration
+	// Emit receives every event, one at a time; nil drops them.
+	Emit func(Event)
+	// Diagnostics receives configuration diagnostics (errors and
+	// warnings) with the fleet they belong to (nil when it could not be
+	// read), to print with source snippets.
+	Diagnostics func(f *builder.Fleet, diags hcl.Diagnostics)
+	// Ops replaces how hosts are acted on in a rollout (tests); nil means
+	// over SSH.
+	Ops HostOps
+
+	// Fleet, Selected and Deployment are set by Open: the fleet, the
+	// selected hosts (sorted by name), and the deployment when the
+	// targets name exactly one.
+	Fleet      *builder.Fleet
+	Selected   []*builder.Host
+	Deployment *builder.Deployment
+
+	emitMu      sync.Mutex
+	ssh         *SSHOps
+	tailnetOnce sync.Once
+	tailnetStop func()
+	tailnetErr  error
+	tailnetCfg  *mesh.Config
+	closeOnce   sync.Once
+}
+
+// ConfigError is a configuration or build error: no host was touched (CLI
+// exit code 1). The diagnostics went to [Session.Diagnostics].
+type ConfigError struct {
+	Diags hcl.Diagnostics
+	// Err is a build error that is not a diagnostic (a failed agent
+	// build, say), when there are no diagnostics.
+	Err error
+}
+
+func (e *ConfigError) Error() string {
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	n := 0
+	for _, d := range e.Diags {
+		if d.Severity == hcl.DiagError {
+			n++
+		}
+	}
+	if n == 1 {
+		return "configuration: 1 error"
+	}
+	return fmt.Sprintf("configuration: %d errors", n)
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// UsageError is a bad selection or combination of options (CLI exit code 2).
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// RunError is a run in which some host did not end well: its Report names
+// every host's result. The CLI maps [Report.Worst] to the exit code.
+type RunError struct {
+	Report *Report
+}
+
+func (e *RunError) Error() string {
+	var parts []string
+	for _, r := range ResultPrecedence {
+		if hs := e.Report.With(r); len(hs) > 0 {
+			parts = append(parts, fmt.Sprintf("%s: %s", r, strings.Join(hs, ", ")))
+		}
+	}
+	if hs := e.Report.With(ResultSkipped); len(hs) > 0 {
+		parts = append(parts, "skipped: "+strings.Join(hs, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ResultPrecedence lists the results that make a run fail, the one that
+// decides the exit code first: a host rolled back or failed, then one
+// unreachable, then one locked, then a command that failed on a host.
+var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultUnreachable, ResultLocked, ResultCommandFailed}
+
+// Worst returns the result that decides the run's outcome (see
+// [ResultPrecedence]), or "" when every host ended well.
+func (r *Report) Worst() Result {
+	for _, res := range ResultPrecedence {
+		if len(r.With(res)) > 0 {
+			return res
+		}
+	}
+	return ""
+}
+
+// Err returns a *[RunError] when some host did not end well, else nil.
+func (r *Report) Err() error {
+	if r.Worst() == "" {
+		return nil
+	}
+	return &RunError{Report: r}
+}
+
+// Open loads the fleet and selects the hosts. Configuration errors are a
+// *[ConfigError] (after [Session.Diagnostics] received them); a bad
+// selector is a *[UsageError].
+func (s *Session) Open() error {
+	if len(s.Targets) == 0 {
+		if len(s.Hosts) == 0 {
+			return &UsageError{Err: errors.New("no hosts selected")}
+		}
+		s.Selected = s.Hosts
+		return nil
+	}
+	var dir string
+	var names []string
+	all := false
+	for _, a := range s.Targets {
+		sel, err := builder.ParseSelector(a)
+		if err != nil {
+			return &UsageError{Err: err}
+		}
+		if dir != "" && filepath.Clean(sel.Dir) != filepath.Clean(dir) {
+			return &UsageError{Err: fmt.Errorf("selectors name different fleet directories (%q and %q)", dir, sel.Dir)}
+		}
+		dir = sel.Dir
+		if len(sel.Names) == 0 {
+			all = true
+		}
+		names = append(names, sel.Names...)
+	}
+	if all {
+		names = nil
+	}
+	f, diags := builder.Load(dir)
+	if diags.HasErrors() {
+		s.diag(f, diags)
+		return &ConfigError{Diags: diags}
+	}
+	hosts, d := f.Select(names)
+	diags = append(diags, d...)
+	s.diag(f, diags)
+	if diags.HasErrors() {
+		return &ConfigError{Diags: diags}
+	}
+	s.Fleet, s.Selected = f, hosts
+	if len(names) == 1 {
+		if dep, ok := f.Deployment(names[0]); ok {
+			s.Deployment = dep
+		}
+	}
+	return nil
+}
+
+func (s *Session) diag(f *builder.Fleet, diags hcl.Diagnostics) {
+	if len(diags) > 0 && s.Diagnostics != nil {
+		s.Diagnostics(f, diags)
+	}
+}
+
+// Close releases every run lock still held, closes the connections and
+// stops the tailnet node. It may be called more than once.
+func (s *Session) Close() {
+	s.closeOnce.Do(func() {
+		if s.ssh != nil {
+			s.ssh.UnlockAll()
+			s.ssh.Close()
+		}
+		if s.tailnetStop != nil {
+			s.tailnetStop()
+		}
+	})
+}
+
+// names returns the selected hosts' names, in order.
+func (s *Session) names() []string {
+	out := make([]string, len(s.Selected))
+	for i, h := range s.Selected {
+		out[i] = h.Name
+	}
+	return out
+}
+
+// host returns the selected host named name.
+func (s *Session) host(name string) *builder.Host {
+	for _, h := range s.Selected {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// emit stamps ev with the schema version and the time and hands it to
+// Emit, one event at a time.
+func (s *Session) emit(ev Event) {
+	if s.Emit == nil {
+		return
+	}
+	ev.V = EventSchemaVersion
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	s.emitMu.Lock()
+	defer s.emitMu.Unlock()
+	s.Emit(ev)
+}
+
+// begin starts a run: run.start, and a report with every selected host
+// skipped until it ends otherwise. end must follow on every path.
+func (s *Session) begin(mode Mode, batches [][]string) *Report {
+	rep := &Report{Hosts: map[string]*HostReport{}}
+	for _, h := range s.Selected {
+		rep.Hosts[h.Name] = &HostReport{Host: h.Name, Result: ResultSkipped}
+	}
+	s.emit(Event{Type: EventRunStart, Command: s.Command, Mode: mode, Hosts: s.names(), Batches: batches})
+	return rep
+}
+
+// end emits run.done with the report's summary.
+func (s *Session) end(rep *Report) {
+	summary := map[Result][]string{}
+	for _, name := range s.names() {
+		if hr := rep.Hosts[name]; hr != nil {
+			summary[hr.Result] = append(summary[hr.Result], name)
+		}
+	}
+	s.emit(Event{Type: EventRunDone, Command: s.Command, Summary: summary})
+}
+
+// finish records a host's end in the report and emits its host.result.
+func (s *Session) finish(hr *HostReport, ev Event) {
+	ev.Type, ev.Host = EventResult, hr.Host
+	ev.Result, ev.Phase = hr.Result, hr.Phase
+	if ev.System == "" {
+		ev.System = hr.System
+	}
+	if ev.Generation == 0 {
+		ev.Generation = hr.Generation
+	}
+	if hr.Err != nil {
+		ev.Error = hr.Err.Error()
+	}
+	if ev.LogTail == nil {
+		ev.LogTail = hr.LogTail
+	}
+	s.emit(ev)
+}
+
+// fail ends hr with err in phase: its result comes from a *[HostFailure]
+// in err, else def. The phase's failure and the result are emitted.
+func (s *Session) fail(hr *HostReport, phase Phase, def Result, err error) {
+	hr.Phase, hr.Err, hr.Result = phase, err, def
+	var hf *HostFailure
+	if errors.As(err, &hf) {
+		hr.Result, hr.LogTail = hf.Result, hf.LogTail
+	}
+	s.emit(Event{Type: EventPhase, Host: hr.Host, Phase: phase, State: "failed", Error: err.Error()})
+	s.finish(hr, Event{})
+}
+
+// each runs fn for every host in names, at most limit at once, and
+// returns when all are done.
+func each(ctx context.Context, names []string, limit int, fn func(ctx context.Context, name string)) {
+	sem := make(chan struct{}, max(limit, 1))
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+			}
+			fn(ctx, name)
+		}()
+	}
+	wg.Wait()
+}
+
+// sshOps returns the SSH implementation of every host operation, set up on
+// first use: each host reached through the tailnet node when its transport
+// (or the deployment's) says so, else directly.
+func (s *Session) sshOps(ctx context.Context) (*SSHOps, error) {
+	if s.ssh != nil {
+		return s.ssh, nil
+	}
+	cfg := s.Mesh
+	if cfg == nil {
+		cfg = &mesh.Config{}
+	}
+	ops := &SSHOps{Mesh: cfg, StateDir: s.StateDir, Targets: map[string]mesh.Target{}, HostMesh: map[string]*mesh.Config{}}
+	for _, h := range s.Selected {
+		ops.Targets[h.Name] = Target(h)
+		if s.transport(h) != "tailscale" {
+			continue
+		}
+		tc, err := s.tailnet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ops.HostMesh[h.Name] = tc
+	}
+	s.ssh = ops
+	return ops, nil
+}
+
+// transport is how h is reached: the deployment's transport, else the
+// host's own ("ssh" when unset).
+func (s *Session) transport(h *builder.Host) string {
+	if s.Deployment != nil && s.Deployment.Transport != "" {
+		return s.Deployment.Transport
+	}
+	if h.Transport == "" {
+		return "ssh"
+	}
+	return h.Transport
+}
+
+// tailnet starts the tailnet node once and returns the mesh configuration
+// that dials through it (host keys are verified the same way).
+func (s *Session) tailnet(ctx context.Context) (*mesh.Config, error) {
+	s.tailnetOnce.Do(func() {
+		if s.Tailnet == nil {
+			s.tailnetErr = errors.New("transport tailscale is not available here")
+			return
+		}
+		d, stop, err := s.Tailnet(ctx)
+		if err != nil {
+			s.tailnetErr = err
+			return
+		}
+		s.tailnetStop = stop
+		c := *s.Mesh
+		c.Dialer = d
+		if c.DialTimeout == 0 {
+			c.DialTimeout = 30 * time.Second
+		}
+		s.tailnetCfg = &c
+	})
+	return s.tailnetCfg, s.tailnetErr
+}
+
+// Target is how the operator reaches a fleet host with mesh.
+func Target(h *builder.Host) mesh.Target {
+	return mesh.Target{Name: h.Name, Address: h.Address, Port: h.Port, User: h.SSHUser, HostKey: h.HostKey, ProxyJump: h.ProxyJump, Sudo: h.Sudo}
+}
+
+// sorted returns a sorted copy of names.
+func sorted(names []string) []string {
+	out := slices.Clone(names)
+	slices.Sort(out)
+	return out
+}
