@@ -49,17 +49,18 @@ var allowed = map[string][]string{
 	"closure":          {"closure/nar"},
 	"closure/nar":      {},
 	"manifest":         {},
+	"agentapi":         {},
 	"modules":          {"closure", "manifest"},
 	"builder":          {"modules", "closure", "manifest"},
 	"secrets":          {"closure", "manifest"},
-	"activation":       {"closure", "secrets", "manifest"},
+	"activation":       {"closure", "secrets", "manifest", "agentapi"},
 	"mesh":             {},
-	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest"},
+	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
 	"bench":            {"closure", "manifest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "vmtest"},
-	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest"},
+	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi"},
 }
 
 func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, module), "/") }
@@ -130,17 +131,26 @@ func checkExternal(t *testing.T, pkg, imp string) {
 }
 
 // The agent binary must stay small and static: no tsnet, no lipgloss, no
-// cgo anywhere in what it links.
+// cgo anywhere in what it links. agentapi, the contract both binaries
+// import, links nothing of the module and nothing outside the standard
+// library.
 func TestAgentDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./agentapi").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if deps := strings.Fields(string(out)); len(deps) != 1 || deps[0] != module+"/agentapi" {
+		t.Errorf("agentapi depends on %v, want the standard library only", deps)
+	}
 	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{if .CgoFiles}}cgo{{end}}", "./cmd/deploy-agent")
 	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.Output()
+	out, err = cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
-		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") {
+		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}
 		if flag == "cgo" {

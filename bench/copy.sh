@@ -229,7 +229,7 @@ R2=$("$D" store add --cache-dir "$w/cache" --store-dir "$STORE" --name root $ref
 reset_wire
 bash -c "$COPY --json $R2" > "$w/inc.json" 2>/dev/null
 w_inc=$(wire)
-inc_nar=$(grep '"copy.done"' "$w/inc.json" | sed 's/.*"total":\([0-9]*\).*/\1/')
+inc_nar=$(grep '"event":"host.phase".*"phase":"copy".*"state":"done"' "$w/inc.json" | sed 's/.*"total":\([0-9]*\).*/\1/')
 reset_wire
 bash -c "$COPY $R2" >/dev/null 2>&1
 w_noop2=$(wire)

@@ -90,8 +90,9 @@ type LockHeldError struct {
 func (e *LockHeldError) Error() string { return fmt.Sprintf("%s: %s", e.Host, e.Holder) }
 
 // ActivationError is an activation that failed and could not be rolled
-// back, or failed in a way the agent could not describe (CLI exit code 1).
-// Unreachable hosts are reported as *[mesh.UnreachableError] (exit 4).
+// back, or failed in a way the agent could not describe; in a [Session] the
+// host's result is failed (CLI exit code 3). Unreachable hosts are reported
+// as *[mesh.UnreachableError] (result unreachable, exit 4).
 type ActivationError struct {
 	Host    string
 	Message string

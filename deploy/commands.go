@@ -125,6 +125,10 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	if err != nil {
 		return rep, err
 	}
+	if sshOps != nil {
+		// The run lock may bootstrap the agent from the local store.
+		sshOps.Store = s.Builder.Store
+	}
 	var failed map[string]error
 	if opts.locks() {
 		agents := map[string]string{}
@@ -160,7 +164,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		for name, res := range results {
 			sshOps.Manifests[name] = res.Manifest
 		}
-		sshOps.Activation = ActivationSettings{ConfirmTimeout: confirm, Meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
+		sshOps.Activation = ActivationSettings{ConfirmTimeout: confirm, WaitLock: s.WaitLock, Meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
 	}
 	r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Parallel: s.Parallel, Emit: s.emit, Failed: failed, NoRunEvents: true}
 	out := r.Run(ctx, systems, ro)

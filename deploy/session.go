@@ -237,16 +237,6 @@ func (s *Session) names() []string {
 	return out
 }
 
-// host returns the selected host named name.
-func (s *Session) host(name string) *builder.Host {
-	for _, h := range s.Selected {
-		if h.Name == name {
-			return h
-		}
-	}
-	return nil
-}
-
 // emit stamps ev with the schema version and the time and hands it to
 // Emit, one event at a time.
 func (s *Session) emit(ev Event) {
@@ -299,6 +289,9 @@ func (s *Session) finish(hr *HostReport, ev Event) {
 	}
 	if ev.LogTail == nil {
 		ev.LogTail = hr.LogTail
+	}
+	if ev.Holder == nil {
+		ev.Holder = hr.Holder
 	}
 	s.emit(ev)
 }

@@ -76,15 +76,15 @@ func TestExecE2E(t *testing.T) {
 	fleet, key := testFleet(t, nw, "")
 	cmd := deployCmd(t, nw, "exec", "--identity", key, "--ssh-config", "none", fleet+"#@test", "--", "sh", "-c", "hostname; test -e /etc/marker")
 	out, err := cmd.Output()
-	// h1 lacks the marker: the command fails there (exit 1), runs on both.
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != ExitConfig {
-		t.Fatalf("deploy exec: %v, want exit %d\n%s", err, ExitConfig, out)
+	// h1 lacks the marker: the command fails there (exit 6), runs on both.
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != ExitCommandFailed {
+		t.Fatalf("deploy exec: %v, want exit %d\n%s", err, ExitCommandFailed, out)
 	}
 	got := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if len(got) != 2 || !contains(got, "h1: h1") || !contains(got, "h2: h2") {
 		t.Fatalf("deploy exec output %q, want one prefixed line per host", got)
 	}
-	if stderr := string(err.(*exec.ExitError).Stderr); !strings.Contains(stderr, "failed on h1") {
+	if stderr := string(err.(*exec.ExitError).Stderr); !strings.Contains(stderr, "h1: exec failed: the command exited with status 1") || !strings.Contains(stderr, "command-failed: h1") {
 		t.Errorf("stderr %q does not name the failing host", stderr)
 	}
 	// A host key that does not match: exit 4, the host named.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -128,8 +129,14 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		t.Fatalf("status over the tailnet: exit %d, web1 %+v\n%s", code, st, stderr)
 	}
 	code, events, stderr = run("generations", target)
-	if gens := results(events)["web2"].Generations; code != 0 || len(gens) != 3 || !gens[1].Failed || !gens[2].Current {
-		t.Fatalf("generations over the tailnet: exit %d, web2 %+v\n%s", code, gens, stderr)
+	if gens := results(events)["web1"].Generations; code != 0 || len(gens) != 3 || !gens[1].Failed || !gens[2].Current {
+		t.Fatalf("generations over the tailnet: exit %d, web1 %d generations\n%s", code, len(gens), stderr)
+	}
+	// Selected by itself, a host takes its own transport, not the
+	// deployment's: web1 says tailscale too.
+	if err := editFile(filepath.Join(fleet, "fleet.hcl"), `address  = "h1"`, "address  = \"h1\"\n  transport = \"tailscale\""); err != nil {
+		data, _ := os.ReadFile(filepath.Join(fleet, "fleet.hcl"))
+		t.Fatalf("%v\n%s", err, data)
 	}
 	code, events, stderr = run("diff", fleet+"#web1")
 	if d := results(events)["web1"].Diff; code != 0 || d == nil {
@@ -143,16 +150,18 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		}
 	}
 	slices.Sort(lines)
-	if code != 0 || !slices.Equal(lines, []string{"web1: web1", "web2: web2"}) {
+	if code != 0 || !slices.Equal(lines, []string{"web1: h1", "web2: h2"}) {
 		t.Fatalf("exec over the tailnet: exit %d, output %q\n%s", code, lines, stderr)
 	}
-	code, events, stderr = run("rollback", "--confirm-timeout", "20s", target)
+	// (web2 overrides the greeting: it is still on its first generation.)
+	code, events, stderr = run("rollback", "--confirm-timeout", "20s", fleet+"#web1")
 	if code != 0 || results(events)["web1"].Generation != 1 {
-		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v\n%s", code, results(events)["web1"], stderr)
+		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v, web2 %+v\n%s", code, results(events)["web1"], results(events)["web2"], stderr)
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
 	code, events, stderr = run("gc", "--keep", "1", target)
-	if g := results(events)["web1"].GC; code != 0 || g == nil || len(g.Generations) != 2 || g.Paths == 0 {
+	// Kept: the newest (3) and the current and boot default (1).
+	if g := results(events)["web1"].GC; code != 0 || g == nil || fmt.Sprint(g.Generations) != "[2]" || g.Paths == 0 {
 		t.Fatalf("gc over the tailnet: exit %d, web1 %+v\n%s", code, g, stderr)
 	}
 }

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/vmtest"
+)
+
+// hostCommandFleet writes a fleet of nw's hosts with a role (a file, a
+// service, a health check that fails while /run/fail-health exists on the
+// host, and one that holds the activation while /run/hold exists until
+// /run/release does), a deployment "prod" of them, and a host "ghost" whose
+// address is h1's with a port nothing listens on: unreachable at once.
+func hostCommandFleet(t *testing.T, nw *vmtest.Network, dir, greeting string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `deployment "prod" {
+  hosts           = [%s]
+  confirm_timeout = "15s"
+}
+
+role "web" {
+  file "/etc/web/greeting" {
+    content = "%s\n"
+  }
+  service "web" {
+    exec_start       = "/bin/sleep infinity"
+    restart_triggers = [%q]
+  }
+  health_check "ok" {
+    command = ["/bin/sh", "-c", "test ! -e /run/fail-health"]
+    timeout = "3s"
+  }
+  health_check "hold" {
+    command = ["/bin/sh", "-c", "test ! -e /run/hold || test -e /run/release"]
+    timeout = "2m"
+  }
+}
+
+host "ghost" {
+  address  = %q
+  port     = 9
+  host_key = %q
+  roles    = [role.web]
+}
+`, quotedNames(nw), greeting, greeting, nw.Hosts[0].Addr().String(), nw.Hosts[0].HostKeyLine())
+	for _, h := range nw.Hosts {
+		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  roles    = [role.web]\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExitCodesE2E runs every host command against real hosts and checks
+// the exact exit code of each row of docs/cli.md's table that the command
+// can end with (the local rows, 1 and 2, are in testdata/script/deploy_cli).
+func TestExitCodesE2E(t *testing.T) {
+	nw := vmtest.Start(t, 2)
+	h1 := nw.Hosts[0]
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	hostCommandFleet(t, nw, fleet, "one")
+	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
+	home := t.TempDir()
+	run := func(want int, args ...string) string {
+		t.Helper()
+		cmd := nw.ControllerCommand(context.Background(), buildBinaries(t), args...)
+		cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"), "SSH_AUTH_SOCK=")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		got := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			got = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("deploy %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), got, want, &stdout, &stderr)
+		}
+		return stdout.String() + stderr.String()
+	}
+	ssh := []string{"--identity", key, "--ssh-config", "none"}
+	cmd := func(name string, extra ...string) []string {
+		out := []string{name}
+		if name == "" {
+			out = nil
+		}
+		out = append(out, ssh...)
+		if name == "" || name == "diff" {
+			out = append(out, "--agent", agent)
+		}
+		return append(out, extra...)
+	}
+	prod, ghost := fleet+"#prod", fleet+"#ghost"
+
+	// 0: everything succeeds.
+	run(0, cmd("", prod)...)
+	hostCommandFleet(t, nw, fleet, "two")
+	run(0, cmd("", prod)...)
+	run(0, cmd("generations", prod)...)
+	run(0, cmd("status", prod)...)
+	run(0, cmd("diff", fleet+"#h1")...)
+	run(0, cmd("exec", prod, "--", "true")...)
+	run(0, cmd("gc", "--keep", "5", prod)...)
+
+	// 6: the command fails on a host.
+	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = h2")...); !strings.Contains(out, "command-failed: h1") {
+		t.Errorf("exec failing on h1: output does not name h1:\n%s", out)
+	}
+
+	// 4: an unreachable host, for every command.
+	for _, args := range [][]string{
+		cmd("", ghost), cmd("rollback", ghost), cmd("generations", ghost), cmd("status", ghost),
+		cmd("gc", ghost), cmd("exec", ghost, "--", "true"), cmd("diff", ghost),
+		append(cmd("copy", "--to", h1.Addr().String()+":9", "--host-key", h1.HostKeyLine()), "/var/lib/deploy/store/00000000000000000000000000000000-x"),
+	} {
+		run(4, args...)
+	}
+
+	// 5: another run holds h1's run lock (here a run-lock process started
+	// on the host by hand), for every command that takes it; the holder
+	// is named. Read-only commands are not held up.
+	lockCtx, stopLock := context.WithCancel(context.Background())
+	holder := h1With(t, h1, lockCtx)
+	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleet+"#h1"), cmd("gc", fleet+"#h1")} {
+		if out := run(5, args...); !strings.Contains(out, "other-operator") {
+			t.Errorf("deploy %v with h1's run lock held: the holder is not named:\n%s", args, out)
+		}
+	}
+	if out := run(0, cmd("status", prod)...); !strings.Contains(out, "other-operator") {
+		t.Errorf("status does not show h1's run lock holder:\n%s", out)
+	}
+	stopLock()
+	holder.Wait()
+
+	// 3: a rollback whose target generation fails its health check now
+	// rolls back to where it was.
+	h1.Succeed("touch /run/fail-health")
+	run(3, cmd("rollback", "--to", "1", fleet+"#h1")...)
+	if got := h1.Succeed("cat /etc/web/greeting"); got != "two\n" {
+		t.Fatalf("h1 after the failed rollback: greeting %q, want two", got)
+	}
+	h1.Succeed("rm /run/fail-health")
+	run(0, cmd("rollback", "--to", "1", fleet+"#h1")...)
+	if got := h1.Succeed("cat /etc/web/greeting"); got != "one\n" {
+		t.Fatalf("h1 after the rollback: greeting %q, want one", got)
+	}
+}
+
+// h1With starts a run-lock process on h and holds the lock for a made-up
+// run of "other-operator" until ctx ends.
+func h1With(t *testing.T, h *vmtest.Host, ctx context.Context) *exec.Cmd {
+	t.Helper()
+	c, err := h.Command(ctx, "/run/deploy/current-system/agent/bin/deploy-agent", "run-lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := c.StdinPipe()
+	out, _ := c.StdoutPipe()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holder, _ := json.Marshal(&agentapi.RunHolder{Run: "other", Operator: "other-operator", Command: "deploy", Started: time.Now()})
+	fmt.Fprintf(in, "%s\n", holder)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.Contains(line, `"locked":true`) {
+		t.Fatalf("run-lock on %s: %q %v", h.Name(), line, err)
+	}
+	return c
+}
+
+// Two deploys started together over overlapping hosts: one runs, the other
+// is refused (exit 5) having copied nothing; with --wait-lock the second
+// runs after the first. A run killed with SIGKILL leaves its lock to the
+// next run, which takes it over and says so.
+func TestRunLockE2E(t *testing.T) {
+	nw := vmtest.Start(t, 3)
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	hostCommandFleet(t, nw, fleet, "one")
+	a, b := fleet+"#h1,h2", fleet+"#h2,h3"
+
+	type outcome struct {
+		events []deploy.Event
+		code   int
+		stderr string
+	}
+	// start starts a deploy of target in the background.
+	start := func(target string, extra ...string) chan outcome {
+		ch := make(chan outcome, 1)
+		cmd := deployCmd(t, nw, append(append([]string{"--json", "--identity", key, "--ssh-config", "none"}, extra...), target)...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			err := cmd.Wait()
+			o := outcome{code: 0, stderr: stderr.String()}
+			if ee, ok := err.(*exec.ExitError); ok {
+				o.code = ee.ExitCode()
+			} else if err != nil {
+				o.code = -1
+			}
+			o.events, _ = parseEvents(stdout.Bytes())
+			ch <- o
+		}()
+		return ch
+	}
+	copied := func(events []deploy.Event) bool {
+		for _, ev := range events {
+			if ev.Phase == deploy.PhaseCopy || ev.Phase == deploy.PhaseActivate {
+				return true
+			}
+		}
+		return false
+	}
+	h2 := nw.Hosts[1]
+	for round, greeting := range []string{"one", "two"} {
+		// Whichever run gets the locks holds its activation of h2 until
+		// the test releases it, so the two surely overlap.
+		hostCommandFleet(t, nw, fleet, greeting)
+		h2.Succeed("touch /run/hold")
+		ca, cb := start(a), start(b)
+		var first, second outcome
+		select {
+		case first = <-ca:
+			h2.Succeed("touch /run/release")
+			second = <-cb
+		case first = <-cb:
+			h2.Succeed("touch /run/release")
+			second = <-ca
+		}
+		h2.Succeed("rm -f /run/hold /run/release")
+		if first.code != ExitLocked || second.code != 0 {
+			t.Fatalf("round %d: the first run to end exited %d, the other %d; want %d (refused) and 0\n%s\n%s", round, first.code, second.code, ExitLocked, first.stderr, second.stderr)
+		}
+		if copied(first.events) {
+			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.events)
+		}
+		if r := results(first.events)["h2"]; r.Result != deploy.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
+			t.Errorf("round %d: the refused run's h2 %+v, want locked with the holder (operator, hosts) named", round, r)
+		}
+	}
+
+	// --wait-lock: both run, one after the other.
+	hostCommandFleet(t, nw, fleet, "three")
+	ca, cb := start(a, "--wait-lock", "2m"), start(b, "--wait-lock", "2m")
+	for _, o := range []outcome{<-ca, <-cb} {
+		if o.code != 0 {
+			t.Fatalf("with --wait-lock: exit %d, want 0\n%s", o.code, o.stderr)
+		}
+	}
+	if got := nw.Hosts[1].Succeed("cat /etc/web/greeting"); got != "three\n" {
+		t.Fatalf("h2 after both runs: %q", got)
+	}
+
+	// SIGKILL once the run holds its locks: the next run takes them over.
+	hostCommandFleet(t, nw, fleet, "four")
+	cmd := deployCmd(t, nw, "--json", "--identity", key, "--ssh-config", "none", a)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	locked := 0
+	for locked < 2 && sc.Scan() {
+		var ev deploy.Event
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseLock && ev.State == "done" {
+			locked++
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if locked < 2 {
+		t.Fatal("the run ended before it held its locks")
+	}
+	// The hosts see the killed run's connections close and their run-lock
+	// processes end; until then the lock is (rightly) held.
+	for _, h := range nw.Hosts[:2] {
+		// (The pattern does not match this script's own command line.)
+		h.Succeed("for i in $(seq 300); do pgrep -f 'deploy-agent run-loc[k]' >/dev/null || exit 0; sleep 0.1; done; exit 1")
+	}
+	events, code, stderr := runJSON(t, nw, key, a)
+	if code != 0 {
+		t.Fatalf("the run after a killed one: exit %d\n%s", code, stderr)
+	}
+	tookOver := map[string]bool{}
+	for _, ev := range events {
+		if ev.Type == deploy.EventLog && ev.Phase == deploy.PhaseLock && ev.TookOver != nil {
+			tookOver[ev.Host] = true
+		}
+	}
+	if !tookOver["h1"] || !tookOver["h2"] {
+		t.Errorf("took over the locks of %v, want h1 and h2 (the killed run's)", tookOver)
+	}
+}
