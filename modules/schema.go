@@ -44,8 +44,8 @@ type Block struct {
 	Doc   string
 }
 
-// Kind is a resource kind: its HCL schema and validation. What a kind
-// realizes into is in realize.go.
+// Kind is a resource kind: its HCL schema, its validation and what it
+// realizes into. Each built-in kind is defined in one kind_*.go file.
 type Kind struct {
 	// Name is the block type, e.g. "file".
 	Name string
@@ -58,6 +58,9 @@ type Kind struct {
 	Blocks []Block
 	// Check validates a merged resource.
 	Check func(r *Resource) hcl.Diagnostics
+	// Realize adds the host's resources of this kind (sorted by name) to
+	// the manifest; nil for kinds that add nothing.
+	Realize func(c *Realization, rs []*Resource)
 }
 
 // attr returns the schema of the attribute or block called name.
