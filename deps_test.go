@@ -49,6 +49,7 @@ var allowed = map[string][]string{
 	"closure":          {"closure/nar"},
 	"closure/nar":      {},
 	"manifest":         {},
+	"unpack":           {"closure"},
 	"modules":          {"closure", "manifest"},
 	"builder":          {"modules", "closure", "manifest"},
 	"secrets":          {"closure", "manifest"},
