@@ -7,7 +7,9 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// packageKind is software built or fetched into the store while the host is evaluated (see [PackageBuilder]); the manifest lists every package's store path.
+// packageKind is software built or fetched into the store while the host
+// is evaluated (see [PackageBuilder]); the manifest lists every package's
+// store path.
 func packageKind() *Kind {
 	return &Kind{Name: KindPackage, Label: "name", Doc: "software built or fetched into the store; package.NAME is its store path",
 		Attrs: []Attr{
@@ -15,6 +17,8 @@ func packageKind() *Kind {
 			{Name: "url", Type: str, Doc: "a file to download; pinned by sha256 and deploy.lock"},
 			{Name: "sha256", Type: str, Doc: "the downloaded file's SHA-256 (hex or sha256-<base64>)"},
 			{Name: "executable", Type: boolean, Doc: "url: mark the file executable"},
+			{Name: "unpack", Type: boolean, Doc: "url: the file is an archive (tar, tar.gz, tar.xz, tar.zst, tar.bz2, zip); the package is its contents"},
+			{Name: "strip_components", Type: num, Doc: "unpack: drop this many leading path components, like tar --strip-components"},
 		},
 		Blocks: []Block{{Name: "go", Doc: "a reproducible go build", Attrs: []Attr{
 			{Name: "src", Type: str, Required: true, Doc: "the Go module's directory inside the fleet directory"},
@@ -45,6 +49,24 @@ func checkPackage(r *Resource) hcl.Diagnostics {
 	}
 	if r.Has("executable") && !r.Has("url") {
 		diags = append(diags, errAt(r.Range("executable"), "Unexpected executable", "executable applies to url packages; package %q has no url.", r.Name))
+	}
+	if r.Has("unpack") && !r.Has("url") {
+		diags = append(diags, errAt(r.Range("unpack"), "Unexpected unpack", "unpack applies to url packages; package %q has no url.", r.Name))
+	}
+	if r.Bool("unpack", false) && r.Bool("executable", false) {
+		diags = append(diags, errAt(r.Range("executable"), "Unexpected executable",
+			"Package %q unpacks an archive, whose files keep their own executable bits; remove executable.", r.Name))
+	}
+	if r.Has("strip_components") {
+		n, _ := r.Int("strip_components")
+		switch {
+		case !r.Bool("unpack", false):
+			diags = append(diags, errAt(r.Range("strip_components"), "Unexpected strip_components",
+				"strip_components applies when a package unpacks an archive; set unpack = true in package %q.", r.Name))
+		case n < 0 || n > 32:
+			diags = append(diags, errAt(r.Range("strip_components"), "Invalid strip_components",
+				"strip_components = %d: want a number of leading path components between 0 and 32.", n))
+		}
 	}
 	if r.Has("url") {
 		u := r.String("url", "")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/nar"
+	"github.com/declarative/deploy/unpack"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -400,6 +401,9 @@ func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, h
 	fail := func(err error) (string, hcl.Diagnostics) {
 		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
 	}
+	if r.Bool("unpack", false) {
+		return b.archivePackage(ctx, r, sum)
+	}
 	k := fmt.Sprintf("%s-%t-%s", sum, exe, StoreName(r.Name, "package"))
 	mu := b.lockFor("url:" + k)
 	mu.Lock()
@@ -432,6 +436,52 @@ func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, h
 		return fail(err)
 	}
 	pi, err := b.Store.AddTree(ctx, obj, StoreName(r.Name, "package"), nil)
+	if err != nil {
+		return fail(err)
+	}
+	if err := b.remember("url", k, pi.Path); err != nil {
+		return fail(err)
+	}
+	return pi.Path, nil
+}
+
+// archivePackage realizes a url package with unpack = true: the pinned
+// archive's contents, strip_components leading components dropped.
+func (b *PackageBuilder) archivePackage(ctx context.Context, r *Resource, sum string) (string, hcl.Diagnostics) {
+	url := r.String("url", "")
+	strip, _ := r.Int("strip_components")
+	name := StoreName(r.Name, "package")
+	k := fmt.Sprintf("%s-unpack%d-%s", sum, strip, name)
+	mu := b.lockFor("url:" + k)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := b.cached("url", k); ok {
+		return p, nil
+	}
+	file, err := b.Fetch(ctx, url, sum)
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
+	}
+	fail := func(err error) (string, hcl.Diagnostics) {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot unpack package", "Package %q: %s.", r.Name, err)}
+	}
+	tmp, err := b.tempDir()
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	tree, err := unpack.NewTree(tmp)
+	if err != nil {
+		return fail(err)
+	}
+	defer tree.Close()
+	if _, err := tree.ApplyFile(file, unpack.Options{StripComponents: strip, Name: url}); err != nil {
+		return fail(err)
+	}
+	if tree.Empty() {
+		return fail(fmt.Errorf("the archive holds nothing (with strip_components = %d)", strip))
+	}
+	pi, err := tree.AddToStore(ctx, b.Store, name, nil)
 	if err != nil {
 		return fail(err)
 	}

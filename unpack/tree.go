@@ -399,6 +399,9 @@ func (t *Tree) Lookup(p string) string {
 	return "file"
 }
 
+// Empty reports whether the tree's root directory has no entries.
+func (t *Tree) Empty() bool { return len(t.root.children) == 0 }
+
 // ReadFile returns the contents of the regular file at p (see Lookup), up
 // to max bytes.
 func (t *Tree) ReadFile(p string, max int64) ([]byte, error) {
