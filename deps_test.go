@@ -50,6 +50,7 @@ var allowed = map[string][]string{
 	"closure/nar":      {},
 	"manifest":         {},
 	"unpack":           {"closure"},
+	"oci":              {"closure", "unpack"},
 	"modules":          {"closure", "manifest", "unpack"},
 	"builder":          {"modules", "closure", "manifest", "unpack"},
 	"secrets":          {"closure", "manifest"},
@@ -115,13 +116,18 @@ func TestImportDirections(t *testing.T) {
 }
 
 // checkExternal enforces: tailscale.com only under mesh/ and in cmd/deploy;
-// lipgloss only in cmd/deploy.
+// lipgloss only in cmd/deploy; go-containerregistry only under oci/ and in
+// cmd/deploy.
 func checkExternal(t *testing.T, pkg, imp string) {
 	t.Helper()
 	switch {
 	case within(imp, "tailscale.com"):
 		if !within(pkg, "mesh") && pkg != "cmd/deploy" && !within(pkg, "vmtest") {
 			t.Errorf("%q imports %q: tailscale.com is only for mesh/ and cmd/deploy", pkg, imp)
+		}
+	case within(imp, "github.com/google/go-containerregistry"):
+		if !within(pkg, "oci") && pkg != "cmd/deploy" {
+			t.Errorf("%q imports %q: go-containerregistry is only for oci/ and cmd/deploy", pkg, imp)
 		}
 	case within(imp, "github.com/charmbracelet/lipgloss"):
 		if pkg != "cmd/deploy" {
@@ -131,6 +137,7 @@ func checkExternal(t *testing.T, pkg, imp string) {
 }
 
 // The agent binary must stay small and static: no tsnet, no lipgloss, no
+// go-containerregistry (images are unpacked on the operator's machine), no
 // cgo anywhere in what it links.
 func TestAgentDeps(t *testing.T) {
 	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{if .CgoFiles}}cgo{{end}}", "./cmd/deploy-agent")
@@ -141,7 +148,7 @@ func TestAgentDeps(t *testing.T) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
-		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") {
+		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") {
 			t.Errorf("deploy-agent links %q", imp)
 		}
 		if flag == "cgo" {

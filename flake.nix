@@ -15,7 +15,7 @@
           version = self.shortRev or "dirty";
           src = ./.;
           # Kept current by scripts/flake-vendor-hash --check (make lint).
-          vendorHash = "sha256-g8CdcN6sWmY1NwokxeXv4k1vSR44quHMCV/+oGsSMN4=";
+          vendorHash = "sha256-0ImIQENJppxpTcujy+pCSU/nfdXJeYMfEcauEl8b7YA=";
           subPackages = [ "cmd/deploy" "cmd/deploy-agent" ];
           env.CGO_ENABLED = 0;
           ldflags = [ "-s" "-w" "-X main.version=${self.shortRev or "dirty"}" ];
