@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/oci"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -26,6 +27,9 @@ func packageKind() *Kind {
 			{Name: "cgo", Type: boolean, Doc: "enable cgo (default false)"},
 			{Name: "ldflags", Type: strList, Doc: "extra -ldflags"},
 			{Name: "tags", Type: strList, Doc: "build tags"},
+		}}, {Name: "oci", Doc: "an OCI (Docker) image, pinned by digest in deploy.lock; the package is its root filesystem and configuration", Attrs: []Attr{
+			{Name: "image", Type: str, Required: true, Doc: `the image reference, "registry/repository:tag" or "...@sha256:..."`},
+			{Name: "insecure", Type: boolean, Doc: "allow plain HTTP to the registry (default false)"},
 		}}},
 		Check:   checkPackage,
 		Realize: realizePackages,
@@ -35,14 +39,20 @@ func packageKind() *Kind {
 func checkPackage(r *Resource) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	n := 0
-	for _, a := range []string{"path", "url", "go"} {
+	for _, a := range []string{"path", "url", "go", "oci"} {
 		if r.Has(a) {
 			n++
 		}
 	}
 	if n != 1 {
 		diags = append(diags, errAt(r.nameRange(), "Invalid package source",
-			"Package %q needs exactly one source: a go { src = \"./dir\" } block, path = \"./dir\", or url = \"https://...\" with sha256.", r.Name))
+			"Package %q needs exactly one source: a go { src = \"./dir\" } block, an oci { image = \"...\" } block, path = \"./dir\", or url = \"https://...\".", r.Name))
+	}
+	if o, ok := r.Block("oci"); ok {
+		if _, err := oci.ParseReference(o.String("image", ""), false); err != nil {
+			diags = append(diags, errAt(o.Range("image"), "Invalid image",
+				"Package %q: %s; write it like \"registry.example.com/library/nginx:1.27\".", r.Name, err))
+		}
 	}
 	if r.Has("sha256") && !r.Has("url") {
 		diags = append(diags, errAt(r.Range("sha256"), "Unexpected sha256", "sha256 pins a url; package %q has no url.", r.Name))

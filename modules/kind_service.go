@@ -2,6 +2,7 @@ package modules
 
 import (
 	"fmt"
+	"path"
 	"regexp"
 	"slices"
 	"sort"
@@ -37,6 +38,12 @@ func serviceKind() *Kind {
 			{Name: "restart_triggers", Type: strList, Merge: MergeSet, Doc: "values whose change restarts the service"},
 			{Name: "reload_triggers", Type: strList, Merge: MergeSet, Doc: "values whose change reloads the service"},
 			{Name: "enable", Type: boolean, Doc: "start it on activation (default true, false when a timer starts it)"},
+			{Name: "root", Type: str, Doc: "an oci package (package.NAME): the service runs in the image's root filesystem, read-only (RootDirectory=)"},
+			{Name: "bind", Type: strList, Merge: MergeSet, Doc: `host paths made visible inside: "PATH", "PATH:rw", "SRC:DST", "SRC:DST:rw" (read-only unless :rw; "-SRC" when it may be missing)`},
+			{Name: "state_directory", Type: strList, Merge: MergeSet, Doc: "StateDirectory=: directories under /var/lib that systemd creates for the service"},
+			{Name: "runtime_directory", Type: strList, Merge: MergeSet, Doc: "RuntimeDirectory=: directories under /run"},
+			{Name: "cache_directory", Type: strList, Merge: MergeSet, Doc: "CacheDirectory=: directories under /var/cache"},
+			{Name: "logs_directory", Type: strList, Merge: MergeSet, Doc: "LogsDirectory=: directories under /var/log"},
 		},
 		Blocks:  []Block{{Name: "unit", Free: anything, Doc: "raw unit file sections: Section = { Key = value or [values] }"}},
 		Check:   checkService,
@@ -83,9 +90,26 @@ func checkService(r *Resource) hcl.Diagnostics {
 		}
 		diags = append(diags, checkRawUnit(raw)...)
 	}
-	if !r.Has("exec_start") && !hasRawExec {
+	if !r.Has("exec_start") && !hasRawExec && !r.Has("root") {
 		diags = append(diags, errAt(r.nameRange(), "Missing exec_start",
 			"Service %q needs exec_start = \"...\" (or ExecStart in its unit { Service = {...} } block).", r.Name))
+	}
+	if root := r.String("root", ""); r.Has("root") && (!path.IsAbs(root) || path.Clean(root) != root) {
+		diags = append(diags, errAt(r.Range("root"), "Invalid root",
+			"root = %q is not a store path: write root = package.NAME for a package with an oci { } block.", root))
+	}
+	for _, b := range r.Strings("bind") {
+		if _, err := parseBind(b); err != nil {
+			diags = append(diags, errAt(r.Range("bind"), "Invalid bind", "bind %q: %s.", b, err))
+		}
+	}
+	for _, a := range execDirectories {
+		for _, d := range r.Strings(a.attr) {
+			if d == "" || path.IsAbs(d) || path.Clean(d) != d || strings.HasPrefix(d, "..") || strings.ContainsAny(d, " \t\n%") {
+				diags = append(diags, errAt(r.Range(a.attr), "Invalid "+a.attr,
+					"%s %q must be a clean relative path (it is below %s), without spaces or %%.", a.attr, d, a.base))
+			}
+		}
 	}
 	if rs := r.String("restart", "on-failure"); !oneOf(rs, "no", "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog") {
 		diags = append(diags, errAt(r.Range("restart"), "Invalid restart",
@@ -163,7 +187,18 @@ func (c *Realization) serviceUnits() []renderedUnit {
 	c.units = []renderedUnit{}
 	for _, r := range c.Resources(KindService) {
 		name := r.Name + ".service"
-		c.units = append(c.units, renderedUnit{name: name, r: r, text: ServiceUnit(r, timed[name])})
+		var img *Image
+		if r.Has("root") {
+			var ok bool
+			if img, ok = c.Config.Images[r.String("root", "")]; !ok {
+				c.diags = append(c.diags, errAt(r.Range("root"), "Invalid root",
+					"Service %q: root = %q is not the store path of one of this host's oci packages; write root = package.NAME for a package with an oci { } block.", r.Name, r.String("root", "")))
+				continue
+			}
+		}
+		text, diags := serviceUnit(r, timed[name], img)
+		c.diags = append(c.diags, diags...)
+		c.units = append(c.units, renderedUnit{name: name, r: r, text: text})
 	}
 	sort.Slice(c.units, func(i, j int) bool { return c.units[i].name < c.units[j].name })
 	return c.units
@@ -329,8 +364,21 @@ func quoteEnv(k, v string) string {
 	return `"` + s + `"`
 }
 
-// ServiceUnit renders a service resource's unit file.
+// ServiceUnit renders the unit file of a service resource that does not run
+// in an image.
 func ServiceUnit(r *Resource, timed bool) string {
+	text, _ := serviceUnit(r, timed, nil)
+	return text
+}
+
+// serviceUnit renders a service's unit file; img is the image of its root,
+// or nil.
+func serviceUnit(r *Resource, timed bool, img *Image) (string, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	var run *imageRun
+	if img != nil {
+		run, diags = imageRunOf(r, img)
+	}
 	u := &unitFile{}
 	u.set("Unit", "Description", r.String("description", r.Name))
 	for _, a := range []struct{ attr, key string }{{"after", "After"}, {"wants", "Wants"}, {"requires", "Requires"}} {
@@ -347,7 +395,34 @@ func ServiceUnit(r *Resource, timed bool) string {
 	if vs := r.Strings("supplementary_groups"); len(vs) > 0 {
 		u.set("Service", "SupplementaryGroups", strings.Join(vs, " "))
 	}
+	if run != nil {
+		run.render(u, r)
+	}
+	for _, a := range execDirectories {
+		if vs := r.Strings(a.attr); len(vs) > 0 {
+			u.set("Service", a.key, strings.Join(vs, " "))
+		}
+	}
+	var ro, rw []string
+	for _, b := range r.Strings("bind") {
+		if bd, err := parseBind(b); err == nil {
+			if bd.rw {
+				rw = append(rw, bd.unitValue())
+			} else {
+				ro = append(ro, bd.unitValue())
+			}
+		}
+	}
+	if len(ro) > 0 {
+		u.set("Service", "BindReadOnlyPaths", strings.Join(ro, " "))
+	}
+	if len(rw) > 0 {
+		u.set("Service", "BindPaths", strings.Join(rw, " "))
+	}
 	env := r.Map("environment")
+	if run != nil {
+		env = run.env(env)
+	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -361,7 +436,12 @@ func ServiceUnit(r *Resource, timed bool) string {
 	for _, a := range []struct{ attr, key string }{{"exec_start", "ExecStart"}, {"exec_reload", "ExecReload"}, {"exec_stop", "ExecStop"}} {
 		if r.Has(a.attr) {
 			u.set("Service", a.key, r.String(a.attr, ""))
+		} else if a.attr == "exec_start" && run != nil && run.execStart != "" {
+			u.set("Service", a.key, run.execStart)
 		}
+	}
+	if run != nil && run.stopSignal != "" {
+		u.set("Service", "KillSignal", run.stopSignal)
 	}
 	if !timed || r.Has("restart") {
 		u.set("Service", "Restart", r.String("restart", "on-failure"))
@@ -380,7 +460,7 @@ func ServiceUnit(r *Resource, timed bool) string {
 		u.set("Install", "WantedBy", strings.Join(wanted, " "))
 	}
 	u.applyRaw(r)
-	return u.String()
+	return u.String(), diags
 }
 
 // TimerUnit renders a timer resource's unit file.

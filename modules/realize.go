@@ -25,6 +25,8 @@ type Config struct {
 	Resources []*Resource
 	// Packages maps each package's name to its store path.
 	Packages map[string]string
+	// Images describes the packages that are OCI images, by store path.
+	Images map[string]*Image
 }
 
 // Objects adds content to a store. The implementation finds the store paths

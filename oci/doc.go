@@ -22,9 +22,10 @@
 //
 // The root filesystem gets what a service's RootDirectory= needs to be
 // mounted over without writing into the store path, as systemd's portable
-// services require of their images: empty directories /dev, /proc, /sys,
-// /run, /tmp and /var/tmp, and /etc/resolv.conf and /etc/hosts as regular
-// files (an image's symbolic links there are replaced by empty files).
+// services require of their images: directories /dev, /proc, /sys, /run,
+// /tmp, /var/tmp, /root, /home and /usr, and /etc/resolv.conf and
+// /etc/hosts as regular files (an image's symbolic links there are replaced
+// by empty files).
 //
 // # Images out
 //

@@ -357,7 +357,9 @@ func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest stri
 // service's RootDirectory=, so that it never has to create them inside the
 // (read-only, content-addressed) store path.
 func mountPoints(tree *unpack.Tree) error {
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "var/tmp"} {
+	// /root, /home and /usr are where ProtectHome= and ProtectSystem=
+	// (which DynamicUser= implies) mount.
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "var/tmp", "root", "home", "usr"} {
 		if err := tree.Mkdir(RootDir + "/" + d); err != nil {
 			return fmt.Errorf("adding mount point /%s: %w", d, err)
 		}

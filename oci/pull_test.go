@@ -83,8 +83,8 @@ func TestResolveAndRealize(t *testing.T) {
 	})
 	want := []string{"./", "config.json", "manifest.json", "rootfs/",
 		"rootfs/bin/", "rootfs/bin/server = #!/bin/sh\necho server", "rootfs/bin/srv = #!/bin/sh\necho server",
-		"rootfs/dev/", "rootfs/etc/", "rootfs/etc/hosts = ", "rootfs/etc/resolv.conf = ",
-		"rootfs/proc/", "rootfs/run/", "rootfs/sys/", "rootfs/tmp/", "rootfs/var/", "rootfs/var/tmp/",
+		"rootfs/dev/", "rootfs/etc/", "rootfs/etc/hosts = ", "rootfs/etc/resolv.conf = ", "rootfs/home/",
+		"rootfs/proc/", "rootfs/root/", "rootfs/run/", "rootfs/sys/", "rootfs/tmp/", "rootfs/usr/", "rootfs/var/", "rootfs/var/tmp/",
 		"rootfs/www/", "rootfs/www/index.html = v1"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("image tree (-want +got):\n%s", diff)

@@ -58,4 +58,25 @@ host "h1" {
     url    = "https://example.com/d.tar.gz" # ERROR: Unpinned url
     unpack = true
   }
+  package "image-unpinned" {
+    oci { # ERROR: Unpinned image
+      image = "registry.example.com/library/nginx:1.27"
+    }
+  }
+  package "image-pinned" {
+    oci {
+      image = "registry.example.com/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    }
+  }
+  package "image-bad" {
+    oci { # ERROR: Invalid image
+      image = "Not A Reference"
+    }
+  }
+  package "two-sources" { # ERROR: Invalid package source
+    path = "./x"
+    oci {
+      image = "registry.example.com/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    }
+  }
 }
