@@ -143,12 +143,16 @@ func (h *Host) value() cty.Value {
 // bodies, then every role they apply, transitively, each once.
 func (f *Fleet) applications(h *Host) ([]application, hcl.Diagnostics) {
 	empty := cty.EmptyObjectVal
-	apps := []application{{origin: "defaults", vars: empty, body: f.defaults}, {origin: h.body.origin, vars: empty, body: h.body}}
+	defaults := f.defaults
+	if h.roleOnly {
+		defaults = &scopeBody{origin: "defaults"}
+	}
+	apps := []application{{origin: "defaults", vars: empty, body: defaults}, {origin: h.body.origin, vars: empty, body: h.body}}
 	var diags hcl.Diagnostics
 	applied := map[string]roleUse{}
 	hostCtx := &hcl.EvalContext{Functions: f.funcs, Variables: map[string]cty.Value{"host": h.value()}}
 	var queue []roleUse
-	queue = append(queue, f.defaults.roleUses...)
+	queue = append(queue, defaults.roleUses...)
 	queue = append(queue, h.body.roleUses...)
 	for len(queue) > 0 {
 		u := queue[0]
