@@ -44,6 +44,7 @@ type Registry struct {
 	Requests atomic.Int64
 	user     string
 	password string
+	handler  http.Handler
 }
 
 // Option configures [Start].
@@ -62,7 +63,7 @@ func Start(t testing.TB, opts ...Option) *Registry {
 		o(r)
 	}
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.Requests.Add(1)
 		if r.user != "" {
 			u, p, ok := req.BasicAuth()
@@ -73,16 +74,25 @@ func Start(t testing.TB, opts ...Option) *Registry {
 			}
 		}
 		h.ServeHTTP(w, req)
-	}))
+	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.Host = r.Serve(t, l)
+	return r
+}
+
+// Serve serves the same registry (the same repositories) on another
+// listener too, for clients in another network namespace, until the test
+// ends, and returns the listener's host:port.
+func (r *Registry) Serve(t testing.TB, l net.Listener) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(r.handler)
 	srv.Listener = l
 	srv.Start()
 	t.Cleanup(srv.Close)
-	r.Host = l.Addr().String()
-	return r
+	return l.Addr().String()
 }
 
 // DockerConfig writes a Docker config.json with the registry's
@@ -160,16 +170,17 @@ func Layer(t testing.TB, entries ...Entry) v1.Layer {
 }
 
 // DirLayer returns a gzip-compressed layer of the directory tree at dir
-// (regular files, directories and symbolic links, owned by root), written
-// to a file in the test's temporary directory.
-func DirLayer(t testing.TB, dir string) v1.Layer {
+// (regular files, directories and symbolic links, owned by root), leaving
+// out the paths (relative, slash-separated) in skip and what is below them,
+// written to a file in the test's temporary directory.
+func DirLayer(t testing.TB, dir string, skip ...string) v1.Layer {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "layer-*.tar")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := WriteDirTar(f, dir); err != nil {
+	if err := WriteDirTar(f, dir, skip...); err != nil {
 		t.Fatal(err)
 	}
 	l, err := tarball.LayerFromFile(f.Name())
@@ -180,13 +191,23 @@ func DirLayer(t testing.TB, dir string) v1.Layer {
 }
 
 // WriteDirTar writes the tree at dir as a tar stream, sorted, owners
-// zeroed; device nodes, FIFOs and sockets are left out.
-func WriteDirTar(w io.Writer, dir string) error {
+// zeroed; device nodes, FIFOs and sockets are left out, and so are the
+// paths in skip (relative, slash-separated) with what is below them.
+func WriteDirTar(w io.Writer, dir string, skip ...string) error {
 	tw := tar.NewWriter(w)
 	var paths []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		for _, s := range skip {
+			if filepath.ToSlash(rel) == s {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
 		}
 		paths = append(paths, p)
 		return nil
