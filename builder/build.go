@@ -54,7 +54,8 @@ type Builder struct {
 	Go string
 	// GoEnv may set GOCACHE and GOMODCACHE for go builds.
 	GoEnv map[string]string
-	// HTTPClient fetches url packages.
+	// HTTPClient fetches url packages; its Transport also carries the
+	// registry requests of oci packages.
 	HTTPClient *http.Client
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)

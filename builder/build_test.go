@@ -342,6 +342,11 @@ func TestBuildReproducible(t *testing.T) {
 			a, b := filepath.Join(t.TempDir(), "one"), filepath.Join(t.TempDir(), "deeper", "two")
 			copyDir(t, ex, a)
 			copyDir(t, ex, b)
+			// Examples with external inputs (images, release archives)
+			// build against stand-ins: tests never reach the internet.
+			client := standInClient(t)
+			lockWithStandIns(t, a, client)
+			lockWithStandIns(t, b, client)
 			old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 			filepath.Walk(b, func(p string, _ os.FileInfo, _ error) error { return os.Chtimes(p, old, old) })
 
@@ -353,6 +358,7 @@ func TestBuildReproducible(t *testing.T) {
 				defer syscall.Umask(prev)
 				t.Chdir(t.TempDir())
 				bl := newTestBuilder(t, t.TempDir())
+				bl.HTTPClient = client
 				f := load(t, dir)
 				out := map[string]string{}
 				for _, h := range f.Hosts {

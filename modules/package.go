@@ -55,7 +55,7 @@ type PackageBuilder struct {
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 	// Pull fetches oci packages (default: one caching in CacheDir/oci,
-	// with this builder's Logf).
+	// with HTTPClient's transport and this builder's Logf).
 	Pull *oci.Puller
 
 	once      sync.Once
@@ -609,6 +609,9 @@ func (b *PackageBuilder) Puller() *oci.Puller {
 	defer b.mu.Unlock()
 	if b.Pull == nil {
 		b.Pull = &oci.Puller{CacheDir: filepath.Join(b.CacheDir, "oci"), Logf: b.Logf}
+		if b.HTTPClient != nil {
+			b.Pull.Transport = b.HTTPClient.Transport
+		}
 	}
 	return b.Pull
 }
