@@ -314,7 +314,7 @@ func WriteArchive(w io.Writer, img v1.Image, tag string) error {
 	desc := descriptorJSON{MediaType: string(types.OCIManifestSchema1), Digest: digest.String(), Size: int64(len(rawManifest))}
 	var repoTags []string
 	if tag != "" {
-		desc.Annotations = map[string]string{"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": tag}
+		desc.Annotations = map[string]string{"org.opencontainers.image.ref.name": tag}
 		repoTags = []string{tag}
 	}
 	index, err := json.Marshal(struct {

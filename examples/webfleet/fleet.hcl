@@ -10,7 +10,7 @@
 #   deploy build .#web          every host of deployment "web"
 #   deploy build .#@db
 #   deploy eval --json .#web2
-#   deploy image .#web1 -o web1.tar
+#   deploy image .#db1 --service node_exporter -o node_exporter.tar
 
 defaults {
   ssh_user = "root"
