@@ -37,7 +37,7 @@ func ServiceConfig(unit string) (cfg ImageConfig, notes []string, err error) {
 		case "Environment":
 			words, err := splitCommand(value, false)
 			if err != nil {
-				return cfg, nil, fmt.Errorf("Environment=%s: %w", value, err)
+				return cfg, nil, fmt.Errorf("unit line Environment=%s: %w", value, err)
 			}
 			cfg.Env = append(cfg.Env, words...)
 		case "WorkingDirectory":
@@ -55,7 +55,7 @@ func ServiceConfig(unit string) (cfg ImageConfig, notes []string, err error) {
 	}
 	argv, err := splitCommand(exec, true)
 	if err != nil {
-		return cfg, nil, fmt.Errorf("ExecStart=%s: %w", exec, err)
+		return cfg, nil, fmt.Errorf("unit line ExecStart=%s: %w", exec, err)
 	}
 	cfg.Entrypoint = argv
 	return cfg, notes, nil
