@@ -307,12 +307,14 @@ func (a *applier) put(entry string, parts []string, n *node) error {
 		}
 		return nil
 	}
-	dir, err := a.parent(entry, parts)
-	if err != nil {
-		return err
-	}
 	name := parts[len(parts)-1]
 	if a.opt.Layer && strings.HasPrefix(name, whiteoutPrefix) {
+		// A whiteout makes nothing: in a directory that does not exist
+		// there is nothing to hide.
+		dir, err := a.resolve(parts[:len(parts)-1], true, false)
+		if err != nil || dir == nil || dir.typ != typeDir {
+			return nil
+		}
 		if name == opaqueWhiteout {
 			a.prune(dir)
 			return nil
@@ -326,6 +328,10 @@ func (a *applier) put(entry string, parts []string, n *node) error {
 			}
 		}
 		return nil
+	}
+	dir, err := a.parent(entry, parts)
+	if err != nil {
+		return err
 	}
 	n.gen, n.touched = a.t.gen, a.t.gen
 	if old, ok := dir.children[name]; ok && old.typ == typeDir && n.typ == typeDir {

@@ -116,16 +116,31 @@ type Entry struct {
 	Mode int64
 }
 
-// File, Exe, Dir, Symlink, Hardlink and Whiteout make entries.
-func File(name, body string) Entry   { return Entry{Name: name, Body: body, Mode: 0o644} }
-func Exe(name, body string) Entry    { return Entry{Name: name, Body: body, Mode: 0o755} }
-func Dir(name string) Entry          { return Entry{Name: name, Type: tar.TypeDir, Mode: 0o755} }
-func Symlink(name, to string) Entry  { return Entry{Name: name, Type: tar.TypeSymlink, Body: to} }
+// File is a regular file entry.
+func File(name, body string) Entry { return Entry{Name: name, Body: body, Mode: 0o644} }
+
+// Exe is an executable file entry.
+func Exe(name, body string) Entry { return Entry{Name: name, Body: body, Mode: 0o755} }
+
+// Dir is a directory entry (name ends in "/").
+func Dir(name string) Entry { return Entry{Name: name, Type: tar.TypeDir, Mode: 0o755} }
+
+// Symlink is a symbolic link entry.
+func Symlink(name, to string) Entry { return Entry{Name: name, Type: tar.TypeSymlink, Body: to} }
+
+// Hardlink is a hard link entry to the earlier entry to.
 func Hardlink(name, to string) Entry { return Entry{Name: name, Type: tar.TypeLink, Body: to} }
+
+// Whiteout is the whiteout entry that removes name of lower layers.
 func Whiteout(name string) Entry {
 	return File(filepath.Join(filepath.Dir(name), ".wh."+filepath.Base(name)), "")
 }
-func Opaque(dir string) Entry            { return File(strings.TrimSuffix(dir, "/")+"/.wh..wh..opq", "") }
+
+// Opaque is the entry that hides what lower layers have in dir.
+func Opaque(dir string) Entry { return File(strings.TrimSuffix(dir, "/")+"/.wh..wh..opq", "") }
+
+// Device is a device node or FIFO entry (typ tar.TypeChar, TypeBlock or
+// TypeFifo).
 func Device(name string, typ byte) Entry { return Entry{Name: name, Type: typ, Mode: 0o600} }
 
 // Tar returns an uncompressed tar of the entries.
