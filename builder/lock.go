@@ -112,11 +112,10 @@ func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, updat
 			lock.Inputs[k] = old
 			continue
 		}
-		o, _ := u.r.Block("oci")
 		d, err := pb.Puller().Resolve(ctx, u.ref, u.insecure, oci.Platform(u.arch))
 		if err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot resolve image",
-				Detail: err.Error(), Subject: o.Range("image")})
+				Detail: err.Error(), Subject: u.r.BlockRange("oci", "image")})
 			continue
 		}
 		lock.Inputs[k] = modules.LockedInput{Type: modules.LockOCI, Digest: d}

@@ -50,7 +50,7 @@ func checkPackage(r *Resource) hcl.Diagnostics {
 	}
 	if o, ok := r.Block("oci"); ok {
 		if _, err := oci.ParseReference(o.String("image", ""), false); err != nil {
-			diags = append(diags, errAt(o.Range("image"), "Invalid image",
+			diags = append(diags, errAt(r.BlockRange("oci", "image"), "Invalid image",
 				"Package %q: %s; write it like \"registry.example.com/library/nginx:1.27\".", r.Name, err))
 		}
 	}

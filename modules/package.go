@@ -629,7 +629,7 @@ func ImagePin(r *Resource, lock *Lock, arch string) (string, hcl.Diagnostics) {
 			return in.Digest, nil
 		}
 	}
-	return "", hcl.Diagnostics{errAt(o.Range("image"), "Unpinned image",
+	return "", hcl.Diagnostics{errAt(r.BlockRange("oci", "image"), "Unpinned image",
 		"Package %q uses image %q, which deploy.lock does not pin for linux/%s (and the reference has no @sha256: digest). Run `deploy lock` to pin it.", r.Name, ref, arch)}
 }
 
@@ -647,7 +647,7 @@ func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch strin
 	}
 	img, err := b.Puller().Realize(ctx, b.Store, ref, digest, insecure, oci.Platform(arch))
 	if err != nil {
-		return "", hcl.Diagnostics{errAt(o.Range("image"), "Cannot fetch image", "Package %q: %s.", r.Name, err)}
+		return "", hcl.Diagnostics{errAt(r.BlockRange("oci", "image"), "Cannot fetch image", "Package %q: %s.", r.Name, err)}
 	}
 	c := img.Config
 	b.addImage(&Image{Path: img.Path, Digest: img.Digest, Known: true, Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env,

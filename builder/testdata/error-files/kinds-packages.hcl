@@ -59,8 +59,8 @@ host "h1" {
     unpack = true
   }
   package "image-unpinned" {
-    oci { # ERROR: Unpinned image
-      image = "registry.example.com/library/nginx:1.27"
+    oci {
+      image = "registry.example.com/library/nginx:1.27" # ERROR: Unpinned image
     }
   }
   package "image-pinned" {
@@ -69,8 +69,8 @@ host "h1" {
     }
   }
   package "image-bad" {
-    oci { # ERROR: Invalid image
-      image = "Not A Reference"
+    oci {
+      image = "Not A Reference" # ERROR: Invalid image
     }
   }
   package "two-sources" { # ERROR: Invalid package source
