@@ -444,7 +444,7 @@ func MergeDefinitions(defs []*Definition) (*Resource, hcl.Diagnostics) {
 			a, _ := r.Kind.attr(n)
 			merged, ok := mergeValues(a.Merge, prev.V, v.V)
 			if ok {
-				r.Attrs[n] = Value{V: merged, Range: prev.Range}
+				r.Attrs[n] = Value{V: merged, Range: prev.Range, Sub: prev.Sub}
 				continue
 			}
 			first := from[n]
