@@ -146,6 +146,9 @@ func TestImageServiceE2E(t *testing.T) {
 		// no nginx of its own.
 		h.Succeed("$(readlink -f /run/deploy/current-system)/agent/bin/deploy-agent verify")
 		h.Succeed(`pid=$(systemctl show -P MainPID nginx.service); test -x /proc/$pid/root/usr/sbin/nginx && ! test -e /usr/sbin/nginx`)
+		// The host's /etc/hosts is visible inside, and the state directory
+		// is the host's /var/lib/nginx (nginx made its temp directories there).
+		h.Succeed(`pid=$(systemctl show -P MainPID nginx.service); cmp /proc/$pid/root/etc/hosts /etc/hosts && test -d /var/lib/nginx/body`)
 	}
 
 	// 2. A new image under the tag: deploy lock --update re-pins it and the
