@@ -134,6 +134,14 @@ func TestImageCommand(t *testing.T) {
 	if got := reg.Push(t, ref, img); got != digests[0] {
 		t.Errorf("the registry has digest %s, want %s", got, digests[0])
 	}
+	// deploy image --push: the same digest in the registry.
+	pushed := reg.Host + "/hello/pushed:1"
+	if d := strings.TrimSpace(runImageCLI(t, t.TempDir(), "image", "--agent", agent, "--push", pushed, "--insecure", fleet+"#hello")); d != digests[0] {
+		t.Errorf("deploy image --push printed %s, want %s", d, digests[0])
+	}
+	if got := reg.Digest(t, pushed); got != digests[0] {
+		t.Errorf("the pushed image has digest %s, want %s", got, digests[0])
+	}
 	layers, err := img.Layers()
 	if err != nil || len(layers) != paths {
 		t.Errorf("image has %d layers, %v; the closure has %d paths", len(layers), err, paths)
