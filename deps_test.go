@@ -50,16 +50,18 @@ var allowed = map[string][]string{
 	"closure/nar":      {},
 	"manifest":         {},
 	"agentapi":         {},
-	"modules":          {"closure", "manifest"},
-	"builder":          {"modules", "closure", "manifest"},
+	"unpack":           {"closure"},
+	"oci":              {"closure", "unpack"},
+	"modules":          {"closure", "manifest", "unpack", "oci"},
+	"builder":          {"modules", "closure", "manifest", "unpack", "oci"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
 	"mesh":             {},
 	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
-	"bench":            {"closure", "manifest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest"},
+	"bench":            {"closure", "manifest", "oci", "vmtest"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci"},
 	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi"},
 }
 
@@ -115,13 +117,18 @@ func TestImportDirections(t *testing.T) {
 }
 
 // checkExternal enforces: tailscale.com only under mesh/ and in cmd/deploy;
-// lipgloss only in cmd/deploy.
+// lipgloss only in cmd/deploy; go-containerregistry only under oci/, in
+// cmd/deploy and in benchmark programs.
 func checkExternal(t *testing.T, pkg, imp string) {
 	t.Helper()
 	switch {
 	case within(imp, "tailscale.com"):
 		if !within(pkg, "mesh") && pkg != "cmd/deploy" && !within(pkg, "vmtest") {
 			t.Errorf("%q imports %q: tailscale.com is only for mesh/ and cmd/deploy", pkg, imp)
+		}
+	case within(imp, "github.com/google/go-containerregistry"):
+		if !within(pkg, "oci") && pkg != "cmd/deploy" && !within(pkg, "bench") {
+			t.Errorf("%q imports %q: go-containerregistry is only for oci/, cmd/deploy and bench/", pkg, imp)
 		}
 	case within(imp, "github.com/charmbracelet/lipgloss"):
 		if pkg != "cmd/deploy" {
@@ -131,6 +138,7 @@ func checkExternal(t *testing.T, pkg, imp string) {
 }
 
 // The agent binary must stay small and static: no tsnet, no lipgloss, no
+// go-containerregistry (images are unpacked on the operator's machine), no
 // cgo anywhere in what it links. agentapi, the contract both binaries
 // import, links nothing of the module and nothing outside the standard
 // library.
@@ -150,7 +158,8 @@ func TestAgentDeps(t *testing.T) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
-		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
+		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") ||
+			imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}
 		if flag == "cgo" {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,13 +23,19 @@ import (
 )
 
 // Agent says where the deploy-agent of every system closure comes from.
-// Exactly one field should be set.
+// The agent in a closure is built for the host's architecture (its arch):
+// Binary when its ELF header names that architecture, else a file beside it
+// named like Binary + "-linux-" + arch ("deploy-agent-linux-arm64"), else a
+// build from SourceDir for that architecture. A host whose architecture
+// none of them provides is a build error.
 type Agent struct {
 	// Binary is a deploy-agent executable (for example the one installed
-	// beside the deploy command).
+	// beside the deploy command). A file that is not an ELF executable (a
+	// test's stand-in script) is taken to fit every architecture.
 	Binary string
 	// SourceDir is a checkout of this module; the agent is built from it
-	// with go build -trimpath, CGO_ENABLED=0 and an empty build ID.
+	// with go build -trimpath, CGO_ENABLED=0, GOARCH set to the host's and
+	// an empty build ID.
 	SourceDir string
 }
 
@@ -46,14 +54,15 @@ type Builder struct {
 	Go string
 	// GoEnv may set GOCACHE and GOMODCACHE for go builds.
 	GoEnv map[string]string
-	// HTTPClient fetches url packages.
+	// HTTPClient fetches url packages; its Transport also carries the
+	// registry requests of oci packages.
 	HTTPClient *http.Client
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 
 	mu       sync.Mutex
 	packages map[string]*modules.PackageBuilder // by fleet dir
-	agent    agentCache
+	agent    map[string]agentCache              // by arch
 }
 
 type agentCache struct {
@@ -134,9 +143,13 @@ func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hc
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	agent, err := b.agentPath(ctx)
+	agent, err := b.agentPath(ctx, cfg.Arch)
 	if err != nil {
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot provide the deploy-agent", Detail: err.Error()})
+		d := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot provide the deploy-agent", Detail: fmt.Sprintf("Host %q: %s.", host, err)}
+		if h, ok := f.Host(host); ok {
+			d.Subject = h.DefRange.Ptr()
+		}
+		return nil, append(diags, d)
 	}
 	known := map[string]string{}
 	addKnown := func(p string) {
@@ -292,39 +305,34 @@ func (o dryObjects) AddFile(_ context.Context, name string, content []byte, _ bo
 }
 
 // AgentPath returns the store path of the deploy-agent that host's system
-// closure holds, adding it to the store once per Builder (and again only
-// when the binary changes). The operator runs it on the host before the
-// closure is copied (the run lock).
+// closure holds (built for the host's arch), adding it to the store once per
+// Builder (and again only when the binary changes). The operator runs it on
+// the host before the closure is copied (the run lock).
 func (b *Builder) AgentPath(ctx context.Context, host *Host) (string, error) {
-	return b.agentPath(ctx)
+	arch := host.Arch
+	if arch == "" {
+		arch = "amd64"
+	}
+	return b.agentPath(ctx, arch)
 }
 
-// agentPath returns the store path of the deploy-agent, adding it once per
-// Builder (and again only when the binary changes).
-func (b *Builder) agentPath(ctx context.Context) (string, error) {
+// agentPath returns the store path of the deploy-agent for hosts of
+// architecture arch (a GOARCH), adding it once per Builder (and again only
+// when the binary changes).
+func (b *Builder) agentPath(ctx context.Context, arch string) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var key string
-	switch {
-	case b.Agent.Binary != "":
-		fi, err := os.Stat(b.Agent.Binary)
-		if err != nil {
-			return "", fmt.Errorf("deploy-agent: %w", err)
-		}
-		key = fmt.Sprintf("bin\x00%s\x00%d\x00%d", b.Agent.Binary, fi.Size(), fi.ModTime().UnixNano())
-	case b.Agent.SourceDir != "":
-		key = "src\x00" + b.Agent.SourceDir
-	default:
-		return "", errors.New("no deploy-agent: install deploy-agent beside deploy, or pass --agent PATH or --agent-src DIR")
+	exe, key, err := b.agentSource(arch)
+	if err != nil {
+		return "", err
 	}
-	if b.agent.key == key {
-		if ok, err := b.Store.Valid(b.agent.path); err == nil && ok {
-			return b.agent.path, nil
+	if c, ok := b.agent[arch]; ok && c.key == key {
+		if ok, err := b.Store.Valid(c.path); err == nil && ok {
+			return c.path, nil
 		}
 	}
 	// The store lays the binary out as an agent path (closure.AgentBin):
 	// one definition of that layout, shared with the target's install-self.
-	exe := b.Agent.Binary
 	if exe == "" {
 		tmp, err := b.tempDir()
 		if err != nil {
@@ -332,7 +340,7 @@ func (b *Builder) agentPath(ctx context.Context) (string, error) {
 		}
 		defer os.RemoveAll(tmp)
 		exe = filepath.Join(tmp, "deploy-agent")
-		if err := b.buildAgent(ctx, exe, tmp); err != nil {
+		if err := b.buildAgent(ctx, exe, tmp, arch); err != nil {
 			return "", err
 		}
 	}
@@ -340,11 +348,98 @@ func (b *Builder) agentPath(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("deploy-agent: %w", err)
 	}
-	b.agent = agentCache{key: key, path: pi.Path}
+	if b.agent == nil {
+		b.agent = map[string]agentCache{}
+	}
+	b.agent[arch] = agentCache{key: key, path: pi.Path}
 	return pi.Path, nil
 }
 
-func (b *Builder) buildAgent(ctx context.Context, out, tmp string) error {
+// agentSource picks the agent for arch: an executable (exe) or, with exe
+// empty, a build from the source directory; key identifies the choice.
+func (b *Builder) agentSource(arch string) (exe, key string, err error) {
+	var tried []string
+	if b.Agent.Binary != "" {
+		for _, cand := range []string{b.Agent.Binary, b.Agent.Binary + "-linux-" + arch} {
+			fi, err := os.Stat(cand)
+			if err != nil {
+				if cand == b.Agent.Binary {
+					return "", "", fmt.Errorf("deploy-agent: %w", err)
+				}
+				continue
+			}
+			got, err := ELFArch(cand)
+			switch {
+			case errors.Is(err, errNotELF):
+				got = arch
+			case err != nil:
+				return "", "", fmt.Errorf("deploy-agent %q: %w", cand, err)
+			}
+			if got == arch {
+				return cand, fmt.Sprintf("bin\x00%s\x00%d\x00%d", cand, fi.Size(), fi.ModTime().UnixNano()), nil
+			}
+			tried = append(tried, fmt.Sprintf("%s is for linux/%s", cand, got))
+		}
+	}
+	if b.Agent.SourceDir != "" {
+		return "", "src\x00" + b.Agent.SourceDir + "\x00" + arch, nil
+	}
+	if len(tried) == 0 {
+		return "", "", errors.New("no deploy-agent: install deploy-agent beside deploy, or pass --agent PATH or --agent-src DIR")
+	}
+	return "", "", fmt.Errorf("no deploy-agent for linux/%s (%s): put one built for linux/%s at %s, or pass --agent-src DIR to build it from source",
+		arch, strings.Join(tried, "; "), arch, b.Agent.Binary+"-linux-"+arch)
+}
+
+var errNotELF = errors.New("not an ELF file")
+
+// ELFArch returns the GOARCH an ELF executable was built for.
+func ELFArch(p string) (string, error) {
+	f, err := elf.Open(p)
+	if err != nil {
+		var fe *elf.FormatError
+		if errors.As(err, &fe) {
+			return "", errNotELF
+		}
+		return "", err
+	}
+	defer f.Close()
+	switch f.Machine {
+	case elf.EM_X86_64:
+		return "amd64", nil
+	case elf.EM_AARCH64:
+		return "arm64", nil
+	case elf.EM_386:
+		return "386", nil
+	case elf.EM_ARM:
+		return "arm", nil
+	case elf.EM_RISCV:
+		return "riscv64", nil
+	case elf.EM_S390:
+		return "s390x", nil
+	case elf.EM_LOONGARCH:
+		return "loong64", nil
+	case elf.EM_PPC64:
+		if f.ByteOrder == binary.LittleEndian {
+			return "ppc64le", nil
+		}
+		return "ppc64", nil
+	case elf.EM_MIPS:
+		le := f.ByteOrder == binary.LittleEndian
+		switch {
+		case f.Class == elf.ELFCLASS64 && le:
+			return "mips64le", nil
+		case f.Class == elf.ELFCLASS64:
+			return "mips64", nil
+		case le:
+			return "mipsle", nil
+		}
+		return "mips", nil
+	}
+	return "", fmt.Errorf("unknown ELF machine %v", f.Machine)
+}
+
+func (b *Builder) buildAgent(ctx context.Context, out, tmp, arch string) error {
 	gobin := b.Go
 	if gobin == "" {
 		gobin = "go"
@@ -354,11 +449,11 @@ func (b *Builder) buildAgent(ctx context.Context, out, tmp string) error {
 		return fmt.Errorf("building deploy-agent: %w", err)
 	}
 	if b.Logf != nil {
-		b.Logf("building deploy-agent from %s", b.Agent.SourceDir)
+		b.Logf("building deploy-agent from %s (linux/%s)", b.Agent.SourceDir, arch)
 	}
 	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-buildid=", "-o", out, "./cmd/deploy-agent")
 	cmd.Dir = b.Agent.SourceDir
-	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=-mod=mod", "GOPROXY=off", "GOTOOLCHAIN=local", "GOWORK=off",
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + arch, "GOFLAGS=-mod=mod", "GOPROXY=off", "GOTOOLCHAIN=local", "GOWORK=off",
 		"HOME=" + filepath.Join(tmp, "home"), "TZ=UTC", "LC_ALL=C", "PATH=" + filepath.Dir(gobin) + ":/usr/bin:/bin"}
 	// Where the caches are does not change what is built.
 	for _, k := range []string{"GOCACHE", "GOMODCACHE"} {

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"debug/elf"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -282,19 +283,19 @@ func TestAgentFromSource(t *testing.T) {
 	}
 	bin := newTestBuilder(t, t.TempDir())
 	bin.Agent.Binary = exe
-	fromBin, err := bin.agentPath(context.Background())
+	fromBin, err := bin.agentPath(context.Background(), "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
 	src := &Builder{Store: bin.Store, CacheDir: bin.CacheDir, Agent: Agent{SourceDir: ".."}}
-	fromSrc, err := src.agentPath(context.Background())
+	fromSrc, err := src.agentPath(context.Background(), "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fromBin != fromSrc {
 		t.Errorf("agent from source = %q, from binary = %q; want the same", fromSrc, fromBin)
 	}
-	if _, err := (&Builder{Store: bin.Store, CacheDir: bin.CacheDir}).agentPath(context.Background()); err == nil {
+	if _, err := (&Builder{Store: bin.Store, CacheDir: bin.CacheDir}).agentPath(context.Background(), "amd64"); err == nil {
 		t.Errorf("agentPath without an agent source = nil error, want one")
 	}
 }
@@ -341,6 +342,11 @@ func TestBuildReproducible(t *testing.T) {
 			a, b := filepath.Join(t.TempDir(), "one"), filepath.Join(t.TempDir(), "deeper", "two")
 			copyDir(t, ex, a)
 			copyDir(t, ex, b)
+			// Examples with external inputs (images, release archives)
+			// build against stand-ins: tests never reach the internet.
+			client := standInClient(t)
+			lockWithStandIns(t, a, client)
+			lockWithStandIns(t, b, client)
 			old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 			filepath.Walk(b, func(p string, _ os.FileInfo, _ error) error { return os.Chtimes(p, old, old) })
 
@@ -352,6 +358,7 @@ func TestBuildReproducible(t *testing.T) {
 				defer syscall.Umask(prev)
 				t.Chdir(t.TempDir())
 				bl := newTestBuilder(t, t.TempDir())
+				bl.HTTPClient = client
 				f := load(t, dir)
 				out := map[string]string{}
 				for _, h := range f.Hosts {
@@ -459,5 +466,69 @@ host "h1" {
 	_, diags = b.Build(ctx, load(t, dir), "h1")
 	if !diags.HasErrors() || diags[0].Summary != "Input does not match deploy.lock" {
 		t.Errorf("Build with a sha256 that disagrees with the lock = %v", diags)
+	}
+}
+
+// An arm64 host gets an aarch64 agent: built from source for its
+// architecture, or the binary beside deploy-agent named for it; without
+// either the build fails naming the host.
+func TestAgentMatchesHostArch(t *testing.T) {
+	ctx := context.Background()
+	fleet := `
+host "pi" {
+  address = "10.0.0.9"
+  arch    = "arm64"
+  file "/etc/motd" {
+    content = "hi\n"
+  }
+}`
+	dir := writeFleet(t, map[string]string{"fleet.hcl": fleet})
+	machine := func(b *Builder, res *Result) elf.Machine {
+		t.Helper()
+		f, err := elf.Open(filepath.Join(b.Store.RealPath(res.Manifest.Agent), closure.AgentBin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		return f.Machine
+	}
+
+	src := newTestBuilder(t, t.TempDir())
+	src.Agent = Agent{SourceDir: ".."}
+	res := build(t, src, load(t, dir), "pi")
+	if m := machine(src, res); m != elf.EM_AARCH64 {
+		t.Errorf("agent of an arm64 host built from source is %v, want EM_AARCH64", m)
+	}
+
+	// Only an amd64 binary: a build error that names the host.
+	binDir := t.TempDir()
+	amd := filepath.Join(binDir, "deploy-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", amd, "./cmd/deploy-agent")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH=amd64", "GOTOOLCHAIN=local")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	bin := newTestBuilder(t, t.TempDir())
+	bin.Agent = Agent{Binary: amd}
+	_, diags := bin.Build(ctx, load(t, dir), "pi")
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "no deploy-agent for linux/arm64") || diags[0].Subject == nil {
+		t.Fatalf("Build with only an amd64 agent = %v, want a build error at the host", diags)
+	}
+	// ... and the arm64 one beside it is used.
+	armAgent := filepath.Join(src.Store.RealPath(res.Manifest.Agent), closure.AgentBin)
+	data, err := os.ReadFile(armAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(amd+"-linux-arm64", data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res2 := build(t, bin, load(t, dir), "pi")
+	if m := machine(bin, res2); m != elf.EM_AARCH64 {
+		t.Errorf("agent beside deploy-agent for arm64 is %v, want EM_AARCH64", m)
+	}
+	if res2.SystemPath != res.SystemPath {
+		t.Errorf("the prebuilt arm64 agent gave system %q, the source build %q; want the same", res2.SystemPath, res.SystemPath)
 	}
 }

@@ -19,6 +19,12 @@ type PackageRealizer interface {
 	Package(ctx context.Context, r *modules.Resource, arch string) (string, hcl.Diagnostics)
 }
 
+// ImageRealizer is a PackageRealizer that also describes the packages that
+// are OCI images, for services that run in them.
+type ImageRealizer interface {
+	Image(path string) (*modules.Image, bool)
+}
+
 // application is a role applied to a host (or the host's and the defaults'
 // own bodies), with its variables.
 type application struct {
@@ -137,12 +143,16 @@ func (h *Host) value() cty.Value {
 // bodies, then every role they apply, transitively, each once.
 func (f *Fleet) applications(h *Host) ([]application, hcl.Diagnostics) {
 	empty := cty.EmptyObjectVal
-	apps := []application{{origin: "defaults", vars: empty, body: f.defaults}, {origin: h.body.origin, vars: empty, body: h.body}}
+	defaults := f.defaults
+	if h.roleOnly {
+		defaults = &scopeBody{origin: "defaults"}
+	}
+	apps := []application{{origin: "defaults", vars: empty, body: defaults}, {origin: h.body.origin, vars: empty, body: h.body}}
 	var diags hcl.Diagnostics
 	applied := map[string]roleUse{}
 	hostCtx := &hcl.EvalContext{Functions: f.funcs, Variables: map[string]cty.Value{"host": h.value()}}
 	var queue []roleUse
-	queue = append(queue, f.defaults.roleUses...)
+	queue = append(queue, defaults.roleUses...)
 	queue = append(queue, h.body.roleUses...)
 	for len(queue) > 0 {
 		u := queue[0]
@@ -329,7 +339,7 @@ func (f *Fleet) Evaluate(ctx context.Context, host string, pkgs PackageRealizer)
 		}
 		return &hcl.EvalContext{Functions: f.funcs, Variables: v}
 	}
-	cfg := &modules.Config{Host: h.Name, Arch: h.Arch, SSHPort: h.Port, Packages: map[string]string{}}
+	cfg := &modules.Config{Host: h.Name, Arch: h.Arch, SSHPort: h.Port, Packages: map[string]string{}, Images: map[string]*modules.Image{}}
 
 	// Phase 1: packages.
 	pkgRes, d := f.phase(apps, map[string]bool{modules.KindPackage: true}, func(a application) *hcl.EvalContext { return vars(a, nil) })
@@ -344,6 +354,11 @@ func (f *Fleet) Evaluate(ctx context.Context, host string, pkgs PackageRealizer)
 		}
 		cfg.Packages[r.Name] = p
 		pkgVals[r.Name] = cty.StringVal(p)
+		if ir, ok := pkgs.(ImageRealizer); ok && r.Has("oci") {
+			if img, ok := ir.Image(p); ok {
+				cfg.Images[p] = img
+			}
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Evaluation interrupted", Detail: err.Error()})

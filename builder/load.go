@@ -66,7 +66,8 @@ type Host struct {
 	Meta     map[string]string
 	DefRange hcl.Range
 
-	body *scopeBody
+	body     *scopeBody
+	roleOnly bool // a RoleHost: no defaults
 }
 
 // Admin is an admin block: a person who can edit and rekey secrets.
@@ -299,6 +300,33 @@ func (f *Fleet) Host(name string) (*Host, bool) {
 		}
 	}
 	return nil, false
+}
+
+// RoleHost adds to f, and returns, a host that applies role name with its
+// variables' defaults and nothing else (not the defaults block): what
+// `deploy image DIR#ROLE` builds. The host is called "role-NAME", has no
+// address and is for architecture arch ("" for amd64).
+func (f *Fleet) RoleHost(name, arch string) (*Host, hcl.Diagnostics) {
+	role, ok := f.Roles[name]
+	if !ok {
+		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Unknown role",
+			Detail: fmt.Sprintf("No role block defines %q.%s", name, suggest(name, f.roleNameList()))}}
+	}
+	hostName := "role-" + name
+	if h, ok := f.Host(hostName); ok {
+		if !h.roleOnly {
+			return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Host name taken",
+				Detail: fmt.Sprintf("Role %q would be built as host %q, which the fleet defines itself.", name, hostName), Subject: h.DefRange.Ptr()}}
+		}
+		return h, nil
+	}
+	if arch == "" {
+		arch = "amd64"
+	}
+	h := &Host{Name: hostName, Arch: arch, Port: 22, Meta: map[string]string{}, DefRange: role.DefRange, roleOnly: true,
+		body: &scopeBody{origin: fmt.Sprintf("role %q", name), roleUses: []roleUse{{name: name, rng: role.DefRange, where: fmt.Sprintf("image of role %q", name)}}}}
+	f.Hosts = append(f.Hosts, h)
+	return h, nil
 }
 
 // Deployment returns the deployment called name.

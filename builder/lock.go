@@ -6,14 +6,24 @@ import (
 	"sort"
 
 	"github.com/declarative/deploy/modules"
+	"github.com/declarative/deploy/oci"
 	"github.com/hashicorp/hcl/v2"
 )
 
-// urlCollector is a dry-run package realizer that records url packages
-// instead of checking their pins.
+// urlCollector is a dry-run package realizer that records url and oci
+// packages instead of checking their pins.
 type urlCollector struct {
-	dry  *modules.PackageBuilder
-	urls map[string][]*modules.Resource
+	dry    *modules.PackageBuilder
+	urls   map[string][]*modules.Resource
+	images map[string]imageUse // by lock key
+}
+
+// imageUse is an image some host needs for its architecture.
+type imageUse struct {
+	r        *modules.Resource
+	ref      string
+	arch     string
+	insecure bool
 }
 
 func (c *urlCollector) Package(ctx context.Context, r *modules.Resource, arch string) (string, hcl.Diagnostics) {
@@ -21,17 +31,29 @@ func (c *urlCollector) Package(ctx context.Context, r *modules.Resource, arch st
 		c.urls[r.String("url", "")] = append(c.urls[r.String("url", "")], r)
 		return c.dry.Placeholder(r.Name, "url:"+r.String("url", "")), nil
 	}
+	if o, ok := r.Block("oci"); ok {
+		ref := o.String("image", "")
+		if _, pinned := oci.PinnedDigest(ref); !pinned {
+			key := modules.ImageLockKey(ref, arch)
+			if u, seen := c.images[key]; !seen || !u.insecure {
+				c.images[key] = imageUse{r: r, ref: ref, arch: arch, insecure: o.Bool("insecure", false)}
+			}
+		}
+		return c.dry.Placeholder(r.Name, "oci:"+ref+":"+arch), nil
+	}
 	return c.dry.Package(ctx, r, arch)
 }
 
 // UpdateLock computes f's lock: every url package of every host, pinned by
-// the SHA-256 of its content. URLs already locked keep their pin unless
-// update is set; others are downloaded with pb (and so land in its download
-// cache). A url whose sha256 attribute disagrees with its content is an
-// error. The result is not written; see [modules.Lock.Write].
+// the SHA-256 of its content, and every oci package for the architectures of
+// the hosts that use it, pinned by the digest its tag resolves to now.
+// Inputs already locked keep their pin unless update is set; urls are
+// downloaded with pb (and so land in its download cache), tags resolved
+// with pb's Puller. A url whose sha256 attribute disagrees with its content
+// is an error. The result is not written; see [modules.Lock.Write].
 func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, update bool) (*modules.Lock, hcl.Diagnostics) {
 	b := &Builder{}
-	c := &urlCollector{dry: b.packageBuilder(f, true), urls: map[string][]*modules.Resource{}}
+	c := &urlCollector{dry: b.packageBuilder(f, true), urls: map[string][]*modules.Resource{}, images: map[string]imageUse{}}
 	var diags hcl.Diagnostics
 	for _, h := range f.Hosts {
 		_, d := f.Evaluate(ctx, h.Name, c)
@@ -78,6 +100,25 @@ func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, updat
 			continue
 		}
 		lock.Inputs[u] = modules.LockedInput{Type: "url", SHA256: got}
+	}
+	keys := make([]string, 0, len(c.images))
+	for k := range c.images {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		u := c.images[k]
+		if old, locked := f.Lock.Inputs[k]; locked && !update && old.Type == modules.LockOCI {
+			lock.Inputs[k] = old
+			continue
+		}
+		d, err := pb.Puller().Resolve(ctx, u.ref, u.insecure, oci.Platform(u.arch))
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot resolve image",
+				Detail: err.Error(), Subject: u.r.BlockRange("oci", "image")})
+			continue
+		}
+		lock.Inputs[k] = modules.LockedInput{Type: modules.LockOCI, Digest: d}
 	}
 	return lock, diags
 }

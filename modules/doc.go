@@ -6,8 +6,11 @@
 // # Kinds
 //
 // [Kinds] lists every [Kind]: its attributes with HCL types and merge rules,
-// nested blocks, and a Check that validates a merged [Resource] with
-// diagnostics pointing at the offending attribute.
+// nested blocks, a Check that validates a merged [Resource] with
+// diagnostics pointing at the offending attribute, and a Realize function
+// that adds the kind's resources to the manifest. Each kind is defined in
+// one place, a constructor in a kind_*.go file; adding a kind means writing
+// that constructor and listing it in [Kinds].
 //
 // # Merging
 //
@@ -19,7 +22,8 @@
 // # Realization
 //
 // [Realizer] turns a host's [Config] into a
-// [github.com/declarative/deploy/manifest.Manifest], storing contents
+// [github.com/declarative/deploy/manifest.Manifest], calling every kind's
+// Realize in [Kinds] order with a [Realization] and storing contents
 // through the small [Objects] interface; [PackageBuilder] builds go
 // packages reproducibly, copies path packages and fetches url packages
 // pinned by the [Lock] (deploy.lock).

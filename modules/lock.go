@@ -22,7 +22,8 @@ const LockFileName = "deploy.lock"
 const LockVersion = 1
 
 // Lock is deploy.lock: every external input of a fleet, pinned by hash.
-// Today the external inputs are url packages, keyed by URL.
+// The external inputs are url packages, keyed by URL, and OCI images, keyed
+// by the image reference and the platform (see [ImageLockKey]).
 type Lock struct {
 	Version int                    `json:"version"`
 	Inputs  map[string]LockedInput `json:"inputs"`
@@ -30,11 +31,27 @@ type Lock struct {
 
 // LockedInput is one pinned input.
 type LockedInput struct {
-	// Type is "url".
+	// Type is "url" or "oci".
 	Type string `json:"type"`
-	// SHA256 is the hex SHA-256 of the input's bytes.
-	SHA256 string `json:"sha256"`
+	// SHA256 is the hex SHA-256 of a url input's bytes.
+	SHA256 string `json:"sha256,omitempty"`
+	// Digest is the digest of an oci input's image manifest for the
+	// platform ("sha256:<hex>").
+	Digest string `json:"digest,omitempty"`
 }
+
+// Lock input types.
+const (
+	LockURL = "url"
+	LockOCI = "oci"
+)
+
+// ImageLockKey is the key of deploy.lock under which image ref is pinned
+// for Linux hosts of architecture arch (a GOARCH): the reference as written,
+// a space and the platform, e.g. "registry.example.com/nginx:1.27
+// linux/amd64". Hosts of different architectures pin different manifests of
+// the same multi-platform image.
+func ImageLockKey(ref, arch string) string { return ref + " linux/" + arch }
 
 // ReadLock reads the lock file of fleetDir; a missing file is an empty lock.
 func ReadLock(fleetDir string) (*Lock, error) {
@@ -58,8 +75,17 @@ func ReadLock(fleetDir string) (*Lock, error) {
 		l.Inputs = map[string]LockedInput{}
 	}
 	for k, in := range l.Inputs {
-		if _, err := ParseSHA256(in.SHA256); err != nil || in.Type != "url" {
-			return nil, fmt.Errorf("parsing %s: input %q: want type \"url\" and a hex sha256", LockFileName, k)
+		switch in.Type {
+		case LockURL:
+			if _, err := ParseSHA256(in.SHA256); err != nil || in.Digest != "" {
+				return nil, fmt.Errorf("parsing %s: input %q: a url input has a hex sha256 and no digest", LockFileName, k)
+			}
+		case LockOCI:
+			if !validDigest(in.Digest) || in.SHA256 != "" || !strings.Contains(k, " linux/") {
+				return nil, fmt.Errorf("parsing %s: input %q: an oci input is keyed \"IMAGE linux/ARCH\" and has a digest \"sha256:<64 hex digits>\"", LockFileName, k)
+			}
+		default:
+			return nil, fmt.Errorf("parsing %s: input %q: type %q is not \"url\" or \"oci\" (a newer deploy wrote it?)", LockFileName, k, in.Type)
 		}
 	}
 	return &l, nil
@@ -102,4 +128,14 @@ func ParseSHA256(s string) (string, error) {
 		return "", fmt.Errorf("%q is not a SHA-256: want 64 hex digits or sha256-<base64>", s)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// validDigest reports whether d is "sha256:" and 64 lowercase hex digits.
+func validDigest(d string) bool {
+	h, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(h) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil && strings.ToLower(h) == h
 }

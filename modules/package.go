@@ -18,6 +18,8 @@ import (
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/nar"
+	"github.com/declarative/deploy/oci"
+	"github.com/declarative/deploy/unpack"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -52,6 +54,9 @@ type PackageBuilder struct {
 	DryRun bool
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Pull fetches oci packages (default: one caching in CacheDir/oci,
+	// with HTTPClient's transport and this builder's Logf).
+	Pull *oci.Puller
 
 	once      sync.Once
 	goVersion string
@@ -60,6 +65,7 @@ type PackageBuilder struct {
 	goErr     error
 	mu        sync.Mutex
 	inFlight  map[string]*sync.Mutex
+	images    map[string]*Image // by store path
 }
 
 func (b *PackageBuilder) logf(format string, args ...any) {
@@ -78,6 +84,8 @@ func (b *PackageBuilder) Package(ctx context.Context, r *Resource, arch string) 
 		return b.pathPackage(ctx, r)
 	case r.Has("url"):
 		return b.urlPackage(ctx, r)
+	case r.Has("oci"):
+		return b.ociPackage(ctx, r, arch)
 	}
 	return "", hcl.Diagnostics{errAt(r.nameRange(), "Invalid package source", "Package %q has no source.", r.Name)}
 }
@@ -400,6 +408,9 @@ func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, h
 	fail := func(err error) (string, hcl.Diagnostics) {
 		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
 	}
+	if r.Bool("unpack", false) {
+		return b.archivePackage(ctx, r, sum)
+	}
 	k := fmt.Sprintf("%s-%t-%s", sum, exe, StoreName(r.Name, "package"))
 	mu := b.lockFor("url:" + k)
 	mu.Lock()
@@ -432,6 +443,52 @@ func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, h
 		return fail(err)
 	}
 	pi, err := b.Store.AddTree(ctx, obj, StoreName(r.Name, "package"), nil)
+	if err != nil {
+		return fail(err)
+	}
+	if err := b.remember("url", k, pi.Path); err != nil {
+		return fail(err)
+	}
+	return pi.Path, nil
+}
+
+// archivePackage realizes a url package with unpack = true: the pinned
+// archive's contents, strip_components leading components dropped.
+func (b *PackageBuilder) archivePackage(ctx context.Context, r *Resource, sum string) (string, hcl.Diagnostics) {
+	url := r.String("url", "")
+	strip, _ := r.Int("strip_components")
+	name := StoreName(r.Name, "package")
+	k := fmt.Sprintf("%s-unpack%d-%s", sum, strip, name)
+	mu := b.lockFor("url:" + k)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := b.cached("url", k); ok {
+		return p, nil
+	}
+	file, err := b.Fetch(ctx, url, sum)
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
+	}
+	fail := func(err error) (string, hcl.Diagnostics) {
+		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot unpack package", "Package %q: %s.", r.Name, err)}
+	}
+	tmp, err := b.tempDir()
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(tmp)
+	tree, err := unpack.NewTree(tmp)
+	if err != nil {
+		return fail(err)
+	}
+	defer tree.Close()
+	if _, err := tree.ApplyFile(file, unpack.Options{StripComponents: strip, Name: url}); err != nil {
+		return fail(err)
+	}
+	if tree.Empty() {
+		return fail(fmt.Errorf("the archive holds nothing (with strip_components = %d)", strip))
+	}
+	pi, err := tree.AddToStore(ctx, b.Store, name, nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -508,4 +565,92 @@ func (b *PackageBuilder) Hash(ctx context.Context, url string) (string, error) {
 		return "", err
 	}
 	return filepath.Base(p), nil
+}
+
+// Image is what a service that runs in an image (root = package.NAME)
+// needs to know of it.
+type Image struct {
+	// Path is the image's store path.
+	Path string
+	// Digest is the image manifest's digest ("" when unknown).
+	Digest string
+	// Known is false when the image was not fetched (deploy check): then
+	// only Path is set.
+	Known bool
+	// Entrypoint, Cmd, Env, WorkingDir, User and StopSignal are the image
+	// configuration's.
+	Entrypoint, Cmd, Env []string
+	WorkingDir, User     string
+	StopSignal           string
+	// RootDir is where the root filesystem is on this machine.
+	RootDir string
+}
+
+// Image returns what b knows of the oci package whose store path is p.
+func (b *PackageBuilder) Image(p string) (*Image, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	img, ok := b.images[p]
+	return img, ok
+}
+
+func (b *PackageBuilder) addImage(img *Image) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.images == nil {
+		b.images = map[string]*Image{}
+	}
+	b.images[img.Path] = img
+}
+
+// Puller returns b's Puller, making the default one first if it has none.
+func (b *PackageBuilder) Puller() *oci.Puller {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.Pull == nil {
+		b.Pull = &oci.Puller{CacheDir: filepath.Join(b.CacheDir, "oci"), Logf: b.Logf}
+		if b.HTTPClient != nil {
+			b.Pull.Transport = b.HTTPClient.Transport
+		}
+	}
+	return b.Pull
+}
+
+// ImagePin returns the manifest digest that pins oci package r for hosts of
+// architecture arch: the digest in its image reference, or deploy.lock's.
+func ImagePin(r *Resource, lock *Lock, arch string) (string, hcl.Diagnostics) {
+	o, _ := r.Block("oci")
+	ref := o.String("image", "")
+	if d, ok := oci.PinnedDigest(ref); ok {
+		return d, nil
+	}
+	if lock != nil {
+		if in, ok := lock.Inputs[ImageLockKey(ref, arch)]; ok && in.Type == LockOCI {
+			return in.Digest, nil
+		}
+	}
+	return "", hcl.Diagnostics{errAt(r.BlockRange("oci", "image"), "Unpinned image",
+		"Package %q uses image %q, which deploy.lock does not pin for linux/%s (and the reference has no @sha256: digest). Run `deploy lock` to pin it.", r.Name, ref, arch)}
+}
+
+func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch string) (string, hcl.Diagnostics) {
+	digest, diags := ImagePin(r, b.Lock, arch)
+	if diags.HasErrors() {
+		return "", diags
+	}
+	o, _ := r.Block("oci")
+	ref, insecure := o.String("image", ""), o.Bool("insecure", false)
+	if b.DryRun {
+		p := b.Placeholder(r.Name, "oci:"+digest+":"+arch)
+		b.addImage(&Image{Path: p, Digest: digest})
+		return p, nil
+	}
+	img, err := b.Puller().Realize(ctx, b.Store, ref, digest, insecure, oci.Platform(arch))
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.BlockRange("oci", "image"), "Cannot fetch image", "Package %q: %s.", r.Name, err)}
+	}
+	c := img.Config
+	b.addImage(&Image{Path: img.Path, Digest: img.Digest, Known: true, Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env,
+		WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal, RootDir: filepath.Join(b.Store.RealPath(img.Path), oci.RootDir)})
+	return img.Path, nil
 }

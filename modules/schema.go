@@ -44,8 +44,8 @@ type Block struct {
 	Doc   string
 }
 
-// Kind is a resource kind: its HCL schema and validation. What a kind
-// realizes into is in realize.go.
+// Kind is a resource kind: its HCL schema, its validation and what it
+// realizes into. Each built-in kind is defined in one kind_*.go file.
 type Kind struct {
 	// Name is the block type, e.g. "file".
 	Name string
@@ -58,6 +58,9 @@ type Kind struct {
 	Blocks []Block
 	// Check validates a merged resource.
 	Check func(r *Resource) hcl.Diagnostics
+	// Realize adds the host's resources of this kind (sorted by name) to
+	// the manifest; nil for kinds that add nothing.
+	Realize func(c *Realization, rs []*Resource)
 }
 
 // attr returns the schema of the attribute or block called name.
@@ -100,6 +103,9 @@ func (p Priority) String() string {
 type Value struct {
 	V     cty.Value
 	Range hcl.Range
+	// Sub holds, for a nested block, the ranges of its attributes'
+	// expressions (Range is the block's header).
+	Sub map[string]hcl.Range
 }
 
 // Definition is one block that defines a resource, evaluated but not merged.
@@ -197,8 +203,23 @@ func (r *Resource) Range(name string) *hcl.Range {
 	return &r.DefRange
 }
 
+// BlockRange returns the range of attribute attr of nested block name, or
+// the block's header when the attribute is unset (or the resource's header
+// when the block is).
+func (r *Resource) BlockRange(name, attr string) *hcl.Range {
+	v, ok := r.Attrs[name]
+	if !ok {
+		return &r.DefRange
+	}
+	if rng, ok := v.Sub[attr]; ok {
+		return &rng
+	}
+	return &v.Range
+}
+
 // Block returns a nested block's attributes as a resource of its own, for the
-// accessors; ok is false when the block is absent.
+// accessors; ok is false when the block is absent. The attributes' ranges are
+// the block's header (see BlockRange).
 func (r *Resource) Block(name string) (*Resource, bool) {
 	v, ok := r.Attrs[name]
 	if !ok || v.V.IsNull() {
@@ -297,17 +318,18 @@ func Decode(k *Kind, name string, body hcl.Body, defRange hcl.Range, origin stri
 			continue
 		}
 		seen[blk.Type] = blk.DefRange
-		v, d := decodeBlock(bs, blk.Body, ctx, k.Name)
+		v, sub, d := decodeBlock(bs, blk.Body, ctx, k.Name)
 		diags = append(diags, d...)
 		if !d.HasErrors() {
-			def.Attrs[bs.Name] = Value{V: v, Range: blk.DefRange}
+			def.Attrs[bs.Name] = Value{V: v, Range: blk.DefRange, Sub: sub}
 		}
 	}
 	return def, diags
 }
 
-func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (cty.Value, hcl.Diagnostics) {
+func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (cty.Value, map[string]hcl.Range, hcl.Diagnostics) {
 	vals := map[string]cty.Value{}
+	ranges := map[string]hcl.Range{}
 	var diags hcl.Diagnostics
 	if bs.Free != cty.NilType {
 		attrs, d := body.JustAttributes()
@@ -322,12 +344,13 @@ func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (ct
 			diags = append(diags, d...)
 			if !d.HasErrors() {
 				vals[n] = v
+				ranges[n] = attrs[n].Expr.Range()
 			}
 		}
 		if len(vals) == 0 {
-			return cty.EmptyObjectVal, diags
+			return cty.EmptyObjectVal, ranges, diags
 		}
-		return cty.ObjectVal(vals), diags
+		return cty.ObjectVal(vals), ranges, diags
 	}
 	s := &hcl.BodySchema{}
 	for _, a := range bs.Attrs {
@@ -336,7 +359,7 @@ func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (ct
 	content, d := body.Content(s)
 	diags = append(diags, d...)
 	if content == nil {
-		return cty.NilVal, diags
+		return cty.NilVal, nil, diags
 	}
 	for _, a := range bs.Attrs {
 		attr, ok := content.Attributes[a.Name]
@@ -347,12 +370,13 @@ func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (ct
 		diags = append(diags, d...)
 		if !d.HasErrors() && !v.IsNull() {
 			vals[a.Name] = v
+			ranges[a.Name] = attr.Expr.Range()
 		}
 	}
 	if len(vals) == 0 {
-		return cty.EmptyObjectVal, diags
+		return cty.EmptyObjectVal, ranges, diags
 	}
-	return cty.ObjectVal(vals), diags
+	return cty.ObjectVal(vals), ranges, diags
 }
 
 // evalAs evaluates expr and converts it to ty.
@@ -420,7 +444,7 @@ func MergeDefinitions(defs []*Definition) (*Resource, hcl.Diagnostics) {
 			a, _ := r.Kind.attr(n)
 			merged, ok := mergeValues(a.Merge, prev.V, v.V)
 			if ok {
-				r.Attrs[n] = Value{V: merged, Range: prev.Range}
+				r.Attrs[n] = Value{V: merged, Range: prev.Range, Sub: prev.Sub}
 				continue
 			}
 			first := from[n]

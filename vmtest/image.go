@@ -132,7 +132,7 @@ func ensureImage(ctx context.Context, cache, mirror string, logf func(string, ..
 	start := time.Now()
 	logf("vmtest: building image %s with debootstrap from %s (once per machine)", key, mirror)
 	logPath := final + ".log"
-	if err := debootstrap(ctx, filepath.Join(tmp, "rootfs"), mirror, logPath); err != nil {
+	if err := debootstrap(ctx, filepath.Join(tmp, "rootfs"), mirror, logPath, imagePackages); err != nil {
 		return "", err
 	}
 	if err := customizeImage(filepath.Join(tmp, "rootfs")); err != nil {
@@ -148,7 +148,7 @@ func ensureImage(ctx context.Context, cache, mirror string, logf func(string, ..
 	return rootfs, nil
 }
 
-func debootstrap(ctx context.Context, target, mirror, logPath string) error {
+func debootstrap(ctx context.Context, target, mirror, logPath string, packages []string) error {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return fmt.Errorf("debootstrap: %w", err)
@@ -156,7 +156,7 @@ func debootstrap(ctx context.Context, target, mirror, logPath string) error {
 	defer logFile.Close()
 	cmd := exec.CommandContext(ctx, "debootstrap",
 		"--variant="+imageVariant,
-		"--include="+strings.Join(imagePackages, ","),
+		"--include="+strings.Join(packages, ","),
 		imageSuite, target, mirror)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")

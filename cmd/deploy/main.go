@@ -39,6 +39,7 @@ func commands() []command {
 		{"eval", "print the evaluated configuration of hosts (DIR#NAME...)", runEval},
 		{"check", "validate a whole fleet without building (for CI)", runCheck},
 		{"closure", "list a host's system closure with sizes (DIR#HOST)", runClosure},
+		{"image", "write an OCI image of a host's or role's closure, one layer per store path (DIR#NAME -o FILE.tar | --push REF)", runImage},
 		{"diff", "show what deploying a host changes, against what it runs now or --from SYSTEM (DIR#HOST)", runDiff},
 		{"lock", "pin every external input of a fleet in deploy.lock", runLock},
 		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},

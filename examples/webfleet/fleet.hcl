@@ -1,10 +1,16 @@
 # A small web fleet: three web servers behind tags, one database host, a
-# shared base role, and two deployments.
+# shared base role, and two deployments. The web servers run nginx from
+# Docker's official image (web.hcl); every host runs Prometheus'
+# node_exporter from its release archive (base.hcl). deploy.lock pins both:
+# the image by manifest digest (from docker-library/repo-info), the archive
+# by sha256.
 #
 #   deploy check .
+#   deploy lock --update .      re-pin the image tag and the archive
 #   deploy build .#web          every host of deployment "web"
 #   deploy build .#@db
 #   deploy eval --json .#web2
+#   deploy image .#db1 --service node_exporter -o node_exporter.tar
 
 defaults {
   ssh_user = "root"

@@ -1,3 +1,7 @@
+# role "web": the site served by nginx from Docker's official image, with
+# the configuration and the pages coming from this fleet. Nothing of nginx
+# is installed on the host: the service runs in the image's root filesystem
+# (a read-only store path), and rollback returns the previous image too.
 role "web" {
   variable "port" {
     type    = number
@@ -8,6 +12,14 @@ role "web" {
     default = 2
   }
 
+  # deploy.lock pins the image to one manifest digest per architecture;
+  # `deploy lock --update` re-pins the tag.
+  package "nginx" {
+    oci {
+      image = "docker.io/library/nginx:1-trixie"
+    }
+  }
+
   package "site" {
     path = "./site"
   }
@@ -16,28 +28,39 @@ role "web" {
     groups = ["www-data"]
   }
 
-  user "web" {
-    system = true
-  }
-
-  file "/etc/web/web.env" {
-    content = join("\n", [
-      "PORT=${var.port}",
-      "WORKERS=${var.workers}",
-      "WEIGHT=${lookup(host.meta, "weight", "1")}",
-    ])
+  file "/etc/web/nginx.conf" {
+    content = <<-EOF
+      user nginx;
+      worker_processes ${var.workers};
+      pid /run/nginx.pid;
+      error_log stderr notice;
+      events {
+        worker_connections 1024;
+      }
+      http {
+        include /etc/nginx/mime.types;
+        access_log off;
+        server {
+          listen ${var.port};
+          root /usr/share/nginx/html;
+          add_header X-Weight ${lookup(host.meta, "weight", "1")};
+        }
+      }
+    EOF
   }
 
   service "web" {
-    description       = "static site"
-    exec_start        = "/usr/bin/python3 -m http.server ${var.port} --directory ${package.site}"
-    user              = "web"
-    environment_files = ["/etc/web/web.env"]
-    restart           = "always"
-    restart_triggers  = [var.workers]
-    unit {
-      Service = { NoNewPrivileges = true, ProtectSystem = "strict" }
-    }
+    description = "static site (nginx from an image)"
+    root        = package.nginx
+    # The image's entrypoint script would rewrite files in the read-only
+    # image: run nginx itself.
+    exec_start = "/usr/sbin/nginx -g 'daemon off;'"
+    bind = [
+      "/etc/web/nginx.conf:/etc/nginx/nginx.conf",
+      "${package.site}:/usr/share/nginx/html",
+    ]
+    cache_directory = ["nginx"]
+    restart         = "always"
   }
 
   firewall {

@@ -33,4 +33,50 @@ host "h1" {
     go { # ERROR: Missing required argument
     }
   }
+  package "unpack-path" {
+    path   = "./x"
+    unpack = true # ERROR: Unexpected unpack
+  }
+  package "strip-without-unpack" {
+    url              = "https://example.com/a.tar.gz"
+    sha256           = "0000000000000000000000000000000000000000000000000000000000000000"
+    strip_components = 1 # ERROR: Unexpected strip_components
+  }
+  package "strip-negative" {
+    url              = "https://example.com/b.tar.gz"
+    sha256           = "0000000000000000000000000000000000000000000000000000000000000000"
+    unpack           = true
+    strip_components = -1 # ERROR: Invalid strip_components
+  }
+  package "unpack-executable" {
+    url        = "https://example.com/c.tar.gz"
+    sha256     = "0000000000000000000000000000000000000000000000000000000000000000"
+    unpack     = true
+    executable = true # ERROR: Unexpected executable
+  }
+  package "archive-unpinned" {
+    url    = "https://example.com/d.tar.gz" # ERROR: Unpinned url
+    unpack = true
+  }
+  package "image-unpinned" {
+    oci {
+      image = "registry.example.com/library/nginx:1.27" # ERROR: Unpinned image
+    }
+  }
+  package "image-pinned" {
+    oci {
+      image = "registry.example.com/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    }
+  }
+  package "image-bad" {
+    oci {
+      image = "Not A Reference" # ERROR: Invalid image
+    }
+  }
+  package "two-sources" { # ERROR: Invalid package source
+    path = "./x"
+    oci {
+      image = "registry.example.com/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    }
+  }
 }

@@ -40,4 +40,26 @@ host "h1" {
   timer "ok" {
     on_calendar = ["daily"]
   }
+  package "image-pinned" {
+    oci {
+      image = "registry.example.com/library/nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    }
+  }
+  service "in-image" {
+    root = package.image-pinned
+  }
+  service "bad-root" {
+    root = "relative/path" # ERROR: Invalid root
+  }
+  service "bad-bind" {
+    root = package.image-pinned
+    bind = ["relative:/x"] # ERROR: Invalid bind
+  }
+  service "bad-state" {
+    exec_start      = "/bin/true"
+    state_directory = ["/abs"] # ERROR: Invalid state_directory
+  }
+  service "not-an-image" {
+    root = "/usr" # ERROR: Invalid root
+  }
 }

@@ -1,0 +1,531 @@
+package oci
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/unpack"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Layout names inside an image's store path.
+const (
+	ManifestFile = "manifest.json"
+	ConfigFile   = "config.json"
+	RootDir      = "rootfs"
+)
+
+// treeVersion counts changes to how an image becomes a tree (the unpack
+// rules, the mount points added): it is part of the realized-image index
+// key, so a new rule never reuses a path made by the old one.
+const treeVersion = "1"
+
+// Puller fetches images from registries into a store. Its zero value is
+// not usable: set CacheDir. A Puller is safe for concurrent use.
+type Puller struct {
+	// CacheDir holds layer blobs (blobs/sha256/HEX) and the index of
+	// realized images (images/HEX), each file written atomically.
+	CacheDir string
+	// Keychain finds credentials (default authn.DefaultKeychain:
+	// ~/.docker/config.json, its credential helpers, then Podman's
+	// auth.json).
+	Keychain authn.Keychain
+	// Transport is the HTTP transport (default remote.DefaultTransport).
+	// Plain HTTP requests are refused on top of it unless an image is
+	// pulled with insecure set.
+	Transport http.RoundTripper
+	// Jobs bounds parallel blob downloads (default 4).
+	Jobs int
+	// Logf receives progress lines; nil discards them.
+	Logf func(format string, args ...any)
+
+	mu       sync.Mutex
+	inFlight map[string]*sync.Mutex
+}
+
+func (p *Puller) logf(format string, args ...any) {
+	if p.Logf != nil {
+		p.Logf(format, args...)
+	}
+}
+
+// Platform returns the OCI platform of a Linux host whose GOARCH is arch.
+func Platform(arch string) v1.Platform { return v1.Platform{OS: "linux", Architecture: arch} }
+
+// httpsOnly refuses plain HTTP unless allowed: go-containerregistry falls
+// back to HTTP on its own for loopback and private addresses.
+type httpsOnly struct {
+	base      http.RoundTripper
+	allowHTTP bool
+}
+
+func (h *httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !h.allowHTTP {
+		return nil, fmt.Errorf("plain HTTP to %s refused: the image does not say insecure = true", req.URL.Host)
+	}
+	return h.base.RoundTrip(req)
+}
+
+func (p *Puller) options(ctx context.Context, insecure bool) []remote.Option {
+	base := p.Transport
+	if base == nil {
+		base = remote.DefaultTransport
+	}
+	kc := p.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(kc),
+		remote.WithTransport(&httpsOnly{base: base, allowHTTP: insecure}),
+		remote.WithUserAgent("deploy"),
+	}
+}
+
+// ParseReference parses an image reference ("registry/repo:tag",
+// "repo@sha256:...", Docker Hub's short forms).
+func ParseReference(ref string, insecure bool) (name.Reference, error) {
+	var opts []name.Option
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	return r, nil
+}
+
+// PinnedDigest returns the digest an image reference carries
+// ("repo@sha256:..."), if any.
+func PinnedDigest(ref string) (string, bool) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "", false
+	}
+	d, ok := r.(name.Digest)
+	if !ok {
+		return "", false
+	}
+	return d.DigestStr(), true
+}
+
+// isIndex reports whether a manifest media type is a multi-platform index.
+func isIndex(mt types.MediaType) bool {
+	return mt == types.OCIImageIndex || mt == types.DockerManifestList
+}
+
+// Resolve returns the digest of the image manifest that ref names now for
+// the platform: a tag pointing to a multi-platform index is resolved to
+// the index's manifest for the platform. This is what `deploy lock` pins.
+func (p *Puller) Resolve(ctx context.Context, ref string, insecure bool, platform v1.Platform) (string, error) {
+	r, err := ParseReference(ref, insecure)
+	if err != nil {
+		return "", err
+	}
+	desc, err := remote.Get(r, p.options(ctx, insecure)...)
+	if err != nil {
+		return "", fmt.Errorf("resolving %q: %w", ref, err)
+	}
+	d, _, err := p.forPlatform(ctx, r, desc.MediaType, desc.Digest, desc.Manifest, insecure, platform)
+	if err != nil {
+		return "", fmt.Errorf("resolving %q: %w", ref, err)
+	}
+	return d.String(), nil
+}
+
+// forPlatform turns a manifest (an image's or an index's) into the image
+// manifest for the platform, checking a single image's own platform.
+func (p *Puller) forPlatform(ctx context.Context, r name.Reference, mt types.MediaType, dg v1.Hash, raw []byte, insecure bool, platform v1.Platform) (v1.Hash, []byte, error) {
+	if isIndex(mt) {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return v1.Hash{}, nil, fmt.Errorf("parsing index %s: %w", dg, err)
+		}
+		var have []string
+		for _, m := range idx.Manifests {
+			if m.Platform == nil {
+				continue
+			}
+			have = append(have, m.Platform.String())
+			if m.Platform.Satisfies(platform) && !isIndex(m.MediaType) {
+				desc, err := remote.Get(r.Context().Digest(m.Digest.String()), p.options(ctx, insecure)...)
+				if err != nil {
+					return v1.Hash{}, nil, err
+				}
+				return desc.Digest, desc.Manifest, nil
+			}
+		}
+		return v1.Hash{}, nil, fmt.Errorf("the image has no manifest for %s (it has %s)", platform, strings.Join(have, ", "))
+	}
+	switch mt {
+	case types.OCIManifestSchema1, types.DockerManifestSchema2:
+	default:
+		return v1.Hash{}, nil, fmt.Errorf("manifest %s has media type %q, which is not an image", dg, mt)
+	}
+	return dg, raw, nil
+}
+
+// Image is an image realized in the store.
+type Image struct {
+	// Path is the store path.
+	Path string
+	// Digest is the image manifest's digest.
+	Digest string
+	// Config is the image's configuration.
+	Config v1.Config
+	// Skipped lists layer entries left out (device nodes, FIFOs).
+	Skipped []string
+}
+
+// StoreName is the name of the store path of the image whose manifest
+// digest is digest: the same digest gives the same name, wherever the
+// image came from.
+func StoreName(digest string) string {
+	hexPart := strings.TrimPrefix(digest, "sha256:")
+	if len(hexPart) > 16 {
+		hexPart = hexPart[:16]
+	}
+	return "oci-" + hexPart
+}
+
+// ReadImage reads the image configuration of an image store path whose
+// content is at dir on this machine.
+func ReadImage(dir string) (*v1.ConfigFile, error) {
+	f, err := os.Open(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", dir, err)
+	}
+	defer f.Close()
+	cf, err := v1.ParseConfigFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %s: %w", dir, ConfigFile, err)
+	}
+	return cf, nil
+}
+
+func (p *Puller) lockFor(key string) *sync.Mutex {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inFlight == nil {
+		p.inFlight = map[string]*sync.Mutex{}
+	}
+	m, ok := p.inFlight[key]
+	if !ok {
+		m = &sync.Mutex{}
+		p.inFlight[key] = m
+	}
+	return m
+}
+
+// Realize makes the store path of the image ref names at digest (the
+// digest of an image manifest for the platform, or of an index that has
+// one), unless the same digest was realized into s before.
+func (p *Puller) Realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform) (*Image, error) {
+	mu := p.lockFor(digest)
+	mu.Lock()
+	defer mu.Unlock()
+	indexFile := filepath.Join(p.CacheDir, "images", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
+	if data, err := os.ReadFile(indexFile); err == nil {
+		path := strings.TrimSpace(string(data))
+		if ok, err := s.Valid(path); err == nil && ok {
+			cf, err := ReadImage(s.RealPath(path))
+			if err == nil {
+				m, _ := os.ReadFile(filepath.Join(s.RealPath(path), ManifestFile))
+				sum := sha256.Sum256(m)
+				return &Image{Path: path, Digest: "sha256:" + hex.EncodeToString(sum[:]), Config: cf.Config}, nil
+			}
+		}
+	}
+	img, err := p.realize(ctx, s, ref, digest, insecure, platform)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", ref, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(indexFile), 0o755); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(indexFile, []byte(img.Path+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform) (*Image, error) {
+	r, err := ParseReference(ref, insecure)
+	if err != nil {
+		return nil, err
+	}
+	dg, err := v1.NewHash(digest)
+	if err != nil {
+		return nil, fmt.Errorf("digest %q: %w", digest, err)
+	}
+	opts := p.options(ctx, insecure)
+	desc, err := remote.Get(r.Context().Digest(digest), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetching manifest %s: %w", digest, err)
+	}
+	if desc.Digest != dg {
+		return nil, fmt.Errorf("the registry answered manifest %s for %s", desc.Digest, digest)
+	}
+	mdg, raw, err := p.forPlatform(ctx, r, desc.MediaType, desc.Digest, desc.Manifest, insecure, platform)
+	if err != nil {
+		return nil, err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing manifest %s: %w", mdg, err)
+	}
+	repo := r.Context()
+	cfgRaw, err := p.blobBytes(ctx, repo, m.Config.Digest, insecure, 16<<20)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(cfgRaw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing config %s: %w", m.Config.Digest, err)
+	}
+	if cf.OS != platform.OS || cf.Architecture != platform.Architecture {
+		return nil, fmt.Errorf("image %s is for %s/%s, the host is %s", mdg, cf.OS, cf.Architecture, platform)
+	}
+	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
+		return nil, fmt.Errorf("manifest %s lists %d layers, its config %d", mdg, len(m.Layers), len(cf.RootFS.DiffIDs))
+	}
+	for _, l := range m.Layers {
+		if !l.MediaType.IsLayer() || l.MediaType == types.DockerForeignLayer || !l.MediaType.IsDistributable() {
+			return nil, fmt.Errorf("layer %s has media type %q, which this version cannot apply", l.Digest, l.MediaType)
+		}
+	}
+	if err := p.fetchBlobs(ctx, repo, m.Layers, insecure); err != nil {
+		return nil, err
+	}
+
+	tmp := filepath.Join(p.CacheDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	tree, err := unpack.NewTree(tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer tree.Close()
+	for i, l := range m.Layers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := p.applyLayer(tree, i, l, cf.RootFS.DiffIDs[i]); err != nil {
+			return nil, err
+		}
+	}
+	if err := mountPoints(tree); err != nil {
+		return nil, err
+	}
+	if err := tree.WriteFile(ManifestFile, raw, false); err != nil {
+		return nil, err
+	}
+	if err := tree.WriteFile(ConfigFile, cfgRaw, false); err != nil {
+		return nil, err
+	}
+	for _, sk := range tree.Skipped {
+		p.logf("image %s: %s", ref, sk)
+	}
+	pi, err := tree.AddToStore(ctx, s, StoreName(mdg.String()), nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Path: pi.Path, Digest: mdg.String(), Config: cf.Config, Skipped: tree.Skipped}, nil
+}
+
+// mountPoints adds what systemd mounts over when the root filesystem is a
+// service's RootDirectory=, so that it never has to create them inside the
+// (read-only, content-addressed) store path.
+func mountPoints(tree *unpack.Tree) error {
+	// /root, /home and /usr are where ProtectHome= and ProtectSystem=
+	// (which DynamicUser= implies) mount.
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "var/tmp", "root", "home", "usr"} {
+		if err := tree.Mkdir(RootDir + "/" + d); err != nil {
+			return fmt.Errorf("adding mount point /%s: %w", d, err)
+		}
+	}
+	for _, f := range []string{"etc/resolv.conf", "etc/hosts"} {
+		if k := tree.Lookup(RootDir + "/" + f); k == "file" || k == "executable" {
+			continue
+		}
+		if err := tree.WriteFile(RootDir+"/"+f, nil, false); err != nil {
+			return fmt.Errorf("adding mount point /%s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+func (p *Puller) blobPath(d v1.Hash) string {
+	return filepath.Join(p.CacheDir, "blobs", d.Algorithm, d.Hex)
+}
+
+// blobBytes returns a small blob (a config), from the cache or the
+// registry.
+func (p *Puller) blobBytes(ctx context.Context, repo name.Repository, d v1.Hash, insecure bool, max int64) ([]byte, error) {
+	if err := p.fetchBlob(ctx, repo, d, insecure); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p.blobPath(d))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	if sum := sha256.Sum256(data); d.Algorithm != "sha256" || hex.EncodeToString(sum[:]) != d.Hex {
+		return nil, fmt.Errorf("cached blob %s does not match its digest", d)
+	}
+	return data, nil
+}
+
+// fetchBlobs downloads the layers missing from the cache, Jobs at a time.
+func (p *Puller) fetchBlobs(ctx context.Context, repo name.Repository, layers []v1.Descriptor, insecure bool) error {
+	jobs := p.Jobs
+	if jobs <= 0 {
+		jobs = 4
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, jobs)
+	errs := make([]error, len(layers))
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := p.fetchBlob(ctx, repo, l.Digest, insecure); err != nil {
+				errs[i] = fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// fetchBlob downloads blob d into the cache unless it is there, verifying
+// its digest before it gets its name.
+func (p *Puller) fetchBlob(ctx context.Context, repo name.Repository, d v1.Hash, insecure bool) error {
+	if d.Algorithm != "sha256" {
+		return fmt.Errorf("digest %s: only sha256 is supported", d)
+	}
+	final := p.blobPath(d)
+	if _, err := os.Stat(final); err == nil {
+		return nil
+	}
+	mu := p.lockFor("blob:" + d.String())
+	mu.Lock()
+	defer mu.Unlock()
+	if _, err := os.Stat(final); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return err
+	}
+	l, err := remote.Layer(repo.Digest(d.String()), p.options(ctx, insecure)...)
+	if err != nil {
+		return err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(final), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	if err != nil {
+		tmp.Close()
+		return fmt.Errorf("downloading: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
+		tmp.Close()
+		return fmt.Errorf("downloaded blob has sha256 %s", got)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	p.logf("fetched %s (%d bytes)", d, n)
+	return os.Rename(tmp.Name(), final)
+}
+
+// applyLayer applies cached layer blob l (any compression) to the tree,
+// checking the blob against its digest and the uncompressed stream against
+// the config's diff ID.
+func (p *Puller) applyLayer(tree *unpack.Tree, i int, l v1.Descriptor, diffID v1.Hash) error {
+	name := fmt.Sprintf("layer %d (%s)", i+1, l.Digest)
+	f, err := os.Open(p.blobPath(l.Digest))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	defer f.Close()
+	blobHash := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(f, blobHash), 1<<20)
+	head, _ := br.Peek(512)
+	format, ok := unpack.Detect(head)
+	if len(head) == 0 {
+		format, ok = unpack.FormatTar, true
+	}
+	if !ok || format == unpack.FormatZip {
+		return fmt.Errorf("%s: not a tar stream (media type %q)", name, l.MediaType)
+	}
+	r, closeFn, err := unpack.Decompress(br, format)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	defer closeFn()
+	diffHash := sha256.New()
+	tr := io.TeeReader(r, diffHash)
+	if err := tree.ApplyTar(tr, unpack.Options{Layer: true, Dir: RootDir, Name: name}); err != nil {
+		return err
+	}
+	// The tar reader stops at the end-of-archive marker: hash the rest.
+	if _, err := io.Copy(io.Discard, tr); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if got := hex.EncodeToString(blobHash.Sum(nil)); got != l.Digest.Hex {
+		return fmt.Errorf("%s: the cached blob has sha256 %s: remove it from %s", name, got, p.blobPath(l.Digest))
+	}
+	if diffID.Algorithm == "sha256" && hex.EncodeToString(diffHash.Sum(nil)) != diffID.Hex {
+		return fmt.Errorf("%s: the uncompressed layer does not match diff ID %s", name, diffID)
+	}
+	return nil
+}
