@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/declarative/deploy/closure/nar"
@@ -483,4 +484,111 @@ func syncFS(dir string) error {
 		return fmt.Errorf("syncfs %q: %w", dir, err)
 	}
 	return nil
+}
+
+// Batch imports many paths the way [Store.Receive] does, for importers
+// that fetch paths themselves (from a binary cache): [Batch.Stage] restores
+// and checks one path into a private directory and may be called
+// concurrently; [Batch.Commit] then makes staged paths valid in reference
+// order with one round of flushes. The store lock is held shared from
+// [Store.NewBatch] to [Batch.Close], which discards whatever is still
+// staged.
+type Batch struct {
+	s      *Store
+	unlock func()
+	mu     sync.Mutex
+	staged map[string]*staged
+}
+
+// NewBatch starts a batch import (sweeping what interrupted imports left
+// when no other import runs).
+func (s *Store) NewBatch(ctx context.Context) (*Batch, error) {
+	if err := s.init(); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lockShared(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Batch{s: s, unlock: unlock, staged: map[string]*staged{}}, nil
+}
+
+// Stage reads exactly pi.NarSize bytes of NAR from r into a private
+// directory and checks its hash and size. Unless signed, pi.Path must also
+// be the content address of pi (its NAR hash, name and references); signed
+// says the caller has verified pi's signature by a key it trusts, which
+// then vouches for the path's name (Nix's input-addressed paths).
+func (b *Batch) Stage(r io.Reader, pi *PathInfo, signed bool) error {
+	if _, _, err := SplitPath(b.s.StoreDir, pi.Path); err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	if pi.NarSize <= 0 {
+		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
+	}
+	if !signed {
+		if err := b.s.checkContentAddress(pi); err != nil {
+			return err
+		}
+	}
+	st, err := b.s.stage(r, pi)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old := b.staged[pi.Path]; old != nil {
+		old.discard()
+	}
+	b.staged[pi.Path] = st
+	return nil
+}
+
+// Commit makes the staged paths among order valid, in that order, which
+// must put references first. A staged path whose references are neither
+// valid nor committed before it in this call is discarded. It returns the
+// paths made valid by this call.
+func (b *Batch) Commit(ctx context.Context, order []string) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pending := map[string]bool{}
+	var batch []*staged
+	for _, p := range order {
+		st := b.staged[p]
+		if st == nil {
+			continue
+		}
+		delete(b.staged, p)
+		if ok, err := b.s.Valid(p); err == nil && ok {
+			st.discard()
+			continue
+		}
+		if err := b.s.checkRefs(st.pi, pending); err != nil {
+			st.discard()
+			continue
+		}
+		batch = append(batch, st)
+		pending[p] = true
+	}
+	if len(batch) == 0 {
+		return nil, nil
+	}
+	committed := make([]string, len(batch))
+	for i, st := range batch {
+		committed[i] = st.pi.Path
+	}
+	if err := b.s.commit(ctx, batch); err != nil {
+		return nil, err
+	}
+	return committed, nil
+}
+
+// Close discards what is still staged and releases the store lock.
+func (b *Batch) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, st := range b.staged {
+		st.discard()
+	}
+	b.staged = nil
+	b.unlock()
 }

@@ -19,8 +19,10 @@ import (
 // [Send]. Control messages are single-line JSON objects with a "t" field;
 // each "path" message is followed by exactly narSize bytes of NAR.
 //
-//	agent → operator  {"t":"hello","proto":"deploy-receive","version":1,"storeDir":...,"agent":...}
-//	operator → agent  {"t":"want","paths":[...],"compression":"none"|"zstd"}
+//	agent → operator  {"t":"hello","proto":"deploy-receive","version":1,"storeDir":...,"agent":...,"features":["cache"]}
+//	operator → agent  {"t":"want","paths":[...],"compression":"none"|"zstd","cache":{"url":...,"keys":[...]}}
+//	agent → operator  with a cache: {"t":"fetched","path":...,"bytes":N} per path fetched from it,
+//	                  or {"t":"cache","error":...} when it could not be used
 //	agent → operator  {"t":"missing","paths":[...]}             one round trip
 //	operator → agent  (zstd from here on if asked)
 //	                  {"t":"path","path":...,"narHash":...,"narSize":N,"references":[...]} + N bytes
@@ -53,7 +55,32 @@ type message struct {
 	Error       string   `json:"error,omitempty"`
 	Current     string   `json:"current,omitempty"`
 	BootDefault string   `json:"bootDefault,omitempty"`
+	Features    []string `json:"features,omitempty"`
+	// Cache, in a want list, asks the agent to fetch the missing paths it
+	// can from a binary cache before answering what is still missing.
+	Cache *CacheSpec `json:"cache,omitempty"`
 }
+
+// CacheSpec names a binary cache that a receiving agent fetches from: its
+// URL as the host reaches it (http(s):// or file://) and the public keys
+// ("name:base64") whose signatures it trusts.
+type CacheSpec struct {
+	URL  string   `json:"url"`
+	Keys []string `json:"keys"`
+}
+
+// FeatureCache is the hello's feature of agents that fetch from a cache.
+const FeatureCache = "cache"
+
+// FetchFunc fetches the paths of want (references first) that the store
+// lacks from the cache spec names, and makes them valid; report is called
+// for each path made valid. An error that
+// wraps [ErrCacheUnavailable] means the cache could not be used (the
+// transfer goes on over the connection); any other error ends the transfer.
+type FetchFunc func(ctx context.Context, spec *CacheSpec, want []string, report func(path string, narSize int64)) error
+
+// ErrCacheUnavailable marks a cache that could not be used.
+var ErrCacheUnavailable = errors.New("cache unavailable")
 
 // ProtocolError is a violation of the transfer protocol by the peer.
 type ProtocolError struct{ Msg string }
@@ -123,6 +150,9 @@ type ReceiveOptions struct {
 	// default (store paths, "" if none); the hello carries them, so the
 	// operator learns in the same round trip whether activation is needed.
 	Systems func() (current, bootDefault string)
+	// Fetch, if set, fetches from a binary cache when the want list names
+	// one (the hello then offers [FeatureCache]).
+	Fetch FetchFunc
 }
 
 // TransferStats sums up a transfer.
@@ -138,6 +168,12 @@ type TransferStats struct {
 	// Agent, Current and BootDefault are what the agent's hello said: its
 	// version, and the target's current and boot-default systems.
 	Agent, Current, BootDefault string
+	// Fetched and FetchedBytes count the paths (and their NAR bytes) the
+	// agent fetched from the cache; CacheError says why it could not use
+	// the cache ("" if it could, or none was asked for).
+	Fetched      int
+	FetchedBytes int64
+	CacheError   string
 }
 
 // Receive serves the agent side of one transfer on r and w (see the
@@ -155,6 +191,9 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 		return stats, err
 	}
 	hello := &message{T: "hello", Proto: ProtocolName, Version: ProtocolVersion, StoreDir: s.StoreDir, Agent: opts.Agent}
+	if opts.Fetch != nil {
+		hello.Features = []string{FeatureCache}
+	}
 	if opts.Systems != nil {
 		hello.Current, hello.BootDefault = opts.Systems()
 	}
@@ -188,6 +227,22 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	}
 	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf, unlock: unlock}
 	defer b.release()
+	if req.Cache != nil && opts.Fetch != nil {
+		err := opts.Fetch(ctx, req.Cache, req.Paths, func(p string, n int64) {
+			stats.Fetched++
+			stats.FetchedBytes += n
+			out.write(&message{T: "fetched", Path: p, Bytes: n})
+		})
+		switch {
+		case errors.Is(err, ErrCacheUnavailable):
+			stats.CacheError = err.Error()
+			if err := out.write(&message{T: "cache", Error: err.Error()}); err != nil {
+				return stats, err
+			}
+		case err != nil:
+			return fail("", err)
+		}
+	}
 	missing, err := s.Missing(req.Paths)
 	if err != nil {
 		return fail("", err)
@@ -366,6 +421,12 @@ type SendOptions struct {
 	// DryRun stops after the missing list: nothing is sent, and the stats
 	// say what a copy would send.
 	DryRun bool
+	// Cache, if set (and the agent offers the feature), has the agent
+	// fetch what it can from a binary cache first; only the rest is sent.
+	Cache *CacheSpec
+	// Fetched, if set, is called for each path the agent fetched from the
+	// cache.
+	Fetched func(path string, narSize int64)
 }
 
 // AgentError is an error the agent reported during a transfer.
@@ -432,12 +493,36 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	if opts.Compress && !opts.DryRun {
 		compression = "zstd"
 	}
-	if err := out.write(&message{T: "want", Paths: paths, Compression: compression}); err != nil {
+	want := &message{T: "want", Paths: paths, Compression: compression}
+	if opts.Cache != nil && !opts.DryRun {
+		if slices.Contains(hello.Features, FeatureCache) {
+			want.Cache = opts.Cache
+		} else {
+			stats.CacheError = "the agent cannot fetch from a cache (it predates the feature)"
+		}
+	}
+	if err := out.write(want); err != nil {
 		return stats, fmt.Errorf("transfer: %w", err)
 	}
-	reply, err := in.read()
-	if err != nil {
-		return stats, fmt.Errorf("transfer: waiting for the missing list: %w", err)
+	var reply *message
+	for {
+		reply, err = in.read()
+		if err != nil {
+			return stats, fmt.Errorf("transfer: waiting for the missing list: %w", err)
+		}
+		if reply.T == "fetched" {
+			stats.Fetched++
+			stats.FetchedBytes += reply.Bytes
+			if opts.Fetched != nil {
+				opts.Fetched(reply.Path, reply.Bytes)
+			}
+			continue
+		}
+		if reply.T == "cache" {
+			stats.CacheError = reply.Error
+			continue
+		}
+		break
 	}
 	if reply.T == "error" {
 		return stats, &AgentError{Path: reply.Path, Msg: reply.Error}

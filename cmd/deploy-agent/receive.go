@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/cache"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +36,9 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if *verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
 	}
+	opts.Fetch = func(ctx context.Context, spec *closure.CacheSpec, want []string, report func(string, int64)) error {
+		return fetchFromCache(ctx, s, spec, want, report, stderr)
+	}
 	if f, ok := stdin.(*os.File); ok {
 		growPipe(f)
 	}
@@ -42,6 +47,39 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return fmt.Errorf("receive: %w", err)
 	}
 	fmt.Fprintf(stderr, "deploy-agent: received %d of %d wanted paths (%d missing), %d NAR bytes\n", stats.Imported, stats.Wanted, stats.Missing, stats.NarBytes)
+	return nil
+}
+
+// fetchFromCache fetches what the store lacks of want from the cache spec
+// names, trusting only its keys (see cache.Fetcher). A cache it cannot
+// reach is reported as unavailable, so the operator sends the rest.
+func fetchFromCache(ctx context.Context, s *closure.Store, spec *closure.CacheSpec, want []string, report func(string, int64), stderr io.Writer) error {
+	var keys []*cache.PublicKey
+	for _, k := range spec.Keys {
+		pk, err := cache.ParsePublicKey(k)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, pk)
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("cache %s: no trusted public keys", spec.URL)
+	}
+	backend, err := cache.Open(spec.URL, nil)
+	if err != nil {
+		return err
+	}
+	f := &cache.Fetcher{Cache: backend, Keys: keys, Progress: report}
+	fetched, err := f.Fetch(ctx, s, want)
+	var ue *cache.UnavailableError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "deploy-agent: %v; the rest comes over the connection\n", err)
+		return fmt.Errorf("%w: %v", closure.ErrCacheUnavailable, err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "deploy-agent: fetched %d paths from %s\n", len(fetched), backend)
 	return nil
 }
 

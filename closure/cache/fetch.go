@@ -1,0 +1,291 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"sync"
+
+	"github.com/declarative/deploy/closure"
+)
+
+// Fetcher fetches paths from a cache into a store, trusting only what its
+// keys signed.
+type Fetcher struct {
+	Cache Backend
+	// Keys are the trusted public keys: a path is accepted only when
+	// signed by one of them.
+	Keys []*PublicKey
+	// Parallel is how many paths are fetched at once (default 8).
+	Parallel int
+	// Progress, if set, is called (one call at a time) as each path
+	// becomes valid, with its NAR size.
+	Progress func(path string, narSize int64)
+}
+
+// VerifyError is a path the cache has but that failed verification: an
+// unsigned or wrongly signed narinfo, a narinfo for another path, or a NAR
+// that does not match what was signed. Nothing of it became valid. Unlike an
+// *[UnavailableError], it is never a reason to fall back to another source
+// silently: someone served content that is not what the keys vouch for.
+type VerifyError struct {
+	Path string
+	Err  error
+}
+
+func (e *VerifyError) Error() string {
+	return fmt.Sprintf("cache: %s: refused: %v", e.Path, e.Err)
+}
+
+func (e *VerifyError) Unwrap() error { return e.Err }
+
+// Fetch makes valid in s every path of want (a closure's paths, references
+// first) that s lacks and the cache has, signed by a trusted key and with
+// every reference valid or fetched too. It returns the paths it made
+// valid. Paths the cache lacks are left for another source. An unreachable
+// cache is an *[UnavailableError] (nothing fetched after it); a path that
+// fails verification a *[VerifyError].
+func (f *Fetcher) Fetch(ctx context.Context, s *closure.Store, want []string) ([]string, error) {
+	missing, err := s.Missing(want)
+	if err != nil || len(missing) == 0 {
+		return nil, err
+	}
+	parallel := f.Parallel
+	if parallel <= 0 {
+		parallel = 8
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// 1. The narinfos, in parallel: which paths the cache has, signed.
+	infos := make([]*NarInfo, len(missing))
+	errs := make([]error, len(missing))
+	each(ctx, len(missing), parallel, func(i int) {
+		infos[i], errs[i] = f.narInfo(ctx, s.StoreDir, missing[i])
+		if errs[i] != nil {
+			cancel()
+		}
+	})
+	if err := firstError(errs); err != nil {
+		return nil, err
+	}
+	// 2. What can be made valid: a path whose references are all valid
+	// already or fetched before it (want puts references first).
+	valid := map[string]bool{}
+	for _, p := range want {
+		valid[p] = true
+	}
+	for _, p := range missing {
+		valid[p] = false
+	}
+	var take []*NarInfo
+	for i, ni := range infos {
+		if ni == nil {
+			continue
+		}
+		ok := true
+		for _, r := range ni.References {
+			if v, known := valid[r]; (known && !v) || (!known && !isValid(s, r)) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			valid[missing[i]] = true
+			take = append(take, ni)
+		}
+	}
+	if len(take) == 0 {
+		return nil, nil
+	}
+	// 3. The NARs, in parallel, staged; then one commit in order.
+	b, err := s.NewBatch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	errs = make([]error, len(take))
+	each(ctx, len(take), parallel, func(i int) {
+		errs[i] = f.stage(ctx, b, take[i])
+		if errs[i] != nil {
+			cancel()
+		}
+	})
+	if err := firstError(errs); err != nil {
+		return nil, err
+	}
+	order := make([]string, len(take))
+	for i, ni := range take {
+		order[i] = ni.Path
+	}
+	committed, err := b.Commit(ctx, order)
+	if err != nil {
+		return nil, err
+	}
+	if f.Progress != nil {
+		sizes := map[string]int64{}
+		for _, ni := range take {
+			sizes[ni.Path] = ni.NarSize
+		}
+		for _, p := range committed {
+			f.Progress(p, sizes[p])
+		}
+	}
+	return committed, nil
+}
+
+func isValid(s *closure.Store, p string) bool {
+	ok, err := s.Valid(p)
+	return err == nil && ok
+}
+
+// narInfo fetches, parses and verifies p's narinfo; nil when the cache does
+// not have p.
+func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, error) {
+	rc, err := f.Cache.Get(ctx, Key(p))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	rc.Close()
+	if err != nil {
+		return nil, &UnavailableError{Cache: f.Cache.String(), Err: fmt.Errorf("reading %s: %w", Key(p), err)}
+	}
+	ni, err := ParseNarInfo(storeDir, data)
+	if err != nil {
+		return nil, &VerifyError{Path: p, Err: err}
+	}
+	if ni.Path != p {
+		return nil, &VerifyError{Path: p, Err: fmt.Errorf("its narinfo describes %q", ni.Path)}
+	}
+	if _, err := Verify(&ni.PathInfo, f.Keys); err != nil {
+		return nil, &VerifyError{Path: p, Err: err}
+	}
+	switch ni.Compression {
+	case "zstd", "xz", "bzip2", "none":
+	default:
+		return nil, &VerifyError{Path: p, Err: fmt.Errorf("compression %q is not supported", ni.Compression)}
+	}
+	return ni, nil
+}
+
+// stage downloads ni's NAR, checks the compressed file's hash and size
+// when the narinfo gives them, and stages it (which checks the NAR's hash
+// and size against the signed narinfo).
+func (f *Fetcher) stage(ctx context.Context, b *closure.Batch, ni *NarInfo) error {
+	rc, err := f.Cache.Get(ctx, ni.URL)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &VerifyError{Path: ni.Path, Err: fmt.Errorf("its NAR %s is missing", ni.URL)}
+	}
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	fh := &fileHasher{r: rc, h: sha256.New()}
+	dr, err := Decompress(fh, ni.Compression)
+	if err != nil {
+		return &VerifyError{Path: ni.Path, Err: err}
+	}
+	defer dr.Close()
+	// The signature vouches for the path's name: input-addressed paths
+	// of Nix caches are as acceptable as content-addressed ones.
+	if err := b.Stage(dr, &ni.PathInfo, true); err != nil {
+		var ue *UnavailableError
+		if errors.As(err, &ue) || ctx.Err() != nil {
+			return err
+		}
+		return &VerifyError{Path: ni.Path, Err: err}
+	}
+	if ni.FileSize > 0 {
+		io.Copy(fh, rc) // the rest of the file, if any, for its hash
+		var sum [32]byte
+		copy(sum[:], fh.h.Sum(nil))
+		if fh.n != ni.FileSize || (ni.FileHash != [32]byte{} && sum != ni.FileHash) {
+			return &VerifyError{Path: ni.Path, Err: fmt.Errorf("%s: file size %d or hash does not match the narinfo (FileSize %d)", ni.URL, fh.n, ni.FileSize)}
+		}
+	}
+	return nil
+}
+
+// fileHasher hashes what is read through it.
+type fileHasher struct {
+	r io.Reader
+	h hash.Hash
+	n int64
+}
+
+func (f *fileHasher) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	f.h.Write(p[:n])
+	f.n += int64(n)
+	return n, err
+}
+
+func (f *fileHasher) Write(p []byte) (int, error) {
+	f.h.Write(p)
+	f.n += int64(len(p))
+	return len(p), nil
+}
+
+// each runs fn(0..n-1), at most limit at once.
+func each(ctx context.Context, n, limit int, fn func(i int)) {
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}
+
+// firstError returns the most telling error: a verification failure
+// before an unavailable cache before anything else.
+func firstError(errs []error) error {
+	var first, unavailable error
+	for _, err := range errs {
+		var ve *VerifyError
+		var ue *UnavailableError
+		switch {
+		case err == nil, errors.Is(err, context.Canceled):
+		case errors.As(err, &ve):
+			return err
+		case errors.As(err, &ue):
+			if unavailable == nil {
+				unavailable = err
+			}
+		default:
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if unavailable != nil {
+		return unavailable
+	}
+	if first != nil {
+		return first
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
