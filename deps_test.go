@@ -118,7 +118,7 @@ func TestImportDirections(t *testing.T) {
 
 // checkExternal enforces: tailscale.com only under mesh/ and in cmd/deploy;
 // lipgloss only in cmd/deploy; go-containerregistry only under oci/, in
-// cmd/deploy and in benchmark programs.
+// cmd/deploy and in benchmark programs; minio-go only in closure/cache/s3cache.
 func checkExternal(t *testing.T, pkg, imp string) {
 	t.Helper()
 	switch {
@@ -129,6 +129,10 @@ func checkExternal(t *testing.T, pkg, imp string) {
 	case within(imp, "github.com/google/go-containerregistry"):
 		if !within(pkg, "oci") && pkg != "cmd/deploy" && !within(pkg, "bench") {
 			t.Errorf("%q imports %q: go-containerregistry is only for oci/, cmd/deploy and bench/", pkg, imp)
+		}
+	case within(imp, "github.com/minio/minio-go"):
+		if !within(pkg, "closure/cache/s3cache") {
+			t.Errorf("%q imports %q: the S3 client is only for closure/cache/s3cache (the operator's side)", pkg, imp)
 		}
 	case within(imp, "github.com/charmbracelet/lipgloss"):
 		if pkg != "cmd/deploy" {
@@ -159,6 +163,7 @@ func TestAgentDeps(t *testing.T) {
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
 		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") ||
+			within(imp, "github.com/minio") || imp == module+"/closure/cache/s3cache" ||
 			imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/modules"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/ext/typeexpr"
@@ -39,6 +41,8 @@ type Fleet struct {
 	// Admins, sorted by name: the people whose keys every secret is
 	// encrypted to, besides the hosts that use it.
 	Admins []*Admin
+	// Cache is the fleet's binary cache, nil when it has none.
+	Cache *Cache
 
 	defaults     *scopeBody
 	defaultsHost *Host
@@ -68,6 +72,22 @@ type Host struct {
 
 	body     *scopeBody
 	roleOnly bool // a RoleHost: no defaults
+}
+
+// Cache is the cache block: a binary cache in Nix's format that deploy
+// pushes closures to once and hosts fetch from.
+type Cache struct {
+	// URL is where the operator pushes: s3://BUCKET[/PREFIX]?endpoint=...,
+	// or file:///DIR.
+	URL string
+	// FetchURL is where hosts fetch from (http(s):// or file://): an
+	// endpoint, a CDN or a mirror of the same cache. Default: the S3
+	// endpoint's path-style URL of the bucket and prefix.
+	FetchURL string
+	// PublicKeys are the trusted keys ("name:base64"): hosts accept only
+	// paths signed by one of them.
+	PublicKeys []string
+	DefRange   hcl.Range
 }
 
 // Admin is an admin block: a person who can edit and rekey secrets.
@@ -195,8 +215,9 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "role", LabelNames: []string{"name"}},
 		{Type: "defaults"},
 		{Type: "admin", LabelNames: []string{"name"}},
+		{Type: "cache"},
 	}}
-	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks []*hcl.Block
+	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks []*hcl.Block
 	for _, body := range bodies {
 		content, d := body.Content(top)
 		diags = append(diags, d...)
@@ -213,6 +234,8 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				deployBlocks = append(deployBlocks, b)
 			case "defaults":
 				defaultsBlocks = append(defaultsBlocks, b)
+			case "cache":
+				cacheBlocks = append(cacheBlocks, b)
 			case "admin":
 				a, d := f.loadAdmin(b)
 				diags = append(diags, d...)
@@ -241,6 +264,17 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 			continue
 		}
 		diags = append(diags, f.loadDefaults(b)...)
+	}
+	for i, b := range cacheBlocks {
+		if i > 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate cache block",
+				Detail:  fmt.Sprintf("A fleet has at most one cache block; the first is at %s.", cacheBlocks[0].DefRange),
+				Subject: b.DefRange.Ptr()})
+			continue
+		}
+		c, d := f.loadCache(b)
+		diags = append(diags, d...)
+		f.Cache = c
 	}
 	seen := map[string]*Host{}
 	for _, b := range hostBlocks {
@@ -808,6 +842,89 @@ func containsString(s []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// loadCache decodes cache { url, fetch_url, public_keys }.
+func (f *Fleet) loadCache(b *hcl.Block) (*Cache, hcl.Diagnostics) {
+	c := &Cache{DefRange: b.DefRange}
+	content, diags := b.Body.Content(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "url", Required: true}, {Name: "fetch_url"}, {Name: "public_keys", Required: true},
+	}})
+	if content == nil || diags.HasErrors() {
+		return nil, diags
+	}
+	str := func(name string) (string, *hcl.Range) {
+		a, ok := content.Attributes[name]
+		if !ok {
+			return "", nil
+		}
+		v, d := a.Expr.Value(f.staticCtx())
+		diags = append(diags, d...)
+		if d.HasErrors() {
+			return "", nil
+		}
+		if v.IsNull() || v.Type() != cty.String {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Incorrect attribute value type",
+				Detail: fmt.Sprintf("The cache's %s must be a string.", name), Subject: a.Expr.Range().Ptr()})
+			return "", nil
+		}
+		return v.AsString(), a.Expr.Range().Ptr()
+	}
+	var rng *hcl.Range
+	c.URL, rng = str("url")
+	if rng != nil {
+		u, err := url.Parse(c.URL)
+		if err != nil || (u.Scheme != "s3" && u.Scheme != "file") || (u.Scheme == "s3" && u.Host == "") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid cache URL",
+				Detail:  fmt.Sprintf("url = %q: want s3://BUCKET[/PREFIX]?endpoint=https://HOST&region=REGION, or file:///DIR.", c.URL),
+				Subject: rng})
+		}
+	}
+	c.FetchURL, rng = str("fetch_url")
+	if rng != nil {
+		if u, err := url.Parse(c.FetchURL); err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid cache fetch_url",
+				Detail: fmt.Sprintf("fetch_url = %q: hosts fetch over http://, https:// or from file:// (a mounted mirror).", c.FetchURL), Subject: rng})
+		}
+	} else if !diags.HasErrors() {
+		c.FetchURL = defaultFetchURL(c.URL)
+	}
+	if a, ok := content.Attributes["public_keys"]; ok {
+		v, d := a.Expr.Value(f.staticCtx())
+		diags = append(diags, d...)
+		cv, err := convert.Convert(v, cty.List(cty.String))
+		if !d.HasErrors() && (err != nil || cv.IsNull() || cv.LengthInt() == 0) {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid cache public_keys",
+				Detail: "public_keys must list at least one key, \"name:base64\" as deploy cache key generate writes it.", Subject: a.Expr.Range().Ptr()})
+		} else if !d.HasErrors() {
+			for _, k := range cv.AsValueSlice() {
+				if _, err := cache.ParsePublicKey(k.AsString()); err != nil {
+					diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid cache public key",
+						Detail: err.Error() + ".", Subject: a.Expr.Range().Ptr()})
+					continue
+				}
+				c.PublicKeys = append(c.PublicKeys, strings.TrimSpace(k.AsString()))
+			}
+		}
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return c, diags
+}
+
+// defaultFetchURL is where hosts fetch from when the cache block does not
+// say: an s3:// cache's endpoint, path-style; a file:// cache itself.
+func defaultFetchURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "s3" {
+		return raw
+	}
+	endpoint := u.Query().Get("endpoint")
+	if endpoint == "" {
+		endpoint = "https://s3.amazonaws.com"
+	}
+	return strings.TrimSuffix(endpoint, "/") + "/" + u.Host + strings.TrimSuffix(u.Path, "/")
 }
 
 // loadAdmin decodes admin "NAME" { keys = [...] }.

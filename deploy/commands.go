@@ -158,8 +158,13 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	for name, res := range results {
 		systems[name] = res.SystemPath
 	}
+	var spec *closure.CacheSpec
+	if !opts.DryRun {
+		s.pushToCache(ctx, results)
+		spec = s.cacheSpec()
+	}
 	if sshOps != nil {
-		sshOps.Store, sshOps.Compress = s.Builder.Store, opts.Compress
+		sshOps.Store, sshOps.Compress, sshOps.Cache = s.Builder.Store, opts.Compress, spec
 		sshOps.Manifests = map[string]*manifest.Manifest{}
 		for name, res := range results {
 			sshOps.Manifests[name] = res.Manifest

@@ -36,6 +36,9 @@ type CopyOptions struct {
 	// bootstrapped. Without an agent on the target, every path counts as
 	// missing.
 	DryRun bool
+	// Cache, if set, has the agent fetch what it can from a binary cache
+	// first (verified against the cache's keys); only the rest is sent.
+	Cache *closure.CacheSpec
 }
 
 // CopyResult says what [Copy] did.
@@ -170,7 +173,7 @@ func receive(ctx context.Context, local *closure.Store, client *mesh.Client, pat
 	}
 	defer sess.Close()
 	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun})
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Cache: opts.Cache})
 	sess.Stdin.Close()
 	werr := sess.Wait()
 	var ee *mesh.ExitError

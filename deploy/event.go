@@ -83,13 +83,17 @@ type Event struct {
 	LogTail    []string `json:"log_tail,omitempty"`
 	// Plan (dry run): paths and bytes to copy, unit changes. A copy's
 	// done also has Paths, the paths in the closure.
-	Paths     int      `json:"paths,omitempty"`
-	CopyPaths int      `json:"copy_paths,omitempty"`
-	Start     []string `json:"units_start,omitempty"`
-	Restart   []string `json:"units_restart,omitempty"`
-	Reload    []string `json:"units_reload,omitempty"`
-	Stop      []string `json:"units_stop,omitempty"`
-	Files     []string `json:"files_changed,omitempty"`
+	Paths     int `json:"paths,omitempty"`
+	CopyPaths int `json:"copy_paths,omitempty"`
+	// A copy's done: paths and NAR bytes the host fetched from the
+	// binary cache (copy_paths and total are what was sent).
+	FetchedPaths int      `json:"fetched_paths,omitempty"`
+	FetchedBytes int64    `json:"fetched_bytes,omitempty"`
+	Start        []string `json:"units_start,omitempty"`
+	Restart      []string `json:"units_restart,omitempty"`
+	Reload       []string `json:"units_reload,omitempty"`
+	Stop         []string `json:"units_stop,omitempty"`
+	Files        []string `json:"files_changed,omitempty"`
 	// Summary of run.done: host names by result.
 	Summary map[Result][]string `json:"summary,omitempty"`
 	// Run locks: the run holding a host's lock (locked), or the run whose
@@ -118,5 +122,6 @@ const (
 	EventPlan       = "host.plan"   // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
 	EventOutput     = "host.output" // Host, Stream, Message: a line of exec's output
+	EventCachePush  = "cache.push"  // State, Message (the cache), Paths, CopyPaths, Total, Error
 	EventRunDone    = "run.done"    // Summary
 )

@@ -44,6 +44,12 @@ type PushResult struct {
 	Current     string // the host's current system before the push ("" if none)
 	BootDefault string // the host's boot-default system before the push
 	Plan        *Plan  // with dryRun: what activation would change
+	// Fetched and FetchedBytes count what the host fetched from the
+	// binary cache (the rest was sent); CacheError says why it could not
+	// use the cache.
+	Fetched      int
+	FetchedBytes int64
+	CacheError   string
 }
 
 // Plan is what activating a system would change on a host (dry run).
@@ -287,7 +293,10 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		fail(PhaseCopy, err)
 		return
 	}
-	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "done", CopyPaths: pr.Missing, Total: pr.Bytes})
+	if pr.CacheError != "" {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseCopy, Message: "cache: " + pr.CacheError + "; the rest was sent over the connection"})
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "done", CopyPaths: pr.Missing, Total: pr.Bytes, FetchedPaths: pr.Fetched, FetchedBytes: pr.FetchedBytes})
 	hr.Phase = PhaseCopy
 	if r.DryRun {
 		hr.Result = ResultPlanned

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/mesh"
 	"github.com/hashicorp/hcl/v2"
 )
@@ -64,6 +65,12 @@ type Session struct {
 	// Ops replaces how hosts are acted on in a rollout (tests); nil means
 	// over SSH.
 	Ops HostOps
+	// CacheKey signs what is pushed to the fleet's binary cache; without
+	// it nothing is pushed (hosts still fetch what the cache has).
+	CacheKey *cache.SecretKey
+	// Getenv reads the environment for cache credentials (nil: the
+	// process's).
+	Getenv func(string) string
 
 	// Fleet, Selected and Deployment are set by Open: the fleet, the
 	// selected hosts (sorted by name), and the deployment when the

@@ -35,6 +35,9 @@ type SSHOps struct {
 	StateDir string
 	// Compress asks for zstd on the wire.
 	Compress bool
+	// Cache, if set, is the binary cache hosts fetch from before the rest
+	// is sent.
+	Cache *closure.CacheSpec
 	// Activation holds the activation settings shared by every host.
 	Activation ActivationSettings
 	// Logf receives operator-side progress lines (may be nil).
@@ -141,13 +144,14 @@ func (o *SSHOps) Push(ctx context.Context, host, system string, dryRun bool, pro
 	}
 	res, err := Copy(ctx, o.Store, c, []string{system}, m.Agent, CopyOptions{
 		StateDir: o.stateDir(), Compress: o.Compress, Progress: progress, DryRun: dryRun,
-		Logf: o.Logf,
+		Logf: o.Logf, Cache: o.Cache,
 	})
 	if err != nil {
 		return nil, &HostFailure{Result: ResultUnreachable, Err: err}
 	}
 	pr := &PushResult{Paths: res.Paths, Missing: res.Stats.Missing, Bytes: res.Stats.MissingBytes,
-		Current: res.Stats.Current, BootDefault: res.Stats.BootDefault}
+		Current: res.Stats.Current, BootDefault: res.Stats.BootDefault,
+		Fetched: res.Stats.Fetched, FetchedBytes: res.Stats.FetchedBytes, CacheError: res.Stats.CacheError}
 	o.mu.Lock()
 	if o.before == nil {
 		o.before = map[string]string{}

@@ -14,6 +14,7 @@ import (
 type deployFlags struct {
 	hostFlags
 	build          buildFlags
+	cacheKey       cacheKeyFlag
 	mode           string
 	dryRun         bool
 	confirmTimeout time.Duration
@@ -38,6 +39,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "[flags]", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
 	df.build.register(fs)
 	df.hostFlags.register(fs)
+	df.cacheKey.register(fs)
 	fs.StringVar(&df.mode, "mode", "switch", "switch, boot, test, dry-activate, build or push")
 	fs.BoolVar(&df.dryRun, "dry-run", false, "show the plan per host (paths to copy, units, files) without changing anything")
 	fs.DurationVar(&df.confirmTimeout, "confirm-timeout", 0, "roll a host back unless confirmed within this `duration` (default: the deployment's confirm_timeout, else 30s)")
@@ -60,9 +62,13 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	key, err := df.cacheKey.load(e)
+	if err != nil {
+		return err
+	}
 	v := newView(e, df.asJSON, true)
 	s := df.session(e, "deploy", targets, v)
-	s.Builder, s.Parallel, s.WaitLock = b, df.parallel, df.waitLock
+	s.Builder, s.Parallel, s.WaitLock, s.CacheKey, s.Getenv = b, df.parallel, df.waitLock, key, e.getenv
 	rep, err := runSession(s, v, func() (*deploy.Report, error) {
 		return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
 			Message: df.message, Compress: df.compress})

@@ -45,6 +45,7 @@ func commands() []command {
 		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
 		{"nar", "write or restore Nix archives (dump, restore)", runNar},
 		{"copy", "copy store paths and their closure to a host over SSH", runCopy},
+		{"cache", "the fleet's binary cache: key generate NAME, push DIR#NAME...", runCache},
 		{"secrets", "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", runSecrets},
 		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
 		{"exec", "run a command on hosts in parallel (TARGET... -- CMD)", runExec},

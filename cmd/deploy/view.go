@@ -88,6 +88,8 @@ func plainLine(ev deploy.Event) string {
 			return fmt.Sprintf("%s: %s failed: %s", ev.Host, ev.Phase, ev.Error)
 		case quietPhases[ev.Phase] || ev.State == "skipped":
 			return ""
+		case ev.State == "done" && ev.Phase == deploy.PhaseCopy && ev.FetchedPaths > 0:
+			return fmt.Sprintf("%s: copy done (%d paths, %s sent; %d paths, %s fetched from the cache)", ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.FetchedPaths, bytesString(ev.FetchedBytes))
 		case ev.State == "done" && ev.Phase == deploy.PhaseCopy:
 			return fmt.Sprintf("%s: copy done (%d paths, %s)", ev.Host, ev.CopyPaths, bytesString(ev.Total))
 		case ev.State == "done":
@@ -118,6 +120,8 @@ func plainLine(ev deploy.Event) string {
 		return s
 	case deploy.EventRollback:
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
+	case deploy.EventCachePush:
+		return cacheLine(ev)
 	case deploy.EventRunDone:
 		switch ev.Command {
 		case "status", "generations", "gc", "exec", "diff", "build", "":
@@ -132,6 +136,17 @@ func plainLine(ev deploy.Event) string {
 		return "done: " + strings.Join(parts, ", ")
 	}
 	return ""
+}
+
+// cacheLine describes a cache.push event.
+func cacheLine(ev deploy.Event) string {
+	switch ev.State {
+	case "started":
+		return fmt.Sprintf("cache: pushing the closures (%d paths) to %s", ev.Paths, ev.Message)
+	case "done":
+		return fmt.Sprintf("cache: %d of %d paths uploaded (%s) to %s", ev.CopyPaths, ev.Paths, bytesString(ev.Total), ev.Message)
+	}
+	return fmt.Sprintf("cache %s: %s: %s", ev.Message, ev.State, ev.Error)
 }
 
 var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
@@ -285,6 +300,10 @@ func (v *liveView) Event(ev deploy.Event) {
 		}
 	case deploy.EventRollback:
 		v.notes = append(v.notes, "rolling back "+strings.Join(ev.Hosts, ", ")+": "+ev.Message)
+	case deploy.EventCachePush:
+		if ev.State != "started" {
+			v.notes = append(v.notes, cacheLine(ev))
+		}
 	}
 }
 

@@ -67,11 +67,15 @@ func Open(rawURL string, getenv func(string) string) (*Bucket, error) {
 	if profile == "" {
 		profile = getenv("AWS_PROFILE")
 	}
-	creds := credentials.NewChainCredentials([]credentials.Provider{
-		&credentials.EnvAWS{},
-		&credentials.FileAWSCredentials{Filename: getenv("AWS_SHARED_CREDENTIALS_FILE"), Profile: profile},
-		&credentials.IAM{},
-	})
+	var creds *credentials.Credentials
+	if id := getenv("AWS_ACCESS_KEY_ID"); id != "" {
+		creds = credentials.NewStaticV4(id, getenv("AWS_SECRET_ACCESS_KEY"), getenv("AWS_SESSION_TOKEN"))
+	} else {
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.FileAWSCredentials{Filename: getenv("AWS_SHARED_CREDENTIALS_FILE"), Profile: profile},
+			&credentials.IAM{},
+		})
+	}
 	client, err := minio.New(eu.Host, &minio.Options{Creds: creds, Secure: eu.Scheme == "https", Region: region, BucketLookup: minio.BucketLookupPath})
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", rawURL, err)

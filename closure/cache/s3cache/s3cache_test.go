@@ -1,0 +1,104 @@
+package s3cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
+)
+
+func env(srv *miniotest.Server) func(string) string {
+	vals := map[string]string{}
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		vals[k] = v
+	}
+	return func(k string) string { return vals[k] }
+}
+
+// A closure pushed to a real MinIO bucket: NARs in parts, narinfos listed
+// in one listing, fetched back over plain HTTP (the bucket readable by
+// anyone, as hosts fetch) and verified.
+func TestPushFetchMinIO(t *testing.T) {
+	srv := miniotest.Start(t, miniotest.Options{})
+	srv.Bucket(t, "cache", true)
+	ctx := context.Background()
+	b, err := Open("s3://cache/fleet?endpoint="+srv.Endpoint+"&region=us-east-1", env(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.PartSize = 5 << 20 // S3's smallest: a 12 MiB NAR goes in three parts
+	src, _ := closure.NewLocalStore(t.TempDir(), closure.DefaultStoreDir)
+	dir := t.TempDir()
+	big := make([]byte, 12<<20)
+	rand.Read(big) // incompressible
+	os.WriteFile(filepath.Join(dir, "blob"), big, 0o644)
+	lib, err := src.AddTree(ctx, dir, "big", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir2 := t.TempDir()
+	os.WriteFile(filepath.Join(dir2, "app"), []byte("uses "+lib.Path), 0o644)
+	app, err := src.AddTree(ctx, dir2, "app", []string{lib.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{lib.Path, app.Path}
+	sk, pk, _ := cache.GenerateKey("minio-test-1")
+	stats, err := (&cache.Pusher{Cache: b, Key: sk}).Push(ctx, src, paths)
+	if err != nil || stats.Uploaded != 2 || stats.FileBytes < 12<<20 {
+		t.Fatalf("Push = %+v, %v", stats, err)
+	}
+	listed, err := b.List(ctx)
+	if err != nil || len(listed) != 2 || !listed[cache.Key(app.Path)] {
+		t.Fatalf("List = %v, %v", listed, err)
+	}
+	rc, err := b.Get(ctx, "nix-cache-info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Contains(info, []byte("StoreDir: /var/lib/deploy/store\n")) {
+		t.Errorf("nix-cache-info %q", info)
+	}
+	if _, err := b.Get(ctx, "nope.narinfo"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get of a missing key: %v, want fs.ErrNotExist", err)
+	}
+	// Over plain HTTP, anonymously, as a host fetches.
+	http, err := cache.Open(srv.Endpoint+"/cache/fleet", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := closure.NewLocalStore(t.TempDir(), closure.DefaultStoreDir)
+	fetched, err := (&cache.Fetcher{Cache: http, Keys: []*cache.PublicKey{pk}}).Fetch(ctx, dst, paths)
+	if err != nil || len(fetched) != 2 {
+		t.Fatalf("Fetch over HTTP = %v, %v", fetched, err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dst.RealPath(lib.Path), "blob"))
+	if !bytes.Equal(got, big) {
+		t.Fatal("the fetched NAR's content differs")
+	}
+	// Wrong credentials: an error that says what to check, not "unavailable".
+	bad, _ := Open("s3://cache/fleet?endpoint="+srv.Endpoint, func(k string) string {
+		if k == "AWS_SECRET_ACCESS_KEY" {
+			return "wrong"
+		}
+		return env(srv)(k)
+	})
+	_, err = bad.List(ctx)
+	var ue *cache.UnavailableError
+	if err == nil || errors.As(err, &ue) || !strings.Contains(err.Error(), "credentials") {
+		t.Errorf("List with a wrong secret: %v, want an error naming the credentials", err)
+	}
+}
