@@ -135,4 +135,3 @@ func Verify(pi *closure.PathInfo, keys []*PublicKey) (string, error) {
 	}
 	return "", fmt.Errorf("%q: signed by %s: %w", pi.Path, strings.Join(names, ", "), ErrUntrusted)
 }
-
