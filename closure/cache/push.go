@@ -57,6 +57,11 @@ func (p *Pusher) Push(ctx context.Context, s *closure.Store, paths []string) (*P
 	if p.Key == nil {
 		return nil, errors.New("cache push: no signing key")
 	}
+	if p.TempDir != "" {
+		if err := os.MkdirAll(p.TempDir, 0o700); err != nil {
+			return nil, fmt.Errorf("cache push: %w", err)
+		}
+	}
 	if err := p.ensureCacheInfo(ctx, s.StoreDir); err != nil {
 		return nil, err
 	}
