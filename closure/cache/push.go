@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/declarative/deploy/closure"
@@ -153,10 +154,17 @@ func (p *Pusher) pushOne(ctx context.Context, s *closure.Store, pi *closure.Path
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return 0, err
 	}
-	ni := &NarInfo{PathInfo: *pi, Compression: "zstd", FileSize: size, CA: ContentAddress(pi)}
+	ni := &NarInfo{PathInfo: *pi, Compression: "zstd", FileSize: size}
+	if isContentAddressed(s.StoreDir, pi) {
+		ni.CA = ContentAddress(pi)
+	}
 	copy(ni.FileHash[:], h.Sum(nil))
 	ni.URL = "nar/" + closure.Nix32(ni.FileHash[:]) + ".nar" + Extension("zstd")
-	ni.Sig = []string{p.Key.Sign(pi)}
+	// Keep the signatures the path came with (from a Nix cache, say), as
+	// nix copy does, and add ours.
+	ni.Sig = append(slices.Clone(pi.Sig), p.Key.Sign(pi))
+	slices.Sort(ni.Sig)
+	ni.Sig = slices.Compact(ni.Sig)
 	if err := p.Cache.Put(ctx, ni.URL, tmp, size, "application/x-nix-nar"); err != nil {
 		return 0, fmt.Errorf("cache push: %q: %w", pi.Path, err)
 	}
@@ -200,4 +208,16 @@ func (p *Pusher) ensureCacheInfo(ctx context.Context, storeDir string) error {
 		return fmt.Errorf("cache %s holds paths of store %q, these are of %q", p.Cache, ci.StoreDir, storeDir)
 	}
 	return nil
+}
+
+// isContentAddressed reports whether pi.Path is the content address of
+// its NAR hash, name and references (deploy's paths are; paths fetched from
+// a Nix cache may be input-addressed, and then have no CA).
+func isContentAddressed(storeDir string, pi *closure.PathInfo) bool {
+	_, name, err := closure.SplitPath(storeDir, pi.Path)
+	if err != nil {
+		return false
+	}
+	want, err := closure.MakeSourcePath(storeDir, pi.NarHash, name, pi.References)
+	return err == nil && want == pi.Path
 }
