@@ -96,7 +96,7 @@ func BenchmarkEvaluate200(b *testing.B) {
 		if diags.HasErrors() {
 			b.Fatal(diags)
 		}
-		if diags := Check(context.Background(), f); diags.HasErrors() {
+		if diags := Check(context.Background(), f, ""); diags.HasErrors() {
 			b.Fatal(diags)
 		}
 	}

@@ -76,6 +76,10 @@ type Result struct {
 	// SystemPath is the store path of the system closure.
 	SystemPath string
 	Manifest   *manifest.Manifest
+	// TrustedKeys are the public keys of the host's Nix packages, whose
+	// signatures vouch for those paths' names (they are not
+	// content-addressed): the host is told to accept them.
+	TrustedKeys []string
 }
 
 func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
@@ -107,9 +111,13 @@ func (b *Builder) Evaluate(ctx context.Context, f *Fleet, host string) (*modules
 
 // Check evaluates every host of f and realizes it without building or
 // writing anything: packages get placeholder paths and url packages must be
-// pinned. It returns every problem found.
-func Check(ctx context.Context, f *Fleet) hcl.Diagnostics {
+// pinned. It returns every problem found. storeDir is the store directory
+// the fleet will be built for ("": the default).
+func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 	b := &Builder{}
+	if storeDir != "" {
+		b.Store = &closure.Store{StoreDir: storeDir}
+	}
 	var diags hcl.Diagnostics
 	pb := b.packageBuilder(f, true)
 	for _, h := range f.Hosts {
@@ -172,7 +180,7 @@ func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hc
 	if err != nil {
 		return nil, append(diags, buildError(host, err))
 	}
-	return &Result{Host: host, SystemPath: sys, Manifest: m}, diags
+	return &Result{Host: host, SystemPath: sys, Manifest: m, TrustedKeys: modules.TrustedKeys(cfg.Resources)}, diags
 }
 
 func buildError(host string, err error) *hcl.Diagnostic {

@@ -55,7 +55,7 @@ func TestErrorFiles(t *testing.T) {
 			}
 			f, diags := Load(dir)
 			if len(f.Hosts) > 0 {
-				diags = append(diags, Check(context.Background(), f)...)
+				diags = append(diags, Check(context.Background(), f, "")...)
 			}
 			var got []string
 			for _, d := range diags {

@@ -220,7 +220,7 @@ host "h" {
 			t.Fatal(err)
 		}
 		f := load(t, dir)
-		diags := Check(context.Background(), f)
+		diags := Check(context.Background(), f, "")
 		if !diags.HasErrors() || !strings.Contains(diags.Error(), tt.want) {
 			t.Errorf("evaluating %s = %v, want an error containing %q", tt.expr, diags, tt.want)
 		}

@@ -54,7 +54,7 @@ func TestExamplesCheck(t *testing.T) {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			f, diags := Load(dir)
 			if !diags.HasErrors() {
-				diags = Check(context.Background(), f)
+				diags = Check(context.Background(), f, "")
 			}
 			if diags.HasErrors() {
 				t.Errorf("Check(%q) = %v", dir, diags)

@@ -58,7 +58,7 @@ func TestImageServiceBuild(t *testing.T) {
 	reg.Push(t, ref, ocitest.Index(t, testImage(t, "amd64", "v1"), testImage(t, "arm64", "v1")))
 
 	dir := writeFleet(t, map[string]string{"fleet.hcl": imageFleet(ref, "")})
-	if diags := Check(ctx, load(t, dir)); !diags.HasErrors() || !strings.Contains(diags.Error(), "Unpinned image") ||
+	if diags := Check(ctx, load(t, dir), ""); !diags.HasErrors() || !strings.Contains(diags.Error(), "Unpinned image") ||
 		!strings.Contains(diags.Error(), "deploy lock") {
 		t.Fatalf("Check without a lock = %v, want Unpinned image with the deploy lock hint", diags)
 	}
@@ -80,7 +80,7 @@ func TestImageServiceBuild(t *testing.T) {
 	if err := lock.Write(dir); err != nil {
 		t.Fatal(err)
 	}
-	if diags := Check(ctx, load(t, dir)); diags.HasErrors() {
+	if diags := Check(ctx, load(t, dir), ""); diags.HasErrors() {
 		t.Fatalf("Check with the lock = %v", diags)
 	}
 

@@ -75,13 +75,22 @@ func (s *Store) Import(ctx context.Context, r io.Reader, pi *PathInfo) error {
 
 // checkImport checks what can be checked of pi before its content arrives.
 func (s *Store) checkImport(pi *PathInfo) error {
+	if err := s.checkName(pi); err != nil {
+		return err
+	}
+	return s.checkContentAddress(pi)
+}
+
+// checkName checks pi's path and NAR size, everything but its content
+// address.
+func (s *Store) checkName(pi *PathInfo) error {
 	if _, _, err := SplitPath(s.StoreDir, pi.Path); err != nil {
 		return fmt.Errorf("store: import: %w", err)
 	}
 	if pi.NarSize <= 0 {
 		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
 	}
-	return s.checkContentAddress(pi)
+	return nil
 }
 
 func discardNAR(r io.Reader, pi *PathInfo) error {
@@ -519,11 +528,8 @@ func (s *Store) NewBatch(ctx context.Context) (*Batch, error) {
 // says the caller has verified pi's signature by a key it trusts, which
 // then vouches for the path's name (Nix's input-addressed paths).
 func (b *Batch) Stage(r io.Reader, pi *PathInfo, signed bool) error {
-	if _, _, err := SplitPath(b.s.StoreDir, pi.Path); err != nil {
-		return fmt.Errorf("store: import: %w", err)
-	}
-	if pi.NarSize <= 0 {
-		return fmt.Errorf("store: import %q: NAR size %d", pi.Path, pi.NarSize)
+	if err := b.s.checkName(pi); err != nil {
+		return err
 	}
 	if !signed {
 		if err := b.s.checkContentAddress(pi); err != nil {

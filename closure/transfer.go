@@ -56,6 +56,11 @@ type message struct {
 	Current     string   `json:"current,omitempty"`
 	BootDefault string   `json:"bootDefault,omitempty"`
 	Features    []string `json:"features,omitempty"`
+	// Sigs are a path's signatures ("name:base64"); Keys, in a want list,
+	// the public keys whose signatures vouch for the names of paths that
+	// are not content-addressed (Nix's input-addressed paths).
+	Sigs []string `json:"sigs,omitempty"`
+	Keys []string `json:"keys,omitempty"`
 	// Cache, in a want list, asks the agent to fetch the missing paths it
 	// can from a binary cache before answering what is still missing.
 	Cache *CacheSpec `json:"cache,omitempty"`
@@ -153,6 +158,10 @@ type ReceiveOptions struct {
 	// Fetch, if set, fetches from a binary cache when the want list names
 	// one (the hello then offers [FeatureCache]).
 	Fetch FetchFunc
+	// VerifySig, if set, accepts a path that is not content-addressed when
+	// one of its signatures is valid by one of keys (the want list's). Only
+	// then are such paths accepted.
+	VerifySig func(pi *PathInfo, keys []string) error
 }
 
 // TransferStats sums up a transfer.
@@ -225,7 +234,7 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	if err != nil {
 		return fail("", err)
 	}
-	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf, unlock: unlock}
+	b := &receiveBatch{s: s, ctx: ctx, out: out, stats: stats, logf: opts.Logf, unlock: unlock, keys: req.Keys, verifySig: opts.VerifySig}
 	defer b.release()
 	if req.Cache != nil && opts.Fetch != nil {
 		err := opts.Fetch(ctx, req.Cache, req.Paths, func(p string, n int64) {
@@ -317,6 +326,10 @@ type receiveBatch struct {
 	pending map[string]bool // the paths in staged
 	bytes   int64           // NAR bytes in staged
 	since   time.Time       // when the first of staged was staged
+	// keys and verifySig accept signed paths that are not
+	// content-addressed (see ReceiveOptions.VerifySig).
+	keys      []string
+	verifySig func(*PathInfo, []string) error
 }
 
 // add reads one path's NAR and stages it, committing the batch when full.
@@ -329,12 +342,22 @@ func (b *receiveBatch) add(r io.Reader, m *message, expected map[string]bool) er
 	if err != nil {
 		return err
 	}
-	pi := &PathInfo{Path: m.Path, NarHash: h, NarSize: m.NarSize, References: m.References}
+	pi := &PathInfo{Path: m.Path, NarHash: h, NarSize: m.NarSize, References: m.References, Sig: m.Sigs}
 	if err := b.ctx.Err(); err != nil {
 		return err
 	}
-	if err := b.s.checkImport(pi); err != nil {
+	if err := b.s.checkName(pi); err != nil {
 		return err
+	}
+	if err := b.s.checkContentAddress(pi); err != nil {
+		// Not its content address: acceptable only as a path signed by
+		// a key the want list trusts (a Nix package).
+		if b.verifySig == nil || len(b.keys) == 0 || len(pi.Sig) == 0 {
+			return err
+		}
+		if verr := b.verifySig(pi, b.keys); verr != nil {
+			return fmt.Errorf("%w (and %v)", err, verr)
+		}
 	}
 	if err := b.s.checkRefs(pi, b.pending); err != nil {
 		return err
@@ -427,6 +450,10 @@ type SendOptions struct {
 	// Fetched, if set, is called for each path the agent fetched from the
 	// cache.
 	Fetched func(path string, narSize int64)
+	// Keys are public keys ("name:base64") whose signatures vouch for the
+	// names of the paths sent that are not content-addressed (packages
+	// from Nix caches); each such path is sent with its signatures.
+	Keys []string
 }
 
 // AgentError is an error the agent reported during a transfer.
@@ -493,7 +520,7 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	if opts.Compress && !opts.DryRun {
 		compression = "zstd"
 	}
-	want := &message{T: "want", Paths: paths, Compression: compression}
+	want := &message{T: "want", Paths: paths, Compression: compression, Keys: opts.Keys}
 	if opts.Cache != nil && !opts.DryRun {
 		if slices.Contains(hello.Features, FeatureCache) {
 			want.Cache = opts.Cache
@@ -647,7 +674,7 @@ func writePaths(local *Store, missing []string, infos map[string]*PathInfo, bw *
 	for _, p := range missing {
 		pi := infos[p]
 		refs := pi.References
-		if err := out.write(&message{T: "path", Path: p, NarHash: pi.NarHashString(), NarSize: pi.NarSize, References: refs}); err != nil {
+		if err := out.write(&message{T: "path", Path: p, NarHash: pi.NarHashString(), NarSize: pi.NarSize, References: refs, Sigs: pi.Sig}); err != nil {
 			return fmt.Errorf("transfer: sending %q: %w", p, err)
 		}
 		cw := &countWriter{w: w, path: p, report: sentBytes}

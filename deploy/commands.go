@@ -166,8 +166,10 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	if sshOps != nil {
 		sshOps.Store, sshOps.Compress, sshOps.Cache = s.Builder.Store, opts.Compress, spec
 		sshOps.Manifests = map[string]*manifest.Manifest{}
+		sshOps.TrustedKeys = map[string][]string{}
 		for name, res := range results {
 			sshOps.Manifests[name] = res.Manifest
+			sshOps.TrustedKeys[name] = res.TrustedKeys
 		}
 		sshOps.Activation = ActivationSettings{ConfirmTimeout: confirm, WaitLock: s.WaitLock, Meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
 	}

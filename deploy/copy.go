@@ -39,6 +39,9 @@ type CopyOptions struct {
 	// Cache, if set, has the agent fetch what it can from a binary cache
 	// first (verified against the cache's keys); only the rest is sent.
 	Cache *closure.CacheSpec
+	// Keys are the public keys whose signatures vouch for paths that are
+	// not content-addressed (Nix packages).
+	Keys []string
 }
 
 // CopyResult says what [Copy] did.
@@ -173,7 +176,7 @@ func receive(ctx context.Context, local *closure.Store, client *mesh.Client, pat
 	}
 	defer sess.Close()
 	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Cache: opts.Cache})
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Cache: opts.Cache, Keys: opts.Keys})
 	sess.Stdin.Close()
 	werr := sess.Wait()
 	var ee *mesh.ExitError

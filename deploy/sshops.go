@@ -30,6 +30,9 @@ type SSHOps struct {
 	// Manifests maps host names to their new system's manifest (for the
 	// agent path and dry-run plans).
 	Manifests map[string]*manifest.Manifest
+	// TrustedKeys maps host names to the keys that vouch for the names of
+	// their closure's paths that are not content-addressed.
+	TrustedKeys map[string][]string
 	// StateDir is the agent's state directory on targets (default
 	// [DefaultStateDir]).
 	StateDir string
@@ -144,7 +147,7 @@ func (o *SSHOps) Push(ctx context.Context, host, system string, dryRun bool, pro
 	}
 	res, err := Copy(ctx, o.Store, c, []string{system}, m.Agent, CopyOptions{
 		StateDir: o.stateDir(), Compress: o.Compress, Progress: progress, DryRun: dryRun,
-		Logf: o.Logf, Cache: o.Cache,
+		Logf: o.Logf, Cache: o.Cache, Keys: o.TrustedKeys[host],
 	})
 	if err != nil {
 		return nil, &HostFailure{Result: ResultUnreachable, Err: err}

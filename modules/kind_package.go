@@ -3,6 +3,8 @@ package modules
 import (
 	"strings"
 
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/oci"
 	"github.com/hashicorp/hcl/v2"
@@ -30,6 +32,10 @@ func packageKind() *Kind {
 		}}, {Name: "oci", Doc: "an OCI (Docker) image, pinned by digest in deploy.lock; the package is its root filesystem and configuration", Attrs: []Attr{
 			{Name: "image", Type: str, Required: true, Doc: `the image reference, "registry/repository:tag" or "...@sha256:..."`},
 			{Name: "insecure", Type: boolean, Doc: "allow plain HTTP to the registry (default false)"},
+		}}, {Name: "nix", Doc: "a store path from a Nix binary cache, with its closure, verified by the cache's key; needs the store directory /nix/store", Attrs: []Attr{
+			{Name: "path", Type: str, Required: true, Doc: `the store path, "/nix/store/<hash>-<name>"`},
+			{Name: "cache", Type: str, Required: true, Doc: `the binary cache, "https://cache.nixos.org" or file:///dir`},
+			{Name: "public_key", Type: str, Required: true, Doc: `the cache's signing key, "name:base64"`},
 		}}},
 		Check:   checkPackage,
 		Realize: realizePackages,
@@ -39,14 +45,29 @@ func packageKind() *Kind {
 func checkPackage(r *Resource) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	n := 0
-	for _, a := range []string{"path", "url", "go", "oci"} {
+	for _, a := range []string{"path", "url", "go", "oci", "nix"} {
 		if r.Has(a) {
 			n++
 		}
 	}
 	if n != 1 {
 		diags = append(diags, errAt(r.nameRange(), "Invalid package source",
-			"Package %q needs exactly one source: a go { src = \"./dir\" } block, an oci { image = \"...\" } block, path = \"./dir\", or url = \"https://...\".", r.Name))
+			"Package %q needs exactly one source: a go { src = \"./dir\" } block, an oci { image = \"...\" } block, a nix { path = \"/nix/store/...\" } block, path = \"./dir\", or url = \"https://...\".", r.Name))
+	}
+	if x, ok := r.Block("nix"); ok {
+		p := x.String("path", "")
+		if _, _, err := closure.SplitPath("/nix/store", p); err != nil {
+			diags = append(diags, errAt(r.BlockRange("nix", "path"), "Invalid Nix store path",
+				"Package %q: %s; write the full path, \"/nix/store/<hash>-<name>\".", r.Name, err))
+		}
+		if u := x.String("cache", ""); !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "file://") {
+			diags = append(diags, errAt(r.BlockRange("nix", "cache"), "Invalid Nix cache",
+				"Package %q: cache = %q: want https://, http:// or file:// (a binary cache such as https://cache.nixos.org).", r.Name, u))
+		}
+		if _, err := cache.ParsePublicKey(x.String("public_key", "")); err != nil {
+			diags = append(diags, errAt(r.BlockRange("nix", "public_key"), "Invalid Nix cache key",
+				"Package %q: %s; use the cache's key as Nix's trusted-public-keys writes it (cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=).", r.Name, err))
+		}
 	}
 	if o, ok := r.Block("oci"); ok {
 		if _, err := oci.ParseReference(o.String("image", ""), false); err != nil {

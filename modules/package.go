@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/nar"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/unpack"
@@ -86,6 +88,8 @@ func (b *PackageBuilder) Package(ctx context.Context, r *Resource, arch string) 
 		return b.urlPackage(ctx, r)
 	case r.Has("oci"):
 		return b.ociPackage(ctx, r, arch)
+	case r.Has("nix"):
+		return b.nixPackage(ctx, r)
 	}
 	return "", hcl.Diagnostics{errAt(r.nameRange(), "Invalid package source", "Package %q has no source.", r.Name)}
 }
@@ -653,4 +657,55 @@ func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch strin
 	b.addImage(&Image{Path: img.Path, Digest: img.Digest, Known: true, Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env,
 		WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal, RootDir: filepath.Join(b.Store.RealPath(img.Path), oci.RootDir)})
 	return img.Path, nil
+}
+
+// nixPackage fetches a Nix store path and its closure from a Nix binary
+// cache into the store, accepting only what the package's key signed. It
+// needs the store directory /nix/store (Nix's paths name it). A path that is
+// valid already is not fetched again: its closure is valid too.
+func (b *PackageBuilder) nixPackage(ctx context.Context, r *Resource) (string, hcl.Diagnostics) {
+	x, _ := r.Block("nix")
+	p := x.String("path", "")
+	if b.Store.StoreDir != "/nix/store" {
+		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "path"), "Nix package needs /nix/store",
+			"Package %q is a path of Nix's store, which names /nix/store; this build's store directory is %q. Build and deploy with --store-dir /nix/store --remote-state-dir /nix (deploy check --store-dir /nix/store), or package the software another way.", r.Name, b.Store.StoreDir)}
+	}
+	if b.DryRun {
+		return p, nil
+	}
+	if ok, err := b.Store.Valid(p); err == nil && ok {
+		return p, nil
+	}
+	key, err := cache.ParsePublicKey(x.String("public_key", ""))
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "public_key"), "Invalid Nix cache key", "Package %q: %s.", r.Name, err)}
+	}
+	backend, err := cache.Open(x.String("cache", ""), b.HTTPClient)
+	if err != nil {
+		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "cache"), "Invalid Nix cache", "Package %q: %s.", r.Name, err)}
+	}
+	b.logf("fetching %s and its closure from %s", p, backend)
+	f := &cache.Fetcher{Cache: backend, Keys: []*cache.PublicKey{key}}
+	if _, err := f.FetchClosure(ctx, b.Store, p); err != nil {
+		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "path"), "Cannot fetch Nix package", "Package %q: %s.", r.Name, err)}
+	}
+	return p, nil
+}
+
+// TrustedKeys returns the public keys of the Nix packages among res: the
+// keys whose signatures vouch for their paths' names on the hosts too.
+func TrustedKeys(res []*Resource) []string {
+	var keys []string
+	for _, r := range res {
+		if r.Kind.Name != KindPackage {
+			continue
+		}
+		if x, ok := r.Block("nix"); ok {
+			if k := strings.TrimSpace(x.String("public_key", "")); k != "" && !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -3,9 +3,12 @@ package cache
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/nar"
 	"github.com/declarative/deploy/internal/testenv"
 )
 
@@ -275,5 +279,106 @@ func TestPushFetchRoundTrip(t *testing.T) {
 	var ue *UnavailableError
 	if !errors.As(err, &ue) {
 		t.Fatalf("Fetch from a closed port: %v, want an UnavailableError", err)
+	}
+}
+
+// nixSignedCache writes a file:// cache holding one input-addressed path
+// (its name is not its content address, as for everything Nix builds),
+// signed by a key nix made, with nix store sign. It returns the cache
+// directory, the path, and nix's public key.
+func nixSignedCache(t *testing.T) (string, string, *PublicKey) {
+	t.Helper()
+	dir := t.TempDir()
+	nixStore := testenv.NeedTool(t, "nix-store", "nix-bin")
+	gen := exec.Command(nixStore, "--generate-binary-cache-key", "nixpkgs-test-1", filepath.Join(dir, "sec"), filepath.Join(dir, "pub"))
+	gen.Env = append(os.Environ(), "NIX_REMOTE=")
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	tree := writeTree(t, map[string]string{"bin/hello": "#!/bin/sh\necho hello from nixpkgs\n"})
+	var narBuf bytes.Buffer
+	if err := nar.Dump(&narBuf, tree); err != nil {
+		t.Fatal(err)
+	}
+	var rnd [20]byte
+	rand.Read(rnd[:])
+	p := "/nix/store/" + closure.Nix32(rnd[:]) + "-hello-2.12"
+	ni := &NarInfo{PathInfo: closure.PathInfo{Path: p, NarHash: sha256.Sum256(narBuf.Bytes()), NarSize: int64(narBuf.Len()), References: []string{}},
+		Compression: "none", FileHash: sha256.Sum256(narBuf.Bytes()), FileSize: int64(narBuf.Len())}
+	ni.URL = "nar/" + closure.Nix32(ni.FileHash[:]) + ".nar"
+	cacheDir := filepath.Join(dir, "cache")
+	os.MkdirAll(filepath.Join(cacheDir, "nar"), 0o755)
+	os.WriteFile(filepath.Join(cacheDir, "nix-cache-info"), (&CacheInfo{StoreDir: "/nix/store"}).Marshal(), 0o644)
+	os.WriteFile(filepath.Join(cacheDir, ni.URL), narBuf.Bytes(), 0o644)
+	os.WriteFile(filepath.Join(cacheDir, Key(p)), ni.Marshal(), 0o644)
+	if _, err := nixCmd(t, "store", "sign", "--store", "file://"+cacheDir, "--key-file", filepath.Join(dir, "sec"), p); err != nil {
+		t.Fatalf("nix store sign: %v", err)
+	}
+	pubData, _ := os.ReadFile(filepath.Join(dir, "pub"))
+	pk, err := ParsePublicKey(string(pubData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cacheDir, p, pk
+}
+
+// A Nix-built (input-addressed) path signed by nix is fetched with its
+// closure when its key is trusted; then sent to a host it is accepted only
+// when the want list trusts that key (its name is not its content
+// address: the signature vouches for it).
+func TestNixPackagePath(t *testing.T) {
+	cacheDir, p, pk := nixSignedCache(t)
+	ctx := context.Background()
+	local, _ := closure.NewLocalStore(t.TempDir(), "/nix/store")
+	got, err := (&Fetcher{Cache: Dir(cacheDir), Keys: []*PublicKey{pk}}).FetchClosure(ctx, local, p)
+	if err != nil || len(got) != 1 || got[0] != p {
+		t.Fatalf("FetchClosure = %v, %v", got, err)
+	}
+	pi, _ := local.Info(p)
+	if len(pi.Sig) != 1 || !strings.HasPrefix(pi.Sig[0], "nixpkgs-test-1:") {
+		t.Fatalf("the local store's record of %s has signatures %v, want nix's", p, pi.Sig)
+	}
+	verify := func(pi *closure.PathInfo, keys []string) error {
+		var pks []*PublicKey
+		for _, k := range keys {
+			pk, err := ParsePublicKey(k)
+			if err != nil {
+				return err
+			}
+			pks = append(pks, pk)
+		}
+		_, err := Verify(pi, pks)
+		return err
+	}
+	_, otherKey, _ := GenerateKey("other-1")
+	for _, tt := range []struct {
+		name string
+		keys []string
+		ok   bool
+	}{
+		{"no keys", nil, false},
+		{"another key", []string{otherKey.String()}, false},
+		{"nix's key", []string{otherKey.String(), pk.String()}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			host, _ := closure.NewLocalStore(t.TempDir(), "/nix/store")
+			op, ag := net.Pipe()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := host.Receive(ctx, ag, ag, closure.ReceiveOptions{VerifySig: verify})
+				ag.Close()
+				errc <- err
+			}()
+			_, err := closure.Send(ctx, local, []string{p}, op, closure.SendOptions{Keys: tt.keys})
+			op.Close()
+			rerr := <-errc
+			valid, _ := host.Valid(p)
+			if tt.ok && (err != nil || rerr != nil || !valid) {
+				t.Fatalf("send trusting %v: %v / %v, valid %v; want it accepted", tt.keys, err, rerr, valid)
+			}
+			if !tt.ok && (err == nil || valid) {
+				t.Fatalf("send trusting %v: %v, valid %v; want it refused", tt.keys, err, valid)
+			}
+		})
 	}
 }

@@ -99,16 +99,88 @@ func (f *Fetcher) Fetch(ctx context.Context, s *closure.Store, want []string) ([
 			take = append(take, ni)
 		}
 	}
+	return f.fetchNARs(ctx, s, take)
+}
+
+// FetchClosure makes valid in s the closure of root, which the cache must
+// have whole: it reads the narinfos from root through its references
+// (verifying each), then fetches every path s lacks, references first. It
+// returns the closure, references first.
+func (f *Fetcher) FetchClosure(ctx context.Context, s *closure.Store, root string) ([]string, error) {
+	infos := map[string]*NarInfo{}
+	queue := []string{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if infos[p] != nil {
+			continue
+		}
+		ni, err := f.narInfo(ctx, s.StoreDir, p)
+		if err != nil {
+			return nil, err
+		}
+		if ni == nil {
+			return nil, fmt.Errorf("cache %s: %s is not in the cache", f.Cache, p)
+		}
+		infos[p] = ni
+		for _, r := range ni.References {
+			if r != p && infos[r] == nil {
+				queue = append(queue, r)
+			}
+		}
+	}
+	// References first: a depth-first post-order from root.
+	var order []string
+	seen := map[string]bool{}
+	var visit func(p string)
+	visit = func(p string) {
+		if seen[p] {
+			return
+		}
+		seen[p] = true
+		for _, r := range infos[p].References {
+			if r != p {
+				visit(r)
+			}
+		}
+		order = append(order, p)
+	}
+	visit(root)
+	var take []*NarInfo
+	for _, p := range order {
+		if !isValid(s, p) {
+			take = append(take, infos[p])
+		}
+	}
+	if _, err := f.fetchNARs(ctx, s, take); err != nil {
+		return nil, err
+	}
+	for _, p := range order {
+		if !isValid(s, p) {
+			return nil, fmt.Errorf("cache %s: %s could not be made valid", f.Cache, p)
+		}
+	}
+	return order, nil
+}
+
+// fetchNARs fetches and stages the NARs of take (references first) in
+// parallel, then commits them in that order.
+func (f *Fetcher) fetchNARs(ctx context.Context, s *closure.Store, take []*NarInfo) ([]string, error) {
 	if len(take) == 0 {
 		return nil, nil
 	}
-	// 3. The NARs, in parallel, staged; then one commit in order.
+	parallel := f.Parallel
+	if parallel <= 0 {
+		parallel = 8
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	b, err := s.NewBatch(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer b.Close()
-	errs = make([]error, len(take))
+	errs := make([]error, len(take))
 	each(ctx, len(take), parallel, func(i int) {
 		errs[i] = f.stage(ctx, b, take[i])
 		if errs[i] != nil {

@@ -39,6 +39,7 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	opts.Fetch = func(ctx context.Context, spec *closure.CacheSpec, want []string, report func(string, int64)) error {
 		return fetchFromCache(ctx, s, spec, want, report, stderr)
 	}
+	opts.VerifySig = verifySig
 	if f, ok := stdin.(*os.File); ok {
 		growPipe(f)
 	}
@@ -81,6 +82,20 @@ func fetchFromCache(ctx context.Context, s *closure.Store, spec *closure.CacheSp
 	}
 	fmt.Fprintf(stderr, "deploy-agent: fetched %d paths from %s\n", len(fetched), backend)
 	return nil
+}
+
+// verifySig checks that pi carries a valid signature by one of keys.
+func verifySig(pi *closure.PathInfo, keys []string) error {
+	var pks []*cache.PublicKey
+	for _, k := range keys {
+		pk, err := cache.ParsePublicKey(k)
+		if err != nil {
+			return err
+		}
+		pks = append(pks, pk)
+	}
+	_, err := cache.Verify(pi, pks)
+	return err
 }
 
 // runInstallSelf registers the running binary as the agent store path

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/closure"
 )
 
 // runCheck validates a whole fleet without building anything: every host is
@@ -12,6 +13,7 @@ import (
 // request; exit 1 with diagnostics on any error.
 func runCheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "check", "[DIR]")
+	storeDir := fs.String("store-dir", closure.DefaultStoreDir, "logical store `directory` the fleet will be built for")
 	pos, err := parse(fs, args, 0, 1)
 	if err != nil {
 		return err
@@ -22,7 +24,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	}
 	f, diags := builder.Load(dir)
 	if !diags.HasErrors() {
-		diags = append(diags, builder.Check(ctx, f)...)
+		diags = append(diags, builder.Check(ctx, f, *storeDir)...)
 	}
 	printDiags(e, f, diags)
 	if diags.HasErrors() {
