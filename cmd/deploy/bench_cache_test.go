@@ -37,9 +37,11 @@ func BenchmarkCacheVsPush(b *testing.B) {
 				var env []string
 				if via == "cache" {
 					srv := miniotest.Start(b, miniotest.Options{
-						Host:    vmtest.ControllerAddr.String(),
-						Command: func(name string, args ...string) *exec.Cmd { return nw.ControllerCommand(context.Background(), name, args...) },
-						Dial:    nw.DialContext,
+						Host: vmtest.ControllerAddr.String(),
+						Command: func(name string, args ...string) *exec.Cmd {
+							return nw.ControllerCommand(context.Background(), name, args...)
+						},
+						Dial: nw.DialContext,
 					})
 					srv.Bucket(b, "cache", true)
 					sk, pk, _ := cache.GenerateKey("bench-1")

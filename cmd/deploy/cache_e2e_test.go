@@ -28,9 +28,11 @@ import (
 func TestCacheE2E(t *testing.T) {
 	nw := vmtest.Start(t, 5)
 	srv := miniotest.Start(t, miniotest.Options{
-		Host:    vmtest.ControllerAddr.String(),
-		Command: func(name string, args ...string) *exec.Cmd { return nw.ControllerCommand(context.Background(), name, args...) },
-		Dial:    nw.DialContext,
+		Host: vmtest.ControllerAddr.String(),
+		Command: func(name string, args ...string) *exec.Cmd {
+			return nw.ControllerCommand(context.Background(), name, args...)
+		},
+		Dial: nw.DialContext,
 	})
 	srv.Bucket(t, "cache", true)
 	sk, pk, err := cache.GenerateKey("e2e-cache-1")
