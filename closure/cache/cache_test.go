@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -380,5 +381,35 @@ func TestNixPackagePath(t *testing.T) {
 				t.Fatalf("send trusting %v: %v, valid %v; want it refused", tt.keys, err, valid)
 			}
 		})
+	}
+}
+
+// failingNARs is a cache whose NAR uploads fail after some bytes.
+type failingNARs struct{ Dir }
+
+func (f failingNARs) Put(ctx context.Context, key string, r io.Reader, size int64, ct string) error {
+	if strings.HasPrefix(key, "nar/") {
+		io.CopyN(io.Discard, r, size/2)
+		return errors.New("connection reset")
+	}
+	return f.Dir.Put(ctx, key, r, size, ct)
+}
+
+// A failed NAR upload leaves no narinfo: the cache never names a NAR it
+// does not hold whole, and the next push uploads the path again.
+func TestPushFailureLeavesNoNarInfo(t *testing.T) {
+	s, paths := nixStoreClosure(t)
+	sk, _, _ := GenerateKey("fail-1")
+	dir := Dir(t.TempDir())
+	_, err := (&Pusher{Cache: failingNARs{dir}, Key: sk}).Push(context.Background(), s, paths)
+	if err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Fatalf("Push = %v, want the upload's error", err)
+	}
+	if have, _ := dir.List(context.Background()); len(have) != 0 {
+		t.Fatalf("narinfos after a failed push: %v", have)
+	}
+	stats, err := (&Pusher{Cache: dir, Key: sk}).Push(context.Background(), s, paths)
+	if err != nil || stats.Uploaded != 2 {
+		t.Fatalf("the next push = %+v, %v; want both paths uploaded", stats, err)
 	}
 }
