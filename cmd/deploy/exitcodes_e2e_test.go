@@ -117,6 +117,13 @@ func TestExitCodesE2E(t *testing.T) {
 	run(0, cmd("diff", fleet+"#h1")...)
 	run(0, cmd("exec", prod, "--", "true")...)
 	run(0, cmd("gc", "--keep", "5", prod)...)
+	tree := t.TempDir()
+	os.WriteFile(filepath.Join(tree, "f"), []byte("copied\n"), 0o644)
+	added := strings.TrimSpace(run(0, "store", "add", tree))
+	run(0, append(cmd("copy", "--to", h1.Addr().String(), "--host-key", h1.HostKeyLine(), "--agent", agent), added)...)
+	if got := h1.Succeed("cat " + added + "/f"); got != "copied\n" {
+		t.Errorf("deploy copy: %q on h1", got)
+	}
 
 	// 6: the command fails on a host.
 	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = h2")...); !strings.Contains(out, "command-failed: h1") {
