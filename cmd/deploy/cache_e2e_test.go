@@ -82,22 +82,7 @@ defaults {
 	env := append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
 	run := func(args ...string) ([]deploy.Event, int, string) {
 		t.Helper()
-		cmd := deployCmd(t, nw, append([]string{"--json", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "60s"}, args...)...)
-		cmd.Env = append(cmd.Env, env...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		events, err := parseEvents(stdout.Bytes())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return events, code, stderr.String()
+		return runJSONEnv(t, nw, key, env, append([]string{"--confirm-timeout", "60s"}, args...)...)
 	}
 
 	events, code, stderr := run(fleet + "#all")

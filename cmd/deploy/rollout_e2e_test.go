@@ -72,11 +72,18 @@ func quotedNames(nw *vmtest.Network) string {
 // command with --json) and returns its events and exit code.
 func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]deploy.Event, int, string) {
 	t.Helper()
+	return runJSONEnv(t, nw, key, nil, args...)
+}
+
+// runJSONEnv is runJSON with env added to the command's environment.
+func runJSONEnv(t *testing.T, nw *vmtest.Network, key string, env []string, args ...string) ([]deploy.Event, int, string) {
+	t.Helper()
 	var pre []string
 	if len(args) > 0 && !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
 		pre, args = args[:1], args[1:]
 	}
 	cmd := deployCmd(t, nw, append(append(pre, "--json", "--identity", key, "--ssh-config", "none"), args...)...)
+	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
