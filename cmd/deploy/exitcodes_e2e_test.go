@@ -125,6 +125,10 @@ func TestExitCodesE2E(t *testing.T) {
 		t.Errorf("deploy copy: %q on h1", got)
 	}
 
+	if out := run(0, "keyscan", h1.Addr().String()); !strings.Contains(out, strings.Fields(h1.HostKeyLine())[1]) {
+		t.Errorf("keyscan %s: %s; want its host key", h1.Addr(), out)
+	}
+
 	// 6: the command fails on a host.
 	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = h2")...); !strings.Contains(out, "command-failed: h1") {
 		t.Errorf("exec failing on h1: output does not name h1:\n%s", out)
@@ -135,6 +139,7 @@ func TestExitCodesE2E(t *testing.T) {
 		cmd("", ghost), cmd("rollback", ghost), cmd("generations", ghost), cmd("status", ghost),
 		cmd("gc", ghost), cmd("exec", ghost, "--", "true"), cmd("diff", ghost),
 		append(cmd("copy", "--to", h1.Addr().String()+":9", "--host-key", h1.HostKeyLine()), "/var/lib/deploy/store/00000000000000000000000000000000-x"),
+		{"keyscan", h1.Addr().String() + ":9"},
 	} {
 		run(4, args...)
 	}
