@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,6 +161,7 @@ func (n *Network) start(count int) error {
 	if err != nil {
 		return err
 	}
+	raiseInotify(count, n.logf)
 	n.run, err = newRun(n.ctx, cacheDir, cgm, n.logf)
 	if err != nil {
 		return err
@@ -302,4 +304,38 @@ func (n *Network) ControllerCommand(ctx context.Context, name string, args ...st
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/proc/self/fd/3", "--", name}, args...)...)
 	cmd.ExtraFiles = []*os.File{n.sw.f}
 	return cmd
+}
+
+// inotifySysctls are the per-user inotify limits that every host's systemd
+// (and everything in it) draws from: all hosts' processes run as the same
+// root, so with the usual 128 instances the 16th host's systemd fails with
+// "Failed to create control group inotify object: Too many open files".
+var inotifySysctls = []struct {
+	path string
+	per  int // needed per host, generously
+	base int
+}{
+	{"/proc/sys/fs/inotify/max_user_instances", 64, 1024},
+	{"/proc/sys/fs/inotify/max_user_watches", 8192, 65536},
+}
+
+// raiseInotify raises the machine's inotify limits to what count hosts
+// (beside whatever else runs) need, never lowering them, and says so.
+func raiseInotify(count int, logf func(string, ...any)) {
+	for _, s := range inotifySysctls {
+		want := s.base + s.per*count
+		data, err := os.ReadFile(s.path)
+		if err != nil {
+			continue
+		}
+		have, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err != nil || have >= want {
+			continue
+		}
+		if err := os.WriteFile(s.path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+			logf("vmtest: cannot raise %s from %d to %d for %d hosts: %v", filepath.Base(s.path), have, want, count, err)
+			continue
+		}
+		logf("vmtest: raised %s from %d to %d for %d hosts (a machine-wide setting, kept after the run)", filepath.Base(s.path), have, want, count)
+	}
 }
