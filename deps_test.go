@@ -56,6 +56,7 @@ var allowed = map[string][]string{
 	"builder":          {"modules", "closure", "manifest", "unpack", "oci"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
+	"channel":          {"closure", "agentapi"},
 	"mesh":             {},
 	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
 	"vmtest":           {"closure", "mesh"},
