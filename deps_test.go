@@ -52,7 +52,7 @@ var allowed = map[string][]string{
 	"agentapi":         {},
 	"unpack":           {"closure"},
 	"oci":              {"closure", "unpack"},
-	"modules":          {"closure", "manifest", "unpack", "oci"},
+	"modules":          {"closure", "manifest", "unpack", "oci", "agentapi"},
 	"builder":          {"modules", "closure", "manifest", "unpack", "oci"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
