@@ -57,13 +57,14 @@ var allowed = map[string][]string{
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
 	"channel":          {"closure", "agentapi"},
+	"pull":             {"activation", "channel", "closure", "agentapi"},
 	"mesh":             {},
 	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
 	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci"},
-	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi"},
+	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "channel", "pull"},
 }
 
 func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, module), "/") }
