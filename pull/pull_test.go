@@ -356,4 +356,4 @@ func TestPollRetriesReport(t *testing.T) {
 type failingWriter struct{}
 
 func (failingWriter) Put(context.Context, string, []byte) error { return fmt.Errorf("503 Slow Down") }
-func (failingWriter) String() string                              { return "failing" }
+func (failingWriter) String() string                            { return "failing" }
