@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -117,14 +116,9 @@ func (w *S3Writer) Put(ctx context.Context, key string, data []byte) error {
 		return nil
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e struct {
-		Code    string `xml:"Code"`
-		Message string `xml:"Message"`
-	}
-	xml.Unmarshal(body, &e)
 	msg := fmt.Sprintf("PUT %s: %s", key, resp.Status)
-	if e.Code != "" {
-		msg += fmt.Sprintf(" (%s: %s)", e.Code, e.Message)
+	if code := xmlElement(body, "Code"); code != "" {
+		msg += fmt.Sprintf(" (%s: %s)", code, xmlElement(body, "Message"))
 	}
 	if resp.StatusCode >= 500 {
 		return &cache.UnavailableError{Cache: w.String(), Err: errors.New(msg)}
@@ -167,4 +161,20 @@ func ParseCredentials(data []byte) (sigv4.Credentials, error) {
 		return c, errors.New("want AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (KEY=VALUE lines)")
 	}
 	return c, nil
+}
+
+// xmlElement returns the text of the first <name> element of an S3 error
+// document (no entities, no nesting: what S3 errors hold).
+func xmlElement(doc []byte, name string) string {
+	s := string(doc)
+	i := strings.Index(s, "<"+name+">")
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(name)+2:]
+	j := strings.Index(s, "</"+name+">")
+	if j < 0 {
+		return ""
+	}
+	return strings.TrimSpace(s[:j])
 }
