@@ -59,11 +59,11 @@ var allowed = map[string][]string{
 	"channel":          {"closure", "agentapi"},
 	"pull":             {"activation", "channel", "closure", "agentapi"},
 	"mesh":             {},
-	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
+	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "channel"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "channel"},
 	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "channel", "pull"},
 }
 

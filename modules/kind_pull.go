@@ -88,6 +88,16 @@ func checkPull(r *Resource) hcl.Diagnostics {
 	return diags
 }
 
+// PullOf returns the host's pull block, nil when it has none.
+func PullOf(cfg *Config) *Resource {
+	for _, r := range cfg.Resources {
+		if r.Kind.Name == KindPull {
+			return r
+		}
+	}
+	return nil
+}
+
 // PullInterval returns a pull block's interval and jitter.
 func PullInterval(r *Resource) (interval, jitter time.Duration) {
 	interval = time.Minute
