@@ -139,7 +139,7 @@ type Deployment struct {
 	// WaveTimeout is how long each wave of a pull-mode release has to
 	// report before the later waves stop (default 30m; docs/pull.md).
 	WaveTimeout time.Duration
-	DefRange  hcl.Range
+	DefRange    hcl.Range
 }
 
 // scopeBody is the part of a host, role or defaults block that contributes
