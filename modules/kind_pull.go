@@ -159,9 +159,16 @@ Description=deploy: pull releases of channel %[1]s
 Wants=network-online.target
 After=network-online.target %[2]s
 
+StartLimitIntervalSec=0
+
 [Service]
 Type=oneshot
 ExecStart=/run/deploy/current-system/agent/bin/deploy-agent pull --config %[3]s
+# A poll every interval: systemd's own "Starting/Finished" lines (info)
+# would flood the journal; the agent's lines are notices, and failures
+# are still logged.
+SyslogLevel=notice
+LogLevelMax=notice
 `, name, "deploy-boot.service", PullConfigFile)
 		accuracy := "1s"
 		if interval < 10*time.Second {

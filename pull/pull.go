@@ -352,7 +352,6 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 	case errors.Is(err, channel.ErrNotModified):
 		data = st.Doc
 	case errors.Is(err, fs.ErrNotExist):
-		a.logf("no release for %s in %s yet", cfg.Host, a.Source)
 		return &Result{Action: "no-release"}, p.flush(ctx)
 	case err != nil:
 		p.flush(ctx)
@@ -713,7 +712,7 @@ func (w *lineLogger) Write(b []byte) (int, error) {
 		if i < 0 {
 			return len(b), nil
 		}
-		w.logf("%s", w.buf[:i])
+		w.logf("%s", bytes.TrimPrefix(w.buf[:i], []byte("deploy-agent: ")))
 		w.buf = w.buf[i+1:]
 	}
 }

@@ -52,6 +52,10 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
 	}
+	if (res.Action == "none" || res.Action == "no-release") && (res.Reported || res.Status == nil || cfg.StatusURL == "") {
+		// Nothing happened: an idle poll leaves the journal alone.
+		return nil
+	}
 	line := fmt.Sprintf("deploy-agent: pull %s: %s", cfg.Channel, res.Action)
 	if res.Serial != 0 {
 		line += fmt.Sprintf(" (serial %d)", res.Serial)
