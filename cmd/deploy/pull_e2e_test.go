@@ -238,7 +238,9 @@ func done(serial int64) func(*agentapi.PullStatus) bool {
 //     unknown key, h3's release, and a tampered closure: each reported,
 //     nothing activated.
 //  5. h4 is off while v5 and v6 are published; booted, it goes to v6
-//     directly.
+//     directly. publish --wait for it, meanwhile, ends at its deadline
+//     with exit 4.
+//  6. deploy rollback --channel publishes v5's systems as a new serial.
 func TestPullE2E(t *testing.T) {
 	p := newPullEnv(t, 4, `canary       = 1
   batch_size   = "50%"`)
@@ -458,6 +460,20 @@ func TestPullE2E(t *testing.T) {
 	}
 	if !slices.ContainsFunc(p.generations(h4), func(g *agentapi.Generation) bool { return g.Current && g.System == last.Systems["h4"] }) {
 		t.Errorf("h4 does not run v6's system")
+	}
+
+	// 6. A rollback through the channel: v5's systems again, as a new serial.
+	events, _, code, stderr = p.run("rollback", "--json", "--channel", "prod", "--to-serial", "5", "--wait", target)
+	if code != 0 {
+		t.Fatalf("rollback --channel --to-serial 5 --wait: exit %d\n%v\n%s", code, results(events), stderr)
+	}
+	if rb := p.head(); rb.RollbackTo != 5 || rb.Serial != last.Serial+1 {
+		t.Errorf("the rollback's head: serial %d rolling back to %d, want %d and 5", rb.Serial, rb.RollbackTo, last.Serial+1)
+	}
+	for _, h := range p.nw.Hosts {
+		if got := h.Succeed("cat /etc/app/version"); got != "v5\n" {
+			t.Errorf("%s has %q after the rollback to serial 5, want v5", h.Name(), got)
+		}
 	}
 	if pullDebug {
 		for _, h := range []string{"h1", "h2", "h4"} {
