@@ -85,6 +85,9 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 		if !slices.Contains(cfg.PublisherKeys, s.PublisherKey.Public().String()) {
 			return rep, &ConfigError{Err: fmt.Errorf("host %s does not trust the publisher key %q (its publisher_keys: %s): it would refuse the release", h.Name, s.PublisherKey.Name, strings.Join(cfg.PublisherKeys, ", "))}
 		}
+		if cfg.StatusURL == "" && len(ro.Batches) > 1 && !slices.Contains(ro.Batches[len(ro.Batches)-1], h.Name) {
+			return rep, &ConfigError{Err: fmt.Errorf("host %s cannot report to the channel (its pull block has no status_credentials), so the waves after its own would wait for it until their deadline: give it status_credentials, or publish in one wave", h.Name)}
+		}
 		keys = appendKeys(keys, cfg.PublisherKeys)
 		systems[h.Name] = results[h.Name].SystemPath
 		hr := rep.Hosts[h.Name]

@@ -505,6 +505,10 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 	}
 	if err != nil {
 		a.logf("serial %d: the activation: %v", rel.Serial, err)
+		if lerr := p.l.CheckLock(); lerr != nil {
+			// Its worker runs on: the next poll reports how it ends.
+			return &Result{Action: "busy", Serial: rel.Serial}, nil
+		}
 		if err := p.resolvePending(ctx); err != nil {
 			return nil, err
 		}
