@@ -137,6 +137,10 @@ type PullStatus struct {
 	// Check is the health check that failed, when one did.
 	Check   string `json:"check,omitempty"`
 	Message string `json:"message,omitempty"`
+	// OutcomeTime is when the release reached Outcome (Time is when the
+	// document was written, which a later refusal changes): the wave
+	// deadline is compared with it.
+	OutcomeTime time.Time `json:"outcome_time,omitzero"`
 	// Current is the running generation and CurrentSystem its system.
 	Current       int    `json:"current,omitempty"`
 	CurrentSystem string `json:"current_system,omitempty"`

@@ -152,6 +152,11 @@ func TestGate(t *testing.T) {
 		{"an earlier wave halted", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullHalted, time.Minute)}, before, 5, channel.Halt, 1, "web1 halted"},
 		{"silent past the deadline", map[string]*agentapi.PullStatus{"web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Halt, 2, "web1 did not report by"},
 		{"reported late", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullDone, 90*time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Halt, 2, "web1 did not report by"},
+		{"written late, done in time", map[string]*agentapi.PullStatus{"web1": func() *agentapi.PullStatus {
+			s := st(9, agentapi.PullDone, 90*time.Minute)
+			s.OutcomeTime = published.Add(time.Minute)
+			return s
+		}(), "web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Go, 2, ""},
 		{"late report, looked before the deadline", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullDone, 90*time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Wait, 1, "waiting for web1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

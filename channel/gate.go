@@ -42,8 +42,8 @@ func (d Decision) String() string {
 // waiting for a slow wave reads one status per poll.
 //
 // A host of an earlier wave counts as reported when its status is about
-// rel's serial, its outcome is final, and it was written no later than
-// rel.Deadline: a report that comes late counts as silence, so that every
+// rel's serial, its outcome is final, and it reached that outcome no later
+// than rel.Deadline: a report that comes late counts as silence, so that every
 // host of a wave decides the same, whenever it looks. Reported hosts whose
 // outcome is not done count as failures; a halted one stops this wave too.
 // Clocks matter only to the deadline (hosts and publisher need them roughly
@@ -57,7 +57,7 @@ func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func
 			return Wait, "", err
 		}
 		reported := st != nil && st.Serial == rel.Serial && st.Outcome.Final() &&
-			(rel.Deadline.IsZero() || !st.Time.After(rel.Deadline))
+			(rel.Deadline.IsZero() || !outcomeTime(st).After(rel.Deadline))
 		if !reported {
 			if !late {
 				return Wait, fmt.Sprintf("waiting for %s (wave before %d) to report serial %d", h, rel.Wave, rel.Serial), nil
@@ -86,4 +86,13 @@ func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func
 			rel.Serial, rel.Wave, strings.Join(silent, ", "), rel.Deadline.UTC().Format(time.RFC3339)), nil
 	}
 	return Go, "", nil
+}
+
+// outcomeTime is when st's outcome was reached (its write time for
+// documents that do not say).
+func outcomeTime(st *agentapi.PullStatus) time.Time {
+	if !st.OutcomeTime.IsZero() {
+		return st.OutcomeTime
+	}
+	return st.Time
 }

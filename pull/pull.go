@@ -294,6 +294,9 @@ func (p *poll) report(ctx context.Context, update func(s *agentapi.PullStatus)) 
 		return p.save()
 	}
 	next.Time = p.a.now()
+	if prev := p.st.Status; prev == nil || prev.Serial != next.Serial || prev.Outcome != next.Outcome || prev.OutcomeTime.IsZero() {
+		next.OutcomeTime = next.Time
+	}
 	p.st.Status, p.st.Reported = &next, false
 	if err := p.save(); err != nil {
 		return err
@@ -303,7 +306,7 @@ func (p *poll) report(ctx context.Context, update func(s *agentapi.PullStatus)) 
 
 func sameStatus(a, b *agentapi.PullStatus) bool {
 	x, y := *a, *b
-	x.Time, y.Time = time.Time{}, time.Time{}
+	x.Time, y.Time, x.OutcomeTime, y.OutcomeTime = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	ja, _ := json.Marshal(x)
 	jb, _ := json.Marshal(y)
 	return bytes.Equal(ja, jb)

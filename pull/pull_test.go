@@ -208,8 +208,8 @@ func TestPollActivatesAndRefuses(t *testing.T) {
 			if st.Refused == nil || !strings.Contains(st.Refused.Reason, tt.want) {
 				t.Fatalf("refusal %+v, want %q", st.Refused, tt.want)
 			}
-			if st.Serial != 2 || st.Outcome != agentapi.PullDone || st.System != v2 {
-				t.Fatalf("status %+v: the refusal changed the release", st)
+			if st.Serial != 2 || st.Outcome != agentapi.PullDone || st.System != v2 || !st.OutcomeTime.Equal(before.OutcomeTime) {
+				t.Fatalf("status %+v: the refusal changed the release (or when it was done)", st)
 			}
 			if len(f.activated) != 2 {
 				t.Fatalf("activated %v", f.activated)
