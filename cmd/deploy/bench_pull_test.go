@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,16 +18,26 @@ import (
 // checks passed), as the hosts' generations record it. Each iteration
 // publishes a new version. The poll interval is what it is in a fleet:
 // the default (1m, with its default jitter of 6s), then shorter ones. The
-// operator's side (build, push, publish) is reported apart.
+// operator's side (build, push, publish) is reported apart. Each publish
+// comes at a random moment of the hosts' poll cycles (a pause before it,
+// not measured).
 //
 //	go test ./cmd/deploy -run '^$' -bench PullWaves -benchtime 3x -timeout 60m
 func BenchmarkPullWaves(b *testing.B) {
-	for _, interval := range []string{"1m", "10s", "2s"} {
+	intervals := []string{"1m", "10s", "2s"}
+	if v := os.Getenv("PULL_BENCH_INTERVAL"); v != "" {
+		intervals = []string{v}
+	}
+	for _, interval := range intervals {
 		b.Run("interval="+interval, func(b *testing.B) {
 			p := newPullEnv(b, 4, "canary     = 1\n  batch_size = \"50%\"")
 			p.write("v0", true)
 			setInterval(b, p, interval)
 			target := p.fleet + "#prod"
+			every, err := time.ParseDuration(interval)
+			if err != nil {
+				b.Fatal(err)
+			}
 			if _, _, code, stderr := p.run("--identity", p.sshKey, "--ssh-config", "none", target); code != 0 {
 				b.Fatalf("bootstrap deploy: exit %d\n%s", code, stderr)
 			}
@@ -37,6 +48,10 @@ func BenchmarkPullWaves(b *testing.B) {
 				b.StopTimer()
 				p.write(fmt.Sprintf("v%d", i+1), true)
 				setInterval(b, p, interval)
+				// A release comes at any moment of the hosts' poll cycles:
+				// publishing right after the previous rollout would keep
+				// every publish at the same phase of them.
+				time.Sleep(rand.N(every))
 				b.StartTimer()
 				start := time.Now()
 				if _, _, code, stderr := p.run("publish", "--channel", "prod", target); code != 0 {
@@ -44,6 +59,9 @@ func BenchmarkPullWaves(b *testing.B) {
 				}
 				publish = append(publish, time.Since(start))
 				head := p.head()
+				if pullDebug {
+					b.Logf("serial %d published %s", head.Serial, head.Published.Format(time.StampMicro))
+				}
 				for _, h := range p.nw.Hosts {
 					p.waitStatus(h.Name(), "done", done(head.Serial))
 				}
@@ -59,6 +77,11 @@ func BenchmarkPullWaves(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			if pullDebug {
+				for _, h := range p.nw.Hosts {
+					b.Logf("%s:\n%s", h.Name(), h.Succeed("journalctl -u deploy-pull.service -u deploy-pull.timer --no-pager -o short-precise | tail -40"))
+				}
+			}
 			for w, ds := range waves {
 				b.ReportMetric(mean(ds).Seconds(), fmt.Sprintf("s-wave%d", w+1))
 				b.ReportMetric(slices.Max(ds).Seconds(), fmt.Sprintf("s-wave%d-max", w+1))
