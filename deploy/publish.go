@@ -383,7 +383,10 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		return rep, nil
 	}
 	s.waitRollout(ctx, rep, store, cr, releases, opts.Poll)
-	return rep, rep.Err()
+	if err := rep.Err(); err != nil || ctx.Err() == nil {
+		return rep, err
+	}
+	return rep, fmt.Errorf("publish: serial %d published; stopped waiting for the hosts: %w", cr.Serial, ctx.Err())
 }
 
 // waitRollout follows a published release through the hosts' statuses
