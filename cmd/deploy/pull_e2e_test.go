@@ -316,6 +316,9 @@ func TestPullE2E(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status --channel: exit %d\n%s", code, stderr)
 	}
+	if pullDebug {
+		t.Logf("deploy status --channel prod:\n%s", out)
+	}
 	for _, want := range []string{"channel prod: serial 2", "h1", "rolled-back", "app", "halted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("deploy status --channel lacks %q:\n%s", want, out)
