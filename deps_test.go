@@ -52,17 +52,19 @@ var allowed = map[string][]string{
 	"agentapi":         {},
 	"unpack":           {"closure"},
 	"oci":              {"closure", "unpack"},
-	"modules":          {"closure", "manifest", "unpack", "oci"},
+	"modules":          {"closure", "manifest", "unpack", "oci", "agentapi"},
 	"builder":          {"modules", "closure", "manifest", "unpack", "oci"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
+	"channel":          {"closure", "agentapi"},
+	"pull":             {"activation", "channel", "closure", "agentapi"},
 	"mesh":             {},
-	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi"},
+	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "channel"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci"},
-	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "channel"},
+	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "channel", "pull"},
 }
 
 func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, module), "/") }
@@ -143,7 +145,9 @@ func checkExternal(t *testing.T, pkg, imp string) {
 
 // The agent binary must stay small and static: no tsnet, no lipgloss, no
 // go-containerregistry (images are unpacked on the operator's machine), no
-// cgo anywhere in what it links. agentapi, the contract both binaries
+// S3 SDK (it reads caches and channels over plain HTTP(S) and signs its one
+// S3 write, its pull-mode status, with internal/sigv4), no cgo anywhere in
+// what it links. agentapi, the contract both binaries
 // import, links nothing of the module and nothing outside the standard
 // library.
 func TestAgentDeps(t *testing.T) {
@@ -163,7 +167,7 @@ func TestAgentDeps(t *testing.T) {
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
 		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") ||
-			within(imp, "github.com/minio") || imp == module+"/closure/cache/s3cache" ||
+			within(imp, "github.com/minio") || within(imp, "github.com/aws") || imp == module+"/closure/cache/s3cache" ||
 			imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}

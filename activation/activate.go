@@ -311,6 +311,10 @@ func (w *Worker) rollback(ctx context.Context, req *Request, res *Result, st *St
 	ctx = context.WithoutCancel(ctx)
 	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = PhaseRollingBack, cause.Error(), time.Now().UTC()
 	l.writeState(st)
+	var he *HealthError
+	if errors.As(cause, &he) {
+		res.Check = he.Check
+	}
 	err := l.markFailed(gen, cause.Error(), time.Now())
 	if err != nil {
 		w.logf("marking generation %d failed: %v", gen, err)

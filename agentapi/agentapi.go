@@ -94,6 +94,9 @@ type Result struct {
 	Log        string  `json:"log,omitempty"`
 	// Holder names the lock holder when Outcome is lock-held.
 	Holder *Holder `json:"holder,omitempty"`
+	// Check names the health check that failed, when the activation
+	// rolled back (or failed) because of one.
+	Check string `json:"check,omitempty"`
 }
 
 // Holder describes the process holding the host's activation lock.

@@ -104,6 +104,13 @@ func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
 	return pb
 }
 
+// EvaluateDry evaluates host without building or fetching anything: its
+// packages' store paths are placeholders. It is enough to read settings
+// (a pull block, say), not to realize the host.
+func (b *Builder) EvaluateDry(ctx context.Context, f *Fleet, host string) (*modules.Config, hcl.Diagnostics) {
+	return f.Evaluate(ctx, host, b.packageBuilder(f, true))
+}
+
 // Evaluate evaluates host, building its packages.
 func (b *Builder) Evaluate(ctx context.Context, f *Fleet, host string) (*modules.Config, hcl.Diagnostics) {
 	return f.Evaluate(ctx, host, b.packageBuilder(f, false))

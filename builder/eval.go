@@ -340,6 +340,9 @@ func (f *Fleet) Evaluate(ctx context.Context, host string, pkgs PackageRealizer)
 		return &hcl.EvalContext{Functions: f.funcs, Variables: v}
 	}
 	cfg := &modules.Config{Host: h.Name, Arch: h.Arch, SSHPort: h.Port, Packages: map[string]string{}, Images: map[string]*modules.Image{}}
+	if f.Cache != nil {
+		cfg.Cache = &modules.CacheRef{URL: f.Cache.URL, FetchURL: f.Cache.FetchURL, PublicKeys: f.Cache.PublicKeys}
+	}
 
 	// Phase 1: packages.
 	pkgRes, d := f.phase(apps, map[string]bool{modules.KindPackage: true}, func(a application) *hcl.EvalContext { return vars(a, nil) })

@@ -50,8 +50,13 @@ func TestExamplesCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Fleets nested in an example (examples/gitops/pull).
+	nested, _ := filepath.Glob("../examples/*/*/*.hcl")
+	for _, f := range nested {
+		dirs = append(dirs, filepath.Dir(f))
+	}
 	for _, dir := range dirs {
-		t.Run(filepath.Base(dir), func(t *testing.T) {
+		t.Run(strings.TrimPrefix(dir, "../examples/"), func(t *testing.T) {
 			f, diags := Load(dir)
 			if !diags.HasErrors() {
 				diags = Check(context.Background(), f, "")

@@ -136,7 +136,10 @@ type Deployment struct {
 	// Transport, when set ("ssh" or "tailscale"), is how every host of the
 	// deployment is reached, overriding each host's own transport.
 	Transport string
-	DefRange  hcl.Range
+	// WaveTimeout is how long each wave of a pull-mode release has to
+	// report before the later waves stop (default 30m; docs/pull.md).
+	WaveTimeout time.Duration
+	DefRange    hcl.Range
 }
 
 // scopeBody is the part of a host, role or defaults block that contributes
@@ -708,9 +711,9 @@ func compactStrings(s []string) []string {
 }
 
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
-	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, DefRange: b.DefRange}
+	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"},
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
 	}}
 	content, diags := b.Body.Content(schema)
 	if content == nil {
@@ -817,6 +820,14 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 				Detail: fmt.Sprintf("confirm_timeout = %q is not a positive duration like \"30s\".", v.AsString()), Subject: rng})
 		}
 		d.ConfirmTimeout = t
+	}
+	if v, rng, ok := eval("wave_timeout", cty.String); ok {
+		t, err := time.ParseDuration(v.AsString())
+		if err != nil || t <= 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid wave_timeout",
+				Detail: fmt.Sprintf("wave_timeout = %q is not a positive duration like \"30m\".", v.AsString()), Subject: rng})
+		}
+		d.WaveTimeout = t
 	}
 	if v, rng, ok := eval("rollback", cty.String); ok {
 		d.Rollback = v.AsString()

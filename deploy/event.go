@@ -30,6 +30,11 @@ const (
 	PhaseGC          Phase = "gc"
 	PhaseExec        Phase = "exec"
 	PhaseDiff        Phase = "diff"
+
+	// Pull mode: writing a host's release to the channel, and the host
+	// acting on it (publish --wait, status --channel).
+	PhasePublish Phase = "publish"
+	PhasePull    Phase = "pull"
 )
 
 // Result is how a host's deployment ended.
@@ -48,6 +53,10 @@ const (
 	// ResultCommandFailed is a host command that failed on the host:
 	// exec's command exited non-zero, or the agent failed a gc or query.
 	ResultCommandFailed Result = "command-failed"
+	// ResultRefused is a host in pull mode that refused its release: the
+	// closure failed verification, or the document did (a key it does not
+	// trust, say).
+	ResultRefused Result = "refused"
 )
 
 // Event is one line of the event stream that the terminal view, the plain
@@ -109,6 +118,12 @@ type Event struct {
 	// Message; ExitStatus of the command on host.result.
 	Stream     string `json:"stream,omitempty"`
 	ExitStatus *int   `json:"exit_status,omitempty"`
+	// Pull mode: the channel and the release's serial (channel.publish,
+	// and the host events of publish and status --channel), and a host's
+	// status document.
+	Channel    string               `json:"channel,omitempty"`
+	Serial     int64                `json:"serial,omitempty"`
+	PullStatus *agentapi.PullStatus `json:"pull_status,omitempty"`
 }
 
 // Event types.
@@ -121,7 +136,8 @@ const (
 	EventResult     = "host.result" // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
 	EventPlan       = "host.plan"   // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
-	EventOutput     = "host.output" // Host, Stream, Message: a line of exec's output
-	EventCachePush  = "cache.push"  // State, Message (the cache), Paths, CopyPaths, Total, Error
-	EventRunDone    = "run.done"    // Summary
+	EventOutput     = "host.output"     // Host, Stream, Message: a line of exec's output
+	EventCachePush  = "cache.push"      // State, Message (the cache), Paths, CopyPaths, Total, Error
+	EventPublish    = "channel.publish" // Channel, Serial, Batches (the waves), State, Message
+	EventRunDone    = "run.done"        // Summary
 )

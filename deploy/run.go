@@ -120,6 +120,11 @@ type HostReport struct {
 	GC          *agentapi.GCResult
 	Diff        *manifest.Difference
 	ExitStatus  int // exec
+	// Pull mode (publish --wait, status --channel): the serial and wave of
+	// the host's release, and its status document.
+	Serial int64
+	Wave   int
+	Pull   *agentapi.PullStatus
 }
 
 // Report is the outcome of a rollout.

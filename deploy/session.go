@@ -68,6 +68,9 @@ type Session struct {
 	// CacheKey signs what is pushed to the fleet's binary cache; without
 	// it nothing is pushed (hosts still fetch what the cache has).
 	CacheKey *cache.SecretKey
+	// PublisherKey signs the releases of [Session.Publish] and
+	// [Session.ChannelRollback].
+	PublisherKey *cache.SecretKey
 	// Getenv reads the environment for cache credentials (nil: the
 	// process's).
 	Getenv func(string) string
@@ -141,9 +144,10 @@ func (e *RunError) Error() string {
 }
 
 // ResultPrecedence lists the results that make a run fail, the one that
-// decides the exit code first: a host rolled back or failed, then one
-// unreachable, then one locked, then a command that failed on a host.
-var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultUnreachable, ResultLocked, ResultCommandFailed}
+// decides the exit code first: a host rolled back or failed, then one that
+// refused its release (pull mode), then one unreachable, then one locked,
+// then a command that failed on a host.
+var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultRefused, ResultUnreachable, ResultLocked, ResultCommandFailed}
 
 // Worst returns the result that decides the run's outcome (see
 // [ResultPrecedence]), or "" when every host ended well.

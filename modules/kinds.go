@@ -62,6 +62,7 @@ func Kinds() []*Kind {
 		timerKind(),
 		activationScriptKind(),
 		healthCheckKind(),
+		pullKind(),
 		hostnameKind(),
 		timezoneKind(),
 	}

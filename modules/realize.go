@@ -27,6 +27,9 @@ type Config struct {
 	Packages map[string]string
 	// Images describes the packages that are OCI images, by store path.
 	Images map[string]*Image
+	// Cache is the fleet's binary cache, nil without a cache block (a
+	// pull block needs it).
+	Cache *CacheRef
 }
 
 // Objects adds content to a store. The implementation finds the store paths

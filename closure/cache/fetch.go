@@ -27,6 +27,10 @@ type Fetcher struct {
 	Progress func(path string, narSize int64)
 }
 
+// ErrNotCached is a path that [Fetcher.FetchClosure] needs and the cache
+// does not have.
+var ErrNotCached = errors.New("not in the cache")
+
 // VerifyError is a path the cache has but that failed verification: an
 // unsigned or wrongly signed narinfo, a narinfo for another path, or a NAR
 // that does not match what was signed. Nothing of it became valid. Unlike an
@@ -120,7 +124,7 @@ func (f *Fetcher) FetchClosure(ctx context.Context, s *closure.Store, root strin
 			return nil, err
 		}
 		if ni == nil {
-			return nil, fmt.Errorf("cache %s: %s is not in the cache", f.Cache, p)
+			return nil, fmt.Errorf("cache %s: %s: %w", f.Cache, p, ErrNotCached)
 		}
 		infos[p] = ni
 		for _, r := range ni.References {

@@ -30,7 +30,7 @@ func main() {
 // 2 usage, 3 rolled back, 5 lock held (see exit.go).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock} [flags]")
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock|pull} [flags]")
 		return 2
 	}
 	var err error
@@ -63,6 +63,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runApply(ctx, args[1:], stderr)
 	case "run-lock":
 		err = runRunLock(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "pull":
+		err = runPull(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
 		return 2

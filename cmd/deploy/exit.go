@@ -20,6 +20,7 @@ const (
 	ExitUnreachable   = 4 // some host unreachable or a copy failed
 	ExitLocked        = 5 // a lock is held
 	ExitCommandFailed = 6 // a command failed on some host (exec's command, the agent's gc or a query)
+	ExitRefused       = 7 // pull mode: some host refused its release (signature, serial, host, or a closure failing verification)
 )
 
 // resultExit maps how a run's worst host ended (deploy.Report.Worst, by
@@ -30,6 +31,7 @@ var resultExit = map[deploy.Result]int{
 	deploy.ResultUnreachable:   ExitUnreachable,
 	deploy.ResultLocked:        ExitLocked,
 	deploy.ResultCommandFailed: ExitCommandFailed,
+	deploy.ResultRefused:       ExitRefused,
 }
 
 // exitError carries an exit code and an optional hint for the operator.

@@ -41,6 +41,9 @@ func TestExitCode(t *testing.T) {
 		{"locked", runReport(deploy.ResultLocked, deploy.ResultSkipped).Err(), ExitLocked},
 		{"locked beats a failed command", runReport(deploy.ResultCommandFailed, deploy.ResultLocked).Err(), ExitLocked},
 		{"command failed", runReport(deploy.ResultOK, deploy.ResultCommandFailed).Err(), ExitCommandFailed},
+		{"refused", runReport(deploy.ResultOK, deploy.ResultRefused, deploy.ResultSkipped).Err(), ExitRefused},
+		{"rolled back beats refused", runReport(deploy.ResultRefused, deploy.ResultRolledBack).Err(), ExitRolledBack},
+		{"refused beats unreachable", runReport(deploy.ResultUnreachable, deploy.ResultRefused).Err(), ExitRefused},
 		{"wrapped run error", fmt.Errorf("demo: %w", runReport(deploy.ResultRolledBack).Err()), ExitRolledBack},
 		{"unreachable outside a run", &mesh.UnreachableError{Host: "h1", Err: errors.New("no route")}, ExitUnreachable},
 	} {

@@ -79,6 +79,9 @@ func plainLine(ev deploy.Event) string {
 		if len(ev.Batches) == 0 {
 			return ""
 		}
+		if ev.Command == "publish" || ev.Command == "rollback" && ev.Mode == "" {
+			return fmt.Sprintf("%s: %d hosts in %d waves", ev.Command, len(ev.Hosts), len(ev.Batches))
+		}
 		return fmt.Sprintf("%s %d hosts in %d batches", ev.Mode, len(ev.Hosts), len(ev.Batches))
 	case deploy.EventBatchStart:
 		return fmt.Sprintf("batch %d: %s", ev.Batch, strings.Join(ev.Hosts, ", "))
@@ -122,6 +125,8 @@ func plainLine(ev deploy.Event) string {
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
 	case deploy.EventCachePush:
 		return cacheLine(ev)
+	case deploy.EventPublish:
+		return publishLine(ev)
 	case deploy.EventRunDone:
 		switch ev.Command {
 		case "status", "generations", "gc", "exec", "diff", "build", "":
@@ -150,7 +155,7 @@ func cacheLine(ev deploy.Event) string {
 }
 
 var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
-	deploy.ResultFailed, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultSkipped}
+	deploy.ResultFailed, deploy.ResultRefused, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultSkipped}
 
 func bytesString(n int64) string {
 	const unit = 1024
@@ -304,7 +309,20 @@ func (v *liveView) Event(ev deploy.Event) {
 		if ev.State != "started" {
 			v.notes = append(v.notes, cacheLine(ev))
 		}
+	case deploy.EventPublish:
+		v.notes = append(v.notes, publishLine(ev))
 	}
+}
+
+// publishLine describes a channel.publish event.
+func publishLine(ev deploy.Event) string {
+	switch ev.State {
+	case "started":
+		return ev.Message
+	case "done":
+		return fmt.Sprintf("channel %s: serial %d published", ev.Channel, ev.Serial)
+	}
+	return fmt.Sprintf("channel %s: serial %d: publishing failed", ev.Channel, ev.Serial)
 }
 
 func (v *liveView) loop() {

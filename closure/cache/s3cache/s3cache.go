@@ -17,6 +17,7 @@
 package s3cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -154,4 +155,49 @@ func (b *Bucket) classify(key string, err error) error {
 		return &cache.UnavailableError{Cache: b.url, Err: err}
 	}
 	return fmt.Errorf("cache %s: %s: %s", b.url, resp.Code, resp.Message)
+}
+
+// ErrPreconditionFailed is a conditional write whose condition did not
+// hold: the object changed, or exists, meanwhile.
+var ErrPreconditionFailed = errors.New("precondition failed")
+
+// ReadObject returns the small object at key and its ETag. A missing key
+// wraps fs.ErrNotExist.
+func (b *Bucket) ReadObject(ctx context.Context, key string) ([]byte, string, error) {
+	obj, err := b.client.GetObject(ctx, b.bucket, b.prefix+key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, "", b.classify(key, err)
+	}
+	defer obj.Close()
+	info, err := obj.Stat()
+	if err != nil {
+		return nil, "", b.classify(key, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(obj, 16<<20))
+	if err != nil {
+		return nil, "", b.classify(key, err)
+	}
+	return data, info.ETag, nil
+}
+
+// WriteObject stores data at key, only if the object's ETag is ifMatch
+// (when not empty), or only if there is none (ifAbsent): S3's conditional
+// writes (If-Match, If-None-Match: *). A failed condition wraps
+// [ErrPreconditionFailed].
+func (b *Bucket) WriteObject(ctx context.Context, key string, data []byte, contentType, ifMatch string, ifAbsent bool) error {
+	opts := minio.PutObjectOptions{ContentType: contentType}
+	if ifMatch != "" {
+		opts.SetMatchETag(strings.Trim(ifMatch, `"`))
+	}
+	if ifAbsent {
+		opts.SetMatchETagExcept("*")
+	}
+	_, err := b.client.PutObject(ctx, b.bucket, b.prefix+key, bytes.NewReader(data), int64(len(data)), opts)
+	if err != nil {
+		if resp := minio.ToErrorResponse(err); resp.Code == "PreconditionFailed" || resp.StatusCode == 412 {
+			return fmt.Errorf("%s/%s: %w", b.url, key, ErrPreconditionFailed)
+		}
+		return b.classify(key, err)
+	}
+	return nil
 }

@@ -102,3 +102,37 @@ func TestPushFetchMinIO(t *testing.T) {
 		t.Errorf("List with a wrong secret: %v, want an error naming the credentials", err)
 	}
 }
+
+// Conditional writes: create-only, and replace only what was read, as a
+// channel's head is claimed by one publish at a time.
+func TestConditionalWritesMinIO(t *testing.T) {
+	srv := miniotest.Start(t, miniotest.Options{})
+	srv.Bucket(t, "cache", false)
+	ctx := context.Background()
+	b, err := Open("s3://cache/fleet/channels/prod?endpoint="+srv.Endpoint, env(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.ReadObject(ctx, "channel.json"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadObject of a missing key = %v", err)
+	}
+	if err := b.WriteObject(ctx, "channel.json", []byte("1"), "application/json", "", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteObject(ctx, "channel.json", []byte("x"), "application/json", "", true); !errors.Is(err, ErrPreconditionFailed) {
+		t.Fatalf("second create = %v, want a failed precondition", err)
+	}
+	data, etag, err := b.ReadObject(ctx, "channel.json")
+	if err != nil || string(data) != "1" || etag == "" {
+		t.Fatalf("ReadObject = %q %q %v", data, etag, err)
+	}
+	if err := b.WriteObject(ctx, "channel.json", []byte("2"), "application/json", etag, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteObject(ctx, "channel.json", []byte("3"), "application/json", etag, false); !errors.Is(err, ErrPreconditionFailed) {
+		t.Fatalf("write with a stale ETag = %v, want a failed precondition", err)
+	}
+	if data, _, _ := b.ReadObject(ctx, "channel.json"); string(data) != "2" {
+		t.Fatalf("content %q, want 2", data)
+	}
+}

@@ -57,6 +57,8 @@ type Server struct {
 	SecretKey string
 	// Client is an S3 client for setting up buckets.
 	Client *minio.Client
+
+	transport *http.Transport
 }
 
 // Start starts a server with a fresh data directory.
@@ -99,8 +101,9 @@ func Start(t testing.TB, opts Options) *Server {
 			cmd.Process.Kill()
 			<-exited
 		})
+		s.transport = &http.Transport{DialContext: opts.Dial}
 		c, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""), Secure: false,
-			Transport: &http.Transport{DialContext: opts.Dial}})
+			Transport: s.transport})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,4 +155,29 @@ func (s *Server) Bucket(t testing.TB, name string, public bool) {
 // credentials (as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
 func (s *Server) Env() []string {
 	return []string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey}
+}
+
+// TempCredentials are temporary credentials from MinIO's STS.
+type TempCredentials struct {
+	AccessKeyID     string
+	SecretAccessKey string
+	SessionToken    string
+}
+
+// PrefixCredentials returns temporary credentials (STS AssumeRole, one
+// hour) whose session policy allows only writing and reading objects under
+// prefix in bucket: what a host gets to report its status.
+func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCredentials {
+	t.Helper()
+	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject","s3:GetObject"],"Resource":["arn:aws:s3:::%s/%s*"]}]}`, bucket, prefix)
+	c, err := credentials.NewSTSAssumeRole(s.Endpoint, credentials.STSAssumeRoleOptions{AccessKey: s.AccessKey, SecretKey: s.SecretKey,
+		Policy: policy, DurationSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: s.transport}})
+	if err != nil {
+		t.Fatalf("miniotest: assume role: %v", err)
+	}
+	return TempCredentials{AccessKeyID: v.AccessKeyID, SecretAccessKey: v.SecretAccessKey, SessionToken: v.SessionToken}
 }

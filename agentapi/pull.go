@@ -1,0 +1,184 @@
+package agentapi
+
+import "time"
+
+// Pull mode's documents (docs/pull.md). A publisher (deploy publish, in CI)
+// writes one signed [Release] per host and one signed [ChannelRelease] per
+// publish into a channel in the fleet's bucket; each host's agent (deploy-agent
+// pull) reads its own release, and writes a [PullStatus] back. A host's
+// [PullConfig] says where all this is and whom to trust. They carry [Version]
+// like every document of this package.
+
+// Release is what one host of a channel is to run: one per host and
+// publish, signed by a publisher key, inside a [SignedDocument] of type
+// [DocRelease]. A host acts on a release only when the signature is by a key
+// it trusts, Channel and Host are its own, and Serial is above every serial
+// it accepted before.
+type Release struct {
+	V       int    `json:"v"`
+	Channel string `json:"channel"`
+	Host    string `json:"host"`
+	// Serial orders the releases of a channel: every publish (and rollback
+	// through the channel) takes the next one.
+	Serial int64 `json:"serial"`
+	// System is the store path of the host's system closure, which the
+	// channel's binary cache holds, signed.
+	System string `json:"system"`
+	// Generation metadata, recorded with the generation on the host.
+	GitRev    string    `json:"git_rev,omitempty"`
+	Publisher string    `json:"publisher,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	Published time.Time `json:"published"`
+	// Wave is the host's rollout wave (1 is first) of Waves.
+	Wave  int `json:"wave"`
+	Waves int `json:"waves"`
+	// After lists the hosts of the earlier waves: this host activates only
+	// once each of them reported this serial, at most MaxFailures of them
+	// not healthy, and none after Deadline (zero in wave 1).
+	After       []string  `json:"after,omitempty"`
+	MaxFailures int       `json:"max_failures,omitempty"`
+	Deadline    time.Time `json:"deadline,omitzero"`
+	// RollbackTo is the serial whose systems this release returns to when
+	// it was published by a rollback through the channel.
+	RollbackTo int64 `json:"rollback_to,omitempty"`
+}
+
+// ChannelRelease describes one publish to a channel: the systems of every
+// host it included, and its waves. It is the channel's head (channel.json)
+// and its history (releases/SERIAL.json), signed like a release, inside a
+// [SignedDocument] of type [DocChannel]. Operators read it (deploy status
+// --channel, deploy rollback --channel); hosts never do.
+type ChannelRelease struct {
+	V         int       `json:"v"`
+	Channel   string    `json:"channel"`
+	Serial    int64     `json:"serial"`
+	GitRev    string    `json:"git_rev,omitempty"`
+	Publisher string    `json:"publisher,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	Published time.Time `json:"published"`
+	// Systems maps each host of the publish to its system.
+	Systems map[string]string `json:"systems"`
+	// Waves are the hosts of each wave, in order.
+	Waves [][]string `json:"waves"`
+	// WaveTimeoutMS is how long each wave has to report, in milliseconds;
+	// MaxFailures how many hosts may fail before later waves stop.
+	WaveTimeoutMS int64 `json:"wave_timeout_ms"`
+	MaxFailures   int   `json:"max_failures,omitempty"`
+	RollbackTo    int64 `json:"rollback_to,omitempty"`
+}
+
+// Types of signed documents.
+const (
+	DocRelease = "release"
+	DocChannel = "channel"
+)
+
+// SignedDocument is a signed [Release] or [ChannelRelease]: Payload is the
+// document's JSON, base64 (standard encoding), exactly as signed. Each
+// signature is ed25519 over "deploy TYPE v1\n" followed by the decoded
+// payload, by a key in Nix's format (the binary cache's keys:
+// "name:base64"), so that a signature of one type of document, or a
+// narinfo signature by the same key, never verifies as another.
+type SignedDocument struct {
+	V          int         `json:"v"`
+	Type       string      `json:"type"`
+	Payload    string      `json:"payload"`
+	Signatures []Signature `json:"signatures"`
+}
+
+// Signature is one signature of a [SignedDocument]: the key's name and the
+// base64 ed25519 signature.
+type Signature struct {
+	Key string `json:"key"`
+	Sig string `json:"sig"`
+}
+
+// PullOutcome is where a host is with a release, in its [PullStatus].
+type PullOutcome string
+
+// The outcomes of a release on a host. Waiting and activating are in
+// progress; the others are final for their serial.
+const (
+	PullWaiting    PullOutcome = "waiting"     // verified; waiting for the earlier waves
+	PullActivating PullOutcome = "activating"  // fetched; the activation runs
+	PullDone       PullOutcome = "done"        // runs the release's system, healthy
+	PullRolledBack PullOutcome = "rolled-back" // failed its activation or health checks; the previous generation runs
+	PullFailed     PullOutcome = "failed"      // failed, and the rollback failed too (or was interrupted)
+	PullHalted     PullOutcome = "halted"      // not activated: an earlier wave failed or did not report in time
+	PullRefused    PullOutcome = "refused"     // not activated: the closure failed verification
+)
+
+// Final reports whether o ends a release on a host.
+func (o PullOutcome) Final() bool {
+	switch o {
+	case PullDone, PullRolledBack, PullFailed, PullHalted, PullRefused:
+		return true
+	}
+	return false
+}
+
+// PullStatus is what a host reports about its channel (status/HOST.json):
+// the newest release it acted on and how that went, what it runs, and the
+// last document it refused. Later waves gate on it; deploy status
+// --channel and deploy publish --wait show it.
+type PullStatus struct {
+	V       int       `json:"v"`
+	Host    string    `json:"host"`
+	Channel string    `json:"channel"`
+	Time    time.Time `json:"time"`
+	Agent   string    `json:"agent,omitempty"`
+	// The newest release this host accepted (a valid document for it with
+	// a serial above the ones before), and its outcome.
+	Serial     int64       `json:"serial"`
+	System     string      `json:"system,omitempty"`
+	Wave       int         `json:"wave,omitempty"`
+	Outcome    PullOutcome `json:"outcome"`
+	Generation int         `json:"generation,omitempty"`
+	// Check is the health check that failed, when one did.
+	Check   string `json:"check,omitempty"`
+	Message string `json:"message,omitempty"`
+	// OutcomeTime is when the release reached Outcome (Time is when the
+	// document was written, which a later refusal changes): the wave
+	// deadline is compared with it.
+	OutcomeTime time.Time `json:"outcome_time,omitzero"`
+	// Current is the running generation and CurrentSystem its system.
+	Current       int    `json:"current,omitempty"`
+	CurrentSystem string `json:"current_system,omitempty"`
+	// Refused is the last document the host refused (unsigned, signed
+	// by a key it does not trust, for another host or channel, or with a
+	// serial not above its own); nil when none since it was installed.
+	Refused *PullRefusal `json:"refused,omitempty"`
+}
+
+// PullRefusal is a release document a host refused, and why.
+type PullRefusal struct {
+	// Serial is what the document claimed (it may be a lie).
+	Serial int64     `json:"serial,omitempty"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
+}
+
+// PullConfig is a host's pull setting, written by the generation that has
+// a pull block (/etc/deploy/pull.json) and read by deploy-agent pull.
+type PullConfig struct {
+	V       int    `json:"v"`
+	Host    string `json:"host"`
+	Channel string `json:"channel"`
+	// URL is the channel's root for reading, over http(s):// or file://:
+	// hosts/HOST.json and status/HOST.json are under it.
+	URL string `json:"url"`
+	// PublisherKeys are the keys whose release signatures the host trusts.
+	PublisherKeys []string `json:"publisher_keys"`
+	// Cache is where the closures are, and the keys they must be signed by.
+	CacheURL  string   `json:"cache_url"`
+	CacheKeys []string `json:"cache_keys"`
+	// StatusURL is where the host writes status/HOST.json: s3://BUCKET/PREFIX
+	// (with endpoint and region) signed with the credentials in
+	// StatusCredentials, or file:///DIR. Empty: the host does not report.
+	StatusURL         string `json:"status_url,omitempty"`
+	StatusCredentials string `json:"status_credentials,omitempty"`
+	// StateDir is the agent's state directory (its store is StateDir/store).
+	StateDir string `json:"state_dir"`
+	// IntervalMS is the poll interval the timer uses, for the record.
+	IntervalMS int64 `json:"interval_ms"`
+}

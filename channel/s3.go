@@ -1,0 +1,180 @@
+package channel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/sigv4"
+)
+
+// S3Writer writes a channel's documents into an S3-compatible bucket with
+// requests signed by package sigv4: what a host needs to report its status,
+// without an S3 SDK. The bucket is addressed path-style
+// (ENDPOINT/BUCKET/KEY), as package s3cache does.
+type S3Writer struct {
+	// Endpoint is http(s)://HOST[:PORT].
+	Endpoint string
+	Bucket   string
+	// Prefix is the channel's root in the bucket (no slashes around it).
+	Prefix string
+	Region string
+	// Credentials returns the credentials at each write (a file that is
+	// replaced is read again).
+	Credentials func() (sigv4.Credentials, error)
+	Client      *http.Client
+}
+
+// OpenWriter opens a channel's root for writing: s3://BUCKET/PREFIX with
+// the query parameters endpoint (default https://s3.amazonaws.com) and
+// region (default us-east-1), signed with the credentials in credFile
+// ([ParseCredentials]); or file:///DIR.
+func OpenWriter(rawURL, credFile string, client *http.Client) (Writer, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("channel URL %q: %w", rawURL, err)
+	}
+	switch u.Scheme {
+	case "file":
+		return DirStore(u.Path), nil
+	case "s3":
+	default:
+		return nil, fmt.Errorf("channel URL %q: want s3:// or file:// to write to", rawURL)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("channel URL %q: no bucket", rawURL)
+	}
+	q := u.Query()
+	endpoint := strings.TrimSuffix(q.Get("endpoint"), "/")
+	if endpoint == "" {
+		endpoint = "https://s3.amazonaws.com"
+	}
+	if eu, err := url.Parse(endpoint); err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+		return nil, fmt.Errorf("channel URL %q: endpoint %q: want http(s)://HOST[:PORT]", rawURL, endpoint)
+	}
+	region := q.Get("region")
+	if region == "" {
+		region = "us-east-1"
+	}
+	if credFile == "" {
+		return nil, fmt.Errorf("channel URL %q: no credentials file to sign writes with", rawURL)
+	}
+	if client == nil {
+		client = &http.Client{Timeout: time.Minute}
+	}
+	return &S3Writer{Endpoint: endpoint, Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"), Region: region, Client: client,
+		Credentials: func() (sigv4.Credentials, error) {
+			data, err := os.ReadFile(credFile)
+			if err != nil {
+				return sigv4.Credentials{}, fmt.Errorf("status credentials: %w", err)
+			}
+			c, err := ParseCredentials(data)
+			if err != nil {
+				return sigv4.Credentials{}, fmt.Errorf("status credentials %q: %w", credFile, err)
+			}
+			return c, nil
+		}}, nil
+}
+
+func (w *S3Writer) String() string {
+	return "s3://" + w.Bucket + "/" + w.Prefix + " at " + w.Endpoint
+}
+
+// Put implements [Writer]: one signed PUT.
+func (w *S3Writer) Put(ctx context.Context, key string, data []byte) error {
+	creds, err := w.Credentials()
+	if err != nil {
+		return err
+	}
+	p := "/" + w.Bucket + "/" + key
+	if w.Prefix != "" {
+		p = "/" + w.Bucket + "/" + w.Prefix + "/" + key
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, w.Endpoint, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.URL.Path = p
+	req.Header.Set("Content-Type", "application/json")
+	sigv4.Sign(req, creds, w.Region, "s3", sigv4.PayloadHash(data), time.Now())
+	resp, err := w.Client.Do(req)
+	if err != nil {
+		return &cache.UnavailableError{Cache: w.String(), Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	msg := fmt.Sprintf("PUT %s: %s", key, resp.Status)
+	if code := xmlElement(body, "Code"); code != "" {
+		msg += fmt.Sprintf(" (%s: %s)", code, xmlElement(body, "Message"))
+	}
+	if resp.StatusCode >= 500 {
+		return &cache.UnavailableError{Cache: w.String(), Err: errors.New(msg)}
+	}
+	if resp.StatusCode == http.StatusForbidden {
+		msg += ": the credentials may not write there (they should allow s3:PutObject on the channel's status prefix)"
+	}
+	return fmt.Errorf("%s: %s", w, msg)
+}
+
+// ParseCredentials reads an access key pair from a credentials file: lines
+// KEY=VALUE or KEY = VALUE, with the keys AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (in any case: the lower-case
+// names of ~/.aws/credentials work, its [section] lines are ignored, and so
+// are comments). Errors never contain the file's content.
+func ParseCredentials(data []byte) (sigv4.Credentials, error) {
+	var c sigv4.Credentials
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' || line[0] == '[' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		k = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(k), "export ")))
+		v = strings.Trim(strings.TrimSpace(v), `"'`)
+		switch k {
+		case "aws_access_key_id":
+			c.AccessKeyID = v
+		case "aws_secret_access_key":
+			c.SecretAccessKey = v
+		case "aws_session_token":
+			c.SessionToken = v
+		}
+	}
+	if c.AccessKeyID == "" || c.SecretAccessKey == "" {
+		return c, errors.New("want AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (KEY=VALUE lines)")
+	}
+	return c, nil
+}
+
+// xmlElement returns the text of the first <name> element of an S3 error
+// document (no entities, no nesting: what S3 errors hold).
+func xmlElement(doc []byte, name string) string {
+	s := string(doc)
+	i := strings.Index(s, "<"+name+">")
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(name)+2:]
+	j := strings.Index(s, "</"+name+">")
+	if j < 0 {
+		return ""
+	}
+	return strings.TrimSpace(s[:j])
+}

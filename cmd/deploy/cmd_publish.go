@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/deploy"
+)
+
+// publisherKeyFlag is --publisher-key: the key that signs pull-mode
+// releases (default $DEPLOY_PUBLISHER_KEY).
+type publisherKeyFlag struct{ file string }
+
+func (f *publisherKeyFlag) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.file, "publisher-key", "", "secret key `file` that signs the channel's releases (default $DEPLOY_PUBLISHER_KEY; deploy cache key generate NAME makes one)")
+}
+
+// load reads the key; nil when none is given.
+func (f *publisherKeyFlag) load(e *env) (*cache.SecretKey, error) {
+	file := f.file
+	if file == "" {
+		file = e.getenv("DEPLOY_PUBLISHER_KEY")
+	}
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, withHint(fmt.Errorf("publisher key: %w", err), ExitUsage, "deploy cache key generate NAME writes one; its public half goes in the hosts' pull { publisher_keys }")
+	}
+	k, err := cache.ParseSecretKey(string(data))
+	if err != nil {
+		return nil, &exitError{code: ExitUsage, err: fmt.Errorf("%s: %w", file, err)}
+	}
+	return k, nil
+}
+
+// runPublish is deploy publish DIR#TARGET --channel NAME: build the
+// selected hosts, push their closures to the fleet's cache, and publish a
+// signed release per host to the channel, for hosts in pull mode to
+// deploy themselves (docs/pull.md). No host is contacted.
+func runPublish(ctx context.Context, e *env, args []string) error {
+	var bf buildFlags
+	var kf cacheKeyFlag
+	var pf publisherKeyFlag
+	var opts deploy.PublishOptions
+	var asJSON bool
+	fs := newFlags(e, "publish", "DIR#TARGET... --channel NAME")
+	bf.register(fs)
+	kf.register(fs)
+	pf.register(fs)
+	fs.StringVar(&opts.Channel, "channel", "", "the channel's `name` (the hosts' pull { channel })")
+	fs.StringVar(&opts.Message, "message", "", "a `message` recorded with the release and the hosts' generations")
+	fs.BoolVar(&opts.Wait, "wait", false, "follow the rollout until every host reported; the exit code says how it ended")
+	fs.DurationVar(&opts.WaveTimeout, "wave-timeout", 0, "how long each wave has to report before the later waves stop (default: the deployment's wave_timeout, else 30m)")
+	fs.DurationVar(&opts.Poll, "poll", 2*time.Second, "with --wait, how often the hosts' statuses are read")
+	fs.Int64Var(&opts.Serial, "serial", 0, "publish with this serial (default: the channel's last plus one); it must be above the channel's")
+	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
+	pos, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	if opts.Channel == "" {
+		return usageErrorf("publish: --channel NAME is required")
+	}
+	b, err := bf.builder(e)
+	if err != nil {
+		return err
+	}
+	ck, err := kf.load(e)
+	if err != nil {
+		return err
+	}
+	pk, err := pf.load(e)
+	if err != nil {
+		return err
+	}
+	v := newView(e, asJSON, true)
+	var hf hostFlags
+	s := hf.session(e, "publish", pos, v)
+	s.Builder, s.CacheKey, s.PublisherKey, s.Getenv = b, ck, pk, e.getenv
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Publish(ctx, opts) })
+	if !asJSON {
+		pullLines(e, s, rep)
+	}
+	return err
+}
+
+// pullLines prints one line per host: name, result, serial, generation
+// and system.
+func pullLines(e *env, s *deploy.Session, rep *deploy.Report) {
+	if rep == nil {
+		return
+	}
+	for _, h := range s.Selected {
+		hr := rep.Hosts[h.Name]
+		if hr == nil {
+			continue
+		}
+		line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
+		if hr.Serial != 0 {
+			line += fmt.Sprintf("\tserial %d", hr.Serial)
+		}
+		if hr.Generation != 0 {
+			line += fmt.Sprintf("\tgeneration %d", hr.Generation)
+		}
+		fmt.Fprintln(e.stdout, line+"\t"+hr.System)
+	}
+}

@@ -1,0 +1,207 @@
+package modules
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/manifest"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// KindPull is the pull setting: the host deploys itself from a channel.
+const KindPull = "pull"
+
+// Where a generation with a pull block puts the agent's configuration, and
+// the units that poll.
+const (
+	PullConfigFile  = "/etc/deploy/pull.json"
+	PullServiceUnit = "deploy-pull.service"
+	PullTimerUnit   = "deploy-pull.timer"
+)
+
+// CacheRef is what a host's configuration needs of the fleet's cache block
+// (pull mode's channels live in the cache's bucket).
+type CacheRef struct {
+	// URL is where the operator pushes (s3:// or file://), FetchURL where
+	// hosts read (http(s):// or file://).
+	URL        string
+	FetchURL   string
+	PublicKeys []string
+}
+
+// pullKind makes the generation install deploy-agent pull: a timer that
+// polls the channel and a oneshot service that verifies, fetches and
+// activates a new release (docs/pull.md).
+func pullKind() *Kind {
+	return &Kind{Name: KindPull, Doc: "pull mode: the host deploys itself from a signed channel in the fleet's cache (docs/pull.md)",
+		Attrs: []Attr{
+			{Name: "channel", Type: str, Required: true, Doc: "the channel's name (deploy publish --channel NAME)"},
+			{Name: "publisher_keys", Type: strList, Required: true, Merge: MergeSet, Doc: `keys whose release signatures the host trusts ("name:base64")`},
+			{Name: "interval", Type: str, Doc: `how often the host polls (default "1m")`},
+			{Name: "jitter", Type: str, Doc: "a random delay added to each poll, to spread a fleet's polls (default a tenth of the interval, at most 5m)"},
+			{Name: "status_credentials", Type: str, Doc: "a file on the host (secret.NAME.path) with S3 credentials that may write the channel's status prefix; without it an s3 channel's host does not report"},
+		},
+		Check:   checkPull,
+		Realize: realizePull,
+	}
+}
+
+var channelNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+func checkPull(r *Resource) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if ch := r.String("channel", ""); !channelNameRe.MatchString(ch) {
+		diags = append(diags, errAt(r.Range("channel"), "Invalid channel name",
+			"channel = %q: use letters, digits, '.', '_' and '-', starting with a letter or digit.", ch))
+	}
+	keys := r.Strings("publisher_keys")
+	if len(keys) == 0 {
+		diags = append(diags, errAt(r.Range("publisher_keys"), "No publisher keys",
+			"publisher_keys must list at least one key (\"name:base64\", as deploy cache key generate prints it): the host runs only releases signed by one of them."))
+	}
+	for _, k := range keys {
+		if _, err := cache.ParsePublicKey(k); err != nil {
+			diags = append(diags, errAt(r.Range("publisher_keys"), "Invalid publisher key", "%s.", err))
+		}
+	}
+	for _, a := range []string{"interval", "jitter"} {
+		if !r.Has(a) {
+			continue
+		}
+		d, err := time.ParseDuration(r.String(a, ""))
+		if err != nil || d < 0 || (a == "interval" && d < time.Second) {
+			diags = append(diags, errAt(r.Range(a), "Invalid "+a, "%s = %q: want a duration like \"30s\" or \"5m\"%s.", a, r.String(a, ""),
+				map[bool]string{true: " of at least 1s"}[a == "interval"]))
+		}
+	}
+	if c := r.String("status_credentials", ""); r.Has("status_credentials") && (!path.IsAbs(c) || path.Clean(c) != c) {
+		diags = append(diags, errAt(r.Range("status_credentials"), "Invalid status_credentials",
+			"status_credentials = %q must be an absolute path on the host, such as secret.NAME.path.", c))
+	}
+	return diags
+}
+
+// PullOf returns the host's pull block, nil when it has none.
+func PullOf(cfg *Config) *Resource {
+	for _, r := range cfg.Resources {
+		if r.Kind.Name == KindPull {
+			return r
+		}
+	}
+	return nil
+}
+
+// PullInterval returns a pull block's interval and jitter.
+func PullInterval(r *Resource) (interval, jitter time.Duration) {
+	interval = time.Minute
+	if d, err := time.ParseDuration(r.String("interval", "")); err == nil && d > 0 {
+		interval = d
+	}
+	jitter = min(interval/10, 5*time.Minute)
+	if d, err := time.ParseDuration(r.String("jitter", "")); err == nil && r.Has("jitter") {
+		jitter = d
+	}
+	return interval, jitter
+}
+
+// ChannelURL joins a cache URL (s3://, file://, http(s)://) and the channel
+// root channels/NAME, keeping an s3 URL's query.
+func ChannelURL(cacheURL, name string) string {
+	u, err := url.Parse(cacheURL)
+	if err != nil {
+		return strings.TrimSuffix(cacheURL, "/") + "/channels/" + name
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/channels/" + name
+	u.RawPath = ""
+	return u.String()
+}
+
+func realizePull(c *Realization, rs []*Resource) {
+	for _, r := range rs {
+		ref := c.Config.Cache
+		if ref == nil {
+			c.diags = append(c.diags, errAt(r.nameRange(), "Pull mode needs a cache",
+				"A pull block needs the fleet's cache block: the channel's releases and the closures live in the cache's bucket (docs/pull.md)."))
+			continue
+		}
+		name := r.String("channel", "")
+		interval, jitter := PullInterval(r)
+		cfg := agentapi.PullConfig{V: agentapi.Version, Host: c.Config.Host, Channel: name,
+			URL:           ChannelURL(ref.FetchURL, name),
+			PublisherKeys: r.Strings("publisher_keys"),
+			CacheURL:      ref.FetchURL, CacheKeys: ref.PublicKeys,
+			StateDir:   path.Dir(c.z.StoreDir),
+			IntervalMS: interval.Milliseconds(),
+		}
+		if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
+			cfg.StatusURL = ChannelURL(ref.URL, name)
+			cfg.StatusCredentials = r.String("status_credentials", "")
+		}
+		data, err := json.MarshalIndent(&cfg, "", "  ")
+		if err != nil {
+			c.diags = append(c.diags, errAt(r.nameRange(), "Cannot encode the pull configuration", "%s.", err))
+			continue
+		}
+		src := c.add(r, "deploy-pull.json", append(data, '\n'), false, "channel")
+		c.Manifest.Files = append(c.Manifest.Files, manifest.File{Path: PullConfigFile, Source: src, Owner: "root", Group: "root", Mode: "0644"})
+
+		service := fmt.Sprintf(`# Generated by deploy; changes are overwritten at the next activation.
+
+[Unit]
+Description=deploy: pull releases of channel %[1]s
+Wants=network-online.target
+After=network-online.target %[2]s
+
+StartLimitIntervalSec=0
+
+[Service]
+Type=oneshot
+ExecStart=/run/deploy/current-system/agent/bin/deploy-agent pull --config %[3]s
+# A poll every interval: systemd's own "Starting/Finished" lines (info)
+# would flood the journal; the agent's lines are notices, and failures
+# are still logged.
+SyslogLevel=notice
+LogLevelMax=notice
+`, name, "deploy-boot.service", PullConfigFile)
+		accuracy := "1s"
+		if interval < 10*time.Second {
+			accuracy = "100ms"
+		}
+		timer := fmt.Sprintf(`# Generated by deploy; changes are overwritten at the next activation.
+
+[Unit]
+Description=deploy: poll channel %[1]s every %[2]s
+
+[Timer]
+OnActiveSec=1s
+OnUnitInactiveSec=%[2]s
+RandomizedDelaySec=%[3]s
+AccuracySec=%[4]s
+Unit=%[5]s
+
+[Install]
+WantedBy=timers.target
+`, name, systemdSpan(interval), systemdSpan(jitter), accuracy, PullServiceUnit)
+		c.Manifest.Units = append(c.Manifest.Units,
+			manifest.Unit{Name: PullServiceUnit, Source: c.add(r, StoreName(PullServiceUnit, "unit"), []byte(service), false, "channel"),
+				RestartHash: triggerHash([]string{service})},
+			manifest.Unit{Name: PullTimerUnit, Source: c.add(r, StoreName(PullTimerUnit, "unit"), []byte(timer), false, "interval"),
+				WantedBy: []string{"timers.target"}, Start: true, RestartHash: triggerHash([]string{timer})})
+	}
+}
+
+// systemdSpan writes d as a systemd time span ("1min 30s" is also fine, but
+// milliseconds keep it exact).
+func systemdSpan(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return fmt.Sprintf("%dms", d/time.Millisecond)
+}

@@ -1,0 +1,359 @@
+package pull
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/channel"
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/cache"
+)
+
+// fixture is a channel and a cache in directories, the publisher's and the
+// cache's keys, a local store to build systems in, and one host's agent
+// whose activations are recorded instead of run.
+type fixture struct {
+	t         *testing.T
+	stateDir  string
+	chanDir   string
+	cacheDir  string
+	local     *closure.Store
+	publisher *cache.SecretKey
+	cacheKey  *cache.SecretKey
+	activated []string
+	// outcome is what the next activation returns.
+	outcome agentapi.Outcome
+	check   string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{t: t, stateDir: t.TempDir(), chanDir: t.TempDir(), cacheDir: t.TempDir(), outcome: agentapi.OutcomeDone}
+	var err error
+	f.local, err = closure.NewLocalStore(t.TempDir(), filepath.Join(f.stateDir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.publisher, _, _ = cache.GenerateKey("ci-1")
+	f.cacheKey, _, _ = cache.GenerateKey("cache-1")
+	return f
+}
+
+func (f *fixture) config(host string) *agentapi.PullConfig {
+	return &agentapi.PullConfig{V: 1, Host: host, Channel: "prod", URL: "file://" + f.chanDir,
+		PublisherKeys: []string{f.publisher.Public().String()}, CacheURL: "file://" + f.cacheDir,
+		CacheKeys: []string{f.cacheKey.Public().String()}, StatusURL: "file://" + f.chanDir, StateDir: f.stateDir}
+}
+
+func (f *fixture) agent(host string) *Agent {
+	a := &Agent{Config: f.config(host), Layout: activation.Layout{StateDir: f.stateDir, RunDir: filepath.Join(f.stateDir, "run")},
+		Version: "test", Logf: f.t.Logf}
+	a.Activate = func(ctx context.Context, system string, meta map[string]string) (*agentapi.Result, error) {
+		f.activated = append(f.activated, system)
+		return &agentapi.Result{Outcome: f.outcome, Generation: len(f.activated), Check: f.check, Message: "test activation"}, nil
+	}
+	return a
+}
+
+// system builds a system closure (a package and the system referring to
+// it) for host and pushes it to the cache.
+func (f *fixture) system(host, version string) string {
+	f.t.Helper()
+	ctx := context.Background()
+	dir := f.t.TempDir()
+	os.WriteFile(filepath.Join(dir, "app"), []byte("app "+version), 0o644)
+	pkg, err := f.local.AddTree(ctx, dir, "app-"+version, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	sys := f.t.TempDir()
+	os.WriteFile(filepath.Join(sys, "manifest.json"), []byte(`{"uses":"`+pkg.Path+`"}`), 0o644)
+	pi, err := f.local.AddTree(ctx, sys, "system-"+host, []string{pkg.Path})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	p := &cache.Pusher{Cache: cache.Dir(f.cacheDir), Key: f.cacheKey}
+	if _, err := p.Push(ctx, f.local, []string{pkg.Path, pi.Path}); err != nil {
+		f.t.Fatal(err)
+	}
+	return pi.Path
+}
+
+// publish writes host's release document, signed by key (the publisher's
+// when nil), and returns its bytes.
+func (f *fixture) publish(rel *agentapi.Release, keys ...*cache.SecretKey) []byte {
+	f.t.Helper()
+	if len(keys) == 0 {
+		keys = []*cache.SecretKey{f.publisher}
+	}
+	rel.V, rel.Channel = agentapi.Version, "prod"
+	if rel.Wave == 0 {
+		rel.Wave, rel.Waves = 1, 1
+	}
+	if rel.Published.IsZero() {
+		rel.Published = time.Now().UTC()
+	}
+	data, err := channel.Sign(agentapi.DocRelease, rel, keys...)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.write(channel.ReleaseKey(rel.Host), data)
+	return data
+}
+
+func (f *fixture) write(key string, data []byte) {
+	f.t.Helper()
+	if err := channel.DirStore(f.chanDir).Put(context.Background(), key, data); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) status(host string) *agentapi.PullStatus {
+	f.t.Helper()
+	data, err := os.ReadFile(filepath.Join(f.chanDir, channel.StatusKey(host)))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	st, err := channel.DecodeStatus(data)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
+}
+
+func (f *fixture) poll(a *Agent, want string) *Result {
+	f.t.Helper()
+	res, err := a.Poll(context.Background())
+	if err != nil {
+		f.t.Fatalf("Poll: %v", err)
+	}
+	if res.Action != want {
+		f.t.Fatalf("Poll = %q (serial %d, status %+v), want %q", res.Action, res.Serial, res.Status, want)
+	}
+	return res
+}
+
+func TestPollActivatesAndRefuses(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("web1")
+	f.poll(a, "no-release")
+	v1 := f.system("web1", "v1")
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: v1, GitRev: "c1", Publisher: "ci"})
+	f.poll(a, "done")
+	if len(f.activated) != 1 || f.activated[0] != v1 {
+		t.Fatalf("activated %v, want %s", f.activated, v1)
+	}
+	if st := f.status("web1"); st.Serial != 1 || st.Outcome != agentapi.PullDone || st.System != v1 || st.Refused != nil {
+		t.Fatalf("status %+v", st)
+	}
+	if ok, _ := closure.NewTargetStore(f.stateDir).Valid(v1); !ok {
+		t.Fatal("the closure is not valid on the host")
+	}
+	if target, err := os.Readlink(filepath.Join(f.stateDir, "profiles", RootName("prod"))); err != nil || target != v1 {
+		t.Errorf("gc root %q, %v; want %s", target, err, v1)
+	}
+	f.poll(a, "none")
+	old := f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: v1})
+	v2 := f.system("web1", "v2")
+	current := f.publish(&agentapi.Release{Host: "web1", Serial: 2, System: v2})
+	f.poll(a, "done")
+	before := f.status("web1")
+
+	// Each refusal is reported, changes nothing, and is reported once.
+	evil, _, _ := cache.GenerateKey("ci-1")
+	stranger, _, _ := cache.GenerateKey("stranger-1")
+	v3 := f.system("web1", "v3")
+	web2 := f.system("web2", "v1")
+	for _, tt := range []struct {
+		name string
+		doc  func() []byte
+		want string
+	}{
+		{"replay of serial 1", func() []byte { return old }, "serial not above the current one: serial 1, this host is at 2"},
+		{"unknown key", func() []byte {
+			return f.publish(&agentapi.Release{Host: "web1", Serial: 3, System: v3}, stranger)
+		}, `not signed by a trusted publisher key: signed by "stranger-1"`},
+		{"another key with a trusted name", func() []byte {
+			return f.publish(&agentapi.Release{Host: "web1", Serial: 3, System: v3}, evil)
+		}, "not signed by a trusted publisher key"},
+		{"unsigned", func() []byte {
+			data := f.publish(&agentapi.Release{Host: "web1", Serial: 3, System: v3})
+			var doc agentapi.SignedDocument
+			json.Unmarshal(data, &doc)
+			doc.Signatures = nil
+			data, _ = json.Marshal(doc)
+			return data
+		}, "unsigned"},
+		{"another host's release", func() []byte {
+			f.publish(&agentapi.Release{Host: "web2", Serial: 3, System: web2})
+			data, _ := os.ReadFile(filepath.Join(f.chanDir, channel.ReleaseKey("web2")))
+			return data
+		}, `for another host: host "web2", this is "web1"`},
+		{"a system outside the store", func() []byte {
+			return f.publish(&agentapi.Release{Host: "web1", Serial: 3, System: "/nix/store/00000000000000000000000000000000-system-web1"})
+		}, "is not in this host's store"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f.write(channel.ReleaseKey("web1"), tt.doc())
+			f.poll(a, "refused")
+			st := f.status("web1")
+			if st.Refused == nil || !strings.Contains(st.Refused.Reason, tt.want) {
+				t.Fatalf("refusal %+v, want %q", st.Refused, tt.want)
+			}
+			if st.Serial != 2 || st.Outcome != agentapi.PullDone || st.System != v2 || !st.OutcomeTime.Equal(before.OutcomeTime) {
+				t.Fatalf("status %+v: the refusal changed the release (or when it was done)", st)
+			}
+			if len(f.activated) != 2 {
+				t.Fatalf("activated %v", f.activated)
+			}
+			f.poll(a, "none")
+		})
+	}
+	// The current release, read again, is no replay.
+	f.write(channel.ReleaseKey("web1"), current)
+	f.poll(a, "none")
+	if st := f.status("web1"); st.Refused == nil || st.Serial != before.Serial {
+		t.Fatalf("status %+v", st)
+	}
+
+	// A tampered closure: refused, nothing activated, and the serial is
+	// used up (the publisher publishes a fixed one).
+	v4 := f.system("web1", "v4")
+	ni, _ := os.ReadFile(filepath.Join(f.cacheDir, cache.Key(v4)))
+	url := ""
+	for _, line := range strings.Split(string(ni), "\n") {
+		if u, ok := strings.CutPrefix(line, "URL: "); ok {
+			url = u
+		}
+	}
+	nar := filepath.Join(f.cacheDir, url)
+	content, err := os.ReadFile(nar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content[len(content)/2] ^= 0xff
+	os.WriteFile(nar, content, 0o644)
+	f.publish(&agentapi.Release{Host: "web1", Serial: 4, System: v4})
+	f.poll(a, "refused")
+	if st := f.status("web1"); st.Serial != 4 || st.Outcome != agentapi.PullRefused || !strings.Contains(st.Message, "closure refused") {
+		t.Fatalf("status %+v", st)
+	}
+	if len(f.activated) != 2 {
+		t.Fatalf("activated %v after a tampered closure", f.activated)
+	}
+	if ok, _ := closure.NewTargetStore(f.stateDir).Valid(v4); ok {
+		t.Fatal("the tampered system became valid")
+	}
+	f.poll(a, "none")
+}
+
+func TestPollWaves(t *testing.T) {
+	f := newFixture(t)
+	canary := f.agent("web1")
+	// web2 is a host of its own: its own state directory, so its own store
+	// directory, so its own cache.
+	g := newFixture(t)
+	g.publisher, g.cacheKey, g.chanDir = f.publisher, f.cacheKey, f.chanDir
+	rest := g.agent("web2")
+	g.activated = f.activated
+
+	published := time.Now().UTC()
+	deadline := published.Add(time.Hour)
+	wave2 := func(serial int64, system string, deadline time.Time) {
+		f.publish(&agentapi.Release{Host: "web2", Serial: serial, System: system, Wave: 2, Waves: 2, After: []string{"web1"}, Deadline: deadline, Published: published})
+	}
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: f.system("web1", "v1"), Wave: 1, Waves: 2, Published: published})
+	wave2(1, g.system("web2", "v1"), deadline)
+	g.poll(rest, "waiting")
+	if st := f.status("web2"); st.Outcome != agentapi.PullWaiting || !strings.Contains(st.Message, "waiting for web1") {
+		t.Fatalf("status %+v", st)
+	}
+	if len(g.activated) != 0 {
+		t.Fatalf("web2 activated %v before web1 reported", g.activated)
+	}
+	f.poll(canary, "done")
+	g.poll(rest, "done")
+	if len(g.activated) != 1 {
+		t.Fatalf("web2 activated %v", g.activated)
+	}
+
+	// The canary rolls back: the second wave halts, and stays halted.
+	f.outcome, f.check = agentapi.OutcomeRolledBack, "http"
+	f.publish(&agentapi.Release{Host: "web1", Serial: 2, System: f.system("web1", "v2"), Wave: 1, Waves: 2, Published: published})
+	f.poll(canary, "rolled-back")
+	if st := f.status("web1"); st.Outcome != agentapi.PullRolledBack || st.Check != "http" || st.Serial != 2 {
+		t.Fatalf("canary status %+v", st)
+	}
+	v2 := g.system("web2", "v2")
+	wave2(2, v2, deadline)
+	g.poll(rest, "halted")
+	if st := f.status("web2"); st.Outcome != agentapi.PullHalted || st.Serial != 2 || !strings.Contains(st.Message, `web1 (rolled-back, health check "http") failed`) {
+		t.Fatalf("status %+v", st)
+	}
+	g.poll(rest, "none")
+	if len(g.activated) != 1 {
+		t.Fatalf("web2 activated %v", g.activated)
+	}
+
+	// A first wave that does not report by the deadline halts the second.
+	wave2(3, v2, time.Now().Add(-time.Second))
+	g.poll(rest, "halted")
+	if st := f.status("web2"); !strings.Contains(st.Message, "web1 did not report by") {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// An activation that the poll stopped following (the poll was killed, the
+// host rebooted) is reported at the next poll, from the generations.
+func TestPollResumes(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("web1")
+	v1 := f.system("web1", "v1")
+	l := a.Layout
+	a.Activate = func(ctx context.Context, system string, meta map[string]string) (*agentapi.Result, error) {
+		// The worker ran on: generation 1 failed its health check.
+		os.MkdirAll(l.ProfilesDir(), 0o755)
+		os.Symlink(system, filepath.Join(l.ProfilesDir(), "system-1-link"))
+		g := agentapi.Generation{Number: 1, System: system, Failed: true, FailedTime: time.Now().UTC().Add(time.Second),
+			FailedReason: `health check "http" failed: GET http://localhost/: status 500, want 200`}
+		data, _ := json.Marshal(g)
+		os.WriteFile(filepath.Join(l.ProfilesDir(), "system-1.json"), data, 0o644)
+		return nil, fmt.Errorf("signal: killed")
+	}
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: v1})
+	f.poll(a, "rolled-back")
+	if st := f.status("web1"); st.Outcome != agentapi.PullRolledBack || st.Check != "http" || st.Generation != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// A status write that fails is retried at the next poll.
+func TestPollRetriesReport(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("web1")
+	v1 := f.system("web1", "v1")
+	a.Status = failingWriter{}
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: v1})
+	res := f.poll(a, "done")
+	if res.Reported {
+		t.Fatal("reported through a failing writer")
+	}
+	a.Status = channel.DirStore(f.chanDir)
+	res = f.poll(a, "none")
+	if !res.Reported || f.status("web1").Outcome != agentapi.PullDone {
+		t.Fatalf("not reported at the next poll: %+v", res)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Put(context.Context, string, []byte) error { return fmt.Errorf("503 Slow Down") }
+func (failingWriter) String() string                            { return "failing" }
