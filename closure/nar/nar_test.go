@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -334,5 +335,90 @@ func TestRestoreNeverFollowsSymlinks(t *testing.T) {
 	}
 	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("Restore created a file through a symlink")
+	}
+}
+
+// snapshot describes the tree at p (types, modes, contents, link targets)
+// without following symlinks.
+func snapshot(t *testing.T, p string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(q)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %v", strings.TrimPrefix(q, p), fi.Mode())
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(q)
+			fmt.Fprintf(&b, " -> %s", target)
+		case fi.Mode().IsRegular():
+			data, _ := os.ReadFile(q)
+			fmt.Fprintf(&b, " %q", data)
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// A restore onto a DEST that exists fails and leaves DEST exactly as it
+// was, whatever DEST is (a directory with read-only subdirectories, a file,
+// a symlink) and whatever the archive's root is.
+func TestRestoreNeverRemovesExistingDest(t *testing.T) {
+	roots := map[string][]byte{
+		"directory": archive(cat([]any{Magic}, dirOf(entry("f", file("new"))))...),
+		"file":      archive(cat([]any{Magic}, file("new"))...),
+		"symlink":   archive(Magic, "(", "type", "symlink", "target", "/new", ")"),
+	}
+	dests := map[string]func(t *testing.T, p string){
+		"directory": func(t *testing.T, p string) {
+			for _, d := range []string{p, p + "/ro", p + "/ro/deeper"} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			os.WriteFile(p+"/keep", []byte("mine"), 0o644)
+			os.WriteFile(p+"/ro/deeper/precious", []byte("mine too"), 0o400)
+			os.Chmod(p+"/ro/deeper", 0o555)
+			os.Chmod(p+"/ro", 0o555)
+		},
+		"file": func(t *testing.T, p string) {
+			if err := os.WriteFile(p, []byte("mine"), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"symlink": func(t *testing.T, p string) {
+			if err := os.Symlink("/somewhere/else", p); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for rootName, nar := range roots {
+		for destName, mk := range dests {
+			t.Run(rootName+" onto "+destName, func(t *testing.T) {
+				dest := filepath.Join(t.TempDir(), "dest")
+				mk(t, dest)
+				before := snapshot(t, dest)
+				t.Cleanup(func() { RemoveTree(dest) })
+				_, err := Restore(bytes.NewReader(nar), dest, RestoreOptions{Sync: true})
+				if err == nil {
+					t.Fatalf("Restore onto an existing %s succeeded", destName)
+				}
+				if !errors.Is(err, os.ErrExist) {
+					t.Errorf("Restore = %v, want an error wrapping %v", err, os.ErrExist)
+				}
+				if after := snapshot(t, dest); after != before {
+					t.Fatalf("Restore changed the existing %s:\nbefore:\n%s\nafter:\n%s", destName, before, after)
+				}
+			})
+		}
 	}
 }

@@ -250,10 +250,18 @@ func (rs *restorer) stopWriters() error {
 // at returns the parent fd and the name to create for the node name.
 func (rs *restorer) at(name string) (int, string, string) {
 	if len(rs.paths) == 0 {
-		rs.created = true
 		return rs.dirs[0], rs.rootName, rs.dest
 	}
 	return rs.dirs[len(rs.dirs)-1], name, filepath.Join(rs.paths[len(rs.paths)-1], name)
+}
+
+// made records that the node just created is dest itself: from now on a
+// failure removes dest. Until then dest is not ours (it may exist, and
+// then the create failed with EEXIST), and a failure leaves it alone.
+func (rs *restorer) made() {
+	if len(rs.paths) == 0 {
+		rs.created = true
+	}
 }
 
 func (rs *restorer) Directory(name string) error {
@@ -261,6 +269,7 @@ func (rs *restorer) Directory(name string) error {
 	if err := unix.Mkdirat(fd, n, 0o700); err != nil {
 		return fmt.Errorf("nar: restore: mkdir %q: %w", full, err)
 	}
+	rs.made()
 	dfd, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("nar: restore: open %q: %w", full, err)
@@ -306,6 +315,7 @@ func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) 
 	if err != nil {
 		return fmt.Errorf("nar: restore: create %q: %w", full, err)
 	}
+	rs.made()
 	f := os.NewFile(uintptr(ffd), full)
 	defer f.Close()
 	if rs.buf == nil {
@@ -356,6 +366,7 @@ func (rs *restorer) Symlink(name, target string) error {
 	if err := unix.Symlinkat(target, fd, n); err != nil {
 		return fmt.Errorf("nar: restore: symlink %q: %w", full, err)
 	}
+	rs.made()
 	return nil
 }
 
