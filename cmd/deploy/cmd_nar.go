@@ -1,12 +1,12 @@
 package main
 
 import (
-	"os"
 	"bufio"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"os"
 
 	"github.com/declarative/deploy/closure"
 
