@@ -146,14 +146,20 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		f.Dir = abs
 	}
 	f.funcs = functions(dir)
-	matches, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	// ReadDir, not Glob: Glob hides why a directory cannot be read (it
+	// would report an unreadable fleet directory as one without files).
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot list the fleet directory", Detail: err.Error()}}
+		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read the fleet directory",
+			Detail: fmt.Sprintf("%v. The fleet directory must be a directory this user can read.", err)}}
+	}
+	var matches []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".hcl") && !e.IsDir() {
+			matches = append(matches, filepath.Join(dir, e.Name()))
+		}
 	}
 	if len(matches) == 0 {
-		if _, err := os.Stat(dir); err != nil {
-			return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read the fleet directory", Detail: err.Error()}}
-		}
 		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "No configuration files",
 			Detail: fmt.Sprintf("The fleet directory %q has no *.hcl files.", dir)}}
 	}

@@ -83,14 +83,14 @@ func Kinds() []*Kind {
 			Check: checkUser},
 		{Name: KindDirectory, Label: "path", Doc: "a directory",
 			Attrs: []Attr{
-				{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+				{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 			},
 			Check: checkDirectory},
 		{Name: KindFile, Label: "path", Doc: "a regular file with fixed content",
 			Attrs: []Attr{
 				{Name: "content", Type: str, Doc: "the content"},
 				{Name: "source", Type: str, Doc: "a file inside the fleet directory to copy"},
-				{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+				{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 				{Name: "force", Type: boolean, Doc: "replace a file that deploy did not create"},
 			},
 			Check: checkFile},
@@ -104,7 +104,7 @@ func Kinds() []*Kind {
 			Attrs: []Attr{
 				{Name: "source", Type: str, Required: true, Doc: "the .age file inside the fleet directory"},
 				{Name: "path", Type: str, Doc: "where the plaintext goes (default /run/deploy/secrets/NAME)"},
-				{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+				{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 				{Name: "units", Type: strList, Merge: MergeSet, Doc: "units to restart when it changes (services mentioning its path are added)"},
 			},
 			Check: checkSecret},
