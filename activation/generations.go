@@ -126,7 +126,7 @@ func (l Layout) newGeneration(system string, meta map[string]string, now time.Ti
 		next = last.Number + 1
 	}
 	g := &Generation{Number: next, System: system, Time: now.UTC(), Meta: meta,
-		Operator: meta["operator"], GitRev: meta["git_rev"], Message: meta["message"]}
+		Operator: meta["operator"], GitRev: meta["git_rev"], Message: meta["message"], AgentAPI: agentapi.Version}
 	if err := l.saveGeneration(g); err != nil {
 		return nil, err
 	}
@@ -134,6 +134,33 @@ func (l Layout) newGeneration(system string, meta map[string]string, now time.Ti
 		return nil, err
 	}
 	return g, nil
+}
+
+// IncompatibleError is a generation created by an agent newer than this
+// one: this agent refuses to activate it.
+type IncompatibleError struct {
+	Generation int
+	AgentAPI   int    // the generation's
+	Agent      string // the generation's own agent executable
+}
+
+func (e *IncompatibleError) Error() string {
+	return fmt.Sprintf("generation %d was created by a deploy-agent of API version %d, newer than this one (%d): refusing to activate it (nothing was changed); its own agent can: %s rollback --to %d",
+		e.Generation, e.AgentAPI, agentapi.Version, e.Agent, e.Generation)
+}
+
+// CheckCompatible returns an *[IncompatibleError] when generation n was
+// created by a newer agent than this one, and an error when its manifest
+// is one this agent cannot read.
+func (l Layout) CheckCompatible(n int) error {
+	g, err := l.Generation(n)
+	if err != nil {
+		return err
+	}
+	if g.AgentAPI > agentapi.Version {
+		return &IncompatibleError{Generation: n, AgentAPI: g.AgentAPI, Agent: filepath.Join(l.genLink(n), "agent", "bin", "deploy-agent")}
+	}
+	return nil
 }
 
 // markFailed marks generation n failed with reason.

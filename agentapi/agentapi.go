@@ -94,6 +94,9 @@ type Result struct {
 	Log        string  `json:"log,omitempty"`
 	// Holder names the lock holder when Outcome is lock-held.
 	Holder *Holder `json:"holder,omitempty"`
+	// Warnings are what the operator must know although the activation
+	// went on (secrets on swappable memory, say).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Holder describes the process holding the host's activation lock.
@@ -153,6 +156,12 @@ type Generation struct {
 	// Current and Boot mark the running system and the boot default.
 	Current bool `json:"current,omitempty"`
 	Boot    bool `json:"boot,omitempty"`
+	// AgentAPI is the agent API version ([Version]) of the agent that
+	// created the generation, which is the generation's own agent; 0 for
+	// generations created before it was recorded. An operator or agent
+	// that understands less refuses to roll back to it (it would run, or
+	// apply, what it does not understand).
+	AgentAPI int `json:"agent_api,omitempty"`
 }
 
 // Generations is what `generations --json` prints.
@@ -184,6 +193,8 @@ type Activation struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Log is the activation's log file.
 	Log string `json:"log,omitempty"`
+	// Warnings are the activation's warnings so far (see Result).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Status is what `status --json` prints.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,7 +125,7 @@ type scopeBody struct {
 	origin   string
 	blocks   []*hcl.Block // resource blocks
 	roleUses []roleUse
-	basics   map[string]*hcl.Attribute // hostname, timezone
+	basics   map[string]*hcl.Attribute // hostname, timezone, ... (modules.BasicKinds)
 }
 
 type roleUse struct {
@@ -321,7 +322,7 @@ func (f *Fleet) Deployment(name string) (*Deployment, bool) {
 // role blocks (with args), resource blocks and, for roles, variables.
 func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 	s := &hcl.BodySchema{}
-	for _, a := range append(attrs, "roles", "hostname", "timezone") {
+	for _, a := range append(append(attrs, "roles"), modules.BasicKinds...) {
 		s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a})
 	}
 	s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "role", LabelNames: []string{"name"}})
@@ -329,7 +330,7 @@ func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 		s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "variable", LabelNames: []string{"name"}})
 	}
 	for _, k := range f.kinds {
-		if k.Name == modules.KindHostname || k.Name == modules.KindTimezone {
+		if slices.Contains(modules.BasicKinds, k.Name) {
 			continue
 		}
 		var labels []string
@@ -345,7 +346,7 @@ func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 func (f *Fleet) scope(origin string, content *hcl.BodyContent, ctx *hcl.EvalContext) (*scopeBody, hcl.Diagnostics) {
 	sb := &scopeBody{origin: origin, basics: map[string]*hcl.Attribute{}}
 	var diags hcl.Diagnostics
-	for _, n := range []string{"hostname", "timezone"} {
+	for _, n := range modules.BasicKinds {
 		if a, ok := content.Attributes[n]; ok {
 			sb.basics[n] = a
 		}

@@ -66,6 +66,8 @@ type ActivateResult struct {
 	// Reconnected is set when the first connection dropped and the outcome
 	// was learned over a new one.
 	Reconnected bool
+	// Warnings are the agent's warnings (secrets on swappable memory, ...).
+	Warnings []string
 }
 
 // RolledBackError is an activation that failed or was not confirmed; the
@@ -189,7 +191,7 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 		}
 		res = r
 	}
-	res2.Generation, res2.Activation = res.Generation, res.ID
+	res2.Generation, res2.Activation, res2.Warnings = res.Generation, res.ID, res.Warnings
 	switch res.Outcome {
 	case agentapi.OutcomeDone, agentapi.OutcomeDry:
 		res2.Outcome = res.Outcome

@@ -68,6 +68,10 @@ type Manifest struct {
 	// Timezone is an IANA zone name such as "Europe/Berlin"; empty leaves
 	// it alone.
 	Timezone string `json:"timezone,omitempty"`
+	// SecretsAllowTmpfs lets the agent decrypt secrets into a tmpfs (whose
+	// pages can be swapped to disk) when it cannot mount a ramfs; without
+	// it such an activation fails.
+	SecretsAllowTmpfs bool `json:"secrets_allow_tmpfs,omitempty"`
 
 	Packages          []Package          `json:"packages"`
 	Groups            []Group            `json:"groups"`

@@ -39,7 +39,13 @@ const (
 	KindActivationScript = "activation_script"
 	KindHostname         = "hostname"
 	KindTimezone         = "timezone"
+	// KindSecretsAllowTmpfs is the host setting secrets_allow_tmpfs.
+	KindSecretsAllowTmpfs = "secrets_allow_tmpfs"
 )
+
+// BasicKinds are the kinds set by an attribute of a host, role or defaults
+// body (hostname = "...") rather than by a block.
+var BasicKinds = []string{KindHostname, KindTimezone, KindSecretsAllowTmpfs}
 
 // Kinds returns every built-in kind, in the order they are realized. The
 // kinds without a block form (hostname, timezone) are set by attributes of a
@@ -184,6 +190,8 @@ func Kinds() []*Kind {
 		{Name: KindTimezone, Doc: "the time zone (attribute timezone = \"...\")",
 			Attrs: []Attr{{Name: "value", Type: str, Required: true}},
 			Check: checkTimezone},
+		{Name: KindSecretsAllowTmpfs, Doc: "allow secrets on a tmpfs, which can swap, where a ramfs cannot be mounted (attribute secrets_allow_tmpfs = true)",
+			Attrs: []Attr{{Name: "value", Type: boolean, Required: true}}},
 	}
 }
 

@@ -256,6 +256,9 @@ func (z *Realizer) Realize(ctx context.Context, cfg *Config, agent string) (*man
 	for _, r := range byKind[KindTimezone] {
 		m.Timezone = r.String("value", "")
 	}
+	for _, r := range byKind[KindSecretsAllowTmpfs] {
+		m.SecretsAllowTmpfs = r.Bool("value", false)
+	}
 	m.Sort()
 	return m, diags
 }
