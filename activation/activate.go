@@ -242,38 +242,47 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		}
 	}
 
-	var gen *Generation
-	if req.Generation > 0 {
-		gen, err = l.Generation(req.Generation)
-	} else {
-		gen, err = l.newGeneration(req.System, req.Meta, started)
+	// The watchdog is armed before anything changes: from here on, if
+	// this process dies (OOM killer, kill -9, its unit stopped), the
+	// watchdog finishes the activation: it returns the host to its
+	// previous generation unless the activation was confirmed (see Watch).
+	if w.Watchdog != nil {
+		if err := w.Watchdog(req.ID); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("cannot arm the activation's watchdog, so nothing was changed: %v", err))
+			w.logf("%s", res.Message)
+			return
+		}
 	}
-	if err != nil {
-		set(OutcomeFailed, err.Error())
-		return
+	// The generation's number is recorded with the activation before the
+	// generation is created, so that whoever finishes an interrupted
+	// activation knows which generation to mark failed.
+	n, exists := req.Generation, req.Generation > 0
+	if !exists {
+		if n, exists, err = l.planGeneration(req.System); err != nil {
+			set(OutcomeFailed, err.Error())
+			return
+		}
 	}
-	res.Generation = gen.Number
-	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
-	act := &ActivationState{Activation: agentapi.Activation{ID: req.ID, Generation: gen.Number, System: req.System,
+	res.Generation = n
+	act := &ActivationState{Activation: agentapi.Activation{ID: req.ID, Generation: n, System: req.System,
 		Mode: req.Mode, Previous: prevGen, Phase: PhaseStarting, PID: os.Getpid(), User: req.User, Started: started.UTC(),
 		GitRev: req.Meta["git_rev"], Log: l.LogFile(req.ID)}, TokenHash: req.TokenHash}
 	st.Activation = act
 	w.setPhase(st, PhaseStarting, "")
+	var gen *Generation
+	if exists {
+		gen, err = l.Generation(n)
+	} else {
+		gen, err = l.createGeneration(n, req.System, req.Meta, started)
+	}
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		w.setPhase(st, PhaseFailed, res.Message)
+		return
+	}
+	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
 	if err := w.installBootUnit(); err != nil {
 		w.logf("installing the boot unit: %v", err)
-	}
-	// The watchdog is armed before anything changes: from here on, if
-	// this process dies (OOM killer, kill -9, its unit stopped), the
-	// watchdog takes over and returns the host to its previous generation
-	// unless the activation was confirmed (see Watch).
-	if w.Watchdog != nil {
-		if err := w.Watchdog(req.ID); err != nil {
-			msg := fmt.Sprintf("cannot arm the activation's watchdog, so nothing was changed: %v", err)
-			set(OutcomeFailed, msg)
-			w.setPhase(st, PhaseFailed, msg)
-			w.logf("%s", msg)
-			return
-		}
 	}
 
 	if req.Mode != ModeBoot {
@@ -371,9 +380,13 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	// A rollback must finish even when the activation was cancelled.
 	ctx = context.WithoutCancel(ctx)
 	w.setPhase(st, PhaseRollingBack, cause.Error())
-	err := l.markFailed(gen, cause.Error(), time.Now())
-	if err != nil {
-		w.logf("marking generation %d failed: %v", gen, err)
+	var err error
+	if gen != prevGen {
+		// (A re-activation of the running generation that failed leaves
+		// that generation as it was: it is re-applied, not failed.)
+		if err = l.markFailed(gen, cause.Error(), time.Now()); err != nil {
+			w.logf("marking generation %d failed: %v", gen, err)
+		}
 	}
 	if prevGen > 0 {
 		w.logf("rolling back to generation %d with its own agent", prevGen)

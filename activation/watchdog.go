@@ -78,7 +78,14 @@ func (w *Worker) Watch(ctx context.Context, id string) error {
 		return err
 	}
 	if act := st.Activation; act == nil || act.ID != id {
-		w.logf("watchdog: activation %s is not the host's current activation any more: nothing to do", id)
+		// The worker died after arming the watchdog and before recording
+		// the activation: nothing was changed.
+		msg := fmt.Sprintf("the activation worker of %s died before it changed anything", id)
+		w.logf("watchdog: %s", msg)
+		if err := l.writeResult(&Result{V: agentapi.Version, ID: id, Outcome: OutcomeFailed, Message: msg, Log: l.LogFile(id)}); err != nil {
+			return err
+		}
+		os.Remove(l.requestFile(id))
 		return nil
 	}
 	return w.takeOver(ctx, st, true)

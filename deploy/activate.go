@@ -321,7 +321,12 @@ func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id str
 			if a := st.Activation; a.Phase.Final() {
 				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
-		} else if err != nil {
+		} else if err == nil {
+			// The host forgot the activation (it rebooted: the boot default,
+			// which moves only after a confirmation, runs), or another one
+			// has started since.
+			return nil, &ActivationError{Host: target.Name, Message: fmt.Sprintf("the host no longer knows the activation (it rebooted?); it runs generation %d, its boot default %d", st.Current, st.Boot)}
+		} else {
 			lastErr = err
 			if !retryable(err) {
 				return nil, err
