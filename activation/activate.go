@@ -281,6 +281,10 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		return
 	}
 	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
+	// A generation holds the system now: it needs no pushed root.
+	if err := store.Unpin(req.System); err != nil {
+		w.logf("removing the pushed root of %s: %v", req.System, err)
+	}
 	if err := w.installBootUnit(); err != nil {
 		w.logf("installing the boot unit: %v", err)
 	}

@@ -221,6 +221,16 @@ type Status struct {
 	// Consistent is false while an application is incomplete (in progress,
 	// or interrupted and not yet repaired by a rollback or the boot unit).
 	Consistent bool `json:"consistent"`
+	// Pushed are the systems copied to the host and not activated since
+	// (deploy --mode push, deploy copy, or a copy whose activation did not
+	// happen), newest first: GC roots until they are activated or expire.
+	Pushed []Pushed `json:"pushed,omitempty"`
+}
+
+// Pushed is a pushed system kept as a GC root since Time (its last push).
+type Pushed struct {
+	System string    `json:"system"`
+	Time   time.Time `json:"time"`
 }
 
 // GCResult is what `gc --json` prints.
@@ -231,6 +241,10 @@ type GCResult struct {
 	// Paths and Bytes count the store paths deleted and their NAR bytes.
 	Paths int   `json:"paths"`
 	Bytes int64 `json:"bytes"`
+	// Pushed are the pushed systems whose roots were removed (expired,
+	// beyond the count kept, or dropped); their paths were then collected
+	// unless something else needs them.
+	Pushed []string `json:"pushed,omitempty"`
 }
 
 // RunHolder describes a deploy run that holds (or held) a host's run lock:

@@ -53,6 +53,10 @@ type message struct {
 	Error       string   `json:"error,omitempty"`
 	Current     string   `json:"current,omitempty"`
 	BootDefault string   `json:"bootDefault,omitempty"`
+	// Pin (want) names wanted paths to keep as pushed roots once the
+	// transfer ends (see Store.Pin); Pinned (ok) says how many were.
+	Pin    []string `json:"pin,omitempty"`
+	Pinned int      `json:"pinned,omitempty"`
 }
 
 // ProtocolError is a violation of the transfer protocol by the peer.
@@ -138,6 +142,9 @@ type TransferStats struct {
 	// Agent, Current and BootDefault are what the agent's hello said: its
 	// version, and the target's current and boot-default systems.
 	Agent, Current, BootDefault string
+	// Pinned is how many of SendOptions.Pin the agent keeps as pushed
+	// roots (0 from agents that keep none).
+	Pinned int
 }
 
 // Receive serves the agent side of one transfer on r and w (see the
@@ -168,9 +175,16 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	if req.T != "want" {
 		return fail("", protoErrorf("got %q, want a want list", req.T))
 	}
+	wanted := make(map[string]bool, len(req.Paths))
 	for _, p := range req.Paths {
 		if _, _, err := SplitPath(s.StoreDir, p); err != nil {
 			return fail(p, err)
+		}
+		wanted[p] = true
+	}
+	for _, p := range req.Pin {
+		if !wanted[p] {
+			return fail(p, protoErrorf("asked to pin %q, which is not wanted", p))
 		}
 	}
 	// The store lock, held shared for the whole receive, is taken before
@@ -225,7 +239,21 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 			if err := b.flush(); err != nil {
 				return fail("", err)
 			}
-			return stats, out.write(&message{T: "ok", Imported: stats.Imported})
+			// Under the shared store lock still: no GC between the last
+			// import and the pin.
+			var pin []string
+			for _, p := range req.Pin {
+				if ok, err := s.Valid(p); err == nil && ok {
+					pin = append(pin, p)
+				}
+			}
+			if len(pin) > 0 && s.PinsDir != "" {
+				if err := s.Pin(pin...); err != nil {
+					return fail("", err)
+				}
+				stats.Pinned = len(pin)
+			}
+			return stats, out.write(&message{T: "ok", Imported: stats.Imported, Pinned: stats.Pinned})
 		case "path":
 		default:
 			b.flush()
@@ -366,6 +394,10 @@ type SendOptions struct {
 	// DryRun stops after the missing list: nothing is sent, and the stats
 	// say what a copy would send.
 	DryRun bool
+	// Pin names paths (of those sent) the agent keeps as pushed roots once
+	// the transfer ends, so that a gc before their activation keeps them
+	// (see [Store.Pin]); not with DryRun.
+	Pin []string
 }
 
 // AgentError is an error the agent reported during a transfer.
@@ -432,7 +464,11 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	if opts.Compress && !opts.DryRun {
 		compression = "zstd"
 	}
-	if err := out.write(&message{T: "want", Paths: paths, Compression: compression}); err != nil {
+	var pin []string
+	if !opts.DryRun {
+		pin = opts.Pin
+	}
+	if err := out.write(&message{T: "want", Paths: paths, Compression: compression, Pin: pin}); err != nil {
 		return stats, fmt.Errorf("transfer: %w", err)
 	}
 	reply, err := in.read()
@@ -531,6 +567,7 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 			if len(pending) > 0 {
 				return stats, protoErrorf("agent finished with %d paths unconfirmed", len(pending))
 			}
+			stats.Pinned = m.Pinned
 			return stats, nil
 		case "error":
 			return stats, &AgentError{Path: m.Path, Msg: m.Error}

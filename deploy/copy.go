@@ -36,6 +36,8 @@ type CopyOptions struct {
 	// bootstrapped. Without an agent on the target, every path counts as
 	// missing.
 	DryRun bool
+
+	pin []string // the roots, pinned on the host
 }
 
 // CopyResult says what [Copy] did.
@@ -91,6 +93,7 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		paths[i] = pi.Path
 	}
 	res := &CopyResult{Paths: len(paths)}
+	opts.pin = roots
 	// The receive command checks for the agent itself (exit 99 when it is
 	// missing), so a copy to a host that has the agent, and a no-op above
 	// all, is one session: the closure check's one round trip.
@@ -117,6 +120,9 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		return res, err
 	}
 	logf("copied %d of %d paths (%d NAR bytes)", stats.Imported, len(paths), stats.NarBytes)
+	if !opts.DryRun && stats.Pinned < len(roots) {
+		logf("the host's agent (%s) did not keep the copied system as a pushed root: a gc on the host before its activation may delete it (upgrade the agent)", stats.Agent)
+	}
 	return res, nil
 }
 
@@ -170,7 +176,10 @@ func receive(ctx context.Context, local *closure.Store, client *mesh.Client, pat
 	}
 	defer sess.Close()
 	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun})
+	// The roots are pinned on the host (pushed closures' GC roots) until
+	// they are activated or the pin expires: a gc before the activation
+	// keeps them.
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Pin: opts.pin})
 	sess.Stdin.Close()
 	werr := sess.Wait()
 	var ee *mesh.ExitError

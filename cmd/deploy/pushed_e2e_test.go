@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/vmtest"
+)
+
+// A pushed system is a GC root until it is activated: --mode push, then a
+// gc on the host (deploy-agent gc) and from the operator (deploy gc), then
+// --mode switch copies nothing and activates it. status shows the pushed
+// system; gc --drop-pushed removes it.
+func TestPushGCSwitchE2E(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	run := func(args ...string) []deploy.Event {
+		t.Helper()
+		events, code, stderr := runJSON(t, nw, key, args...)
+		if code != 0 {
+			t.Fatalf("deploy %v: exit %d\n%s", args, code, stderr)
+		}
+		return events
+	}
+	status := func() *agentapi.Status {
+		t.Helper()
+		for _, ev := range run("status", fleet+"#prod") {
+			if ev.Type == deploy.EventResult && ev.Status != nil {
+				return ev.Status
+			}
+		}
+		t.Fatal("status: no status event")
+		return nil
+	}
+	systemOf := func(events []deploy.Event) string {
+		for _, ev := range events {
+			if ev.Type == deploy.EventResult && ev.System != "" {
+				return ev.System
+			}
+		}
+		t.Fatal("no system in the events")
+		return ""
+	}
+	copied := func(events []deploy.Event) int {
+		for _, ev := range events {
+			if ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseCopy && ev.State == "done" {
+				return ev.CopyPaths
+			}
+		}
+		t.Fatal("no copy in the events")
+		return -1
+	}
+
+	rolloutFleet(t, nw, fleet, "one", nil)
+	run("--mode", "switch", fleet+"#prod")
+	rolloutFleet(t, nw, fleet, "two", nil)
+	two := systemOf(run("--mode", "push", fleet+"#prod"))
+	if st := status(); len(st.Pushed) != 1 || st.Pushed[0].System != two {
+		t.Fatalf("status after the push: pushed %+v, want %s", st.Pushed, two)
+	}
+
+	// A gc on the host, by hand, and one from the operator.
+	out := h.Succeed("/run/deploy/current-system/agent/bin/deploy-agent gc --keep 1 --json")
+	var gc agentapi.GCResult
+	if err := json.Unmarshal([]byte(out), &gc); err != nil || len(gc.Pushed) != 0 {
+		t.Fatalf("deploy-agent gc: %s (%v); want no pushed system dropped", out, err)
+	}
+	for _, ev := range run("gc", "--keep", "1", fleet+"#prod") {
+		if ev.Type == deploy.EventResult && ev.GC != nil && len(ev.GC.Pushed) != 0 {
+			t.Fatalf("deploy gc dropped %v", ev.GC.Pushed)
+		}
+	}
+	h.Succeed("test -d " + two + " && /run/deploy/current-system/agent/bin/deploy-agent verify")
+
+	// The switch copies nothing and activates the pushed system.
+	events := run("--mode", "switch", fleet+"#prod")
+	if n := copied(events); n != 0 {
+		t.Fatalf("the switch after the push copied %d paths, want 0", n)
+	}
+	if got := h.Succeed("cat /etc/web/greeting"); got != "two\n" {
+		t.Fatalf("greeting %q after the switch", got)
+	}
+	if st := status(); len(st.Pushed) != 0 {
+		t.Fatalf("status after the activation: pushed %+v, want none (a generation holds it)", st.Pushed)
+	}
+
+	// gc --drop-pushed removes a pushed system.
+	rolloutFleet(t, nw, fleet, "three", nil)
+	three := systemOf(run("--mode", "push", fleet+"#prod"))
+	var dropped []string
+	for _, ev := range run("gc", "--drop-pushed", fleet+"#prod") {
+		if ev.Type == deploy.EventResult && ev.GC != nil {
+			dropped = ev.GC.Pushed
+		}
+	}
+	if len(dropped) != 1 || dropped[0] != three {
+		t.Fatalf("gc --drop-pushed dropped %v, want [%s]", dropped, three)
+	}
+	h.Fail("test -e " + three)
+	if st := status(); len(st.Pushed) != 0 {
+		t.Fatalf("pushed after --drop-pushed: %+v", st.Pushed)
+	}
+	if !strings.HasSuffix(two, "-system-h1") {
+		t.Fatalf("unexpected system path %s", two)
+	}
+}
