@@ -124,6 +124,10 @@ func (l Layout) writeApplied(a *applied) error {
 // ReadManifest reads and parses system's manifest.json; realPath maps the
 // logical store path to the disk (nil: identity).
 func ReadManifest(system string, realPath func(string) string) (*manifest.Manifest, error) {
+	return readManifest(system, realPath, manifest.Parse)
+}
+
+func readManifest(system string, realPath func(string) string, parse func([]byte) (*manifest.Manifest, error)) (*manifest.Manifest, error) {
 	p := system + "/" + manifest.FileName
 	if realPath != nil {
 		p = realPath(system) + "/" + manifest.FileName
@@ -132,7 +136,7 @@ func ReadManifest(system string, realPath func(string) string) (*manifest.Manife
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	m, err := manifest.Parse(data)
+	m, err := parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("manifest of %q: %w", system, err)
 	}
@@ -223,7 +227,9 @@ func (l Layout) MachineManifest(realPath func(string) string) (*manifest.Manifes
 		systems = append(slices.Clone(a.Previous), a.System)
 	}
 	for _, s := range systems {
-		sm, err := ReadManifest(s, realPath)
+		// Leniently: a newer agent may have applied a manifest with
+		// fields this one does not know (see manifest.ParseLenient).
+		sm, err := readManifest(s, realPath, manifest.ParseLenient)
 		if err != nil {
 			return nil, err
 		}

@@ -242,6 +242,9 @@ func (z *Realizer) Realize(ctx context.Context, cfg *Config, agent string) (*man
 		h := manifest.HealthCheck{Name: r.Name, Type: HealthCheckType(r), URL: r.String("url", ""),
 			Address: r.String("address", ""), Command: r.Strings("command"), Unit: r.String("unit", ""),
 			TimeoutMS: durationMS(r.String("timeout", "30s")), IntervalMS: durationMS(r.String("interval", "1s"))}
+		if r.Has("attempt_timeout") {
+			h.AttemptTimeoutMS = durationMS(r.String("attempt_timeout", ""))
+		}
 		if h.Type == manifest.CheckHTTP {
 			h.ExpectStatus = 200
 			if s, ok := r.Int("expect_status"); ok {
