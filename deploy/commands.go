@@ -383,6 +383,20 @@ func (s *Session) lockForHostCommand(ctx context.Context, rep *Report) ([]string
 	return names, nil
 }
 
+// IncompatibleGenerationError is a rollback refused before anything
+// changed: the generation was created by an agent of a newer agent API
+// than this deploy understands, and its own agent would run the rollback.
+type IncompatibleGenerationError struct {
+	Host       string
+	Generation int
+	AgentAPI   int
+}
+
+func (e *IncompatibleGenerationError) Error() string {
+	return fmt.Sprintf("%s: generation %d was created by a deploy-agent of agent API version %d; this deploy understands up to %d: upgrade deploy (nothing was changed)",
+		e.Host, e.Generation, e.AgentAPI, agentapi.Version)
+}
+
 // RollbackOptions say which generation [Session.Rollback] returns to.
 type RollbackOptions struct {
 	// To is a generation number; ToCommit a fleet commit (a prefix is
@@ -422,6 +436,12 @@ func (s *Session) Rollback(ctx context.Context, opts RollbackOptions) (*Report, 
 		g, err := PickGeneration(gens, opts.To, opts.ToCommit)
 		if err != nil {
 			s.fail(hr, PhaseRollback, ResultFailed, err)
+			return
+		}
+		// The rollback runs g's own agent: one that speaks a newer agent
+		// API would answer what this deploy cannot read, after it acted.
+		if g.AgentAPI > agentapi.Version {
+			s.fail(hr, PhaseRollback, ResultFailed, &IncompatibleGenerationError{Host: name, Generation: g.Number, AgentAPI: g.AgentAPI})
 			return
 		}
 		hr.System = g.System

@@ -111,3 +111,48 @@ func TestPushGCSwitchE2E(t *testing.T) {
 		t.Fatalf("unexpected system path %s", two)
 	}
 }
+
+// A rollback to a generation created by a newer agent (a higher agent API
+// version in its metadata) is refused before anything changes: by deploy
+// rollback, whose answer from that generation's agent it could not read,
+// and by an older agent on the host, which could not apply it safely.
+func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fleet, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	for _, g := range []string{"one", "two"} {
+		rolloutFleet(t, nw, fleet, g, nil)
+		if _, code, stderr := runJSON(t, nw, key, "--mode", "switch", fleet+"#prod"); code != 0 {
+			t.Fatalf("deploy %s: exit %d\n%s", g, code, stderr)
+		}
+	}
+	// Generation 1 as a future agent would have recorded it.
+	h.Succeed(`f=/var/lib/deploy/profiles/system-1.json; if grep -q '"agent_api"' $f; then sed -i 's/"agent_api": [0-9]*/"agent_api": 2/' $f; else sed -i 's/^{/{\n  "agent_api": 2,/' $f; fi; grep -q '"agent_api": 2' $f`)
+	snapshot := func() string {
+		return h.Succeed("readlink /run/deploy/current-system; readlink /var/lib/deploy/profiles/system; cat /etc/web/greeting; ls /var/lib/deploy/log; ls /var/lib/deploy/profiles; cat /var/lib/deploy/applied.json")
+	}
+	before := snapshot()
+
+	events, code, stderr := runJSON(t, nw, key, "rollback", "--to", "1", fleet+"#h1")
+	var res *deploy.Event
+	for i, ev := range events {
+		if ev.Type == deploy.EventResult {
+			res = &events[i]
+		}
+	}
+	if code == 0 || res == nil || res.Result != deploy.ResultFailed || !strings.Contains(res.Error, "agent API version 2") || !strings.Contains(res.Error, "upgrade deploy") {
+		t.Fatalf("deploy rollback --to 1: exit %d, result %+v, want failed naming the agent API and the upgrade\n%s", code, res, stderr)
+	}
+	if after := snapshot(); after != before {
+		t.Fatalf("deploy rollback changed the host:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
+	out, err := h.Run(t.Context(), "/run/deploy/current-system/agent/bin/deploy-agent rollback --to 1 2>&1")
+	if err == nil || !strings.Contains(out, "newer than this one") {
+		t.Fatalf("deploy-agent rollback --to 1: %v\n%s\nwant a refusal", err, out)
+	}
+	if after := snapshot(); after != before {
+		t.Fatalf("deploy-agent rollback changed the host:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
