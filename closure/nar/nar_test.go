@@ -41,6 +41,16 @@ func makeTree(t testing.TB, dir string) {
 	write("padded-8", "12345678", 0o644)
 	write("padded-9", "123456789", 0o644)
 	write("sub/dir/file", strings.Repeat("abc", 10000), 0o600)
+	// A sparse file above the size from which Dump skips holes: holes at
+	// its start, in the middle and at its end.
+	sp, err := os.Create(filepath.Join(dir, "sparse"))
+	must(err)
+	must(sp.Truncate(3<<20 + 7))
+	_, err = sp.WriteAt([]byte("island"), 1<<20+3)
+	must(err)
+	_, err = sp.WriteAt([]byte("shore"), 2<<20+4090)
+	must(err)
+	must(sp.Close())
 	must(os.MkdirAll(filepath.Join(dir, "empty-dir"), 0o755))
 	must(os.Symlink("plain", filepath.Join(dir, "rel-link")))
 	must(os.Symlink("/etc/passwd", filepath.Join(dir, "abs-link")))
@@ -73,7 +83,8 @@ func TestDumpMatchesNix(t *testing.T) {
 	dir := t.TempDir()
 	makeTree(t, dir)
 	cases := []string{dir, filepath.Join(dir, "plain"), filepath.Join(dir, "exec"), filepath.Join(dir, "empty"),
-		filepath.Join(dir, "rel-link"), filepath.Join(dir, "empty-dir"), filepath.Join(dir, "names"), filepath.Join(dir, "d")}
+		filepath.Join(dir, "rel-link"), filepath.Join(dir, "empty-dir"), filepath.Join(dir, "names"), filepath.Join(dir, "d"),
+		filepath.Join(dir, "sparse")}
 	for _, p := range cases {
 		t.Run(filepath.Base(p), func(t *testing.T) {
 			want, err := exec.Command(nixStore, "--dump", p).Output()
