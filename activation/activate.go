@@ -498,6 +498,11 @@ func (w *Worker) Boot(ctx context.Context) error {
 		return err
 	}
 	defer lock.Unlock()
+	// After a crash or a power loss, the store's interrupted commits are
+	// settled before anything reads the store.
+	if err := w.store().Recover(ctx); err != nil {
+		w.logf("boot: recovering the store: %v", err)
+	}
 	n, err := l.BootGeneration()
 	if err != nil || n == 0 {
 		return err
