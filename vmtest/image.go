@@ -10,11 +10,9 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -149,25 +147,7 @@ func ensureImage(ctx context.Context, cache, mirror string, logf func(string, ..
 }
 
 func debootstrap(ctx context.Context, target, mirror, logPath string) error {
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return fmt.Errorf("debootstrap: %w", err)
-	}
-	defer logFile.Close()
-	cmd := exec.CommandContext(ctx, "debootstrap",
-		"--variant="+imageVariant,
-		"--include="+strings.Join(imagePackages, ","),
-		imageSuite, target, mirror)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	// debootstrap runs dpkg and friends in a chroot: cancel the whole group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("debootstrap %s into %q failed (log %s): %w\n%s", imageSuite, target, logPath, err, tailFile(logPath, 20))
-	}
-	return nil
+	return debootstrapWith(ctx, target, mirror, logPath, imagePackages)
 }
 
 // customizeImage turns a fresh debootstrap tree into the shared image that
