@@ -15,9 +15,11 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # what the benchmarks and fault injection use.
 DEMO_PACKAGES := debootstrap debian-archive-keyring systemd-container iproute2 util-linux mount ca-certificates
 TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc
+# The power-loss tests' qemu host (make test-powerloss only).
+QEMU_PACKAGES := $(DEMO_PACKAGES) qemu-system-x86 e2fsprogs
 FUZZTIME    ?= 30s
 
-.PHONY: all build deps deps-demo tools lint tidy-check test test-unit fuzz bench demo clean
+.PHONY: all build deps deps-demo tools lint tidy-check test test-unit test-powerloss fuzz bench demo clean
 
 all: build
 
@@ -64,6 +66,14 @@ tidy-check:
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The power-loss tests: a qemu host (TCG, about 20 s a boot) reset without a
+# flush during copies and activations (vmtest/qemu.go, deploy/powerloss_test.go).
+# Long (about 15 minutes, and 2 more the first time to build its image), so
+# not part of `make test`; see docs/vmtest.md.
+test-powerloss: build
+	$(call apt-packages,$(QEMU_PACKAGES))
+	DEPLOY_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -v -run '^(TestQEMUHost|TestPowerLoss)$$' ./vmtest ./deploy
 
 # A bounded fuzzing run of the NAR reader.
 fuzz:
