@@ -119,7 +119,14 @@ func startActivation(ctx context.Context, l activation.Layout, req *activation.R
 		return err
 	}
 	var lh *activation.LockHeldError
-	if err := l.CheckLock(); errors.As(err, &lh) {
+	err := l.CheckLock()
+	// A status, or a watchdog looking at the lock after its worker ended,
+	// holds it for an instant; an activation holds it all along.
+	for i := 0; i < 5 && errors.As(err, &lh); i++ {
+		time.Sleep(100 * time.Millisecond)
+		err = l.CheckLock()
+	}
+	if errors.As(err, &lh) {
 		printResult(stdout, &activation.Result{Outcome: activation.OutcomeLockHeld, Message: lh.Error(), Holder: lh.Holder})
 		return &exitError{code: exitLockHeld, err: lh}
 	}
