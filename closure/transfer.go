@@ -142,9 +142,10 @@ type TransferStats struct {
 	// Agent, Current and BootDefault are what the agent's hello said: its
 	// version, and the target's current and boot-default systems.
 	Agent, Current, BootDefault string
-	// Pinned is how many of SendOptions.Pin the agent keeps as pushed
-	// roots (0 from agents that keep none).
-	Pinned int
+	// PinAsked is how many of SendOptions.Pin were asked for (not those
+	// the host runs or boots already); Pinned is how many of them the
+	// agent keeps as pushed roots (0 from agents that keep none).
+	PinAsked, Pinned int
 }
 
 // Receive serves the agent side of one transfer on r and w (see the
@@ -466,8 +467,14 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	}
 	var pin []string
 	if !opts.DryRun {
-		pin = opts.Pin
+		// A system the host runs, or boots, is a generation there already.
+		for _, p := range opts.Pin {
+			if p != hello.Current && p != hello.BootDefault {
+				pin = append(pin, p)
+			}
+		}
 	}
+	stats.PinAsked = len(pin)
 	if err := out.write(&message{T: "want", Paths: paths, Compression: compression, Pin: pin}); err != nil {
 		return stats, fmt.Errorf("transfer: %w", err)
 	}

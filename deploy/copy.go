@@ -120,7 +120,7 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		return res, err
 	}
 	logf("copied %d of %d paths (%d NAR bytes)", stats.Imported, len(paths), stats.NarBytes)
-	if !opts.DryRun && stats.Pinned < len(roots) {
+	if !opts.DryRun && stats.Pinned < stats.PinAsked {
 		logf("the host's agent (%s) did not keep the copied system as a pushed root: a gc on the host before its activation may delete it (upgrade the agent)", stats.Agent)
 	}
 	return res, nil
