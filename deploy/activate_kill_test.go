@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/declarative/deploy/manifest"
 )
 
 // killSystem is one side of the kill test: a system and what the host
@@ -145,6 +147,63 @@ func TestActivateKill9(t *testing.T) {
 		}
 	}
 	t.Logf("%d rounds: ended on the old system %d times, on the new one %d times; killed in phases %v", rounds, endedOld, endedNew, phases)
+}
+
+// manifestProblems checks the host against everything system's manifest
+// declares: each file's content (its store source), owner, group and
+// mode; each unit's link and, for units to start, that it runs; each
+// secret's file with its owner, group and mode.
+func (f *fixture) manifestProblems(system string) []string {
+	f.t.Helper()
+	m, err := manifest.Parse([]byte(f.h.Succeed("cat " + system + "/manifest.json")))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var script strings.Builder
+	for _, fl := range m.Files {
+		fmt.Fprintf(&script, "if cmp -s %q %q; then echo \"file %s $(stat -c '%%U %%G %%a' %q)\"; else echo \"file %s differs\"; fi\n", fl.Path, fl.Source, fl.Path, fl.Path, fl.Path)
+	}
+	for _, u := range m.Units {
+		fmt.Fprintf(&script, "echo \"unit %s $(readlink /etc/systemd/system/%s) $(systemctl is-active %s)\"\n", u.Name, u.Name, u.Name)
+	}
+	for _, sc := range m.Secrets {
+		fmt.Fprintf(&script, "echo \"secret %s $(stat -L -c '%%U %%G %%a' /run/deploy/secrets/%s 2>&1)\"\n", sc.Name, sc.Name)
+	}
+	got := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(f.h.Succeed(script.String())), "\n") {
+		got[l] = true
+	}
+	var problems []string
+	want := func(line string) {
+		if !got[line] {
+			problems = append(problems, fmt.Sprintf("manifest: want %q", line))
+		}
+	}
+	mode := func(s string) string { return strings.TrimLeft(s, "0") }
+	for _, fl := range m.Files {
+		want(fmt.Sprintf("file %s %s %s %s", fl.Path, fl.Owner, fl.Group, mode(fl.Mode)))
+	}
+	for _, u := range m.Units {
+		state := "active"
+		if !u.Start {
+			state = strings.Fields(f.h.Succeed("systemctl is-active " + u.Name + " || true"))[0]
+		}
+		want(fmt.Sprintf("unit %s %s %s", u.Name, u.Source, state))
+	}
+	for _, sc := range m.Secrets {
+		owner, group, md := sc.Owner, sc.Group, sc.Mode
+		if owner == "" {
+			owner = "root"
+		}
+		if group == "" {
+			group = "root"
+		}
+		if md == "" {
+			md = "0400"
+		}
+		want(fmt.Sprintf("secret %s %s %s %s", sc.Name, owner, group, mode(md)))
+	}
+	return problems
 }
 
 func rand2() string { return fmt.Sprintf("%016x", rand.Uint64()) }
@@ -307,6 +366,7 @@ func (f *fixture) hostRuns(sys *killSystem) {
 			bad("secret %s = %q, want %q", name, got, plain)
 		}
 	}
+	problems = append(problems, f.manifestProblems(sys.path)...)
 	if len(problems) > 0 {
 		f.t.Logf("agent logs:\n%s", f.h.Succeed("tail -n 60 $(ls -1v /var/lib/deploy/log/activate-*.log | tail -2)"))
 		f.t.Fatalf("the host does not run exactly system %s (generation %d):\n  %s", sys.name, st.Current, strings.Join(problems, "\n  "))
