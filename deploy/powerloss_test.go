@@ -209,9 +209,10 @@ func TestPowerLoss(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	t.Logf("seed %d", seed)
 
-	// Copies: a closure of 300 paths (about 10 MB) each time new, reset
-	// at a random moment of its copy.
-	const nFiles, fileSize = 300, 32 << 10
+	// Copies: a closure of 600 paths (about 20 MB) each time new, reset
+	// at a random moment of its copy (the agent commits a batch every
+	// second or so).
+	const nFiles, fileSize = 600, 32 << 10
 	// (The window is timed from an established connection: under TCG the
 	// SSH handshake alone takes a second or two.)
 	calib := p.build(app("A") + p.payload(seed, nFiles, fileSize))
@@ -277,22 +278,33 @@ func TestPowerLoss(t *testing.T) {
 		t.Run(fmt.Sprint("activation ", i), func(t *testing.T) {
 			p.t = t
 			boot := q.BootID()
-			// The window runs a quarter past the activation's length, so
-			// that some resets come after its confirmation.
-			at := time.Duration((float64(i) + rng.Float64()) / trials * 1.25 * float64(actTime))
 			ctx, cancel := context.WithCancel(context.Background())
 			c := p.connect()
 			defer c.Close()
 			done := make(chan error, 1)
+			started := time.Now()
 			go func() { done <- p.activateCtx(ctx, c, to) }()
-			time.Sleep(at)
+			if i < trials-1 {
+				// Stratified over the activation's length.
+				time.Sleep(time.Duration((float64(i) + rng.Float64()) / (trials - 1) * float64(actTime)))
+			} else {
+				// The last one the moment the operator has its answer: the
+				// confirmed generation must survive the power loss.
+				if err := <-done; err != nil {
+					t.Fatalf("Activate: %v", err)
+				}
+				done <- nil
+			}
 			q.Reset()
-			t.Logf("reset %v into the activation of %s over %s", at.Round(10*time.Millisecond), names[to], names[from])
+			t.Logf("reset %v into the activation of %s over %s", time.Since(started).Round(10*time.Millisecond), names[to], names[from])
 			q.WaitBoot(boot)
 			cancel()
 			t.Logf("the operator's Activate: %v", <-done)
 			p.verify()
 			got := p.runs(names)
+			if i == trials-1 && got != names[to] {
+				t.Fatalf("the host runs %s after a power loss right after the confirmation of %s", got, names[to])
+			}
 			if got == names[to] {
 				ended["new"]++
 			} else {
