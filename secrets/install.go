@@ -63,6 +63,8 @@ type InstallOptions struct {
 	// beforeWrite, if set (by tests), runs on each plaintext file's
 	// descriptor just before its first byte is written.
 	beforeWrite func(fd int)
+	// quietTmpfs: a tmpfs needs no warning (nothing to decrypt).
+	quietTmpfs bool
 }
 
 func (o *InstallOptions) logf(format string, args ...any) {
@@ -132,7 +134,13 @@ func Install(ctx context.Context, opts InstallOptions) error {
 		return err
 	}
 	defer unix.Close(runFD)
-	dfd, err := openSecretsFS(runFD, runDir, &opts)
+	fsOpts := opts
+	if len(entries) == 0 {
+		// No plaintext to keep off swap: any fit mount will do, quietly
+		// (the rollback from a generation with secrets to one without).
+		fsOpts.AllowTmpfs, fsOpts.Warnf, fsOpts.quietTmpfs = true, nil, true
+	}
+	dfd, err := openSecretsFS(runFD, runDir, &fsOpts)
 	if err != nil {
 		return err
 	}

@@ -85,7 +85,7 @@ func openSecretsFS(runFD int, runDir string, opts *InstallOptions) (int, error) 
 		if err == nil && mounted && tmpfs {
 			if !opts.AllowTmpfs {
 				err = fmt.Errorf("install secrets: %q is a tmpfs, whose pages can be swapped to disk: set secrets_allow_tmpfs = true for this host to accept that, or unmount it so that a ramfs is mounted", path)
-			} else {
+			} else if !opts.quietTmpfs {
 				opts.warnf("secrets: %s is a tmpfs: decrypted secrets can be swapped to disk (secrets_allow_tmpfs = true)", path)
 			}
 		}
