@@ -34,7 +34,7 @@ type scriptedOps struct {
 	pushDelay time.Duration
 	// warnings are the agent's warnings per host.
 	warnings map[string][]string
-	runs      map[string]*agentapi.RunHolder // the locks this run holds
+	runs     map[string]*agentapi.RunHolder // the locks this run holds
 }
 
 // fakeLocks are run locks as the hosts keep them: one holder per host.
