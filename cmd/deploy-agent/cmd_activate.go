@@ -311,7 +311,7 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 		go func() { worker.Wait(); close(exited) }()
 	}
 	lastAlive := time.Now()
-	var deadSince time.Time
+	var deadSince, lastWatch time.Time
 	dead := false
 	for {
 		io.Copy(stderr, f)
@@ -339,7 +339,8 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 				dead = true
 			}
 		}
-		if dead {
+		if dead && time.Since(lastWatch) > time.Second {
+			lastWatch = time.Now()
 			if res, _ := l.ReadResult(id); res != nil {
 				continue
 			}
