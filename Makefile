@@ -22,9 +22,11 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS_CACHE   ?= /var/cache/deploy-tools
 MINIO         := $(TOOLS_CACHE)/minio-$(MINIO_VERSION)/minio
 export DEPLOY_MINIO := $(MINIO)
+# The power-loss tests' qemu host (make test-powerloss only).
+QEMU_PACKAGES := $(DEMO_PACKAGES) qemu-system-x86 e2fsprogs
 FUZZTIME    ?= 30s
 
-.PHONY: all build deps deps-demo tools minio lint tidy-check test test-unit fuzz bench demo clean
+.PHONY: all build deps deps-demo tools minio lint tidy-check test test-unit test-powerloss fuzz bench demo clean
 
 all: build
 
@@ -78,6 +80,14 @@ tidy-check:
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The power-loss tests: a qemu host (TCG, about 20 s a boot) reset without a
+# flush during copies and activations (vmtest/qemu.go, deploy/powerloss_test.go).
+# Long (about 15 minutes, and 2 more the first time to build its image), so
+# not part of `make test`; see docs/vmtest.md.
+test-powerloss: build
+	$(call apt-packages,$(QEMU_PACKAGES))
+	DEPLOY_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -v -run '^(TestQEMUHost|TestPowerLoss)$$' ./vmtest ./deploy
 
 # A bounded fuzzing run of the NAR reader.
 fuzz:

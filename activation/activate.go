@@ -125,6 +125,15 @@ type Worker struct {
 	Agent string
 	// UnitSettle is passed to [Options.UnitSettle].
 	UnitSettle time.Duration
+	// Watchdog, if set, arms the watchdog of activation id before the
+	// activation changes anything: a process outside this one (a
+	// transient systemd unit, restarted if it dies) that runs [Worker.Watch].
+	// An error fails the activation before any change.
+	Watchdog func(id string) error
+	// StopWorker, if set, is called by [Worker.Watch] when the worker of
+	// activation id (process pid) died, before taking over: it kills
+	// whatever is left of the worker (the processes of its unit).
+	StopWorker func(id string, pid int) error
 }
 
 func (w *Worker) logf(format string, args ...any) {
@@ -162,6 +171,17 @@ func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 		return w.finish(res, OutcomeFailed, err.Error())
 	}
 	defer lock.Unlock()
+	// An earlier activation whose worker died, and whose watchdog has not
+	// finished it yet (it waits for this lock too): finish it first, so
+	// that this one starts from a generation that ran as a whole.
+	if st, err := l.ReadState(); err == nil && st.Activation != nil && st.Activation.ID != req.ID && st.Activation.Phase.InProgress() {
+		if r, _ := l.ReadResult(st.Activation.ID); r == nil {
+			w.logf("activation %s (generation %d) was interrupted in phase %s: finishing it first", st.Activation.ID, st.Activation.Generation, st.Activation.Phase)
+			if err := w.takeOver(ctx, st, false); err != nil {
+				return w.finish(res, OutcomeFailed, fmt.Sprintf("finishing the interrupted activation %s: %v", st.Activation.ID, err))
+			}
+		}
+	}
 	os.Remove(l.confirmFile(req.ID))
 	w.run(ctx, req, res, started)
 	if err := l.writeResult(res); err != nil {
@@ -214,110 +234,167 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		set(OutcomeDry, "nothing changed")
 		return
 	}
-
-	var gen *Generation
 	if req.Generation > 0 {
-		gen, err = l.Generation(req.Generation)
-	} else {
-		gen, err = l.newGeneration(req.System, req.Meta, started)
+		if err := l.CheckCompatible(req.Generation); err != nil {
+			set(OutcomeFailed, err.Error())
+			w.logf("%s", res.Message)
+			return
+		}
 	}
-	if err != nil {
-		set(OutcomeFailed, err.Error())
-		return
+
+	// The watchdog is armed before anything changes: from here on, if
+	// this process dies (OOM killer, kill -9, its unit stopped), the
+	// watchdog finishes the activation: it returns the host to its
+	// previous generation unless the activation was confirmed (see Watch).
+	if w.Watchdog != nil {
+		if err := w.Watchdog(req.ID); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("cannot arm the activation's watchdog, so nothing was changed: %v", err))
+			w.logf("%s", res.Message)
+			return
+		}
 	}
-	res.Generation = gen.Number
-	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
-	act := &ActivationState{Activation: agentapi.Activation{ID: req.ID, Generation: gen.Number, System: req.System,
+	// The generation's number is recorded with the activation before the
+	// generation is created, so that whoever finishes an interrupted
+	// activation knows which generation to mark failed.
+	n, exists := req.Generation, req.Generation > 0
+	if !exists {
+		if n, exists, err = l.planGeneration(req.System); err != nil {
+			set(OutcomeFailed, err.Error())
+			return
+		}
+	}
+	res.Generation = n
+	act := &ActivationState{Activation: agentapi.Activation{ID: req.ID, Generation: n, System: req.System,
 		Mode: req.Mode, Previous: prevGen, Phase: PhaseStarting, PID: os.Getpid(), User: req.User, Started: started.UTC(),
 		GitRev: req.Meta["git_rev"], Log: l.LogFile(req.ID)}, TokenHash: req.TokenHash}
 	st.Activation = act
-	phase := func(p agentapi.Phase, msg string) {
-		act.Phase, act.Message, act.Updated = p, msg, time.Now().UTC()
-		if err := l.writeState(st); err != nil {
-			w.logf("writing state: %v", err)
-		}
+	w.setPhase(st, PhaseStarting, "")
+	var gen *Generation
+	if exists {
+		gen, err = l.Generation(n)
+	} else {
+		gen, err = l.createGeneration(n, req.System, req.Meta, started)
 	}
-	phase(PhaseStarting, "")
+	if err != nil {
+		set(OutcomeFailed, err.Error())
+		w.setPhase(st, PhaseFailed, res.Message)
+		return
+	}
+	w.logf("activating generation %d (%s, mode %s; running: generation %d)", gen.Number, req.System, req.Mode, prevGen)
+	// A generation holds the system now: it needs no pushed root.
+	if err := store.Unpin(req.System); err != nil {
+		w.logf("removing the pushed root of %s: %v", req.System, err)
+	}
 	if err := w.installBootUnit(); err != nil {
 		w.logf("installing the boot unit: %v", err)
 	}
 
 	if req.Mode != ModeBoot {
 		// Switch the running system, then apply it.
-		phase(PhaseApplying, "")
+		w.setPhase(st, PhaseApplying, "")
 		if err := l.setCurrent(req.System); err != nil {
-			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, err)
+			w.rollback(ctx, res, st, prevSystem, err)
 			return
 		}
 		st.Current, st.CurrentSystem = gen.Number, req.System
-		phase(PhaseApplying, "")
+		w.setPhase(st, PhaseApplying, "")
+		warnf := func(format string, args ...any) {
+			msg := fmt.Sprintf(format, args...)
+			act.Warnings = append(act.Warnings, msg)
+			res.Warnings = append(res.Warnings, msg)
+		}
 		err := Apply(ctx, machine, next, Options{Layout: l, System: req.System, Generation: gen.Number,
-			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf})
+			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf, Warnf: warnf})
 		if err == nil && len(next.HealthChecks) > 0 {
-			phase(PhaseChecking, "")
+			w.setPhase(st, PhaseChecking, "")
 			err = CheckHealth(ctx, next.HealthChecks, w.Logf)
 		}
 		if err != nil {
 			w.logf("activation of generation %d failed: %v", gen.Number, err)
-			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, err)
+			w.rollback(ctx, res, st, prevSystem, err)
 			return
 		}
 		w.logf("generation %d applied", gen.Number)
 	}
-
 	if req.ConfirmTimeout > 0 {
 		act.Deadline = time.Now().Add(req.ConfirmTimeout).UTC()
-		phase(PhaseAwaiting, "")
+		w.setPhase(st, PhaseAwaiting, "")
 		w.logf("awaiting confirmation until %s", act.Deadline.Format(time.RFC3339))
-		if !l.waitConfirmed(ctx, req.ID, gen.Number, req.TokenHash, act.Deadline) {
+	}
+	w.conclude(ctx, req, res, st, prevSystem)
+}
+
+// setPhase records the activation's phase in state.json.
+func (w *Worker) setPhase(st *State, p agentapi.Phase, msg string) {
+	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = p, msg, time.Now().UTC()
+	if err := w.Layout.writeState(st); err != nil {
+		w.logf("writing state: %v", err)
+	}
+}
+
+// conclude waits for the confirmation of an applied activation (until its
+// deadline, when it asks for one), then makes it the boot default (modes
+// switch and boot), or rolls it back.
+func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *State, prevSystem string) {
+	l := w.Layout
+	act := st.Activation
+	gen := act.Generation
+	set := func(outcome agentapi.Outcome, msg string) { res.Outcome, res.Message = outcome, msg }
+	if req.ConfirmTimeout > 0 {
+		if !l.waitConfirmed(ctx, req.ID, gen, req.TokenHash, act.Deadline) {
 			cause := fmt.Errorf("not confirmed within %v", req.ConfirmTimeout)
 			if ctx.Err() != nil {
 				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
 			}
 			w.logf("%v", cause)
 			if req.Mode == ModeBoot {
-				l.markFailed(gen.Number, cause.Error(), time.Now())
-				set(OutcomeRolledBack, fmt.Sprintf("generation %d %v; the boot default stays", gen.Number, cause))
-				phase(PhaseRolledBack, res.Message)
+				l.markFailed(gen, cause.Error(), time.Now())
+				set(OutcomeRolledBack, fmt.Sprintf("generation %d %v; the boot default stays", gen, cause))
+				w.setPhase(st, PhaseRolledBack, res.Message)
 				return
 			}
-			w.rollback(ctx, req, res, st, gen.Number, prevGen, prevSystem, cause)
+			w.rollback(ctx, res, st, prevSystem, cause)
 			return
 		}
 		w.logf("confirmed")
 	}
-	if err := l.markConfirmed(gen.Number, time.Now()); err != nil {
+	if err := l.markConfirmed(gen, time.Now()); err != nil {
 		w.logf("recording the confirmation: %v", err)
 	}
 	if req.Mode == ModeSwitch || req.Mode == ModeBoot {
-		if err := l.setBootDefault(gen.Number); err != nil {
-			set(OutcomeFailed, fmt.Sprintf("generation %d runs but could not become the boot default: %v", gen.Number, err))
-			phase(PhaseFailed, res.Message)
+		if err := l.setBootDefault(gen); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("generation %d runs but could not become the boot default: %v", gen, err))
+			w.setPhase(st, PhaseFailed, res.Message)
 			return
 		}
-		w.logf("generation %d is the boot default", gen.Number)
+		w.logf("generation %d is the boot default", gen)
 	}
-	set(OutcomeDone, fmt.Sprintf("generation %d activated", gen.Number))
-	phase(PhaseDone, res.Message)
+	set(OutcomeDone, fmt.Sprintf("generation %d activated", gen))
+	w.setPhase(st, PhaseDone, res.Message)
 	w.logf("%s", res.Message)
 }
 
-// rollback re-applies the previous generation with that generation's own
-// agent (or, when there is none, removes what the failed one installed),
-// marks gen failed and sets the outcome.
-func (w *Worker) rollback(ctx context.Context, req *Request, res *Result, st *State, gen, prevGen int, prevSystem string, cause error) {
+// rollback re-applies the previous generation (st.Activation.Previous,
+// whose system is prevSystem) with that generation's own agent (or, when
+// there is none, removes what the failed one installed), marks the
+// activation's generation failed and sets the outcome.
+func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSystem string, cause error) {
 	l := w.Layout
+	gen, prevGen := st.Activation.Generation, st.Activation.Previous
 	// A rollback must finish even when the activation was cancelled.
 	ctx = context.WithoutCancel(ctx)
-	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = PhaseRollingBack, cause.Error(), time.Now().UTC()
-	l.writeState(st)
+	w.setPhase(st, PhaseRollingBack, cause.Error())
 	var he *HealthError
 	if errors.As(cause, &he) {
 		res.Check = he.Check
 	}
-	err := l.markFailed(gen, cause.Error(), time.Now())
-	if err != nil {
-		w.logf("marking generation %d failed: %v", gen, err)
+	var err error
+	if gen != prevGen {
+		// (A re-activation of the running generation that failed leaves
+		// that generation as it was: it is re-applied, not failed.)
+		if err = l.markFailed(gen, cause.Error(), time.Now()); err != nil {
+			w.logf("marking generation %d failed: %v", gen, err)
+		}
 	}
 	if prevGen > 0 {
 		w.logf("rolling back to generation %d with its own agent", prevGen)
@@ -337,8 +414,7 @@ func (w *Worker) rollback(ctx context.Context, req *Request, res *Result, st *St
 	} else {
 		res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d failed (%v); rolled back to generation %d", gen, cause, prevGen)
 	}
-	st.Activation.Phase, st.Activation.Message, st.Activation.Updated = res.Outcome, res.Message, time.Now().UTC()
-	l.writeState(st)
+	w.setPhase(st, res.Outcome, res.Message)
 	w.logf("%s", res.Message)
 }
 
@@ -426,6 +502,11 @@ func (w *Worker) Boot(ctx context.Context) error {
 		return err
 	}
 	defer lock.Unlock()
+	// After a crash or a power loss, the store's interrupted commits are
+	// settled before anything reads the store.
+	if err := w.store().Recover(ctx); err != nil {
+		w.logf("boot: recovering the store: %v", err)
+	}
 	n, err := l.BootGeneration()
 	if err != nil || n == 0 {
 		return err

@@ -80,6 +80,20 @@ func TestMergeManifests(t *testing.T) {
 	if fmt.Sprint(d.Restart) != "[x.service]" {
 		t.Errorf("Diff(merged, a).Restart = %v, want [x.service]", d.Restart)
 	}
+
+	// b's application (interrupted) may have stopped a unit only a has,
+	// and deleted a's firewall table: going back to a restarts the unit
+	// and reloads the firewall.
+	a.Units = append(a.Units, manifest.Unit{Name: "only-a.service", RestartHash: h("o")})
+	a.Firewall = &manifest.Firewall{Ruleset: "/store/a-rules", Table: "inet deploy"}
+	m = mergeManifests(a, b)
+	back := manifest.Diff(m, a)
+	if fmt.Sprint(back.Units.Restart) != "[only-a.service x.service]" {
+		t.Errorf("Diff(merged, a).Restart = %v, want [only-a.service x.service]", back.Units.Restart)
+	}
+	if m.Firewall == nil || *m.Firewall == *a.Firewall || m.Firewall.Table != "inet deploy" {
+		t.Errorf("merged firewall = %+v, want one unlike a's, of its table", m.Firewall)
+	}
 }
 
 // Confirm binds a confirmation to the pending activation's generation and

@@ -47,6 +47,9 @@ type Options struct {
 	Identities []string
 	// Logf receives a line per step; nil discards them.
 	Logf func(format string, args ...any)
+	// Warnf receives what the operator must be told about (it is logged
+	// too); nil: logged only.
+	Warnf func(format string, args ...any)
 }
 
 func (o *Options) logf(format string, args ...any) {
@@ -192,7 +195,9 @@ func (a *applier) secrets(ctx context.Context) error {
 		Secrets:    a.next.Secrets,
 		RealPath:   a.opts.real,
 		Identities: a.opts.Identities,
+		AllowTmpfs: a.next.SecretsAllowTmpfs,
 		Logf:       a.opts.Logf,
+		Warnf:      a.opts.Warnf,
 	})
 }
 

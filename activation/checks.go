@@ -26,8 +26,9 @@ func (e *HealthError) Error() string {
 func (e *HealthError) Unwrap() error { return e.Err }
 
 // CheckHealth runs every check until it passes, each within its own
-// timeout (default 30 s), retrying every interval (default 1 s); the checks
-// run one after another, in name order. It returns a *[HealthError] for the
+// timeout (default 30 s), retrying every interval (default 1 s); one
+// attempt is stopped after the check's attempt timeout (default max(interval,
+// 5 s)); the checks run one after another, in name order. It returns a *[HealthError] for the
 // first check that does not pass.
 func CheckHealth(ctx context.Context, checks []manifest.HealthCheck, logf func(string, ...any)) error {
 	if logf == nil {
@@ -53,10 +54,20 @@ func CheckHealth(ctx context.Context, checks []manifest.HealthCheck, logf func(s
 	return nil
 }
 
+// attemptTimeout is how long one attempt of c may take: its
+// attempt_timeout, else max(interval, 5 s); never more than the check's
+// timeout (the check's context ends it then anyway).
+func attemptTimeout(c manifest.HealthCheck, interval time.Duration) time.Duration {
+	if c.AttemptTimeoutMS > 0 {
+		return time.Duration(c.AttemptTimeoutMS) * time.Millisecond
+	}
+	return max(interval, 5*time.Second)
+}
+
 func checkUntil(ctx context.Context, c manifest.HealthCheck, interval time.Duration) error {
 	var last error
 	for {
-		attempt, cancel := context.WithTimeout(ctx, max(interval, 5*time.Second))
+		attempt, cancel := context.WithTimeout(ctx, attemptTimeout(c, interval))
 		last = checkOnce(attempt, c)
 		cancel()
 		if last == nil {

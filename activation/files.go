@@ -7,15 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
 
-	"github.com/declarative/deploy/internal/atomicfile"
+	"golang.org/x/sys/unix"
 )
 
 // UnmanagedError is returned when a file or symlink of the new manifest
@@ -90,22 +87,38 @@ func (a *applier) directories(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("directory %q: %w", d.Path, err)
 		}
-		if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		if err := makeDir(d.Path, uid, gid, mode); err != nil {
 			return fmt.Errorf("directory %q: %w", d.Path, err)
 		}
-		fi, err := os.Lstat(d.Path)
-		if err != nil {
-			return fmt.Errorf("directory %q: %w", d.Path, err)
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("directory %q: exists and is not a directory", d.Path)
-		}
-		if err := os.Lchown(d.Path, uid, gid); err != nil {
-			return fmt.Errorf("directory %q: %w", d.Path, err)
-		}
-		if err := syscall.Chmod(d.Path, mode); err != nil {
-			return fmt.Errorf("directory %q: chmod: %w", d.Path, err)
-		}
+	}
+	return nil
+}
+
+// makeDir creates directory path (and missing parents) and gives it its
+// owner and mode through a descriptor: never through a symlink, and what
+// was opened is what is changed.
+func makeDir(path string, uid, gid int, mode uint32) error {
+	pfd, name, err := openParent(path, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := unix.Mkdirat(pfd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return errors.New("exists and is not a directory")
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchmod(fd, mode); err != nil {
+		return fmt.Errorf("chmod: %w", err)
 	}
 	return nil
 }
@@ -137,22 +150,18 @@ func (a *applier) files(ctx context.Context) error {
 		if keep[p] {
 			continue
 		}
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
+		removed, err := a.remove(p)
+		var ue *UnsafePathError
+		if errors.As(err, &ue) {
+			// What is there now is reached through someone else's
+			// link: it is not what deploy wrote. Leave it, and forget it.
+			a.opts.logf("not removing %s: %v", p, err)
+		} else if err != nil {
 			return fmt.Errorf("remove %q: %w", p, err)
 		}
-		if fi.IsDir() {
-			a.opts.logf("not removing %q: it is a directory now", p)
-			continue
+		if removed {
+			a.opts.logf("removed %s", p)
 		}
-		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("remove %q: %w", p, err)
-		}
-		atomicfile.SyncDir(filepath.Dir(p))
-		a.opts.logf("removed %s", p)
 		if err := a.disown(p); err != nil {
 			return err
 		}
@@ -160,9 +169,40 @@ func (a *applier) files(ctx context.Context) error {
 	return nil
 }
 
+// remove removes the file or symlink p, relative to its directory opened
+// without following symlinks. A missing p (or parent) is not an error; a
+// directory is left alone.
+func (a *applier) remove(p string) (bool, error) {
+	pfd, name, err := openParent(p, false)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(pfd)
+	st, err := lstatAt(pfd, name)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		a.opts.logf("not removing %q: it is a directory now", p)
+		return false, nil
+	}
+	if err := unix.Unlinkat(pfd, name, 0); err != nil {
+		return false, err
+	}
+	unix.Fsync(pfd)
+	return true, nil
+}
+
 // installFile writes path atomically with src's content: a private temp
-// file in the same directory gets its owner and mode first, then the
-// content, fsync, rename over path, fsync of the directory.
+// file in the same directory (opened without following symlinks, see
+// openDir) gets its owner and mode first, then the content, fsync, rename
+// over path, fsync of the directory.
 func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplace bool) error {
 	uid, gid, err := lookupIDs(owner, group)
 	if err != nil {
@@ -176,47 +216,63 @@ func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplac
 	if err != nil {
 		return fmt.Errorf("file %q: source: %w", path, err)
 	}
-	fi, err := os.Lstat(path)
+	pfd, name, err := openParent(path, false)
+	exists := true
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, unix.ENOENT):
+		exists = false
 	case err != nil:
 		return fmt.Errorf("file %q: %w", path, err)
-	case fi.IsDir():
-		return fmt.Errorf("file %q: a directory is in the way", path)
 	default:
-		st := fi.Sys().(*syscall.Stat_t)
-		if fi.Mode().IsRegular() && int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o7777 == mode {
-			if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, content) {
-				return nil // already in place
+		defer unix.Close(pfd)
+		st, err := lstatAt(pfd, name)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			exists = false
+		case err != nil:
+			return fmt.Errorf("file %q: %w", path, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			return fmt.Errorf("file %q: a directory is in the way", path)
+		default:
+			if st.Mode&unix.S_IFMT == unix.S_IFREG && int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o7777 == mode {
+				if cur, err := readFileAt(pfd, name); err == nil && bytes.Equal(cur, content) {
+					return nil // already in place
+				}
 			}
 		}
-		if !mayReplace {
-			return &UnmanagedError{Path: path}
-		}
+	}
+	if exists && !mayReplace {
+		return &UnmanagedError{Path: path}
 	}
 	if err := a.own(path); err != nil {
 		return fmt.Errorf("file %q: %w", path, err)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("file %q: %w", path, err)
+	if pfd < 0 {
+		if pfd, name, err = openParent(path, true); err != nil {
+			return fmt.Errorf("file %q: %w", path, err)
+		}
+		defer unix.Close(pfd)
 	}
-	tmp := filepath.Join(dir, ".deploy-tmp-"+filepath.Base(path)+"-"+randHex(6))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	tmp := ".deploy-tmp-" + name + "-" + randHex(6)
+	if len(tmp) > 255 {
+		tmp = ".deploy-tmp-" + randHex(12)
+	}
+	fd, err := unix.Openat(pfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("file %q: %w", path, err)
 	}
+	f := os.NewFile(uintptr(fd), tmp)
 	ok := false
 	defer func() {
 		if !ok {
 			f.Close()
-			os.Remove(tmp)
+			unix.Unlinkat(pfd, tmp, 0)
 		}
 	}()
 	if err := f.Chown(uid, gid); err != nil {
 		return fmt.Errorf("file %q: chown: %w", path, err)
 	}
-	if err := syscall.Fchmod(int(f.Fd()), mode); err != nil {
+	if err := unix.Fchmod(fd, mode); err != nil {
 		return fmt.Errorf("file %q: chmod: %w", path, err)
 	}
 	if _, err := f.Write(content); err != nil {
@@ -228,38 +284,63 @@ func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplac
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("file %q: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := unix.Renameat(pfd, tmp, pfd, name); err != nil {
 		return fmt.Errorf("file %q: %w", path, err)
 	}
 	ok = true
 	a.opts.logf("file %s", path)
-	return atomicfile.SyncDir(dir)
+	if err := unix.Fsync(pfd); err != nil {
+		return fmt.Errorf("file %q: sync directory: %w", path, err)
+	}
+	return nil
 }
 
 func (a *applier) installSymlink(path, target string, mayReplace bool) error {
-	fi, err := os.Lstat(path)
+	pfd, name, err := openParent(path, false)
+	exists := true
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, unix.ENOENT):
+		exists = false
 	case err != nil:
 		return fmt.Errorf("symlink %q: %w", path, err)
-	case fi.IsDir():
-		return fmt.Errorf("symlink %q: a directory is in the way", path)
 	default:
-		if cur, err := os.Readlink(path); err == nil && cur == target {
-			return nil
+		defer unix.Close(pfd)
+		st, err := lstatAt(pfd, name)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			exists = false
+		case err != nil:
+			return fmt.Errorf("symlink %q: %w", path, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			return fmt.Errorf("symlink %q: a directory is in the way", path)
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			if cur, err := readlinkat(pfd, name); err == nil && cur == target {
+				return nil
+			}
 		}
-		if !mayReplace {
-			return &UnmanagedError{Path: path}
-		}
+	}
+	if exists && !mayReplace {
+		return &UnmanagedError{Path: path}
 	}
 	if err := a.own(path); err != nil {
 		return fmt.Errorf("symlink %q: %w", path, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if pfd < 0 {
+		if pfd, name, err = openParent(path, true); err != nil {
+			return fmt.Errorf("symlink %q: %w", path, err)
+		}
+		defer unix.Close(pfd)
+	}
+	tmp := ".deploy-tmp-" + randHex(12)
+	if err := unix.Symlinkat(target, pfd, tmp); err != nil {
 		return fmt.Errorf("symlink %q: %w", path, err)
 	}
-	if err := symlinkAtomic(target, path); err != nil {
-		return err
+	if err := unix.Renameat(pfd, tmp, pfd, name); err != nil {
+		unix.Unlinkat(pfd, tmp, 0)
+		return fmt.Errorf("symlink %q: %w", path, err)
+	}
+	if err := unix.Fsync(pfd); err != nil {
+		return fmt.Errorf("symlink %q: sync directory: %w", path, err)
 	}
 	a.opts.logf("symlink %s -> %s", path, target)
 	return nil

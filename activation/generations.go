@@ -109,31 +109,64 @@ func (l Layout) saveGeneration(g *Generation) error {
 	return atomicfile.Write(l.genMeta(g.Number), append(data, '\n'), 0o644)
 }
 
-// newGeneration creates the next generation for system, or returns the
-// newest generation when it already is system and did not fail (a
-// redeploy of the same system adds no generation).
-func (l Layout) newGeneration(system string, meta map[string]string, now time.Time) (*Generation, error) {
+// planGeneration returns the generation an activation of system uses: the
+// newest generation when it already is system and did not fail (a redeploy
+// of the same system adds no generation), else a new number (exists
+// false), which [Layout.createGeneration] makes.
+func (l Layout) planGeneration(system string) (n int, exists bool, err error) {
 	gens, err := l.Generations()
 	if err != nil {
-		return nil, err
+		return 0, false, err
 	}
-	next := 1
-	if len(gens) > 0 {
-		last := gens[len(gens)-1]
-		if last.System == system && !last.Failed {
-			return last, nil
-		}
-		next = last.Number + 1
+	if len(gens) == 0 {
+		return 1, false, nil
 	}
-	g := &Generation{Number: next, System: system, Time: now.UTC(), Meta: meta,
-		Operator: meta["operator"], GitRev: meta["git_rev"], Message: meta["message"]}
+	last := gens[len(gens)-1]
+	if last.System == system && !last.Failed {
+		return last.Number, true, nil
+	}
+	return last.Number + 1, false, nil
+}
+
+// createGeneration creates generation n for system: its metadata, then its
+// link.
+func (l Layout) createGeneration(n int, system string, meta map[string]string, now time.Time) (*Generation, error) {
+	g := &Generation{Number: n, System: system, Time: now.UTC(), Meta: meta,
+		Operator: meta["operator"], GitRev: meta["git_rev"], Message: meta["message"], AgentAPI: agentapi.Version}
 	if err := l.saveGeneration(g); err != nil {
 		return nil, err
 	}
-	if err := symlinkAtomic(system, l.genLink(next)); err != nil {
+	if err := symlinkAtomic(system, l.genLink(n)); err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// IncompatibleError is a generation created by an agent newer than this
+// one: this agent refuses to activate it.
+type IncompatibleError struct {
+	Generation int
+	AgentAPI   int    // the generation's
+	Agent      string // the generation's own agent executable
+}
+
+func (e *IncompatibleError) Error() string {
+	return fmt.Sprintf("generation %d was created by a deploy-agent of API version %d, newer than this one (%d): refusing to activate it (nothing was changed); its own agent can: %s rollback --to %d",
+		e.Generation, e.AgentAPI, agentapi.Version, e.Agent, e.Generation)
+}
+
+// CheckCompatible returns an *[IncompatibleError] when generation n was
+// created by a newer agent than this one, and an error when its manifest
+// is one this agent cannot read.
+func (l Layout) CheckCompatible(n int) error {
+	g, err := l.Generation(n)
+	if err != nil {
+		return err
+	}
+	if g.AgentAPI > agentapi.Version {
+		return &IncompatibleError{Generation: n, AgentAPI: g.AgentAPI, Agent: filepath.Join(l.genLink(n), "agent", "bin", "deploy-agent")}
+	}
+	return nil
 }
 
 // markFailed marks generation n failed with reason.

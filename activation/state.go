@@ -124,6 +124,10 @@ func (l Layout) writeApplied(a *applied) error {
 // ReadManifest reads and parses system's manifest.json; realPath maps the
 // logical store path to the disk (nil: identity).
 func ReadManifest(system string, realPath func(string) string) (*manifest.Manifest, error) {
+	return readManifest(system, realPath, manifest.Parse)
+}
+
+func readManifest(system string, realPath func(string) string, parse func([]byte) (*manifest.Manifest, error)) (*manifest.Manifest, error) {
 	p := system + "/" + manifest.FileName
 	if realPath != nil {
 		p = realPath(system) + "/" + manifest.FileName
@@ -132,7 +136,7 @@ func ReadManifest(system string, realPath func(string) string) (*manifest.Manife
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	m, err := manifest.Parse(data)
+	m, err := parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("manifest of %q: %w", system, err)
 	}
@@ -160,17 +164,31 @@ func mergeManifests(a, b *manifest.Manifest) *manifest.Manifest {
 	m.Secrets = mergeBy(a.Secrets, b.Secrets, func(x manifest.Secret) string { return x.Name })
 	m.Sysctls = mergeBy(a.Sysctls, b.Sysctls, func(x manifest.Sysctl) string { return x.Key })
 	m.Units = mergeBy(a.Units, b.Units, func(x manifest.Unit) string { return x.Name })
-	if m.Firewall == nil {
-		m.Firewall = a.Firewall
+	// A firewall that differs between them may be either (or none): force
+	// a reload (or the deletion of its table) by making it unlike any.
+	switch {
+	case a.Firewall == nil && b.Firewall == nil:
+	case a.Firewall != nil && b.Firewall != nil && *a.Firewall == *b.Firewall:
+	default:
+		fw := a.Firewall
+		if b.Firewall != nil {
+			fw = b.Firewall
+		}
+		m.Firewall = &manifest.Firewall{Ruleset: "interrupted", Table: fw.Table}
 	}
-	// A unit in both with different definitions may run either: force a
-	// restart against anything by giving it an impossible hash.
-	ua := map[string]manifest.Unit{}
+	// A unit in both with different definitions may run either, and a unit
+	// only in a may have been stopped (and unlinked) by b's application:
+	// force a restart against anything by giving it an impossible hash,
+	// so that applying any manifest that has the unit (re)starts it.
+	ua, ub := map[string]manifest.Unit{}, map[string]bool{}
 	for _, u := range a.Units {
 		ua[u.Name] = u
 	}
+	for _, u := range b.Units {
+		ub[u.Name] = true
+	}
 	for i, u := range m.Units {
-		if o, ok := ua[u.Name]; ok && (o.RestartHash != u.RestartHash || o.ReloadHash != u.ReloadHash) {
+		if o, ok := ua[u.Name]; ok && (!ub[u.Name] || o.RestartHash != u.RestartHash || o.ReloadHash != u.ReloadHash) {
 			m.Units[i].RestartHash = "interrupted"
 		}
 	}
@@ -209,7 +227,9 @@ func (l Layout) MachineManifest(realPath func(string) string) (*manifest.Manifes
 		systems = append(slices.Clone(a.Previous), a.System)
 	}
 	for _, s := range systems {
-		sm, err := ReadManifest(s, realPath)
+		// Leniently: a newer agent may have applied a manifest with
+		// fields this one does not know (see manifest.ParseLenient).
+		sm, err := readManifest(s, realPath, manifest.ParseLenient)
 		if err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/closure"
 )
 
 // Status is what `deploy-agent status --json` prints.
@@ -54,6 +55,11 @@ func (l Layout) Status() (*Status, error) {
 		}
 	}
 	s.RunLock = l.RunLockHolder()
+	if pins, err := closure.NewTargetStore(l.withDefaults().StateDir).Pins(); err == nil {
+		for _, p := range pins {
+			s.Pushed = append(s.Pushed, agentapi.Pushed{System: p.Path, Time: p.Time})
+		}
+	}
 	if rec, err := l.readApplied(); err == nil {
 		s.Consistent = rec.Complete
 	}

@@ -97,6 +97,9 @@ type Result struct {
 	// Check names the health check that failed, when the activation
 	// rolled back (or failed) because of one.
 	Check string `json:"check,omitempty"`
+	// Warnings are what the operator must know although the activation
+	// went on (secrets on swappable memory, say).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Holder describes the process holding the host's activation lock.
@@ -156,6 +159,12 @@ type Generation struct {
 	// Current and Boot mark the running system and the boot default.
 	Current bool `json:"current,omitempty"`
 	Boot    bool `json:"boot,omitempty"`
+	// AgentAPI is the agent API version ([Version]) of the agent that
+	// created the generation, which is the generation's own agent; 0 for
+	// generations created before it was recorded. An operator or agent
+	// that understands less refuses to roll back to it (it would run, or
+	// apply, what it does not understand).
+	AgentAPI int `json:"agent_api,omitempty"`
 }
 
 // Generations is what `generations --json` prints.
@@ -187,6 +196,8 @@ type Activation struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Log is the activation's log file.
 	Log string `json:"log,omitempty"`
+	// Warnings are the activation's warnings so far (see Result).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Status is what `status --json` prints.
@@ -213,6 +224,16 @@ type Status struct {
 	// Consistent is false while an application is incomplete (in progress,
 	// or interrupted and not yet repaired by a rollback or the boot unit).
 	Consistent bool `json:"consistent"`
+	// Pushed are the systems copied to the host and not activated since
+	// (deploy --mode push, deploy copy, or a copy whose activation did not
+	// happen), newest first: GC roots until they are activated or expire.
+	Pushed []Pushed `json:"pushed,omitempty"`
+}
+
+// Pushed is a pushed system kept as a GC root since Time (its last push).
+type Pushed struct {
+	System string    `json:"system"`
+	Time   time.Time `json:"time"`
 }
 
 // GCResult is what `gc --json` prints.
@@ -223,6 +244,10 @@ type GCResult struct {
 	// Paths and Bytes count the store paths deleted and their NAR bytes.
 	Paths int   `json:"paths"`
 	Bytes int64 `json:"bytes"`
+	// Pushed are the pushed systems whose roots were removed (expired,
+	// beyond the count kept, or dropped); their paths were then collected
+	// unless something else needs them.
+	Pushed []string `json:"pushed,omitempty"`
 }
 
 // RunHolder describes a deploy run that holds (or held) a host's run lock:

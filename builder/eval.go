@@ -274,7 +274,7 @@ func (f *Fleet) phase(apps []application, kinds map[string]bool, ctxFor func(app
 				addDef(def)
 			}
 		}
-		for _, n := range []string{modules.KindHostname, modules.KindTimezone} {
+		for _, n := range modules.BasicKinds {
 			a, ok := app.body.basics[n]
 			if !ok || !kinds[n] {
 				continue
@@ -285,10 +285,14 @@ func (f *Fleet) phase(apps []application, kinds map[string]bool, ctxFor func(app
 			if d.HasErrors() {
 				continue
 			}
-			sv, err := convert.Convert(v, cty.String)
+			ty, what := cty.String, "a string"
+			if n == modules.KindSecretsAllowTmpfs {
+				ty, what = cty.Bool, "true or false"
+			}
+			sv, err := convert.Convert(v, ty)
 			if err != nil || sv.IsNull() {
 				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Incorrect attribute value type",
-					Detail: fmt.Sprintf("%s must be a string.", n), Subject: a.Expr.Range().Ptr()})
+					Detail: fmt.Sprintf("%s must be %s.", n, what), Subject: a.Expr.Range().Ptr()})
 				continue
 			}
 			addDef(&modules.Definition{Kind: kind, Priority: modules.PriorityNormal, DefRange: a.NameRange, Origin: app.origin,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -148,7 +149,7 @@ type scopeBody struct {
 	origin   string
 	blocks   []*hcl.Block // resource blocks
 	roleUses []roleUse
-	basics   map[string]*hcl.Attribute // hostname, timezone
+	basics   map[string]*hcl.Attribute // hostname, timezone, ... (modules.BasicKinds)
 }
 
 type roleUse struct {
@@ -170,14 +171,20 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		f.Dir = abs
 	}
 	f.funcs = functions(dir)
-	matches, err := filepath.Glob(filepath.Join(dir, "*.hcl"))
+	// ReadDir, not Glob: Glob hides why a directory cannot be read (it
+	// would report an unreadable fleet directory as one without files).
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot list the fleet directory", Detail: err.Error()}}
+		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read the fleet directory",
+			Detail: fmt.Sprintf("%v. The fleet directory must be a directory this user can read.", err)}}
+	}
+	var matches []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".hcl") && !e.IsDir() {
+			matches = append(matches, filepath.Join(dir, e.Name()))
+		}
 	}
 	if len(matches) == 0 {
-		if _, err := os.Stat(dir); err != nil {
-			return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read the fleet directory", Detail: err.Error()}}
-		}
 		return f, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "No configuration files",
 			Detail: fmt.Sprintf("The fleet directory %q has no *.hcl files.", dir)}}
 	}
@@ -380,7 +387,7 @@ func (f *Fleet) Deployment(name string) (*Deployment, bool) {
 // role blocks (with args), resource blocks and, for roles, variables.
 func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 	s := &hcl.BodySchema{}
-	for _, a := range append(attrs, "roles", "hostname", "timezone") {
+	for _, a := range append(append(attrs, "roles"), modules.BasicKinds...) {
 		s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a})
 	}
 	s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "role", LabelNames: []string{"name"}})
@@ -388,7 +395,7 @@ func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 		s.Blocks = append(s.Blocks, hcl.BlockHeaderSchema{Type: "variable", LabelNames: []string{"name"}})
 	}
 	for _, k := range f.kinds {
-		if k.Name == modules.KindHostname || k.Name == modules.KindTimezone {
+		if slices.Contains(modules.BasicKinds, k.Name) {
 			continue
 		}
 		var labels []string
@@ -404,7 +411,7 @@ func (f *Fleet) bodySchema(attrs []string, withVariables bool) *hcl.BodySchema {
 func (f *Fleet) scope(origin string, content *hcl.BodyContent, ctx *hcl.EvalContext) (*scopeBody, hcl.Diagnostics) {
 	sb := &scopeBody{origin: origin, basics: map[string]*hcl.Attribute{}}
 	var diags hcl.Diagnostics
-	for _, n := range []string{"hostname", "timezone"} {
+	for _, n := range modules.BasicKinds {
 		if a, ok := content.Attributes[n]; ok {
 			sb.basics[n] = a
 		}

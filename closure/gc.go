@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/declarative/deploy/closure/nar"
 	"github.com/declarative/deploy/internal/atomicfile"
@@ -16,13 +17,11 @@ import (
 
 // Roots returns the store paths that the symlinks in RootsDir point at,
 // following chains of links inside RootsDir (profiles/system →
-// system-3-link → store path). Links that lead nowhere are ignored.
+// system-3-link → store path), and the pinned paths (see [Store.Pin]).
+// Links that lead nowhere are ignored.
 func (s *Store) Roots() ([]string, error) {
 	entries, err := os.ReadDir(s.RootsDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("store: roots: %w", err)
 	}
 	var roots []string
@@ -30,6 +29,13 @@ func (s *Store) Roots() ([]string, error) {
 		if p, ok := s.resolveRoot(filepath.Join(s.RootsDir, e.Name())); ok {
 			roots = append(roots, p)
 		}
+	}
+	pins, err := s.Pins()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pins {
+		roots = append(roots, p.Path)
 	}
 	return sortedUnique(roots), nil
 }
@@ -59,6 +65,7 @@ func (s *Store) resolveRoot(link string) (string, bool) {
 type GCResult struct {
 	Deleted    []string // store paths deleted, in deletion order
 	BytesFreed int64    // their NAR sizes added up
+	Unpinned   []Pin    // pins removed by the policy (GCWith)
 }
 
 // GC deletes every valid path not reachable from the roots in RootsDir or
@@ -69,6 +76,10 @@ type GCResult struct {
 // content, so a crash during GC never leaves a valid path with a missing
 // reference.
 func (s *Store) GC(ctx context.Context, extraRoots []string) (*GCResult, error) {
+	return s.gc(ctx, GCOptions{ExtraRoots: extraRoots})
+}
+
+func (s *Store) gc(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	if err := s.init(); err != nil {
 		return nil, err
 	}
@@ -77,11 +88,19 @@ func (s *Store) GC(ctx context.Context, extraRoots []string) (*GCResult, error) 
 		return nil, err
 	}
 	defer unlock()
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	unpinned, err := s.expirePins(now, opts.Pins)
+	if err != nil {
+		return nil, err
+	}
 	roots, err := s.Roots()
 	if err != nil {
 		return nil, err
 	}
-	roots = append(roots, extraRoots...)
+	roots = append(roots, opts.ExtraRoots...)
 	var valid []string
 	for _, r := range roots {
 		if ok, err := s.Valid(r); err != nil {
@@ -112,7 +131,7 @@ func (s *Store) GC(ctx context.Context, extraRoots []string) (*GCResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	res := &GCResult{}
+	res := &GCResult{Unpinned: unpinned}
 	for _, pi := range slices.Backward(order) {
 		if keep[pi.Path] {
 			continue // a dead path's reference that is still live

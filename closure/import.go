@@ -404,6 +404,24 @@ func flockWait(ctx context.Context, fd, how int) error {
 	}
 }
 
+// Recover finishes what interrupted imports left, under the store lock
+// (waiting for imports in flight): batch commits cut by a crash are
+// replayed (a listed path whose content or a reference did not reach the
+// disk is unregistered) and leftovers are removed. Imports do it
+// themselves when they find the store idle; the agent's boot unit calls it
+// so that nothing uses the store after a power loss before it ran.
+func (s *Store) Recover(ctx context.Context) error {
+	if err := s.init(); err != nil {
+		return err
+	}
+	unlock, err := s.lockExclusive(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.sweep()
+}
+
 // sweep removes what interrupted imports left: temporary directories and
 // files, and content that was renamed into place but never registered. The
 // caller holds the store lock exclusive.

@@ -34,18 +34,22 @@ type Store struct {
 	// RootsDir holds GC roots: symlinks (possibly chained within RootsDir)
 	// to store paths. On a target these are the generation links.
 	RootsDir string
+	// PinsDir holds the pushed closures' roots (see [Store.Pin]); empty:
+	// the store keeps none.
+	PinsDir string
 }
 
 // NewTargetStore returns the store of a target machine under stateDir
 // (normally /var/lib/deploy): objects in stateDir/store, which is also the
 // logical store directory, metadata in stateDir/db, roots in
-// stateDir/profiles.
+// stateDir/profiles, pushed closures' roots in stateDir/pushed.
 func NewTargetStore(stateDir string) *Store {
 	return &Store{
 		StoreDir: filepath.Join(stateDir, "store"),
 		RealDir:  filepath.Join(stateDir, "store"),
 		DBDir:    filepath.Join(stateDir, "db"),
 		RootsDir: filepath.Join(stateDir, "profiles"),
+		PinsDir:  filepath.Join(stateDir, "pushed"),
 	}
 }
 

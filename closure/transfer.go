@@ -64,6 +64,10 @@ type message struct {
 	// Cache, in a want list, asks the agent to fetch the missing paths it
 	// can from a binary cache before answering what is still missing.
 	Cache *CacheSpec `json:"cache,omitempty"`
+	// Pin (want) names wanted paths to keep as pushed roots once the
+	// transfer ends (see Store.Pin); Pinned (ok) says how many were.
+	Pin    []string `json:"pin,omitempty"`
+	Pinned int      `json:"pinned,omitempty"`
 }
 
 // CacheSpec names a binary cache that a receiving agent fetches from: its
@@ -183,6 +187,10 @@ type TransferStats struct {
 	Fetched      int
 	FetchedBytes int64
 	CacheError   string
+	// PinAsked is how many of SendOptions.Pin were asked for (not those
+	// the host runs or boots already); Pinned is how many of them the
+	// agent keeps as pushed roots (0 from agents that keep none).
+	PinAsked, Pinned int
 }
 
 // Receive serves the agent side of one transfer on r and w (see the
@@ -216,9 +224,16 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 	if req.T != "want" {
 		return fail("", protoErrorf("got %q, want a want list", req.T))
 	}
+	wanted := make(map[string]bool, len(req.Paths))
 	for _, p := range req.Paths {
 		if _, _, err := SplitPath(s.StoreDir, p); err != nil {
 			return fail(p, err)
+		}
+		wanted[p] = true
+	}
+	for _, p := range req.Pin {
+		if !wanted[p] {
+			return fail(p, protoErrorf("asked to pin %q, which is not wanted", p))
 		}
 	}
 	// The store lock, held shared for the whole receive, is taken before
@@ -289,7 +304,21 @@ func (s *Store) Receive(ctx context.Context, r io.Reader, w io.Writer, opts Rece
 			if err := b.flush(); err != nil {
 				return fail("", err)
 			}
-			return stats, out.write(&message{T: "ok", Imported: stats.Imported})
+			// Under the shared store lock still: no GC between the last
+			// import and the pin.
+			var pin []string
+			for _, p := range req.Pin {
+				if ok, err := s.Valid(p); err == nil && ok {
+					pin = append(pin, p)
+				}
+			}
+			if len(pin) > 0 && s.PinsDir != "" {
+				if err := s.Pin(pin...); err != nil {
+					return fail("", err)
+				}
+				stats.Pinned = len(pin)
+			}
+			return stats, out.write(&message{T: "ok", Imported: stats.Imported, Pinned: stats.Pinned})
 		case "path":
 		default:
 			b.flush()
@@ -454,6 +483,10 @@ type SendOptions struct {
 	// names of the paths sent that are not content-addressed (packages
 	// from Nix caches); each such path is sent with its signatures.
 	Keys []string
+	// Pin names paths (of those sent) the agent keeps as pushed roots once
+	// the transfer ends, so that a gc before their activation keeps them
+	// (see [Store.Pin]); not with DryRun.
+	Pin []string
 }
 
 // AgentError is an error the agent reported during a transfer.
@@ -520,7 +553,17 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 	if opts.Compress && !opts.DryRun {
 		compression = "zstd"
 	}
-	want := &message{T: "want", Paths: paths, Compression: compression, Keys: opts.Keys}
+	var pin []string
+	if !opts.DryRun {
+		// A system the host runs, or boots, is a generation there already.
+		for _, p := range opts.Pin {
+			if p != hello.Current && p != hello.BootDefault {
+				pin = append(pin, p)
+			}
+		}
+	}
+	stats.PinAsked = len(pin)
+	want := &message{T: "want", Paths: paths, Compression: compression, Keys: opts.Keys, Pin: pin}
 	if opts.Cache != nil && !opts.DryRun {
 		if slices.Contains(hello.Features, FeatureCache) {
 			want.Cache = opts.Cache
@@ -643,6 +686,7 @@ func send(ctx context.Context, local *Store, paths []string, conn io.ReadWriter,
 			if len(pending) > 0 {
 				return stats, protoErrorf("agent finished with %d paths unconfirmed", len(pending))
 			}
+			stats.Pinned = m.Pinned
 			return stats, nil
 		case "error":
 			return stats, &AgentError{Path: m.Path, Msg: m.Error}

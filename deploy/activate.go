@@ -66,6 +66,8 @@ type ActivateResult struct {
 	// Reconnected is set when the first connection dropped and the outcome
 	// was learned over a new one.
 	Reconnected bool
+	// Warnings are the agent's warnings (secrets on swappable memory, ...).
+	Warnings []string
 }
 
 // RolledBackError is an activation that failed or was not confirmed; the
@@ -189,7 +191,7 @@ func Activate(ctx context.Context, cfg *mesh.Config, target mesh.Target, system 
 		}
 		res = r
 	}
-	res2.Generation, res2.Activation = res.Generation, res.ID
+	res2.Generation, res2.Activation, res2.Warnings = res.Generation, res.ID, res.Warnings
 	switch res.Outcome {
 	case agentapi.OutcomeDone, agentapi.OutcomeDry:
 		res2.Outcome = res.Outcome
@@ -319,7 +321,12 @@ func waitFinal(ctx context.Context, cfg *mesh.Config, target mesh.Target, id str
 			if a := st.Activation; a.Phase.Final() {
 				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
-		} else if err != nil {
+		} else if err == nil {
+			// The host forgot the activation (it rebooted: the boot default,
+			// which moves only after a confirmation, runs), or another one
+			// has started since.
+			return nil, &ActivationError{Host: target.Name, Message: fmt.Sprintf("the host no longer knows the activation (it rebooted?); it runs generation %d, its boot default %d", st.Current, st.Boot)}
+		} else {
 			lastErr = err
 			if !retryable(err) {
 				return nil, err

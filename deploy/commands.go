@@ -308,10 +308,25 @@ func agentQuery(ctx context.Context, c *mesh.Client, stateDir, what string) ([]b
 
 func (s *Session) stateDir() string { return orDefaultDir(s.StateDir) }
 
-// GC deletes each selected host's generations but the newest keep (never
-// the current or the boot default) and the store paths no remaining
-// generation needs (HostReport.GC), under the run lock.
-func (s *Session) GC(ctx context.Context, keep int) (*Report, error) {
+// GCOptions are the limits of [Session.GC]; zero values are the agent's
+// defaults where noted.
+type GCOptions struct {
+	// Keep is how many of the newest generations are kept (at least 1),
+	// besides the current one and the boot default.
+	Keep int
+	// KeepPushed and PushedMaxAge bound the pushed systems (copied, not
+	// activated) kept as roots; negative: no limit; 0: the agent's default
+	// (3, and 7 days). DropPushed drops them all.
+	KeepPushed   int
+	PushedMaxAge time.Duration
+	DropPushed   bool
+}
+
+// GC deletes each selected host's generations but the newest opts.Keep
+// (never the current or the boot default), the pushed systems' roots
+// beyond opts' limits, and the store paths nothing kept needs
+// (HostReport.GC), under the run lock.
+func (s *Session) GC(ctx context.Context, opts GCOptions) (*Report, error) {
 	rep := s.begin("", nil)
 	defer s.end(rep)
 	names, err := s.lockForHostCommand(ctx, rep)
@@ -319,8 +334,20 @@ func (s *Session) GC(ctx context.Context, keep int) (*Report, error) {
 		return rep, err
 	}
 	s.query(ctx, rep, PhaseGC, ResultCommandFailed, names, func(ctx context.Context, hr *HostReport, c *mesh.Client) (Event, error) {
-		out, err := c.Output(ctx, []string{"sh", "-c", fmt.Sprintf(`test -x "$1" || exit %d; exec "$@"`, errAgentMissing),
-			"sh", currentAgent(), "gc", "--json", "--keep", fmt.Sprint(keep), "--state-dir", s.stateDir()})
+		args := []string{"sh", "-c", fmt.Sprintf(`test -x "$1" || exit %d; exec "$@"`, errAgentMissing),
+			"sh", currentAgent(), "gc", "--json", "--keep", fmt.Sprint(opts.Keep), "--state-dir", s.stateDir()}
+		// Only what differs from the agent's defaults, so that agents from
+		// before pushed roots still run the command.
+		if opts.KeepPushed != 0 {
+			args = append(args, "--keep-pushed", fmt.Sprint(max(opts.KeepPushed, 0)))
+		}
+		if opts.PushedMaxAge != 0 {
+			args = append(args, "--pushed-max-age", max(opts.PushedMaxAge, 0).String())
+		}
+		if opts.DropPushed {
+			args = append(args, "--drop-pushed")
+		}
+		out, err := c.Output(ctx, args)
 		var ee *mesh.ExitError
 		switch {
 		case errors.As(err, &ee) && ee.Code == errAgentMissing:
@@ -363,6 +390,20 @@ func (s *Session) lockForHostCommand(ctx context.Context, rep *Report) ([]string
 	return names, nil
 }
 
+// IncompatibleGenerationError is a rollback refused before anything
+// changed: the generation was created by an agent of a newer agent API
+// than this deploy understands, and its own agent would run the rollback.
+type IncompatibleGenerationError struct {
+	Host       string
+	Generation int
+	AgentAPI   int
+}
+
+func (e *IncompatibleGenerationError) Error() string {
+	return fmt.Sprintf("%s: generation %d was created by a deploy-agent of agent API version %d; this deploy understands up to %d: upgrade deploy (nothing was changed)",
+		e.Host, e.Generation, e.AgentAPI, agentapi.Version)
+}
+
 // RollbackOptions say which generation [Session.Rollback] returns to.
 type RollbackOptions struct {
 	// To is a generation number; ToCommit a fleet commit (a prefix is
@@ -402,6 +443,12 @@ func (s *Session) Rollback(ctx context.Context, opts RollbackOptions) (*Report, 
 		g, err := PickGeneration(gens, opts.To, opts.ToCommit)
 		if err != nil {
 			s.fail(hr, PhaseRollback, ResultFailed, err)
+			return
+		}
+		// The rollback runs g's own agent: one that speaks a newer agent
+		// API would answer what this deploy cannot read, after it acted.
+		if g.AgentAPI > agentapi.Version {
+			s.fail(hr, PhaseRollback, ResultFailed, &IncompatibleGenerationError{Host: name, Generation: g.Number, AgentAPI: g.AgentAPI})
 			return
 		}
 		hr.System = g.System

@@ -42,6 +42,8 @@ type CopyOptions struct {
 	// Keys are the public keys whose signatures vouch for paths that are
 	// not content-addressed (Nix packages).
 	Keys []string
+
+	pin []string // the roots, pinned on the host
 }
 
 // CopyResult says what [Copy] did.
@@ -97,6 +99,7 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		paths[i] = pi.Path
 	}
 	res := &CopyResult{Paths: len(paths)}
+	opts.pin = roots
 	// The receive command checks for the agent itself (exit 99 when it is
 	// missing), so a copy to a host that has the agent, and a no-op above
 	// all, is one session: the closure check's one round trip.
@@ -123,6 +126,9 @@ func Copy(ctx context.Context, local *closure.Store, client *mesh.Client, roots 
 		return res, err
 	}
 	logf("copied %d of %d paths (%d NAR bytes)", stats.Imported, len(paths), stats.NarBytes)
+	if !opts.DryRun && stats.Pinned < stats.PinAsked {
+		logf("the host's agent (%s) did not keep the copied system as a pushed root: a gc on the host before its activation may delete it (upgrade the agent)", stats.Agent)
+	}
 	return res, nil
 }
 
@@ -176,7 +182,11 @@ func receive(ctx context.Context, local *closure.Store, client *mesh.Client, pat
 	}
 	defer sess.Close()
 	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Cache: opts.Cache, Keys: opts.Keys})
+	// The roots are pinned on the host (pushed closures' GC roots) until
+	// they are activated or the pin expires: a gc before the activation
+	// keeps them.
+	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun,
+		Cache: opts.Cache, Keys: opts.Keys, Pin: opts.pin})
 	sess.Stdin.Close()
 	werr := sess.Wait()
 	var ee *mesh.ExitError

@@ -132,9 +132,10 @@ const (
 	EventBatchStart = "batch.start" // Batch, Hosts
 	EventPhase      = "host.phase"  // Host, Phase, State (+ Error)
 	EventProgress   = "host.progress"
-	EventLog        = "host.log"    // Host, Phase, Message: a line of the target's log
-	EventResult     = "host.result" // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
-	EventPlan       = "host.plan"   // Host + the plan fields (dry run)
+	EventLog        = "host.log"     // Host, Phase, Message: a line of the target's log
+	EventWarning    = "host.warning" // Host, Phase, Message: what the operator must know (secrets on swappable memory)
+	EventResult     = "host.result"  // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
+	EventPlan       = "host.plan"    // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
 	EventOutput     = "host.output"     // Host, Stream, Message: a line of exec's output
 	EventCachePush  = "cache.push"      // State, Message (the cache), Paths, CopyPaths, Total, Error

@@ -60,8 +60,9 @@ type Plan struct {
 
 // ActivateOutcome is the result of a successful [HostOps.Activate].
 type ActivateOutcome struct {
-	Generation int // the new generation
-	Previous   int // the generation it replaced (0: none)
+	Generation int      // the new generation
+	Previous   int      // the generation it replaced (0: none)
+	Warnings   []string // the agent's warnings
 }
 
 // HostFailure classifies a failed step: what result it gives the host.
@@ -336,6 +337,9 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	if err != nil {
 		fail(PhaseActivate, err)
 		return
+	}
+	for _, w := range out.Warnings {
+		r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseActivate, Message: w})
 	}
 	hr.Result, hr.Phase, hr.Generation, hr.Previous = ResultOK, PhaseConfirm, out.Generation, out.Previous
 	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseConfirm, State: "done", Generation: out.Generation})

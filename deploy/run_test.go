@@ -32,7 +32,9 @@ type scriptedOps struct {
 	locks *fakeLocks
 	// pushDelay makes each push take this long.
 	pushDelay time.Duration
-	runs      map[string]*agentapi.RunHolder // the locks this run holds
+	// warnings are the agent's warnings per host.
+	warnings map[string][]string
+	runs     map[string]*agentapi.RunHolder // the locks this run holds
 }
 
 // fakeLocks are run locks as the hosts keep them: one holder per host.
@@ -130,7 +132,7 @@ func (o *scriptedOps) Activate(ctx context.Context, host, system string, mode Mo
 	if err := o.actFail[host]; err != nil {
 		return nil, err
 	}
-	return &ActivateOutcome{Generation: o.generation[host] + 1, Previous: o.generation[host]}, nil
+	return &ActivateOutcome{Generation: o.generation[host] + 1, Previous: o.generation[host], Warnings: o.warnings[host]}, nil
 }
 
 func (o *scriptedOps) Rollback(ctx context.Context, host string, gen int, logf func(string)) error {
@@ -269,5 +271,22 @@ func TestRunCopyParallelism(t *testing.T) {
 	(&Runner{Ops: ops, Mode: ModePush, Parallel: Parallelism{Copy: 3}}).Run(context.Background(), systemsFor(hosts...), Rollout{Batches: [][]string{hosts}})
 	if m := ops.maxInCopy.Load(); m > 3 {
 		t.Fatalf("%d copies at once, limit 3", m)
+	}
+}
+
+// The agent's warnings (secrets on a tmpfs) become host.warning events.
+func TestRunWarnings(t *testing.T) {
+	ops := &scriptedOps{warnings: map[string][]string{"b": {"secrets: /run/deploy/secrets.d is a tmpfs: decrypted secrets can be swapped to disk"}}}
+	var warnings []Event
+	rep := (&Runner{Ops: ops, Mode: ModeSwitch, Emit: func(e Event) {
+		if e.Type == EventWarning {
+			warnings = append(warnings, e)
+		}
+	}}).Run(context.Background(), systemsFor("a", "b"), Rollout{Batches: [][]string{{"a", "b"}}})
+	if rep.Hosts["b"].Result != ResultOK {
+		t.Fatalf("b: %s, want ok (a warning does not fail the host)", rep.Hosts["b"].Result)
+	}
+	if len(warnings) != 1 || warnings[0].Host != "b" || warnings[0].Phase != PhaseActivate || warnings[0].Message != ops.warnings["b"][0] {
+		t.Fatalf("warning events %+v, want one for b", warnings)
 	}
 }

@@ -268,3 +268,28 @@ func TestSecretsHostKeyRotation(t *testing.T) {
 		t.Errorf("after rekey and deploy, db = %q, want v2", got)
 	}
 }
+
+// Secrets go on a tmpfs (which can swap) only when the host says so, and
+// then the activation says so: here a tmpfs is mounted where the secrets
+// go, as on a host that cannot mount a ramfs.
+func TestSecretsTmpfsOnlyWhenAllowed(t *testing.T) {
+	f := newFixture(t)
+	s := newSecretFleet(f)
+	s.put("db", "pw-"+rand.Text())
+	f.h.Succeed("mkdir -p /run/deploy/secrets.d && mount -t tmpfs -o nodev,nosuid,noexec,mode=0711 deploy-test /run/deploy/secrets.d")
+	refused := s.build(appUser + secretDecl("db", "app"))
+	_, err := f.activate(refused, ActivateOptions{})
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || !strings.Contains(err.Error(), "secrets_allow_tmpfs") {
+		t.Fatalf("activation with secrets on a tmpfs, not allowed: %v; want rolled back, naming secrets_allow_tmpfs", err)
+	}
+	allowed := s.build(appUser + secretDecl("db", "app") + "  secrets_allow_tmpfs = true\n")
+	res, err := f.activate(allowed, ActivateOptions{})
+	if err != nil {
+		t.Fatalf("activation with secrets_allow_tmpfs: %v", err)
+	}
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "swapped to disk") {
+		t.Fatalf("warnings %q, want one saying the secrets can be swapped to disk", res.Warnings)
+	}
+	f.h.Succeed("test -f /run/deploy/secrets/db")
+}

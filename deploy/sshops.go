@@ -229,7 +229,7 @@ func (o *SSHOps) Activate(ctx context.Context, host, system string, mode Mode, l
 		if err != nil {
 			return nil, classify(err, tail.lines())
 		}
-		return &ActivateOutcome{Generation: res.Generation}, nil
+		return &ActivateOutcome{Generation: res.Generation, Warnings: res.Warnings}, nil
 	}
 }
 

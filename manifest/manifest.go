@@ -68,6 +68,10 @@ type Manifest struct {
 	// Timezone is an IANA zone name such as "Europe/Berlin"; empty leaves
 	// it alone.
 	Timezone string `json:"timezone,omitempty"`
+	// SecretsAllowTmpfs lets the agent decrypt secrets into a tmpfs (whose
+	// pages can be swapped to disk) when it cannot mount a ramfs; without
+	// it such an activation fails.
+	SecretsAllowTmpfs bool `json:"secrets_allow_tmpfs,omitempty"`
 
 	Packages          []Package          `json:"packages"`
 	Groups            []Group            `json:"groups"`
@@ -245,11 +249,24 @@ type HealthCheck struct {
 	Unit       string `json:"unit,omitempty"`
 	TimeoutMS  int64  `json:"timeout_ms"`
 	IntervalMS int64  `json:"interval_ms"`
+	// AttemptTimeoutMS bounds one attempt (0: max(IntervalMS, 5 s), at
+	// most TimeoutMS); it is at most TimeoutMS.
+	AttemptTimeoutMS int64 `json:"attempt_timeout_ms,omitempty"`
 }
 
 // Parse decodes and validates a manifest. It rejects unknown fields and any
 // schema version other than [SchemaVersion].
-func Parse(data []byte) (*Manifest, error) {
+func Parse(data []byte) (*Manifest, error) { return parse(data, true) }
+
+// ParseLenient is [Parse] that ignores fields it does not know (still of
+// schema version [SchemaVersion]). An agent reads the manifests of systems
+// the machine ran this way, only to know what they manage: a rollback by
+// an older agent from a generation whose manifest has optional fields
+// added since must not fail on them. What is applied is always read with
+// Parse.
+func ParseLenient(data []byte) (*Manifest, error) { return parse(data, false) }
+
+func parse(data []byte, strict bool) (*Manifest, error) {
 	var probe struct {
 		SchemaVersion *int `json:"schema_version"`
 	}
@@ -263,7 +280,9 @@ func Parse(data []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("manifest: schema_version %d is not supported (this program reads %d)", *probe.SchemaVersion, SchemaVersion)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	var m Manifest
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
@@ -514,6 +533,9 @@ func (m *Manifest) Validate() error {
 		}
 		if h.IntervalMS <= 0 {
 			v.errf("health check %q: interval_ms must be positive", h.Name)
+		}
+		if h.AttemptTimeoutMS < 0 || h.AttemptTimeoutMS > h.TimeoutMS {
+			v.errf("health check %q: attempt_timeout_ms must be positive and at most timeout_ms", h.Name)
 		}
 	}
 	return v.err()

@@ -162,3 +162,25 @@ func TestStorePaths(t *testing.T) {
 		t.Errorf("StorePaths() mismatch (-want +got):\n%s", diff)
 	}
 }
+
+// ParseLenient reads a manifest with fields added by a newer version;
+// Parse refuses it; neither reads another schema version.
+func TestParseLenient(t *testing.T) {
+	m := &Manifest{SchemaVersion: SchemaVersion, Host: "h", StoreDir: "/var/lib/deploy/store",
+		Agent: "/var/lib/deploy/store/00000000000000000000000000000000-deploy-agent"}
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := bytes.Replace(data, []byte(`"host": "h",`), []byte(`"host": "h", "field_of_the_future": {"x": 1},`), 1)
+	if _, err := Parse(newer); err == nil {
+		t.Fatal("Parse accepted an unknown field")
+	}
+	if got, err := ParseLenient(newer); err != nil || got.Host != "h" {
+		t.Fatalf("ParseLenient = %+v, %v", got, err)
+	}
+	other := bytes.Replace(data, []byte(`"schema_version": 1`), []byte(`"schema_version": 2`), 1)
+	if _, err := ParseLenient(other); err == nil {
+		t.Fatal("ParseLenient accepted schema_version 2")
+	}
+}

@@ -87,8 +87,10 @@ func (v *verifier) knownHostsAddr() string {
 }
 
 // algorithms orders the host key algorithms so that those of the keys we
-// already know come first, then ed25519: the server then presents a key we can compare,
-// and a changed key shows as changed rather than as a key of another type.
+// already know come first (certificates, when a @cert-authority line of
+// known_hosts matches the host), then ed25519: the server then presents a
+// key we can compare, and a changed key shows as changed rather than as a
+// key of another type.
 func (v *verifier) algorithms() []string {
 	var known []string
 	if v.pinned != nil {
@@ -104,6 +106,12 @@ func (v *verifier) algorithms() []string {
 				known = append(known, algorithmsFor(w.Key.Type())...)
 			}
 		}
+	}
+	// A certificate authority trusted for this host: certificates first,
+	// or a server that has one would present its plain key, which
+	// known_hosts does not list, and fail as an unknown host.
+	if v.pinned == nil && hasCertAuthority(v.files, v.e.addr()) {
+		known = append(slices.Clone(certAlgorithms), known...)
 	}
 	// Then plain keys, ed25519 first (as OpenSSH does), so that an unknown
 	// host is reported or recorded by its ed25519 key; certificates last.

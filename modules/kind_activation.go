@@ -33,6 +33,7 @@ func healthCheckKind() *Kind {
 			{Name: "unit", Type: str},
 			{Name: "timeout", Type: str, Doc: "how long the check may take to pass (default 30s)"},
 			{Name: "interval", Type: str, Doc: "pause between attempts (default 1s)"},
+			{Name: "attempt_timeout", Type: str, Doc: "how long one attempt may take before it is stopped and retried (default: max(interval, 5s), at most timeout)"},
 		},
 		Check:   checkHealthCheck,
 		Realize: realizeHealthChecks,
@@ -97,12 +98,26 @@ func checkHealthCheck(r *Resource) hcl.Diagnostics {
 	if s, ok := r.Int("expect_status"); ok && (s < 100 || s > 599) {
 		diags = append(diags, errAt(r.Range("expect_status"), "Invalid expect_status", "%d is not an HTTP status.", s))
 	}
-	for _, a := range []string{"timeout", "interval"} {
+	durations := map[string]time.Duration{}
+	for _, a := range []string{"timeout", "interval", "attempt_timeout"} {
 		if r.Has(a) {
-			if d, err := time.ParseDuration(r.String(a, "")); err != nil || d <= 0 {
+			d, err := time.ParseDuration(r.String(a, ""))
+			if err != nil || d <= 0 {
 				diags = append(diags, errAt(r.Range(a), "Invalid duration",
 					"%s = %q is not a positive duration like \"10s\" or \"1m30s\".", a, r.String(a, "")))
+				continue
 			}
+			durations[a] = d
+		}
+	}
+	if at, ok := durations["attempt_timeout"]; ok {
+		timeout := 30 * time.Second
+		if d, ok := durations["timeout"]; ok {
+			timeout = d
+		}
+		if at > timeout {
+			diags = append(diags, errAt(r.Range("attempt_timeout"), "Invalid attempt_timeout",
+				"attempt_timeout = %q is longer than the check's timeout (%v): one attempt cannot take longer than the whole check; raise timeout or lower attempt_timeout.", r.String("attempt_timeout", ""), timeout))
 		}
 	}
 	return diags
@@ -189,6 +204,9 @@ func realizeHealthChecks(c *Realization, rs []*Resource) {
 		h := manifest.HealthCheck{Name: r.Name, Type: HealthCheckType(r), URL: r.String("url", ""),
 			Address: r.String("address", ""), Command: r.Strings("command"), Unit: r.String("unit", ""),
 			TimeoutMS: durationMS(r.String("timeout", "30s")), IntervalMS: durationMS(r.String("interval", "1s"))}
+		if r.Has("attempt_timeout") {
+			h.AttemptTimeoutMS = durationMS(r.String("attempt_timeout", ""))
+		}
 		if h.Type == manifest.CheckHTTP {
 			h.ExpectStatus = 200
 			if s, ok := r.Int("expect_status"); ok {

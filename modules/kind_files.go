@@ -12,7 +12,7 @@ import (
 func directoryKind() *Kind {
 	return &Kind{Name: KindDirectory, Label: "path", Doc: "a directory",
 		Attrs: []Attr{
-			{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+			{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 		},
 		Check:   checkDirectory,
 		Realize: realizeDirectories,
@@ -25,7 +25,7 @@ func fileKind() *Kind {
 		Attrs: []Attr{
 			{Name: "content", Type: str, Doc: "the content"},
 			{Name: "source", Type: str, Doc: "a file inside the fleet directory to copy"},
-			{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+			{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 			{Name: "force", Type: boolean, Doc: "replace a file that deploy did not create"},
 		},
 		Check:   checkFile,

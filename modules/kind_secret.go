@@ -14,7 +14,7 @@ func secretKind() *Kind {
 		Attrs: []Attr{
 			{Name: "source", Type: str, Required: true, Doc: "the .age file inside the fleet directory"},
 			{Name: "path", Type: str, Doc: "where the plaintext goes (default /run/deploy/secrets/NAME)"},
-			{Name: "owner", Type: str}, {Name: "group", Type: str}, {Name: "mode", Type: str},
+			{Name: "owner", Type: str}, {Name: "group", Type: str}, modeAttr,
 			{Name: "units", Type: strList, Merge: MergeSet, Doc: "units to restart when it changes (services mentioning its path are added)"},
 		},
 		Check:   checkSecret,

@@ -56,6 +56,19 @@ func timezoneKind() *Kind {
 	}
 }
 
+// secretsAllowTmpfsKind is the host setting secrets_allow_tmpfs: secrets may
+// go to a tmpfs, which can swap, where a ramfs cannot be mounted.
+func secretsAllowTmpfsKind() *Kind {
+	return &Kind{Name: KindSecretsAllowTmpfs, Doc: "allow secrets on a tmpfs, which can swap, where a ramfs cannot be mounted (attribute secrets_allow_tmpfs = true)",
+		Attrs: []Attr{{Name: "value", Type: boolean, Required: true}},
+		Realize: func(c *Realization, rs []*Resource) {
+			for _, r := range rs {
+				c.Manifest.SecretsAllowTmpfs = r.Bool("value", false)
+			}
+		},
+	}
+}
+
 var sysctlRe = regexp.MustCompile(`^[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$`)
 
 func checkSysctl(r *Resource) hcl.Diagnostics {

@@ -38,7 +38,13 @@ const (
 	KindActivationScript = "activation_script"
 	KindHostname         = "hostname"
 	KindTimezone         = "timezone"
+	// KindSecretsAllowTmpfs is the host setting secrets_allow_tmpfs.
+	KindSecretsAllowTmpfs = "secrets_allow_tmpfs"
 )
+
+// BasicKinds are the kinds set by an attribute of a host, role or defaults
+// body (hostname = "...") rather than by a block.
+var BasicKinds = []string{KindHostname, KindTimezone, KindSecretsAllowTmpfs}
 
 // Kinds returns every built-in kind, in the order they are realized. The
 // kinds without a block form (hostname, timezone) are set by attributes of a
@@ -65,6 +71,7 @@ func Kinds() []*Kind {
 		pullKind(),
 		hostnameKind(),
 		timezoneKind(),
+		secretsAllowTmpfsKind(),
 	}
 }
 

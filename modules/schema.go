@@ -32,7 +32,13 @@ type Attr struct {
 	Required bool
 	Merge    Merge
 	Doc      string
+	// Mode marks a file mode: a string of octal digits. A number is
+	// refused rather than converted (420 would become "0420", not 0644).
+	Mode bool
 }
+
+// modeAttr is the mode attribute of files, directories and secrets.
+var modeAttr = Attr{Name: "mode", Type: cty.String, Mode: true, Doc: `octal permission bits as a string, like "0644"`}
 
 // Block is a nested block of a kind (package's go {}, service's unit {}). It
 // is decoded into one attribute of object type named after the block. A
@@ -295,6 +301,12 @@ func Decode(k *Kind, name string, body hcl.Body, defRange hcl.Range, origin stri
 		if !ok {
 			continue
 		}
+		if a.Mode {
+			if d := checkModeType(attr.Expr, ctx); d != nil {
+				diags = append(diags, d)
+				continue
+			}
+		}
 		v, d := evalAs(attr.Expr, a.Type, ctx, fmt.Sprintf("%s %s", k.Name, a.Name))
 		diags = append(diags, d...)
 		if !d.HasErrors() && !v.IsNull() {
@@ -377,6 +389,33 @@ func decodeBlock(bs Block, body hcl.Body, ctx *hcl.EvalContext, kind string) (ct
 		return cty.EmptyObjectVal, ranges, diags
 	}
 	return cty.ObjectVal(vals), ranges, diags
+}
+
+// checkModeType refuses a mode given as a number: HCL would convert 420
+// to the string "420", read as octal 0420 (r---w----), where the author
+// meant 0644 written in decimal, as JSON has it. The hint says how to
+// write it.
+func checkModeType(expr hcl.Expression, ctx *hcl.EvalContext) *hcl.Diagnostic {
+	v, diags := expr.Value(ctx)
+	if diags.HasErrors() || !v.IsKnown() || v.IsNull() || !v.Type().Equals(cty.Number) {
+		return nil
+	}
+	detail := "A mode must be a string of octal digits, like mode = \"0644\"; a number is not accepted, because it is ambiguous."
+	if bf := v.AsBigFloat(); bf.IsInt() {
+		if n, _ := bf.Int64(); n >= 0 && n <= 7777 {
+			digits := fmt.Sprint(n)
+			var readings []string
+			if strings.Trim(digits, "01234567") == "" {
+				readings = append(readings, fmt.Sprintf("mode = \"%04s\" for the octal digits %s", digits, digits))
+			}
+			if n <= 0o7777 {
+				readings = append(readings, fmt.Sprintf("mode = \"%04o\" if %d is the mode in decimal (as JSON writes it)", n, n))
+			}
+			detail = "A mode must be a string of octal digits, not a number: write " + strings.Join(readings, ", or ") + "."
+		}
+	}
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Mode is a number",
+		Detail: detail, Subject: expr.Range().Ptr(), Expression: expr, EvalContext: ctx}
 }
 
 // evalAs evaluates expr and converts it to ty.

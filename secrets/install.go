@@ -49,17 +49,34 @@ type InstallOptions struct {
 	// EtcDir is the directory whose passwd and group files resolve owners
 	// and groups (default /etc).
 	EtcDir string
+	// AllowTmpfs lets the secrets live on a tmpfs, whose pages the kernel
+	// may swap to disk, when a ramfs cannot be mounted (or a tmpfs is
+	// mounted there already). Without it that is an error. The host's
+	// secrets_allow_tmpfs setting.
+	AllowTmpfs bool
 	// Logf, if set, receives a line per step (never a secret's content).
 	Logf func(format string, args ...any)
+	// Warnf, if set, receives what the operator must know about (secrets
+	// on swappable memory); the lines also go to Logf.
+	Warnf func(format string, args ...any)
 
 	// beforeWrite, if set (by tests), runs on each plaintext file's
 	// descriptor just before its first byte is written.
 	beforeWrite func(fd int)
+	// quietTmpfs: a tmpfs needs no warning (nothing to decrypt).
+	quietTmpfs bool
 }
 
 func (o *InstallOptions) logf(format string, args ...any) {
 	if o.Logf != nil {
 		o.Logf(format, args...)
+	}
+}
+
+func (o *InstallOptions) warnf(format string, args ...any) {
+	o.logf("warning: "+format, args...)
+	if o.Warnf != nil {
+		o.Warnf(format, args...)
 	}
 }
 
@@ -117,7 +134,13 @@ func Install(ctx context.Context, opts InstallOptions) error {
 		return err
 	}
 	defer unix.Close(runFD)
-	dfd, err := openSecretsFS(runFD, runDir, opts.logf)
+	fsOpts := opts
+	if len(entries) == 0 {
+		// No plaintext to keep off swap: any fit mount will do, quietly
+		// (the rollback from a generation with secrets to one without).
+		fsOpts.AllowTmpfs, fsOpts.Warnf, fsOpts.quietTmpfs = true, nil, true
+	}
+	dfd, err := openSecretsFS(runFD, runDir, &fsOpts)
 	if err != nil {
 		return err
 	}
@@ -190,6 +213,15 @@ func Install(ctx context.Context, opts InstallOptions) error {
 	for _, d := range prevDests {
 		if !slices.Contains(dests, d) {
 			removeDestination(d, runDir)
+		}
+	}
+	// The previous generation is kept for a rollback, but not the
+	// plaintext of secrets this generation dropped: wipe them now. A
+	// rollback then decrypts that generation again (its directory no
+	// longer matches its state).
+	if hasPrev && prev != opts.Generation {
+		if err := dropRemoved(dfd, strconv.Itoa(prev), entries); err != nil {
+			opts.logf("secrets: %v", err)
 		}
 	}
 	keep := []int{opts.Generation}
@@ -272,6 +304,40 @@ func (o *InstallOptions) plan(runDir string) ([]entry, error) {
 	}
 	slices.SortFunc(out, func(a, b entry) int { return strings.Compare(a.name, b.name) })
 	return out, nil
+}
+
+// dropRemoved wipes and removes, from generation directory gen, every
+// secret not among entries (by name).
+func dropRemoved(dfd int, gen string, entries []entry) error {
+	fd, err := unix.Openat(dfd, gen, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open generation %s: %w", gen, err)
+	}
+	defer unix.Close(fd)
+	names, err := readDirNames(fd)
+	if err != nil {
+		return fmt.Errorf("list generation %s: %w", gen, err)
+	}
+	keep := map[string]bool{stateFile: true}
+	for _, e := range entries {
+		keep[e.name] = true
+	}
+	var errs []error
+	for _, n := range names {
+		if keep[n] {
+			continue
+		}
+		if err := removeAt(fd, n); err != nil {
+			errs = append(errs, fmt.Errorf("remove secret %q of generation %s: %w", n, gen, err))
+		}
+	}
+	if err := unix.Fsync(fd); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // validName reports whether a secret name is usable as a file name in the

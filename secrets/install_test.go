@@ -482,11 +482,13 @@ func TestInstallExistingMount(t *testing.T) {
 	tests := []struct {
 		name, fstype, opts string
 		flags              uintptr
+		allowTmpfs         bool
 		wantErr            bool
 	}{
-		{"tmpfs nodev,nosuid,noexec", "tmpfs", "mode=0711", unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC, false},
-		{"tmpfs without noexec", "tmpfs", "mode=0711", unix.MS_NODEV | unix.MS_NOSUID, true},
-		{"tmpfs world-writable", "tmpfs", "mode=1777", unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC, true},
+		{"tmpfs nodev,nosuid,noexec, allowed", "tmpfs", "mode=0711", unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC, true, false},
+		{"tmpfs nodev,nosuid,noexec, not allowed", "tmpfs", "mode=0711", unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC, false, true},
+		{"tmpfs without noexec", "tmpfs", "mode=0711", unix.MS_NODEV | unix.MS_NOSUID, true, true},
+		{"tmpfs world-writable", "tmpfs", "mode=1777", unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -498,9 +500,19 @@ func TestInstallExistingMount(t *testing.T) {
 			if err := unix.Mount("test", p, tt.fstype, tt.flags, tt.opts); err != nil {
 				t.Fatal(err)
 			}
-			err := Install(context.Background(), f.opts(1, f.secret("x", "x", "", "", "")))
+			opts := f.opts(1, f.secret("x", "x", "", "", ""))
+			opts.AllowTmpfs = tt.allowTmpfs
+			var warnings []string
+			opts.Warnf = func(format string, args ...any) { warnings = append(warnings, fmt.Sprintf(format, args...)) }
+			err := Install(context.Background(), opts)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("Install = %v, want error: %v", err, tt.wantErr)
+			}
+			if err != nil {
+				t.Logf("refused: %v", err)
+			}
+			if !tt.wantErr && (len(warnings) != 1 || !strings.Contains(warnings[0], "swapped")) {
+				t.Errorf("warnings = %q, want one saying secrets can be swapped", warnings)
 			}
 			var fs unix.Statfs_t
 			unix.Statfs(p, &fs)
@@ -508,6 +520,69 @@ func TestInstallExistingMount(t *testing.T) {
 				t.Errorf("file system type %#x, want the existing tmpfs (%#x)", fs.Type, tmpfsMagic)
 			}
 		})
+	}
+}
+
+// Where a ramfs cannot be mounted, Install falls back to a tmpfs only when
+// allowed, and then says so; otherwise it fails and mounts nothing.
+func TestInstallRamfsUnavailable(t *testing.T) {
+	old := mountRamfs
+	mountRamfs = func(string) error { return unix.EPERM }
+	t.Cleanup(func() { mountRamfs = old })
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprint("allow tmpfs ", allow), func(t *testing.T) {
+			f := newFixture(t)
+			opts := f.opts(1, f.secret("x", "x", "", "", ""))
+			opts.AllowTmpfs = allow
+			var warnings []string
+			opts.Warnf = func(format string, args ...any) { warnings = append(warnings, fmt.Sprintf(format, args...)) }
+			err := Install(context.Background(), opts)
+			var fs unix.Statfs_t
+			unix.Statfs(filepath.Join(f.runDir, generationsDir), &fs)
+			if !allow {
+				if err == nil || !strings.Contains(err.Error(), "secrets_allow_tmpfs") {
+					t.Fatalf("Install = %v, want an error naming secrets_allow_tmpfs", err)
+				}
+				if fs.Type == tmpfsMagic {
+					t.Fatal("a tmpfs was mounted although not allowed")
+				}
+				if _, ok, _ := Current(f.runDir); ok {
+					t.Fatal("secrets were installed")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Install = %v", err)
+			}
+			if fs.Type != tmpfsMagic {
+				t.Fatalf("file system type %#x, want tmpfs", fs.Type)
+			}
+			if len(warnings) != 1 || !strings.Contains(warnings[0], "swapped") {
+				t.Fatalf("warnings = %q, want one saying secrets can be swapped", warnings)
+			}
+		})
+	}
+}
+
+// A secret the new generation drops loses its plaintext at once, also in
+// the previous generation's directory that is kept for a rollback; the
+// rollback decrypts it again.
+func TestInstallRemovedSecretWiped(t *testing.T) {
+	f := newFixture(t)
+	gen1 := []manifest.Secret{f.secret("a", "a-1", "", "", ""), f.secret("gone", "gone-1", "svc", "svc", "0440")}
+	gen2 := []manifest.Secret{f.secret("a", "a-2", "", "", "")}
+	f.install(1, gen1...)
+	f.install(2, gen2...)
+	old := filepath.Join(f.runDir, generationsDir, "1")
+	if _, err := os.Lstat(filepath.Join(old, "gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the dropped secret is still in generation 1's directory (%v)", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(old, "a")); err != nil || string(b) != "a-1" {
+		t.Fatalf("generation 1's kept secret a = %q, %v", b, err)
+	}
+	f.install(1, gen1...) // rollback
+	if _, files, _ := f.state(); !cmp.Equal(files, map[string]string{"a": "a-1", "gone": "gone-1"}) {
+		t.Fatalf("after the rollback: %q", files)
 	}
 }
 

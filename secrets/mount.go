@@ -66,10 +66,12 @@ func openRunDir(runDir string, logf func(string, ...any)) (int, error) {
 }
 
 // openSecretsFS returns a descriptor of RunDir/secrets.d, mounting a ramfs
-// there (nodev, nosuid, noexec, mode 0711) unless it is a ramfs or tmpfs
-// mount point with those options already. ramfs is preferred over tmpfs
-// because its pages are never swapped out to disk.
-func openSecretsFS(runFD int, runDir string, logf func(string, ...any)) (int, error) {
+// there (nodev, nosuid, noexec, mode 0711) unless it is a ramfs mount point
+// with those options already. A ramfs, because its pages are never swapped
+// out to disk; a tmpfs (which may be) only with opts.AllowTmpfs, and then
+// with a warning.
+func openSecretsFS(runFD int, runDir string, opts *InstallOptions) (int, error) {
+	logf := opts.logf
 	path := filepath.Join(runDir, generationsDir)
 	if err := unix.Mkdirat(runFD, generationsDir, 0o711); err != nil && !errors.Is(err, unix.EEXIST) {
 		return -1, fmt.Errorf("install secrets: create %q: %w", path, err)
@@ -79,7 +81,14 @@ func openSecretsFS(runFD int, runDir string, logf func(string, ...any)) (int, er
 		if err != nil {
 			return -1, fmt.Errorf("install secrets: open %q (it must be a directory, not a symlink): %w", path, err)
 		}
-		mounted, err := checkSecretsMount(runFD, fd, path)
+		mounted, tmpfs, err := checkSecretsMount(runFD, fd, path)
+		if err == nil && mounted && tmpfs {
+			if !opts.AllowTmpfs {
+				err = fmt.Errorf("install secrets: %q is a tmpfs, whose pages can be swapped to disk: set secrets_allow_tmpfs = true for this host to accept that, or unmount it so that a ramfs is mounted", path)
+			} else if !opts.quietTmpfs {
+				opts.warnf("secrets: %s is a tmpfs: decrypted secrets can be swapped to disk (secrets_allow_tmpfs = true)", path)
+			}
+		}
 		if err != nil || mounted {
 			if err != nil {
 				unix.Close(fd)
@@ -98,47 +107,60 @@ func openSecretsFS(runFD int, runDir string, logf func(string, ...any)) (int, er
 			target = path
 		}
 		flags := uintptr(unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC)
-		fstype := "ramfs"
-		err = unix.Mount("deploy-secrets", target, "ramfs", flags, "mode=0711")
+		err = mountRamfs(target)
 		if err != nil {
-			fstype = "tmpfs"
+			if !opts.AllowTmpfs {
+				unix.Close(fd)
+				return -1, fmt.Errorf("install secrets: mount ramfs on %q: %w (a tmpfs would work, but its pages can be swapped to disk: set secrets_allow_tmpfs = true for this host to allow it)", path, err)
+			}
 			if err2 := unix.Mount("deploy-secrets", target, "tmpfs", flags, "mode=0711,size=64m"); err2 != nil {
 				unix.Close(fd)
 				return -1, fmt.Errorf("install secrets: mount ramfs on %q: %w (tmpfs: %v)", path, err, err2)
 			}
+			unix.Close(fd)
+			logf("secrets: mounting a ramfs on %s failed: %v", path, err)
+			logf("secrets: mounted tmpfs on %s (nodev,nosuid,noexec)", path)
+			continue // the next round checks it, and warns
 		}
 		unix.Close(fd)
-		logf("secrets: mounted %s on %s (nodev,nosuid,noexec)", fstype, path)
+		logf("secrets: mounted ramfs on %s (nodev,nosuid,noexec)", path)
 	}
 }
 
+// mountRamfs mounts the secrets' ramfs on target; a variable so that
+// tests can make it fail as it does where ramfs is not available.
+var mountRamfs = func(target string) error {
+	return unix.Mount("deploy-secrets", target, "ramfs", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0711")
+}
+
 // checkSecretsMount reports whether fd (RunDir/secrets.d) is a mount point
-// fit for plaintext; a mount point that is not is an error.
-func checkSecretsMount(runFD, fd int, path string) (bool, error) {
+// fit for plaintext, and whether it is a tmpfs; a mount point that is not
+// fit is an error.
+func checkSecretsMount(runFD, fd int, path string) (mounted, tmpfs bool, err error) {
 	var parent, st unix.Stat_t
 	if err := unix.Fstat(runFD, &parent); err != nil {
-		return false, fmt.Errorf("install secrets: stat run directory: %w", err)
+		return false, false, fmt.Errorf("install secrets: stat run directory: %w", err)
 	}
 	if err := unix.Fstat(fd, &st); err != nil {
-		return false, fmt.Errorf("install secrets: stat %q: %w", path, err)
+		return false, false, fmt.Errorf("install secrets: stat %q: %w", path, err)
 	}
 	if st.Dev == parent.Dev {
-		return false, nil
+		return false, false, nil
 	}
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &fs); err != nil {
-		return false, fmt.Errorf("install secrets: statfs %q: %w", path, err)
+		return false, false, fmt.Errorf("install secrets: statfs %q: %w", path, err)
 	}
 	if fs.Type != ramfsMagic && fs.Type != tmpfsMagic {
-		return false, fmt.Errorf("install secrets: %q is a mount point of file system type %#x, not ramfs or tmpfs", path, fs.Type)
+		return false, false, fmt.Errorf("install secrets: %q is a mount point of file system type %#x, not ramfs or tmpfs", path, fs.Type)
 	}
 	const want = unix.ST_NODEV | unix.ST_NOSUID | unix.ST_NOEXEC
 	if fs.Flags&want != want {
-		return false, fmt.Errorf("install secrets: %q is mounted without nodev,nosuid,noexec (flags %#x)", path, fs.Flags)
+		return false, false, fmt.Errorf("install secrets: %q is mounted without nodev,nosuid,noexec (flags %#x)", path, fs.Flags)
 	}
 	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
-		return false, fmt.Errorf("install secrets: %q must be owned by uid %d and writable by nobody else (uid %d, mode %04o)",
+		return false, false, fmt.Errorf("install secrets: %q must be owned by uid %d and writable by nobody else (uid %d, mode %04o)",
 			path, os.Geteuid(), st.Uid, st.Mode&0o7777)
 	}
-	return true, nil
+	return true, fs.Type == tmpfsMagic, nil
 }

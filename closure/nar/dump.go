@@ -3,10 +3,13 @@ package nar
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Dump writes the NAR serialisation of the file tree at path to w. It never
@@ -115,6 +118,69 @@ func (d *dumper) node(path, rel string, depth int) error {
 	return d.err
 }
 
+// sparseMin is the size from which a file's holes are looked for
+// (SEEK_DATA/SEEK_HOLE) and written as zeros without being read.
+const sparseMin = 1 << 20
+
+var zeroBuf [64 << 10]byte
+
+// copyFile writes the first size bytes of f: the data regions as read, the
+// holes as zeros (which is what reading them gives) without reading them.
+func (d *dumper) copyFile(f *os.File, size int64) (int64, error) {
+	if size < sparseMin {
+		return io.Copy(d.w, io.LimitReader(f, size))
+	}
+	fd := int(f.Fd())
+	var off int64
+	for off < size {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = size // a hole to the end
+		} else if err != nil {
+			// No SEEK_DATA here: read the rest.
+			if _, err := f.Seek(off, io.SeekStart); err != nil {
+				return off, err
+			}
+			n, err := io.Copy(d.w, io.LimitReader(f, size-off))
+			return off + n, err
+		}
+		data = min(data, size)
+		for off < data {
+			k := min(int64(len(zeroBuf)), data-off)
+			if _, err := d.w.Write(zeroBuf[:k]); err != nil {
+				return off, err
+			}
+			off += k
+		}
+		if off >= size {
+			break
+		}
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+		if err != nil {
+			return off, err
+		}
+		hole = min(hole, size)
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return off, err
+		}
+		want := hole - off
+		n, err := io.Copy(d.w, io.LimitReader(f, want))
+		off += n
+		if err != nil {
+			return off, err
+		}
+		if n < want {
+			return off, nil // it shrank: the caller says so
+		}
+	}
+	// Position at the end, so that the caller's check for growth reads
+	// past size.
+	if _, err := f.Seek(size, io.SeekStart); err != nil {
+		return off, err
+	}
+	return off, nil
+}
+
 func (d *dumper) contents(path string, size int64) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -125,7 +191,7 @@ func (d *dumper) contents(path string, size int64) error {
 	if d.err != nil {
 		return d.err
 	}
-	n, err := io.Copy(d.w, io.LimitReader(f, size))
+	n, err := d.copyFile(f, size)
 	if err != nil {
 		return fmt.Errorf("nar: dump %q: %w", path, err)
 	}

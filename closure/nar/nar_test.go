@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -40,6 +41,16 @@ func makeTree(t testing.TB, dir string) {
 	write("padded-8", "12345678", 0o644)
 	write("padded-9", "123456789", 0o644)
 	write("sub/dir/file", strings.Repeat("abc", 10000), 0o600)
+	// A sparse file above the size from which Dump skips holes: holes at
+	// its start, in the middle and at its end.
+	sp, err := os.Create(filepath.Join(dir, "sparse"))
+	must(err)
+	must(sp.Truncate(3<<20 + 7))
+	_, err = sp.WriteAt([]byte("island"), 1<<20+3)
+	must(err)
+	_, err = sp.WriteAt([]byte("shore"), 2<<20+4090)
+	must(err)
+	must(sp.Close())
 	must(os.MkdirAll(filepath.Join(dir, "empty-dir"), 0o755))
 	must(os.Symlink("plain", filepath.Join(dir, "rel-link")))
 	must(os.Symlink("/etc/passwd", filepath.Join(dir, "abs-link")))
@@ -72,7 +83,8 @@ func TestDumpMatchesNix(t *testing.T) {
 	dir := t.TempDir()
 	makeTree(t, dir)
 	cases := []string{dir, filepath.Join(dir, "plain"), filepath.Join(dir, "exec"), filepath.Join(dir, "empty"),
-		filepath.Join(dir, "rel-link"), filepath.Join(dir, "empty-dir"), filepath.Join(dir, "names"), filepath.Join(dir, "d")}
+		filepath.Join(dir, "rel-link"), filepath.Join(dir, "empty-dir"), filepath.Join(dir, "names"), filepath.Join(dir, "d"),
+		filepath.Join(dir, "sparse")}
 	for _, p := range cases {
 		t.Run(filepath.Base(p), func(t *testing.T) {
 			want, err := exec.Command(nixStore, "--dump", p).Output()
@@ -334,5 +346,90 @@ func TestRestoreNeverFollowsSymlinks(t *testing.T) {
 	}
 	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("Restore created a file through a symlink")
+	}
+}
+
+// snapshot describes the tree at p (types, modes, contents, link targets)
+// without following symlinks.
+func snapshot(t *testing.T, p string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(q)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %v", strings.TrimPrefix(q, p), fi.Mode())
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(q)
+			fmt.Fprintf(&b, " -> %s", target)
+		case fi.Mode().IsRegular():
+			data, _ := os.ReadFile(q)
+			fmt.Fprintf(&b, " %q", data)
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// A restore onto a DEST that exists fails and leaves DEST exactly as it
+// was, whatever DEST is (a directory with read-only subdirectories, a file,
+// a symlink) and whatever the archive's root is.
+func TestRestoreNeverRemovesExistingDest(t *testing.T) {
+	roots := map[string][]byte{
+		"directory": archive(cat([]any{Magic}, dirOf(entry("f", file("new"))))...),
+		"file":      archive(cat([]any{Magic}, file("new"))...),
+		"symlink":   archive(Magic, "(", "type", "symlink", "target", "/new", ")"),
+	}
+	dests := map[string]func(t *testing.T, p string){
+		"directory": func(t *testing.T, p string) {
+			for _, d := range []string{p, p + "/ro", p + "/ro/deeper"} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			os.WriteFile(p+"/keep", []byte("mine"), 0o644)
+			os.WriteFile(p+"/ro/deeper/precious", []byte("mine too"), 0o400)
+			os.Chmod(p+"/ro/deeper", 0o555)
+			os.Chmod(p+"/ro", 0o555)
+		},
+		"file": func(t *testing.T, p string) {
+			if err := os.WriteFile(p, []byte("mine"), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"symlink": func(t *testing.T, p string) {
+			if err := os.Symlink("/somewhere/else", p); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for rootName, nar := range roots {
+		for destName, mk := range dests {
+			t.Run(rootName+" onto "+destName, func(t *testing.T) {
+				dest := filepath.Join(t.TempDir(), "dest")
+				mk(t, dest)
+				before := snapshot(t, dest)
+				t.Cleanup(func() { RemoveTree(dest) })
+				_, err := Restore(bytes.NewReader(nar), dest, RestoreOptions{Sync: true})
+				if err == nil {
+					t.Fatalf("Restore onto an existing %s succeeded", destName)
+				}
+				if !errors.Is(err, os.ErrExist) {
+					t.Errorf("Restore = %v, want an error wrapping %v", err, os.ErrExist)
+				}
+				if after := snapshot(t, dest); after != before {
+					t.Fatalf("Restore changed the existing %s:\nbefore:\n%s\nafter:\n%s", destName, before, after)
+				}
+			})
+		}
 	}
 }

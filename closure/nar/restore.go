@@ -1,6 +1,7 @@
 package nar
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -250,10 +251,18 @@ func (rs *restorer) stopWriters() error {
 // at returns the parent fd and the name to create for the node name.
 func (rs *restorer) at(name string) (int, string, string) {
 	if len(rs.paths) == 0 {
-		rs.created = true
 		return rs.dirs[0], rs.rootName, rs.dest
 	}
 	return rs.dirs[len(rs.dirs)-1], name, filepath.Join(rs.paths[len(rs.paths)-1], name)
+}
+
+// made records that the node just created is dest itself: from now on a
+// failure removes dest. Until then dest is not ours (it may exist, and
+// then the create failed with EEXIST), and a failure leaves it alone.
+func (rs *restorer) made() {
+	if len(rs.paths) == 0 {
+		rs.created = true
+	}
 }
 
 func (rs *restorer) Directory(name string) error {
@@ -261,6 +270,7 @@ func (rs *restorer) Directory(name string) error {
 	if err := unix.Mkdirat(fd, n, 0o700); err != nil {
 		return fmt.Errorf("nar: restore: mkdir %q: %w", full, err)
 	}
+	rs.made()
 	dfd, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("nar: restore: open %q: %w", full, err)
@@ -306,17 +316,18 @@ func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) 
 	if err != nil {
 		return fmt.Errorf("nar: restore: create %q: %w", full, err)
 	}
+	rs.made()
 	f := os.NewFile(uintptr(ffd), full)
 	defer f.Close()
 	if rs.buf == nil {
 		rs.buf = make([]byte, 256<<10)
 	}
-	var w io.Writer = onlyWriter{f}
-	if rs.writeback && size > writebackChunk {
-		w = &writebackWriter{f: f}
-	}
+	w := &fileWriter{f: f, writeback: rs.writeback && size > writebackChunk}
 	n64, err := io.CopyBuffer(w, r, rs.buf)
 	rs.wrote(int(n64))
+	if err == nil {
+		err = w.finish()
+	}
 	if err != nil {
 		return fmt.Errorf("nar: restore: write %q: %w", full, err)
 	}
@@ -327,35 +338,64 @@ func (rs *restorer) File(name string, executable bool, size int64, r io.Reader) 
 // started.
 const writebackChunk = 8 << 20
 
-// writebackWriter writes to f and starts writeback of every full chunk
-// written (SYNC_FILE_RANGE_WRITE does not wait).
-type writebackWriter struct {
-	f       *os.File
-	off     int64 // bytes written
-	started int64 // bytes whose writeback has been started
+// fileWriter writes a large file's content. Chunks of zeros (of at least
+// a page) are not written but skipped, so that a sparse file stays sparse
+// (the content, and so the NAR hash, is the same); with writeback, the
+// kernel's writeback of every full chunk written is started at once
+// (SYNC_FILE_RANGE_WRITE does not wait).
+type fileWriter struct {
+	f         *os.File
+	writeback bool
+	off       int64 // bytes of content so far, written or skipped
+	started   int64 // bytes whose writeback has been started
+	hole      bool  // the content ends in a skipped chunk
 }
 
-func (w *writebackWriter) Write(b []byte) (int, error) {
+func (w *fileWriter) Write(b []byte) (int, error) {
+	if len(b) >= 4096 && allZero(b) {
+		if _, err := w.f.Seek(int64(len(b)), io.SeekCurrent); err != nil {
+			return 0, err
+		}
+		w.off += int64(len(b))
+		w.hole = true
+		return len(b), nil
+	}
 	n, err := w.f.Write(b)
 	w.off += int64(n)
-	if w.off-w.started >= writebackChunk {
+	w.hole = false
+	if w.writeback && w.off-w.started >= writebackChunk {
 		unix.SyncFileRange(int(w.f.Fd()), w.started, w.off-w.started, unix.SYNC_FILE_RANGE_WRITE)
 		w.started = w.off
 	}
 	return n, err
 }
 
-// onlyWriter hides os.File's ReadFrom, which would otherwise make
-// io.CopyBuffer ignore the buffer and probe for copy_file_range/splice.
-type onlyWriter struct{ w io.Writer }
+// finish gives the file its length when it ends in a hole.
+func (w *fileWriter) finish() error {
+	if w.hole {
+		return w.f.Truncate(w.off)
+	}
+	return nil
+}
 
-func (o onlyWriter) Write(b []byte) (int, error) { return o.w.Write(b) }
+var zeroPage [4096]byte
+
+func allZero(b []byte) bool {
+	for len(b) >= len(zeroPage) {
+		if !bytes.Equal(b[:len(zeroPage)], zeroPage[:]) {
+			return false
+		}
+		b = b[len(zeroPage):]
+	}
+	return bytes.Equal(b, zeroPage[:len(b)])
+}
 
 func (rs *restorer) Symlink(name, target string) error {
 	fd, n, full := rs.at(name)
 	if err := unix.Symlinkat(target, fd, n); err != nil {
 		return fmt.Errorf("nar: restore: symlink %q: %w", full, err)
 	}
+	rs.made()
 	return nil
 }
 

@@ -119,7 +119,14 @@ func startActivation(ctx context.Context, l activation.Layout, req *activation.R
 		return err
 	}
 	var lh *activation.LockHeldError
-	if err := l.CheckLock(); errors.As(err, &lh) {
+	err := l.CheckLock()
+	// A status, or a watchdog looking at the lock after its worker ended,
+	// holds it for an instant; an activation holds it all along.
+	for i := 0; i < 5 && errors.As(err, &lh); i++ {
+		time.Sleep(100 * time.Millisecond)
+		err = l.CheckLock()
+	}
+	if errors.As(err, &lh) {
 		printResult(stdout, &activation.Result{Outcome: activation.OutcomeLockHeld, Message: lh.Error(), Holder: lh.Holder})
 		return &exitError{code: exitLockHeld, err: lh}
 	}
@@ -170,6 +177,84 @@ func startActivation(ctx context.Context, l activation.Layout, req *activation.R
 	}
 	fmt.Fprintf(stderr, "deploy-agent: activation %s (log %s)\n", id, l.LogFile(id))
 	return follow(ctx, l, id, unit, worker, stdout, stderr)
+}
+
+// Unit names of an activation's worker and watchdog.
+func workerUnit(id string) string   { return "deploy-activate-" + id + ".service" }
+func watchdogUnit(id string) string { return "deploy-watchdog-" + id + ".service" }
+
+// unitAlive reports whether a unit is running or about to (activating,
+// also between automatic restarts, deactivating, reloading).
+func unitAlive(ctx context.Context, unit string) bool {
+	out, err := exec.CommandContext(ctx, "systemctl", "show", "--property=ActiveState", "--value", unit).Output()
+	if err != nil {
+		return false
+	}
+	switch strings.TrimSpace(string(out)) {
+	case "active", "activating", "deactivating", "reloading":
+		return true
+	}
+	return false
+}
+
+// watchdogPIDFile holds the pid of a watchdog started without systemd.
+func watchdogPIDFile(l activation.Layout, id string) string {
+	return filepath.Join(l.RunDir, "requests", id+".watchdog")
+}
+
+// watchdogAlive reports whether activation id's watchdog runs.
+func watchdogAlive(ctx context.Context, l activation.Layout, id string) bool {
+	if hasSystemd() {
+		return unitAlive(ctx, watchdogUnit(id))
+	}
+	data, err := os.ReadFile(watchdogPIDFile(l, id))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	return err == nil && pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+// armWatchdog starts activation id's watchdog (deploy-agent watchdog):
+// on systemd a transient unit that systemd restarts whenever it dies (no
+// start limit), else a setsid process (not restarted).
+func armWatchdog(l activation.Layout, exe, id string) error {
+	args := []string{"watchdog", "--id", id, "--state-dir", l.StateDir, "--run-dir", l.RunDir}
+	if hasSystemd() {
+		out, err := exec.Command("systemd-run", append([]string{"--unit=" + watchdogUnit(id), "--collect", "--quiet",
+			"--service-type=exec", "--description=deploy activation " + id + " watchdog",
+			"--property=Restart=on-failure", "--property=RestartSec=1", "--property=StartLimitIntervalSec=0",
+			"--property=TimeoutStopSec=10min", "--", exe}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("systemd-run: %w: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer cmd.Process.Release()
+	return os.WriteFile(watchdogPIDFile(l, id), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
+}
+
+// stopWorker kills whatever is left of activation id's dead worker: every
+// process of its unit (KillMode=mixed spares the worker's children when
+// only the worker itself is stopped), or its process group without
+// systemd.
+func stopWorker(id string, pid int) error {
+	if hasSystemd() {
+		exec.Command("systemctl", "kill", "--signal=SIGKILL", workerUnit(id)).Run()
+		if out, err := exec.Command("systemctl", "stop", workerUnit(id)).CombinedOutput(); err != nil {
+			return fmt.Errorf("systemctl stop %s: %w: %s", workerUnit(id), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if pid > 0 {
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	return nil
 }
 
 func hasSystemd() bool {
@@ -226,6 +311,8 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 		go func() { worker.Wait(); close(exited) }()
 	}
 	lastAlive := time.Now()
+	var deadSince, lastWatch time.Time
+	dead := false
 	for {
 		io.Copy(stderr, f)
 		res, err := l.ReadResult(id)
@@ -239,9 +326,8 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 		if st, err := l.ReadState(); err == nil && st.Activation != nil && st.Activation.ID == id && st.Activation.Phase == activation.PhaseAwaiting {
 			io.Copy(stderr, f)
 			return resultExit(stdout, &activation.Result{ID: id, Generation: st.Activation.Generation, Outcome: activation.OutcomeAwaiting,
-				Message: "awaiting confirmation until " + st.Activation.Deadline.Format(time.RFC3339), Log: l.LogFile(id)})
+				Message: "awaiting confirmation until " + st.Activation.Deadline.Format(time.RFC3339), Log: l.LogFile(id), Warnings: st.Activation.Warnings})
 		}
-		dead := false
 		select {
 		case <-exited:
 			dead = true
@@ -249,17 +335,26 @@ func follow(ctx context.Context, l activation.Layout, id, unit string, worker *e
 		}
 		if unit != "" && time.Since(lastAlive) > time.Second {
 			lastAlive = time.Now()
-			if exec.CommandContext(ctx, "systemctl", "is-active", "--quiet", unit).Run() != nil {
+			if !unitAlive(ctx, unit) {
 				dead = true
 			}
 		}
-		if dead {
+		if dead && time.Since(lastWatch) > time.Second {
+			lastWatch = time.Now()
 			if res, _ := l.ReadResult(id); res != nil {
 				continue
 			}
-			io.Copy(stderr, f)
-			res := &activation.Result{ID: id, Outcome: activation.OutcomeFailed, Message: "the activation worker ended without a result (see the log and the journal)", Log: l.LogFile(id)}
-			return resultExit(stdout, res)
+			// The worker died: its watchdog finishes the activation (it
+			// rolls back, or waits for the confirmation); follow it.
+			if watchdogAlive(ctx, l, id) {
+				deadSince = time.Time{}
+			} else if deadSince.IsZero() {
+				deadSince = time.Now()
+			} else if time.Since(deadSince) > 5*time.Second {
+				io.Copy(stderr, f)
+				res := &activation.Result{ID: id, Outcome: activation.OutcomeFailed, Message: "the activation worker and its watchdog ended without a result (see the log and the journal)", Log: l.LogFile(id)}
+				return resultExit(stdout, res)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -310,7 +405,12 @@ func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) err
 		return err
 	}
 	defer logFile.Close()
-	w := &activation.Worker{Layout: l, Logf: timestamped(logFile)}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("activate-worker: finding this agent: %w", err)
+	}
+	w := &activation.Worker{Layout: l, Logf: timestamped(logFile), StopWorker: stopWorker,
+		Watchdog: func(id string) error { return armWatchdog(l, exe, id) }}
 	res := w.Run(ctx, req)
 	os.Remove(filepath.Join(l.RunDir, "requests", *id+".json"))
 	if res.Outcome == activation.OutcomeDone || res.Outcome == activation.OutcomeDry {
@@ -323,4 +423,32 @@ func timestamped(w io.Writer) func(string, ...any) {
 	return func(format string, args ...any) {
 		fmt.Fprintf(w, "%s %s\n", time.Now().UTC().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 	}
+}
+
+// runWatchdog is an activation's watchdog (see activation.Worker.Watch):
+// it waits for the worker, and finishes the activation if the worker dies
+// without a result, logging to the activation's log.
+func runWatchdog(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("watchdog", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	layout := layoutFlags(fs)
+	id := fs.String("id", "", "activation `id`")
+	if err := fs.Parse(args); err != nil {
+		return usageErr(err)
+	}
+	if *id == "" {
+		return usageErr(errors.New("watchdog: --id is required"))
+	}
+	l := layout()
+	logFile, err := os.OpenFile(l.LogFile(*id), os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	w := &activation.Worker{Layout: l, Logf: timestamped(logFile), StopWorker: stopWorker}
+	err = w.Watch(ctx, *id)
+	if !hasSystemd() {
+		os.Remove(watchdogPIDFile(l, *id))
+	}
+	return err
 }

@@ -14,20 +14,34 @@ import (
 	"github.com/declarative/deploy/closure"
 )
 
+// Defaults of gc for pushed systems (copied, not activated): the newest
+// three are kept, for a week.
+const (
+	DefaultKeepPushed   = 3
+	DefaultPushedMaxAge = 7 * 24 * time.Hour
+)
+
 // runGC deletes all but the newest K generations (never the current or
-// the boot default) and then every store path no remaining generation
-// needs.
+// the boot default), the roots of pushed systems beyond the newest N or
+// older than the age limit, and then every store path no remaining
+// generation or pushed system needs.
 func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	keep := fs.Int("keep", 5, "keep the newest `K` generations")
+	keepPushed := fs.Int("keep-pushed", DefaultKeepPushed, "keep the newest `N` pushed systems (copied, not activated); 0: no count limit")
+	pushedMaxAge := fs.Duration("pushed-max-age", DefaultPushedMaxAge, "drop pushed systems older than this `duration`; 0: no age limit")
+	dropPushed := fs.Bool("drop-pushed", false, "drop every pushed system's root")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
 	}
 	if *keep < 1 {
 		return usageErr(errors.New("gc: --keep must be at least 1"))
+	}
+	if *keepPushed < 0 || *pushedMaxAge < 0 {
+		return usageErr(errors.New("gc: --keep-pushed and --pushed-max-age must not be negative"))
 	}
 	l := layout()
 	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: operatorName(), Started: time.Now().UTC(), Activation: "gc"})
@@ -50,17 +64,23 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if st, err := l.ReadState(); err == nil && st.CurrentSystem != "" {
 		extra = append(extra, st.CurrentSystem)
 	}
-	res, err := closure.NewTargetStore(l.StateDir).GC(ctx, extra)
+	res, err := closure.NewTargetStore(l.StateDir).GCWith(ctx, closure.GCOptions{ExtraRoots: extra,
+		Pins: closure.PinPolicy{Keep: *keepPushed, MaxAge: *pushedMaxAge, DropAll: *dropPushed}})
 	if err != nil {
 		return err
+	}
+	var pushed []string
+	for _, p := range res.Unpinned {
+		pushed = append(pushed, p.Path)
+		fmt.Fprintf(stderr, "deploy-agent: dropped pushed system %s (pushed %s)\n", p.Path, p.Time.Format(time.RFC3339))
 	}
 	if *asJSON {
 		if removed == nil {
 			removed = []int{}
 		}
-		return writeJSON(stdout, &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed})
+		return writeJSON(stdout, &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed, Pushed: pushed})
 	}
-	fmt.Fprintf(stdout, "removed %d generations, deleted %d store paths, freed %d bytes\n", len(removed), len(res.Deleted), res.BytesFreed)
+	fmt.Fprintf(stdout, "removed %d generations and %d pushed systems, deleted %d store paths, freed %d bytes\n", len(removed), len(pushed), len(res.Deleted), res.BytesFreed)
 	return nil
 }
 

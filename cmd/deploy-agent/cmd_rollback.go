@@ -48,6 +48,11 @@ func runRollback(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		}
 		return errors.New("rollback: no earlier generation that did not fail")
 	}
+	// Refused before anything is allocated or changed (the worker checks
+	// again under the lock).
+	if err := l.CheckCompatible(target.Number); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
 	fmt.Fprintf(stderr, "deploy-agent: rolling back to generation %d\n", target.Number)
 	req := &activation.Request{System: target.System, Generation: target.Number, Mode: activation.ModeSwitch,
 		ConfirmTimeout: *confirmTimeout, Meta: meta}

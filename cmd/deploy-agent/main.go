@@ -47,6 +47,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runActivate(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "activate-worker":
 		err = runActivateWorker(ctx, args[1:], stderr)
+	case "watchdog":
+		err = runWatchdog(ctx, args[1:], stderr)
 	case "confirm":
 		err = runConfirm(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "status":

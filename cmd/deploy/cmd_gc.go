@@ -12,29 +12,32 @@ import (
 // unreferenced store paths on hosts, under the run lock.
 func runGC(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	var keep int
+	var opts deploy.GCOptions
 	var waitLock time.Duration
 	fs := newFlags(e, "gc", "TARGET... --keep K")
 	hf.register(fs)
-	fs.IntVar(&keep, "keep", 5, "keep the newest `K` generations (and always the current and boot ones)")
+	fs.IntVar(&opts.Keep, "keep", 5, "keep the newest `K` generations (and always the current and boot ones)")
+	fs.IntVar(&opts.KeepPushed, "keep-pushed", 0, "keep the newest `N` pushed systems (copied, not activated); 0: the agent's default (3); -1: no limit")
+	fs.DurationVar(&opts.PushedMaxAge, "pushed-max-age", 0, "drop pushed systems older than this `duration`; 0: the agent's default (168h); -1s: no limit")
+	fs.BoolVar(&opts.DropPushed, "drop-pushed", false, "drop every pushed system (its store paths go unless a generation needs them)")
 	fs.DurationVar(&waitLock, "wait-lock", 0, "wait up to this `duration` for another run's run lock instead of failing at once")
 	targets, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
 	}
-	if keep < 1 {
+	if opts.Keep < 1 {
 		return usageErrorf("gc: --keep must be at least 1")
 	}
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "gc", targets, v)
 	s.WaitLock = waitLock
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.GC(ctx, keep) })
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.GC(ctx, opts) })
 	if hf.asJSON || rep == nil {
 		return err
 	}
 	for _, h := range s.Selected {
 		if g := rep.Hosts[h.Name].GC; g != nil {
-			fmt.Fprintf(e.stdout, "%s\tremoved %d generations, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), g.Paths, bytesString(g.Bytes))
+			fmt.Fprintf(e.stdout, "%s\tremoved %d generations and %d pushed systems, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), len(g.Pushed), g.Paths, bytesString(g.Bytes))
 		}
 	}
 	return err

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"os"
 
 	"github.com/declarative/deploy/closure"
 
@@ -40,6 +41,11 @@ func runNarRestore(_ context.Context, e *env, args []string) error {
 	pos, err := parse(fs, args, 1, 1)
 	if err != nil {
 		return err
+	}
+	// Restore refuses an existing DEST itself (and leaves it alone); say
+	// why before reading the archive.
+	if _, err := os.Lstat(pos[0]); err == nil {
+		return fmt.Errorf("nar restore: %q exists: restore creates DEST, give a path that does not exist yet", pos[0])
 	}
 	_, err = nar.Restore(e.stdin, pos[0], nar.RestoreOptions{Sync: sync})
 	return err

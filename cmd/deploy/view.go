@@ -104,6 +104,8 @@ func plainLine(ev deploy.Event) string {
 		}
 	case deploy.EventLog:
 		return fmt.Sprintf("%s: %s: %s", ev.Host, ev.Phase, ev.Message)
+	case deploy.EventWarning:
+		return fmt.Sprintf("%s: warning: %s", ev.Host, ev.Message)
 	case deploy.EventPlan:
 		return fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
 			ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.Start, ev.Restart, ev.Reload, ev.Stop, len(ev.Files))
@@ -283,6 +285,8 @@ func (v *liveView) Event(ev deploy.Event) {
 		}
 	case deploy.EventLog:
 		row(ev.Host).detail = ev.Message
+	case deploy.EventWarning:
+		row(ev.Host).detail = "warning: " + ev.Message
 	case deploy.EventPlan:
 		r := row(ev.Host)
 		r.state, r.good = "planned", true

@@ -72,6 +72,13 @@ type SSHD struct {
 type SSHDOptions struct {
 	// Config holds extra sshd_config lines, appended after the defaults.
 	Config []string
+	// HostCA, if set, signs a host certificate for the ed25519 host key
+	// (sshd's HostCertificate), valid for HostCertPrincipals (default:
+	// the listening address) from an hour ago until ValidFor from now
+	// (default a day; negative: already expired).
+	HostCA             ssh.Signer
+	HostCertPrincipals []string
+	HostCertValidFor   time.Duration
 }
 
 // StartSSHD starts an sshd for t and stops it when t ends. Its log is
@@ -111,6 +118,30 @@ func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
 		s.HostKeys = append(s.HostKeys, pub)
 	}
 	s.HostKey = s.HostKeys[0]
+	var certFile string
+	if opts.HostCA != nil {
+		certFile = hostKeyFiles[0] + "-cert.pub"
+		principals := opts.HostCertPrincipals
+		if principals == nil {
+			principals = []string{s.Host}
+		}
+		valid := opts.HostCertValidFor
+		if valid == 0 {
+			valid = 24 * time.Hour
+		}
+		cert := &ssh.Certificate{Key: s.HostKey, CertType: ssh.HostCert, KeyId: "meshtest host",
+			ValidPrincipals: principals, ValidAfter: uint64(time.Now().Add(-time.Hour).Unix()),
+			ValidBefore: uint64(time.Now().Add(valid).Unix())}
+		if valid < 0 {
+			cert.ValidAfter = uint64(time.Now().Add(2 * valid).Unix())
+		}
+		if err := cert.SignCert(rand.Reader, opts.HostCA); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(certFile, ssh.MarshalAuthorizedKey(cert), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	_, clientPriv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -143,6 +174,9 @@ func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
 		}
 		for _, f := range hostKeyFiles {
 			cfg = append(cfg, "HostKey "+f)
+		}
+		if certFile != "" {
+			cfg = append(cfg, "HostCertificate "+certFile)
 		}
 		cfg = append(cfg, opts.Config...)
 		cfgFile := filepath.Join(dir, "sshd_config")

@@ -49,3 +49,17 @@ host "h1" {
     content = "x"
   }
 }
+host "h2" {
+  address = "10.0.0.2"
+  file "/etc/json-mode" {
+    content = "x"
+    mode    = 420 # ERROR: Mode is a number
+  }
+  directory "/var/lib/octal-digits" {
+    mode = 755 # ERROR: Mode is a number
+  }
+  secret "s" {
+    source = "secrets/s.txt"
+    mode   = 256 # ERROR: Mode is a number
+  }
+}

@@ -48,3 +48,15 @@ host "h1" {
     source = "secrets/missing.age" # ERROR: Cannot read source
   }
 }
+host "h-attempt" {
+  address = "10.0.0.9"
+  health_check "slow" {
+    command         = ["/bin/true"]
+    timeout         = "5s"
+    attempt_timeout = "10s" # ERROR: Invalid attempt_timeout
+  }
+  health_check "bad" {
+    command         = ["/bin/true"]
+    attempt_timeout = "soon" # ERROR: Invalid duration
+  }
+}

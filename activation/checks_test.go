@@ -1,0 +1,33 @@
+package activation
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/declarative/deploy/manifest"
+)
+
+// A check whose one attempt needs 8 s passes when its attempt_timeout
+// allows it; with the default attempt timeout (max(interval, 5 s)) every
+// attempt is stopped first and the check fails at its timeout.
+func TestHealthCheckAttemptTimeout(t *testing.T) {
+	slow := manifest.HealthCheck{Name: "slow", Type: manifest.CheckCommand, Command: []string{"/bin/sh", "-c", "sleep 8"},
+		TimeoutMS: 20000, IntervalMS: 500}
+	t.Run("attempt_timeout 10s", func(t *testing.T) {
+		c := slow
+		c.AttemptTimeoutMS = 10000
+		if err := CheckHealth(context.Background(), []manifest.HealthCheck{c}, t.Logf); err != nil {
+			t.Fatalf("CheckHealth = %v, want the 8 s check to pass", err)
+		}
+	})
+	t.Run("default", func(t *testing.T) {
+		c := slow
+		c.TimeoutMS = 9000
+		err := CheckHealth(context.Background(), []manifest.HealthCheck{c}, t.Logf)
+		var he *HealthError
+		if !errors.As(err, &he) {
+			t.Fatalf("CheckHealth = %v, want a HealthError: no attempt may run 8 s", err)
+		}
+	})
+}
