@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/declarative/deploy/closure"
@@ -214,22 +216,38 @@ func (c *sessionConn) Close() error { return c.close() }
 // said so): the bare binary is uploaded and registers itself.
 func bootstrapAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string, logf func(string, ...any)) error {
 	logf("bootstrapping %s", agentPath)
+	switch via, err := upgradeAgent(ctx, local, client, agentPath, stateDir); {
+	case err == nil:
+		logf("the host's agent %s received %s", via, agentPath)
+		return nil
+	case !errors.Is(err, errNoOldAgent):
+		logf("the host's agent %s could not receive %s (%v); uploading it", via, agentPath, err)
+	}
 	info, err := local.Info(agentPath)
 	if err != nil {
 		return err
 	}
+	bin := path.Join(local.RealPath(agentPath), closure.AgentBin)
 	storeDir := path.Join(stateDir, "store")
-	if err := client.Run(ctx, []string{"mkdir", "-p", storeDir}, nil, io.Discard, io.Discard); err != nil {
-		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("creating %q: %w", storeDir, err)}
-	}
 	var rnd [12]byte
 	rand.Read(rnd[:])
 	upload := path.Join(storeDir, closure.UploadPrefix+hex.EncodeToString(rnd[:]))
-	if err := uploadFile(ctx, client, path.Join(local.RealPath(agentPath), closure.AgentBin), upload); err != nil {
-		return &CopyError{Phase: "bootstrap", Err: err}
-	}
 	var stdout, stderr bytes.Buffer
-	err = client.Run(ctx, []string{upload, "install-self", "--state-dir", stateDir, info.NarHashString()}, nil, &stdout, &stderr)
+	install := []string{upload, "install-self", "--state-dir", stateDir, info.NarHashString()}
+	err = uploadCompressed(ctx, client, bin, upload, install, &stdout, &stderr)
+	var ee *mesh.ExitError
+	if errors.As(err, &ee) && ee.Code == errNoGzip {
+		logf("no gzip on the host: uploading the bare agent binary over SFTP")
+		stdout.Reset()
+		stderr.Reset()
+		if err := client.Run(ctx, []string{"mkdir", "-p", storeDir}, nil, io.Discard, io.Discard); err != nil {
+			return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("creating %q: %w", storeDir, err)}
+		}
+		if err := uploadFile(ctx, client, bin, upload); err != nil {
+			return &CopyError{Phase: "bootstrap", Err: err}
+		}
+		err = client.Run(ctx, install, nil, &stdout, &stderr)
+	}
 	if err != nil {
 		client.Run(ctx, []string{"rm", "-f", upload}, nil, io.Discard, io.Discard)
 		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self: %w", err), AgentLogs: tail(stderr.String(), 10)}
@@ -238,6 +256,92 @@ func bootstrapAgent(ctx context.Context, local *closure.Store, client *mesh.Clie
 		return &CopyError{Phase: "bootstrap", Err: fmt.Errorf("install-self registered %q, want %q", got, agentPath)}
 	}
 	return nil
+}
+
+// errNoGzip is the exit status of uploadCompressed's script on a host
+// without gzip.
+const errNoGzip = 98
+
+// uploadScript makes the store directory, writes the gzip stream on stdin
+// to a new private file ($1, created exclusively) and runs the rest of its
+// arguments (the uploaded agent's install-self), all in one session.
+var uploadScript = fmt.Sprintf(`command -v gzip >/dev/null 2>&1 || exit %d
+mkdir -p "${1%%/*}" || exit 1
+umask 077
+set -C
+gzip -dc > "$1" && chmod 700 "$1" || exit 1
+exec "$@"`, errNoGzip)
+
+// gzipped caches each agent binary's gzip stream (a few MB): a fleet's
+// first deploy bootstraps many hosts with the same agent.
+var gzipped sync.Map // binary path -> []byte
+
+// uploadCompressed sends the binary src gzip-compressed (the agent is about
+// 40% of its size so) to upload on the host and runs install there, in one
+// session. A host without gzip exits errNoGzip, having changed nothing.
+func uploadCompressed(ctx context.Context, client *mesh.Client, src, upload string, install []string, stdout, stderr io.Writer) error {
+	data, ok := gzipped.Load(src)
+	if !ok {
+		raw, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("upload: %w", err)
+		}
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		zw.Write(raw)
+		if err := zw.Close(); err != nil {
+			return fmt.Errorf("upload: %w", err)
+		}
+		data, _ = gzipped.LoadOrStore(src, buf.Bytes())
+	}
+	return client.Run(ctx, append([]string{"sh", "-c", uploadScript, "sh"}, install...), bytes.NewReader(data.([]byte)), stdout, stderr)
+}
+
+// errNoOldAgent is upgradeAgent's answer for a host with no agent at all.
+var errNoOldAgent = errors.New("no agent on the host")
+
+// upgradeAgentScript runs the receive command of an agent already on the
+// host: the boot-default system's, else any registered agent path in the
+// store. Exit 99 when there is none.
+var upgradeAgentScript = fmt.Sprintf(`s=$1
+for a in "$s"/profiles/system/agent/bin/deploy-agent "$s"/store/*-deploy-agent/bin/deploy-agent; do
+	test -x "$a" || continue
+	case $a in
+	"$s"/store/*) d=${a%%/bin/deploy-agent}; b=${d##*/}; test -f "$s/db/${b%%%%-*}.narinfo" || continue ;;
+	esac
+	exec "$a" receive --state-dir "$s"
+done
+exit %d`, errAgentMissing)
+
+// upgradeAgent installs agentPath on a host that runs an older agent by
+// having that agent receive it, compressed, in one session: an upgrade
+// (every new release of deploy) then costs a few MB and one round trip
+// instead of an upload of the bare binary and its installation. It returns
+// the old agent's version; errNoOldAgent when the host has none, another
+// error when the old one could not do it (an older transfer protocol, for
+// one), and then the caller uploads the binary instead.
+func upgradeAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string) (string, error) {
+	sess, err := client.Start(ctx, []string{"sh", "-c", upgradeAgentScript, "sh", stateDir})
+	if err != nil {
+		return "", err
+	}
+	defer sess.Close()
+	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
+	stats, err := closure.Send(ctx, local, []string{agentPath}, conn, closure.SendOptions{Compress: true})
+	sess.Stdin.Close()
+	werr := sess.Wait()
+	var ee *mesh.ExitError
+	if errors.As(werr, &ee) && ee.Code == errAgentMissing && stats != nil && stats.Agent == "" {
+		return "", errNoOldAgent
+	}
+	via := ""
+	if stats != nil {
+		via = stats.Agent
+	}
+	if err == nil {
+		err = werr
+	}
+	return via, err
 }
 
 // uploadFile copies a local file to a new private file on the target with

@@ -373,3 +373,59 @@ func TestCopySudo(t *testing.T) {
 		t.Fatalf("the sudo password leaked into %s", out)
 	}
 }
+
+// TestCopyUpgradesAgent bootstraps an agent on a host without gzip (over
+// SFTP, uncompressed), then copies to that host with a newer agent: the new
+// agent comes through the old one's receive (compressed, one session), not
+// as an uploaded binary, and then receives the rest.
+func TestCopyUpgradesAgent(t *testing.T) {
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	local, agent := newLocal(t)
+	// An "older" agent: the same program with other bytes, so another
+	// store path (ELF ignores what follows its sections).
+	bin, err := os.ReadFile(buildAgent(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldBin := filepath.Join(t.TempDir(), "deploy-agent")
+	if err := os.WriteFile(oldBin, append(bin, "older"...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old, err := local.AddAgent(context.Background(), oldBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, nw)
+	ctx := context.Background()
+	var logs []string
+	logf := func(format string, args ...any) { logs = append(logs, fmt.Sprintf(format, args...)) }
+	// The first bootstrap, on a host without gzip: the bare binary over
+	// SFTP.
+	h.Succeed("mv /usr/bin/gzip /usr/bin/gzip.hidden")
+	res, err := Copy(ctx, local, connect(t, cfg, target(h)), []string{old.Path}, old.Path, CopyOptions{Logf: logf})
+	h.Succeed("mv /usr/bin/gzip.hidden /usr/bin/gzip")
+	if err != nil || !res.Bootstrapped {
+		t.Fatalf("first copy: %+v, %v; want the old agent uploaded", res, err)
+	}
+	if joined := strings.Join(logs, "\n"); strings.Contains(joined, "received") || !strings.Contains(joined, "no gzip on the host") {
+		t.Fatalf("first copy: want an SFTP upload, logs:\n%s", joined)
+	}
+	logs = nil
+	root := mixedClosure(t, local, 4<<20, 2)
+	res, err = Copy(ctx, local, connect(t, cfg, target(h)), []string{root}, agent, CopyOptions{Logf: logf})
+	if err != nil {
+		t.Fatalf("second copy: %v\n%s", err, strings.Join(logs, "\n"))
+	}
+	joined := strings.Join(logs, "\n")
+	if !res.Bootstrapped || !strings.Contains(joined, "the host's agent dev received "+agent) || strings.Contains(joined, "uploading") {
+		t.Fatalf("second copy: %+v; want the new agent received by the old one, logs:\n%s", res, joined)
+	}
+	if res.Stats.Missing != res.Paths-1 {
+		t.Fatalf("second copy: stats %+v, want every path but the agent sent after it", res.Stats)
+	}
+	h.Succeed(agentCmd(agent, "verify"))
+	if out := h.Succeed("ls /var/lib/deploy/store"); strings.Contains(out, closure.UploadPrefix) {
+		t.Fatalf("an upload was left in the store:\n%s", out)
+	}
+}

@@ -44,8 +44,9 @@
 // # The image cache
 //
 // The root filesystem is made once per machine with debootstrap (variant
-// minbase plus systemd, systemd-sysv, openssh-server, dbus, iproute2, udev
-// and procps) under an flock, and reused by every later run. It lives in
+// minbase plus systemd, systemd-sysv, openssh-server, dbus, iproute2, udev,
+// procps, sudo, nftables and rsync, the last for the copy benchmarks) under
+// an flock, and reused by every later run. It lives in
 // $DEPLOY_VMTEST_CACHE, by default /var/cache/deploy-vmtest, under a name that
 // hashes the recipe, so a changed recipe builds a new image.
 //

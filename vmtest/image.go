@@ -36,7 +36,7 @@ const (
 	imageRevision = "4"
 )
 
-var imagePackages = []string{"systemd", "systemd-sysv", "openssh-server", "dbus", "iproute2", "udev", "procps", "sudo", "nftables"}
+var imagePackages = []string{"systemd", "systemd-sysv", "openssh-server", "dbus", "iproute2", "udev", "procps", "sudo", "nftables", "rsync"}
 
 // maskedUnits do nothing useful in a test host and cost memory or start
 // background work (apt downloads) in the middle of a test.

@@ -306,6 +306,13 @@ func (n *Network) ControllerCommand(ctx context.Context, name string, args ...st
 	return cmd
 }
 
+// NetnsPath returns a path to the switch namespace for other processes of
+// the machine, such as `nsenter --net=PATH ssh ...` in a benchmark script:
+// the namespace descriptor of this process, valid while the network is up.
+func (n *Network) NetnsPath() string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), n.sw.f.Fd())
+}
+
 // inotifySysctls are the per-user inotify limits that every host's systemd
 // (and everything in it) draws from: all hosts' processes run as the same
 // root, so with the usual 128 instances the 16th host's systemd fails with
