@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,6 +49,86 @@ func BenchmarkNoopRedeploy(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/float64(n), "ms/host")
+		})
+	}
+}
+
+// BenchmarkFirstDeploy times the first deployment to fresh hosts, side by
+// side for 1, 10 and 30 hosts: per host the agent's bootstrap, the copy of
+// a closure with a 16 MiB package (random, so incompressible), the
+// activation and the confirmation over a new connection, all hosts in one
+// batch. Each sub-benchmark boots its own hosts and deploys once per
+// iteration to hosts that have never been deployed to (the hosts are
+// booted again for every iteration, outside the timer). Every host must
+// come back "ok", or the benchmark fails.
+//
+//	go test ./cmd/deploy -run '^$' -bench FirstDeploy -benchtime 1x
+func BenchmarkFirstDeploy(b *testing.B) {
+	for _, n := range []int{1, 10, 30} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			blob := make([]byte, 16<<20)
+			rand.Read(blob)
+			var sent int64
+			for b.Loop() {
+				b.StopTimer()
+				nw := vmtest.Start(b, n)
+				fleet, key := testFleet(b, nw, "")
+				os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(`
+deployment "all" {
+  hosts      = [`+quotedNames(nw)+`]
+  batch_size = "100%"
+  canary     = 0
+}
+role "data" {
+  package "blob" {
+    path = "./blob"
+  }
+  file "/etc/blob-path" {
+    content = "${package.blob}"
+  }
+}
+defaults {
+  roles = [role.data]
+}
+`), 0o644)
+				os.MkdirAll(filepath.Join(fleet, "blob"), 0o755)
+				os.WriteFile(filepath.Join(fleet, "blob", "data"), blob, 0o644)
+				home := b.TempDir()
+				cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleet+"#all")
+				cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
+				// The build is not what this measures: done before the timer.
+				build := deployCmd(b, nw, "build", fleet+"#all")
+				build.Env = cmd.Env
+				if out, err := build.CombinedOutput(); err != nil {
+					b.Fatalf("deploy build: %v\n%s", err, out)
+				}
+				b.StartTimer()
+				out, err := cmd.Output()
+				b.StopTimer()
+				if err != nil {
+					b.Fatalf("deploy: %v\n%s", err, out)
+				}
+				ok := 0
+				for _, line := range strings.Split(string(out), "\n") {
+					var ev deploy.Event
+					if json.Unmarshal([]byte(line), &ev) != nil {
+						continue
+					}
+					switch {
+					case ev.Type == deploy.EventResult && ev.Result == deploy.ResultOK:
+						ok++
+					case ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseCopy && ev.State == "done":
+						sent += ev.Total
+					}
+				}
+				if ok != n {
+					b.Fatalf("%d of %d hosts ok in a first deploy:\n%s", ok, n, out)
+				}
+				nw.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/float64(n), "ms/host")
+			b.ReportMetric(float64(sent)/float64(b.N)/float64(n)/(1<<20), "MiB-sent/host")
 		})
 	}
 }
