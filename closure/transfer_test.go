@@ -218,3 +218,45 @@ func TestTransferDryRunAndSystems(t *testing.T) {
 		t.Fatalf("a dry run imported %v", got)
 	}
 }
+
+// TestTransferDurability checks the two ways a receive makes what it
+// imports durable: one syncfs per batch while the machine has little dirty
+// data, and an fsync of each file and directory as it is written when it
+// has much (BusyDirtyBytes), where a syncfs would wait for other processes'
+// data too. Either way every path is valid and verifies.
+func TestTransferDurability(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		threshold int64
+		syncfs    bool
+	}{
+		{"quiet machine: syncfs", 1 << 62, true},
+		{"busy machine: fsync each", -1, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			old := BusyDirtyBytes
+			BusyDirtyBytes = c.threshold
+			defer func() { BusyDirtyBytes = old }()
+			local, paths := fixture(t, 5)
+			remote := newTestStore(t, DefaultStoreDir)
+			before := syncfsCalls.Load()
+			s, _, serr, rerr := transfer(t, local, remote, paths, SendOptions{}, nil)
+			if serr != nil || rerr != nil || s.Imported != len(paths) {
+				t.Fatalf("transfer: %+v, send %v, receive %v", s, serr, rerr)
+			}
+			if calls := syncfsCalls.Load() - before; (calls > 0) != c.syncfs {
+				t.Fatalf("%d syncfs calls; want syncfs: %v", calls, c.syncfs)
+			}
+			if problems, err := remote.Verify(context.Background()); err != nil || len(problems) != 0 {
+				t.Fatalf("remote Verify: %v %v", problems, err)
+			}
+		})
+	}
+}
+
+func TestParseDirty(t *testing.T) {
+	meminfo := "MemTotal:       24573440 kB\nDirty:            100 kB\nWriteback:         20 kB\nWritebackTmp:      5 kB\n"
+	if got := parseDirty([]byte(meminfo)); got != 120<<10 {
+		t.Fatalf("parseDirty = %d, want %d (Dirty + Writeback, not WritebackTmp)", got, 120<<10)
+	}
+}
