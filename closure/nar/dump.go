@@ -28,9 +28,10 @@ func Dump(w io.Writer, path string) error {
 }
 
 type dumper struct {
-	w   *bufio.Writer
-	err error
-	buf [8]byte
+	w     *bufio.Writer
+	err   error
+	buf   [8]byte
+	small []byte // smallContents' buffer, grown to the largest file
 }
 
 func (d *dumper) u64(n uint64) {
@@ -182,6 +183,9 @@ func (d *dumper) copyFile(f *os.File, size int64) (int64, error) {
 }
 
 func (d *dumper) contents(path string, size int64) error {
+	if size < sparseMin {
+		return d.smallContents(path, size)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("nar: dump: %w", err)
@@ -200,6 +204,49 @@ func (d *dumper) contents(path string, size int64) error {
 	}
 	if extra, _ := f.Read(d.buf[:1]); extra > 0 {
 		return fmt.Errorf("nar: dump %q: file grew while reading", path)
+	}
+	d.pad(uint64(size))
+	return d.err
+}
+
+// smallContents writes a file of less than sparseMin bytes: the per-file
+// path of a closure of thousands of small files, so it makes the fewest
+// system calls it can: open (never following a symlink swapped in since
+// the lstat), one read for the whole file and the check that it did not
+// grow (a regular file's read returns short only at its end), close.
+func (d *dumper) smallContents(path string, size int64) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("nar: dump: %w", &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	defer unix.Close(fd)
+	if int64(cap(d.small)) < size+1 {
+		d.small = make([]byte, size+1)
+	}
+	buf := d.small[:size+1]
+	n := 0
+	for n < len(buf) {
+		k, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("nar: dump: %w", &os.PathError{Op: "read", Path: path, Err: err})
+		}
+		n += k
+		if k == 0 || n == int(size) && k < len(buf)-(n-k) {
+			break // the end of the file
+		}
+	}
+	switch {
+	case n > int(size):
+		return fmt.Errorf("nar: dump %q: file grew while reading", path)
+	case n < int(size):
+		return fmt.Errorf("nar: dump %q: file shrank while reading (%d of %d bytes)", path, n, size)
+	}
+	d.u64(uint64(size))
+	if d.err == nil {
+		_, d.err = d.w.Write(buf[:size])
 	}
 	d.pad(uint64(size))
 	return d.err

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/declarative/deploy/internal/testenv"
@@ -109,9 +110,24 @@ func TestRestoreRoundTrip(t *testing.T) {
 	src := t.TempDir()
 	makeTree(t, src)
 	want := dumpBytes(t, src)
-	for _, sync := range []bool{false, true} {
+	// Files are created with their final mode where the umask allows it
+	// (see createMode); under a umask that would take bits off, and with
+	// the umask unknown, they are chmodded after, so the modes are the
+	// same in every case.
+	type setup struct {
+		sync  bool
+		umask int // the process's umask for the restore; -1: unknown
+	}
+	for _, c := range []setup{{false, 0o022}, {true, 0o022}, {false, 0o077}, {false, -1}} {
+		if c.umask >= 0 {
+			old := syscall.Umask(c.umask)
+			defer syscall.Umask(old)
+		}
+		oldUmask := umask
+		umask = c.umask
+		defer func() { umask = oldUmask }()
 		dest := filepath.Join(t.TempDir(), "out")
-		n, err := Restore(bytes.NewReader(want), dest, RestoreOptions{Sync: sync})
+		n, err := Restore(bytes.NewReader(want), dest, RestoreOptions{Sync: c.sync})
 		if err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
@@ -127,7 +143,7 @@ func TestRestoreRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			if fi.Mode() != mode {
-				t.Errorf("mode of %q = %v, want %v", name, fi.Mode(), mode)
+				t.Errorf("%+v: mode of %q = %v, want %v", c, name, fi.Mode(), mode)
 			}
 		}
 		if err := RemoveTree(dest); err != nil {
@@ -430,6 +446,27 @@ func TestRestoreNeverRemovesExistingDest(t *testing.T) {
 					t.Fatalf("Restore changed the existing %s:\nbefore:\n%s\nafter:\n%s", destName, before, after)
 				}
 			})
+		}
+	}
+}
+
+// TestDumpFileChangedWhileRead dumps files whose content does not match the
+// size lstat gave: procfs files say 0 and have content (as if they grew
+// after the lstat), sysfs attributes say 4096 and have less (as if they
+// shrank). Either is an error naming the file, never a NAR with the wrong
+// bytes.
+func TestDumpFileChangedWhileRead(t *testing.T) {
+	for _, c := range []struct{ path, want string }{
+		{"/proc/self/status", "grew while reading"},
+		{"/sys/kernel/profiling", "shrank while reading"},
+	} {
+		if fi, err := os.Lstat(c.path); err != nil || !fi.Mode().IsRegular() {
+			t.Logf("skipping %s: %v", c.path, err)
+			continue
+		}
+		err := Dump(io.Discard, c.path)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.path) {
+			t.Errorf("Dump(%s) = %v, want an error naming it: %q", c.path, err, c.want)
 		}
 	}
 }

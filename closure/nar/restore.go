@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -32,7 +34,9 @@ type RestoreOptions struct {
 // Every file is created relative to an already opened parent directory with
 // O_NOFOLLOW|O_EXCL, so a symlink in the archive, or one planted while
 // restoring, is never followed and nothing is written outside dest. On error
-// the partial tree is removed. Restore returns the archive's size.
+// the partial tree is removed. Restore returns the archive's size. The
+// umask is read once, when the program starts: a program that changes it
+// later must not restore meanwhile (the modes could come out narrower).
 func Restore(r io.Reader, dest string, opts RestoreOptions) (int64, error) {
 	parent, err := unix.Open(filepath.Dir(dest), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -205,19 +209,78 @@ func (rs *restorer) writer() {
 	}
 }
 
-// writeFile creates one file with its whole content.
+// writeFile creates one file with its whole content. It is the per-file
+// path of a closure of thousands of small files, so it makes the fewest
+// system calls it can: the file is created with its final mode (writable
+// through this descriptor all the same) where the umask leaves that mode
+// alone, and the descriptor is used raw (os.NewFile would add an fcntl).
 func (rs *restorer) writeFile(fd int, n, full string, executable bool, data []byte) error {
-	ffd, err := unix.Openat(fd, n, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	mode, chmod := createMode(executable)
+	ffd, err := unix.Openat(fd, n, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return fmt.Errorf("nar: restore: create %q: %w", full, err)
 	}
-	f := os.NewFile(uintptr(ffd), full)
-	defer f.Close()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("nar: restore: write %q: %w", full, err)
+	defer unix.Close(ffd)
+	for b := data; len(b) > 0; {
+		k, err := unix.Write(ffd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("nar: restore: write %q: %w", full, err)
+		}
+		b = b[k:]
 	}
 	rs.wrote(len(data))
-	return rs.finishFile(f, executable)
+	if chmod {
+		if err := unix.Fchmod(ffd, fileMode(executable)); err != nil {
+			return fmt.Errorf("nar: restore: chmod %q: %w", full, err)
+		}
+	}
+	if rs.sync {
+		if err := unix.Fsync(ffd); err != nil {
+			return fmt.Errorf("nar: restore: fsync %q: %w", full, err)
+		}
+	}
+	return nil
+}
+
+// fileMode is a restored file's mode: read-only, executable or not.
+func fileMode(executable bool) uint32 {
+	if executable {
+		return 0o555
+	}
+	return 0o444
+}
+
+// createMode returns the mode to create a file with, and whether it still
+// needs an fchmod: when the process's umask would take bits off the final
+// mode (or is unknown), the file is created 0600 and chmodded after.
+func createMode(executable bool) (uint32, bool) {
+	m := fileMode(executable)
+	if umask < 0 || uint32(umask)&m != 0 {
+		return 0o600, true
+	}
+	return m, false
+}
+
+// umask is the process's umask, read once from /proc/self/status (which
+// does not change it, unlike umask(2)); -1 if unknown.
+var umask = readUmask()
+
+func readUmask() int {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return int(u)
+			}
+		}
+	}
+	return -1
 }
 
 // finishFile sets a written file's mode, fsyncs it if asked, and closes it.
