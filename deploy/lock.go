@@ -64,7 +64,8 @@ func (s *Session) runHolder() *agentapi.RunHolder {
 // deploy-agent to run it with, "" for the host's current one). It first
 // tries every host at once; if another run holds any, it lets go of all
 // and takes them again one by one in name order, waiting up to WaitLock
-// for each, so that of two runs started together one always gets through.
+// for each (and for a lock a younger run holds, up to lockSettle: see
+// younger), so that of two runs started together one always gets through.
 //
 // It returns false when the run must stop: another run holds some host's
 // lock (that host ends locked, naming the holder; the others skipped, and
@@ -105,6 +106,13 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseLock, Message: "waiting for the run lock"})
 			}
 			reply, err := ops.Lock(ctx, name, run, s.WaitLock, agentFor(name))
+			if err == nil && reply != nil && !reply.Locked && s.WaitLock < lockSettle && younger(reply.Holder, run) {
+				// Of two runs that meet, the younger gives up and lets go
+				// of what it took (see below): wait for that, briefly. A
+				// younger run that goes on holds it longer, and then this
+				// one gives up instead.
+				reply, err = ops.Lock(ctx, name, run, lockSettle, agentFor(name))
+			}
 			got[name] = attempt{reply, err}
 			if held(name) {
 				break
@@ -149,6 +157,26 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 		}
 	}
 	return true, unreachable
+}
+
+// lockSettle is how long the ordered pass of lockHosts waits for a lock
+// that a younger run holds.
+var lockSettle = 5 * time.Second
+
+// younger reports whether the run h started taking its locks after run
+// (ties broken by run id): every run orders any two the same way, whatever
+// the clocks of their machines say, so of two runs that meet in the
+// ordered pass exactly one waits for the other (wait-die). Without that,
+// two runs started together could each find a lock the other held for a
+// moment and both give up.
+func younger(h, run *agentapi.RunHolder) bool {
+	if h == nil {
+		return false
+	}
+	if !h.Started.Equal(run.Started) {
+		return h.Started.After(run.Started)
+	}
+	return h.Run > run.Run
 }
 
 // heldLock is a run lock that an SSHOps holds on a host: the agent's
