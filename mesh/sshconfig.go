@@ -222,7 +222,7 @@ func hostLineMatches(patterns []string, alias string, o *sshOptions) bool {
 // matchLine evaluates a Match line: every criterion must hold.
 func (f *sshConfigFile) matchLine(vals []string, q sshQuery, o *sshOptions) (bool, error) {
 	if len(vals) == 0 {
-		return false, errors.New("Match without criteria")
+		return false, errors.New("no criteria after Match")
 	}
 	result, specific := true, false
 	for i := 0; i < len(vals); i++ {
@@ -233,17 +233,17 @@ func (f *sshConfigFile) matchLine(vals []string, q sshQuery, o *sshOptions) (boo
 		}
 		if crit == "all" {
 			if len(vals) != 1 {
-				return false, errors.New("Match all must appear alone")
+				return false, errors.New(`"Match all" must appear alone`)
 			}
 			return !neg, nil
 		}
 		switch crit {
 		case "host", "originalhost", "user":
 		default:
-			return false, fmt.Errorf("Match criterion %q is not supported (supported: %s)", vals[i], supportedMatch)
+			return false, fmt.Errorf("criterion %q of Match is not supported (supported: %s)", vals[i], supportedMatch)
 		}
 		if i+1 == len(vals) {
-			return false, fmt.Errorf("Match %s needs an argument", crit)
+			return false, fmt.Errorf("criterion %q of Match needs an argument", crit)
 		}
 		i++
 		arg := vals[i]
@@ -341,7 +341,7 @@ func (o *sshOptions) set(key string, vals []string) error {
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 || n > 65535 {
-			return fmt.Errorf("Port %q is not a port number", v)
+			return fmt.Errorf("bad Port %q: not a port number", v)
 		}
 		if o.Port == 0 {
 			o.Port = n
@@ -361,7 +361,7 @@ func (o *sshOptions) set(key string, vals []string) error {
 	case "proxycommand":
 		// The rest of the line is the command, as OpenSSH takes it.
 		if len(vals) == 0 {
-			return errors.New("ProxyCommand without a command")
+			return errors.New("no command after ProxyCommand")
 		}
 		if o.ProxyCommand == "" && o.ProxyJump == "" {
 			o.ProxyCommand = strings.Join(vals, " ")
@@ -405,7 +405,7 @@ func (o *sshOptions) set(key string, vals []string) error {
 		case "accept-new":
 			s = "accept-new"
 		default:
-			return fmt.Errorf("StrictHostKeyChecking %q: want yes, ask, accept-new or no", v)
+			return fmt.Errorf("bad StrictHostKeyChecking %q: want yes, ask, accept-new or no", v)
 		}
 		if o.StrictHostKeyChecking == "" {
 			o.StrictHostKeyChecking = s

@@ -341,16 +341,16 @@ func TestSSHConfigRefusals(t *testing.T) {
 	tests := []struct {
 		name, conf, want string
 	}{
-		{"match exec", "Match exec \"true\"\n  User x\n", `Match criterion "exec" is not supported (supported: all, host, originalhost, user)`},
-		{"match canonical", "Match canonical host x\n", `Match criterion "canonical" is not supported`},
-		{"match final", "Match final\n", `Match criterion "final" is not supported`},
-		{"match localuser", "Match localuser root\n", `Match criterion "localuser" is not supported`},
-		{"match localnetwork", "Match localnetwork 10.0.0.0/8\n", `Match criterion "localnetwork" is not supported`},
-		{"match tagged", "Match tagged x\n", `Match criterion "tagged" is not supported`},
-		{"match without argument", "Match host\n", "Match host needs an argument"},
-		{"match all with more", "Match all host x\n", "Match all must appear alone"},
-		{"bad port", "Host *\n  Port x\n", `Port "x" is not a port number`},
-		{"bad strict", "Host *\n  StrictHostKeyChecking maybe\n", `StrictHostKeyChecking "maybe"`},
+		{"match exec", "Match exec \"true\"\n  User x\n", `criterion "exec" of Match is not supported (supported: all, host, originalhost, user)`},
+		{"match canonical", "Match canonical host x\n", `criterion "canonical" of Match is not supported`},
+		{"match final", "Match final\n", `criterion "final" of Match is not supported`},
+		{"match localuser", "Match localuser root\n", `criterion "localuser" of Match is not supported`},
+		{"match localnetwork", "Match localnetwork 10.0.0.0/8\n", `criterion "localnetwork" of Match is not supported`},
+		{"match tagged", "Match tagged x\n", `criterion "tagged" of Match is not supported`},
+		{"match without argument", "Match host\n", `criterion "host" of Match needs an argument`},
+		{"match all with more", "Match all host x\n", `"Match all" must appear alone`},
+		{"bad port", "Host *\n  Port x\n", `bad Port "x": not a port number`},
+		{"bad strict", "Host *\n  StrictHostKeyChecking maybe\n", `bad StrictHostKeyChecking "maybe"`},
 		{"unterminated quote", "Host \"x\n", "unterminated quote"},
 		{"include loop", "Include DIR/config\n", "Include nested more than 16 deep"},
 	}

@@ -306,6 +306,14 @@ func (n *Network) ControllerCommand(ctx context.Context, name string, args ...st
 	return cmd
 }
 
+// SwitchNetNS returns a path naming the switch namespace for as long as the
+// Network lives ("/proc/PID/fd/N" of the test process), for programs that
+// must enter it themselves, such as an SSH ProxyCommand
+// (`nsenter --net=PATH -- ...`).
+func (n *Network) SwitchNetNS() string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), n.sw.f.Fd())
+}
+
 // inotifySysctls are the per-user inotify limits that every host's systemd
 // (and everything in it) draws from: all hosts' processes run as the same
 // root, so with the usual 128 instances the 16th host's systemd fails with
