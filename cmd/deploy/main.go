@@ -25,6 +25,7 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	format         string // --format (ciformat.go); "" when not given
 }
 
 type command struct {

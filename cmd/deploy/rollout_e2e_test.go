@@ -345,8 +345,35 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 		t.Errorf("the dry run changed h1: %q, was %q", after, before)
 	}
 
+	// CI formats: the plan as markdown on stdout (--format markdown), and
+	// in GitHub's step summary (--format github), stdout keeping its result
+	// lines there.
+	md, err := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "markdown", fleet+"#prod").Output()
+	if err != nil {
+		t.Fatalf("dry run --format markdown: %v", err)
+	}
+	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| h1 | planned | ", "`web.service`", "- `/etc/web/greeting`", "| h3 | planned | "} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("dry run --format markdown:\n%s\nwant %q in it", md, want)
+		}
+	}
+	summary := filepath.Join(t.TempDir(), "step_summary.md")
+	os.WriteFile(summary, []byte("earlier step\n"), 0o644)
+	gh := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "github", fleet+"#prod")
+	gh.Env = append(gh.Env, "GITHUB_STEP_SUMMARY="+summary)
+	out, err := gh.Output()
+	if err != nil {
+		t.Fatalf("dry run --format github: %v", err)
+	}
+	if !strings.Contains(string(out), "h1\tplanned") {
+		t.Errorf("dry run --format github: stdout %q, want the result lines", out)
+	}
+	if got, _ := os.ReadFile(summary); string(got) != "earlier step\n"+string(md) {
+		t.Errorf("step summary after dry run --format github:\n%s\nwant the earlier content, then:\n%s", got, md)
+	}
+
 	// deploy diff against what h1 runs now.
-	out, err := deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
+	out, err = deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy diff: %v\n%s", err, out)
 	}
