@@ -12,6 +12,7 @@ require (
 	github.com/minio/minio-go/v7 v7.1.0
 	github.com/pkg/sftp v1.13.12
 	github.com/rogpeppe/go-internal v1.16.0
+	github.com/santhosh-tekuri/jsonschema/v6 v6.0.3
 	github.com/ulikunitz/xz v0.5.17
 	github.com/zclconf/go-cty v1.19.0
 	golang.org/x/crypto v0.58.0
