@@ -16,6 +16,8 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/vmtest"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // rolloutFleet writes a five-host fleet: a role with a file, a service and
@@ -319,6 +321,35 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "h2") {
 		t.Errorf("stderr does not name the unreachable host:\n%s", stderr)
+	}
+
+	// The agent wrote its Prometheus textfile on h1 after the activation.
+	prom := nw.Hosts[0].Succeed("cat /var/lib/deploy/metrics/deploy.prom")
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(prom))
+	if err != nil {
+		t.Fatalf("h1's metrics textfile does not parse: %v\n%s", err, prom)
+	}
+	gauge := func(name string) float64 {
+		f := fams[name]
+		if f == nil || len(f.GetMetric()) != 1 {
+			t.Errorf("h1's textfile has no single %s:\n%s", name, prom)
+			return -1
+		}
+		return f.GetMetric()[0].GetGauge().GetValue()
+	}
+	if g := gauge("deploy_current_generation"); g != float64(res["h1"].Generation) || g == 0 {
+		t.Errorf("h1: deploy_current_generation = %v, want %d", g, res["h1"].Generation)
+	}
+	if g := gauge("deploy_last_activation_success"); g != 1 {
+		t.Errorf("h1: deploy_last_activation_success = %v, want 1", g)
+	}
+	// The role's command health check ran and passed.
+	if g := gauge("deploy_checks_failing"); g != 0 {
+		t.Errorf("h1: deploy_checks_failing = %v, want 0", g)
+	}
+	if g := gauge("deploy_last_check_timestamp_seconds"); g <= 0 {
+		t.Errorf("h1: deploy_last_check_timestamp_seconds = %v, want a time", g)
 	}
 
 	// --dry-run: a plan per host, nothing changes on the hosts.
