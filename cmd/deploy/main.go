@@ -26,6 +26,8 @@ type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	format         string // --format (ciformat.go); "" when not given
+	// openTTY opens the terminal for prompts; nil means /dev/tty.
+	openTTY func() (*os.File, error)
 }
 
 type command struct {
