@@ -59,6 +59,7 @@ func commands() []command {
 		{"status", "show hosts' current, boot, pending and failed generations (TARGET...), or their reports to a channel (--channel NAME)", runStatus},
 		{"gc", "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", runGC},
 		{"demo", "the main job on local test hosts: deploy, change, break, roll back, clean up", runDemo},
+		{"completion", "print the shell completion script (bash, zsh or fish)", runCompletion},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -77,6 +78,10 @@ func runMain(ctx context.Context, e *env, args []string) int {
 			return ExitUsage
 		}
 		return ExitOK
+	}
+	if args[0] == "__complete" {
+		// Hidden: the completion scripts' callback.
+		return report(stderr, runComplete(ctx, e, args[1:]))
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
