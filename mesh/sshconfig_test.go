@@ -404,3 +404,68 @@ func TestExpandProxyCommand(t *testing.T) {
 		t.Errorf("expandTokens(%%C) = %v, want a refusal", err)
 	}
 }
+
+// TestResolveOptions checks what resolve makes of the options beyond
+// ssh -G's view: expansion, the agent socket, timeouts, the alias fallback
+// to Target.Address, and ProxyCommand only on the first connection.
+func TestResolveOptions(t *testing.T) {
+	home := t.TempDir()
+	conf := filepath.Join(home, "config")
+	if err := os.WriteFile(conf, []byte(`
+Host web1
+    IdentityAgent ~/.ssh/agent-%r.sock
+    CertificateFile ~/.ssh/%n-cert.pub
+    IdentitiesOnly yes
+    ConnectTimeout 3
+    ServerAliveInterval 7
+    ServerAliveCountMax 2
+    HostKeyAlias Web-Alias
+Host envagent
+    IdentityAgent $MY_AGENT
+Host noagent
+    IdentityAgent none
+Match host 10.7.*
+    User matched
+    ProxyCommand nc %h %p
+Host viajump
+    ProxyJump 10.7.0.1
+Host zero
+    ServerAliveInterval 0
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{SSHConfigFile: conf, Getenv: func(k string) string {
+		return map[string]string{"HOME": home, "MY_AGENT": "/run/agent.sock", "SSH_AUTH_SOCK": "/default.sock"}[k]
+	}}
+	r, err := cfg.resolve(Target{Name: "web1", User: "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := r.target
+	if !e.agentSet || e.agentSocket != home+"/.ssh/agent-ops.sock" || !e.identitiesOnly ||
+		e.connectTimeout.Seconds() != 3 || e.aliveInterval.Seconds() != 7 || e.aliveMax != 2 ||
+		e.hostKeyAlias != "web-alias" || e.knownHostsName() != "web-alias:22" ||
+		len(e.certificateFiles) != 1 || e.certificateFiles[0] != home+"/.ssh/web1-cert.pub" {
+		t.Errorf("resolve(web1) = %+v", e)
+	}
+	if r, _ := cfg.resolve(Target{Name: "envagent"}); r.target.agentSocket != "/run/agent.sock" || !r.target.agentSet {
+		t.Errorf("IdentityAgent $MY_AGENT: socket %q", r.target.agentSocket)
+	}
+	if r, _ := cfg.resolve(Target{Name: "noagent"}); r.target.agentSocket != "" || !r.target.agentSet {
+		t.Errorf("IdentityAgent none: socket %q, set %v", r.target.agentSocket, r.target.agentSet)
+	}
+	if r, _ := cfg.resolve(Target{Name: "zero"}); r.target.aliveInterval != 0 {
+		t.Errorf("ServerAliveInterval 0: interval %v, want mesh's default (0 here)", r.target.aliveInterval)
+	}
+	// No block matches the name, Match host matches the address.
+	r, err = cfg.resolve(Target{Name: "db1", Address: "10.7.0.9"})
+	if err != nil || r.target.user != "matched" || r.target.proxyCommand != "nc %h %p" || r.target.host != "10.7.0.9" {
+		t.Errorf("resolve(db1 at 10.7.0.9) = %+v, %v; want user matched and the ProxyCommand", r.target, err)
+	}
+	// A jump host's own ProxyCommand is used to reach it; the target is
+	// reached through the jump.
+	r, err = cfg.resolve(Target{Name: "viajump"})
+	if err != nil || len(r.jumps) != 1 || r.jumps[0].proxyCommand != "nc %h %p" || r.target.proxyCommand != "" {
+		t.Errorf("resolve(viajump) = %+v, %v; want the jump host through its ProxyCommand", r, err)
+	}
+}
