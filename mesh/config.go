@@ -209,7 +209,7 @@ func (c *Config) resolve(t Target) (*route, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := sshQuery{alias: name, user: t.User, port: t.Port, jump: t.ProxyJump}
+	q := sshQuery{alias: name, hostname: t.Address, user: t.User, port: t.Port, jump: t.ProxyJump}
 	o, err := sc.lookup(q)
 	if err != nil {
 		return nil, err

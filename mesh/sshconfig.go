@@ -50,6 +50,10 @@ type sshConfigFile struct {
 // which win as command-line options do.
 type sshQuery struct {
 	alias string
+	// hostname is the address the Target gives ("" if none): what Match
+	// host sees until a HostName line sets one, since the fleet's address
+	// plays HostName's part.
+	hostname string
 	user  string // explicit user ("" if none): Match user sees it
 	port  int    // explicit port (0 if none)
 	jump  string // explicit ProxyJump ("" if none)
@@ -251,6 +255,9 @@ func (f *sshConfigFile) matchLine(vals []string, q sshQuery, o *sshOptions) (boo
 		switch crit {
 		case "host":
 			host := q.alias
+			if q.hostname != "" {
+				host = q.hostname
+			}
 			if o.HostName != "" {
 				host = expandPercentH(o.HostName, q.alias)
 			}
