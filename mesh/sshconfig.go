@@ -54,9 +54,9 @@ type sshQuery struct {
 	// host sees until a HostName line sets one, since the fleet's address
 	// plays HostName's part.
 	hostname string
-	user  string // explicit user ("" if none): Match user sees it
-	port  int    // explicit port (0 if none)
-	jump  string // explicit ProxyJump ("" if none)
+	user     string // explicit user ("" if none): Match user sees it
+	port     int    // explicit port (0 if none)
+	jump     string // explicit ProxyJump ("" if none)
 }
 
 // maxIncludeDepth is OpenSSH's READCONF_MAX_DEPTH.
