@@ -72,7 +72,7 @@ func (f *sshConfigFile) lookup(q sshQuery) (*sshOptions, error) {
 		ConnectTimeout: -1, ServerAliveInterval: -1, ServerAliveCountMax: -1}
 	if f.path != "" {
 		active := true
-		if err := f.read(f.path, q, o, &active, 0); err != nil {
+		if err := f.read(f.path, q, o, &active, false, 0); err != nil {
 			return nil, err
 		}
 	}
@@ -108,7 +108,10 @@ func expandPercentH(s, host string) string {
 	return b.String()
 }
 
-func (f *sshConfigFile) read(path string, q sshQuery, o *sshOptions, active *bool, depth int) error {
+// read evaluates one file. With neverMatch (a file included from a block
+// that does not apply: OpenSSH's SSHCONF_NEVERMATCH) no Host or Match line
+// in it applies.
+func (f *sshConfigFile) read(path string, q sshQuery, o *sshOptions, active *bool, neverMatch bool, depth int) error {
 	if depth > maxIncludeDepth {
 		return fmt.Errorf("ssh config %q: Include nested more than %d deep", path, maxIncludeDepth)
 	}
@@ -137,21 +140,21 @@ func (f *sshConfigFile) read(path string, q sshQuery, o *sshOptions, active *boo
 			if len(vals) == 0 {
 				return fmt.Errorf("ssh config %s: Host without patterns", where)
 			}
-			*active = hostLineMatches(vals, q.alias, o)
+			*active = !neverMatch && hostLineMatches(vals, q.alias, o)
 			continue
 		case "match":
 			m, err := f.matchLine(vals, q, o)
 			if err != nil {
 				return fmt.Errorf("ssh config %s: %w", where, err)
 			}
-			*active = m
+			*active = m && !neverMatch
 			continue
 		case "include":
 			if len(vals) == 0 {
 				return fmt.Errorf("ssh config %s: Include without a file", where)
 			}
 			for _, pat := range vals {
-				if err := f.include(pat, q, o, *active, depth); err != nil {
+				if err := f.include(pat, q, o, *active, neverMatch, depth); err != nil {
 					return err
 				}
 			}
@@ -173,8 +176,9 @@ func (f *sshConfigFile) read(path string, q sshQuery, o *sshOptions, active *boo
 // include reads the files matching pat in place. Relative paths are under
 // ~/.ssh, as for a user's configuration. The included files start in the
 // includer's state, and the includer's state is restored after them (as
-// OpenSSH does), so a Host line in an included file does not leak out.
-func (f *sshConfigFile) include(pat string, q sshQuery, o *sshOptions, active bool, depth int) error {
+// OpenSSH does), so a Host line in an included file does not leak out; a
+// file included from a block that does not apply applies nowhere.
+func (f *sshConfigFile) include(pat string, q sshQuery, o *sshOptions, active, neverMatch bool, depth int) error {
 	switch {
 	case pat == "~" || strings.HasPrefix(pat, "~/"):
 		pat = filepath.Join(f.home, pat[1:])
@@ -190,7 +194,7 @@ func (f *sshConfigFile) include(pat string, q sshQuery, o *sshOptions, active bo
 			continue
 		}
 		a := active
-		if err := f.read(p, q, o, &a, depth+1); err != nil {
+		if err := f.read(p, q, o, &a, neverMatch || !active, depth+1); err != nil {
 			return err
 		}
 	}

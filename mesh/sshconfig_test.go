@@ -205,6 +205,14 @@ Host *
 `, map[string]string{
 		"inner.conf": "User inner\nConnectTimeout 3\nHost nothing\nPort 1\n",
 	}, sshQuery{alias: "app"}},
+	{"include from a block that does not apply applies nowhere", `
+Host other
+    Include DIR/inner.conf
+Host *
+    Port 2200
+`, map[string]string{
+		"inner.conf": "Host app\n    User never\n    Port 1\nMatch all\n    User never2\n",
+	}, sshQuery{alias: "app"}},
 	{"match host sees HostName", `
 Host short
     HostName Long.Internal.Example
