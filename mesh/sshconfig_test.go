@@ -213,6 +213,17 @@ Host *
 `, map[string]string{
 		"inner.conf": "Host app\n    User never\n    Port 1\nMatch all\n    User never2\n",
 	}, sshQuery{alias: "app"}},
+	{"keywords in any case, trailing comments, identity files accumulate", `
+HOST acc
+    hostname ACC.example # the name
+    USER bob # a comment
+    IdentityFile ~/.ssh/first
+host a*
+    identityfile ~/.ssh/second
+    CertificateFile ~/.ssh/second-cert.pub
+Host *
+    IdentityFile ~/.ssh/third
+`, nil, sshQuery{alias: "acc"}},
 	{"match host sees HostName", `
 Host short
     HostName Long.Internal.Example
