@@ -112,18 +112,17 @@ func (l Layout) writeResult(r *Result) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(l.ResultFile(r.ID), append(data, '\n'), 0o600); err != nil {
-		return err
-	}
-	// The metrics file is a view: failing to write it fails nothing, and
-	// the reason goes to the activation's log.
+	// The metrics file first: whoever waits for the result file (the
+	// front, deploy-agent confirm) then finds the metrics up to date. It
+	// is a view: failing to write it fails nothing, and the reason goes to
+	// the activation's log.
 	if err := l.recordResult(r); err != nil {
 		if f, ferr := os.OpenFile(l.LogFile(r.ID), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); ferr == nil {
 			fmt.Fprintf(f, "recording the result in the metrics file: %v\n", err)
 			f.Close()
 		}
 	}
-	return nil
+	return atomicfile.Write(l.ResultFile(r.ID), append(data, '\n'), 0o600)
 }
 
 // Worker runs activations on the target. Its zero value uses the default

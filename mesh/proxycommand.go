@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -16,7 +17,7 @@ import (
 // dialProxyCommand runs e's ProxyCommand as OpenSSH does — "exec COMMAND"
 // by the user's $SHELL (else /bin/sh), tokens expanded — and returns a
 // connection over its standard input and output. Its standard error is
-// kept (the last lines) for errors and passed to Logf. Closing the
+// kept (the last 4 KiB) for errors. Closing the
 // connection closes the pipes and sends the command SIGHUP, as ssh does.
 func (c *Config) dialProxyCommand(e *endpoint) (net.Conn, error) {
 	cmdline, err := c.expandTokens(e.proxyCommand, *e, true)
@@ -29,17 +30,29 @@ func (c *Config) dialProxyCommand(e *endpoint) (net.Conn, error) {
 	}
 	cmd := exec.Command(shell, "-c", "exec "+cmdline)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdin, err := cmd.StdinPipe()
+	// Pipes of our own, not StdinPipe/StdoutPipe: Wait (run as soon as
+	// the command starts, to learn its exit) closes those, which could
+	// drop the last bytes the command wrote before exiting.
+	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
+		inR.Close()
+		inW.Close()
 		return nil, err
 	}
-	pc := &proxyConn{cfg: c, name: e.name, cmd: cmd, stdin: stdin, stdout: stdout, exited: make(chan struct{}), stderr: &tailBuffer{max: 4096}}
+	cmd.Stdin, cmd.Stdout = inR, outW
+	pc := &proxyConn{cfg: c, name: e.name, cmd: cmd, stdin: inW, stdout: outR, exited: make(chan struct{}), stderr: &tailBuffer{max: 4096}}
 	cmd.Stderr = pc.stderr
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// The command has its own copies of its ends now.
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		return nil, fmt.Errorf("ProxyCommand of %q: %w", e.name, err)
 	}
 	c.logf("mesh: %s: connecting through ProxyCommand %q", e.name, cmdline)
@@ -55,8 +68,8 @@ type proxyConn struct {
 	cfg     *Config
 	name    string
 	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	stdout  io.ReadCloser
+	stdin   *os.File
+	stdout  *os.File
 	stderr  *tailBuffer
 	exited  chan struct{}
 	waitErr error

@@ -69,8 +69,13 @@ func TestSSHConfigE2E(t *testing.T) {
 	caSigner, _ := ssh.NewSignerFromKey(caPriv)
 	caSSH, _ := ssh.NewPublicKey(caPub)
 	h.Succeed(fmt.Sprintf("printf '%%s\\n' '%s' > /etc/ssh/user_ca.pub && "+
-		"echo 'TrustedUserCAKeys /etc/ssh/user_ca.pub' > /etc/ssh/sshd_config.d/user-ca.conf && systemctl reload ssh",
+		"echo 'TrustedUserCAKeys /etc/ssh/user_ca.pub' > /etc/ssh/sshd_config.d/user-ca.conf && systemctl restart ssh",
 		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(caSSH)))))
+	// (Not reload: sshd re-executes itself on SIGHUP and refuses
+	// connections meanwhile, while systemctl has already returned. restart
+	// returns once the new sshd said it is ready: ssh.service is
+	// Type=notify.)
+	h.WaitForOpenPort(22)
 	userPub, userPriv, _ := ed25519.GenerateKey(rand.Reader)
 	userSSH, _ := ssh.NewPublicKey(userPub)
 	pemBlock, err := ssh.MarshalPrivateKey(userPriv, "")
