@@ -62,8 +62,9 @@ var allowed = map[string][]string{
 	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "channel"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
+	"sbom":             {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "channel"},
+	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "channel", "sbom"},
 	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "channel", "pull"},
 }
 
@@ -167,7 +168,7 @@ func TestAgentDeps(t *testing.T) {
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		imp, flag, _ := strings.Cut(line, " ")
 		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") ||
-			within(imp, "github.com/minio") || within(imp, "github.com/aws") || imp == module+"/closure/cache/s3cache" ||
+			within(imp, "github.com/minio") || within(imp, "github.com/aws") || within(imp, "github.com/prometheus") || imp == module+"/closure/cache/s3cache" ||
 			imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}

@@ -15,7 +15,7 @@
           version = self.shortRev or "dirty";
           src = ./.;
           # Kept current by scripts/flake-vendor-hash --check (make lint).
-          vendorHash = "sha256-YMAWECCyec9FnZK9CCwDLZO9VMWI+OYVjOfCT8hRpbI=";
+          vendorHash = "sha256-FcxrJKwkdUcpyhifmwsndmuZuMAC4QtuCtJn4MhEBwY=";
           subPackages = [ "cmd/deploy" "cmd/deploy-agent" ];
           env.CGO_ENABLED = 0;
           ldflags = [ "-s" "-w" "-X main.version=${self.shortRev or "dirty"}" ];

@@ -112,6 +112,16 @@ func (l Layout) writeResult(r *Result) error {
 	if err != nil {
 		return err
 	}
+	// The metrics file first: whoever waits for the result file (the
+	// front, deploy-agent confirm) then finds the metrics up to date. It
+	// is a view: failing to write it fails nothing, and the reason goes to
+	// the activation's log.
+	if err := l.recordResult(r); err != nil {
+		if f, ferr := os.OpenFile(l.LogFile(r.ID), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); ferr == nil {
+			fmt.Fprintf(f, "recording the result in the metrics file: %v\n", err)
+			f.Close()
+		}
+	}
 	return atomicfile.Write(l.ResultFile(r.ID), append(data, '\n'), 0o600)
 }
 
@@ -308,6 +318,21 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		if err == nil && len(next.HealthChecks) > 0 {
 			w.setPhase(st, PhaseChecking, "")
 			err = CheckHealth(ctx, next.HealthChecks, w.Logf)
+			// The checks that ran: all, or those up to the first that
+			// failed (CheckHealth stops there).
+			var names, failing []string
+			he := (*HealthError)(nil)
+			errors.As(err, &he)
+			for _, c := range next.HealthChecks {
+				names = append(names, c.Name)
+				if he != nil && c.Name == he.Check {
+					failing = []string{he.Check}
+					break
+				}
+			}
+			if merr := l.recordChecks(names, failing); merr != nil {
+				w.logf("recording the checks in the metrics file: %v", merr)
+			}
 		}
 		if err != nil {
 			w.logf("activation of generation %d failed: %v", gen.Number, err)
@@ -518,7 +543,12 @@ func (w *Worker) Boot(ctx context.Context) error {
 		}
 	}
 	w.logf("boot: applying the boot default, generation %d", n)
-	return w.ApplyGeneration(ctx, n, true)
+	err = w.ApplyGeneration(ctx, n, true)
+	// The textfile shows the generation that runs after the boot.
+	if merr := l.WriteMetrics(); merr != nil {
+		w.logf("boot: %v", merr)
+	}
+	return err
 }
 
 // BootUnitName is the unit that runs `deploy-agent boot` early at boot.

@@ -79,25 +79,36 @@ func (c *Config) Connect(ctx context.Context, t Target) (*Client, error) {
 	}
 	ok = true
 	go cl.watch()
-	go cl.keepalive(c.keepaliveInterval(), c.keepaliveMax())
+	interval, max := c.keepaliveInterval(), c.keepaliveMax()
+	if c.KeepaliveInterval == 0 && r.target.aliveInterval > 0 {
+		interval = r.target.aliveInterval
+	}
+	if c.KeepaliveMax == 0 && r.target.aliveMax > 0 {
+		max = r.target.aliveMax
+	}
+	go cl.keepalive(interval, max)
 	return cl, nil
 }
 
 // dial opens a raw connection to e: over TCP through the Dialer, or as a
 // direct-tcpip channel through the previous hop.
 func (c *Config) dial(ctx context.Context, via *ssh.Client, e *endpoint) (net.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+	timeout := c.dialTimeout()
+	if c.DialTimeout == 0 && e.connectTimeout > 0 {
+		timeout = e.connectTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var conn net.Conn
 	var err error
 	if via == nil {
-		conn, err = c.dialer().DialContext(dctx, "tcp", e.addr())
+		conn, err = c.dialDirect(dctx, e)
 	} else {
 		conn, err = via.DialContext(dctx, "tcp", e.addr())
 	}
 	if err != nil {
 		if ctx.Err() == nil && dctx.Err() != nil {
-			err = fmt.Errorf("dial %s: timed out after %v", e.addr(), c.dialTimeout())
+			err = fmt.Errorf("dial %s: timed out after %v", e.addr(), timeout)
 		}
 		return nil, &UnreachableError{Host: e.name, Phase: PhaseDial, Err: err}
 	}

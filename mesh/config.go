@@ -4,15 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/kevinburke/ssh_config"
 )
 
 // Dialer gets a raw connection to an address. [net.Dialer] satisfies it;
@@ -158,101 +155,40 @@ func (c *Config) knownHostsFiles() []string {
 	return nil
 }
 
-// sshConfig is a parsed ~/.ssh/config, or nil.
-type sshConfig struct {
-	cfg *ssh_config.Config
-}
-
-func (c *Config) loadSSHConfig() (*sshConfig, error) {
-	path := c.SSHConfigFile
-	explicit := path != ""
-	switch {
-	case path == "none":
-		return &sshConfig{}, nil
-	case path == "":
-		h := c.home()
-		if h == "" {
-			return &sshConfig{}, nil
-		}
-		path = filepath.Join(h, ".ssh", "config")
-	}
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		return &sshConfig{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read ssh config: %w", err)
-	}
-	defer f.Close()
-	cfg, err := ssh_config.Decode(f)
-	if err != nil {
-		return nil, fmt.Errorf("parse ssh config %q: %w", path, err)
-	}
-	return &sshConfig{cfg: cfg}, nil
-}
-
-// alias picks the one name that ~/.ssh/config is consulted with: the first
-// candidate (Target.Name, then Target.Address) that a Host block other than
-// a bare "Host *" matches, else the first non-empty candidate.
-func (s *sshConfig) alias(candidates ...string) string {
-	first := ""
-	for _, a := range candidates {
-		if a == "" {
-			continue
-		}
-		if first == "" {
-			first = a
-		}
-		if s.cfg == nil {
-			continue
-		}
-		for _, h := range s.cfg.Hosts {
-			if len(h.Patterns) == 1 && h.Patterns[0].String() == "*" {
-				continue
-			}
-			if h.Matches(a) {
-				return a
-			}
-		}
-	}
-	return first
-}
-
-// get returns the first value of key for alias, or "".
-func (s *sshConfig) get(key, alias string) string {
-	if s.cfg == nil || alias == "" {
-		return ""
-	}
-	v, err := s.cfg.Get(alias, key)
-	if err != nil {
-		return ""
-	}
-	return v
-}
-
-func (s *sshConfig) getAll(key, alias string) []string {
-	if s.cfg == nil || alias == "" {
-		return nil
-	}
-	v, err := s.cfg.GetAll(alias, key)
-	if err != nil {
-		return nil
-	}
-	return v
-}
-
 // endpoint is one SSH server on the way to a target: a jump host or the
 // target itself, after ~/.ssh/config resolution.
 type endpoint struct {
-	name          string   // for errors: the target's name, or the hop as written
-	host          string   // address to dial
-	port          int      //
-	user          string   //
-	hostKey       string   // pinned key, or "" for known_hosts
-	identityFiles []string // from ~/.ssh/config, expanded
+	name             string   // for errors: the target's name, or the hop as written
+	alias            string   // the name ~/.ssh/config was consulted with (%n)
+	host             string   // address to dial
+	port             int      //
+	user             string   //
+	hostKey          string   // pinned key, or "" for known_hosts
+	identityFiles    []string // from ~/.ssh/config, expanded
+	certificateFiles []string // from ~/.ssh/config, expanded
+	identitiesOnly   bool     // IdentitiesOnly yes
+	agentSet         bool     // IdentityAgent given: agentSocket replaces SSH_AUTH_SOCK
+	agentSocket      string   // expanded IdentityAgent; "" for none
+	hostKeyAlias     string   // HostKeyAlias: the name in known_hosts
+	strict           string   // StrictHostKeyChecking as written, normalised
+	proxyCommand     string   // ProxyCommand, tokens not yet expanded; "" for none
+	connectTimeout   time.Duration
+	aliveInterval    time.Duration
+	aliveMax         int
 }
 
 func (e *endpoint) addr() string { return net.JoinHostPort(e.host, strconv.Itoa(e.port)) }
+
+// knownHostsName is the address the endpoint is looked up with in
+// known_hosts ("host:port"): its HostKeyAlias (with port 22, so that
+// known_hosts sees the bare alias, as OpenSSH records it), else its
+// address.
+func (e *endpoint) knownHostsName() string {
+	if e.hostKeyAlias != "" {
+		return net.JoinHostPort(e.hostKeyAlias, "22")
+	}
+	return e.addr()
+}
 
 // route is the resolved path to a target: the jumps, in order, then the
 // target.
@@ -269,22 +205,31 @@ func (c *Config) resolve(t Target) (*route, error) {
 	if name == "" {
 		return nil, errors.New("resolve target: neither name nor address given")
 	}
-	sc, err := c.loadSSHConfig()
+	sc, err := c.sshConfigFor()
 	if err != nil {
 		return nil, err
 	}
-	alias := sc.alias(t.Name, t.Address)
-	target, err := c.resolveEndpoint(sc, name, t.Address, t.Port, t.User, alias)
+	q := sshQuery{alias: name, hostname: t.Address, user: t.User, port: t.Port, jump: t.ProxyJump}
+	o, err := sc.lookup(q)
+	if err != nil {
+		return nil, err
+	}
+	if !o.specific && t.Address != "" && t.Address != name {
+		q.alias = t.Address
+		if oa, err := sc.lookup(q); err != nil {
+			return nil, err
+		} else if oa.specific {
+			o = oa
+		}
+	}
+	target, err := c.resolveEndpoint(o, name, t.Address, q.alias)
 	if err != nil {
 		return nil, err
 	}
 	target.hostKey = t.HostKey
 	r := &route{target: target}
 
-	jump := t.ProxyJump
-	if jump == "" {
-		jump = sc.get("ProxyJump", alias)
-	}
+	jump := o.ProxyJump
 	if jump == "" || jump == "none" {
 		return r, nil
 	}
@@ -294,13 +239,25 @@ func (c *Config) resolve(t Target) (*route, error) {
 		if err != nil {
 			return nil, fmt.Errorf("resolve proxy jump of %q: %w", name, err)
 		}
-		hop, err := c.resolveEndpoint(sc, spec, host, port, user, host)
+		ho, err := sc.lookup(sshQuery{alias: host, user: user, port: port})
 		if err != nil {
 			return nil, err
+		}
+		hop, err := c.resolveEndpoint(ho, spec, host, host)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.jumps) > 0 {
+			// Only the first hop is dialled by us; later hops are reached
+			// through the previous one's direct-tcpip channel.
+			hop.proxyCommand = ""
 		}
 		hop.hostKey = c.jumpHostKey(host, port, hop)
 		r.jumps = append(r.jumps, hop)
 	}
+	// The target is reached through the jumps, never its own ProxyCommand
+	// (ProxyJump and ProxyCommand exclude each other in OpenSSH too).
+	r.target.proxyCommand = ""
 	return r, nil
 }
 
@@ -323,41 +280,61 @@ func (c *Config) jumpHostKey(host string, port int, hop endpoint) string {
 	return ""
 }
 
-// resolveEndpoint applies ~/.ssh/config to one host: explicit values win,
-// except that HostName overrides the address (as in OpenSSH).
-func (c *Config) resolveEndpoint(sc *sshConfig, name, address string, port int, user string, alias string) (endpoint, error) {
-	e := endpoint{name: name, host: address, port: port, user: user}
-	if hn := sc.get("HostName", alias); hn != "" {
-		e.host = strings.ReplaceAll(hn, "%h", alias)
+// resolveEndpoint turns the options of one host into an endpoint. Explicit
+// values were put in the query and so already win; HostName overrides the
+// address (as in OpenSSH).
+func (c *Config) resolveEndpoint(o *sshOptions, name, address, alias string) (endpoint, error) {
+	e := endpoint{name: name, alias: alias, host: address, port: o.Port, user: o.User}
+	if o.HostName != "" {
+		e.host = o.HostName
 	}
 	if e.host == "" {
 		e.host = alias
 	}
 	if e.port == 0 {
-		if p := sc.get("Port", alias); p != "" {
-			n, err := strconv.Atoi(p)
-			if err != nil || n <= 0 || n > 65535 {
-				return e, fmt.Errorf("resolve %q: ssh config Port %q is not a port number", name, p)
-			}
-			e.port = n
-		} else {
-			e.port = 22
-		}
+		e.port = 22
 	}
 	if e.user == "" {
-		e.user = sc.get("User", alias)
+		e.user = defaultUser
 	}
-	if e.user == "" {
-		e.user = "root"
-	}
-	for _, f := range sc.getAll("IdentityFile", alias) {
+	for _, f := range o.IdentityFiles {
 		e.identityFiles = append(e.identityFiles, c.expandPath(f, e, alias))
+	}
+	for _, f := range o.CertificateFiles {
+		e.certificateFiles = append(e.certificateFiles, c.expandPath(f, e, alias))
+	}
+	e.identitiesOnly = o.IdentitiesOnly == "yes"
+	switch a := o.IdentityAgent; {
+	case a == "":
+	case a == "none":
+		e.agentSet = true
+	case a == "SSH_AUTH_SOCK":
+		e.agentSet, e.agentSocket = true, c.getenv("SSH_AUTH_SOCK")
+	case strings.HasPrefix(a, "$"):
+		e.agentSet, e.agentSocket = true, c.getenv(a[1:])
+	default:
+		e.agentSet, e.agentSocket = true, c.expandPath(a, e, alias)
+	}
+	e.hostKeyAlias = o.HostKeyAlias
+	e.strict = o.StrictHostKeyChecking
+	if pc := o.ProxyCommand; pc != "" && pc != "none" {
+		e.proxyCommand = pc
+	}
+	if o.ConnectTimeout > 0 {
+		e.connectTimeout = time.Duration(o.ConnectTimeout) * time.Second
+	}
+	if o.ServerAliveInterval > 0 {
+		e.aliveInterval = time.Duration(o.ServerAliveInterval) * time.Second
+	}
+	if o.ServerAliveCountMax > 0 {
+		e.aliveMax = o.ServerAliveCountMax
 	}
 	return e, nil
 }
 
-// expandPath expands ~ and the OpenSSH tokens %d (home), %h (host), %r
-// (remote user), %u (local user) and %% in a path from ~/.ssh/config.
+// expandPath expands ~ and the OpenSSH tokens %d (home), %h (host), %n
+// (the alias), %p (port), %r (remote user), %u (local user) and %% in a
+// path from ~/.ssh/config. Other tokens are left as written.
 func (c *Config) expandPath(p string, e endpoint, alias string) string {
 	home := c.home()
 	if p == "~" {
@@ -365,8 +342,16 @@ func (c *Config) expandPath(p string, e endpoint, alias string) string {
 	} else if strings.HasPrefix(p, "~/") {
 		p = filepath.Join(home, p[2:])
 	}
+	e.alias = alias
+	out, _ := c.expandTokens(p, e, false)
+	return out
+}
+
+// expandTokens expands the tokens of expandPath; with strict, any other
+// token is an error.
+func (c *Config) expandTokens(p string, e endpoint, strict bool) (string, error) {
 	if !strings.Contains(p, "%") {
-		return p
+		return p, nil
 	}
 	var b strings.Builder
 	for i := 0; i < len(p); i++ {
@@ -377,11 +362,13 @@ func (c *Config) expandPath(p string, e endpoint, alias string) string {
 		i++
 		switch p[i] {
 		case 'd':
-			b.WriteString(home)
+			b.WriteString(c.home())
 		case 'h':
 			b.WriteString(e.host)
 		case 'n':
-			b.WriteString(alias)
+			b.WriteString(e.alias)
+		case 'p':
+			b.WriteString(strconv.Itoa(e.port))
 		case 'r':
 			b.WriteString(e.user)
 		case 'u':
@@ -389,11 +376,14 @@ func (c *Config) expandPath(p string, e endpoint, alias string) string {
 		case '%':
 			b.WriteByte('%')
 		default:
+			if strict {
+				return "", fmt.Errorf("token %%%c is not supported (supported: %%d %%h %%n %%p %%r %%u %%%%)", p[i])
+			}
 			b.WriteByte('%')
 			b.WriteByte(p[i])
 		}
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 // parseHop parses one ProxyJump element, "[user@]host[:port]" with IPv6

@@ -23,17 +23,23 @@
 //
 // Public keys only, in this order: Config.IdentityFiles, the host's
 // IdentityFile entries from ~/.ssh/config, the keys of the ssh-agent at
-// SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_ecdsa and id_rsa. A
+// IdentityAgent or SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_ecdsa and
+// id_rsa, each key preceded by its user certificates. A
 // passphrase-protected key file is used only through an agent that holds
 // it; otherwise authentication fails with an error naming the file. Key
 // material and passwords are never logged or put in errors.
 //
 // # ~/.ssh/config
 //
-// HostName, User, Port, IdentityFile and ProxyJump are honoured, with Host
-// patterns; values set in the Target win, except that HostName replaces
-// Target.Address, as in OpenSSH. The file is consulted under Target.Name
-// (or under Target.Address when only that matches a Host block).
+// The file is evaluated as OpenSSH evaluates it (first value wins; Include;
+// Host; Match all, host, originalhost and user — other Match criteria are
+// refused). HostName, User, Port, IdentityFile, CertificateFile,
+// IdentitiesOnly, IdentityAgent, ProxyJump, ProxyCommand, HostKeyAlias,
+// StrictHostKeyChecking (only ever stricter), ConnectTimeout and
+// ServerAliveInterval/CountMax are honoured. Values set in the Target win, as
+// command-line options do, except that HostName replaces Target.Address.
+// The file is consulted under Target.Name (or under Target.Address when
+// only that matches a Host or Match host block).
 //
 // # Liveness and deadlines
 //

@@ -83,7 +83,27 @@ func (c *Config) newVerifier(e *endpoint) (*verifier, error) {
 
 // knownHostsAddr is the name the endpoint has in known_hosts.
 func (v *verifier) knownHostsAddr() string {
-	return knownhosts.Normalize(v.e.addr())
+	return knownhosts.Normalize(v.e.knownHostsName())
+}
+
+// trustOnFirstUse is whether an unknown key may be recorded: only when
+// Config.TrustOnFirstUse allows it, and not when ~/.ssh/config says
+// StrictHostKeyChecking yes (or ask) for the host. ssh_config can make
+// checking stricter, never weaker: its "accept-new" and "no" alone do not
+// accept unknown hosts, and nothing accepts a changed key.
+func (v *verifier) trustOnFirstUse() bool {
+	switch v.e.strict {
+	case "yes", "ask":
+		if v.cfg.TrustOnFirstUse {
+			v.cfg.logf("mesh: %s: StrictHostKeyChecking %s in ssh config: not trusting an unknown key on first use", v.e.name, v.e.strict)
+		}
+		return false
+	case "accept-new", "no":
+		if !v.cfg.TrustOnFirstUse {
+			v.cfg.logf("mesh: %s: ignoring StrictHostKeyChecking %s in ssh config: unknown host keys are accepted only with --trust-on-first-use", v.e.name, v.e.strict)
+		}
+	}
+	return v.cfg.TrustOnFirstUse
 }
 
 // algorithms orders the host key algorithms so that those of the keys we
@@ -101,7 +121,7 @@ func (v *verifier) algorithms() []string {
 		_, priv, _ := ed25519.GenerateKey(nil)
 		probe, _ := ssh.NewSignerFromKey(priv)
 		var ke *knownhosts.KeyError
-		if err := v.check(v.e.addr(), probeAddr, probe.PublicKey()); errors.As(err, &ke) {
+		if err := v.check(v.e.knownHostsName(), probeAddr, probe.PublicKey()); errors.As(err, &ke) {
 			for _, w := range ke.Want {
 				known = append(known, algorithmsFor(w.Key.Type())...)
 			}
@@ -110,7 +130,7 @@ func (v *verifier) algorithms() []string {
 	// A certificate authority trusted for this host: certificates first,
 	// or a server that has one would present its plain key, which
 	// known_hosts does not list, and fail as an unknown host.
-	if v.pinned == nil && hasCertAuthority(v.files, v.e.addr()) {
+	if v.pinned == nil && hasCertAuthority(v.files, v.e.knownHostsName()) {
 		known = append(slices.Clone(certAlgorithms), known...)
 	}
 	// Then plain keys, ed25519 first (as OpenSSH does), so that an unknown
@@ -163,7 +183,9 @@ func (v *verifier) verify(hostname string, remote net.Addr, key ssh.PublicKey) e
 		return &HostKeyError{Host: v.e.name, Want: ssh.FingerprintSHA256(v.pinned), Got: got, Source: "pinned host key"}
 	}
 	if v.check != nil {
-		err := v.check(hostname, remote, key)
+		// HostKeyAlias, when set, is the name known_hosts (and a host
+		// certificate's principals) are checked against.
+		err := v.check(v.e.knownHostsName(), probeAddr, key)
 		if err == nil {
 			return nil
 		}
@@ -186,7 +208,7 @@ func (v *verifier) verify(hostname string, remote net.Addr, key ssh.PublicKey) e
 			return fmt.Errorf("check host key of %q: %w", v.e.name, err)
 		}
 	}
-	if !v.cfg.TrustOnFirstUse {
+	if !v.trustOnFirstUse() {
 		return &UnknownHostError{Host: v.e.name, Address: v.knownHostsAddr(), Fingerprint: got}
 	}
 	if err := v.cfg.trust(v.knownHostsAddr(), key); err != nil {

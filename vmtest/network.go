@@ -306,10 +306,11 @@ func (n *Network) ControllerCommand(ctx context.Context, name string, args ...st
 	return cmd
 }
 
-// NetnsPath returns a path to the switch namespace for other processes of
-// the machine, such as `nsenter --net=PATH ssh ...` in a benchmark script:
-// the namespace descriptor of this process, valid while the network is up.
-func (n *Network) NetnsPath() string {
+// SwitchNetNS returns a path naming the switch namespace for as long as the
+// Network lives ("/proc/PID/fd/N" of this process), for programs that must
+// enter it themselves, such as an SSH ProxyCommand or a benchmark script
+// (`nsenter --net=PATH -- ...`).
+func (n *Network) SwitchNetNS() string {
 	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), n.sw.f.Fd())
 }
 

@@ -43,7 +43,7 @@ func main() {
 		known = append(known, h.KnownHostsLine())
 		addrs = append(addrs, h.Addr().String())
 	}
-	env := fmt.Sprintf("NETNS=%s\nHOSTS=%q\n", nw.NetnsPath(), strings.Join(addrs, " "))
+	env := fmt.Sprintf("NETNS=%s\nHOSTS=%q\n", nw.SwitchNetNS(), strings.Join(addrs, " "))
 	for name, data := range map[string][]byte{
 		"id":          nw.ClientKeyPEM(),
 		"known_hosts": []byte(strings.Join(known, "\n") + "\n"),

@@ -62,14 +62,15 @@ func configError(diags hcl.Diagnostics) error {
 }
 
 // printDiags writes diagnostics with file:line:column and source snippets,
-// without colour. Under GitHub Actions (GITHUB_ACTIONS=true) each is also
-// a workflow command (::error file=...,line=...,col=...::), which GitHub
+// without colour. With --format github, or under GitHub Actions
+// (GITHUB_ACTIONS=true) unless --format says otherwise, each is also a
+// workflow command (::error file=...,line=...,col=...::), which GitHub
 // shows as an annotation on the line.
 func printDiags(e *env, f *builder.Fleet, diags hcl.Diagnostics) {
 	if len(diags) == 0 {
 		return
 	}
-	if e.getenv("GITHUB_ACTIONS") == "true" {
+	if e.ciFormat() == formatGitHub {
 		githubAnnotations(e, f, diags)
 	}
 	var files map[string]*hcl.File
@@ -160,6 +161,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	var parallel int
 	fs := newFlags(e, "build", "DIR#NAME...")
 	bf.register(fs)
+	registerFormat(fs, e)
 	fs.StringVar(&outLink, "out-link", "", "also make `PREFIX`-HOST a symlink to each host's system in the local store")
 	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
 	fs.IntVar(&parallel, "parallel-build", 2, "hosts built at once")

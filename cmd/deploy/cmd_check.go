@@ -14,6 +14,7 @@ import (
 func runCheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "check", "[DIR]")
 	storeDir := fs.String("store-dir", closure.DefaultStoreDir, "logical store `directory` the fleet will be built for")
+	registerFormat(fs, e)
 	pos, err := parse(fs, args, 0, 1)
 	if err != nil {
 		return err

@@ -74,7 +74,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	sshf.fleetSSHFlags.register(fs)
 	fs.StringVar(&sshf.hostKey, "host-key", "", "the target's pinned host `key` (authorized_keys format)")
 	fs.StringVar(&sshf.jump, "jump", "", "ProxyJump `hops` ([user@]host[:port],...)")
-	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from DEPLOY_SUDO_PASSWORD)")
+	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from --ask-sudo-password or DEPLOY_SUDO_PASSWORD)")
 	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
 	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
 	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")

@@ -40,6 +40,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	df.build.register(fs)
 	df.hostFlags.register(fs)
 	df.cacheKey.register(fs)
+	registerFormat(fs, e)
 	fs.StringVar(&df.mode, "mode", "switch", "switch, boot, test, dry-activate, build or push")
 	fs.BoolVar(&df.dryRun, "dry-run", false, "show the plan per host (paths to copy, units, files) without changing anything")
 	fs.DurationVar(&df.confirmTimeout, "confirm-timeout", 0, "roll a host back unless confirmed within this `duration` (default: the deployment's confirm_timeout, else 30s)")
@@ -53,6 +54,9 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	targets, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
+	}
+	if df.asJSON && e.format == formatMarkdown && df.dryRun {
+		return usageErrorf("--format markdown and --json both write to stdout: choose one")
 	}
 	mode, err := deploy.ParseMode(df.mode)
 	if err != nil {
@@ -73,7 +77,15 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 		return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
 			Message: df.message, Compress: df.compress})
 	})
-	if !df.asJSON {
+	onStdout := false
+	if df.dryRun && rep != nil && e.ciFormat() != formatText {
+		wrote, perr := writePlan(e, s, rep)
+		if perr != nil && err == nil {
+			err = perr
+		}
+		onStdout = wrote
+	}
+	if !df.asJSON && !onStdout {
 		if mode == deploy.ModeBuild {
 			printSystems(e, s, rep)
 		} else {

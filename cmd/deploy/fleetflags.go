@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/mesh"
 	"github.com/hashicorp/hcl/v2"
+	"golang.org/x/term"
 )
 
 // fleetSSHFlags say how fleet commands (deploy, exec, status, ...) reach
@@ -19,6 +22,7 @@ type fleetSSHFlags struct {
 	identities stringList
 	sshConfig  string
 	tofu       bool
+	askSudo    bool
 }
 
 func (f *fleetSSHFlags) register(fs *flag.FlagSet) {
@@ -26,16 +30,61 @@ func (f *fleetSSHFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.identities, "identity", "private key `file` (repeatable; ssh-agent and ~/.ssh/id_* are used too)")
 	fs.StringVar(&f.sshConfig, "ssh-config", "", "ssh config `file` (default ~/.ssh/config; \"none\" to ignore)")
 	fs.BoolVar(&f.tofu, "trust-on-first-use", false, "accept and record unknown host keys (never a changed one)")
+	fs.BoolVar(&f.askSudo, "ask-sudo-password", false, "ask once on the terminal (no echo) for the sudo password used for every host; kept in memory only")
 }
 
+// config returns the mesh configuration. With --ask-sudo-password the
+// password is asked for here, once, before any host is contacted.
 func (f *fleetSSHFlags) config(e *env) *mesh.Config {
-	return &mesh.Config{
+	c := &mesh.Config{
 		IdentityFiles:   f.identities,
 		KnownHostsFiles: f.knownHosts,
 		SSHConfigFile:   f.sshConfig,
 		TrustOnFirstUse: f.tofu,
 		Getenv:          e.getenv,
 	}
+	if f.askSudo {
+		pw, err := askPassword(e, "deploy: sudo password (for every host): ")
+		if err != nil {
+			// Hosts whose sudo needs no password still work; the others
+			// fail with this error.
+			fmt.Fprintf(e.stderr, "deploy: %v\n", err)
+		}
+		c.SudoPassword = func(context.Context, string) (string, error) {
+			if err != nil {
+				return "", err
+			}
+			return pw, nil
+		}
+	}
+	return c
+}
+
+// askPassword prompts on the terminal (/dev/tty, not stdin or stderr) and
+// reads a line with echo off. The password stays in memory.
+func askPassword(e *env, prompt string) (string, error) {
+	open := e.openTTY
+	if open == nil {
+		open = func() (*os.File, error) { return os.OpenFile("/dev/tty", os.O_RDWR, 0) }
+	}
+	tty, err := open()
+	if err != nil {
+		return "", fmt.Errorf("--ask-sudo-password: no terminal to ask on: %w", err)
+	}
+	defer tty.Close()
+	if !term.IsTerminal(int(tty.Fd())) {
+		return "", errors.New("--ask-sudo-password: no terminal to ask on")
+	}
+	fmt.Fprint(tty, prompt)
+	pw, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprint(tty, "\r\n")
+	if err != nil {
+		return "", fmt.Errorf("--ask-sudo-password: read the password: %w", err)
+	}
+	if len(pw) == 0 {
+		return "", errors.New("--ask-sudo-password: empty password")
+	}
+	return string(pw), nil
 }
 
 // hostFlags are what every command that reaches fleet hosts shares: how to

@@ -25,6 +25,9 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	format         string // --format (ciformat.go); "" when not given
+	// openTTY opens the terminal for prompts; nil means /dev/tty.
+	openTTY func() (*os.File, error)
 }
 
 type command struct {
@@ -38,7 +41,8 @@ func commands() []command {
 		{"build", "build the system closures of hosts (DIR#NAME...); prints their store paths", runBuild},
 		{"eval", "print the evaluated configuration of hosts (DIR#NAME...)", runEval},
 		{"check", "validate a whole fleet without building (for CI)", runCheck},
-		{"closure", "list a host's system closure with sizes (DIR#HOST)", runClosure},
+		{"closure", "list a host's system closure with sizes, or its SBOM with --format cyclonedx|spdx (DIR#HOST)", runClosure},
+		{"why-depends", "show the chain of references by which a host's system needs a path (DIR#HOST PATH)", runWhyDepends},
 		{"image", "write an OCI image of a host's or role's closure, one layer per store path (DIR#NAME -o FILE.tar | --push REF)", runImage},
 		{"diff", "show what deploying a host changes, against what it runs now or --from SYSTEM (DIR#HOST)", runDiff},
 		{"lock", "pin every external input of a fleet in deploy.lock", runLock},
@@ -55,6 +59,7 @@ func commands() []command {
 		{"status", "show hosts' current, boot, pending and failed generations (TARGET...), or their reports to a channel (--channel NAME)", runStatus},
 		{"gc", "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", runGC},
 		{"demo", "the main job on local test hosts: deploy, change, break, roll back, clean up", runDemo},
+		{"completion", "print the shell completion script (bash, zsh or fish)", runCompletion},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -73,6 +78,10 @@ func runMain(ctx context.Context, e *env, args []string) int {
 			return ExitUsage
 		}
 		return ExitOK
+	}
+	if args[0] == "__complete" {
+		// Hidden: the completion scripts' callback.
+		return report(stderr, runComplete(ctx, e, args[1:]))
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/declarative/deploy/internal/cyclonedxtest"
 	"github.com/declarative/deploy/internal/testenv"
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -31,8 +32,23 @@ func TestScripts(t *testing.T) {
 			env.Setenv("NIX_REMOTE", "")
 			return nil
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){"exits": exits},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){"exits": exits, "cyclonedx-valid": cyclonedxValid},
 	})
+}
+
+// cyclonedxValid is the script command "cyclonedx-valid FILE": it fails
+// unless FILE validates against the CycloneDX 1.6 JSON schema.
+func cyclonedxValid(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: cyclonedx-valid FILE")
+	}
+	err := cyclonedxtest.Validate([]byte(ts.ReadFile(args[0])))
+	switch {
+	case err != nil && !neg:
+		ts.Fatalf("%v", err)
+	case err == nil && neg:
+		ts.Fatalf("%s validates against the CycloneDX schema", args[0])
+	}
 }
 
 // exits is the script command "exits CODE PROGRAM [ARGS...]": it runs the

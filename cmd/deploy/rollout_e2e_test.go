@@ -16,6 +16,8 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/deploy"
 	"github.com/declarative/deploy/vmtest"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // rolloutFleet writes a five-host fleet: a role with a file, a service and
@@ -321,6 +323,35 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 		t.Errorf("stderr does not name the unreachable host:\n%s", stderr)
 	}
 
+	// The agent wrote its Prometheus textfile on h1 after the activation.
+	prom := nw.Hosts[0].Succeed("cat /var/lib/deploy/metrics/deploy.prom")
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(prom))
+	if err != nil {
+		t.Fatalf("h1's metrics textfile does not parse: %v\n%s", err, prom)
+	}
+	gauge := func(name string) float64 {
+		f := fams[name]
+		if f == nil || len(f.GetMetric()) != 1 {
+			t.Errorf("h1's textfile has no single %s:\n%s", name, prom)
+			return -1
+		}
+		return f.GetMetric()[0].GetGauge().GetValue()
+	}
+	if g := gauge("deploy_current_generation"); g != float64(res["h1"].Generation) || g == 0 {
+		t.Errorf("h1: deploy_current_generation = %v, want %d", g, res["h1"].Generation)
+	}
+	if g := gauge("deploy_last_activation_success"); g != 1 {
+		t.Errorf("h1: deploy_last_activation_success = %v, want 1", g)
+	}
+	// The role's command health check ran and passed.
+	if g := gauge("deploy_checks_failing"); g != 0 {
+		t.Errorf("h1: deploy_checks_failing = %v, want 0", g)
+	}
+	if g := gauge("deploy_last_check_timestamp_seconds"); g <= 0 {
+		t.Errorf("h1: deploy_last_check_timestamp_seconds = %v, want a time", g)
+	}
+
 	// --dry-run: a plan per host, nothing changes on the hosts.
 	waitReachableCLI(t, nw, nw.Hosts[1])
 	write("bonjour")
@@ -345,8 +376,35 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 		t.Errorf("the dry run changed h1: %q, was %q", after, before)
 	}
 
+	// CI formats: the plan as markdown on stdout (--format markdown), and
+	// in GitHub's step summary (--format github), stdout keeping its result
+	// lines there.
+	md, err := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "markdown", fleet+"#prod").Output()
+	if err != nil {
+		t.Fatalf("dry run --format markdown: %v", err)
+	}
+	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| h1 | planned | ", "`web.service`", "- `/etc/web/greeting`", "| h3 | planned | "} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("dry run --format markdown:\n%s\nwant %q in it", md, want)
+		}
+	}
+	summary := filepath.Join(t.TempDir(), "step_summary.md")
+	os.WriteFile(summary, []byte("earlier step\n"), 0o644)
+	gh := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "github", fleet+"#prod")
+	gh.Env = append(gh.Env, "GITHUB_STEP_SUMMARY="+summary)
+	out, err := gh.Output()
+	if err != nil {
+		t.Fatalf("dry run --format github: %v", err)
+	}
+	if !strings.Contains(string(out), "h1\tplanned") {
+		t.Errorf("dry run --format github: stdout %q, want the result lines", out)
+	}
+	if got, _ := os.ReadFile(summary); string(got) != "earlier step\n"+string(md) {
+		t.Errorf("step summary after dry run --format github:\n%s\nwant the earlier content, then:\n%s", got, md)
+	}
+
 	// deploy diff against what h1 runs now.
-	out, err := deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
+	out, err = deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy diff: %v\n%s", err, out)
 	}
