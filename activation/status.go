@@ -2,6 +2,7 @@ package activation
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
@@ -36,6 +37,14 @@ func (l Layout) Status() (*Status, error) {
 		if g.Number == s.Boot {
 			s.BootSystem = g.System
 		}
+		if g.Number == s.Current {
+			s.CurrentTime, s.CurrentGitRev = g.Time, g.GitRev
+		}
+	}
+	s.BootID = BootID()
+	if s.Boot != 0 && s.Boot != s.Current {
+		s.RebootRequired = true
+		s.RebootReason = fmt.Sprintf("generation %d is the boot default; generation %d runs", s.Boot, s.Current)
 	}
 	if a := st.Activation; a != nil {
 		c := a.Activation

@@ -172,6 +172,13 @@ func (s *Store) Verify(ctx context.Context) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.VerifyPaths(ctx, paths)
+}
+
+// VerifyPaths is [Store.Verify] for the given paths only (a system's
+// closure, say): each must be registered, have valid references and hash
+// to its recorded NAR hash and size.
+func (s *Store) VerifyPaths(ctx context.Context, paths []string) ([]Problem, error) {
 	var problems []Problem
 	for _, p := range paths {
 		if err := ctx.Err(); err != nil {

@@ -146,8 +146,8 @@ func (e *RunError) Error() string {
 // ResultPrecedence lists the results that make a run fail, the one that
 // decides the exit code first: a host rolled back or failed, then one that
 // refused its release (pull mode), then one unreachable, then one locked,
-// then a command that failed on a host.
-var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultRefused, ResultUnreachable, ResultLocked, ResultCommandFailed}
+// then a command that failed on a host, then one that drifted (verify).
+var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultRefused, ResultUnreachable, ResultLocked, ResultCommandFailed, ResultDrifted}
 
 // Worst returns the result that decides the run's outcome (see
 // [ResultPrecedence]), or "" when every host ended well.
