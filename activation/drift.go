@@ -111,7 +111,20 @@ func (l Layout) Drift(ctx context.Context, opts DriftOptions) (*Drift, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A path whose reference is itself reported is not reported
+		// again for it.
+		reported := map[string]bool{}
 		for _, p := range problems {
+			var ir *closure.InvalidReferenceError
+			if !errors.As(p.Err, &ir) {
+				reported[p.Path] = true
+			}
+		}
+		for _, p := range problems {
+			var ir *closure.InvalidReferenceError
+			if errors.As(p.Err, &ir) && reported[ir.Ref] {
+				continue
+			}
 			problem := "corrupt"
 			if errors.Is(p.Err, fs.ErrNotExist) {
 				problem = "missing"

@@ -158,6 +158,17 @@ func (s *Store) gc(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	return res, nil
 }
 
+// InvalidReferenceError is a path whose reference Ref is not valid (Err
+// says why, when it is not simply missing).
+type InvalidReferenceError struct {
+	Ref string
+	Err error
+}
+
+func (e *InvalidReferenceError) Error() string {
+	return fmt.Sprintf("reference %q is not valid (%v)", e.Ref, e.Err)
+}
+
 // Problem is one finding of [Store.Verify].
 type Problem struct {
 	Path string
@@ -191,7 +202,7 @@ func (s *Store) VerifyPaths(ctx context.Context, paths []string) ([]Problem, err
 		}
 		for _, r := range pi.References {
 			if ok, err := s.Valid(r); !ok {
-				problems = append(problems, Problem{p, fmt.Errorf("reference %q is not valid (%v)", r, err)})
+				problems = append(problems, Problem{p, &InvalidReferenceError{Ref: r, Err: err}})
 			}
 		}
 		h := newHashWriter()
