@@ -33,7 +33,8 @@ func BootID() string {
 // active; one that fails ends the wait), then runs the boot default's
 // health checks. The host is healthy when it runs its boot default, its
 // deploy-boot.service did not fail, every such unit is active and every
-// check passed. It is what a rolling reboot waits for.
+// check passed; the checks are not run when a unit is not. It is what a
+// rolling reboot waits for.
 func (l Layout) Health(ctx context.Context, wait time.Duration, logf func(string, ...any)) (*Health, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -115,7 +116,13 @@ func (l Layout) Health(ctx context.Context, wait time.Duration, logf func(string
 	if len(h.Units) > 0 {
 		problems = append(problems, "units not running: "+strings.Join(h.Units, "; "))
 	}
+	// With a unit down the host is not healthy whatever the checks say:
+	// they are not run (a failing one would only wait out its timeout).
 	for _, c := range m.HealthChecks {
+		if len(h.Units) > 0 {
+			h.Checks = append(h.Checks, agentapi.CheckResult{Name: c.Name, Error: "not run: a unit is not running"})
+			continue
+		}
 		r := agentapi.CheckResult{Name: c.Name, OK: true}
 		if err := CheckHealth(ctx, m.HealthChecks[len(h.Checks):len(h.Checks)+1], logf); err != nil {
 			r.OK, r.Error = false, err.Error()
