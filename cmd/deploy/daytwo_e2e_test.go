@@ -80,7 +80,9 @@ role "web" {
 	}
 }
 
-func bootID(h *vmtest.Host) string { return strings.TrimSpace(h.Succeed("cat /proc/sys/kernel/random/boot_id")) }
+func bootID(h *vmtest.Host) string {
+	return strings.TrimSpace(h.Succeed("cat /proc/sys/kernel/random/boot_id"))
+}
 
 // TestDayTwoE2E is issue 18's acceptance on four vmtest hosts: drift found
 // by deploy verify and repaired by a redeploy, the fleet's status table,
