@@ -274,6 +274,9 @@ func accountDrift(m *manifest.Manifest, add addFunc) {
 				add(agentapi.DriftUser, u.Name, "group", u.Group, name)
 			}
 		}
+		if u.Home != "" && got.HomeDir != u.Home {
+			add(agentapi.DriftUser, u.Name, "home", u.Home, got.HomeDir)
+		}
 		if u.Shell != "" {
 			if sh := passwdShell(u.Name); sh != "" && sh != u.Shell {
 				add(agentapi.DriftUser, u.Name, "shell", u.Shell, sh)

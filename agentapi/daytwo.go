@@ -40,9 +40,9 @@ type DriftItem struct {
 	// user's or group's name, or the store path.
 	Kind string `json:"kind"`
 	Name string `json:"name"`
-	// Problem says what differs: missing, type, content, owner, mode,
-	// target, uid, gid, group, inactive, failed, masked, unit-file,
-	// corrupt.
+	// Problem says what differs: missing, unreadable, type, content,
+	// owner, mode, target, uid, gid, group, home, shell, inactive,
+	// failed, masked, unit-file, corrupt.
 	Problem string `json:"problem"`
 	// Want and Got are the generation's value and the live one, when
 	// they say more than Problem (owners, modes, unit states).
