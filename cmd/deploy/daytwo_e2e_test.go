@@ -247,6 +247,16 @@ func TestDayTwoE2E(t *testing.T) {
 		gitCommit(t, fleet, "h1 changes at the next boot")
 		h1 := h1.With(t)
 		old := bootID(h1)
+		// A boot-mode deploy leaves h1 needing a reboot, and says so.
+		run(t, 0, fleet+"#h1", "--mode", "boot")
+		if out, _ := run(t, 0, "status", target); !strings.Contains(out, "2 (reboot required)") || strings.Count(out, "reboot required") != 1 {
+			t.Errorf("status after a boot-mode deploy to h1 does not say that h1 alone needs a reboot:\n%s", out)
+		}
+		if h1.Succeed("cat /etc/web/greeting") != "hello\n" {
+			t.Errorf("the boot-mode deploy changed h1 before its reboot")
+		}
+		// deploy --mode boot --reboot: the boot default is already the new
+		// system, so h1 only reboots into it.
 		events, code, stderr := runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
 		if code != 0 {
 			t.Fatalf("deploy --mode boot --reboot: exit %d\n%s", code, stderr)
@@ -254,11 +264,29 @@ func TestDayTwoE2E(t *testing.T) {
 		if r := results(events)["h1"]; r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Generation != 2 {
 			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok after the reboot at generation 2", r)
 		}
+		if slices.ContainsFunc(events, func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseActivate && ev.Type == deploy.EventPhase }) {
+			t.Errorf("deploy --mode boot --reboot activated h1 again although its boot default was the new system")
+		}
+		if out, _ := run(t, 0, "status", target); strings.Contains(out, "reboot required") {
+			t.Errorf("status still says a reboot is required:\n%s", out)
+		}
 		if bootID(h1) == old {
 			t.Errorf("h1 was not rebooted")
 		}
 		if got := h1.Succeed("cat /etc/web/greeting"); got != "after the reboot\n" {
 			t.Errorf("h1 after deploy --mode boot --reboot: greeting %q", got)
+		}
+		// And a fresh change in one run: activated as the boot default,
+		// then rebooted into.
+		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"third\"\n"})
+		gitCommit(t, fleet, "h1 again")
+		old = bootID(h1)
+		events, code, stderr = runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
+		if r := results(events)["h1"]; code != 0 || r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Generation != 3 {
+			t.Errorf("deploy --mode boot --reboot of a new system: exit %d, h1 %+v\n%s", code, r, stderr)
+		}
+		if bootID(h1) == old || h1.Succeed("cat /etc/web/greeting") != "third\n" {
+			t.Errorf("h1 did not reboot into generation 3")
 		}
 		// --reboot is for boot mode only: a usage error, nothing done.
 		run(t, ExitUsage, fleet+"#h1", "--reboot")

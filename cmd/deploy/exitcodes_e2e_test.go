@@ -146,6 +146,10 @@ func TestExitCodesE2E(t *testing.T) {
 	} {
 		run(4, args...)
 	}
+	// The fleet table names the host that did not answer.
+	if out := run(4, cmd("status", fleet+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
+		t.Errorf("status of h1 and the unreachable ghost: want h1 reachable and ghost not:\n%s", out)
+	}
 
 	// 5: another run holds h1's run lock (here a run-lock process started
 	// on the host by hand), for every command that takes it; the holder
