@@ -18,8 +18,8 @@ import (
 // two (no canary, no failure allowed): a file, a package, a secret and a
 // service that refuses to start where /etc/web-broken exists, with a
 // health check that its start completed. hostArgs adds role arguments per
-// host.
-func dayTwoFleet(t *testing.T, nw *vmtest.Network, dir, greeting string, hostArgs map[string]string) {
+// host, hostBody resources.
+func dayTwoFleet(t *testing.T, nw *vmtest.Network, dir, greeting string, hostArgs, hostBody map[string]string) {
 	t.Helper()
 	var rcpts []secrets.Recipient
 	for _, h := range nw.Hosts {
@@ -73,7 +73,7 @@ role "web" {
 }
 `, quotedNames(nw), greeting)
 	for _, h := range nw.Hosts {
-		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  role \"web\" {\n%s  }\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine(), hostArgs[h.Name()])
+		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  role \"web\" {\n%s  }\n%s}\n", h.Name(), h.Addr().String(), h.HostKeyLine(), hostArgs[h.Name()], hostBody[h.Name()])
 	}
 	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestDayTwoE2E(t *testing.T) {
 	os.Remove(filepath.Join(fleet, "hosts.hcl"))
 	target := fleet + "#prod"
 	h1, h2, h3, h4 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2], nw.Hosts[3]
-	dayTwoFleet(t, nw, fleet, "hello", nil)
+	dayTwoFleet(t, nw, fleet, "hello", nil, nil)
 	commit := gitCommit(t, fleet, "first")
 	if _, code, stderr := runJSON(t, nw, key, target); code != 0 {
 		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
@@ -243,7 +243,7 @@ func TestDayTwoE2E(t *testing.T) {
 	})
 
 	t.Run("boot-mode", func(t *testing.T) {
-		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"})
+		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"}, nil)
 		gitCommit(t, fleet, "h1 changes at the next boot")
 		h1 := h1.With(t)
 		old := bootID(h1)
@@ -278,7 +278,7 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		// And a fresh change in one run: activated as the boot default,
 		// then rebooted into.
-		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"third\"\n"})
+		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, nil)
 		gitCommit(t, fleet, "h1 again")
 		old = bootID(h1)
 		events, code, stderr = runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
@@ -287,6 +287,26 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		if bootID(h1) == old || h1.Succeed("cat /etc/web/greeting") != "third\n" {
 			t.Errorf("h1 did not reboot into generation 3")
+		}
+
+		// A sysctl set only at boot: the activation leaves it, the host
+		// says it needs a reboot until one sets it.
+		third := map[string]string{"h1": "    greeting = \"third\"\n"}
+		dayTwoFleet(t, nw, fleet, "hello", third, map[string]string{"h1": "  sysctl \"net.ipv4.ip_forward\" {\n    value = 1\n    boot  = true\n  }\n"})
+		gitCommit(t, fleet, "h1 forwards from its next boot")
+		run(t, 0, fleet+"#h1")
+		if got := h1.Succeed("cat /proc/sys/net/ipv4/ip_forward"); got != "0\n" {
+			t.Errorf("a boot-only sysctl was set by the activation: ip_forward %q", got)
+		}
+		if out, _ := run(t, 0, "status", target); !strings.Contains(out, "4 (reboot required)") {
+			t.Errorf("status does not say h1 needs a reboot for its boot-only sysctl:\n%s", out)
+		}
+		run(t, 0, "reboot", fleet+"#h1")
+		if got := h1.Succeed("cat /proc/sys/net/ipv4/ip_forward"); got != "1\n" {
+			t.Errorf("after the reboot: ip_forward %q, want 1", got)
+		}
+		if out, _ := run(t, 0, "status", target); strings.Contains(out, "reboot required") {
+			t.Errorf("status still says a reboot is required after it:\n%s", out)
 		}
 		// --reboot is for boot mode only: a usage error, nothing done.
 		run(t, ExitUsage, fleet+"#h1", "--reboot")
