@@ -119,6 +119,8 @@ func TestDayTwoE2E(t *testing.T) {
 		h1 := h1.With(t)
 		tool := h1.Succeed("cat /etc/web/tool")
 		h1.Succeed("echo changed >/etc/web/greeting; systemctl stop web.service; chmod 0644 /run/deploy/secrets/token; rm -rf " + tool)
+		h2 := h2.With(t)
+		h2.Succeed("rm /etc/web/greeting; chown nobody /etc/web/tool")
 
 		events, code, stderr := runJSON(t, nw, key, "verify", target)
 		if code != ExitDrifted {
@@ -145,7 +147,13 @@ func TestDayTwoE2E(t *testing.T) {
 		if len(got) != len(want) {
 			t.Errorf("verify: h1's drift has %d items, want %d: %+v", len(got), len(want), got)
 		}
-		for _, h := range []string{"h2", "h3", "h4"} {
+		if r := res["h2"]; r.Result != deploy.ResultDrifted || r.Drift == nil || !slices.Equal(r.Drift.Items, []agentapi.DriftItem{
+			{Kind: "file", Name: "/etc/web/greeting", Problem: "missing"},
+			{Kind: "file", Name: "/etc/web/tool", Problem: "owner", Want: "root:root", Got: "nobody:root"},
+		}) {
+			t.Errorf("verify: h2 %+v, want drifted: greeting missing, tool's owner", r.Drift)
+		}
+		for _, h := range []string{"h3", "h4"} {
 			if r := res[h]; r.Result != deploy.ResultOK || r.Drift == nil || len(r.Drift.Items) != 0 || r.Drift.Generation != 1 {
 				t.Errorf("verify: %s %+v, want ok without drift from generation 1", h, r)
 			}
@@ -153,7 +161,8 @@ func TestDayTwoE2E(t *testing.T) {
 		// The human report names each item, per host.
 		out, _ := run(t, ExitDrifted, "verify", target)
 		for _, s := range []string{"h1: drifted from generation 1:", "file /etc/web/greeting: content", "unit web.service: inactive",
-			"secret /run/deploy/secrets/token: mode (is 0644, want 0400)", "store " + tool + ": missing", "h2: no drift from generation 1"} {
+			"secret /run/deploy/secrets/token: mode (is 0644, want 0400)", "store " + tool + ": missing", "h2: drifted from generation 1:",
+			"file /etc/web/greeting: missing", "file /etc/web/tool: owner (is nobody:root, want root:root)", "h3: no drift from generation 1"} {
 			if !strings.Contains(out, s) {
 				t.Errorf("verify output lacks %q:\n%s", s, out)
 			}
@@ -176,16 +185,21 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("redeploy: no warning naming what h1's deploy overwrites")
 		}
 		res = results(events)
-		if res["h1"].Result != deploy.ResultOK || res["h1"].Generation != 1 {
-			t.Errorf("redeploy: h1 %+v, want ok at generation 1 (the same system, re-applied)", res["h1"])
+		for _, h := range []string{"h1", "h2"} {
+			if res[h].Result != deploy.ResultOK || res[h].Generation != 1 {
+				t.Errorf("redeploy: %s %+v, want ok at generation 1 (the same system, re-applied)", h, res[h])
+			}
 		}
-		for _, h := range []string{"h2", "h3", "h4"} {
+		for _, h := range []string{"h3", "h4"} {
 			if res[h].Result != deploy.ResultUnchanged {
 				t.Errorf("redeploy: %s is %s, want unchanged", h, res[h].Result)
 			}
 		}
 		if got := h1.Succeed("cat /etc/web/greeting; systemctl is-active web.service; stat -Lc %a /run/deploy/secrets/token; cat " + tool + "/README"); got != "hello\nactive\n400\na package\n" {
 			t.Errorf("h1 after the redeploy: %q", got)
+		}
+		if got := h2.Succeed("cat /etc/web/greeting; stat -c %U /etc/web/tool"); got != "hello\nroot\n" {
+			t.Errorf("h2 after the redeploy: %q", got)
 		}
 		if out, _ := run(t, 0, "verify", target); strings.Contains(out, "drifted") {
 			t.Errorf("verify after the redeploy:\n%s", out)
