@@ -241,10 +241,11 @@ func (o *SSHOps) Reboot(ctx context.Context, host string, opts RebootOptions, lo
 	var stderr bytes.Buffer
 	err = c.Run(ctx, []string{"systemctl", "reboot"}, nil, nil, &stderr)
 	var ee *mesh.ExitError
-	if errors.As(err, &ee) {
+	if errors.As(err, &ee) && ee.Signal == "" {
 		return nil, &HostFailure{Result: ResultFailed, Err: fmt.Errorf("systemctl reboot: %w: %s", err, strings.TrimSpace(stderr.String()))}
 	}
-	// Any other error is the connection going down with the host.
+	// Any other error (a lost connection, or systemctl killed by the
+	// shutdown) is the host going down.
 	o.drop(host)
 	start := time.Now()
 	deadline := start.Add(opts.timeout())
