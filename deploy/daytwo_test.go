@@ -67,11 +67,18 @@ func TestRunDriftReapplies(t *testing.T) {
 		!strings.Contains(warnings[0].Message, "file /etc/a: content") {
 		t.Errorf("warnings %+v, want one for a naming the drifted file", warnings)
 	}
-	// A dry run changes nothing and asks nothing more.
-	ops.calls = nil
-	(&Runner{Ops: ops, Mode: ModeSwitch, DryRun: true}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a", "b"}}})
-	if slices.ContainsFunc(ops.calls, func(c string) bool { return strings.HasPrefix(c, "drift") || strings.HasPrefix(c, "activate") }) {
+	// A dry run says what a deploy would overwrite, and changes nothing.
+	ops.calls, warnings = nil, nil
+	(&Runner{Ops: ops, Mode: ModeSwitch, DryRun: true, Emit: func(e Event) {
+		if e.Type == EventWarning {
+			warnings = append(warnings, e)
+		}
+	}}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a", "b"}}})
+	if slices.ContainsFunc(ops.calls, func(c string) bool { return strings.HasPrefix(c, "activate") }) {
 		t.Errorf("dry run calls %v", ops.calls)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0].Message, "a deploy would overwrite it") {
+		t.Errorf("dry run warnings %+v, want one for a", warnings)
 	}
 }
 

@@ -288,7 +288,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	// what this deploy overwrites: say so, and re-apply even an
 	// unchanged system to repair it.
 	drifted := false
-	if dc, ok := r.Ops.(DriftChecker); ok && !r.DryRun && r.Mode.Activates() && r.Mode != ModeDryActivate {
+	if dc, ok := r.Ops.(DriftChecker); ok && r.Mode.Activates() && r.Mode != ModeDryActivate {
 		d, err := dc.Drift(ctx, h)
 		switch {
 		case err != nil:
@@ -296,7 +296,10 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		case len(d.Items) > 0:
 			hr.Drift, drifted = d, true
 			what := "this deploy overwrites it"
-			if r.Mode == ModeBoot {
+			switch {
+			case r.DryRun:
+				what = "a deploy would overwrite it"
+			case r.Mode == ModeBoot:
 				what = "the reboot into the new generation overwrites it"
 			}
 			r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseVerify, Drift: d,

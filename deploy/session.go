@@ -23,8 +23,8 @@ import (
 // and turns everything that happens into one event stream ending in a
 // [Report]. Every host command of the CLI is a method: [Session.Deploy],
 // [Session.Build], [Session.Rollback], [Session.Generations],
-// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff] and
-// [Session.Copy].
+// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff],
+// [Session.Verify], [Session.Reboot] and [Session.Copy].
 //
 // Set the fields, call [Session.Open], run one command, then
 // [Session.Close]. Errors that callers branch on are typed:

@@ -173,6 +173,20 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("status --drift does not show h1's drift:\n%s", out)
 		}
 
+		// --quick only checks that store paths are there: the missing one
+		// still shows.
+		if out, _ := run(t, ExitDrifted, "verify", "--quick", fleet+"#h1"); !strings.Contains(out, "store "+tool+": missing") {
+			t.Errorf("verify --quick does not report the missing store path:\n%s", out)
+		}
+		// A dry run says what a deploy would overwrite, and changes nothing.
+		events, code, stderr = runJSON(t, nw, key, "--dry-run", target)
+		if code != 0 || !slices.ContainsFunc(events, func(ev deploy.Event) bool {
+			return ev.Type == deploy.EventWarning && ev.Host == "h2" && strings.Contains(ev.Message, "(a deploy would overwrite it): file /etc/web/greeting: missing")
+		}) {
+			t.Errorf("deploy --dry-run: exit %d, no warning of what it would overwrite on h2\n%s", code, stderr)
+		}
+		h2.Fail("test -e /etc/web/greeting")
+
 		// A redeploy says what it overwrites, and repairs it all.
 		events, code, stderr = runJSON(t, nw, key, target)
 		if code != 0 {
