@@ -209,6 +209,14 @@ func (o *SSHOps) Drift(ctx context.Context, host string) (*agentapi.Drift, error
 	return queryDrift(ctx, c, o.stateDir(), false)
 }
 
+// connected reports whether the run has a live connection to host.
+func (o *SSHOps) connected(host string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.clients[host]
+	return c != nil && c.Err() == nil
+}
+
 // drop closes host's connection; the next use connects again (and takes
 // the run lock again, which the old connection held).
 func (o *SSHOps) drop(host string) {
@@ -246,11 +254,19 @@ func (o *SSHOps) Reboot(ctx context.Context, host string, opts RebootOptions, lo
 	}
 	// Any other error (a lost connection, or systemctl killed by the
 	// shutdown) is the host going down.
+	o.mu.Lock()
+	_, hadLock := o.locks[host]
+	o.mu.Unlock()
 	o.drop(host)
 	start := time.Now()
 	deadline := start.Add(opts.timeout())
 	t, cfg := o.Targets[host], o.meshFor(host)
+	// While the host goes down and comes up, connections fail in every
+	// way (refused, reset, closed mid-handshake or mid-command): all are
+	// retried until the deadline, except a host key that is wrong, which
+	// waiting does not change.
 	var lastErr error = errors.New("it still ran the same boot")
+	up := false
 	for {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -258,29 +274,40 @@ func (o *SSHOps) Reboot(ctx context.Context, host string, opts RebootOptions, lo
 		if !time.Now().Before(deadline) {
 			return nil, &HostFailure{Result: ResultUnreachable, Err: fmt.Errorf("did not come back within %v of the reboot: %v", opts.timeout(), lastErr)}
 		}
-		id, err := bootID(ctx, cfg, t)
-		if err == nil && id != old && id != "" {
-			logf(fmt.Sprintf("back after %v; waiting for its units and health checks", time.Since(start).Round(time.Second)))
-			break
-		}
-		var ue *mesh.UnreachableError
-		switch {
-		case err == nil:
-			lastErr = errors.New("it still ran the same boot")
-		case errors.As(err, &ue), errors.Is(err, context.DeadlineExceeded):
-			lastErr = err
-		default:
-			var ee *mesh.ExitError
-			if !errors.As(err, &ee) {
-				// A changed host key, say: waiting does not help.
+		if !up {
+			id, err := bootID(ctx, cfg, t)
+			switch {
+			case err == nil && id != old && id != "":
+				up = true
+				logf(fmt.Sprintf("back after %v; waiting for its units and health checks", time.Since(start).Round(time.Second)))
+			case err == nil:
+				lastErr = errors.New("it still ran the same boot")
+			case hostKeyProblem(err):
 				return nil, &HostFailure{Result: ResultUnreachable, Err: err}
+			default:
+				lastErr = err
 			}
-			lastErr = err
+		}
+		if up {
+			// The connection of the run, and its run lock, again. A failed
+			// connection is tried again; a failure to take the run lock
+			// again is final (the connection is then the run's without it).
+			c, err = o.client(ctx, host)
+			o.mu.Lock()
+			_, held := o.locks[host]
+			o.mu.Unlock()
+			switch {
+			case err == nil:
+			case hostKeyProblem(err), hadLock && !held && o.connected(host):
+				return nil, err
+			default:
+				lastErr = err
+			}
+			if err == nil {
+				break
+			}
 		}
 		sleepCtx(ctx, time.Second)
-	}
-	if c, err = o.client(ctx, host); err != nil {
-		return nil, err
 	}
 	out, err = c.Output(ctx, []string{"sh", "-c", fmt.Sprintf(`a="$1"/profiles/system/agent/bin/deploy-agent; test -x "$a" || exit %d; shift; exec "$a" "$@"`, errAgentMissing),
 		"sh", o.stateDir(), "health", "--json", "--wait", opts.healthTimeout().String(), "--state-dir", o.stateDir()})
@@ -302,6 +329,15 @@ func (o *SSHOps) Reboot(ctx context.Context, host string, opts RebootOptions, lo
 	}
 	logf(fmt.Sprintf("healthy: generation %d runs (%s)", h.Current, h.SystemState))
 	return h, nil
+}
+
+// hostKeyProblem reports whether err is about the host's key: no retry
+// makes that right.
+func hostKeyProblem(err error) bool {
+	var hke *mesh.HostKeyError
+	var uhe *mesh.UnknownHostError
+	var rke *mesh.RevokedHostKeyError
+	return errors.As(err, &hke) || errors.As(err, &uhe) || errors.As(err, &rke)
 }
 
 // bootID reads the host's boot id over a new connection.

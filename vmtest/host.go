@@ -345,7 +345,7 @@ func (m *machine) monitor(inst *instance, console *os.File) {
 		go func() {
 			ctx, cancel := context.WithTimeout(m.net.ctx, m.net.cfg.bootTimeout)
 			defer cancel()
-			if err := m.waitReady(ctx, next); err != nil && !next.exited() {
+			if err := m.waitReady(ctx, next); err != nil && !next.exited() && m.net.ctx.Err() == nil {
 				m.net.logf("vmtest: %s: after reboot: %v", m.name, err)
 			}
 		}()

@@ -80,6 +80,18 @@ role "web" {
 	}
 }
 
+// failures describes the hosts of a run that did not end well, for a test's
+// failure message.
+func failures(events []deploy.Event) string {
+	var b strings.Builder
+	for _, ev := range events {
+		if ev.Type == deploy.EventResult && ev.Error != "" {
+			fmt.Fprintf(&b, "%s: %s in %s: %s\n", ev.Host, ev.Result, ev.Phase, ev.Error)
+		}
+	}
+	return b.String()
+}
+
 func bootID(h *vmtest.Host) string {
 	return strings.TrimSpace(h.Succeed("cat /proc/sys/kernel/random/boot_id"))
 }
@@ -96,8 +108,8 @@ func TestDayTwoE2E(t *testing.T) {
 	h1, h2, h3, h4 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2], nw.Hosts[3]
 	dayTwoFleet(t, nw, fleet, "hello", nil, nil)
 	commit := gitCommit(t, fleet, "first")
-	if _, code, stderr := runJSON(t, nw, key, target); code != 0 {
-		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
+	if events, code, stderr := runJSON(t, nw, key, target); code != 0 {
+		t.Fatalf("first deploy: exit %d\n%s%s", code, stderr, failures(events))
 	}
 	run := func(t *testing.T, want int, args ...string) (string, string) {
 		t.Helper()
@@ -124,7 +136,7 @@ func TestDayTwoE2E(t *testing.T) {
 
 		events, code, stderr := runJSON(t, nw, key, "verify", target)
 		if code != ExitDrifted {
-			t.Fatalf("verify of a drifted h1: exit %d, want %d\n%s", code, ExitDrifted, stderr)
+			t.Fatalf("verify of a drifted h1: exit %d, want %d\n%s%s", code, ExitDrifted, stderr, failures(events))
 		}
 		res := results(events)
 		if r := res["h1"]; r.Result != deploy.ResultDrifted || r.Drift == nil {
@@ -190,7 +202,7 @@ func TestDayTwoE2E(t *testing.T) {
 		// A redeploy says what it overwrites, and repairs it all.
 		events, code, stderr = runJSON(t, nw, key, target)
 		if code != 0 {
-			t.Fatalf("redeploy: exit %d\n%s", code, stderr)
+			t.Fatalf("redeploy: exit %d\n%s%s", code, stderr, failures(events))
 		}
 		i := slices.IndexFunc(events, func(ev deploy.Event) bool {
 			return ev.Type == deploy.EventWarning && ev.Host == "h1" && ev.Phase == deploy.PhaseVerify
@@ -246,7 +258,7 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		events, code, stderr := runJSON(t, nw, key, "reboot", target)
 		if code != 0 {
-			t.Fatalf("reboot: exit %d\n%s", code, stderr)
+			t.Fatalf("reboot: exit %d\n%s%s", code, stderr, failures(events))
 		}
 		res := results(events)
 		for _, h := range nw.Hosts {
@@ -287,7 +299,7 @@ func TestDayTwoE2E(t *testing.T) {
 		// system, so h1 only reboots into it.
 		events, code, stderr := runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
 		if code != 0 {
-			t.Fatalf("deploy --mode boot --reboot: exit %d\n%s", code, stderr)
+			t.Fatalf("deploy --mode boot --reboot: exit %d\n%s%s", code, stderr, failures(events))
 		}
 		if r := results(events)["h1"]; r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Generation != 2 {
 			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok after the reboot at generation 2", r)
@@ -349,7 +361,7 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		events, code, stderr := runJSON(t, nw, key, "reboot", target)
 		if code != ExitRolledBack {
-			t.Fatalf("reboot with h2 broken: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
+			t.Fatalf("reboot with h2 broken: exit %d, want %d\n%s%s", code, ExitRolledBack, stderr, failures(events))
 		}
 		if !strings.Contains(stderr, "failed: h2") {
 			t.Errorf("reboot: stderr does not name h2:\n%s", stderr)
