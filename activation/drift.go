@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -337,16 +338,21 @@ func unitStates(ctx context.Context, names []string) (map[string]unitState, erro
 		return nil, fmt.Errorf("systemctl show: %w", err)
 	}
 	states := map[string]unitState{}
-	// One block per unit, in the order asked, separated by blank lines.
+	// One block per unit, in the order asked, separated by blank lines;
+	// each names its unit (Id), which is the name asked unless that is
+	// an alias.
 	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
+	if len(blocks) != len(names) {
+		return nil, fmt.Errorf("systemctl show: %d answers for %d units", len(blocks), len(names))
+	}
 	for i, b := range blocks {
-		if i >= len(names) {
-			break
-		}
 		var st unitState
+		id := names[i]
 		for _, line := range strings.Split(b, "\n") {
 			k, v, _ := strings.Cut(line, "=")
 			switch k {
+			case "Id":
+				id = v
 			case "LoadState":
 				st.load = v
 			case "ActiveState":
@@ -356,6 +362,9 @@ func unitStates(ctx context.Context, names []string) (map[string]unitState, erro
 			case "UnitFileState":
 				st.enabled = v
 			}
+		}
+		if id != names[i] && slices.Contains(names, id) {
+			return nil, fmt.Errorf("systemctl show: the answer for %q came for %q", names[i], id)
 		}
 		states[names[i]] = st
 	}
