@@ -274,7 +274,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			hr.Result, hr.LogTail = hf.Result, hf.LogTail
 		}
 		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
-		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail, Health: hr.Health})
 	}
 	if err := r.Failed[h]; err != nil {
 		var hf *HostFailure

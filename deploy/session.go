@@ -304,6 +304,9 @@ func (s *Session) finish(hr *HostReport, ev Event) {
 	if ev.Holder == nil {
 		ev.Holder = hr.Holder
 	}
+	if ev.Health == nil {
+		ev.Health = hr.Health
+	}
 	s.emit(ev)
 }
 

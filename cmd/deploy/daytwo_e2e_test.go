@@ -373,6 +373,9 @@ func TestDayTwoE2E(t *testing.T) {
 			// its shell exited) its health check fails.
 			t.Errorf("reboot: h2 %+v, want failed in reboot naming its failed unit or check", r)
 		}
+		if h := res["h2"].Health; h == nil || h.Healthy || h.Current != 1 || h.Boot != 1 {
+			t.Errorf("reboot: h2's health %+v, want unhealthy at generation 1", h)
+		}
 		if r := res["h1"]; r.Result != deploy.ResultOK {
 			t.Errorf("reboot: h1 %+v, want ok (same batch)", r)
 		}
