@@ -300,7 +300,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			case r.DryRun:
 				what = "a deploy would overwrite it"
 			case r.Mode == ModeBoot:
-				what = "the reboot into the new generation overwrites it"
+				what = "the next boot, which applies the boot default, overwrites it"
 			}
 			r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseVerify, Drift: d,
 				Message: fmt.Sprintf("the host drifted from its generation %d (%s): %s", d.Generation, what, DriftSummary(d))})
