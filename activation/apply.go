@@ -203,17 +203,30 @@ func (a *applier) secrets(ctx context.Context) error {
 
 func (a *applier) sysctls(ctx context.Context) error {
 	for _, s := range a.next.Sysctls {
-		p := filepath.Join("/proc/sys", strings.ReplaceAll(s.Key, ".", "/"))
-		cur, err := os.ReadFile(p)
-		if err == nil && strings.Join(strings.Fields(string(cur)), " ") == strings.Join(strings.Fields(s.Value), " ") {
+		if sysctlIs(s) {
 			continue
 		}
+		if s.Boot && !a.opts.Boot {
+			a.opts.logf("sysctl %s = %s is set at the next boot", s.Key, s.Value)
+			continue
+		}
+		p := sysctlPath(s.Key)
 		if err := os.WriteFile(p, []byte(s.Value+"\n"), 0o644); err != nil {
 			return fmt.Errorf("sysctl %q = %q: %w", s.Key, s.Value, err)
 		}
 		a.opts.logf("sysctl %s = %s", s.Key, s.Value)
 	}
 	return nil
+}
+
+func sysctlPath(key string) string {
+	return filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+}
+
+// sysctlIs reports whether the kernel has s's value now (whitespace aside).
+func sysctlIs(s manifest.Sysctl) bool {
+	cur, err := os.ReadFile(sysctlPath(s.Key))
+	return err == nil && strings.Join(strings.Fields(string(cur)), " ") == strings.Join(strings.Fields(s.Value), " ")
 }
 
 func (a *applier) firewall(ctx context.Context) error {

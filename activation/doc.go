@@ -27,4 +27,11 @@
 // re-applies the previous generation with that generation's own agent and
 // marks the new one failed. [Worker.Boot] re-applies the boot default at
 // boot. [Layout.Status] and [Layout.Generations] report.
+//
+// # Day-2 checks
+//
+// [Layout.Drift] compares the machine with its current generation's
+// manifest without changing anything (deploy verify); [Layout.Health]
+// waits for the boot default's units and runs its health checks (what a
+// rolling reboot waits for).
 package activation

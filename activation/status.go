@@ -2,6 +2,8 @@ package activation
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
@@ -35,6 +37,28 @@ func (l Layout) Status() (*Status, error) {
 		}
 		if g.Number == s.Boot {
 			s.BootSystem = g.System
+		}
+		if g.Number == s.Current {
+			s.CurrentTime, s.CurrentGitRev = g.Time, g.GitRev
+		}
+	}
+	s.BootID = BootID()
+	if s.Boot != 0 && s.Boot != s.Current {
+		s.RebootRequired = true
+		s.RebootReason = fmt.Sprintf("generation %d is the boot default; generation %d runs", s.Boot, s.Current)
+	} else if s.CurrentSystem != "" {
+		// Parameters set only at boot that the kernel does not have yet.
+		if m, err := ReadManifest(s.CurrentSystem, closure.NewTargetStore(l.withDefaults().StateDir).RealPath); err == nil {
+			var keys []string
+			for _, sc := range m.Sysctls {
+				if sc.Boot && !sysctlIs(sc) {
+					keys = append(keys, sc.Key+" = "+sc.Value)
+				}
+			}
+			if len(keys) > 0 {
+				s.RebootRequired = true
+				s.RebootReason = "set at the next boot: sysctl " + strings.Join(keys, ", sysctl ")
+			}
 		}
 	}
 	if a := st.Activation; a != nil {

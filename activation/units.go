@@ -204,6 +204,35 @@ func (a *applier) units(ctx context.Context) error {
 			watch = append(watch, name)
 		}
 	}
+	// Units that should run and do not (stopped by hand, or failed since)
+	// start again, so that a redeploy repairs drift; masked ones are left
+	// masked, with a line saying so.
+	var idle []string
+	for _, u := range a.next.Units {
+		if u.Start && !slices.Contains(watch, u.Name) && !slices.Contains(d.Reload, u.Name) {
+			idle = append(idle, u.Name)
+		}
+	}
+	if len(idle) > 0 {
+		states, err := unitStates(ctx, idle)
+		if err != nil {
+			return err
+		}
+		for _, name := range idle {
+			st := states[name]
+			switch {
+			case st.active == "active" || st.active == "reloading" || st.active == "activating":
+			case strings.HasPrefix(st.load, "masked"):
+				a.opts.logf("not starting %s: it is masked (systemctl unmask it)", name)
+			default:
+				if err := a.systemctl(ctx, "start", name); err != nil {
+					return fmt.Errorf("starting %s: %w", name, err)
+				}
+				a.opts.logf("started %s (it was %s)", name, st)
+				watch = append(watch, name)
+			}
+		}
+	}
 	return a.settle(ctx, watch)
 }
 

@@ -1,7 +1,8 @@
 // Package agentapi defines what deploy-agent prints for the operator: the
 // result line of an activation, `status --json`, `generations --json`,
-// `gc --json` and the run lock's answers. It is the contract between the
-// agent (cmd/deploy-agent, activation) and the operator (deploy), as
+// `gc --json`, `drift --json`, `health --json` and the run lock's
+// answers. It is the contract between the agent (cmd/deploy-agent,
+// activation) and the operator (deploy), as
 // package manifest is for the system manifest; both sides import it and
 // nothing else of each other.
 //
@@ -228,6 +229,20 @@ type Status struct {
 	// (deploy --mode push, deploy copy, or a copy whose activation did not
 	// happen), newest first: GC roots until they are activated or expire.
 	Pushed []Pushed `json:"pushed,omitempty"`
+	// CurrentTime and CurrentGitRev are when the running generation was
+	// created and from which fleet commit.
+	CurrentTime   time.Time `json:"current_time,omitzero"`
+	CurrentGitRev string    `json:"current_git_rev,omitempty"`
+	// BootID is the kernel's boot id (see [Health]).
+	BootID string `json:"boot_id,omitempty"`
+	// RebootRequired is set when the running generation is not the boot
+	// default (one activated with --mode boot waits for a reboot), with
+	// RebootReason saying so.
+	RebootRequired bool   `json:"reboot_required,omitempty"`
+	RebootReason   string `json:"reboot_reason,omitempty"`
+	// Drift is the host's drift from its current generation, with
+	// `status --drift` (store paths checked for presence only).
+	Drift *Drift `json:"drift,omitempty"`
 }
 
 // Pushed is a pushed system kept as a GC root since Time (its last push).

@@ -158,6 +158,17 @@ func (s *Store) gc(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	return res, nil
 }
 
+// InvalidReferenceError is a path whose reference Ref is not valid (Err
+// says why, when it is not simply missing).
+type InvalidReferenceError struct {
+	Ref string
+	Err error
+}
+
+func (e *InvalidReferenceError) Error() string {
+	return fmt.Sprintf("reference %q is not valid (%v)", e.Ref, e.Err)
+}
+
 // Problem is one finding of [Store.Verify].
 type Problem struct {
 	Path string
@@ -172,6 +183,13 @@ func (s *Store) Verify(ctx context.Context) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.VerifyPaths(ctx, paths)
+}
+
+// VerifyPaths is [Store.Verify] for the given paths only (a system's
+// closure, say): each must be registered, have valid references and hash
+// to its recorded NAR hash and size.
+func (s *Store) VerifyPaths(ctx context.Context, paths []string) ([]Problem, error) {
 	var problems []Problem
 	for _, p := range paths {
 		if err := ctx.Err(); err != nil {
@@ -184,7 +202,7 @@ func (s *Store) Verify(ctx context.Context) ([]Problem, error) {
 		}
 		for _, r := range pi.References {
 			if ok, err := s.Valid(r); !ok {
-				problems = append(problems, Problem{p, fmt.Errorf("reference %q is not valid (%v)", r, err)})
+				problems = append(problems, Problem{p, &InvalidReferenceError{Ref: r, Err: err}})
 			}
 		}
 		h := newHashWriter()

@@ -96,6 +96,10 @@ type DeployOptions struct {
 	ConfirmTimeout time.Duration // 0: the deployment's, else 30s
 	Message        string        // recorded with the new generations
 	Compress       bool          // zstd on the wire
+	// Reboot, with ModeBoot only, reboots each host whose running system
+	// is not the new one, in its batch, and waits until it runs the new
+	// one healthily (see [Session.Reboot]).
+	Reboot *RebootOptions
 }
 
 // locks reports whether a deploy in this mode takes the run lock: every
@@ -111,6 +115,9 @@ func (o DeployOptions) locks() bool {
 func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, error) {
 	if opts.Mode == "" {
 		opts.Mode = ModeSwitch
+	}
+	if opts.Reboot != nil && (opts.Mode != ModeBoot || opts.DryRun) {
+		return nil, &UsageError{Err: fmt.Errorf("--reboot goes with --mode boot (not %s), without --dry-run", opts.Mode)}
 	}
 	if opts.Mode == ModeBuild {
 		return s.Build(ctx)
@@ -173,7 +180,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		}
 		sshOps.Activation = ActivationSettings{ConfirmTimeout: confirm, WaitLock: s.WaitLock, Meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
 	}
-	r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Parallel: s.Parallel, Emit: s.emit, Failed: failed, NoRunEvents: true}
+	r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Parallel: s.Parallel, Emit: s.emit, Failed: failed, NoRunEvents: true, Reboot: opts.Reboot}
 	out := r.Run(ctx, systems, ro)
 	for name, hr := range out.Hosts {
 		rep.Hosts[name] = hr
@@ -273,10 +280,21 @@ func (s *Session) Generations(ctx context.Context) (*Report, error) {
 // Status reports each selected host's state (HostReport.Status): current,
 // boot default, pending and failed generations, locks.
 func (s *Session) Status(ctx context.Context) (*Report, error) {
+	return s.StatusWith(ctx, StatusOptions{})
+}
+
+// StatusWith is [Session.Status] with options: with Drift, each host's
+// agent also compares the host with its current generation
+// (Status.Drift), in the same request (one round trip per host).
+func (s *Session) StatusWith(ctx context.Context, opts StatusOptions) (*Report, error) {
 	rep := s.begin("", nil)
 	defer s.end(rep)
+	var extra []string
+	if opts.Drift {
+		extra = append(extra, "--drift")
+	}
 	s.query(ctx, rep, PhaseStatus, ResultCommandFailed, s.names(), func(ctx context.Context, hr *HostReport, c *mesh.Client) (Event, error) {
-		out, err := agentQuery(ctx, c, s.stateDir(), "status")
+		out, err := agentQuery(ctx, c, s.stateDir(), "status", extra...)
 		if err != nil {
 			return Event{}, err
 		}
@@ -293,9 +311,9 @@ func (s *Session) Status(ctx context.Context) (*Report, error) {
 
 // agentQuery runs the host's current agent with `what --json`; nil output
 // when the host has no agent (never deployed to).
-func agentQuery(ctx context.Context, c *mesh.Client, stateDir, what string) ([]byte, error) {
-	out, err := c.Output(ctx, []string{"sh", "-c", fmt.Sprintf(`test -x "$1" || exit %d; exec "$@"`, errAgentMissing),
-		"sh", currentAgent(), what, "--json", "--state-dir", stateDir})
+func agentQuery(ctx context.Context, c *mesh.Client, stateDir, what string, extra ...string) ([]byte, error) {
+	out, err := c.Output(ctx, append([]string{"sh", "-c", fmt.Sprintf(`test -x "$1" || exit %d; exec "$@"`, errAgentMissing),
+		"sh", currentAgent(), what, "--json", "--state-dir", stateDir}, extra...))
 	var ee *mesh.ExitError
 	if errors.As(err, &ee) && ee.Code == errAgentMissing {
 		return nil, nil

@@ -10,8 +10,9 @@
 // selected deployment, and turns everything into one stream of [Event]s that
 // begins with run.start and ends with run.done. Each host command is a method:
 // [Session.Deploy], [Session.Build], [Session.Rollback],
-// [Session.Generations], [Session.Status], [Session.GC], [Session.Exec],
-// [Session.Diff] and [Session.Copy]. Each returns a [Report] with every host's
+// [Session.Generations], [Session.Status] ([Session.StatusWith]),
+// [Session.GC], [Session.Exec], [Session.Diff], [Session.Verify] (drift),
+// [Session.Reboot] (rolling) and [Session.Copy]. Each returns a [Report] with every host's
 // [Result]; a run in which some host did not end well is a *[RunError], whose
 // [Report.Worst] the CLI maps to its exit code. A configuration or build error
 // is a *[ConfigError], a bad selection a *[UsageError].
@@ -20,8 +21,11 @@
 //
 // [Session.Deploy] runs a [Runner]: batches (a canary batch first, then
 // batch_size, see [Batches]), max_failures, rollback = "all", per-phase
-// parallelism, no-op detection. The Runner acts on hosts through [HostOps];
-// [SSHOps] is the real one, tests use scripted ones.
+// parallelism, no-op detection, a look at drift before the copy (a drifted
+// host's unchanged system is applied again), and with boot mode a reboot
+// per host. The Runner acts on hosts through [HostOps], with the optional
+// [DriftChecker] and [Rebooter]; [SSHOps] is the real one, tests use
+// scripted ones.
 //
 // # Reaching hosts
 //
@@ -31,6 +35,7 @@
 // held by the host's deploy-agent for the whole run, in an SSH session the
 // operator keeps alive; a host gives a dead run's lock up by itself.
 //
-// What the agent prints (activation results, status, generations, gc, run
-// lock replies) is defined in package agentapi, versioned.
+// What the agent prints (activation results, status, generations, gc,
+// drift, health, run lock replies) is defined in package agentapi,
+// versioned.
 package deploy

@@ -30,6 +30,11 @@ const (
 	PhaseGC          Phase = "gc"
 	PhaseExec        Phase = "exec"
 	PhaseDiff        Phase = "diff"
+	// PhaseVerify compares a host with its current generation (deploy
+	// verify, and a deploy's look before it overwrites); PhaseReboot
+	// reboots a host and waits until it runs its boot default healthily.
+	PhaseVerify Phase = "verify"
+	PhaseReboot Phase = "reboot"
 
 	// Pull mode: writing a host's release to the channel, and the host
 	// acting on it (publish --wait, status --channel).
@@ -57,6 +62,9 @@ const (
 	// closure failed verification, or the document did (a key it does not
 	// trust, say).
 	ResultRefused Result = "refused"
+	// ResultDrifted is a host whose live state differs from its current
+	// generation (deploy verify).
+	ResultDrifted Result = "drifted"
 )
 
 // Event is one line of the event stream that the terminal view, the plain
@@ -114,6 +122,8 @@ type Event struct {
 	Status      *agentapi.Status       `json:"status,omitempty"`      // status
 	GC          *agentapi.GCResult     `json:"gc,omitempty"`          // gc
 	Diff        *manifest.Difference   `json:"diff,omitempty"`        // diff
+	Drift       *agentapi.Drift        `json:"drift,omitempty"`       // verify, and a deploy's host.warning of drift
+	Health      *agentapi.Health       `json:"health,omitempty"`      // reboot
 	// Exec: Stream ("stdout" or "stderr") of a host.output line in
 	// Message; ExitStatus of the command on host.result.
 	Stream     string `json:"stream,omitempty"`

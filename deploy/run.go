@@ -121,6 +121,11 @@ type HostReport struct {
 	GC          *agentapi.GCResult
 	Diff        *manifest.Difference
 	ExitStatus  int // exec
+	// Drift is the host's drift from its current generation (verify;
+	// a deploy: what it found before it overwrote it).
+	Drift *agentapi.Drift
+	// Health is how the host came back from a reboot.
+	Health *agentapi.Health
 	// Pull mode (publish --wait, status --channel): the serial and wave of
 	// the host's release, and its status document.
 	Serial int64
@@ -161,6 +166,10 @@ type Runner struct {
 	// NoRunEvents leaves run.start and run.done to the caller (a
 	// [Session] run).
 	NoRunEvents bool
+	// Reboot, in ModeBoot, reboots each host whose running system is not
+	// the new one once the new one is its boot default, and waits until
+	// it runs it healthily (Ops must be a [Rebooter]).
+	Reboot *RebootOptions
 
 	mu sync.Mutex
 }
@@ -265,7 +274,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			hr.Result, hr.LogTail = hf.Result, hf.LogTail
 		}
 		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
-		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail, Health: hr.Health})
 	}
 	if err := r.Failed[h]; err != nil {
 		var hf *HostFailure
@@ -274,6 +283,28 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		}
 		fail(PhaseLock, err)
 		return
+	}
+	// What the host's state differs in from its current generation is
+	// what this deploy overwrites: say so, and re-apply even an
+	// unchanged system to repair it.
+	drifted := false
+	if dc, ok := r.Ops.(DriftChecker); ok && r.Mode.Activates() && r.Mode != ModeDryActivate {
+		d, err := dc.Drift(ctx, h)
+		switch {
+		case err != nil:
+			r.emit(Event{Type: EventLog, Host: h, Phase: PhaseVerify, Message: "could not compare the host with its current generation: " + err.Error()})
+		case len(d.Items) > 0:
+			hr.Drift, drifted = d, true
+			what := "this deploy overwrites it"
+			switch {
+			case r.DryRun:
+				what = "a deploy would overwrite it"
+			case r.Mode == ModeBoot:
+				what = "the next boot, which applies the boot default, overwrites it"
+			}
+			r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseVerify, Drift: d,
+				Message: fmt.Sprintf("the host drifted from its generation %d (%s): %s", d.Generation, what, DriftSummary(d))})
+		}
 	}
 	select {
 	case copySem <- struct{}{}:
@@ -318,10 +349,26 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseCopy, System: hr.System})
 		return
 	}
-	if r.unchanged(pr, hr.System) {
-		hr.Result = ResultUnchanged
-		r.emit(Event{Type: EventResult, Host: h, Result: ResultUnchanged, Phase: PhaseCopy, System: hr.System})
+	reboot := r.Reboot != nil && r.Mode == ModeBoot && pr.Current != hr.System
+	if r.unchanged(pr, hr.System) && !(drifted && r.Mode != ModeBoot) {
+		if !reboot {
+			hr.Result = ResultUnchanged
+			r.emit(Event{Type: EventResult, Host: h, Result: ResultUnchanged, Phase: PhaseCopy, System: hr.System})
+			return
+		}
+		// Already the boot default: only the reboot is left.
+		select {
+		case actSem <- struct{}{}:
+		case <-ctx.Done():
+			fail(PhaseReboot, ctx.Err())
+			return
+		}
+		defer func() { <-actSem }()
+		r.reboot(ctx, hr, fail)
 		return
+	}
+	if drifted && r.unchanged(pr, hr.System) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: "the host runs this system already: re-applying it to repair the drift"})
 	}
 	select {
 	case actSem <- struct{}{}:
@@ -341,9 +388,37 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	for _, w := range out.Warnings {
 		r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseActivate, Message: w})
 	}
-	hr.Result, hr.Phase, hr.Generation, hr.Previous = ResultOK, PhaseConfirm, out.Generation, out.Previous
+	hr.Generation, hr.Previous = out.Generation, out.Previous
 	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseConfirm, State: "done", Generation: out.Generation})
+	if reboot {
+		r.reboot(ctx, hr, fail)
+		return
+	}
+	hr.Result, hr.Phase = ResultOK, PhaseConfirm
 	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseConfirm, System: hr.System, Generation: out.Generation})
+}
+
+// reboot reboots a host into its (new) boot default and waits until it
+// runs it healthily; the host ends ok or fails in the reboot phase.
+func (r *Runner) reboot(ctx context.Context, hr *HostReport, fail func(Phase, error)) {
+	h := hr.Host
+	rb, ok := r.Ops.(Rebooter)
+	if !ok {
+		fail(PhaseReboot, errors.New("these host operations cannot reboot"))
+		return
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseReboot, State: "started"})
+	health, err := rb.Reboot(ctx, h, *r.Reboot, func(line string) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseReboot, Message: line})
+	})
+	hr.Health = health
+	if err != nil {
+		fail(PhaseReboot, err)
+		return
+	}
+	hr.Result, hr.Phase, hr.Generation = ResultOK, PhaseReboot, health.Current
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseReboot, State: "done", Generation: health.Current})
+	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseReboot, System: hr.System, Generation: health.Current, Health: health})
 }
 
 // unchanged reports whether the host already runs system as the mode

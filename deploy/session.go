@@ -23,8 +23,8 @@ import (
 // and turns everything that happens into one event stream ending in a
 // [Report]. Every host command of the CLI is a method: [Session.Deploy],
 // [Session.Build], [Session.Rollback], [Session.Generations],
-// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff] and
-// [Session.Copy].
+// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff],
+// [Session.Verify], [Session.Reboot] and [Session.Copy].
 //
 // Set the fields, call [Session.Open], run one command, then
 // [Session.Close]. Errors that callers branch on are typed:
@@ -146,8 +146,8 @@ func (e *RunError) Error() string {
 // ResultPrecedence lists the results that make a run fail, the one that
 // decides the exit code first: a host rolled back or failed, then one that
 // refused its release (pull mode), then one unreachable, then one locked,
-// then a command that failed on a host.
-var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultRefused, ResultUnreachable, ResultLocked, ResultCommandFailed}
+// then a command that failed on a host, then one that drifted (verify).
+var ResultPrecedence = []Result{ResultRolledBack, ResultFailed, ResultRefused, ResultUnreachable, ResultLocked, ResultCommandFailed, ResultDrifted}
 
 // Worst returns the result that decides the run's outcome (see
 // [ResultPrecedence]), or "" when every host ended well.
@@ -303,6 +303,9 @@ func (s *Session) finish(hr *HostReport, ev Event) {
 	}
 	if ev.Holder == nil {
 		ev.Holder = hr.Holder
+	}
+	if ev.Health == nil {
+		ev.Health = hr.Health
 	}
 	s.emit(ev)
 }

@@ -178,6 +178,10 @@ type Secret struct {
 type Sysctl struct {
 	Key   string `json:"key"`
 	Value string `json:"value"`
+	// Boot sets it only at boot (parameters the kernel takes once): an
+	// activation leaves it, and the host reports that it needs a reboot
+	// while its value differs.
+	Boot bool `json:"boot,omitempty"`
 }
 
 // Firewall is an nftables ruleset; the agent loads it with `nft -f Ruleset`

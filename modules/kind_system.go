@@ -15,7 +15,8 @@ import (
 // sysctlKind is a kernel parameter.
 func sysctlKind() *Kind {
 	return &Kind{Name: KindSysctl, Label: "key", Doc: "a kernel parameter",
-		Attrs:   []Attr{{Name: "value", Type: anything, Required: true}},
+		Attrs: []Attr{{Name: "value", Type: anything, Required: true},
+			{Name: "boot", Type: boolean, Doc: "set only at boot, for parameters the kernel takes once (default false); until the host reboots, it reports that it needs to"}},
 		Check:   checkSysctl,
 		Realize: realizeSysctls,
 	}
@@ -147,7 +148,7 @@ func checkTimezone(r *Resource) hcl.Diagnostics {
 func realizeSysctls(c *Realization, rs []*Resource) {
 	for _, r := range rs {
 		v, _ := SysctlValue(r)
-		c.Manifest.Sysctls = append(c.Manifest.Sysctls, manifest.Sysctl{Key: r.Name, Value: v})
+		c.Manifest.Sysctls = append(c.Manifest.Sysctls, manifest.Sysctl{Key: r.Name, Value: v, Boot: r.Bool("boot", false)})
 	}
 }
 

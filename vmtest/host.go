@@ -336,7 +336,19 @@ func (m *machine) monitor(inst *instance, console *os.File) {
 		if err := m.startLocked(ctx); err != nil {
 			m.net.logf("vmtest: %s: boot after reboot: %v", m.name, err)
 			m.inst = nil
+			return
 		}
+		// Whoever rebooted the host (a test's Reboot, or a program inside
+		// it, such as deploy reboot), the new boot gets its PID 1 found
+		// (for Run and Command) and its bandwidth limit, as at any boot.
+		next := m.inst
+		go func() {
+			ctx, cancel := context.WithTimeout(m.net.ctx, m.net.cfg.bootTimeout)
+			defer cancel()
+			if err := m.waitReady(ctx, next); err != nil && !next.exited() && m.net.ctx.Err() == nil {
+				m.net.logf("vmtest: %s: after reboot: %v", m.name, err)
+			}
+		}()
 		return
 	}
 	m.net.logf("vmtest: %s: stopped: %v", m.name, inst.err)

@@ -238,6 +238,36 @@ func TestHosts(t *testing.T) {
 		}
 		sshRun(t, h3, "true")
 	})
+
+	// A reboot that the harness did not start (a program in the host,
+	// over SSH) boots the host again too, with its own boot id, and the
+	// new boot answers Run as soon as its PID 1 is found.
+	t.Run("RebootFromInside", func(t *testing.T) {
+		h3 := h3.With(t)
+		old := h3.Succeed("cat /proc/sys/kernel/random/boot_id")
+		// The command's own outcome is not checked: the shutdown may end
+		// the session before it reports; the boot id says what happened.
+		c, err := h3.SSH(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, err := c.NewSession(); err == nil {
+			s.Run("systemctl reboot")
+		}
+		c.Close()
+		for {
+			out, err := h3.Run(t.Context(), "cat /proc/sys/kernel/random/boot_id")
+			if err == nil && out != old && out != "" {
+				break
+			}
+			if t.Context().Err() != nil {
+				t.Fatalf("h3 did not come back from a reboot from inside: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		h3.WaitForUnit("multi-user.target")
+		sshRun(t, h3, "true")
+	})
 }
 
 // runOutput runs script and returns its output even when it fails.

@@ -21,12 +21,18 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	drift := fs.Bool("drift", false, "also compare the machine with its current generation (store paths checked for presence)")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
 	}
 	s, err := layout().Status()
 	if err != nil {
 		return err
+	}
+	if *drift {
+		if s.Drift, err = layout().Drift(ctx, activation.DriftOptions{}); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		return writeJSON(stdout, s)
@@ -40,6 +46,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if len(s.Failed) > 0 {
 		fmt.Fprintf(stdout, "failed:  %v\n", s.Failed)
+	}
+	if s.RebootRequired {
+		fmt.Fprintf(stdout, "reboot required: %s\n", s.RebootReason)
+	}
+	if d := s.Drift; d != nil {
+		for _, it := range d.Items {
+			fmt.Fprintf(stdout, "drift: %s\n", it)
+		}
 	}
 	if !s.Consistent {
 		fmt.Fprintln(stdout, "warning: an application is incomplete (in progress, or interrupted: a rollback or reboot repairs it)")

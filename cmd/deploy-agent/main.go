@@ -30,7 +30,7 @@ func main() {
 // 2 usage, 3 rolled back, 5 lock held (see exit.go).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock|pull} [flags]")
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock|pull|drift|health} [flags]")
 		return 2
 	}
 	var err error
@@ -67,6 +67,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runRunLock(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "pull":
 		err = runPull(ctx, args[1:], stdout, stderr)
+	case "drift":
+		err = runDrift(ctx, args[1:], stdout, stderr)
+	case "health":
+		err = runHealth(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
 		return 2

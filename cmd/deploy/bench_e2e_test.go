@@ -14,8 +14,9 @@ import (
 )
 
 // BenchmarkNoopRedeploy times `deploy DIR#@test` when every host already
-// runs its system: per host one SSH connection and one session, whose
-// hello and want/missing exchange (one round trip) show nothing to do.
+// runs its system: per host one SSH connection, the run lock, the look at
+// drift, and one session whose hello and want/missing exchange (one round
+// trip) show nothing to do.
 // Every host must come back "unchanged", or the benchmark fails.
 //
 //	go test ./cmd/deploy -run '^$' -bench NoopRedeploy -benchtime 5x

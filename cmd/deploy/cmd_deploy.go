@@ -22,6 +22,8 @@ type deployFlags struct {
 	message        string
 	compress       bool
 	parallel       deploy.Parallelism
+	reboot         bool
+	rebootOpts     deploy.RebootOptions
 }
 
 // isTarget reports whether an argument of the top-level command names a
@@ -51,6 +53,9 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&df.parallel.Connect, "parallel-connect", 16, "hosts contacted at once for their run locks")
 	fs.IntVar(&df.parallel.Copy, "parallel-copy", 4, "hosts copied to at once")
 	fs.IntVar(&df.parallel.Activate, "parallel-activate", 0, "hosts activated at once within a batch (0: the whole batch)")
+	fs.BoolVar(&df.reboot, "reboot", false, "with --mode boot: reboot each host into the new generation in its batch and wait until it runs it healthily")
+	fs.DurationVar(&df.rebootOpts.Timeout, "reboot-timeout", 5*time.Minute, "with --reboot: how long a host has to come back after its reboot")
+	fs.DurationVar(&df.rebootOpts.HealthTimeout, "health-timeout", 2*time.Minute, "with --reboot: how long a host has to start its units after its reboot")
 	targets, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
@@ -61,6 +66,13 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	mode, err := deploy.ParseMode(df.mode)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
+	}
+	var reboot *deploy.RebootOptions
+	if df.reboot {
+		if mode != deploy.ModeBoot || df.dryRun {
+			return usageErrorf("--reboot goes with --mode boot, without --dry-run")
+		}
+		reboot = &df.rebootOpts
 	}
 	b, err := df.build.builder(e)
 	if err != nil {
@@ -75,7 +87,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	s.Builder, s.Parallel, s.WaitLock, s.CacheKey, s.Getenv = b, df.parallel, df.waitLock, key, e.getenv
 	rep, err := runSession(s, v, func() (*deploy.Report, error) {
 		return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
-			Message: df.message, Compress: df.compress})
+			Message: df.message, Compress: df.compress, Reboot: reboot})
 	})
 	onStdout := false
 	if df.dryRun && rep != nil && e.ciFormat() != formatText {

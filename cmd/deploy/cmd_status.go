@@ -3,48 +3,124 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
+	"strings"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/deploy"
 )
 
-// runStatus shows each host's current, boot-default, pending and failed
-// generations, whether its last application completed, and who holds its
-// run lock. With --channel it shows instead what the hosts reported to a
-// pull-mode channel, from the bucket (no SSH).
+// runStatus shows the fleet at a glance, one row per host from one request
+// to each host: whether it answered, its running generation with the
+// fleet commit and age, its boot default and whether a reboot is needed,
+// pending and failed generations, whether its last application completed,
+// pushed systems, who holds its run lock, and with --drift how it differs
+// from its generation. --watch D refreshes the table every D. With
+// --channel it shows instead what the hosts reported to a pull-mode
+// channel, from the bucket (no SSH).
 func runStatus(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
 	var channelName string
 	var pf publisherKeyFlag
 	var bf buildFlags
-	fs := newFlags(e, "status", "TARGET... [--channel NAME]")
+	var opts deploy.StatusOptions
+	var watch time.Duration
+	var count int
+	fs := newFlags(e, "status", "TARGET... [--drift] [--watch D] | TARGET... --channel NAME")
 	hf.register(fs)
 	fs.StringVar(&channelName, "channel", "", "show the hosts' reports to this pull-mode channel `name` instead (read from the bucket; no SSH)")
+	fs.BoolVar(&opts.Drift, "drift", false, "also compare each host with its current generation (store paths checked for presence only; deploy verify rehashes them)")
+	fs.DurationVar(&watch, "watch", 0, "refresh the table every `duration` until interrupted")
+	fs.IntVar(&count, "count", 0, "with --watch: stop after `N` tables (0: until interrupted)")
 	pf.register(fs)
 	bf.store.register(fs)
 	targets, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
 	}
+	if watch < 0 || count < 0 || count > 0 && watch == 0 {
+		return usageErrorf("status: --watch takes a positive duration, and --count goes with --watch")
+	}
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "status", targets, v)
 	if channelName != "" {
+		if opts.Drift || watch > 0 {
+			return usageErrorf("status: --drift and --watch do not go with --channel")
+		}
 		return runChannelStatus(ctx, e, s, v, channelName, &pf, &bf, hf.asJSON)
 	}
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Status(ctx) })
+	redraw := false
+	if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) && e.getenv("TERM") != "dumb" {
+		redraw = true
+	}
+	var last error
+	rep, err := runSession(s, v, func() (*deploy.Report, error) {
+		for n := 1; ; n++ {
+			rep, err := s.StatusWith(ctx, opts)
+			if watch == 0 {
+				return rep, err
+			}
+			if ctx.Err() != nil {
+				return nil, last
+			}
+			last = err
+			if !hf.asJSON {
+				if redraw {
+					fmt.Fprint(e.stdout, "\x1b[H\x1b[2J")
+				} else if n > 1 {
+					fmt.Fprintln(e.stdout)
+				}
+				fmt.Fprintf(e.stdout, "%s (every %v)\n", time.Now().Format(time.RFC3339), watch)
+				statusTable(e, s, rep, opts.Drift)
+			}
+			if count > 0 && n >= count {
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, last
+			case <-time.After(watch):
+			}
+		}
+	})
 	if hf.asJSON || rep == nil {
 		return err
 	}
+	statusTable(e, s, rep, opts.Drift)
+	return err
+}
+
+// statusTable prints one row per host.
+func statusTable(e *env, s *deploy.Session, rep *deploy.Report, drift bool) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tCURRENT\tBOOT\tPENDING\tFAILED\tCONSISTENT\tPUSHED\tRUN LOCK")
+	head := "HOST\tREACHABLE\tGEN\tCOMMIT\tAGE\tBOOT\tPENDING\tFAILED\tCONSISTENT\tPUSHED\tRUN LOCK"
+	if drift {
+		head += "\tDRIFT"
+	}
+	fmt.Fprintln(tw, head)
+	now := time.Now()
 	for _, h := range s.Selected {
 		hr := rep.Hosts[h.Name]
 		st := hr.Status
 		if st == nil {
-			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\t?\t?\t%s\n", h.Name, hr.Result)
+			why := string(hr.Result)
+			if hr.Err != nil {
+				why = hr.Err.Error()
+			}
+			reach := "yes"
+			if hr.Result == deploy.ResultUnreachable || hr.Result == deploy.ResultSkipped {
+				reach = "no"
+			}
+			row := fmt.Sprintf("%s\t%s\t?\t?\t?\t?\t?\t?\t?\t?\t%s", h.Name, reach, why)
+			if drift {
+				row += "\t?"
+			}
+			fmt.Fprintln(tw, row)
 			continue
 		}
 		lock := "-"
@@ -59,10 +135,49 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 				pushed += fmt.Sprintf(" +%d", len(st.Pushed)-1)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%v\t%v\t%s\t%s\n", h.Name, st.Current, st.Boot, st.Pending, st.Failed, st.Consistent, pushed, lock)
+		commit, age := "-", "-"
+		if st.CurrentGitRev != "" {
+			commit = st.CurrentGitRev[:min(12, len(st.CurrentGitRev))]
+		}
+		if !st.CurrentTime.IsZero() {
+			age = ageString(now.Sub(st.CurrentTime))
+		}
+		boot := dash(st.Boot)
+		if st.RebootRequired {
+			boot += " (reboot required)"
+		}
+		failed := "-"
+		if len(st.Failed) > 0 {
+			failed = strings.Trim(fmt.Sprint(st.Failed), "[]")
+		}
+		row := fmt.Sprintf("%s\tyes\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s", h.Name, dash(st.Current), commit, age, boot, dash(st.Pending), failed, st.Consistent, pushed, lock)
+		if drift {
+			switch d := st.Drift; {
+			case d == nil:
+				row += "\t?"
+			case len(d.Items) == 0:
+				row += "\tnone"
+			default:
+				row += fmt.Sprintf("\t%d: %s", len(d.Items), deploy.DriftSummary(d))
+			}
+		}
+		fmt.Fprintln(tw, row)
 	}
 	tw.Flush()
-	return err
+}
+
+// ageString renders a duration the way an operator reads an age: 45s,
+// 12m, 5h, 3d.
+func ageString(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", max(0, int(d.Seconds())))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 // runChannelStatus is deploy status --channel NAME: the channel's last

@@ -21,6 +21,7 @@ const (
 	ExitLocked        = 5 // a lock is held
 	ExitCommandFailed = 6 // a command failed on some host (exec's command, the agent's gc or a query)
 	ExitRefused       = 7 // pull mode: some host refused its release (signature, serial, host, or a closure failing verification)
+	ExitDrifted       = 8 // verify: some host's live state differs from its current generation
 )
 
 // resultExit maps how a run's worst host ended (deploy.Report.Worst, by
@@ -32,6 +33,7 @@ var resultExit = map[deploy.Result]int{
 	deploy.ResultLocked:        ExitLocked,
 	deploy.ResultCommandFailed: ExitCommandFailed,
 	deploy.ResultRefused:       ExitRefused,
+	deploy.ResultDrifted:       ExitDrifted,
 }
 
 // exitError carries an exit code and an optional hint for the operator.

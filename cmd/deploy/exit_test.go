@@ -44,6 +44,9 @@ func TestExitCode(t *testing.T) {
 		{"refused", runReport(deploy.ResultOK, deploy.ResultRefused, deploy.ResultSkipped).Err(), ExitRefused},
 		{"rolled back beats refused", runReport(deploy.ResultRefused, deploy.ResultRolledBack).Err(), ExitRolledBack},
 		{"refused beats unreachable", runReport(deploy.ResultUnreachable, deploy.ResultRefused).Err(), ExitRefused},
+		{"drifted", runReport(deploy.ResultOK, deploy.ResultDrifted).Err(), ExitDrifted},
+		{"unreachable beats drifted", runReport(deploy.ResultDrifted, deploy.ResultUnreachable).Err(), ExitUnreachable},
+		{"a failed command beats drifted", runReport(deploy.ResultDrifted, deploy.ResultCommandFailed).Err(), ExitCommandFailed},
 		{"wrapped run error", fmt.Errorf("demo: %w", runReport(deploy.ResultRolledBack).Err()), ExitRolledBack},
 		{"unreachable outside a run", &mesh.UnreachableError{Host: "h1", Err: errors.New("no route")}, ExitUnreachable},
 	} {

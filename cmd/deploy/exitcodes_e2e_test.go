@@ -114,6 +114,8 @@ func TestExitCodesE2E(t *testing.T) {
 	run(0, cmd("", prod)...)
 	run(0, cmd("generations", prod)...)
 	run(0, cmd("status", prod)...)
+	run(0, cmd("status", "--drift", prod)...)
+	run(0, cmd("verify", prod)...)
 	run(0, cmd("diff", fleet+"#h1")...)
 	run(0, cmd("exec", prod, "--", "true")...)
 	run(0, cmd("gc", "--keep", "5", prod)...)
@@ -137,11 +139,16 @@ func TestExitCodesE2E(t *testing.T) {
 	// 4: an unreachable host, for every command.
 	for _, args := range [][]string{
 		cmd("", ghost), cmd("rollback", ghost), cmd("generations", ghost), cmd("status", ghost),
+		cmd("verify", ghost), cmd("reboot", ghost),
 		cmd("gc", ghost), cmd("exec", ghost, "--", "true"), cmd("diff", ghost),
 		append(cmd("copy", "--to", h1.Addr().String()+":9", "--host-key", h1.HostKeyLine()), "/var/lib/deploy/store/00000000000000000000000000000000-x"),
 		{"keyscan", h1.Addr().String() + ":9"},
 	} {
 		run(4, args...)
+	}
+	// The fleet table names the host that did not answer.
+	if out := run(4, cmd("status", fleet+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
+		t.Errorf("status of h1 and the unreachable ghost: want h1 reachable and ghost not:\n%s", out)
 	}
 
 	// 5: another run holds h1's run lock (here a run-lock process started
@@ -149,7 +156,7 @@ func TestExitCodesE2E(t *testing.T) {
 	// is named. Read-only commands are not held up.
 	lockCtx, stopLock := context.WithCancel(context.Background())
 	holder := h1With(t, h1, lockCtx)
-	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleet+"#h1"), cmd("gc", fleet+"#h1")} {
+	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleet+"#h1"), cmd("gc", fleet+"#h1"), cmd("reboot", fleet+"#h1")} {
 		if out := run(5, args...); !strings.Contains(out, "other-operator") {
 			t.Errorf("deploy %v with h1's run lock held: the holder is not named:\n%s", args, out)
 		}

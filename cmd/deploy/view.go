@@ -71,13 +71,16 @@ func (v *plainView) Close() {}
 // quietPhases are the phases of host queries: their plain view says only
 // what went wrong (the result is the table on stdout).
 var quietPhases = map[deploy.Phase]bool{deploy.PhaseStatus: true, deploy.PhaseGenerations: true, deploy.PhaseGC: true,
-	deploy.PhaseExec: true, deploy.PhaseDiff: true, deploy.PhaseLock: true}
+	deploy.PhaseExec: true, deploy.PhaseDiff: true, deploy.PhaseLock: true, deploy.PhaseVerify: true}
 
 func plainLine(ev deploy.Event) string {
 	switch ev.Type {
 	case deploy.EventRunStart:
 		if len(ev.Batches) == 0 {
 			return ""
+		}
+		if ev.Command == "reboot" {
+			return fmt.Sprintf("reboot %d hosts in %d batches", len(ev.Hosts), len(ev.Batches))
 		}
 		if ev.Command == "publish" || ev.Command == "rollback" && ev.Mode == "" {
 			return fmt.Sprintf("%s: %d hosts in %d waves", ev.Command, len(ev.Hosts), len(ev.Batches))
@@ -131,7 +134,7 @@ func plainLine(ev deploy.Event) string {
 		return publishLine(ev)
 	case deploy.EventRunDone:
 		switch ev.Command {
-		case "status", "generations", "gc", "exec", "diff", "build", "":
+		case "status", "generations", "gc", "exec", "diff", "build", "verify", "":
 			return ""
 		}
 		var parts []string
@@ -157,7 +160,7 @@ func cacheLine(ev deploy.Event) string {
 }
 
 var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
-	deploy.ResultFailed, deploy.ResultRefused, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultSkipped}
+	deploy.ResultFailed, deploy.ResultRefused, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultDrifted, deploy.ResultSkipped}
 
 func bytesString(n int64) string {
 	const unit = 1024

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/declarative/deploy/deploy"
+)
+
+// runReboot reboots hosts batch by batch and waits for each to come back
+// running its boot default healthily.
+func runReboot(ctx context.Context, e *env, args []string) error {
+	var hf hostFlags
+	var opts deploy.RebootOptions
+	var waitLock time.Duration
+	fs := newFlags(e, "reboot", "TARGET...")
+	hf.register(fs)
+	fs.DurationVar(&opts.Timeout, "timeout", 5*time.Minute, "how long a host has to come back (answer SSH from a new boot) after its reboot")
+	fs.DurationVar(&opts.HealthTimeout, "health-timeout", 2*time.Minute, "how long a host has to finish starting up and start its units after its reboot (its health checks have their own timeouts)")
+	fs.DurationVar(&waitLock, "wait-lock", 0, "wait up to this `duration` for another run's run lock instead of failing at once")
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	v := newView(e, hf.asJSON, true)
+	s := hf.session(e, "reboot", targets, v)
+	s.WaitLock = waitLock
+	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Reboot(ctx, opts) })
+	if !hf.asJSON && rep != nil {
+		for _, h := range s.Selected {
+			hr := rep.Hosts[h.Name]
+			line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
+			if hr.Generation != 0 {
+				line += fmt.Sprintf("\tgeneration %d", hr.Generation)
+			}
+			if hr.Err != nil {
+				line += "\t" + hr.Err.Error()
+			}
+			fmt.Fprintln(e.stdout, line)
+		}
+	}
+	return err
+}
