@@ -10,8 +10,7 @@
 #   large       one random file of 200 MiB
 #   small       2,000 random files of 1 to 64 KiB in 40 directories (66 MiB)
 #   go          the Go toolchain (/usr/local/go: about 15,000 files, 270 MB)
-#   mixed:SIZE  bench/gentree's mix of small, medium and large files (also
-#               just SIZE, such as 512MiB)
+#   mixed:SIZE  bench/gentree's mix of small, medium and large files
 #   DIR         any directory
 #
 # Targets:
@@ -73,17 +72,14 @@ D=$w/bin/deploy
 # The trees, and their NARs.
 i=0
 declare -a wl_name wl_dir
-goroot=$(go env GOROOT)
-goversion=$(go env GOVERSION)
 for spec in $workloads; do
 	i=$((i + 1))
 	d=$w/tree$i
 	case $spec in
 	large) go run ./bench/gentree -shape large -size 200MiB "$d" >/dev/null; name="one file of 200 MiB" ;;
 	small) go run ./bench/gentree -shape small "$d" >/dev/null; name="2,000 files of 1-64 KiB" ;;
-	go) cp -a "$goroot" "$d"; name="the Go toolchain, $goversion" ;;
+	go) cp -a "$(go env GOROOT)" "$d"; name="the Go toolchain ($(go env GOVERSION))" ;;
 	mixed:*) go run ./bench/gentree -size "${spec#mixed:}" "$d" >/dev/null; name="gentree's mix, ${spec#mixed:}" ;;
-	[0-9]*[KMG]iB) go run ./bench/gentree -size "$spec" "$d" >/dev/null; name="gentree's mix, $spec" ;;
 	*) cp -a "$spec" "$d"; name="$spec" ;;
 	esac
 	"$D" nar dump "$d" > "$d.nar"

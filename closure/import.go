@@ -9,10 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/declarative/deploy/closure/nar"
@@ -103,12 +101,10 @@ func discardNAR(r io.Reader, pi *PathInfo) error {
 }
 
 // staged is a path restored and verified in a private directory of the
-// store (tmp/x), not yet in place, not registered; durable already when
-// synced (each of its files and directories was fsynced), else not yet.
+// store (tmp/x), not yet durable, not yet in place, not registered.
 type staged struct {
-	pi     *PathInfo
-	tmp    string
-	synced bool
+	pi  *PathInfo
+	tmp string
 }
 
 func (st *staged) discard() { nar.RemoveTree(st.tmp) }
@@ -121,15 +117,10 @@ func (s *Store) stage(r io.Reader, pi *PathInfo) (*staged, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
-	st := &staged{pi: pi, tmp: tmp, synced: busyDirty()}
+	st := &staged{pi: pi, tmp: tmp}
 	h := newAsyncHasher()
 	defer h.stop()
-	// Normally the tree is only written (its writeback started as it goes)
-	// and one syncfs at the commit makes the batch durable. When the
-	// machine holds much dirty data of others, that syncfs would wait for
-	// theirs too: then each file and directory is fsynced as written.
-	opts := nar.RestoreOptions{Size: pi.NarSize, Writeback: !st.synced, Sync: st.synced}
-	if _, err := nar.Restore(io.TeeReader(r, h), filepath.Join(tmp, "x"), opts); err != nil {
+	if _, err := nar.Restore(io.TeeReader(r, h), filepath.Join(tmp, "x"), nar.RestoreOptions{Size: pi.NarSize, Writeback: true}); err != nil {
 		st.discard()
 		return nil, fmt.Errorf("store: import %q: %w", pi.Path, err)
 	}
@@ -174,10 +165,6 @@ func (s *Store) commit(ctx context.Context, batch []*staged) (err error) {
 			}
 		}
 	}()
-	synced := true // every staged tree was fsynced as it was written
-	for _, st := range batch {
-		synced = synced && st.synced
-	}
 	for _, st := range batch {
 		info := *st.pi
 		info.References = sortedUnique(st.pi.References)
@@ -187,27 +174,20 @@ func (s *Store) commit(ctx context.Context, batch []*staged) (err error) {
 		}
 		infos = append(infos, f.Name())
 		_, werr := f.Write(info.marshal())
-		var serr error
-		if synced {
-			serr = f.Sync()
-		}
 		cerr := f.Close()
-		if err := cmp.Or(werr, serr, cerr, os.Chmod(f.Name(), 0o644)); err != nil {
+		if err := cmp.Or(werr, cerr, os.Chmod(f.Name(), 0o644)); err != nil {
 			return fmt.Errorf("store: registering %q: %w", st.pi.Path, err)
 		}
 	}
 	// One syncfs makes every file and directory of the staged trees durable
 	// before they are renamed into place: the same guarantee as an fsync of
-	// each, without a journal commit per file. Trees fsynced as they were
-	// written need only their metadata files synced (above).
-	if !synced {
-		if err := syncFS(s.RealDir); err != nil {
+	// each, without a journal commit per file.
+	if err := syncFS(s.RealDir); err != nil {
+		return fmt.Errorf("store: import: %w", err)
+	}
+	if !sameFS(s.RealDir, s.DBDir) {
+		if err := syncFS(s.DBDir); err != nil {
 			return fmt.Errorf("store: import: %w", err)
-		}
-		if !sameFS(s.RealDir, s.DBDir) {
-			if err := syncFS(s.DBDir); err != nil {
-				return fmt.Errorf("store: import: %w", err)
-			}
 		}
 	}
 	var intent string
@@ -520,65 +500,8 @@ func (s *Store) checkContentAddress(pi *PathInfo) error {
 	return nil
 }
 
-// BusyDirtyBytes is how much dirty page cache (Dirty + Writeback in
-// /proc/meminfo, machine-wide) makes an import fsync each file it writes
-// instead of flushing the whole file system once per batch with syncfs:
-// above it, a syncfs would wait for other processes' data as well as ours
-// (on a host where a database or a log writer is busy, seconds). Below it
-// one syncfs is the cheaper of the two, by far on file systems where each
-// fsync is a journal commit or a separate inode write. Negative: always
-// fsync each file; a test hook.
-var BusyDirtyBytes int64 = 256 << 20
-
-var dirty struct {
-	sync.Mutex
-	at    time.Time
-	bytes int64
-}
-
-// busyDirty reports whether the machine holds more than BusyDirtyBytes of
-// dirty page cache, read at most every 100 ms.
-func busyDirty() bool {
-	if BusyDirtyBytes < 0 {
-		return true
-	}
-	dirty.Lock()
-	defer dirty.Unlock()
-	if time.Since(dirty.at) > 100*time.Millisecond {
-		dirty.at, dirty.bytes = time.Now(), readDirty()
-	}
-	return dirty.bytes > BusyDirtyBytes
-}
-
-// readDirty returns Dirty + Writeback from /proc/meminfo in bytes (0 when
-// it cannot be read: then syncfs, as before this check existed).
-func readDirty() int64 {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	return parseDirty(data)
-}
-
-func parseDirty(data []byte) int64 {
-	var total int64
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && (f[0] == "Dirty:" || f[0] == "Writeback:") {
-			if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil {
-				total += kb << 10
-			}
-		}
-	}
-	return total
-}
-
-// syncfsCalls counts syncFS calls, for tests.
-var syncfsCalls atomic.Int64
-
 // syncFS flushes the filesystem that holds dir (syncfs(2)).
 func syncFS(dir string) error {
-	syncfsCalls.Add(1)
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("syncfs %q: %w", dir, err)
