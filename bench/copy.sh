@@ -225,14 +225,17 @@ for wl in $(seq "$nwl"); do
 		nixsrc=$w/nixsrc$wl
 		nixpath=$(NIX_REMOTE= nix-store --store "$nixsrc" --add "$tree")
 	fi
-	# The no-network row reads the NAR from the target's page cache.
+	# The no-network rows read the NAR, or a tarball of the tree, from the
+	# target's page cache.
 	bash -c "$SSH root@$H 'cat > $tb/nar$wl'" < "$tree.nar"
+	tar -C "$tree" -cf - . | bash -c "$SSH root@$H 'cat > $tb/tar$wl'"
 	for i in $(seq "$runs"); do
 		P=$(ours_target "ours$wl-$i" "$tree")
 		timeit raw "$SSH root@$H 'cat > /dev/null' < $tree.nar"
 		target "mkdir -p $tb/rawfile$wl-$i $tb/local$wl-$i"
 		timeit rawfile "$SSH root@$H 'cat > $tb/rawfile$wl-$i/tree.nar && sync $tb/rawfile$wl-$i/tree.nar' < $tree.nar"
 		timeit local "$SSH root@$H 'cat $tb/nar$wl > $tb/local$wl-$i/tree.nar && sync $tb/local$wl-$i/tree.nar'"
+		timeit localtree "$SSH root@$H 'mkdir $tb/localtree$wl-$i && tar -xf $tb/tar$wl -C $tb/localtree$wl-$i && sync -f $tb/localtree$wl-$i'"
 		timeit ours "$(ours_cmd "ours$wl-$i" "$P")"
 		if [ -n "${ZSTD:-}" ]; then
 			Pz=$(ours_target "oursz$wl-$i" "$tree")
@@ -267,6 +270,7 @@ for wl in $(seq "$nwl"); do
 	row raw 'raw `ssh host '"'"'cat > /dev/null'"'"'` of the NAR'
 	row rawfile 'raw `ssh host '"'"'cat > F && sync F'"'"'` of the NAR (stored durably)'
 	row local 'no network: `cat NAR > F && sync F` on the target'
+	row localtree 'no network: `tar -x` of the tree on the target, then `sync -f` (syncfs)'
 	row rsync '`rsync -a` over ssh'
 	row rsyncfsync '`rsync -a --fsync` over ssh'
 	row oursz '`deploy copy --compress` (zstd)'
