@@ -30,9 +30,11 @@ FUZZTIME    ?= 30s
 
 all: build
 
-# apt-packages installs the Debian packages in $(1) that are missing.
+# apt-packages installs the Debian packages in $(1) that are missing (a
+# package removed with its configuration kept counts as missing: `dpkg -s`
+# would call it present).
 define apt-packages
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "make: installing$$missing"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make: need root to install$$missing" >&2; exit 1; fi; \
