@@ -50,25 +50,7 @@ func BenchmarkCacheVsPush(b *testing.B) {
 					cacheBlock = fmt.Sprintf("cache {\n  url = \"s3://cache/b?endpoint=%s\"\n  public_keys = [%q]\n}\n", srv.Endpoint, pk.String())
 					env = append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
 				}
-				os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(cacheBlock+`
-deployment "all" {
-  hosts      = [`+quotedNames(nw)+`]
-  batch_size = "100%"
-  canary     = 0
-}
-role "data" {
-  package "blob" {
-    path = "./blob"
-  }
-  file "/etc/blob-path" {
-    content = "${package.blob}"
-  }
-}
-defaults {
-  roles = [role.data]
-}
-`), 0o644)
-				os.MkdirAll(filepath.Join(fleet, "blob"), 0o755)
+				writeBlobFleet(b, nw, fleet, cacheBlock)
 				home := b.TempDir()
 				blob := make([]byte, size)
 				var upload int64
@@ -114,5 +96,36 @@ defaults {
 				b.ReportMetric(elapsed.Seconds()/float64(b.N), "s/deploy")
 			})
 		}
+	}
+}
+
+// writeBlobFleet adds to fleet a deployment "all" of every host in one
+// batch, each with a package "blob" (the directory fleet/blob, which it
+// makes) and a file naming it; extra goes first (a cache block, say).
+func writeBlobFleet(t testing.TB, nw *vmtest.Network, fleet, extra string) {
+	t.Helper()
+	hcl := extra + `
+deployment "all" {
+  hosts      = [` + quotedNames(nw) + `]
+  batch_size = "100%"
+  canary     = 0
+}
+role "data" {
+  package "blob" {
+    path = "./blob"
+  }
+  file "/etc/blob-path" {
+    content = "${package.blob}"
+  }
+}
+defaults {
+  roles = [role.data]
+}
+`
+	if err := os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(fleet, "blob"), 0o755); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -74,25 +74,7 @@ func BenchmarkFirstDeploy(b *testing.B) {
 				b.StopTimer()
 				nw := vmtest.Start(b, n)
 				fleet, key := testFleet(b, nw, "")
-				os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(`
-deployment "all" {
-  hosts      = [`+quotedNames(nw)+`]
-  batch_size = "100%"
-  canary     = 0
-}
-role "data" {
-  package "blob" {
-    path = "./blob"
-  }
-  file "/etc/blob-path" {
-    content = "${package.blob}"
-  }
-}
-defaults {
-  roles = [role.data]
-}
-`), 0o644)
-				os.MkdirAll(filepath.Join(fleet, "blob"), 0o755)
+				writeBlobFleet(b, nw, fleet, "")
 				os.WriteFile(filepath.Join(fleet, "blob", "data"), blob, 0o644)
 				home := b.TempDir()
 				cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleet+"#all")
