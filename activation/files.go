@@ -199,6 +199,32 @@ func (a *applier) remove(p string) (bool, error) {
 	return true, nil
 }
 
+// lookupAt opens path's parent directory (not creating it, never through a
+// symlink) and lstats path in it. pfd is -1 when the parent does not exist,
+// st nil when path does not; the caller closes pfd. A directory in the way
+// is an error: a file or symlink never replaces one.
+func lookupAt(path string) (pfd int, name string, st *unix.Stat_t, err error) {
+	pfd, name, err = openParent(path, false)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, name, nil, nil
+	}
+	if err != nil {
+		return -1, "", nil, err
+	}
+	st, err = lstatAt(pfd, name)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return pfd, name, nil, nil
+	case err != nil:
+		unix.Close(pfd)
+		return -1, "", nil, err
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		unix.Close(pfd)
+		return -1, "", nil, errors.New("a directory is in the way")
+	}
+	return pfd, name, st, nil
+}
+
 // installFile writes path atomically with src's content: a private temp
 // file in the same directory (opened without following symlinks, see
 // openDir) gets its owner and mode first, then the content, fsync, rename
@@ -216,32 +242,19 @@ func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplac
 	if err != nil {
 		return fmt.Errorf("file %q: source: %w", path, err)
 	}
-	pfd, name, err := openParent(path, false)
-	exists := true
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		exists = false
-	case err != nil:
+	pfd, name, st, err := lookupAt(path)
+	if err != nil {
 		return fmt.Errorf("file %q: %w", path, err)
-	default:
+	}
+	if pfd >= 0 {
 		defer unix.Close(pfd)
-		st, err := lstatAt(pfd, name)
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			exists = false
-		case err != nil:
-			return fmt.Errorf("file %q: %w", path, err)
-		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-			return fmt.Errorf("file %q: a directory is in the way", path)
-		default:
-			if st.Mode&unix.S_IFMT == unix.S_IFREG && int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o7777 == mode {
-				if cur, err := readFileAt(pfd, name); err == nil && bytes.Equal(cur, content) {
-					return nil // already in place
-				}
-			}
+	}
+	if st != nil && st.Mode&unix.S_IFMT == unix.S_IFREG && int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o7777 == mode {
+		if cur, err := readFileAt(pfd, name); err == nil && bytes.Equal(cur, content) {
+			return nil // already in place
 		}
 	}
-	if exists && !mayReplace {
+	if exists := st != nil; exists && !mayReplace {
 		return &UnmanagedError{Path: path}
 	}
 	if err := a.own(path); err != nil {
@@ -296,30 +309,19 @@ func (a *applier) installFile(path, src, owner, group, modeStr string, mayReplac
 }
 
 func (a *applier) installSymlink(path, target string, mayReplace bool) error {
-	pfd, name, err := openParent(path, false)
-	exists := true
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		exists = false
-	case err != nil:
+	pfd, name, st, err := lookupAt(path)
+	if err != nil {
 		return fmt.Errorf("symlink %q: %w", path, err)
-	default:
+	}
+	if pfd >= 0 {
 		defer unix.Close(pfd)
-		st, err := lstatAt(pfd, name)
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			exists = false
-		case err != nil:
-			return fmt.Errorf("symlink %q: %w", path, err)
-		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-			return fmt.Errorf("symlink %q: a directory is in the way", path)
-		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
-			if cur, err := readlinkat(pfd, name); err == nil && cur == target {
-				return nil
-			}
+	}
+	if st != nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if cur, err := readlinkat(pfd, name); err == nil && cur == target {
+			return nil
 		}
 	}
-	if exists && !mayReplace {
+	if exists := st != nil; exists && !mayReplace {
 		return &UnmanagedError{Path: path}
 	}
 	if err := a.own(path); err != nil {

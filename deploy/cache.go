@@ -104,6 +104,27 @@ func (s *Session) CachePush(ctx context.Context, paths []string) (*cache.PushSta
 	return stats, err
 }
 
+// pushClosures pushes the whole closures of roots to the fleet's cache,
+// with the cache.push events around it.
+func (s *Session) pushClosures(ctx context.Context, roots []string) error {
+	cl, err := s.Builder.Store.Closure(roots...)
+	if err != nil {
+		return err
+	}
+	paths := make([]string, len(cl))
+	for i, pi := range cl {
+		paths[i] = pi.Path
+	}
+	s.emit(Event{Type: EventCachePush, State: "started", Message: s.Fleet.Cache.URL, Paths: len(paths)})
+	stats, err := s.CachePush(ctx, paths)
+	if err != nil {
+		s.emit(Event{Type: EventCachePush, State: "failed", Message: s.Fleet.Cache.URL, Paths: len(paths), Error: err.Error()})
+		return err
+	}
+	s.emit(Event{Type: EventCachePush, State: "done", Message: s.Fleet.Cache.URL, Paths: len(paths), CopyPaths: stats.Uploaded, Total: stats.FileBytes})
+	return nil
+}
+
 // PushCache builds every selected host and pushes their closures (system
 // paths included: deploy cache push is for mirrors and for Nix users too)
 // to the fleet's cache (deploy cache push).
@@ -118,21 +139,9 @@ func (s *Session) PushCache(ctx context.Context) (*Report, error) {
 	for _, h := range s.Selected {
 		systems = append(systems, results[h.Name].SystemPath)
 	}
-	cl, err := s.Builder.Store.Closure(systems...)
-	if err != nil {
+	if err := s.pushClosures(ctx, systems); err != nil {
 		return rep, err
 	}
-	paths := make([]string, len(cl))
-	for i, pi := range cl {
-		paths[i] = pi.Path
-	}
-	s.emit(Event{Type: EventCachePush, State: "started", Message: s.Fleet.Cache.URL, Paths: len(paths)})
-	stats, err := s.CachePush(ctx, paths)
-	if err != nil {
-		s.emit(Event{Type: EventCachePush, State: "failed", Message: s.Fleet.Cache.URL, Paths: len(paths), Error: err.Error()})
-		return rep, err
-	}
-	s.emit(Event{Type: EventCachePush, State: "done", Message: s.Fleet.Cache.URL, Paths: len(paths), CopyPaths: stats.Uploaded, Total: stats.FileBytes})
 	for _, h := range s.Selected {
 		hr := rep.Hosts[h.Name]
 		hr.Result, hr.Phase = ResultOK, PhaseBuild

@@ -177,31 +177,50 @@ func receive(ctx context.Context, local *closure.Store, client *mesh.Client, pat
 	}
 	exe := path.Join(agentPath, closure.AgentBin)
 	db := path.Join(opts.StateDir, "db", hash+".narinfo")
-	sess, err := client.Start(ctx, []string{"sh", "-c", fmt.Sprintf(`test -f "$1" && test -x "$2" || exit %d; shift; exec "$@"`, errAgentMissing),
-		"sh", db, exe, "receive", "--state-dir", opts.StateDir})
-	if err != nil {
-		return nil, false, &CopyError{Phase: "transfer", Err: err}
-	}
-	defer sess.Close()
-	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
 	// The roots are pinned on the host (pushed closures' GC roots) until
 	// they are activated or the pin expires: a gc before the activation
 	// keeps them.
-	stats, err := closure.Send(ctx, local, paths, conn, closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun,
-		Cache: opts.Cache, Keys: opts.Keys, Pin: opts.pin})
+	stats, missing, stderr, err := sendThrough(ctx, local, client, []string{"sh", "-c", fmt.Sprintf(`test -f "$1" && test -x "$2" || exit %d; shift; exec "$@"`, errAgentMissing),
+		"sh", db, exe, "receive", "--state-dir", opts.StateDir}, paths,
+		closure.SendOptions{Compress: opts.Compress, Progress: opts.Progress, DryRun: opts.DryRun, Cache: opts.Cache, Keys: opts.Keys, Pin: opts.pin})
+	var se *startError
+	switch {
+	case errors.As(err, &se):
+		return nil, false, &CopyError{Phase: "transfer", Err: se.err}
+	case err != nil:
+		return stats, false, &CopyError{Phase: "transfer", Err: connectionCause(client, err), AgentLogs: tail(stderr, 10)}
+	}
+	return stats, missing, nil
+}
+
+// startError is sendThrough's error when the session did not start.
+type startError struct{ err error }
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+// sendThrough runs argv on the host, a command that ends in an agent's
+// receive (or exits errAgentMissing without a word), and sends paths to
+// it. missing reports that exit: nothing was transferred. stderr is the
+// command's stderr; a session that did not start is a *startError.
+func sendThrough(ctx context.Context, local *closure.Store, client *mesh.Client, argv, paths []string, opts closure.SendOptions) (stats *closure.TransferStats, missing bool, stderr string, err error) {
+	sess, err := client.Start(ctx, argv)
+	if err != nil {
+		return nil, false, "", &startError{err}
+	}
+	defer sess.Close()
+	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
+	stats, err = closure.Send(ctx, local, paths, conn, opts)
 	sess.Stdin.Close()
 	werr := sess.Wait()
 	var ee *mesh.ExitError
 	if errors.As(werr, &ee) && ee.Code == errAgentMissing && stats != nil && stats.Agent == "" {
-		return nil, true, nil
+		return nil, true, string(sess.Stderr()), nil
 	}
-	if err == nil && werr != nil {
+	if err == nil {
 		err = werr
 	}
-	if err != nil {
-		return stats, false, &CopyError{Phase: "transfer", Err: connectionCause(client, err), AgentLogs: tail(string(sess.Stderr()), 10)}
-	}
-	return stats, false, nil
+	return stats, false, string(sess.Stderr()), err
 }
 
 type sessionConn struct {
@@ -321,25 +340,13 @@ exit %d`, errAgentMissing)
 // error when the old one could not do it (an older transfer protocol, for
 // one), and then the caller uploads the binary instead.
 func upgradeAgent(ctx context.Context, local *closure.Store, client *mesh.Client, agentPath, stateDir string) (string, error) {
-	sess, err := client.Start(ctx, []string{"sh", "-c", upgradeAgentScript, "sh", stateDir})
-	if err != nil {
-		return "", err
-	}
-	defer sess.Close()
-	conn := &sessionConn{Reader: sess.Stdout, Writer: sess.Stdin, close: sess.Close}
-	stats, err := closure.Send(ctx, local, []string{agentPath}, conn, closure.SendOptions{Compress: true})
-	sess.Stdin.Close()
-	werr := sess.Wait()
-	var ee *mesh.ExitError
-	if errors.As(werr, &ee) && ee.Code == errAgentMissing && stats != nil && stats.Agent == "" {
+	stats, missing, _, err := sendThrough(ctx, local, client, []string{"sh", "-c", upgradeAgentScript, "sh", stateDir}, []string{agentPath}, closure.SendOptions{Compress: true})
+	if missing {
 		return "", errNoOldAgent
 	}
 	via := ""
 	if stats != nil {
 		via = stats.Agent
-	}
-	if err == nil {
-		err = werr
 	}
 	return via, err
 }

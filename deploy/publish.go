@@ -98,21 +98,9 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	for _, h := range s.Selected {
 		roots = append(roots, systems[h.Name])
 	}
-	cl, err := s.Builder.Store.Closure(roots...)
-	if err != nil {
-		return rep, err
-	}
-	paths := make([]string, len(cl))
-	for i, pi := range cl {
-		paths[i] = pi.Path
-	}
-	s.emit(Event{Type: EventCachePush, State: "started", Message: s.Fleet.Cache.URL, Paths: len(paths)})
-	stats, err := s.CachePush(ctx, paths)
-	if err != nil {
-		s.emit(Event{Type: EventCachePush, State: "failed", Message: s.Fleet.Cache.URL, Paths: len(paths), Error: err.Error()})
+	if err := s.pushClosures(ctx, roots); err != nil {
 		return rep, fmt.Errorf("publish: pushing the closures: %w (nothing was published)", err)
 	}
-	s.emit(Event{Type: EventCachePush, State: "done", Message: s.Fleet.Cache.URL, Paths: len(paths), CopyPaths: stats.Uploaded, Total: stats.FileBytes})
 	return s.publishSystems(ctx, rep, opts, ro, systems, keys, 0)
 }
 

@@ -285,11 +285,7 @@ func readUmask() int {
 
 // finishFile sets a written file's mode, fsyncs it if asked, and closes it.
 func (rs *restorer) finishFile(f *os.File, executable bool) error {
-	mode := os.FileMode(0o444)
-	if executable {
-		mode = 0o555
-	}
-	if err := f.Chmod(mode); err != nil {
+	if err := f.Chmod(os.FileMode(fileMode(executable))); err != nil {
 		return fmt.Errorf("nar: restore: %w", err)
 	}
 	if rs.sync {

@@ -85,29 +85,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	s.Builder, s.CacheKey, s.PublisherKey, s.Getenv = b, ck, pk, e.getenv
 	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Publish(ctx, opts) })
 	if !asJSON {
-		pullLines(e, s, rep)
+		resultLines(e, s, rep)
 	}
 	return err
-}
-
-// pullLines prints one line per host: name, result, serial, generation
-// and system.
-func pullLines(e *env, s *deploy.Session, rep *deploy.Report) {
-	if rep == nil {
-		return
-	}
-	for _, h := range s.Selected {
-		hr := rep.Hosts[h.Name]
-		if hr == nil {
-			continue
-		}
-		line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
-		if hr.Serial != 0 {
-			line += fmt.Sprintf("\tserial %d", hr.Serial)
-		}
-		if hr.Generation != 0 {
-			line += fmt.Sprintf("\tgeneration %d", hr.Generation)
-		}
-		fmt.Fprintln(e.stdout, line+"\t"+hr.System)
-	}
 }

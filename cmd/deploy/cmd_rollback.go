@@ -71,7 +71,7 @@ func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []st
 	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
 	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.ChannelRollback(ctx, opts) })
 	if !hf.asJSON {
-		pullLines(e, s, rep)
+		resultLines(e, s, rep)
 	}
 	return err
 }

@@ -141,8 +141,9 @@ func runSession(s *deploy.Session, v view, run func() (*deploy.Report, error)) (
 	return rep, err
 }
 
-// resultLines prints one line per host on stdout: name, result, generation
-// and system, in the order of the selection.
+// resultLines prints one line per host on stdout: name, result, the
+// release serial (pull mode), generation and system, in the order of the
+// selection.
 func resultLines(e *env, s *deploy.Session, rep *deploy.Report) {
 	if rep == nil {
 		return
@@ -153,6 +154,9 @@ func resultLines(e *env, s *deploy.Session, rep *deploy.Report) {
 			continue
 		}
 		line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
+		if hr.Serial != 0 {
+			line += fmt.Sprintf("\tserial %d", hr.Serial)
+		}
 		if hr.Generation != 0 {
 			line += fmt.Sprintf("\tgeneration %d", hr.Generation)
 		}
