@@ -46,26 +46,27 @@ func listPackages(t *testing.T) []listedPackage {
 // module it may import directly (a listed package allows its subpackages
 // too). internal/ is open to all.
 var allowed = map[string][]string{
-	"closure":          {"closure/nar"},
+	"agentapi":         {},
+	"closure":          {"closure/nar", "agentapi"},
 	"closure/nar":      {},
 	"manifest":         {},
-	"agentapi":         {},
 	"unpack":           {"closure"},
 	"oci":              {"closure", "unpack"},
-	"modules":          {"closure", "manifest", "unpack", "oci", "agentapi"},
-	"builder":          {"modules", "closure", "manifest", "unpack", "oci"},
+	"modules":          {"closure", "manifest", "unpack", "oci", "agentapi", "pull/channel"},
+	"builder":          {"modules", "closure", "manifest", "unpack", "oci", "agentapi"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
-	"channel":          {"closure", "agentapi"},
-	"pull":             {"activation", "channel", "closure", "agentapi"},
+	"pull/channel":     {"closure", "agentapi"},
+	"pull":             {"activation", "pull/channel", "closure", "agentapi"},
 	"mesh":             {},
-	"deploy":           {"builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "channel"},
+	"agentclient":      {"agentapi", "closure", "manifest", "mesh"},
+	"fleet":            {"agentclient", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "pull/channel"},
 	"vmtest":           {"closure", "mesh"},
 	"examples":         {"closure", "manifest"},
 	"sbom":             {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
-	"cmd/deploy":       {"deploy", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "channel", "sbom"},
-	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "channel", "pull"},
+	"cmd/deploy":       {"fleet", "agentclient", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "pull/channel", "sbom"},
+	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "pull"},
 }
 
 func rel(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, module), "/") }
@@ -169,7 +170,7 @@ func TestAgentDeps(t *testing.T) {
 		imp, flag, _ := strings.Cut(line, " ")
 		if within(imp, "tailscale.com") || within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") ||
 			within(imp, "github.com/minio") || within(imp, "github.com/aws") || within(imp, "github.com/prometheus") || imp == module+"/closure/cache/s3cache" ||
-			imp == module+"/deploy" || imp == module+"/builder" || imp == module+"/mesh" {
+			imp == module+"/fleet" || imp == module+"/agentclient" || imp == module+"/builder" || imp == module+"/mesh" {
 			t.Errorf("deploy-agent links %q", imp)
 		}
 		if flag == "cgo" {

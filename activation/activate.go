@@ -448,9 +448,8 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 // process holds the lock. Its output goes to the log.
 func (w *Worker) runAgentApply(ctx context.Context, system string, gen int) error {
 	l := w.Layout.withDefaults()
-	exe := filepath.Join(w.store().RealPath(system), "agent", closure.AgentBin)
-	cmd := exec.CommandContext(ctx, exe, "apply", "--lock-held", "--generation", fmt.Sprint(gen),
-		"--state-dir", l.StateDir, "--run-dir", l.RunDir)
+	exe := agentapi.SystemAgent(w.store().RealPath(system))
+	cmd := exec.CommandContext(ctx, exe, agentapi.ApplyCmd{StateDir: l.StateDir, RunDir: l.RunDir, Generation: gen, LockHeld: true}.Args()...)
 	lw := &lineWriter{logf: w.logf, prefix: "[generation " + fmt.Sprint(gen) + " agent] "}
 	cmd.Stdout, cmd.Stderr = lw, lw
 	err := cmd.Run()

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/declarative/deploy/agentapi"
 )
 
 // Default locations on a target.
 const (
-	DefaultStateDir = "/var/lib/deploy"
-	DefaultRunDir   = "/run/deploy"
+	DefaultStateDir = agentapi.DefaultStateDir
+	DefaultRunDir   = agentapi.DefaultRunDir
 	DefaultUnitDir  = "/etc/systemd/system"
 )
 

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -74,14 +73,10 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 	if opts.Lease <= 0 {
 		opts.Lease = time.Minute
 	}
-	br := bufio.NewReader(io.LimitReader(in, 1<<40))
-	line, err := br.ReadString('\n')
-	if err != nil && line == "" {
-		return fmt.Errorf("run lock: reading the holder: %w", err)
-	}
-	var me agentapi.RunHolder
-	if err := json.Unmarshal([]byte(line), &me); err != nil || me.Run == "" {
-		return fmt.Errorf("run lock: the holder is not a run holder document: %q", strings.TrimSpace(line))
+	br := bufio.NewReader(in)
+	me, err := agentapi.ReadRunHolder(br)
+	if err != nil {
+		return err
 	}
 	if err := l.Init(); err != nil {
 		return err
@@ -91,12 +86,7 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 		return fmt.Errorf("run lock: %w", err)
 	}
 	defer f.Close()
-	reply := func(r *agentapi.LockReply) error {
-		r.V = agentapi.Version
-		data, _ := json.Marshal(r)
-		_, err := fmt.Fprintf(out, "%s\n", data)
-		return err
-	}
+	reply := func(r *agentapi.LockReply) error { return agentapi.WriteLockReply(out, r) }
 	// A status query takes the lock for an instant to see whether it is
 	// free: retry briefly before calling it held.
 	deadline := time.Now().Add(max(opts.Wait, 300*time.Millisecond))
@@ -142,7 +132,7 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 		tookOver = &prev.Holder
 		logf("taking over the run lock of %s: its run ended without releasing it", prev.Holder.String())
 	}
-	data, _ := json.Marshal(&runHolderRecord{Holder: me, PID: os.Getpid()})
+	data, _ := json.Marshal(&runHolderRecord{Holder: *me, PID: os.Getpid()})
 	if err := atomicfile.Write(l.RunHolderFile(), data, 0o600); err != nil {
 		return err
 	}
@@ -153,13 +143,11 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 	go func() {
 		defer close(lines)
 		for {
-			s, err := br.ReadString('\n')
-			if s != "" {
-				lines <- strings.TrimSpace(s)
-			}
+			s, err := agentapi.ReadLockRequest(br)
 			if err != nil {
 				return
 			}
+			lines <- s
 		}
 	}()
 	lease := time.NewTimer(opts.Lease)
@@ -172,10 +160,10 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 				return nil
 			}
 			switch s {
-			case "release":
+			case agentapi.LockRelease:
 				os.Remove(l.RunHolderFile())
 				return nil
-			case "ping", "":
+			case agentapi.LockPing, "":
 				lease.Reset(opts.Lease)
 			default:
 				logf("run lock: unknown request %q", s)

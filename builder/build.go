@@ -80,6 +80,9 @@ type Result struct {
 	// signatures vouch for those paths' names (they are not
 	// content-addressed): the host is told to accept them.
 	TrustedKeys []string
+	// Config is the host's evaluated configuration the system was built
+	// from.
+	Config *modules.Config
 }
 
 func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
@@ -187,7 +190,7 @@ func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hc
 	if err != nil {
 		return nil, append(diags, buildError(host, err))
 	}
-	return &Result{Host: host, SystemPath: sys, Manifest: m, TrustedKeys: modules.TrustedKeys(cfg.Resources)}, diags
+	return &Result{Host: host, SystemPath: sys, Manifest: m, TrustedKeys: modules.TrustedKeys(cfg.Resources), Config: cfg}, diags
 }
 
 func buildError(host string, err error) *hcl.Diagnostic {
@@ -346,7 +349,7 @@ func (b *Builder) agentPath(ctx context.Context, arch string) (string, error) {
 			return c.path, nil
 		}
 	}
-	// The store lays the binary out as an agent path (closure.AgentBin):
+	// The store lays the binary out as an agent path (agentapi.AgentBin):
 	// one definition of that layout, shared with the target's install-self.
 	if exe == "" {
 		tmp, err := b.tempDir()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/modules"
@@ -485,7 +486,7 @@ host "pi" {
 	dir := writeFleet(t, map[string]string{"fleet.hcl": fleet})
 	machine := func(b *Builder, res *Result) elf.Machine {
 		t.Helper()
-		f, err := elf.Open(filepath.Join(b.Store.RealPath(res.Manifest.Agent), closure.AgentBin))
+		f, err := elf.Open(filepath.Join(b.Store.RealPath(res.Manifest.Agent), agentapi.AgentBin))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -516,7 +517,7 @@ host "pi" {
 		t.Fatalf("Build with only an amd64 agent = %v, want a build error at the host", diags)
 	}
 	// ... and the arm64 one beside it is used.
-	armAgent := filepath.Join(src.Store.RealPath(res.Manifest.Agent), closure.AgentBin)
+	armAgent := filepath.Join(src.Store.RealPath(res.Manifest.Agent), agentapi.AgentBin)
 	data, err := os.ReadFile(armAgent)
 	if err != nil {
 		t.Fatal(err)

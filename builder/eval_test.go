@@ -231,3 +231,29 @@ host "h" {
 func symlinkOutside(dir string) error {
 	return os.Symlink("/etc/passwd", filepath.Join(dir, "link"))
 }
+
+func TestParseBatchSize(t *testing.T) {
+	for _, tt := range []struct {
+		in    string
+		hosts int // out of 10 hosts
+	}{
+		{"1", 1}, {"3", 3}, {"40%", 4}, {"1%", 1}, {"100%", 10}, {"25%", 2},
+	} {
+		b, err := ParseBatchSize(tt.in)
+		if err != nil {
+			t.Errorf("ParseBatchSize(%q): %v", tt.in, err)
+			continue
+		}
+		if got := b.Of(10); got != tt.hosts {
+			t.Errorf("ParseBatchSize(%q).Of(10) = %d, want %d", tt.in, got, tt.hosts)
+		}
+		if b.String() != tt.in {
+			t.Errorf("ParseBatchSize(%q).String() = %q", tt.in, b.String())
+		}
+	}
+	for _, bad := range []string{"", "0", "-1", "0%", "101%", "x", "2.5"} {
+		if _, err := ParseBatchSize(bad); err == nil {
+			t.Errorf("ParseBatchSize(%q) succeeded", bad)
+		}
+	}
+}

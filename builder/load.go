@@ -124,9 +124,9 @@ type Deployment struct {
 	Name string
 	// Hosts are the host names given by hosts and selector, sorted.
 	Hosts []string
-	// BatchSize is the number of hosts per batch, or a percentage
-	// ("25%"); default "1".
-	BatchSize string
+	// BatchSize is the number of hosts per batch, or a percentage of
+	// them ("25%"); default 1 host.
+	BatchSize BatchSize
 	// Canary is the number of hosts that go first, in a batch of their
 	// own, before the batches of BatchSize (default 1; 0 for none).
 	Canary         int
@@ -141,6 +141,44 @@ type Deployment struct {
 	// report before the later waves stop (default 30m; docs/pull.md).
 	WaveTimeout time.Duration
 	DefRange    hcl.Range
+}
+
+// BatchSize is a deployment's batch_size: a number of hosts, or a
+// percentage of the deployment's hosts.
+type BatchSize struct {
+	Hosts   int // hosts per batch, when Percent is 0
+	Percent int // 1 to 100
+}
+
+// ParseBatchSize reads a batch size: "3" hosts, or "25%" of them.
+func ParseBatchSize(s string) (BatchSize, error) {
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		pct, err := strconv.Atoi(p)
+		if err != nil || pct <= 0 || pct > 100 {
+			return BatchSize{}, fmt.Errorf("batch_size %q: want a percentage from 1%% to 100%%", s)
+		}
+		return BatchSize{Percent: pct}, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return BatchSize{}, fmt.Errorf("batch_size %q: want a positive number or a percentage", s)
+	}
+	return BatchSize{Hosts: n}, nil
+}
+
+// Of is the number of hosts per batch out of hosts (at least 1).
+func (b BatchSize) Of(hosts int) int {
+	if b.Percent > 0 {
+		return max(1, hosts*b.Percent/100)
+	}
+	return max(1, b.Hosts)
+}
+
+func (b BatchSize) String() string {
+	if b.Percent > 0 {
+		return strconv.Itoa(b.Percent) + "%"
+	}
+	return strconv.Itoa(b.Hosts)
 }
 
 // scopeBody is the part of a host, role or defaults block that contributes
@@ -718,7 +756,7 @@ func compactStrings(s []string) []string {
 }
 
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
-	d := &Deployment{Name: b.Labels[0], BatchSize: "1", Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
+	d := &Deployment{Name: b.Labels[0], BatchSize: BatchSize{Hosts: 1}, Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
 	}}
@@ -789,14 +827,8 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 			s, err := convert.Convert(v, cty.String)
 			valid := err == nil && !s.IsNull()
 			if valid {
-				d.BatchSize = s.AsString()
-				if pct, isPct := strings.CutSuffix(d.BatchSize, "%"); isPct {
-					n, err := strconv.Atoi(pct)
-					valid = err == nil && n >= 1 && n <= 100
-				} else {
-					n, err := strconv.Atoi(d.BatchSize)
-					valid = err == nil && n >= 1
-				}
+				d.BatchSize, err = ParseBatchSize(s.AsString())
+				valid = err == nil
 			}
 			if !valid {
 				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid batch_size",

@@ -7,26 +7,23 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/nar"
 )
 
-// AgentName is the store path name of the deploy-agent. Its store path is a
-// directory holding one file, bin/deploy-agent (executable); every system
-// closure refers to one, and bootstrap installs one from a bare binary.
-const AgentName = "deploy-agent"
-
-// AgentBin is the agent's executable inside its store path.
-const AgentBin = "bin/deploy-agent"
+// An agent store path is named [agentapi.AgentName] and is a directory
+// holding one file, [agentapi.AgentBin] (executable); every system closure
+// refers to one, and bootstrap installs one from a bare binary.
 
 // AddAgent adds the deploy-agent executable at binary to s as an agent
-// store path (see [AgentName]) and returns its metadata.
+// store path (see [agentapi.AgentName]) and returns its metadata.
 func (s *Store) AddAgent(ctx context.Context, binary string) (*PathInfo, error) {
 	tree, cleanup, err := agentTree(binary)
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
-	return s.AddTree(ctx, tree, AgentName, nil)
+	return s.AddTree(ctx, tree, agentapi.AgentName, nil)
 }
 
 // agentTree lays binary out as an agent store path in a temporary
@@ -37,7 +34,7 @@ func agentTree(binary string) (string, func(), error) {
 		return "", nil, err
 	}
 	cleanup := func() { nar.RemoveTree(tmp) }
-	exe := filepath.Join(tmp, "agent", AgentBin)
+	exe := filepath.Join(tmp, "agent", agentapi.AgentBin)
 	if err := os.MkdirAll(filepath.Dir(exe), 0o755); err != nil {
 		cleanup()
 		return "", nil, err
@@ -84,7 +81,7 @@ func (s *Store) InstallAgent(ctx context.Context, binary string, narHash [32]byt
 	if got := h.sum(); got != narHash {
 		return nil, fmt.Errorf("install-self: the uploaded agent %q has NAR hash sha256:%s, want sha256:%s", binary, Nix32(got[:]), Nix32(narHash[:]))
 	}
-	p, err := MakeSourcePath(s.StoreDir, narHash, AgentName, nil)
+	p, err := MakeSourcePath(s.StoreDir, narHash, agentapi.AgentName, nil)
 	if err != nil {
 		return nil, err
 	}

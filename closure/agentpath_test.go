@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/declarative/deploy/agentapi"
 )
 
 func TestInstallAgent(t *testing.T) {
@@ -19,10 +21,10 @@ func TestInstallAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasSuffix(want.Path, "-"+AgentName) {
-		t.Fatalf("AddAgent = %q, want a path named %q", want.Path, AgentName)
+	if !strings.HasSuffix(want.Path, "-"+agentapi.AgentName) {
+		t.Fatalf("AddAgent = %q, want a path named %q", want.Path, agentapi.AgentName)
 	}
-	if fi, err := os.Stat(filepath.Join(local.RealPath(want.Path), AgentBin)); err != nil || fi.Mode().Perm() != 0o555 {
+	if fi, err := os.Stat(filepath.Join(local.RealPath(want.Path), agentapi.AgentBin)); err != nil || fi.Mode().Perm() != 0o555 {
 		t.Fatalf("agent executable: %v, %v; want mode 0555", fi, err)
 	}
 

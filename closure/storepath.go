@@ -7,10 +7,12 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/declarative/deploy/agentapi"
 )
 
 // DefaultStoreDir is the logical store directory on every target.
-const DefaultStoreDir = "/var/lib/deploy/store"
+const DefaultStoreDir = agentapi.DefaultStateDir + "/store"
 
 // HashLen is the length of the nix32 hash part of a store path's base name.
 const HashLen = 32

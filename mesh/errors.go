@@ -24,7 +24,7 @@ func (e *HostKeyError) Error() string {
 
 // Hint suggests what an operator should do about the error.
 func (e *HostKeyError) Hint() string {
-	return "if the host was reinstalled, verify the new key out of band, then update its host_key (or known_hosts entry)"
+	return "if the host was reinstalled, verify its new key out of band, then update its host_key (or known_hosts entry); otherwise this may be an attack"
 }
 
 // UnknownHostError reports that a host has no pinned key and no entry in
@@ -58,6 +58,11 @@ type RevokedHostKeyError struct {
 // Error names the host and the revoked key.
 func (e *RevokedHostKeyError) Error() string {
 	return fmt.Sprintf("host key of %q is revoked: %s (%s)", e.Host, e.Fingerprint, e.Source)
+}
+
+// Hint says what a revoked key means.
+func (e *RevokedHostKeyError) Hint() string {
+	return fmt.Sprintf("the host presents a key marked @revoked at %s: give the host a new key, verify it out of band and pin it as its host_key", e.Source)
 }
 
 // Phases of [UnreachableError].

@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"net/url"
 	"path"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/pull/channel"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -53,11 +52,9 @@ func pullKind() *Kind {
 	}
 }
 
-var channelNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
 func checkPull(r *Resource) hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	if ch := r.String("channel", ""); !channelNameRe.MatchString(ch) {
+	if ch := r.String("channel", ""); channel.CheckName("channel", ch) != nil {
 		diags = append(diags, errAt(r.Range("channel"), "Invalid channel name",
 			"channel = %q: use letters, digits, '.', '_' and '-', starting with a letter or digit.", ch))
 	}
@@ -111,40 +108,47 @@ func PullInterval(r *Resource) (interval, jitter time.Duration) {
 	return interval, jitter
 }
 
-// ChannelURL joins a cache URL (s3://, file://, http(s)://) and the channel
-// root channels/NAME, keeping an s3 URL's query.
-func ChannelURL(cacheURL, name string) string {
-	u, err := url.Parse(cacheURL)
-	if err != nil {
-		return strings.TrimSuffix(cacheURL, "/") + "/channels/" + name
+// PullConfig is the pull configuration that cfg's generation installs
+// (PullConfigFile) for the agent whose store is storeDir: the one source of
+// a host's pull setting, for the host and for the publisher. It is nil
+// when the host has no pull block; an error when it has one but the fleet
+// has no cache.
+func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnostics) {
+	r := PullOf(cfg)
+	if r == nil {
+		return nil, nil
 	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/channels/" + name
-	u.RawPath = ""
-	return u.String()
+	ref := cfg.Cache
+	if ref == nil {
+		return nil, hcl.Diagnostics{errAt(r.nameRange(), "Pull mode needs a cache",
+			"A pull block needs the fleet's cache block: the channel's releases and the closures live in the cache's bucket (docs/pull.md).")}
+	}
+	name := r.String("channel", "")
+	interval, _ := PullInterval(r)
+	pc := &agentapi.PullConfig{V: agentapi.Version, Host: cfg.Host, Channel: name,
+		URL:           channel.URL(ref.FetchURL, name),
+		PublisherKeys: r.Strings("publisher_keys"),
+		CacheURL:      ref.FetchURL, CacheKeys: ref.PublicKeys,
+		StateDir:   path.Dir(storeDir),
+		IntervalMS: interval.Milliseconds(),
+	}
+	if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
+		pc.StatusURL = channel.URL(ref.URL, name)
+		pc.StatusCredentials = r.String("status_credentials", "")
+	}
+	return pc, nil
 }
 
 func realizePull(c *Realization, rs []*Resource) {
 	for _, r := range rs {
-		ref := c.Config.Cache
-		if ref == nil {
-			c.diags = append(c.diags, errAt(r.nameRange(), "Pull mode needs a cache",
-				"A pull block needs the fleet's cache block: the channel's releases and the closures live in the cache's bucket (docs/pull.md)."))
+		cfg, diags := PullConfig(c.Config, c.z.StoreDir)
+		if diags.HasErrors() {
+			c.diags = append(c.diags, diags...)
 			continue
 		}
-		name := r.String("channel", "")
+		name := cfg.Channel
 		interval, jitter := PullInterval(r)
-		cfg := agentapi.PullConfig{V: agentapi.Version, Host: c.Config.Host, Channel: name,
-			URL:           ChannelURL(ref.FetchURL, name),
-			PublisherKeys: r.Strings("publisher_keys"),
-			CacheURL:      ref.FetchURL, CacheKeys: ref.PublicKeys,
-			StateDir:   path.Dir(c.z.StoreDir),
-			IntervalMS: interval.Milliseconds(),
-		}
-		if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
-			cfg.StatusURL = ChannelURL(ref.URL, name)
-			cfg.StatusCredentials = r.String("status_credentials", "")
-		}
-		data, err := json.MarshalIndent(&cfg, "", "  ")
+		data, err := json.MarshalIndent(cfg, "", "  ")
 		if err != nil {
 			c.diags = append(c.diags, errAt(r.nameRange(), "Cannot encode the pull configuration", "%s.", err))
 			continue

@@ -4,6 +4,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/manifest"
 	"github.com/hashicorp/hcl/v2"
 )
@@ -24,7 +25,7 @@ func secretKind() *Kind {
 
 // SecretPath returns where secret r's plaintext goes on the host.
 func SecretPath(r *Resource) string {
-	return r.String("path", "/run/deploy/secrets/"+r.Name)
+	return r.String("path", path.Join(agentapi.SecretsDir(agentapi.DefaultRunDir), r.Name))
 }
 
 func checkSecret(r *Resource) hcl.Diagnostics {

@@ -16,9 +16,9 @@ import (
 
 	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/channel"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
+	"github.com/declarative/deploy/pull/channel"
 	"github.com/minio/minio-go/v7"
 )
 

@@ -20,6 +20,7 @@
 package pull
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -40,10 +41,10 @@ import (
 
 	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/channel"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/pull/channel"
 )
 
 // Agent polls one channel for one host. Set Config (and Layout when the
@@ -615,11 +616,10 @@ func (p *poll) setRoot(system string) {
 }
 
 // runLock takes the host's run lock for this pull (as a deploy run takes
-// it over SSH), so that a push deploy and a pull never interleave. It
-// returns a nil unlock and the holder when another run holds it.
+// it over SSH), speaking the run lock's conversation over pipes, so that a
+// push deploy and a pull never interleave. It returns a nil unlock and the
+// holder when another run holds it.
 func (p *poll) runLock(ctx context.Context, rel *agentapi.Release) (unlock func(), holder string, err error) {
-	doc, _ := json.Marshal(&agentapi.RunHolder{Run: fmt.Sprintf("pull-%s-%d-%d", rel.Channel, rel.Serial, os.Getpid()),
-		Operator: rel.Publisher, Machine: p.a.Config.Host, GitRev: rel.GitRev, Command: "pull", Hosts: []string{p.a.Config.Host}, Started: p.a.now()})
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	done := make(chan error, 1)
@@ -631,17 +631,17 @@ func (p *poll) runLock(ctx context.Context, rel *agentapi.Release) (unlock func(
 		outW.Close()
 		done <- err
 	}()
-	go inW.Write(append(doc, '\n'))
-	line, rerr := readLine(outR)
+	go agentapi.WriteRunHolder(inW, &agentapi.RunHolder{Run: fmt.Sprintf("pull-%s-%d-%d", rel.Channel, rel.Serial, os.Getpid()),
+		Operator: rel.Publisher, Machine: p.a.Config.Host, GitRev: rel.GitRev, Command: "pull", Hosts: []string{p.a.Config.Host}, Started: p.a.now()})
+	reply, rerr := agentapi.ReadLockReply(bufio.NewReader(outR))
 	release := func() error {
-		inW.Write([]byte("release\n"))
+		fmt.Fprintln(inW, agentapi.LockRelease)
 		inW.Close()
 		return <-done
 	}
-	var reply agentapi.LockReply
-	if rerr != nil || json.Unmarshal(line, &reply) != nil {
+	if rerr != nil {
 		err := release()
-		return nil, "", fmt.Errorf("run lock: no reply (%v)", err)
+		return nil, "", fmt.Errorf("run lock: no reply (%v, %v)", rerr, err)
 	}
 	if !reply.Locked {
 		release()
@@ -653,40 +653,21 @@ func (p *poll) runLock(ctx context.Context, rel *agentapi.Release) (unlock func(
 	return func() { release() }, "", nil
 }
 
-func readLine(r io.Reader) ([]byte, error) {
-	var b []byte
-	one := make([]byte, 1)
-	for {
-		n, err := r.Read(one)
-		if n == 1 {
-			if one[0] == '\n' {
-				return b, nil
-			}
-			b = append(b, one[0])
-		}
-		if err != nil {
-			return b, err
-		}
-	}
-}
-
 // runActivate runs the system's own agent: activate --confirm-timeout 0
 // (the health checks decide), in this process's layout. Its log lines go to
 // Logf; its result line is parsed.
 func (a *Agent) runActivate(ctx context.Context, system string, meta map[string]string) (*agentapi.Result, error) {
 	l := a.layout()
 	store := closure.NewTargetStore(l.StateDir)
-	exe := filepath.Join(store.RealPath(system), "agent", closure.AgentBin)
-	args := []string{"activate", "--confirm-timeout", "0", "--state-dir", l.StateDir}
-	if l.RunDir != "" {
-		args = append(args, "--run-dir", l.RunDir)
-	}
+	exe := agentapi.SystemAgent(store.RealPath(system))
+	kept := map[string]string{}
 	for _, k := range []string{"operator", "git_rev", "message", "channel", "serial"} {
 		if meta[k] != "" {
-			args = append(args, "--meta", k+"="+meta[k])
+			kept[k] = meta[k]
 		}
 	}
-	cmd := exec.CommandContext(ctx, exe, append(args, system)...)
+	args := agentapi.ActivateCmd{StateDir: l.StateDir, RunDir: l.RunDir, ConfirmTimeout: 0, Meta: kept, System: system}.Args()
+	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	var stdout bytes.Buffer
 	lw := &lineLogger{logf: a.logf}

@@ -12,9 +12,9 @@ import (
 
 	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/channel"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/pull/channel"
 )
 
 // fixture is a channel and a cache in directories, the publisher's and the

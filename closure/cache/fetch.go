@@ -8,9 +8,9 @@ import (
 	"hash"
 	"io"
 	"io/fs"
-	"sync"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/fanout"
 )
 
 // Fetcher fetches paths from a cache into a store, trusting only what its
@@ -68,7 +68,7 @@ func (f *Fetcher) Fetch(ctx context.Context, s *closure.Store, want []string) ([
 	// 1. The narinfos, in parallel: which paths the cache has, signed.
 	infos := make([]*NarInfo, len(missing))
 	errs := make([]error, len(missing))
-	each(ctx, len(missing), parallel, func(i int) {
+	stopped := each(ctx, len(missing), parallel, func(i int) {
 		infos[i], errs[i] = f.narInfo(ctx, s.StoreDir, missing[i])
 		if errs[i] != nil {
 			cancel()
@@ -76,6 +76,9 @@ func (f *Fetcher) Fetch(ctx context.Context, s *closure.Store, want []string) ([
 	})
 	if err := firstError(errs); err != nil {
 		return nil, err
+	}
+	if stopped != nil {
+		return nil, stopped
 	}
 	// 2. What can be made valid: a path whose references are all valid
 	// already or fetched before it (want puts references first).
@@ -185,7 +188,7 @@ func (f *Fetcher) fetchNARs(ctx context.Context, s *closure.Store, take []*NarIn
 	}
 	defer b.Close()
 	errs := make([]error, len(take))
-	each(ctx, len(take), parallel, func(i int) {
+	stopped := each(ctx, len(take), parallel, func(i int) {
 		errs[i] = f.stage(ctx, b, take[i])
 		if errs[i] != nil {
 			cancel()
@@ -193,6 +196,9 @@ func (f *Fetcher) fetchNARs(ctx context.Context, s *closure.Store, take []*NarIn
 	})
 	if err := firstError(errs); err != nil {
 		return nil, err
+	}
+	if stopped != nil {
+		return nil, stopped
 	}
 	order := make([]string, len(take))
 	for i, ni := range take {
@@ -310,25 +316,18 @@ func (f *fileHasher) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// each runs fn(0..n-1), at most limit at once.
-func each(ctx context.Context, n, limit int, fn func(i int)) {
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			fn(i)
-		}()
+// each runs fn(0..n-1), at most limit at once (see [fanout.Each]). Once
+// ctx is done no call starts; each then returns ctx's error, after the
+// calls that started have returned.
+func each(ctx context.Context, n, limit int, fn func(i int)) error {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
 	}
-	wg.Wait()
+	if left := fanout.Each(ctx, idx, limit, func(_ context.Context, i int) { fn(i) }); len(left) > 0 {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // firstError returns the most telling error: a verification failure

@@ -93,7 +93,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	stateDir := fs.String("state-dir", "/var/lib/deploy", "the agent's state `directory`")
+	stateDir := stateDirFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -10,13 +10,14 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"golang.org/x/sys/unix"
 )
 
 func stateDirFlag(fs *flag.FlagSet) *string {
-	return fs.String("state-dir", "/var/lib/deploy", "the agent's state `directory` (store, db, profiles)")
+	return fs.String("state-dir", agentapi.DefaultStateDir, "the agent's state `directory` (store, db, profiles)")
 }
 
 // runReceive serves the transfer protocol on stdin/stdout (see
@@ -31,7 +32,7 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	}
 	s := closure.NewTargetStore(*stateDir)
 	opts := closure.ReceiveOptions{Agent: version, Systems: func() (string, string) {
-		return resolveSystem(s, "/run/deploy/current-system"), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
+		return resolveSystem(s, agentapi.CurrentSystem(agentapi.DefaultRunDir)), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
 	}}
 	if *verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }

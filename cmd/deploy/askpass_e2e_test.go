@@ -32,8 +32,8 @@ install -d -o op -m 700 /home/op/.ssh && install -o op -m 600 /root/.ssh/authori
 		fmt.Fprintf(&hosts, "host %q {\n  address = %q\n  host_key = %q\n  ssh_user = \"op\"\n  sudo = true\n  tags = [\"test\"]\n}\n\n",
 			h.Name(), h.Addr().String(), h.HostKeyLine())
 	}
-	fleet := t.TempDir()
-	if err := os.WriteFile(filepath.Join(fleet, "hosts.hcl"), []byte(hosts.String()), 0o644); err != nil {
+	fleetDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(hosts.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	key := filepath.Join(t.TempDir(), "id_ed25519")
@@ -44,7 +44,7 @@ install -d -o op -m 700 /home/op/.ssh && install -o op -m 600 /root/.ssh/authori
 	run := func(typed string) (stdout, stderr, shown string, code int) {
 		t.Helper()
 		master, slave := openPTY(t)
-		cmd := deployCmd(t, nw, "exec", "--ask-sudo-password", "--identity", key, "--ssh-config", "none", fleet+"#@test", "--", "id", "-u")
+		cmd := deployCmd(t, nw, "exec", "--ask-sudo-password", "--identity", key, "--ssh-config", "none", fleetDir+"#@test", "--", "id", "-u")
 		var out, errb bytes.Buffer
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, &out, &errb
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -32,7 +32,7 @@ func BenchmarkCacheVsPush(b *testing.B) {
 		for _, via := range []string{"ssh", "cache"} {
 			b.Run(fmt.Sprintf("hosts=%d/via=%s", n, via), func(b *testing.B) {
 				nw := vmtest.Start(b, n)
-				fleet, key := testFleet(b, nw, "")
+				fleetDir, key := testFleet(b, nw, "")
 				var cacheBlock string
 				var env []string
 				if via == "cache" {
@@ -50,7 +50,7 @@ func BenchmarkCacheVsPush(b *testing.B) {
 					cacheBlock = fmt.Sprintf("cache {\n  url = \"s3://cache/b?endpoint=%s\"\n  public_keys = [%q]\n}\n", srv.Endpoint, pk.String())
 					env = append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
 				}
-				writeBlobFleet(b, nw, fleet, cacheBlock)
+				writeBlobFleet(b, nw, fleetDir, cacheBlock)
 				home := b.TempDir()
 				blob := make([]byte, size)
 				var upload int64
@@ -58,8 +58,8 @@ func BenchmarkCacheVsPush(b *testing.B) {
 				for b.Loop() {
 					b.StopTimer()
 					rand.Read(blob)
-					os.WriteFile(filepath.Join(fleet, "blob", "data"), blob, 0o644)
-					cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "16", fleet+"#all")
+					os.WriteFile(filepath.Join(fleetDir, "blob", "data"), blob, 0o644)
+					cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "16", fleetDir+"#all")
 					cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
 					cmd.Env = append(cmd.Env, env...)
 					var stdout, stderr bytes.Buffer
@@ -78,13 +78,13 @@ func BenchmarkCacheVsPush(b *testing.B) {
 					fetched := int64(0)
 					for _, ev := range events {
 						switch {
-						case ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseCopy && ev.State == "done":
+						case ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseCopy && ev.State == "done":
 							upload += ev.Total
 							fetched += ev.FetchedBytes
-						case ev.Type == deploy.EventCachePush && ev.State == "done":
+						case ev.Type == fleet.EventCachePush && ev.State == "done":
 							upload += ev.Total
 						}
-						if ev.Type == deploy.EventResult && ev.Result != deploy.ResultOK {
+						if ev.Type == fleet.EventResult && ev.Result != fleet.ResultOK {
 							b.Fatalf("%s: %s %s", ev.Host, ev.Result, ev.Error)
 						}
 					}
@@ -102,7 +102,7 @@ func BenchmarkCacheVsPush(b *testing.B) {
 // writeBlobFleet adds to fleet a deployment "all" of every host in one
 // batch, each with a package "blob" (the directory fleet/blob, which it
 // makes) and a file naming it; extra goes first (a cache block, say).
-func writeBlobFleet(t testing.TB, nw *vmtest.Network, fleet, extra string) {
+func writeBlobFleet(t testing.TB, nw *vmtest.Network, fleetDir, extra string) {
 	t.Helper()
 	hcl := extra + `
 deployment "all" {
@@ -122,10 +122,10 @@ defaults {
   roles = [role.data]
 }
 `
-	if err := os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(hcl), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(fleet, "blob"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(fleetDir, "blob"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -26,11 +26,11 @@ func BenchmarkNoopRedeploy(b *testing.B) {
 			nw := vmtest.Start(b, n)
 			var hcl strings.Builder
 			hcl.WriteString("role \"web\" {\n  file \"/etc/bench-file\" {\n    content = \"hello\\n\"\n  }\n}\n")
-			fleet, key := testFleet(b, nw, "")
-			data, _ := os.ReadFile(filepath.Join(fleet, "hosts.hcl"))
+			fleetDir, key := testFleet(b, nw, "")
+			data, _ := os.ReadFile(filepath.Join(fleetDir, "hosts.hcl"))
 			text := strings.ReplaceAll(string(data), "  tags = [\"test\"]\n", "  tags = [\"test\"]\n  roles = [role.web]\n")
-			os.WriteFile(filepath.Join(fleet, "hosts.hcl"), []byte(hcl.String()+text), 0o644)
-			args := []string{"--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleet + "#@test"}
+			os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(hcl.String()+text), 0o644)
+			args := []string{"--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleetDir + "#@test"}
 			home := b.TempDir()
 			run := func() string {
 				cmd := deployCmd(b, nw, args...)
@@ -45,7 +45,7 @@ func BenchmarkNoopRedeploy(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				out := run()
-				if got := strings.Count(out, `"result":"`+string(deploy.ResultUnchanged)+`"`); got != n {
+				if got := strings.Count(out, `"result":"`+string(fleet.ResultUnchanged)+`"`); got != n {
 					b.Fatalf("%d of %d hosts unchanged in a no-op redeploy:\n%s", got, n, out)
 				}
 			}
@@ -73,14 +73,14 @@ func BenchmarkFirstDeploy(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				nw := vmtest.Start(b, n)
-				fleet, key := testFleet(b, nw, "")
-				writeBlobFleet(b, nw, fleet, "")
-				os.WriteFile(filepath.Join(fleet, "blob", "data"), blob, 0o644)
+				fleetDir, key := testFleet(b, nw, "")
+				writeBlobFleet(b, nw, fleetDir, "")
+				os.WriteFile(filepath.Join(fleetDir, "blob", "data"), blob, 0o644)
 				home := b.TempDir()
-				cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleet+"#all")
+				cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleetDir+"#all")
 				cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
 				// The build is not what this measures: done before the timer.
-				build := deployCmd(b, nw, "build", fleet+"#all")
+				build := deployCmd(b, nw, "build", fleetDir+"#all")
 				build.Env = cmd.Env
 				if out, err := build.CombinedOutput(); err != nil {
 					b.Fatalf("deploy build: %v\n%s", err, out)
@@ -93,14 +93,14 @@ func BenchmarkFirstDeploy(b *testing.B) {
 				}
 				ok := 0
 				for _, line := range strings.Split(string(out), "\n") {
-					var ev deploy.Event
+					var ev fleet.Event
 					if json.Unmarshal([]byte(line), &ev) != nil {
 						continue
 					}
 					switch {
-					case ev.Type == deploy.EventResult && ev.Result == deploy.ResultOK:
+					case ev.Type == fleet.EventResult && ev.Result == fleet.ResultOK:
 						ok++
-					case ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseCopy && ev.State == "done":
+					case ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseCopy && ev.State == "done":
 						sent += ev.Total
 					}
 				}

@@ -33,7 +33,7 @@ func BenchmarkPullWaves(b *testing.B) {
 			p := newPullEnv(b, 4, "canary     = 1\n  batch_size = \"50%\"")
 			p.write("v0", true)
 			setInterval(b, p, interval)
-			target := p.fleet + "#prod"
+			target := p.fleetDir + "#prod"
 			every, err := time.ParseDuration(interval)
 			if err != nil {
 				b.Fatal(err)
@@ -103,7 +103,7 @@ var intervalRe = regexp.MustCompile(`(?m)^    interval           = "2s"\n    jit
 
 // setInterval rewrites the fleet's poll interval (jitter: the default).
 func setInterval(b *testing.B, p *pullEnv, interval string) {
-	f := filepath.Join(p.fleet, "fleet.hcl")
+	f := filepath.Join(p.fleetDir, "fleet.hcl")
 	data, err := os.ReadFile(f)
 	if err != nil {
 		b.Fatal(err)

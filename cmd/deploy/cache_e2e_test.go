@@ -15,7 +15,7 @@ import (
 
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/minio/minio-go/v7"
 )
@@ -42,12 +42,12 @@ func TestCacheE2E(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "cache.key")
 	os.WriteFile(keyFile, []byte(sk.String()+"\n"), 0o600)
 
-	fleet, key := testFleet(t, nw, "")
+	fleetDir, key := testFleet(t, nw, "")
 	blob := make([]byte, 200<<20)
 	rand.Read(blob)
 	writeBlob := func() string {
-		os.MkdirAll(filepath.Join(fleet, "blob"), 0o755)
-		if err := os.WriteFile(filepath.Join(fleet, "blob", "data"), blob, 0o644); err != nil {
+		os.MkdirAll(filepath.Join(fleetDir, "blob"), 0o755)
+		if err := os.WriteFile(filepath.Join(fleetDir, "blob", "data"), blob, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		sum := sha256.Sum256(blob)
@@ -78,42 +78,42 @@ defaults {
   roles = [role.data]
 }
 `, srv.Endpoint, pk.String(), quotedNames(nw))
-	os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(fleetHCL), 0o644)
+	os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(fleetHCL), 0o644)
 	env := append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
-	run := func(args ...string) ([]deploy.Event, int, string) {
+	run := func(args ...string) ([]fleet.Event, int, string) {
 		t.Helper()
 		return runJSONEnv(t, nw, key, env, append([]string{"--confirm-timeout", "60s"}, args...)...)
 	}
 
-	events, code, stderr := run(fleet + "#all")
+	events, code, stderr := run(fleetDir + "#all")
 	if code != 0 {
 		t.Fatalf("deploy through the cache: exit %d\n%s", code, stderr)
 	}
-	var pushes []deploy.Event
+	var pushes []fleet.Event
 	for _, ev := range events {
-		if ev.Type == deploy.EventCachePush && ev.State == "done" {
+		if ev.Type == fleet.EventCachePush && ev.State == "done" {
 			pushes = append(pushes, ev)
 		}
 	}
 	if len(pushes) != 1 || pushes[0].CopyPaths == 0 || pushes[0].Total < 200<<20 || pushes[0].Total > 210<<20 {
 		for _, ev := range events {
-			if ev.Type == deploy.EventCachePush {
+			if ev.Type == fleet.EventCachePush {
 				t.Logf("%+v", ev)
 			}
 		}
 		t.Fatalf("cache.push done events %+v: want one upload of the 200 MB closure", pushes)
 	}
 	for _, h := range nw.Hosts {
-		var done *deploy.Event
+		var done *fleet.Event
 		for i, ev := range events {
-			if ev.Type == deploy.EventPhase && ev.Host == h.Name() && ev.Phase == deploy.PhaseCopy && ev.State == "done" {
+			if ev.Type == fleet.EventPhase && ev.Host == h.Name() && ev.Phase == fleet.PhaseCopy && ev.State == "done" {
 				done = &events[i]
 			}
 		}
 		if done == nil || done.CopyPaths != 1 || done.Total > 1<<20 || done.FetchedBytes < 200<<20 {
 			t.Errorf("%s: copy done %+v; want only the system path sent (1 path, small) and 200 MB fetched from the cache", h.Name(), done)
 		}
-		if r := results(events)[h.Name()]; r.Result != deploy.ResultOK {
+		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK {
 			t.Errorf("%s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed(`sha256sum "$(cat /etc/blob-path)" | cut -d' ' -f1`); strings.TrimSpace(got) != want {
@@ -133,7 +133,7 @@ defaults {
 	for obj := range srv.Client.ListObjects(ctx, "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
 		old[obj.Key] = true
 	}
-	cmd := deployCmd(t, nw, "cache", "push", fleet+"#all")
+	cmd := deployCmd(t, nw, "cache", "push", fleetDir+"#all")
 	cmd.Env = append(cmd.Env, env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("deploy cache push: %v\n%s", err, out)
@@ -166,13 +166,13 @@ defaults {
 	if _, err := srv.Client.PutObject(ctx, "cache", biggest.Key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	events, code, stderr = run(fleet + "#all")
+	events, code, stderr = run(fleetDir + "#all")
 	if code != ExitUnreachable {
 		t.Fatalf("deploy with a tampered NAR in the cache: exit %d, want %d (a copy failed)\n%v\n%s", code, ExitUnreachable, results(events), stderr)
 	}
 	for _, h := range nw.Hosts {
 		r := results(events)[h.Name()]
-		if r.Result != deploy.ResultUnreachable || r.Phase != deploy.PhaseCopy || !strings.Contains(r.Error, "refused") || !strings.Contains(r.Error, "-blob") {
+		if r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseCopy || !strings.Contains(r.Error, "refused") || !strings.Contains(r.Error, "-blob") {
 			t.Errorf("%s: %+v; want the copy refused, naming the blob's path", h.Name(), r)
 		}
 	}

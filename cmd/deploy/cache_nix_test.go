@@ -29,9 +29,9 @@ func TestCachePushNixReads(t *testing.T) {
 	os.WriteFile(keyFile, []byte(sk.String()+"\n"), 0o600)
 	agent := filepath.Join(dir, "deploy-agent")
 	os.WriteFile(agent, []byte("#!/bin/sh\necho stand-in deploy-agent\n"), 0o755)
-	fleet := filepath.Join(dir, "fleet")
-	os.MkdirAll(fleet, 0o755)
-	os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(`cache {
+	fleetDir := filepath.Join(dir, "fleet")
+	os.MkdirAll(fleetDir, 0o755)
+	os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(`cache {
   url         = "s3://nixcache/fleet?endpoint=`+srv.Endpoint+`"
   public_keys = ["`+pk.String()+`"]
 }
@@ -50,12 +50,12 @@ host "web1" {
 		env[k] = v
 	}
 	e := &env2{env}
-	code := mainWithEnv(e.get, []string{"cache", "push", "--store-dir", "/nix/store", "--agent", agent, fleet + "#web1"}, &stdout, &stderr)
+	code := mainWithEnv(e.get, []string{"cache", "push", "--store-dir", "/nix/store", "--agent", agent, fleetDir + "#web1"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("deploy cache push: exit %d\n%s", code, stderr.String())
 	}
 	stdout.Reset()
-	if code := mainWithEnv(e.get, []string{"build", "--store-dir", "/nix/store", "--agent", agent, fleet + "#web1"}, &stdout, &stderr); code != 0 {
+	if code := mainWithEnv(e.get, []string{"build", "--store-dir", "/nix/store", "--agent", agent, fleetDir + "#web1"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("deploy build: exit %d\n%s", code, stderr.String())
 	}
 	system := strings.TrimSpace(stdout.String())

@@ -6,7 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // CI output formats of `deploy`, `deploy check` and `deploy build`
@@ -57,7 +57,7 @@ func (e *env) ciFormat() string {
 // writePlan renders a --dry-run's plan for CI: with github appended to
 // $GITHUB_STEP_SUMMARY, with markdown on stdout. It reports whether it
 // wrote the plan on stdout (which then replaces the result lines).
-func writePlan(e *env, s *deploy.Session, rep *deploy.Report) (bool, error) {
+func writePlan(e *env, s *fleet.Session, rep *fleet.Report) (bool, error) {
 	switch e.ciFormat() {
 	case formatMarkdown:
 		fmt.Fprint(e.stdout, planMarkdown(s, rep))
@@ -86,18 +86,18 @@ func writePlan(e *env, s *deploy.Session, rep *deploy.Report) (bool, error) {
 
 // planMarkdown is the dry-run plan as GitHub-flavoured markdown: a table
 // with a row per host, then per host the units and files that change.
-func planMarkdown(s *deploy.Session, rep *deploy.Report) string {
+func planMarkdown(s *fleet.Session, rep *fleet.Report) string {
 	var b strings.Builder
 	b.WriteString("## deploy --dry-run\n\n")
 	b.WriteString("| host | result | paths to copy | bytes | start | restart | reload | stop | files |\n")
 	b.WriteString("|---|---|--:|--:|---|---|---|---|--:|\n")
 	type detail struct {
 		host string
-		plan *deploy.Plan
+		plan *fleet.Plan
 	}
 	var details []detail
 	for _, h := range s.Selected {
-		var hr *deploy.HostReport
+		var hr *fleet.HostReport
 		if rep != nil {
 			hr = rep.Hosts[h.Name]
 		}
@@ -110,7 +110,7 @@ func planMarkdown(s *deploy.Session, rep *deploy.Report) string {
 			result += ": " + hr.Err.Error()
 		}
 		var missing, bytes, files string
-		var plan *deploy.Plan
+		var plan *fleet.Plan
 		if hr.Push != nil {
 			missing, bytes = fmt.Sprint(hr.Push.Missing), bytesString(hr.Push.Bytes)
 			plan = hr.Push.Plan

@@ -10,7 +10,7 @@ import (
 
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -58,7 +58,7 @@ func (bf *buildFlags) builder(e *env) (*builder.Builder, error) {
 
 // configError is returned after diagnostics were printed.
 func configError(diags hcl.Diagnostics) error {
-	return &deploy.ConfigError{Diags: diags}
+	return &fleet.ConfigError{Diags: diags}
 }
 
 // printDiags writes diagnostics with file:line:column and source snippets,
@@ -147,7 +147,7 @@ func diagPath(f *builder.Fleet, name string) string {
 // directory) and returns the selected hosts, with the session that every
 // fleet command selects hosts with.
 func loadSelected(e *env, targets []string) (*builder.Fleet, []*builder.Host, error) {
-	s := &deploy.Session{Targets: targets, Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) }}
+	s := &fleet.Session{Targets: targets, Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) }}
 	if err := s.Open(); err != nil {
 		return nil, nil, err
 	}
@@ -174,15 +174,15 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	v := newView(e, asJSON, false)
-	s := &deploy.Session{Targets: pos, Command: "build", Builder: b, Parallel: deploy.Parallelism{Build: parallel}, Emit: v.Event,
+	s := &fleet.Session{Targets: pos, Command: "build", Builder: b, Parallel: fleet.Parallelism{Build: parallel}, Emit: v.Event,
 		Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) }}
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Build(ctx) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Build(ctx) })
 	if rep == nil {
 		return err
 	}
 	for _, h := range s.Selected {
 		hr := rep.Hosts[h.Name]
-		if hr.Result != deploy.ResultOK {
+		if hr.Result != fleet.ResultOK {
 			continue
 		}
 		if outLink != "" {

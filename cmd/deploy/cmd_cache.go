@@ -8,7 +8,7 @@ import (
 	"os"
 
 	"github.com/declarative/deploy/closure/cache"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runCache dispatches deploy cache {key generate|push}.
@@ -115,7 +115,7 @@ func runCachePush(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
 	s := hf.session(e, "cache-push", pos, v)
 	s.Builder, s.CacheKey, s.Getenv = b, key, e.getenv
-	_, err = runSession(s, v, func() (*deploy.Report, error) {
+	_, err = runSession(s, v, func() (*fleet.Report, error) {
 		if s.Fleet.Cache == nil {
 			return nil, withHint(fmt.Errorf("cache push: the fleet in %s has no cache block", s.Fleet.Dir), ExitConfig, "add cache { url = \"s3://...\"  public_keys = [...] } (docs/cache.md)")
 		}

@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/mesh/tailnet"
 )
@@ -76,7 +77,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&sshf.jump, "jump", "", "ProxyJump `hops` ([user@]host[:port],...)")
 	fs.BoolVar(&sshf.sudo, "sudo", false, "run the agent through sudo (password from --ask-sudo-password or DEPLOY_SUDO_PASSWORD)")
 	fs.BoolVar(&compress, "compress", false, "zstd-compress the stream (for slow links)")
-	fs.StringVar(&remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
+	fs.StringVar(&remoteState, "remote-state-dir", agentapi.DefaultStateDir, "the agent's state `directory` on the target; its store/ must be --store-dir")
 	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
 	var tf tailnetFlags
 	tf.register(fs)
@@ -109,7 +110,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	h := &builder.Host{Name: host, Address: host, Port: port, SSHUser: user, HostKey: sshf.hostKey, ProxyJump: sshf.jump,
 		Sudo: sshf.sudo, Transport: tf.transport}
 	v := newView(e, asJSON, true)
-	s := &deploy.Session{Hosts: []*builder.Host{h}, Command: "copy", Mesh: sshf.config(e), StateDir: remoteState, Emit: v.Event,
+	s := &fleet.Session{Hosts: []*builder.Host{h}, Command: "copy", Mesh: sshf.config(e), StateDir: remoteState, Emit: v.Event,
 		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
 			tn, err := tf.start(ctx, e)
 			if err != nil {
@@ -117,7 +118,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 			}
 			return tn, func() { tn.Close() }, nil
 		}}
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Copy(ctx, local, pos, agentInfo.Path, compress) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Copy(ctx, local, pos, agentInfo.Path, compress) })
 	if err == nil && !asJSON {
 		if p := rep.Hosts[host].Push; p != nil {
 			fmt.Fprintf(e.stderr, "deploy: %s: %d paths in the closure, %d were missing, %d NAR bytes sent\n", host, p.Paths, p.Missing, p.Bytes)

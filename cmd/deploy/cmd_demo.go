@@ -11,10 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/nar"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/secrets"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -59,8 +60,8 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 		say("6/6 cleaning up: stopping the hosts and removing their namespaces, cgroups and disks")
 		nw.Close()
 	}()
-	fleet := filepath.Join(work, "fleet")
-	if err := demoFleet(src, fleet, nw); err != nil {
+	fleetDir := filepath.Join(work, "fleet")
+	if err := demoFleet(src, fleetDir, nw); err != nil {
 		return err
 	}
 	key := filepath.Join(work, "id_ed25519")
@@ -72,20 +73,20 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	hf := hostFlags{ssh: fleetSSHFlags{identities: stringList{key}, sshConfig: "none"}, remoteState: deploy.DefaultStateDir}
+	hf := hostFlags{ssh: fleetSSHFlags{identities: stringList{key}, sshConfig: "none"}, remoteState: agentapi.DefaultStateDir}
 	// session is a fleet session of the demo's command over target, on the
 	// test hosts' network, rendered like the CLI's.
-	session := func(command, target string) (*deploy.Session, view) {
+	session := func(command, target string) (*fleet.Session, view) {
 		v := newView(e, false, true)
 		s := hf.session(e, command, []string{target}, v)
 		s.Mesh.Dialer = nw
 		s.Builder = b
 		return s, v
 	}
-	run := func(mode deploy.Mode, target string) error {
+	run := func(mode fleet.Mode, target string) error {
 		s, v := session("deploy", target)
-		rep, err := runSession(s, v, func() (*deploy.Report, error) {
-			return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, ConfirmTimeout: 15 * time.Second})
+		rep, err := runSession(s, v, func() (*fleet.Report, error) {
+			return s.Deploy(ctx, fleet.DeployOptions{Mode: mode, ConfirmTimeout: 15 * time.Second})
 		})
 		resultLines(e, s, rep)
 		return err
@@ -97,38 +98,38 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	}
 
 	say("2/6 deploy %s#prod: build both hosts, copy their closures, activate, confirm over a new connection", src)
-	if err := run(deploy.ModeSwitch, fleet+"#prod"); err != nil {
+	if err := run(fleet.ModeSwitch, fleetDir+"#prod"); err != nil {
 		return fmt.Errorf("demo: the first deployment failed: %w", err)
 	}
 	answer()
 
 	say("3/6 a change: the role's greeting; only what changed is copied, and the service restarts")
-	if err := editFile(filepath.Join(fleet, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
 		return err
 	}
-	if err := run(deploy.ModeSwitch, fleet+"#prod"); err != nil {
+	if err := run(fleet.ModeSwitch, fleetDir+"#prod"); err != nil {
 		return fmt.Errorf("demo: the second deployment failed: %w", err)
 	}
 	answer()
 
 	say("4/6 a broken change: the service is pointed at a configuration file that does not exist; it cannot start, its health check fails, and the agent rolls back by itself")
-	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
 		return err
 	}
-	err = run(deploy.ModeSwitch, fleet+"#prod")
+	err = run(fleet.ModeSwitch, fleetDir+"#prod")
 	if code, _ := exitCode(err); code != ExitRolledBack {
 		return fmt.Errorf("demo: the broken deployment should have rolled back (exit %d), got exit %d: %v", ExitRolledBack, code, err)
 	}
 	fmt.Fprintf(e.stderr, "  exit code %d: rolled back, as expected; the hosts still run the second deployment:\n", ExitRolledBack)
 	answer()
-	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
 		return err
 	}
 
 	say("5/6 deploy rollback %s#prod: back to the first generation, with the same confirmation", src)
-	s, v := session("rollback", fleet+"#prod")
-	rep, err := runSession(s, v, func() (*deploy.Report, error) {
-		return s.Rollback(ctx, deploy.RollbackOptions{To: 1, ConfirmTimeout: 15 * time.Second})
+	s, v := session("rollback", fleetDir+"#prod")
+	rep, err := runSession(s, v, func() (*fleet.Report, error) {
+		return s.Rollback(ctx, fleet.RollbackOptions{To: 1, ConfirmTimeout: 15 * time.Second})
 	})
 	resultLines(e, s, rep)
 	if err != nil {

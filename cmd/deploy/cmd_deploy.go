@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // deployFlags are the flags of `deploy TARGET...`.
@@ -21,9 +21,9 @@ type deployFlags struct {
 	waitLock       time.Duration
 	message        string
 	compress       bool
-	parallel       deploy.Parallelism
+	parallel       fleet.Parallelism
 	reboot         bool
-	rebootOpts     deploy.RebootOptions
+	rebootOpts     fleet.RebootOptions
 }
 
 // isTarget reports whether an argument of the top-level command names a
@@ -63,13 +63,13 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	if df.asJSON && e.format == formatMarkdown && df.dryRun {
 		return usageErrorf("--format markdown and --json both write to stdout: choose one")
 	}
-	mode, err := deploy.ParseMode(df.mode)
+	mode, err := fleet.ParseMode(df.mode)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
-	var reboot *deploy.RebootOptions
+	var reboot *fleet.RebootOptions
 	if df.reboot {
-		if mode != deploy.ModeBoot || df.dryRun {
+		if mode != fleet.ModeBoot || df.dryRun {
 			return usageErrorf("--reboot goes with --mode boot, without --dry-run")
 		}
 		reboot = &df.rebootOpts
@@ -85,8 +85,8 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	v := newView(e, df.asJSON, true)
 	s := df.session(e, "deploy", targets, v)
 	s.Builder, s.Parallel, s.WaitLock, s.CacheKey, s.Getenv = b, df.parallel, df.waitLock, key, e.getenv
-	rep, err := runSession(s, v, func() (*deploy.Report, error) {
-		return s.Deploy(ctx, deploy.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
+	rep, err := runSession(s, v, func() (*fleet.Report, error) {
+		return s.Deploy(ctx, fleet.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
 			Message: df.message, Compress: df.compress, Reboot: reboot})
 	})
 	onStdout := false
@@ -98,7 +98,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 		onStdout = wrote
 	}
 	if !df.asJSON && !onStdout {
-		if mode == deploy.ModeBuild {
+		if mode == fleet.ModeBuild {
 			printSystems(e, s, rep)
 		} else {
 			resultLines(e, s, rep)
@@ -108,12 +108,12 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 }
 
 // printSystems prints each built host's system path on stdout.
-func printSystems(e *env, s *deploy.Session, rep *deploy.Report) {
+func printSystems(e *env, s *fleet.Session, rep *fleet.Report) {
 	if rep == nil {
 		return
 	}
 	for _, h := range s.Selected {
-		if hr := rep.Hosts[h.Name]; hr != nil && hr.Result == deploy.ResultOK {
+		if hr := rep.Hosts[h.Name]; hr != nil && hr.Result == fleet.ResultOK {
 			fmt.Fprintln(e.stdout, hr.System)
 		}
 	}

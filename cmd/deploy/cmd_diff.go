@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/declarative/deploy/closure"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/manifest"
 )
 
@@ -40,7 +40,7 @@ func runDiff(ctx context.Context, e *env, args []string) error {
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "diff", pos, v)
 	s.Builder = b
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Diff(ctx, prev) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Diff(ctx, prev) })
 	if err != nil || hf.asJSON {
 		return err
 	}

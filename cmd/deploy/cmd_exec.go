@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runExec runs a command on every selected host in parallel. Each line of
@@ -45,6 +45,6 @@ func runExec(ctx context.Context, e *env, args []string) error {
 	if hf.asJSON {
 		output = nil // the host.output events carry the lines
 	}
-	_, err = runSession(s, v, func() (*deploy.Report, error) { return s.Exec(ctx, cmd, output) })
+	_, err = runSession(s, v, func() (*fleet.Report, error) { return s.Exec(ctx, cmd, output) })
 	return err
 }

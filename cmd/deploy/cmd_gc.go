@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runGC deletes old generations (never the current or boot default) and
 // unreferenced store paths on hosts, under the run lock.
 func runGC(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	var opts deploy.GCOptions
+	var opts fleet.GCOptions
 	var waitLock time.Duration
 	fs := newFlags(e, "gc", "TARGET... --keep K")
 	hf.register(fs)
@@ -31,7 +31,7 @@ func runGC(ctx context.Context, e *env, args []string) error {
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "gc", targets, v)
 	s.WaitLock = waitLock
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.GC(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.GC(ctx, opts) })
 	if hf.asJSON || rep == nil {
 		return err
 	}

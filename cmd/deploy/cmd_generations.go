@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runGenerations lists each host's generations: number, time, operator,
@@ -22,7 +22,7 @@ func runGenerations(ctx context.Context, e *env, args []string) error {
 	}
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "generations", targets, v)
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Generations(ctx) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Generations(ctx) })
 	if hf.asJSON || rep == nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // publisherKeyFlag is --publisher-key: the key that signs pull-mode
@@ -47,7 +47,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	var bf buildFlags
 	var kf cacheKeyFlag
 	var pf publisherKeyFlag
-	var opts deploy.PublishOptions
+	var opts fleet.PublishOptions
 	var asJSON bool
 	fs := newFlags(e, "publish", "DIR#TARGET... --channel NAME")
 	bf.register(fs)
@@ -83,7 +83,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
 	s := hf.session(e, "publish", pos, v)
 	s.Builder, s.CacheKey, s.PublisherKey, s.Getenv = b, ck, pk, e.getenv
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Publish(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Publish(ctx, opts) })
 	if !asJSON {
 		resultLines(e, s, rep)
 	}

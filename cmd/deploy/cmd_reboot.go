@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runReboot reboots hosts batch by batch and waits for each to come back
 // running its boot default healthily.
 func runReboot(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	var opts deploy.RebootOptions
+	var opts fleet.RebootOptions
 	var waitLock time.Duration
 	fs := newFlags(e, "reboot", "TARGET...")
 	hf.register(fs)
@@ -26,7 +26,7 @@ func runReboot(ctx context.Context, e *env, args []string) error {
 	v := newView(e, hf.asJSON, true)
 	s := hf.session(e, "reboot", targets, v)
 	s.WaitLock = waitLock
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Reboot(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Reboot(ctx, opts) })
 	if !hf.asJSON && rep != nil {
 		for _, h := range s.Selected {
 			hr := rep.Hosts[h.Name]

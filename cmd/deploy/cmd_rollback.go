@@ -4,14 +4,14 @@ import (
 	"context"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runRollback returns hosts to an earlier generation, under the run lock
 // and with the same confirmation as an activation.
 func runRollback(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	var opts deploy.RollbackOptions
+	var opts fleet.RollbackOptions
 	var waitLock time.Duration
 	fs := newFlags(e, "rollback", "TARGET... [--to N | --to-commit SHA]")
 	hf.register(fs)
@@ -19,7 +19,7 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&opts.ToCommit, "to-commit", "", "return each host to its newest generation deployed from fleet commit `SHA` (a prefix is enough)")
 	fs.DurationVar(&opts.ConfirmTimeout, "confirm-timeout", 30*time.Second, "roll forward again unless confirmed within this `duration`")
 	fs.DurationVar(&waitLock, "wait-lock", 0, "wait up to this `duration` for another run's run lock instead of failing at once")
-	var pub deploy.PublishOptions
+	var pub fleet.PublishOptions
 	var pf publisherKeyFlag
 	var bf buildFlags
 	fs.StringVar(&pub.Channel, "channel", "", "roll back through this pull-mode channel `name`: publish an earlier release's systems again as a new serial (no SSH)")
@@ -48,7 +48,7 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	v := newView(e, hf.asJSON, true)
 	s := hf.session(e, "rollback", targets, v)
 	s.WaitLock = waitLock
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Rollback(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Rollback(ctx, opts) })
 	if !hf.asJSON {
 		resultLines(e, s, rep)
 	}
@@ -57,7 +57,7 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 
 // runChannelRollback is deploy rollback --channel NAME: the systems of an
 // earlier release, published again as a new serial.
-func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []string, opts deploy.PublishOptions, pf *publisherKeyFlag, bf *buildFlags) error {
+func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []string, opts fleet.PublishOptions, pf *publisherKeyFlag, bf *buildFlags) error {
 	pk, err := pf.load(e)
 	if err != nil {
 		return err
@@ -69,7 +69,7 @@ func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []st
 	v := newView(e, hf.asJSON, true)
 	s := hf.session(e, "rollback", targets, v)
 	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.ChannelRollback(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.ChannelRollback(ctx, opts) })
 	if !hf.asJSON {
 		resultLines(e, s, rep)
 	}

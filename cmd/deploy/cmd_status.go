@@ -12,7 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runStatus shows the fleet at a glance, one row per host from one request
@@ -28,7 +28,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	var channelName string
 	var pf publisherKeyFlag
 	var bf buildFlags
-	var opts deploy.StatusOptions
+	var opts fleet.StatusOptions
 	var watch time.Duration
 	var count int
 	fs := newFlags(e, "status", "TARGET... [--drift] [--watch D] | TARGET... --channel NAME")
@@ -59,7 +59,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		redraw = true
 	}
 	var last error
-	rep, err := runSession(s, v, func() (*deploy.Report, error) {
+	rep, err := runSession(s, v, func() (*fleet.Report, error) {
 		for n := 1; ; n++ {
 			rep, err := s.StatusWith(ctx, opts)
 			if watch == 0 {
@@ -96,7 +96,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 }
 
 // statusTable prints one row per host.
-func statusTable(e *env, s *deploy.Session, rep *deploy.Report, drift bool) {
+func statusTable(e *env, s *fleet.Session, rep *fleet.Report, drift bool) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	head := "HOST\tREACHABLE\tGEN\tCOMMIT\tAGE\tBOOT\tPENDING\tFAILED\tCONSISTENT\tPUSHED\tRUN LOCK"
 	if drift {
@@ -113,7 +113,7 @@ func statusTable(e *env, s *deploy.Session, rep *deploy.Report, drift bool) {
 				why = hr.Err.Error()
 			}
 			reach := "yes"
-			if hr.Result == deploy.ResultUnreachable || hr.Result == deploy.ResultSkipped {
+			if hr.Result == fleet.ResultUnreachable || hr.Result == fleet.ResultSkipped {
 				reach = "no"
 			}
 			row := fmt.Sprintf("%s\t%s\t?\t?\t?\t?\t?\t?\t?\t?\t%s", h.Name, reach, why)
@@ -158,7 +158,7 @@ func statusTable(e *env, s *deploy.Session, rep *deploy.Report, drift bool) {
 			case len(d.Items) == 0:
 				row += "\tnone"
 			default:
-				row += fmt.Sprintf("\t%d: %s", len(d.Items), deploy.DriftSummary(d))
+				row += fmt.Sprintf("\t%d: %s", len(d.Items), fleet.DriftSummary(d))
 			}
 		}
 		fmt.Fprintln(tw, row)
@@ -182,7 +182,7 @@ func ageString(d time.Duration) string {
 
 // runChannelStatus is deploy status --channel NAME: the channel's last
 // publish, and per host its release's serial and wave and its last report.
-func runChannelStatus(ctx context.Context, e *env, s *deploy.Session, v view, name string, pf *publisherKeyFlag, bf *buildFlags, asJSON bool) error {
+func runChannelStatus(ctx context.Context, e *env, s *fleet.Session, v view, name string, pf *publisherKeyFlag, bf *buildFlags, asJSON bool) error {
 	pk, err := pf.load(e)
 	if err != nil {
 		return err
@@ -193,7 +193,7 @@ func runChannelStatus(ctx context.Context, e *env, s *deploy.Session, v view, na
 	}
 	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
 	var head *agentapi.ChannelRelease
-	rep, err := runSession(s, v, func() (*deploy.Report, error) {
+	rep, err := runSession(s, v, func() (*fleet.Report, error) {
 		rep, cr, err := s.ChannelStatus(ctx, name)
 		head = cr
 		return rep, err

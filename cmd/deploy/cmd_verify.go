@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // runVerify compares each host's live state with its current generation
@@ -12,7 +12,7 @@ import (
 // drifted.
 func runVerify(ctx context.Context, e *env, args []string) error {
 	var hf hostFlags
-	var opts deploy.VerifyOptions
+	var opts fleet.VerifyOptions
 	fs := newFlags(e, "verify", "TARGET...")
 	hf.register(fs)
 	fs.BoolVar(&opts.Quick, "quick", false, "only check that the current system's store paths are there (do not rehash them)")
@@ -22,7 +22,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	}
 	v := newView(e, hf.asJSON, false)
 	s := hf.session(e, "verify", targets, v)
-	rep, err := runSession(s, v, func() (*deploy.Report, error) { return s.Verify(ctx, opts) })
+	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Verify(ctx, opts) })
 	if hf.asJSON || rep == nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/secrets"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -82,10 +82,10 @@ role "web" {
 
 // failures describes the hosts of a run that did not end well, for a test's
 // failure message.
-func failures(events []deploy.Event) string {
+func failures(events []fleet.Event) string {
 	var b strings.Builder
 	for _, ev := range events {
-		if ev.Type == deploy.EventResult && ev.Error != "" {
+		if ev.Type == fleet.EventResult && ev.Error != "" {
 			fmt.Fprintf(&b, "%s: %s in %s: %s\n", ev.Host, ev.Result, ev.Phase, ev.Error)
 		}
 	}
@@ -102,12 +102,12 @@ func bootID(h *vmtest.Host) string {
 // host's service fails after the reboot, and deploy --mode boot --reboot.
 func TestDayTwoE2E(t *testing.T) {
 	nw := vmtest.Start(t, 4)
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	target := fleet + "#prod"
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	target := fleetDir + "#prod"
 	h1, h2, h3, h4 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2], nw.Hosts[3]
-	dayTwoFleet(t, nw, fleet, "hello", nil, nil)
-	commit := gitCommit(t, fleet, "first")
+	dayTwoFleet(t, nw, fleetDir, "hello", nil, nil)
+	commit := gitCommit(t, fleetDir, "first")
 	if events, code, stderr := runJSON(t, nw, key, target); code != 0 {
 		t.Fatalf("first deploy: exit %d\n%s%s", code, stderr, failures(events))
 	}
@@ -139,7 +139,7 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Fatalf("verify of a drifted h1: exit %d, want %d\n%s%s", code, ExitDrifted, stderr, failures(events))
 		}
 		res := results(events)
-		if r := res["h1"]; r.Result != deploy.ResultDrifted || r.Drift == nil {
+		if r := res["h1"]; r.Result != fleet.ResultDrifted || r.Drift == nil {
 			t.Fatalf("verify: h1 %+v, want drifted", r)
 		}
 		want := []agentapi.DriftItem{
@@ -159,14 +159,14 @@ func TestDayTwoE2E(t *testing.T) {
 		if len(got) != len(want) {
 			t.Errorf("verify: h1's drift has %d items, want %d: %+v", len(got), len(want), got)
 		}
-		if r := res["h2"]; r.Result != deploy.ResultDrifted || r.Drift == nil || !slices.Equal(r.Drift.Items, []agentapi.DriftItem{
+		if r := res["h2"]; r.Result != fleet.ResultDrifted || r.Drift == nil || !slices.Equal(r.Drift.Items, []agentapi.DriftItem{
 			{Kind: "file", Name: "/etc/web/greeting", Problem: "missing"},
 			{Kind: "file", Name: "/etc/web/tool", Problem: "owner", Want: "root:root", Got: "nobody:root"},
 		}) {
 			t.Errorf("verify: h2 %+v, want drifted: greeting missing, tool's owner", r.Drift)
 		}
 		for _, h := range []string{"h3", "h4"} {
-			if r := res[h]; r.Result != deploy.ResultOK || r.Drift == nil || len(r.Drift.Items) != 0 || r.Drift.Generation != 1 {
+			if r := res[h]; r.Result != fleet.ResultOK || r.Drift == nil || len(r.Drift.Items) != 0 || r.Drift.Generation != 1 {
 				t.Errorf("verify: %s %+v, want ok without drift from generation 1", h, r)
 			}
 		}
@@ -187,13 +187,13 @@ func TestDayTwoE2E(t *testing.T) {
 
 		// --quick only checks that store paths are there: the missing one
 		// still shows.
-		if out, _ := run(t, ExitDrifted, "verify", "--quick", fleet+"#h1"); !strings.Contains(out, "store "+tool+": missing") {
+		if out, _ := run(t, ExitDrifted, "verify", "--quick", fleetDir+"#h1"); !strings.Contains(out, "store "+tool+": missing") {
 			t.Errorf("verify --quick does not report the missing store path:\n%s", out)
 		}
 		// A dry run says what a deploy would overwrite, and changes nothing.
 		events, code, stderr = runJSON(t, nw, key, "--dry-run", target)
-		if code != 0 || !slices.ContainsFunc(events, func(ev deploy.Event) bool {
-			return ev.Type == deploy.EventWarning && ev.Host == "h2" && strings.Contains(ev.Message, "(a deploy would overwrite it): file /etc/web/greeting: missing")
+		if code != 0 || !slices.ContainsFunc(events, func(ev fleet.Event) bool {
+			return ev.Type == fleet.EventWarning && ev.Host == "h2" && strings.Contains(ev.Message, "(a deploy would overwrite it): file /etc/web/greeting: missing")
 		}) {
 			t.Errorf("deploy --dry-run: exit %d, no warning of what it would overwrite on h2\n%s", code, stderr)
 		}
@@ -204,20 +204,20 @@ func TestDayTwoE2E(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("redeploy: exit %d\n%s%s", code, stderr, failures(events))
 		}
-		i := slices.IndexFunc(events, func(ev deploy.Event) bool {
-			return ev.Type == deploy.EventWarning && ev.Host == "h1" && ev.Phase == deploy.PhaseVerify
+		i := slices.IndexFunc(events, func(ev fleet.Event) bool {
+			return ev.Type == fleet.EventWarning && ev.Host == "h1" && ev.Phase == fleet.PhaseVerify
 		})
 		if i < 0 || !strings.Contains(events[i].Message, "file /etc/web/greeting: content") || !strings.Contains(events[i].Message, "unit web.service: inactive") {
 			t.Errorf("redeploy: no warning naming what h1's deploy overwrites")
 		}
 		res = results(events)
 		for _, h := range []string{"h1", "h2"} {
-			if res[h].Result != deploy.ResultOK || res[h].Generation != 1 {
+			if res[h].Result != fleet.ResultOK || res[h].Generation != 1 {
 				t.Errorf("redeploy: %s %+v, want ok at generation 1 (the same system, re-applied)", h, res[h])
 			}
 		}
 		for _, h := range []string{"h3", "h4"} {
-			if res[h].Result != deploy.ResultUnchanged {
+			if res[h].Result != fleet.ResultUnchanged {
 				t.Errorf("redeploy: %s is %s, want unchanged", h, res[h].Result)
 			}
 		}
@@ -263,7 +263,7 @@ func TestDayTwoE2E(t *testing.T) {
 		res := results(events)
 		for _, h := range nw.Hosts {
 			h := h.With(t)
-			if r := res[h.Name()]; r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Health == nil || !r.Health.Healthy || r.Generation != 1 {
+			if r := res[h.Name()]; r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Health == nil || !r.Health.Healthy || r.Generation != 1 {
 				t.Errorf("reboot: %s %+v, want ok and healthy at generation 1", h.Name(), r)
 			}
 			if bootID(h) == before[h.Name()] {
@@ -274,21 +274,21 @@ func TestDayTwoE2E(t *testing.T) {
 			}
 		}
 		// Batch by batch: the second batch starts after the first ended.
-		end1 := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Type == deploy.EventBatchStart && ev.Batch == 2 })
+		end1 := slices.IndexFunc(events, func(ev fleet.Event) bool { return ev.Type == fleet.EventBatchStart && ev.Batch == 2 })
 		for _, h := range []string{"h1", "h2"} {
-			if j := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Type == deploy.EventResult && ev.Host == h }); j < 0 || j > end1 {
+			if j := slices.IndexFunc(events, func(ev fleet.Event) bool { return ev.Type == fleet.EventResult && ev.Host == h }); j < 0 || j > end1 {
 				t.Errorf("reboot: %s's result is not before batch 2", h)
 			}
 		}
 	})
 
 	t.Run("boot-mode", func(t *testing.T) {
-		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"}, nil)
-		gitCommit(t, fleet, "h1 changes at the next boot")
+		dayTwoFleet(t, nw, fleetDir, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"}, nil)
+		gitCommit(t, fleetDir, "h1 changes at the next boot")
 		h1 := h1.With(t)
 		old := bootID(h1)
 		// A boot-mode deploy leaves h1 needing a reboot, and says so.
-		run(t, 0, fleet+"#h1", "--mode", "boot")
+		run(t, 0, fleetDir+"#h1", "--mode", "boot")
 		if out, _ := run(t, 0, "status", target); !strings.Contains(out, "2 (reboot required)") || strings.Count(out, "reboot required") != 1 {
 			t.Errorf("status after a boot-mode deploy to h1 does not say that h1 alone needs a reboot:\n%s", out)
 		}
@@ -297,14 +297,14 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		// deploy --mode boot --reboot: the boot default is already the new
 		// system, so h1 only reboots into it.
-		events, code, stderr := runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
+		events, code, stderr := runJSON(t, nw, key, fleetDir+"#h1", "--mode", "boot", "--reboot")
 		if code != 0 {
 			t.Fatalf("deploy --mode boot --reboot: exit %d\n%s%s", code, stderr, failures(events))
 		}
-		if r := results(events)["h1"]; r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Generation != 2 {
+		if r := results(events)["h1"]; r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 2 {
 			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok after the reboot at generation 2", r)
 		}
-		if slices.ContainsFunc(events, func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseActivate && ev.Type == deploy.EventPhase }) {
+		if slices.ContainsFunc(events, func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseActivate && ev.Type == fleet.EventPhase }) {
 			t.Errorf("deploy --mode boot --reboot activated h1 again although its boot default was the new system")
 		}
 		if out, _ := run(t, 0, "status", target); strings.Contains(out, "reboot required") {
@@ -318,11 +318,11 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		// And a fresh change in one run: activated as the boot default,
 		// then rebooted into.
-		dayTwoFleet(t, nw, fleet, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, nil)
-		gitCommit(t, fleet, "h1 again")
+		dayTwoFleet(t, nw, fleetDir, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, nil)
+		gitCommit(t, fleetDir, "h1 again")
 		old = bootID(h1)
-		events, code, stderr = runJSON(t, nw, key, fleet+"#h1", "--mode", "boot", "--reboot")
-		if r := results(events)["h1"]; code != 0 || r.Result != deploy.ResultOK || r.Phase != deploy.PhaseReboot || r.Generation != 3 {
+		events, code, stderr = runJSON(t, nw, key, fleetDir+"#h1", "--mode", "boot", "--reboot")
+		if r := results(events)["h1"]; code != 0 || r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 3 {
 			t.Errorf("deploy --mode boot --reboot of a new system: exit %d, h1 %+v\n%s", code, r, stderr)
 		}
 		if bootID(h1) == old || h1.Succeed("cat /etc/web/greeting") != "third\n" {
@@ -332,16 +332,16 @@ func TestDayTwoE2E(t *testing.T) {
 		// A sysctl set only at boot: the activation leaves it, the host
 		// says it needs a reboot until one sets it.
 		third := map[string]string{"h1": "    greeting = \"third\"\n"}
-		dayTwoFleet(t, nw, fleet, "hello", third, map[string]string{"h1": "  sysctl \"net.ipv4.ip_forward\" {\n    value = 1\n    boot  = true\n  }\n"})
-		gitCommit(t, fleet, "h1 forwards from its next boot")
-		run(t, 0, fleet+"#h1")
+		dayTwoFleet(t, nw, fleetDir, "hello", third, map[string]string{"h1": "  sysctl \"net.ipv4.ip_forward\" {\n    value = 1\n    boot  = true\n  }\n"})
+		gitCommit(t, fleetDir, "h1 forwards from its next boot")
+		run(t, 0, fleetDir+"#h1")
 		if got := h1.Succeed("cat /proc/sys/net/ipv4/ip_forward"); got != "0\n" {
 			t.Errorf("a boot-only sysctl was set by the activation: ip_forward %q", got)
 		}
 		if out, _ := run(t, 0, "status", target); !strings.Contains(out, "4 (reboot required)") {
 			t.Errorf("status does not say h1 needs a reboot for its boot-only sysctl:\n%s", out)
 		}
-		run(t, 0, "reboot", fleet+"#h1")
+		run(t, 0, "reboot", fleetDir+"#h1")
 		if got := h1.Succeed("cat /proc/sys/net/ipv4/ip_forward"); got != "1\n" {
 			t.Errorf("after the reboot: ip_forward %q, want 1", got)
 		}
@@ -349,7 +349,7 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("status still says a reboot is required after it:\n%s", out)
 		}
 		// --reboot is for boot mode only: a usage error, nothing done.
-		run(t, ExitUsage, fleet+"#h1", "--reboot")
+		run(t, ExitUsage, fleetDir+"#h1", "--reboot")
 	})
 
 	t.Run("reboot-stops", func(t *testing.T) {
@@ -367,7 +367,7 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("reboot: stderr does not name h2:\n%s", stderr)
 		}
 		res := results(events)
-		if r := res["h2"]; r.Result != deploy.ResultFailed || r.Phase != deploy.PhaseReboot || !strings.Contains(r.Error, "not healthy after the reboot") ||
+		if r := res["h2"]; r.Result != fleet.ResultFailed || r.Phase != fleet.PhaseReboot || !strings.Contains(r.Error, "not healthy after the reboot") ||
 			!strings.Contains(r.Error, "web.service") && !strings.Contains(r.Error, `"ready"`) {
 			// The unit is seen failed, or (if it was seen active before
 			// its shell exited) its health check fails.
@@ -376,11 +376,11 @@ func TestDayTwoE2E(t *testing.T) {
 		if h := res["h2"].Health; h == nil || h.Healthy || h.Current != 1 || h.Boot != 1 {
 			t.Errorf("reboot: h2's health %+v, want unhealthy at generation 1", h)
 		}
-		if r := res["h1"]; r.Result != deploy.ResultOK {
+		if r := res["h1"]; r.Result != fleet.ResultOK {
 			t.Errorf("reboot: h1 %+v, want ok (same batch)", r)
 		}
 		for _, h := range []*vmtest.Host{h3.With(t), h4.With(t)} {
-			if r := res[h.Name()]; r.Result != deploy.ResultSkipped {
+			if r := res[h.Name()]; r.Result != fleet.ResultSkipped {
 				t.Errorf("reboot: %s %+v, want skipped", h.Name(), r)
 			}
 			if bootID(h) != before[h.Name()] {

@@ -73,8 +73,8 @@ func deployCmd(t testing.TB, nw *vmtest.Network, args ...string) *exec.Cmd {
 func TestExecE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
 	nw.Hosts[1].Succeed("touch /etc/marker")
-	fleet, key := testFleet(t, nw, "")
-	cmd := deployCmd(t, nw, "exec", "--identity", key, "--ssh-config", "none", fleet+"#@test", "--", "sh", "-c", "hostname; test -e /etc/marker")
+	fleetDir, key := testFleet(t, nw, "")
+	cmd := deployCmd(t, nw, "exec", "--identity", key, "--ssh-config", "none", fleetDir+"#@test", "--", "sh", "-c", "hostname; test -e /etc/marker")
 	out, err := cmd.Output()
 	// h1 lacks the marker: the command fails there (exit 6), runs on both.
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != ExitCommandFailed {

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/declarative/deploy/deploy"
-	"github.com/declarative/deploy/mesh"
+	"github.com/declarative/deploy/agentclient"
+	"github.com/declarative/deploy/fleet"
 )
 
 // Exit codes, the one place they are defined. They are part of the CLI's
@@ -24,16 +24,16 @@ const (
 	ExitDrifted       = 8 // verify: some host's live state differs from its current generation
 )
 
-// resultExit maps how a run's worst host ended (deploy.Report.Worst, by
-// deploy.ResultPrecedence) to the exit code.
-var resultExit = map[deploy.Result]int{
-	deploy.ResultRolledBack:    ExitRolledBack,
-	deploy.ResultFailed:        ExitRolledBack,
-	deploy.ResultUnreachable:   ExitUnreachable,
-	deploy.ResultLocked:        ExitLocked,
-	deploy.ResultCommandFailed: ExitCommandFailed,
-	deploy.ResultRefused:       ExitRefused,
-	deploy.ResultDrifted:       ExitDrifted,
+// resultExit maps how a run's worst host ended (fleet.Report.Worst, by
+// fleet.ResultPrecedence) to the exit code.
+var resultExit = map[fleet.Result]int{
+	fleet.ResultRolledBack:    ExitRolledBack,
+	fleet.ResultFailed:        ExitRolledBack,
+	fleet.ResultUnreachable:   ExitUnreachable,
+	fleet.ResultLocked:        ExitLocked,
+	fleet.ResultCommandFailed: ExitCommandFailed,
+	fleet.ResultRefused:       ExitRefused,
+	fleet.ResultDrifted:       ExitDrifted,
 }
 
 // exitError carries an exit code and an optional hint for the operator.
@@ -56,15 +56,14 @@ func withHint(err error, code int, hint string) error {
 }
 
 // exitCode maps an error to the exit code and a hint: the one place where
-// the outcome of any command becomes the process's exit code.
+// the outcome of any command becomes the process's exit code. Errors of
+// reaching a host are classified by agentclient.Classify, as the hosts of
+// a run are.
 func exitCode(err error) (int, string) {
 	var ee *exitError
-	var ce *deploy.ConfigError
-	var ue *deploy.UsageError
-	var re *deploy.RunError
-	var unknown *mesh.UnknownHostError
-	var changed *mesh.HostKeyError
-	var unreachable *mesh.UnreachableError
+	var ce *fleet.ConfigError
+	var ue *fleet.UsageError
+	var re *fleet.RunError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK, ""
@@ -76,31 +75,23 @@ func exitCode(err error) (int, string) {
 		return ExitConfig, ""
 	case errors.As(err, &re):
 		return resultExit[re.Report.Worst()], runHint(re.Report)
-	case errors.As(err, &unknown):
-		return ExitUnreachable, unknown.Hint()
-	case errors.As(err, &changed):
-		return ExitUnreachable, hostKeyHint
-	case errors.As(err, &unreachable):
-		return ExitUnreachable, ""
+	}
+	switch agentclient.Classify(err) {
+	case agentclient.KindUnreachable, agentclient.KindHostKey:
+		return ExitUnreachable, agentclient.Hint(err)
 	}
 	return ExitConfig, ""
 }
 
-const hostKeyHint = "the host key changed: if the host was reinstalled, verify the new key out of band and update host_key / known_hosts; otherwise this may be an attack"
-
-// runHint is the hint for a run's worst outcome.
-func runHint(rep *deploy.Report) string {
-	for _, name := range rep.With(deploy.ResultUnreachable) {
-		var unknown *mesh.UnknownHostError
-		var changed *mesh.HostKeyError
-		switch err := rep.Hosts[name].Err; {
-		case errors.As(err, &unknown):
-			return unknown.Hint()
-		case errors.As(err, &changed):
-			return hostKeyHint
+// runHint is the hint for a run's worst outcome: what to do about the
+// first unreachable host's key, or about a held run lock.
+func runHint(rep *fleet.Report) string {
+	for _, name := range rep.With(fleet.ResultUnreachable) {
+		if hint := agentclient.Hint(rep.Hosts[name].Err); hint != "" {
+			return hint
 		}
 	}
-	if rep.Worst() == deploy.ResultLocked {
+	if rep.Worst() == fleet.ResultLocked {
 		return "another run holds the run lock: wait for it, or pass --wait-lock DURATION to wait"
 	}
 	return ""

@@ -6,16 +6,16 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh"
 )
 
 // report returns a run's report with the given results.
-func runReport(results ...deploy.Result) *deploy.Report {
-	rep := &deploy.Report{Hosts: map[string]*deploy.HostReport{}}
+func runReport(results ...fleet.Result) *fleet.Report {
+	rep := &fleet.Report{Hosts: map[string]*fleet.HostReport{}}
 	for i, r := range results {
 		name := fmt.Sprint("h", i)
-		rep.Hosts[name] = &deploy.HostReport{Host: name, Result: r}
+		rep.Hosts[name] = &fleet.HostReport{Host: name, Result: r}
 	}
 	return rep
 }
@@ -29,25 +29,25 @@ func TestExitCode(t *testing.T) {
 		{"success", nil, ExitOK},
 		{"help", flag.ErrHelp, ExitOK},
 		{"usage", usageErrorf("bad"), ExitUsage},
-		{"session usage", &deploy.UsageError{Err: errors.New("two directories")}, ExitUsage},
-		{"configuration", &deploy.ConfigError{}, ExitConfig},
+		{"session usage", &fleet.UsageError{Err: errors.New("two directories")}, ExitUsage},
+		{"configuration", &fleet.ConfigError{}, ExitConfig},
 		{"a local error", errors.New("disk full"), ExitConfig},
-		{"all ok", runReport(deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned).Err(), ExitOK},
-		{"rolled back", runReport(deploy.ResultOK, deploy.ResultRolledBack, deploy.ResultSkipped).Err(), ExitRolledBack},
-		{"failed", runReport(deploy.ResultFailed).Err(), ExitRolledBack},
-		{"rolled back beats unreachable", runReport(deploy.ResultUnreachable, deploy.ResultRolledBack).Err(), ExitRolledBack},
-		{"unreachable", runReport(deploy.ResultOK, deploy.ResultUnreachable).Err(), ExitUnreachable},
-		{"unreachable beats locked", runReport(deploy.ResultLocked, deploy.ResultUnreachable).Err(), ExitUnreachable},
-		{"locked", runReport(deploy.ResultLocked, deploy.ResultSkipped).Err(), ExitLocked},
-		{"locked beats a failed command", runReport(deploy.ResultCommandFailed, deploy.ResultLocked).Err(), ExitLocked},
-		{"command failed", runReport(deploy.ResultOK, deploy.ResultCommandFailed).Err(), ExitCommandFailed},
-		{"refused", runReport(deploy.ResultOK, deploy.ResultRefused, deploy.ResultSkipped).Err(), ExitRefused},
-		{"rolled back beats refused", runReport(deploy.ResultRefused, deploy.ResultRolledBack).Err(), ExitRolledBack},
-		{"refused beats unreachable", runReport(deploy.ResultUnreachable, deploy.ResultRefused).Err(), ExitRefused},
-		{"drifted", runReport(deploy.ResultOK, deploy.ResultDrifted).Err(), ExitDrifted},
-		{"unreachable beats drifted", runReport(deploy.ResultDrifted, deploy.ResultUnreachable).Err(), ExitUnreachable},
-		{"a failed command beats drifted", runReport(deploy.ResultDrifted, deploy.ResultCommandFailed).Err(), ExitCommandFailed},
-		{"wrapped run error", fmt.Errorf("demo: %w", runReport(deploy.ResultRolledBack).Err()), ExitRolledBack},
+		{"all ok", runReport(fleet.ResultOK, fleet.ResultUnchanged, fleet.ResultPlanned).Err(), ExitOK},
+		{"rolled back", runReport(fleet.ResultOK, fleet.ResultRolledBack, fleet.ResultSkipped).Err(), ExitRolledBack},
+		{"failed", runReport(fleet.ResultFailed).Err(), ExitRolledBack},
+		{"rolled back beats unreachable", runReport(fleet.ResultUnreachable, fleet.ResultRolledBack).Err(), ExitRolledBack},
+		{"unreachable", runReport(fleet.ResultOK, fleet.ResultUnreachable).Err(), ExitUnreachable},
+		{"unreachable beats locked", runReport(fleet.ResultLocked, fleet.ResultUnreachable).Err(), ExitUnreachable},
+		{"locked", runReport(fleet.ResultLocked, fleet.ResultSkipped).Err(), ExitLocked},
+		{"locked beats a failed command", runReport(fleet.ResultCommandFailed, fleet.ResultLocked).Err(), ExitLocked},
+		{"command failed", runReport(fleet.ResultOK, fleet.ResultCommandFailed).Err(), ExitCommandFailed},
+		{"refused", runReport(fleet.ResultOK, fleet.ResultRefused, fleet.ResultSkipped).Err(), ExitRefused},
+		{"rolled back beats refused", runReport(fleet.ResultRefused, fleet.ResultRolledBack).Err(), ExitRolledBack},
+		{"refused beats unreachable", runReport(fleet.ResultUnreachable, fleet.ResultRefused).Err(), ExitRefused},
+		{"drifted", runReport(fleet.ResultOK, fleet.ResultDrifted).Err(), ExitDrifted},
+		{"unreachable beats drifted", runReport(fleet.ResultDrifted, fleet.ResultUnreachable).Err(), ExitUnreachable},
+		{"a failed command beats drifted", runReport(fleet.ResultDrifted, fleet.ResultCommandFailed).Err(), ExitCommandFailed},
+		{"wrapped run error", fmt.Errorf("demo: %w", runReport(fleet.ResultRolledBack).Err()), ExitRolledBack},
 		{"unreachable outside a run", &mesh.UnreachableError{Host: "h1", Err: errors.New("no route")}, ExitUnreachable},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

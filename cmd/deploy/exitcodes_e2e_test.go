@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -71,9 +71,9 @@ host "ghost" {
 func TestExitCodesE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
 	h1 := nw.Hosts[0]
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleet, "one")
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	hostCommandFleet(t, nw, fleetDir, "one")
 	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
 	home := t.TempDir()
 	run := func(want int, args ...string) string {
@@ -106,17 +106,17 @@ func TestExitCodesE2E(t *testing.T) {
 		}
 		return append(out, extra...)
 	}
-	prod, ghost := fleet+"#prod", fleet+"#ghost"
+	prod, ghost := fleetDir+"#prod", fleetDir+"#ghost"
 
 	// 0: everything succeeds.
 	run(0, cmd("", prod)...)
-	hostCommandFleet(t, nw, fleet, "two")
+	hostCommandFleet(t, nw, fleetDir, "two")
 	run(0, cmd("", prod)...)
 	run(0, cmd("generations", prod)...)
 	run(0, cmd("status", prod)...)
 	run(0, cmd("status", "--drift", prod)...)
 	run(0, cmd("verify", prod)...)
-	run(0, cmd("diff", fleet+"#h1")...)
+	run(0, cmd("diff", fleetDir+"#h1")...)
 	run(0, cmd("exec", prod, "--", "true")...)
 	run(0, cmd("gc", "--keep", "5", prod)...)
 	tree := t.TempDir()
@@ -147,7 +147,7 @@ func TestExitCodesE2E(t *testing.T) {
 		run(4, args...)
 	}
 	// The fleet table names the host that did not answer.
-	if out := run(4, cmd("status", fleet+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
+	if out := run(4, cmd("status", fleetDir+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
 		t.Errorf("status of h1 and the unreachable ghost: want h1 reachable and ghost not:\n%s", out)
 	}
 
@@ -156,7 +156,7 @@ func TestExitCodesE2E(t *testing.T) {
 	// is named. Read-only commands are not held up.
 	lockCtx, stopLock := context.WithCancel(context.Background())
 	holder := h1With(t, h1, lockCtx)
-	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleet+"#h1"), cmd("gc", fleet+"#h1"), cmd("reboot", fleet+"#h1")} {
+	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleetDir+"#h1"), cmd("gc", fleetDir+"#h1"), cmd("reboot", fleetDir+"#h1")} {
 		if out := run(5, args...); !strings.Contains(out, "other-operator") {
 			t.Errorf("deploy %v with h1's run lock held: the holder is not named:\n%s", args, out)
 		}
@@ -170,12 +170,12 @@ func TestExitCodesE2E(t *testing.T) {
 	// 3: a rollback whose target generation fails its health check now
 	// rolls back to where it was.
 	h1.Succeed("touch /run/fail-health")
-	run(3, cmd("rollback", "--to", "1", fleet+"#h1")...)
+	run(3, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "two\n" {
 		t.Fatalf("h1 after the failed rollback: greeting %q, want two", got)
 	}
 	h1.Succeed("rm /run/fail-health")
-	run(0, cmd("rollback", "--to", "1", fleet+"#h1")...)
+	run(0, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "one\n" {
 		t.Fatalf("h1 after the rollback: greeting %q, want one", got)
 	}
@@ -209,13 +209,13 @@ func h1With(t *testing.T, h *vmtest.Host, ctx context.Context) *exec.Cmd {
 // next run, which takes it over and says so.
 func TestRunLockE2E(t *testing.T) {
 	nw := vmtest.Start(t, 3)
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleet, "one")
-	a, b := fleet+"#h1,h2", fleet+"#h2,h3"
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	hostCommandFleet(t, nw, fleetDir, "one")
+	a, b := fleetDir+"#h1,h2", fleetDir+"#h2,h3"
 
 	type outcome struct {
-		events []deploy.Event
+		events []fleet.Event
 		code   int
 		stderr string
 	}
@@ -241,9 +241,9 @@ func TestRunLockE2E(t *testing.T) {
 		}()
 		return ch
 	}
-	copied := func(events []deploy.Event) bool {
+	copied := func(events []fleet.Event) bool {
 		for _, ev := range events {
-			if ev.Phase == deploy.PhaseCopy || ev.Phase == deploy.PhaseActivate {
+			if ev.Phase == fleet.PhaseCopy || ev.Phase == fleet.PhaseActivate {
 				return true
 			}
 		}
@@ -253,7 +253,7 @@ func TestRunLockE2E(t *testing.T) {
 	for round, greeting := range []string{"one", "two"} {
 		// Whichever run gets the locks holds its activation of h2 until
 		// the test releases it, so the two surely overlap.
-		hostCommandFleet(t, nw, fleet, greeting)
+		hostCommandFleet(t, nw, fleetDir, greeting)
 		h2.Succeed("touch /run/hold")
 		ca, cb := start(a), start(b)
 		var first, second outcome
@@ -272,13 +272,13 @@ func TestRunLockE2E(t *testing.T) {
 		if copied(first.events) {
 			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.events)
 		}
-		if r := results(first.events)["h2"]; r.Result != deploy.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
+		if r := results(first.events)["h2"]; r.Result != fleet.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
 			t.Errorf("round %d: the refused run's h2 %+v, want locked with the holder (operator, hosts) named", round, r)
 		}
 	}
 
 	// --wait-lock: both run, one after the other.
-	hostCommandFleet(t, nw, fleet, "three")
+	hostCommandFleet(t, nw, fleetDir, "three")
 	ca, cb := start(a, "--wait-lock", "2m"), start(b, "--wait-lock", "2m")
 	for _, o := range []outcome{<-ca, <-cb} {
 		if o.code != 0 {
@@ -290,7 +290,7 @@ func TestRunLockE2E(t *testing.T) {
 	}
 
 	// SIGKILL once the run holds its locks: the next run takes them over.
-	hostCommandFleet(t, nw, fleet, "four")
+	hostCommandFleet(t, nw, fleetDir, "four")
 	cmd := deployCmd(t, nw, "--json", "--identity", key, "--ssh-config", "none", a)
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -299,8 +299,8 @@ func TestRunLockE2E(t *testing.T) {
 	sc := bufio.NewScanner(stdout)
 	locked := 0
 	for locked < 2 && sc.Scan() {
-		var ev deploy.Event
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseLock && ev.State == "done" {
+		var ev fleet.Event
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseLock && ev.State == "done" {
 			locked++
 		}
 	}
@@ -321,7 +321,7 @@ func TestRunLockE2E(t *testing.T) {
 	}
 	tookOver := map[string]bool{}
 	for _, ev := range events {
-		if ev.Type == deploy.EventLog && ev.Phase == deploy.PhaseLock && ev.TookOver != nil {
+		if ev.Type == fleet.EventLog && ev.Phase == fleet.PhaseLock && ev.TookOver != nil {
 			tookOver[ev.Host] = true
 		}
 	}

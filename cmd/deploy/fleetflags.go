@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh"
 	"github.com/hashicorp/hcl/v2"
 	"golang.org/x/term"
@@ -101,13 +102,13 @@ func (hf *hostFlags) register(fs *flag.FlagSet) {
 	hf.ssh.register(fs)
 	hf.tailnet.registerNode(fs)
 	fs.BoolVar(&hf.asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
-	fs.StringVar(&hf.remoteState, "remote-state-dir", deploy.DefaultStateDir, "the agent's state `directory` on targets")
+	fs.StringVar(&hf.remoteState, "remote-state-dir", agentapi.DefaultStateDir, "the agent's state `directory` on targets")
 }
 
 // session returns the fleet session of a host command over targets, its
 // events going to v and its diagnostics to stderr. The caller opens it.
-func (hf *hostFlags) session(e *env, command string, targets []string, v view) *deploy.Session {
-	return &deploy.Session{
+func (hf *hostFlags) session(e *env, command string, targets []string, v view) *fleet.Session {
+	return &fleet.Session{
 		Targets:     targets,
 		Command:     command,
 		Mesh:        hf.ssh.config(e),
@@ -129,7 +130,7 @@ func (hf *hostFlags) session(e *env, command string, targets []string, v view) *
 // runSession opens s, runs the command, closes s and the view (so that
 // the view's last lines come before what the caller prints), and returns
 // the command's report and error.
-func runSession(s *deploy.Session, v view, run func() (*deploy.Report, error)) (*deploy.Report, error) {
+func runSession(s *fleet.Session, v view, run func() (*fleet.Report, error)) (*fleet.Report, error) {
 	defer v.Close()
 	defer s.Close()
 	if err := s.Open(); err != nil {
@@ -144,7 +145,7 @@ func runSession(s *deploy.Session, v view, run func() (*deploy.Report, error)) (
 // resultLines prints one line per host on stdout: name, result, the
 // release serial (pull mode), generation and system, in the order of the
 // selection.
-func resultLines(e *env, s *deploy.Session, rep *deploy.Report) {
+func resultLines(e *env, s *fleet.Session, rep *fleet.Report) {
 	if rep == nil {
 		return
 	}

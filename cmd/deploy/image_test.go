@@ -72,10 +72,10 @@ func runImageCLI(t *testing.T, cache string, args ...string) string {
 // layer per store path; pulled back into a store, its entrypoint runs in its
 // root filesystem (chroot, so the test needs root).
 func TestImageCommand(t *testing.T) {
-	fleet := t.TempDir()
+	fleetDir := t.TempDir()
 	for name, content := range map[string]string{"fleet.hcl": imageFleet, "hello/go.mod": "module example.com/hello\n\ngo 1.22\n", "hello/main.go": helloMain} {
-		os.MkdirAll(filepath.Join(fleet, filepath.Dir(name)), 0o755)
-		if err := os.WriteFile(filepath.Join(fleet, name), []byte(content), 0o644); err != nil {
+		os.MkdirAll(filepath.Join(fleetDir, filepath.Dir(name)), 0o755)
+		if err := os.WriteFile(filepath.Join(fleetDir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,7 +84,7 @@ func TestImageCommand(t *testing.T) {
 	var archives [][]byte
 	for i := range 2 {
 		out := filepath.Join(t.TempDir(), "hello.tar")
-		d := runImageCLI(t, t.TempDir(), "image", "--agent", agent, "-o", out, fleet+"#hello")
+		d := runImageCLI(t, t.TempDir(), "image", "--agent", agent, "-o", out, fleetDir+"#hello")
 		digests = append(digests, strings.TrimSpace(d))
 		data, err := os.ReadFile(out)
 		if err != nil {
@@ -119,7 +119,7 @@ func TestImageCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	cache := t.TempDir()
-	runImageCLI(t, cache, "image", "--agent", agent, "-o", filepath.Join(t.TempDir(), "x.tar"), fleet+"#hello")
+	runImageCLI(t, cache, "image", "--agent", agent, "-o", filepath.Join(t.TempDir(), "x.tar"), fleetDir+"#hello")
 	local, err := closure.NewLocalStore(filepath.Join(cache, "deploy"), closure.DefaultStoreDir)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestImageCommand(t *testing.T) {
 	}
 	// deploy image --push: the same digest in the registry.
 	pushed := reg.Host + "/hello/pushed:1"
-	if d := strings.TrimSpace(runImageCLI(t, t.TempDir(), "image", "--agent", agent, "--push", pushed, "--insecure", fleet+"#hello")); d != digests[0] {
+	if d := strings.TrimSpace(runImageCLI(t, t.TempDir(), "image", "--agent", agent, "--push", pushed, "--insecure", fleetDir+"#hello")); d != digests[0] {
 		t.Errorf("deploy image --push printed %s, want %s", d, digests[0])
 	}
 	if got := reg.Digest(t, pushed); got != digests[0] {

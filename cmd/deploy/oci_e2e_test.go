@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/oci/ocitest"
 	"github.com/declarative/deploy/vmtest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -83,15 +83,15 @@ func TestImageServiceE2E(t *testing.T) {
 	}
 	push := func(img v1.Image) { reg.Push(t, reg.Host+"/web/nginx:stable", img) }
 
-	fleet, key := testFleet(t, nw, "")
+	fleetDir, key := testFleet(t, nw, "")
 	writeFleet := func(config string) {
 		t.Helper()
-		if err := os.WriteFile(filepath.Join(fleet, "web.hcl"), []byte(fmt.Sprintf(nginxImageFleet, regHost, config)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(fleetDir, "web.hcl"), []byte(fmt.Sprintf(nginxImageFleet, regHost, config)), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		hosts, _ := os.ReadFile(filepath.Join(fleet, "hosts.hcl"))
+		hosts, _ := os.ReadFile(filepath.Join(fleetDir, "hosts.hcl"))
 		if !strings.Contains(string(hosts), "role.web") {
-			os.WriteFile(filepath.Join(fleet, "hosts.hcl"), []byte(strings.ReplaceAll(string(hosts), "tags = [\"test\"]", "tags = [\"test\"]\n  roles = [role.web]")), 0o644)
+			os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(strings.ReplaceAll(string(hosts), "tags = [\"test\"]", "tags = [\"test\"]\n  roles = [role.web]")), 0o644)
 		}
 	}
 	lock := func(update bool) {
@@ -100,7 +100,7 @@ func TestImageServiceE2E(t *testing.T) {
 		if update {
 			args = append(args, "--update")
 		}
-		if out, err := deployCmd(t, nw, append(args, fleet)...).CombinedOutput(); err != nil {
+		if out, err := deployCmd(t, nw, append(args, fleetDir)...).CombinedOutput(); err != nil {
 			t.Fatalf("deploy lock: %v\n%s", err, out)
 		}
 	}
@@ -129,7 +129,7 @@ func TestImageServiceE2E(t *testing.T) {
 	imageOf := func(h *vmtest.Host) string {
 		return strings.TrimSpace(h.Succeed("grep -o 'RootDirectory=.*' /etc/systemd/system/nginx.service"))
 	}
-	target := fleet + "#@test"
+	target := fleetDir + "#@test"
 
 	// 1. The first image, pinned by deploy lock, on both hosts.
 	push(version("1"))
@@ -160,7 +160,7 @@ func TestImageServiceE2E(t *testing.T) {
 		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
 	} else {
 		for _, h := range nw.Hosts {
-			if r := results(events)[h.Name()]; r.Result != deploy.ResultOK {
+			if r := results(events)[h.Name()]; r.Result != fleet.ResultOK {
 				t.Errorf("second deploy: %s %+v", h.Name(), r)
 			}
 		}
@@ -181,7 +181,7 @@ func TestImageServiceE2E(t *testing.T) {
 	}
 	for _, h := range nw.Hosts {
 		r := results(events)[h.Name()]
-		if r.Result != deploy.ResultRolledBack && r.Result != deploy.ResultSkipped {
+		if r.Result != fleet.ResultRolledBack && r.Result != fleet.ResultSkipped {
 			t.Errorf("broken image: %s %+v, want rolled back (or skipped after the canary failed)", h.Name(), r)
 		}
 		if got := imageOf(h); got != second {

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/channel"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/pull/channel"
 	"github.com/declarative/deploy/secrets"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/minio/minio-go/v7"
@@ -31,7 +31,7 @@ type pullEnv struct {
 	tb        testing.TB
 	nw        *vmtest.Network
 	srv       *miniotest.Server
-	fleet     string
+	fleetDir  string
 	sshKey    string
 	env       []string
 	publisher *cache.SecretKey
@@ -51,7 +51,7 @@ func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
 	})
 	srv.Bucket(tb, "cache", true)
 	p := &pullEnv{tb: tb, nw: nw, srv: srv, waves: waves}
-	p.fleet, p.sshKey = testFleet(tb, nw, "")
+	p.fleetDir, p.sshKey = testFleet(tb, nw, "")
 	dir := tb.TempDir()
 	ck, _, _ := cache.GenerateKey("e2e-cache-1")
 	p.publisher, _, _ = cache.GenerateKey("e2e-ci-1")
@@ -69,9 +69,9 @@ func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(p.fleet, "secrets"), 0o755)
-	os.WriteFile(filepath.Join(p.fleet, "secrets", "pull-status.age"), ct, 0o644)
-	os.WriteFile(filepath.Join(p.fleet, "cache.hcl"), fmt.Appendf(nil, `cache {
+	os.MkdirAll(filepath.Join(p.fleetDir, "secrets"), 0o755)
+	os.WriteFile(filepath.Join(p.fleetDir, "secrets", "pull-status.age"), ct, 0o644)
+	os.WriteFile(filepath.Join(p.fleetDir, "cache.hcl"), fmt.Appendf(nil, `cache {
   url         = "s3://cache/fleet?endpoint=%s&region=us-east-1"
   public_keys = [%q]
 }
@@ -86,7 +86,7 @@ func (p *pullEnv) write(version string, healthy bool) {
 	if !healthy {
 		health = "broken"
 	}
-	fleet := fmt.Sprintf(`deployment "prod" {
+	fleetDir := fmt.Sprintf(`deployment "prod" {
   hosts        = [%s]
   %s
   wave_timeout = "10m"
@@ -120,14 +120,14 @@ defaults {
   roles = [role.app]
 }
 `, quotedNames(p.nw), p.waves, p.publisher.Public().String(), version, health)
-	if err := os.WriteFile(filepath.Join(p.fleet, "fleet.hcl"), []byte(fleet), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.fleetDir, "fleet.hcl"), []byte(fleetDir), 0o644); err != nil {
 		p.tb.Fatal(err)
 	}
 }
 
 // run runs deploy with the keys and credentials and returns its events
 // (with --json), stdout, exit code and stderr.
-func (p *pullEnv) run(args ...string) ([]deploy.Event, string, int, string) {
+func (p *pullEnv) run(args ...string) ([]fleet.Event, string, int, string) {
 	p.tb.Helper()
 	cmd := deployCmd(p.tb, p.nw, args...)
 	cmd.Env = append(cmd.Env, p.env...)
@@ -244,7 +244,7 @@ func done(serial int64) func(*agentapi.PullStatus) bool {
 func TestPullE2E(t *testing.T) {
 	p := newPullEnv(t, 4, `canary       = 1
   batch_size   = "50%"`)
-	target := p.fleet + "#prod"
+	target := p.fleetDir + "#prod"
 
 	// 0. The hosts join pull mode by one push deploy (or an image).
 	p.write("v0", true)
@@ -257,13 +257,13 @@ func TestPullE2E(t *testing.T) {
 
 	// 1. v1: everyone converges.
 	p.write("v1", true)
-	gitCommit(t, p.fleet, "v1")
+	gitCommit(t, p.fleetDir, "v1")
 	events, _, code, stderr := p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target)
 	if code != 0 {
 		t.Fatalf("publish v1 --wait: exit %d\n%v\n%s", code, results(events), stderr)
 	}
 	for _, h := range p.nw.Hosts {
-		if r := results(events)[h.Name()]; r.Result != deploy.ResultOK || r.Serial != 1 || r.PullStatus == nil || r.PullStatus.Outcome != agentapi.PullDone {
+		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Serial != 1 || r.PullStatus == nil || r.PullStatus.Outcome != agentapi.PullDone {
 			t.Errorf("%s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed("cat /etc/app/version"); got != "v1\n" {
@@ -287,7 +287,7 @@ func TestPullE2E(t *testing.T) {
 		t.Fatalf("publish v2 --wait: exit %d, want %d\n%v\n%s", code, ExitRolledBack, results(events), stderr)
 	}
 	r := results(events)
-	if r["h1"].Result != deploy.ResultRolledBack || r["h1"].PullStatus == nil || r["h1"].PullStatus.Check != "app" {
+	if r["h1"].Result != fleet.ResultRolledBack || r["h1"].PullStatus == nil || r["h1"].PullStatus.Check != "app" {
 		t.Errorf("h1: %+v, want rolled back by the health check \"app\"", r["h1"])
 	}
 	for _, h := range p.nw.Hosts {
@@ -297,7 +297,7 @@ func TestPullE2E(t *testing.T) {
 		if got := h.Succeed("cat /etc/app/version"); got != "v1\n" {
 			t.Errorf("%s has version %q after v2, want v1", h.Name(), got)
 		}
-		if h.Name() != "h1" && (r[h.Name()].Result != deploy.ResultSkipped || !strings.Contains(r[h.Name()].Error, "halted")) {
+		if h.Name() != "h1" && (r[h.Name()].Result != fleet.ResultSkipped || !strings.Contains(r[h.Name()].Error, "halted")) {
 			t.Errorf("%s: %+v, want skipped (halted)", h.Name(), r[h.Name()])
 		}
 	}
@@ -399,7 +399,7 @@ func TestPullE2E(t *testing.T) {
 	for obj := range p.srv.Client.ListObjects(context.Background(), "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
 		old[obj.Key] = true
 	}
-	if _, _, code, stderr := p.run("cache", "push", p.fleet+"#h2"); code != 0 {
+	if _, _, code, stderr := p.run("cache", "push", p.fleetDir+"#h2"); code != 0 {
 		t.Fatalf("cache push: exit %d\n%s", code, stderr)
 	}
 	tampered := 0
@@ -415,8 +415,8 @@ func TestPullE2E(t *testing.T) {
 	if tampered == 0 {
 		t.Fatal("the push uploaded no new NAR to tamper with")
 	}
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", p.fleet+"#h2")
-	if r := results(events)["h2"]; code != ExitRefused || r.Result != deploy.ResultRefused || !strings.Contains(r.Error, "closure refused") {
+	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", p.fleetDir+"#h2")
+	if r := results(events)["h2"]; code != ExitRefused || r.Result != fleet.ResultRefused || !strings.Contains(r.Error, "closure refused") {
 		t.Fatalf("publish v4 to h2 --wait: exit %d (want %d), %+v\n%s", code, ExitRefused, r, stderr)
 	}
 	st := p.status("h2")
@@ -446,8 +446,8 @@ func TestPullE2E(t *testing.T) {
 		}
 	}
 	// Waiting for a host that is off ends at its wave's deadline, naming it.
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--wave-timeout", "3s", "--channel", "prod", p.fleet+"#h4")
-	if r := results(events)["h4"]; code != ExitUnreachable || r.Result != deploy.ResultUnreachable || !strings.Contains(r.Error, "did not report serial") {
+	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--wave-timeout", "3s", "--channel", "prod", p.fleetDir+"#h4")
+	if r := results(events)["h4"]; code != ExitUnreachable || r.Result != fleet.ResultUnreachable || !strings.Contains(r.Error, "did not report serial") {
 		t.Fatalf("publish --wait to h4, which is off: exit %d (want %d), %+v\n%s", code, ExitUnreachable, r, stderr)
 	}
 	h4.Boot()

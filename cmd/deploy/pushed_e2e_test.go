@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -19,9 +19,9 @@ import (
 func TestPushGCSwitchE2E(t *testing.T) {
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	run := func(args ...string) []deploy.Event {
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	run := func(args ...string) []fleet.Event {
 		t.Helper()
 		events, code, stderr := runJSON(t, nw, key, args...)
 		if code != 0 {
@@ -31,26 +31,26 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	}
 	status := func() *agentapi.Status {
 		t.Helper()
-		for _, ev := range run("status", fleet+"#prod") {
-			if ev.Type == deploy.EventResult && ev.Status != nil {
+		for _, ev := range run("status", fleetDir+"#prod") {
+			if ev.Type == fleet.EventResult && ev.Status != nil {
 				return ev.Status
 			}
 		}
 		t.Fatal("status: no status event")
 		return nil
 	}
-	systemOf := func(events []deploy.Event) string {
+	systemOf := func(events []fleet.Event) string {
 		for _, ev := range events {
-			if ev.Type == deploy.EventResult && ev.System != "" {
+			if ev.Type == fleet.EventResult && ev.System != "" {
 				return ev.System
 			}
 		}
 		t.Fatal("no system in the events")
 		return ""
 	}
-	copied := func(events []deploy.Event) int {
+	copied := func(events []fleet.Event) int {
 		for _, ev := range events {
-			if ev.Type == deploy.EventPhase && ev.Phase == deploy.PhaseCopy && ev.State == "done" {
+			if ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseCopy && ev.State == "done" {
 				return ev.CopyPaths
 			}
 		}
@@ -58,10 +58,10 @@ func TestPushGCSwitchE2E(t *testing.T) {
 		return -1
 	}
 
-	rolloutFleet(t, nw, fleet, "one", nil)
-	run("--mode", "switch", fleet+"#prod")
-	rolloutFleet(t, nw, fleet, "two", nil)
-	two := systemOf(run("--mode", "push", fleet+"#prod"))
+	rolloutFleet(t, nw, fleetDir, "one", nil)
+	run("--mode", "switch", fleetDir+"#prod")
+	rolloutFleet(t, nw, fleetDir, "two", nil)
+	two := systemOf(run("--mode", "push", fleetDir+"#prod"))
 	if st := status(); len(st.Pushed) != 1 || st.Pushed[0].System != two {
 		t.Fatalf("status after the push: pushed %+v, want %s", st.Pushed, two)
 	}
@@ -72,15 +72,15 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &gc); err != nil || len(gc.Pushed) != 0 {
 		t.Fatalf("deploy-agent gc: %s (%v); want no pushed system dropped", out, err)
 	}
-	for _, ev := range run("gc", "--keep", "1", fleet+"#prod") {
-		if ev.Type == deploy.EventResult && ev.GC != nil && len(ev.GC.Pushed) != 0 {
+	for _, ev := range run("gc", "--keep", "1", fleetDir+"#prod") {
+		if ev.Type == fleet.EventResult && ev.GC != nil && len(ev.GC.Pushed) != 0 {
 			t.Fatalf("deploy gc dropped %v", ev.GC.Pushed)
 		}
 	}
 	h.Succeed("test -d " + two + " && /run/deploy/current-system/agent/bin/deploy-agent verify")
 
 	// The switch copies nothing and activates the pushed system.
-	events := run("--mode", "switch", fleet+"#prod")
+	events := run("--mode", "switch", fleetDir+"#prod")
 	if n := copied(events); n != 0 {
 		t.Fatalf("the switch after the push copied %d paths, want 0", n)
 	}
@@ -92,11 +92,11 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	}
 
 	// gc --drop-pushed removes a pushed system.
-	rolloutFleet(t, nw, fleet, "three", nil)
-	three := systemOf(run("--mode", "push", fleet+"#prod"))
+	rolloutFleet(t, nw, fleetDir, "three", nil)
+	three := systemOf(run("--mode", "push", fleetDir+"#prod"))
 	var dropped []string
-	for _, ev := range run("gc", "--drop-pushed", fleet+"#prod") {
-		if ev.Type == deploy.EventResult && ev.GC != nil {
+	for _, ev := range run("gc", "--drop-pushed", fleetDir+"#prod") {
+		if ev.Type == fleet.EventResult && ev.GC != nil {
 			dropped = ev.GC.Pushed
 		}
 	}
@@ -119,11 +119,11 @@ func TestPushGCSwitchE2E(t *testing.T) {
 func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
 	for _, g := range []string{"one", "two"} {
-		rolloutFleet(t, nw, fleet, g, nil)
-		if _, code, stderr := runJSON(t, nw, key, "--mode", "switch", fleet+"#prod"); code != 0 {
+		rolloutFleet(t, nw, fleetDir, g, nil)
+		if _, code, stderr := runJSON(t, nw, key, "--mode", "switch", fleetDir+"#prod"); code != 0 {
 			t.Fatalf("deploy %s: exit %d\n%s", g, code, stderr)
 		}
 	}
@@ -134,14 +134,14 @@ func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
 	}
 	before := snapshot()
 
-	events, code, stderr := runJSON(t, nw, key, "rollback", "--to", "1", fleet+"#h1")
-	var res *deploy.Event
+	events, code, stderr := runJSON(t, nw, key, "rollback", "--to", "1", fleetDir+"#h1")
+	var res *fleet.Event
 	for i, ev := range events {
-		if ev.Type == deploy.EventResult {
+		if ev.Type == fleet.EventResult {
 			res = &events[i]
 		}
 	}
-	if code == 0 || res == nil || res.Result != deploy.ResultFailed || !strings.Contains(res.Error, "agent API version 2") || !strings.Contains(res.Error, "upgrade deploy") {
+	if code == 0 || res == nil || res.Result != fleet.ResultFailed || !strings.Contains(res.Error, "agent API version 2") || !strings.Contains(res.Error, "upgrade deploy") {
 		t.Fatalf("deploy rollback --to 1: exit %d, result %+v, want failed naming the agent API and the upgrade\n%s", code, res, stderr)
 	}
 	if after := snapshot(); after != before {

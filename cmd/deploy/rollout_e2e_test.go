@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -72,13 +72,13 @@ func quotedNames(nw *vmtest.Network) string {
 
 // runJSON runs deploy --json (or, when args start with a command, that
 // command with --json) and returns its events and exit code.
-func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]deploy.Event, int, string) {
+func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]fleet.Event, int, string) {
 	t.Helper()
 	return runJSONEnv(t, nw, key, nil, args...)
 }
 
 // runJSONEnv is runJSON with env added to the command's environment.
-func runJSONEnv(t *testing.T, nw *vmtest.Network, key string, env []string, args ...string) ([]deploy.Event, int, string) {
+func runJSONEnv(t *testing.T, nw *vmtest.Network, key string, env []string, args ...string) ([]fleet.Event, int, string) {
 	t.Helper()
 	var pre []string
 	if len(args) > 0 && !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
@@ -104,16 +104,16 @@ func runJSONEnv(t *testing.T, nw *vmtest.Network, key string, env []string, args
 
 // parseEvents reads --json output: every line an event of this schema
 // version.
-func parseEvents(out []byte) ([]deploy.Event, error) {
-	var events []deploy.Event
+func parseEvents(out []byte) ([]fleet.Event, error) {
+	var events []fleet.Event
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		var ev deploy.Event
+		var ev fleet.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return events, fmt.Errorf("stdout line %q is not an event: %v", sc.Text(), err)
 		}
-		if ev.V != deploy.EventSchemaVersion {
+		if ev.V != fleet.EventSchemaVersion {
 			return events, fmt.Errorf("event %q has schema version %d", sc.Text(), ev.V)
 		}
 		events = append(events, ev)
@@ -121,10 +121,10 @@ func parseEvents(out []byte) ([]deploy.Event, error) {
 	return events, nil
 }
 
-func results(events []deploy.Event) map[string]deploy.Event {
-	out := map[string]deploy.Event{}
+func results(events []fleet.Event) map[string]fleet.Event {
+	out := map[string]fleet.Event{}
 	for _, ev := range events {
-		if ev.Type == deploy.EventResult {
+		if ev.Type == fleet.EventResult {
 			out[ev.Host] = ev
 		}
 	}
@@ -153,50 +153,50 @@ func gitCommit(t *testing.T, dir, msg string) string {
 
 func TestDeployRolloutE2E(t *testing.T) {
 	nw := vmtest.Start(t, 5)
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	target := fleet + "#prod"
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	target := fleetDir + "#prod"
 
 	// 1. First deployment: every host at generation 1.
-	rolloutFleet(t, nw, fleet, "hello", nil)
-	c1 := gitCommit(t, fleet, "first")
+	rolloutFleet(t, nw, fleetDir, "hello", nil)
+	c1 := gitCommit(t, fleetDir, "first")
 	events, code, stderr := runJSON(t, nw, key, target)
 	if code != 0 {
 		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
 	}
 	for _, h := range nw.Hosts {
-		if r := results(events)[h.Name()]; r.Result != deploy.ResultOK || r.Generation == 0 {
+		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Generation == 0 {
 			t.Fatalf("first deploy: %s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed("cat /etc/web/greeting; systemctl is-active web.service"); got != "hello\nactive\n" {
 			t.Fatalf("%s after the first deploy: %q", h.Name(), got)
 		}
 	}
-	if ev := events[0]; ev.Type != deploy.EventRunStart || ev.Command != "deploy" || len(ev.Batches) != 3 || len(ev.Batches[0]) != 1 {
+	if ev := events[0]; ev.Type != fleet.EventRunStart || ev.Command != "deploy" || len(ev.Batches) != 3 || len(ev.Batches[0]) != 1 {
 		t.Errorf("first event %+v, want run.start of deploy with a canary batch then batches of 2", ev)
 	}
-	if last := events[len(events)-1]; last.Type != deploy.EventRunDone {
+	if last := events[len(events)-1]; last.Type != fleet.EventRunDone {
 		t.Errorf("last event %+v, want run.done", last)
 	}
-	firstCopy := slices.IndexFunc(events, func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseCopy })
-	if slices.ContainsFunc(events[firstCopy:], func(ev deploy.Event) bool { return ev.Phase == deploy.PhaseBuild || ev.Phase == deploy.PhaseLock }) {
+	firstCopy := slices.IndexFunc(events, func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseCopy })
+	if slices.ContainsFunc(events[firstCopy:], func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseBuild || ev.Phase == fleet.PhaseLock }) {
 		t.Errorf("a build or lock event after the first copy: every host is locked and built before any is copied to")
 	}
 
 	// 2. One host's role arguments change: only that host is activated.
-	rolloutFleet(t, nw, fleet, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
-	c2 := gitCommit(t, fleet, "h5 greets")
+	rolloutFleet(t, nw, fleetDir, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
+	c2 := gitCommit(t, fleetDir, "h5 greets")
 	events, code, stderr = runJSON(t, nw, key, target)
 	if code != 0 {
 		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
 	}
 	res := results(events)
 	for _, h := range []string{"h1", "h2", "h3", "h4"} {
-		if res[h].Result != deploy.ResultUnchanged {
+		if res[h].Result != fleet.ResultUnchanged {
 			t.Errorf("second deploy: %s is %s, want unchanged", h, res[h].Result)
 		}
 	}
-	if res["h5"].Result != deploy.ResultOK || nw.Hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
+	if res["h5"].Result != fleet.ResultOK || nw.Hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
 		t.Errorf("second deploy: h5 %+v", res["h5"])
 	}
 	before := map[string]string{}
@@ -206,19 +206,19 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// 3. A change for everyone, and h3 (batch 2) fails its health check:
 	// rollback = "all" returns every host switched in this run.
-	rolloutFleet(t, nw, fleet, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
-	gitCommit(t, fleet, "bonjour, and h3 breaks")
+	rolloutFleet(t, nw, fleetDir, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
+	gitCommit(t, fleetDir, "bonjour, and h3 breaks")
 	events, code, stderr = runJSON(t, nw, key, target)
 	if code != ExitRolledBack {
 		t.Fatalf("failing deploy: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
 	}
 	res = results(events)
-	if r := res["h3"]; r.Result != deploy.ResultRolledBack || r.Phase != deploy.PhaseActivate || r.Error == "" {
+	if r := res["h3"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseActivate || r.Error == "" {
 		t.Errorf("h3: %+v, want rolled back in activate with the reason", r)
 	}
 	var rolled []string
 	for _, ev := range events {
-		if ev.Type == deploy.EventRollback {
+		if ev.Type == fleet.EventRollback {
 			rolled = ev.Hosts
 		}
 	}
@@ -227,7 +227,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 		t.Errorf("run.rollback hosts %v, want h1 and h2 (switched in this run before h3 failed)", rolled)
 	}
 	for _, h := range []string{"h4", "h5"} {
-		if res[h].Result != deploy.ResultSkipped {
+		if res[h].Result != fleet.ResultSkipped {
 			t.Errorf("%s: %s, want skipped", h, res[h].Result)
 		}
 	}
@@ -248,24 +248,24 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// Generations record the commit and the operator; rollback = "all"
 	// returned h1 to its original generation, not to a copy of it.
-	gens := generationsOf(t, nw, key, fleet+"#h1", "h1")
+	gens := generationsOf(t, nw, key, fleetDir+"#h1", "h1")
 	if cur := currentGen(gens); cur == nil || cur.Number != 1 || cur.GitRev != c1 || cur.Operator == "" {
 		t.Fatalf("h1 generations %+v: want generation 1 (commit %s, an operator) current", gens, c1)
 	}
-	gens = generationsOf(t, nw, key, fleet+"#h5", "h5")
+	gens = generationsOf(t, nw, key, fleetDir+"#h5", "h5")
 	if cur := currentGen(gens); cur == nil || cur.GitRev != c2 {
 		t.Fatalf("h5 generations %+v: want the current one from commit %s", gens, c2)
 	}
 
 	// deploy rollback --to-commit returns h5 to what commit 1 deployed.
-	out, err := deployCmd(t, nw, "rollback", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "10s", "--to-commit", c1[:10], fleet+"#h5").CombinedOutput()
+	out, err := deployCmd(t, nw, "rollback", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "10s", "--to-commit", c1[:10], fleetDir+"#h5").CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy rollback --to-commit: %v\n%s", err, out)
 	}
 	if got := nw.Hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
 		t.Fatalf("h5 greeting after rollback --to-commit %q, want hello", got)
 	}
-	gens = generationsOf(t, nw, key, fleet+"#h5", "h5")
+	gens = generationsOf(t, nw, key, fleetDir+"#h5", "h5")
 	if cur := currentGen(gens); cur == nil || cur.GitRev != c1 {
 		t.Fatalf("h5 after rollback --to-commit: %+v, want the generation of commit %s current", gens, c1)
 	}
@@ -295,27 +295,27 @@ func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
 // nothing.
 func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	nw := vmtest.Start(t, 3)
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
 	write := func(greeting string) {
-		rolloutFleet(t, nw, fleet, greeting, nil)
-		data, _ := os.ReadFile(filepath.Join(fleet, "fleet.hcl"))
+		rolloutFleet(t, nw, fleetDir, greeting, nil)
+		data, _ := os.ReadFile(filepath.Join(fleetDir, "fleet.hcl"))
 		text := strings.Replace(string(data), "batch_size      = 2", "batch_size      = \"100%\"\n  max_failures    = 1", 1)
-		os.WriteFile(filepath.Join(fleet, "fleet.hcl"), []byte(text), 0o644)
+		os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(text), 0o644)
 	}
 	write("hello")
 	nw.Hosts[1].Cut()
-	events, code, stderr := runJSON(t, nw, key, fleet+"#prod")
+	events, code, stderr := runJSON(t, nw, key, fleetDir+"#prod")
 	nw.Hosts[1].Restore()
 	if code != ExitUnreachable {
 		t.Fatalf("deploy with h2 cut: exit %d, want %d\n%s", code, ExitUnreachable, stderr)
 	}
 	res := results(events)
-	if r := res["h2"]; r.Result != deploy.ResultUnreachable || r.Phase != deploy.PhaseLock || !strings.Contains(r.Error, "h2") {
+	if r := res["h2"]; r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseLock || !strings.Contains(r.Error, "h2") {
 		t.Errorf("h2: %+v, want unreachable when its run lock is taken (the first contact), named", r)
 	}
 	for _, h := range []string{"h1", "h3"} {
-		if res[h].Result != deploy.ResultOK {
+		if res[h].Result != fleet.ResultOK {
 			t.Errorf("%s: %+v, want ok: the others complete", h, res[h])
 		}
 	}
@@ -356,13 +356,13 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	waitReachableCLI(t, nw, nw.Hosts[1])
 	write("bonjour")
 	before := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
-	events, code, stderr = runJSON(t, nw, key, "--dry-run", fleet+"#prod")
+	events, code, stderr = runJSON(t, nw, key, "--dry-run", fleetDir+"#prod")
 	if code != 0 {
 		t.Fatalf("dry run: exit %d\n%s", code, stderr)
 	}
-	plans := map[string]deploy.Event{}
+	plans := map[string]fleet.Event{}
 	for _, ev := range events {
-		if ev.Type == deploy.EventPlan {
+		if ev.Type == fleet.EventPlan {
 			plans[ev.Host] = ev
 		}
 	}
@@ -379,7 +379,7 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	// CI formats: the plan as markdown on stdout (--format markdown), and
 	// in GitHub's step summary (--format github), stdout keeping its result
 	// lines there.
-	md, err := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "markdown", fleet+"#prod").Output()
+	md, err := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "markdown", fleetDir+"#prod").Output()
 	if err != nil {
 		t.Fatalf("dry run --format markdown: %v", err)
 	}
@@ -390,7 +390,7 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	}
 	summary := filepath.Join(t.TempDir(), "step_summary.md")
 	os.WriteFile(summary, []byte("earlier step\n"), 0o644)
-	gh := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "github", fleet+"#prod")
+	gh := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "github", fleetDir+"#prod")
 	gh.Env = append(gh.Env, "GITHUB_STEP_SUMMARY="+summary)
 	out, err := gh.Output()
 	if err != nil {
@@ -404,7 +404,7 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	}
 
 	// deploy diff against what h1 runs now.
-	out, err = deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleet+"#h1").CombinedOutput()
+	out, err = deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleetDir+"#h1").CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy diff: %v\n%s", err, out)
 	}
@@ -431,8 +431,8 @@ func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 func TestDeployModesE2E(t *testing.T) {
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
 	state := func() (current, boot, greeting string) {
 		out := h.Succeed("readlink /run/deploy/current-system || true; readlink -f /var/lib/deploy/profiles/system || true; cat /etc/web/greeting 2>/dev/null || true")
 		lines := strings.SplitN(out+"\n\n\n", "\n", 4)
@@ -440,18 +440,18 @@ func TestDeployModesE2E(t *testing.T) {
 	}
 	deployMode := func(mode string) {
 		t.Helper()
-		if _, code, stderr := runJSON(t, nw, key, "--mode", mode, fleet+"#prod"); code != 0 {
+		if _, code, stderr := runJSON(t, nw, key, "--mode", mode, fleetDir+"#prod"); code != 0 {
 			t.Fatalf("--mode %s: exit %d\n%s", mode, code, stderr)
 		}
 	}
-	rolloutFleet(t, nw, fleet, "one", nil)
+	rolloutFleet(t, nw, fleetDir, "one", nil)
 	deployMode("switch")
 	cur1, boot1, g := state()
 	if g != "one" || cur1 == "" || boot1 == "" {
 		t.Fatalf("after switch: current %q boot %q greeting %q", cur1, boot1, g)
 	}
 
-	rolloutFleet(t, nw, fleet, "two", nil)
+	rolloutFleet(t, nw, fleetDir, "two", nil)
 	deployMode("push")
 	if cur, boot, g := state(); cur != cur1 || boot != boot1 || g != "one" {
 		t.Fatalf("push activated something: current %q boot %q greeting %q", cur, boot, g)
@@ -464,7 +464,7 @@ func TestDeployModesE2E(t *testing.T) {
 		t.Fatalf("after test: current %q (was %q) boot %q (was %q) greeting %q; want a new current, the old boot default", cur2, cur1, boot, boot1, g)
 	}
 
-	rolloutFleet(t, nw, fleet, "three", nil)
+	rolloutFleet(t, nw, fleetDir, "three", nil)
 	deployMode("boot")
 	cur, boot3, g := state()
 	if cur != cur2 || g != "two" || boot3 == boot1 || !strings.Contains(boot3, "system-") {
@@ -475,8 +475,8 @@ func TestDeployModesE2E(t *testing.T) {
 	// generation, the same current system, boot default and files.
 	generations := func() string { return h.Succeed("ls /var/lib/deploy/profiles") }
 	gensBefore := generations()
-	rolloutFleet(t, nw, fleet, "four", nil)
-	events, code, stderr := runJSON(t, nw, key, "--mode", "dry-activate", fleet+"#prod")
+	rolloutFleet(t, nw, fleetDir, "four", nil)
+	events, code, stderr := runJSON(t, nw, key, "--mode", "dry-activate", fleetDir+"#prod")
 	if code != 0 {
 		t.Fatalf("--mode dry-activate: exit %d\n%s", code, stderr)
 	}
@@ -488,10 +488,10 @@ func TestDeployModesE2E(t *testing.T) {
 	}
 	var shown bool
 	for _, ev := range events {
-		if ev.Type == deploy.EventLog && strings.Contains(ev.Message, "/etc/web/greeting") {
+		if ev.Type == fleet.EventLog && strings.Contains(ev.Message, "/etc/web/greeting") {
 			shown = true
 		}
-		if ev.Type == deploy.EventResult && ev.Result != deploy.ResultOK {
+		if ev.Type == fleet.EventResult && ev.Result != fleet.ResultOK {
 			t.Errorf("dry-activate result %q, want ok", ev.Result)
 		}
 	}
@@ -506,18 +506,18 @@ func TestDeployModesE2E(t *testing.T) {
 func TestDeployLockE2E(t *testing.T) {
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
-	fleet, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleet, "hosts.hcl"))
-	rolloutFleet(t, nw, fleet, "one", nil)
-	if _, code, stderr := runJSON(t, nw, key, fleet+"#prod"); code != 0 {
+	fleetDir, key := testFleet(t, nw, "")
+	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+	rolloutFleet(t, nw, fleetDir, "one", nil)
+	if _, code, stderr := runJSON(t, nw, key, fleetDir+"#prod"); code != 0 {
 		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
 	}
 	greeting := func() string { return strings.TrimSpace(h.Succeed("cat /etc/web/greeting")) }
 
 	// A: its health check passes only once the test writes /run/release,
 	// so A holds the activation (and its lock) until then.
-	rolloutFleet(t, nw, fleet, "two", map[string]string{h.Name(): "    healthy = \"$(cat /run/release 2>/dev/null || echo no)\"\n    health_timeout = \"60s\"\n"})
-	a := startJSON(t, nw, key, fleet+"#prod")
+	rolloutFleet(t, nw, fleetDir, "two", map[string]string{h.Name(): "    healthy = \"$(cat /run/release 2>/dev/null || echo no)\"\n    health_timeout = \"60s\"\n"})
+	a := startJSON(t, nw, key, fleetDir+"#prod")
 	for greeting() != "two" {
 		select {
 		case <-a.done:
@@ -527,12 +527,12 @@ func TestDeployLockE2E(t *testing.T) {
 	}
 
 	// B: refused at once, nothing changed.
-	rolloutFleet(t, nw, fleet, "three", nil)
-	events, code, stderr := runJSON(t, nw, key, fleet+"#prod")
+	rolloutFleet(t, nw, fleetDir, "three", nil)
+	events, code, stderr := runJSON(t, nw, key, fleetDir+"#prod")
 	if code != ExitLocked {
 		t.Fatalf("B: exit %d, want %d (locked)\n%s", code, ExitLocked, stderr)
 	}
-	if r := results(events)[h.Name()]; r.Result != deploy.ResultLocked || !strings.Contains(r.Error, "lock") {
+	if r := results(events)[h.Name()]; r.Result != fleet.ResultLocked || !strings.Contains(r.Error, "lock") {
 		t.Fatalf("B: result %q (%s), want locked naming the lock", r.Result, r.Error)
 	}
 	if g := greeting(); g != "two" {
@@ -541,7 +541,7 @@ func TestDeployLockE2E(t *testing.T) {
 
 	// C, with --wait-lock: says it is waiting; once A is released and done,
 	// C deploys.
-	c := startJSON(t, nw, key, "--wait-lock", "60s", fleet+"#prod")
+	c := startJSON(t, nw, key, "--wait-lock", "60s", fleetDir+"#prod")
 	select {
 	case <-c.waiting:
 	case <-c.done:
@@ -588,8 +588,8 @@ func startJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) *js
 		sc.Buffer(nil, 1<<20)
 		var waited bool
 		for sc.Scan() {
-			var ev deploy.Event
-			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == deploy.EventLog && strings.Contains(ev.Message, "waiting for the run lock") && !waited {
+			var ev fleet.Event
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == fleet.EventLog && strings.Contains(ev.Message, "waiting for the run lock") && !waited {
 				waited = true
 				close(r.waiting)
 			}

@@ -16,9 +16,9 @@ import (
 func TestSSHConfigE2E(t *testing.T) {
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
-	fleet := t.TempDir()
+	fleetDir := t.TempDir()
 	hosts := fmt.Sprintf("host %q {\n  address = %q\n  host_key = %q\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine())
-	if err := os.WriteFile(filepath.Join(fleet, "hosts.hcl"), []byte(hosts), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	key := filepath.Join(t.TempDir(), "id_ed25519")
@@ -37,7 +37,7 @@ Match host 10.231.*
 	if err := os.WriteFile(filepath.Join(dir, "keys.conf"), []byte("Host "+h.Name()+"\n    IdentitiesOnly yes\n    IdentityFile "+key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := deployCmd(t, nw, "exec", "--ssh-config", filepath.Join(dir, "config"), fleet+"#"+h.Name(), "--", "id", "-un").CombinedOutput()
+	out, err := deployCmd(t, nw, "exec", "--ssh-config", filepath.Join(dir, "config"), fleetDir+"#"+h.Name(), "--", "id", "-un").CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy exec through ssh_config: %v\n%s", err, out)
 	}

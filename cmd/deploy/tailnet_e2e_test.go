@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh/tailnet/tailnettest"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -37,17 +37,17 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		}
 		cancel()
 	}
-	fleet := filepath.Join(t.TempDir(), "fleet")
-	if err := demoFleet("../../examples/quickstart", fleet, nw); err != nil {
+	fleetDir := filepath.Join(t.TempDir(), "fleet")
+	if err := demoFleet("../../examples/quickstart", fleetDir, nw); err != nil {
 		t.Fatal(err)
 	}
 	// Hosts by tailnet name; the deployment goes over the tailnet.
 	for _, h := range nw.Hosts {
-		if err := editFile(filepath.Join(fleet, "fleet.hcl"), `"`+h.Addr().String()+`"`, `"`+h.Name()+`"`); err != nil {
+		if err := editFile(filepath.Join(fleetDir, "fleet.hcl"), `"`+h.Addr().String()+`"`, `"`+h.Name()+`"`); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := editFile(filepath.Join(fleet, "fleet.hcl"), `batch_size      = 1`, "batch_size      = 1\n  transport       = \"tailscale\""); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "fleet.hcl"), `batch_size      = 1`, "batch_size      = 1\n  transport       = \"tailscale\""); err != nil {
 		t.Fatal(err)
 	}
 	key := filepath.Join(t.TempDir(), "id")
@@ -60,7 +60,7 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	// run runs the real main in this process (the tailnet's knobs are
 	// process-wide), each command starting its own tailnet node from the
 	// same state directory, as an operator's commands would.
-	run := func(args ...string) (int, []deploy.Event, string) {
+	run := func(args ...string) (int, []fleet.Event, string) {
 		t.Helper()
 		var pre []string
 		if !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
@@ -74,9 +74,9 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		}
 		var stdout, stderr bytes.Buffer
 		code := Main(context.Background(), append(append(pre, flags...), args...), strings.NewReader(""), &stdout, &stderr)
-		var events []deploy.Event
+		var events []fleet.Event
 		for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
-			var ev deploy.Event
+			var ev fleet.Event
 			if line == "" {
 				continue
 			}
@@ -87,38 +87,38 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		}
 		return code, events, stderr.String()
 	}
-	target := fleet + "#prod"
+	target := fleetDir + "#prod"
 	code, events, stderr := run("--confirm-timeout", "20s", target)
 	if code != 0 {
 		t.Fatalf("deploy over the tailnet: exit %d\n%s", code, stderr)
 	}
 	for _, h := range []string{"web1", "web2"} {
-		if r := results(events)[h]; r.Result != deploy.ResultOK || r.Generation != 1 {
+		if r := results(events)[h]; r.Result != fleet.ResultOK || r.Generation != 1 {
 			t.Fatalf("%s: %+v", h, r)
 		}
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
 
 	// A broken change rolls back, over the tailnet too.
-	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
 		t.Fatal(err)
 	}
 	code, events, stderr = run("--confirm-timeout", "20s", target)
-	if code != ExitRolledBack || results(events)["web1"].Result != deploy.ResultRolledBack {
+	if code != ExitRolledBack || results(events)["web1"].Result != fleet.ResultRolledBack {
 		t.Fatalf("broken deploy over the tailnet: exit %d (%+v), want web1 rolled back, exit 3\n%s", code, results(events)["web1"], stderr)
 	}
 	if cur := nw.Hosts[0].Succeed("readlink /run/deploy/current-system"); !strings.Contains(cur, "system-web1") {
 		t.Fatalf("web1 runs %q after the rollback", cur)
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
-	if err := editFile(filepath.Join(fleet, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), "-config /etc/hello/missing.json", "-config /etc/hello/config.json"); err != nil {
 		t.Fatal(err)
 	}
 
 	// Every other host command reaches the hosts through the tailnet: a
 	// second generation, then status, generations, diff, exec, rollback
 	// and gc.
-	if err := editFile(filepath.Join(fleet, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
+	if err := editFile(filepath.Join(fleetDir, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
 		t.Fatal(err)
 	}
 	if code, _, stderr := run("--confirm-timeout", "20s", target); code != 0 {
@@ -134,18 +134,18 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	}
 	// Selected by itself, a host takes its own transport, not the
 	// deployment's: web1 says tailscale too.
-	if err := editFile(filepath.Join(fleet, "fleet.hcl"), `address  = "h1"`, "address  = \"h1\"\n  transport = \"tailscale\""); err != nil {
-		data, _ := os.ReadFile(filepath.Join(fleet, "fleet.hcl"))
+	if err := editFile(filepath.Join(fleetDir, "fleet.hcl"), `address  = "h1"`, "address  = \"h1\"\n  transport = \"tailscale\""); err != nil {
+		data, _ := os.ReadFile(filepath.Join(fleetDir, "fleet.hcl"))
 		t.Fatalf("%v\n%s", err, data)
 	}
-	code, events, stderr = run("diff", fleet+"#web1")
+	code, events, stderr = run("diff", fleetDir+"#web1")
 	if d := results(events)["web1"].Diff; code != 0 || d == nil {
 		t.Fatalf("diff over the tailnet: exit %d, %+v\n%s", code, d, stderr)
 	}
 	code, events, stderr = run("exec", target, "--", "cat", "/etc/hostname")
 	var lines []string
 	for _, ev := range events {
-		if ev.Type == deploy.EventOutput {
+		if ev.Type == fleet.EventOutput {
 			lines = append(lines, ev.Host+": "+ev.Message)
 		}
 	}
@@ -154,7 +154,7 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		t.Fatalf("exec over the tailnet: exit %d, output %q\n%s", code, lines, stderr)
 	}
 	// (web2 overrides the greeting: it is still on its first generation.)
-	code, events, stderr = run("rollback", "--confirm-timeout", "20s", fleet+"#web1")
+	code, events, stderr = run("rollback", "--confirm-timeout", "20s", fleetDir+"#web1")
 	if code != 0 || results(events)["web1"].Generation != 1 {
 		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v, web2 %+v\n%s", code, results(events)["web1"], results(events)["web2"], stderr)
 	}

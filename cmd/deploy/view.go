@@ -11,14 +11,14 @@ import (
 	"time"
 
 	"github.com/charmbracelet/lipgloss"
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 	"golang.org/x/term"
 )
 
 // A view renders the event stream of a run. The same events become a live
 // table on a terminal, plain lines otherwise, or NDJSON with --json.
 type view interface {
-	Event(deploy.Event)
+	Event(fleet.Event)
 	Close()
 }
 
@@ -42,7 +42,7 @@ type jsonView struct {
 	enc *json.Encoder
 }
 
-func (v *jsonView) Event(ev deploy.Event) {
+func (v *jsonView) Event(ev fleet.Event) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.enc.Encode(ev)
@@ -56,7 +56,7 @@ type plainView struct {
 	w  io.Writer
 }
 
-func (v *plainView) Event(ev deploy.Event) {
+func (v *plainView) Event(ev fleet.Event) {
 	line := plainLine(ev)
 	if line == "" {
 		return
@@ -70,12 +70,12 @@ func (v *plainView) Close() {}
 
 // quietPhases are the phases of host queries: their plain view says only
 // what went wrong (the result is the table on stdout).
-var quietPhases = map[deploy.Phase]bool{deploy.PhaseStatus: true, deploy.PhaseGenerations: true, deploy.PhaseGC: true,
-	deploy.PhaseExec: true, deploy.PhaseDiff: true, deploy.PhaseLock: true, deploy.PhaseVerify: true}
+var quietPhases = map[fleet.Phase]bool{fleet.PhaseStatus: true, fleet.PhaseGenerations: true, fleet.PhaseGC: true,
+	fleet.PhaseExec: true, fleet.PhaseDiff: true, fleet.PhaseLock: true, fleet.PhaseVerify: true}
 
-func plainLine(ev deploy.Event) string {
+func plainLine(ev fleet.Event) string {
 	switch ev.Type {
-	case deploy.EventRunStart:
+	case fleet.EventRunStart:
 		if len(ev.Batches) == 0 {
 			return ""
 		}
@@ -86,17 +86,17 @@ func plainLine(ev deploy.Event) string {
 			return fmt.Sprintf("%s: %d hosts in %d waves", ev.Command, len(ev.Hosts), len(ev.Batches))
 		}
 		return fmt.Sprintf("%s %d hosts in %d batches", ev.Mode, len(ev.Hosts), len(ev.Batches))
-	case deploy.EventBatchStart:
+	case fleet.EventBatchStart:
 		return fmt.Sprintf("batch %d: %s", ev.Batch, strings.Join(ev.Hosts, ", "))
-	case deploy.EventPhase:
+	case fleet.EventPhase:
 		switch {
 		case ev.State == "failed":
 			return fmt.Sprintf("%s: %s failed: %s", ev.Host, ev.Phase, ev.Error)
 		case quietPhases[ev.Phase] || ev.State == "skipped":
 			return ""
-		case ev.State == "done" && ev.Phase == deploy.PhaseCopy && ev.FetchedPaths > 0:
+		case ev.State == "done" && ev.Phase == fleet.PhaseCopy && ev.FetchedPaths > 0:
 			return fmt.Sprintf("%s: copy done (%d paths, %s sent; %d paths, %s fetched from the cache)", ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.FetchedPaths, bytesString(ev.FetchedBytes))
-		case ev.State == "done" && ev.Phase == deploy.PhaseCopy:
+		case ev.State == "done" && ev.Phase == fleet.PhaseCopy:
 			return fmt.Sprintf("%s: copy done (%d paths, %s)", ev.Host, ev.CopyPaths, bytesString(ev.Total))
 		case ev.State == "done":
 			return fmt.Sprintf("%s: %s done", ev.Host, ev.Phase)
@@ -105,17 +105,17 @@ func plainLine(ev deploy.Event) string {
 		default:
 			return fmt.Sprintf("%s: %s %s", ev.Host, ev.Phase, ev.State)
 		}
-	case deploy.EventLog:
+	case fleet.EventLog:
 		return fmt.Sprintf("%s: %s: %s", ev.Host, ev.Phase, ev.Message)
-	case deploy.EventWarning:
+	case fleet.EventWarning:
 		return fmt.Sprintf("%s: warning: %s", ev.Host, ev.Message)
-	case deploy.EventPlan:
+	case fleet.EventPlan:
 		return fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
 			ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.Start, ev.Restart, ev.Reload, ev.Stop, len(ev.Files))
-	case deploy.EventResult:
+	case fleet.EventResult:
 		// The failure itself was printed by its phase line, and the
 		// target's log lines as they came: the result says where it ended.
-		if quietPhases[ev.Phase] && ev.Result != deploy.ResultSkipped {
+		if quietPhases[ev.Phase] && ev.Result != fleet.ResultSkipped {
 			return ""
 		}
 		s := fmt.Sprintf("%s: %s", ev.Host, ev.Result)
@@ -126,13 +126,13 @@ func plainLine(ev deploy.Event) string {
 			s += " in " + string(ev.Phase)
 		}
 		return s
-	case deploy.EventRollback:
+	case fleet.EventRollback:
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
-	case deploy.EventCachePush:
+	case fleet.EventCachePush:
 		return cacheLine(ev)
-	case deploy.EventPublish:
+	case fleet.EventPublish:
 		return publishLine(ev)
-	case deploy.EventRunDone:
+	case fleet.EventRunDone:
 		switch ev.Command {
 		case "status", "generations", "gc", "exec", "diff", "build", "verify", "":
 			return ""
@@ -149,7 +149,7 @@ func plainLine(ev deploy.Event) string {
 }
 
 // cacheLine describes a cache.push event.
-func cacheLine(ev deploy.Event) string {
+func cacheLine(ev fleet.Event) string {
 	switch ev.State {
 	case "started":
 		return fmt.Sprintf("cache: pushing the closures (%d paths) to %s", ev.Paths, ev.Message)
@@ -159,8 +159,8 @@ func cacheLine(ev deploy.Event) string {
 	return fmt.Sprintf("cache %s: %s: %s", ev.Message, ev.State, ev.Error)
 }
 
-var resultOrder = []deploy.Result{deploy.ResultOK, deploy.ResultUnchanged, deploy.ResultPlanned, deploy.ResultRolledBack,
-	deploy.ResultFailed, deploy.ResultRefused, deploy.ResultUnreachable, deploy.ResultLocked, deploy.ResultCommandFailed, deploy.ResultDrifted, deploy.ResultSkipped}
+var resultOrder = []fleet.Result{fleet.ResultOK, fleet.ResultUnchanged, fleet.ResultPlanned, fleet.ResultRolledBack,
+	fleet.ResultFailed, fleet.ResultRefused, fleet.ResultUnreachable, fleet.ResultLocked, fleet.ResultCommandFailed, fleet.ResultDrifted, fleet.ResultSkipped}
 
 func bytesString(n int64) string {
 	const unit = 1024
@@ -197,7 +197,7 @@ type liveView struct {
 }
 
 type liveRow struct {
-	phase      deploy.Phase
+	phase      fleet.Phase
 	state      string // running, ok, failed, waiting...
 	sent, tot  int64
 	rateSample []sample
@@ -232,7 +232,7 @@ func newLiveView(w *os.File, noColor bool) *liveView {
 	return v
 }
 
-func (v *liveView) Event(ev deploy.Event) {
+func (v *liveView) Event(ev fleet.Event) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	row := func(h string) *liveRow {
@@ -245,7 +245,7 @@ func (v *liveView) Event(ev deploy.Event) {
 		return r
 	}
 	switch ev.Type {
-	case deploy.EventRunStart:
+	case fleet.EventRunStart:
 		for _, h := range ev.Hosts {
 			row(h)
 		}
@@ -255,50 +255,50 @@ func (v *liveView) Event(ev deploy.Event) {
 				v.batchOf[h] = i + 1
 			}
 		}
-	case deploy.EventBatchStart:
+	case fleet.EventBatchStart:
 		v.batch = ev.Batch
-	case deploy.EventPhase:
+	case fleet.EventPhase:
 		r := row(ev.Host)
 		r.phase = ev.Phase
 		switch ev.State {
 		case "started":
 			r.state, r.detail, r.ended = "running", ev.Message, time.Time{}
-			if ev.Phase == deploy.PhaseCopy || ev.Phase == deploy.PhaseRollback {
+			if ev.Phase == fleet.PhaseCopy || ev.Phase == fleet.PhaseRollback {
 				r.started = time.Now()
 			}
 		case "failed":
 			r.state, r.detail, r.bad = "failed", ev.Error, true
 		case "done":
 			r.state = "done"
-			if ev.Phase == deploy.PhaseCopy {
+			if ev.Phase == fleet.PhaseCopy {
 				r.detail = fmt.Sprintf("%d paths, %s", ev.CopyPaths, bytesString(ev.Total))
 			}
-			if b := v.batchOf[ev.Host]; (ev.Phase == deploy.PhaseBuild || ev.Phase == deploy.PhaseLock) && b > v.batch && v.batches > 1 {
+			if b := v.batchOf[ev.Host]; (ev.Phase == fleet.PhaseBuild || ev.Phase == fleet.PhaseLock) && b > v.batch && v.batches > 1 {
 				// Built (or locked), its batch not yet started: it waits,
 				// and the timer stops until its copy starts.
 				r.state, r.detail, r.ended = "waiting", fmt.Sprintf("waiting for batch %d of %d", b, v.batches), time.Now()
 			}
 		}
-	case deploy.EventProgress:
+	case fleet.EventProgress:
 		r := row(ev.Host)
 		r.sent, r.tot = ev.Sent, ev.Total
 		r.rateSample = append(r.rateSample, sample{time.Now(), ev.Sent})
 		if len(r.rateSample) > 20 {
 			r.rateSample = r.rateSample[1:]
 		}
-	case deploy.EventLog:
+	case fleet.EventLog:
 		row(ev.Host).detail = ev.Message
-	case deploy.EventWarning:
+	case fleet.EventWarning:
 		row(ev.Host).detail = "warning: " + ev.Message
-	case deploy.EventPlan:
+	case fleet.EventPlan:
 		r := row(ev.Host)
 		r.state, r.good = "planned", true
 		r.detail = fmt.Sprintf("copy %d paths (%s); start %d, restart %d, stop %d units; %d files", ev.CopyPaths, bytesString(ev.Total), len(ev.Start), len(ev.Restart), len(ev.Stop), len(ev.Files))
-	case deploy.EventResult:
+	case fleet.EventResult:
 		r := row(ev.Host)
 		r.state, r.ended = string(ev.Result), time.Now()
-		r.good = ev.Result == deploy.ResultOK || ev.Result == deploy.ResultUnchanged || ev.Result == deploy.ResultPlanned
-		r.bad = !r.good && ev.Result != deploy.ResultSkipped
+		r.good = ev.Result == fleet.ResultOK || ev.Result == fleet.ResultUnchanged || ev.Result == fleet.ResultPlanned
+		r.bad = !r.good && ev.Result != fleet.ResultSkipped
 		switch {
 		case ev.Error != "":
 			r.detail = ev.Error
@@ -310,19 +310,19 @@ func (v *liveView) Event(ev deploy.Event) {
 		for _, l := range ev.LogTail {
 			v.notes = append(v.notes, ev.Host+" | "+l)
 		}
-	case deploy.EventRollback:
+	case fleet.EventRollback:
 		v.notes = append(v.notes, "rolling back "+strings.Join(ev.Hosts, ", ")+": "+ev.Message)
-	case deploy.EventCachePush:
+	case fleet.EventCachePush:
 		if ev.State != "started" {
 			v.notes = append(v.notes, cacheLine(ev))
 		}
-	case deploy.EventPublish:
+	case fleet.EventPublish:
 		v.notes = append(v.notes, publishLine(ev))
 	}
 }
 
 // publishLine describes a channel.publish event.
-func publishLine(ev deploy.Event) string {
+func publishLine(ev fleet.Event) string {
 	switch ev.State {
 	case "started":
 		return ev.Message
@@ -389,7 +389,7 @@ func (v *liveView) draw() {
 			st = v.styles.dim
 		}
 		detail := r.detail
-		if r.phase == deploy.PhaseCopy && r.state == "running" && r.tot > 0 {
+		if r.phase == fleet.PhaseCopy && r.state == "running" && r.tot > 0 {
 			detail = progressBar(r.sent, r.tot, 20) + " " + bytesString(r.sent) + " / " + bytesString(r.tot) + " " + rate(r.rateSample)
 		}
 		end := r.ended

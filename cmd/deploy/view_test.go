@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/declarative/deploy/deploy"
+	"github.com/declarative/deploy/fleet"
 )
 
 // The live view renders to a terminal; here to a file, which is enough to
@@ -18,10 +18,10 @@ func TestLiveView(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := newLiveView(f, true)
-	v.Event(deploy.Event{Type: deploy.EventRunStart, Hosts: []string{"web1", "web2"}})
-	v.Event(deploy.Event{Type: deploy.EventPhase, Host: "web1", Phase: deploy.PhaseCopy, State: "started"})
-	v.Event(deploy.Event{Type: deploy.EventProgress, Host: "web1", Phase: deploy.PhaseCopy, Sent: 512 << 10, Total: 1 << 20})
-	v.Event(deploy.Event{Type: deploy.EventResult, Host: "web2", Result: deploy.ResultRolledBack, Phase: deploy.PhaseActivate, Error: "health check failed", LogTail: []string{"http: 500"}})
+	v.Event(fleet.Event{Type: fleet.EventRunStart, Hosts: []string{"web1", "web2"}})
+	v.Event(fleet.Event{Type: fleet.EventPhase, Host: "web1", Phase: fleet.PhaseCopy, State: "started"})
+	v.Event(fleet.Event{Type: fleet.EventProgress, Host: "web1", Phase: fleet.PhaseCopy, Sent: 512 << 10, Total: 1 << 20})
+	v.Event(fleet.Event{Type: fleet.EventResult, Host: "web2", Result: fleet.ResultRolledBack, Phase: fleet.PhaseActivate, Error: "health check failed", LogTail: []string{"http: 500"}})
 	v.Close()
 	v.Close()
 	data, _ := os.ReadFile(f.Name())

@@ -1,0 +1,237 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Rollout derives the rollout policy from the selection: a single
+// deployment brings its batch_size, canary, max_failures and rollback; any
+// other selection is one batch in which every host stands alone (a failure
+// rolls back only that host).
+func (s *Session) Rollout() Rollout {
+	names := s.names()
+	d := s.Deployment
+	if d == nil {
+		return Rollout{Batches: [][]string{names}, MaxFailures: len(names)}
+	}
+	return Rollout{Batches: Batches(names, d.BatchSize, d.Canary), MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host"}
+}
+
+// errNoBuilder is the error of a command that builds in a session
+// without a builder.
+var errNoBuilder = errors.New("session: no builder")
+
+// build builds every selected host (Parallel.Build at once) into rep. A
+// host that fails to build ends failed in the build phase; any failure is
+// a *[ConfigError] with every host's diagnostics, each reported once
+// however many hosts share it (an error in a role, say).
+func (s *Session) build(ctx context.Context, rep *Report) (map[string]*builder.Result, error) {
+	if s.Builder == nil {
+		return nil, errNoBuilder
+	}
+	var mu sync.Mutex
+	results := map[string]*builder.Result{}
+	var diags hcl.Diagnostics
+	left := each(ctx, s.names(), s.Parallel.build(), func(ctx context.Context, name string) {
+		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "started"})
+		res, d := s.Builder.Build(ctx, s.Fleet, name)
+		mu.Lock()
+		defer mu.Unlock()
+		diags = append(diags, d...)
+		hr := rep.Hosts[name]
+		if d.HasErrors() {
+			hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseBuild, errors.New(d.Error())
+			s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "failed", Error: d.Error()})
+			return
+		}
+		results[name] = res
+		hr.System = res.SystemPath
+		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "done", System: res.SystemPath})
+	})
+	for _, name := range left {
+		hr := rep.Hosts[name]
+		hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseBuild, fmt.Errorf("not built: %w", ctx.Err())
+	}
+	diags = dedupDiags(diags)
+	s.diag(s.Fleet, diags)
+	if diags.HasErrors() || len(left) > 0 {
+		for _, name := range s.names() {
+			if hr := rep.Hosts[name]; hr.Result == ResultFailed {
+				s.finish(hr, Event{})
+			}
+		}
+		if !diags.HasErrors() {
+			return nil, ctx.Err()
+		}
+		return nil, &ConfigError{Diags: diags}
+	}
+	return results, nil
+}
+
+// dedupDiags drops the repeats of a diagnostic: the same severity, summary,
+// detail and source range, as hosts that share a role report it.
+func dedupDiags(diags hcl.Diagnostics) hcl.Diagnostics {
+	type key struct {
+		sev             hcl.DiagnosticSeverity
+		summary, detail string
+		subject         hcl.Range
+	}
+	seen := map[key]bool{}
+	var out hcl.Diagnostics
+	for _, d := range diags {
+		k := key{sev: d.Severity, summary: d.Summary, detail: d.Detail}
+		if d.Subject != nil {
+			k.subject = *d.Subject
+		}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, d)
+	}
+	return out
+}
+
+// Build builds every selected host's system closure (deploy build, and
+// deploy --mode build): no host is contacted. Each host's report has its
+// System.
+func (s *Session) Build(ctx context.Context) (*Report, error) {
+	rep := s.begin(ModeBuild, nil)
+	defer s.end(rep)
+	if _, err := s.build(ctx, rep); err != nil {
+		return rep, err
+	}
+	for _, name := range s.names() {
+		hr := rep.Hosts[name]
+		hr.Result, hr.Phase = ResultOK, PhaseBuild
+		s.finish(hr, Event{})
+	}
+	return rep, nil
+}
+
+// DeployOptions are the settings of one [Session.Deploy].
+type DeployOptions struct {
+	Mode           Mode
+	DryRun         bool          // the plan per host; nothing changes
+	ConfirmTimeout time.Duration // 0: the deployment's, else 30s
+	Message        string        // recorded with the new generations
+	Compress       bool          // zstd on the wire
+	// Reboot, with ModeBoot only, reboots each host whose running system
+	// is not the new one, in its batch, and waits until it runs the new
+	// one healthily (see [Session.Reboot]).
+	Reboot *RebootOptions
+}
+
+// locks reports whether a deploy in this mode takes the run lock: every
+// mode that changes a host (a dry run and dry-activate change nothing).
+func (o DeployOptions) locks() bool {
+	return !o.DryRun && o.Mode != ModeBuild && o.Mode != ModeDryActivate
+}
+
+// Deploy builds every selected host, takes the run lock on all of them,
+// then rolls the systems out batch by batch: copy what each lacks,
+// activate, confirm over a new connection (see [Runner]). With ModeBuild it
+// only builds.
+func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, error) {
+	if opts.Mode == "" {
+		opts.Mode = ModeSwitch
+	}
+	if s.Builder == nil {
+		return nil, errNoBuilder
+	}
+	if opts.Reboot != nil && (opts.Mode != ModeBoot || opts.DryRun) {
+		return nil, &UsageError{Err: fmt.Errorf("--reboot goes with --mode boot (not %s), without --dry-run", opts.Mode)}
+	}
+	if opts.Mode == ModeBuild {
+		return s.Build(ctx)
+	}
+	ro := s.Rollout()
+	rep := s.begin(opts.Mode, ro.Batches)
+	defer s.end(rep)
+	ops, real, err := s.ops(ctx)
+	if err != nil {
+		return rep, err
+	}
+	var failed map[string]error
+	if opts.locks() {
+		agents := map[string]string{}
+		for _, h := range s.Selected {
+			a, err := s.Builder.AgentPath(ctx, h)
+			if err != nil {
+				return rep, &ConfigError{Err: err}
+			}
+			agents[h.Name] = a
+		}
+		ok, unreachable := s.lockHosts(ctx, rep, ops, s.names(), func(name string) string { return agents[name] })
+		if !ok {
+			return rep, rep.Err()
+		}
+		failed = unreachable
+		defer s.unlockAll(ops)
+	}
+	results, err := s.build(ctx, rep)
+	if err != nil {
+		return rep, err
+	}
+	confirm := opts.ConfirmTimeout
+	if confirm == 0 && s.Deployment != nil {
+		confirm = s.Deployment.ConfirmTimeout
+	}
+	systems := map[string]string{}
+	for name, res := range results {
+		systems[name] = res.SystemPath
+	}
+	var spec *closure.CacheSpec
+	if !opts.DryRun {
+		s.pushToCache(ctx, results)
+		spec = s.cacheSpec()
+	}
+	if real != nil {
+		real.compress, real.cache = opts.Compress, spec
+		real.manifests = map[string]*manifest.Manifest{}
+		real.trustedKeys = map[string][]string{}
+		for name, res := range results {
+			real.manifests[name] = res.Manifest
+			real.trustedKeys[name] = res.TrustedKeys
+		}
+		real.activation = activationSettings{confirmTimeout: confirm, waitLock: s.WaitLock, meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
+	}
+	r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Parallel: s.Parallel, Emit: s.emit, Failed: failed, NoRunEvents: true, Reboot: opts.Reboot}
+	out := r.Run(ctx, systems, ro)
+	for name, hr := range out.Hosts {
+		rep.Hosts[name] = hr
+	}
+	return rep, rep.Err()
+}
+
+// ops returns the host operations of a rollout: Ops, else the real ones
+// (returned a second time, to be set up for the run).
+func (s *Session) ops(ctx context.Context) (HostOps, *sshHosts, error) {
+	if s.Ops != nil {
+		return s.Ops, nil, nil
+	}
+	o, err := s.hosts(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return o, o, nil
+}
+
+func (s *Session) unlockAll(ops HostOps) {
+	if o, ok := ops.(*sshHosts); ok {
+		o.unlockAll()
+		return
+	}
+	for _, name := range s.names() {
+		ops.Unlock(name)
+	}
+}

@@ -1,0 +1,225 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/agentclient"
+	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
+)
+
+// sshHosts is the real [HostOps]: one [agentclient.Client] per host (one
+// connection per host for the whole run, made again if it dies), plus what
+// a rollout adds to the client: the new systems' manifests, the cache, the
+// activation settings, and each host's system before the run.
+type sshHosts struct {
+	clients map[string]*agentclient.Client
+	// manifests are the new systems' manifests (the agent path, dry-run
+	// plans); trustedKeys the keys that vouch for each closure's paths
+	// that are not content-addressed.
+	manifests   map[string]*manifest.Manifest
+	trustedKeys map[string][]string
+	compress    bool
+	cache       *closure.CacheSpec
+	activation  activationSettings
+
+	mu     sync.Mutex
+	before map[string]string // each host's current system before this run
+}
+
+// activationSettings are the per-run settings of activation.
+type activationSettings struct {
+	confirmTimeout time.Duration     // 0: the agent's default (30s)
+	meta           map[string]string // recorded with the generation: git_rev, operator, message
+	waitLock       time.Duration     // how long to wait for a held activation lock (0: fail at once)
+}
+
+func (o *sshHosts) client(host string) (*agentclient.Client, error) {
+	c := o.clients[host]
+	if c == nil {
+		return nil, fmt.Errorf("host %q: not selected", host)
+	}
+	return c, nil
+}
+
+// close closes every connection.
+func (o *sshHosts) close() {
+	for _, c := range o.clients {
+		c.Close()
+	}
+}
+
+// Lock implements [HostOps].
+func (o *sshHosts) Lock(ctx context.Context, host string, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error) {
+	c, err := o.client(host)
+	if err != nil {
+		return nil, err
+	}
+	return c.Lock(ctx, run, wait, agent)
+}
+
+// Unlock implements [HostOps].
+func (o *sshHosts) Unlock(host string) {
+	if c := o.clients[host]; c != nil {
+		c.Unlock()
+	}
+}
+
+// unlockAll releases every run lock still held, every host at once.
+func (o *sshHosts) unlockAll() {
+	var held []string
+	for name, c := range o.clients {
+		if c.Locked() {
+			held = append(held, name)
+		}
+	}
+	// Not the run's context: a run that was interrupted releases its
+	// locks on its way out.
+	each(context.Background(), held, len(held), func(_ context.Context, name string) { o.clients[name].Unlock() })
+}
+
+// Push implements [HostOps].
+func (o *sshHosts) Push(ctx context.Context, host, system string, dryRun bool, progress func(closure.Progress)) (*PushResult, error) {
+	m := o.manifests[host]
+	if m == nil {
+		return nil, fmt.Errorf("host %q: no manifest for %q", host, system)
+	}
+	c, err := o.client(host)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Copy(ctx, []string{system}, m.Agent, agentclient.CopyOptions{
+		Compress: o.compress, Progress: progress, DryRun: dryRun, Cache: o.cache, Keys: o.trustedKeys[host],
+	})
+	if err != nil {
+		return nil, err
+	}
+	pr := &PushResult{Paths: res.Paths, Missing: res.Stats.Missing, Bytes: res.Stats.MissingBytes,
+		Current: res.Stats.Current, BootDefault: res.Stats.BootDefault,
+		Fetched: res.Stats.Fetched, FetchedBytes: res.Stats.FetchedBytes, CacheError: res.Stats.CacheError}
+	o.mu.Lock()
+	if o.before == nil {
+		o.before = map[string]string{}
+	}
+	if _, seen := o.before[host]; !seen {
+		o.before[host] = pr.Current
+	}
+	o.mu.Unlock()
+	if dryRun {
+		var old *manifest.Manifest
+		if pr.Current != "" {
+			if old, err = c.Manifest(ctx, pr.Current); err != nil {
+				return pr, &HostFailure{Result: ResultFailed, Err: err}
+			}
+		}
+		pr.Plan = PlanFor(old, m)
+	}
+	return pr, nil
+}
+
+// PlanFor summarises what activating m changes relative to old (nil: a
+// host with no generation yet).
+func PlanFor(old, m *manifest.Manifest) *Plan {
+	d := manifest.Diff(old, m)
+	p := &Plan{Start: d.Units.Start, Restart: d.Units.Restart, Reload: d.Units.Reload, Stop: d.Units.Stop}
+	p.Files = append(append(append(p.Files, d.Files.Added...), d.Files.Changed...), d.Files.Removed...)
+	slices.Sort(p.Files)
+	return p
+}
+
+// Activate implements [HostOps]. A held activation lock is retried until
+// the run's wait for locks has passed.
+func (o *sshHosts) Activate(ctx context.Context, host, system string, mode Mode, logf func(string)) (*ActivateOutcome, error) {
+	c, err := o.client(host)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(o.activation.waitLock)
+	for {
+		res, err := c.Activate(ctx, system, agentclient.ActivateOptions{
+			Mode: string(mode), ConfirmTimeout: o.activation.confirmTimeout, Meta: o.activation.meta,
+			Logf: func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
+		})
+		var lh *agentclient.LockHeldError
+		if errors.As(err, &lh) && time.Now().Before(deadline) {
+			logf("waiting for the lock: " + lh.Holder)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(2 * time.Second):
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &ActivateOutcome{Generation: res.Generation, Warnings: res.Warnings}, nil
+	}
+}
+
+// Rollback implements [HostOps]: it returns the host to the generation
+// that ran the system the host ran before this run (the agent's rollback
+// --to N, with the same confirmation as any activation), so the
+// generation's own metadata (commit, operator) stays true. gen is not used:
+// the host's previous system is what this run replaced.
+func (o *sshHosts) Rollback(ctx context.Context, host string, gen int, logf func(string)) error {
+	o.mu.Lock()
+	prev := o.before[host]
+	o.mu.Unlock()
+	if prev == "" {
+		return fmt.Errorf("host %q ran no system before this run: nothing to roll back to", host)
+	}
+	c, err := o.client(host)
+	if err != nil {
+		return err
+	}
+	gens, err := c.Generations(ctx)
+	if err != nil {
+		return err
+	}
+	to := 0
+	for _, g := range gens {
+		if g.System == prev && !g.Failed && g.Number > to {
+			to = g.Number
+		}
+	}
+	if to == 0 {
+		return fmt.Errorf("host %q: no generation runs %q", host, prev)
+	}
+	_, err = c.Activate(ctx, prev, agentclient.ActivateOptions{
+		RollbackTo: to, ConfirmTimeout: o.activation.confirmTimeout,
+		Logf: func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
+	})
+	return err
+}
+
+// Drift implements [DriftChecker] over the host's connection (store paths
+// checked for presence only).
+func (o *sshHosts) Drift(ctx context.Context, host string) (*agentapi.Drift, error) {
+	c, err := o.client(host)
+	if err != nil {
+		return nil, err
+	}
+	return c.Drift(ctx, false)
+}
+
+// Reboot implements [Rebooter] with [agentclient.Client.Reboot].
+func (o *sshHosts) Reboot(ctx context.Context, host string, opts RebootOptions, logf func(string)) (*agentapi.Health, error) {
+	c, err := o.client(host)
+	if err != nil {
+		return nil, err
+	}
+	return c.Reboot(ctx, opts, logf)
+}
+
+var (
+	_ HostOps      = (*sshHosts)(nil)
+	_ DriftChecker = (*sshHosts)(nil)
+	_ Rebooter     = (*sshHosts)(nil)
+)

@@ -1,0 +1,583 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/closure/cache/s3cache"
+	"github.com/declarative/deploy/modules"
+	"github.com/declarative/deploy/pull/channel"
+)
+
+// PublishOptions are the settings of [Session.Publish] and
+// [Session.ChannelRollback].
+type PublishOptions struct {
+	// Channel is the channel's name.
+	Channel string
+	// Message is recorded with the release (and the hosts' generations).
+	Message string
+	// WaveTimeout is how long each wave has to report before the later
+	// waves stop (0: the deployment's wave_timeout, else 30 minutes).
+	WaveTimeout time.Duration
+	// Serial is the serial to publish (0: the channel's last one plus 1);
+	// it must be above the channel's.
+	Serial int64
+	// Wait follows the rollout until every host reported its outcome, or
+	// cannot any more (its wave's time ran out, or an earlier wave
+	// stopped the rollout); Poll is how often the statuses are read
+	// (default 2s).
+	Wait bool
+	Poll time.Duration
+	// ToSerial is the publish whose systems [Session.ChannelRollback]
+	// returns to (0: the one before the channel's last).
+	ToSerial int64
+}
+
+// Publish builds every selected host, pushes their whole closures to the
+// fleet's cache, and publishes one signed release per host to the channel,
+// in the selected deployment's batches as waves (docs/pull.md). No host is
+// contacted: hosts pull. With Wait it follows the rollout through the
+// hosts' status documents; each host's result is then how its release
+// ended (ok, rolled-back, failed, refused; skipped when the rollout stopped
+// before its wave; unreachable when it did not report in time).
+func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, error) {
+	if err := s.checkPublish(opts); err != nil {
+		return nil, err
+	}
+	if s.CacheKey == nil {
+		return nil, &UsageError{Err: errors.New("publish: no signing key for the cache (--cache-key FILE or DEPLOY_CACHE_KEY): hosts fetch the closures from the cache, so they must be pushed")}
+	}
+	ro := s.Rollout()
+	rep := s.begin("", ro.Batches)
+	defer s.end(rep)
+	results, err := s.build(ctx, rep)
+	if err != nil {
+		return rep, err
+	}
+	keys := []*cache.PublicKey{s.PublisherKey.Public()}
+	systems := map[string]string{}
+	for _, h := range s.Selected {
+		cfg, err := s.pullConfig(results[h.Name])
+		if err != nil {
+			return rep, &ConfigError{Err: fmt.Errorf("host %s: %w", h.Name, err)}
+		}
+		if cfg == nil || cfg.Channel != opts.Channel {
+			what := "has no pull block"
+			if cfg != nil {
+				what = fmt.Sprintf("pulls from channel %q", cfg.Channel)
+			}
+			return rep, &ConfigError{Err: fmt.Errorf("host %s %s, not %q: it would never read the release (add pull { channel = %q ... } to it, or select other hosts)", h.Name, what, opts.Channel, opts.Channel)}
+		}
+		if !slices.Contains(cfg.PublisherKeys, s.PublisherKey.Public().String()) {
+			return rep, &ConfigError{Err: fmt.Errorf("host %s does not trust the publisher key %q (its publisher_keys: %s): it would refuse the release", h.Name, s.PublisherKey.Name, strings.Join(cfg.PublisherKeys, ", "))}
+		}
+		if cfg.StatusURL == "" && len(ro.Batches) > 1 && !slices.Contains(ro.Batches[len(ro.Batches)-1], h.Name) {
+			return rep, &ConfigError{Err: fmt.Errorf("host %s cannot report to the channel (its pull block has no status_credentials), so the waves after its own would wait for it until their deadline: give it status_credentials, or publish in one wave", h.Name)}
+		}
+		keys = appendKeys(keys, cfg.PublisherKeys)
+		systems[h.Name] = results[h.Name].SystemPath
+		hr := rep.Hosts[h.Name]
+		hr.System = systems[h.Name]
+	}
+	// The whole closures, system paths included: hosts fetch everything.
+	var roots []string
+	for _, h := range s.Selected {
+		roots = append(roots, systems[h.Name])
+	}
+	if err := s.pushClosures(ctx, roots); err != nil {
+		return rep, fmt.Errorf("publish: pushing the closures: %w (nothing was published)", err)
+	}
+	return s.publishSystems(ctx, rep, opts, ro, systems, keys, 0)
+}
+
+// ChannelRollback publishes, as a new and higher serial, the systems that
+// an earlier publish gave the selected hosts (opts.ToSerial, default the
+// one before the channel's last): a rollback through the channel, which
+// hosts accept because its serial is new. Nothing is built; the closures
+// must still be in the cache.
+func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Report, error) {
+	if err := s.checkPublish(opts); err != nil {
+		return nil, err
+	}
+	ro := s.Rollout()
+	keys, err := s.trustedPublisherKeys(ctx, opts.Channel)
+	if err != nil {
+		return nil, err
+	}
+	store, err := s.channelStore(opts.Channel)
+	if err != nil {
+		return nil, err
+	}
+	head, _, err := readChannelDoc(ctx, store, channel.HeadKey, keys)
+	if err != nil {
+		return nil, err
+	}
+	if head == nil {
+		return nil, &UsageError{Err: fmt.Errorf("rollback: channel %q has no release yet", opts.Channel)}
+	}
+	to := opts.ToSerial
+	if to == 0 {
+		to = head.Serial - 1
+	}
+	if to <= 0 || to >= head.Serial {
+		return nil, &UsageError{Err: fmt.Errorf("rollback: --to-serial %d: want an earlier serial of channel %q (its last is %d)", to, opts.Channel, head.Serial)}
+	}
+	old, _, err := readChannelDoc(ctx, store, channel.HistoryKey(to), keys)
+	if err != nil {
+		return nil, err
+	}
+	if old == nil {
+		return nil, &UsageError{Err: fmt.Errorf("rollback: channel %q has no record of serial %d (pass --to-serial with one that exists; deploy status --channel shows the last)", opts.Channel, to)}
+	}
+	w, err := OpenCacheWriter(s.Fleet.Cache.URL, s.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	systems := map[string]string{}
+	for _, h := range s.Selected {
+		sys, ok := old.Systems[h.Name]
+		if !ok {
+			return nil, &UsageError{Err: fmt.Errorf("rollback: host %s was not in serial %d of channel %q", h.Name, to, opts.Channel)}
+		}
+		rc, err := w.Get(ctx, cache.Key(sys))
+		if err != nil {
+			return nil, fmt.Errorf("rollback: host %s: serial %d's system %s: %w (no longer in the cache: publish it again)", h.Name, to, sys, err)
+		}
+		rc.Close()
+		systems[h.Name] = sys
+	}
+	if opts.Message == "" {
+		opts.Message = fmt.Sprintf("rollback to serial %d", to)
+	}
+	rep := s.begin("", ro.Batches)
+	defer s.end(rep)
+	for name, sys := range systems {
+		rep.Hosts[name].System = sys
+	}
+	return s.publishSystems(ctx, rep, opts, ro, systems, keys, to)
+}
+
+func (s *Session) checkPublish(opts PublishOptions) error {
+	if s.Fleet == nil || s.Fleet.Cache == nil {
+		return &ConfigError{Err: errors.New("the fleet has no cache block: pull mode's channels and closures live in the cache's bucket (docs/pull.md)")}
+	}
+	if err := channel.CheckName("channel", opts.Channel); err != nil {
+		return &UsageError{Err: err}
+	}
+	if s.PublisherKey == nil {
+		return &UsageError{Err: errors.New("no publisher key: pass --publisher-key FILE or set DEPLOY_PUBLISHER_KEY (deploy cache key generate NAME makes one)")}
+	}
+	for _, h := range s.Selected {
+		if err := channel.CheckName("host", h.Name); err != nil {
+			return &ConfigError{Err: err}
+		}
+	}
+	return nil
+}
+
+// pullConfig is the pull configuration a built system installs; nil when
+// it has none.
+func (s *Session) pullConfig(res *builder.Result) (*agentapi.PullConfig, error) {
+	cfg, diags := modules.PullConfig(res.Config, s.Builder.Store.StoreDir)
+	if diags.HasErrors() {
+		return nil, errors.New(diags.Error())
+	}
+	return cfg, nil
+}
+
+// trustedPublisherKeys evaluates the selected hosts (nothing is built) for
+// the publisher keys of their pull blocks for channel name, with the
+// session's own key: the keys whose signatures on the channel's records
+// are believed.
+func (s *Session) trustedPublisherKeys(ctx context.Context, name string) ([]*cache.PublicKey, error) {
+	var keys []*cache.PublicKey
+	if s.PublisherKey != nil {
+		keys = append(keys, s.PublisherKey.Public())
+	}
+	if s.Builder == nil {
+		return keys, nil
+	}
+	for _, h := range s.Selected {
+		cfg, diags := s.Builder.EvaluateDry(ctx, s.Fleet, h.Name)
+		if diags.HasErrors() {
+			s.diag(s.Fleet, diags)
+			return nil, &ConfigError{Diags: diags}
+		}
+		if pc, _ := modules.PullConfig(cfg, s.Builder.Store.StoreDir); pc != nil && pc.Channel == name {
+			keys = appendKeys(keys, pc.PublisherKeys)
+		}
+	}
+	return keys, nil
+}
+
+func appendKeys(keys []*cache.PublicKey, more []string) []*cache.PublicKey {
+	for _, k := range more {
+		pk, err := cache.ParsePublicKey(k)
+		if err != nil || slices.ContainsFunc(keys, func(x *cache.PublicKey) bool { return x.String() == pk.String() }) {
+			continue
+		}
+		keys = append(keys, pk)
+	}
+	return keys
+}
+
+// readChannelDoc reads and verifies a channel record (the head or a
+// publish's); nil when there is none. A record that is not signed by one of
+// keys is an error: someone other than a publisher wrote it.
+func readChannelDoc(ctx context.Context, store channel.Store, key string, keys []*cache.PublicKey) (*agentapi.ChannelRelease, string, error) {
+	data, etag, err := store.Read(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("channel %s: %s: %w", store, key, err)
+	}
+	cr := &agentapi.ChannelRelease{}
+	if _, err := channel.Open(data, agentapi.DocChannel, keys, cr); err != nil {
+		return nil, "", fmt.Errorf("channel %s: %s: %w (the channel's record is not signed by a publisher key the fleet trusts: someone else wrote to the bucket, or pass the right --publisher-key)", store, key, err)
+	}
+	return cr, etag, nil
+}
+
+// publishSystems writes the channel's new head and record, then each
+// host's release, first wave first; with opts.Wait it follows the rollout.
+func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishOptions, ro Rollout, systems map[string]string, keys []*cache.PublicKey, rollbackTo int64) (*Report, error) {
+	store, err := s.channelStore(opts.Channel)
+	if err != nil {
+		return rep, err
+	}
+	head, headTag, err := readChannelDoc(ctx, store, channel.HeadKey, keys)
+	if err != nil {
+		return rep, err
+	}
+	serial := int64(1)
+	if head != nil {
+		serial = head.Serial + 1
+	}
+	if opts.Serial != 0 {
+		if opts.Serial < serial {
+			return rep, &UsageError{Err: fmt.Errorf("publish: --serial %d is not above channel %q's last serial %d", opts.Serial, opts.Channel, serial-1)}
+		}
+		serial = opts.Serial
+	}
+	timeout := opts.WaveTimeout
+	if timeout == 0 && s.Deployment != nil {
+		timeout = s.Deployment.WaveTimeout
+	}
+	if timeout == 0 {
+		timeout = 30 * time.Minute
+	}
+	meta := GenerationMeta(s.Fleet.Dir, opts.Message)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	cr := &agentapi.ChannelRelease{V: agentapi.Version, Channel: opts.Channel, Serial: serial, GitRev: meta["git_rev"],
+		Publisher: meta["operator"], Message: opts.Message, Published: now, Systems: systems, Waves: ro.Batches,
+		WaveTimeoutMS: timeout.Milliseconds(), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo}
+	data, err := channel.Sign(agentapi.DocChannel, cr, s.PublisherKey)
+	if err != nil {
+		return rep, err
+	}
+	// The head first: its conditional write claims the serial, so two
+	// publishes never give out the same one.
+	cond := channel.Cond{IfAbsent: true}
+	if head != nil {
+		cond = channel.Cond{IfMatch: headTag}
+	}
+	if err := store.Write(ctx, channel.HeadKey, data, cond); err != nil {
+		if errors.Is(err, channel.ErrConflict) {
+			return rep, fmt.Errorf("publish: channel %q changed while this publish read it (another publish?): nothing was published; run it again", opts.Channel)
+		}
+		return rep, fmt.Errorf("publish: %w", err)
+	}
+	if err := store.Write(ctx, channel.HistoryKey(serial), data, channel.Cond{IfAbsent: true}); err != nil {
+		return rep, fmt.Errorf("publish: recording serial %d: %w", serial, err)
+	}
+	s.emit(Event{Type: EventPublish, State: "started", Channel: opts.Channel, Serial: serial, Batches: ro.Batches,
+		Message: fmt.Sprintf("channel %s serial %d: %d hosts in %d waves", opts.Channel, serial, len(systems), len(ro.Batches))})
+	releases := map[string]*agentapi.Release{}
+	var earlier []string
+	failed := false
+	for i, wave := range ro.Batches {
+		for _, name := range wave {
+			rel := &agentapi.Release{V: agentapi.Version, Channel: opts.Channel, Host: name, Serial: serial, System: systems[name],
+				GitRev: meta["git_rev"], Publisher: meta["operator"], Message: opts.Message, Published: now,
+				Wave: i + 1, Waves: len(ro.Batches), After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo}
+			if i > 0 {
+				rel.Deadline = now.Add(time.Duration(i) * timeout)
+			}
+			releases[name] = rel
+			hr := rep.Hosts[name]
+			if failed {
+				continue
+			}
+			doc, err := channel.Sign(agentapi.DocRelease, rel, s.PublisherKey)
+			if err == nil {
+				err = store.Put(ctx, channel.ReleaseKey(name), doc)
+			}
+			if err != nil {
+				// The later hosts get nothing: those of later waves would
+				// wait for this one until their deadline anyway.
+				failed = true
+				s.fail(hr, PhasePublish, ResultFailed, fmt.Errorf("writing the release: %w", err))
+				continue
+			}
+			s.emit(Event{Type: EventPhase, Host: name, Phase: PhasePublish, State: "done", Channel: opts.Channel, Serial: serial, Batch: i + 1, System: rel.System})
+		}
+		earlier = append(earlier, wave...)
+	}
+	if failed {
+		for _, name := range s.names() {
+			if hr := rep.Hosts[name]; hr.Result == ResultSkipped {
+				hr.Phase, hr.Err = PhasePublish, errors.New("not published: writing an earlier host's release failed")
+				s.finish(hr, Event{Channel: opts.Channel, Serial: serial})
+			}
+		}
+		s.emit(Event{Type: EventPublish, State: "failed", Channel: opts.Channel, Serial: serial})
+		return rep, rep.Err()
+	}
+	s.emit(Event{Type: EventPublish, State: "done", Channel: opts.Channel, Serial: serial, Batches: ro.Batches})
+	if !opts.Wait {
+		for _, name := range s.names() {
+			hr := rep.Hosts[name]
+			hr.Result, hr.Phase, hr.Serial = ResultOK, PhasePublish, serial
+			s.finish(hr, Event{Channel: opts.Channel, Serial: serial})
+		}
+		return rep, nil
+	}
+	s.waitRollout(ctx, rep, store, cr, releases, opts.Poll)
+	if err := rep.Err(); err != nil || ctx.Err() == nil {
+		return rep, err
+	}
+	return rep, fmt.Errorf("publish: serial %d published; stopped waiting for the hosts: %w", cr.Serial, ctx.Err())
+}
+
+// waitRollout follows a published release through the hosts' statuses
+// until every host's outcome is known.
+func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, poll time.Duration) {
+	if poll <= 0 {
+		poll = 2 * time.Second
+	}
+	timeout := time.Duration(cr.WaveTimeoutMS) * time.Millisecond
+	final := map[string]*agentapi.PullStatus{}
+	seen := map[string]string{}
+	pending := slices.Clone(s.names())
+	statusOf := func(ctx context.Context, host string) (*agentapi.PullStatus, error) {
+		if st, ok := final[host]; ok {
+			return st, nil
+		}
+		data, _, err := store.Read(ctx, channel.StatusKey(host))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		st, err := channel.DecodeStatus(data)
+		if err != nil {
+			return nil, nil
+		}
+		return st, nil
+	}
+	for len(pending) > 0 {
+		now := time.Now()
+		var still []string
+		for _, name := range pending {
+			rel, hr := releases[name], rep.Hosts[name]
+			st, err := statusOf(ctx, name)
+			if err != nil {
+				s.emit(Event{Type: EventLog, Host: name, Phase: PhasePull, Message: fmt.Sprintf("reading the status: %v", err)})
+			}
+			if st != nil && st.Serial == cr.Serial {
+				if key := string(st.Outcome) + "\x00" + st.Message; seen[name] != key {
+					seen[name] = key
+					s.emitPullProgress(name, st)
+				}
+				if st.Outcome.Final() {
+					final[name] = st
+					s.finishPull(hr, st, cr.Serial)
+					continue
+				}
+			}
+			if st != nil && st.Serial < cr.Serial && st.Refused != nil && st.Refused.Serial == cr.Serial && !st.Refused.Time.Before(cr.Published) {
+				// The host refused this very release (a key it does not
+				// trust, say): it will never act on it.
+				hr.Result, hr.Phase, hr.Serial, hr.Pull = ResultRefused, PhasePull, cr.Serial, st
+				hr.Err = errors.New(st.Refused.Reason)
+				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial, PullStatus: st})
+				continue
+			}
+			if rel.Wave > 1 {
+				d, reason, err := channel.Gate(ctx, rel, now, statusOf)
+				if err == nil && d == channel.Halt {
+					hr.Result, hr.Phase, hr.Serial, hr.Err = ResultSkipped, PhasePull, cr.Serial, errors.New("halted: "+reason)
+					s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+					continue
+				}
+			}
+			if deadline := cr.Published.Add(time.Duration(rel.Wave) * timeout); now.After(deadline) {
+				what := "did not report"
+				if st != nil && st.Serial == cr.Serial {
+					what = fmt.Sprintf("was still %s (%s)", st.Outcome, st.Message)
+				}
+				hr.Result, hr.Phase, hr.Serial, hr.Pull = ResultUnreachable, PhasePull, cr.Serial, st
+				hr.Err = fmt.Errorf("%s serial %d by %s, the end of wave %d's time", what, cr.Serial, deadline.Format(time.RFC3339), rel.Wave)
+				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+				continue
+			}
+			still = append(still, name)
+		}
+		pending = still
+		if len(pending) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			for _, name := range pending {
+				hr := rep.Hosts[name]
+				hr.Phase, hr.Err = PhasePull, fmt.Errorf("stopped waiting: %w (the rollout goes on; deploy status --channel %s shows it)", ctx.Err(), cr.Channel)
+				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+			}
+			return
+		case <-time.After(poll):
+		}
+	}
+}
+
+// emitPullProgress turns a host's status into events: activating starts
+// the pull phase, waiting and the rest are log lines.
+func (s *Session) emitPullProgress(host string, st *agentapi.PullStatus) {
+	switch st.Outcome {
+	case agentapi.PullActivating:
+		s.emit(Event{Type: EventPhase, Host: host, Phase: PhasePull, State: "started", Serial: st.Serial, System: st.System, Message: "activating"})
+	case agentapi.PullWaiting:
+		s.emit(Event{Type: EventLog, Host: host, Phase: PhasePull, Serial: st.Serial, Message: st.Message})
+	}
+}
+
+// finishPull ends a host from its final status.
+func (s *Session) finishPull(hr *HostReport, st *agentapi.PullStatus, serial int64) {
+	hr.Phase, hr.Serial, hr.Pull, hr.Generation, hr.System = PhasePull, serial, st, st.Generation, st.System
+	msg := st.Message
+	if st.Check != "" {
+		msg = fmt.Sprintf("health check %q: %s", st.Check, msg)
+	}
+	switch st.Outcome {
+	case agentapi.PullDone:
+		hr.Result = ResultOK
+	case agentapi.PullRolledBack:
+		hr.Result, hr.Err = ResultRolledBack, errors.New("rolled back: "+msg)
+	case agentapi.PullRefused:
+		hr.Result, hr.Err = ResultRefused, errors.New(msg)
+	case agentapi.PullHalted:
+		hr.Result, hr.Err = ResultSkipped, errors.New("halted: "+msg)
+	default:
+		hr.Result, hr.Err = ResultFailed, errors.New(msg)
+	}
+	s.finish(hr, Event{Channel: st.Channel, Serial: serial, PullStatus: st})
+}
+
+// ChannelStatus reads the channel's last publish and each selected host's
+// release and status documents (deploy status --channel): no host is
+// contacted. Each host's report has Pull (its status, nil when it never
+// reported) and Serial (the serial of its release in the channel).
+func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *agentapi.ChannelRelease, error) {
+	if s.Fleet == nil || s.Fleet.Cache == nil {
+		return nil, nil, &ConfigError{Err: errors.New("the fleet has no cache block: pull mode's channels live in the cache's bucket (docs/pull.md)")}
+	}
+	if err := channel.CheckName("channel", name); err != nil {
+		return nil, nil, &UsageError{Err: err}
+	}
+	keys, err := s.trustedPublisherKeys(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := s.channelStore(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	rep := s.begin("", nil)
+	defer s.end(rep)
+	head, _, err := readChannelDoc(ctx, store, channel.HeadKey, keys)
+	if err != nil {
+		return rep, nil, err
+	}
+	each(ctx, s.names(), s.Parallel.connect(), func(ctx context.Context, host string) {
+		hr := rep.Hosts[host]
+		hr.Phase = PhasePull
+		if data, _, err := store.Read(ctx, channel.ReleaseKey(host)); err == nil {
+			rel := &agentapi.Release{}
+			if _, err := channel.Open(data, agentapi.DocRelease, keys, rel); err != nil {
+				hr.Err = fmt.Errorf("its release in the channel: %w", err)
+			} else {
+				hr.Serial, hr.Wave, hr.System = rel.Serial, rel.Wave, rel.System
+			}
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			s.fail(hr, PhasePull, ResultUnreachable, fmt.Errorf("reading its release: %w", err))
+			return
+		}
+		data, _, err := store.Read(ctx, channel.StatusKey(host))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			s.fail(hr, PhasePull, ResultUnreachable, fmt.Errorf("reading its status: %w", err))
+			return
+		default:
+			if hr.Pull, err = channel.DecodeStatus(data); err != nil {
+				hr.Err = err
+			}
+		}
+		hr.Result = ResultOK
+		s.finish(hr, Event{Channel: name, Serial: hr.Serial, PullStatus: hr.Pull})
+	})
+	return rep, head, rep.Err()
+}
+
+// channelStore opens channel name of the fleet's cache for the publisher:
+// the cache's s3:// bucket (credentials as for pushing) or file:// directory.
+func (s *Session) channelStore(name string) (channel.Store, error) {
+	raw := channel.URL(s.Fleet.Cache.URL, name)
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	switch u.Scheme {
+	case "s3":
+		b, err := s3cache.Open(raw, s.Getenv)
+		if err != nil {
+			return nil, err
+		}
+		return &s3Channel{b: b}, nil
+	case "file":
+		return channel.DirStore(u.Path), nil
+	}
+	return nil, fmt.Errorf("channel %q: the cache URL %q is neither s3:// nor file://", name, s.Fleet.Cache.URL)
+}
+
+// s3Channel is a channel in an S3 bucket ([channel.Store]).
+type s3Channel struct{ b *s3cache.Bucket }
+
+func (c *s3Channel) String() string { return c.b.String() }
+
+func (c *s3Channel) Read(ctx context.Context, key string) ([]byte, string, error) {
+	return c.b.ReadObject(ctx, key)
+}
+
+func (c *s3Channel) Put(ctx context.Context, key string, data []byte) error {
+	return c.Write(ctx, key, data, channel.Cond{})
+}
+
+func (c *s3Channel) Write(ctx context.Context, key string, data []byte, cond channel.Cond) error {
+	err := c.b.WriteObject(ctx, key, data, "application/json", cond.IfMatch, cond.IfAbsent)
+	if errors.Is(err, s3cache.ErrPreconditionFailed) {
+		return fmt.Errorf("%w: %w", channel.ErrConflict, err)
+	}
+	return err
+}

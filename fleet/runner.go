@@ -1,0 +1,384 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/closure"
+)
+
+// HostOps is what a run does to one host, by name. The real one speaks to
+// each host's agent with an [agentclient.Client]; tests of the rollout
+// policy use their own. An error's result for its host is what
+// [resultOf] makes of it.
+type HostOps interface {
+	// Lock takes host's run lock for run, waiting up to wait while another
+	// run holds it; agent is the deploy-agent store path to hold it with
+	// ("": the host's current agent). The reply is not Locked when another
+	// run holds it. [agentclient.ErrNoAgent] and
+	// [agentclient.ErrNoRunLock] mean the host cannot hold a run lock; the
+	// run goes on without it.
+	Lock(ctx context.Context, host string, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error)
+	// Unlock releases host's run lock, if held.
+	Unlock(host string)
+	// Push copies the closure of system to host, or with dryRun only finds
+	// what a copy would send, and reports the host's current systems.
+	Push(ctx context.Context, host, system string, dryRun bool, progress func(closure.Progress)) (*PushResult, error)
+	// Activate activates system on host in mode and sees it confirmed (or
+	// rolled back). logf receives the target's log lines.
+	Activate(ctx context.Context, host, system string, mode Mode, logf func(string)) (*ActivateOutcome, error)
+	// Rollback returns host to generation gen (0: the one before the
+	// current) and sees it confirmed.
+	Rollback(ctx context.Context, host string, gen int, logf func(string)) error
+}
+
+// PushResult is what [HostOps.Push] found and did.
+type PushResult struct {
+	Paths       int    // paths in the closure
+	Missing     int    // paths the host lacked (sent, unless a dry run)
+	Bytes       int64  // NAR bytes of the missing paths
+	Current     string // the host's current system before the push ("" if none)
+	BootDefault string // the host's boot-default system before the push
+	Plan        *Plan  // with dryRun: what activation would change
+	// Fetched and FetchedBytes count what the host fetched from the
+	// binary cache (the rest was sent); CacheError says why it could not
+	// use the cache.
+	Fetched      int
+	FetchedBytes int64
+	CacheError   string
+}
+
+// Plan is what activating a system would change on a host (dry run).
+type Plan struct {
+	Start, Restart, Reload, Stop []string // units
+	Files                        []string // files added, changed or removed
+}
+
+// ActivateOutcome is the result of a successful [HostOps.Activate].
+type ActivateOutcome struct {
+	Generation int      // the new generation
+	Previous   int      // the generation it replaced (0: none)
+	Warnings   []string // the agent's warnings
+}
+
+// Parallelism limits how many hosts are in each phase at once. Zero
+// values mean the defaults.
+type Parallelism struct {
+	Build    int // builds at once (default 2)
+	Connect  int // hosts contacted at once for run locks and by host queries, exec, gc (default 16)
+	Copy     int // copies at once (default 4)
+	Activate int // activations at once within a batch, and rollbacks (default: the whole batch)
+}
+
+func (p Parallelism) build() int    { return orDefault(p.Build, 2) }
+func (p Parallelism) connect() int  { return orDefault(p.Connect, 16) }
+func (p Parallelism) copy() int     { return orDefault(p.Copy, 4) }
+func (p Parallelism) activate() int { return orDefault(p.Activate, 1<<20) }
+
+// Rollout says how to roll systems out to hosts.
+type Rollout struct {
+	// Batches are host names per batch, in order (see [Batches]).
+	Batches [][]string
+	// MaxFailures is how many hosts may fail before the rollout stops.
+	MaxFailures int
+	// RollbackAll returns every host switched in this run to its previous
+	// generation when the rollout stops on failures (rollback = "all").
+	RollbackAll bool
+}
+
+// Runner rolls systems out to hosts.
+type Runner struct {
+	Ops      HostOps
+	Mode     Mode
+	DryRun   bool
+	Parallel Parallelism
+	// Emit receives every event; it must not block for long. Nil drops
+	// them.
+	Emit func(Event)
+	// Failed are hosts that failed before the rollout (unreachable for
+	// their run lock, say): each fails in its batch with its error, as if
+	// its copy had failed.
+	Failed map[string]error
+	// NoRunEvents leaves run.start and run.done to the caller (a
+	// [Session] run).
+	NoRunEvents bool
+	// Reboot, in ModeBoot, reboots each host whose running system is not
+	// the new one once the new one is its boot default, and waits until
+	// it runs it healthily (Ops must be a [Rebooter]).
+	Reboot *RebootOptions
+
+	emitter emitter
+}
+
+func (r *Runner) emit(ev Event) { r.emitter.emit(r.Emit, ev) }
+
+// Run rolls systems (host name → system store path) out batch by batch.
+// A batch's hosts go through copy and activate concurrently (within the
+// parallelism limits); after each batch, if more than MaxFailures hosts
+// failed, the rollout stops, the remaining hosts are skipped and, with
+// RollbackAll, every host switched in this run is returned to its
+// previous generation.
+func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout) *Report {
+	rep := &Report{Hosts: map[string]*HostReport{}}
+	var all []string
+	for _, b := range ro.Batches {
+		all = append(all, b...)
+	}
+	for _, h := range all {
+		rep.Hosts[h] = &HostReport{Host: h, Result: ResultSkipped, System: systems[h]}
+	}
+	if !r.NoRunEvents {
+		r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode})
+	}
+	copySem := make(chan struct{}, r.Parallel.copy())
+	actSem := make(chan struct{}, r.Parallel.activate())
+	failures := 0
+	var switched []string
+	for i, batch := range ro.Batches {
+		r.emit(Event{Type: EventBatchStart, Batch: i + 1, Hosts: batch})
+		// The whole batch at once: the phases' own limits apply inside.
+		left := each(ctx, batch, len(batch), func(ctx context.Context, h string) {
+			r.host(ctx, rep.Hosts[h], copySem, actSem)
+		})
+		for _, h := range left {
+			r.emit(Event{Type: EventResult, Host: h, Result: ResultSkipped, Message: "interrupted before it started"})
+		}
+		for _, h := range batch {
+			switch rep.Hosts[h].Result {
+			case ResultOK:
+				if rep.Hosts[h].Generation != 0 && r.Mode.Activates() && r.Mode != ModeDryActivate {
+					switched = append(switched, h)
+				}
+			case ResultUnchanged, ResultPlanned:
+			default:
+				failures++
+			}
+		}
+		if failures > ro.MaxFailures {
+			if ro.RollbackAll && len(switched) > 0 {
+				r.rollbackAll(ctx, rep, switched)
+			}
+			for _, b := range ro.Batches[i+1:] {
+				for _, h := range b {
+					r.emit(Event{Type: EventResult, Host: h, Result: ResultSkipped, Message: "an earlier batch failed"})
+				}
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if !r.NoRunEvents {
+		summary := map[Result][]string{}
+		for _, h := range all {
+			summary[rep.Hosts[h].Result] = append(summary[rep.Hosts[h].Result], h)
+		}
+		r.emit(Event{Type: EventRunDone, Summary: summary})
+	}
+	return rep
+}
+
+func orDefault(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
+
+// host runs one host through copy and activate.
+func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan struct{}) {
+	h := hr.Host
+	// A step that failed for no reason its error names leaves the host
+	// failed, but a run lock or a copy that failed leaves it unreachable
+	// for this run (exit 4).
+	fail := func(phase Phase, err error) {
+		def := ResultFailed
+		if phase == PhaseLock || phase == PhaseCopy {
+			def = ResultUnreachable
+		}
+		hr.Phase, hr.Err = phase, err
+		hr.Result, hr.LogTail = resultOf(err, def)
+		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail, Health: hr.Health})
+	}
+	if err := r.Failed[h]; err != nil {
+		fail(PhaseLock, err)
+		return
+	}
+	// What the host's state differs in from its current generation is
+	// what this deploy overwrites: say so, and re-apply even an
+	// unchanged system to repair it.
+	drifted := false
+	if dc, ok := r.Ops.(DriftChecker); ok && r.Mode.Activates() && r.Mode != ModeDryActivate {
+		d, err := dc.Drift(ctx, h)
+		switch {
+		case err != nil:
+			r.emit(Event{Type: EventLog, Host: h, Phase: PhaseVerify, Message: "could not compare the host with its current generation: " + err.Error()})
+		case len(d.Items) > 0:
+			hr.Drift, drifted = d, true
+			what := "this deploy overwrites it"
+			switch {
+			case r.DryRun:
+				what = "a deploy would overwrite it"
+			case r.Mode == ModeBoot:
+				what = "the next boot, which applies the boot default, overwrites it"
+			}
+			r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseVerify, Drift: d,
+				Message: fmt.Sprintf("the host drifted from its generation %d (%s): %s", d.Generation, what, DriftSummary(d))})
+		}
+	}
+	select {
+	case copySem <- struct{}{}:
+	case <-ctx.Done():
+		fail(PhaseCopy, ctx.Err())
+		return
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "started"})
+	var last time.Time
+	pr, err := r.Ops.Push(ctx, h, hr.System, r.DryRun, func(p closure.Progress) {
+		if p.Done || time.Since(last) > 100*time.Millisecond {
+			last = time.Now()
+			r.emit(Event{Type: EventProgress, Host: h, Phase: PhaseCopy, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
+		}
+	})
+	<-copySem
+	hr.Push = pr
+	if err != nil {
+		fail(PhaseCopy, err)
+		return
+	}
+	if pr.CacheError != "" {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseCopy, Message: "cache: " + pr.CacheError + "; the rest was sent over the connection"})
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseCopy, State: "done", CopyPaths: pr.Missing, Total: pr.Bytes, FetchedPaths: pr.Fetched, FetchedBytes: pr.FetchedBytes})
+	hr.Phase = PhaseCopy
+	if r.DryRun {
+		hr.Result = ResultPlanned
+		ev := Event{Type: EventPlan, Host: h, System: hr.System, CopyPaths: pr.Missing, Total: pr.Bytes, Result: ResultPlanned}
+		if p := pr.Plan; p != nil {
+			ev.Start, ev.Restart, ev.Reload, ev.Stop, ev.Files = p.Start, p.Restart, p.Reload, p.Stop, p.Files
+		}
+		r.emit(ev)
+		return
+	}
+	if !r.Mode.Activates() {
+		hr.Result = ResultOK
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseCopy, System: hr.System})
+		return
+	}
+	reboot := r.Reboot != nil && r.Mode == ModeBoot && pr.Current != hr.System
+	if r.unchanged(pr, hr.System) && !(drifted && r.Mode != ModeBoot) {
+		if !reboot {
+			hr.Result = ResultUnchanged
+			r.emit(Event{Type: EventResult, Host: h, Result: ResultUnchanged, Phase: PhaseCopy, System: hr.System})
+			return
+		}
+		// Already the boot default: only the reboot is left.
+		select {
+		case actSem <- struct{}{}:
+		case <-ctx.Done():
+			fail(PhaseReboot, ctx.Err())
+			return
+		}
+		defer func() { <-actSem }()
+		r.reboot(ctx, hr, fail)
+		return
+	}
+	if drifted && r.unchanged(pr, hr.System) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: "the host runs this system already: re-applying it to repair the drift"})
+	}
+	select {
+	case actSem <- struct{}{}:
+	case <-ctx.Done():
+		fail(PhaseActivate, ctx.Err())
+		return
+	}
+	defer func() { <-actSem }()
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseActivate, State: "started"})
+	out, err := r.Ops.Activate(ctx, h, hr.System, r.Mode, func(line string) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: line})
+	})
+	if err != nil {
+		fail(PhaseActivate, err)
+		return
+	}
+	for _, w := range out.Warnings {
+		r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseActivate, Message: w})
+	}
+	hr.Generation, hr.Previous = out.Generation, out.Previous
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseConfirm, State: "done", Generation: out.Generation})
+	if reboot {
+		r.reboot(ctx, hr, fail)
+		return
+	}
+	hr.Result, hr.Phase = ResultOK, PhaseConfirm
+	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseConfirm, System: hr.System, Generation: out.Generation})
+}
+
+// reboot reboots a host into its (new) boot default and waits until it
+// runs it healthily; the host ends ok or fails in the reboot phase.
+func (r *Runner) reboot(ctx context.Context, hr *HostReport, fail func(Phase, error)) {
+	h := hr.Host
+	rb, ok := r.Ops.(Rebooter)
+	if !ok {
+		fail(PhaseReboot, errors.New("these host operations cannot reboot"))
+		return
+	}
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseReboot, State: "started"})
+	health, err := rb.Reboot(ctx, h, *r.Reboot, func(line string) {
+		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseReboot, Message: line})
+	})
+	hr.Health = health
+	if err != nil {
+		fail(PhaseReboot, err)
+		return
+	}
+	hr.Result, hr.Phase, hr.Generation = ResultOK, PhaseReboot, health.Current
+	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseReboot, State: "done", Generation: health.Current})
+	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseReboot, System: hr.System, Generation: health.Current, Health: health})
+}
+
+// unchanged reports whether the host already runs system as the mode
+// wants it, so activation can be skipped.
+func (r *Runner) unchanged(pr *PushResult, system string) bool {
+	switch r.Mode {
+	case ModeSwitch:
+		return pr.Current == system && pr.BootDefault == system
+	case ModeTest:
+		return pr.Current == system
+	case ModeBoot:
+		return pr.BootDefault == system
+	}
+	return false
+}
+
+// rollbackAll returns the hosts switched in this run to their previous
+// generations, concurrently.
+func (r *Runner) rollbackAll(ctx context.Context, rep *Report, switched []string) {
+	r.emit(Event{Type: EventRollback, Hosts: switched, Message: "the rollout failed; returning every host switched in this run"})
+	left := each(ctx, switched, r.Parallel.activate(), func(ctx context.Context, h string) {
+		hr := rep.Hosts[h]
+		r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "started", Generation: hr.Previous})
+		err := r.Ops.Rollback(ctx, h, hr.Previous, func(line string) {
+			r.emit(Event{Type: EventLog, Host: h, Phase: PhaseRollback, Message: line})
+		})
+		if err != nil {
+			hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseRollback, fmt.Errorf("rolling back to generation %d: %w", hr.Previous, err)
+			r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "failed", Error: hr.Err.Error()})
+			r.emit(Event{Type: EventResult, Host: h, Result: ResultFailed, Phase: PhaseRollback, Error: hr.Err.Error()})
+			return
+		}
+		hr.Result, hr.Phase = ResultRolledBack, PhaseRollback
+		r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseRollback, State: "done", Generation: hr.Previous})
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultRolledBack, Phase: PhaseRollback, Generation: hr.Previous})
+	})
+	for _, h := range left {
+		hr := rep.Hosts[h]
+		hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseRollback, fmt.Errorf("not rolled back to generation %d: %w", hr.Previous, ctx.Err())
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultFailed, Phase: PhaseRollback, Error: hr.Err.Error()})
+	}
+}

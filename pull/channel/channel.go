@@ -1,0 +1,80 @@
+// Package channel is pull mode's release channel: where a channel's
+// documents live in the fleet's bucket, how releases are signed and
+// verified, how a host decides that its wave may go, and how documents are
+// read (hosts, over plain HTTP(S) with conditional GETs) and statuses
+// written (hosts, with a request signed by [sigv4] under the channel's
+// status prefix). Both sides import it: deploy publish on the operator's
+// machine or in CI, deploy-agent pull on the hosts. docs/pull.md is the
+// operator's description.
+//
+// # Layout
+//
+// A channel NAME lives under channels/NAME/ in the binary cache's bucket
+// (beside the cache's narinfos and NARs, which hold the closures):
+//
+//	channels/NAME/channel.json          the head: the last publish (signed ChannelRelease)
+//	channels/NAME/releases/SERIAL.json  every publish, never overwritten
+//	channels/NAME/hosts/HOST.json       each host's release (signed Release)
+//	channels/NAME/status/HOST.json      each host's report (PullStatus)
+//
+// # Trust
+//
+// Documents are [agentapi.SignedDocument]s signed with ed25519 keys in the
+// cache's format ([cache.SecretKey]); [VerifyRelease] accepts a release only
+// when it is signed by a trusted key, names the host and channel, and has a
+// serial above the host's. Statuses are not signed: they are only as
+// trustworthy as the bucket's write permissions on the status prefix (give
+// each host credentials for its own status key where the store allows it),
+// and a forged status can stop or hasten a rollout but never make a host
+// run anything a publisher did not sign.
+package channel
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// The channel's keys, relative to its root ([Root]).
+const (
+	// HeadKey is the channel's last publish.
+	HeadKey = "channel.json"
+)
+
+// Root is the key prefix of channel name in the bucket (no trailing slash).
+func Root(name string) string { return "channels/" + name }
+
+// URL is channel name's root under a cache URL (s3://, file://,
+// http(s)://), keeping an s3 URL's query: where hosts read the channel,
+// where they write their status, and where the publisher writes.
+func URL(cacheURL, name string) string {
+	u, err := url.Parse(cacheURL)
+	if err != nil {
+		return strings.TrimSuffix(cacheURL, "/") + "/" + Root(name)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/" + Root(name)
+	u.RawPath = ""
+	return u.String()
+}
+
+// ReleaseKey is host's release document.
+func ReleaseKey(host string) string { return "hosts/" + host + ".json" }
+
+// StatusKey is host's status document.
+func StatusKey(host string) string { return "status/" + host + ".json" }
+
+// HistoryKey is the record of publish serial.
+func HistoryKey(serial int64) string { return "releases/" + strconv.FormatInt(serial, 10) + ".json" }
+
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// CheckName checks a channel or host name: it becomes part of object keys,
+// so letters, digits and . _ - only, not starting with . or -.
+func CheckName(what, name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%s name %q: want letters, digits, '.', '_' and '-', starting with a letter or digit", what, name)
+	}
+	return nil
+}
