@@ -66,9 +66,10 @@
 // the legacy name=systemd hierarchy works too), overlayfs, network
 // namespaces, and the programs systemd-nspawn (Debian: systemd-container),
 // debootstrap, nsenter, ip and tc (iproute2); building the image needs a
-// Debian mirror ($DEPLOY_VMTEST_MIRROR, default [DefaultMirror]). No
-// systemd on the machine itself: nspawn runs with --register=no and
-// --keep-unit. [Available] reports what is missing. When something is,
-// [Start] skips the test with that message, except when the environment has
-// CI=true: then the test fails.
+// Debian mirror: the [Mirror] that the machine's own apt sources name
+// (/etc/apt/sources.list and /etc/apt/sources.list.d), unless
+// $DEPLOY_VMTEST_MIRROR names another. No systemd on the machine itself:
+// nspawn runs with --register=no and --keep-unit. [Available] reports what
+// is missing. When something is, [Start] skips the test with that message,
+// except when the environment has CI=true: then the test fails.
 package vmtest

@@ -24,10 +24,6 @@ import (
 // $DEPLOY_VMTEST_CACHE or [WithCacheDir] says otherwise.
 const DefaultCacheDir = "/var/cache/deploy-vmtest"
 
-// DefaultMirror is the Debian mirror debootstrap uses unless
-// $DEPLOY_VMTEST_MIRROR says otherwise.
-const DefaultMirror = "http://deb.debian.org/debian"
-
 // The image recipe. Changing any of it changes the image's cache key.
 const (
 	imageSuite   = "bookworm"
@@ -101,8 +97,9 @@ func imageKey() string {
 
 // ensureImage returns the root filesystem of the cached image, building it
 // first if no process has yet. Builders take turns under an flock; the
-// image appears by an atomic rename only when complete.
-func ensureImage(ctx context.Context, cache, mirror string, logf func(string, ...any)) (string, error) {
+// image appears by an atomic rename only when complete. Only a build looks
+// for the [Mirror].
+func ensureImage(ctx context.Context, cache string, logf func(string, ...any)) (string, error) {
 	images := filepath.Join(cache, "images")
 	key := imageKey()
 	final := filepath.Join(images, key)
@@ -122,6 +119,10 @@ func ensureImage(ctx context.Context, cache, mirror string, logf func(string, ..
 		return rootfs, nil // another process built it while we waited
 	}
 
+	mirror, err := Mirror()
+	if err != nil {
+		return "", fmt.Errorf("build image: %w", err)
+	}
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
 		return "", fmt.Errorf("build image: remove partial build: %w", err)

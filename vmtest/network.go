@@ -62,7 +62,6 @@ type Option func(*config)
 
 type config struct {
 	cacheDir       string
-	mirror         string
 	bootTimeout    time.Duration
 	commandTimeout time.Duration
 }
@@ -126,15 +125,11 @@ func (n *Network) Close() { n.close() }
 func newConfig(opts []Option) config {
 	cfg := config{
 		cacheDir:       os.Getenv("DEPLOY_VMTEST_CACHE"),
-		mirror:         os.Getenv("DEPLOY_VMTEST_MIRROR"),
 		bootTimeout:    2 * time.Minute,
 		commandTimeout: 5 * time.Minute,
 	}
 	if cfg.cacheDir == "" {
 		cfg.cacheDir = DefaultCacheDir
-	}
-	if cfg.mirror == "" {
-		cfg.mirror = DefaultMirror
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -156,7 +151,7 @@ func (n *Network) start(count int) error {
 		return fmt.Errorf("find cgroups: missing %w", err)
 	}
 	imgCtx, cancel := context.WithTimeout(n.ctx, 15*time.Minute)
-	n.rootfs, err = ensureImage(imgCtx, cacheDir, n.cfg.mirror, n.logf)
+	n.rootfs, err = ensureImage(imgCtx, cacheDir, n.logf)
 	cancel()
 	if err != nil {
 		return err

@@ -89,13 +89,9 @@ func StartQEMU(tb testing.TB) *QEMUHost {
 	if cache == "" {
 		cache = DefaultCacheDir
 	}
-	mirror := os.Getenv("DEPLOY_VMTEST_MIRROR")
-	if mirror == "" {
-		mirror = DefaultMirror
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	img, err := ensureQEMUImage(ctx, cache, mirror, tb.Logf)
+	img, err := ensureQEMUImage(ctx, cache, tb.Logf)
 	if err != nil {
 		tb.Fatalf("vmtest: %v", err)
 	}
@@ -360,8 +356,9 @@ func qemuImageKey() string {
 }
 
 // ensureQEMUImage returns the cached qemu image, building it first if
-// needed (under an flock, renamed into place when complete).
-func ensureQEMUImage(ctx context.Context, cache, mirror string, logf func(string, ...any)) (qemuImage, error) {
+// needed (under an flock, renamed into place when complete; only a build
+// looks for the [Mirror]).
+func ensureQEMUImage(ctx context.Context, cache string, logf func(string, ...any)) (qemuImage, error) {
 	images := filepath.Join(cache, "images")
 	final := filepath.Join(images, qemuImageKey())
 	img := qemuImage{dir: final, kernel: filepath.Join(final, "vmlinuz"), initrd: filepath.Join(final, "initrd.img"), disk: filepath.Join(final, "disk.raw")}
@@ -378,6 +375,10 @@ func ensureQEMUImage(ctx context.Context, cache, mirror string, logf func(string
 	defer lock.Close()
 	if _, err := os.Stat(img.disk); err == nil {
 		return img, nil
+	}
+	mirror, err := Mirror()
+	if err != nil {
+		return img, fmt.Errorf("build qemu image: %w", err)
 	}
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {

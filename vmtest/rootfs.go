@@ -15,7 +15,7 @@ import (
 // --variant=minbase with the given extra packages, for tests that need real
 // programs with their libraries (an nginx image, say). It is built once per
 // machine and package list into the image cache ($DEPLOY_VMTEST_CACHE,
-// images/rootfs-<hash>/rootfs) from $DEPLOY_VMTEST_MIRROR, under the same
+// images/rootfs-<hash>/rootfs) from the [Mirror], under the same
 // flock and atomic rename as the hosts' image, without its customization
 // apart from emptying apt's caches. It needs root and debootstrap
 // ([Available] says what is missing).
@@ -42,6 +42,10 @@ func Rootfs(ctx context.Context, packages []string, logf func(format string, arg
 	if _, err := os.Stat(rootfs); err == nil {
 		return rootfs, nil
 	}
+	mirror, err := Mirror()
+	if err != nil {
+		return "", fmt.Errorf("rootfs: %w", err)
+	}
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
 		return "", fmt.Errorf("rootfs: remove partial build: %w", err)
@@ -50,8 +54,8 @@ func Rootfs(ctx context.Context, packages []string, logf func(format string, arg
 		return "", fmt.Errorf("rootfs: %w", err)
 	}
 	start := time.Now()
-	logf("vmtest: building root filesystem %s (%s) with debootstrap from %s (once per machine)", filepath.Base(final), strings.Join(packages, ","), cfg.mirror)
-	if err := debootstrap(ctx, filepath.Join(tmp, "rootfs"), cfg.mirror, final+".log", packages); err != nil {
+	logf("vmtest: building root filesystem %s (%s) with debootstrap from %s (once per machine)", filepath.Base(final), strings.Join(packages, ","), mirror)
+	if err := debootstrap(ctx, filepath.Join(tmp, "rootfs"), mirror, final+".log", packages); err != nil {
 		return "", err
 	}
 	for _, d := range []string{"var/cache/apt", "var/lib/apt/lists"} {

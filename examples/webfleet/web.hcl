@@ -16,7 +16,7 @@ role "web" {
   # `deploy lock --update` re-pins the tag.
   package "nginx" {
     oci {
-      image = "docker.io/library/nginx:1-trixie"
+      image = "nginx:1-trixie"
     }
   }
 
