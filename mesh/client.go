@@ -107,12 +107,20 @@ func (c *Config) dial(ctx context.Context, via *ssh.Client, e *endpoint) (net.Co
 		conn, err = via.DialContext(dctx, "tcp", e.addr())
 	}
 	if err != nil {
-		if ctx.Err() == nil && dctx.Err() != nil {
-			err = fmt.Errorf("dial %s: timed out after %v", e.addr(), timeout)
-		}
-		return nil, &UnreachableError{Host: e.name, Phase: PhaseDial, Err: err}
+		return nil, &UnreachableError{Host: e.name, Phase: PhaseDial, Err: dialError(ctx, dctx, err, e.addr(), timeout)}
 	}
 	return conn, nil
+}
+
+// dialError words a failed dial of addr: one that ran out of its time
+// (the dial context's deadline, or the network's own timeout, whichever
+// came first) says so the same way wherever it happened.
+func dialError(ctx, dctx context.Context, err error, addr string, timeout time.Duration) error {
+	var ne net.Error
+	if ctx.Err() == nil && (dctx.Err() != nil || errors.As(err, &ne) && ne.Timeout()) {
+		return fmt.Errorf("dial %s: timed out after %v", addr, timeout)
+	}
+	return err
 }
 
 // handshake runs the SSH handshake and authentication on raw, bounded by

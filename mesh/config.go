@@ -170,6 +170,7 @@ type endpoint struct {
 	agentSet         bool     // IdentityAgent given: agentSocket replaces SSH_AUTH_SOCK
 	agentSocket      string   // expanded IdentityAgent; "" for none
 	hostKeyAlias     string   // HostKeyAlias: the name in known_hosts
+	configured       bool     // a specific ~/.ssh/config block matched alias
 	strict           string   // StrictHostKeyChecking as written, normalised
 	proxyCommand     string   // ProxyCommand, tokens not yet expanded; "" for none
 	connectTimeout   time.Duration
@@ -178,6 +179,19 @@ type endpoint struct {
 }
 
 func (e *endpoint) addr() string { return net.JoinHostPort(e.host, strconv.Itoa(e.port)) }
+
+// scanName is what `deploy keyscan` (which reads ~/.ssh/config too) takes
+// to reach the endpoint the same way: its alias when a ~/.ssh/config block
+// says how to reach it, else its address (with the port unless 22).
+func (e *endpoint) scanName() string {
+	if e.configured {
+		return e.alias
+	}
+	if e.port == 22 {
+		return e.host
+	}
+	return e.addr()
+}
 
 // knownHostsName is the address the endpoint is looked up with in
 // known_hosts ("host:port"): its HostKeyAlias (with port 22, so that
@@ -316,6 +330,7 @@ func (c *Config) resolveEndpoint(o *sshOptions, name, address, alias string) (en
 		e.agentSet, e.agentSocket = true, c.expandPath(a, e, alias)
 	}
 	e.hostKeyAlias = o.HostKeyAlias
+	e.configured = o.specific
 	e.strict = o.StrictHostKeyChecking
 	if pc := o.ProxyCommand; pc != "" && pc != "none" {
 		e.proxyCommand = pc

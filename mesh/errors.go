@@ -33,6 +33,9 @@ type UnknownHostError struct {
 	Host        string // the host's name
 	Address     string // the address looked up in known_hosts, "host" or "host:port"
 	Fingerprint string // SHA256 fingerprint of the key the host presented
+	// Scan is what `deploy keyscan` takes to reach the host as it was
+	// reached: its ~/.ssh/config alias, or its address.
+	Scan string
 }
 
 // Error names the host and the presented key's fingerprint.
@@ -43,8 +46,12 @@ func (e *UnknownHostError) Error() string {
 
 // Hint suggests how to make the host known.
 func (e *UnknownHostError) Hint() string {
+	scan := e.Scan
+	if scan == "" {
+		scan = e.Address
+	}
 	return fmt.Sprintf("run `deploy keyscan %s`, verify the fingerprint out of band, then pin it as host_key "+
-		"(or append `deploy keyscan --known-hosts %s` to ~/.ssh/known_hosts)", e.Address, e.Address)
+		"(or append the output of `deploy keyscan --known-hosts %s` to ~/.ssh/known_hosts)", scan, scan)
 }
 
 // RevokedHostKeyError reports that a host presented a key marked @revoked in

@@ -209,7 +209,7 @@ func (v *verifier) verify(hostname string, remote net.Addr, key ssh.PublicKey) e
 		}
 	}
 	if !v.trustOnFirstUse() {
-		return &UnknownHostError{Host: v.e.name, Address: v.knownHostsAddr(), Fingerprint: got}
+		return &UnknownHostError{Host: v.e.name, Address: v.knownHostsAddr(), Fingerprint: got, Scan: v.e.scanName()}
 	}
 	if err := v.cfg.trust(v.knownHostsAddr(), key); err != nil {
 		return fmt.Errorf("trust host key of %q on first use: %w", v.e.name, err)

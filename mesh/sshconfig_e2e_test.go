@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/vmtest"
@@ -192,6 +193,25 @@ Host cert-agent
 		var ue *mesh.UnknownHostError
 		if !errors.As(err, &ue) || ue.Address != "host-one-alias" {
 			t.Fatalf("connect with HostKeyAlias not in known_hosts = %v, want an UnknownHostError for host-one-alias", err)
+		}
+		// The hint can be followed: keyscan is told the name that reaches
+		// the host (the alias is only what known_hosts calls it), and it
+		// reaches it as Connect does, through ~/.ssh/config.
+		if hint := ue.Hint(); !strings.Contains(hint, "deploy keyscan via-proxy-alias`") {
+			t.Fatalf("hint %q, want it to name `deploy keyscan via-proxy-alias`", hint)
+		}
+		keys, name, err := other.ScanHostKeys(ctx, mesh.Target{Name: "via-proxy-alias", Address: "via-proxy-alias"})
+		if err != nil {
+			t.Fatalf("ScanHostKeys(via-proxy-alias): %v", err)
+		}
+		if name != "host-one-alias" || mesh.FormatHostKey(keys[0]) != h.HostKeyLine() {
+			t.Fatalf("ScanHostKeys(via-proxy-alias) = %s as %q, want %s as host-one-alias", mesh.FormatHostKey(keys[0]), name, h.HostKeyLine())
+		}
+		writeFile(t, kh, h.KnownHostsLine()+"\n"+knownhosts.Line([]string{name}, keys[0])+"\n", 0o600)
+		if cl, err := other.Connect(ctx, mesh.Target{Name: "via-proxy-alias"}); err != nil {
+			t.Fatalf("connect after adding the scanned key: %v", err)
+		} else {
+			cl.Close()
 		}
 	})
 	t.Run("proxycommand fails", func(t *testing.T) {
