@@ -7,48 +7,21 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/vmtest"
 )
 
-var (
-	agentOnce sync.Once
-	agentBin  string
-	agentErr  error
-)
-
-// buildAgent builds cmd/deploy-agent (static) once per test binary.
-func buildAgent(t testing.TB) string {
-	t.Helper()
-	agentOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "deploy-agent-bin-")
-		if err != nil {
-			agentErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "deploy-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", agentBin, "./cmd/deploy-agent")
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			agentErr = fmt.Errorf("go build deploy-agent: %v\n%s", err, out)
-		}
-	})
-	if agentErr != nil {
-		t.Fatal(agentErr)
-	}
-	return agentBin
-}
+// buildAgent is the deploy-agent of the end-to-end tests.
+func buildAgent(t testing.TB) string { return e2e.Agent(t) }
 
 // mixedClosure adds a closure of about size bytes to s: one large path of
 // several big files, some medium paths, many small ones, all referenced by
@@ -118,37 +91,10 @@ func writeDir(t testing.TB, files map[string]string) string {
 	return dir
 }
 
-// testConfig returns a mesh configuration that reaches nw's hosts with the
-// test client key and an empty known_hosts.
-func testConfig(t testing.TB, nw *vmtest.Network) *mesh.Config {
-	t.Helper()
-	dir := t.TempDir()
-	key := filepath.Join(dir, "id_ed25519")
-	if err := os.WriteFile(key, nw.ClientKeyPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	kh := filepath.Join(dir, "known_hosts")
-	os.WriteFile(kh, nil, 0o600)
-	return &mesh.Config{
-		Dialer:            nw,
-		IdentityFiles:     []string{key},
-		KnownHostsFiles:   []string{kh},
-		SSHConfigFile:     "none",
-		KeepaliveInterval: time.Second,
-		KeepaliveMax:      3,
-		Getenv: func(k string) string {
-			if k == "HOME" {
-				return dir
-			}
-			return ""
-		},
-		Logf: t.Logf,
-	}
-}
+// testConfig reaches nw's hosts (see e2e.MeshConfig).
+func testConfig(t testing.TB, nw *vmtest.Network) *mesh.Config { return e2e.MeshConfig(t, nw) }
 
-func target(h *vmtest.Host) mesh.Target {
-	return mesh.Target{Name: h.Name(), Address: h.Addr().String(), HostKey: h.HostKeyLine()}
-}
+func target(h *vmtest.Host) mesh.Target { return e2e.Target(h) }
 
 func newLocal(t testing.TB) (*closure.Store, string) {
 	t.Helper()

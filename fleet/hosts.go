@@ -29,6 +29,10 @@ type sshHosts struct {
 	cache       *closure.CacheSpec
 	activation  activationSettings
 
+	// beforeConfirm, in tests, runs before a host's confirmation
+	// connection is opened.
+	beforeConfirm func(host string)
+
 	mu     sync.Mutex
 	before map[string]string // each host's current system before this run
 }
@@ -141,10 +145,15 @@ func (o *sshHosts) Activate(ctx context.Context, host, system string, mode Mode,
 		return nil, err
 	}
 	deadline := time.Now().Add(o.activation.waitLock)
+	var hook func()
+	if o.beforeConfirm != nil {
+		hook = func() { o.beforeConfirm(host) }
+	}
 	for {
 		res, err := c.Activate(ctx, system, agentclient.ActivateOptions{
 			Mode: string(mode), ConfirmTimeout: o.activation.confirmTimeout, Meta: o.activation.meta,
-			Logf: func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
+			Logf:          func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
+			BeforeConfirm: hook,
 		})
 		var lh *agentclient.LockHeldError
 		if errors.As(err, &lh) && time.Now().Before(deadline) {

@@ -328,3 +328,26 @@ func TestSessionBuildFailure(t *testing.T) {
 	}
 	checkRunBrackets(t, log)
 }
+
+// A session without a builder cannot deploy: it says so, before it
+// touches a host (it used the builder before checking for it, and
+// panicked).
+func TestSessionDeployWithoutBuilder(t *testing.T) {
+	dir := testFleet(t, []string{"a", "b"}, "")
+	ops := &scriptedOps{}
+	log := &eventLog{}
+	s := &Session{Targets: []string{dir + "#all"}, Command: "deploy", Ops: ops, Emit: log.emit}
+	if err := s.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, opts := range []DeployOptions{{}, {DryRun: true}, {Mode: ModeBuild}} {
+		_, err := s.Deploy(context.Background(), opts)
+		if !errors.Is(err, errNoBuilder) {
+			t.Errorf("Deploy(%+v) without a builder: %v, want %v", opts, err, errNoBuilder)
+		}
+	}
+	if len(ops.calls) > 0 {
+		t.Errorf("the hosts were acted on: %v", ops.calls)
+	}
+}
