@@ -23,7 +23,7 @@ import (
 
 func layoutFlags(fs *flag.FlagSet) func() activation.Layout {
 	stateDir := stateDirFlag(fs)
-	runDir := fs.String("run-dir", activation.DefaultRunDir, "the agent's runtime `directory` (lock, state, confirmations)")
+	runDir := fs.String("run-dir", agentapi.DefaultRunDir, "the agent's runtime `directory` (lock, state, confirmations)")
 	return func() activation.Layout { return activation.Layout{StateDir: *stateDir, RunDir: *runDir} }
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/pull"
 )
 
@@ -21,9 +22,9 @@ import (
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	config := fs.String("config", "/etc/deploy/pull.json", "the pull configuration `file` the generation installed")
+	config := fs.String("config", agentapi.PullConfigFile, "the pull configuration `file` the generation installed")
 	stateDir := fs.String("state-dir", "", "the agent's state `directory` (default: the configuration's)")
-	runDir := fs.String("run-dir", activation.DefaultRunDir, "the agent's runtime `directory`")
+	runDir := fs.String("run-dir", agentapi.DefaultRunDir, "the agent's runtime `directory`")
 	status := fs.Bool("status", false, "print the host's last status document and exit")
 	if err := fs.Parse(args); err != nil {
 		return usageErr(err)
