@@ -34,7 +34,7 @@ func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if os.Geteuid() != 0 {
 		return errors.New("confirm: must run as root")
 	}
-	tok, err := readToken(stdin)
+	tok, err := activation.ReadToken(stdin)
 	if err != nil {
 		return usageErr(err)
 	}

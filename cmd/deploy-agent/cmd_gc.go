@@ -44,7 +44,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageErr(errors.New("gc: --keep-pushed and --pushed-max-age must not be negative"))
 	}
 	l := layout()
-	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: operatorName(), Started: time.Now().UTC(), Activation: "gc"})
+	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "gc"})
 	var lh *activation.LockHeldError
 	if errors.As(err, &lh) {
 		return &exitError{code: exitLockHeld, err: fmt.Errorf("gc: %w", err)}
@@ -113,7 +113,7 @@ func runApply(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	l := layout()
 	if !*lockHeld {
-		lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: operatorName(), Started: time.Now().UTC(), Activation: "apply"})
+		lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "apply"})
 		var lh *activation.LockHeldError
 		if errors.As(err, &lh) {
 			return &exitError{code: exitLockHeld, err: err}

@@ -11,8 +11,7 @@ import (
 )
 
 // runRollback activates an earlier generation with the same machinery as
-// activate: by default the newest generation before the current one that
-// did not fail, or --to N.
+// activate (see activation.Layout.RollbackTarget for which).
 func runRollback(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -28,30 +27,9 @@ func runRollback(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		return usageErr(errors.New("rollback: unexpected arguments"))
 	}
 	l := layout()
-	gens, err := l.Generations()
+	target, err := l.RollbackTarget(*to)
 	if err != nil {
 		return err
-	}
-	cur, _ := l.CurrentGeneration()
-	var target *activation.Generation
-	for _, g := range gens {
-		switch {
-		case *to > 0 && g.Number == *to:
-			target = g
-		case *to == 0 && (cur == 0 || g.Number < cur) && !g.Failed:
-			target = g
-		}
-	}
-	if target == nil {
-		if *to > 0 {
-			return fmt.Errorf("rollback: no generation %d", *to)
-		}
-		return errors.New("rollback: no earlier generation that did not fail")
-	}
-	// Refused before anything is allocated or changed (the worker checks
-	// again under the lock).
-	if err := l.CheckCompatible(target.Number); err != nil {
-		return fmt.Errorf("rollback: %w", err)
 	}
 	fmt.Fprintf(stderr, "deploy-agent: rolling back to generation %d\n", target.Number)
 	req := &activation.Request{System: target.System, Generation: target.Number, Mode: activation.ModeSwitch,
