@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,19 +32,12 @@ func (m metaFlag) Set(s string) error {
 	return nil
 }
 
-func usageErr(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return &exitError{code: exitUsage, err: err}
-}
-
 // runActivate is the front of an activation (see activation.Start): it
 // runs in the operator's SSH session, follows the activation's log to
 // stderr until the activation awaits confirmation or ends, and prints one
 // JSON result line on stdout.
 func runActivate(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("activate", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbActivate, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	mode := fs.String("mode", activation.ModeSwitch, "switch, boot, test or dry-activate")
@@ -73,42 +65,17 @@ func runActivate(ctx context.Context, args []string, stdin io.Reader, stdout, st
 // and prints its result.
 func startActivation(ctx context.Context, l activation.Layout, req *activation.Request, stdin io.Reader, stdout, stderr io.Writer, noDetach bool) error {
 	res, err := activation.Start(ctx, l, req, activation.StartOptions{NoDetach: noDetach, Token: stdin, Log: stderr, Logf: prefixed(stderr)})
-	var te *activation.TokenError
-	if errors.As(err, &te) {
-		return usageErr(err)
-	}
 	if err != nil {
-		return err
+		return activationErr(err)
 	}
 	return resultExit(stdout, res)
-}
-
-// printResult prints r as the result line, in this agent's API version.
-func printResult(w io.Writer, r *activation.Result) {
-	r.V = agentapi.Version
-	data, _ := json.Marshal(r)
-	fmt.Fprintf(w, "%s\n", data)
-}
-
-// resultExit prints r and returns the error carrying its exit code.
-func resultExit(stdout io.Writer, r *activation.Result) error {
-	printResult(stdout, r)
-	switch r.Outcome {
-	case activation.OutcomeDone, activation.OutcomeAwaiting, activation.OutcomeDry:
-		return nil
-	case activation.OutcomeRolledBack:
-		return &exitError{code: exitRolledBack, err: errors.New(r.Message)}
-	case activation.OutcomeLockHeld:
-		return &exitError{code: exitLockHeld, err: errors.New(r.Message)}
-	}
-	return errors.New(r.Message)
 }
 
 // runActivateWorker is the detached half of an activation (see
 // activation.RunWorker): it runs the activation whose request the front
 // wrote, logging to the activation's log.
 func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("activate-worker", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbActivateWorker, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	id := fs.String("id", "", "activation `id`")
@@ -126,7 +93,7 @@ func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) err
 // it waits for the worker, and finishes the activation if the worker dies
 // without a result, logging to the activation's log.
 func runWatchdog(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("watchdog", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbWatchdog, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	id := fs.String("id", "", "activation `id`")

@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 // runConfirm confirms a pending activation: `confirm N` with the token on
 // stdin. It then waits for the activation's result and exits like
 // activate would (0 done, 3 rolled back).
 func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("confirm", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbConfirm, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	wait := fs.Duration("wait", 10*time.Minute, "how long to wait for the activation's result")
@@ -36,7 +37,7 @@ func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	}
 	tok, err := activation.ReadToken(stdin)
 	if err != nil {
-		return usageErr(err)
+		return activationErr(err)
 	}
 	l := layout()
 	a, err := l.Confirm(gen, tok)

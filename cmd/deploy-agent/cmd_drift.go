@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 // runDrift compares the machine with its current generation. It exits 0
 // whether or not it found drift: the items say (deploy verify decides).
 func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("drift", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbDrift, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -46,7 +47,7 @@ func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // runHealth waits for the boot default's units and runs its health checks
 // (after a reboot). It exits 0 when the host is healthy, 1 when not.
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbHealth, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")

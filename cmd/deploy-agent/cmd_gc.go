@@ -26,7 +26,7 @@ const (
 // older than the age limit, and then every store path no remaining
 // generation or pushed system needs.
 func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbGC, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	keep := fs.Int("keep", 5, "keep the newest `K` generations")
@@ -47,7 +47,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "gc"})
 	var lh *activation.LockHeldError
 	if errors.As(err, &lh) {
-		return &exitError{code: exitLockHeld, err: fmt.Errorf("gc: %w", err)}
+		return lockHeldErr(fmt.Errorf("gc: %w", err))
 	}
 	if err != nil {
 		return err
@@ -86,7 +86,7 @@ func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // runBoot is the boot unit's command: re-apply the boot default.
 func runBoot(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("boot", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbBoot, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -100,7 +100,7 @@ func runBoot(ctx context.Context, args []string, stderr io.Writer) error {
 // rollback runs it from the earlier generation's own agent (--lock-held:
 // the activation worker holds the lock); by hand it takes the lock.
 func runApply(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbApply, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	gen := fs.Int("generation", 0, "the generation `N` to apply")
@@ -116,7 +116,7 @@ func runApply(ctx context.Context, args []string, stderr io.Writer) error {
 		lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "apply"})
 		var lh *activation.LockHeldError
 		if errors.As(err, &lh) {
-			return &exitError{code: exitLockHeld, err: err}
+			return lockHeldErr(err)
 		}
 		if err != nil {
 			return err

@@ -20,7 +20,7 @@ import (
 // channel), and 1 when the poll could not (the channel or the cache
 // unreachable).
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbPull, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", agentapi.PullConfigFile, "the pull configuration `file` the generation installed")
 	stateDir := fs.String("state-dir", "", "the agent's state `directory` (default: the configuration's)")

@@ -8,12 +8,13 @@ import (
 	"io"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 // runRollback activates an earlier generation with the same machinery as
 // activate (see activation.Layout.RollbackTarget for which).
 func runRollback(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbRollback, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	to := fs.Int("to", 0, "the generation `N` to activate (default: the one before the current)")

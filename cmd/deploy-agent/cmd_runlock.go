@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
 
 // runRunLock holds the run lock for an operator's run (see
 // activation.Layout.HoldRunLock): the holder on the first line of stdin,
 // the reply on stdout, then "ping" and "release" lines.
 func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run-lock", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbRunLock, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	wait := fs.Duration("wait", 0, "wait up to this `duration` for a held lock")
@@ -25,7 +26,7 @@ func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	err := layout().HoldRunLock(ctx, stdin, stdout, activation.RunLockOptions{Wait: *wait, Lease: *lease, Logf: prefixed(stderr)})
 	var held *activation.RunLockHeldError
 	if errors.As(err, &held) {
-		return &exitError{code: exitLockHeld, err: err}
+		return lockHeldErr(err)
 	}
 	return err
 }

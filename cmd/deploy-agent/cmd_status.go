@@ -17,7 +17,7 @@ import (
 // runStatus prints the current and boot generations, a pending
 // activation and failed generations.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbStatus, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -76,7 +76,7 @@ func writeJSON(w io.Writer, v any) error {
 
 // runGenerations lists the generations.
 func runGenerations(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("generations", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbGenerations, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	layout := layoutFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")

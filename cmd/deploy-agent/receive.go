@@ -23,7 +23,7 @@ func stateDirFlag(fs *flag.FlagSet) *string {
 // runReceive serves the transfer protocol on stdin/stdout (see
 // docs/transfer.md). Progress lines go to stderr.
 func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbReceive, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := stateDirFlag(fs)
 	verbose := fs.Bool("v", false, "log every received path to stderr")
@@ -103,7 +103,7 @@ func verifySig(pi *closure.PathInfo, keys []string) error {
 // with the given NAR hash, then removes the binary when it is a bootstrap
 // upload (store/.upload-*). It prints the agent's store path.
 func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("install-self", flag.ContinueOnError)
+	fs := flag.NewFlagSet(agentapi.VerbInstallSelf, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := stateDirFlag(fs)
 	if err := fs.Parse(args); err != nil {
