@@ -3,33 +3,48 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
 )
 
-func layoutFlags(fs *flag.FlagSet) func() activation.Layout {
-	stateDir := stateDirFlag(fs)
-	runDir := fs.String("run-dir", agentapi.DefaultRunDir, "the agent's runtime `directory` (lock, state, confirmations)")
-	return func() activation.Layout { return activation.Layout{StateDir: *stateDir, RunDir: *runDir} }
+// activateArgs is the command line of activate (agentapi.ActivateCmd).
+type activateArgs struct {
+	layout         activation.Layout
+	mode           string
+	confirmTimeout time.Duration
+	meta           map[string]string
+	force          bool
+	noDetach       bool
+	system         string
 }
 
-type metaFlag map[string]string
-
-func (m metaFlag) String() string { return "" }
-func (m metaFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("--meta %q: want key=value", s)
+func parseActivate(args []string, stderr io.Writer) (*activateArgs, error) {
+	fs := newFlagSet(agentapi.VerbActivate, stderr)
+	layout := layoutFlags(fs)
+	a := &activateArgs{meta: metaFlag{}}
+	fs.StringVar(&a.mode, "mode", activation.ModeSwitch, "switch, boot, test or dry-activate")
+	fs.DurationVar(&a.confirmTimeout, "confirm-timeout", 30*time.Second, "roll back unless confirmed within this `duration` (0: no confirmation); the token is read from stdin")
+	fs.Var(metaFlag(a.meta), "meta", "`key=value` recorded with the generation (operator, git_rev, message); repeatable")
+	fs.BoolVar(&a.force, "force", false, "replace unmanaged files and symlinks")
+	fs.BoolVar(&a.noDetach, "no-detach", false, "run the activation in this process (debugging)")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
 	}
-	m[k] = v
-	return nil
+	if fs.NArg() != 1 {
+		return nil, usageErr(errors.New("activate: want exactly one SYSTEM store path"))
+	}
+	switch a.mode {
+	case activation.ModeSwitch, activation.ModeBoot, activation.ModeTest, activation.ModeDryActivate:
+	default:
+		return nil, usageErr(fmt.Errorf("activate: unknown mode %q", a.mode))
+	}
+	a.layout, a.system = layout(), filepath.Clean(fs.Arg(0))
+	return a, nil
 }
 
 // runActivate is the front of an activation (see activation.Start): it
@@ -37,32 +52,15 @@ func (m metaFlag) Set(s string) error {
 // stderr until the activation awaits confirmation or ends, and prints one
 // JSON result line on stdout.
 func runActivate(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(agentapi.VerbActivate, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	mode := fs.String("mode", activation.ModeSwitch, "switch, boot, test or dry-activate")
-	confirmTimeout := fs.Duration("confirm-timeout", 30*time.Second, "roll back unless confirmed within this `duration` (0: no confirmation); the token is read from stdin")
-	meta := metaFlag{}
-	fs.Var(meta, "meta", "`key=value` recorded with the generation (operator, git_rev, message); repeatable")
-	force := fs.Bool("force", false, "replace unmanaged files and symlinks")
-	noDetach := fs.Bool("no-detach", false, "run the activation in this process (debugging)")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseActivate(args, stderr)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
-		return usageErr(errors.New("activate: want exactly one SYSTEM store path"))
-	}
-	switch *mode {
-	case activation.ModeSwitch, activation.ModeBoot, activation.ModeTest, activation.ModeDryActivate:
-	default:
-		return usageErr(fmt.Errorf("activate: unknown mode %q", *mode))
-	}
-	req := &activation.Request{System: filepath.Clean(fs.Arg(0)), Mode: *mode, ConfirmTimeout: *confirmTimeout, Meta: meta, Force: *force}
-	return startActivation(ctx, layout(), req, stdin, stdout, stderr, *noDetach)
+	req := &activation.Request{System: a.system, Mode: a.mode, ConfirmTimeout: a.confirmTimeout, Meta: a.meta, Force: a.force}
+	return startActivation(ctx, a.layout, req, stdin, stdout, stderr, a.noDetach)
 }
 
-// startActivation runs req (activate, rollback; see activation.Start)
-// and prints its result.
+// startActivation runs req (activate, rollback) and prints its result.
 func startActivation(ctx context.Context, l activation.Layout, req *activation.Request, stdin io.Reader, stdout, stderr io.Writer, noDetach bool) error {
 	res, err := activation.Start(ctx, l, req, activation.StartOptions{NoDetach: noDetach, Token: stdin, Log: stderr, Logf: prefixed(stderr)})
 	if err != nil {
@@ -71,18 +69,33 @@ func startActivation(ctx context.Context, l activation.Layout, req *activation.R
 	return resultExit(stdout, res)
 }
 
-// runActivateWorker is the detached half of an activation (see
-// activation.RunWorker): it runs the activation whose request the front
-// wrote, logging to the activation's log.
-func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet(agentapi.VerbActivateWorker, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// idArgs is the command line of the detached halves of an activation,
+// activate-worker and watchdog (activation.RunWorker, RunWatchdog).
+type idArgs struct {
+	layout activation.Layout
+	id     string
+}
+
+func parseID(verb string, args []string, stderr io.Writer) (*idArgs, error) {
+	fs := newFlagSet(verb, stderr)
 	layout := layoutFlags(fs)
-	id := fs.String("id", "", "activation `id`")
+	a := &idArgs{}
+	fs.StringVar(&a.id, "id", "", "activation `id`")
 	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+		return nil, usageErr(err)
 	}
-	res, err := activation.RunWorker(ctx, layout(), *id)
+	a.layout = layout()
+	return a, nil
+}
+
+// runActivateWorker is the detached half of an activation: it runs the
+// activation whose request the front wrote, logging to its log.
+func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) error {
+	a, err := parseID(agentapi.VerbActivateWorker, args, stderr)
+	if err != nil {
+		return err
+	}
+	res, err := activation.RunWorker(ctx, a.layout, a.id)
 	if err != nil {
 		return err
 	}
@@ -93,15 +106,12 @@ func runActivateWorker(ctx context.Context, args []string, stderr io.Writer) err
 // it waits for the worker, and finishes the activation if the worker dies
 // without a result, logging to the activation's log.
 func runWatchdog(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet(agentapi.VerbWatchdog, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	id := fs.String("id", "", "activation `id`")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseID(agentapi.VerbWatchdog, args, stderr)
+	if err != nil {
+		return err
 	}
-	if *id == "" {
+	if a.id == "" {
 		return usageErr(errors.New("watchdog: --id is required"))
 	}
-	return activation.RunWatchdog(ctx, layout(), *id)
+	return activation.RunWatchdog(ctx, a.layout, a.id)
 }

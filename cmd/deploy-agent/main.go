@@ -1,11 +1,15 @@
 // Command deploy-agent runs on the target. It is shipped inside every system
 // closure and is static (CGO_ENABLED=0), without tsnet or lipgloss: it
 // receives store paths, verifies the store, and activates generations.
+//
+// It parses command lines (each verb's in a parseVERB function; the
+// operator builds them with agentapi's command types), calls package
+// activation (or closure, pull), prints the result and maps the outcome
+// to agentapi's exit codes (exit.go); it decides nothing else.
 package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -83,15 +87,26 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
+// verifyArgs is the command line of verify.
+type verifyArgs struct{ stateDir string }
+
+func parseVerify(args []string, stderr io.Writer) (*verifyArgs, error) {
+	fs := newFlagSet(agentapi.VerbVerify, stderr)
+	a := &verifyArgs{}
+	stateDirVar(fs, &a.stateDir)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	return a, nil
+}
+
 // runVerify rehashes every valid store path.
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(agentapi.VerbVerify, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := stateDirFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	a, err := parseVerify(args, stderr)
+	if err != nil {
 		return err
 	}
-	s := closure.NewTargetStore(*stateDir)
+	s := closure.NewTargetStore(a.stateDir)
 	problems, err := s.Verify(ctx)
 	if err != nil {
 		return err
