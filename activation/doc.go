@@ -27,7 +27,8 @@
 // re-applies the previous generation with that generation's own agent and
 // marks the new one failed. [Worker.Boot] re-applies the boot default at
 // boot. [Layout.Status] and [Layout.Generations] report;
-// [Layout.RollbackTarget] picks the generation a rollback activates.
+// [Layout.RollbackTarget] picks the generation a rollback activates, and
+// [Layout.GC] removes old generations and what only they needed.
 //
 // # Processes
 //

@@ -13,13 +13,6 @@ import (
 	"github.com/declarative/deploy/closure"
 )
 
-// Defaults of gc for pushed systems (copied, not activated): the newest
-// three are kept, for a week.
-const (
-	DefaultKeepPushed   = 3
-	DefaultPushedMaxAge = 7 * 24 * time.Hour
-)
-
 // gcArgs is the command line of gc (agentapi.GCCmd).
 type gcArgs struct {
 	layout       activation.Layout
@@ -35,8 +28,8 @@ func parseGC(args []string, stderr io.Writer) (*gcArgs, error) {
 	layout := layoutFlags(fs)
 	a := &gcArgs{}
 	fs.IntVar(&a.keep, "keep", 5, "keep the newest `K` generations")
-	fs.IntVar(&a.keepPushed, "keep-pushed", DefaultKeepPushed, "keep the newest `N` pushed systems (copied, not activated); 0: no count limit")
-	fs.DurationVar(&a.pushedMaxAge, "pushed-max-age", DefaultPushedMaxAge, "drop pushed systems older than this `duration`; 0: no age limit")
+	fs.IntVar(&a.keepPushed, "keep-pushed", activation.DefaultKeepPushed, "keep the newest `N` pushed systems (copied, not activated); 0: no count limit")
+	fs.DurationVar(&a.pushedMaxAge, "pushed-max-age", activation.DefaultPushedMaxAge, "drop pushed systems older than this `duration`; 0: no age limit")
 	fs.BoolVar(&a.dropPushed, "drop-pushed", false, "drop every pushed system's root")
 	fs.BoolVar(&a.json, "json", false, "print the result as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -55,50 +48,25 @@ func parseGC(args []string, stderr io.Writer) (*gcArgs, error) {
 // runGC deletes all but the newest K generations (never the current or
 // the boot default), the roots of pushed systems beyond the newest N or
 // older than the age limit, and then every store path no remaining
-// generation or pushed system needs.
+// generation or pushed system needs (see activation.Layout.GC).
 func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	a, err := parseGC(args, stderr)
 	if err != nil {
 		return err
 	}
-	l := a.layout
-	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "gc"})
+	res, err := a.layout.GC(ctx, activation.GCOptions{Keep: a.keep, Logf: prefixed(stderr),
+		Pushed: closure.PinPolicy{Keep: a.keepPushed, MaxAge: a.pushedMaxAge, DropAll: a.dropPushed}})
 	var lh *activation.LockHeldError
 	if errors.As(err, &lh) {
-		return lockHeldErr(fmt.Errorf("gc: %w", err))
+		return lockHeldErr(err)
 	}
 	if err != nil {
 		return err
-	}
-	defer lock.Unlock()
-	removed, err := l.RemoveOldGenerations(a.keep)
-	if err != nil {
-		return err
-	}
-	for _, n := range removed {
-		fmt.Fprintf(stderr, "deploy-agent: removed generation %d\n", n)
-	}
-	var extra []string
-	if st, err := l.ReadState(); err == nil && st.CurrentSystem != "" {
-		extra = append(extra, st.CurrentSystem)
-	}
-	res, err := closure.NewTargetStore(l.StateDir).GCWith(ctx, closure.GCOptions{ExtraRoots: extra,
-		Pins: closure.PinPolicy{Keep: a.keepPushed, MaxAge: a.pushedMaxAge, DropAll: a.dropPushed}})
-	if err != nil {
-		return err
-	}
-	var pushed []string
-	for _, p := range res.Unpinned {
-		pushed = append(pushed, p.Path)
-		fmt.Fprintf(stderr, "deploy-agent: dropped pushed system %s (pushed %s)\n", p.Path, p.Time.Format(time.RFC3339))
 	}
 	if a.json {
-		if removed == nil {
-			removed = []int{}
-		}
-		return writeJSON(stdout, &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed, Pushed: pushed})
+		return writeJSON(stdout, res)
 	}
-	fmt.Fprintf(stdout, "removed %d generations and %d pushed systems, deleted %d store paths, freed %d bytes\n", len(removed), len(pushed), len(res.Deleted), res.BytesFreed)
+	fmt.Fprintf(stdout, "removed %d generations and %d pushed systems, deleted %d store paths, freed %d bytes\n", len(res.Generations), len(res.Pushed), res.Paths, res.Bytes)
 	return nil
 }
 

@@ -83,7 +83,7 @@ func TestCommandLines(t *testing.T) {
 		{"gc", agentapi.GCCmd{StateDir: state, Keep: 3, KeepPushed: 4, PushedMaxAge: 48 * time.Hour, DropPushed: true}.Args(),
 			&gcArgs{layout: stateOnly, keep: 3, keepPushed: 4, pushedMaxAge: 48 * time.Hour, dropPushed: true, json: true}},
 		{"gc agent defaults", agentapi.GCCmd{StateDir: state, Keep: 5}.Args(),
-			&gcArgs{layout: stateOnly, keep: 5, keepPushed: DefaultKeepPushed, pushedMaxAge: DefaultPushedMaxAge, json: true}},
+			&gcArgs{layout: stateOnly, keep: 5, keepPushed: activation.DefaultKeepPushed, pushedMaxAge: activation.DefaultPushedMaxAge, json: true}},
 		{"gc no pushed limits", agentapi.GCCmd{StateDir: state, Keep: 2, KeepPushed: -1, PushedMaxAge: -time.Hour}.Args(),
 			&gcArgs{layout: stateOnly, keep: 2, keepPushed: 0, pushedMaxAge: 0, json: true}},
 		{"drift", agentapi.DriftCmd{StateDir: state}.Args(),
