@@ -54,34 +54,11 @@ func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return activationErr(err)
 	}
-	l, gen := a.layout, a.generation
-	act, err := l.Confirm(gen, tok)
+	res, err := a.layout.ConfirmAndWait(ctx, a.generation, tok, a.wait, func(format string, args ...any) {
+		fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...)
+	})
 	if err != nil {
-		if act != nil {
-			// Too late or not ours: report the real outcome if there is one.
-			if res, _ := l.ReadResult(act.ID); res != nil && errors.Is(err, activation.ErrNotPending) {
-				return resultExit(stdout, res)
-			}
-		}
 		return err
 	}
-	fmt.Fprintf(stderr, "deploy-agent: generation %d confirmed; waiting for activation %s to finish\n", gen, act.ID)
-	deadline := time.Now().Add(a.wait)
-	for {
-		res, err := l.ReadResult(act.ID)
-		if err != nil {
-			return err
-		}
-		if res != nil {
-			return resultExit(stdout, res)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("confirm: activation %s has no result after %v", act.ID, a.wait)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return resultExit(stdout, res)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/declarative/deploy/activation"
@@ -123,20 +122,13 @@ func runApply(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	l := a.layout
-	if !a.lockHeld {
-		lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: activation.UserName(), Started: time.Now().UTC(), Activation: "apply"})
-		var lh *activation.LockHeldError
-		if errors.As(err, &lh) {
-			return lockHeldErr(err)
-		}
-		if err != nil {
-			return err
-		}
-		defer lock.Unlock()
+	w := &activation.Worker{Layout: a.layout, Logf: prefixed(stderr)}
+	err = w.ApplyGenerationLocked(ctx, a.generation, a.lockHeld)
+	var lh *activation.LockHeldError
+	if errors.As(err, &lh) {
+		return lockHeldErr(err)
 	}
-	w := &activation.Worker{Layout: l, Logf: prefixed(stderr)}
-	return w.ApplyGeneration(ctx, a.generation, false)
+	return err
 }
 
 func prefixed(w io.Writer) func(string, ...any) {
