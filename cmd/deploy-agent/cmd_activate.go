@@ -31,7 +31,7 @@ func parseActivate(args []string, stderr io.Writer) (*activateArgs, error) {
 	fs.DurationVar(&a.confirmTimeout, "confirm-timeout", 30*time.Second, "roll back unless confirmed within this `duration` (0: no confirmation); the token is read from stdin")
 	fs.Var(metaFlag(a.meta), "meta", "`key=value` recorded with the generation (operator, git_rev, message); repeatable")
 	fs.BoolVar(&a.force, "force", false, "replace unmanaged files and symlinks")
-	fs.BoolVar(&a.noDetach, "no-detach", false, "run the activation in this process (debugging)")
+	fs.BoolVar(&a.noDetach, "no-detach", false, "run the activation's worker as a child of this process, in this session, instead of detached (debugging)")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErr(err)
 	}
