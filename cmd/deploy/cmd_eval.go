@@ -59,7 +59,7 @@ func runEval(ctx context.Context, e *env, args []string) error {
 	var out []evalJSON
 	for _, h := range hosts {
 		cfg, diags := b.Evaluate(ctx, f, h.Name)
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		if diags.HasErrors() {
 			return configError(diags)
 		}

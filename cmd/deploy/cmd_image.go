@@ -60,7 +60,7 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 	}
 	f, diags := builder.Load(sel.Dir)
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return configError(diags)
 	}
 	name := sel.Names[0]
@@ -81,14 +81,14 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 		}
 	}
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return configError(diags)
 	}
 	if o.arch != "" && o.arch != host.Arch {
 		return usageErrorf("--arch %s: host %s is %s; --arch is for a role's image", o.arch, host.Name, host.Arch)
 	}
 	res, diags := b.Build(ctx, f, host.Name)
-	printDiags(e, f, diags)
+	e.printDiags(f, diags)
 	if diags.HasErrors() {
 		return configError(diags)
 	}

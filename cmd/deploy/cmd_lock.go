@@ -31,13 +31,13 @@ func runLock(ctx context.Context, e *env, args []string) error {
 	}
 	f, diags := builder.Load(dir)
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return configError(diags)
 	}
 	pb := &modules.PackageBuilder{Store: s, FleetDir: f.Dir, CacheDir: filepath.Join(filepath.Dir(s.RealDir), "build"),
 		Logf: func(format string, args ...any) { fmt.Fprintf(e.stderr, "deploy: "+format+"\n", args...) }}
 	lock, diags := builder.UpdateLock(ctx, f, pb, update)
-	printDiags(e, f, diags)
+	e.printDiags(f, diags)
 	if diags.HasErrors() {
 		return configError(diags)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,13 +44,8 @@ func runSecrets(ctx context.Context, e *env, args []string) error {
 // secretsFlags are the flags every secrets subcommand has.
 type secretsFlags struct {
 	dir        string
-	identities multiFlag
+	identities stringList
 }
-
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
 
 // secretFile is one .age file of the fleet and who must be able to read it.
 type secretFile struct {
@@ -74,7 +68,7 @@ type secretFile struct {
 func fleetSecrets(ctx context.Context, e *env, dir string) (*builder.Fleet, []*secretFile, error) {
 	f, diags := builder.Load(dir)
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return nil, nil, configError(diags)
 	}
 	pb := &modules.PackageBuilder{Store: &closure.Store{StoreDir: closure.DefaultStoreDir}, FleetDir: f.Dir, Lock: f.Lock, DryRun: true}
@@ -90,7 +84,7 @@ func fleetSecrets(ctx context.Context, e *env, dir string) (*builder.Fleet, []*s
 	for _, h := range f.Hosts {
 		cfg, d := f.Evaluate(ctx, h.Name, pb)
 		if d.HasErrors() {
-			printDiags(e, f, d)
+			e.printDiags(f, d)
 			return nil, nil, configError(d)
 		}
 		for _, r := range cfg.Resources {
@@ -293,9 +287,7 @@ func runSecretsList(ctx context.Context, e *env, args []string) error {
 		rows = append(rows, row)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		return writeJSON(e.stdout, rows)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FILE\tSECRETS\tHOSTS\tSTATUS")

@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"path/filepath"
-	"slices"
 
 	"github.com/declarative/deploy/closure"
 )
-
-func sortStrings(s []string) { slices.Sort(s) }
 
 func runStore(ctx context.Context, e *env, args []string) error {
 	return subcommand(e, "store", map[string]func([]string) error{
@@ -22,11 +17,6 @@ func runStore(ctx context.Context, e *env, args []string) error {
 		"gc":        func(a []string) error { return runStoreGC(ctx, e, a) },
 	}, args)
 }
-
-type stringList []string
-
-func (l *stringList) String() string     { return fmt.Sprint(*l) }
-func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runStoreAdd(ctx context.Context, e *env, args []string) error {
 	var sf storeFlags
@@ -74,12 +64,6 @@ func toJSON(pi *closure.PathInfo) pathInfoJSON {
 		refs = []string{}
 	}
 	return pathInfoJSON{Path: pi.Path, NarHash: pi.NarHashString(), NarSize: pi.NarSize, References: refs, Deriver: pi.Deriver}
-}
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func runStorePathInfo(_ context.Context, e *env, args []string) error {

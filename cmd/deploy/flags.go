@@ -4,9 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
-
-	"github.com/declarative/deploy/closure"
 )
 
 // newFlags returns a flag set that reports errors instead of exiting.
@@ -58,35 +57,6 @@ func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, err
 	return pos, nil
 }
 
-// storeFlags are the flags that select the local store.
-type storeFlags struct {
-	storeDir string
-	cacheDir string
-}
-
-func (sf *storeFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&sf.storeDir, "store-dir", closure.DefaultStoreDir, "logical store `directory` that store paths name")
-	fs.StringVar(&sf.cacheDir, "cache-dir", "", "local cache `directory` holding the store (default $XDG_CACHE_HOME/deploy)")
-}
-
-func (sf *storeFlags) open(e *env) (*closure.Store, error) {
-	root := sf.cacheDir
-	if root == "" {
-		if x := e.getenv("XDG_CACHE_HOME"); x != "" {
-			root = x + "/deploy"
-		} else if h := e.getenv("HOME"); h != "" {
-			root = h + "/.cache/deploy"
-		} else {
-			return nil, withHint(fmt.Errorf("no cache directory: neither XDG_CACHE_HOME nor HOME is set"), ExitUsage, "pass --cache-dir")
-		}
-	}
-	s, err := closure.NewLocalStore(root, sf.storeDir)
-	if err != nil {
-		return nil, &exitError{code: ExitUsage, err: err}
-	}
-	return s, nil
-}
-
 // subcommand dispatches to the named subcommand of a command group.
 func subcommand(e *env, group string, subs map[string]func([]string) error, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
@@ -108,6 +78,12 @@ func subcommand(e *env, group string, subs map[string]func([]string) error, args
 }
 
 func printSubs(w io.Writer, group string, names []string) {
-	sortStrings(names)
+	slices.Sort(names)
 	fmt.Fprintf(w, "usage: deploy %s {%s} ...\n", group, strings.Join(names, "|"))
 }
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }

@@ -8,10 +8,8 @@ import (
 	"os"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh"
-	"github.com/hashicorp/hcl/v2"
 	"golang.org/x/term"
 )
 
@@ -114,16 +112,8 @@ func (hf *hostFlags) session(e *env, command string, targets []string, v view) *
 		Mesh:        hf.ssh.config(e),
 		StateDir:    hf.remoteState,
 		Emit:        v.Event,
-		Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) },
-		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
-			tf := hf.tailnet
-			tf.transport = "tailscale"
-			tn, err := tf.start(ctx, e)
-			if err != nil {
-				return nil, nil, err
-			}
-			return tn, func() { tn.Close() }, nil
-		},
+		Diagnostics: e.printDiags,
+		Tailnet:     hf.tailnet.node(e),
 	}
 }
 

@@ -162,19 +162,6 @@ func cacheLine(ev fleet.Event) string {
 var resultOrder = []fleet.Result{fleet.ResultOK, fleet.ResultUnchanged, fleet.ResultPlanned, fleet.ResultRolledBack,
 	fleet.ResultFailed, fleet.ResultRefused, fleet.ResultUnreachable, fleet.ResultLocked, fleet.ResultCommandFailed, fleet.ResultDrifted, fleet.ResultSkipped}
 
-func bytesString(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // liveView redraws a per-host table on the terminal ten times a second.
 // Every state has a word and a symbol; colour only decorates.
 type liveView struct {
