@@ -23,9 +23,9 @@ import (
 // lock on every host that the command changes, applies the rollout policy,
 // and turns everything that happens into one event stream ending in a
 // [Report]. Every host command of the CLI is a method: [Session.Deploy],
-// [Session.Build], [Session.Rollback], [Session.Generations],
-// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff],
-// [Session.Verify], [Session.Reboot] and [Session.Copy].
+// [Session.Build], [Session.BuildOne], [Session.Rollback],
+// [Session.Generations], [Session.Status], [Session.GC], [Session.Exec],
+// [Session.Diff], [Session.Verify], [Session.Reboot] and [Session.Copy].
 //
 // Set the fields, call [Session.Open], run one command, then
 // [Session.Close]. Errors that callers branch on are typed:
@@ -41,7 +41,7 @@ type Session struct {
 	// Command names the run in its events and in the run locks it takes:
 	// "deploy", "rollback", "gc", ...
 	Command string
-	// Builder builds systems; needed by Deploy, Build and Diff.
+	// Builder builds systems; needed by Deploy, Build, BuildOne and Diff.
 	Builder *builder.Builder
 	// Mesh is the operator's side of SSH: keys, known_hosts, ssh_config.
 	Mesh *mesh.Config

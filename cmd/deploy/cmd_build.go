@@ -10,17 +10,6 @@ import (
 	"github.com/declarative/deploy/fleet"
 )
 
-// loadSelected loads the fleet of the selectors (which must share a
-// directory) and returns the selected hosts, with the session that every
-// fleet command selects hosts with.
-func loadSelected(e *env, targets []string) (*builder.Fleet, []*builder.Host, error) {
-	s := &fleet.Session{Targets: targets, Diagnostics: e.printDiags}
-	if err := s.Open(); err != nil {
-		return nil, nil, err
-	}
-	return s.Fleet, s.Selected, nil
-}
-
 func runBuild(ctx context.Context, e *env, args []string) error {
 	var bf buildFlags
 	var outLink string
@@ -68,23 +57,18 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	return err
 }
 
-// buildOne builds the single host a selector names.
+// buildOne builds the one host selector names (closure, why-depends), in
+// a session that contacts no host.
 func buildOne(ctx context.Context, e *env, bf *buildFlags, selector string) (*builder.Result, *closure.Store, error) {
 	b, err := bf.builder(e)
 	if err != nil {
 		return nil, nil, err
 	}
-	f, hosts, err := loadSelected(e, []string{selector})
-	if err != nil {
+	s := &fleet.Session{Targets: []string{selector}, Builder: b, Diagnostics: e.printDiags}
+	defer s.Close()
+	if err := s.Open(); err != nil {
 		return nil, nil, err
 	}
-	if len(hosts) != 1 {
-		return nil, nil, usageErrorf("%q selects %d hosts; name one host", selector, len(hosts))
-	}
-	res, diags := b.Build(ctx, f, hosts[0].Name)
-	e.printDiags(f, diags)
-	if diags.HasErrors() {
-		return nil, nil, configError(diags)
-	}
-	return res, b.Store, nil
+	res, err := s.BuildOne(ctx)
+	return res, b.Store, err
 }
