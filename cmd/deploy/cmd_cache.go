@@ -11,19 +11,17 @@ import (
 	"github.com/declarative/deploy/fleet"
 )
 
-// runCache dispatches deploy cache {key generate|push}.
-func runCache(ctx context.Context, e *env, args []string) error {
-	return subcommand(e, "cache", map[string]func([]string) error{
-		"key":  func(args []string) error { return runCacheKey(e, args) },
-		"push": func(args []string) error { return runCachePush(ctx, e, args) },
-	}, args)
+// cacheCommands are deploy cache's.
+var cacheCommands = []command{
+	{name: "key", summary: "generate NAME: a signing key pair for the fleet's cache", run: runCacheKey},
+	{name: "push", summary: "build hosts and upload their closures to the fleet's cache (DIR#NAME...)", run: runCachePush, targets: true},
 }
 
 // runCacheKey is deploy cache key generate NAME: a signing key pair in
 // Nix's format. The secret key file is created 0600 and never overwritten;
 // the public key is printed (for the fleet's cache block) and written
 // beside it.
-func runCacheKey(e *env, args []string) error {
+func runCacheKey(_ context.Context, e *env, args []string) error {
 	if len(args) == 0 || args[0] != "generate" {
 		return usageErrorf("cache key: want 'deploy cache key generate NAME'")
 	}

@@ -17,25 +17,11 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// runSecrets dispatches `deploy secrets list|edit|rekey`.
-func runSecrets(ctx context.Context, e *env, args []string) error {
-	sub := map[string]func(context.Context, *env, []string) error{
-		"list": runSecretsList, "edit": runSecretsEdit, "rekey": runSecretsRekey,
-	}
-	if len(args) == 0 || sub[args[0]] == nil {
-		fmt.Fprintln(e.stderr, "usage: deploy secrets list|edit|rekey [flags] [ARGS...]\n\n"+
-			"  list          which host can read which secret file, and which files are stale\n"+
-			"  edit NAME     decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it\n"+
-			"  rekey [NAME...] re-encrypt stale secret files to their current recipients (--force: all)")
-		if len(args) == 0 {
-			return usageErrorf("secrets: missing subcommand")
-		}
-		if args[0] == "-h" || args[0] == "--help" {
-			return nil
-		}
-		return usageErrorf("secrets: unknown subcommand %q", args[0])
-	}
-	return sub[args[0]](ctx, e, args[1:])
+// secretsCommands are deploy secrets'.
+var secretsCommands = []command{
+	{name: "list", summary: "which host can read which secret file, and which files are stale", run: runSecretsList},
+	{name: "edit", summary: "decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it", run: runSecretsEdit},
+	{name: "rekey", summary: "re-encrypt stale secret files (NAME... or all) to their current recipients (--force: all)", run: runSecretsRekey},
 }
 
 // secretsFlags are the flags every secrets subcommand has.

@@ -3,8 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"io"
-	"slices"
 	"strings"
 )
 
@@ -55,31 +53,6 @@ func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, err
 		return nil, usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), len(pos))
 	}
 	return pos, nil
-}
-
-// subcommand dispatches to the named subcommand of a command group.
-func subcommand(e *env, group string, subs map[string]func([]string) error, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		names := make([]string, 0, len(subs))
-		for n := range subs {
-			names = append(names, n)
-		}
-		printSubs(e.stderr, group, names)
-		if len(args) == 0 {
-			return usageErrorf("%s: missing subcommand", group)
-		}
-		return nil
-	}
-	run, ok := subs[args[0]]
-	if !ok {
-		return usageErrorf("%s: unknown subcommand %q", group, args[0])
-	}
-	return run(args[1:])
-}
-
-func printSubs(w io.Writer, group string, names []string) {
-	slices.Sort(names)
-	fmt.Fprintf(w, "usage: deploy %s {%s} ...\n", group, strings.Join(names, "|"))
 }
 
 // stringList is a repeatable flag.
