@@ -343,8 +343,10 @@ func (v *liveView) Close() {
 	})
 }
 
+// symbols mark each state and result of the live view's rows.
 var symbols = map[string]string{"waiting": "·", "running": "▶", "done": "▶", "ok": "✓", "unchanged": "=", "planned": "?",
-	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "command-failed": "✗", "skipped": "-"}
+	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "command-failed": "✗", "refused": "✗",
+	"drifted": "≠", "skipped": "-"}
 
 func (v *liveView) draw() {
 	v.mu.Lock()
