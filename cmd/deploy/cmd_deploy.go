@@ -38,7 +38,7 @@ func isTarget(arg string) bool {
 
 func runDeploy(ctx context.Context, e *env, args []string) error {
 	var df deployFlags
-	fs := newFlags(e, "[flags]", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
+	fs := newFlags(e, "", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
 	df.build.register(fs)
 	df.hostFlags.register(fs)
 	df.cacheKey.register(fs)

@@ -6,12 +6,13 @@ import (
 	"strings"
 )
 
-// newFlags returns a flag set that reports errors instead of exiting.
+// newFlags returns a flag set that reports errors instead of exiting: the
+// flags of deploy NAME, or of deploy itself when name is "".
 func newFlags(e *env, name, argsUsage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: deploy %s [flags] %s\n", name, argsUsage)
+		fmt.Fprintf(e.stderr, "usage: %s [flags] %s\n", strings.TrimSpace("deploy "+name), argsUsage)
 		if hasFlags(fs) {
 			fmt.Fprintln(e.stderr, "\nflags:")
 			fs.PrintDefaults()
@@ -50,6 +51,9 @@ func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, err
 	}
 	if len(pos) < minArgs || (maxArgs >= 0 && len(pos) > maxArgs) {
 		fs.Usage()
+		if fs.Name() == "" {
+			return nil, usageErrorf("wrong number of arguments (%d)", len(pos))
+		}
 		return nil, usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), len(pos))
 	}
 	return pos, nil
