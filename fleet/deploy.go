@@ -175,7 +175,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		return s.Build(ctx)
 	}
 	ro := s.Rollout()
-	rep := s.begin(opts.Mode, ro.Batches)
+	rep := s.beginRun(Event{Mode: opts.Mode, Batches: ro.Batches, DryRun: opts.DryRun})
 	defer s.end(rep)
 	ops, real, err := s.ops(ctx)
 	if err != nil {

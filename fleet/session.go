@@ -178,11 +178,17 @@ func (s *Session) emit(ev Event) { s.emitter.emit(s.Emit, ev) }
 // begin starts a run: run.start, and a report with every selected host
 // skipped until it ends otherwise. end must follow on every path.
 func (s *Session) begin(mode Mode, batches [][]string) *Report {
+	return s.beginRun(Event{Mode: mode, Batches: batches})
+}
+
+// beginRun is begin with more of run.start said (a dry run).
+func (s *Session) beginRun(start Event) *Report {
 	rep := &Report{Hosts: map[string]*HostReport{}}
 	for _, h := range s.Selected {
 		rep.Hosts[h.Name] = &HostReport{Host: h.Name, Result: ResultSkipped}
 	}
-	s.emit(Event{Type: EventRunStart, Command: s.Command, Mode: mode, Hosts: s.names(), Batches: batches})
+	start.Type, start.Command, start.Hosts = EventRunStart, s.Command, s.names()
+	s.emit(start)
 	return rep
 }
 

@@ -52,18 +52,20 @@ func (v *jsonView) Close() {}
 
 // plainView writes a line per meaningful event, for logs and pipes.
 type plainView struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu     sync.Mutex
+	w      io.Writer
+	dryRun bool // the run.start said so
 }
 
 func (v *plainView) Event(ev fleet.Event) {
-	line := plainLine(ev)
-	if line == "" {
-		return
-	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	fmt.Fprintln(v.w, "deploy: "+line)
+	if ev.Type == fleet.EventRunStart {
+		v.dryRun = ev.DryRun
+	}
+	if line := plainLine(ev, v.dryRun); line != "" {
+		fmt.Fprintln(v.w, "deploy: "+line)
+	}
 }
 
 func (v *plainView) Close() {}
@@ -73,11 +75,16 @@ func (v *plainView) Close() {}
 var quietPhases = map[fleet.Phase]bool{fleet.PhaseStatus: true, fleet.PhaseGenerations: true, fleet.PhaseGC: true,
 	fleet.PhaseExec: true, fleet.PhaseDiff: true, fleet.PhaseLock: true, fleet.PhaseVerify: true}
 
-func plainLine(ev fleet.Event) string {
+// plainLine is an event's line, "" for none; dryRun says that the run is
+// a dry run, whose copy phase copies nothing.
+func plainLine(ev fleet.Event, dryRun bool) string {
 	switch ev.Type {
 	case fleet.EventRunStart:
 		if len(ev.Batches) == 0 {
 			return ""
+		}
+		if ev.DryRun {
+			return fmt.Sprintf("%s %d hosts in %d batches (dry run: nothing is copied or activated)", ev.Mode, len(ev.Hosts), len(ev.Batches))
 		}
 		if ev.Command == "reboot" {
 			return fmt.Sprintf("reboot %d hosts in %d batches", len(ev.Hosts), len(ev.Batches))
@@ -94,6 +101,10 @@ func plainLine(ev fleet.Event) string {
 			return fmt.Sprintf("%s: %s failed: %s", ev.Host, ev.Phase, ev.Error)
 		case quietPhases[ev.Phase] || ev.State == "skipped":
 			return ""
+		case dryRun && ev.Phase == fleet.PhaseCopy && ev.State == "started":
+			return fmt.Sprintf("%s: finding what a copy would send", ev.Host)
+		case dryRun && ev.Phase == fleet.PhaseCopy && ev.State == "done":
+			return fmt.Sprintf("%s: %s", ev.Host, wouldCopy(ev))
 		case ev.State == "done" && ev.Phase == fleet.PhaseCopy && ev.FetchedPaths > 0:
 			return fmt.Sprintf("%s: copy done (%d paths, %s sent; %d paths, %s fetched from the cache)", ev.Host, ev.CopyPaths, bytesString(ev.Total), ev.FetchedPaths, bytesString(ev.FetchedBytes))
 		case ev.State == "done" && ev.Phase == fleet.PhaseCopy:
@@ -148,6 +159,11 @@ func plainLine(ev fleet.Event) string {
 	return ""
 }
 
+// wouldCopy is what a dry run's copy phase found.
+func wouldCopy(ev fleet.Event) string {
+	return fmt.Sprintf("would copy %d paths (%s)", ev.CopyPaths, bytesString(ev.Total))
+}
+
 // cacheLine describes a cache.push event.
 func cacheLine(ev fleet.Event) string {
 	switch ev.State {
@@ -181,6 +197,7 @@ type liveView struct {
 	batchOf map[string]int
 	batches int
 	batch   int
+	dryRun  bool // the run.start said so
 }
 
 type liveRow struct {
@@ -233,6 +250,7 @@ func (v *liveView) Event(ev fleet.Event) {
 	}
 	switch ev.Type {
 	case fleet.EventRunStart:
+		v.dryRun = ev.DryRun
 		for _, h := range ev.Hosts {
 			row(h)
 		}
@@ -257,7 +275,10 @@ func (v *liveView) Event(ev fleet.Event) {
 			r.state, r.detail, r.bad = "failed", ev.Error, true
 		case "done":
 			r.state = "done"
-			if ev.Phase == fleet.PhaseCopy {
+			switch {
+			case ev.Phase == fleet.PhaseCopy && v.dryRun:
+				r.state, r.detail = "planned", wouldCopy(ev)
+			case ev.Phase == fleet.PhaseCopy:
 				r.detail = fmt.Sprintf("%d paths, %s", ev.CopyPaths, bytesString(ev.Total))
 			}
 			if b := v.batchOf[ev.Host]; (ev.Phase == fleet.PhaseBuild || ev.Phase == fleet.PhaseLock) && b > v.batch && v.batches > 1 {
