@@ -65,7 +65,8 @@ var allowed = map[string][]string{
 	"examples":         {"closure", "manifest"},
 	"sbom":             {"closure", "manifest"},
 	"bench":            {"closure", "manifest", "oci", "vmtest"},
-	"cmd/deploy":       {"fleet", "agentclient", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "vmtest", "oci", "pull/channel", "sbom"},
+	"cmd/deploy":       {"fleet", "agentclient", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "oci", "pull/channel", "sbom"},
+	"cmd/deploy-demo":  {"vmtest", "builder", "secrets", "closure", "manifest", "agentapi"},
 	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "pull"},
 }
 
@@ -195,6 +196,21 @@ func TestAgentClientDeps(t *testing.T) {
 		}
 		if within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") || within(imp, "github.com/minio") {
 			t.Errorf("agentclient links %q", imp)
+		}
+	}
+}
+
+// The shipped deploy binary does not link the test-host harness: the demo,
+// which boots test hosts, is a program of its own (cmd/deploy-demo) that
+// drives deploy as a child process.
+func TestCLIDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "./cmd/deploy").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, imp := range strings.Fields(string(out)) {
+		if within(imp, module+"/vmtest") {
+			t.Errorf("deploy links %q", imp)
 		}
 	}
 }

@@ -67,7 +67,6 @@ func commands() []command {
 		{name: "verify", summary: "compare hosts' live state with their current generation: files, units, users, secrets, store paths (TARGET...)", run: runVerify, targets: true},
 		{name: "reboot", summary: "reboot hosts batch by batch, waiting for each to come back healthy (TARGET...)", run: runReboot, targets: true},
 		{name: "gc", summary: "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", run: runGC, targets: true},
-		{name: "demo", summary: "the main job on local test hosts: deploy, change, break, roll back, clean up", run: runDemo},
 		{name: "completion", summary: "print the shell completion script (bash, zsh or fish)", run: runCompletion},
 		{name: "version", summary: "print the version", run: runVersion},
 	}
