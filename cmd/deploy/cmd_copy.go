@@ -5,9 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
@@ -25,24 +22,6 @@ type sshFlags struct {
 	hostKey string
 	sudo    bool
 	jump    string
-}
-
-// parseHostSpec splits [user@]host[:port].
-func parseHostSpec(spec string) (user, host string, port int, err error) {
-	if u, rest, ok := strings.Cut(spec, "@"); ok {
-		user, spec = u, rest
-	}
-	host = spec
-	if h, p, err := net.SplitHostPort(spec); err == nil {
-		host = h
-		if port, err = strconv.Atoi(p); err != nil || port <= 0 || port > 65535 {
-			return "", "", 0, fmt.Errorf("host %q: bad port %q", spec, p)
-		}
-	}
-	if host == "" {
-		return "", "", 0, fmt.Errorf("host %q: empty host name", spec)
-	}
-	return user, host, port, nil
 }
 
 func runCopy(ctx context.Context, e *env, args []string) error {
@@ -73,7 +52,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	if err := tf.check(); err != nil {
 		return err
 	}
-	user, host, port, err := parseHostSpec(to)
+	user, host, port, err := mesh.ParseHostSpec(to)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
