@@ -69,16 +69,22 @@ func (f *cacheKeyFlag) register(fs *flag.FlagSet) {
 
 // load reads the key; nil when none is given.
 func (f *cacheKeyFlag) load(e *env) (*cache.SecretKey, error) {
-	file := f.file
+	return loadKey(e, f.file, "DEPLOY_CACHE_KEY", "cache key", "deploy cache key generate NAME writes one")
+}
+
+// loadKey reads a secret key file in Nix's format: file (a flag's
+// value), else the one $env names; nil when neither names one. what and
+// hint say which key it is and how to make one.
+func loadKey(e *env, file, env, what, hint string) (*cache.SecretKey, error) {
 	if file == "" {
-		file = e.getenv("DEPLOY_CACHE_KEY")
+		file = e.getenv(env)
 	}
 	if file == "" {
 		return nil, nil
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, withHint(fmt.Errorf("cache key: %w", err), ExitUsage, "deploy cache key generate NAME writes one")
+		return nil, withHint(fmt.Errorf("%s: %w", what, err), ExitUsage, hint)
 	}
 	k, err := cache.ParseSecretKey(string(data))
 	if err != nil {

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
@@ -21,22 +19,8 @@ func (f *publisherKeyFlag) register(fs *flag.FlagSet) {
 
 // load reads the key; nil when none is given.
 func (f *publisherKeyFlag) load(e *env) (*cache.SecretKey, error) {
-	file := f.file
-	if file == "" {
-		file = e.getenv("DEPLOY_PUBLISHER_KEY")
-	}
-	if file == "" {
-		return nil, nil
-	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, withHint(fmt.Errorf("publisher key: %w", err), ExitUsage, "deploy cache key generate NAME writes one; its public half goes in the hosts' pull { publisher_keys }")
-	}
-	k, err := cache.ParseSecretKey(string(data))
-	if err != nil {
-		return nil, &exitError{code: ExitUsage, err: fmt.Errorf("%s: %w", file, err)}
-	}
-	return k, nil
+	return loadKey(e, f.file, "DEPLOY_PUBLISHER_KEY", "publisher key",
+		"deploy cache key generate NAME writes one; its public half goes in the hosts' pull { publisher_keys }")
 }
 
 // runPublish is deploy publish DIR#TARGET --channel NAME: build the
