@@ -23,16 +23,11 @@ func (bf *buildFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&bf.agentSrc, "agent-src", "", "build deploy-agent from this source `directory` (a checkout of deploy)")
 }
 
-// builder returns a Builder on the local store.
+// builder returns a Builder on the local store, with the agent to ship.
 func (bf *buildFlags) builder(e *env) (*builder.Builder, error) {
-	s, err := bf.store.open(e)
+	b, err := bf.store.builder(e)
 	if err != nil {
 		return nil, err
-	}
-	b := &builder.Builder{
-		Store:    s,
-		CacheDir: filepath.Join(filepath.Dir(s.RealDir), "build"),
-		Logf:     func(format string, args ...any) { fmt.Fprintf(e.stderr, "deploy: "+format+"\n", args...) },
 	}
 	switch {
 	case bf.agent != "" && bf.agentSrc != "":
@@ -54,6 +49,20 @@ type storeFlags struct {
 func (sf *storeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&sf.storeDir, "store-dir", closure.DefaultStoreDir, "logical store `directory` that store paths name")
 	fs.StringVar(&sf.cacheDir, "cache-dir", "", "local cache `directory` holding the store (default $XDG_CACHE_HOME/deploy)")
+}
+
+// builder returns a Builder on the local store, its downloads and Go
+// builds cached beside it.
+func (sf *storeFlags) builder(e *env) (*builder.Builder, error) {
+	s, err := sf.open(e)
+	if err != nil {
+		return nil, err
+	}
+	return &builder.Builder{
+		Store:    s,
+		CacheDir: filepath.Join(filepath.Dir(s.RealDir), "build"),
+		Logf:     func(format string, args ...any) { fmt.Fprintf(e.stderr, "deploy: "+format+"\n", args...) },
+	}, nil
 }
 
 func (sf *storeFlags) open(e *env) (*closure.Store, error) {
