@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"io"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/internal/atomicfile"
 	"github.com/declarative/deploy/oci"
 )
 
@@ -102,7 +102,7 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 		if tag == "" {
 			tag = host.Name + ":latest"
 		}
-		if err := writeImageFile(o.out, func(w *os.File) error { return oci.WriteArchive(w, img, tag) }); err != nil {
+		if err := atomicfile.WriteFunc(o.out, 0o644, func(w io.Writer) error { return oci.WriteArchive(w, img, tag) }); err != nil {
 			return fmt.Errorf("writing %s: %w", o.out, err)
 		}
 		fmt.Fprintf(e.stderr, "deploy: wrote %s: %d layers, one per store path of %s\n", o.out, len(cl), res.SystemPath)
@@ -115,29 +115,4 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 	}
 	fmt.Fprintln(e.stdout, digest)
 	return nil
-}
-
-// writeImageFile writes path through a temporary file beside it, renamed
-// into place only when complete.
-func writeImageFile(path string, write func(*os.File) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
