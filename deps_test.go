@@ -101,8 +101,8 @@ func TestImportDirections(t *testing.T) {
 				continue
 			}
 			ir := rel(imp)
-			if within(ir, "cmd") {
-				t.Errorf("%q imports %q: nothing imports cmd/", r, ir)
+			if within(ir, "cmd") && !within(ir, root) {
+				t.Errorf("%q imports %q: nothing imports cmd/ (but a command its own packages)", r, ir)
 				continue
 			}
 			if within(ir, "internal") || within(ir, root) {
@@ -140,7 +140,7 @@ func checkExternal(t *testing.T, pkg, imp string) {
 			t.Errorf("%q imports %q: the S3 client is only for closure/cache/s3cache (the operator's side)", pkg, imp)
 		}
 	case within(imp, "github.com/charmbracelet/lipgloss"):
-		if pkg != "cmd/deploy" {
+		if !within(pkg, "cmd/deploy") {
 			t.Errorf("%q imports %q: lipgloss is only for cmd/deploy", pkg, imp)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -69,7 +70,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	s.Builder, s.CacheKey, s.PublisherKey, s.Getenv = b, ck, pk, e.getenv
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Publish(ctx, opts) })
 	if !asJSON {
-		resultLines(e, s, rep)
+		view.Results(e.stdout, s.Selected, rep)
 	}
 	return err
 }
