@@ -44,6 +44,12 @@ func (c *urlCollector) Package(ctx context.Context, r *modules.Resource, arch st
 	return c.dry.Package(ctx, r, arch)
 }
 
+// UpdateLock is [UpdateLock] with b's package builder (its store,
+// download cache, Go and HTTP client).
+func (b *Builder) UpdateLock(ctx context.Context, f *Fleet, update bool) (*modules.Lock, hcl.Diagnostics) {
+	return UpdateLock(ctx, f, b.packageBuilder(f, false), update)
+}
+
 // UpdateLock computes f's lock: every url package of every host, pinned by
 // the SHA-256 of its content, and every oci package for the architectures of
 // the hosts that use it, pinned by the digest its tag resolves to now.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,6 +119,25 @@ func (s *Session) Build(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
+// BuildOne builds the one host the targets select (deploy closure,
+// why-depends): no host is contacted and no event is emitted; diagnostics
+// go to [Session.Diagnostics]. Targets that select other than one host
+// are a *[UsageError].
+func (s *Session) BuildOne(ctx context.Context) (*builder.Result, error) {
+	if len(s.Selected) != 1 {
+		return nil, &UsageError{Err: fmt.Errorf("%q selects %d hosts; name one host", strings.Join(s.Targets, " "), len(s.Selected))}
+	}
+	if s.Builder == nil {
+		return nil, errNoBuilder
+	}
+	res, diags := s.Builder.Build(ctx, s.Fleet, s.Selected[0].Name)
+	s.diag(s.Fleet, diags)
+	if diags.HasErrors() {
+		return nil, &ConfigError{Diags: diags}
+	}
+	return res, nil
+}
+
 // DeployOptions are the settings of one [Session.Deploy].
 type DeployOptions struct {
 	Mode           Mode
@@ -155,7 +175,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		return s.Build(ctx)
 	}
 	ro := s.Rollout()
-	rep := s.begin(opts.Mode, ro.Batches)
+	rep := s.beginRun(Event{Mode: opts.Mode, Batches: ro.Batches, DryRun: opts.DryRun})
 	defer s.end(rep)
 	ops, real, err := s.ops(ctx)
 	if err != nil {

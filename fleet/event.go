@@ -86,7 +86,10 @@ type Event struct {
 	// Batches of run.start: host names per batch.
 	Batches [][]string `json:"batches,omitempty"`
 	Mode    Mode       `json:"mode,omitempty"`
-	Message string     `json:"message,omitempty"`
+	// DryRun marks the run.start of a deploy --dry-run: nothing is
+	// copied or activated, a copy phase only finds what would be sent.
+	DryRun  bool   `json:"dry_run,omitempty"`
+	Message string `json:"message,omitempty"`
 	// Copy progress, in NAR bytes; Path is the path being sent or just
 	// confirmed.
 	Path      string `json:"path,omitempty"`
@@ -139,7 +142,7 @@ type Event struct {
 
 // Event types.
 const (
-	EventRunStart   = "run.start"   // Hosts, Batches, Mode
+	EventRunStart   = "run.start"   // Hosts, Batches, Mode, DryRun
 	EventBatchStart = "batch.start" // Batch, Hosts
 	EventPhase      = "host.phase"  // Host, Phase, State (+ Error)
 	EventProgress   = "host.progress"

@@ -243,11 +243,18 @@ func TestRunUnchangedAndDryRun(t *testing.T) {
 	}
 	ops = &scriptedOps{}
 	var plans []Event
+	dryStart := false
 	rep = (&Runner{Ops: ops, Mode: ModeSwitch, DryRun: true, Emit: func(e Event) {
 		if e.Type == EventPlan {
 			plans = append(plans, e)
 		}
+		if e.Type == EventRunStart {
+			dryStart = e.DryRun
+		}
 	}}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a", "b"}}})
+	if !dryStart {
+		t.Error("the dry run's run.start does not say dry_run")
+	}
 	if slices.ContainsFunc(ops.calls, func(c string) bool { return c[:4] != "push" }) {
 		t.Errorf("dry run made calls %v, want pushes only", ops.calls)
 	}

@@ -131,7 +131,7 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 		rep.Hosts[h] = &HostReport{Host: h, Result: ResultSkipped, System: systems[h]}
 	}
 	if !r.NoRunEvents {
-		r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode})
+		r.emit(Event{Type: EventRunStart, Hosts: all, Batches: ro.Batches, Mode: r.Mode, DryRun: r.DryRun})
 	}
 	copySem := make(chan struct{}, r.Parallel.copy())
 	actSem := make(chan struct{}, r.Parallel.activate())

@@ -23,9 +23,9 @@ import (
 // lock on every host that the command changes, applies the rollout policy,
 // and turns everything that happens into one event stream ending in a
 // [Report]. Every host command of the CLI is a method: [Session.Deploy],
-// [Session.Build], [Session.Rollback], [Session.Generations],
-// [Session.Status], [Session.GC], [Session.Exec], [Session.Diff],
-// [Session.Verify], [Session.Reboot] and [Session.Copy].
+// [Session.Build], [Session.BuildOne], [Session.Rollback],
+// [Session.Generations], [Session.Status], [Session.GC], [Session.Exec],
+// [Session.Diff], [Session.Verify], [Session.Reboot] and [Session.Copy].
 //
 // Set the fields, call [Session.Open], run one command, then
 // [Session.Close]. Errors that callers branch on are typed:
@@ -41,7 +41,7 @@ type Session struct {
 	// Command names the run in its events and in the run locks it takes:
 	// "deploy", "rollback", "gc", ...
 	Command string
-	// Builder builds systems; needed by Deploy, Build and Diff.
+	// Builder builds systems; needed by Deploy, Build, BuildOne and Diff.
 	Builder *builder.Builder
 	// Mesh is the operator's side of SSH: keys, known_hosts, ssh_config.
 	Mesh *mesh.Config
@@ -178,11 +178,17 @@ func (s *Session) emit(ev Event) { s.emitter.emit(s.Emit, ev) }
 // begin starts a run: run.start, and a report with every selected host
 // skipped until it ends otherwise. end must follow on every path.
 func (s *Session) begin(mode Mode, batches [][]string) *Report {
+	return s.beginRun(Event{Mode: mode, Batches: batches})
+}
+
+// beginRun is begin with more of run.start said (a dry run).
+func (s *Session) beginRun(start Event) *Report {
 	rep := &Report{Hosts: map[string]*HostReport{}}
 	for _, h := range s.Selected {
 		rep.Hosts[h.Name] = &HostReport{Host: h.Name, Result: ResultSkipped}
 	}
-	s.emit(Event{Type: EventRunStart, Command: s.Command, Mode: mode, Hosts: s.names(), Batches: batches})
+	start.Type, start.Command, start.Hosts = EventRunStart, s.Command, s.names()
+	s.emit(start)
 	return rep
 }
 

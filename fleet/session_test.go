@@ -132,8 +132,23 @@ func TestSessionDeploy(t *testing.T) {
 	}
 	// The canary goes first by default, then batches of batch_size.
 	start := log.events[0]
-	if want := [][]string{{"a"}, {"b", "c"}}; fmt.Sprint(start.Batches) != fmt.Sprint(want) || start.Command != "deploy" {
-		t.Errorf("run.start %+v, want command deploy, batches %v", start, want)
+	if want := [][]string{{"a"}, {"b", "c"}}; fmt.Sprint(start.Batches) != fmt.Sprint(want) || start.Command != "deploy" || start.DryRun {
+		t.Errorf("run.start %+v, want command deploy, batches %v, not a dry run", start, want)
+	}
+}
+
+// A dry run says so in its run.start, for the views: its copy phase
+// copies nothing.
+func TestSessionDryRunStart(t *testing.T) {
+	dir := testFleet(t, []string{"a", "b"}, "")
+	log := &eventLog{}
+	s := openSession(t, dir, "all", &scriptedOps{}, log)
+	if _, err := s.Deploy(context.Background(), DeployOptions{DryRun: true}); err != nil {
+		t.Fatal(err)
+	}
+	checkRunBrackets(t, log)
+	if start := log.events[0]; !start.DryRun || start.Mode != ModeSwitch {
+		t.Errorf("run.start %+v, want a dry run of mode switch", start)
 	}
 }
 

@@ -249,7 +249,7 @@ func (c *Config) resolve(t Target) (*route, error) {
 	}
 	for _, spec := range strings.Split(jump, ",") {
 		spec = strings.TrimSpace(spec)
-		user, host, port, err := parseHop(spec)
+		user, host, port, err := ParseHostSpec(spec)
 		if err != nil {
 			return nil, fmt.Errorf("resolve proxy jump of %q: %w", name, err)
 		}
@@ -401,11 +401,13 @@ func (c *Config) expandTokens(p string, e endpoint, strict bool) (string, error)
 	return b.String(), nil
 }
 
-// parseHop parses one ProxyJump element, "[user@]host[:port]" with IPv6
-// addresses in brackets. port is 0 when not given.
-func parseHop(spec string) (user, host string, port int, err error) {
+// ParseHostSpec parses "[user@]host[:port]", as hosts are named on
+// command lines (deploy copy --to, deploy keyscan) and in ProxyJump: IPv6
+// addresses in brackets when a port follows, a bare IPv6 address as the
+// host. port is 0 when not given.
+func ParseHostSpec(spec string) (user, host string, port int, err error) {
 	if spec == "" {
-		return "", "", 0, errors.New("empty jump host")
+		return "", "", 0, errors.New("empty host")
 	}
 	rest := spec
 	if i := strings.LastIndexByte(rest, '@'); i >= 0 {
@@ -416,7 +418,7 @@ func parseHop(spec string) (user, host string, port int, err error) {
 		h, p, serr := net.SplitHostPort(rest)
 		if serr != nil {
 			if !strings.HasPrefix(rest, "[") || !strings.HasSuffix(rest, "]") {
-				return "", "", 0, fmt.Errorf("jump host %q: %w", spec, serr)
+				return "", "", 0, fmt.Errorf("host %q: %w", spec, serr)
 			}
 			h, p = rest[1:len(rest)-1], ""
 		}
@@ -424,13 +426,13 @@ func parseHop(spec string) (user, host string, port int, err error) {
 		if p != "" {
 			n, perr := strconv.Atoi(p)
 			if perr != nil || n <= 0 || n > 65535 {
-				return "", "", 0, fmt.Errorf("jump host %q: bad port %q", spec, p)
+				return "", "", 0, fmt.Errorf("host %q: bad port %q", spec, p)
 			}
 			port = n
 		}
 	}
 	if host == "" {
-		return "", "", 0, fmt.Errorf("jump host %q: no host", spec)
+		return "", "", 0, fmt.Errorf("host %q: no host", spec)
 	}
 	return user, host, port, nil
 }

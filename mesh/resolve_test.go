@@ -28,7 +28,7 @@ func TestShellQuote(t *testing.T) {
 	}
 }
 
-func TestParseHop(t *testing.T) {
+func TestParseHostSpec(t *testing.T) {
 	tests := []struct {
 		spec       string
 		user, host string
@@ -48,15 +48,15 @@ func TestParseHop(t *testing.T) {
 		{"user@", "", "", 0, true},
 	}
 	for _, tt := range tests {
-		user, host, port, err := parseHop(tt.spec)
+		user, host, port, err := ParseHostSpec(tt.spec)
 		if tt.wantErr {
 			if err == nil {
-				t.Errorf("parseHop(%q) = %q, %q, %d, want an error", tt.spec, user, host, port)
+				t.Errorf("ParseHostSpec(%q) = %q, %q, %d, want an error", tt.spec, user, host, port)
 			}
 			continue
 		}
 		if err != nil || user != tt.user || host != tt.host || port != tt.port {
-			t.Errorf("parseHop(%q) = %q, %q, %d, %v; want %q, %q, %d", tt.spec, user, host, port, err, tt.user, tt.host, tt.port)
+			t.Errorf("ParseHostSpec(%q) = %q, %q, %d, %v; want %q, %q, %d", tt.spec, user, host, port, err, tt.user, tt.host, tt.port)
 		}
 	}
 }

@@ -15,8 +15,12 @@
 // # Operator side
 //
 // A secret file's recipients ([Recipient]) are the SSH ed25519 host keys of
-// the hosts that use it and the fleet's admin keys. [Edit] runs an editor on
-// a private tmpfs copy and re-encrypts; [Rekey] re-encrypts to a new
-// recipient set; [ReadStanzas] and [Check] tell, without decrypting, whether
-// a file is encrypted to exactly its current recipients. See docs/secrets.md.
+// the hosts that use it and the fleet's admin keys: [FleetFiles] turns the
+// fleet's secret uses ([Use]) and admins into its files ([File]), with the
+// problems that leave a file's recipients incomplete; [Files.Lookup] finds
+// a file by secret name or path, and [File.Inspect] says whether it is
+// current or must be rekeyed. [Edit] runs an editor on a private tmpfs copy
+// and re-encrypts; [Rekey] re-encrypts to a new recipient set;
+// [ReadStanzas] and [Check] tell, without decrypting, whether a file is
+// encrypted to exactly its current recipients. See docs/secrets.md.
 package secrets

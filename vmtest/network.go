@@ -96,7 +96,7 @@ func Start(tb testing.TB, n int, opts ...Option) *Network {
 	return nw
 }
 
-// Boot is [Start] for programs rather than tests (deploy demo): it boots n
+// Boot is [Start] for programs rather than tests (cmd/deploy-demo): it boots n
 // hosts and returns the network, which the caller must Close. The hosts'
 // test helpers that fail a test (Succeed, Fail, WaitForUnit, Cut, ...) need
 // a test; use [Host.Run], [Host.Command] and [Network.DialContext].

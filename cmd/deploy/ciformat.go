@@ -4,8 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -60,7 +60,7 @@ func (e *env) ciFormat() string {
 func writePlan(e *env, s *fleet.Session, rep *fleet.Report) (bool, error) {
 	switch e.ciFormat() {
 	case formatMarkdown:
-		fmt.Fprint(e.stdout, planMarkdown(s, rep))
+		fmt.Fprint(e.stdout, view.PlanMarkdown(s.Selected, rep))
 		return true, nil
 	case formatGitHub:
 		path := e.getenv("GITHUB_STEP_SUMMARY")
@@ -73,7 +73,7 @@ func writePlan(e *env, s *fleet.Session, rep *fleet.Report) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("write the plan to the step summary: %w", err)
 		}
-		if _, err := f.WriteString(planMarkdown(s, rep)); err != nil {
+		if _, err := f.WriteString(view.PlanMarkdown(s.Selected, rep)); err != nil {
 			f.Close()
 			return false, fmt.Errorf("write the plan to the step summary %q: %w", path, err)
 		}
@@ -82,69 +82,4 @@ func writePlan(e *env, s *fleet.Session, rep *fleet.Report) (bool, error) {
 		}
 	}
 	return false, nil
-}
-
-// planMarkdown is the dry-run plan as GitHub-flavoured markdown: a table
-// with a row per host, then per host the units and files that change.
-func planMarkdown(s *fleet.Session, rep *fleet.Report) string {
-	var b strings.Builder
-	b.WriteString("## deploy --dry-run\n\n")
-	b.WriteString("| host | result | paths to copy | bytes | start | restart | reload | stop | files |\n")
-	b.WriteString("|---|---|--:|--:|---|---|---|---|--:|\n")
-	type detail struct {
-		host string
-		plan *fleet.Plan
-	}
-	var details []detail
-	for _, h := range s.Selected {
-		var hr *fleet.HostReport
-		if rep != nil {
-			hr = rep.Hosts[h.Name]
-		}
-		if hr == nil {
-			fmt.Fprintf(&b, "| %s | not reached | | | | | | | |\n", mdCell(h.Name))
-			continue
-		}
-		result := string(hr.Result)
-		if hr.Err != nil {
-			result += ": " + hr.Err.Error()
-		}
-		var missing, bytes, files string
-		var plan *fleet.Plan
-		if hr.Push != nil {
-			missing, bytes = fmt.Sprint(hr.Push.Missing), bytesString(hr.Push.Bytes)
-			plan = hr.Push.Plan
-		}
-		var start, restart, reload, stop string
-		if plan != nil {
-			start, restart, reload, stop = units(plan.Start), units(plan.Restart), units(plan.Reload), units(plan.Stop)
-			files = fmt.Sprint(len(plan.Files))
-			if len(plan.Files) > 0 || len(plan.Start)+len(plan.Restart)+len(plan.Reload)+len(plan.Stop) > 0 {
-				details = append(details, detail{h.Name, plan})
-			}
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", mdCell(h.Name), mdCell(result),
-			missing, bytes, start, restart, reload, stop, files)
-	}
-	for _, d := range details {
-		fmt.Fprintf(&b, "\n<details><summary>%s: %d files change</summary>\n\n", mdCell(d.host), len(d.plan.Files))
-		for _, f := range d.plan.Files {
-			fmt.Fprintf(&b, "- `%s`\n", strings.ReplaceAll(f, "`", "'"))
-		}
-		b.WriteString("\n</details>\n")
-	}
-	return b.String()
-}
-
-func units(u []string) string {
-	var out []string
-	for _, x := range u {
-		out = append(out, "`"+strings.ReplaceAll(x, "`", "'")+"`")
-	}
-	return mdCell(strings.Join(out, " "))
-}
-
-// mdCell makes s safe inside a markdown table cell.
-func mdCell(s string) string {
-	return strings.NewReplacer("|", "\\|", "\n", " ", "\r", " ").Replace(s)
 }

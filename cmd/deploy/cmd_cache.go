@@ -11,19 +11,17 @@ import (
 	"github.com/declarative/deploy/fleet"
 )
 
-// runCache dispatches deploy cache {key generate|push}.
-func runCache(ctx context.Context, e *env, args []string) error {
-	return subcommand(e, "cache", map[string]func([]string) error{
-		"key":  func(args []string) error { return runCacheKey(e, args) },
-		"push": func(args []string) error { return runCachePush(ctx, e, args) },
-	}, args)
+// cacheCommands are deploy cache's.
+var cacheCommands = []command{
+	{name: "key", summary: "generate NAME: a signing key pair for the fleet's cache", run: runCacheKey},
+	{name: "push", summary: "build hosts and upload their closures to the fleet's cache (DIR#NAME...)", run: runCachePush, targets: true},
 }
 
 // runCacheKey is deploy cache key generate NAME: a signing key pair in
 // Nix's format. The secret key file is created 0600 and never overwritten;
 // the public key is printed (for the fleet's cache block) and written
 // beside it.
-func runCacheKey(e *env, args []string) error {
+func runCacheKey(_ context.Context, e *env, args []string) error {
 	if len(args) == 0 || args[0] != "generate" {
 		return usageErrorf("cache key: want 'deploy cache key generate NAME'")
 	}
@@ -71,16 +69,22 @@ func (f *cacheKeyFlag) register(fs *flag.FlagSet) {
 
 // load reads the key; nil when none is given.
 func (f *cacheKeyFlag) load(e *env) (*cache.SecretKey, error) {
-	file := f.file
+	return loadKey(e, f.file, "DEPLOY_CACHE_KEY", "cache key", "deploy cache key generate NAME writes one")
+}
+
+// loadKey reads a secret key file in Nix's format: file (a flag's
+// value), else the one $env names; nil when neither names one. what and
+// hint say which key it is and how to make one.
+func loadKey(e *env, file, env, what, hint string) (*cache.SecretKey, error) {
 	if file == "" {
-		file = e.getenv("DEPLOY_CACHE_KEY")
+		file = e.getenv(env)
 	}
 	if file == "" {
 		return nil, nil
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, withHint(fmt.Errorf("cache key: %w", err), ExitUsage, "deploy cache key generate NAME writes one")
+		return nil, withHint(fmt.Errorf("%s: %w", what, err), ExitUsage, hint)
 	}
 	k, err := cache.ParseSecretKey(string(data))
 	if err != nil {

@@ -27,7 +27,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	if !diags.HasErrors() {
 		diags = append(diags, builder.Check(ctx, f, *storeDir)...)
 	}
-	printDiags(e, f, diags)
+	e.printDiags(f, diags)
 	if diags.HasErrors() {
 		return configError(diags)
 	}

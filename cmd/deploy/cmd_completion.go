@@ -58,59 +58,53 @@ complete -c deploy -f -a '(__deploy_complete)'
 `,
 }
 
-// targetCommands take fleet targets (DIR#NAME) as arguments.
-var targetCommands = map[string]bool{
-	"build": true, "eval": true, "closure": true, "image": true, "diff": true, "publish": true,
-	"exec": true, "rollback": true, "generations": true, "status": true, "gc": true, "why-depends": true,
-	"": true, // deploy TARGET...
-}
-
 // runComplete prints the candidates for the last of args, one per line:
 // the words after "deploy" on the command line, the last being the one
 // completed (possibly empty). Candidates are commands, subcommands, flags
-// (--name), and targets of the fleet in the current directory (.#NAME,
-// .#@TAG) or in the directory the word names (DIR#...).
+// (--name), and, for commands that take targets, the targets of the fleet
+// in the current directory (.#NAME, .#@TAG) or in the directory the word
+// names (DIR#...).
 func runComplete(_ context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		args = []string{""}
 	}
 	cur := args[len(args)-1]
 	prev := args[:len(args)-1]
+	flags := strings.HasPrefix(cur, "-")
 	var out []string
-	cmd := ""
-	if len(prev) > 0 {
-		cmd = prev[0]
+	var c command
+	known := len(prev) > 0
+	if known {
+		c, known = lookup(commands(), prev[0])
 	}
-	known := slices.ContainsFunc(commands(), func(c command) bool { return c.name == cmd })
 	switch {
-	case len(prev) == 0:
-		if strings.HasPrefix(cur, "-") {
-			out = commandFlags(e, nil)
-		} else {
-			for _, c := range commands() {
-				out = append(out, c.name)
-			}
-			out = append(out, completeTargets(cur)...)
+	case len(prev) == 0 && !flags:
+		for _, c := range commands() {
+			out = append(out, c.name)
 		}
+		out = append(out, completeTargets(cur)...)
 	case !known:
 		// deploy [flags] TARGET...
-		if strings.HasPrefix(cur, "-") {
+		if flags {
 			out = commandFlags(e, nil)
 		} else {
 			out = completeTargets(cur)
 		}
+	case c.subs != nil && len(prev) == 1:
+		for _, s := range c.subs {
+			out = append(out, s.name)
+		}
 	default:
-		subs := subcommands(e, cmd)
-		switch {
-		case len(subs) > 0 && len(prev) == 1:
-			out = subs
-		case strings.HasPrefix(cur, "-"):
-			path := []string{cmd}
-			if len(subs) > 0 {
-				path = append(path, prev[1])
+		path := []string{c.name}
+		if c.subs != nil {
+			if c, known = lookup(c.subs, prev[1]); !known {
+				break
 			}
+			path = append(path, c.name)
+		}
+		if flags {
 			out = commandFlags(e, path)
-		case targetCommands[cmd]:
+		} else if c.targets {
 			out = completeTargets(cur)
 		}
 	}
@@ -130,39 +124,16 @@ var flagLine = regexp.MustCompile(`(?m)^\s+-(\S+)`)
 func commandFlags(e *env, path []string) []string {
 	var stderr, stdout bytes.Buffer
 	sub := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: e.getenv}
-	args := append(slices.Clone(path), "-h")
 	if len(path) == 0 {
-		runDeploy(context.Background(), sub, args)
-	} else {
-		for _, c := range commands() {
-			if c.name == path[0] {
-				c.run(context.Background(), sub, args[1:])
-			}
-		}
+		runDeploy(context.Background(), sub, []string{"-h"})
+	} else if c, ok := lookup(commands(), path[0]); ok {
+		c.exec(context.Background(), sub, append(slices.Clone(path[1:]), "-h"))
 	}
 	var out []string
 	for _, m := range flagLine.FindAllStringSubmatch(stderr.String(), -1) {
 		out = append(out, "--"+m[1])
 	}
 	return out
-}
-
-var subsLine = regexp.MustCompile(`usage: deploy \S+ \{([^}]*)\}`)
-
-// subcommands returns the subcommands of a command group (store, nar,
-// cache, secrets), read from its usage line.
-func subcommands(e *env, cmd string) []string {
-	for _, c := range commands() {
-		if c.name != cmd {
-			continue
-		}
-		var stderr, stdout bytes.Buffer
-		c.run(context.Background(), &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: e.getenv}, []string{"-h"})
-		if m := subsLine.FindStringSubmatch(stderr.String()); m != nil {
-			return strings.Split(m[1], "|")
-		}
-	}
-	return nil
 }
 
 // completeTargets offers DIR#NAME for word: the hosts, deployments and

@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
@@ -26,41 +22,6 @@ type sshFlags struct {
 	hostKey string
 	sudo    bool
 	jump    string
-}
-
-// parseHostSpec splits [user@]host[:port].
-func parseHostSpec(spec string) (user, host string, port int, err error) {
-	if u, rest, ok := strings.Cut(spec, "@"); ok {
-		user, spec = u, rest
-	}
-	host = spec
-	if h, p, err := net.SplitHostPort(spec); err == nil {
-		host = h
-		if port, err = strconv.Atoi(p); err != nil || port <= 0 || port > 65535 {
-			return "", "", 0, fmt.Errorf("host %q: bad port %q", spec, p)
-		}
-	}
-	if host == "" {
-		return "", "", 0, fmt.Errorf("host %q: empty host name", spec)
-	}
-	return user, host, port, nil
-}
-
-// agentBinary finds the deploy-agent to bootstrap: --agent, else the one
-// beside the running deploy.
-func agentBinary(flagValue string) (string, error) {
-	if flagValue != "" {
-		return flagValue, nil
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(filepath.Dir(exe), "deploy-agent")
-	if _, err := os.Stat(p); err != nil {
-		return "", withHint(fmt.Errorf("no deploy-agent beside %q", exe), ExitUsage, "install deploy-agent next to deploy, or pass --agent PATH")
-	}
-	return p, nil
 }
 
 func runCopy(ctx context.Context, e *env, args []string) error {
@@ -91,7 +52,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	if err := tf.check(); err != nil {
 		return err
 	}
-	user, host, port, err := parseHostSpec(to)
+	user, host, port, err := mesh.ParseHostSpec(to)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
@@ -99,9 +60,9 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	bin, err := agentBinary(agent)
-	if err != nil {
-		return err
+	bin := findAgent(agent)
+	if bin == "" {
+		return withHint(errors.New("no deploy-agent beside deploy"), ExitUsage, "install deploy-agent next to deploy, or pass --agent PATH")
 	}
 	agentInfo, err := local.AddAgent(ctx, bin)
 	if err != nil {
@@ -111,13 +72,7 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 		Sudo: sshf.sudo, Transport: tf.transport}
 	v := newView(e, asJSON, true)
 	s := &fleet.Session{Hosts: []*builder.Host{h}, Command: "copy", Mesh: sshf.config(e), StateDir: remoteState, Emit: v.Event,
-		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
-			tn, err := tf.start(ctx, e)
-			if err != nil {
-				return nil, nil, err
-			}
-			return tn, func() { tn.Close() }, nil
-		}}
+		Tailnet: tf.node(e)}
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Copy(ctx, local, pos, agentInfo.Path, compress) })
 	if err == nil && !asJSON {
 		if p := rep.Hosts[host].Push; p != nil {
@@ -160,12 +115,20 @@ func (f *tailnetFlags) check() error {
 	return nil
 }
 
-// start starts the tailnet node when --transport tailscale, else
-// returns nil (direct TCP).
-func (f *tailnetFlags) start(ctx context.Context, e *env) (*tailnet.Transport, error) {
-	if f.transport != "tailscale" {
-		return nil, nil
+// node returns what a fleet session starts the tailnet node with (when a
+// host it reaches has transport "tailscale"): the node and its stop.
+func (f *tailnetFlags) node(e *env) func(context.Context) (mesh.Dialer, func(), error) {
+	return func(ctx context.Context) (mesh.Dialer, func(), error) {
+		tn, err := f.start(ctx, e)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tn, func() { tn.Close() }, nil
 	}
+}
+
+// start starts the tailnet node.
+func (f *tailnetFlags) start(ctx context.Context, e *env) (*tailnet.Transport, error) {
 	tn := &tailnet.Transport{
 		Dir:         f.stateDir,
 		Hostname:    f.hostname,

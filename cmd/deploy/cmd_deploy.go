@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -38,7 +38,7 @@ func isTarget(arg string) bool {
 
 func runDeploy(ctx context.Context, e *env, args []string) error {
 	var df deployFlags
-	fs := newFlags(e, "[flags]", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
+	fs := newFlags(e, "", "TARGET... (DIR#NAME: a deployment, a host, or @tag)")
 	df.build.register(fs)
 	df.hostFlags.register(fs)
 	df.cacheKey.register(fs)
@@ -99,22 +99,10 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	}
 	if !df.asJSON && !onStdout {
 		if mode == fleet.ModeBuild {
-			printSystems(e, s, rep)
+			view.Systems(e.stdout, s.Selected, rep)
 		} else {
-			resultLines(e, s, rep)
+			view.Results(e.stdout, s.Selected, rep)
 		}
 	}
 	return err
-}
-
-// printSystems prints each built host's system path on stdout.
-func printSystems(e *env, s *fleet.Session, rep *fleet.Report) {
-	if rep == nil {
-		return
-	}
-	for _, h := range s.Selected {
-		if hr := rep.Hosts[h.Name]; hr != nil && hr.Result == fleet.ResultOK {
-			fmt.Fprintln(e.stdout, hr.System)
-		}
-	}
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/modules"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
 )
@@ -52,14 +53,15 @@ func runEval(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	f, hosts, err := loadSelected(e, pos)
-	if err != nil {
+	s := &fleet.Session{Targets: pos, Diagnostics: e.printDiags}
+	if err := s.Open(); err != nil {
 		return err
 	}
+	f := s.Fleet
 	var out []evalJSON
-	for _, h := range hosts {
+	for _, h := range s.Selected {
 		cfg, diags := b.Evaluate(ctx, f, h.Name)
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		if diags.HasErrors() {
 			return configError(diags)
 		}

@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -35,10 +35,6 @@ func runGC(ctx context.Context, e *env, args []string) error {
 	if hf.asJSON || rep == nil {
 		return err
 	}
-	for _, h := range s.Selected {
-		if g := rep.Hosts[h.Name].GC; g != nil {
-			fmt.Fprintf(e.stdout, "%s\tremoved %d generations and %d pushed systems, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), len(g.Pushed), g.Paths, bytesString(g.Bytes))
-		}
-	}
+	view.GC(e.stdout, s.Selected, rep)
 	return err
 }

@@ -2,13 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
+	"io"
 
 	"github.com/declarative/deploy/builder"
-	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/internal/atomicfile"
 	"github.com/declarative/deploy/oci"
 )
 
@@ -60,35 +59,19 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 	}
 	f, diags := builder.Load(sel.Dir)
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return configError(diags)
 	}
-	name := sel.Names[0]
-	var host *builder.Host
-	if _, isRole := f.Roles[name]; isRole {
-		if _, isHost := f.Host(name); !isHost {
-			host, diags = f.RoleHost(name, o.arch)
-		}
-	}
-	if host == nil && !diags.HasErrors() {
-		var hosts []*builder.Host
-		hosts, diags = f.Select([]string{name})
-		if !diags.HasErrors() && len(hosts) != 1 {
-			return usageErrorf("%q selects %d hosts; name one host or role", selector, len(hosts))
-		}
-		if len(hosts) == 1 {
-			host = hosts[0]
-		}
-	}
-	if diags.HasErrors() {
-		printDiags(e, f, diags)
+	host, diags, err := f.ImageHost(sel.Names[0], o.arch)
+	e.printDiags(f, diags)
+	switch {
+	case err != nil:
+		return &exitError{code: ExitUsage, err: err}
+	case diags.HasErrors():
 		return configError(diags)
-	}
-	if o.arch != "" && o.arch != host.Arch {
-		return usageErrorf("--arch %s: host %s is %s; --arch is for a role's image", o.arch, host.Name, host.Arch)
 	}
 	res, diags := b.Build(ctx, f, host.Name)
-	printDiags(e, f, diags)
+	e.printDiags(f, diags)
 	if diags.HasErrors() {
 		return configError(diags)
 	}
@@ -96,9 +79,15 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := o.config(e, b, res, host)
-	if err != nil {
+	cfg, notes, err := b.ImageConfig(res, o.service)
+	var nse *builder.NoServiceError
+	if errors.As(err, &nse) {
+		return &exitError{code: ExitUsage, err: err}
+	} else if err != nil {
 		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintf(e.stderr, "deploy: %s\n", n)
 	}
 	img, err := oci.ClosureImage(ctx, b.Store, cl, cfg)
 	if err != nil {
@@ -113,7 +102,7 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 		if tag == "" {
 			tag = host.Name + ":latest"
 		}
-		if err := writeImageFile(o.out, func(w *os.File) error { return oci.WriteArchive(w, img, tag) }); err != nil {
+		if err := atomicfile.WriteFunc(o.out, 0o644, func(w io.Writer) error { return oci.WriteArchive(w, img, tag) }); err != nil {
 			return fmt.Errorf("writing %s: %w", o.out, err)
 		}
 		fmt.Fprintf(e.stderr, "deploy: wrote %s: %d layers, one per store path of %s\n", o.out, len(cl), res.SystemPath)
@@ -126,64 +115,4 @@ func (o *imageOptions) run(ctx context.Context, e *env, selector string) error {
 	}
 	fmt.Fprintln(e.stdout, digest)
 	return nil
-}
-
-// config is what the image runs: the chosen service's command, or nothing.
-func (o *imageOptions) config(e *env, b *builder.Builder, res *builder.Result, host *builder.Host) (oci.ImageConfig, error) {
-	cfg := oci.ImageConfig{Arch: host.Arch, Labels: map[string]string{
-		"org.opencontainers.image.title": host.Name,
-		"dev.deploy.system":              res.SystemPath,
-	}}
-	var services []manifest.Unit
-	for _, u := range res.Manifest.Units {
-		if strings.HasSuffix(u.Name, ".service") && (o.service == "" || u.Name == o.service+".service") {
-			services = append(services, u)
-		}
-	}
-	switch {
-	case o.service != "" && len(services) == 0:
-		return cfg, usageErrorf("%s has no service %q", host.Name, o.service)
-	case len(services) != 1:
-		fmt.Fprintf(e.stderr, "deploy: %s has %d services; the image has no entrypoint (choose one with --service NAME)\n", host.Name, len(services))
-		return cfg, nil
-	}
-	unit, err := os.ReadFile(b.Store.RealPath(services[0].Source))
-	if err != nil {
-		return cfg, err
-	}
-	run, notes, err := oci.ServiceConfig(string(unit))
-	if err != nil {
-		return cfg, &exitError{code: ExitConfig, err: fmt.Errorf("service %s: %w", services[0].Name, err)}
-	}
-	for _, n := range notes {
-		fmt.Fprintf(e.stderr, "deploy: service %s: %s\n", services[0].Name, n)
-	}
-	cfg.Entrypoint, cfg.Env, cfg.WorkingDir = run.Entrypoint, run.Env, run.WorkingDir
-	cfg.Labels["dev.deploy.service"] = services[0].Name
-	return cfg, nil
-}
-
-// writeImageFile writes path through a temporary file beside it, renamed
-// into place only when complete.
-func writeImageFile(path string, write func(*os.File) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -49,14 +46,11 @@ func keyscan(ctx context.Context, e *env, o keyscanOptions, hosts []string) erro
 		SSHConfigFile: o.sshConfig, IdentityFiles: o.identities}
 	var failed []string
 	for _, arg := range hosts {
-		host, port, err := splitHostPort(arg)
+		user, host, port, err := mesh.ParseHostSpec(arg)
 		if err != nil {
 			return usageErrorf("keyscan: %v", err)
 		}
-		t := mesh.Target{Name: host, Address: host}
-		if port != 22 {
-			t.Port = port
-		}
+		t := mesh.Target{Name: host, Address: host, User: user, Port: port}
 		keys, addr, err := cfg.ScanHostKeys(ctx, t)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "deploy: keyscan %s: %v\n", arg, err)
@@ -78,30 +72,4 @@ func keyscan(ctx context.Context, e *env, o keyscanOptions, hosts []string) erro
 	}
 	fmt.Fprintln(e.stderr, "deploy: hint: compare these fingerprints with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before trusting them")
 	return nil
-}
-
-// splitHostPort parses HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address;
-// the port defaults to 22.
-func splitHostPort(s string) (string, int, error) {
-	if s == "" {
-		return "", 0, errors.New("empty host")
-	}
-	if strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
-		return s, 22, nil // bare IPv6
-	}
-	if !strings.Contains(s, ":") {
-		return s, 22, nil
-	}
-	h, p, err := net.SplitHostPort(s)
-	if err != nil {
-		if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-			return s[1 : len(s)-1], 22, nil
-		}
-		return "", 0, fmt.Errorf("bad address %q: %w", s, err)
-	}
-	n, err := strconv.Atoi(p)
-	if err != nil || n <= 0 || n > 65535 {
-		return "", 0, fmt.Errorf("bad port in %q", s)
-	}
-	return h, n, nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/modules"
@@ -25,19 +24,17 @@ func runLock(ctx context.Context, e *env, args []string) error {
 	if len(pos) == 1 {
 		dir = pos[0]
 	}
-	s, err := sf.open(e)
+	b, err := sf.builder(e)
 	if err != nil {
 		return err
 	}
 	f, diags := builder.Load(dir)
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
+		e.printDiags(f, diags)
 		return configError(diags)
 	}
-	pb := &modules.PackageBuilder{Store: s, FleetDir: f.Dir, CacheDir: filepath.Join(filepath.Dir(s.RealDir), "build"),
-		Logf: func(format string, args ...any) { fmt.Fprintf(e.stderr, "deploy: "+format+"\n", args...) }}
-	lock, diags := builder.UpdateLock(ctx, f, pb, update)
-	printDiags(e, f, diags)
+	lock, diags := b.UpdateLock(ctx, f, update)
+	e.printDiags(f, diags)
 	if diags.HasErrors() {
 		return configError(diags)
 	}

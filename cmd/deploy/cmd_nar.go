@@ -13,12 +13,11 @@ import (
 	"github.com/declarative/deploy/closure/nar"
 )
 
-func runNar(ctx context.Context, e *env, args []string) error {
-	return subcommand(e, "nar", map[string]func([]string) error{
-		"dump":    func(a []string) error { return runNarDump(ctx, e, a) },
-		"restore": func(a []string) error { return runNarRestore(ctx, e, a) },
-		"hash":    func(a []string) error { return runNarHash(ctx, e, a) },
-	}, args)
+// narCommands are deploy nar's.
+var narCommands = []command{
+	{name: "dump", summary: "write a file tree as a NAR on stdout", run: runNarDump},
+	{name: "restore", summary: "restore a NAR from stdin into a new file tree", run: runNarRestore},
+	{name: "hash", summary: "the SHA-256 of a tree's NAR, in Nix's base-32", run: runNarHash},
 }
 
 func runNarDump(_ context.Context, e *env, args []string) error {

@@ -3,11 +3,10 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -21,22 +20,8 @@ func (f *publisherKeyFlag) register(fs *flag.FlagSet) {
 
 // load reads the key; nil when none is given.
 func (f *publisherKeyFlag) load(e *env) (*cache.SecretKey, error) {
-	file := f.file
-	if file == "" {
-		file = e.getenv("DEPLOY_PUBLISHER_KEY")
-	}
-	if file == "" {
-		return nil, nil
-	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, withHint(fmt.Errorf("publisher key: %w", err), ExitUsage, "deploy cache key generate NAME writes one; its public half goes in the hosts' pull { publisher_keys }")
-	}
-	k, err := cache.ParseSecretKey(string(data))
-	if err != nil {
-		return nil, &exitError{code: ExitUsage, err: fmt.Errorf("%s: %w", file, err)}
-	}
-	return k, nil
+	return loadKey(e, f.file, "DEPLOY_PUBLISHER_KEY", "publisher key",
+		"deploy cache key generate NAME writes one; its public half goes in the hosts' pull { publisher_keys }")
 }
 
 // runPublish is deploy publish DIR#TARGET --channel NAME: build the
@@ -85,7 +70,7 @@ func runPublish(ctx context.Context, e *env, args []string) error {
 	s.Builder, s.CacheKey, s.PublisherKey, s.Getenv = b, ck, pk, e.getenv
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Publish(ctx, opts) })
 	if !asJSON {
-		resultLines(e, s, rep)
+		view.Results(e.stdout, s.Selected, rep)
 	}
 	return err
 }

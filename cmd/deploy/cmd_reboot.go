@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -28,17 +28,7 @@ func runReboot(ctx context.Context, e *env, args []string) error {
 	s.WaitLock = waitLock
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Reboot(ctx, opts) })
 	if !hf.asJSON && rep != nil {
-		for _, h := range s.Selected {
-			hr := rep.Hosts[h.Name]
-			line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
-			if hr.Generation != 0 {
-				line += fmt.Sprintf("\tgeneration %d", hr.Generation)
-			}
-			if hr.Err != nil {
-				line += "\t" + hr.Err.Error()
-			}
-			fmt.Fprintln(e.stdout, line)
-		}
+		view.Reboots(e.stdout, s.Selected, rep)
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -50,7 +51,7 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	s.WaitLock = waitLock
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.Rollback(ctx, opts) })
 	if !hf.asJSON {
-		resultLines(e, s, rep)
+		view.Results(e.stdout, s.Selected, rep)
 	}
 	return err
 }
@@ -71,7 +72,7 @@ func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []st
 	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.ChannelRollback(ctx, opts) })
 	if !hf.asJSON {
-		resultLines(e, s, rep)
+		view.Results(e.stdout, s.Selected, rep)
 	}
 	return err
 }

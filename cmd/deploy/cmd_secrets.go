@@ -2,196 +2,70 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
 	"strings"
 	"text/tabwriter"
 
 	"filippo.io/age"
 
 	"github.com/declarative/deploy/builder"
-	"github.com/declarative/deploy/closure"
-	"github.com/declarative/deploy/modules"
 	"github.com/declarative/deploy/secrets"
+	"github.com/hashicorp/hcl/v2"
 )
 
-// runSecrets dispatches `deploy secrets list|edit|rekey`.
-func runSecrets(ctx context.Context, e *env, args []string) error {
-	sub := map[string]func(context.Context, *env, []string) error{
-		"list": runSecretsList, "edit": runSecretsEdit, "rekey": runSecretsRekey,
-	}
-	if len(args) == 0 || sub[args[0]] == nil {
-		fmt.Fprintln(e.stderr, "usage: deploy secrets list|edit|rekey [flags] [ARGS...]\n\n"+
-			"  list          which host can read which secret file, and which files are stale\n"+
-			"  edit NAME     decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it\n"+
-			"  rekey [NAME...] re-encrypt stale secret files to their current recipients (--force: all)")
-		if len(args) == 0 {
-			return usageErrorf("secrets: missing subcommand")
-		}
-		if args[0] == "-h" || args[0] == "--help" {
-			return nil
-		}
-		return usageErrorf("secrets: unknown subcommand %q", args[0])
-	}
-	return sub[args[0]](ctx, e, args[1:])
+// secretsCommands are deploy secrets'.
+var secretsCommands = []command{
+	{name: "list", summary: "which host can read which secret file, and which files are stale", run: runSecretsList},
+	{name: "edit", summary: "decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it", run: runSecretsEdit},
+	{name: "rekey", summary: "re-encrypt stale secret files (NAME... or all) to their current recipients (--force: all)", run: runSecretsRekey},
 }
 
 // secretsFlags are the flags every secrets subcommand has.
 type secretsFlags struct {
 	dir        string
-	identities multiFlag
-}
-
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
-
-// secretFile is one .age file of the fleet and who must be able to read it.
-type secretFile struct {
-	// File is the path relative to the fleet directory; abs is absolute.
-	File string `json:"file"`
-	abs  string
-	// Secrets are the names of the secret resources using the file.
-	Secrets []string `json:"secrets"`
-	// Hosts are the hosts whose configuration uses the file.
-	Hosts []string `json:"hosts"`
-	// Recipients are the hosts' keys, then the admins' keys.
-	Recipients []secrets.Recipient `json:"recipients"`
-	// problems make the recipient set incomplete (a host without a key).
-	problems []string
+	identities stringList
 }
 
 // fleetSecrets evaluates every host of the fleet in dir (without building
-// anything) and returns its secret files, sorted, including .age files in
+// anything) and returns its secret files, including .age files in
 // secrets/ that no host uses (encrypted to the admins only).
-func fleetSecrets(ctx context.Context, e *env, dir string) (*builder.Fleet, []*secretFile, error) {
+func fleetSecrets(ctx context.Context, e *env, dir string) (*secrets.Files, error) {
 	f, diags := builder.Load(dir)
+	var uses []builder.SecretUse
+	if !diags.HasErrors() {
+		var d hcl.Diagnostics
+		uses, d = builder.SecretUses(ctx, f)
+		diags = append(diags, d...)
+	}
 	if diags.HasErrors() {
-		printDiags(e, f, diags)
-		return nil, nil, configError(diags)
+		e.printDiags(f, diags)
+		return nil, configError(diags)
 	}
-	pb := &modules.PackageBuilder{Store: &closure.Store{StoreDir: closure.DefaultStoreDir}, FleetDir: f.Dir, Lock: f.Lock, DryRun: true}
-	files := map[string]*secretFile{}
-	get := func(rel string) *secretFile {
-		sf, ok := files[rel]
-		if !ok {
-			sf = &secretFile{File: rel, abs: filepath.Join(f.Dir, rel)}
-			files[rel] = sf
-		}
-		return sf
+	su := make([]secrets.Use, len(uses))
+	for i, u := range uses {
+		su[i] = secrets.Use{Secret: u.Secret, File: u.Source, Host: u.Host, HostKey: u.HostKey}
 	}
-	for _, h := range f.Hosts {
-		cfg, d := f.Evaluate(ctx, h.Name, pb)
-		if d.HasErrors() {
-			printDiags(e, f, d)
-			return nil, nil, configError(d)
-		}
-		for _, r := range cfg.Resources {
-			if r.Kind.Name != modules.KindSecret {
-				continue
-			}
-			src := r.String("source", "")
-			rel := filepath.Clean(src)
-			if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
-				return nil, nil, withHint(fmt.Errorf("secret %q of host %q: source %q is outside the fleet directory", r.Name, h.Name, src),
-					ExitConfig, "secret sources are paths relative to the fleet directory, like secrets/NAME.age")
-			}
-			sf := get(rel)
-			if !slices.Contains(sf.Secrets, r.Name) {
-				sf.Secrets = append(sf.Secrets, r.Name)
-			}
-			if slices.Contains(sf.Hosts, h.Name) {
-				continue
-			}
-			sf.Hosts = append(sf.Hosts, h.Name)
-			switch fields := strings.Fields(h.HostKey); {
-			case len(fields) == 0:
-				sf.problems = append(sf.problems, fmt.Sprintf("host %q has no host_key", h.Name))
-			case fields[0] != "ssh-ed25519":
-				sf.problems = append(sf.problems, fmt.Sprintf("host %q has a %s host_key; the agent decrypts with the ssh-ed25519 host key", h.Name, fields[0]))
-			default:
-				sf.Recipients = append(sf.Recipients, secrets.Recipient{Owner: "host " + h.Name, Key: fields[0] + " " + fields[1]})
-			}
-		}
+	admins := make([]secrets.Admin, len(f.Admins))
+	for i, a := range f.Admins {
+		admins[i] = secrets.Admin{Name: a.Name, Keys: a.Keys}
 	}
-	if extra, _ := filepath.Glob(filepath.Join(f.Dir, "secrets", "*.age")); len(extra) > 0 {
-		for _, p := range extra {
-			get(filepath.Join("secrets", filepath.Base(p)))
-		}
-	}
-	var out []*secretFile
-	for _, sf := range files {
-		for _, a := range f.Admins {
-			for _, k := range a.Keys {
-				sf.Recipients = append(sf.Recipients, secrets.Recipient{Owner: "admin " + a.Name, Key: k})
-			}
-		}
-		sort.Strings(sf.Secrets)
-		sort.Strings(sf.Hosts)
-		if sf.Secrets == nil {
-			sf.Secrets, sf.Hosts = []string{}, []string{}
-		}
-		out = append(out, sf)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].File < out[j].File })
-	return f, out, nil
+	return secrets.FleetFiles(f.Dir, su, admins, f.SecretFiles()), nil
 }
 
-// lookupSecretFile finds the file NAME means: a secret resource name, or a
-// path (relative to the fleet directory) ending in .age, which need not
-// exist yet.
-func lookupSecretFile(f *builder.Fleet, files []*secretFile, name string) (*secretFile, error) {
-	var found []*secretFile
-	for _, sf := range files {
-		if slices.Contains(sf.Secrets, name) {
-			found = append(found, sf)
-		}
+// lookupSecretFile finds the file NAME means (see secrets.Files.Lookup).
+func lookupSecretFile(files *secrets.Files, name string) (*secrets.File, error) {
+	f, err := files.Lookup(name)
+	if errors.Is(err, secrets.ErrUnknownSecret) {
+		return nil, withHint(err, ExitUsage,
+			fmt.Sprintf("declare it first (secret %q { source = \"secrets/%s.age\" }) or pass a path ending in .age", name, name))
+	} else if err != nil {
+		return nil, &exitError{code: ExitUsage, err: err}
 	}
-	if len(found) == 1 {
-		return found[0], nil
-	}
-	if len(found) > 1 {
-		var names []string
-		for _, sf := range found {
-			names = append(names, sf.File)
-		}
-		return nil, usageErrorf("secret %q is ambiguous: it names %s; pass the file instead", name, strings.Join(names, ", "))
-	}
-	if strings.HasSuffix(name, ".age") {
-		p := name
-		if filepath.IsAbs(p) {
-			rel, err := filepath.Rel(f.Dir, p)
-			if err != nil {
-				return nil, usageErrorf("secret file %q: %v", name, err)
-			}
-			p = rel
-		}
-		p = filepath.Clean(p)
-		if p == ".." || strings.HasPrefix(p, "../") {
-			return nil, usageErrorf("secret file %q is outside the fleet directory %q", name, f.Dir)
-		}
-		for _, sf := range files {
-			if sf.File == p {
-				return sf, nil
-			}
-		}
-		sf := &secretFile{File: p, abs: filepath.Join(f.Dir, p), Secrets: []string{}, Hosts: []string{}}
-		for _, a := range f.Admins {
-			for _, k := range a.Keys {
-				sf.Recipients = append(sf.Recipients, secrets.Recipient{Owner: "admin " + a.Name, Key: k})
-			}
-		}
-		return sf, nil
-	}
-	return nil, withHint(fmt.Errorf("unknown secret %q", name), ExitUsage,
-		fmt.Sprintf("declare it first (secret %q { source = \"secrets/%s.age\" }) or pass a path ending in .age", name, name))
+	return f, nil
 }
 
 // identities loads the operator's identities: -i files, else
@@ -217,26 +91,23 @@ func (sf *secretsFlags) register(fs *flag.FlagSet) {
 	fs.Var(&sf.identities, "i", "identity `file` to decrypt with (age identity or SSH private key; repeatable)")
 }
 
-func checkRecipients(sf *secretFile) error {
-	if len(sf.problems) > 0 {
-		return withHint(fmt.Errorf("secret file %q: %s", sf.File, strings.Join(sf.problems, "; ")), ExitConfig,
-			"set host_key = \"ssh-ed25519 ...\" on the host (deploy keyscan ADDRESS prints it)")
+// checkRecipients refuses to encrypt a file to fewer readers than it
+// needs, saying what to fix.
+func checkRecipients(file *secrets.File) error {
+	err := file.CheckRecipients()
+	if err == nil {
+		return nil
 	}
-	if len(sf.Recipients) == 0 {
-		return withHint(fmt.Errorf("secret file %q: no recipients (no host uses it and no admin is declared)", sf.File), ExitConfig,
-			"declare an admin: admin \"NAME\" { keys = [\"age1...\"] }")
+	if len(file.Problems) > 0 {
+		return withHint(err, ExitConfig, "set host_key = \"ssh-ed25519 ...\" on the host (deploy keyscan ADDRESS prints it)")
 	}
-	return nil
+	return withHint(err, ExitConfig, "declare an admin: admin \"NAME\" { keys = [\"age1...\"] }")
 }
 
 // secretsListRow is one line of `deploy secrets list`.
 type secretsListRow struct {
-	*secretFile
-	Status   string          `json:"status"` // ok, stale, missing, unreadable, incomplete
-	Readable []string        `json:"readable_by"`
-	Detail   *secrets.Status `json:"detail,omitempty"`
-	Problems []string        `json:"problems,omitempty"`
-	Message  string          `json:"message,omitempty"`
+	*secrets.File
+	secrets.Inspection
 }
 
 func runSecretsList(ctx context.Context, e *env, args []string) error {
@@ -248,54 +119,21 @@ func runSecretsList(ctx context.Context, e *env, args []string) error {
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	_, files, err := fleetSecrets(ctx, e, sf.dir)
+	files, err := fleetSecrets(ctx, e, sf.dir)
 	if err != nil {
 		return err
 	}
-	rows := make([]secretsListRow, 0, len(files))
+	rows := make([]secretsListRow, 0, len(files.Files))
 	stale := 0
-	for _, f := range files {
-		row := secretsListRow{secretFile: f, Readable: []string{}, Problems: f.problems}
-		st, err := secrets.FileStatus(f.abs, f.Recipients)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			row.Status, row.Message = "missing", "file does not exist (deploy secrets edit creates it)"
-		case err != nil:
-			row.Status, row.Message = "unreadable", err.Error()
-		default:
-			row.Detail = &st
-			for _, r := range st.Readable {
-				row.Readable = append(row.Readable, r.Owner)
-			}
-			row.Status = "ok"
-			if st.Stale {
-				row.Status = "stale"
-				var why []string
-				for _, r := range st.Missing {
-					why = append(why, "not encrypted to "+r.Owner)
-				}
-				for _, x := range st.Extra {
-					if x.Tag != "" {
-						why = append(why, fmt.Sprintf("encrypted to an unknown %s key (tag %s)", x.Type, x.Tag))
-					} else {
-						why = append(why, "encrypted to an extra "+x.Type+" key")
-					}
-				}
-				row.Message = strings.Join(why, "; ")
-			}
-		}
-		if len(f.problems) > 0 && row.Status == "ok" {
-			row.Status = "incomplete"
-		}
-		if row.Status != "ok" {
+	for _, f := range files.Files {
+		row := secretsListRow{File: f, Inspection: f.Inspect()}
+		if row.State != secrets.StateOK {
 			stale++
 		}
 		rows = append(rows, row)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		return writeJSON(e.stdout, rows)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FILE\tSECRETS\tHOSTS\tSTATUS")
@@ -308,15 +146,15 @@ func runSecretsList(ctx context.Context, e *env, args []string) error {
 		if len(r.Secrets) > 0 {
 			secs = strings.Join(r.Secrets, ",")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.File, secs, hosts, r.Status)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.File.File, secs, hosts, r.State)
 	}
 	tw.Flush()
 	for _, r := range rows {
 		for _, p := range r.Problems {
-			fmt.Fprintf(e.stderr, "deploy: %s: %s\n", r.File, p)
+			fmt.Fprintf(e.stderr, "deploy: %s: %s\n", r.File.File, p)
 		}
 		if r.Message != "" {
-			fmt.Fprintf(e.stderr, "deploy: %s: %s: %s\n", r.File, r.Status, r.Message)
+			fmt.Fprintf(e.stderr, "deploy: %s: %s: %s\n", r.File.File, r.State, r.Message)
 		}
 	}
 	if stale > 0 {
@@ -333,11 +171,11 @@ func runSecretsEdit(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	f, files, err := fleetSecrets(ctx, e, sf.dir)
+	files, err := fleetSecrets(ctx, e, sf.dir)
 	if err != nil {
 		return err
 	}
-	file, err := lookupSecretFile(f, files, pos[0])
+	file, err := lookupSecretFile(files, pos[0])
 	if err != nil {
 		return err
 	}
@@ -345,11 +183,11 @@ func runSecretsEdit(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var ids []age.Identity
-	if _, err := os.Stat(file.abs); err == nil {
+	if _, err := os.Stat(file.Path); err == nil {
 		if ids, err = sf.load(e); err != nil {
 			return err
 		}
-	} else if err := os.MkdirAll(filepath.Dir(file.abs), 0o755); err != nil {
+	} else if err := os.MkdirAll(filepath.Dir(file.Path), 0o755); err != nil {
 		return err
 	}
 	tmp, err := secrets.PrivateTempDir(e.getenv)
@@ -364,7 +202,7 @@ func runSecretsEdit(ctx context.Context, e *env, args []string) error {
 		editor = "vi"
 	}
 	changed, err := secrets.Edit(ctx, secrets.EditOptions{
-		File: file.abs, Recipients: file.Recipients, Identities: ids, Editor: editor, TempDir: tmp,
+		File: file.Path, Recipients: file.Recipients, Identities: ids, Editor: editor, TempDir: tmp,
 		Stdin: e.stdin, Stdout: e.stderr, Stderr: e.stderr,
 	})
 	if err != nil {
@@ -379,7 +217,7 @@ func runSecretsEdit(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	fmt.Fprintf(e.stderr, "deploy: %s: no changes\n", file.File)
-	if st, err := secrets.FileStatus(file.abs, file.Recipients); err == nil && st.Stale {
+	if st, err := secrets.FileStatus(file.Path, file.Recipients); err == nil && st.Stale {
 		fmt.Fprintf(e.stderr, "deploy: hint: %s is stale; run deploy secrets rekey %s\n", file.File, pos[0])
 	}
 	return nil
@@ -395,15 +233,15 @@ func runSecretsRekey(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	f, files, err := fleetSecrets(ctx, e, sf.dir)
+	files, err := fleetSecrets(ctx, e, sf.dir)
 	if err != nil {
 		return err
 	}
-	selected := files
+	selected := files.Files
 	if len(pos) > 0 {
 		selected = nil
 		for _, n := range pos {
-			file, err := lookupSecretFile(f, files, n)
+			file, err := lookupSecretFile(files, n)
 			if err != nil {
 				return err
 			}
@@ -413,7 +251,7 @@ func runSecretsRekey(ctx context.Context, e *env, args []string) error {
 	var ids []age.Identity
 	rekeyed, current := 0, 0
 	for _, file := range selected {
-		st, err := secrets.FileStatus(file.abs, file.Recipients)
+		st, err := secrets.FileStatus(file.Path, file.Recipients)
 		if errors.Is(err, os.ErrNotExist) {
 			if len(pos) > 0 {
 				return fmt.Errorf("rekey %q: file does not exist (deploy secrets edit creates it)", file.File)
@@ -436,7 +274,7 @@ func runSecretsRekey(ctx context.Context, e *env, args []string) error {
 				return err
 			}
 		}
-		if err := secrets.Rekey(file.abs, ids, file.Recipients); err != nil {
+		if err := secrets.Rekey(file.Path, ids, file.Recipients); err != nil {
 			return err
 		}
 		rekeyed++

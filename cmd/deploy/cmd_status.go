@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"golang.org/x/term"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -76,7 +74,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 					fmt.Fprintln(e.stdout)
 				}
 				fmt.Fprintf(e.stdout, "%s (every %v)\n", time.Now().Format(time.RFC3339), watch)
-				statusTable(e, s, rep, opts.Drift)
+				view.StatusTable(e.stdout, s.Selected, rep, opts.Drift)
 			}
 			if count > 0 && n >= count {
 				return nil, err
@@ -91,98 +89,13 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if hf.asJSON || rep == nil {
 		return err
 	}
-	statusTable(e, s, rep, opts.Drift)
+	view.StatusTable(e.stdout, s.Selected, rep, opts.Drift)
 	return err
-}
-
-// statusTable prints one row per host.
-func statusTable(e *env, s *fleet.Session, rep *fleet.Report, drift bool) {
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	head := "HOST\tREACHABLE\tGEN\tCOMMIT\tAGE\tBOOT\tPENDING\tFAILED\tCONSISTENT\tPUSHED\tRUN LOCK"
-	if drift {
-		head += "\tDRIFT"
-	}
-	fmt.Fprintln(tw, head)
-	now := time.Now()
-	for _, h := range s.Selected {
-		hr := rep.Hosts[h.Name]
-		st := hr.Status
-		if st == nil {
-			why := string(hr.Result)
-			if hr.Err != nil {
-				why = hr.Err.Error()
-			}
-			reach := "yes"
-			if hr.Result == fleet.ResultUnreachable || hr.Result == fleet.ResultSkipped {
-				reach = "no"
-			}
-			row := fmt.Sprintf("%s\t%s\t?\t?\t?\t?\t?\t?\t?\t?\t%s", h.Name, reach, why)
-			if drift {
-				row += "\t?"
-			}
-			fmt.Fprintln(tw, row)
-			continue
-		}
-		lock := "-"
-		if st.RunLock != nil {
-			lock = st.RunLock.String()
-		}
-		pushed := "-"
-		if len(st.Pushed) > 0 {
-			// The newest, by its store path's name, and how many more.
-			pushed = path.Base(st.Pushed[0].System) + " (" + st.Pushed[0].Time.Format(time.RFC3339) + ")"
-			if len(st.Pushed) > 1 {
-				pushed += fmt.Sprintf(" +%d", len(st.Pushed)-1)
-			}
-		}
-		commit, age := "-", "-"
-		if st.CurrentGitRev != "" {
-			commit = st.CurrentGitRev[:min(12, len(st.CurrentGitRev))]
-		}
-		if !st.CurrentTime.IsZero() {
-			age = ageString(now.Sub(st.CurrentTime))
-		}
-		boot := dash(st.Boot)
-		if st.RebootRequired {
-			boot += " (reboot required)"
-		}
-		failed := "-"
-		if len(st.Failed) > 0 {
-			failed = strings.Trim(fmt.Sprint(st.Failed), "[]")
-		}
-		row := fmt.Sprintf("%s\tyes\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s", h.Name, dash(st.Current), commit, age, boot, dash(st.Pending), failed, st.Consistent, pushed, lock)
-		if drift {
-			switch d := st.Drift; {
-			case d == nil:
-				row += "\t?"
-			case len(d.Items) == 0:
-				row += "\tnone"
-			default:
-				row += fmt.Sprintf("\t%d: %s", len(d.Items), fleet.DriftSummary(d))
-			}
-		}
-		fmt.Fprintln(tw, row)
-	}
-	tw.Flush()
-}
-
-// ageString renders a duration the way an operator reads an age: 45s,
-// 12m, 5h, 3d.
-func ageString(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", max(0, int(d.Seconds())))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 // runChannelStatus is deploy status --channel NAME: the channel's last
 // publish, and per host its release's serial and wave and its last report.
-func runChannelStatus(ctx context.Context, e *env, s *fleet.Session, v view, name string, pf *publisherKeyFlag, bf *buildFlags, asJSON bool) error {
+func runChannelStatus(ctx context.Context, e *env, s *fleet.Session, v view.View, name string, pf *publisherKeyFlag, bf *buildFlags, asJSON bool) error {
 	pk, err := pf.load(e)
 	if err != nil {
 		return err
@@ -201,60 +114,6 @@ func runChannelStatus(ctx context.Context, e *env, s *fleet.Session, v view, nam
 	if asJSON || rep == nil {
 		return err
 	}
-	if head == nil {
-		fmt.Fprintf(e.stdout, "channel %s: nothing published yet\n", name)
-	} else {
-		fmt.Fprintf(e.stdout, "channel %s: serial %d published %s", name, head.Serial, head.Published.Format(time.RFC3339))
-		if head.Publisher != "" {
-			fmt.Fprintf(e.stdout, " by %s", head.Publisher)
-		}
-		if head.GitRev != "" {
-			fmt.Fprintf(e.stdout, " from commit %s", head.GitRev)
-		}
-		if head.Message != "" {
-			fmt.Fprintf(e.stdout, " (%s)", head.Message)
-		}
-		fmt.Fprintln(e.stdout)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tWAVE\tRELEASE\tREPORTED\tOUTCOME\tGENERATION\tCHECK\tAT\tMESSAGE")
-	for _, h := range s.Selected {
-		hr := rep.Hosts[h.Name]
-		row := []any{h.Name, dash(hr.Wave), dash64(hr.Serial)}
-		st := hr.Pull
-		if st == nil {
-			msg := "never reported"
-			if hr.Err != nil {
-				msg = hr.Err.Error()
-			}
-			row = append(row, "-", "-", "-", "-", "-", msg)
-		} else {
-			msg := st.Message
-			if st.Refused != nil && !st.Refused.Time.Before(st.Time.Add(-time.Second)) {
-				msg = "refused a release: " + st.Refused.Reason
-			}
-			check := st.Check
-			if check == "" {
-				check = "-"
-			}
-			row = append(row, dash64(st.Serial), st.Outcome, dash(st.Generation), check, st.Time.Format(time.RFC3339), msg)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row...)
-	}
-	tw.Flush()
+	view.ChannelStatus(e.stdout, name, head, s.Selected, rep)
 	return err
-}
-
-func dash(n int) string {
-	if n == 0 {
-		return "-"
-	}
-	return fmt.Sprint(n)
-}
-
-func dash64(n int64) string {
-	if n == 0 {
-		return "-"
-	}
-	return fmt.Sprint(n)
 }

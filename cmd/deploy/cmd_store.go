@@ -2,31 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"path/filepath"
-	"slices"
 
 	"github.com/declarative/deploy/closure"
 )
 
-func sortStrings(s []string) { slices.Sort(s) }
-
-func runStore(ctx context.Context, e *env, args []string) error {
-	return subcommand(e, "store", map[string]func([]string) error{
-		"add":       func(a []string) error { return runStoreAdd(ctx, e, a) },
-		"path-info": func(a []string) error { return runStorePathInfo(ctx, e, a) },
-		"closure":   func(a []string) error { return runStoreClosure(ctx, e, a) },
-		"verify":    func(a []string) error { return runStoreVerify(ctx, e, a) },
-		"gc":        func(a []string) error { return runStoreGC(ctx, e, a) },
-	}, args)
+// storeCommands are deploy store's.
+var storeCommands = []command{
+	{name: "add", summary: "add a file tree to the local store as a store path", run: runStoreAdd},
+	{name: "path-info", summary: "a store path's metadata: NAR hash and size, references", run: runStorePathInfo},
+	{name: "closure", summary: "the closure of store paths, with sizes", run: runStoreClosure},
+	{name: "verify", summary: "check every path of the local store against its NAR hash", run: runStoreVerify},
+	{name: "gc", summary: "delete the paths no root needs", run: runStoreGC},
 }
-
-type stringList []string
-
-func (l *stringList) String() string     { return fmt.Sprint(*l) }
-func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runStoreAdd(ctx context.Context, e *env, args []string) error {
 	var sf storeFlags
@@ -74,12 +63,6 @@ func toJSON(pi *closure.PathInfo) pathInfoJSON {
 		refs = []string{}
 	}
 	return pathInfoJSON{Path: pi.Path, NarHash: pi.NarHashString(), NarSize: pi.NarSize, References: refs, Deriver: pi.Deriver}
-}
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func runStorePathInfo(_ context.Context, e *env, args []string) error {

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 )
 
@@ -26,26 +26,6 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	if hf.asJSON || rep == nil {
 		return err
 	}
-	for _, h := range s.Selected {
-		hr := rep.Hosts[h.Name]
-		d := hr.Drift
-		switch {
-		case d == nil:
-			msg := string(hr.Result)
-			if hr.Err != nil {
-				msg += ": " + hr.Err.Error()
-			}
-			fmt.Fprintf(e.stdout, "%s: %s\n", h.Name, msg)
-		case d.Generation == 0:
-			fmt.Fprintf(e.stdout, "%s: runs no generation: nothing to compare\n", h.Name)
-		case len(d.Items) == 0:
-			fmt.Fprintf(e.stdout, "%s: no drift from generation %d\n", h.Name, d.Generation)
-		default:
-			fmt.Fprintf(e.stdout, "%s: drifted from generation %d:\n", h.Name, d.Generation)
-			for _, it := range d.Items {
-				fmt.Fprintf(e.stdout, "  %s\n", it)
-			}
-		}
-	}
+	view.Drift(e.stdout, s.Selected, rep)
 	return err
 }

@@ -3,18 +3,16 @@ package main
 import (
 	"flag"
 	"fmt"
-	"io"
 	"strings"
-
-	"github.com/declarative/deploy/closure"
 )
 
-// newFlags returns a flag set that reports errors instead of exiting.
+// newFlags returns a flag set that reports errors instead of exiting: the
+// flags of deploy NAME, or of deploy itself when name is "".
 func newFlags(e *env, name, argsUsage string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: deploy %s [flags] %s\n", name, argsUsage)
+		fmt.Fprintf(e.stderr, "usage: %s [flags] %s\n", strings.TrimSpace("deploy "+name), argsUsage)
 		if hasFlags(fs) {
 			fmt.Fprintln(e.stderr, "\nflags:")
 			fs.PrintDefaults()
@@ -53,61 +51,16 @@ func parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, err
 	}
 	if len(pos) < minArgs || (maxArgs >= 0 && len(pos) > maxArgs) {
 		fs.Usage()
+		if fs.Name() == "" {
+			return nil, usageErrorf("wrong number of arguments (%d)", len(pos))
+		}
 		return nil, usageErrorf("%s: wrong number of arguments (%d)", fs.Name(), len(pos))
 	}
 	return pos, nil
 }
 
-// storeFlags are the flags that select the local store.
-type storeFlags struct {
-	storeDir string
-	cacheDir string
-}
+// stringList is a repeatable flag.
+type stringList []string
 
-func (sf *storeFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&sf.storeDir, "store-dir", closure.DefaultStoreDir, "logical store `directory` that store paths name")
-	fs.StringVar(&sf.cacheDir, "cache-dir", "", "local cache `directory` holding the store (default $XDG_CACHE_HOME/deploy)")
-}
-
-func (sf *storeFlags) open(e *env) (*closure.Store, error) {
-	root := sf.cacheDir
-	if root == "" {
-		if x := e.getenv("XDG_CACHE_HOME"); x != "" {
-			root = x + "/deploy"
-		} else if h := e.getenv("HOME"); h != "" {
-			root = h + "/.cache/deploy"
-		} else {
-			return nil, withHint(fmt.Errorf("no cache directory: neither XDG_CACHE_HOME nor HOME is set"), ExitUsage, "pass --cache-dir")
-		}
-	}
-	s, err := closure.NewLocalStore(root, sf.storeDir)
-	if err != nil {
-		return nil, &exitError{code: ExitUsage, err: err}
-	}
-	return s, nil
-}
-
-// subcommand dispatches to the named subcommand of a command group.
-func subcommand(e *env, group string, subs map[string]func([]string) error, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		names := make([]string, 0, len(subs))
-		for n := range subs {
-			names = append(names, n)
-		}
-		printSubs(e.stderr, group, names)
-		if len(args) == 0 {
-			return usageErrorf("%s: missing subcommand", group)
-		}
-		return nil
-	}
-	run, ok := subs[args[0]]
-	if !ok {
-		return usageErrorf("%s: unknown subcommand %q", group, args[0])
-	}
-	return run(args[1:])
-}
-
-func printSubs(w io.Writer, group string, names []string) {
-	sortStrings(names)
-	fmt.Fprintf(w, "usage: deploy %s {%s} ...\n", group, strings.Join(names, "|"))
-}
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }

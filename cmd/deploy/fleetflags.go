@@ -8,10 +8,9 @@ import (
 	"os"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/cmd/deploy/internal/view"
 	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/mesh"
-	"github.com/hashicorp/hcl/v2"
 	"golang.org/x/term"
 )
 
@@ -107,30 +106,22 @@ func (hf *hostFlags) register(fs *flag.FlagSet) {
 
 // session returns the fleet session of a host command over targets, its
 // events going to v and its diagnostics to stderr. The caller opens it.
-func (hf *hostFlags) session(e *env, command string, targets []string, v view) *fleet.Session {
+func (hf *hostFlags) session(e *env, command string, targets []string, v view.View) *fleet.Session {
 	return &fleet.Session{
 		Targets:     targets,
 		Command:     command,
 		Mesh:        hf.ssh.config(e),
 		StateDir:    hf.remoteState,
 		Emit:        v.Event,
-		Diagnostics: func(f *builder.Fleet, d hcl.Diagnostics) { printDiags(e, f, d) },
-		Tailnet: func(ctx context.Context) (mesh.Dialer, func(), error) {
-			tf := hf.tailnet
-			tf.transport = "tailscale"
-			tn, err := tf.start(ctx, e)
-			if err != nil {
-				return nil, nil, err
-			}
-			return tn, func() { tn.Close() }, nil
-		},
+		Diagnostics: e.printDiags,
+		Tailnet:     hf.tailnet.node(e),
 	}
 }
 
 // runSession opens s, runs the command, closes s and the view (so that
 // the view's last lines come before what the caller prints), and returns
 // the command's report and error.
-func runSession(s *fleet.Session, v view, run func() (*fleet.Report, error)) (*fleet.Report, error) {
+func runSession(s *fleet.Session, v view.View, run func() (*fleet.Report, error)) (*fleet.Report, error) {
 	defer v.Close()
 	defer s.Close()
 	if err := s.Open(); err != nil {
@@ -140,27 +131,4 @@ func runSession(s *fleet.Session, v view, run func() (*fleet.Report, error)) (*f
 	s.Close()
 	v.Close()
 	return rep, err
-}
-
-// resultLines prints one line per host on stdout: name, result, the
-// release serial (pull mode), generation and system, in the order of the
-// selection.
-func resultLines(e *env, s *fleet.Session, rep *fleet.Report) {
-	if rep == nil {
-		return
-	}
-	for _, h := range s.Selected {
-		hr := rep.Hosts[h.Name]
-		if hr == nil {
-			continue
-		}
-		line := fmt.Sprintf("%s\t%s", h.Name, hr.Result)
-		if hr.Serial != 0 {
-			line += fmt.Sprintf("\tserial %d", hr.Serial)
-		}
-		if hr.Generation != 0 {
-			line += fmt.Sprintf("\tgeneration %d", hr.Generation)
-		}
-		fmt.Fprintln(e.stdout, line+"\t"+hr.System)
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -34,36 +35,79 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, e *env, args []string) error
+	// targets says that the command takes fleet targets (DIR#NAME):
+	// completion offers the fleet's hosts, deployments and tags.
+	targets bool
+	// subs are the subcommands of a command group, which has no run of
+	// its own: deploy NAME SUB [ARGS...].
+	subs []command
 }
 
 func commands() []command {
 	return []command{
-		{"build", "build the system closures of hosts (DIR#NAME...); prints their store paths", runBuild},
-		{"eval", "print the evaluated configuration of hosts (DIR#NAME...)", runEval},
-		{"check", "validate a whole fleet without building (for CI)", runCheck},
-		{"closure", "list a host's system closure with sizes, or its SBOM with --format cyclonedx|spdx (DIR#HOST)", runClosure},
-		{"why-depends", "show the chain of references by which a host's system needs a path (DIR#HOST PATH)", runWhyDepends},
-		{"image", "write an OCI image of a host's or role's closure, one layer per store path (DIR#NAME -o FILE.tar | --push REF)", runImage},
-		{"diff", "show what deploying a host changes, against what it runs now or --from SYSTEM (DIR#HOST)", runDiff},
-		{"lock", "pin every external input of a fleet in deploy.lock", runLock},
-		{"store", "operate on the local store (add, path-info, closure, verify, gc)", runStore},
-		{"nar", "write or restore Nix archives (dump, restore)", runNar},
-		{"copy", "copy store paths and their closure to a host over SSH", runCopy},
-		{"cache", "the fleet's binary cache: key generate NAME, push DIR#NAME...", runCache},
-		{"publish", "build hosts, push their closures and publish signed releases to a channel for pull mode (DIR#TARGET... --channel NAME [--wait])", runPublish},
-		{"secrets", "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", runSecrets},
-		{"keyscan", "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", runKeyscan},
-		{"exec", "run a command on hosts in parallel (TARGET... -- CMD)", runExec},
-		{"rollback", "return hosts to an earlier generation (TARGET... [--to N | --to-commit SHA]), or publish an earlier release again (--channel NAME)", runRollback},
-		{"generations", "list hosts' generations with time, operator and commit (TARGET...)", runGenerations},
-		{"status", "the fleet at a glance: each host's generation, commit, age, pending/failed, reachability, drift (TARGET... [--drift] [--watch D]), or their reports to a channel (--channel NAME)", runStatus},
-		{"verify", "compare hosts' live state with their current generation: files, units, users, secrets, store paths (TARGET...)", runVerify},
-		{"reboot", "reboot hosts batch by batch, waiting for each to come back healthy (TARGET...)", runReboot},
-		{"gc", "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", runGC},
-		{"demo", "the main job on local test hosts: deploy, change, break, roll back, clean up", runDemo},
-		{"completion", "print the shell completion script (bash, zsh or fish)", runCompletion},
-		{"version", "print the version", runVersion},
+		{name: "build", summary: "build the system closures of hosts (DIR#NAME...); prints their store paths", run: runBuild, targets: true},
+		{name: "eval", summary: "print the evaluated configuration of hosts (DIR#NAME...)", run: runEval, targets: true},
+		{name: "check", summary: "validate a whole fleet without building (for CI)", run: runCheck},
+		{name: "closure", summary: "list a host's system closure with sizes, or its SBOM with --format cyclonedx|spdx (DIR#HOST)", run: runClosure, targets: true},
+		{name: "why-depends", summary: "show the chain of references by which a host's system needs a path (DIR#HOST PATH)", run: runWhyDepends, targets: true},
+		{name: "image", summary: "write an OCI image of a host's or role's closure, one layer per store path (DIR#NAME -o FILE.tar | --push REF)", run: runImage, targets: true},
+		{name: "diff", summary: "show what deploying a host changes, against what it runs now or --from SYSTEM (DIR#HOST)", run: runDiff, targets: true},
+		{name: "lock", summary: "pin every external input of a fleet in deploy.lock", run: runLock},
+		{name: "store", summary: "operate on the local store (add, path-info, closure, verify, gc)", subs: storeCommands},
+		{name: "nar", summary: "write or restore Nix archives (dump, restore, hash)", subs: narCommands},
+		{name: "copy", summary: "copy store paths and their closure to a host over SSH", run: runCopy},
+		{name: "cache", summary: "the fleet's binary cache: key generate NAME, push DIR#NAME...", subs: cacheCommands},
+		{name: "publish", summary: "build hosts, push their closures and publish signed releases to a channel for pull mode (DIR#TARGET... --channel NAME [--wait])", run: runPublish, targets: true},
+		{name: "secrets", summary: "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", subs: secretsCommands},
+		{name: "keyscan", summary: "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", run: runKeyscan},
+		{name: "exec", summary: "run a command on hosts in parallel (TARGET... -- CMD)", run: runExec, targets: true},
+		{name: "rollback", summary: "return hosts to an earlier generation (TARGET... [--to N | --to-commit SHA]), or publish an earlier release again (--channel NAME)", run: runRollback, targets: true},
+		{name: "generations", summary: "list hosts' generations with time, operator and commit (TARGET...)", run: runGenerations, targets: true},
+		{name: "status", summary: "the fleet at a glance: each host's generation, commit, age, pending/failed, reachability, drift (TARGET... [--drift] [--watch D]), or their reports to a channel (--channel NAME)", run: runStatus, targets: true},
+		{name: "verify", summary: "compare hosts' live state with their current generation: files, units, users, secrets, store paths (TARGET...)", run: runVerify, targets: true},
+		{name: "reboot", summary: "reboot hosts batch by batch, waiting for each to come back healthy (TARGET...)", run: runReboot, targets: true},
+		{name: "gc", summary: "delete old generations and unreferenced store paths on hosts (TARGET... --keep K)", run: runGC, targets: true},
+		{name: "completion", summary: "print the shell completion script (bash, zsh or fish)", run: runCompletion},
+		{name: "version", summary: "print the version", run: runVersion},
 	}
+}
+
+// lookup returns the command called name.
+func lookup(cmds []command, name string) (command, bool) {
+	for _, c := range cmds {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// exec runs c, or for a group the subcommand that args name.
+func (c command) exec(ctx context.Context, e *env, args []string) error {
+	if c.subs == nil {
+		return c.run(ctx, e, args)
+	}
+	if len(args) > 0 && args[0] != "-h" && args[0] != "--help" {
+		if sub, ok := lookup(c.subs, args[0]); ok {
+			return sub.exec(ctx, e, args[1:])
+		}
+	}
+	names := make([]string, len(c.subs))
+	for i, s := range c.subs {
+		names[i] = s.name
+	}
+	slices.Sort(names)
+	fmt.Fprintf(e.stderr, "usage: deploy %s {%s} [flags] [ARGS...]\n\n", c.name, strings.Join(names, "|"))
+	for _, s := range c.subs {
+		fmt.Fprintf(e.stderr, "  %-10s %s\n", s.name, s.summary)
+	}
+	switch {
+	case len(args) == 0:
+		return usageErrorf("%s: missing subcommand", c.name)
+	case args[0] == "-h" || args[0] == "--help":
+		return nil
+	}
+	return usageErrorf("%s: unknown subcommand %q", c.name, args[0])
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -85,10 +129,8 @@ func runMain(ctx context.Context, e *env, args []string) int {
 		// Hidden: the completion scripts' callback.
 		return report(stderr, runComplete(ctx, e, args[1:]))
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return report(stderr, c.run(ctx, e, args[1:]))
-		}
+	if c, ok := lookup(commands(), args[0]); ok {
+		return report(stderr, c.exec(ctx, e, args[1:]))
 	}
 	if isTarget(args[0]) || strings.HasPrefix(args[0], "-") {
 		return report(stderr, runDeploy(ctx, e, args))
