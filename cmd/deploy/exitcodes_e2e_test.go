@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,12 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -24,7 +24,7 @@ import (
 // host, and one that holds the activation while /run/hold exists until
 // /run/release does), a deployment "prod" of them, and a host "ghost" whose
 // address is h1's with a port nothing listens on: unreachable at once.
-func hostCommandFleet(t *testing.T, nw *vmtest.Network, dir, greeting string) {
+func hostCommandFleet(t *testing.T, fl *e2e.Fleet, greeting string) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, `deployment "prod" {
@@ -56,13 +56,11 @@ host "ghost" {
   host_key = %q
   roles    = [role.web]
 }
-`, quotedNames(nw), greeting, greeting, nw.Hosts[0].Addr().String(), nw.Hosts[0].HostKeyLine())
-	for _, h := range nw.Hosts {
-		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  roles    = [role.web]\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine())
+`, fl.Names(), greeting, greeting, fl.Hosts[0].Addr().String(), fl.Hosts[0].HostKeyLine())
+	for _, h := range fl.Hosts {
+		b.WriteString("\n" + e2e.HostBlock(h, "  roles    = [role.web]\n"))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fl.Write(t, "fleet.hcl", b.String())
 }
 
 // TestExitCodesE2E runs every host command against real hosts and checks
@@ -71,30 +69,16 @@ host "ghost" {
 func TestExitCodesE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
 	h1 := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleetDir, "one")
-	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
-	home := t.TempDir()
+	fl := e2e.NewFleet(t, nw)
+	hostCommandFleet(t, fl, "one")
+	fleetDir := fl.Dir
+	agent := e2e.Agent(t)
+	r := cli.New(t, nw, fl)
 	run := func(want int, args ...string) string {
 		t.Helper()
-		cmd := nw.ControllerCommand(context.Background(), buildBinaries(t), args...)
-		cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"), "SSH_AUTH_SOCK=")
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		got := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			got = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("deploy %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), got, want, &stdout, &stderr)
-		}
-		return stdout.String() + stderr.String()
+		return r.Run(t, args...).Want(t, want).Output()
 	}
-	ssh := []string{"--identity", key, "--ssh-config", "none"}
+	ssh := []string{"--identity", fl.Key, "--ssh-config", "none"}
 	cmd := func(name string, extra ...string) []string {
 		out := []string{name}
 		if name == "" {
@@ -110,7 +94,7 @@ func TestExitCodesE2E(t *testing.T) {
 
 	// 0: everything succeeds.
 	run(0, cmd("", prod)...)
-	hostCommandFleet(t, nw, fleetDir, "two")
+	hostCommandFleet(t, fl, "two")
 	run(0, cmd("", prod)...)
 	run(0, cmd("generations", prod)...)
 	run(0, cmd("status", prod)...)
@@ -209,37 +193,13 @@ func h1With(t *testing.T, h *vmtest.Host, ctx context.Context) *exec.Cmd {
 // next run, which takes it over and says so.
 func TestRunLockE2E(t *testing.T) {
 	nw := vmtest.Start(t, 3)
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleetDir, "one")
-	a, b := fleetDir+"#h1,h2", fleetDir+"#h2,h3"
-
-	type outcome struct {
-		events []fleet.Event
-		code   int
-		stderr string
-	}
+	fl := e2e.NewFleet(t, nw)
+	hostCommandFleet(t, fl, "one")
+	r := cli.New(t, nw, fl)
+	a, b := fl.Target("h1,h2"), fl.Target("h2,h3")
 	// start starts a deploy of target in the background.
-	start := func(target string, extra ...string) chan outcome {
-		ch := make(chan outcome, 1)
-		cmd := deployCmd(t, nw, append(append([]string{"--json", "--identity", key, "--ssh-config", "none"}, extra...), target)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			err := cmd.Wait()
-			o := outcome{code: 0, stderr: stderr.String()}
-			if ee, ok := err.(*exec.ExitError); ok {
-				o.code = ee.ExitCode()
-			} else if err != nil {
-				o.code = -1
-			}
-			o.events, _ = parseEvents(stdout.Bytes())
-			ch <- o
-		}()
-		return ch
+	start := func(target string, extra ...string) *cli.Running {
+		return r.Start(t, "", append(extra, target)...)
 	}
 	copied := func(events []fleet.Event) bool {
 		for _, ev := range events {
@@ -253,60 +213,56 @@ func TestRunLockE2E(t *testing.T) {
 	for round, greeting := range []string{"one", "two"} {
 		// Whichever run gets the locks holds its activation of h2 until
 		// the test releases it, so the two surely overlap.
-		hostCommandFleet(t, nw, fleetDir, greeting)
+		hostCommandFleet(t, fl, greeting)
 		h2.Succeed("touch /run/hold")
 		ca, cb := start(a), start(b)
-		var first, second outcome
+		var first, second *cli.Result
 		select {
-		case first = <-ca:
+		case <-ca.Done():
+			first = ca.Wait(t)
 			h2.Succeed("touch /run/release")
-			second = <-cb
-		case first = <-cb:
+			second = cb.Wait(t)
+		case <-cb.Done():
+			first = cb.Wait(t)
 			h2.Succeed("touch /run/release")
-			second = <-ca
+			second = ca.Wait(t)
 		}
 		h2.Succeed("rm -f /run/hold /run/release")
-		if first.code != ExitLocked || second.code != 0 {
-			t.Fatalf("round %d: the first run to end exited %d, the other %d; want %d (refused) and 0\n%s\n%s", round, first.code, second.code, ExitLocked, first.stderr, second.stderr)
+		if first.Code != ExitLocked || second.Code != 0 {
+			t.Fatalf("round %d: the first run to end exited %d, the other %d; want %d (refused) and 0\n%s\n%s", round, first.Code, second.Code, ExitLocked, first.Stderr, second.Stderr)
 		}
-		if copied(first.events) {
-			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.events)
+		if copied(first.Events) {
+			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.Events)
 		}
-		if r := results(first.events)["h2"]; r.Result != fleet.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
+		if r := first.Results()["h2"]; r.Result != fleet.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
 			t.Errorf("round %d: the refused run's h2 %+v, want locked with the holder (operator, hosts) named", round, r)
 		}
 	}
 
 	// --wait-lock: both run, one after the other.
-	hostCommandFleet(t, nw, fleetDir, "three")
+	hostCommandFleet(t, fl, "three")
 	ca, cb := start(a, "--wait-lock", "2m"), start(b, "--wait-lock", "2m")
-	for _, o := range []outcome{<-ca, <-cb} {
-		if o.code != 0 {
-			t.Fatalf("with --wait-lock: exit %d, want 0\n%s", o.code, o.stderr)
-		}
-	}
+	ca.Wait(t).Want(t, 0)
+	cb.Wait(t).Want(t, 0)
 	if got := nw.Hosts[1].Succeed("cat /etc/web/greeting"); got != "three\n" {
 		t.Fatalf("h2 after both runs: %q", got)
 	}
 
 	// SIGKILL once the run holds its locks: the next run takes them over.
-	hostCommandFleet(t, nw, fleetDir, "four")
-	cmd := deployCmd(t, nw, "--json", "--identity", key, "--ssh-config", "none", a)
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
-	locked := 0
-	for locked < 2 && sc.Scan() {
-		var ev fleet.Event
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseLock && ev.State == "done" {
-			locked++
+	hostCommandFleet(t, fl, "four")
+	killed := start(a)
+	locked := killed.Until(func(events []fleet.Event) bool {
+		n := 0
+		for _, ev := range events {
+			if ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseLock && ev.State == "done" {
+				n++
+			}
 		}
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	if locked < 2 {
+		return n >= 2
+	})
+	killed.Kill()
+	killed.Wait(t)
+	if !locked {
 		t.Fatal("the run ended before it held its locks")
 	}
 	// The hosts see the killed run's connections close and their run-lock
@@ -315,10 +271,7 @@ func TestRunLockE2E(t *testing.T) {
 		// (The pattern does not match this script's own command line.)
 		h.Succeed("for i in $(seq 300); do pgrep -f 'deploy-agent run-loc[k]' >/dev/null || exit 0; sleep 0.1; done; exit 1")
 	}
-	events, code, stderr := runJSON(t, nw, key, a)
-	if code != 0 {
-		t.Fatalf("the run after a killed one: exit %d\n%s", code, stderr)
-	}
+	events := r.JSON(t, "", a).Want(t, 0).Events
 	tookOver := map[string]bool{}
 	for _, ev := range events {
 		if ev.Type == fleet.EventLog && ev.Phase == fleet.PhaseLock && ev.TookOver != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/testenv"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/oci/ocitest"
@@ -79,7 +80,7 @@ func TestImageCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
+	agent := e2e.Agent(t)
 	var digests []string
 	var archives [][]byte
 	for i := range 2 {
