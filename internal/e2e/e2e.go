@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -120,4 +121,39 @@ func MeshConfig(tb testing.TB, nw *vmtest.Network) *mesh.Config {
 // Target is how a test reaches h: by address, with its key pinned.
 func Target(h *vmtest.Host) mesh.Target {
 	return mesh.Target{Name: h.Name(), Address: h.Addr().String(), HostKey: h.HostKeyLine()}
+}
+
+var (
+	goEnvOnce sync.Once
+	goEnv     []string
+	goEnvErr  error
+)
+
+// GoCaches is GOCACHE and GOMODCACHE as the test process's go command has
+// them, as environment entries: for a deploy whose HOME and XDG_CACHE_HOME
+// are a test's own, so that the Go packages it builds use the machine's
+// build and module caches (content-addressed, shared by every go build) and
+// not new empty ones under that HOME, where every run would compile the
+// standard library again.
+func GoCaches(tb testing.TB) []string {
+	tb.Helper()
+	goEnvOnce.Do(func() {
+		cmd := exec.Command("go", "env", "GOCACHE", "GOMODCACHE")
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+		out, err := cmd.Output()
+		if err != nil {
+			goEnvErr = fmt.Errorf("go env: %v", err)
+			return
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 2 || lines[0] == "" || lines[0] == "off" || lines[1] == "" {
+			goEnvErr = fmt.Errorf("go env GOCACHE GOMODCACHE: %q", out)
+			return
+		}
+		goEnv = []string{"GOCACHE=" + lines[0], "GOMODCACHE=" + lines[1]}
+	})
+	if goEnvErr != nil {
+		tb.Fatal(goEnvErr)
+	}
+	return goEnv
 }

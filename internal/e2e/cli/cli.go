@@ -6,8 +6,9 @@
 //
 // A [Runner] runs deploy inside a vmtest network (its switch namespace,
 // where the hosts' addresses are reachable) with a HOME and XDG_CACHE_HOME
-// of its own, no SSH agent, and the environment of the test process plus
-// [Runner.Env]:
+// of its own, no SSH agent, the machine's Go build and module caches for
+// the Go packages it builds (see [e2e.GoCaches]), and the environment of
+// the test process plus [Runner.Env]:
 //
 //	fl := e2e.NewFleet(t, nw)
 //	fl.WriteHosts(t, "")
@@ -41,6 +42,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/internal/e2e"
@@ -101,6 +103,7 @@ func (r *Runner) Command(tb testing.TB, args ...string) *exec.Cmd {
 		cmd = exec.Command(bin, args...)
 	}
 	cmd.Env = append(os.Environ(), "HOME="+r.Home, "XDG_CACHE_HOME="+filepath.Join(r.Home, "cache"), "SSH_AUTH_SOCK=")
+	cmd.Env = append(cmd.Env, e2e.GoCaches(tb)...)
 	cmd.Env = append(cmd.Env, r.Env...)
 	return cmd
 }
@@ -125,11 +128,13 @@ func (r *Runner) Run(tb testing.TB, args ...string) *Result {
 	cmd := r.Command(tb, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		if _, ok := err.(*exec.ExitError); !ok {
 			tb.Fatalf("deploy %s: %v", strings.Join(args, " "), err)
 		}
 	}
+	tb.Logf("deploy %s: exit %d after %v", strings.Join(args, " "), cmd.ProcessState.ExitCode(), time.Since(start).Round(time.Millisecond))
 	res := &Result{Args: args, Stdout: stdout.String(), Stderr: stderr.String(), Code: cmd.ProcessState.ExitCode()}
 	if slices.Contains(args, "--json") {
 		events, err := ParseEvents(stdout.Bytes())
