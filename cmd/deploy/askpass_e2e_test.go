@@ -17,15 +17,14 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// TestAskSudoPasswordE2E runs the real CLI on a terminal (a pseudo-terminal
-// as its controlling terminal) against two test hosts whose user needs
-// its password for sudo: it asks once, without echo, and both hosts run
-// the command as root.
-func TestAskSudoPasswordE2E(t *testing.T) {
-	nw := vmtest.Start(t, 2)
+// askSudoPassword runs the real CLI on a terminal (a pseudo-terminal as
+// its controlling terminal) against two test hosts whose user needs its
+// password for sudo: it asks once, without echo, and both hosts run the
+// command as root. (It adds that user, op, to the hosts.)
+func askSudoPassword(t *testing.T, nw *vmtest.Network) {
 	const password = "hunter2 correct"
 	for _, h := range nw.Hosts {
-		h.Succeed(fmt.Sprintf(`useradd -m -s /bin/sh op && echo 'op:%s' | chpasswd &&
+		h.With(t).Succeed(fmt.Sprintf(`useradd -m -s /bin/sh op && echo 'op:%s' | chpasswd &&
 echo 'op ALL=(ALL) ALL' > /etc/sudoers.d/op && chmod 0440 /etc/sudoers.d/op &&
 install -d -o op -m 700 /home/op/.ssh && install -o op -m 600 /root/.ssh/authorized_keys /home/op/.ssh/`, password))
 	}

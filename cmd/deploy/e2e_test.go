@@ -9,9 +9,23 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-func TestExecE2E(t *testing.T) {
+// TestHostCommandsE2E runs host commands that change nothing the agent
+// keeps (no deploy) on two shared hosts: exec, exec through ssh_config,
+// exec with a sudo password asked on a terminal (last: it adds a user).
+func TestHostCommandsE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
-	nw.Hosts[1].Succeed("touch /etc/marker")
+	t.Run("exec", func(t *testing.T) { execOnHosts(t, nw) })
+	t.Run("ssh-config", func(t *testing.T) { sshConfig(t, nw) })
+	t.Run("ask-sudo-password", func(t *testing.T) { askSudoPassword(t, nw) })
+}
+
+// execOnHosts: exec runs on every host, its output prefixed, the exit code
+// says the command failed on one; a changed host key is unreachable. It
+// leaves no file behind.
+func execOnHosts(t *testing.T, nw *vmtest.Network) {
+	h2 := nw.Hosts[1].With(t)
+	h2.Succeed("touch /etc/marker")
+	defer h2.Succeed("rm /etc/marker")
 	fl := e2e.NewFleet(t, nw)
 	fl.WriteHosts(t, "", "")
 	r := cli.New(t, nw, fl)

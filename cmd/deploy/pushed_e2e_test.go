@@ -12,14 +12,12 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// A pushed system is a GC root until it is activated: --mode push, then a
-// gc on the host (deploy-agent gc) and from the operator (deploy gc), then
-// --mode switch copies nothing and activates it. status shows the pushed
-// system; gc --drop-pushed removes it.
-func TestPushGCSwitchE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+// pushGCSwitch: a pushed system is a GC root until it is activated: --mode
+// push, then a gc on the host (deploy-agent gc) and from the operator
+// (deploy gc), then --mode switch copies nothing and activates it. status
+// shows the pushed system; gc --drop-pushed removes it.
+func pushGCSwitch(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
 	fleetDir := fl.Dir
 	r := cli.New(t, nw, fl)
 	// run runs the host command cmd ("" for deploy itself), which must
@@ -106,19 +104,18 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	if st := status(); len(st.Pushed) != 0 {
 		t.Fatalf("pushed after --drop-pushed: %+v", st.Pushed)
 	}
-	if !strings.HasSuffix(two, "-system-h1") {
+	if !strings.HasSuffix(two, "-system-"+h.Name()) {
 		t.Fatalf("unexpected system path %s", two)
 	}
 }
 
-// A rollback to a generation created by a newer agent (a higher agent API
-// version in its metadata) is refused before anything changes: by deploy
-// rollback, whose answer from that generation's agent it could not read,
-// and by an older agent on the host, which could not apply it safely.
-func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+// rollbackToFutureGenerationRefused: a rollback to a generation created by
+// a newer agent (a higher agent API version in its metadata) is refused
+// before anything changes: by deploy rollback, whose answer from that
+// generation's agent it could not read, and by an older agent on the host,
+// which could not apply it safely.
+func rollbackToFutureGenerationRefused(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	for _, g := range []string{"one", "two"} {
 		rolloutFleet(t, fl, g, nil)
@@ -132,7 +129,7 @@ func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
 	before := snapshot()
 
 	// Failed: exit 3.
-	run := r.JSON(t, "rollback", "--to", "1", fl.Target("h1")).Want(t, ExitRolledBack)
+	run := r.JSON(t, "rollback", "--to", "1", fl.Target(h.Name())).Want(t, ExitRolledBack)
 	events, code, stderr := run.Events, run.Code, run.Stderr
 	var res *fleet.Event
 	for i, ev := range events {

@@ -300,12 +300,27 @@ func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	t.Fatalf("%s unreachable after Restore", h.Name())
 }
 
-// The modes: push copies without activating; test activates without
+// TestOneHostDeploysE2E runs the scenarios that deploy to one host, each
+// on a fresh host of its own in one network (booted together).
+func TestOneHostDeploysE2E(t *testing.T) {
+	nw := vmtest.Start(t, 4)
+	for i, s := range []struct {
+		name string
+		run  func(*testing.T, *vmtest.Network, *vmtest.Host)
+	}{
+		{"modes", deployModes},
+		{"lock", deployLock},
+		{"push-gc-switch", pushGCSwitch},
+		{"rollback-to-future-generation-refused", rollbackToFutureGenerationRefused},
+	} {
+		t.Run(s.name, func(t *testing.T) { s.run(t, nw, nw.Hosts[i].With(t)) })
+	}
+}
+
+// deployModes: push copies without activating; test activates without
 // touching the boot default; boot changes only the boot default.
-func TestDeployModesE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+func deployModes(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	state := func() (current, boot, greeting string) {
 		out := h.Succeed("readlink /run/deploy/current-system || true; readlink -f /var/lib/deploy/profiles/system || true; cat /etc/web/greeting 2>/dev/null || true")
@@ -328,7 +343,7 @@ func TestDeployModesE2E(t *testing.T) {
 	if cur, boot, g := state(); cur != cur1 || boot != boot1 || g != "one" {
 		t.Fatalf("push activated something: current %q boot %q greeting %q", cur, boot, g)
 	}
-	h.Succeed("ls /var/lib/deploy/store | grep -c system-h1 | grep -qx 2") // the new system is there
+	h.Succeed("ls /var/lib/deploy/store | grep -c system-" + h.Name() + " | grep -qx 2") // the new system is there
 
 	deployMode("test")
 	cur2, boot, g := state()
@@ -369,13 +384,11 @@ func TestDeployModesE2E(t *testing.T) {
 	}
 }
 
-// A second deployment to a host that is activating is refused at once
-// (result locked, exit 5) and changes nothing; with --wait-lock it waits
-// for the first and then goes ahead.
-func TestDeployLockE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+// deployLock: a second deployment to a host that is activating is refused
+// at once (result locked, exit 5) and changes nothing; with --wait-lock it
+// waits for the first and then goes ahead.
+func deployLock(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	rolloutFleet(t, fl, "one", nil)
 	r.JSON(t, "", fl.Target("prod")).Want(t, 0)

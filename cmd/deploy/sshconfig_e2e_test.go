@@ -12,13 +12,13 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// TestSSHConfigE2E: the CLI reads --ssh-config as OpenSSH would: a Match
-// on the fleet host's address gives it a ProxyCommand (bash's /dev/tcp,
-// which leaves a mark), and an included file its key (no --identity).
-func TestSSHConfigE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
+// sshConfig: the CLI reads --ssh-config as OpenSSH would: a Match on the
+// fleet host's address gives it a ProxyCommand (bash's /dev/tcp, which
+// leaves a mark), and an included file its key (no --identity). It uses
+// nw's first host.
+func sshConfig(t *testing.T, nw *vmtest.Network) {
 	h := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+	fl := e2e.NewFleet(t, nw, h)
 	fl.Write(t, "hosts.hcl", e2e.HostBlock(h, ""))
 	key := fl.Key
 	dir := t.TempDir()
