@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,9 +21,13 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	bins      Bins
-	buildErr  error
+	dirOnce    sync.Once
+	binDir     string
+	dirErr     error
+	agentOnce  sync.Once
+	agentErr   error
+	deployOnce sync.Once
+	deployErr  error
 )
 
 // Bins are the paths of the built binaries, side by side as they are
@@ -35,36 +41,66 @@ type Bins struct {
 // once per test binary and returns their paths.
 func Binaries(tb testing.TB) Bins {
 	tb.Helper()
-	buildOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "deploy-e2e-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/deploy", "./cmd/deploy-agent")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		bins = Bins{Deploy: filepath.Join(dir, "deploy"), Agent: filepath.Join(dir, "deploy-agent")}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
+	agent := Agent(tb)
+	deployOnce.Do(func() { deployErr = build("./cmd/deploy") })
+	if deployErr != nil {
+		tb.Fatal(deployErr)
 	}
-	return bins
+	return Bins{Deploy: filepath.Join(binDir, "deploy"), Agent: agent}
 }
 
-// Agent is the built deploy-agent (see [Binaries]).
+// Agent builds cmd/deploy-agent (static, as shipped) once per test binary
+// and returns its path: the tests that need only the agent do not wait for
+// the CLI's build.
 func Agent(tb testing.TB) string {
 	tb.Helper()
-	return Binaries(tb).Agent
+	agentOnce.Do(func() { agentErr = build("./cmd/deploy-agent") })
+	if agentErr != nil {
+		tb.Fatal(agentErr)
+	}
+	return filepath.Join(binDir, "deploy-agent")
+}
+
+// binPrefix starts the name of each test binary's directory of built
+// binaries in the temporary directory; the process ID follows.
+const binPrefix = "deploy-e2e-bin-"
+
+// build builds the command pkg into the binary directory.
+func build(pkg string) error {
+	dirOnce.Do(func() {
+		sweepBinDirs()
+		binDir, dirErr = os.MkdirTemp("", fmt.Sprintf("%s%d-", binPrefix, os.Getpid()))
+	})
+	if dirErr != nil {
+		return dirErr
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", binDir+"/", pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+// sweepBinDirs removes the binary directories of test binaries that have
+// ended (a test binary has no hook at its end to remove its own).
+func sweepBinDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binPrefix+"*"))
+	for _, d := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), binPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(n, 0); err == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // moduleRoot is the directory of the module's go.mod, above the test's
