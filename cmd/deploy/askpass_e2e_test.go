@@ -17,11 +17,11 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// askSudoPassword runs the real CLI on a terminal (a pseudo-terminal as
+// askSudoPasswordE2E runs the real CLI on a terminal (a pseudo-terminal as
 // its controlling terminal) against two test hosts whose user needs its
 // password for sudo: it asks once, without echo, and both hosts run the
 // command as root. (It adds that user, op, to the hosts.)
-func askSudoPassword(t *testing.T, nw *vmtest.Network) {
+func askSudoPasswordE2E(t *testing.T, nw *vmtest.Network) {
 	const password = "hunter2 correct"
 	for _, h := range nw.Hosts {
 		h.With(t).Succeed(fmt.Sprintf(`useradd -m -s /bin/sh op && echo 'op:%s' | chpasswd &&

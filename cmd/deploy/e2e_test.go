@@ -14,15 +14,15 @@ import (
 // exec with a sudo password asked on a terminal (last: it adds a user).
 func TestHostCommandsE2E(t *testing.T) {
 	nw := vmtest.Start(t, 2)
-	t.Run("exec", func(t *testing.T) { execOnHosts(t, nw) })
-	t.Run("ssh-config", func(t *testing.T) { sshConfig(t, nw) })
-	t.Run("ask-sudo-password", func(t *testing.T) { askSudoPassword(t, nw) })
+	t.Run("exec", func(t *testing.T) { execE2E(t, nw) })
+	t.Run("ssh-config", func(t *testing.T) { sshConfigE2E(t, nw) })
+	t.Run("ask-sudo-password", func(t *testing.T) { askSudoPasswordE2E(t, nw) })
 }
 
-// execOnHosts: exec runs on every host, its output prefixed, the exit code
+// execE2E: exec runs on every host, its output prefixed, the exit code
 // says the command failed on one; a changed host key is unreachable. It
 // leaves no file behind.
-func execOnHosts(t *testing.T, nw *vmtest.Network) {
+func execE2E(t *testing.T, nw *vmtest.Network) {
 	h2 := nw.Hosts[1].With(t)
 	h2.Succeed("touch /etc/marker")
 	defer h2.Succeed("rm /etc/marker")

@@ -63,13 +63,21 @@ host "ghost" {
 	fl.Write(t, "fleet.hcl", b.String())
 }
 
-// TestExitCodesE2E runs every host command against real hosts and checks
-// the exact exit code of each row of docs/cli.md's table that the command
-// can end with (the local rows, 1 and 2, are in testdata/script/deploy_cli).
-func TestExitCodesE2E(t *testing.T) {
-	nw := vmtest.Start(t, 2)
-	h1 := nw.Hosts[0]
-	fl := e2e.NewFleet(t, nw)
+// TestRunLocksAndExitCodesE2E runs the scenarios of host commands over
+// the run lock and the exit codes, each on fresh hosts of its own in one
+// network booted together.
+func TestRunLocksAndExitCodesE2E(t *testing.T) {
+	nw := vmtest.Start(t, 5)
+	t.Run("run-lock", func(t *testing.T) { runLockE2E(t, nw, nw.Hosts[:3]) })
+	t.Run("exit-codes", func(t *testing.T) { exitCodesE2E(t, nw, nw.Hosts[3:]) })
+}
+
+// exitCodesE2E runs every host command against two real hosts and checks the
+// exact exit code of each row of docs/cli.md's table that the command can
+// end with (the local rows, 1 and 2, are in testdata/script/deploy_cli).
+func exitCodesE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	h1 := hosts[0].With(t)
+	fl := e2e.NewFleet(t, nw, hosts...)
 	hostCommandFleet(t, fl, "one")
 	fleetDir := fl.Dir
 	agent := e2e.Agent(t)
@@ -100,7 +108,7 @@ func TestExitCodesE2E(t *testing.T) {
 	run(0, cmd("status", prod)...)
 	run(0, cmd("status", "--drift", prod)...)
 	run(0, cmd("verify", prod)...)
-	run(0, cmd("diff", fleetDir+"#h1")...)
+	run(0, cmd("diff", fl.Target(h1.Name()))...)
 	run(0, cmd("exec", prod, "--", "true")...)
 	run(0, cmd("gc", "--keep", "5", prod)...)
 	tree := t.TempDir()
@@ -108,7 +116,7 @@ func TestExitCodesE2E(t *testing.T) {
 	added := strings.TrimSpace(run(0, "store", "add", tree))
 	run(0, append(cmd("copy", "--to", h1.Addr().String(), "--host-key", h1.HostKeyLine(), "--agent", agent), added)...)
 	if got := h1.Succeed("cat " + added + "/f"); got != "copied\n" {
-		t.Errorf("deploy copy: %q on h1", got)
+		t.Errorf("deploy copy: %q on %s", got, h1.Name())
 	}
 
 	if out := run(0, "keyscan", h1.Addr().String()); !strings.Contains(out, strings.Fields(h1.HostKeyLine())[1]) {
@@ -116,8 +124,8 @@ func TestExitCodesE2E(t *testing.T) {
 	}
 
 	// 6: the command fails on a host.
-	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = h2")...); !strings.Contains(out, "command-failed: h1") {
-		t.Errorf("exec failing on h1: output does not name h1:\n%s", out)
+	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = "+hosts[1].Name())...); !strings.Contains(out, "command-failed: "+h1.Name()) {
+		t.Errorf("exec failing on %s: output does not name it:\n%s", h1.Name(), out)
 	}
 
 	// 4: an unreachable host, for every command.
@@ -131,8 +139,9 @@ func TestExitCodesE2E(t *testing.T) {
 		run(4, args...)
 	}
 	// The fleet table names the host that did not answer.
-	if out := run(4, cmd("status", fleetDir+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
-		t.Errorf("status of h1 and the unreachable ghost: want h1 reachable and ghost not:\n%s", out)
+	// (Host names of two characters: the column is as wide as "ghost".)
+	if out := run(4, cmd("status", fl.Target(h1.Name()+",ghost"))...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, h1.Name()+"     yes") {
+		t.Errorf("status of %s and the unreachable ghost: want %[1]s reachable and ghost not:\n%s", h1.Name(), out)
 	}
 
 	// 5: another run holds h1's run lock (here a run-lock process started
@@ -140,13 +149,14 @@ func TestExitCodesE2E(t *testing.T) {
 	// is named. Read-only commands are not held up.
 	lockCtx, stopLock := context.WithCancel(context.Background())
 	holder := h1With(t, h1, lockCtx)
-	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleetDir+"#h1"), cmd("gc", fleetDir+"#h1"), cmd("reboot", fleetDir+"#h1")} {
+	one := fl.Target(h1.Name())
+	for _, args := range [][]string{cmd("", prod), cmd("rollback", one), cmd("gc", one), cmd("reboot", one)} {
 		if out := run(5, args...); !strings.Contains(out, "other-operator") {
-			t.Errorf("deploy %v with h1's run lock held: the holder is not named:\n%s", args, out)
+			t.Errorf("deploy %v with %s's run lock held: the holder is not named:\n%s", args, h1.Name(), out)
 		}
 	}
 	if out := run(0, cmd("status", prod)...); !strings.Contains(out, "other-operator") {
-		t.Errorf("status does not show h1's run lock holder:\n%s", out)
+		t.Errorf("status does not show %s's run lock holder:\n%s", h1.Name(), out)
 	}
 	stopLock()
 	holder.Wait()
@@ -154,14 +164,14 @@ func TestExitCodesE2E(t *testing.T) {
 	// 3: a rollback whose target generation fails its health check now
 	// rolls back to where it was.
 	h1.Succeed("touch /run/fail-health")
-	run(3, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
+	run(3, cmd("rollback", "--to", "1", one)...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "two\n" {
-		t.Fatalf("h1 after the failed rollback: greeting %q, want two", got)
+		t.Fatalf("%s after the failed rollback: greeting %q, want two", h1.Name(), got)
 	}
 	h1.Succeed("rm /run/fail-health")
-	run(0, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
+	run(0, cmd("rollback", "--to", "1", one)...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "one\n" {
-		t.Fatalf("h1 after the rollback: greeting %q, want one", got)
+		t.Fatalf("%s after the rollback: greeting %q, want one", h1.Name(), got)
 	}
 }
 
@@ -187,13 +197,15 @@ func h1With(t *testing.T, h *vmtest.Host, ctx context.Context) *exec.Cmd {
 	return c
 }
 
-// Two deploys started together over overlapping hosts: one runs, the other
-// is refused (exit 5) having copied nothing; with --wait-lock the second
-// runs after the first. A run killed with SIGKILL leaves its lock to the
-// next run, which takes it over and says so.
-func TestRunLockE2E(t *testing.T) {
-	nw := vmtest.Start(t, 3)
-	fl := e2e.NewFleet(t, nw)
+// runLockE2E: two deploys started together over overlapping hosts (of h1, h2
+// and h3): one runs, the other is refused (exit 5) having copied nothing;
+// with --wait-lock the second runs after the first. A run killed with
+// SIGKILL leaves its lock to the next run, which takes it over and says so.
+func runLockE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	if names := e2e.QuotedNames(hosts); names != `"h1", "h2", "h3"` {
+		t.Fatalf("runLockE2E needs h1, h2 and h3, got %s", names)
+	}
+	fl := e2e.NewFleet(t, nw, hosts...)
 	hostCommandFleet(t, fl, "one")
 	r := cli.New(t, nw, fl)
 	a, b := fl.Target("h1,h2"), fl.Target("h2,h3")
@@ -209,7 +221,7 @@ func TestRunLockE2E(t *testing.T) {
 		}
 		return false
 	}
-	h2 := nw.Hosts[1]
+	h2 := hosts[1].With(t)
 	for round, greeting := range []string{"one", "two"} {
 		// Whichever run gets the locks holds its activation of h2 until
 		// the test releases it, so the two surely overlap.
@@ -244,7 +256,7 @@ func TestRunLockE2E(t *testing.T) {
 	ca, cb := start(a, "--wait-lock", "2m"), start(b, "--wait-lock", "2m")
 	ca.Wait(t).Want(t, 0)
 	cb.Wait(t).Want(t, 0)
-	if got := nw.Hosts[1].Succeed("cat /etc/web/greeting"); got != "three\n" {
+	if got := h2.Succeed("cat /etc/web/greeting"); got != "three\n" {
 		t.Fatalf("h2 after both runs: %q", got)
 	}
 
@@ -267,7 +279,8 @@ func TestRunLockE2E(t *testing.T) {
 	}
 	// The hosts see the killed run's connections close and their run-lock
 	// processes end; until then the lock is (rightly) held.
-	for _, h := range nw.Hosts[:2] {
+	for _, h := range hosts[:2] {
+		h := h.With(t)
 		// (The pattern does not match this script's own command line.)
 		h.Succeed("for i in $(seq 300); do pgrep -f 'deploy-agent run-loc[k]' >/dev/null || exit 0; sleep 0.1; done; exit 1")
 	}

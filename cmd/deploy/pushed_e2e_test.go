@@ -12,11 +12,11 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// pushGCSwitch: a pushed system is a GC root until it is activated: --mode
+// pushGCSwitchE2E: a pushed system is a GC root until it is activated: --mode
 // push, then a gc on the host (deploy-agent gc) and from the operator
 // (deploy gc), then --mode switch copies nothing and activates it. status
 // shows the pushed system; gc --drop-pushed removes it.
-func pushGCSwitch(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+func pushGCSwitchE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	fl := e2e.NewFleet(t, nw, h)
 	fleetDir := fl.Dir
 	r := cli.New(t, nw, fl)
@@ -109,12 +109,12 @@ func pushGCSwitch(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	}
 }
 
-// rollbackToFutureGenerationRefused: a rollback to a generation created by
+// futureGenerationRefusedE2E: a rollback to a generation created by
 // a newer agent (a higher agent API version in its metadata) is refused
 // before anything changes: by deploy rollback, whose answer from that
 // generation's agent it could not read, and by an older agent on the host,
 // which could not apply it safely.
-func rollbackToFutureGenerationRefused(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+func futureGenerationRefusedE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	for _, g := range []string{"one", "two"} {

@@ -59,9 +59,16 @@ role "web" {
 	fl.Write(t, "fleet.hcl", b.String())
 }
 
-func TestDeployRolloutE2E(t *testing.T) {
-	nw := vmtest.Start(t, 5)
-	fl := e2e.NewFleet(t, nw)
+// rolloutE2E deploys to five hosts, h1 to h5, in batches (a canary, then
+// two and two): one host changed alone, a failing health check in the
+// second batch rolls back every host switched in the run, generations
+// record commit and operator, rollback --to-commit.
+func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	if names := e2e.QuotedNames(hosts); names != `"h1", "h2", "h3", "h4", "h5"` {
+		t.Fatalf("rolloutE2E needs h1 to h5, got %s", names)
+	}
+	hosts = withTest(t, hosts)
+	fl := e2e.NewFleet(t, nw, hosts...)
 	r := cli.New(t, nw, fl)
 	target := fl.Target("prod")
 
@@ -69,7 +76,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 	rolloutFleet(t, fl, "hello", nil)
 	c1 := fl.Commit(t, "first")
 	events := r.JSON(t, "", target).Want(t, 0).Events
-	for _, h := range nw.Hosts {
+	for _, h := range hosts {
 		if r := cli.Results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Generation == 0 {
 			t.Fatalf("first deploy: %s: %+v", h.Name(), r)
 		}
@@ -97,11 +104,11 @@ func TestDeployRolloutE2E(t *testing.T) {
 			t.Errorf("second deploy: %s is %s, want unchanged", h, res[h].Result)
 		}
 	}
-	if res["h5"].Result != fleet.ResultOK || nw.Hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
+	if res["h5"].Result != fleet.ResultOK || hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
 		t.Errorf("second deploy: h5 %+v", res["h5"])
 	}
 	before := map[string]string{}
-	for _, h := range nw.Hosts {
+	for _, h := range hosts {
 		before[h.Name()] = h.Succeed("readlink /run/deploy/current-system")
 	}
 
@@ -129,7 +136,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 			t.Errorf("%s: %s, want skipped", h, res[h].Result)
 		}
 	}
-	for _, h := range nw.Hosts {
+	for _, h := range hosts {
 		cur := h.Succeed("readlink /run/deploy/current-system")
 		if cur != before[h.Name()] {
 			t.Errorf("%s runs %q after the rollback, want its previous system %q", h.Name(), cur, before[h.Name()])
@@ -157,7 +164,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// deploy rollback --to-commit returns h5 to what commit 1 deployed.
 	r.Text(t, "rollback", "--confirm-timeout", "10s", "--to-commit", c1[:10], fl.Target("h5")).Want(t, 0)
-	if got := nw.Hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
+	if got := hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
 		t.Fatalf("h5 greeting after rollback --to-commit %q, want hello", got)
 	}
 	gens = generationsOf(t, r, fl.Target("h5"), "h5")
@@ -181,69 +188,79 @@ func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
 	return nil
 }
 
-// A host cut off during the run: the others complete, the run exits 4 and
-// names it, without hanging. Then --dry-run shows a plan and changes
-// nothing.
-func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
-	nw := vmtest.Start(t, 3)
-	fl := e2e.NewFleet(t, nw)
+// TestDeployRolloutE2E runs the scenarios of rollouts over several hosts,
+// each on fresh hosts of its own in one network booted together.
+func TestDeployRolloutE2E(t *testing.T) {
+	nw := vmtest.Start(t, 8)
+	t.Run("batches-rollback-generations", func(t *testing.T) { rolloutE2E(t, nw, nw.Hosts[:5]) })
+	t.Run("unreachable-dry-run", func(t *testing.T) { unreachableAndDryRunE2E(t, nw, nw.Hosts[5:]) })
+}
+
+// unreachableAndDryRunE2E: a host (the second) cut off during the run: the
+// others complete, the run exits 4 and names it, without hanging. Then
+// --dry-run shows a plan and changes nothing.
+func unreachableAndDryRunE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	h1, h2 := hosts[0].With(t), hosts[1].With(t)
+	n1, n2, n3 := h1.Name(), h2.Name(), hosts[2].Name()
+	fl := e2e.NewFleet(t, nw, hosts...)
 	r := cli.New(t, nw, fl)
 	write := func(greeting string) {
 		rolloutFleet(t, fl, greeting, nil)
 		fl.Edit(t, "fleet.hcl", "batch_size      = 2", "batch_size      = \"100%\"\n  max_failures    = 1")
 	}
 	write("hello")
-	nw.Hosts[1].Cut()
+	h2.Cut()
 	run := r.JSON(t, "", fl.Target("prod"))
-	nw.Hosts[1].Restore()
+	h2.Restore()
 	run.Want(t, ExitUnreachable)
 	stderr := run.Stderr
 	res := run.Results()
-	if r := res["h2"]; r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseLock || !strings.Contains(r.Error, "h2") {
-		t.Errorf("h2: %+v, want unreachable when its run lock is taken (the first contact), named", r)
+	if r := res[n2]; r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseLock || !strings.Contains(r.Error, n2) {
+		t.Errorf("%s: %+v, want unreachable when its run lock is taken (the first contact), named", n2, r)
 	}
-	for _, h := range []string{"h1", "h3"} {
+	for _, h := range []string{n1, n3} {
 		if res[h].Result != fleet.ResultOK {
 			t.Errorf("%s: %+v, want ok: the others complete", h, res[h])
 		}
 	}
-	if !strings.Contains(stderr, "h2") {
+	if !strings.Contains(stderr, n2) {
 		t.Errorf("stderr does not name the unreachable host:\n%s", stderr)
 	}
 
-	// The agent wrote its Prometheus textfile on h1 after the activation.
-	prom := nw.Hosts[0].Succeed("cat /var/lib/deploy/metrics/deploy.prom")
+	// The agent wrote its Prometheus textfile on the first host after the
+	// activation.
+	prom := h1.Succeed("cat /var/lib/deploy/metrics/deploy.prom")
 	p := expfmt.NewTextParser(model.LegacyValidation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(prom))
 	if err != nil {
-		t.Fatalf("h1's metrics textfile does not parse: %v\n%s", err, prom)
+		t.Fatalf("%s's metrics textfile does not parse: %v\n%s", n1, err, prom)
 	}
 	gauge := func(name string) float64 {
 		f := fams[name]
 		if f == nil || len(f.GetMetric()) != 1 {
-			t.Errorf("h1's textfile has no single %s:\n%s", name, prom)
+			t.Errorf("%s's textfile has no single %s:\n%s", n1, name, prom)
 			return -1
 		}
 		return f.GetMetric()[0].GetGauge().GetValue()
 	}
-	if g := gauge("deploy_current_generation"); g != float64(res["h1"].Generation) || g == 0 {
-		t.Errorf("h1: deploy_current_generation = %v, want %d", g, res["h1"].Generation)
+	if g := gauge("deploy_current_generation"); g != float64(res[n1].Generation) || g == 0 {
+		t.Errorf("%s: deploy_current_generation = %v, want %d", n1, g, res[n1].Generation)
 	}
 	if g := gauge("deploy_last_activation_success"); g != 1 {
-		t.Errorf("h1: deploy_last_activation_success = %v, want 1", g)
+		t.Errorf("%s: deploy_last_activation_success = %v, want 1", n1, g)
 	}
 	// The role's command health check ran and passed.
 	if g := gauge("deploy_checks_failing"); g != 0 {
-		t.Errorf("h1: deploy_checks_failing = %v, want 0", g)
+		t.Errorf("%s: deploy_checks_failing = %v, want 0", n1, g)
 	}
 	if g := gauge("deploy_last_check_timestamp_seconds"); g <= 0 {
-		t.Errorf("h1: deploy_last_check_timestamp_seconds = %v, want a time", g)
+		t.Errorf("%s: deploy_last_check_timestamp_seconds = %v, want a time", n1, g)
 	}
 
 	// --dry-run: a plan per host, nothing changes on the hosts.
-	waitReachableCLI(t, nw, nw.Hosts[1])
+	waitReachableCLI(t, nw, h2)
 	write("bonjour")
-	before := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
+	before := h1.Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
 	events := r.JSON(t, "", "--dry-run", fl.Target("prod")).Want(t, 0).Events
 	plans := map[string]fleet.Event{}
 	for _, ev := range events {
@@ -251,21 +268,21 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 			plans[ev.Host] = ev
 		}
 	}
-	if p := plans["h1"]; p.CopyPaths == 0 || !slices.Contains(p.Restart, "web.service") || !slices.Contains(p.Files, "/etc/web/greeting") {
-		t.Errorf("h1 plan %+v, want paths to copy, web.service restarted, /etc/web/greeting changed", p)
+	if p := plans[n1]; p.CopyPaths == 0 || !slices.Contains(p.Restart, "web.service") || !slices.Contains(p.Files, "/etc/web/greeting") {
+		t.Errorf("%s plan %+v, want paths to copy, web.service restarted, /etc/web/greeting changed", n1, p)
 	}
-	if p := plans["h2"]; !slices.Contains(p.Start, "web.service") {
-		t.Errorf("h2 (never deployed) plan %+v, want web.service started", p)
+	if p := plans[n2]; !slices.Contains(p.Start, "web.service") {
+		t.Errorf("%s (never deployed) plan %+v, want web.service started", n2, p)
 	}
-	if after := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
-		t.Errorf("the dry run changed h1: %q, was %q", after, before)
+	if after := h1.Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
+		t.Errorf("the dry run changed %s: %q, was %q", n1, after, before)
 	}
 
 	// CI formats: the plan as markdown on stdout (--format markdown), and
 	// in GitHub's step summary (--format github), stdout keeping its result
 	// lines there.
 	md := r.Text(t, "", "--dry-run", "--format", "markdown", fl.Target("prod")).Want(t, 0).Stdout
-	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| h1 | planned | ", "`web.service`", "- `/etc/web/greeting`", "| h3 | planned | "} {
+	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| " + n1 + " | planned | ", "`web.service`", "- `/etc/web/greeting`", "| " + n3 + " | planned | "} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("dry run --format markdown:\n%s\nwant %q in it", md, want)
 		}
@@ -273,18 +290,27 @@ func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
 	summary := filepath.Join(t.TempDir(), "step_summary.md")
 	os.WriteFile(summary, []byte("earlier step\n"), 0o644)
 	out := r.With("GITHUB_STEP_SUMMARY="+summary).Text(t, "", "--dry-run", "--format", "github", fl.Target("prod")).Want(t, 0).Stdout
-	if !strings.Contains(out, "h1\tplanned") {
+	if !strings.Contains(out, n1+"\tplanned") {
 		t.Errorf("dry run --format github: stdout %q, want the result lines", out)
 	}
 	if got, _ := os.ReadFile(summary); string(got) != "earlier step\n"+md {
 		t.Errorf("step summary after dry run --format github:\n%s\nwant the earlier content, then:\n%s", got, md)
 	}
 
-	// deploy diff against what h1 runs now.
-	out = r.Text(t, "diff", fl.Target("h1")).Want(t, 0).Output()
+	// deploy diff against what the first host runs now.
+	out = r.Text(t, "diff", fl.Target(n1)).Want(t, 0).Output()
 	if !strings.Contains(out, "/etc/web/greeting") || !strings.Contains(out, "web.service") {
 		t.Errorf("deploy diff against the running system:\n%s\nwant the greeting file and web.service", out)
 	}
+}
+
+// withTest is hosts whose failing helpers report to t (a subtest).
+func withTest(t *testing.T, hosts []*vmtest.Host) []*vmtest.Host {
+	var out []*vmtest.Host
+	for _, h := range hosts {
+		out = append(out, h.With(t))
+	}
+	return out
 }
 
 func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
@@ -308,18 +334,18 @@ func TestOneHostDeploysE2E(t *testing.T) {
 		name string
 		run  func(*testing.T, *vmtest.Network, *vmtest.Host)
 	}{
-		{"modes", deployModes},
-		{"lock", deployLock},
-		{"push-gc-switch", pushGCSwitch},
-		{"rollback-to-future-generation-refused", rollbackToFutureGenerationRefused},
+		{"modes", modesE2E},
+		{"lock", lockE2E},
+		{"push-gc-switch", pushGCSwitchE2E},
+		{"rollback-to-future-generation-refused", futureGenerationRefusedE2E},
 	} {
 		t.Run(s.name, func(t *testing.T) { s.run(t, nw, nw.Hosts[i].With(t)) })
 	}
 }
 
-// deployModes: push copies without activating; test activates without
+// modesE2E: push copies without activating; test activates without
 // touching the boot default; boot changes only the boot default.
-func deployModes(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+func modesE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	state := func() (current, boot, greeting string) {
@@ -384,10 +410,10 @@ func deployModes(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	}
 }
 
-// deployLock: a second deployment to a host that is activating is refused
+// lockE2E: a second deployment to a host that is activating is refused
 // at once (result locked, exit 5) and changes nothing; with --wait-lock it
 // waits for the first and then goes ahead.
-func deployLock(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+func lockE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	fl := e2e.NewFleet(t, nw, h)
 	r := cli.New(t, nw, fl)
 	rolloutFleet(t, fl, "one", nil)

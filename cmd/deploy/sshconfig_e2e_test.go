@@ -12,11 +12,11 @@ import (
 	"github.com/declarative/deploy/vmtest"
 )
 
-// sshConfig: the CLI reads --ssh-config as OpenSSH would: a Match on the
+// sshConfigE2E: the CLI reads --ssh-config as OpenSSH would: a Match on the
 // fleet host's address gives it a ProxyCommand (bash's /dev/tcp, which
 // leaves a mark), and an included file its key (no --identity). It uses
 // nw's first host.
-func sshConfig(t *testing.T, nw *vmtest.Network) {
+func sshConfigE2E(t *testing.T, nw *vmtest.Network) {
 	h := nw.Hosts[0]
 	fl := e2e.NewFleet(t, nw, h)
 	fl.Write(t, "hosts.hcl", e2e.HostBlock(h, ""))
