@@ -1,7 +1,19 @@
-// Package e2e is the one harness of the end-to-end tests: the real deploy
-// and deploy-agent binaries, built once per test binary, and the ways a
-// test reaches vmtest hosts with them (a mesh configuration, targets).
-// A new end-to-end test is a scenario, not a new way to start a binary.
+// Package e2e is the one harness of the end-to-end tests: a new
+// end-to-end test is a scenario, not a new way to start a binary.
+//
+// # Binaries
+//
+// [Binaries] builds the real deploy and deploy-agent (static, as shipped)
+// once per test binary; [Agent] builds only the agent, for tests that need
+// no CLI. [GoCaches] gives a deploy run with a HOME of its own the
+// machine's Go caches.
+//
+// # Reaching test hosts
+//
+// [MeshConfig] and [Target] reach vmtest hosts in-process, as the library
+// does. [Fleet] writes a fleet directory for test hosts (their blocks with
+// pinned host keys, extra HCL, the client key file, git commits) for the
+// deploy CLI, which package cli runs.
 package e2e
 
 import (
