@@ -28,6 +28,7 @@ import (
 // to each host carries only the host's system path. Then a tampered NAR in
 // the bucket is refused on every host, named, and nothing is activated.
 func TestCacheE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 5)
 	srv := miniotest.Start(t, miniotest.Options{
 		Host: vmtest.ControllerAddr.String(),

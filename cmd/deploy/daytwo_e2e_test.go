@@ -82,6 +82,7 @@ func bootID(h *vmtest.Host) string {
 // a rolling reboot that succeeds, one that stops at the batch where a
 // host's service fails after the reboot, and deploy --mode boot --reboot.
 func TestDayTwoE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 4)
 	fl := e2e.NewFleet(t, nw)
 	r := cli.New(t, nw, fl)

@@ -13,6 +13,7 @@ import (
 // keeps (no deploy) on two shared hosts: exec, exec through ssh_config,
 // exec with a sudo password asked on a terminal (last: it adds a user).
 func TestHostCommandsE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 2)
 	t.Run("exec", func(t *testing.T) { execE2E(t, nw) })
 	t.Run("ssh-config", func(t *testing.T) { sshConfigE2E(t, nw) })

@@ -67,6 +67,7 @@ host "ghost" {
 // the run lock and the exit codes, each on fresh hosts of its own in one
 // network booted together.
 func TestRunLocksAndExitCodesE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 5)
 	t.Run("run-lock", func(t *testing.T) { runLockE2E(t, nw, nw.Hosts[:3]) })
 	t.Run("exit-codes", func(t *testing.T) { exitCodesE2E(t, nw, nw.Hosts[3:]) })

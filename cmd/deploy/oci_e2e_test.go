@@ -55,6 +55,7 @@ role "web" {
 // two hosts, rolls a new tag, has a broken image roll back on its health
 // check, and rolls back to the first image.
 func TestImageServiceE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 2)
 	ctx := context.Background()
 	rootfs, err := vmtest.Rootfs(ctx, []string{"nginx-light"}, t.Logf)

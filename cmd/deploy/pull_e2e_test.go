@@ -221,6 +221,7 @@ func done(serial int64) func(*agentapi.PullStatus) bool {
 //     with exit 4.
 //  6. deploy rollback --channel publishes v5's systems as a new serial.
 func TestPullE2E(t *testing.T) {
+	t.Parallel()
 	p := newPullEnv(t, 4, `canary       = 1
   batch_size   = "50%"`)
 	target := p.fl.Target("prod")

@@ -191,6 +191,7 @@ func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
 // TestDeployRolloutE2E runs the scenarios of rollouts over several hosts,
 // each on fresh hosts of its own in one network booted together.
 func TestDeployRolloutE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 8)
 	t.Run("batches-rollback-generations", func(t *testing.T) { rolloutE2E(t, nw, nw.Hosts[:5]) })
 	t.Run("unreachable-dry-run", func(t *testing.T) { unreachableAndDryRunE2E(t, nw, nw.Hosts[5:]) })
@@ -329,6 +330,7 @@ func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 // TestOneHostDeploysE2E runs the scenarios that deploy to one host, each
 // on a fresh host of its own in one network (booted together).
 func TestOneHostDeploysE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 4)
 	for i, s := range []struct {
 		name string
