@@ -84,12 +84,12 @@ test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
 
 # The power-loss tests: a qemu host (TCG, about 20 s a boot) reset without a
-# flush during copies and activations (vmtest/qemu.go, deploy/powerloss_test.go).
+# flush during copies and activations (vmtest/qemu.go, agentclient/powerloss_test.go).
 # Long (about 15 minutes, and 2 more the first time to build its image), so
 # not part of `make test`; see docs/vmtest.md.
 test-powerloss: build
 	$(call apt-packages,$(QEMU_PACKAGES))
-	DEPLOY_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -v -run '^(TestQEMUHost|TestPowerLoss)$$' ./vmtest ./deploy
+	DEPLOY_QEMU=1 $(GO) test -p 1 -count=1 -timeout 60m -v -run '^(TestQEMUHost|TestPowerLoss)$$' ./vmtest ./agentclient
 
 # A bounded fuzzing run of the NAR reader.
 fuzz:

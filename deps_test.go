@@ -178,3 +178,23 @@ func TestAgentDeps(t *testing.T) {
 		}
 	}
 }
+
+// The agent client speaks to one host's agent: it links neither the fleet
+// policy nor the builder (nor what they bring: modules, oci, lipgloss),
+// so a new operator-side tool, or pull mode, can use it alone.
+func TestAgentClientDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "./agentclient").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, imp := range strings.Fields(string(out)) {
+		for _, banned := range []string{"fleet", "builder", "modules", "oci", "unpack", "pull", "activation"} {
+			if imp == module+"/"+banned || strings.HasPrefix(imp, module+"/"+banned+"/") {
+				t.Errorf("agentclient links %q", imp)
+			}
+		}
+		if within(imp, "github.com/charmbracelet") || within(imp, "github.com/google/go-containerregistry") || within(imp, "github.com/minio") {
+			t.Errorf("agentclient links %q", imp)
+		}
+	}
+}

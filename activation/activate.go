@@ -594,3 +594,18 @@ func (w *Worker) installBootUnit() error {
 }
 
 var _ io.Writer = (*lineWriter)(nil)
+
+// ApplyGenerationLocked is [Worker.ApplyGeneration] under the activation
+// lock, which it takes (failing at once with a *[LockHeldError] when
+// another holds it) unless lockHeld says the caller holds it: what
+// `deploy-agent apply` runs.
+func (w *Worker) ApplyGenerationLocked(ctx context.Context, n int, lockHeld bool) error {
+	if !lockHeld {
+		lock, err := w.Layout.TryLock(Holder{PID: os.Getpid(), User: UserName(), Started: time.Now().UTC(), Activation: "apply"})
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
+	}
+	return w.ApplyGeneration(ctx, n, false)
+}

@@ -101,3 +101,42 @@ func (l Layout) waitConfirmed(ctx context.Context, id string, gen int, tokenHash
 		}
 	}
 }
+
+// ConfirmAndWait confirms the pending activation of generation gen with
+// token (see [Layout.Confirm]) and waits up to wait for its result, which
+// it returns. An activation that already ended (the confirmation came too
+// late) returns its result with no error; logf says when the confirmation
+// was recorded.
+func (l Layout) ConfirmAndWait(ctx context.Context, gen int, token []byte, wait time.Duration, logf func(format string, args ...any)) (*Result, error) {
+	act, err := l.Confirm(gen, token)
+	if err != nil {
+		if act != nil && errors.Is(err, ErrNotPending) {
+			// Too late or not ours: report the real outcome if there is one.
+			if res, _ := l.ReadResult(act.ID); res != nil {
+				return res, nil
+			}
+		}
+		return nil, err
+	}
+	if logf != nil {
+		logf("generation %d confirmed; waiting for activation %s to finish", gen, act.ID)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		res, err := l.ReadResult(act.ID)
+		if err != nil {
+			return nil, err
+		}
+		if res != nil {
+			return res, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("confirm: activation %s has no result after %v", act.ID, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -26,7 +26,19 @@
 // for the confirmation ([Layout.Confirm]) and moves the boot default, or
 // re-applies the previous generation with that generation's own agent and
 // marks the new one failed. [Worker.Boot] re-applies the boot default at
-// boot. [Layout.Status] and [Layout.Generations] report.
+// boot. [Layout.Status] and [Layout.Generations] report;
+// [Layout.RollbackTarget] picks the generation a rollback activates, and
+// [Layout.GC] removes old generations and what only they needed.
+//
+// # Processes
+//
+// deploy-agent runs an activation in three processes, each this package's:
+// [Start] in the operator's session (it writes the request, starts the
+// worker detached from the session and follows the activation's log until
+// it awaits confirmation or has a [Result]); [RunWorker], the detached
+// worker (a transient systemd unit, or a setsid process), which runs the
+// [Worker]; and [RunWatchdog], the watchdog the worker arms before it
+// changes anything (see [Worker.Watch]).
 //
 // # Day-2 checks
 //

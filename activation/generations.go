@@ -169,6 +169,38 @@ func (l Layout) CheckCompatible(n int) error {
 	return nil
 }
 
+// RollbackTarget is the generation a rollback activates: generation to,
+// or with to 0 the newest generation before the current one that did not
+// fail. It refuses a generation this agent cannot activate
+// ([Layout.CheckCompatible]), before anything is allocated or changed.
+func (l Layout) RollbackTarget(to int) (*Generation, error) {
+	gens, err := l.Generations()
+	if err != nil {
+		return nil, err
+	}
+	cur, _ := l.CurrentGeneration()
+	var target *Generation
+	for _, g := range gens {
+		switch {
+		case to > 0 && g.Number == to:
+			target = g
+		case to == 0 && (cur == 0 || g.Number < cur) && !g.Failed:
+			target = g
+		}
+	}
+	if target == nil {
+		if to > 0 {
+			return nil, fmt.Errorf("rollback: no generation %d", to)
+		}
+		return nil, errors.New("rollback: no earlier generation that did not fail")
+	}
+	// The worker checks again, under the lock.
+	if err := l.CheckCompatible(target.Number); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	return target, nil
+}
+
 // markFailed marks generation n failed with reason.
 func (l Layout) markFailed(n int, reason string, now time.Time) error {
 	g, err := l.Generation(n)

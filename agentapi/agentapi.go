@@ -1,10 +1,20 @@
-// Package agentapi defines what deploy-agent prints for the operator: the
-// result line of an activation, `status --json`, `generations --json`,
-// `gc --json`, `drift --json`, `health --json` and the run lock's
-// answers. It is the contract between the agent (cmd/deploy-agent,
-// activation) and the operator (deploy), as
-// package manifest is for the system manifest; both sides import it and
-// nothing else of each other.
+// Package agentapi is the whole contract between the operator (package
+// agentclient), pull mode (package pull) and the agent (cmd/deploy-agent,
+// package activation), as package manifest is for the system manifest:
+// every side imports it and nothing else of the others. It holds
+//
+//   - the documents the agent prints: the result line of an activation,
+//     `status --json`, `generations --json`, `gc --json`, `drift --json`,
+//     `health --json`, the run lock's replies, pull mode's documents;
+//   - the verbs and their command lines ([ActivateCmd], [RollbackCmd],
+//     [ConfirmCmd], [RunLockCmd], ...), and [Command], the one rule for
+//     which agent on a host runs a command;
+//   - the agent's exit codes ([ExitOK] ... [ExitNoAgent]);
+//   - the run lock's conversation ([WriteRunHolder], [ReadLockReply], ...);
+//   - the agent's layout on a host ([DefaultStateDir], [DefaultRunDir],
+//     [AgentBin], [GenerationLink], ...).
+//
+// It uses the standard library only.
 //
 // # Versioning
 //

@@ -21,6 +21,9 @@ const (
 	// AgentName ends the name of every agent store path
 	// (HASH-deploy-agent).
 	AgentName = "deploy-agent"
+	// PullConfigFile is where a generation with a pull block installs the
+	// host's [PullConfig], which deploy-agent pull reads.
+	PullConfigFile = "/etc/deploy/pull.json"
 )
 
 // StoreDir is the store of the agent whose state directory is stateDir.

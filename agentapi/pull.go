@@ -159,7 +159,7 @@ type PullRefusal struct {
 }
 
 // PullConfig is a host's pull setting, written by the generation that has
-// a pull block (/etc/deploy/pull.json) and read by deploy-agent pull.
+// a pull block ([PullConfigFile]) and read by deploy-agent pull.
 type PullConfig struct {
 	V       int    `json:"v"`
 	Host    string `json:"host"`

@@ -129,9 +129,15 @@ func (c *Client) Conn(ctx context.Context) (*mesh.Client, error) {
 }
 
 // Dial opens a new connection to the host, apart from the client's own
-// (the caller closes it).
+// (the caller closes it). Any failure to connect leaves the host
+// unreachable (a key file that cannot be read, say, as much as a network
+// that does not answer), unless it is about the host's key.
 func (c *Client) Dial(ctx context.Context) (*mesh.Client, error) {
-	return c.mesh().Connect(ctx, c.Target)
+	conn, err := c.mesh().Connect(ctx, c.Target)
+	if err != nil && Classify(err) == KindOther {
+		err = &KindError{Kind: KindUnreachable, Err: err}
+	}
+	return conn, err
 }
 
 // Connected reports whether the client has a live connection.

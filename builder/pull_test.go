@@ -39,9 +39,9 @@ host "web1" {
 	b := newTestBuilder(t, t.TempDir())
 	res := build(t, b, load(t, dir), "web1")
 	m := res.Manifest
-	i := slices.IndexFunc(m.Files, func(f manifest.File) bool { return f.Path == modules.PullConfigFile })
+	i := slices.IndexFunc(m.Files, func(f manifest.File) bool { return f.Path == agentapi.PullConfigFile })
 	if i < 0 {
-		t.Fatalf("no %s in %+v", modules.PullConfigFile, m.Files)
+		t.Fatalf("no %s in %+v", agentapi.PullConfigFile, m.Files)
 	}
 	data, err := os.ReadFile(b.Store.RealPath(m.Files[i].Source))
 	if err != nil {

@@ -86,7 +86,7 @@ func (s *Session) pushToCache(ctx context.Context, results map[string]*builder.R
 // fleet's cache, signed with CacheKey, and returns what it did.
 func (s *Session) CachePush(ctx context.Context, paths []string) (*cache.PushStats, error) {
 	if s.Fleet == nil || s.Fleet.Cache == nil {
-		return nil, &ConfigError{Err: fmt.Errorf("the fleet has no cache block")}
+		return nil, s.configError(nil, "No cache block", errNoCache)
 	}
 	if s.CacheKey == nil {
 		return nil, &UsageError{Err: fmt.Errorf("no signing key for the cache: pass --cache-key FILE or set DEPLOY_CACHE_KEY (deploy cache key generate NAME makes one)")}

@@ -167,7 +167,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		for _, h := range s.Selected {
 			a, err := s.Builder.AgentPath(ctx, h)
 			if err != nil {
-				return rep, &ConfigError{Err: err}
+				return rep, s.configError(h.DefRange.Ptr(), "No deploy-agent for the host", "Host %q: %s.", h.Name, err)
 			}
 			agents[h.Name] = a
 		}

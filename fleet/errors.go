@@ -61,6 +61,21 @@ func (e *RunError) Error() string {
 	return strings.Join(parts, "; ")
 }
 
+// configError reports a configuration problem found by a command (not by
+// loading the fleet) as a diagnostic at subject (nil when there is nothing
+// to point at, such as a block the fleet lacks): it goes to Diagnostics,
+// and the error is a *[ConfigError].
+func (s *Session) configError(subject *hcl.Range, summary, detail string, args ...any) error {
+	d := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: fmt.Sprintf(detail, args...), Subject: subject}
+	diags := hcl.Diagnostics{d}
+	s.diag(s.Fleet, diags)
+	return &ConfigError{Diags: diags}
+}
+
+// errNoCache is the detail of a pull-mode or cache command on a fleet
+// without a cache block.
+const errNoCache = "The fleet has no cache block: pull mode's channels and the closures live in the cache's bucket. Add a cache block (docs/cache.md, docs/pull.md)."
+
 // HostFailure pins the result a failed host operation gives its host
 // (host operations other than the real ones, in tests, say); any other
 // error's result is what [agentclient.Classify] says (see [resultOf]).

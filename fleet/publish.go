@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache"
 	"github.com/declarative/deploy/modules"
@@ -66,22 +65,28 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	keys := []*cache.PublicKey{s.PublisherKey.Public()}
 	systems := map[string]string{}
 	for _, h := range s.Selected {
-		cfg, err := s.pullConfig(results[h.Name])
-		if err != nil {
-			return rep, &ConfigError{Err: fmt.Errorf("host %s: %w", h.Name, err)}
+		res := results[h.Name]
+		cfg, diags := modules.PullConfig(res.Config, s.Builder.Store.StoreDir)
+		if diags.HasErrors() {
+			s.diag(s.Fleet, diags)
+			return rep, &ConfigError{Diags: diags}
 		}
-		if cfg == nil || cfg.Channel != opts.Channel {
-			what := "has no pull block"
-			if cfg != nil {
-				what = fmt.Sprintf("pulls from channel %q", cfg.Channel)
-			}
-			return rep, &ConfigError{Err: fmt.Errorf("host %s %s, not %q: it would never read the release (add pull { channel = %q ... } to it, or select other hosts)", h.Name, what, opts.Channel, opts.Channel)}
+		pull := modules.PullOf(res.Config)
+		if cfg == nil {
+			return rep, s.configError(h.DefRange.Ptr(), "Host does not pull",
+				"Host %q has no pull block, so it would never read the release of channel %q: add pull { channel = %q ... } to it, or select other hosts.", h.Name, opts.Channel, opts.Channel)
+		}
+		if cfg.Channel != opts.Channel {
+			return rep, s.configError(pull.Range("channel"), "Host pulls from another channel",
+				"Host %q pulls from channel %q, so it would never read the release of channel %q: change its channel, or select other hosts.", h.Name, cfg.Channel, opts.Channel)
 		}
 		if !slices.Contains(cfg.PublisherKeys, s.PublisherKey.Public().String()) {
-			return rep, &ConfigError{Err: fmt.Errorf("host %s does not trust the publisher key %q (its publisher_keys: %s): it would refuse the release", h.Name, s.PublisherKey.Name, strings.Join(cfg.PublisherKeys, ", "))}
+			return rep, s.configError(pull.Range("publisher_keys"), "Host does not trust the publisher key",
+				"Host %q would refuse a release signed with publisher key %q: its publisher_keys are %s. Add the key, or publish with one of them.", h.Name, s.PublisherKey.Name, strings.Join(cfg.PublisherKeys, ", "))
 		}
 		if cfg.StatusURL == "" && len(ro.Batches) > 1 && !slices.Contains(ro.Batches[len(ro.Batches)-1], h.Name) {
-			return rep, &ConfigError{Err: fmt.Errorf("host %s cannot report to the channel (its pull block has no status_credentials), so the waves after its own would wait for it until their deadline: give it status_credentials, or publish in one wave", h.Name)}
+			return rep, s.configError(pull.DefRange.Ptr(), "Host cannot report to the channel",
+				"Host %q has no status_credentials in its pull block, so it cannot report, and the waves after its own would wait for it until their deadline: give it status_credentials, or publish in one wave.", h.Name)
 		}
 		keys = appendKeys(keys, cfg.PublisherKeys)
 		systems[h.Name] = results[h.Name].SystemPath
@@ -168,7 +173,7 @@ func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Re
 
 func (s *Session) checkPublish(opts PublishOptions) error {
 	if s.Fleet == nil || s.Fleet.Cache == nil {
-		return &ConfigError{Err: errors.New("the fleet has no cache block: pull mode's channels and closures live in the cache's bucket (docs/pull.md)")}
+		return s.configError(nil, "No cache block", errNoCache)
 	}
 	if err := channel.CheckName("channel", opts.Channel); err != nil {
 		return &UsageError{Err: err}
@@ -178,20 +183,10 @@ func (s *Session) checkPublish(opts PublishOptions) error {
 	}
 	for _, h := range s.Selected {
 		if err := channel.CheckName("host", h.Name); err != nil {
-			return &ConfigError{Err: err}
+			return s.configError(h.DefRange.Ptr(), "Host name unfit for a channel", "%s: a host's name becomes part of the channel's object keys; rename the host to publish to it.", err)
 		}
 	}
 	return nil
-}
-
-// pullConfig is the pull configuration a built system installs; nil when
-// it has none.
-func (s *Session) pullConfig(res *builder.Result) (*agentapi.PullConfig, error) {
-	cfg, diags := modules.PullConfig(res.Config, s.Builder.Store.StoreDir)
-	if diags.HasErrors() {
-		return nil, errors.New(diags.Error())
-	}
-	return cfg, nil
 }
 
 // trustedPublisherKeys evaluates the selected hosts (nothing is built) for
@@ -490,7 +485,7 @@ func (s *Session) finishPull(hr *HostReport, st *agentapi.PullStatus, serial int
 // reported) and Serial (the serial of its release in the channel).
 func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *agentapi.ChannelRelease, error) {
 	if s.Fleet == nil || s.Fleet.Cache == nil {
-		return nil, nil, &ConfigError{Err: errors.New("the fleet has no cache block: pull mode's channels live in the cache's bucket (docs/pull.md)")}
+		return nil, nil, s.configError(nil, "No cache block", errNoCache)
 	}
 	if err := channel.CheckName("channel", name); err != nil {
 		return nil, nil, &UsageError{Err: err}

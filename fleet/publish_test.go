@@ -143,15 +143,26 @@ func TestPublish(t *testing.T) {
 func TestPublishRefusesHostsThatWouldNotFollow(t *testing.T) {
 	other, _, _ := cache.GenerateKey("other-1")
 	f := newPullFleet(t, other.Public().String())
-	var ce *ConfigError
-	_, err := f.session(t, "all", &eventLog{}).Publish(context.Background(), PublishOptions{Channel: "prod"})
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "does not trust the publisher key") {
-		t.Errorf("publish with a key the hosts do not trust: %v", err)
+	// Each refusal is a diagnostic at the attribute to fix, with its file
+	// and line.
+	refusal := func(channel, summary, detail, attrLine string) {
+		t.Helper()
+		var ce *ConfigError
+		_, err := f.session(t, "all", &eventLog{}).Publish(context.Background(), PublishOptions{Channel: channel})
+		if !errors.As(err, &ce) || len(ce.Diags) != 1 {
+			t.Fatalf("publish to %s: %v, want one configuration diagnostic", channel, err)
+		}
+		d := ce.Diags[0]
+		if d.Summary != summary || !strings.Contains(d.Detail, detail) || d.Subject == nil {
+			t.Fatalf("publish to %s: %q: %q at %v, want %q saying %q at the pull block", channel, d.Summary, d.Detail, d.Subject, summary, detail)
+		}
+		src, _ := os.ReadFile(filepath.Join(f.dir, d.Subject.Filename))
+		if line := strings.Split(string(src), "\n")[d.Subject.Start.Line-1]; !strings.Contains(line, attrLine) {
+			t.Errorf("publish to %s: the diagnostic points at line %d %q, want the line of %s", channel, d.Subject.Start.Line, line, attrLine)
+		}
 	}
-	_, err = f.session(t, "all", &eventLog{}).Publish(context.Background(), PublishOptions{Channel: "staging"})
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `pulls from channel "prod", not "staging"`) {
-		t.Errorf("publish to a channel the hosts do not follow: %v", err)
-	}
+	refusal("prod", "Host does not trust the publisher key", `would refuse a release signed with publisher key "ci-1"`, "publisher_keys")
+	refusal("staging", "Host pulls from another channel", `pulls from channel "prod", so it would never read the release of channel "staging"`, "channel")
 	if _, err := os.Stat(filepath.Join(f.cacheDir, "channels")); err == nil {
 		t.Error("something was published")
 	}

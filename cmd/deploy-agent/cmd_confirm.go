@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,61 +10,55 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
+
+// confirmArgs is the command line of confirm (agentapi.ConfirmCmd).
+type confirmArgs struct {
+	layout     activation.Layout
+	wait       time.Duration
+	generation int
+}
+
+func parseConfirm(args []string, stderr io.Writer) (*confirmArgs, error) {
+	fs := newFlagSet(agentapi.VerbConfirm, stderr)
+	layout := layoutFlags(fs)
+	a := &confirmArgs{}
+	fs.DurationVar(&a.wait, "wait", 10*time.Minute, "how long to wait for the activation's result")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if fs.NArg() != 1 {
+		return nil, usageErr(errors.New("confirm: want the generation number"))
+	}
+	gen, err := strconv.Atoi(fs.Arg(0))
+	if err != nil || gen <= 0 {
+		return nil, usageErr(fmt.Errorf("confirm: %q is not a generation number", fs.Arg(0)))
+	}
+	a.layout, a.generation = layout(), gen
+	return a, nil
+}
 
 // runConfirm confirms a pending activation: `confirm N` with the token on
 // stdin. It then waits for the activation's result and exits like
 // activate would (0 done, 3 rolled back).
 func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("confirm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	wait := fs.Duration("wait", 10*time.Minute, "how long to wait for the activation's result")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	if fs.NArg() != 1 {
-		return usageErr(errors.New("confirm: want the generation number"))
-	}
-	gen, err := strconv.Atoi(fs.Arg(0))
-	if err != nil || gen <= 0 {
-		return usageErr(fmt.Errorf("confirm: %q is not a generation number", fs.Arg(0)))
+	a, err := parseConfirm(args, stderr)
+	if err != nil {
+		return err
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("confirm: must run as root")
 	}
-	tok, err := readToken(stdin)
+	tok, err := activation.ReadToken(stdin)
 	if err != nil {
-		return usageErr(err)
+		return activationErr(err)
 	}
-	l := layout()
-	a, err := l.Confirm(gen, tok)
+	res, err := a.layout.ConfirmAndWait(ctx, a.generation, tok, a.wait, func(format string, args ...any) {
+		fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...)
+	})
 	if err != nil {
-		if a != nil {
-			// Too late or not ours: report the real outcome if there is one.
-			if res, _ := l.ReadResult(a.ID); res != nil && errors.Is(err, activation.ErrNotPending) {
-				return resultExit(stdout, res)
-			}
-		}
 		return err
 	}
-	fmt.Fprintf(stderr, "deploy-agent: generation %d confirmed; waiting for activation %s to finish\n", gen, a.ID)
-	deadline := time.Now().Add(*wait)
-	for {
-		res, err := l.ReadResult(a.ID)
-		if err != nil {
-			return err
-		}
-		if res != nil {
-			return resultExit(stdout, res)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("confirm: activation %s has no result after %v", a.ID, *wait)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return resultExit(stdout, res)
 }

@@ -2,30 +2,46 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
+
+// driftArgs is the command line of drift (agentapi.DriftCmd).
+type driftArgs struct {
+	layout      activation.Layout
+	json        bool
+	verifyStore bool
+}
+
+func parseDrift(args []string, stderr io.Writer) (*driftArgs, error) {
+	fs := newFlagSet(agentapi.VerbDrift, stderr)
+	layout := layoutFlags(fs)
+	a := &driftArgs{}
+	fs.BoolVar(&a.json, "json", false, "print JSON")
+	fs.BoolVar(&a.verifyStore, "verify-store", false, "rehash the current system's store paths (else only check that they are there)")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	a.layout = layout()
+	return a, nil
+}
 
 // runDrift compares the machine with its current generation. It exits 0
 // whether or not it found drift: the items say (deploy verify decides).
 func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("drift", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	verifyStore := fs.Bool("verify-store", false, "rehash the current system's store paths (else only check that they are there)")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	d, err := layout().Drift(ctx, activation.DriftOptions{VerifyStore: *verifyStore})
+	a, err := parseDrift(args, stderr)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	d, err := a.layout.Drift(ctx, activation.DriftOptions{VerifyStore: a.verifyStore})
+	if err != nil {
+		return err
+	}
+	if a.json {
 		return writeJSON(stdout, d)
 	}
 	if d.Generation == 0 {
@@ -43,22 +59,38 @@ func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// healthArgs is the command line of health (agentapi.HealthCmd).
+type healthArgs struct {
+	layout activation.Layout
+	json   bool
+	wait   time.Duration
+}
+
+func parseHealth(args []string, stderr io.Writer) (*healthArgs, error) {
+	fs := newFlagSet(agentapi.VerbHealth, stderr)
+	layout := layoutFlags(fs)
+	a := &healthArgs{}
+	fs.BoolVar(&a.json, "json", false, "print JSON")
+	fs.DurationVar(&a.wait, "wait", 2*time.Minute, "how long to wait for startup and for the units to become active")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	a.layout = layout()
+	return a, nil
+}
+
 // runHealth waits for the boot default's units and runs its health checks
 // (after a reboot). It exits 0 when the host is healthy, 1 when not.
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("health", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for startup and for the units to become active")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	h, err := layout().Health(ctx, *wait, prefixed(stderr))
+	a, err := parseHealth(args, stderr)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	h, err := a.layout.Health(ctx, a.wait, prefixed(stderr))
+	if err != nil {
+		return err
+	}
+	if a.json {
 		if err := writeJSON(stdout, h); err != nil {
 			return err
 		}

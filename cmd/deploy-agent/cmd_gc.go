@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/declarative/deploy/activation"
@@ -14,117 +12,123 @@ import (
 	"github.com/declarative/deploy/closure"
 )
 
-// Defaults of gc for pushed systems (copied, not activated): the newest
-// three are kept, for a week.
-const (
-	DefaultKeepPushed   = 3
-	DefaultPushedMaxAge = 7 * 24 * time.Hour
-)
+// gcArgs is the command line of gc (agentapi.GCCmd).
+type gcArgs struct {
+	layout       activation.Layout
+	keep         int
+	keepPushed   int
+	pushedMaxAge time.Duration
+	dropPushed   bool
+	json         bool
+}
+
+func parseGC(args []string, stderr io.Writer) (*gcArgs, error) {
+	fs := newFlagSet(agentapi.VerbGC, stderr)
+	layout := layoutFlags(fs)
+	a := &gcArgs{}
+	fs.IntVar(&a.keep, "keep", 5, "keep the newest `K` generations")
+	fs.IntVar(&a.keepPushed, "keep-pushed", activation.DefaultKeepPushed, "keep the newest `N` pushed systems (copied, not activated); 0: no count limit")
+	fs.DurationVar(&a.pushedMaxAge, "pushed-max-age", activation.DefaultPushedMaxAge, "drop pushed systems older than this `duration`; 0: no age limit")
+	fs.BoolVar(&a.dropPushed, "drop-pushed", false, "drop every pushed system's root")
+	fs.BoolVar(&a.json, "json", false, "print the result as JSON")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if a.keep < 1 {
+		return nil, usageErr(errors.New("gc: --keep must be at least 1"))
+	}
+	if a.keepPushed < 0 || a.pushedMaxAge < 0 {
+		return nil, usageErr(errors.New("gc: --keep-pushed and --pushed-max-age must not be negative"))
+	}
+	a.layout = layout()
+	return a, nil
+}
 
 // runGC deletes all but the newest K generations (never the current or
 // the boot default), the roots of pushed systems beyond the newest N or
 // older than the age limit, and then every store path no remaining
-// generation or pushed system needs.
+// generation or pushed system needs (see activation.Layout.GC).
 func runGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	keep := fs.Int("keep", 5, "keep the newest `K` generations")
-	keepPushed := fs.Int("keep-pushed", DefaultKeepPushed, "keep the newest `N` pushed systems (copied, not activated); 0: no count limit")
-	pushedMaxAge := fs.Duration("pushed-max-age", DefaultPushedMaxAge, "drop pushed systems older than this `duration`; 0: no age limit")
-	dropPushed := fs.Bool("drop-pushed", false, "drop every pushed system's root")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseGC(args, stderr)
+	if err != nil {
+		return err
 	}
-	if *keep < 1 {
-		return usageErr(errors.New("gc: --keep must be at least 1"))
-	}
-	if *keepPushed < 0 || *pushedMaxAge < 0 {
-		return usageErr(errors.New("gc: --keep-pushed and --pushed-max-age must not be negative"))
-	}
-	l := layout()
-	lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: operatorName(), Started: time.Now().UTC(), Activation: "gc"})
+	res, err := a.layout.GC(ctx, activation.GCOptions{Keep: a.keep, Logf: prefixed(stderr),
+		Pushed: closure.PinPolicy{Keep: a.keepPushed, MaxAge: a.pushedMaxAge, DropAll: a.dropPushed}})
 	var lh *activation.LockHeldError
 	if errors.As(err, &lh) {
-		return &exitError{code: exitLockHeld, err: fmt.Errorf("gc: %w", err)}
+		return lockHeldErr(err)
 	}
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
-	removed, err := l.RemoveOldGenerations(*keep)
-	if err != nil {
-		return err
+	if a.json {
+		return writeJSON(stdout, res)
 	}
-	for _, n := range removed {
-		fmt.Fprintf(stderr, "deploy-agent: removed generation %d\n", n)
-	}
-	var extra []string
-	if st, err := l.ReadState(); err == nil && st.CurrentSystem != "" {
-		extra = append(extra, st.CurrentSystem)
-	}
-	res, err := closure.NewTargetStore(l.StateDir).GCWith(ctx, closure.GCOptions{ExtraRoots: extra,
-		Pins: closure.PinPolicy{Keep: *keepPushed, MaxAge: *pushedMaxAge, DropAll: *dropPushed}})
-	if err != nil {
-		return err
-	}
-	var pushed []string
-	for _, p := range res.Unpinned {
-		pushed = append(pushed, p.Path)
-		fmt.Fprintf(stderr, "deploy-agent: dropped pushed system %s (pushed %s)\n", p.Path, p.Time.Format(time.RFC3339))
-	}
-	if *asJSON {
-		if removed == nil {
-			removed = []int{}
-		}
-		return writeJSON(stdout, &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed, Pushed: pushed})
-	}
-	fmt.Fprintf(stdout, "removed %d generations and %d pushed systems, deleted %d store paths, freed %d bytes\n", len(removed), len(pushed), len(res.Deleted), res.BytesFreed)
+	fmt.Fprintf(stdout, "removed %d generations and %d pushed systems, deleted %d store paths, freed %d bytes\n", len(res.Generations), len(res.Pushed), res.Paths, res.Bytes)
 	return nil
+}
+
+// bootArgs is the command line of boot.
+type bootArgs struct{ layout activation.Layout }
+
+func parseBoot(args []string, stderr io.Writer) (*bootArgs, error) {
+	fs := newFlagSet(agentapi.VerbBoot, stderr)
+	layout := layoutFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	return &bootArgs{layout: layout()}, nil
 }
 
 // runBoot is the boot unit's command: re-apply the boot default.
 func runBoot(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("boot", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseBoot(args, stderr)
+	if err != nil {
+		return err
 	}
-	w := &activation.Worker{Layout: layout(), Logf: prefixed(stderr)}
+	w := &activation.Worker{Layout: a.layout, Logf: prefixed(stderr)}
 	return w.Boot(ctx)
+}
+
+// applyArgs is the command line of apply (agentapi.ApplyCmd).
+type applyArgs struct {
+	layout     activation.Layout
+	generation int
+	lockHeld   bool
+}
+
+func parseApply(args []string, stderr io.Writer) (*applyArgs, error) {
+	fs := newFlagSet(agentapi.VerbApply, stderr)
+	layout := layoutFlags(fs)
+	a := &applyArgs{}
+	fs.IntVar(&a.generation, "generation", 0, "the generation `N` to apply")
+	fs.BoolVar(&a.lockHeld, "lock-held", false, "the caller holds the activation lock")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if a.generation <= 0 {
+		return nil, usageErr(errors.New("apply: --generation is required"))
+	}
+	a.layout = layout()
+	return a, nil
 }
 
 // runApply re-applies generation N over the machine's state. The magic
 // rollback runs it from the earlier generation's own agent (--lock-held:
 // the activation worker holds the lock); by hand it takes the lock.
 func runApply(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	gen := fs.Int("generation", 0, "the generation `N` to apply")
-	lockHeld := fs.Bool("lock-held", false, "the caller holds the activation lock")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseApply(args, stderr)
+	if err != nil {
+		return err
 	}
-	if *gen <= 0 {
-		return usageErr(errors.New("apply: --generation is required"))
+	w := &activation.Worker{Layout: a.layout, Logf: prefixed(stderr)}
+	err = w.ApplyGenerationLocked(ctx, a.generation, a.lockHeld)
+	var lh *activation.LockHeldError
+	if errors.As(err, &lh) {
+		return lockHeldErr(err)
 	}
-	l := layout()
-	if !*lockHeld {
-		lock, err := l.TryLock(activation.Holder{PID: os.Getpid(), User: operatorName(), Started: time.Now().UTC(), Activation: "apply"})
-		var lh *activation.LockHeldError
-		if errors.As(err, &lh) {
-			return &exitError{code: exitLockHeld, err: err}
-		}
-		if err != nil {
-			return err
-		}
-		defer lock.Unlock()
-	}
-	w := &activation.Worker{Layout: l, Logf: prefixed(stderr)}
-	return w.ApplyGeneration(ctx, *gen, false)
+	return err
 }
 
 func prefixed(w io.Writer) func(string, ...any) {

@@ -4,13 +4,37 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/pull"
 )
+
+// pullArgs is the command line of pull.
+type pullArgs struct {
+	config   string
+	stateDir string // "": the configuration's
+	runDir   string
+	status   bool
+}
+
+func parsePull(args []string, stderr io.Writer) (*pullArgs, error) {
+	fs := newFlagSet(agentapi.VerbPull, stderr)
+	a := &pullArgs{}
+	fs.StringVar(&a.config, "config", agentapi.PullConfigFile, "the pull configuration `file` the generation installed")
+	fs.StringVar(&a.stateDir, "state-dir", "", "the agent's state `directory` (default: the configuration's)")
+	fs.StringVar(&a.runDir, "run-dir", agentapi.DefaultRunDir, "the agent's runtime `directory`")
+	fs.BoolVar(&a.status, "status", false, "print the host's last status document and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if fs.NArg() != 0 {
+		return nil, usageErr(errors.New("pull: unexpected arguments"))
+	}
+	return a, nil
+}
 
 // runPull runs one poll of the host's channel (see package pull): the pull
 // timer runs it every interval. With --status it prints the host's last
@@ -19,27 +43,20 @@ import (
 // channel), and 1 when the poll could not (the channel or the cache
 // unreachable).
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	config := fs.String("config", "/etc/deploy/pull.json", "the pull configuration `file` the generation installed")
-	stateDir := fs.String("state-dir", "", "the agent's state `directory` (default: the configuration's)")
-	runDir := fs.String("run-dir", activation.DefaultRunDir, "the agent's runtime `directory`")
-	status := fs.Bool("status", false, "print the host's last status document and exit")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	if fs.NArg() != 0 {
-		return usageErr(errors.New("pull: unexpected arguments"))
-	}
-	cfg, err := pull.ReadConfig(*config)
+	a, err := parsePull(args, stderr)
 	if err != nil {
 		return err
 	}
-	if *stateDir == "" {
-		*stateDir = cfg.StateDir
+	cfg, err := pull.ReadConfig(a.config)
+	if err != nil {
+		return err
 	}
-	if *status {
-		st, err := pull.ReadStatus(*stateDir, cfg)
+	stateDir := a.stateDir
+	if stateDir == "" {
+		stateDir = cfg.StateDir
+	}
+	if a.status {
+		st, err := pull.ReadStatus(stateDir, cfg)
 		if err != nil {
 			return err
 		}
@@ -47,8 +64,8 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "%s\n", data)
 		return nil
 	}
-	a := &pull.Agent{Config: cfg, Layout: activation.Layout{StateDir: *stateDir, RunDir: *runDir}, Version: version, Logf: prefixed(stderr)}
-	res, err := a.Poll(ctx)
+	agent := &pull.Agent{Config: cfg, Layout: activation.Layout{StateDir: stateDir, RunDir: a.runDir}, Version: version, Logf: prefixed(stderr)}
+	res, err := agent.Poll(ctx)
 	if err != nil {
 		return fmt.Errorf("pull: %w", err)
 	}

@@ -3,29 +3,45 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"time"
 
 	"github.com/declarative/deploy/activation"
+	"github.com/declarative/deploy/agentapi"
 )
+
+// runLockArgs is the command line of run-lock (agentapi.RunLockCmd).
+type runLockArgs struct {
+	layout activation.Layout
+	wait   time.Duration
+	lease  time.Duration
+}
+
+func parseRunLock(args []string, stderr io.Writer) (*runLockArgs, error) {
+	fs := newFlagSet(agentapi.VerbRunLock, stderr)
+	layout := layoutFlags(fs)
+	a := &runLockArgs{}
+	fs.DurationVar(&a.wait, "wait", 0, "wait up to this `duration` for a held lock")
+	fs.DurationVar(&a.lease, "lease", time.Minute, "give the lock up after this `duration` without a line from the operator")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	a.layout = layout()
+	return a, nil
+}
 
 // runRunLock holds the run lock for an operator's run (see
 // activation.Layout.HoldRunLock): the holder on the first line of stdin,
 // the reply on stdout, then "ping" and "release" lines.
 func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run-lock", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	wait := fs.Duration("wait", 0, "wait up to this `duration` for a held lock")
-	lease := fs.Duration("lease", time.Minute, "give the lock up after this `duration` without a line from the operator")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseRunLock(args, stderr)
+	if err != nil {
+		return err
 	}
-	err := layout().HoldRunLock(ctx, stdin, stdout, activation.RunLockOptions{Wait: *wait, Lease: *lease, Logf: prefixed(stderr)})
+	err = a.layout.HoldRunLock(ctx, stdin, stdout, activation.RunLockOptions{Wait: a.wait, Lease: a.lease, Logf: prefixed(stderr)})
 	var held *activation.RunLockHeldError
 	if errors.As(err, &held) {
-		return &exitError{code: exitLockHeld, err: err}
+		return lockHeldErr(err)
 	}
 	return err
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -14,35 +13,51 @@ import (
 	"github.com/declarative/deploy/agentapi"
 )
 
+// statusArgs is the command line of status (agentapi.StatusCmd).
+type statusArgs struct {
+	layout activation.Layout
+	json   bool
+	drift  bool
+}
+
+func parseStatus(args []string, stderr io.Writer) (*statusArgs, error) {
+	fs := newFlagSet(agentapi.VerbStatus, stderr)
+	layout := layoutFlags(fs)
+	a := &statusArgs{}
+	fs.BoolVar(&a.json, "json", false, "print JSON")
+	fs.BoolVar(&a.drift, "drift", false, "also compare the machine with its current generation (store paths checked for presence)")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	a.layout = layout()
+	return a, nil
+}
+
 // runStatus prints the current and boot generations, a pending
 // activation and failed generations.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	drift := fs.Bool("drift", false, "also compare the machine with its current generation (store paths checked for presence)")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
-	}
-	s, err := layout().Status()
+	a, err := parseStatus(args, stderr)
 	if err != nil {
 		return err
 	}
-	if *drift {
-		if s.Drift, err = layout().Drift(ctx, activation.DriftOptions{}); err != nil {
+	s, err := a.layout.Status()
+	if err != nil {
+		return err
+	}
+	if a.drift {
+		if s.Drift, err = a.layout.Drift(ctx, activation.DriftOptions{}); err != nil {
 			return err
 		}
 	}
-	if *asJSON {
+	if a.json {
 		return writeJSON(stdout, s)
 	}
 	fmt.Fprintf(stdout, "current: %s\nboot:    %s\n", genName(s.Current, s.CurrentSystem), genName(s.Boot, s.BootSystem))
 	if s.Pending > 0 {
 		fmt.Fprintf(stdout, "pending: generation %d (%s)\n", s.Pending, s.Activation.Phase)
 	}
-	if a := s.Activation; a != nil && s.Pending == 0 {
-		fmt.Fprintf(stdout, "last activation: %s, generation %d: %s %s\n", a.ID, a.Generation, a.Phase, a.Message)
+	if act := s.Activation; act != nil && s.Pending == 0 {
+		fmt.Fprintf(stdout, "last activation: %s, generation %d: %s %s\n", act.ID, act.Generation, act.Phase, act.Message)
 	}
 	if len(s.Failed) > 0 {
 		fmt.Fprintf(stdout, "failed:  %v\n", s.Failed)
@@ -74,23 +89,39 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// generationsArgs is the command line of generations
+// (agentapi.GenerationsCmd).
+type generationsArgs struct {
+	layout activation.Layout
+	json   bool
+}
+
+func parseGenerations(args []string, stderr io.Writer) (*generationsArgs, error) {
+	fs := newFlagSet(agentapi.VerbGenerations, stderr)
+	layout := layoutFlags(fs)
+	a := &generationsArgs{}
+	fs.BoolVar(&a.json, "json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	a.layout = layout()
+	return a, nil
+}
+
 // runGenerations lists the generations.
 func runGenerations(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("generations", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	layout := layoutFlags(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return usageErr(err)
+	a, err := parseGenerations(args, stderr)
+	if err != nil {
+		return err
 	}
-	gens, err := layout().Generations()
+	gens, err := a.layout.Generations()
 	if err != nil {
 		return err
 	}
 	if gens == nil {
 		gens = []*activation.Generation{}
 	}
-	if *asJSON {
+	if a.json {
 		return writeJSON(stdout, &agentapi.Generations{V: agentapi.Version, Generations: gens})
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

@@ -1,18 +1,22 @@
 // Command deploy-agent runs on the target. It is shipped inside every system
 // closure and is static (CGO_ENABLED=0), without tsnet or lipgloss: it
 // receives store paths, verifies the store, and activates generations.
+//
+// It parses command lines (each verb's in a parseVERB function; the
+// operator builds them with agentapi's command types), calls package
+// activation (or closure, pull), prints the result and maps the outcome
+// to agentapi's exit codes (exit.go); it decides nothing else.
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 )
 
@@ -26,78 +30,83 @@ func main() {
 	os.Exit(code)
 }
 
-// Main runs the agent and returns its exit code: 0 success, 1 failure,
-// 2 usage, 3 rolled back, 5 lock held (see exit.go).
+// Main runs the agent and returns its exit code (agentapi/exit.go): 0
+// success, 1 failure, 2 usage (also an unknown verb), 3 rolled back, 5
+// lock held. `VERB -h` exits 0 for every verb it knows.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock|pull|drift|health} [flags]")
-		return 2
+		return agentapi.ExitUsage
 	}
 	var err error
 	switch args[0] {
-	case "version":
+	case agentapi.VerbVersion:
 		fmt.Fprintln(stdout, "deploy-agent", version)
-	case "verify":
+	case agentapi.VerbVerify:
 		err = runVerify(ctx, args[1:], stdout, stderr)
-	case "receive":
+	case agentapi.VerbReceive:
 		err = runReceive(ctx, args[1:], os.Stdin, stdout, stderr)
-	case "install-self":
+	case agentapi.VerbInstallSelf:
 		err = runInstallSelf(ctx, args[1:], stdout, stderr)
-	case "activate":
+	case agentapi.VerbActivate:
 		err = runActivate(ctx, args[1:], os.Stdin, stdout, stderr)
-	case "activate-worker":
+	case agentapi.VerbActivateWorker:
 		err = runActivateWorker(ctx, args[1:], stderr)
-	case "watchdog":
+	case agentapi.VerbWatchdog:
 		err = runWatchdog(ctx, args[1:], stderr)
-	case "confirm":
+	case agentapi.VerbConfirm:
 		err = runConfirm(ctx, args[1:], os.Stdin, stdout, stderr)
-	case "status":
+	case agentapi.VerbStatus:
 		err = runStatus(ctx, args[1:], stdout, stderr)
-	case "generations":
+	case agentapi.VerbGenerations:
 		err = runGenerations(ctx, args[1:], stdout, stderr)
-	case "rollback":
+	case agentapi.VerbRollback:
 		err = runRollback(ctx, args[1:], os.Stdin, stdout, stderr)
-	case "gc":
+	case agentapi.VerbGC:
 		err = runGC(ctx, args[1:], stdout, stderr)
-	case "boot":
+	case agentapi.VerbBoot:
 		err = runBoot(ctx, args[1:], stderr)
-	case "apply":
+	case agentapi.VerbApply:
 		err = runApply(ctx, args[1:], stderr)
-	case "run-lock":
+	case agentapi.VerbRunLock:
 		err = runRunLock(ctx, args[1:], os.Stdin, stdout, stderr)
-	case "pull":
+	case agentapi.VerbPull:
 		err = runPull(ctx, args[1:], stdout, stderr)
-	case "drift":
+	case agentapi.VerbDrift:
 		err = runDrift(ctx, args[1:], stdout, stderr)
-	case "health":
+	case agentapi.VerbHealth:
 		err = runHealth(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
-		return 2
+		return agentapi.ExitUsage
 	}
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	code := exitCode(err)
+	if code != agentapi.ExitOK {
 		fmt.Fprintf(stderr, "deploy-agent: %v\n", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return exitFailed
 	}
-	return 0
+	return code
+}
+
+// verifyArgs is the command line of verify.
+type verifyArgs struct{ stateDir string }
+
+func parseVerify(args []string, stderr io.Writer) (*verifyArgs, error) {
+	fs := newFlagSet(agentapi.VerbVerify, stderr)
+	a := &verifyArgs{}
+	stateDirVar(fs, &a.stateDir)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	return a, nil
 }
 
 // runVerify rehashes every valid store path.
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := stateDirFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	a, err := parseVerify(args, stderr)
+	if err != nil {
 		return err
 	}
-	s := closure.NewTargetStore(*stateDir)
+	s := closure.NewTargetStore(a.stateDir)
 	problems, err := s.Verify(ctx)
 	if err != nil {
 		return err

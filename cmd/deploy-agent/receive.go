@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,25 +15,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func stateDirFlag(fs *flag.FlagSet) *string {
-	return fs.String("state-dir", agentapi.DefaultStateDir, "the agent's state `directory` (store, db, profiles)")
+// receiveArgs is the command line of receive (agentapi.ReceiveCmd).
+type receiveArgs struct {
+	stateDir string
+	verbose  bool
+}
+
+func parseReceive(args []string, stderr io.Writer) (*receiveArgs, error) {
+	fs := newFlagSet(agentapi.VerbReceive, stderr)
+	a := &receiveArgs{}
+	stateDirVar(fs, &a.stateDir)
+	fs.BoolVar(&a.verbose, "v", false, "log every received path to stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	return a, nil
 }
 
 // runReceive serves the transfer protocol on stdin/stdout (see
 // docs/transfer.md). Progress lines go to stderr.
 func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := stateDirFlag(fs)
-	verbose := fs.Bool("v", false, "log every received path to stderr")
-	if err := fs.Parse(args); err != nil {
+	a, err := parseReceive(args, stderr)
+	if err != nil {
 		return err
 	}
-	s := closure.NewTargetStore(*stateDir)
+	s := closure.NewTargetStore(a.stateDir)
 	opts := closure.ReceiveOptions{Agent: version, Systems: func() (string, string) {
 		return resolveSystem(s, agentapi.CurrentSystem(agentapi.DefaultRunDir)), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
 	}}
-	if *verbose {
+	if a.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
 	}
 	opts.Fetch = func(ctx context.Context, spec *closure.CacheSpec, want []string, report func(string, int64)) error {
@@ -99,20 +108,36 @@ func verifySig(pi *closure.PathInfo, keys []string) error {
 	return err
 }
 
+// installSelfArgs is the command line of install-self
+// (agentapi.InstallSelfCmd).
+type installSelfArgs struct {
+	stateDir string
+	narHash  string
+}
+
+func parseInstallSelf(args []string, stderr io.Writer) (*installSelfArgs, error) {
+	fs := newFlagSet(agentapi.VerbInstallSelf, stderr)
+	a := &installSelfArgs{}
+	stateDirVar(fs, &a.stateDir)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if fs.NArg() != 1 {
+		return nil, usageErr(errors.New("usage: deploy-agent install-self [--state-dir DIR] NARHASH"))
+	}
+	a.narHash = fs.Arg(0)
+	return a, nil
+}
+
 // runInstallSelf registers the running binary as the agent store path
 // with the given NAR hash, then removes the binary when it is a bootstrap
 // upload (store/.upload-*). It prints the agent's store path.
 func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("install-self", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := stateDirFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	a, err := parseInstallSelf(args, stderr)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("usage: deploy-agent install-self [--state-dir DIR] NARHASH")
-	}
-	h, err := closure.ParseNarHash(fs.Arg(0))
+	h, err := closure.ParseNarHash(a.narHash)
 	if err != nil {
 		return err
 	}
@@ -120,7 +145,7 @@ func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("install-self: %w", err)
 	}
-	s := closure.NewTargetStore(*stateDir)
+	s := closure.NewTargetStore(a.stateDir)
 	pi, err := s.InstallAgent(ctx, exe, h)
 	if err != nil {
 		return err
