@@ -41,6 +41,7 @@ func (f *fixture) waitPhase(phase string) {
 // completes on the target, and the operator reconnects and reports the
 // real outcome.
 func TestActivateConnectionCut(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.mustActivate(f.build(svc("a", "1", "1")))
 	gen2 := f.build(svc("a", "2", "1") + file("/etc/app/x", "2\n") + slowScript(4))
@@ -94,6 +95,7 @@ func (f *fixture) runAgent(user, stdin, system string, args ...string) (string, 
 // confirmation from an earlier run never confirms; a non-root local user
 // cannot confirm, nor take the lock.
 func TestActivateConfirmation(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1"))
 	f.mustActivate(gen1)
@@ -158,6 +160,7 @@ func TestActivateConfirmation(t *testing.T) {
 // Two concurrent activations: the second fails at once, naming the
 // holder.
 func TestActivateConcurrent(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1") + slowScript(1))
 	gen2 := f.build(svc("a", "2", "1"))
@@ -186,6 +189,7 @@ func TestActivateConcurrent(t *testing.T) {
 // A crash (power cut) during an activation, then boot: the host runs the
 // old generation completely, never a mix, and status says so.
 func TestActivateCrash(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1") + file("/etc/app/a.conf", "v1\n"))
 	f.mustActivate(gen1)
@@ -239,6 +243,7 @@ func TestActivateCrash(t *testing.T) {
 // rollback --to N restores generation N with its units, and survives a
 // reboot; gc --keep keeps the current and boot generations.
 func TestRollbackToAndGC(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1") + file("/etc/app/v", "1\n"))
 	gen2 := f.build(svc("a", "2", "1") + svc("b", "1", "1") + file("/etc/app/v", "2\n"))

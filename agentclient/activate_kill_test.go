@@ -34,6 +34,7 @@ type killSystem struct {
 // what that system declares), never a mix, with status consistent, and
 // the activation run again must succeed.
 func TestActivateKill9(t *testing.T) {
+	t.Parallel()
 	const rounds = 24
 	f := newFixture(t)
 	s := newSecretFleet(f)

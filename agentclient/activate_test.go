@@ -180,6 +180,7 @@ func file(path, content string) string {
 // trigger (reloaded, not restarted), removed (stopped, its files gone); an
 // unchanged unit is not touched.
 func TestActivateUnitLifecycle(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1") + svc("b", "1", "1") + svc("c", "1", "1") + file("/etc/app/a.conf", "a v1\n"))
 	if res := f.mustActivate(gen1); res.Generation != 1 || res.Outcome != "done" {
@@ -245,6 +246,7 @@ func TestActivateUnitLifecycle(t *testing.T) {
 // rolls back automatically: the previous generation's files and units are
 // back and running, and the error says rolled back.
 func TestActivateFailureRollsBack(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	gen1 := f.build(svc("a", "1", "1") + file("/etc/app/a.conf", "a v1\n"))
 	f.mustActivate(gen1)
@@ -294,6 +296,7 @@ func TestActivateFailureRollsBack(t *testing.T) {
 // confirmed; the host rolls back on its own within the confirmation
 // timeout and is reachable again.
 func TestActivateBrokenSSHRollsBack(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	sshd := func(port int) string {
 		return file("/etc/ssh/sshd_config.d/deploy.conf", fmt.Sprintf("Port %d\n", port)) +
@@ -340,6 +343,7 @@ func waitSSH(t *testing.T, f *fixture, deadline time.Time) {
 // force, deploy takes the file over; a later generation without it then
 // removes it, as it owns it now.
 func TestActivateNeverRemovesUnmanagedFile(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.h.Succeed("echo mine > /etc/operator-notes")
 	gen := f.build(file("/etc/operator-notes", "deploy's version"))

@@ -150,6 +150,7 @@ func agentCmd(agent string, args ...string) string {
 }
 
 func TestCopyLargeClosure(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
 	local, agent := newLocal(t)
@@ -189,6 +190,7 @@ func TestCopyLargeClosure(t *testing.T) {
 // target must hold no valid partial path, and a rerun must send only what
 // is missing.
 func TestCopyCutAtRandom(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
 	local, agent := newLocal(t)
@@ -269,6 +271,7 @@ func TestCopyCutAtRandom(t *testing.T) {
 }
 
 func TestCopyHostKeys(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 2)
 	h, other := nw.Hosts[0], nw.Hosts[1]
 	local, agent := newLocal(t)
@@ -297,6 +300,7 @@ func TestCopyHostKeys(t *testing.T) {
 }
 
 func TestCopySudo(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
 	local, agent := newLocal(t)
@@ -332,6 +336,7 @@ func TestCopySudo(t *testing.T) {
 // agent comes through the old one's receive (compressed, one session), not
 // as an uploaded binary, and then receives the rest.
 func TestCopyUpgradesAgent(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
 	local, agent := newLocal(t)

@@ -24,6 +24,7 @@ chmod 755 /tmp/standin/agent/bin/deploy-agent && ln -sfn /tmp/standin /run/deplo
 // when it does not know the verb at all; a real usage error is reported
 // as it is (verify read every exit 2 as "predates deploy verify").
 func TestDriftUsageErrors(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 1)
 	h := nw.Hosts[0]
 	c := &Client{Target: target(h), Mesh: testConfig(t, nw)}

@@ -102,6 +102,7 @@ func secretSvc(name, secret string) string {
 const appUser = "  user \"app\" {\n    system = true\n  }\n"
 
 func TestSecretsEndToEnd(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := newSecretFleet(f)
 	p1, p2, p1b := "pw-"+rand.Text(), "tok-"+rand.Text(), "pw2-"+rand.Text()
@@ -187,6 +188,7 @@ func TestSecretsEndToEnd(t *testing.T) {
 // An unprivileged user polling every path the agent writes during several
 // activations never reads a byte of a secret that is not its own.
 func TestSecretsRacingReader(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := newSecretFleet(f)
 	secret, mine := "root-"+rand.Text(), "mine-"+rand.Text()
@@ -219,6 +221,7 @@ func TestSecretsRacingReader(t *testing.T) {
 
 // Rotating the host key: the rekeyed secret decrypts with the new key.
 func TestSecretsHostKeyRotation(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := newSecretFleet(f)
 	s.put("db", "v1")
@@ -274,6 +277,7 @@ func TestSecretsHostKeyRotation(t *testing.T) {
 // then the activation says so: here a tmpfs is mounted where the secrets
 // go, as on a host that cannot mount a ramfs.
 func TestSecretsTmpfsOnlyWhenAllowed(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := newSecretFleet(f)
 	s.put("db", "pw-"+rand.Text())

@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,37 +12,30 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
-// TestAskSudoPasswordE2E runs the real CLI on a terminal (a pseudo-terminal
-// as its controlling terminal) against two test hosts whose user needs
-// its password for sudo: it asks once, without echo, and both hosts run
-// the command as root.
-func TestAskSudoPasswordE2E(t *testing.T) {
-	nw := vmtest.Start(t, 2)
+// askSudoPasswordE2E runs the real CLI on a terminal (a pseudo-terminal as
+// its controlling terminal) against two test hosts whose user needs its
+// password for sudo: it asks once, without echo, and both hosts run the
+// command as root. (It adds that user, op, to the hosts.)
+func askSudoPasswordE2E(t *testing.T, nw *vmtest.Network) {
 	const password = "hunter2 correct"
-	var hosts strings.Builder
 	for _, h := range nw.Hosts {
-		h.Succeed(fmt.Sprintf(`useradd -m -s /bin/sh op && echo 'op:%s' | chpasswd &&
+		h.With(t).Succeed(fmt.Sprintf(`useradd -m -s /bin/sh op && echo 'op:%s' | chpasswd &&
 echo 'op ALL=(ALL) ALL' > /etc/sudoers.d/op && chmod 0440 /etc/sudoers.d/op &&
 install -d -o op -m 700 /home/op/.ssh && install -o op -m 600 /root/.ssh/authorized_keys /home/op/.ssh/`, password))
-		fmt.Fprintf(&hosts, "host %q {\n  address = %q\n  host_key = %q\n  ssh_user = \"op\"\n  sudo = true\n  tags = [\"test\"]\n}\n\n",
-			h.Name(), h.Addr().String(), h.HostKeyLine())
 	}
-	fleetDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(hosts.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	key := filepath.Join(t.TempDir(), "id_ed25519")
-	if err := os.WriteFile(key, nw.ClientKeyPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	fl := e2e.NewFleet(t, nw)
+	fl.WriteHosts(t, "  ssh_user = \"op\"\n  sudo     = true\n", "")
+	r := cli.New(t, nw, fl)
 
 	run := func(typed string) (stdout, stderr, shown string, code int) {
 		t.Helper()
 		master, slave := openPTY(t)
-		cmd := deployCmd(t, nw, "exec", "--ask-sudo-password", "--identity", key, "--ssh-config", "none", fleetDir+"#@test", "--", "id", "-u")
+		cmd := r.Command(t, "exec", "--ask-sudo-password", "--identity", fl.Key, "--ssh-config", "none", fl.Target("@test"), "--", "id", "-u")
 		var out, errb bytes.Buffer
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, &out, &errb
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}

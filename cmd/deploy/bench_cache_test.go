@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -32,7 +33,9 @@ func BenchmarkCacheVsPush(b *testing.B) {
 		for _, via := range []string{"ssh", "cache"} {
 			b.Run(fmt.Sprintf("hosts=%d/via=%s", n, via), func(b *testing.B) {
 				nw := vmtest.Start(b, n)
-				fleetDir, key := testFleet(b, nw, "")
+				fl := e2e.NewFleet(b, nw)
+				fl.WriteHosts(b, "", "")
+				fleetDir := fl.Dir
 				var cacheBlock string
 				var env []string
 				if via == "cache" {
@@ -50,8 +53,8 @@ func BenchmarkCacheVsPush(b *testing.B) {
 					cacheBlock = fmt.Sprintf("cache {\n  url = \"s3://cache/b?endpoint=%s\"\n  public_keys = [%q]\n}\n", srv.Endpoint, pk.String())
 					env = append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
 				}
-				writeBlobFleet(b, nw, fleetDir, cacheBlock)
-				home := b.TempDir()
+				writeBlobFleet(b, fl, cacheBlock)
+				r := cli.New(b, nw, fl).With(env...)
 				blob := make([]byte, size)
 				var upload int64
 				var elapsed time.Duration
@@ -59,22 +62,11 @@ func BenchmarkCacheVsPush(b *testing.B) {
 					b.StopTimer()
 					rand.Read(blob)
 					os.WriteFile(filepath.Join(fleetDir, "blob", "data"), blob, 0o644)
-					cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "16", fleetDir+"#all")
-					cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
-					cmd.Env = append(cmd.Env, env...)
-					var stdout, stderr bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &stdout, &stderr
 					b.StartTimer()
 					start := time.Now()
-					err := cmd.Run()
+					res := r.JSON(b, "", "--parallel-copy", "16", fleetDir+"#all")
 					elapsed += time.Since(start)
-					if err != nil {
-						b.Fatalf("deploy: %v\n%s", err, stderr.String())
-					}
-					events, err := parseEvents(stdout.Bytes())
-					if err != nil {
-						b.Fatal(err)
-					}
+					events := res.Want(b, 0).Events
 					fetched := int64(0)
 					for _, ev := range events {
 						switch {
@@ -102,11 +94,11 @@ func BenchmarkCacheVsPush(b *testing.B) {
 // writeBlobFleet adds to fleet a deployment "all" of every host in one
 // batch, each with a package "blob" (the directory fleet/blob, which it
 // makes) and a file naming it; extra goes first (a cache block, say).
-func writeBlobFleet(t testing.TB, nw *vmtest.Network, fleetDir, extra string) {
+func writeBlobFleet(t testing.TB, fl *e2e.Fleet, extra string) {
 	t.Helper()
 	hcl := extra + `
 deployment "all" {
-  hosts      = [` + quotedNames(nw) + `]
+  hosts      = [` + fl.Names() + `]
   batch_size = "100%"
   canary     = 0
 }
@@ -122,10 +114,8 @@ defaults {
   roles = [role.data]
 }
 `
-	if err := os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(hcl), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(fleetDir, "blob"), 0o755); err != nil {
+	fl.Write(t, "fleet.hcl", hcl)
+	if err := os.MkdirAll(filepath.Join(fl.Dir, "blob"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -24,22 +25,11 @@ func BenchmarkNoopRedeploy(b *testing.B) {
 	for _, n := range []int{1, 5, 10, 20} {
 		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
 			nw := vmtest.Start(b, n)
-			var hcl strings.Builder
-			hcl.WriteString("role \"web\" {\n  file \"/etc/bench-file\" {\n    content = \"hello\\n\"\n  }\n}\n")
-			fleetDir, key := testFleet(b, nw, "")
-			data, _ := os.ReadFile(filepath.Join(fleetDir, "hosts.hcl"))
-			text := strings.ReplaceAll(string(data), "  tags = [\"test\"]\n", "  tags = [\"test\"]\n  roles = [role.web]\n")
-			os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(hcl.String()+text), 0o644)
-			args := []string{"--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleetDir + "#@test"}
-			home := b.TempDir()
+			fl := e2e.NewFleet(b, nw)
+			fl.WriteHosts(b, "  roles    = [role.web]\n", "role \"web\" {\n  file \"/etc/bench-file\" {\n    content = \"hello\\n\"\n  }\n}\n")
+			r := cli.New(b, nw, fl)
 			run := func() string {
-				cmd := deployCmd(b, nw, args...)
-				cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
-				out, err := cmd.Output()
-				if err != nil {
-					b.Fatalf("deploy: %v\n%s", err, out)
-				}
-				return string(out)
+				return r.JSON(b, "", "--parallel-copy", "32", fl.Target("@test")).Want(b, 0).Stdout
 			}
 			run() // the first deployment
 			b.ResetTimer()
@@ -73,30 +63,18 @@ func BenchmarkFirstDeploy(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				nw := vmtest.Start(b, n)
-				fleetDir, key := testFleet(b, nw, "")
-				writeBlobFleet(b, nw, fleetDir, "")
-				os.WriteFile(filepath.Join(fleetDir, "blob", "data"), blob, 0o644)
-				home := b.TempDir()
-				cmd := deployCmd(b, nw, "--json", "--identity", key, "--ssh-config", "none", "--parallel-copy", "32", fleetDir+"#all")
-				cmd.Env = append(cmd.Env, "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
+				fl := e2e.NewFleet(b, nw)
+				fl.WriteHosts(b, "", "")
+				writeBlobFleet(b, fl, "")
+				os.WriteFile(filepath.Join(fl.Dir, "blob", "data"), blob, 0o644)
+				r := cli.New(b, nw, fl)
 				// The build is not what this measures: done before the timer.
-				build := deployCmd(b, nw, "build", fleetDir+"#all")
-				build.Env = cmd.Env
-				if out, err := build.CombinedOutput(); err != nil {
-					b.Fatalf("deploy build: %v\n%s", err, out)
-				}
+				r.Run(b, "build", fl.Target("all")).Want(b, 0)
 				b.StartTimer()
-				out, err := cmd.Output()
+				res := r.JSON(b, "", "--parallel-copy", "32", fl.Target("all"))
 				b.StopTimer()
-				if err != nil {
-					b.Fatalf("deploy: %v\n%s", err, out)
-				}
 				ok := 0
-				for _, line := range strings.Split(string(out), "\n") {
-					var ev fleet.Event
-					if json.Unmarshal([]byte(line), &ev) != nil {
-						continue
-					}
+				for _, ev := range res.Want(b, 0).Events {
 					switch {
 					case ev.Type == fleet.EventResult && ev.Result == fleet.ResultOK:
 						ok++
@@ -105,7 +83,7 @@ func BenchmarkFirstDeploy(b *testing.B) {
 					}
 				}
 				if ok != n {
-					b.Fatalf("%d of %d hosts ok in a first deploy:\n%s", ok, n, out)
+					b.Fatalf("%d of %d hosts ok in a first deploy:\n%s", ok, n, res.Stdout)
 				}
 				nw.Close()
 				b.StartTimer()

@@ -33,14 +33,12 @@ func BenchmarkPullWaves(b *testing.B) {
 			p := newPullEnv(b, 4, "canary     = 1\n  batch_size = \"50%\"")
 			p.write("v0", true)
 			setInterval(b, p, interval)
-			target := p.fleetDir + "#prod"
+			target := p.fl.Target("prod")
 			every, err := time.ParseDuration(interval)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if _, _, code, stderr := p.run("--identity", p.sshKey, "--ssh-config", "none", target); code != 0 {
-				b.Fatalf("bootstrap deploy: exit %d\n%s", code, stderr)
-			}
+			p.r.Text(b, "", target).Want(b, 0)
 			waves := make([][]time.Duration, 3)
 			var publish []time.Duration
 			b.ResetTimer()
@@ -54,9 +52,7 @@ func BenchmarkPullWaves(b *testing.B) {
 				time.Sleep(rand.N(every))
 				b.StartTimer()
 				start := time.Now()
-				if _, _, code, stderr := p.run("publish", "--channel", "prod", target); code != 0 {
-					b.Fatalf("publish: exit %d\n%s", code, stderr)
-				}
+				p.r.Run(b, "publish", "--channel", "prod", target).Want(b, 0)
 				publish = append(publish, time.Since(start))
 				head := p.head()
 				if pullDebug {
@@ -103,7 +99,7 @@ var intervalRe = regexp.MustCompile(`(?m)^    interval           = "2s"\n    jit
 
 // setInterval rewrites the fleet's poll interval (jitter: the default).
 func setInterval(b *testing.B, p *pullEnv, interval string) {
-	f := filepath.Join(p.fleetDir, "fleet.hcl")
+	f := filepath.Join(p.fl.Dir, "fleet.hcl")
 	data, err := os.ReadFile(f)
 	if err != nil {
 		b.Fatal(err)

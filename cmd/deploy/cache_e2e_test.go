@@ -16,6 +16,8 @@ import (
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/minio/minio-go/v7"
 )
@@ -26,6 +28,7 @@ import (
 // to each host carries only the host's system path. Then a tampered NAR in
 // the bucket is refused on every host, named, and nothing is activated.
 func TestCacheE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 5)
 	srv := miniotest.Start(t, miniotest.Options{
 		Host: vmtest.ControllerAddr.String(),
@@ -42,7 +45,9 @@ func TestCacheE2E(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "cache.key")
 	os.WriteFile(keyFile, []byte(sk.String()+"\n"), 0o600)
 
-	fleetDir, key := testFleet(t, nw, "")
+	fl := e2e.NewFleet(t, nw)
+	fl.WriteHosts(t, "", "")
+	fleetDir := fl.Dir
 	blob := make([]byte, 200<<20)
 	rand.Read(blob)
 	writeBlob := func() string {
@@ -77,18 +82,15 @@ role "data" {
 defaults {
   roles = [role.data]
 }
-`, srv.Endpoint, pk.String(), quotedNames(nw))
-	os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(fleetHCL), 0o644)
-	env := append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)
-	run := func(args ...string) ([]fleet.Event, int, string) {
+`, srv.Endpoint, pk.String(), fl.Names())
+	fl.Write(t, "fleet.hcl", fleetHCL)
+	r := cli.New(t, nw, fl).With(append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)...)
+	run := func(args ...string) *cli.Result {
 		t.Helper()
-		return runJSONEnv(t, nw, key, env, append([]string{"--confirm-timeout", "60s"}, args...)...)
+		return r.JSON(t, "", append([]string{"--confirm-timeout", "60s"}, args...)...)
 	}
 
-	events, code, stderr := run(fleetDir + "#all")
-	if code != 0 {
-		t.Fatalf("deploy through the cache: exit %d\n%s", code, stderr)
-	}
+	events := run(fl.Target("all")).Want(t, 0).Events
 	var pushes []fleet.Event
 	for _, ev := range events {
 		if ev.Type == fleet.EventCachePush && ev.State == "done" {
@@ -113,7 +115,7 @@ defaults {
 		if done == nil || done.CopyPaths != 1 || done.Total > 1<<20 || done.FetchedBytes < 200<<20 {
 			t.Errorf("%s: copy done %+v; want only the system path sent (1 path, small) and 200 MB fetched from the cache", h.Name(), done)
 		}
-		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK {
+		if r := cli.Results(events)[h.Name()]; r.Result != fleet.ResultOK {
 			t.Errorf("%s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed(`sha256sum "$(cat /etc/blob-path)" | cut -d' ' -f1`); strings.TrimSpace(got) != want {
@@ -133,11 +135,7 @@ defaults {
 	for obj := range srv.Client.ListObjects(ctx, "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
 		old[obj.Key] = true
 	}
-	cmd := deployCmd(t, nw, "cache", "push", fleetDir+"#all")
-	cmd.Env = append(cmd.Env, env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("deploy cache push: %v\n%s", err, out)
-	}
+	r.Run(t, "cache", "push", fl.Target("all")).Want(t, 0)
 	// The new blob's NAR: the one large object the push added.
 	var biggest minio.ObjectInfo
 	for obj := range srv.Client.ListObjects(ctx, "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
@@ -166,12 +164,10 @@ defaults {
 	if _, err := srv.Client.PutObject(ctx, "cache", biggest.Key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	events, code, stderr = run(fleetDir + "#all")
-	if code != ExitUnreachable {
-		t.Fatalf("deploy with a tampered NAR in the cache: exit %d, want %d (a copy failed)\n%v\n%s", code, ExitUnreachable, results(events), stderr)
-	}
+	// (Exit 4: a copy failed.)
+	res := run(fl.Target("all")).Want(t, ExitUnreachable)
 	for _, h := range nw.Hosts {
-		r := results(events)[h.Name()]
+		r := res.Results()[h.Name()]
 		if r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseCopy || !strings.Contains(r.Error, "refused") || !strings.Contains(r.Error, "-blob") {
 			t.Errorf("%s: %+v; want the copy refused, naming the blob's path", h.Name(), r)
 		}

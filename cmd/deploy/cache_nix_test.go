@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/internal/testenv"
 )
 
@@ -43,22 +43,10 @@ host "web1" {
   }
 }
 `), 0o644)
-	var stdout, stderr bytes.Buffer
-	env := map[string]string{"DEPLOY_CACHE_KEY": keyFile, "XDG_CACHE_HOME": filepath.Join(dir, "cache")}
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		env[k] = v
-	}
-	e := &env2{env}
-	code := mainWithEnv(e.get, []string{"cache", "push", "--store-dir", "/nix/store", "--agent", agent, fleetDir + "#web1"}, &stdout, &stderr)
-	if code != 0 {
-		t.Fatalf("deploy cache push: exit %d\n%s", code, stderr.String())
-	}
-	stdout.Reset()
-	if code := mainWithEnv(e.get, []string{"build", "--store-dir", "/nix/store", "--agent", agent, fleetDir + "#web1"}, &stdout, &stderr); code != 0 {
-		t.Fatalf("deploy build: exit %d\n%s", code, stderr.String())
-	}
-	system := strings.TrimSpace(stdout.String())
+	// The real deploy, on the test process's loopback where MinIO listens.
+	r := (&cli.Runner{Home: t.TempDir()}).With(append(srv.Env(), "DEPLOY_CACHE_KEY="+keyFile)...)
+	r.Run(t, "cache", "push", "--store-dir", "/nix/store", "--agent", agent, fleetDir+"#web1").Want(t, 0)
+	system := strings.TrimSpace(r.Run(t, "build", "--store-dir", "/nix/store", "--agent", agent, fleetDir+"#web1").Want(t, 0).Stdout)
 	runNix := func(args ...string) ([]byte, error) {
 		cmd := exec.Command(nix, append([]string{"--extra-experimental-features", "nix-command"}, args...)...)
 		cmd.Env = append(os.Environ(), "NIX_REMOTE=", "HOME="+t.TempDir())
@@ -95,19 +83,4 @@ host "web1" {
 	if err != nil || !bytes.Contains(manifest, []byte("/etc/motd")) {
 		t.Fatalf("the system copied into the Nix store: %v", err)
 	}
-}
-
-type env2 struct{ m map[string]string }
-
-func (e *env2) get(k string) string {
-	if v, ok := e.m[k]; ok {
-		return v
-	}
-	return os.Getenv(k)
-}
-
-// mainWithEnv runs the CLI in this process with getenv as its environment.
-func mainWithEnv(getenv func(string) string, args []string, stdout, stderr *bytes.Buffer) int {
-	e := &env{stdin: strings.NewReader(""), stdout: stdout, stderr: stderr, getenv: getenv}
-	return runMain(context.Background(), e, args)
 }

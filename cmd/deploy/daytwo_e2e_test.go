@@ -2,14 +2,14 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/secrets"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -19,23 +19,18 @@ import (
 // service that refuses to start where /etc/web-broken exists, with a
 // health check that its start completed. hostArgs adds role arguments per
 // host, hostBody resources.
-func dayTwoFleet(t *testing.T, nw *vmtest.Network, dir, greeting string, hostArgs, hostBody map[string]string) {
+func dayTwoFleet(t *testing.T, fl *e2e.Fleet, greeting string, hostArgs, hostBody map[string]string) {
 	t.Helper()
 	var rcpts []secrets.Recipient
-	for _, h := range nw.Hosts {
+	for _, h := range fl.Hosts {
 		rcpts = append(rcpts, secrets.Recipient{Owner: h.Name(), Key: h.HostKeyLine()})
 	}
 	ct, err := secrets.Encrypt([]byte("s3cret\n"), rcpts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(dir, "secrets"), 0o755)
-	os.MkdirAll(filepath.Join(dir, "tool"), 0o755)
-	for name, data := range map[string]string{"secrets/token.age": string(ct), "tool/README": "a package\n"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fl.Write(t, "secrets/token.age", string(ct))
+	fl.Write(t, "tool/README", "a package\n")
 	var b strings.Builder
 	fmt.Fprintf(&b, `deployment "prod" {
   hosts           = [%s]
@@ -71,25 +66,11 @@ role "web" {
     timeout = "20s"
   }
 }
-`, quotedNames(nw), greeting)
-	for _, h := range nw.Hosts {
-		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  role \"web\" {\n%s  }\n%s}\n", h.Name(), h.Addr().String(), h.HostKeyLine(), hostArgs[h.Name()], hostBody[h.Name()])
+`, fl.Names(), greeting)
+	for _, h := range fl.Hosts {
+		b.WriteString("\n" + e2e.HostBlock(h, "  role \"web\" {\n"+hostArgs[h.Name()]+"  }\n"+hostBody[h.Name()]))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// failures describes the hosts of a run that did not end well, for a test's
-// failure message.
-func failures(events []fleet.Event) string {
-	var b strings.Builder
-	for _, ev := range events {
-		if ev.Type == fleet.EventResult && ev.Error != "" {
-			fmt.Fprintf(&b, "%s: %s in %s: %s\n", ev.Host, ev.Result, ev.Phase, ev.Error)
-		}
-	}
-	return b.String()
+	fl.Write(t, "fleet.hcl", b.String())
 }
 
 func bootID(h *vmtest.Host) string {
@@ -101,30 +82,22 @@ func bootID(h *vmtest.Host) string {
 // a rolling reboot that succeeds, one that stops at the batch where a
 // host's service fails after the reboot, and deploy --mode boot --reboot.
 func TestDayTwoE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 4)
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	target := fleetDir + "#prod"
+	fl := e2e.NewFleet(t, nw)
+	r := cli.New(t, nw, fl)
+	fleetDir := fl.Dir
+	target := fl.Target("prod")
 	h1, h2, h3, h4 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2], nw.Hosts[3]
-	dayTwoFleet(t, nw, fleetDir, "hello", nil, nil)
-	commit := gitCommit(t, fleetDir, "first")
-	if events, code, stderr := runJSON(t, nw, key, target); code != 0 {
-		t.Fatalf("first deploy: exit %d\n%s%s", code, stderr, failures(events))
-	}
-	run := func(t *testing.T, want int, args ...string) (string, string) {
+	dayTwoFleet(t, fl, "hello", nil, nil)
+	commit := fl.Commit(t, "first")
+	r.JSON(t, "", target).Want(t, 0)
+	// run runs the host command cmd ("" for deploy itself) for its human
+	// output.
+	run := func(t *testing.T, want int, cmd string, args ...string) (string, string) {
 		t.Helper()
-		var pre []string
-		if !isTarget(args[0]) {
-			pre, args = args[:1:1], args[1:]
-		}
-		cmd := deployCmd(t, nw, append(pre, append([]string{"--identity", key, "--ssh-config", "none"}, args...)...)...)
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		if code := cmd.ProcessState.ExitCode(); code != want {
-			t.Fatalf("deploy %v: exit %d (%v), want %d\nstdout:\n%s\nstderr:\n%s", args, code, err, want, stdout.String(), stderr.String())
-		}
-		return stdout.String(), stderr.String()
+		res := r.Text(t, cmd, args...).Want(t, want)
+		return res.Stdout, res.Stderr
 	}
 
 	t.Run("drift", func(t *testing.T) {
@@ -134,11 +107,7 @@ func TestDayTwoE2E(t *testing.T) {
 		h2 := h2.With(t)
 		h2.Succeed("rm /etc/web/greeting; chown nobody /etc/web/tool")
 
-		events, code, stderr := runJSON(t, nw, key, "verify", target)
-		if code != ExitDrifted {
-			t.Fatalf("verify of a drifted h1: exit %d, want %d\n%s%s", code, ExitDrifted, stderr, failures(events))
-		}
-		res := results(events)
+		res := r.JSON(t, "verify", target).Want(t, ExitDrifted).Results()
 		if r := res["h1"]; r.Result != fleet.ResultDrifted || r.Drift == nil {
 			t.Fatalf("verify: h1 %+v, want drifted", r)
 		}
@@ -191,8 +160,8 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("verify --quick does not report the missing store path:\n%s", out)
 		}
 		// A dry run says what a deploy would overwrite, and changes nothing.
-		events, code, stderr = runJSON(t, nw, key, "--dry-run", target)
-		if code != 0 || !slices.ContainsFunc(events, func(ev fleet.Event) bool {
+		dry := r.JSON(t, "", "--dry-run", target)
+		if code, events, stderr := dry.Code, dry.Events, dry.Stderr; code != 0 || !slices.ContainsFunc(events, func(ev fleet.Event) bool {
 			return ev.Type == fleet.EventWarning && ev.Host == "h2" && strings.Contains(ev.Message, "(a deploy would overwrite it): file /etc/web/greeting: missing")
 		}) {
 			t.Errorf("deploy --dry-run: exit %d, no warning of what it would overwrite on h2\n%s", code, stderr)
@@ -200,17 +169,14 @@ func TestDayTwoE2E(t *testing.T) {
 		h2.Fail("test -e /etc/web/greeting")
 
 		// A redeploy says what it overwrites, and repairs it all.
-		events, code, stderr = runJSON(t, nw, key, target)
-		if code != 0 {
-			t.Fatalf("redeploy: exit %d\n%s%s", code, stderr, failures(events))
-		}
+		events := r.JSON(t, "", target).Want(t, 0).Events
 		i := slices.IndexFunc(events, func(ev fleet.Event) bool {
 			return ev.Type == fleet.EventWarning && ev.Host == "h1" && ev.Phase == fleet.PhaseVerify
 		})
 		if i < 0 || !strings.Contains(events[i].Message, "file /etc/web/greeting: content") || !strings.Contains(events[i].Message, "unit web.service: inactive") {
 			t.Errorf("redeploy: no warning naming what h1's deploy overwrites")
 		}
-		res = results(events)
+		res = cli.Results(events)
 		for _, h := range []string{"h1", "h2"} {
 			if res[h].Result != fleet.ResultOK || res[h].Generation != 1 {
 				t.Errorf("redeploy: %s %+v, want ok at generation 1 (the same system, re-applied)", h, res[h])
@@ -256,11 +222,8 @@ func TestDayTwoE2E(t *testing.T) {
 		for _, h := range nw.Hosts {
 			before[h.Name()] = bootID(h.With(t))
 		}
-		events, code, stderr := runJSON(t, nw, key, "reboot", target)
-		if code != 0 {
-			t.Fatalf("reboot: exit %d\n%s%s", code, stderr, failures(events))
-		}
-		res := results(events)
+		events := r.JSON(t, "reboot", target).Want(t, 0).Events
+		res := cli.Results(events)
 		for _, h := range nw.Hosts {
 			h := h.With(t)
 			if r := res[h.Name()]; r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Health == nil || !r.Health.Healthy || r.Generation != 1 {
@@ -283,12 +246,12 @@ func TestDayTwoE2E(t *testing.T) {
 	})
 
 	t.Run("boot-mode", func(t *testing.T) {
-		dayTwoFleet(t, nw, fleetDir, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"}, nil)
-		gitCommit(t, fleetDir, "h1 changes at the next boot")
+		dayTwoFleet(t, fl, "hello", map[string]string{"h1": "    greeting = \"after the reboot\"\n"}, nil)
+		fl.Commit(t, "h1 changes at the next boot")
 		h1 := h1.With(t)
 		old := bootID(h1)
 		// A boot-mode deploy leaves h1 needing a reboot, and says so.
-		run(t, 0, fleetDir+"#h1", "--mode", "boot")
+		run(t, 0, "", fleetDir+"#h1", "--mode", "boot")
 		if out, _ := run(t, 0, "status", target); !strings.Contains(out, "2 (reboot required)") || strings.Count(out, "reboot required") != 1 {
 			t.Errorf("status after a boot-mode deploy to h1 does not say that h1 alone needs a reboot:\n%s", out)
 		}
@@ -297,11 +260,8 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		// deploy --mode boot --reboot: the boot default is already the new
 		// system, so h1 only reboots into it.
-		events, code, stderr := runJSON(t, nw, key, fleetDir+"#h1", "--mode", "boot", "--reboot")
-		if code != 0 {
-			t.Fatalf("deploy --mode boot --reboot: exit %d\n%s%s", code, stderr, failures(events))
-		}
-		if r := results(events)["h1"]; r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 2 {
+		events := r.JSON(t, "", fleetDir+"#h1", "--mode", "boot", "--reboot").Want(t, 0).Events
+		if r := cli.Results(events)["h1"]; r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 2 {
 			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok after the reboot at generation 2", r)
 		}
 		if slices.ContainsFunc(events, func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseActivate && ev.Type == fleet.EventPhase }) {
@@ -318,11 +278,11 @@ func TestDayTwoE2E(t *testing.T) {
 		}
 		// And a fresh change in one run: activated as the boot default,
 		// then rebooted into.
-		dayTwoFleet(t, nw, fleetDir, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, nil)
-		gitCommit(t, fleetDir, "h1 again")
+		dayTwoFleet(t, fl, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, nil)
+		fl.Commit(t, "h1 again")
 		old = bootID(h1)
-		events, code, stderr = runJSON(t, nw, key, fleetDir+"#h1", "--mode", "boot", "--reboot")
-		if r := results(events)["h1"]; code != 0 || r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 3 {
+		third := r.JSON(t, "", fleetDir+"#h1", "--mode", "boot", "--reboot")
+		if code, stderr, r := third.Code, third.Stderr, third.Results()["h1"]; code != 0 || r.Result != fleet.ResultOK || r.Phase != fleet.PhaseReboot || r.Generation != 3 {
 			t.Errorf("deploy --mode boot --reboot of a new system: exit %d, h1 %+v\n%s", code, r, stderr)
 		}
 		if bootID(h1) == old || h1.Succeed("cat /etc/web/greeting") != "third\n" {
@@ -331,10 +291,9 @@ func TestDayTwoE2E(t *testing.T) {
 
 		// A sysctl set only at boot: the activation leaves it, the host
 		// says it needs a reboot until one sets it.
-		third := map[string]string{"h1": "    greeting = \"third\"\n"}
-		dayTwoFleet(t, nw, fleetDir, "hello", third, map[string]string{"h1": "  sysctl \"net.ipv4.ip_forward\" {\n    value = 1\n    boot  = true\n  }\n"})
-		gitCommit(t, fleetDir, "h1 forwards from its next boot")
-		run(t, 0, fleetDir+"#h1")
+		dayTwoFleet(t, fl, "hello", map[string]string{"h1": "    greeting = \"third\"\n"}, map[string]string{"h1": "  sysctl \"net.ipv4.ip_forward\" {\n    value = 1\n    boot  = true\n  }\n"})
+		fl.Commit(t, "h1 forwards from its next boot")
+		run(t, 0, "", fleetDir+"#h1")
 		if got := h1.Succeed("cat /proc/sys/net/ipv4/ip_forward"); got != "0\n" {
 			t.Errorf("a boot-only sysctl was set by the activation: ip_forward %q", got)
 		}
@@ -349,7 +308,7 @@ func TestDayTwoE2E(t *testing.T) {
 			t.Errorf("status still says a reboot is required after it:\n%s", out)
 		}
 		// --reboot is for boot mode only: a usage error, nothing done.
-		run(t, ExitUsage, fleetDir+"#h1", "--reboot")
+		run(t, ExitUsage, "", fleetDir+"#h1", "--reboot")
 	})
 
 	t.Run("reboot-stops", func(t *testing.T) {
@@ -359,14 +318,11 @@ func TestDayTwoE2E(t *testing.T) {
 		for _, h := range nw.Hosts {
 			before[h.Name()] = bootID(h.With(t))
 		}
-		events, code, stderr := runJSON(t, nw, key, "reboot", target)
-		if code != ExitRolledBack {
-			t.Fatalf("reboot with h2 broken: exit %d, want %d\n%s%s", code, ExitRolledBack, stderr, failures(events))
+		rb := r.JSON(t, "reboot", target).Want(t, ExitRolledBack)
+		if !strings.Contains(rb.Stderr, "failed: h2") {
+			t.Errorf("reboot: stderr does not name h2:\n%s", rb.Stderr)
 		}
-		if !strings.Contains(stderr, "failed: h2") {
-			t.Errorf("reboot: stderr does not name h2:\n%s", stderr)
-		}
-		res := results(events)
+		res := rb.Results()
 		if r := res["h2"]; r.Result != fleet.ResultFailed || r.Phase != fleet.PhaseReboot || !strings.Contains(r.Error, "not healthy after the reboot") ||
 			!strings.Contains(r.Error, "web.service") && !strings.Contains(r.Error, `"ready"`) {
 			// The unit is seen failed, or (if it was seen active before

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,12 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -24,7 +24,7 @@ import (
 // host, and one that holds the activation while /run/hold exists until
 // /run/release does), a deployment "prod" of them, and a host "ghost" whose
 // address is h1's with a port nothing listens on: unreachable at once.
-func hostCommandFleet(t *testing.T, nw *vmtest.Network, dir, greeting string) {
+func hostCommandFleet(t *testing.T, fl *e2e.Fleet, greeting string) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, `deployment "prod" {
@@ -56,45 +56,38 @@ host "ghost" {
   host_key = %q
   roles    = [role.web]
 }
-`, quotedNames(nw), greeting, greeting, nw.Hosts[0].Addr().String(), nw.Hosts[0].HostKeyLine())
-	for _, h := range nw.Hosts {
-		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  roles    = [role.web]\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine())
+`, fl.Names(), greeting, greeting, fl.Hosts[0].Addr().String(), fl.Hosts[0].HostKeyLine())
+	for _, h := range fl.Hosts {
+		b.WriteString("\n" + e2e.HostBlock(h, "  roles    = [role.web]\n"))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fl.Write(t, "fleet.hcl", b.String())
 }
 
-// TestExitCodesE2E runs every host command against real hosts and checks
-// the exact exit code of each row of docs/cli.md's table that the command
-// can end with (the local rows, 1 and 2, are in testdata/script/deploy_cli).
-func TestExitCodesE2E(t *testing.T) {
-	nw := vmtest.Start(t, 2)
-	h1 := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleetDir, "one")
-	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
-	home := t.TempDir()
+// TestRunLocksAndExitCodesE2E runs the scenarios of host commands over
+// the run lock and the exit codes, each on fresh hosts of its own in one
+// network booted together.
+func TestRunLocksAndExitCodesE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 5)
+	t.Run("run-lock", func(t *testing.T) { runLockE2E(t, nw, nw.Hosts[:3]) })
+	t.Run("exit-codes", func(t *testing.T) { exitCodesE2E(t, nw, nw.Hosts[3:]) })
+}
+
+// exitCodesE2E runs every host command against two real hosts and checks the
+// exact exit code of each row of docs/cli.md's table that the command can
+// end with (the local rows, 1 and 2, are in testdata/script/deploy_cli).
+func exitCodesE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	h1 := hosts[0].With(t)
+	fl := e2e.NewFleet(t, nw, hosts...)
+	hostCommandFleet(t, fl, "one")
+	fleetDir := fl.Dir
+	agent := e2e.Agent(t)
+	r := cli.New(t, nw, fl)
 	run := func(want int, args ...string) string {
 		t.Helper()
-		cmd := nw.ControllerCommand(context.Background(), buildBinaries(t), args...)
-		cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"), "SSH_AUTH_SOCK=")
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		got := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			got = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("deploy %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), got, want, &stdout, &stderr)
-		}
-		return stdout.String() + stderr.String()
+		return r.Run(t, args...).Want(t, want).Output()
 	}
-	ssh := []string{"--identity", key, "--ssh-config", "none"}
+	ssh := []string{"--identity", fl.Key, "--ssh-config", "none"}
 	cmd := func(name string, extra ...string) []string {
 		out := []string{name}
 		if name == "" {
@@ -110,13 +103,13 @@ func TestExitCodesE2E(t *testing.T) {
 
 	// 0: everything succeeds.
 	run(0, cmd("", prod)...)
-	hostCommandFleet(t, nw, fleetDir, "two")
+	hostCommandFleet(t, fl, "two")
 	run(0, cmd("", prod)...)
 	run(0, cmd("generations", prod)...)
 	run(0, cmd("status", prod)...)
 	run(0, cmd("status", "--drift", prod)...)
 	run(0, cmd("verify", prod)...)
-	run(0, cmd("diff", fleetDir+"#h1")...)
+	run(0, cmd("diff", fl.Target(h1.Name()))...)
 	run(0, cmd("exec", prod, "--", "true")...)
 	run(0, cmd("gc", "--keep", "5", prod)...)
 	tree := t.TempDir()
@@ -124,7 +117,7 @@ func TestExitCodesE2E(t *testing.T) {
 	added := strings.TrimSpace(run(0, "store", "add", tree))
 	run(0, append(cmd("copy", "--to", h1.Addr().String(), "--host-key", h1.HostKeyLine(), "--agent", agent), added)...)
 	if got := h1.Succeed("cat " + added + "/f"); got != "copied\n" {
-		t.Errorf("deploy copy: %q on h1", got)
+		t.Errorf("deploy copy: %q on %s", got, h1.Name())
 	}
 
 	if out := run(0, "keyscan", h1.Addr().String()); !strings.Contains(out, strings.Fields(h1.HostKeyLine())[1]) {
@@ -132,8 +125,8 @@ func TestExitCodesE2E(t *testing.T) {
 	}
 
 	// 6: the command fails on a host.
-	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = h2")...); !strings.Contains(out, "command-failed: h1") {
-		t.Errorf("exec failing on h1: output does not name h1:\n%s", out)
+	if out := run(6, cmd("exec", prod, "--", "sh", "-c", "test $(hostname) = "+hosts[1].Name())...); !strings.Contains(out, "command-failed: "+h1.Name()) {
+		t.Errorf("exec failing on %s: output does not name it:\n%s", h1.Name(), out)
 	}
 
 	// 4: an unreachable host, for every command.
@@ -147,8 +140,9 @@ func TestExitCodesE2E(t *testing.T) {
 		run(4, args...)
 	}
 	// The fleet table names the host that did not answer.
-	if out := run(4, cmd("status", fleetDir+"#h1,ghost")...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, "h1     yes") {
-		t.Errorf("status of h1 and the unreachable ghost: want h1 reachable and ghost not:\n%s", out)
+	// (Host names of two characters: the column is as wide as "ghost".)
+	if out := run(4, cmd("status", fl.Target(h1.Name()+",ghost"))...); !strings.Contains(out, "ghost  no") || !strings.Contains(out, h1.Name()+"     yes") {
+		t.Errorf("status of %s and the unreachable ghost: want %[1]s reachable and ghost not:\n%s", h1.Name(), out)
 	}
 
 	// 5: another run holds h1's run lock (here a run-lock process started
@@ -156,13 +150,14 @@ func TestExitCodesE2E(t *testing.T) {
 	// is named. Read-only commands are not held up.
 	lockCtx, stopLock := context.WithCancel(context.Background())
 	holder := h1With(t, h1, lockCtx)
-	for _, args := range [][]string{cmd("", prod), cmd("rollback", fleetDir+"#h1"), cmd("gc", fleetDir+"#h1"), cmd("reboot", fleetDir+"#h1")} {
+	one := fl.Target(h1.Name())
+	for _, args := range [][]string{cmd("", prod), cmd("rollback", one), cmd("gc", one), cmd("reboot", one)} {
 		if out := run(5, args...); !strings.Contains(out, "other-operator") {
-			t.Errorf("deploy %v with h1's run lock held: the holder is not named:\n%s", args, out)
+			t.Errorf("deploy %v with %s's run lock held: the holder is not named:\n%s", args, h1.Name(), out)
 		}
 	}
 	if out := run(0, cmd("status", prod)...); !strings.Contains(out, "other-operator") {
-		t.Errorf("status does not show h1's run lock holder:\n%s", out)
+		t.Errorf("status does not show %s's run lock holder:\n%s", h1.Name(), out)
 	}
 	stopLock()
 	holder.Wait()
@@ -170,14 +165,14 @@ func TestExitCodesE2E(t *testing.T) {
 	// 3: a rollback whose target generation fails its health check now
 	// rolls back to where it was.
 	h1.Succeed("touch /run/fail-health")
-	run(3, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
+	run(3, cmd("rollback", "--to", "1", one)...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "two\n" {
-		t.Fatalf("h1 after the failed rollback: greeting %q, want two", got)
+		t.Fatalf("%s after the failed rollback: greeting %q, want two", h1.Name(), got)
 	}
 	h1.Succeed("rm /run/fail-health")
-	run(0, cmd("rollback", "--to", "1", fleetDir+"#h1")...)
+	run(0, cmd("rollback", "--to", "1", one)...)
 	if got := h1.Succeed("cat /etc/web/greeting"); got != "one\n" {
-		t.Fatalf("h1 after the rollback: greeting %q, want one", got)
+		t.Fatalf("%s after the rollback: greeting %q, want one", h1.Name(), got)
 	}
 }
 
@@ -203,43 +198,21 @@ func h1With(t *testing.T, h *vmtest.Host, ctx context.Context) *exec.Cmd {
 	return c
 }
 
-// Two deploys started together over overlapping hosts: one runs, the other
-// is refused (exit 5) having copied nothing; with --wait-lock the second
-// runs after the first. A run killed with SIGKILL leaves its lock to the
-// next run, which takes it over and says so.
-func TestRunLockE2E(t *testing.T) {
-	nw := vmtest.Start(t, 3)
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	hostCommandFleet(t, nw, fleetDir, "one")
-	a, b := fleetDir+"#h1,h2", fleetDir+"#h2,h3"
-
-	type outcome struct {
-		events []fleet.Event
-		code   int
-		stderr string
+// runLockE2E: two deploys started together over overlapping hosts (of h1, h2
+// and h3): one runs, the other is refused (exit 5) having copied nothing;
+// with --wait-lock the second runs after the first. A run killed with
+// SIGKILL leaves its lock to the next run, which takes it over and says so.
+func runLockE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	if names := e2e.QuotedNames(hosts); names != `"h1", "h2", "h3"` {
+		t.Fatalf("runLockE2E needs h1, h2 and h3, got %s", names)
 	}
+	fl := e2e.NewFleet(t, nw, hosts...)
+	hostCommandFleet(t, fl, "one")
+	r := cli.New(t, nw, fl)
+	a, b := fl.Target("h1,h2"), fl.Target("h2,h3")
 	// start starts a deploy of target in the background.
-	start := func(target string, extra ...string) chan outcome {
-		ch := make(chan outcome, 1)
-		cmd := deployCmd(t, nw, append(append([]string{"--json", "--identity", key, "--ssh-config", "none"}, extra...), target)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			err := cmd.Wait()
-			o := outcome{code: 0, stderr: stderr.String()}
-			if ee, ok := err.(*exec.ExitError); ok {
-				o.code = ee.ExitCode()
-			} else if err != nil {
-				o.code = -1
-			}
-			o.events, _ = parseEvents(stdout.Bytes())
-			ch <- o
-		}()
-		return ch
+	start := func(target string, extra ...string) *cli.Running {
+		return r.Start(t, "", append(extra, target)...)
 	}
 	copied := func(events []fleet.Event) bool {
 		for _, ev := range events {
@@ -249,76 +222,70 @@ func TestRunLockE2E(t *testing.T) {
 		}
 		return false
 	}
-	h2 := nw.Hosts[1]
+	h2 := hosts[1].With(t)
 	for round, greeting := range []string{"one", "two"} {
 		// Whichever run gets the locks holds its activation of h2 until
 		// the test releases it, so the two surely overlap.
-		hostCommandFleet(t, nw, fleetDir, greeting)
+		hostCommandFleet(t, fl, greeting)
 		h2.Succeed("touch /run/hold")
 		ca, cb := start(a), start(b)
-		var first, second outcome
+		var first, second *cli.Result
 		select {
-		case first = <-ca:
+		case <-ca.Done():
+			first = ca.Wait(t)
 			h2.Succeed("touch /run/release")
-			second = <-cb
-		case first = <-cb:
+			second = cb.Wait(t)
+		case <-cb.Done():
+			first = cb.Wait(t)
 			h2.Succeed("touch /run/release")
-			second = <-ca
+			second = ca.Wait(t)
 		}
 		h2.Succeed("rm -f /run/hold /run/release")
-		if first.code != ExitLocked || second.code != 0 {
-			t.Fatalf("round %d: the first run to end exited %d, the other %d; want %d (refused) and 0\n%s\n%s", round, first.code, second.code, ExitLocked, first.stderr, second.stderr)
+		if first.Code != ExitLocked || second.Code != 0 {
+			t.Fatalf("round %d: the first run to end exited %d, the other %d; want %d (refused) and 0\n%s\n%s", round, first.Code, second.Code, ExitLocked, first.Stderr, second.Stderr)
 		}
-		if copied(first.events) {
-			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.events)
+		if copied(first.Events) {
+			t.Fatalf("round %d: the refused run copied or activated: %v", round, first.Events)
 		}
-		if r := results(first.events)["h2"]; r.Result != fleet.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
+		if r := first.Results()["h2"]; r.Result != fleet.ResultLocked || r.Holder == nil || r.Holder.Operator == "" || len(r.Holder.Hosts) != 2 {
 			t.Errorf("round %d: the refused run's h2 %+v, want locked with the holder (operator, hosts) named", round, r)
 		}
 	}
 
 	// --wait-lock: both run, one after the other.
-	hostCommandFleet(t, nw, fleetDir, "three")
+	hostCommandFleet(t, fl, "three")
 	ca, cb := start(a, "--wait-lock", "2m"), start(b, "--wait-lock", "2m")
-	for _, o := range []outcome{<-ca, <-cb} {
-		if o.code != 0 {
-			t.Fatalf("with --wait-lock: exit %d, want 0\n%s", o.code, o.stderr)
-		}
-	}
-	if got := nw.Hosts[1].Succeed("cat /etc/web/greeting"); got != "three\n" {
+	ca.Wait(t).Want(t, 0)
+	cb.Wait(t).Want(t, 0)
+	if got := h2.Succeed("cat /etc/web/greeting"); got != "three\n" {
 		t.Fatalf("h2 after both runs: %q", got)
 	}
 
 	// SIGKILL once the run holds its locks: the next run takes them over.
-	hostCommandFleet(t, nw, fleetDir, "four")
-	cmd := deployCmd(t, nw, "--json", "--identity", key, "--ssh-config", "none", a)
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
-	locked := 0
-	for locked < 2 && sc.Scan() {
-		var ev fleet.Event
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseLock && ev.State == "done" {
-			locked++
+	hostCommandFleet(t, fl, "four")
+	killed := start(a)
+	locked := killed.Until(func(events []fleet.Event) bool {
+		n := 0
+		for _, ev := range events {
+			if ev.Type == fleet.EventPhase && ev.Phase == fleet.PhaseLock && ev.State == "done" {
+				n++
+			}
 		}
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	if locked < 2 {
+		return n >= 2
+	})
+	killed.Kill()
+	killed.Wait(t)
+	if !locked {
 		t.Fatal("the run ended before it held its locks")
 	}
 	// The hosts see the killed run's connections close and their run-lock
 	// processes end; until then the lock is (rightly) held.
-	for _, h := range nw.Hosts[:2] {
+	for _, h := range hosts[:2] {
+		h := h.With(t)
 		// (The pattern does not match this script's own command line.)
 		h.Succeed("for i in $(seq 300); do pgrep -f 'deploy-agent run-loc[k]' >/dev/null || exit 0; sleep 0.1; done; exit 1")
 	}
-	events, code, stderr := runJSON(t, nw, key, a)
-	if code != 0 {
-		t.Fatalf("the run after a killed one: exit %d\n%s", code, stderr)
-	}
+	events := r.JSON(t, "", a).Want(t, 0).Events
 	tookOver := map[string]bool{}
 	for _, ev := range events {
 		if ev.Type == fleet.EventLog && ev.Phase == fleet.PhaseLock && ev.TookOver != nil {

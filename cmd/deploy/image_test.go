@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/testenv"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/oci/ocitest"
@@ -59,6 +60,13 @@ func main() {
 // stdout, failing the test on a non-zero exit.
 func runImageCLI(t *testing.T, cache string, args ...string) string {
 	t.Helper()
+	// A clean deploy cache, not a clean Go build cache: the go build of
+	// the role's package would otherwise compile the standard library
+	// again under each new XDG_CACHE_HOME (minutes on two cores).
+	for _, kv := range e2e.GoCaches(t) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
 	t.Setenv("XDG_CACHE_HOME", cache)
 	var stdout, stderr bytes.Buffer
 	if code := Main(context.Background(), args, strings.NewReader(""), &stdout, &stderr); code != 0 {
@@ -79,7 +87,7 @@ func TestImageCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
+	agent := e2e.Agent(t)
 	var digests []string
 	var archives [][]byte
 	for i := range 2 {

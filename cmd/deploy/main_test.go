@@ -6,9 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/declarative/deploy/internal/cyclonedxtest"
+	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/testenv"
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -25,9 +27,17 @@ func TestScripts(t *testing.T) {
 	if _, err := exec.LookPath("nix-store"); err != nil && testenv.CI() {
 		t.Fatal("CI=true but nix-store is not installed (apt-get install nix-bin)")
 	}
+	// A script's own deploy cache, but the machine's Go caches: a Go
+	// package built under a new XDG_CACHE_HOME would compile the standard
+	// library again (quickstart: 71 s of 2 busy cores).
+	goCaches := e2e.GoCaches(t)
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(env *testscript.Env) error {
+			for _, kv := range goCaches {
+				k, v, _ := strings.Cut(kv, "=")
+				env.Setenv(k, v)
+			}
 			env.Setenv("XDG_CACHE_HOME", env.WorkDir+"/cache")
 			env.Setenv("NIX_REMOTE", "")
 			return nil

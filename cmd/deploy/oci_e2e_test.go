@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/oci/ocitest"
 	"github.com/declarative/deploy/vmtest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -55,6 +55,7 @@ role "web" {
 // two hosts, rolls a new tag, has a broken image roll back on its health
 // check, and rolls back to the first image.
 func TestImageServiceE2E(t *testing.T) {
+	t.Parallel()
 	nw := vmtest.Start(t, 2)
 	ctx := context.Background()
 	rootfs, err := vmtest.Rootfs(ctx, []string{"nginx-light"}, t.Logf)
@@ -83,16 +84,12 @@ func TestImageServiceE2E(t *testing.T) {
 	}
 	push := func(img v1.Image) { reg.Push(t, reg.Host+"/web/nginx:stable", img) }
 
-	fleetDir, key := testFleet(t, nw, "")
+	fl := e2e.NewFleet(t, nw)
+	fl.WriteHosts(t, "  roles    = [role.web]\n", "")
+	r := cli.New(t, nw, fl)
 	writeFleet := func(config string) {
 		t.Helper()
-		if err := os.WriteFile(filepath.Join(fleetDir, "web.hcl"), []byte(fmt.Sprintf(nginxImageFleet, regHost, config)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		hosts, _ := os.ReadFile(filepath.Join(fleetDir, "hosts.hcl"))
-		if !strings.Contains(string(hosts), "role.web") {
-			os.WriteFile(filepath.Join(fleetDir, "hosts.hcl"), []byte(strings.ReplaceAll(string(hosts), "tags = [\"test\"]", "tags = [\"test\"]\n  roles = [role.web]")), 0o644)
-		}
+		fl.Write(t, "web.hcl", fmt.Sprintf(nginxImageFleet, regHost, config))
 	}
 	lock := func(update bool) {
 		t.Helper()
@@ -100,9 +97,7 @@ func TestImageServiceE2E(t *testing.T) {
 		if update {
 			args = append(args, "--update")
 		}
-		if out, err := deployCmd(t, nw, append(args, fleetDir)...).CombinedOutput(); err != nil {
-			t.Fatalf("deploy lock: %v\n%s", err, out)
-		}
+		r.Run(t, append(args, fl.Dir)...).Want(t, 0)
 	}
 	client := &http.Client{Transport: &http.Transport{DialContext: nw.DialContext}, Timeout: 10 * time.Second}
 	get := func(h *vmtest.Host, path string) string {
@@ -129,15 +124,13 @@ func TestImageServiceE2E(t *testing.T) {
 	imageOf := func(h *vmtest.Host) string {
 		return strings.TrimSpace(h.Succeed("grep -o 'RootDirectory=.*' /etc/systemd/system/nginx.service"))
 	}
-	target := fleetDir + "#@test"
+	target := fl.Target("@test")
 
 	// 1. The first image, pinned by deploy lock, on both hosts.
 	push(version("1"))
 	writeFleet("v1")
 	lock(false)
-	if _, code, stderr := runJSON(t, nw, key, target); code != 0 {
-		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
-	}
+	r.JSON(t, "", target).Want(t, 0)
 	expect("first deploy", "version 1\n", "v1")
 	first := imageOf(nw.Hosts[0])
 	for _, h := range nw.Hosts {
@@ -156,13 +149,10 @@ func TestImageServiceE2E(t *testing.T) {
 	push(version("2"))
 	writeFleet("v2")
 	lock(true)
-	if events, code, stderr := runJSON(t, nw, key, target); code != 0 {
-		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
-	} else {
-		for _, h := range nw.Hosts {
-			if r := results(events)[h.Name()]; r.Result != fleet.ResultOK {
-				t.Errorf("second deploy: %s %+v", h.Name(), r)
-			}
+	res := r.JSON(t, "", target).Want(t, 0)
+	for _, h := range nw.Hosts {
+		if r := res.Results()[h.Name()]; r.Result != fleet.ResultOK {
+			t.Errorf("second deploy: %s %+v", h.Name(), r)
 		}
 	}
 	expect("new tag", "version 2\n", "v2")
@@ -175,12 +165,9 @@ func TestImageServiceE2E(t *testing.T) {
 	// fails and the hosts return to the second image.
 	push(version("3", ocitest.File("etc/nginx/nginx.conf", "this is not nginx syntax\n")))
 	lock(true)
-	events, code, stderr := runJSON(t, nw, key, target)
-	if code != ExitRolledBack {
-		t.Fatalf("broken image: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
-	}
+	res = r.JSON(t, "", target).Want(t, ExitRolledBack)
 	for _, h := range nw.Hosts {
-		r := results(events)[h.Name()]
+		r := res.Results()[h.Name()]
 		if r.Result != fleet.ResultRolledBack && r.Result != fleet.ResultSkipped {
 			t.Errorf("broken image: %s %+v, want rolled back (or skipped after the canary failed)", h.Name(), r)
 		}
@@ -192,10 +179,7 @@ func TestImageServiceE2E(t *testing.T) {
 	expect("after the failed health check", "version 2\n", "v2")
 
 	// 4. deploy rollback returns the first image.
-	out, err := deployCmd(t, nw, "rollback", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "10s", target).CombinedOutput()
-	if err != nil {
-		t.Fatalf("deploy rollback: %v\n%s", err, out)
-	}
+	r.Text(t, "rollback", "--confirm-timeout", "10s", target).Want(t, 0)
 	expect("deploy rollback", "version 1\n", "v1")
 	for _, h := range nw.Hosts {
 		if got := imageOf(h); got != first {

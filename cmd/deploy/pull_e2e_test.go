@@ -17,6 +17,8 @@ import (
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/pull/channel"
 	"github.com/declarative/deploy/secrets"
 	"github.com/declarative/deploy/vmtest"
@@ -31,9 +33,8 @@ type pullEnv struct {
 	tb        testing.TB
 	nw        *vmtest.Network
 	srv       *miniotest.Server
-	fleetDir  string
-	sshKey    string
-	env       []string
+	fl        *e2e.Fleet
+	r         *cli.Runner // with the keys and the bucket's credentials
 	publisher *cache.SecretKey
 	waves     string // the deployment's canary and batch_size
 }
@@ -51,13 +52,14 @@ func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
 	})
 	srv.Bucket(tb, "cache", true)
 	p := &pullEnv{tb: tb, nw: nw, srv: srv, waves: waves}
-	p.fleetDir, p.sshKey = testFleet(tb, nw, "")
+	p.fl = e2e.NewFleet(tb, nw)
+	p.fl.WriteHosts(tb, "", "")
 	dir := tb.TempDir()
 	ck, _, _ := cache.GenerateKey("e2e-cache-1")
 	p.publisher, _, _ = cache.GenerateKey("e2e-ci-1")
 	os.WriteFile(filepath.Join(dir, "cache.key"), []byte(ck.String()), 0o600)
 	os.WriteFile(filepath.Join(dir, "publisher.key"), []byte(p.publisher.String()), 0o600)
-	p.env = append(srv.Env(), "DEPLOY_CACHE_KEY="+filepath.Join(dir, "cache.key"), "DEPLOY_PUBLISHER_KEY="+filepath.Join(dir, "publisher.key"))
+	p.r = cli.New(tb, nw, p.fl).With(append(srv.Env(), "DEPLOY_CACHE_KEY="+filepath.Join(dir, "cache.key"), "DEPLOY_PUBLISHER_KEY="+filepath.Join(dir, "publisher.key"))...)
 
 	creds := srv.PrefixCredentials(tb, "cache", pullPrefix+"status/")
 	var rcpts []secrets.Recipient
@@ -69,13 +71,12 @@ func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(p.fleetDir, "secrets"), 0o755)
-	os.WriteFile(filepath.Join(p.fleetDir, "secrets", "pull-status.age"), ct, 0o644)
-	os.WriteFile(filepath.Join(p.fleetDir, "cache.hcl"), fmt.Appendf(nil, `cache {
+	p.fl.Write(tb, "secrets/pull-status.age", string(ct))
+	p.fl.Write(tb, "cache.hcl", fmt.Sprintf(`cache {
   url         = "s3://cache/fleet?endpoint=%s&region=us-east-1"
   public_keys = [%q]
 }
-`, srv.Endpoint, ck.Public().String()), 0o644)
+`, srv.Endpoint, ck.Public().String()))
 	return p
 }
 
@@ -86,7 +87,7 @@ func (p *pullEnv) write(version string, healthy bool) {
 	if !healthy {
 		health = "broken"
 	}
-	fleetDir := fmt.Sprintf(`deployment "prod" {
+	p.fl.Write(p.tb, "fleet.hcl", fmt.Sprintf(`deployment "prod" {
   hosts        = [%s]
   %s
   wave_timeout = "10m"
@@ -119,29 +120,7 @@ role "app" {
 defaults {
   roles = [role.app]
 }
-`, quotedNames(p.nw), p.waves, p.publisher.Public().String(), version, health)
-	if err := os.WriteFile(filepath.Join(p.fleetDir, "fleet.hcl"), []byte(fleetDir), 0o644); err != nil {
-		p.tb.Fatal(err)
-	}
-}
-
-// run runs deploy with the keys and credentials and returns its events
-// (with --json), stdout, exit code and stderr.
-func (p *pullEnv) run(args ...string) ([]fleet.Event, string, int, string) {
-	p.tb.Helper()
-	cmd := deployCmd(p.tb, p.nw, args...)
-	cmd.Env = append(cmd.Env, p.env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		p.tb.Fatal(err)
-	}
-	events, _ := parseEvents(stdout.Bytes())
-	return events, stdout.String(), code, stderr.String()
+`, p.fl.Names(), p.waves, p.publisher.Public().String(), version, health))
 }
 
 // object reads a key of the bucket; nil when missing.
@@ -242,28 +221,24 @@ func done(serial int64) func(*agentapi.PullStatus) bool {
 //     with exit 4.
 //  6. deploy rollback --channel publishes v5's systems as a new serial.
 func TestPullE2E(t *testing.T) {
+	t.Parallel()
 	p := newPullEnv(t, 4, `canary       = 1
   batch_size   = "50%"`)
-	target := p.fleetDir + "#prod"
+	target := p.fl.Target("prod")
 
 	// 0. The hosts join pull mode by one push deploy (or an image).
 	p.write("v0", true)
-	if _, _, code, stderr := p.run("--identity", p.sshKey, "--ssh-config", "none", target); code != 0 {
-		t.Fatalf("bootstrap deploy: exit %d\n%s", code, stderr)
-	}
+	p.r.Text(t, "", target).Want(t, 0)
 	for _, h := range p.nw.Hosts {
 		h.WaitForUnit("deploy-pull.timer")
 	}
 
 	// 1. v1: everyone converges.
 	p.write("v1", true)
-	gitCommit(t, p.fleetDir, "v1")
-	events, _, code, stderr := p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target)
-	if code != 0 {
-		t.Fatalf("publish v1 --wait: exit %d\n%v\n%s", code, results(events), stderr)
-	}
+	p.fl.Commit(t, "v1")
+	res := p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target).Want(t, 0)
 	for _, h := range p.nw.Hosts {
-		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Serial != 1 || r.PullStatus == nil || r.PullStatus.Outcome != agentapi.PullDone {
+		if r := res.Results()[h.Name()]; r.Result != fleet.ResultOK || r.Serial != 1 || r.PullStatus == nil || r.PullStatus.Outcome != agentapi.PullDone {
 			t.Errorf("%s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed("cat /etc/app/version"); got != "v1\n" {
@@ -282,11 +257,7 @@ func TestPullE2E(t *testing.T) {
 
 	// 2. v2 fails its health check on the canary.
 	p.write("v2", false)
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target)
-	if code != ExitRolledBack {
-		t.Fatalf("publish v2 --wait: exit %d, want %d\n%v\n%s", code, ExitRolledBack, results(events), stderr)
-	}
-	r := results(events)
+	r := p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target).Want(t, ExitRolledBack).Results()
 	if r["h1"].Result != fleet.ResultRolledBack || r["h1"].PullStatus == nil || r["h1"].PullStatus.Check != "app" {
 		t.Errorf("h1: %+v, want rolled back by the health check \"app\"", r["h1"])
 	}
@@ -312,10 +283,7 @@ func TestPullE2E(t *testing.T) {
 			t.Errorf("%s's status %+v does not say why", h, st)
 		}
 	}
-	_, out, code, stderr := p.run("status", "--channel", "prod", target)
-	if code != 0 {
-		t.Fatalf("status --channel: exit %d\n%s", code, stderr)
-	}
+	out := p.r.Run(t, "status", "--channel", "prod", target).Want(t, 0).Stdout
 	if pullDebug {
 		t.Logf("deploy status --channel prod:\n%s", out)
 	}
@@ -327,10 +295,7 @@ func TestPullE2E(t *testing.T) {
 
 	// 3. v3 converges, wave after wave.
 	p.write("v3", true)
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target)
-	if code != 0 {
-		t.Fatalf("publish v3 --wait: exit %d\n%v\n%s", code, results(events), stderr)
-	}
+	p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target).Want(t, 0)
 	head := p.head()
 	var confirmedBy []time.Time // per wave: when its last host was confirmed
 	var startedAt [][]time.Time
@@ -399,9 +364,7 @@ func TestPullE2E(t *testing.T) {
 	for obj := range p.srv.Client.ListObjects(context.Background(), "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
 		old[obj.Key] = true
 	}
-	if _, _, code, stderr := p.run("cache", "push", p.fleetDir+"#h2"); code != 0 {
-		t.Fatalf("cache push: exit %d\n%s", code, stderr)
-	}
+	p.r.Run(t, "cache", "push", p.fl.Target("h2")).Want(t, 0)
 	tampered := 0
 	for obj := range p.srv.Client.ListObjects(context.Background(), "cache", minio.ListObjectsOptions{Prefix: "fleet/nar/", Recursive: true}) {
 		if old[obj.Key] {
@@ -415,8 +378,8 @@ func TestPullE2E(t *testing.T) {
 	if tampered == 0 {
 		t.Fatal("the push uploaded no new NAR to tamper with")
 	}
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", p.fleetDir+"#h2")
-	if r := results(events)["h2"]; code != ExitRefused || r.Result != fleet.ResultRefused || !strings.Contains(r.Error, "closure refused") {
+	res = p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", p.fl.Target("h2"))
+	if code, stderr, r := res.Code, res.Stderr, res.Results()["h2"]; code != ExitRefused || r.Result != fleet.ResultRefused || !strings.Contains(r.Error, "closure refused") {
 		t.Fatalf("publish v4 to h2 --wait: exit %d (want %d), %+v\n%s", code, ExitRefused, r, stderr)
 	}
 	st := p.status("h2")
@@ -434,9 +397,7 @@ func TestPullE2E(t *testing.T) {
 	var v5 string
 	for _, v := range []string{"v5", "v6"} {
 		p.write(v, true)
-		if _, _, code, stderr := p.run("publish", "--channel", "prod", target); code != 0 {
-			t.Fatalf("publish %s: exit %d\n%s", v, code, stderr)
-		}
+		p.r.Run(t, "publish", "--channel", "prod", target).Want(t, 0)
 		serial := p.head().Serial
 		if v == "v5" {
 			v5 = p.head().Systems["h4"]
@@ -446,8 +407,8 @@ func TestPullE2E(t *testing.T) {
 		}
 	}
 	// Waiting for a host that is off ends at its wave's deadline, naming it.
-	events, _, code, stderr = p.run("publish", "--json", "--wait", "--poll", "500ms", "--wave-timeout", "3s", "--channel", "prod", p.fleetDir+"#h4")
-	if r := results(events)["h4"]; code != ExitUnreachable || r.Result != fleet.ResultUnreachable || !strings.Contains(r.Error, "did not report serial") {
+	res = p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--wave-timeout", "3s", "--channel", "prod", p.fl.Target("h4"))
+	if code, stderr, r := res.Code, res.Stderr, res.Results()["h4"]; code != ExitUnreachable || r.Result != fleet.ResultUnreachable || !strings.Contains(r.Error, "did not report serial") {
 		t.Fatalf("publish --wait to h4, which is off: exit %d (want %d), %+v\n%s", code, ExitUnreachable, r, stderr)
 	}
 	h4.Boot()
@@ -466,10 +427,7 @@ func TestPullE2E(t *testing.T) {
 	}
 
 	// 6. A rollback through the channel: v5's systems again, as a new serial.
-	events, _, code, stderr = p.run("rollback", "--json", "--channel", "prod", "--to-serial", "5", "--wait", target)
-	if code != 0 {
-		t.Fatalf("rollback --channel --to-serial 5 --wait: exit %d\n%v\n%s", code, results(events), stderr)
-	}
+	p.r.Run(t, "rollback", "--json", "--channel", "prod", "--to-serial", "5", "--wait", target).Want(t, 0)
 	if rb := p.head(); rb.RollbackTo != 5 || rb.Serial != last.Serial+1 {
 		t.Errorf("the rollback's head: serial %d rolling back to %d, want %d and 5", rb.Serial, rb.RollbackTo, last.Serial+1)
 	}

@@ -2,32 +2,29 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 )
 
-// A pushed system is a GC root until it is activated: --mode push, then a
-// gc on the host (deploy-agent gc) and from the operator (deploy gc), then
-// --mode switch copies nothing and activates it. status shows the pushed
-// system; gc --drop-pushed removes it.
-func TestPushGCSwitchE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	run := func(args ...string) []fleet.Event {
+// pushGCSwitchE2E: a pushed system is a GC root until it is activated: --mode
+// push, then a gc on the host (deploy-agent gc) and from the operator
+// (deploy gc), then --mode switch copies nothing and activates it. status
+// shows the pushed system; gc --drop-pushed removes it.
+func pushGCSwitchE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
+	fleetDir := fl.Dir
+	r := cli.New(t, nw, fl)
+	// run runs the host command cmd ("" for deploy itself), which must
+	// succeed.
+	run := func(cmd string, args ...string) []fleet.Event {
 		t.Helper()
-		events, code, stderr := runJSON(t, nw, key, args...)
-		if code != 0 {
-			t.Fatalf("deploy %v: exit %d\n%s", args, code, stderr)
-		}
-		return events
+		return r.JSON(t, cmd, args...).Want(t, 0).Events
 	}
 	status := func() *agentapi.Status {
 		t.Helper()
@@ -58,10 +55,10 @@ func TestPushGCSwitchE2E(t *testing.T) {
 		return -1
 	}
 
-	rolloutFleet(t, nw, fleetDir, "one", nil)
-	run("--mode", "switch", fleetDir+"#prod")
-	rolloutFleet(t, nw, fleetDir, "two", nil)
-	two := systemOf(run("--mode", "push", fleetDir+"#prod"))
+	rolloutFleet(t, fl, "one", nil)
+	run("", "--mode", "switch", fleetDir+"#prod")
+	rolloutFleet(t, fl, "two", nil)
+	two := systemOf(run("", "--mode", "push", fleetDir+"#prod"))
 	if st := status(); len(st.Pushed) != 1 || st.Pushed[0].System != two {
 		t.Fatalf("status after the push: pushed %+v, want %s", st.Pushed, two)
 	}
@@ -80,7 +77,7 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	h.Succeed("test -d " + two + " && /run/deploy/current-system/agent/bin/deploy-agent verify")
 
 	// The switch copies nothing and activates the pushed system.
-	events := run("--mode", "switch", fleetDir+"#prod")
+	events := run("", "--mode", "switch", fleetDir+"#prod")
 	if n := copied(events); n != 0 {
 		t.Fatalf("the switch after the push copied %d paths, want 0", n)
 	}
@@ -92,8 +89,8 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	}
 
 	// gc --drop-pushed removes a pushed system.
-	rolloutFleet(t, nw, fleetDir, "three", nil)
-	three := systemOf(run("--mode", "push", fleetDir+"#prod"))
+	rolloutFleet(t, fl, "three", nil)
+	three := systemOf(run("", "--mode", "push", fleetDir+"#prod"))
 	var dropped []string
 	for _, ev := range run("gc", "--drop-pushed", fleetDir+"#prod") {
 		if ev.Type == fleet.EventResult && ev.GC != nil {
@@ -107,25 +104,22 @@ func TestPushGCSwitchE2E(t *testing.T) {
 	if st := status(); len(st.Pushed) != 0 {
 		t.Fatalf("pushed after --drop-pushed: %+v", st.Pushed)
 	}
-	if !strings.HasSuffix(two, "-system-h1") {
+	if !strings.HasSuffix(two, "-system-"+h.Name()) {
 		t.Fatalf("unexpected system path %s", two)
 	}
 }
 
-// A rollback to a generation created by a newer agent (a higher agent API
-// version in its metadata) is refused before anything changes: by deploy
-// rollback, whose answer from that generation's agent it could not read,
-// and by an older agent on the host, which could not apply it safely.
-func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+// futureGenerationRefusedE2E: a rollback to a generation created by
+// a newer agent (a higher agent API version in its metadata) is refused
+// before anything changes: by deploy rollback, whose answer from that
+// generation's agent it could not read, and by an older agent on the host,
+// which could not apply it safely.
+func futureGenerationRefusedE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
+	r := cli.New(t, nw, fl)
 	for _, g := range []string{"one", "two"} {
-		rolloutFleet(t, nw, fleetDir, g, nil)
-		if _, code, stderr := runJSON(t, nw, key, "--mode", "switch", fleetDir+"#prod"); code != 0 {
-			t.Fatalf("deploy %s: exit %d\n%s", g, code, stderr)
-		}
+		rolloutFleet(t, fl, g, nil)
+		r.JSON(t, "", "--mode", "switch", fl.Target("prod")).Want(t, 0)
 	}
 	// Generation 1 as a future agent would have recorded it.
 	h.Succeed(`f=/var/lib/deploy/profiles/system-1.json; if grep -q '"agent_api"' $f; then sed -i 's/"agent_api": [0-9]*/"agent_api": 2/' $f; else sed -i 's/^{/{\n  "agent_api": 2,/' $f; fi; grep -q '"agent_api": 2' $f`)
@@ -134,14 +128,16 @@ func TestRollbackToFutureGenerationRefusedE2E(t *testing.T) {
 	}
 	before := snapshot()
 
-	events, code, stderr := runJSON(t, nw, key, "rollback", "--to", "1", fleetDir+"#h1")
+	// Failed: exit 3.
+	run := r.JSON(t, "rollback", "--to", "1", fl.Target(h.Name())).Want(t, ExitRolledBack)
+	events, code, stderr := run.Events, run.Code, run.Stderr
 	var res *fleet.Event
 	for i, ev := range events {
 		if ev.Type == fleet.EventResult {
 			res = &events[i]
 		}
 	}
-	if code == 0 || res == nil || res.Result != fleet.ResultFailed || !strings.Contains(res.Error, "agent API version 2") || !strings.Contains(res.Error, "upgrade deploy") {
+	if res == nil || res.Result != fleet.ResultFailed || !strings.Contains(res.Error, "agent API version 2") || !strings.Contains(res.Error, "upgrade deploy") {
 		t.Fatalf("deploy rollback --to 1: exit %d, result %+v, want failed naming the agent API and the upgrade\n%s", code, res, stderr)
 	}
 	if after := snapshot(); after != before {

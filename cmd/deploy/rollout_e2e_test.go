@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,14 +11,17 @@ import (
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
 
-// rolloutFleet writes a five-host fleet: a role with a file, a service and
-// a command health check; hostArgs adds role arguments per host.
-func rolloutFleet(t *testing.T, nw *vmtest.Network, dir, greeting string, hostArgs map[string]string) {
+// rolloutFleet writes the fleet's fleet.hcl: a deployment "prod" of its
+// hosts, a role with a file, a service and a command health check;
+// hostArgs adds role arguments per host.
+func rolloutFleet(t *testing.T, fl *e2e.Fleet, greeting string, hostArgs map[string]string) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, `deployment "prod" {
@@ -53,119 +52,32 @@ role "web" {
     timeout = var.health_timeout
   }
 }
-`, quotedNames(nw), greeting)
-	for _, h := range nw.Hosts {
-		fmt.Fprintf(&b, "\nhost %q {\n  address  = %q\n  host_key = %q\n  role \"web\" {\n%s  }\n}\n", h.Name(), h.Addr().String(), h.HostKeyLine(), hostArgs[h.Name()])
+`, fl.Names(), greeting)
+	for _, h := range fl.Hosts {
+		b.WriteString("\n" + e2e.HostBlock(h, "  role \"web\" {\n"+hostArgs[h.Name()]+"  }\n"))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fl.Write(t, "fleet.hcl", b.String())
 }
 
-func quotedNames(nw *vmtest.Network) string {
-	var q []string
-	for _, h := range nw.Hosts {
-		q = append(q, fmt.Sprintf("%q", h.Name()))
+// rolloutE2E deploys to five hosts, h1 to h5, in batches (a canary, then
+// two and two): one host changed alone, a failing health check in the
+// second batch rolls back every host switched in the run, generations
+// record commit and operator, rollback --to-commit.
+func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	if names := e2e.QuotedNames(hosts); names != `"h1", "h2", "h3", "h4", "h5"` {
+		t.Fatalf("rolloutE2E needs h1 to h5, got %s", names)
 	}
-	return strings.Join(q, ", ")
-}
-
-// runJSON runs deploy --json (or, when args start with a command, that
-// command with --json) and returns its events and exit code.
-func runJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) ([]fleet.Event, int, string) {
-	t.Helper()
-	return runJSONEnv(t, nw, key, nil, args...)
-}
-
-// runJSONEnv is runJSON with env added to the command's environment.
-func runJSONEnv(t *testing.T, nw *vmtest.Network, key string, env []string, args ...string) ([]fleet.Event, int, string) {
-	t.Helper()
-	var pre []string
-	if len(args) > 0 && !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
-		pre, args = args[:1], args[1:]
-	}
-	cmd := deployCmd(t, nw, append(append(pre, "--json", "--identity", key, "--ssh-config", "none"), args...)...)
-	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	events, err := parseEvents(stdout.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return events, code, stderr.String()
-}
-
-// parseEvents reads --json output: every line an event of this schema
-// version.
-func parseEvents(out []byte) ([]fleet.Event, error) {
-	var events []fleet.Event
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var ev fleet.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return events, fmt.Errorf("stdout line %q is not an event: %v", sc.Text(), err)
-		}
-		if ev.V != fleet.EventSchemaVersion {
-			return events, fmt.Errorf("event %q has schema version %d", sc.Text(), ev.V)
-		}
-		events = append(events, ev)
-	}
-	return events, nil
-}
-
-func results(events []fleet.Event) map[string]fleet.Event {
-	out := map[string]fleet.Event{}
-	for _, ev := range events {
-		if ev.Type == fleet.EventResult {
-			out[ev.Host] = ev
-		}
-	}
-	return out
-}
-
-// gitCommit commits everything in dir and returns the commit.
-func gitCommit(t *testing.T, dir, msg string) string {
-	t.Helper()
-	for _, args := range [][]string{{"init", "-q"}, {"add", "-A"}, {"-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", msg}} {
-		if args[0] == "init" {
-			if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
-				continue
-			}
-		}
-		if out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func TestDeployRolloutE2E(t *testing.T) {
-	nw := vmtest.Start(t, 5)
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	target := fleetDir + "#prod"
+	hosts = withTest(t, hosts)
+	fl := e2e.NewFleet(t, nw, hosts...)
+	r := cli.New(t, nw, fl)
+	target := fl.Target("prod")
 
 	// 1. First deployment: every host at generation 1.
-	rolloutFleet(t, nw, fleetDir, "hello", nil)
-	c1 := gitCommit(t, fleetDir, "first")
-	events, code, stderr := runJSON(t, nw, key, target)
-	if code != 0 {
-		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
-	}
-	for _, h := range nw.Hosts {
-		if r := results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Generation == 0 {
+	rolloutFleet(t, fl, "hello", nil)
+	c1 := fl.Commit(t, "first")
+	events := r.JSON(t, "", target).Want(t, 0).Events
+	for _, h := range hosts {
+		if r := cli.Results(events)[h.Name()]; r.Result != fleet.ResultOK || r.Generation == 0 {
 			t.Fatalf("first deploy: %s: %+v", h.Name(), r)
 		}
 		if got := h.Succeed("cat /etc/web/greeting; systemctl is-active web.service"); got != "hello\nactive\n" {
@@ -184,35 +96,28 @@ func TestDeployRolloutE2E(t *testing.T) {
 	}
 
 	// 2. One host's role arguments change: only that host is activated.
-	rolloutFleet(t, nw, fleetDir, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
-	c2 := gitCommit(t, fleetDir, "h5 greets")
-	events, code, stderr = runJSON(t, nw, key, target)
-	if code != 0 {
-		t.Fatalf("second deploy: exit %d\n%s", code, stderr)
-	}
-	res := results(events)
+	rolloutFleet(t, fl, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
+	c2 := fl.Commit(t, "h5 greets")
+	res := r.JSON(t, "", target).Want(t, 0).Results()
 	for _, h := range []string{"h1", "h2", "h3", "h4"} {
 		if res[h].Result != fleet.ResultUnchanged {
 			t.Errorf("second deploy: %s is %s, want unchanged", h, res[h].Result)
 		}
 	}
-	if res["h5"].Result != fleet.ResultOK || nw.Hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
+	if res["h5"].Result != fleet.ResultOK || hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
 		t.Errorf("second deploy: h5 %+v", res["h5"])
 	}
 	before := map[string]string{}
-	for _, h := range nw.Hosts {
+	for _, h := range hosts {
 		before[h.Name()] = h.Succeed("readlink /run/deploy/current-system")
 	}
 
 	// 3. A change for everyone, and h3 (batch 2) fails its health check:
 	// rollback = "all" returns every host switched in this run.
-	rolloutFleet(t, nw, fleetDir, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
-	gitCommit(t, fleetDir, "bonjour, and h3 breaks")
-	events, code, stderr = runJSON(t, nw, key, target)
-	if code != ExitRolledBack {
-		t.Fatalf("failing deploy: exit %d, want %d\n%s", code, ExitRolledBack, stderr)
-	}
-	res = results(events)
+	rolloutFleet(t, fl, "bonjour", map[string]string{"h3": "    healthy = \"no\"\n", "h5": "    greeting = \"hi from h5\"\n"})
+	fl.Commit(t, "bonjour, and h3 breaks")
+	events = r.JSON(t, "", target).Want(t, ExitRolledBack).Events
+	res = cli.Results(events)
 	if r := res["h3"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseActivate || r.Error == "" {
 		t.Errorf("h3: %+v, want rolled back in activate with the reason", r)
 	}
@@ -231,7 +136,7 @@ func TestDeployRolloutE2E(t *testing.T) {
 			t.Errorf("%s: %s, want skipped", h, res[h].Result)
 		}
 	}
-	for _, h := range nw.Hosts {
+	for _, h := range hosts {
 		cur := h.Succeed("readlink /run/deploy/current-system")
 		if cur != before[h.Name()] {
 			t.Errorf("%s runs %q after the rollback, want its previous system %q", h.Name(), cur, before[h.Name()])
@@ -248,37 +153,30 @@ func TestDeployRolloutE2E(t *testing.T) {
 
 	// Generations record the commit and the operator; rollback = "all"
 	// returned h1 to its original generation, not to a copy of it.
-	gens := generationsOf(t, nw, key, fleetDir+"#h1", "h1")
+	gens := generationsOf(t, r, fl.Target("h1"), "h1")
 	if cur := currentGen(gens); cur == nil || cur.Number != 1 || cur.GitRev != c1 || cur.Operator == "" {
 		t.Fatalf("h1 generations %+v: want generation 1 (commit %s, an operator) current", gens, c1)
 	}
-	gens = generationsOf(t, nw, key, fleetDir+"#h5", "h5")
+	gens = generationsOf(t, r, fl.Target("h5"), "h5")
 	if cur := currentGen(gens); cur == nil || cur.GitRev != c2 {
 		t.Fatalf("h5 generations %+v: want the current one from commit %s", gens, c2)
 	}
 
 	// deploy rollback --to-commit returns h5 to what commit 1 deployed.
-	out, err := deployCmd(t, nw, "rollback", "--identity", key, "--ssh-config", "none", "--confirm-timeout", "10s", "--to-commit", c1[:10], fleetDir+"#h5").CombinedOutput()
-	if err != nil {
-		t.Fatalf("deploy rollback --to-commit: %v\n%s", err, out)
-	}
-	if got := nw.Hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
+	r.Text(t, "rollback", "--confirm-timeout", "10s", "--to-commit", c1[:10], fl.Target("h5")).Want(t, 0)
+	if got := hosts[4].Succeed("cat /etc/web/greeting"); got != "hello\n" {
 		t.Fatalf("h5 greeting after rollback --to-commit %q, want hello", got)
 	}
-	gens = generationsOf(t, nw, key, fleetDir+"#h5", "h5")
+	gens = generationsOf(t, r, fl.Target("h5"), "h5")
 	if cur := currentGen(gens); cur == nil || cur.GitRev != c1 {
 		t.Fatalf("h5 after rollback --to-commit: %+v, want the generation of commit %s current", gens, c1)
 	}
 }
 
 // generationsOf runs deploy generations --json for one host.
-func generationsOf(t *testing.T, nw *vmtest.Network, key, target, host string) []*agentapi.Generation {
+func generationsOf(t *testing.T, r *cli.Runner, target, host string) []*agentapi.Generation {
 	t.Helper()
-	events, code, stderr := runJSON(t, nw, key, "generations", target)
-	if code != 0 {
-		t.Fatalf("deploy generations: exit %d\n%s", code, stderr)
-	}
-	return results(events)[host].Generations
+	return r.JSON(t, "generations", target).Want(t, 0).Results()[host].Generations
 }
 
 func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
@@ -290,127 +188,130 @@ func currentGen(gens []*agentapi.Generation) *agentapi.Generation {
 	return nil
 }
 
-// A host cut off during the run: the others complete, the run exits 4 and
-// names it, without hanging. Then --dry-run shows a plan and changes
-// nothing.
-func TestDeployUnreachableAndDryRunE2E(t *testing.T) {
-	nw := vmtest.Start(t, 3)
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+// TestDeployRolloutE2E runs the scenarios of rollouts over several hosts,
+// each on fresh hosts of its own in one network booted together.
+func TestDeployRolloutE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 8)
+	t.Run("batches-rollback-generations", func(t *testing.T) { rolloutE2E(t, nw, nw.Hosts[:5]) })
+	t.Run("unreachable-dry-run", func(t *testing.T) { unreachableAndDryRunE2E(t, nw, nw.Hosts[5:]) })
+}
+
+// unreachableAndDryRunE2E: a host (the second) cut off during the run: the
+// others complete, the run exits 4 and names it, without hanging. Then
+// --dry-run shows a plan and changes nothing.
+func unreachableAndDryRunE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
+	h1, h2 := hosts[0].With(t), hosts[1].With(t)
+	n1, n2, n3 := h1.Name(), h2.Name(), hosts[2].Name()
+	fl := e2e.NewFleet(t, nw, hosts...)
+	r := cli.New(t, nw, fl)
 	write := func(greeting string) {
-		rolloutFleet(t, nw, fleetDir, greeting, nil)
-		data, _ := os.ReadFile(filepath.Join(fleetDir, "fleet.hcl"))
-		text := strings.Replace(string(data), "batch_size      = 2", "batch_size      = \"100%\"\n  max_failures    = 1", 1)
-		os.WriteFile(filepath.Join(fleetDir, "fleet.hcl"), []byte(text), 0o644)
+		rolloutFleet(t, fl, greeting, nil)
+		fl.Edit(t, "fleet.hcl", "batch_size      = 2", "batch_size      = \"100%\"\n  max_failures    = 1")
 	}
 	write("hello")
-	nw.Hosts[1].Cut()
-	events, code, stderr := runJSON(t, nw, key, fleetDir+"#prod")
-	nw.Hosts[1].Restore()
-	if code != ExitUnreachable {
-		t.Fatalf("deploy with h2 cut: exit %d, want %d\n%s", code, ExitUnreachable, stderr)
+	h2.Cut()
+	run := r.JSON(t, "", fl.Target("prod"))
+	h2.Restore()
+	run.Want(t, ExitUnreachable)
+	stderr := run.Stderr
+	res := run.Results()
+	if r := res[n2]; r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseLock || !strings.Contains(r.Error, n2) {
+		t.Errorf("%s: %+v, want unreachable when its run lock is taken (the first contact), named", n2, r)
 	}
-	res := results(events)
-	if r := res["h2"]; r.Result != fleet.ResultUnreachable || r.Phase != fleet.PhaseLock || !strings.Contains(r.Error, "h2") {
-		t.Errorf("h2: %+v, want unreachable when its run lock is taken (the first contact), named", r)
-	}
-	for _, h := range []string{"h1", "h3"} {
+	for _, h := range []string{n1, n3} {
 		if res[h].Result != fleet.ResultOK {
 			t.Errorf("%s: %+v, want ok: the others complete", h, res[h])
 		}
 	}
-	if !strings.Contains(stderr, "h2") {
+	if !strings.Contains(stderr, n2) {
 		t.Errorf("stderr does not name the unreachable host:\n%s", stderr)
 	}
 
-	// The agent wrote its Prometheus textfile on h1 after the activation.
-	prom := nw.Hosts[0].Succeed("cat /var/lib/deploy/metrics/deploy.prom")
+	// The agent wrote its Prometheus textfile on the first host after the
+	// activation.
+	prom := h1.Succeed("cat /var/lib/deploy/metrics/deploy.prom")
 	p := expfmt.NewTextParser(model.LegacyValidation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(prom))
 	if err != nil {
-		t.Fatalf("h1's metrics textfile does not parse: %v\n%s", err, prom)
+		t.Fatalf("%s's metrics textfile does not parse: %v\n%s", n1, err, prom)
 	}
 	gauge := func(name string) float64 {
 		f := fams[name]
 		if f == nil || len(f.GetMetric()) != 1 {
-			t.Errorf("h1's textfile has no single %s:\n%s", name, prom)
+			t.Errorf("%s's textfile has no single %s:\n%s", n1, name, prom)
 			return -1
 		}
 		return f.GetMetric()[0].GetGauge().GetValue()
 	}
-	if g := gauge("deploy_current_generation"); g != float64(res["h1"].Generation) || g == 0 {
-		t.Errorf("h1: deploy_current_generation = %v, want %d", g, res["h1"].Generation)
+	if g := gauge("deploy_current_generation"); g != float64(res[n1].Generation) || g == 0 {
+		t.Errorf("%s: deploy_current_generation = %v, want %d", n1, g, res[n1].Generation)
 	}
 	if g := gauge("deploy_last_activation_success"); g != 1 {
-		t.Errorf("h1: deploy_last_activation_success = %v, want 1", g)
+		t.Errorf("%s: deploy_last_activation_success = %v, want 1", n1, g)
 	}
 	// The role's command health check ran and passed.
 	if g := gauge("deploy_checks_failing"); g != 0 {
-		t.Errorf("h1: deploy_checks_failing = %v, want 0", g)
+		t.Errorf("%s: deploy_checks_failing = %v, want 0", n1, g)
 	}
 	if g := gauge("deploy_last_check_timestamp_seconds"); g <= 0 {
-		t.Errorf("h1: deploy_last_check_timestamp_seconds = %v, want a time", g)
+		t.Errorf("%s: deploy_last_check_timestamp_seconds = %v, want a time", n1, g)
 	}
 
 	// --dry-run: a plan per host, nothing changes on the hosts.
-	waitReachableCLI(t, nw, nw.Hosts[1])
+	waitReachableCLI(t, nw, h2)
 	write("bonjour")
-	before := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
-	events, code, stderr = runJSON(t, nw, key, "--dry-run", fleetDir+"#prod")
-	if code != 0 {
-		t.Fatalf("dry run: exit %d\n%s", code, stderr)
-	}
+	before := h1.Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting")
+	events := r.JSON(t, "", "--dry-run", fl.Target("prod")).Want(t, 0).Events
 	plans := map[string]fleet.Event{}
 	for _, ev := range events {
 		if ev.Type == fleet.EventPlan {
 			plans[ev.Host] = ev
 		}
 	}
-	if p := plans["h1"]; p.CopyPaths == 0 || !slices.Contains(p.Restart, "web.service") || !slices.Contains(p.Files, "/etc/web/greeting") {
-		t.Errorf("h1 plan %+v, want paths to copy, web.service restarted, /etc/web/greeting changed", p)
+	if p := plans[n1]; p.CopyPaths == 0 || !slices.Contains(p.Restart, "web.service") || !slices.Contains(p.Files, "/etc/web/greeting") {
+		t.Errorf("%s plan %+v, want paths to copy, web.service restarted, /etc/web/greeting changed", n1, p)
 	}
-	if p := plans["h2"]; !slices.Contains(p.Start, "web.service") {
-		t.Errorf("h2 (never deployed) plan %+v, want web.service started", p)
+	if p := plans[n2]; !slices.Contains(p.Start, "web.service") {
+		t.Errorf("%s (never deployed) plan %+v, want web.service started", n2, p)
 	}
-	if after := nw.Hosts[0].Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
-		t.Errorf("the dry run changed h1: %q, was %q", after, before)
+	if after := h1.Succeed("readlink /run/deploy/current-system; cat /etc/web/greeting"); after != before {
+		t.Errorf("the dry run changed %s: %q, was %q", n1, after, before)
 	}
 
 	// CI formats: the plan as markdown on stdout (--format markdown), and
 	// in GitHub's step summary (--format github), stdout keeping its result
 	// lines there.
-	md, err := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "markdown", fleetDir+"#prod").Output()
-	if err != nil {
-		t.Fatalf("dry run --format markdown: %v", err)
-	}
-	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| h1 | planned | ", "`web.service`", "- `/etc/web/greeting`", "| h3 | planned | "} {
+	md := r.Text(t, "", "--dry-run", "--format", "markdown", fl.Target("prod")).Want(t, 0).Stdout
+	for _, want := range []string{"## deploy --dry-run\n", "| host | result | paths to copy |", "| " + n1 + " | planned | ", "`web.service`", "- `/etc/web/greeting`", "| " + n3 + " | planned | "} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("dry run --format markdown:\n%s\nwant %q in it", md, want)
 		}
 	}
 	summary := filepath.Join(t.TempDir(), "step_summary.md")
 	os.WriteFile(summary, []byte("earlier step\n"), 0o644)
-	gh := deployCmd(t, nw, "--identity", key, "--ssh-config", "none", "--dry-run", "--format", "github", fleetDir+"#prod")
-	gh.Env = append(gh.Env, "GITHUB_STEP_SUMMARY="+summary)
-	out, err := gh.Output()
-	if err != nil {
-		t.Fatalf("dry run --format github: %v", err)
-	}
-	if !strings.Contains(string(out), "h1\tplanned") {
+	out := r.With("GITHUB_STEP_SUMMARY="+summary).Text(t, "", "--dry-run", "--format", "github", fl.Target("prod")).Want(t, 0).Stdout
+	if !strings.Contains(out, n1+"\tplanned") {
 		t.Errorf("dry run --format github: stdout %q, want the result lines", out)
 	}
-	if got, _ := os.ReadFile(summary); string(got) != "earlier step\n"+string(md) {
+	if got, _ := os.ReadFile(summary); string(got) != "earlier step\n"+md {
 		t.Errorf("step summary after dry run --format github:\n%s\nwant the earlier content, then:\n%s", got, md)
 	}
 
-	// deploy diff against what h1 runs now.
-	out, err = deployCmd(t, nw, "diff", "--identity", key, "--ssh-config", "none", fleetDir+"#h1").CombinedOutput()
-	if err != nil {
-		t.Fatalf("deploy diff: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "/etc/web/greeting") || !strings.Contains(string(out), "web.service") {
+	// deploy diff against what the first host runs now.
+	out = r.Text(t, "diff", fl.Target(n1)).Want(t, 0).Output()
+	if !strings.Contains(out, "/etc/web/greeting") || !strings.Contains(out, "web.service") {
 		t.Errorf("deploy diff against the running system:\n%s\nwant the greeting file and web.service", out)
 	}
+}
+
+// withTest is hosts whose failing helpers report to t (a subtest).
+func withTest(t *testing.T, hosts []*vmtest.Host) []*vmtest.Host {
+	var out []*vmtest.Host
+	for _, h := range hosts {
+		out = append(out, h.With(t))
+	}
+	return out
 }
 
 func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
@@ -426,13 +327,29 @@ func waitReachableCLI(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
 	t.Fatalf("%s unreachable after Restore", h.Name())
 }
 
-// The modes: push copies without activating; test activates without
+// TestOneHostDeploysE2E runs the scenarios that deploy to one host, each
+// on a fresh host of its own in one network (booted together).
+func TestOneHostDeploysE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 4)
+	for i, s := range []struct {
+		name string
+		run  func(*testing.T, *vmtest.Network, *vmtest.Host)
+	}{
+		{"modes", modesE2E},
+		{"lock", lockE2E},
+		{"push-gc-switch", pushGCSwitchE2E},
+		{"rollback-to-future-generation-refused", futureGenerationRefusedE2E},
+	} {
+		t.Run(s.name, func(t *testing.T) { s.run(t, nw, nw.Hosts[i].With(t)) })
+	}
+}
+
+// modesE2E: push copies without activating; test activates without
 // touching the boot default; boot changes only the boot default.
-func TestDeployModesE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
+func modesE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
+	r := cli.New(t, nw, fl)
 	state := func() (current, boot, greeting string) {
 		out := h.Succeed("readlink /run/deploy/current-system || true; readlink -f /var/lib/deploy/profiles/system || true; cat /etc/web/greeting 2>/dev/null || true")
 		lines := strings.SplitN(out+"\n\n\n", "\n", 4)
@@ -440,23 +357,21 @@ func TestDeployModesE2E(t *testing.T) {
 	}
 	deployMode := func(mode string) {
 		t.Helper()
-		if _, code, stderr := runJSON(t, nw, key, "--mode", mode, fleetDir+"#prod"); code != 0 {
-			t.Fatalf("--mode %s: exit %d\n%s", mode, code, stderr)
-		}
+		r.JSON(t, "", "--mode", mode, fl.Target("prod")).Want(t, 0)
 	}
-	rolloutFleet(t, nw, fleetDir, "one", nil)
+	rolloutFleet(t, fl, "one", nil)
 	deployMode("switch")
 	cur1, boot1, g := state()
 	if g != "one" || cur1 == "" || boot1 == "" {
 		t.Fatalf("after switch: current %q boot %q greeting %q", cur1, boot1, g)
 	}
 
-	rolloutFleet(t, nw, fleetDir, "two", nil)
+	rolloutFleet(t, fl, "two", nil)
 	deployMode("push")
 	if cur, boot, g := state(); cur != cur1 || boot != boot1 || g != "one" {
 		t.Fatalf("push activated something: current %q boot %q greeting %q", cur, boot, g)
 	}
-	h.Succeed("ls /var/lib/deploy/store | grep -c system-h1 | grep -qx 2") // the new system is there
+	h.Succeed("ls /var/lib/deploy/store | grep -c system-" + h.Name() + " | grep -qx 2") // the new system is there
 
 	deployMode("test")
 	cur2, boot, g := state()
@@ -464,7 +379,7 @@ func TestDeployModesE2E(t *testing.T) {
 		t.Fatalf("after test: current %q (was %q) boot %q (was %q) greeting %q; want a new current, the old boot default", cur2, cur1, boot, boot1, g)
 	}
 
-	rolloutFleet(t, nw, fleetDir, "three", nil)
+	rolloutFleet(t, fl, "three", nil)
 	deployMode("boot")
 	cur, boot3, g := state()
 	if cur != cur2 || g != "two" || boot3 == boot1 || !strings.Contains(boot3, "system-") {
@@ -475,11 +390,8 @@ func TestDeployModesE2E(t *testing.T) {
 	// generation, the same current system, boot default and files.
 	generations := func() string { return h.Succeed("ls /var/lib/deploy/profiles") }
 	gensBefore := generations()
-	rolloutFleet(t, nw, fleetDir, "four", nil)
-	events, code, stderr := runJSON(t, nw, key, "--mode", "dry-activate", fleetDir+"#prod")
-	if code != 0 {
-		t.Fatalf("--mode dry-activate: exit %d\n%s", code, stderr)
-	}
+	rolloutFleet(t, fl, "four", nil)
+	events := r.JSON(t, "", "--mode", "dry-activate", fl.Target("prod")).Want(t, 0).Events
 	if c, b, g := state(); c != cur2 || b != boot3 || g != "two" {
 		t.Fatalf("after dry-activate: current %q boot %q greeting %q; want %q, %q, two", c, b, g, cur2, boot3)
 	}
@@ -500,40 +412,33 @@ func TestDeployModesE2E(t *testing.T) {
 	}
 }
 
-// A second deployment to a host that is activating is refused at once
-// (result locked, exit 5) and changes nothing; with --wait-lock it waits
-// for the first and then goes ahead.
-func TestDeployLockE2E(t *testing.T) {
-	nw := vmtest.Start(t, 1)
-	h := nw.Hosts[0]
-	fleetDir, key := testFleet(t, nw, "")
-	os.Remove(filepath.Join(fleetDir, "hosts.hcl"))
-	rolloutFleet(t, nw, fleetDir, "one", nil)
-	if _, code, stderr := runJSON(t, nw, key, fleetDir+"#prod"); code != 0 {
-		t.Fatalf("first deploy: exit %d\n%s", code, stderr)
-	}
+// lockE2E: a second deployment to a host that is activating is refused
+// at once (result locked, exit 5) and changes nothing; with --wait-lock it
+// waits for the first and then goes ahead.
+func lockE2E(t *testing.T, nw *vmtest.Network, h *vmtest.Host) {
+	fl := e2e.NewFleet(t, nw, h)
+	r := cli.New(t, nw, fl)
+	rolloutFleet(t, fl, "one", nil)
+	r.JSON(t, "", fl.Target("prod")).Want(t, 0)
 	greeting := func() string { return strings.TrimSpace(h.Succeed("cat /etc/web/greeting")) }
 
 	// A: its health check passes only once the test writes /run/release,
 	// so A holds the activation (and its lock) until then.
-	rolloutFleet(t, nw, fleetDir, "two", map[string]string{h.Name(): "    healthy = \"$(cat /run/release 2>/dev/null || echo no)\"\n    health_timeout = \"60s\"\n"})
-	a := startJSON(t, nw, key, fleetDir+"#prod")
+	rolloutFleet(t, fl, "two", map[string]string{h.Name(): "    healthy = \"$(cat /run/release 2>/dev/null || echo no)\"\n    health_timeout = \"60s\"\n"})
+	a := r.Start(t, "", fl.Target("prod"))
 	for greeting() != "two" {
 		select {
-		case <-a.done:
-			t.Fatalf("A ended before its files were in place: exit %d\n%s", a.code, a.stderr.String())
+		case <-a.Done():
+			res := a.Wait(t)
+			t.Fatalf("A ended before its files were in place: exit %d\n%s", res.Code, res.Stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 
 	// B: refused at once, nothing changed.
-	rolloutFleet(t, nw, fleetDir, "three", nil)
-	events, code, stderr := runJSON(t, nw, key, fleetDir+"#prod")
-	if code != ExitLocked {
-		t.Fatalf("B: exit %d, want %d (locked)\n%s", code, ExitLocked, stderr)
-	}
-	if r := results(events)[h.Name()]; r.Result != fleet.ResultLocked || !strings.Contains(r.Error, "lock") {
-		t.Fatalf("B: result %q (%s), want locked naming the lock", r.Result, r.Error)
+	rolloutFleet(t, fl, "three", nil)
+	if res := r.JSON(t, "", fl.Target("prod")).Want(t, ExitLocked).Results()[h.Name()]; res.Result != fleet.ResultLocked || !strings.Contains(res.Error, "lock") {
+		t.Fatalf("B: result %q (%s), want locked naming the lock", res.Result, res.Error)
 	}
 	if g := greeting(); g != "two" {
 		t.Fatalf("B changed the host: greeting %q", g)
@@ -541,65 +446,22 @@ func TestDeployLockE2E(t *testing.T) {
 
 	// C, with --wait-lock: says it is waiting; once A is released and done,
 	// C deploys.
-	c := startJSON(t, nw, key, "--wait-lock", "60s", fleetDir+"#prod")
-	select {
-	case <-c.waiting:
-	case <-c.done:
-		t.Fatalf("C ended without waiting for the lock: exit %d\n%s", c.code, c.stderr.String())
+	c := r.Start(t, "", "--wait-lock", "60s", fl.Target("prod"))
+	if !c.Until(waitingForLock) {
+		res := c.Wait(t)
+		t.Fatalf("C ended without waiting for the lock: exit %d\n%s", res.Code, res.Stderr)
 	}
 	h.Succeed("echo yes > /run/release")
-	<-a.done
-	if a.code != 0 {
-		t.Fatalf("A: exit %d\n%s", a.code, a.stderr.String())
-	}
-	<-c.done
-	if c.code != 0 {
-		t.Fatalf("C (--wait-lock): exit %d\n%s", c.code, c.stderr.String())
-	}
+	a.Wait(t).Want(t, 0)
+	c.Wait(t).Want(t, 0)
 	if g := greeting(); g != "three" {
 		t.Fatalf("after C: greeting %q, want three", g)
 	}
 }
 
-// jsonRun is a deploy --json running in the background.
-type jsonRun struct {
-	done    chan struct{} // closed when it has exited; code is set then
-	waiting chan struct{} // closed at its first "waiting for the lock" event
-	code    int
-	stderr  bytes.Buffer
-}
-
-func startJSON(t *testing.T, nw *vmtest.Network, key string, args ...string) *jsonRun {
-	t.Helper()
-	cmd := deployCmd(t, nw, append([]string{"--json", "--identity", key, "--ssh-config", "none"}, args...)...)
-	r := &jsonRun{done: make(chan struct{}), waiting: make(chan struct{})}
-	cmd.Stderr = &r.stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); <-r.done })
-	go func() {
-		defer close(r.done)
-		sc := bufio.NewScanner(out)
-		sc.Buffer(nil, 1<<20)
-		var waited bool
-		for sc.Scan() {
-			var ev fleet.Event
-			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Type == fleet.EventLog && strings.Contains(ev.Message, "waiting for the run lock") && !waited {
-				waited = true
-				close(r.waiting)
-			}
-		}
-		err := cmd.Wait()
-		if ee, ok := err.(*exec.ExitError); ok {
-			r.code = ee.ExitCode()
-		} else if err != nil {
-			r.code = -1
-		}
-	}()
-	return r
+// waitingForLock holds once a run said it waits for the run lock.
+func waitingForLock(events []fleet.Event) bool {
+	return slices.ContainsFunc(events, func(ev fleet.Event) bool {
+		return ev.Type == fleet.EventLog && strings.Contains(ev.Message, "waiting for the run lock")
+	})
 }

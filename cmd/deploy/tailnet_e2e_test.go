@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +11,8 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/mesh/tailnet/tailnettest"
 	"github.com/declarative/deploy/vmtest"
 )
@@ -50,50 +50,37 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	if err := editFile(filepath.Join(fleetDir, "fleet.hcl"), `batch_size      = 1`, "batch_size      = 1\n  transport       = \"tailscale\""); err != nil {
 		t.Fatal(err)
 	}
-	key := filepath.Join(t.TempDir(), "id")
-	os.WriteFile(key, nw.ClientKeyPEM(), 0o600)
+	fl := &e2e.Fleet{Dir: fleetDir, Key: filepath.Join(t.TempDir(), "id"), Hosts: nw.Hosts}
+	os.WriteFile(fl.Key, nw.ClientKeyPEM(), 0o600)
 	authKey := filepath.Join(t.TempDir(), "authkey")
 	os.WriteFile(authKey, []byte(tn.AuthKey+"\n"), 0o600)
-	agent := filepath.Join(filepath.Dir(buildBinaries(t)), "deploy-agent")
+	agent := e2e.Agent(t)
 	cache := filepath.Join(t.TempDir(), "cache")
 	tsState := t.TempDir()
-	// run runs the real main in this process (the tailnet's knobs are
-	// process-wide), each command starting its own tailnet node from the
-	// same state directory, as an operator's commands would.
-	run := func(args ...string) (int, []fleet.Event, string) {
+	// The real deploy in the test process's network namespace, where the
+	// tailnet's coordination server and relay listen (on loopback), with
+	// the tailnet's knobs (tailnettest sets them in the environment, which
+	// the binary inherits); each command starts its own tailnet node from
+	// the same state directory, as an operator's commands would.
+	r := cli.New(t, nil, fl)
+	// run runs the host command cmd ("" for deploy itself) over the tailnet.
+	run := func(cmd string, args ...string) (int, []fleet.Event, string) {
 		t.Helper()
-		var pre []string
-		if !isTarget(args[0]) && !strings.HasPrefix(args[0], "-") {
-			pre, args = args[:1], args[1:]
-		}
-		flags := []string{"--json", "--identity", key, "--ssh-config", "none", "--tailnet-control-url", tn.ControlURL,
+		flags := []string{"--tailnet-control-url", tn.ControlURL,
 			"--tailnet-authkey-file", authKey, "--tailnet-state-dir", tsState, "--tailnet-hostname", "operator"}
-		switch {
-		case len(pre) == 0, pre[0] == "diff":
+		if cmd == "" || cmd == "diff" {
 			flags = append(flags, "--agent", agent, "--cache-dir", cache)
 		}
-		var stdout, stderr bytes.Buffer
-		code := Main(context.Background(), append(append(pre, flags...), args...), strings.NewReader(""), &stdout, &stderr)
-		var events []fleet.Event
-		for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
-			var ev fleet.Event
-			if line == "" {
-				continue
-			}
-			if err := json.Unmarshal([]byte(line), &ev); err != nil {
-				t.Fatalf("%v: stdout line %q is not an event", args, line)
-			}
-			events = append(events, ev)
-		}
-		return code, events, stderr.String()
+		res := r.JSON(t, cmd, append(flags, args...)...)
+		return res.Code, res.Events, res.Stderr
 	}
 	target := fleetDir + "#prod"
-	code, events, stderr := run("--confirm-timeout", "20s", target)
+	code, events, stderr := run("", "--confirm-timeout", "20s", target)
 	if code != 0 {
 		t.Fatalf("deploy over the tailnet: exit %d\n%s", code, stderr)
 	}
 	for _, h := range []string{"web1", "web2"} {
-		if r := results(events)[h]; r.Result != fleet.ResultOK || r.Generation != 1 {
+		if r := cli.Results(events)[h]; r.Result != fleet.ResultOK || r.Generation != 1 {
 			t.Fatalf("%s: %+v", h, r)
 		}
 	}
@@ -103,9 +90,9 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	if err := editFile(filepath.Join(fleetDir, "web.hcl"), "-config /etc/hello/config.json", "-config /etc/hello/missing.json"); err != nil {
 		t.Fatal(err)
 	}
-	code, events, stderr = run("--confirm-timeout", "20s", target)
-	if code != ExitRolledBack || results(events)["web1"].Result != fleet.ResultRolledBack {
-		t.Fatalf("broken deploy over the tailnet: exit %d (%+v), want web1 rolled back, exit 3\n%s", code, results(events)["web1"], stderr)
+	code, events, stderr = run("", "--confirm-timeout", "20s", target)
+	if code != ExitRolledBack || cli.Results(events)["web1"].Result != fleet.ResultRolledBack {
+		t.Fatalf("broken deploy over the tailnet: exit %d (%+v), want web1 rolled back, exit 3\n%s", code, cli.Results(events)["web1"], stderr)
 	}
 	if cur := nw.Hosts[0].Succeed("readlink /run/deploy/current-system"); !strings.Contains(cur, "system-web1") {
 		t.Fatalf("web1 runs %q after the rollback", cur)
@@ -121,15 +108,15 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	if err := editFile(filepath.Join(fleetDir, "web.hcl"), `default = "hello"`, `default = "hello again"`); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := run("--confirm-timeout", "20s", target); code != 0 {
+	if code, _, stderr := run("", "--confirm-timeout", "20s", target); code != 0 {
 		t.Fatalf("second deploy over the tailnet: exit %d\n%s", code, stderr)
 	}
 	code, events, stderr = run("status", target)
-	if st := results(events)["web1"].Status; code != 0 || st == nil || st.Current != 3 || !st.Consistent {
+	if st := cli.Results(events)["web1"].Status; code != 0 || st == nil || st.Current != 3 || !st.Consistent {
 		t.Fatalf("status over the tailnet: exit %d, web1 %+v\n%s", code, st, stderr)
 	}
 	code, events, stderr = run("generations", target)
-	if gens := results(events)["web1"].Generations; code != 0 || len(gens) != 3 || !gens[1].Failed || !gens[2].Current {
+	if gens := cli.Results(events)["web1"].Generations; code != 0 || len(gens) != 3 || !gens[1].Failed || !gens[2].Current {
 		t.Fatalf("generations over the tailnet: exit %d, web1 %d generations\n%s", code, len(gens), stderr)
 	}
 	// Selected by itself, a host takes its own transport, not the
@@ -139,7 +126,7 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 		t.Fatalf("%v\n%s", err, data)
 	}
 	code, events, stderr = run("diff", fleetDir+"#web1")
-	if d := results(events)["web1"].Diff; code != 0 || d == nil {
+	if d := cli.Results(events)["web1"].Diff; code != 0 || d == nil {
 		t.Fatalf("diff over the tailnet: exit %d, %+v\n%s", code, d, stderr)
 	}
 	code, events, stderr = run("exec", target, "--", "cat", "/etc/hostname")
@@ -155,13 +142,13 @@ func TestDeployOverTailnetE2E(t *testing.T) {
 	}
 	// (web2 overrides the greeting: it is still on its first generation.)
 	code, events, stderr = run("rollback", "--confirm-timeout", "20s", fleetDir+"#web1")
-	if code != 0 || results(events)["web1"].Generation != 1 {
-		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v, web2 %+v\n%s", code, results(events)["web1"], results(events)["web2"], stderr)
+	if code != 0 || cli.Results(events)["web1"].Generation != 1 {
+		t.Fatalf("rollback over the tailnet: exit %d, web1 %+v, web2 %+v\n%s", code, cli.Results(events)["web1"], cli.Results(events)["web2"], stderr)
 	}
 	nw.Hosts[0].Succeed("systemctl is-active hello.service")
 	code, events, stderr = run("gc", "--keep", "1", target)
 	// Kept: the newest (3) and the current and boot default (1).
-	if g := results(events)["web1"].GC; code != 0 || g == nil || fmt.Sprint(g.Generations) != "[2]" || g.Paths == 0 {
+	if g := cli.Results(events)["web1"].GC; code != 0 || g == nil || fmt.Sprint(g.Generations) != "[2]" || g.Paths == 0 {
 		t.Fatalf("gc over the tailnet: exit %d, web1 %+v\n%s", code, g, stderr)
 	}
 }

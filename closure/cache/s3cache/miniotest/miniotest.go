@@ -5,6 +5,7 @@ package miniotest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -170,14 +171,25 @@ type TempCredentials struct {
 func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCredentials {
 	t.Helper()
 	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject","s3:GetObject"],"Resource":["arn:aws:s3:::%s/%s*"]}]}`, bucket, prefix)
-	c, err := credentials.NewSTSAssumeRole(s.Endpoint, credentials.STSAssumeRoleOptions{AccessKey: s.AccessKey, SecretKey: s.SecretKey,
-		Policy: policy, DurationSeconds: 3600})
-	if err != nil {
-		t.Fatal(err)
+	// MinIO says it is ready (Start) before its IAM subsystem is: until
+	// then STS answers XMinioServerNotInitialized ("please try again").
+	// That answer, and only it, is waited out, as Start waits for ready.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := credentials.NewSTSAssumeRole(s.Endpoint, credentials.STSAssumeRoleOptions{AccessKey: s.AccessKey, SecretKey: s.SecretKey,
+			Policy: policy, DurationSeconds: 3600})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := c.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: s.transport}})
+		var er credentials.ErrorResponse
+		if err != nil && errors.As(err, &er) && er.STSError.Code == "XMinioServerNotInitialized" && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("miniotest: assume role: %v", err)
+		}
+		return TempCredentials{AccessKeyID: v.AccessKeyID, SecretAccessKey: v.SecretAccessKey, SessionToken: v.SessionToken}
 	}
-	v, err := c.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: s.transport}})
-	if err != nil {
-		t.Fatalf("miniotest: assume role: %v", err)
-	}
-	return TempCredentials{AccessKeyID: v.AccessKeyID, SecretAccessKey: v.SecretAccessKey, SessionToken: v.SessionToken}
 }
