@@ -178,6 +178,29 @@ type Generation struct {
 	AgentAPI int `json:"agent_api,omitempty"`
 }
 
+// Marks are the generation's marks for a table: current, boot, failed.
+func (g *Generation) Marks() []string {
+	var marks []string
+	if g.Current {
+		marks = append(marks, "current")
+	}
+	if g.Boot {
+		marks = append(marks, "boot")
+	}
+	if g.Failed {
+		marks = append(marks, "failed")
+	}
+	return marks
+}
+
+// Note is the generation's message, with why it failed when it did.
+func (g *Generation) Note() string {
+	if g.Failed && g.FailedReason != "" {
+		return strings.TrimSpace(g.Message + " [" + g.FailedReason + "]")
+	}
+	return g.Message
+}
+
 // Generations is what `generations --json` prints.
 type Generations struct {
 	V           int           `json:"v"`

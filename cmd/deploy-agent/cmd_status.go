@@ -127,21 +127,7 @@ func runGenerations(ctx context.Context, args []string, stdout, stderr io.Writer
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "GEN\tTIME\tOPERATOR\tGIT\tMARKS\tMESSAGE")
 	for _, g := range gens {
-		var marks []string
-		if g.Current {
-			marks = append(marks, "current")
-		}
-		if g.Boot {
-			marks = append(marks, "boot")
-		}
-		if g.Failed {
-			marks = append(marks, "failed")
-		}
-		msg := g.Message
-		if g.Failed {
-			msg = strings.TrimSpace(msg + " [" + g.FailedReason + "]")
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", g.Number, g.Time.Format(time.DateTime), g.Operator, g.GitRev, strings.Join(marks, ","), msg)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", g.Number, g.Time.Format(time.DateTime), g.Operator, g.GitRev, strings.Join(g.Marks(), ","), g.Note())
 	}
 	return tw.Flush()
 }

@@ -201,25 +201,11 @@ func Generations(w io.Writer, hosts []*builder.Host, rep *fleet.Report) {
 	fmt.Fprintln(tw, "HOST\tGEN\tTIME\tOPERATOR\tCOMMIT\tSTATE\tMESSAGE")
 	for _, h := range hosts {
 		for _, g := range rep.Hosts[h.Name].Generations {
-			var marks []string
-			if g.Current {
-				marks = append(marks, "current")
-			}
-			if g.Boot {
-				marks = append(marks, "boot")
-			}
-			if g.Failed {
-				marks = append(marks, "failed")
-			}
 			rev := g.GitRev
 			if len(rev) > 12 {
 				rev = rev[:12]
 			}
-			msg := g.Message
-			if g.Failed && g.FailedReason != "" {
-				msg = strings.TrimSpace(msg + " [" + g.FailedReason + "]")
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", h.Name, g.Number, g.Time.Local().Format(time.DateTime), g.Operator, rev, strings.Join(marks, ","), msg)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", h.Name, g.Number, g.Time.Local().Format(time.DateTime), g.Operator, rev, strings.Join(g.Marks(), ","), g.Note())
 		}
 	}
 	tw.Flush()
