@@ -1,6 +1,9 @@
 package agentapi
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Pull mode's documents (docs/pull.md). A publisher (deploy publish, in CI)
 // writes one signed [Release] per host and one signed [ChannelRelease] per
@@ -41,6 +44,10 @@ type Release struct {
 	// RollbackTo is the serial whose systems this release returns to when
 	// it was published by a rollback through the channel.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
+	// RootVersion is the version of the channel's root the publisher
+	// signed under (0 without a root): a host that reset its serial at root
+	// version R refuses releases below R.
+	RootVersion int64 `json:"root_version,omitempty"`
 }
 
 // ChannelRelease describes one publish to a channel: the systems of every
@@ -148,6 +155,15 @@ type PullStatus struct {
 	// by a key it does not trust, for another host or channel, or with a
 	// serial not above its own); nil when none since it was installed.
 	Refused *PullRefusal `json:"refused,omitempty"`
+	// Stale says why the host acts on nothing now: its timestamp or root
+	// expired, or it has no valid timestamp (a freeze, or no refresh). Empty
+	// when the channel is fresh.
+	Stale string `json:"stale,omitempty"`
+	// StaleSince is when the host first found the channel stale.
+	StaleSince time.Time `json:"stale_since,omitzero"`
+	// Root is the version of the channel's root the host trusts (0 without
+	// a root).
+	Root int64 `json:"root,omitempty"`
 }
 
 // PullRefusal is a release document a host refused, and why.
@@ -167,8 +183,12 @@ type PullConfig struct {
 	// URL is the channel's root for reading, over http(s):// or file://:
 	// hosts/HOST.json and status/HOST.json are under it.
 	URL string `json:"url"`
-	// PublisherKeys are the keys whose release signatures the host trusts.
-	PublisherKeys []string `json:"publisher_keys"`
+	// PublisherKeys are the keys whose release signatures the host trusts
+	// when the channel has no root (one signature enough, no freshness).
+	PublisherKeys []string `json:"publisher_keys,omitempty"`
+	// Root is the channel's signed root ([Root] in a [SignedDocument]),
+	// when it has one: the publisher and timestamp keys and thresholds.
+	Root json.RawMessage `json:"root,omitempty"`
 	// Cache is where the closures are, and the keys they must be signed by.
 	CacheURL  string   `json:"cache_url"`
 	CacheKeys []string `json:"cache_keys"`

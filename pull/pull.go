@@ -107,6 +107,20 @@ type state struct {
 	// Status is the last status, and Reported whether it was written.
 	Status   *agentapi.PullStatus `json:"status,omitempty"`
 	Reported bool                 `json:"reported"`
+
+	// With a root of trust (docs/trust.md): Root is the newest root
+	// accepted through the channel's chain (the generation's own may be
+	// newer); MinRoot the root version at which the serial was last reset.
+	Root    json.RawMessage `json:"root,omitempty"`
+	MinRoot int64           `json:"min_root,omitempty"`
+	// TSETag and TSDoc are the last timestamp document read; Timestamp is
+	// the last one accepted (its version never goes down).
+	TSETag    string          `json:"ts_etag,omitempty"`
+	TSDoc     []byte          `json:"ts_doc,omitempty"`
+	Timestamp json.RawMessage `json:"timestamp,omitempty"`
+	// Stale is why the channel is stale, since StaleSince ("" when fresh).
+	Stale      string    `json:"stale,omitempty"`
+	StaleSince time.Time `json:"stale_since,omitzero"`
 }
 
 type pending struct {
@@ -194,8 +208,8 @@ func ReadConfig(file string) (*agentapi.PullConfig, error) {
 	if err := channel.CheckName("host", cfg.Host); err != nil {
 		return nil, fmt.Errorf("pull config %q: %w", file, err)
 	}
-	if cfg.URL == "" || cfg.CacheURL == "" || len(cfg.PublisherKeys) == 0 || len(cfg.CacheKeys) == 0 {
-		return nil, fmt.Errorf("pull config %q: needs url, cache_url, publisher_keys and cache_keys", file)
+	if cfg.URL == "" || cfg.CacheURL == "" || (len(cfg.PublisherKeys) == 0 && cfg.Root == nil) || len(cfg.CacheKeys) == 0 {
+		return nil, fmt.Errorf("pull config %q: needs url, cache_url, publisher_keys or root, and cache_keys", file)
 	}
 	return cfg, nil
 }
@@ -270,6 +284,8 @@ type poll struct {
 	a  *Agent
 	l  activation.Layout
 	st *state
+	// trust is the channel's root, nil without one.
+	trust *channel.Trust
 }
 
 func (p *poll) save() error { return p.a.writeState(p.st) }
@@ -284,6 +300,10 @@ func (p *poll) report(ctx context.Context, update func(s *agentapi.PullStatus)) 
 	}
 	update(&next)
 	next.V, next.Agent = agentapi.Version, p.a.Version
+	next.Stale, next.StaleSince = p.st.Stale, p.st.StaleSince
+	if p.trust != nil {
+		next.Root = p.trust.Root.Version
+	}
 	if cur, _ := p.l.CurrentGeneration(); cur > 0 {
 		if rs, err := p.l.ReadState(); err == nil {
 			next.Current, next.CurrentSystem = cur, rs.CurrentSystem
@@ -334,6 +354,63 @@ func docHash(data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// untrusted reads and verifies the release of a channel without a root:
+// one conditional GET, a signature by one of publisher_keys. It returns
+// the document, its hash and the release to act on, or the poll's result.
+func (p *poll) untrusted(ctx context.Context) (string, *agentapi.Release, *Result, error) {
+	a, st, cfg := p.a, p.st, p.a.Config
+	etag := ""
+	if st.Doc != nil {
+		etag = st.ETag
+	}
+	data, newETag, err := a.Source.Get(ctx, channel.ReleaseKey(cfg.Host), etag)
+	switch {
+	case errors.Is(err, channel.ErrNotModified):
+		data = st.Doc
+	case errors.Is(err, fs.ErrNotExist):
+		return "", nil, &Result{Action: "no-release"}, p.flush(ctx)
+	case err != nil:
+		p.flush(ctx)
+		return "", nil, nil, fmt.Errorf("reading the release: %w", err)
+	default:
+		st.Doc, st.ETag = data, newETag
+		if err := p.save(); err != nil {
+			return "", nil, nil, err
+		}
+	}
+	h := docHash(data)
+	if h == st.Done || h == st.Accepted {
+		st.Done = h
+		return "", nil, &Result{Action: "none", Serial: st.Serial}, p.flush(ctx)
+	}
+	keys, err := parseKeys("publisher_keys", cfg.PublisherKeys)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	rel, err := channel.VerifyRelease(data, keys, cfg.Channel, cfg.Host, st.Serial)
+	rel, res, err := p.checkRelease(ctx, rel, h, err)
+	return h, rel, res, err
+}
+
+// checkRelease completes a release's verification (its system is in this
+// host's store) and turns a refusal into the poll's result.
+func (p *poll) checkRelease(ctx context.Context, rel *agentapi.Release, h string, err error) (*agentapi.Release, *Result, error) {
+	if err == nil {
+		if _, _, serr := closure.SplitPath(filepath.Join(p.l.StateDir, "store"), rel.System); serr != nil {
+			err = &channel.RefusedError{Serial: rel.Serial, Err: channel.ErrMalformed, Detail: fmt.Sprintf("system %q is not in this host's store", rel.System)}
+		}
+	}
+	var refused *channel.RefusedError
+	if errors.As(err, &refused) {
+		p.a.logf("%v", err)
+		p.st.Done = h
+		return nil, &Result{Action: "refused", Serial: refused.Serial}, p.report(ctx, func(s *agentapi.PullStatus) {
+			s.Refused = &agentapi.PullRefusal{Serial: refused.Serial, Reason: err.Error(), Time: p.a.now()}
+		})
+	}
+	return rel, nil, err
+}
+
 func (p *poll) run(ctx context.Context) (*Result, error) {
 	a, st := p.a, p.st
 	cfg := a.Config
@@ -346,53 +423,21 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	// 1. The release: one conditional GET.
-	etag := ""
-	if st.Doc != nil {
-		etag = st.ETag
+	// 1. The release, verified: its signature, channel, host and serial
+	// (and with a root: the timestamp, fresh, naming it).
+	var (
+		h    string
+		rel  *agentapi.Release
+		done *Result
+		err  error
+	)
+	if cfg.Root != nil {
+		h, rel, done, err = p.trusted(ctx)
+	} else {
+		h, rel, done, err = p.untrusted(ctx)
 	}
-	data, newETag, err := a.Source.Get(ctx, channel.ReleaseKey(cfg.Host), etag)
-	switch {
-	case errors.Is(err, channel.ErrNotModified):
-		data = st.Doc
-	case errors.Is(err, fs.ErrNotExist):
-		return &Result{Action: "no-release"}, p.flush(ctx)
-	case err != nil:
-		p.flush(ctx)
-		return nil, fmt.Errorf("reading the release: %w", err)
-	default:
-		st.Doc, st.ETag = data, newETag
-		if err := p.save(); err != nil {
-			return nil, err
-		}
-	}
-	h := docHash(data)
-	if h == st.Done || h == st.Accepted {
-		st.Done = h
-		return &Result{Action: "none", Serial: st.Serial}, p.flush(ctx)
-	}
-
-	// 2. Verify: signature, channel, host, serial.
-	keys, err := parseKeys("publisher_keys", cfg.PublisherKeys)
-	if err != nil {
-		return nil, err
-	}
-	rel, err := channel.VerifyRelease(data, keys, cfg.Channel, cfg.Host, st.Serial)
-	if err == nil {
-		if _, _, serr := closure.SplitPath(filepath.Join(p.l.StateDir, "store"), rel.System); serr != nil {
-			err = &channel.RefusedError{Serial: rel.Serial, Err: channel.ErrMalformed, Detail: fmt.Sprintf("system %q is not in this host's store", rel.System)}
-		}
-	}
-	var refused *channel.RefusedError
-	if errors.As(err, &refused) {
-		a.logf("%v", err)
-		st.Done = h
-		return &Result{Action: "refused", Serial: refused.Serial}, p.report(ctx, func(s *agentapi.PullStatus) {
-			s.Refused = &agentapi.PullRefusal{Serial: refused.Serial, Reason: err.Error(), Time: a.now()}
-		})
-	}
-	if err != nil {
-		return nil, err
+	if done != nil || err != nil {
+		return done, err
 	}
 	inRelease := func(s *agentapi.PullStatus, o agentapi.PullOutcome, msg string) {
 		s.Serial, s.System, s.Wave, s.Outcome, s.Message = rel.Serial, rel.System, rel.Wave, o, msg

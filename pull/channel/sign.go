@@ -2,10 +2,13 @@ package channel
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/declarative/deploy/agentapi"
@@ -21,6 +24,9 @@ var (
 	ErrOtherChannel = errors.New("for another channel")
 	ErrOtherHost    = errors.New("for another host")
 	ErrNotNewer     = errors.New("serial not above the current one")
+	ErrThreshold    = errors.New("not enough signatures")
+	ErrExpired      = errors.New("expired")
+	ErrMismatch     = errors.New("does not match its timestamp")
 )
 
 // RefusedError is a document that was refused: nothing of it is acted on.
@@ -74,46 +80,122 @@ func Sign(docType string, v any, keys ...*cache.SecretKey) ([]byte, error) {
 // one of keys is a *[RefusedError]. Even then v may hold what the payload
 // claims (for a report that names the claimed serial): never act on it.
 func Open(data []byte, docType string, keys []*cache.PublicKey, v any) (string, error) {
-	var doc agentapi.SignedDocument
-	if err := json.Unmarshal(data, &doc); err != nil || doc.Payload == "" {
-		return "", &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("%d bytes that are not a signed document", len(data))}
-	}
-	if doc.V > agentapi.Version {
-		return "", &RefusedError{Err: ErrNewerVersion, Detail: fmt.Sprintf("document version %d; this agent reads up to %d: upgrade it", doc.V, agentapi.Version)}
-	}
-	if doc.Type != docType {
-		return "", &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("a %q document where a %q was expected", doc.Type, docType)}
-	}
-	payload, err := base64.StdEncoding.DecodeString(doc.Payload)
+	signers, err := OpenThreshold(data, docType, keys, 1, v)
 	if err != nil {
-		return "", &RefusedError{Err: ErrMalformed, Detail: "the payload is not base64"}
+		return "", err
+	}
+	return signers[0], nil
+}
+
+// OpenThreshold is [Open] for a document that needs the signatures of
+// threshold distinct keys of keys: it returns their names. Fewer is a
+// *[RefusedError] wrapping [ErrThreshold] (or [ErrUnsigned],
+// [ErrUntrusted] when no trusted key signed).
+func OpenThreshold(data []byte, docType string, keys []*cache.PublicKey, threshold int, v any) ([]string, error) {
+	doc, payload, err := decodeSigned(data, docType)
+	if err != nil {
+		return nil, err
 	}
 	claims := json.Unmarshal(payload, v)
 	msg := signedMessage(docType, payload)
-	var names []string
+	var names, valid []string
 	for _, s := range doc.Signatures {
 		names = append(names, fmt.Sprintf("%q", s.Key))
 		sig, err := base64.StdEncoding.DecodeString(s.Sig)
-		if err != nil || len(sig) != ed25519.SignatureSize {
+		if err != nil || len(sig) != ed25519.SignatureSize || slices.Contains(valid, s.Key) {
 			continue
 		}
 		for _, k := range keys {
 			if k.Name == s.Key && ed25519.Verify(k.Key, msg, sig) {
-				if claims != nil {
-					return "", &RefusedError{Err: ErrMalformed, Detail: "the signed payload is not a " + docType + ": " + claims.Error()}
-				}
-				return k.Name, nil
+				valid = append(valid, k.Name)
+				break
 			}
 		}
 	}
-	if len(names) == 0 {
-		return "", &RefusedError{Err: ErrUnsigned}
+	if len(valid) > 0 && claims != nil {
+		return nil, &RefusedError{Err: ErrMalformed, Detail: "the signed payload is not a " + docType + ": " + claims.Error()}
+	}
+	if threshold < 1 {
+		threshold = 1
+	}
+	switch {
+	case len(valid) >= threshold:
+		return valid, nil
+	case len(names) == 0:
+		return nil, &RefusedError{Err: ErrUnsigned}
 	}
 	var trusted []string
 	for _, k := range keys {
 		trusted = append(trusted, fmt.Sprintf("%q", k.Name))
 	}
-	return "", &RefusedError{Err: ErrUntrusted, Detail: fmt.Sprintf("signed by %s; trusted: %s", strings.Join(names, ", "), strings.Join(trusted, ", "))}
+	if len(valid) == 0 {
+		return nil, &RefusedError{Err: ErrUntrusted, Detail: fmt.Sprintf("signed by %s; trusted: %s", strings.Join(names, ", "), strings.Join(trusted, ", "))}
+	}
+	return valid, &RefusedError{Err: ErrThreshold, Detail: fmt.Sprintf("%d of the %d signatures needed (by %s; trusted: %s)",
+		len(valid), threshold, strings.Join(valid, ", "), strings.Join(trusted, ", "))}
+}
+
+// decodeSigned reads a signed document of docType and its payload.
+func decodeSigned(data []byte, docType string) (*agentapi.SignedDocument, []byte, error) {
+	var doc agentapi.SignedDocument
+	if err := json.Unmarshal(data, &doc); err != nil || doc.Payload == "" {
+		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("%d bytes that are not a signed document", len(data))}
+	}
+	if doc.V > agentapi.Version {
+		return nil, nil, &RefusedError{Err: ErrNewerVersion, Detail: fmt.Sprintf("document version %d; this agent reads up to %d: upgrade it", doc.V, agentapi.Version)}
+	}
+	if doc.Type != docType {
+		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("a %q document where a %q was expected", doc.Type, docType)}
+	}
+	payload, err := base64.StdEncoding.DecodeString(doc.Payload)
+	if err != nil {
+		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: "the payload is not base64"}
+	}
+	return &doc, payload, nil
+}
+
+// PayloadHash is the hex SHA-256 of a signed document's payload: what a
+// [agentapi.Timestamp] names, unchanged by signatures added later.
+func PayloadHash(data []byte, docType string) (string, error) {
+	_, payload, err := decodeSigned(data, docType)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(payload)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// AddSignatures signs a signed document's payload, unchanged, with keys
+// (an approval of a release, a root key holder's signature of a root),
+// replacing an earlier signature by a key of the same name.
+func AddSignatures(data []byte, docType string, keys ...*cache.SecretKey) ([]byte, error) {
+	doc, payload, err := decodeSigned(data, docType)
+	if err != nil {
+		return nil, err
+	}
+	msg := signedMessage(docType, payload)
+	for _, k := range keys {
+		doc.Signatures = slices.DeleteFunc(doc.Signatures, func(s agentapi.Signature) bool { return s.Key == k.Name })
+		doc.Signatures = append(doc.Signatures, agentapi.Signature{Key: k.Name, Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(k.Key, msg))})
+	}
+	out, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// Signers lists the names of the keys that signed data (verified or not).
+func Signers(data []byte) []string {
+	var doc agentapi.SignedDocument
+	if json.Unmarshal(data, &doc) != nil {
+		return nil
+	}
+	var names []string
+	for _, s := range doc.Signatures {
+		names = append(names, s.Key)
+	}
+	return names
 }
 
 // VerifyRelease verifies host's release document: signed by one of keys,
@@ -122,31 +204,59 @@ func Open(data []byte, docType string, keys []*cache.PublicKey, v any) (string, 
 // *[RefusedError] that says why (with the serial the document claims when it
 // could be read).
 func VerifyRelease(data []byte, keys []*cache.PublicKey, channel, host string, current int64) (*agentapi.Release, error) {
+	rel, _, err := ReleaseCheck{Keys: keys, Threshold: 1, Channel: channel, Host: host, Current: current}.Verify(data)
+	return rel, err
+}
+
+// ReleaseCheck is what a host requires of its release document.
+type ReleaseCheck struct {
+	// Keys and Threshold: the publisher role (at least one signature).
+	Keys      []*cache.PublicKey
+	Threshold int
+	Channel   string
+	Host      string
+	// Current is the host's last accepted serial: a release must be above.
+	Current int64
+	// MinRoot is the root version at which the host last reset its serial:
+	// a release must name it or a later one.
+	MinRoot int64
+}
+
+// Verify checks data and returns the release and the keys that signed it.
+// Anything else is a *[RefusedError] that says why, with the serial the
+// document claims when it could be read. A release with fewer signatures
+// than the threshold is refused with [ErrThreshold] but returned too (with
+// the signers), so that a host can say it waits for approval.
+func (c ReleaseCheck) Verify(data []byte) (*agentapi.Release, []string, error) {
 	rel := &agentapi.Release{}
-	_, err := Open(data, agentapi.DocRelease, keys, rel)
+	signers, err := OpenThreshold(data, agentapi.DocRelease, c.Keys, c.Threshold, rel)
 	if err != nil {
 		var re *RefusedError
 		if errors.As(err, &re) && re.Serial == 0 {
 			re.Serial = rel.Serial
 		}
-		return nil, err
+		if !errors.Is(err, ErrThreshold) {
+			return nil, nil, err
+		}
 	}
-	refuse := func(e error, detail string, args ...any) (*agentapi.Release, error) {
-		return nil, &RefusedError{Serial: rel.Serial, Err: e, Detail: fmt.Sprintf(detail, args...)}
+	refuse := func(e error, detail string, args ...any) (*agentapi.Release, []string, error) {
+		return nil, nil, &RefusedError{Serial: rel.Serial, Err: e, Detail: fmt.Sprintf(detail, args...)}
 	}
 	switch {
 	case rel.V > agentapi.Version:
 		return refuse(ErrNewerVersion, "release version %d; this agent reads up to %d: upgrade it", rel.V, agentapi.Version)
-	case rel.Channel != channel:
-		return refuse(ErrOtherChannel, "channel %q, this host follows %q", rel.Channel, channel)
-	case rel.Host != host:
-		return refuse(ErrOtherHost, "host %q, this is %q", rel.Host, host)
-	case rel.Serial <= current:
-		return refuse(ErrNotNewer, "serial %d, this host is at %d (a replay, or a rollback not published through the channel)", rel.Serial, current)
+	case rel.Channel != c.Channel:
+		return refuse(ErrOtherChannel, "channel %q, this host follows %q", rel.Channel, c.Channel)
+	case rel.Host != c.Host:
+		return refuse(ErrOtherHost, "host %q, this is %q", rel.Host, c.Host)
+	case rel.RootVersion < c.MinRoot:
+		return refuse(ErrNotNewer, "signed under root version %d; this host reset its serial at root version %d", rel.RootVersion, c.MinRoot)
+	case rel.Serial <= c.Current:
+		return refuse(ErrNotNewer, "serial %d, this host is at %d (a replay, or a rollback not published through the channel)", rel.Serial, c.Current)
 	case rel.System == "":
 		return refuse(ErrMalformed, "no system")
 	}
-	return rel, nil
+	return rel, signers, err
 }
 
 // DecodeStatus reads a status document.
