@@ -72,6 +72,9 @@ type ChannelRelease struct {
 	WaveTimeoutMS int64 `json:"wave_timeout_ms"`
 	MaxFailures   int   `json:"max_failures,omitempty"`
 	RollbackTo    int64 `json:"rollback_to,omitempty"`
+	// RootVersion is the channel's root version the publish was signed
+	// under (0 without a root).
+	RootVersion int64 `json:"root_version,omitempty"`
 }
 
 // Types of signed documents.

@@ -39,6 +39,9 @@ type PublishOptions struct {
 	// ToSerial is the publish whose systems [Session.ChannelRollback]
 	// returns to (0: the one before the channel's last).
 	ToSerial int64
+	// TimestampExpiry is how long the hosts' timestamps are valid, in a
+	// channel with a root (0: DefaultTimestampExpiry).
+	TimestampExpiry time.Duration
 }
 
 // Publish builds every selected host, pushes their whole closures to the
@@ -64,6 +67,7 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	}
 	keys := []*cache.PublicKey{s.PublisherKey.Public()}
 	systems := map[string]string{}
+	cfgs := map[string]*agentapi.PullConfig{}
 	for _, h := range s.Selected {
 		res := results[h.Name]
 		cfg, diags := modules.PullConfig(res.Config, s.Builder.Store.StoreDir)
@@ -80,7 +84,8 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 			return rep, s.configError(pull.Range("channel"), "Host pulls from another channel",
 				"Host %q pulls from channel %q, so it would never read the release of channel %q: change its channel, or select other hosts.", h.Name, cfg.Channel, opts.Channel)
 		}
-		if !slices.Contains(cfg.PublisherKeys, s.PublisherKey.Public().String()) {
+		cfgs[h.Name] = cfg
+		if cfg.Root == nil && !slices.Contains(cfg.PublisherKeys, s.PublisherKey.Public().String()) {
 			return rep, s.configError(pull.Range("publisher_keys"), "Host does not trust the publisher key",
 				"Host %q would refuse a release signed with publisher key %q: its publisher_keys are %s. Add the key, or publish with one of them.", h.Name, s.PublisherKey.Name, strings.Join(cfg.PublisherKeys, ", "))
 		}
@@ -93,6 +98,16 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 		hr := rep.Hosts[h.Name]
 		hr.System = systems[h.Name]
 	}
+	t, err := s.channelTrust(cfgs)
+	if err != nil {
+		return rep, &UsageError{Err: fmt.Errorf("publish: %w", err)}
+	}
+	if t != nil {
+		if err := s.checkSigners(t); err != nil {
+			return rep, err
+		}
+		keys, _ = t.Keys(agentapi.RolePublisher)
+	}
 	// The whole closures, system paths included: hosts fetch everything.
 	var roots []string
 	for _, h := range s.Selected {
@@ -101,7 +116,7 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	if err := s.pushClosures(ctx, roots); err != nil {
 		return rep, fmt.Errorf("publish: pushing the closures: %w (nothing was published)", err)
 	}
-	return s.publishSystems(ctx, rep, opts, ro, systems, keys, 0)
+	return s.publishSystems(ctx, rep, opts, ro, systems, keys, t, 0)
 }
 
 // ChannelRollback publishes, as a new and higher serial, the systems that
@@ -117,6 +132,20 @@ func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Re
 	keys, err := s.trustedPublisherKeys(ctx, opts.Channel)
 	if err != nil {
 		return nil, err
+	}
+	cfgs, err := s.pullConfigs(ctx, opts.Channel)
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.channelTrust(cfgs)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("rollback: %w", err)}
+	}
+	if t != nil {
+		if err := s.checkSigners(t); err != nil {
+			return nil, err
+		}
+		keys, _ = t.Keys(agentapi.RolePublisher)
 	}
 	store, err := s.channelStore(opts.Channel)
 	if err != nil {
@@ -168,7 +197,7 @@ func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Re
 	for name, sys := range systems {
 		rep.Hosts[name].System = sys
 	}
-	return s.publishSystems(ctx, rep, opts, ro, systems, keys, to)
+	return s.publishSystems(ctx, rep, opts, ro, systems, keys, t, to)
 }
 
 func (s *Session) checkPublish(opts PublishOptions) error {
@@ -245,18 +274,36 @@ func readChannelDoc(ctx context.Context, store channel.Store, key string, keys [
 
 // publishSystems writes the channel's new head and record, then each
 // host's release, first wave first; with opts.Wait it follows the rollout.
-func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishOptions, ro Rollout, systems map[string]string, keys []*cache.PublicKey, rollbackTo int64) (*Report, error) {
+func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishOptions, ro Rollout, systems map[string]string, keys []*cache.PublicKey, t *channel.Trust, rollbackTo int64) (*Report, error) {
 	store, err := s.channelStore(opts.Channel)
 	if err != nil {
 		return rep, err
 	}
+	var rootVersion int64
+	if t != nil {
+		rootVersion = t.Root.Version
+		if err := s.putRoots(ctx, store, t); err != nil {
+			return rep, fmt.Errorf("publish: %w", err)
+		}
+	}
 	head, headTag, err := readChannelDoc(ctx, store, channel.HeadKey, keys)
+	if err != nil && t != nil && t.Root.ResetSerial {
+		// A root that resets the serials was made to step over a head
+		// signed by a key it revoked: start again below it.
+		var herr error
+		if _, headTag, herr = store.Read(ctx, channel.HeadKey); herr == nil {
+			head, err = nil, nil
+		}
+	}
 	if err != nil {
 		return rep, err
 	}
 	serial := int64(1)
 	if head != nil {
 		serial = head.Serial + 1
+		if t != nil && t.Root.ResetSerial && head.RootVersion < t.Root.Version {
+			serial = 1
+		}
 	}
 	if opts.Serial != 0 {
 		if opts.Serial < serial {
@@ -275,7 +322,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	cr := &agentapi.ChannelRelease{V: agentapi.Version, Channel: opts.Channel, Serial: serial, GitRev: meta["git_rev"],
 		Publisher: meta["operator"], Message: opts.Message, Published: now, Systems: systems, Waves: ro.Batches,
-		WaveTimeoutMS: timeout.Milliseconds(), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo}
+		WaveTimeoutMS: timeout.Milliseconds(), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo, RootVersion: rootVersion}
 	data, err := channel.Sign(agentapi.DocChannel, cr, s.PublisherKey)
 	if err != nil {
 		return rep, err
@@ -304,7 +351,8 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		for _, name := range wave {
 			rel := &agentapi.Release{V: agentapi.Version, Channel: opts.Channel, Host: name, Serial: serial, System: systems[name],
 				GitRev: meta["git_rev"], Publisher: meta["operator"], Message: opts.Message, Published: now,
-				Wave: i + 1, Waves: len(ro.Batches), After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo}
+				Wave: i + 1, Waves: len(ro.Batches), After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo,
+				RootVersion: rootVersion}
 			if i > 0 {
 				rel.Deadline = now.Add(time.Duration(i) * timeout)
 			}
@@ -316,6 +364,11 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 			doc, err := channel.Sign(agentapi.DocRelease, rel, s.PublisherKey)
 			if err == nil {
 				err = store.Put(ctx, channel.ReleaseKey(name), doc)
+			}
+			if err == nil && t != nil {
+				// After the release: a host that reads the timestamp
+				// finds the release it names.
+				_, err = s.putTimestamp(ctx, store, t, name, doc, opts.TimestampExpiry)
 			}
 			if err != nil {
 				// The later hosts get nothing: those of later waves would

@@ -72,6 +72,9 @@ type Session struct {
 	// PublisherKey signs the releases of [Session.Publish] and
 	// [Session.ChannelRollback].
 	PublisherKey *cache.SecretKey
+	// TimestampKeys sign the hosts' timestamps of a channel with a root
+	// (docs/trust.md).
+	TimestampKeys []*cache.SecretKey
 	// Getenv reads the environment for cache credentials (nil: the
 	// process's).
 	Getenv func(string) string

@@ -41,7 +41,8 @@ func pullKind() *Kind {
 	return &Kind{Name: KindPull, Doc: "pull mode: the host deploys itself from a signed channel in the fleet's cache (docs/pull.md)",
 		Attrs: []Attr{
 			{Name: "channel", Type: str, Required: true, Doc: "the channel's name (deploy publish --channel NAME)"},
-			{Name: "publisher_keys", Type: strList, Required: true, Merge: MergeSet, Doc: `keys whose release signatures the host trusts ("name:base64")`},
+			{Name: "root", Type: str, Doc: `the channel's signed root of trust, file("trust/NAME/root.json") as deploy trust init writes it: publisher and timestamp keys with thresholds, expiring timestamps, rotation (docs/trust.md)`},
+			{Name: "publisher_keys", Type: strList, Merge: MergeSet, Doc: `without a root: keys whose release signatures the host trusts ("name:base64"; one signature is enough, no freshness)`},
 			{Name: "interval", Type: str, Doc: `how often the host polls (default "1m")`},
 			{Name: "jitter", Type: str, Doc: "a random delay added to each poll, to spread a fleet's polls (default a tenth of the interval, at most 5m)"},
 			{Name: "status_credentials", Type: str, Doc: "a file on the host (secret.NAME.path) with S3 credentials that may write the channel's status prefix; without it an s3 channel's host does not report"},
@@ -58,9 +59,26 @@ func checkPull(r *Resource) hcl.Diagnostics {
 			"channel = %q: use letters, digits, '.', '_' and '-', starting with a letter or digit.", ch))
 	}
 	keys := r.Strings("publisher_keys")
-	if len(keys) == 0 {
+	switch {
+	case r.Has("root") && len(keys) > 0:
+		diags = append(diags, errAt(r.Range("publisher_keys"), "Both root and publisher_keys",
+			"A pull block with a root takes its publisher keys from the root: remove publisher_keys (deploy trust rotate --add-publisher adds a key to the root)."))
+	case r.Has("root"):
+		t, err := channel.ParseRoot([]byte(r.String("root", "")))
+		switch {
+		case err != nil:
+			diags = append(diags, errAt(r.Range("root"), "Invalid root",
+				"root is not a channel's signed root: %s. Use root = file(\"trust/NAME/root.json\") as deploy trust init writes it.", err))
+		case t.Root.Channel != r.String("channel", ""):
+			diags = append(diags, errAt(r.Range("root"), "Root of another channel",
+				"The root is channel %q's; this pull block follows %q.", t.Root.Channel, r.String("channel", "")))
+		case t.Expired(time.Now()) != "":
+			diags = append(diags, errAt(r.Range("root"), "Root expired",
+				"%s: hosts would act on nothing. Sign a new version with deploy trust rotate --expires.", t.Expired(time.Now())))
+		}
+	case len(keys) == 0:
 		diags = append(diags, errAt(r.Range("publisher_keys"), "No publisher keys",
-			"publisher_keys must list at least one key (\"name:base64\", as deploy cache key generate prints it): the host runs only releases signed by one of them."))
+			"A pull block needs a root (root = file(\"trust/NAME/root.json\"), deploy trust init) or publisher_keys listing at least one key (\"name:base64\", as deploy cache key generate prints it): the host runs only releases signed by them."))
 	}
 	for _, k := range keys {
 		if _, err := cache.ParsePublicKey(k); err != nil {
@@ -127,6 +145,7 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 	pc := &agentapi.PullConfig{V: agentapi.Version, Host: cfg.Host, Channel: name,
 		URL:           channel.URL(ref.FetchURL, name),
 		PublisherKeys: r.Strings("publisher_keys"),
+		Root:          rootDoc(r),
 		CacheURL:      ref.FetchURL, CacheKeys: ref.PublicKeys,
 		StateDir:   path.Dir(storeDir),
 		IntervalMS: interval.Milliseconds(),
@@ -136,6 +155,18 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 		pc.StatusCredentials = r.String("status_credentials", "")
 	}
 	return pc, nil
+}
+
+// rootDoc is the pull block's root, as the host gets it (nil for none).
+func rootDoc(r *Resource) json.RawMessage {
+	if !r.Has("root") {
+		return nil
+	}
+	var doc json.RawMessage
+	if json.Unmarshal([]byte(r.String("root", "")), &doc) != nil {
+		return nil
+	}
+	return doc
 }
 
 func realizePull(c *Realization, rs []*Resource) {
