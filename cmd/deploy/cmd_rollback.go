@@ -59,17 +59,16 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 // runChannelRollback is deploy rollback --channel NAME: the systems of an
 // earlier release, published again as a new serial.
 func runChannelRollback(ctx context.Context, e *env, hf *hostFlags, targets []string, opts fleet.PublishOptions, pf *publisherKeyFlag, bf *buildFlags) error {
-	pk, err := pf.load(e)
-	if err != nil {
-		return err
-	}
 	b, err := bf.builder(e)
 	if err != nil {
 		return err
 	}
 	v := newView(e, hf.asJSON, true)
 	s := hf.session(e, "rollback", targets, v)
-	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
+	if err := pf.signers(e, s, &opts); err != nil {
+		return err
+	}
+	s.Builder, s.Getenv = b, e.getenv
 	rep, err := runSession(s, v, func() (*fleet.Report, error) { return s.ChannelRollback(ctx, opts) })
 	if !hf.asJSON {
 		view.Results(e.stdout, s.Selected, rep)

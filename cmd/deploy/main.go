@@ -58,6 +58,8 @@ func commands() []command {
 		{name: "copy", summary: "copy store paths and their closure to a host over SSH", run: runCopy},
 		{name: "cache", summary: "the fleet's binary cache: key generate NAME, push DIR#NAME...", subs: cacheCommands},
 		{name: "publish", summary: "build hosts, push their closures and publish signed releases to a channel for pull mode (DIR#TARGET... --channel NAME [--wait])", run: runPublish, targets: true},
+		{name: "approve", summary: "add a publisher key's signature to a channel's releases, for a root that needs more than one (DIR#TARGET... --channel NAME [--serial N])", run: runApprove, targets: true},
+		{name: "trust", summary: "a pull channel's root of trust: init, rotate, revoke, sign, show (docs/trust.md)", subs: trustCommands},
 		{name: "secrets", summary: "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", subs: secretsCommands},
 		{name: "keyscan", summary: "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", run: runKeyscan},
 		{name: "exec", summary: "run a command on hosts in parallel (TARGET... -- CMD)", run: runExec, targets: true},

@@ -197,3 +197,13 @@ func TimestampExpired(ts *agentapi.Timestamp, now time.Time) string {
 	}
 	return ""
 }
+
+// RootClaims reads what a root document says, without checking its
+// signatures (deploy trust show, and signing ceremonies).
+func RootClaims(data []byte) (*agentapi.Root, error) {
+	t, err := decodeRoot(data)
+	if err != nil {
+		return nil, err
+	}
+	return t.Root, nil
+}
