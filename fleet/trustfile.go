@@ -202,4 +202,3 @@ func ReadRoot(fleetDir, name string) (*RootFile, error) {
 	}
 	return rf, nil
 }
-
