@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net/url"
 	"slices"
 	"strings"
@@ -238,6 +239,12 @@ func (s *Session) trustedPublisherKeys(ctx context.Context, name string) ([]*cac
 		}
 		if pc, _ := modules.PullConfig(cfg, s.Builder.Store.StoreDir); pc != nil && pc.Channel == name {
 			keys = appendKeys(keys, pc.PublisherKeys)
+			if t, err := channel.ParseRoot(pc.Root); err == nil {
+				rk, _ := t.Keys(agentapi.RolePublisher)
+				for _, k := range rk {
+					keys = appendKeys(keys, []string{k.String()})
+				}
+			}
 		}
 	}
 	return keys, nil
@@ -299,11 +306,14 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		return rep, err
 	}
 	serial := int64(1)
-	if head != nil {
+	switch {
+	case head == nil:
+	case t != nil && t.Root.ResetSerial && head.RootVersion < t.Root.Version:
+		// The first publish under a root that resets serials.
+	case head.Serial == math.MaxInt64:
+		return rep, &UsageError{Err: fmt.Errorf("publish: channel %q is at the highest serial there is (%d): a publisher key that leaked fast-forwarded it; recover with deploy trust revoke DIR KEYNAME --reset-serial (docs/trust.md)", opts.Channel, head.Serial)}
+	default:
 		serial = head.Serial + 1
-		if t != nil && t.Root.ResetSerial && head.RootVersion < t.Root.Version {
-			serial = 1
-		}
 	}
 	if opts.Serial != 0 {
 		if opts.Serial < serial {

@@ -169,11 +169,16 @@ func ChannelStatus(w io.Writer, name string, head *agentapi.ChannelRelease, host
 			if st.Refused != nil && !st.Refused.Time.Before(st.Time.Add(-time.Second)) {
 				msg = "refused a release: " + st.Refused.Reason
 			}
+			outcome := string(st.Outcome)
+			if st.Stale != "" {
+				outcome = "stale"
+				msg = fmt.Sprintf("stale since %s: %s (at serial %d, %s)", st.StaleSince.Format(time.RFC3339), st.Stale, st.Serial, st.Outcome)
+			}
 			check := st.Check
 			if check == "" {
 				check = "-"
 			}
-			row = append(row, dash64(st.Serial), st.Outcome, dash(st.Generation), check, st.Time.Format(time.RFC3339), msg)
+			row = append(row, dash64(st.Serial), outcome, dash(st.Generation), check, st.Time.Format(time.RFC3339), msg)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row...)
 	}
