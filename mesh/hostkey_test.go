@@ -163,8 +163,8 @@ func TestKnownHosts(t *testing.T) {
 				if ue.Fingerprint != ssh.FingerprintSHA256(s.HostKey) {
 					t.Errorf("UnknownHostError.Fingerprint = %q, want %q", ue.Fingerprint, ssh.FingerprintSHA256(s.HostKey))
 				}
-				if h := ue.Hint(); !strings.Contains(h, "deploy keyscan "+addr) {
-					t.Errorf("Hint() = %q, want it to suggest `deploy keyscan %s`", h, addr)
+				if h := ue.Hint(); !strings.Contains(h, "deploy keyscan "+s.Addr) {
+					t.Errorf("Hint() = %q, want it to suggest `deploy keyscan %s`", h, s.Addr)
 				}
 			case "revoked":
 				if !errors.As(err, &re) {

@@ -171,6 +171,13 @@ func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
 			"AllowTcpForwarding yes",
 			"LogLevel VERBOSE",
 			"Subsystem sftp internal-sftp",
+			// The sessions run as this machine's user, whose bash would
+			// source ~/.bashrc for a command run by sshd (bash does that
+			// when SSH_CLIENT is set and SHLVL is not): the tests would
+			// then depend on the machine's dotfiles. One that waits on a
+			// stale lock (pyenv's rehash: 60 s) made every command here
+			// take a minute. With SHLVL=1 bash starts no rc file.
+			"SetEnv SHLVL=1",
 		}
 		for _, f := range hostKeyFiles {
 			cfg = append(cfg, "HostKey "+f)
