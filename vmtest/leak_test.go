@@ -103,7 +103,8 @@ func (c *child) wait(t *testing.T) {
 	case <-c.done:
 	case <-time.After(5 * time.Minute):
 		c.cmd.Process.Kill()
-		t.Fatalf("child %v did not finish", c.cmd.Args)
+		<-c.done
+		t.Fatalf("child %v did not finish in 5 minutes; its output:\n%s", c.cmd.Args, c.output())
 	}
 	if !c.cmd.ProcessState.Success() || strings.Contains(c.output(), "--- FAIL") || !strings.Contains(c.output(), "--- PASS: Test") {
 		t.Fatalf("child failed: %v\n%s", c.cmd.ProcessState, c.output())

@@ -251,16 +251,27 @@ func TestHosts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s, err := c.NewSession(); err == nil {
-			s.Run("systemctl reboot")
+		// Nor is the session waited for without a bound: when the
+		// container goes down before sshd closes the connection, nothing
+		// ever answers it.
+		if s, err := c.NewSession(); err == nil && s.Start("systemctl reboot") == nil {
+			ended := make(chan error, 1)
+			go func() { ended <- s.Wait() }()
+			select {
+			case <-ended:
+			case <-time.After(30 * time.Second):
+			}
 		}
 		c.Close()
+		// The limit only keeps a broken reboot from hanging the suite.
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		defer cancel()
 		for {
-			out, err := h3.Run(t.Context(), "cat /proc/sys/kernel/random/boot_id")
+			out, err := h3.Run(ctx, "cat /proc/sys/kernel/random/boot_id")
 			if err == nil && out != old && out != "" {
 				break
 			}
-			if t.Context().Err() != nil {
+			if ctx.Err() != nil {
 				t.Fatalf("h3 did not come back from a reboot from inside: %v", err)
 			}
 			time.Sleep(50 * time.Millisecond)
