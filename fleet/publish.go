@@ -311,7 +311,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	case t != nil && t.Root.ResetSerial && head.RootVersion < t.Root.Version:
 		// The first publish under a root that resets serials.
 	case head.Serial == math.MaxInt64:
-		return rep, &UsageError{Err: fmt.Errorf("publish: channel %q is at the highest serial there is (%d): a publisher key that leaked fast-forwarded it; recover with deploy trust revoke DIR KEYNAME --reset-serial (docs/trust.md)", opts.Channel, head.Serial)}
+		return rep, fmt.Errorf("publish: channel %q is at the highest serial there is (%d): a publisher key that leaked fast-forwarded it; recover with deploy trust revoke DIR KEYNAME --reset-serial (docs/trust.md); nothing was published", opts.Channel, head.Serial)
 	default:
 		serial = head.Serial + 1
 	}

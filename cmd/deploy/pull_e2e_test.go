@@ -37,6 +37,9 @@ type pullEnv struct {
 	r         *cli.Runner // with the keys and the bucket's credentials
 	publisher *cache.SecretKey
 	waves     string // the deployment's canary and batch_size
+	// trust replaces the pull block's publisher_keys line when set (a
+	// root = file(...) line).
+	trust string
 }
 
 const pullPrefix = "fleet/channels/prod/"
@@ -101,7 +104,7 @@ role "app" {
     channel            = "prod"
     interval           = "2s"
     jitter             = "0s"
-    publisher_keys     = [%q]
+    %s
     status_credentials = secret.pull-status.path
   }
   file "/etc/app/version" {
@@ -120,7 +123,14 @@ role "app" {
 defaults {
   roles = [role.app]
 }
-`, p.fl.Names(), p.waves, p.publisher.Public().String(), version, health))
+`, p.fl.Names(), p.waves, p.trustLine(), version, health))
+}
+
+func (p *pullEnv) trustLine() string {
+	if p.trust != "" {
+		return p.trust
+	}
+	return fmt.Sprintf("publisher_keys     = [%q]", p.publisher.Public().String())
 }
 
 // object reads a key of the bucket; nil when missing.
