@@ -73,8 +73,10 @@ type ChannelRelease struct {
 	MaxFailures   int   `json:"max_failures,omitempty"`
 	RollbackTo    int64 `json:"rollback_to,omitempty"`
 	// RootVersion is the channel's root version the publish was signed
-	// under (0 without a root).
+	// under (0 without a root); Epoch the root version at which the
+	// channel's serials were last reset (0 when never).
 	RootVersion int64 `json:"root_version,omitempty"`
+	Epoch       int64 `json:"epoch,omitempty"`
 }
 
 // Types of signed documents.

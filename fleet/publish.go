@@ -166,7 +166,7 @@ func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Re
 	if to <= 0 || to >= head.Serial {
 		return nil, &UsageError{Err: fmt.Errorf("rollback: --to-serial %d: want an earlier serial of channel %q (its last is %d)", to, opts.Channel, head.Serial)}
 	}
-	old, _, err := readChannelDoc(ctx, store, channel.HistoryKey(to), keys)
+	old, _, err := readChannelDoc(ctx, store, channel.HistoryKey(head.Epoch, to), keys)
 	if err != nil {
 		return nil, err
 	}
@@ -305,11 +305,15 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	if err != nil {
 		return rep, err
 	}
-	serial := int64(1)
+	serial, epoch := int64(1), int64(0)
+	if head != nil {
+		epoch = head.Epoch
+	}
 	switch {
-	case head == nil:
-	case t != nil && t.Root.ResetSerial && head.RootVersion < t.Root.Version:
+	case t != nil && t.Root.ResetSerial && (head == nil || head.RootVersion < t.Root.Version):
 		// The first publish under a root that resets serials.
+		epoch = t.Root.Version
+	case head == nil:
 	case head.Serial == math.MaxInt64:
 		return rep, fmt.Errorf("publish: channel %q is at the highest serial there is (%d): a publisher key that leaked fast-forwarded it; recover with deploy trust revoke DIR KEYNAME --reset-serial (docs/trust.md); nothing was published", opts.Channel, head.Serial)
 	default:
@@ -332,7 +336,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	cr := &agentapi.ChannelRelease{V: agentapi.Version, Channel: opts.Channel, Serial: serial, GitRev: meta["git_rev"],
 		Publisher: meta["operator"], Message: opts.Message, Published: now, Systems: systems, Waves: ro.Batches,
-		WaveTimeoutMS: timeout.Milliseconds(), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo, RootVersion: rootVersion}
+		WaveTimeoutMS: timeout.Milliseconds(), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo, RootVersion: rootVersion, Epoch: epoch}
 	data, err := channel.Sign(agentapi.DocChannel, cr, s.PublisherKey)
 	if err != nil {
 		return rep, err
@@ -340,7 +344,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	// The head first: its conditional write claims the serial, so two
 	// publishes never give out the same one.
 	cond := channel.Cond{IfAbsent: true}
-	if head != nil {
+	if headTag != "" {
 		cond = channel.Cond{IfMatch: headTag}
 	}
 	if err := store.Write(ctx, channel.HeadKey, data, cond); err != nil {
@@ -349,7 +353,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		}
 		return rep, fmt.Errorf("publish: %w", err)
 	}
-	if err := store.Write(ctx, channel.HistoryKey(serial), data, channel.Cond{IfAbsent: true}); err != nil {
+	if err := store.Write(ctx, channel.HistoryKey(epoch, serial), data, channel.Cond{IfAbsent: true}); err != nil {
 		return rep, fmt.Errorf("publish: recording serial %d: %w", serial, err)
 	}
 	s.emit(Event{Type: EventPublish, State: "started", Channel: opts.Channel, Serial: serial, Batches: ro.Batches,

@@ -104,7 +104,7 @@ func TestPublish(t *testing.T) {
 		t.Error("no channel.publish done event")
 	}
 	// The head and the record, signed.
-	for _, key := range []string{channel.HeadKey, channel.HistoryKey(1)} {
+	for _, key := range []string{channel.HeadKey, channel.HistoryKey(0, 1)} {
 		data, _ := os.ReadFile(filepath.Join(f.channelDir(), key))
 		cr := &agentapi.ChannelRelease{}
 		if _, err := channel.Open(data, agentapi.DocChannel, []*cache.PublicKey{f.publisher.Public()}, cr); err != nil || cr.Serial != 1 || len(cr.Waves) != 2 || len(cr.Systems) != 3 {

@@ -13,7 +13,10 @@
 // (beside the cache's narinfos and NARs, which hold the closures):
 //
 //	channels/NAME/channel.json          the head: the last publish (signed ChannelRelease)
-//	channels/NAME/releases/SERIAL.json  every publish, never overwritten
+//	channels/NAME/releases/SERIAL.json  every publish, never overwritten (after a
+//	                                    serial reset: releases/epoch-ROOT/SERIAL.json)
+//	channels/NAME/root/VERSION.json     the channel's root of trust, every version
+//	channels/NAME/timestamps/HOST.json  each host's timestamp (signed Timestamp)
 //	channels/NAME/hosts/HOST.json       each host's release (signed Release)
 //	channels/NAME/status/HOST.json      each host's report (PullStatus)
 //
@@ -65,8 +68,15 @@ func ReleaseKey(host string) string { return "hosts/" + host + ".json" }
 // StatusKey is host's status document.
 func StatusKey(host string) string { return "status/" + host + ".json" }
 
-// HistoryKey is the record of publish serial.
-func HistoryKey(serial int64) string { return "releases/" + strconv.FormatInt(serial, 10) + ".json" }
+// HistoryKey is the record of publish serial. Epoch is the root version
+// at which the channel's serials were last reset (0 when never): serials
+// start again at 1 after a reset, so each epoch has its own records.
+func HistoryKey(epoch, serial int64) string {
+	if epoch == 0 {
+		return "releases/" + strconv.FormatInt(serial, 10) + ".json"
+	}
+	return "releases/epoch-" + strconv.FormatInt(epoch, 10) + "/" + strconv.FormatInt(serial, 10) + ".json"
+}
 
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
