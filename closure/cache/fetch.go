@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/closure"
@@ -42,18 +43,24 @@ type Fetcher struct {
 	// and the cache counts as unavailable.
 	Timeout time.Duration
 	MinRate int64
-	// Settings names where the limits are set, in errors (default "in the
-	// pull block"): the settings are max_document_size, max_nar_size,
-	// fetch_timeout and fetch_min_rate.
-	Settings string
+	// Settings says how to raise each limit, in errors, by the name of its
+	// pull block setting (max_document_size, max_nar_size, fetch_timeout,
+	// fetch_min_rate); nil means those settings of the pull block, and a
+	// name missing from a non-nil map gives no hint.
+	Settings map[string]string
 }
 
-func (f *Fetcher) setting(name string) string {
-	where := f.Settings
-	if where == "" {
-		where = "in the pull block"
+func (f *Fetcher) setting(names ...string) string {
+	var out []string
+	for _, n := range names {
+		switch {
+		case f.Settings == nil:
+			out = append(out, n+" in the pull block")
+		case f.Settings[n] != "":
+			out = append(out, f.Settings[n])
+		}
 	}
-	return name + " " + where
+	return strings.Join(out, " or ")
 }
 
 func orInt(v, def int64) int64 {
@@ -348,7 +355,7 @@ func (f *Fetcher) stage(ctx context.Context, b *closure.Batch, ni *NarInfo) erro
 	lr := &limits.Reader{Limit: fileLimit, Object: fileWhat}
 	deadline := func() error {
 		return &UnavailableError{Cache: f.Cache.String(), Err: &limits.DeadlineError{Object: "the NAR of " + ni.Path, Deadline: d, Read: lr.N,
-			Setting: f.setting("fetch_timeout or fetch_min_rate")}}
+			Setting: f.setting("fetch_timeout", "fetch_min_rate")}}
 	}
 	rc, err := f.Cache.Get(ctx, ni.URL)
 	if errors.Is(err, fs.ErrNotExist) {

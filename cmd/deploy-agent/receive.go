@@ -83,7 +83,7 @@ func fetchFromCache(ctx context.Context, s *closure.Store, spec *closure.CacheSp
 	if err != nil {
 		return err
 	}
-	f := &cache.Fetcher{Cache: backend, Keys: keys, Progress: report}
+	f := &cache.Fetcher{Cache: backend, Keys: keys, Progress: report, Settings: map[string]string{}}
 	fetched, err := f.Fetch(ctx, s, want)
 	var ue *cache.UnavailableError
 	var tl *limits.TooLargeError
