@@ -19,8 +19,8 @@ import (
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
-	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/closure/nar"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/unpack"
 	"github.com/hashicorp/hcl/v2"
