@@ -51,12 +51,12 @@ type Fetcher struct {
 }
 
 func (f *Fetcher) setting(names ...string) string {
+	if f.Settings == nil {
+		return strings.Join(names, " or ") + " in the pull block"
+	}
 	var out []string
 	for _, n := range names {
-		switch {
-		case f.Settings == nil:
-			out = append(out, n+" in the pull block")
-		case f.Settings[n] != "":
+		if f.Settings[n] != "" {
 			out = append(out, f.Settings[n])
 		}
 	}

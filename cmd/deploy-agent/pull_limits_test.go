@@ -331,8 +331,8 @@ func TestPullDeadlineCutsOffTricklingCache(t *testing.T) {
 	if code != 1 {
 		t.Errorf("deploy-agent pull exited %d, want 1 (the cache is not usable now)", code)
 	}
-	if !strings.Contains(stderr, "deadline of 1s") || !strings.Contains(stderr, "fetch_timeout") {
-		t.Errorf("the agent's log does not name the 1s deadline and fetch_timeout:\n%s", stderr)
+	if !strings.Contains(stderr, "not fetched within its deadline of 1.") || !strings.Contains(stderr, "fetch_timeout or fetch_min_rate in the pull block") {
+		t.Errorf("the agent's log does not name the NAR's deadline (1s and a little for its size) and the settings:\n%s", stderr)
 	}
 	if st := e.status(); st.Outcome != agentapi.PullWaiting || !strings.Contains(st.Message, "deadline") {
 		t.Errorf("status = %s %q, want waiting with the deadline", st.Outcome, st.Message)
