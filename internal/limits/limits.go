@@ -69,6 +69,9 @@ func (e *TooLargeError) Error() string {
 		lim, got = fmt.Sprintf("%d %s", e.Limit, e.What), fmt.Sprintf("%d %s", e.Got, e.What)
 	}
 	msg := fmt.Sprintf("%s is larger than the limit of %s (cut off there)", e.Object, lim)
+	if e.What != "" && e.What != "bytes" {
+		msg = fmt.Sprintf("%s has more than the limit of %s", e.Object, lim)
+	}
 	if e.Got > 0 {
 		msg = fmt.Sprintf("%s is %s, above the limit of %s", e.Object, got, lim)
 	}
