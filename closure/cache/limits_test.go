@@ -29,6 +29,8 @@ type hostileCache struct {
 	srv   *httptest.Server
 	// nar serves a NAR file; nil serves it as it is.
 	nar func(w http.ResponseWriter, r *http.Request, file []byte)
+	// narinfo serves a narinfo; nil serves it as it is.
+	narinfo func(w http.ResponseWriter, r *http.Request, file []byte)
 	// narRequests counts the requests for NAR files.
 	narRequests atomic.Int32
 }
@@ -45,6 +47,10 @@ func newHostileCache(t *testing.T) *hostileCache {
 		data, err := os.ReadFile(filepath.Join(hc.dir, filepath.FromSlash(strings.TrimPrefix(r.URL.Path, "/"))))
 		if err != nil {
 			http.NotFound(w, r)
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, ".narinfo") && hc.narinfo != nil {
+			hc.narinfo(w, r, data)
 			return
 		}
 		if strings.HasPrefix(r.URL.Path, "/nar/") {
@@ -250,6 +256,28 @@ func TestFetchDeadline(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
+	}
+	assertNothingValid(t, dst, hc.paths)
+}
+
+// A narinfo that stalls is cut off at fetch_timeout.
+func TestFetchNarInfoDeadline(t *testing.T) {
+	hc := newHostileCache(t)
+	hc.narinfo = func(w http.ResponseWriter, r *http.Request, file []byte) {
+		w.Write(file[:10])
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+		w.Write(file[10:])
+	}
+	dst, err := hc.fetch(t, &Fetcher{Timeout: 500 * time.Millisecond})
+	var ue *UnavailableError
+	var de *limits.DeadlineError
+	if !errors.As(err, &ue) || !errors.As(err, &de) || !strings.Contains(err.Error(), "narinfo") {
+		t.Fatalf("FetchClosure = %v, want an UnavailableError wrapping a narinfo's DeadlineError", err)
 	}
 	assertNothingValid(t, dst, hc.paths)
 }
