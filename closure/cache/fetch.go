@@ -288,7 +288,7 @@ func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, er
 	ctx, cancel, hit := limits.WithDeadline(ctx, d)
 	defer cancel()
 	lr := &limits.Reader{Limit: orInt(f.MaxNarInfoSize, limits.DefaultDocument), Object: "narinfo " + Key(p), Setting: f.setting("max_document_size")}
-	deadline := func(err error) error {
+	deadline := func() error {
 		return &UnavailableError{Cache: f.Cache.String(), Err: &limits.DeadlineError{Object: "narinfo " + Key(p), Deadline: d, Read: lr.N, Setting: f.setting("fetch_timeout")}}
 	}
 	rc, err := f.Cache.Get(ctx, Key(p))
@@ -296,7 +296,7 @@ func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, er
 		return nil, nil
 	}
 	if hit(err) {
-		return nil, deadline(err)
+		return nil, deadline()
 	}
 	if err != nil {
 		return nil, err
@@ -309,7 +309,7 @@ func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, er
 	case errors.As(err, &tl):
 		return nil, &VerifyError{Path: p, Err: err}
 	case hit(err):
-		return nil, deadline(err)
+		return nil, deadline()
 	case err != nil:
 		return nil, &UnavailableError{Cache: f.Cache.String(), Err: fmt.Errorf("reading %s: %w", Key(p), err)}
 	}
@@ -375,7 +375,7 @@ func (f *Fetcher) stage(ctx context.Context, b *closure.Batch, ni *NarInfo) erro
 		return &VerifyError{Path: ni.Path, Err: err}
 	}
 	defer dr.Close()
-	// refused says why the stream was cut off, if it was.
+	// cut says why the stream was cut off, if it was.
 	cut := func(err error) error {
 		var tl *limits.TooLargeError
 		if errors.As(lr.Err(), &tl) {
