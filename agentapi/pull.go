@@ -206,4 +206,14 @@ type PullConfig struct {
 	StateDir string `json:"state_dir"`
 	// IntervalMS is the poll interval the timer uses, for the record.
 	IntervalMS int64 `json:"interval_ms"`
+	// The limits of what the host fetches (0: the defaults, docs/pull.md):
+	// MaxDocumentSize bounds a release, a status and a narinfo (bytes,
+	// default 1 MiB); MaxNarSize a store path's NAR (default 8 GiB);
+	// FetchTimeoutMS is a document's whole deadline and the floor of a
+	// NAR's (default 1 minute), which adds the NAR's size at FetchMinRate
+	// bytes per second (default 64 KiB/s).
+	MaxDocumentSize int64 `json:"max_document_size,omitempty"`
+	MaxNarSize      int64 `json:"max_nar_size,omitempty"`
+	FetchTimeoutMS  int64 `json:"fetch_timeout_ms,omitempty"`
+	FetchMinRate    int64 `json:"fetch_min_rate,omitempty"`
 }

@@ -126,3 +126,60 @@ host "h1" {
 		}
 	}
 }
+
+// A package's max_size bounds what its archive unpacks to (a bomb: 8 MiB
+// of zeros, a few KiB compressed) and what its url downloads; both are
+// refused with the setting named, and nothing reaches the store.
+func TestURLUnpackLimits(t *testing.T) {
+	bomb := tarGz(t, [][2]string{{"pkg/", ""}, {"pkg/zeros", string(make([]byte, 8<<20))}})
+	big := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/bomb.tar.gz":
+			w.Write(bomb)
+		case "/big.bin":
+			w.Write(big)
+		}
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	b := newTestBuilder(t, t.TempDir())
+	pb := &modules.PackageBuilder{Store: b.Store, CacheDir: b.CacheDir}
+	for _, tt := range []struct{ name, body, want string }{
+		{"bomb", `url = "` + srv.URL + `/bomb.tar.gz"
+    unpack   = true
+    max_size = "1MiB"`, `max_size in package "tool"`},
+		{"download", `url = "` + srv.URL + `/big.bin"
+    max_size = "1MiB"`, `max_size in package "tool"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFleet(t, map[string]string{"fleet.hcl": `
+host "h1" {
+  address = "10.0.0.1"
+  package "tool" {
+    ` + tt.body + `
+  }
+}`})
+			// deploy lock downloads within max_size too.
+			_, diags := UpdateLock(ctx, load(t, dir), pb, false)
+			if tt.name == "download" {
+				if !diags.HasErrors() || !strings.Contains(diags.Error(), tt.want) {
+					t.Fatalf("UpdateLock = %v, want a refusal naming %s", diags, tt.want)
+				}
+				return
+			}
+			lock, diags := UpdateLock(ctx, load(t, dir), pb, false)
+			if diags.HasErrors() {
+				t.Fatalf("UpdateLock = %v", diags)
+			}
+			lock.Write(dir)
+			_, diags = b.Build(ctx, load(t, dir), "h1")
+			if !diags.HasErrors() || !strings.Contains(diags.Error(), tt.want) || !strings.Contains(diags.Error(), "1 MiB") {
+				t.Fatalf("Build = %v, want a refusal naming %s and 1 MiB", diags, tt.want)
+			}
+			if m, _ := filepath.Glob(filepath.Join(b.Store.RealDir, "*-tool*")); len(m) > 0 {
+				t.Errorf("the store holds %v", m)
+			}
+		})
+	}
+}

@@ -93,7 +93,7 @@ func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, updat
 			lock.Inputs[u] = old
 			continue
 		}
-		got, err := pb.Hash(ctx, u)
+		got, err := pb.Hash(ctx, u, modules.PackageLimits(rs[0]))
 		if err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot fetch input",
 				Detail: err.Error(), Subject: rs[0].Range("url")})

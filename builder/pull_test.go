@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"slices"
@@ -79,5 +80,52 @@ host "web1" {
 	text, _ = os.ReadFile(b.Store.RealPath(svc.Source))
 	if !strings.Contains(string(text), "ExecStart=/run/deploy/current-system/agent/bin/deploy-agent pull --config /etc/deploy/pull.json\n") {
 		t.Errorf("service unit:\n%s", text)
+	}
+}
+
+// The pull block's limits reach the host's configuration in bytes and
+// milliseconds; values that are no size or duration are diagnosed.
+func TestBuildPullLimits(t *testing.T) {
+	fleet := func(limits string) string {
+		return `
+cache {
+  url         = "file:///srv/cache"
+  public_keys = ["cache-1:8W5e9rqXQQ6xwEz2N9UGVpZnKymdqW/Zvr2oTbRJ0z4="]
+}
+host "web1" {
+  address = "10.0.0.1"
+  pull {
+    channel        = "prod"
+    publisher_keys = ["ci-1:8W5e9rqXQQ6xwEz2N9UGVpZnKymdqW/Zvr2oTbRJ0z4="]
+` + limits + `
+  }
+}
+`
+	}
+	dir := writeFleet(t, map[string]string{"fleet.hcl": fleet(`    max_document_size = "64KiB"
+    max_nar_size      = "2GiB"
+    fetch_timeout     = "30s"
+    fetch_min_rate    = "1MiB"`)})
+	b := newTestBuilder(t, t.TempDir())
+	m := build(t, b, load(t, dir), "web1").Manifest
+	i := slices.IndexFunc(m.Files, func(f manifest.File) bool { return f.Path == agentapi.PullConfigFile })
+	if i < 0 {
+		t.Fatalf("no %s", agentapi.PullConfigFile)
+	}
+	data, _ := os.ReadFile(b.Store.RealPath(m.Files[i].Source))
+	var cfg agentapi.PullConfig
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxDocumentSize != 64<<10 || cfg.MaxNarSize != 2<<30 || cfg.FetchTimeoutMS != 30000 || cfg.FetchMinRate != 1<<20 {
+		t.Errorf("limits = %d, %d, %d ms, %d/s; want 64 KiB, 2 GiB, 30000 ms, 1 MiB/s", cfg.MaxDocumentSize, cfg.MaxNarSize, cfg.FetchTimeoutMS, cfg.FetchMinRate)
+	}
+	for _, bad := range []string{`max_nar_size = "lots"`, `max_document_size = "10"`, `fetch_timeout = "0s"`, `fetch_min_rate = "-1KiB"`} {
+		dir := writeFleet(t, map[string]string{"fleet.hcl": fleet("    " + bad)})
+		_, diags := newTestBuilder(t, t.TempDir()).Build(context.Background(), load(t, dir), "web1")
+		name, _, _ := strings.Cut(bad, " ")
+		if !diags.HasErrors() || !strings.Contains(diags.Error(), "Invalid "+name) {
+			t.Errorf("%s: diagnostics %v, want Invalid %s", bad, diags, name)
+		}
 	}
 }

@@ -1,10 +1,12 @@
 package modules
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/oci"
 	"github.com/hashicorp/hcl/v2"
@@ -22,6 +24,8 @@ func packageKind() *Kind {
 			{Name: "executable", Type: boolean, Doc: "url: mark the file executable"},
 			{Name: "unpack", Type: boolean, Doc: "url: the file is an archive (tar, tar.gz, tar.xz, tar.zst, tar.bz2, zip); the package is its contents"},
 			{Name: "strip_components", Type: num, Doc: "unpack: drop this many leading path components, like tar --strip-components"},
+			{Name: "max_size", Type: str, Doc: `url, oci, nix: the most bytes the package may download and unpack to (default "8GiB")`},
+			{Name: "max_entries", Type: num, Doc: "unpack, oci: the most entries its archive or layers may hold (default 1000000)"},
 		},
 		Blocks: []Block{{Name: "go", Doc: "a reproducible go build", Attrs: []Attr{
 			{Name: "src", Type: str, Required: true, Doc: "the Go module's directory inside the fleet directory"},
@@ -75,6 +79,16 @@ func checkPackage(r *Resource) hcl.Diagnostics {
 				"Package %q: %s; write it like \"registry.example.com/library/nginx:1.27\".", r.Name, err))
 		}
 	}
+	if r.Has("max_size") {
+		if n, err := limits.ParseSize(r.String("max_size", "")); err != nil || n < 1024 {
+			diags = append(diags, errAt(r.Range("max_size"), "Invalid max_size", "max_size = %q: want a size of at least 1KiB, such as \"16GiB\".", r.String("max_size", "")))
+		}
+	}
+	if r.Has("max_entries") {
+		if n, _ := r.Int("max_entries"); n < 1 {
+			diags = append(diags, errAt(r.Range("max_entries"), "Invalid max_entries", "max_entries = %d: want a positive number of entries.", n))
+		}
+	}
 	if r.Has("sha256") && !r.Has("url") {
 		diags = append(diags, errAt(r.Range("sha256"), "Unexpected sha256", "sha256 pins a url; package %q has no url.", r.Name))
 	}
@@ -119,4 +133,15 @@ func realizePackages(c *Realization, _ []*Resource) {
 	for name, p := range c.Config.Packages {
 		c.Manifest.Packages = append(c.Manifest.Packages, manifest.Package{Name: name, Path: p})
 	}
+}
+
+// PackageLimits returns the limits package r sets with max_size and
+// max_entries (zero for the defaults), named in errors as its settings.
+func PackageLimits(r *Resource) oci.Limits {
+	lim := oci.Limits{Settings: fmt.Sprintf("in package %q", r.Name)}
+	lim.MaxBytes, _ = limits.ParseSize(r.String("max_size", "0"))
+	if n, ok := r.Int("max_entries"); ok && n > 0 {
+		lim.MaxEntries = int64(n)
+	}
+	return lim
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/pull/channel"
 	"github.com/hashicorp/hcl/v2"
@@ -46,6 +47,10 @@ func pullKind() *Kind {
 			{Name: "interval", Type: str, Doc: `how often the host polls (default "1m")`},
 			{Name: "jitter", Type: str, Doc: "a random delay added to each poll, to spread a fleet's polls (default a tenth of the interval, at most 5m)"},
 			{Name: "status_credentials", Type: str, Doc: "a file on the host (secret.NAME.path) with S3 credentials that may write the channel's status prefix; without it an s3 channel's host does not report"},
+			{Name: "max_document_size", Type: str, Doc: `the largest release, status or narinfo the host reads (default "1MiB")`},
+			{Name: "max_nar_size", Type: str, Doc: `the largest store path (NAR) the host fetches (default "8GiB")`},
+			{Name: "fetch_timeout", Type: str, Doc: `a document's whole deadline, and the floor of a NAR's (default "1m")`},
+			{Name: "fetch_min_rate", Type: str, Doc: `the slowest average rate a NAR's deadline allows for, per second, beyond fetch_timeout (default "64KiB")`},
 		},
 		Check:   checkPull,
 		Realize: realizePull,
@@ -93,6 +98,19 @@ func checkPull(r *Resource) hcl.Diagnostics {
 		if err != nil || d < 0 || (a == "interval" && d < time.Second) {
 			diags = append(diags, errAt(r.Range(a), "Invalid "+a, "%s = %q: want a duration like \"30s\" or \"5m\"%s.", a, r.String(a, ""),
 				map[bool]string{true: " of at least 1s"}[a == "interval"]))
+		}
+	}
+	for _, a := range []string{"max_document_size", "max_nar_size", "fetch_min_rate"} {
+		if !r.Has(a) {
+			continue
+		}
+		if n, err := limits.ParseSize(r.String(a, "")); err != nil || n < 1024 {
+			diags = append(diags, errAt(r.Range(a), "Invalid "+a, "%s = %q: want a size of at least 1KiB, such as \"64MiB\".", a, r.String(a, "")))
+		}
+	}
+	if r.Has("fetch_timeout") {
+		if d, err := time.ParseDuration(r.String("fetch_timeout", "")); err != nil || d < time.Second {
+			diags = append(diags, errAt(r.Range("fetch_timeout"), "Invalid fetch_timeout", "fetch_timeout = %q: want a duration of at least 1s, such as \"2m\".", r.String("fetch_timeout", "")))
 		}
 	}
 	if c := r.String("status_credentials", ""); r.Has("status_credentials") && (!path.IsAbs(c) || path.Clean(c) != c) {
@@ -149,6 +167,12 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 		CacheURL:      ref.FetchURL, CacheKeys: ref.PublicKeys,
 		StateDir:   path.Dir(storeDir),
 		IntervalMS: interval.Milliseconds(),
+	}
+	pc.MaxDocumentSize, _ = limits.ParseSize(r.String("max_document_size", "0"))
+	pc.MaxNarSize, _ = limits.ParseSize(r.String("max_nar_size", "0"))
+	pc.FetchMinRate, _ = limits.ParseSize(r.String("fetch_min_rate", "0"))
+	if d, err := time.ParseDuration(r.String("fetch_timeout", "")); err == nil {
+		pc.FetchTimeoutMS = d.Milliseconds()
 	}
 	if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
 		pc.StatusURL = channel.URL(ref.URL, name)

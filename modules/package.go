@@ -20,6 +20,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/nar"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/unpack"
 	"github.com/hashicorp/hcl/v2"
@@ -422,7 +423,7 @@ func (b *PackageBuilder) urlPackage(ctx context.Context, r *Resource) (string, h
 	if p, ok := b.cached("url", k); ok {
 		return p, nil
 	}
-	file, err := b.Fetch(ctx, url, sum)
+	file, err := b.FetchWithin(ctx, url, sum, PackageLimits(r))
 	if err != nil {
 		return fail(err)
 	}
@@ -469,7 +470,8 @@ func (b *PackageBuilder) archivePackage(ctx context.Context, r *Resource, sum st
 	if p, ok := b.cached("url", k); ok {
 		return p, nil
 	}
-	file, err := b.Fetch(ctx, url, sum)
+	lim := PackageLimits(r)
+	file, err := b.FetchWithin(ctx, url, sum, lim)
 	if err != nil {
 		return "", hcl.Diagnostics{errAt(r.Range("url"), "Cannot fetch package", "Package %q: %s.", r.Name, err)}
 	}
@@ -486,6 +488,7 @@ func (b *PackageBuilder) archivePackage(ctx context.Context, r *Resource, sum st
 		return fail(err)
 	}
 	defer tree.Close()
+	tree.MaxBytes, tree.MaxEntries, tree.Settings = lim.MaxBytes, lim.MaxEntries, lim.Settings
 	if _, err := tree.ApplyFile(file, unpack.Options{StripComponents: strip, Name: url}); err != nil {
 		return fail(err)
 	}
@@ -509,8 +512,15 @@ var ErrHashMismatch = errors.New("hash mismatch")
 // Fetch downloads url into the download cache unless a file with SHA-256
 // sum (hex; empty to accept any) is already there, and returns the cached
 // file's path. A download whose hash differs from sum fails with
-// [ErrHashMismatch] and leaves nothing in the cache.
+// [ErrHashMismatch] and leaves nothing in the cache; so does one past the
+// default size limit (8 GiB), cut off there.
 func (b *PackageBuilder) Fetch(ctx context.Context, url, sum string) (string, error) {
+	return b.FetchWithin(ctx, url, sum, oci.Limits{})
+}
+
+// FetchWithin is [PackageBuilder.Fetch] with a package's limits: a
+// download is cut off as soon as it passes lim.MaxBytes.
+func (b *PackageBuilder) FetchWithin(ctx context.Context, url, sum string, lim oci.Limits) (string, error) {
 	dir := filepath.Join(b.CacheDir, "fetch")
 	if sum != "" {
 		if _, err := os.Stat(filepath.Join(dir, sum)); err == nil {
@@ -543,7 +553,15 @@ func (b *PackageBuilder) Fetch(ctx context.Context, url, sum string) (string, er
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), resp.Body); err != nil {
+	max := lim.MaxBytes
+	if max <= 0 {
+		max = limits.DefaultUnpacked
+	}
+	setting := "max_size"
+	if lim.Settings != "" {
+		setting += " " + lim.Settings
+	}
+	if _, err := io.Copy(io.MultiWriter(tmp, h), &limits.Reader{R: resp.Body, Limit: max, Object: url, Setting: setting}); err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("fetching %q: %w", url, err)
 	}
@@ -562,9 +580,9 @@ func (b *PackageBuilder) Fetch(ctx context.Context, url, sum string) (string, er
 }
 
 // Hash returns the SHA-256 (hex) of the file at url, fetching it into the
-// cache: what `deploy lock` records.
-func (b *PackageBuilder) Hash(ctx context.Context, url string) (string, error) {
-	p, err := b.Fetch(ctx, url, "")
+// cache within lim (a package's): what `deploy lock` records.
+func (b *PackageBuilder) Hash(ctx context.Context, url string, lim oci.Limits) (string, error) {
+	p, err := b.FetchWithin(ctx, url, "", lim)
 	if err != nil {
 		return "", err
 	}
@@ -649,7 +667,7 @@ func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch strin
 		b.addImage(&Image{Path: p, Digest: digest})
 		return p, nil
 	}
-	img, err := b.Puller().Realize(ctx, b.Store, ref, digest, insecure, oci.Platform(arch))
+	img, err := b.Puller().RealizeWithin(ctx, b.Store, ref, digest, insecure, oci.Platform(arch), PackageLimits(r))
 	if err != nil {
 		return "", hcl.Diagnostics{errAt(r.BlockRange("oci", "image"), "Cannot fetch image", "Package %q: %s.", r.Name, err)}
 	}
@@ -685,7 +703,9 @@ func (b *PackageBuilder) nixPackage(ctx context.Context, r *Resource) (string, h
 		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "cache"), "Invalid Nix cache", "Package %q: %s.", r.Name, err)}
 	}
 	b.logf("fetching %s and its closure from %s", p, backend)
-	f := &cache.Fetcher{Cache: backend, Keys: []*cache.PublicKey{key}}
+	lim := PackageLimits(r)
+	f := &cache.Fetcher{Cache: backend, Keys: []*cache.PublicKey{key}, MaxNarSize: lim.MaxBytes,
+		Settings: map[string]string{"max_nar_size": "max_size " + lim.Settings}}
 	if _, err := f.FetchClosure(ctx, b.Store, p); err != nil {
 		return "", hcl.Diagnostics{errAt(r.BlockRange("nix", "path"), "Cannot fetch Nix package", "Package %q: %s.", r.Name, err)}
 	}

@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/unpack"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -55,6 +57,19 @@ type Puller struct {
 	Jobs int
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+
+	// MaxBytes bounds an image: its layer blobs together, and what they
+	// unpack to together (default 8 GiB); MaxEntries bounds the entries
+	// of its layers (default 1,000,000). A blob is cut off as soon as
+	// more arrives than its descriptor says. Settings says where they
+	// are set, for errors (`in package "web"`: max_size, max_entries).
+	MaxBytes   int64
+	MaxEntries int64
+	Settings   string
+	// Timeout is a blob's whole deadline (default 1 minute) beyond its
+	// size at MinRate bytes per second (default 64 KiB/s).
+	Timeout time.Duration
+	MinRate int64
 
 	mu       sync.Mutex
 	inFlight map[string]*sync.Mutex
@@ -240,6 +255,32 @@ func (p *Puller) lockFor(key string) *sync.Mutex {
 // digest of an image manifest for the platform, or of an index that has
 // one), unless the same digest was realized into s before.
 func (p *Puller) Realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform) (*Image, error) {
+	return p.RealizeWithin(ctx, s, ref, digest, insecure, platform, Limits{MaxBytes: p.MaxBytes, MaxEntries: p.MaxEntries, Settings: p.Settings})
+}
+
+// Limits bound one image: see [Puller.MaxBytes].
+type Limits struct {
+	MaxBytes, MaxEntries int64
+	Settings             string
+}
+
+func (l Limits) maxBytes() int64 {
+	if l.MaxBytes > 0 {
+		return l.MaxBytes
+	}
+	return limits.DefaultUnpacked
+}
+
+func (l Limits) setting(name string) string {
+	if l.Settings == "" {
+		return ""
+	}
+	return name + " " + l.Settings
+}
+
+// RealizeWithin is [Puller.Realize] with the limits of one image (a
+// package's) instead of the Puller's.
+func (p *Puller) RealizeWithin(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform, lim Limits) (*Image, error) {
 	mu := p.lockFor(digest)
 	mu.Lock()
 	defer mu.Unlock()
@@ -255,7 +296,7 @@ func (p *Puller) Realize(ctx context.Context, s *closure.Store, ref, digest stri
 			}
 		}
 	}
-	img, err := p.realize(ctx, s, ref, digest, insecure, platform)
+	img, err := p.realize(ctx, s, ref, digest, insecure, platform, lim)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", ref, err)
 	}
@@ -268,7 +309,7 @@ func (p *Puller) Realize(ctx context.Context, s *closure.Store, ref, digest stri
 	return img, nil
 }
 
-func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform) (*Image, error) {
+func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform, lim Limits) (*Image, error) {
 	r, err := ParseReference(ref, insecure)
 	if err != nil {
 		return nil, err
@@ -289,12 +330,27 @@ func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest stri
 	if err != nil {
 		return nil, err
 	}
+	// go-containerregistry cuts a manifest off at 100 MiB; an image
+	// manifest is a few KiB (registries need accept no more than 4 MiB).
+	if len(raw) > maxManifest {
+		return nil, &limits.TooLargeError{Object: "manifest " + mdg.String(), Limit: maxManifest, Got: int64(len(raw))}
+	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("parsing manifest %s: %w", mdg, err)
 	}
 	repo := r.Context()
-	cfgRaw, err := p.blobBytes(ctx, repo, m.Config.Digest, insecure, 16<<20)
+	var total int64
+	for _, l := range m.Layers {
+		if l.Size < 0 {
+			return nil, fmt.Errorf("layer %s has size %d", l.Digest, l.Size)
+		}
+		total += l.Size
+	}
+	if max := lim.maxBytes(); total > max || total < 0 {
+		return nil, &limits.TooLargeError{Object: fmt.Sprintf("image %s (%d layers)", mdg, len(m.Layers)), Limit: max, Got: total, Setting: lim.setting("max_size")}
+	}
+	cfgRaw, err := p.blobBytes(ctx, repo, m.Config, insecure, maxConfig)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
@@ -313,7 +369,7 @@ func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest stri
 			return nil, fmt.Errorf("layer %s has media type %q, which this version cannot apply", l.Digest, l.MediaType)
 		}
 	}
-	if err := p.fetchBlobs(ctx, repo, m.Layers, insecure); err != nil {
+	if err := p.fetchBlobs(ctx, repo, m.Layers, insecure, lim); err != nil {
 		return nil, err
 	}
 
@@ -326,6 +382,7 @@ func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest stri
 		return nil, err
 	}
 	defer tree.Close()
+	tree.MaxBytes, tree.MaxEntries, tree.Settings = lim.MaxBytes, lim.MaxEntries, lim.Settings
 	for i, l := range m.Layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -375,14 +432,24 @@ func mountPoints(tree *unpack.Tree) error {
 	return nil
 }
 
+// The limits of an image's small documents.
+const (
+	maxManifest = 4 << 20
+	maxConfig   = 16 << 20
+)
+
 func (p *Puller) blobPath(d v1.Hash) string {
 	return filepath.Join(p.CacheDir, "blobs", d.Algorithm, d.Hex)
 }
 
 // blobBytes returns a small blob (a config), from the cache or the
 // registry.
-func (p *Puller) blobBytes(ctx context.Context, repo name.Repository, d v1.Hash, insecure bool, max int64) ([]byte, error) {
-	if err := p.fetchBlob(ctx, repo, d, insecure); err != nil {
+func (p *Puller) blobBytes(ctx context.Context, repo name.Repository, desc v1.Descriptor, insecure bool, max int64) ([]byte, error) {
+	d := desc.Digest
+	if desc.Size > max {
+		return nil, &limits.TooLargeError{Object: "blob " + d.String(), Limit: max, Got: desc.Size}
+	}
+	if err := p.fetchBlob(ctx, repo, desc, insecure, Limits{MaxBytes: max}); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(p.blobPath(d))
@@ -404,7 +471,7 @@ func (p *Puller) blobBytes(ctx context.Context, repo name.Repository, d v1.Hash,
 }
 
 // fetchBlobs downloads the layers missing from the cache, Jobs at a time.
-func (p *Puller) fetchBlobs(ctx context.Context, repo name.Repository, layers []v1.Descriptor, insecure bool) error {
+func (p *Puller) fetchBlobs(ctx context.Context, repo name.Repository, layers []v1.Descriptor, insecure bool, lim Limits) error {
 	jobs := p.Jobs
 	if jobs <= 0 {
 		jobs = 4
@@ -420,7 +487,7 @@ func (p *Puller) fetchBlobs(ctx context.Context, repo name.Repository, layers []
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := p.fetchBlob(ctx, repo, l.Digest, insecure); err != nil {
+			if err := p.fetchBlob(ctx, repo, l, insecure, lim); err != nil {
 				errs[i] = fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
 				cancel()
 			}
@@ -430,9 +497,11 @@ func (p *Puller) fetchBlobs(ctx context.Context, repo name.Repository, layers []
 	return errors.Join(errs...)
 }
 
-// fetchBlob downloads blob d into the cache unless it is there, verifying
-// its digest before it gets its name.
-func (p *Puller) fetchBlob(ctx context.Context, repo name.Repository, d v1.Hash, insecure bool) error {
+// fetchBlob downloads the blob desc describes into the cache unless it is
+// there, verifying its digest before it gets its name. It is cut off as
+// soon as more arrives than desc's size, and when its deadline passes.
+func (p *Puller) fetchBlob(ctx context.Context, repo name.Repository, desc v1.Descriptor, insecure bool, lim Limits) error {
+	d := desc.Digest
 	if d.Algorithm != "sha256" {
 		return fmt.Errorf("digest %s: only sha256 is supported", d)
 	}
@@ -449,11 +518,32 @@ func (p *Puller) fetchBlob(ctx context.Context, repo name.Repository, d v1.Hash,
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return err
 	}
+	timeout := p.Timeout
+	if timeout <= 0 {
+		timeout = limits.DefaultTimeout
+	}
+	minRate := p.MinRate
+	if minRate <= 0 {
+		minRate = limits.DefaultMinRate
+	}
+	dl := limits.Deadline(timeout, minRate, desc.Size)
+	ctx, cancel, hit := limits.WithDeadline(ctx, dl)
+	defer cancel()
+	lr := &limits.Reader{Limit: desc.Size, Object: fmt.Sprintf("blob %s (its descriptor says %d bytes)", d, desc.Size)}
+	if desc.Size <= 0 {
+		lr.Limit, lr.Object, lr.Setting = lim.maxBytes(), "blob "+d.String(), lim.setting("max_size")
+	}
+	deadline := func() error {
+		return &limits.DeadlineError{Object: "blob " + d.String(), Deadline: dl, Read: lr.N}
+	}
 	l, err := remote.Layer(repo.Digest(d.String()), p.options(ctx, insecure)...)
 	if err != nil {
 		return err
 	}
 	rc, err := l.Compressed()
+	if hit(err) {
+		return deadline()
+	}
 	if err != nil {
 		return err
 	}
@@ -464,9 +554,17 @@ func (p *Puller) fetchBlob(ctx context.Context, repo name.Repository, d v1.Hash,
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	lr.R = rc
+	n, err := io.Copy(io.MultiWriter(tmp, h), lr)
 	if err != nil {
 		tmp.Close()
+		var tl *limits.TooLargeError
+		if errors.As(err, &tl) {
+			return err
+		}
+		if hit(err) {
+			return deadline()
+		}
 		return fmt.Errorf("downloading: %w", err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
@@ -514,8 +612,9 @@ func (p *Puller) applyLayer(tree *unpack.Tree, i int, l v1.Descriptor, diffID v1
 	if err := tree.ApplyTar(tr, unpack.Options{Layer: true, Dir: RootDir, Name: name}); err != nil {
 		return err
 	}
-	// The tar reader stops at the end-of-archive marker: hash the rest.
-	if _, err := io.Copy(io.Discard, tr); err != nil {
+	// The tar reader stops at the end-of-archive marker: hash the rest,
+	// which is padding (a tar record is 10 KiB), never more than 1 MiB.
+	if _, err := io.Copy(io.Discard, &limits.Reader{R: tr, Limit: 1 << 20, Object: name + " past its end-of-archive marker"}); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	if _, err := io.Copy(io.Discard, br); err != nil {

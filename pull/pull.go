@@ -44,6 +44,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/pull/channel"
 )
 
@@ -232,6 +233,9 @@ func (a *Agent) setup() error {
 		if a.Source, err = channel.OpenSource(a.Config.URL, a.Client); err != nil {
 			return err
 		}
+		if h, ok := a.Source.(*channel.HTTPSource); ok {
+			h.MaxSize, h.Timeout = a.Config.MaxDocumentSize, time.Duration(a.Config.FetchTimeoutMS)*time.Millisecond
+		}
 	}
 	if a.Cache == nil {
 		if a.Cache, err = cache.Open(a.Config.CacheURL, a.Client); err != nil {
@@ -363,8 +367,11 @@ func (p *poll) untrusted(ctx context.Context) (string, *agentapi.Release, *Resul
 	if st.Doc != nil {
 		etag = st.ETag
 	}
-	data, newETag, err := a.Source.Get(ctx, channel.ReleaseKey(cfg.Host), etag)
+	data, newETag, err := a.getDocument(ctx, channel.ReleaseKey(cfg.Host), etag)
+	var tooLarge *limits.TooLargeError
 	switch {
+	case errors.As(err, &tooLarge):
+		return "", nil, p.refuseTooLarge(ctx, err), nil
 	case errors.Is(err, channel.ErrNotModified):
 		data = st.Doc
 	case errors.Is(err, fs.ErrNotExist):
@@ -495,7 +502,8 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	store := closure.NewTargetStore(p.l.StateDir)
-	f := &cache.Fetcher{Cache: a.Cache, Keys: cacheKeys}
+	f := &cache.Fetcher{Cache: a.Cache, Keys: cacheKeys, MaxNarInfoSize: cfg.MaxDocumentSize, MaxNarSize: cfg.MaxNarSize,
+		Timeout: time.Duration(cfg.FetchTimeoutMS) * time.Millisecond, MinRate: cfg.FetchMinRate}
 	start := time.Now()
 	paths, err := f.FetchClosure(ctx, store, rel.System)
 	var ve *cache.VerifyError
@@ -621,13 +629,40 @@ func failedCheck(msg string) string {
 	return ""
 }
 
+// getDocument reads a document of the channel, refusing one above the
+// configuration's max_document_size whatever the source (an HTTP source
+// cuts it off as it arrives).
+// refuseTooLarge reports a document refused unread for its size: no
+// serial, no signature to check.
+func (p *poll) refuseTooLarge(ctx context.Context, err error) *Result {
+	p.a.logf("release refused: %v", err)
+	if rerr := p.report(ctx, func(s *agentapi.PullStatus) {
+		if s.Refused == nil || s.Refused.Serial != 0 || s.Refused.Reason != err.Error() {
+			s.Refused = &agentapi.PullRefusal{Reason: err.Error(), Time: p.a.now()}
+		}
+	}); rerr != nil {
+		p.a.logf("%v", rerr)
+	}
+	return &Result{Action: "refused"}
+}
+
+func (a *Agent) getDocument(ctx context.Context, key, etag string) ([]byte, string, error) {
+	data, newETag, err := a.Source.Get(ctx, key, etag)
+	if max := a.Config.MaxDocumentSize; err == nil && max > 0 && int64(len(data)) > max {
+		return nil, "", &limits.TooLargeError{Object: a.Source.String() + "/" + key, Limit: max, Got: int64(len(data)), Setting: "max_document_size in the pull block"}
+	}
+	return data, newETag, err
+}
+
 // statusOf reads a host's status from the channel (nil when it has none).
 func (p *poll) statusOf(ctx context.Context, host string) (*agentapi.PullStatus, error) {
 	if err := channel.CheckName("host", host); err != nil {
 		return nil, err
 	}
-	data, _, err := p.a.Source.Get(ctx, channel.StatusKey(host), "")
-	if errors.Is(err, fs.ErrNotExist) {
+	data, _, err := p.a.getDocument(ctx, channel.StatusKey(host), "")
+	var tl *limits.TooLargeError
+	if errors.Is(err, fs.ErrNotExist) || errors.As(err, &tl) {
+		// An oversized status is as good as no report.
 		return nil, nil
 	}
 	if err != nil {

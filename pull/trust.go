@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/pull/channel"
 )
 
@@ -45,7 +46,7 @@ func (p *poll) adopt(t *channel.Trust) {
 func (p *poll) climb(ctx context.Context, want int64) error {
 	for p.trust.Root.Version < want {
 		v := p.trust.Root.Version + 1
-		data, _, err := p.a.Source.Get(ctx, channel.RootKey(v), "")
+		data, _, err := p.a.getDocument(ctx, channel.RootKey(v), "")
 		if err != nil {
 			return fmt.Errorf("root version %d (named by the timestamp): %w", v, err)
 		}
@@ -77,8 +78,11 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 	if st.TSDoc != nil {
 		etag = st.TSETag
 	}
-	data, newETag, err := a.Source.Get(ctx, channel.TimestampKey(cfg.Host), etag)
+	data, newETag, err := a.getDocument(ctx, channel.TimestampKey(cfg.Host), etag)
+	var tooLarge *limits.TooLargeError
 	switch {
+	case errors.As(err, &tooLarge):
+		return "", nil, p.refuseTooLarge(ctx, err), nil
 	case errors.Is(err, channel.ErrNotModified):
 		data = st.TSDoc
 	case errors.Is(err, fs.ErrNotExist):
@@ -162,8 +166,10 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 	if st.Doc != nil {
 		etag = st.ETag
 	}
-	doc, newETag, err := a.Source.Get(ctx, channel.ReleaseKey(cfg.Host), etag)
+	doc, newETag, err := a.getDocument(ctx, channel.ReleaseKey(cfg.Host), etag)
 	switch {
+	case errors.As(err, &tooLarge):
+		return "", nil, p.refuseTooLarge(ctx, err), nil
 	case errors.Is(err, channel.ErrNotModified):
 		doc = st.Doc
 	case errors.Is(err, fs.ErrNotExist):

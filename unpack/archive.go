@@ -42,6 +42,9 @@ func (t *Tree) ApplyTar(r io.Reader, opt Options) error {
 }
 
 func (a *applier) tarEntry(tr *tar.Reader, hdr *tar.Header) error {
+	if err := a.t.count(a.opt.Name, hdr.Name, hdr.Size); err != nil {
+		return err
+	}
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
 		return nil
@@ -107,6 +110,13 @@ func (t *Tree) ApplyZip(r io.ReaderAt, size int64, opt Options) error {
 		return fmt.Errorf("%s: reading zip: %w", a.opt.Name, err)
 	}
 	for _, f := range zr.File {
+		size := int64(f.UncompressedSize64)
+		if f.UncompressedSize64 > 1<<62 {
+			size = -1
+		}
+		if err := a.t.count(a.opt.Name, f.Name, size); err != nil {
+			return err
+		}
 		if err := a.zipEntry(f); err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/nar"
+	"github.com/declarative/deploy/internal/limits"
 )
 
 type nodeType uint8
@@ -56,6 +57,20 @@ type Tree struct {
 	// Skipped lists the entries left out of the tree (device nodes and
 	// FIFOs of OCI layers), each as "ARCHIVE: ENTRY: why".
 	Skipped []string
+
+	// MaxBytes bounds the bytes the archives applied to the tree may
+	// unpack to, together (the sizes their entries declare, whether kept,
+	// replaced or skipped; default 8 GiB); MaxEntries bounds their entries
+	// (default 1,000,000). An archive past either is refused with a
+	// *limits.TooLargeError when the entry that crosses it is read, before
+	// its contents are: a decompression bomb is cut off. Settings says how
+	// to raise them, in errors ("in package \"web\"": max_size and
+	// max_entries).
+	MaxBytes   int64
+	MaxEntries int64
+	Settings   string
+	bytes      int64
+	entries    int64
 }
 
 // NewTree returns an empty tree (a directory) whose file contents are
@@ -79,6 +94,33 @@ func (t *Tree) Close() error { return t.spool.Close() }
 // SpoolSize is how many bytes of file contents the tree has spooled,
 // including contents that later entries replaced or removed.
 func (t *Tree) SpoolSize() int64 { return t.end }
+
+// count counts an entry of archive that declares size bytes against the
+// tree's limits.
+func (t *Tree) count(archive, entry string, size int64) error {
+	maxBytes, maxEntries := t.MaxBytes, t.MaxEntries
+	if maxBytes <= 0 {
+		maxBytes = limits.DefaultUnpacked
+	}
+	if maxEntries <= 0 {
+		maxEntries = limits.DefaultEntries
+	}
+	setting := func(name string) string {
+		if t.Settings == "" {
+			return ""
+		}
+		return name + " " + t.Settings
+	}
+	t.entries++
+	if t.entries > maxEntries {
+		return &limits.TooLargeError{Object: archive, What: "entries", Limit: maxEntries, Setting: setting("max_entries")}
+	}
+	if size < 0 || t.bytes+size > maxBytes || t.bytes+size < t.bytes {
+		return &limits.TooLargeError{Object: fmt.Sprintf("%s (at entry %q)", archive, entry), Limit: maxBytes, Got: t.bytes + size, Setting: setting("max_size")}
+	}
+	t.bytes += size
+	return nil
+}
 
 // spoolFrom appends r's bytes (exactly size of them) to the spool.
 func (t *Tree) spoolFrom(r io.Reader, size int64) (int64, error) {

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -44,7 +43,10 @@ func (e *UnavailableError) Error() string {
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // Open opens a read-only cache by URL: http(s)://..., file:///dir or a
-// plain directory path.
+// plain directory path. A nil client means one without an overall timeout:
+// a [Fetcher] gives each narinfo and NAR its own deadline, scaled to its
+// size (a client's Timeout would bound every body read, a large NAR's
+// too).
 func Open(rawURL string, client *http.Client) (Backend, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -53,7 +55,7 @@ func Open(rawURL string, client *http.Client) (Backend, error) {
 	switch u.Scheme {
 	case "http", "https":
 		if client == nil {
-			client = &http.Client{Timeout: 10 * time.Minute}
+			client = &http.Client{}
 		}
 		return &HTTP{Base: strings.TrimSuffix(rawURL, "/"), Client: client}, nil
 	case "file":

@@ -8,9 +8,12 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"strings"
+	"time"
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/internal/fanout"
+	"github.com/declarative/deploy/internal/limits"
 )
 
 // Fetcher fetches paths from a cache into a store, trusting only what its
@@ -25,6 +28,59 @@ type Fetcher struct {
 	// Progress, if set, is called (one call at a time) as each path
 	// becomes valid, with its NAR size.
 	Progress func(path string, narSize int64)
+
+	// The limits of what is fetched (0: the default of each). A narinfo
+	// larger than MaxNarInfoSize (default 1 MiB), a path whose signed
+	// NarSize is above MaxNarSize (default 8 GiB), and a NAR file that
+	// goes on past its narinfo's FileSize (or, without one, past what
+	// compressing NarSize bytes can yield) are refused, cut off as the
+	// excess arrives.
+	MaxNarInfoSize int64
+	MaxNarSize     int64
+	// Timeout is a narinfo's whole deadline and the floor of a NAR's
+	// (default 1 minute); a NAR's deadline adds NarSize at MinRate bytes
+	// per second (default 64 KiB/s). A fetch past its deadline is cut off
+	// and the cache counts as unavailable.
+	Timeout time.Duration
+	MinRate int64
+	// Settings says how to raise each limit, in errors, by the name of its
+	// pull block setting (max_document_size, max_nar_size, fetch_timeout,
+	// fetch_min_rate); nil means those settings of the pull block, and a
+	// name missing from a non-nil map gives no hint.
+	Settings map[string]string
+}
+
+func (f *Fetcher) setting(names ...string) string {
+	if f.Settings == nil {
+		return strings.Join(names, " or ") + " in the pull block"
+	}
+	var out []string
+	for _, n := range names {
+		if f.Settings[n] != "" {
+			out = append(out, f.Settings[n])
+		}
+	}
+	return strings.Join(out, " or ")
+}
+
+func orInt(v, def int64) int64 {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+func (f *Fetcher) timeout() time.Duration {
+	if f.Timeout > 0 {
+		return f.Timeout
+	}
+	return limits.DefaultTimeout
+}
+
+// maxFileSize bounds the compressed file of a NAR of narSize bytes: every
+// supported compression's worst case (incompressible input) stays below it.
+func maxFileSize(narSize int64) int64 {
+	return narSize + narSize/16 + 64<<10
 }
 
 // ErrNotCached is a path that [Fetcher.FetchClosure] needs and the cache
@@ -228,16 +284,33 @@ func isValid(s *closure.Store, p string) bool {
 // narInfo fetches, parses and verifies p's narinfo; nil when the cache does
 // not have p.
 func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, error) {
+	d := f.timeout()
+	ctx, cancel, hit := limits.WithDeadline(ctx, d)
+	defer cancel()
+	lr := &limits.Reader{Limit: orInt(f.MaxNarInfoSize, limits.DefaultDocument), Object: "narinfo " + Key(p), Setting: f.setting("max_document_size")}
+	deadline := func() error {
+		return &UnavailableError{Cache: f.Cache.String(), Err: &limits.DeadlineError{Object: "narinfo " + Key(p), Deadline: d, Read: lr.N, Setting: f.setting("fetch_timeout")}}
+	}
 	rc, err := f.Cache.Get(ctx, Key(p))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	if hit(err) {
+		return nil, deadline()
+	}
 	if err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	lr.R = rc
+	data, err := io.ReadAll(lr)
 	rc.Close()
-	if err != nil {
+	var tl *limits.TooLargeError
+	switch {
+	case errors.As(err, &tl):
+		return nil, &VerifyError{Path: p, Err: err}
+	case hit(err):
+		return nil, deadline()
+	case err != nil:
 		return nil, &UnavailableError{Cache: f.Cache.String(), Err: fmt.Errorf("reading %s: %w", Key(p), err)}
 	}
 	ni, err := ParseNarInfo(storeDir, data)
@@ -260,25 +333,65 @@ func (f *Fetcher) narInfo(ctx context.Context, storeDir, p string) (*NarInfo, er
 
 // stage downloads ni's NAR, checks the compressed file's hash and size
 // when the narinfo gives them, and stages it (which checks the NAR's hash
-// and size against the signed narinfo).
+// and size against the signed narinfo). The file is cut off as soon as
+// more arrives than the narinfo claims, and the whole fetch as soon as its
+// deadline passes.
 func (f *Fetcher) stage(ctx context.Context, b *closure.Batch, ni *NarInfo) error {
+	maxNar := orInt(f.MaxNarSize, limits.DefaultNAR)
+	if ni.NarSize > maxNar {
+		return &VerifyError{Path: ni.Path, Err: &limits.TooLargeError{Object: "its NAR", Limit: maxNar, Got: ni.NarSize, Setting: f.setting("max_nar_size")}}
+	}
+	// FileSize is not signed: it may only make the bound tighter.
+	fileLimit, fileWhat := maxFileSize(ni.NarSize), fmt.Sprintf("%s (the most a NAR of %d bytes compresses to)", ni.URL, ni.NarSize)
+	if ni.FileSize > 0 {
+		if ni.FileSize > fileLimit {
+			return &VerifyError{Path: ni.Path, Err: fmt.Errorf("its narinfo says %s is %d bytes, more than a NAR of %d bytes compresses to", ni.URL, ni.FileSize, ni.NarSize)}
+		}
+		fileLimit, fileWhat = ni.FileSize, fmt.Sprintf("%s (its narinfo's FileSize)", ni.URL)
+	}
+	d := limits.Deadline(f.timeout(), orInt(f.MinRate, limits.DefaultMinRate), ni.NarSize)
+	ctx, cancel, hit := limits.WithDeadline(ctx, d)
+	defer cancel()
+	lr := &limits.Reader{Limit: fileLimit, Object: fileWhat}
+	deadline := func() error {
+		return &UnavailableError{Cache: f.Cache.String(), Err: &limits.DeadlineError{Object: "the NAR of " + ni.Path, Deadline: d, Read: lr.N,
+			Setting: f.setting("fetch_timeout", "fetch_min_rate")}}
+	}
 	rc, err := f.Cache.Get(ctx, ni.URL)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &VerifyError{Path: ni.Path, Err: fmt.Errorf("its NAR %s is missing", ni.URL)}
+	}
+	if hit(err) {
+		return deadline()
 	}
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	fh := &fileHasher{r: rc, h: sha256.New()}
+	lr.R = rc
+	fh := &fileHasher{r: lr, h: sha256.New()}
 	dr, err := Decompress(fh, ni.Compression)
 	if err != nil {
 		return &VerifyError{Path: ni.Path, Err: err}
 	}
 	defer dr.Close()
+	// cut says why the stream was cut off, if it was.
+	cut := func(err error) error {
+		var tl *limits.TooLargeError
+		if errors.As(lr.Err(), &tl) {
+			return &VerifyError{Path: ni.Path, Err: tl}
+		}
+		if hit(err) || hit(ctx.Err()) {
+			return deadline()
+		}
+		return nil
+	}
 	// The signature vouches for the path's name: input-addressed paths
 	// of Nix caches are as acceptable as content-addressed ones.
 	if err := b.Stage(dr, &ni.PathInfo, true); err != nil {
+		if cerr := cut(err); cerr != nil {
+			return cerr
+		}
 		var ue *UnavailableError
 		if errors.As(err, &ue) || ctx.Err() != nil {
 			return err
@@ -286,7 +399,13 @@ func (f *Fetcher) stage(ctx context.Context, b *closure.Batch, ni *NarInfo) erro
 		return &VerifyError{Path: ni.Path, Err: err}
 	}
 	if ni.FileSize > 0 {
-		io.Copy(fh, rc) // the rest of the file, if any, for its hash
+		// The rest of the file, if any, for its hash.
+		if _, err := io.Copy(fh, lr); err != nil {
+			if cerr := cut(err); cerr != nil {
+				return cerr
+			}
+			return &UnavailableError{Cache: f.Cache.String(), Err: fmt.Errorf("reading %s: %w", ni.URL, err)}
+		}
 		var sum [32]byte
 		copy(sum[:], fh.h.Sum(nil))
 		if fh.n != ni.FileSize || (ni.FileHash != [32]byte{} && sum != ni.FileHash) {

@@ -12,6 +12,7 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,9 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 
 // fetchFromCache fetches what the store lacks of want from the cache spec
 // names, trusting only its keys (see cache.Fetcher). A cache it cannot
-// reach is reported as unavailable, so the operator sends the rest.
+// reach, that does not answer within the fetcher's deadlines, or that
+// offers a path above its size limits, is reported as unavailable, so the
+// operator sends the rest.
 func fetchFromCache(ctx context.Context, s *closure.Store, spec *closure.CacheSpec, want []string, report func(string, int64), stderr io.Writer) error {
 	var keys []*cache.PublicKey
 	for _, k := range spec.Keys {
@@ -80,10 +83,14 @@ func fetchFromCache(ctx context.Context, s *closure.Store, spec *closure.CacheSp
 	if err != nil {
 		return err
 	}
-	f := &cache.Fetcher{Cache: backend, Keys: keys, Progress: report}
+	f := &cache.Fetcher{Cache: backend, Keys: keys, Progress: report, Settings: map[string]string{}}
 	fetched, err := f.Fetch(ctx, s, want)
 	var ue *cache.UnavailableError
-	if errors.As(err, &ue) {
+	var tl *limits.TooLargeError
+	// A cache past a deadline, or with a path above the default limits
+	// (no pull block sets them here), is not used: nothing of it became
+	// valid, and the operator has the paths.
+	if errors.As(err, &ue) || errors.As(err, &tl) {
 		fmt.Fprintf(stderr, "deploy-agent: %v; the rest comes over the connection\n", err)
 		return fmt.Errorf("%w: %v", closure.ErrCacheUnavailable, err)
 	}

@@ -16,29 +16,29 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 )
 
 // ErrNotModified is a conditional read of an object that did not change.
 var ErrNotModified = errors.New("not modified")
-
-// maxDocument bounds what is read of one document.
-const maxDocument = 1 << 20
 
 // Source reads a channel's documents: over HTTP(S) or from a directory.
 type Source interface {
 	// Get reads key (relative to the channel's root). With etag set, an
 	// object whose ETag is still etag is [ErrNotModified], without its
 	// content. A missing object wraps fs.ErrNotExist; a source that
-	// cannot be reached, or answers with a server error, is a
-	// *cache.UnavailableError.
+	// cannot be reached, answers with a server error, or does not finish
+	// within its deadline is a *cache.UnavailableError; a document larger
+	// than the source's limit is a *limits.TooLargeError.
 	Get(ctx context.Context, key, etag string) (data []byte, newETag string, err error)
 	// String names the source in messages.
 	String() string
 }
 
 // OpenSource opens a channel's root for reading: http(s)://... or
-// file:///DIR (a plain path is a directory too). A nil client means one
-// with a one-minute timeout (proxies from the environment are honoured).
+// file:///DIR (a plain path is a directory too). A nil client means the
+// default one (proxies from the environment are honoured); each document
+// has its own deadline ([HTTPSource.Timeout]).
 func OpenSource(rawURL string, client *http.Client) (Source, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -47,7 +47,7 @@ func OpenSource(rawURL string, client *http.Client) (Source, error) {
 	switch u.Scheme {
 	case "http", "https":
 		if client == nil {
-			client = &http.Client{Timeout: time.Minute}
+			client = &http.Client{}
 		}
 		return &HTTPSource{Base: strings.TrimSuffix(rawURL, "/"), Client: client}, nil
 	case "file":
@@ -63,10 +63,37 @@ func OpenSource(rawURL string, client *http.Client) (Source, error) {
 type HTTPSource struct {
 	Base   string // without a trailing slash
 	Client *http.Client
+	// MaxSize bounds a document (default 1 MiB): a longer one is cut off
+	// as the excess arrives. Timeout is a document's whole deadline,
+	// headers and body (default 1 minute). Settings names where they are
+	// set, for errors (default "in the pull block").
+	MaxSize  int64
+	Timeout  time.Duration
+	Settings string
+}
+
+func settingIn(settings, name string) string {
+	if settings == "" {
+		settings = "in the pull block"
+	}
+	return name + " " + settings
 }
 
 // Get implements [Source].
 func (h *HTTPSource) Get(ctx context.Context, key, etag string) ([]byte, string, error) {
+	d := h.Timeout
+	if d <= 0 {
+		d = limits.DefaultTimeout
+	}
+	ctx, cancel, hit := limits.WithDeadline(ctx, d)
+	defer cancel()
+	lr := &limits.Reader{Limit: h.MaxSize, Object: h.Base + "/" + key, Setting: settingIn(h.Settings, "max_document_size")}
+	if lr.Limit <= 0 {
+		lr.Limit = limits.DefaultDocument
+	}
+	deadline := func() error {
+		return &cache.UnavailableError{Cache: h.Base, Err: &limits.DeadlineError{Object: key, Deadline: d, Read: lr.N, Setting: settingIn(h.Settings, "fetch_timeout")}}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.Base+"/"+key, nil)
 	if err != nil {
 		return nil, "", err
@@ -75,6 +102,9 @@ func (h *HTTPSource) Get(ctx context.Context, key, etag string) ([]byte, string,
 		req.Header.Set("If-None-Match", etag)
 	}
 	resp, err := h.Client.Do(req)
+	if hit(err) {
+		return nil, "", deadline()
+	}
 	if err != nil {
 		return nil, "", &cache.UnavailableError{Cache: h.Base, Err: err}
 	}
@@ -83,12 +113,16 @@ func (h *HTTPSource) Get(ctx context.Context, key, etag string) ([]byte, string,
 	case resp.StatusCode == http.StatusNotModified:
 		return nil, etag, ErrNotModified
 	case resp.StatusCode == http.StatusOK:
-		data, err := io.ReadAll(io.LimitReader(resp.Body, maxDocument+1))
-		if err != nil {
+		lr.R = resp.Body
+		data, err := io.ReadAll(lr)
+		var tl *limits.TooLargeError
+		switch {
+		case errors.As(err, &tl):
+			return nil, "", err
+		case hit(err):
+			return nil, "", deadline()
+		case err != nil:
 			return nil, "", &cache.UnavailableError{Cache: h.Base, Err: fmt.Errorf("reading %s: %w", key, err)}
-		}
-		if len(data) > maxDocument {
-			return nil, "", fmt.Errorf("%s/%s: larger than %d bytes", h.Base, key, maxDocument)
 		}
 		return data, resp.Header.Get("ETag"), nil
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
@@ -101,7 +135,9 @@ func (h *HTTPSource) Get(ctx context.Context, key, etag string) ([]byte, string,
 func (h *HTTPSource) String() string { return h.Base }
 
 // DirSource reads a channel from a directory (a mounted mirror, or tests).
-// Its ETags are the content's SHA-256.
+// Its ETags are the content's SHA-256. A document larger than 1 MiB is
+// refused ([limits.DefaultDocument]; a caller with a smaller limit checks
+// the length).
 type DirSource string
 
 // Get implements [Source].
@@ -109,8 +145,17 @@ func (d DirSource) Get(_ context.Context, key, etag string) ([]byte, string, err
 	if !fs.ValidPath(key) {
 		return nil, "", fmt.Errorf("channel key %q: %w", key, fs.ErrInvalid)
 	}
-	data, err := os.ReadFile(filepath.Join(string(d), filepath.FromSlash(key)))
+	f, err := os.Open(filepath.Join(string(d), filepath.FromSlash(key)))
 	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", err
+	}
+	if err != nil {
+		return nil, "", &cache.UnavailableError{Cache: d.String(), Err: err}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(&limits.Reader{R: f, Limit: limits.DefaultDocument, Object: d.String() + "/" + key})
+	var tl *limits.TooLargeError
+	if errors.As(err, &tl) {
 		return nil, "", err
 	}
 	if err != nil {

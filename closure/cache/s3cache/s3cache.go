@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -162,7 +163,8 @@ func (b *Bucket) classify(key string, err error) error {
 var ErrPreconditionFailed = errors.New("precondition failed")
 
 // ReadObject returns the small object at key and its ETag. A missing key
-// wraps fs.ErrNotExist.
+// wraps fs.ErrNotExist; an object above 16 MiB is a *limits.TooLargeError,
+// cut off there.
 func (b *Bucket) ReadObject(ctx context.Context, key string) ([]byte, string, error) {
 	obj, err := b.client.GetObject(ctx, b.bucket, b.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
@@ -173,7 +175,11 @@ func (b *Bucket) ReadObject(ctx context.Context, key string) ([]byte, string, er
 	if err != nil {
 		return nil, "", b.classify(key, err)
 	}
-	data, err := io.ReadAll(io.LimitReader(obj, 16<<20))
+	data, err := io.ReadAll(&limits.Reader{R: obj, Limit: 16 << 20, Object: b.url + "/" + key})
+	var tl *limits.TooLargeError
+	if errors.As(err, &tl) {
+		return nil, "", err
+	}
 	if err != nil {
 		return nil, "", b.classify(key, err)
 	}

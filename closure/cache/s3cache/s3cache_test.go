@@ -15,6 +15,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
+	"github.com/declarative/deploy/internal/limits"
 )
 
 func env(srv *miniotest.Server) func(string) string {
@@ -134,5 +135,13 @@ func TestConditionalWritesMinIO(t *testing.T) {
 	}
 	if data, _, _ := b.ReadObject(ctx, "channel.json"); string(data) != "2" {
 		t.Fatalf("content %q, want 2", data)
+	}
+	// A document above 16 MiB is refused, not cut short and parsed.
+	if err := b.WriteObject(ctx, "big.json", bytes.Repeat([]byte(" "), 16<<20+1), "application/json", "", false); err != nil {
+		t.Fatal(err)
+	}
+	var tl *limits.TooLargeError
+	if _, _, err := b.ReadObject(ctx, "big.json"); !errors.As(err, &tl) {
+		t.Fatalf("ReadObject of 16 MiB + 1 = %v, want a TooLargeError", err)
 	}
 }
