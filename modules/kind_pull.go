@@ -45,6 +45,7 @@ func pullKind() *Kind {
 			{Name: "interval", Type: str, Doc: `how often the host polls (default "1m")`},
 			{Name: "jitter", Type: str, Doc: "a random delay added to each poll, to spread a fleet's polls (default a tenth of the interval, at most 5m)"},
 			{Name: "status_credentials", Type: str, Doc: "a file on the host (secret.NAME.path) with S3 credentials that may write the channel's status prefix; without it an s3 channel's host does not report"},
+			{Name: "host_key_file", Type: str, Doc: "the host's OpenSSH ed25519 private key that signs its status reports, whose public half is the host's host_key (default /etc/ssh/ssh_host_ed25519_key)"},
 		},
 		Check:   checkPull,
 		Realize: realizePull,
@@ -80,6 +81,10 @@ func checkPull(r *Resource) hcl.Diagnostics {
 	if c := r.String("status_credentials", ""); r.Has("status_credentials") && (!path.IsAbs(c) || path.Clean(c) != c) {
 		diags = append(diags, errAt(r.Range("status_credentials"), "Invalid status_credentials",
 			"status_credentials = %q must be an absolute path on the host, such as secret.NAME.path.", c))
+	}
+	if c := r.String("host_key_file", ""); r.Has("host_key_file") && (!path.IsAbs(c) || path.Clean(c) != c) {
+		diags = append(diags, errAt(r.Range("host_key_file"), "Invalid host_key_file",
+			"host_key_file = %q must be an absolute path on the host, such as %q.", c, agentapi.DefaultHostKeyFile))
 	}
 	return diags
 }
@@ -131,6 +136,7 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 		StateDir:   path.Dir(storeDir),
 		IntervalMS: interval.Milliseconds(),
 	}
+	pc.HostKeyFile = r.String("host_key_file", "")
 	if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
 		pc.StatusURL = channel.URL(ref.URL, name)
 		pc.StatusCredentials = r.String("status_credentials", "")

@@ -23,6 +23,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -59,6 +60,10 @@ type Agent struct {
 	Source channel.Source
 	// Status writes the host's status (default: Config.StatusURL, or none).
 	Status channel.Writer
+	// HostKey signs the host's status (default: the OpenSSH ed25519 key in
+	// Config.HostKeyFile, else [agentapi.DefaultHostKeyFile], read when a
+	// status is written).
+	HostKey ed25519.PrivateKey
 	// Cache is where closures are fetched from (default Config.CacheURL).
 	Cache cache.Backend
 	// Client is the HTTP client of the defaults (nil: one per backend).
@@ -321,12 +326,36 @@ func (p *poll) flush(ctx context.Context) error {
 	if p.a.Status == nil {
 		return nil
 	}
-	if err := channel.PutStatus(ctx, p.a.Status, p.st.Status); err != nil {
+	key, err := p.a.hostKey()
+	if err != nil {
+		// Unsigned, the report would count for nothing: the later waves
+		// believe only statuses signed by this host's key.
+		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
+		return nil
+	}
+	if err := channel.PutStatus(ctx, p.a.Status, p.st.Status, key); err != nil {
 		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
 		return nil
 	}
 	p.st.Reported = true
 	return p.save()
+}
+
+// hostKey returns the key that signs the host's status.
+func (a *Agent) hostKey() (ed25519.PrivateKey, error) {
+	if a.HostKey != nil {
+		return a.HostKey, nil
+	}
+	file := a.Config.HostKeyFile
+	if file == "" {
+		file = agentapi.DefaultHostKeyFile
+	}
+	k, err := channel.LoadHostKey(file)
+	if err != nil {
+		return nil, err
+	}
+	a.HostKey = k
+	return k, nil
 }
 
 func docHash(data []byte) string {
@@ -576,8 +605,9 @@ func failedCheck(msg string) string {
 	return ""
 }
 
-// statusOf reads a host's status from the channel (nil when it has none).
-func (p *poll) statusOf(ctx context.Context, host string) (*agentapi.PullStatus, error) {
+// statusOf reads a host's status document from the channel (nil when it
+// has none); the gate verifies it.
+func (p *poll) statusOf(ctx context.Context, host string) ([]byte, error) {
 	if err := channel.CheckName("host", host); err != nil {
 		return nil, err
 	}
@@ -588,12 +618,7 @@ func (p *poll) statusOf(ctx context.Context, host string) (*agentapi.PullStatus,
 	if err != nil {
 		return nil, err
 	}
-	st, err := channel.DecodeStatus(data)
-	if err != nil || st.Host != host {
-		// Unreadable or not this host's: as good as no report.
-		return nil, nil
-	}
-	return st, nil
+	return data, nil
 }
 
 // RootName is the GC root (in the profiles directory) that keeps the

@@ -148,12 +148,3 @@ func VerifyRelease(data []byte, keys []*cache.PublicKey, channel, host string, c
 	}
 	return rel, nil
 }
-
-// DecodeStatus reads a status document.
-func DecodeStatus(data []byte) (*agentapi.PullStatus, error) {
-	st := &agentapi.PullStatus{}
-	if err := agentapi.Decode("pull status", data, st); err != nil {
-		return nil, err
-	}
-	return st, nil
-}
