@@ -4,7 +4,8 @@
 // fetches the closure from the binary cache (verified by [cache.Fetcher]),
 // activates it with the system's own agent exactly as a push deploy does
 // (health checks and automatic rollback; the checks are the confirmation),
-// and reports a status document. deploy-agent pull runs one poll; a
+// and reports a status document signed with the host's SSH ed25519 host key
+// ([channel.SignStatus]). deploy-agent pull runs one poll; a
 // systemd timer runs it every interval. docs/pull.md is the operator's
 // description.
 //
