@@ -24,6 +24,10 @@ const (
 	// PullConfigFile is where a generation with a pull block installs the
 	// host's [PullConfig], which deploy-agent pull reads.
 	PullConfigFile = "/etc/deploy/pull.json"
+	// DefaultHostKeyFile is the key a host in pull mode signs its status
+	// documents with (its SSH ed25519 host key), unless its [PullConfig]
+	// names another.
+	DefaultHostKeyFile = "/etc/ssh/ssh_host_ed25519_key"
 )
 
 // StoreDir is the store of the agent whose state directory is stateDir.

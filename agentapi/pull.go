@@ -41,6 +41,11 @@ type Release struct {
 	After       []string  `json:"after,omitempty"`
 	MaxFailures int       `json:"max_failures,omitempty"`
 	Deadline    time.Time `json:"deadline,omitzero"`
+	// AfterKeys names, for each host of After, the key its status
+	// documents must be signed with: its SSH ed25519 host key, as an
+	// authorized_keys line ("ssh-ed25519 AAAA..."). A status that this key
+	// does not verify counts as no report.
+	AfterKeys map[string]string `json:"after_keys,omitempty"`
 	// RollbackTo is the serial whose systems this release returns to when
 	// it was published by a rollback through the channel.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
@@ -83,14 +88,18 @@ type ChannelRelease struct {
 const (
 	DocRelease = "release"
 	DocChannel = "channel"
+	// DocStatus is a host's [PullStatus], signed with its host key (the
+	// signature's key name is the host's name).
+	DocStatus = "status"
 )
 
-// SignedDocument is a signed [Release] or [ChannelRelease]: Payload is the
-// document's JSON, base64 (standard encoding), exactly as signed. Each
-// signature is ed25519 over "deploy TYPE v1\n" followed by the decoded
-// payload, by a key in Nix's format (the binary cache's keys:
-// "name:base64"), so that a signature of one type of document, or a
-// narinfo signature by the same key, never verifies as another.
+// SignedDocument is a signed [Release], [ChannelRelease] or [PullStatus]:
+// Payload is the document's JSON, base64 (standard encoding), exactly as
+// signed. Each signature is ed25519 over "deploy TYPE v1\n" followed by the
+// decoded payload, by a key in Nix's format (the binary cache's keys:
+// "name:base64") or, for a status, by the host's SSH ed25519 host key, so
+// that a signature of one type of document, or a narinfo signature by the
+// same key, never verifies as another.
 type SignedDocument struct {
 	V          int         `json:"v"`
 	Type       string      `json:"type"`
@@ -129,10 +138,12 @@ func (o PullOutcome) Final() bool {
 	return false
 }
 
-// PullStatus is what a host reports about its channel (status/HOST.json):
-// the newest release it acted on and how that went, what it runs, and the
-// last document it refused. Later waves gate on it; deploy status
-// --channel and deploy publish --wait show it.
+// PullStatus is what a host reports about its channel (status/HOST.json,
+// a [SignedDocument] of type [DocStatus] signed with the host's key): the
+// newest release it acted on and how that went, what it runs, and the last
+// document it refused. Later waves gate on it; deploy status --channel and
+// deploy publish --wait show it; all of them believe only a status that
+// the host's key signed.
 type PullStatus struct {
 	V       int       `json:"v"`
 	Host    string    `json:"host"`
@@ -202,6 +213,10 @@ type PullConfig struct {
 	// StatusCredentials, or file:///DIR. Empty: the host does not report.
 	StatusURL         string `json:"status_url,omitempty"`
 	StatusCredentials string `json:"status_credentials,omitempty"`
+	// HostKeyFile is the OpenSSH ed25519 private key that signs the host's
+	// status (empty: [DefaultHostKeyFile]); the fleet's host_key for the
+	// host is its public half.
+	HostKeyFile string `json:"host_key_file,omitempty"`
 	// StateDir is the agent's state directory (its store is StateDir/store).
 	StateDir string `json:"state_dir"`
 	// IntervalMS is the poll interval the timer uses, for the record.

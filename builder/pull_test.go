@@ -30,6 +30,7 @@ role "pulled" {
     interval           = "2s"
     publisher_keys     = ["ci-1:8W5e9rqXQQ6xwEz2N9UGVpZnKymdqW/Zvr2oTbRJ0z4="]
     status_credentials = secret.status.path
+    host_key_file      = "/persist/ssh/ssh_host_ed25519_key"
   }
 }
 host "web1" {
@@ -57,7 +58,7 @@ host "web1" {
 		PublisherKeys: []string{"ci-1:8W5e9rqXQQ6xwEz2N9UGVpZnKymdqW/Zvr2oTbRJ0z4="},
 		CacheURL:      "http://10.0.0.9:9000/cache/fleet", CacheKeys: []string{"cache-1:8W5e9rqXQQ6xwEz2N9UGVpZnKymdqW/Zvr2oTbRJ0z4="},
 		StatusURL:         "s3://cache/fleet/channels/prod?endpoint=http://10.0.0.9:9000&region=eu-1",
-		StatusCredentials: "/run/deploy/secrets/status", StateDir: "/var/lib/deploy", IntervalMS: 2000}
+		StatusCredentials: "/run/deploy/secrets/status", HostKeyFile: "/persist/ssh/ssh_host_ed25519_key", StateDir: "/var/lib/deploy", IntervalMS: 2000}
 	gotJSON, _ := json.Marshal(cfg)
 	wantJSON, _ := json.Marshal(want)
 	if string(gotJSON) != string(wantJSON) {

@@ -216,7 +216,55 @@ func (s *Session) checkPublish(opts PublishOptions) error {
 			return s.configError(h.DefRange.Ptr(), "Host name unfit for a channel", "%s: a host's name becomes part of the channel's object keys; rename the host to publish to it.", err)
 		}
 	}
+	return s.checkReportKeys(opts)
+}
+
+// checkReportKeys refuses a host whose status reports would be needed (a
+// host of every wave but the last, whose report the later waves wait for;
+// every host with Wait) but could not be verified: a report counts only
+// when the host's ed25519 host_key verifies its signature.
+func (s *Session) checkReportKeys(opts PublishOptions) error {
+	ro := s.Rollout()
+	var last []string
+	if len(ro.Batches) > 0 {
+		last = ro.Batches[len(ro.Batches)-1]
+	}
+	for _, h := range s.Selected {
+		if !opts.Wait && slices.Contains(last, h.Name) {
+			continue
+		}
+		if _, err := channel.ParseHostKey(h.HostKey); err == nil {
+			continue
+		}
+		who := "the hosts of the later waves wait for its status report"
+		if opts.Wait {
+			who = "publish --wait follows its status report"
+			if !slices.Contains(last, h.Name) {
+				who = "the hosts of the later waves and publish --wait follow its status report"
+			}
+		}
+		what := fmt.Sprintf("Host %q has no host_key", h.Name)
+		if h.HostKey != "" {
+			what = fmt.Sprintf("Host %q's host_key is not an ssh-ed25519 key", h.Name)
+		}
+		return s.configError(h.DefRange.Ptr(), "Host has no ed25519 host key",
+			"%s, and %s: a host signs its reports with its SSH ed25519 host key (%s), and a report its host_key does not verify counts as no report. "+
+				"Add host_key = \"ssh-ed25519 AAAA...\" to the host (deploy keyscan %s prints it), or publish it in the last wave without --wait.",
+			what, who, agentapi.DefaultHostKeyFile, h.Address)
+	}
 	return nil
+}
+
+// reportKeys maps each selected host with an ed25519 host_key to it: the
+// keys that verify their status reports.
+func (s *Session) reportKeys() map[string]string {
+	keys := map[string]string{}
+	for _, h := range s.Selected {
+		if _, err := channel.ParseHostKey(h.HostKey); err == nil {
+			keys[h.Name] = h.HostKey
+		}
+	}
+	return keys
 }
 
 // trustedPublisherKeys evaluates the selected hosts (nothing is built) for
@@ -361,6 +409,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	releases := map[string]*agentapi.Release{}
 	var earlier []string
 	failed := false
+	hostKeys := s.reportKeys()
 	for i, wave := range ro.Batches {
 		for _, name := range wave {
 			rel := &agentapi.Release{V: agentapi.Version, Channel: opts.Channel, Host: name, Serial: serial, System: systems[name],
@@ -369,6 +418,10 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 				RootVersion: rootVersion}
 			if i > 0 {
 				rel.Deadline = now.Add(time.Duration(i) * timeout)
+				rel.AfterKeys = map[string]string{}
+				for _, h := range earlier {
+					rel.AfterKeys[h] = hostKeys[h]
+				}
 			}
 			releases[name] = rel
 			hr := rep.Hosts[name]
@@ -414,7 +467,7 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		}
 		return rep, nil
 	}
-	s.waitRollout(ctx, rep, store, cr, releases, opts.Poll)
+	s.waitRollout(ctx, rep, store, cr, releases, hostKeys, opts.Poll)
 	if err := rep.Err(); err != nil || ctx.Err() == nil {
 		return rep, err
 	}
@@ -422,40 +475,43 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 }
 
 // waitRollout follows a published release through the hosts' statuses
-// until every host's outcome is known.
-func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, poll time.Duration) {
+// until every host's outcome is known. Only a status that the host's key
+// (hostKeys) verifies counts; any other is said once, and is no report.
+func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, hostKeys map[string]string, poll time.Duration) {
 	if poll <= 0 {
 		poll = 2 * time.Second
 	}
 	timeout := time.Duration(cr.WaveTimeoutMS) * time.Millisecond
-	final := map[string]*agentapi.PullStatus{}
-	seen := map[string]string{}
+	final := map[string][]byte{}
+	seen, warned := map[string]string{}, map[string]string{}
 	pending := slices.Clone(s.names())
-	statusOf := func(ctx context.Context, host string) (*agentapi.PullStatus, error) {
-		if st, ok := final[host]; ok {
-			return st, nil
+	statusOf := func(ctx context.Context, host string) ([]byte, error) {
+		if data, ok := final[host]; ok {
+			return data, nil
 		}
 		data, _, err := store.Read(ctx, channel.StatusKey(host))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		if err != nil {
-			return nil, err
-		}
-		st, err := channel.DecodeStatus(data)
-		if err != nil {
-			return nil, nil
-		}
-		return st, nil
+		return data, err
 	}
 	for len(pending) > 0 {
 		now := time.Now()
 		var still []string
 		for _, name := range pending {
 			rel, hr := releases[name], rep.Hosts[name]
-			st, err := statusOf(ctx, name)
+			data, err := statusOf(ctx, name)
 			if err != nil {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhasePull, Message: fmt.Sprintf("reading the status: %v", err)})
+			}
+			var st *agentapi.PullStatus
+			var unverified error
+			if data != nil {
+				st, unverified = channel.VerifyStatus(data, cr.Channel, name, hostKeys[name])
+				if unverified != nil && warned[name] != unverified.Error() {
+					warned[name] = unverified.Error()
+					s.emit(Event{Type: EventWarning, Host: name, Phase: PhasePull, Serial: cr.Serial, Message: unverified.Error() + ": not believed"})
+				}
 			}
 			if st != nil && st.Serial == cr.Serial {
 				if key := string(st.Outcome) + "\x00" + st.Message; seen[name] != key {
@@ -463,7 +519,7 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 					s.emitPullProgress(name, st)
 				}
 				if st.Outcome.Final() {
-					final[name] = st
+					final[name] = data
 					s.finishPull(hr, st, cr.Serial)
 					continue
 				}
@@ -491,6 +547,9 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				}
 				hr.Result, hr.Phase, hr.Serial, hr.Pull = ResultUnreachable, PhasePull, cr.Serial, st
 				hr.Err = fmt.Errorf("%s serial %d by %s, the end of wave %d's time", what, cr.Serial, deadline.Format(time.RFC3339), rel.Wave)
+				if unverified != nil {
+					hr.Err = fmt.Errorf("%w; %w", hr.Err, unverified)
+				}
 				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
 				continue
 			}
@@ -549,7 +608,9 @@ func (s *Session) finishPull(hr *HostReport, st *agentapi.PullStatus, serial int
 // ChannelStatus reads the channel's last publish and each selected host's
 // release and status documents (deploy status --channel): no host is
 // contacted. Each host's report has Pull (its status, nil when it never
-// reported) and Serial (the serial of its release in the channel).
+// reported) and Serial (the serial of its release in the channel). A status
+// that the host's host_key does not verify is not shown: Pull is nil and
+// Err wraps a *[channel.StatusError].
 func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *agentapi.ChannelRelease, error) {
 	if s.Fleet == nil || s.Fleet.Cache == nil {
 		return nil, nil, s.configError(nil, "No cache block", errNoCache)
@@ -571,6 +632,7 @@ func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *age
 	if err != nil {
 		return rep, nil, err
 	}
+	hostKeys := s.reportKeys()
 	each(ctx, s.names(), s.Parallel.connect(), func(ctx context.Context, host string) {
 		hr := rep.Hosts[host]
 		hr.Phase = PhasePull
@@ -592,7 +654,12 @@ func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *age
 			s.fail(hr, PhasePull, ResultUnreachable, fmt.Errorf("reading its status: %w", err))
 			return
 		default:
-			if hr.Pull, err = channel.DecodeStatus(data); err != nil {
+			// What an unverified status claims is not shown: only that
+			// it did not verify.
+			if hr.Pull, err = channel.VerifyStatus(data, name, host, hostKeys[host]); err != nil {
+				if hr.Err != nil {
+					err = fmt.Errorf("%w; %w", hr.Err, err)
+				}
 				hr.Err = err
 			}
 		}

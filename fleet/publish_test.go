@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/pull/channel"
+	"golang.org/x/crypto/ssh"
 )
 
 // pullFleet is three hosts pulling from channel "prod" of a file:// cache,
@@ -22,11 +25,15 @@ type pullFleet struct {
 	dir, cacheDir string
 	publisher     *cache.SecretKey
 	cacheKey      *cache.SecretKey
+	// hostKeys are the hosts' SSH ed25519 host keys, which sign their
+	// statuses; the fleet names their public halves (host_key).
+	hostKeys map[string]ed25519.PrivateKey
 }
 
-func newPullFleet(t *testing.T, trusted string) *pullFleet {
+// newPullFleet writes the fleet; the hosts of noKey have no host_key.
+func newPullFleet(t *testing.T, trusted string, noKey ...string) *pullFleet {
 	t.Helper()
-	f := &pullFleet{dir: t.TempDir(), cacheDir: t.TempDir()}
+	f := &pullFleet{dir: t.TempDir(), cacheDir: t.TempDir(), hostKeys: map[string]ed25519.PrivateKey{}}
 	f.publisher, _, _ = cache.GenerateKey("ci-1")
 	f.cacheKey, _, _ = cache.GenerateKey("cache-1")
 	if trusted == "" {
@@ -36,7 +43,14 @@ func newPullFleet(t *testing.T, trusted string) *pullFleet {
 	fmt.Fprintf(&b, "cache {\n  url = \"file://%s\"\n  public_keys = [%q]\n}\n", f.cacheDir, f.cacheKey.Public().String())
 	fmt.Fprintf(&b, "role \"pulled\" {\n  pull {\n    channel = \"prod\"\n    publisher_keys = [%q]\n  }\n}\n", trusted)
 	for _, h := range []string{"a", "b", "c"} {
-		fmt.Fprintf(&b, "host %q {\n  address = \"192.0.2.1\"\n  roles = [role.pulled]\n  file \"/etc/%s\" {\n    content = \"%s\\n\"\n  }\n}\n", h, h, h)
+		key := ""
+		if !slices.Contains(noKey, h) {
+			pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+			f.hostKeys[h] = priv
+			sp, _ := ssh.NewPublicKey(pub)
+			key = fmt.Sprintf("  host_key = %q\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))))
+		}
+		fmt.Fprintf(&b, "host %q {\n  address = \"192.0.2.1\"\n%s  roles = [role.pulled]\n  file \"/etc/%s\" {\n    content = \"%s\\n\"\n  }\n}\n", h, key, h, h)
 	}
 	b.WriteString("deployment \"all\" {\n  hosts = [\"a\", \"b\", \"c\"]\n  batch_size = \"100%\"\n  wave_timeout = \"1h\"\n}\n")
 	if err := os.WriteFile(filepath.Join(f.dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
@@ -54,6 +68,14 @@ func (f *pullFleet) session(t *testing.T, target string, log *eventLog) *Session
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// report writes host's status, signed with its host key.
+func (f *pullFleet) report(t *testing.T, st *agentapi.PullStatus) {
+	t.Helper()
+	if err := channel.PutStatus(context.Background(), channel.DirStore(f.channelDir()), st, f.hostKeys[st.Host]); err != nil {
+		t.Error(err)
+	}
 }
 
 func (f *pullFleet) channelDir() string { return filepath.Join(f.cacheDir, "channels", "prod") }
@@ -88,6 +110,10 @@ func TestPublish(t *testing.T) {
 	for _, r := range []*agentapi.Release{b, c} {
 		if r.Wave != 2 || !slices.Equal(r.After, []string{"a"}) || !r.Deadline.Equal(r.Published.Add(time.Hour)) {
 			t.Errorf("%s's release %+v: want wave 2 after a, deadline an hour after the publish", r.Host, r)
+		}
+		// The key that verifies a's reports.
+		if pk, err := channel.ParseHostKey(r.AfterKeys["a"]); err != nil || !pk.Equal(f.hostKeys["a"].Public()) || len(r.AfterKeys) != 1 {
+			t.Errorf("%s's release names after_keys %v, want a's host key", r.Host, r.AfterKeys)
 		}
 	}
 	for _, h := range []string{"a", "b", "c"} {
@@ -168,13 +194,58 @@ func TestPublishRefusesHostsThatWouldNotFollow(t *testing.T) {
 	}
 }
 
+// A host whose reports would be needed (the later waves wait for it, or
+// publish --wait follows it) needs an ed25519 host_key to verify them: a
+// configuration error at the host, before anything is built or published.
+func TestPublishRefusesHostsWithoutHostKey(t *testing.T) {
+	for _, tt := range []struct {
+		name, noKey, target string
+		wait                bool
+		refused             string // "": published
+		detail              string
+	}{
+		{"the canary", "a", "all", false, "a", "the hosts of the later waves wait for its status report"},
+		{"the last wave", "c", "all", false, "", ""},
+		{"one wave", "a", "a,b", false, "", ""},
+		{"the last wave, with --wait", "c", "all", true, "c", "publish --wait follows its status report"},
+		{"the canary, with --wait", "a", "all", true, "a", "the hosts of the later waves and publish --wait follow its status report"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newPullFleet(t, "", tt.noKey)
+			s := f.session(t, tt.target, &eventLog{})
+			_, err := s.Publish(context.Background(), PublishOptions{Channel: "prod", Wait: tt.wait, WaveTimeout: time.Millisecond, Poll: time.Millisecond})
+			if tt.refused == "" {
+				var ce *ConfigError
+				if errors.As(err, &ce) {
+					t.Fatalf("Publish = %v, want it published", err)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Diags) != 1 {
+				t.Fatalf("Publish = %v, want one configuration diagnostic", err)
+			}
+			d := ce.Diags[0]
+			if d.Summary != "Host has no ed25519 host key" || !strings.Contains(d.Detail, tt.detail) || !strings.Contains(d.Detail, "deploy keyscan") || d.Subject == nil {
+				t.Fatalf("%q: %q at %v", d.Summary, d.Detail, d.Subject)
+			}
+			src, _ := os.ReadFile(filepath.Join(f.dir, d.Subject.Filename))
+			if line := strings.Split(string(src), "\n")[d.Subject.Start.Line-1]; line != fmt.Sprintf("host %q {", tt.refused) {
+				t.Errorf("the diagnostic points at line %d %q, want host %s's", d.Subject.Start.Line, line, tt.refused)
+			}
+			if _, err := os.Stat(filepath.Join(f.cacheDir, "channels")); err == nil {
+				t.Error("something was published")
+			}
+		})
+	}
+}
+
 // publish --wait reads the hosts' statuses: a rolled-back canary halts the
 // second wave (known without its hosts' reports), and the exit code's
 // result is the rollback.
 func TestPublishWait(t *testing.T) {
 	f := newPullFleet(t, "")
 	ctx := context.Background()
-	store := channel.DirStore(f.channelDir())
 	go func() {
 		// The canary: rolled back by its health check, as soon as its
 		// release is there.
@@ -184,7 +255,7 @@ func TestPublishWait(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		channel.PutStatus(ctx, store, &agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Outcome: agentapi.PullRolledBack,
+		f.report(t, &agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Outcome: agentapi.PullRolledBack,
 			Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()})
 	}()
 	log := &eventLog{}
@@ -214,7 +285,7 @@ func TestPublishWait(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		channel.PutStatus(ctx, store, &agentapi.PullStatus{Host: "b", Channel: "prod", Serial: 1, Outcome: agentapi.PullHalted, Time: time.Now().UTC(),
+		f.report(t, &agentapi.PullStatus{Host: "b", Channel: "prod", Serial: 1, Outcome: agentapi.PullHalted, Time: time.Now().UTC(),
 			Refused: &agentapi.PullRefusal{Serial: 2, Reason: "release refused: not signed by a trusted publisher key", Time: time.Now().UTC()}})
 	}()
 	rep, _ = f.session(t, "b,c", &eventLog{}).Publish(ctx, PublishOptions{Channel: "prod", Wait: true, Poll: 10 * time.Millisecond, WaveTimeout: 300 * time.Millisecond})
@@ -223,5 +294,84 @@ func TestPublishWait(t *testing.T) {
 	}
 	if hr := rep.Hosts["c"]; hr.Result != ResultUnreachable || !strings.Contains(hr.Err.Error(), "did not report serial 2") {
 		t.Errorf("c: %+v", hr)
+	}
+}
+
+// publish --wait believes only statuses signed by their host's key: a
+// forged "rolled-back" of the canary (signed by another key) neither ends
+// the canary nor halts the second wave; it is said once, as a warning, and
+// the hosts' own reports decide.
+func TestPublishWaitForgedStatus(t *testing.T) {
+	f := newPullFleet(t, "")
+	log := &eventLog{}
+	_, evil, _ := ed25519.GenerateKey(rand.Reader)
+	warned := func() bool {
+		return log.has(func(e Event) bool {
+			return e.Type == EventWarning && e.Host == "a" && strings.Contains(e.Message, "status of a not signed by its host key")
+		})
+	}
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for {
+			if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey("c"))); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		forged, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Outcome: agentapi.PullRolledBack,
+			Check: "http", Message: "forged", Time: time.Now().UTC()}, evil)
+		channel.DirStore(f.channelDir()).Put(context.Background(), channel.StatusKey("a"), forged)
+		// The hosts report once publish --wait has seen the forgery (or
+		// has ended, believing it).
+		for !warned() && !log.has(func(e Event) bool { return e.Type == EventResult && e.Host == "a" }) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		for _, h := range []string{"a", "b", "c"} {
+			f.report(t, &agentapi.PullStatus{Host: h, Channel: "prod", Serial: 1, Outcome: agentapi.PullDone, Generation: 1, Time: time.Now().UTC()})
+		}
+	}()
+	rep, err := f.session(t, "all", log).Publish(context.Background(), PublishOptions{Channel: "prod", Wait: true, Poll: 10 * time.Millisecond})
+	<-published
+	if err != nil {
+		t.Fatalf("Publish --wait = %v (a: %+v)", err, rep.Hosts["a"])
+	}
+	for _, h := range []string{"a", "b", "c"} {
+		if hr := rep.Hosts[h]; hr.Result != ResultOK || hr.Pull == nil || hr.Pull.Outcome != agentapi.PullDone {
+			t.Errorf("%s: %+v, want ok from its own report", h, hr)
+		}
+	}
+	if !warned() {
+		t.Error("no host.warning about a's forged status")
+	}
+}
+
+// deploy status --channel shows a status that its host's key does not
+// verify as such, never what it claims.
+func TestChannelStatusUnverified(t *testing.T) {
+	f := newPullFleet(t, "", "c")
+	if _, err := f.session(t, "all", &eventLog{}).Publish(context.Background(), PublishOptions{Channel: "prod"}); err != nil {
+		t.Fatal(err)
+	}
+	_, evil, _ := ed25519.GenerateKey(rand.Reader)
+	f.report(t, &agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Outcome: agentapi.PullDone, Time: time.Now().UTC()})
+	forged, _ := channel.SignStatus(&agentapi.PullStatus{Host: "b", Channel: "prod", Serial: 1, Outcome: agentapi.PullRolledBack, Time: time.Now().UTC()}, evil)
+	os.WriteFile(filepath.Join(f.channelDir(), channel.StatusKey("b")), forged, 0o644)
+	// c has no host_key: nothing verifies its status.
+	f.hostKeys["c"] = evil
+	f.report(t, &agentapi.PullStatus{Host: "c", Channel: "prod", Serial: 1, Outcome: agentapi.PullDone, Time: time.Now().UTC()})
+
+	rep, head, err := f.session(t, "all", &eventLog{}).ChannelStatus(context.Background(), "prod")
+	if err != nil || head == nil || head.Serial != 1 {
+		t.Fatalf("ChannelStatus = %v, head %+v", err, head)
+	}
+	if hr := rep.Hosts["a"]; hr.Pull == nil || hr.Pull.Outcome != agentapi.PullDone || hr.Err != nil {
+		t.Errorf("a: %+v, want its verified status", hr)
+	}
+	for h, want := range map[string]string{"b": "status of b not signed by its host key", "c": "status of c cannot be verified"} {
+		var se *channel.StatusError
+		if hr := rep.Hosts[h]; hr.Pull != nil || !errors.As(hr.Err, &se) || !strings.Contains(hr.Err.Error(), want) {
+			t.Errorf("%s: %+v (error %v), want no status and %q", h, hr, hr.Err, want)
+		}
 	}
 }

@@ -51,6 +51,7 @@ func pullKind() *Kind {
 			{Name: "max_nar_size", Type: str, Doc: `the largest store path (NAR) the host fetches (default "8GiB")`},
 			{Name: "fetch_timeout", Type: str, Doc: `a document's whole deadline, and the floor of a NAR's (default "1m")`},
 			{Name: "fetch_min_rate", Type: str, Doc: `the slowest average rate a NAR's deadline allows for, per second, beyond fetch_timeout (default "64KiB")`},
+			{Name: "host_key_file", Type: str, Doc: "the host's OpenSSH ed25519 private key that signs its status reports, whose public half is the host's host_key (default /etc/ssh/ssh_host_ed25519_key)"},
 		},
 		Check:   checkPull,
 		Realize: realizePull,
@@ -117,6 +118,10 @@ func checkPull(r *Resource) hcl.Diagnostics {
 		diags = append(diags, errAt(r.Range("status_credentials"), "Invalid status_credentials",
 			"status_credentials = %q must be an absolute path on the host, such as secret.NAME.path.", c))
 	}
+	if c := r.String("host_key_file", ""); r.Has("host_key_file") && (!path.IsAbs(c) || path.Clean(c) != c) {
+		diags = append(diags, errAt(r.Range("host_key_file"), "Invalid host_key_file",
+			"host_key_file = %q must be an absolute path on the host, such as %q.", c, agentapi.DefaultHostKeyFile))
+	}
 	return diags
 }
 
@@ -174,6 +179,7 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 	if d, err := time.ParseDuration(r.String("fetch_timeout", "")); err == nil {
 		pc.FetchTimeoutMS = d.Milliseconds()
 	}
+	pc.HostKeyFile = r.String("host_key_file", "")
 	if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
 		pc.StatusURL = channel.URL(ref.URL, name)
 		pc.StatusCredentials = r.String("status_credentials", "")

@@ -3,6 +3,7 @@ package pull
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -49,11 +50,12 @@ func idleHost(b *testing.B, url string, tlsConfig *tls.Config) (newAgent func(di
 	ck, _, _ := cache.GenerateKey("cache-1")
 	cfg := &agentapi.PullConfig{V: 1, Host: "web1", Channel: "prod", URL: url,
 		PublisherKeys: []string{pk.Public().String()}, CacheURL: "file://" + b.TempDir(), CacheKeys: []string{ck.Public().String()}, StateDir: stateDir}
+	_, hostKey, _ := ed25519.GenerateKey(nil)
 	return func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Agent {
 		// A new process per poll, as the timer runs it: a new client, a
 		// new connection.
 		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: dial, TLSClientConfig: tlsConfig}}
-		return &Agent{Config: cfg, Layout: l, Client: client, Status: channel.DirStore(b.TempDir())}
+		return &Agent{Config: cfg, Layout: l, Client: client, Status: channel.DirStore(b.TempDir()), HostKey: hostKey}
 	}
 }
 

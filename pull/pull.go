@@ -4,7 +4,8 @@
 // fetches the closure from the binary cache (verified by [cache.Fetcher]),
 // activates it with the system's own agent exactly as a push deploy does
 // (health checks and automatic rollback; the checks are the confirmation),
-// and reports a status document. deploy-agent pull runs one poll; a
+// and reports a status document signed with the host's SSH ed25519 host key
+// ([channel.SignStatus]). deploy-agent pull runs one poll; a
 // systemd timer runs it every interval. docs/pull.md is the operator's
 // description.
 //
@@ -23,6 +24,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -60,6 +62,10 @@ type Agent struct {
 	Source channel.Source
 	// Status writes the host's status (default: Config.StatusURL, or none).
 	Status channel.Writer
+	// HostKey signs the host's status (default: the OpenSSH ed25519 key in
+	// Config.HostKeyFile, else [agentapi.DefaultHostKeyFile], read when a
+	// status is written).
+	HostKey ed25519.PrivateKey
 	// Cache is where closures are fetched from (default Config.CacheURL).
 	Cache cache.Backend
 	// Client is the HTTP client of the defaults (nil: one per backend).
@@ -345,12 +351,36 @@ func (p *poll) flush(ctx context.Context) error {
 	if p.a.Status == nil {
 		return nil
 	}
-	if err := channel.PutStatus(ctx, p.a.Status, p.st.Status); err != nil {
+	key, err := p.a.hostKey()
+	if err != nil {
+		// Unsigned, the report would count for nothing: the later waves
+		// believe only statuses signed by this host's key.
+		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
+		return nil
+	}
+	if err := channel.PutStatus(ctx, p.a.Status, p.st.Status, key); err != nil {
 		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
 		return nil
 	}
 	p.st.Reported = true
 	return p.save()
+}
+
+// hostKey returns the key that signs the host's status.
+func (a *Agent) hostKey() (ed25519.PrivateKey, error) {
+	if a.HostKey != nil {
+		return a.HostKey, nil
+	}
+	file := a.Config.HostKeyFile
+	if file == "" {
+		file = agentapi.DefaultHostKeyFile
+	}
+	k, err := channel.LoadHostKey(file)
+	if err != nil {
+		return nil, err
+	}
+	a.HostKey = k
+	return k, nil
 }
 
 func docHash(data []byte) string {
@@ -629,9 +659,6 @@ func failedCheck(msg string) string {
 	return ""
 }
 
-// getDocument reads a document of the channel, refusing one above the
-// configuration's max_document_size whatever the source (an HTTP source
-// cuts it off as it arrives).
 // refuseTooLarge reports a document refused unread for its size: no
 // serial, no signature to check.
 func (p *poll) refuseTooLarge(ctx context.Context, err error) *Result {
@@ -646,6 +673,9 @@ func (p *poll) refuseTooLarge(ctx context.Context, err error) *Result {
 	return &Result{Action: "refused"}
 }
 
+// getDocument reads a document of the channel, refusing one above the
+// configuration's max_document_size whatever the source (an HTTP source
+// cuts it off as it arrives).
 func (a *Agent) getDocument(ctx context.Context, key, etag string) ([]byte, string, error) {
 	data, newETag, err := a.Source.Get(ctx, key, etag)
 	if max := a.Config.MaxDocumentSize; err == nil && max > 0 && int64(len(data)) > max {
@@ -654,8 +684,9 @@ func (a *Agent) getDocument(ctx context.Context, key, etag string) ([]byte, stri
 	return data, newETag, err
 }
 
-// statusOf reads a host's status from the channel (nil when it has none).
-func (p *poll) statusOf(ctx context.Context, host string) (*agentapi.PullStatus, error) {
+// statusOf reads a host's status document from the channel (nil when it
+// has none); the gate verifies it.
+func (p *poll) statusOf(ctx context.Context, host string) ([]byte, error) {
 	if err := channel.CheckName("host", host); err != nil {
 		return nil, err
 	}
@@ -668,12 +699,7 @@ func (p *poll) statusOf(ctx context.Context, host string) (*agentapi.PullStatus,
 	if err != nil {
 		return nil, err
 	}
-	st, err := channel.DecodeStatus(data)
-	if err != nil || st.Host != host {
-		// Unreadable or not this host's: as good as no report.
-		return nil, nil
-	}
-	return st, nil
+	return data, nil
 }
 
 // RootName is the GC root (in the profiles directory) that keeps the

@@ -2,7 +2,10 @@ package pull
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +18,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/pull/channel"
+	"golang.org/x/crypto/ssh"
 )
 
 // fixture is a channel and a cache in directories, the publisher's and the
@@ -29,6 +33,9 @@ type fixture struct {
 	publisher *cache.SecretKey
 	cacheKey  *cache.SecretKey
 	activated []string
+	// keys are the hosts' SSH host keys (shared by the fixtures of one
+	// channel).
+	keys map[string]ed25519.PrivateKey
 	// outcome is what the next activation returns.
 	outcome agentapi.Outcome
 	check   string
@@ -36,7 +43,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, stateDir: t.TempDir(), chanDir: t.TempDir(), cacheDir: t.TempDir(), outcome: agentapi.OutcomeDone}
+	f := &fixture{t: t, stateDir: t.TempDir(), chanDir: t.TempDir(), cacheDir: t.TempDir(), outcome: agentapi.OutcomeDone,
+		keys: map[string]ed25519.PrivateKey{}}
 	var err error
 	f.local, err = closure.NewLocalStore(t.TempDir(), filepath.Join(f.stateDir, "store"))
 	if err != nil {
@@ -55,12 +63,33 @@ func (f *fixture) config(host string) *agentapi.PullConfig {
 
 func (f *fixture) agent(host string) *Agent {
 	a := &Agent{Config: f.config(host), Layout: activation.Layout{StateDir: f.stateDir, RunDir: filepath.Join(f.stateDir, "run")},
-		Version: "test", Logf: f.t.Logf}
+		Version: "test", Logf: f.t.Logf, HostKey: f.key(host)}
 	a.Activate = func(ctx context.Context, system string, meta map[string]string) (*agentapi.Result, error) {
 		f.activated = append(f.activated, system)
 		return &agentapi.Result{Outcome: f.outcome, Generation: len(f.activated), Check: f.check, Message: "test activation"}, nil
 	}
 	return a
+}
+
+// key is host's SSH ed25519 host key.
+func (f *fixture) key(host string) ed25519.PrivateKey {
+	if f.keys[host] == nil {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.keys[host] = k
+	}
+	return f.keys[host]
+}
+
+// keyLine is host's public host key, as the fleet's host_key holds it.
+func (f *fixture) keyLine(host string) string {
+	pk, err := ssh.NewPublicKey(f.key(host).Public())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pk)))
 }
 
 // system builds a system closure (a package and the system referring to
@@ -88,7 +117,8 @@ func (f *fixture) system(host, version string) string {
 }
 
 // publish writes host's release document, signed by key (the publisher's
-// when nil), and returns its bytes.
+// when nil), and returns its bytes. The release names the host keys of
+// its earlier waves unless it names some.
 func (f *fixture) publish(rel *agentapi.Release, keys ...*cache.SecretKey) []byte {
 	f.t.Helper()
 	if len(keys) == 0 {
@@ -100,6 +130,12 @@ func (f *fixture) publish(rel *agentapi.Release, keys ...*cache.SecretKey) []byt
 	}
 	if rel.Published.IsZero() {
 		rel.Published = time.Now().UTC()
+	}
+	if rel.AfterKeys == nil && len(rel.After) > 0 {
+		rel.AfterKeys = map[string]string{}
+		for _, h := range rel.After {
+			rel.AfterKeys[h] = f.keyLine(h)
+		}
 	}
 	data, err := channel.Sign(agentapi.DocRelease, rel, keys...)
 	if err != nil {
@@ -122,7 +158,7 @@ func (f *fixture) status(host string) *agentapi.PullStatus {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	st, err := channel.DecodeStatus(data)
+	st, err := channel.VerifyStatus(data, "prod", host, f.keyLine(host))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -261,7 +297,7 @@ func TestPollWaves(t *testing.T) {
 	// web2 is a host of its own: its own state directory, so its own store
 	// directory, so its own cache.
 	g := newFixture(t)
-	g.publisher, g.cacheKey, g.chanDir = f.publisher, f.cacheKey, f.chanDir
+	g.publisher, g.cacheKey, g.chanDir, g.keys = f.publisher, f.cacheKey, f.chanDir, f.keys
 	rest := g.agent("web2")
 	g.activated = f.activated
 
@@ -357,3 +393,77 @@ type failingWriter struct{}
 
 func (failingWriter) Put(context.Context, string, []byte) error { return fmt.Errorf("503 Slow Down") }
 func (failingWriter) String() string                            { return "failing" }
+
+// Someone who can write the status prefix but holds no host's key (the
+// status credentials leaked, say) writes statuses for web1, the first
+// wave: none of them lets web2 go, and none halts it; web1's own report
+// does.
+func TestPollWavesForgedStatus(t *testing.T) {
+	f := newFixture(t)
+	canary := f.agent("web1")
+	g := newFixture(t)
+	g.publisher, g.cacheKey, g.chanDir, g.keys = f.publisher, f.cacheKey, f.chanDir, f.keys
+	rest := g.agent("web2")
+	published := time.Now().UTC()
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: f.system("web1", "v1"), Wave: 1, Waves: 2, Published: published})
+	f.publish(&agentapi.Release{Host: "web2", Serial: 1, System: g.system("web2", "v1"), Wave: 2, Waves: 2, After: []string{"web1"},
+		Deadline: published.Add(time.Hour), Published: published})
+
+	_, evil, _ := ed25519.GenerateKey(rand.Reader)
+	claim := func(o agentapi.PullOutcome) *agentapi.PullStatus {
+		now := time.Now().UTC()
+		return &agentapi.PullStatus{Host: "web1", Channel: "prod", Serial: 1, Outcome: o, Time: now, OutcomeTime: now, Check: "http"}
+	}
+	for _, tt := range []struct {
+		name string
+		doc  func() []byte
+	}{
+		{"an unsigned done, as statuses used to be", func() []byte { data, _ := json.Marshal(claim(agentapi.PullDone)); return data }},
+		{"a done signed by another key", func() []byte { data, _ := channel.SignStatus(claim(agentapi.PullDone), evil); return data }},
+		{"web2's own done for web1", func() []byte { data, _ := channel.SignStatus(claim(agentapi.PullDone), f.key("web2")); return data }},
+		{"an unsigned rolled-back", func() []byte { data, _ := json.Marshal(claim(agentapi.PullRolledBack)); return data }},
+		{"a failed signed by another key", func() []byte { data, _ := channel.SignStatus(claim(agentapi.PullFailed), evil); return data }},
+		{"a halted signed by another key", func() []byte { data, _ := channel.SignStatus(claim(agentapi.PullHalted), evil); return data }},
+	} {
+		// The fixtures fail the test itself: no subtests.
+		t.Logf("web1's status: %s", tt.name)
+		f.write(channel.StatusKey("web1"), tt.doc())
+		g.poll(rest, "waiting")
+		if st := f.status("web2"); st.Outcome != agentapi.PullWaiting || !strings.Contains(st.Message, "status of web1 not signed by its host key") {
+			t.Fatalf("%s: web2's status %+v: want waiting, saying web1's status is not signed by its key", tt.name, st)
+		}
+		if len(g.activated) != 0 {
+			t.Fatalf("%s: web2 activated %v on a forged status", tt.name, g.activated)
+		}
+	}
+	// A forged failure stays there until web1 reports: web1's own done
+	// opens the gate.
+	f.poll(canary, "done")
+	g.poll(rest, "done")
+	if len(g.activated) != 1 {
+		t.Fatalf("web2 activated %v after web1's own report", g.activated)
+	}
+}
+
+// A host whose key cannot be read does not report (an unsigned report
+// would count for nothing) and tries again at the next poll.
+func TestPollReportNeedsHostKey(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("web1")
+	a.HostKey, a.Config.HostKeyFile = nil, filepath.Join(t.TempDir(), "ssh_host_ed25519_key")
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: f.system("web1", "v1")})
+	if res := f.poll(a, "done"); res.Reported {
+		t.Fatal("reported without a host key")
+	}
+	if _, err := os.Stat(filepath.Join(f.chanDir, channel.StatusKey("web1"))); err == nil {
+		t.Fatal("a status was written without a host key")
+	}
+	block, err := ssh.MarshalPrivateKey(f.key("web1"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(a.Config.HostKeyFile, pem.EncodeToMemory(block), 0o600)
+	if res := f.poll(a, "none"); !res.Reported || f.status("web1").Outcome != agentapi.PullDone {
+		t.Fatalf("not reported once the key is there: %+v", res)
+	}
+}

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +30,7 @@ import (
 	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/pull/channel"
 	"github.com/minio/minio-go/v7"
+	"golang.org/x/crypto/ssh"
 )
 
 // limitsEnv is one host in pull mode, run as the real deploy-agent pull
@@ -42,6 +45,7 @@ type limitsEnv struct {
 	proxy    *httptest.Server
 	stateDir string
 	runDir   string
+	hostKey  string // the authorized-key line of the key that signs the status
 	cfg      *agentapi.PullConfig
 	cfgFile  string
 	system   string
@@ -139,6 +143,24 @@ func newLimitsEnv(t *testing.T, appSize int, message string) *limitsEnv {
 		PublisherKeys: []string{pub.Public().String()}, CacheURL: cacheURL, CacheKeys: []string{ck.Public().String()},
 		StatusURL:         channel.URL("s3://cache/fleet?endpoint="+srv.Endpoint+"&region=us-east-1", "prod"),
 		StatusCredentials: credFile, StateDir: e.stateDir, IntervalMS: 60000}
+	// The host's key that signs its status (its SSH host key on a host).
+	_, hostKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(hostKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.HostKeyFile = filepath.Join(t.TempDir(), "ssh_host_ed25519_key")
+	if err := os.WriteFile(e.cfg.HostKeyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(hostKey.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.hostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub)))
 	e.cfgFile = filepath.Join(t.TempDir(), "deploy-pull.json")
 	return e
 }
@@ -178,7 +200,7 @@ func (e *limitsEnv) status() *agentapi.PullStatus {
 	if err != nil {
 		e.t.Fatalf("the host's status: %v", err)
 	}
-	st, err := channel.DecodeStatus(data)
+	st, err := channel.VerifyStatus(data, "prod", "web1", e.hostKey)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -153,14 +156,16 @@ func (p *pullEnv) put(key string, data []byte) {
 	}
 }
 
+// status reads host's status, verified with its host key; nil when it
+// has none, or none that its key signed.
 func (p *pullEnv) status(host string) *agentapi.PullStatus {
 	data := p.object(pullPrefix + channel.StatusKey(host))
 	if data == nil {
 		return nil
 	}
-	st, err := channel.DecodeStatus(data)
+	st, err := channel.VerifyStatus(data, "prod", host, p.host(host).HostKeyLine())
 	if err != nil {
-		p.tb.Fatal(err)
+		return nil
 	}
 	return st
 }
@@ -450,6 +455,111 @@ func TestPullE2E(t *testing.T) {
 		for _, h := range []string{"h1", "h2", "h4"} {
 			t.Logf("%s:\n%s", h, p.host(h).Succeed("journalctl -u deploy-pull.service --no-pager | grep -v 'pull prod: none' | tail -60"))
 		}
+	}
+}
+
+// TestPullForgedStatusE2E plays someone who can write the channel's
+// status prefix (the hosts' status credentials leaked) but holds no host's
+// key, on two hosts in two waves (h1, then h2):
+//
+//  1. h1 does not poll; a status claiming h1 is done with the release,
+//     unsigned and then signed by another key, is put into the bucket: h2
+//     keeps waiting, saying why, and deploy status --channel shows the
+//     status as unverified.
+//  2. a forged "failed" for h1 does not halt h2 either; once h1 polls,
+//     activates and reports (signed with its host key), h2 goes.
+func TestPullForgedStatusE2E(t *testing.T) {
+	t.Parallel()
+	p := newPullEnv(t, 2, `canary       = 1
+  batch_size   = "100%"`)
+	target := p.fl.Target("prod")
+	h1, h2 := p.host("h1"), p.host("h2")
+	p.write("v0", true)
+	p.r.Text(t, "", target).Want(t, 0)
+	for _, h := range p.nw.Hosts {
+		h.WaitForUnit("deploy-pull.timer")
+	}
+	// h1 stops polling: it will report only when the test lets it.
+	h1.Succeed("systemctl stop deploy-pull.timer && while systemctl is-active -q deploy-pull.service; do sleep 0.1; done")
+
+	p.write("v1", true)
+	p.r.Run(t, "publish", "--channel", "prod", target).Want(t, 0)
+	head := p.head()
+	if !slices.Equal(head.Waves[0], []string{"h1"}) {
+		t.Fatalf("waves %v, want h1 first", head.Waves)
+	}
+	p.waitStatus("h2", "waiting for h1", func(st *agentapi.PullStatus) bool {
+		return st.Serial == head.Serial && st.Outcome == agentapi.PullWaiting
+	})
+
+	now := time.Now().UTC()
+	claim := func(o agentapi.PullOutcome) *agentapi.PullStatus {
+		return &agentapi.PullStatus{V: agentapi.Version, Host: "h1", Channel: "prod", Serial: head.Serial, System: head.Systems["h1"],
+			Wave: 1, Outcome: o, Generation: 9, Time: now, OutcomeTime: now, Check: "app", Message: "forged"}
+	}
+	_, evil, _ := ed25519.GenerateKey(rand.Reader)
+	unsignedDone, _ := json.Marshal(claim(agentapi.PullDone))
+	evilDone, _ := channel.SignStatus(claim(agentapi.PullDone), evil)
+	strippedFailed := func() []byte {
+		var doc agentapi.SignedDocument
+		data, _ := channel.SignStatus(claim(agentapi.PullFailed), evil)
+		json.Unmarshal(data, &doc)
+		doc.Signatures = nil
+		data, _ = json.Marshal(doc)
+		return data
+	}()
+	for _, tt := range []struct {
+		name, detail string
+		doc          []byte
+	}{
+		{"an unsigned done", "bytes that are not a signed document", unsignedDone},
+		{"a done signed by another key", "signed by another key", evilDone},
+	} {
+		p.put(pullPrefix+channel.StatusKey("h1"), tt.doc)
+		st := p.waitStatus("h2", "waiting, saying h1's status is not signed", func(st *agentapi.PullStatus) bool {
+			return st.Serial == head.Serial && (st.Outcome.Final() ||
+				strings.Contains(st.Message, "status of h1 not signed by its host key") && strings.Contains(st.Message, tt.detail))
+		})
+		if st.Outcome != agentapi.PullWaiting {
+			t.Fatalf("%s: h2's status %+v, want waiting", tt.name, st)
+		}
+		if got := h2.Succeed("cat /etc/app/version"); got != "v0\n" {
+			t.Fatalf("%s: h2 runs %q, want v0: a forged status opened the gate", tt.name, got)
+		}
+	}
+	out := p.r.Run(t, "status", "--channel", "prod", target).Want(t, 0).Stdout
+	line := ""
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "h1 ") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "unverified") || !strings.Contains(line, "status of h1 not signed by its host key") || strings.Contains(line, "done") || strings.Contains(line, "forged") {
+		t.Errorf("deploy status --channel shows h1 as %q, want unverified:\n%s", line, out)
+	}
+
+	// 2. A forged failure: h2 does not halt; h1's own report decides.
+	p.put(pullPrefix+channel.StatusKey("h1"), strippedFailed)
+	if st := p.waitStatus("h2", "a verdict on h1's forged failure", func(st *agentapi.PullStatus) bool {
+		return st.Serial == head.Serial && (st.Outcome.Final() || strings.Contains(st.Message, "status of h1 not signed by its host key (unsigned)"))
+	}); st.Outcome != agentapi.PullWaiting {
+		t.Fatalf("h2's status %+v after a forged failure of h1, want waiting", st)
+	}
+	h1.Succeed("systemctl start deploy-pull.timer")
+	p.waitStatus("h1", "serial done", done(head.Serial))
+	st := p.waitStatus("h2", "serial done", func(st *agentapi.PullStatus) bool {
+		return st.Serial == head.Serial && st.Outcome.Final()
+	})
+	if st.Outcome != agentapi.PullDone {
+		t.Fatalf("h2's status %+v, want done after h1's own report", st)
+	}
+	for _, h := range p.nw.Hosts {
+		if got := h.Succeed("cat /etc/app/version"); got != "v1\n" {
+			t.Errorf("%s runs %q, want v1", h.Name(), got)
+		}
+	}
+	if pullDebug {
+		t.Logf("h2:\n%s", h2.Succeed("journalctl -u deploy-pull.service --no-pager | grep -v 'pull prod: none' | tail -40"))
 	}
 }
 

@@ -18,18 +18,22 @@
 //	channels/NAME/root/VERSION.json     the channel's root of trust, every version
 //	channels/NAME/timestamps/HOST.json  each host's timestamp (signed Timestamp)
 //	channels/NAME/hosts/HOST.json       each host's release (signed Release)
-//	channels/NAME/status/HOST.json      each host's report (PullStatus)
+//	channels/NAME/status/HOST.json      each host's report (PullStatus, signed with its host key)
 //
 // # Trust
 //
-// Documents are [agentapi.SignedDocument]s signed with ed25519 keys in the
-// cache's format ([cache.SecretKey]); [VerifyRelease] accepts a release only
-// when it is signed by a trusted key, names the host and channel, and has a
-// serial above the host's. Statuses are not signed: they are only as
-// trustworthy as the bucket's write permissions on the status prefix (give
-// each host credentials for its own status key where the store allows it),
-// and a forged status can stop or hasten a rollout but never make a host
-// run anything a publisher did not sign.
+// Documents are [agentapi.SignedDocument]s signed with ed25519 keys:
+// releases and the channel's records with publisher keys in the cache's
+// format ([cache.SecretKey]), statuses with the reporting host's SSH
+// ed25519 host key. [VerifyRelease] accepts a release only when it is
+// signed by a trusted key, names the host and channel, and has a serial
+// above the host's. [VerifyStatus] believes a status only when the key that
+// the release (Release.AfterKeys) or the fleet names for its host signed
+// it, about that host and channel; the wave gate ([Gate]) counts any other
+// status as silence. Whoever can write the status prefix can therefore
+// still withhold or delete reports (a silent wave halts at its deadline),
+// but can neither let a later wave go early nor halt it by a forged
+// failure.
 package channel
 
 import (

@@ -2,8 +2,11 @@ package channel_test
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +24,7 @@ import (
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/pull/channel"
 	"github.com/minio/minio-go/v7"
+	"golang.org/x/crypto/ssh"
 )
 
 func key(t *testing.T, name string) (*cache.SecretKey, *cache.PublicKey) {
@@ -125,45 +129,117 @@ func TestVerifyRelease(t *testing.T) {
 	}
 }
 
+// hostKey is a host's SSH ed25519 key pair: the private key, and the
+// authorized_keys line a fleet's host_key holds.
+func hostKey(t *testing.T) (ed25519.PrivateKey, string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return priv, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
+}
+
+func signStatus(t *testing.T, st *agentapi.PullStatus, key ed25519.PrivateKey) []byte {
+	t.Helper()
+	data, err := channel.SignStatus(st, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 func TestGate(t *testing.T) {
 	published := time.Unix(1e9, 0).UTC()
+	k1, line1 := hostKey(t)
+	k2, line2 := hostKey(t)
+	keys := map[string]ed25519.PrivateKey{"web1": k1, "web2": k2}
 	rel := release("web3", 9)
 	rel.Wave, rel.Waves, rel.After, rel.Deadline = 2, 2, []string{"web1", "web2"}, published.Add(time.Hour)
-	st := func(serial int64, o agentapi.PullOutcome, at time.Duration) *agentapi.PullStatus {
-		return &agentapi.PullStatus{Serial: serial, Outcome: o, Time: published.Add(at), Check: map[bool]string{true: "http"}[o == agentapi.PullRolledBack]}
+	rel.AfterKeys = map[string]string{"web1": line1, "web2": line2}
+	status := func(host string, serial int64, o agentapi.PullOutcome, at time.Duration) *agentapi.PullStatus {
+		return &agentapi.PullStatus{Host: host, Channel: "prod", Serial: serial, Outcome: o, Time: published.Add(at), Check: map[bool]string{true: "http"}[o == agentapi.PullRolledBack]}
 	}
+	// st is host's status, signed by its own key.
+	st := func(host string, serial int64, o agentapi.PullOutcome, at time.Duration) []byte {
+		return signStatus(t, status(host, serial, o, at), keys[host])
+	}
+	// Forgeries: what someone who can write the status prefix, but holds
+	// no host's key, can put there.
+	evil, _ := hostKey(t)
+	forged := func(host string, o agentapi.PullOutcome) []byte {
+		return signStatus(t, status(host, 9, o, time.Minute), evil)
+	}
+	unsigned := func(host string, o agentapi.PullOutcome) []byte {
+		data, _ := json.Marshal(status(host, 9, o, time.Minute))
+		return data
+	}
+	stripped := func(host string, o agentapi.PullOutcome) []byte {
+		var doc agentapi.SignedDocument
+		json.Unmarshal(st(host, 9, o, time.Minute), &doc)
+		doc.Signatures = nil
+		data, _ := json.Marshal(doc)
+		return data
+	}
+	otherChannel := func() []byte {
+		s := status("web1", 9, agentapi.PullDone, time.Minute)
+		s.Channel = "staging"
+		return signStatus(t, s, k1)
+	}()
 	before, after := published.Add(time.Minute), published.Add(2*time.Hour)
+	done2 := st("web2", 9, agentapi.PullDone, time.Minute)
 	for _, tt := range []struct {
 		name     string
-		statuses map[string]*agentapi.PullStatus
+		statuses map[string][]byte
 		now      time.Time
 		max      int
+		noKeys   bool
 		want     channel.Decision
 		reads    int
 		reason   string
 	}{
-		{"all healthy", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullDone, time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Go, 2, ""},
-		{"one still activating", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullActivating, time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Wait, 1, "waiting for web1"},
-		{"one on the previous serial", map[string]*agentapi.PullStatus{"web1": st(8, agentapi.PullDone, time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Wait, 1, "waiting for web1"},
-		{"never reported", map[string]*agentapi.PullStatus{"web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Wait, 1, "waiting for web1"},
-		{"one rolled back", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullRolledBack, time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Halt, 1, `web1 (rolled-back, health check "http") failed (max_failures 0)`},
-		{"one rolled back, one may fail", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullRolledBack, time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 1, channel.Go, 2, ""},
-		{"refused counts as failed", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullRefused, time.Minute)}, before, 0, channel.Halt, 1, "web1 (refused) failed"},
-		{"an earlier wave halted", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullHalted, time.Minute)}, before, 5, channel.Halt, 1, "web1 halted"},
-		{"silent past the deadline", map[string]*agentapi.PullStatus{"web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Halt, 2, "web1 did not report by"},
-		{"reported late", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullDone, 90*time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Halt, 2, "web1 did not report by"},
-		{"written late, done in time", map[string]*agentapi.PullStatus{"web1": func() *agentapi.PullStatus {
-			s := st(9, agentapi.PullDone, 90*time.Minute)
+		{"all healthy", map[string][]byte{"web1": st("web1", 9, agentapi.PullDone, time.Minute), "web2": done2}, before, 0, false, channel.Go, 2, ""},
+		{"one still activating", map[string][]byte{"web1": st("web1", 9, agentapi.PullActivating, time.Minute), "web2": done2}, before, 0, false, channel.Wait, 1, "waiting for web1"},
+		{"one on the previous serial", map[string][]byte{"web1": st("web1", 8, agentapi.PullDone, time.Minute), "web2": done2}, before, 0, false, channel.Wait, 1, "waiting for web1"},
+		{"never reported", map[string][]byte{"web2": done2}, before, 0, false, channel.Wait, 1, "waiting for web1"},
+		{"one rolled back", map[string][]byte{"web1": st("web1", 9, agentapi.PullRolledBack, time.Minute), "web2": done2}, before, 0, false, channel.Halt, 1, `web1 (rolled-back, health check "http") failed (max_failures 0)`},
+		{"one rolled back, one may fail", map[string][]byte{"web1": st("web1", 9, agentapi.PullRolledBack, time.Minute), "web2": done2}, before, 1, false, channel.Go, 2, ""},
+		{"refused counts as failed", map[string][]byte{"web1": st("web1", 9, agentapi.PullRefused, time.Minute)}, before, 0, false, channel.Halt, 1, "web1 (refused) failed"},
+		{"an earlier wave halted", map[string][]byte{"web1": st("web1", 9, agentapi.PullHalted, time.Minute)}, before, 5, false, channel.Halt, 1, "web1 halted"},
+		{"silent past the deadline", map[string][]byte{"web2": done2}, after, 0, false, channel.Halt, 2, "web1 did not report by"},
+		{"reported late", map[string][]byte{"web1": st("web1", 9, agentapi.PullDone, 90*time.Minute), "web2": done2}, after, 0, false, channel.Halt, 2, "web1 did not report by"},
+		{"written late, done in time", map[string][]byte{"web1": func() []byte {
+			s := status("web1", 9, agentapi.PullDone, 90*time.Minute)
 			s.OutcomeTime = published.Add(time.Minute)
-			return s
-		}(), "web2": st(9, agentapi.PullDone, time.Minute)}, after, 0, channel.Go, 2, ""},
-		{"late report, looked before the deadline", map[string]*agentapi.PullStatus{"web1": st(9, agentapi.PullDone, 90*time.Minute), "web2": st(9, agentapi.PullDone, time.Minute)}, before, 0, channel.Wait, 1, "waiting for web1"},
+			return signStatus(t, s, k1)
+		}(), "web2": done2}, after, 0, false, channel.Go, 2, ""},
+		{"late report, looked before the deadline", map[string][]byte{"web1": st("web1", 9, agentapi.PullDone, 90*time.Minute), "web2": done2}, before, 0, false, channel.Wait, 1, "waiting for web1"},
+
+		// Forged statuses are silence: they neither open the gate nor
+		// halt it, and the reason says which status did not verify.
+		{"forged done", map[string][]byte{"web1": forged("web1", agentapi.PullDone), "web2": done2}, before, 0, false, channel.Wait, 1, "waiting for web1 (wave before 2) to report serial 9: status of web1 not signed by its host key"},
+		{"unsigned done (as statuses were)", map[string][]byte{"web1": unsigned("web1", agentapi.PullDone), "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key"},
+		{"done with its signature stripped", map[string][]byte{"web1": stripped("web1", agentapi.PullDone), "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key (unsigned)"},
+		{"web2's done copied to web1", map[string][]byte{"web1": done2, "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key"},
+		{"web1's done in another channel", map[string][]byte{"web1": otherChannel, "web2": done2}, before, 0, false, channel.Wait, 1, `status of web1 refused: for another channel (channel "staging", not "prod")`},
+		{"a release naming no host keys", map[string][]byte{"web1": st("web1", 9, agentapi.PullDone, time.Minute), "web2": done2}, before, 0, true, channel.Wait, 1, "status of web1 cannot be verified: no host key"},
+		{"forged rolled back", map[string][]byte{"web1": forged("web1", agentapi.PullRolledBack), "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key"},
+		{"forged failed, unsigned", map[string][]byte{"web1": unsigned("web1", agentapi.PullFailed), "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key"},
+		{"forged halted", map[string][]byte{"web1": forged("web1", agentapi.PullHalted), "web2": done2}, before, 0, false, channel.Wait, 1, "status of web1 not signed by its host key"},
+		{"forged done past the deadline", map[string][]byte{"web1": forged("web1", agentapi.PullDone), "web2": done2}, after, 0, false, channel.Halt, 2, "web1 did not report by 2001-09-09T02:46:40Z; status of web1 not signed by its host key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := *rel
 			r.MaxFailures = tt.max
+			if tt.noKeys {
+				r.AfterKeys = nil
+			}
 			reads := 0
-			got, reason, err := channel.Gate(context.Background(), &r, tt.now, func(_ context.Context, h string) (*agentapi.PullStatus, error) {
+			got, reason, err := channel.Gate(context.Background(), &r, tt.now, func(_ context.Context, h string) ([]byte, error) {
 				reads++
 				return tt.statuses[h], nil
 			})
@@ -175,6 +251,123 @@ func TestGate(t *testing.T) {
 	// The first wave has nothing to wait for.
 	if got, _, _ := channel.Gate(context.Background(), release("web1", 9), time.Now(), nil); got != channel.Go {
 		t.Errorf("Gate(wave 1) = %v, want go", got)
+	}
+}
+
+func TestVerifyStatus(t *testing.T) {
+	k1, line1 := hostKey(t)
+	k2, _ := hostKey(t)
+	st := func() *agentapi.PullStatus {
+		return &agentapi.PullStatus{Host: "web1", Channel: "prod", Serial: 3, Outcome: agentapi.PullDone, Time: time.Unix(1e9, 0).UTC()}
+	}
+	good := signStatus(t, st(), k1)
+	tampered := func() []byte {
+		var doc agentapi.SignedDocument
+		json.Unmarshal(signStatus(t, &agentapi.PullStatus{Host: "web1", Channel: "prod", Serial: 3, Outcome: agentapi.PullRolledBack}, k1), &doc)
+		var gd agentapi.SignedDocument
+		json.Unmarshal(good, &gd)
+		doc.Signatures = gd.Signatures
+		data, _ := json.Marshal(doc)
+		return data
+	}()
+	renamed := func() []byte {
+		// web2's own signed status, with its signature renamed web1.
+		s := st()
+		s.Host = "web2"
+		var doc agentapi.SignedDocument
+		json.Unmarshal(signStatus(t, s, k2), &doc)
+		doc.Signatures[0].Key = "web1"
+		data, _ := json.Marshal(doc)
+		return data
+	}()
+	otherHost := func() []byte {
+		// Signed by web1's key, but about web2 (two hosts cloned with one
+		// key, say), the signature renamed web1.
+		s := st()
+		s.Host = "web2"
+		var doc agentapi.SignedDocument
+		json.Unmarshal(signStatus(t, s, k1), &doc)
+		doc.Signatures[0].Key = "web1"
+		data, _ := json.Marshal(doc)
+		return data
+	}()
+	asRelease, _ := channel.Sign(agentapi.DocRelease, st(), &cache.SecretKey{Name: "web1", Key: k1})
+	newer := st()
+	newer.V = agentapi.Version + 1
+	newerDoc, _ := channel.Sign(agentapi.DocStatus, newer, &cache.SecretKey{Name: "web1", Key: k1})
+	rsa := "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDH1p3W1mJ7d0v2y5b0oV2hR2z1Y0x7T3c0mX8m6m2V5y0h7q3lK1g2m0n8b9y8k5v3f4c2n1p0q9w8e7r6t5y4u3i2o1p0a9s8d7f6g5h4j3k2l1z0x9c8v7b6n5m4q3w2e1r0t9y8u7i6o5p4a3s2d1f0g9h8j7k6l5z4x3c2v1b0n9m8q7w6e5r4t3y2u1i0o9p8a7s6d5f4g3h2j1k0l9z8x7c6v5b4n3m2q1w0e9r8t7y6u5i4o3p2a1s0d9f8g7h6j5k4l3z2x1c0v9b8n7m6q5w4e3r2t1y0u9i8o7p6a5s4d3f2g1h0j9k8l7z6x5c4v3b2n1m0=="
+	for _, tt := range []struct {
+		name    string
+		data    []byte
+		host    string
+		key     string
+		want    error
+		message string
+	}{
+		{"good", good, "web1", line1, nil, ""},
+		{"the plain JSON statuses were", func() []byte { data, _ := json.Marshal(st()); return data }(), "web1", line1, channel.ErrMalformed, "status of web1 not signed by its host key"},
+		{"another key", signStatus(t, st(), k2), "web1", line1, channel.ErrUntrusted, "status of web1 not signed by its host key (signed by another key)"},
+		{"tampered payload", tampered, "web1", line1, channel.ErrUntrusted, "not signed by its host key"},
+		{"another host's, renamed", renamed, "web1", line1, channel.ErrUntrusted, "not signed by its host key"},
+		{"about another host", otherHost, "web1", line1, channel.ErrOtherHost, `status of web1 refused: for another host (host "web2")`},
+		{"another channel's", func() []byte { s := st(); s.Channel = "staging"; return signStatus(t, s, k1) }(), "web1", line1, channel.ErrOtherChannel, "for another channel"},
+		{"a release signature by the same key", asRelease, "web1", line1, channel.ErrMalformed, "not signed by its host key"},
+		{"a newer version", newerDoc, "web1", line1, channel.ErrNewerVersion, "newer deploy"},
+		{"no key", good, "web1", "", channel.ErrNoHostKey, "status of web1 cannot be verified: no host key to verify it with"},
+		{"not an ed25519 key", good, "web1", rsa, channel.ErrNoHostKey, "cannot be verified"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := channel.VerifyStatus(tt.data, "prod", tt.host, tt.key)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("VerifyStatus = %+v, %v; want %v", got, err, tt.want)
+			}
+			if tt.want == nil {
+				if got.Serial != 3 || got.Outcome != agentapi.PullDone || got.Host != "web1" {
+					t.Errorf("VerifyStatus = %+v", got)
+				}
+				return
+			}
+			var se *channel.StatusError
+			if !errors.As(err, &se) || got != nil || !strings.Contains(err.Error(), tt.message) {
+				t.Errorf("VerifyStatus = %+v, %v; want a *StatusError saying %q and no status", got, err, tt.message)
+			}
+		})
+	}
+}
+
+// LoadHostKey reads an OpenSSH private key file as sshd writes it; the
+// public half is what ParseHostKey reads from an authorized_keys line.
+func TestHostKeyFiles(t *testing.T) {
+	priv, line := hostKey(t)
+	block, err := ssh.MarshalPrivateKey(priv, "root@web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "ssh_host_ed25519_key")
+	os.WriteFile(file, pem.EncodeToMemory(block), 0o600)
+	got, err := channel.LoadHostKey(file)
+	if err != nil || !got.Equal(priv) {
+		t.Fatalf("LoadHostKey = %v", err)
+	}
+	pub, err := channel.ParseHostKey(line + " root@web1")
+	if err != nil || !pub.Equal(priv.Public()) {
+		t.Fatalf("ParseHostKey(%q) = %v", line, err)
+	}
+	enc, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte("hunter2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(file, pem.EncodeToMemory(enc), 0o600)
+	if _, err := channel.LoadHostKey(file); err == nil || !strings.Contains(err.Error(), "passphrase") {
+		t.Errorf("LoadHostKey(protected) = %v", err)
+	}
+	os.WriteFile(file, []byte("not a key"), 0o600)
+	if _, err := channel.LoadHostKey(file); err == nil || strings.Contains(err.Error(), "not a key\"") {
+		t.Errorf("LoadHostKey(garbage) = %v", err)
+	}
+	if _, err := channel.LoadHostKey(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadHostKey(missing) = %v", err)
 	}
 }
 
@@ -291,7 +484,8 @@ func TestS3Writer(t *testing.T) {
 	}
 	ctx := context.Background()
 	st := &agentapi.PullStatus{Host: "web1", Channel: "prod", Serial: 3, Outcome: agentapi.PullDone, Time: time.Now().UTC()}
-	if err := channel.PutStatus(ctx, w, st); err != nil {
+	key, line := hostKey(t)
+	if err := channel.PutStatus(ctx, w, st, key); err != nil {
 		t.Fatal(err)
 	}
 	// Anyone reads it back over plain HTTP (the bucket is public).
@@ -300,7 +494,7 @@ func TestS3Writer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := channel.DecodeStatus(data)
+	got, err := channel.VerifyStatus(data, "prod", "web1", line)
 	if err != nil || got.Serial != 3 || got.Outcome != agentapi.PullDone {
 		t.Fatalf("status read back: %+v, %v", got, err)
 	}

@@ -37,32 +37,53 @@ func (d Decision) String() string {
 }
 
 // Gate decides whether rel may be activated now. status reads a host's
-// status document (nil, nil when it has none). The hosts of rel.After are
-// read in order and reading stops as soon as the answer is known, so a host
-// waiting for a slow wave reads one status per poll.
+// status document as it lies in the channel (nil, nil when it has none).
+// The hosts of rel.After are read in order and reading stops as soon as the
+// answer is known, so a host waiting for a slow wave reads one status per
+// poll.
 //
-// A host of an earlier wave counts as reported when its status is about
-// rel's serial, its outcome is final, and it reached that outcome no later
-// than rel.Deadline: a report that comes late counts as silence, so that every
-// host of a wave decides the same, whenever it looks. Reported hosts whose
-// outcome is not done count as failures; a halted one stops this wave too.
-// Clocks matter only to the deadline (hosts and publisher need them roughly
-// right, as NTP keeps them).
-func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func(ctx context.Context, host string) (*agentapi.PullStatus, error)) (Decision, string, error) {
-	var failed, silent []string
+// Only a verified status counts ([VerifyStatus]: signed by the key that
+// rel.AfterKeys names for its host, about its host and rel's channel); any
+// other document is silence, whatever it claims: it never opens the gate,
+// and never halts it. The wait or halt reason says which status did not
+// verify.
+//
+// A host of an earlier wave counts as reported when its verified status is
+// about rel's serial, its outcome is final, and it reached that outcome no
+// later than rel.Deadline: a report that comes late counts as silence, so
+// that every host of a wave decides the same, whenever it looks. Reported
+// hosts whose outcome is not done count as failures; a halted one stops
+// this wave too. Clocks matter only to the deadline (hosts and publisher
+// need them roughly right, as NTP keeps them).
+func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func(ctx context.Context, host string) ([]byte, error)) (Decision, string, error) {
+	var failed, silent, unverified []string
 	late := !rel.Deadline.IsZero() && now.After(rel.Deadline)
 	for _, h := range rel.After {
-		st, err := status(ctx, h)
+		data, err := status(ctx, h)
 		if err != nil {
 			return Wait, "", err
+		}
+		var st *agentapi.PullStatus
+		why := ""
+		if data != nil {
+			if st, err = VerifyStatus(data, rel.Channel, h, rel.AfterKeys[h]); err != nil {
+				why = err.Error()
+			}
 		}
 		reported := st != nil && st.Serial == rel.Serial && st.Outcome.Final() &&
 			(rel.Deadline.IsZero() || !outcomeTime(st).After(rel.Deadline))
 		if !reported {
 			if !late {
-				return Wait, fmt.Sprintf("waiting for %s (wave before %d) to report serial %d", h, rel.Wave, rel.Serial), nil
+				msg := fmt.Sprintf("waiting for %s (wave before %d) to report serial %d", h, rel.Wave, rel.Serial)
+				if why != "" {
+					msg += ": " + why
+				}
+				return Wait, msg, nil
 			}
 			silent = append(silent, h)
+			if why != "" {
+				unverified = append(unverified, why)
+			}
 			continue
 		}
 		switch st.Outcome {
@@ -82,8 +103,12 @@ func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func
 		}
 	}
 	if len(silent) > 0 {
-		return Halt, fmt.Sprintf("the rollout of serial %d stopped before wave %d: %s did not report by %s",
-			rel.Serial, rel.Wave, strings.Join(silent, ", "), rel.Deadline.UTC().Format(time.RFC3339)), nil
+		msg := fmt.Sprintf("the rollout of serial %d stopped before wave %d: %s did not report by %s",
+			rel.Serial, rel.Wave, strings.Join(silent, ", "), rel.Deadline.UTC().Format(time.RFC3339))
+		if len(unverified) > 0 {
+			msg += "; " + strings.Join(unverified, "; ")
+		}
+		return Halt, msg, nil
 	}
 	return Go, "", nil
 }

@@ -258,12 +258,3 @@ func (c ReleaseCheck) Verify(data []byte) (*agentapi.Release, []string, error) {
 	}
 	return rel, signers, err
 }
-
-// DecodeStatus reads a status document.
-func DecodeStatus(data []byte) (*agentapi.PullStatus, error) {
-	st := &agentapi.PullStatus{}
-	if err := agentapi.Decode("pull status", data, st); err != nil {
-		return nil, err
-	}
-	return st, nil
-}

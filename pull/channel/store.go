@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
 )
 
@@ -46,16 +44,6 @@ type Store interface {
 	// Write stores data at key if cond holds, else returns an error
 	// wrapping [ErrConflict].
 	Write(ctx context.Context, key string, data []byte, cond Cond) error
-}
-
-// PutStatus writes st as its host's status document.
-func PutStatus(ctx context.Context, w Writer, st *agentapi.PullStatus) error {
-	st.V = agentapi.Version
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	return w.Put(ctx, StatusKey(st.Host), append(data, '\n'))
 }
 
 // DirStore is a channel in a directory (file:// URLs): ETags are the

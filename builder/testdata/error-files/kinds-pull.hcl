@@ -11,6 +11,7 @@ host "h1" {
     interval           = "100ms" # ERROR: Invalid interval
     jitter             = "soon" # ERROR: Invalid jitter
     status_credentials = "secrets/status" # ERROR: Invalid status_credentials
+    host_key_file      = "ssh/key" # ERROR: Invalid host_key_file
   }
 }
 

@@ -53,23 +53,29 @@ role "app" {
 }
 
 # The first deploy of a host is a push (deploy .#prod over SSH, once), or an
-# image with this generation; from then on it pulls.
+# image with this generation; from then on it pulls. Each host signs its
+# status reports with its SSH ed25519 host key: host_key (deploy keyscan
+# prints it) is what the later waves and publish --wait verify them with.
 host "app1" {
-  address = "app1.internal.example"
-  roles   = [role.app]
+  address  = "app1.internal.example"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBiG6GW2rkrdtiumrzgw5d9ShgnJtQrHVaCRnMK9pQbI"
+  roles    = [role.app]
 }
 
 host "app2" {
-  address = "app2.internal.example"
-  roles   = [role.app]
+  address  = "app2.internal.example"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKXiTaMvhDXB3b/QGT8XoWbEs2ifoIx3Gaz061yS+HVa"
+  roles    = [role.app]
 }
 
 host "app3" {
-  address = "app3.internal.example"
-  roles   = [role.app]
+  address  = "app3.internal.example"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIITESAmnXqDb19xtxAo0N4ZKFjKFAVhhocco6X7Xdv8/"
+  roles    = [role.app]
 }
 
 host "app4" {
-  address = "app4.internal.example"
-  roles   = [role.app]
+  address  = "app4.internal.example"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHyg+igIzBjs13zqGSlFQ4ibouaJ/pnhO+DGfons80xk"
+  roles    = [role.app]
 }

@@ -1,6 +1,7 @@
 package view
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -11,6 +12,7 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/pull/channel"
 )
 
 // Results writes a line per host, in the order of hosts: name, result,
@@ -158,12 +160,18 @@ func ChannelStatus(w io.Writer, name string, head *agentapi.ChannelRelease, host
 		hr := rep.Hosts[h.Name]
 		row := []any{h.Name, dash(hr.Wave), dash64(hr.Serial)}
 		st := hr.Pull
+		var unverified *channel.StatusError
 		if st == nil {
-			msg := "never reported"
+			// A status its host's key does not verify: what it claims is
+			// not shown.
+			msg, outcome := "never reported", "-"
 			if hr.Err != nil {
 				msg = hr.Err.Error()
 			}
-			row = append(row, "-", "-", "-", "-", "-", msg)
+			if errors.As(hr.Err, &unverified) {
+				outcome = "unverified"
+			}
+			row = append(row, "-", outcome, "-", "-", "-", msg)
 		} else {
 			msg := st.Message
 			if st.Refused != nil && !st.Refused.Time.Before(st.Time.Add(-time.Second)) {
