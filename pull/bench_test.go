@@ -74,6 +74,39 @@ func signedRelease(b *testing.B) []byte {
 	return data
 }
 
+// trustedDocs is a root (one key per role), web1's release signed by its
+// publisher key and web1's timestamp naming it, valid for a day.
+func trustedDocs(b *testing.B) (root, rel, ts []byte) {
+	rk, _, _ := cache.GenerateKey("root-1")
+	pk, _, _ := cache.GenerateKey("ci-1")
+	tk, _, _ := cache.GenerateKey("ts-1")
+	now := time.Now().UTC()
+	r := &agentapi.Root{V: 1, Channel: "prod", Version: 1, Expires: now.Add(365 * 24 * time.Hour), Roles: map[string]agentapi.Role{
+		agentapi.RoleRoot:      {Keys: []string{rk.Public().String()}, Threshold: 1},
+		agentapi.RolePublisher: {Keys: []string{pk.Public().String()}, Threshold: 1},
+		agentapi.RoleTimestamp: {Keys: []string{tk.Public().String()}, Threshold: 1},
+	}}
+	var err error
+	if root, err = channel.Sign(agentapi.DocRoot, r, rk); err != nil {
+		b.Fatal(err)
+	}
+	release := &agentapi.Release{V: 1, Channel: "prod", Host: "web1", Serial: 1, System: "/var/lib/deploy/store/00000000000000000000000000000000-system-web1",
+		Published: now, Wave: 3, Waves: 3, After: []string{"web2", "web3", "web4"}, Deadline: now.Add(time.Hour),
+		GitRev: "0123456789abcdef0123456789abcdef01234567", Publisher: "ci", Message: "merge #1234", RootVersion: 1}
+	if rel, err = channel.Sign(agentapi.DocRelease, release, pk); err != nil {
+		b.Fatal(err)
+	}
+	h, err := channel.PayloadHash(rel, agentapi.DocRelease)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stamp := &agentapi.Timestamp{V: 1, Channel: "prod", Host: "web1", Version: now.UnixMilli(), Expires: now.Add(24 * time.Hour), Root: 1, Serial: 1, Release: h}
+	if ts, err = channel.Sign(agentapi.DocTimestamp, stamp, tk); err != nil {
+		b.Fatal(err)
+	}
+	return root, rel, ts
+}
+
 // BenchmarkIdlePoll measures what a poll costs when nothing changed: one
 // conditional GET of the host's release answered 304, on a new connection
 // (each poll is a new process). It reports requests, connections and bytes
@@ -93,6 +126,27 @@ func BenchmarkIdlePoll(b *testing.B) {
 			b.Fatal(err)
 		}
 		benchIdle(b, idleHost(b, srv.Endpoint+"/cache/fleet/channels/prod", nil))
+	})
+	// With a root: the idle poll's conditional GET is of the host's
+	// timestamp, which names the release already handled.
+	b.Run("server=minio,root", func(b *testing.B) {
+		srv := miniotest.Start(b, miniotest.Options{})
+		srv.Bucket(b, "cache", true)
+		root, rel, ts := trustedDocs(b)
+		put := func(key string, data []byte) {
+			if _, err := srv.Client.PutObject(context.Background(), "cache", "fleet/channels/prod/"+key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{ContentType: "application/json"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		put(channel.ReleaseKey("web1"), rel)
+		put(channel.TimestampKey("web1"), ts)
+		newAgent := idleHost(b, srv.Endpoint+"/cache/fleet/channels/prod", nil)
+		benchIdle(b, func(dial func(context.Context, string, string) (net.Conn, error)) *Agent {
+			a := newAgent(dial)
+			a.Config.PublisherKeys, a.Config.Root = nil, root
+			return a
+		})
+		b.ReportMetric(float64(len(ts)), "timestamp-bytes")
 	})
 	b.Run("server=go-tls", func(b *testing.B) {
 		var requests atomic.Int64

@@ -296,6 +296,8 @@ type poll struct {
 	st *state
 	// trust is the channel's root, nil without one.
 	trust *channel.Trust
+	// dirty says that the state changed and must be saved.
+	dirty bool
 }
 
 func (p *poll) save() error { return p.a.writeState(p.st) }

@@ -38,6 +38,7 @@ func (p *poll) adopt(t *channel.Trust) {
 	if t.Root.ResetSerial && t.Root.Version > p.st.MinRoot {
 		p.a.logf("root version %d resets the serial (was %d): releases signed under an earlier root are refused from now on", t.Root.Version, p.st.Serial)
 		p.st.Serial, p.st.MinRoot, p.st.Done, p.st.Accepted = 0, t.Root.Version, "", ""
+		p.dirty = true
 	}
 }
 
@@ -91,7 +92,7 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 		p.flush(ctx)
 		return "", nil, nil, fmt.Errorf("reading the timestamp: %w", err)
 	default:
-		st.TSDoc, st.TSETag = data, newETag
+		st.TSDoc, st.TSETag, p.dirty = data, newETag, true
 	}
 
 	// The timestamp: the newest accepted one, or this one if it is valid
@@ -117,7 +118,7 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 			p.flush(ctx)
 			return "", nil, nil, err
 		default:
-			ts, st.Timestamp = next, data
+			ts, st.Timestamp, p.dirty = next, data, true
 		}
 	}
 	if ts == nil && data == nil && st.Timestamp == nil {
@@ -150,8 +151,11 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 			return "", nil, nil, err
 		}
 	}
-	if err := p.save(); err != nil {
-		return "", nil, nil, err
+	if p.dirty {
+		// Only what changed is written: an idle poll writes nothing.
+		if err := p.save(); err != nil {
+			return "", nil, nil, err
+		}
 	}
 
 	// The release the timestamp names.
