@@ -251,6 +251,13 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 			return
 		}
 	}
+	// A revoked secret version is refused before anything changes (Apply
+	// decides the same again, for every other way in).
+	if _, err := l.planSecrets(machine, next, req.Generation, store.RealPath); err != nil {
+		set(OutcomeFailed, fmt.Sprintf("%v; nothing was changed", err))
+		w.logf("%s", res.Message)
+		return
+	}
 
 	// The watchdog is armed before anything changes: from here on, if
 	// this process dies (OOM killer, kill -9, its unit stopped), the

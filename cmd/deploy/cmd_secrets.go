@@ -22,6 +22,7 @@ var secretsCommands = []command{
 	{name: "list", summary: "which host can read which secret file, and which files are stale", run: runSecretsList},
 	{name: "edit", summary: "decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it", run: runSecretsEdit},
 	{name: "rekey", summary: "re-encrypt stale secret files (NAME... or all) to their current recipients (--force: all)", run: runSecretsRekey},
+	{name: "revoke", summary: "revoke every earlier version of a secret (NAME or path/to/file.age) in secrets/revoked: no host installs them again", run: runSecretsRevoke},
 }
 
 // secretsFlags are the flags every secrets subcommand has.
