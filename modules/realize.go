@@ -100,12 +100,12 @@ func (c *Realization) read(r *Resource, attr string) ([]byte, bool) {
 // agent. Every kind realizes its resources in [Kinds] order.
 func (z *Realizer) Realize(ctx context.Context, cfg *Config, agent string) (*manifest.Manifest, hcl.Diagnostics) {
 	c := &Realization{
-		Config:   cfg,
+		Config: cfg,
 		Manifest: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, Host: cfg.Host, StoreDir: z.StoreDir, Agent: agent,
 			RevokedSecrets: slices.Clone(z.Revoked)},
-		ctx:      ctx,
-		z:        z,
-		byKind:   map[string][]*Resource{},
+		ctx:    ctx,
+		z:      z,
+		byKind: map[string][]*Resource{},
 	}
 	for _, r := range cfg.Resources {
 		c.byKind[r.Kind.Name] = append(c.byKind[r.Kind.Name], r)
