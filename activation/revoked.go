@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/secrets"
 )
@@ -155,4 +156,30 @@ func withKeptSources(m *manifest.Manifest, kept map[string]string) *manifest.Man
 		}
 	}
 	return &c
+}
+
+// markRevoked sets each generation's RevokedSecrets: its secrets whose
+// version is in the host's record. A generation whose manifest cannot be
+// read is left unmarked.
+func (l Layout) markRevoked(gens []*Generation) {
+	revoked, err := l.RevokedSecrets()
+	if err != nil || len(revoked) == 0 {
+		return
+	}
+	isRevoked := map[string]bool{}
+	for _, v := range revoked {
+		isRevoked[v] = true
+	}
+	real := closure.NewTargetStore(l.withDefaults().StateDir).RealPath
+	for _, g := range gens {
+		m, err := readManifest(g.System, real, manifest.ParseLenient)
+		if err != nil {
+			continue
+		}
+		for _, s := range m.Secrets {
+			if data, err := os.ReadFile(real(s.Source)); err == nil && isRevoked[manifest.SecretVersion(data)] {
+				g.RevokedSecrets = append(g.RevokedSecrets, s.Name)
+			}
+		}
+	}
 }
