@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
+	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/secrets"
+	"github.com/declarative/deploy/vmtest"
+)
+
+// revokeFleet writes a fleet of one host with the secret "db" (unless
+// withSecret is false) and, when failing, a health check that fails.
+func revokeFleet(t *testing.T, fl *e2e.Fleet, h *vmtest.Host, withSecret, failing bool) {
+	t.Helper()
+	var body strings.Builder
+	if withSecret {
+		body.WriteString("  secret \"db\" {\n    source = \"secrets/db.age\"\n  }\n")
+	}
+	body.WriteString("  service \"app\" {\n    exec_start = \"/bin/sleep infinity\"\n  }\n")
+	if failing {
+		body.WriteString("  health_check \"broken\" {\n    command = [\"/bin/sh\", \"-c\", \"exit 1\"]\n    timeout = \"3s\"\n  }\n")
+	}
+	fl.Write(t, "fleet.hcl", fmt.Sprintf("deployment \"prod\" {\n  hosts           = [%s]\n  confirm_timeout = \"20s\"\n}\n\n", fl.Names())+
+		e2e.HostBlock(h, body.String()))
+}
+
+// encryptDB writes secrets/db.age: plaintext encrypted to h's host key, and
+// returns its version.
+func encryptDB(t *testing.T, fl *e2e.Fleet, h *vmtest.Host, plaintext string) string {
+	t.Helper()
+	ct, err := secrets.Encrypt([]byte(plaintext), []secrets.Recipient{{Owner: h.Name(), Key: h.HostKeyLine()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl.Write(t, "secrets/db.age", string(ct))
+	return manifest.SecretVersion(ct)
+}
+
+// TestRevokedSecretE2E is issue 26's "revoked secrets stay revoked" on a
+// vmtest host with the real CLI, agent, sshd, systemd and age: version 1
+// of a secret is deployed (generation 1), rotated to version 2
+// (generation 2), revoked with `deploy secrets revoke`, and generation 3
+// carries the revocation. Then no way back installs version 1's plaintext:
+// `deploy rollback --to 1` keeps version 2 (exit 0, a warning), so does
+// the boot after a reboot and the automatic rollback to generation 1 after
+// a failed health check (exit 3), and a rollback to generation 1 from a
+// generation without the secret fails the host (exit 3) leaving it as it
+// was. The plaintext of version 1 is never on the host after generation 3.
+func TestRevokedSecretE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fl := e2e.NewFleet(t, nw)
+	r := cli.New(t, nw, fl)
+	target := fl.Target("prod")
+	const v1Text, v2Text = "hunter2-v1\n", "hunter2-v2\n"
+
+	secretIs := func(t *testing.T, want string) {
+		t.Helper()
+		if got := h.Succeed("cat /run/deploy/secrets/db"); got != want {
+			t.Errorf("/run/deploy/secrets/db = %q, want %q", got, want)
+		}
+	}
+	// noV1 fails unless version 1's plaintext is nowhere under the run
+	// and state directories (secrets.d and every kept generation in it).
+	noV1 := func(t *testing.T) {
+		t.Helper()
+		if out := h.Succeed("grep -rl hunter2-v1 /run/deploy /var/lib/deploy 2>/dev/null || true"); out != "" {
+			t.Errorf("version 1's plaintext is on the host: %s", out)
+		}
+	}
+	current := func(t *testing.T) string {
+		t.Helper()
+		return strings.TrimSpace(h.Succeed("readlink /run/deploy/current-system"))
+	}
+
+	revokeFleet(t, fl, h, true, false)
+	v1 := encryptDB(t, fl, h, v1Text)
+	fl.Commit(t, "db v1")
+	r.JSON(t, "", target).Want(t, ExitOK)
+	secretIs(t, v1Text)
+
+	encryptDB(t, fl, h, v2Text)
+	fl.Commit(t, "db v2")
+	r.JSON(t, "", target).Want(t, ExitOK)
+	secretIs(t, v2Text)
+
+	// deploy secrets revoke: version 1 from git, into secrets/revoked.
+	res := r.Run(t, "secrets", "revoke", "-C", fl.Dir, "db").Want(t, ExitOK)
+	if res.Stdout != v1+" secrets/db.age\n" {
+		t.Fatalf("deploy secrets revoke printed %q, want %q", res.Stdout, v1+" secrets/db.age\n")
+	}
+	fl.Commit(t, "revoke db v1")
+	r.JSON(t, "", target).Want(t, ExitOK) // generation 3 carries the list
+	secretIs(t, v2Text)
+	if got := h.Succeed("cat /var/lib/deploy/revoked-secrets"); got != v1+"\n" {
+		t.Errorf("the host's record = %q, want %q", got, v1+"\n")
+	}
+	noV1(t)
+
+	t.Run("rollback keeps the running version", func(t *testing.T) {
+		res := r.JSON(t, "rollback", target, "--to", "1").Want(t, ExitOK)
+		if r := res.Results()[h.Name()]; r.Generation != 1 {
+			t.Errorf("rollback result %+v, want generation 1", r)
+		}
+		warned := false
+		for _, ev := range res.Events {
+			if ev.Type == fleet.EventWarning && ev.Host == h.Name() && strings.Contains(ev.Message, `secret "db"`) &&
+				strings.Contains(ev.Message, v1) && strings.Contains(ev.Message, "revoked") {
+				warned = true
+			}
+		}
+		if !warned {
+			t.Errorf("no host.warning naming secret db and its revoked version %s:\n%s", v1, res.Stdout)
+		}
+		secretIs(t, v2Text)
+		noV1(t)
+		out := r.Text(t, "generations", target).Want(t, ExitOK).Stdout
+		if !regexp.MustCompile(`(?m)^` + h.Name() + `\s+1\s.*current,boot,revoked\s.*\[revoked secret versions: db\]`).MatchString(out) {
+			t.Errorf("deploy generations does not mark generation 1 revoked:\n%s", out)
+		}
+		out = r.Text(t, "status", target).Want(t, ExitOK).Stdout
+		if !strings.Contains(out, "1 (kept secrets: db)") {
+			t.Errorf("deploy status does not say the running generation keeps db:\n%s", out)
+		}
+	})
+
+	t.Run("boot keeps the running version", func(t *testing.T) {
+		h.With(t).Reboot()
+		secretIs(t, v2Text)
+		noV1(t)
+	})
+
+	t.Run("automatic rollback keeps the running version", func(t *testing.T) {
+		// Generation 4 fails its health check: the agent returns the host
+		// to generation 1, the one it ran, and must not bring v1 back.
+		revokeFleet(t, fl, h, true, true)
+		fl.Commit(t, "broken health check")
+		res := r.JSON(t, "", target).Want(t, ExitRolledBack)
+		if r := res.Results()[h.Name()]; r.Result != fleet.ResultRolledBack {
+			t.Errorf("deploy result %+v, want rolled back", r)
+		}
+		secretIs(t, v2Text)
+		noV1(t)
+	})
+
+	t.Run("rollback without a version to keep fails the host", func(t *testing.T) {
+		revokeFleet(t, fl, h, false, false)
+		fl.Commit(t, "no secret")
+		r.JSON(t, "", target).Want(t, ExitOK)
+		before := current(t)
+		if out := h.Succeed("test -e /run/deploy/secrets/db && echo present || echo absent"); out != "absent\n" {
+			t.Fatalf("db after a generation without it: %s", out)
+		}
+		res := r.JSON(t, "rollback", target, "--to", "1").Want(t, ExitRolledBack)
+		hr := res.Results()[h.Name()]
+		for _, want := range []string{`secret "db" of generation 1 is the revoked version ` + v1, "no other version of it to keep", "deploy secrets edit db", "nothing was changed"} {
+			if hr.Result != fleet.ResultFailed || !strings.Contains(hr.Error, want) {
+				t.Errorf("rollback result %s %q, want failed with %q", hr.Result, hr.Error, want)
+			}
+		}
+		if after := current(t); after != before {
+			t.Errorf("the failed rollback changed the running system: %s, was %s", after, before)
+		}
+		if out := h.Succeed("test -e /run/deploy/secrets/db && echo present || echo absent"); out != "absent\n" {
+			t.Errorf("db after the refused rollback: %s", out)
+		}
+		noV1(t)
+	})
+}
