@@ -38,7 +38,7 @@ func (e *RevokedSecretError) Error() string {
 		of = fmt.Sprintf("generation %d", e.Generation)
 	}
 	return fmt.Sprintf("secret %q of %s is the revoked version %s, and the running system has no other version of it to keep: "+
-		"deploy a generation with a rotated version (deploy secrets edit %s) instead", e.Secret, of, e.Version, e.Secret)
+		"roll back to a generation whose version is not revoked, or deploy one with a rotated version (deploy secrets edit %s)", e.Secret, of, e.Version, e.Secret)
 }
 
 // KeptSecret is a secret whose version in the generation being activated

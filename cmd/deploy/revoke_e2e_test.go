@@ -116,16 +116,23 @@ func TestRevokedSecretE2E(t *testing.T) {
 				warned = true
 			}
 		}
+		for _, ev := range res.Events {
+			if ev.Type == fleet.EventWarning {
+				t.Logf("host.warning: %s", ev.Message)
+			}
+		}
 		if !warned {
 			t.Errorf("no host.warning naming secret db and its revoked version %s:\n%s", v1, res.Stdout)
 		}
 		secretIs(t, v2Text)
 		noV1(t)
 		out := r.Text(t, "generations", target).Want(t, ExitOK).Stdout
+		t.Logf("deploy generations:\n%s", out)
 		if !regexp.MustCompile(`(?m)^` + h.Name() + `\s+1\s.*current,boot,revoked\s.*\[revoked secret versions: db\]`).MatchString(out) {
 			t.Errorf("deploy generations does not mark generation 1 revoked:\n%s", out)
 		}
 		out = r.Text(t, "status", target).Want(t, ExitOK).Stdout
+		t.Logf("deploy status:\n%s", out)
 		if !strings.Contains(out, "1 (kept secrets: db)") {
 			t.Errorf("deploy status does not say the running generation keeps db:\n%s", out)
 		}
@@ -160,6 +167,7 @@ func TestRevokedSecretE2E(t *testing.T) {
 		}
 		res := r.JSON(t, "rollback", target, "--to", "1").Want(t, ExitRolledBack)
 		hr := res.Results()[h.Name()]
+		t.Logf("host.result: %s: %s", hr.Result, hr.Error)
 		for _, want := range []string{`secret "db" of generation 1 is the revoked version ` + v1, "no other version of it to keep", "deploy secrets edit db", "nothing was changed"} {
 			if hr.Result != fleet.ResultFailed || !strings.Contains(hr.Error, want) {
 				t.Errorf("rollback result %s %q, want failed with %q", hr.Result, hr.Error, want)
