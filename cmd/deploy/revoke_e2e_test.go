@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -181,4 +182,90 @@ func TestRevokedSecretE2E(t *testing.T) {
 		}
 		noV1(t)
 	})
+}
+
+// TestRevokedSecretPullE2E is the pull-mode side: a host in pull mode (a
+// MinIO holds the cache and the channel) gets db v1 (serial 1), db v2
+// (serial 2) and the revocation of v1 (serial 3); `deploy rollback
+// --channel prod --to-serial 1` publishes serial 1's system again, and the
+// host activates it keeping v2: v1's plaintext never comes back.
+func TestRevokedSecretPullE2E(t *testing.T) {
+	t.Parallel()
+	p := newPullEnv(t, 1, "canary       = 1")
+	h := p.nw.Hosts[0]
+	target := p.fl.Target("prod")
+	const v1Text, v2Text = "pull-v1\n", "pull-v2\n"
+	write := func() {
+		p.fl.Write(t, "fleet.hcl", fmt.Sprintf(`deployment "prod" {
+  hosts        = [%s]
+  %s
+  wave_timeout = "10m"
+}
+
+role "app" {
+  secret "pull-status" {
+    source = "secrets/pull-status.age"
+  }
+  secret "db" {
+    source = "secrets/db.age"
+  }
+  pull {
+    channel            = "prod"
+    interval           = "2s"
+    jitter             = "0s"
+    publisher_keys     = [%q]
+    status_credentials = secret.pull-status.path
+  }
+}
+
+defaults {
+  roles = [role.app]
+}
+`, p.fl.Names(), p.waves, p.publisher.Public().String()))
+	}
+	secretIs := func(t *testing.T, want string) {
+		t.Helper()
+		if got := h.Succeed("cat /run/deploy/secrets/db"); got != want {
+			t.Errorf("/run/deploy/secrets/db = %q, want %q", got, want)
+		}
+	}
+	publish := func(msg string) {
+		t.Helper()
+		if msg != "" {
+			p.fl.Commit(t, msg)
+		}
+		res := p.r.Run(t, "publish", "--json", "--wait", "--poll", "500ms", "--channel", "prod", target).Want(t, ExitOK)
+		if r := res.Results()[h.Name()]; r.Result != fleet.ResultOK {
+			t.Fatalf("publish %s: %+v", msg, r)
+		}
+	}
+
+	write()
+	v1 := encryptDB(t, p.fl, h, v1Text)
+	p.fl.Commit(t, "join")
+	p.r.Text(t, "", target).Want(t, ExitOK) // joins pull mode
+	h.WaitForUnit("deploy-pull.timer")
+	publish("") // serial 1: db v1
+	secretIs(t, v1Text)
+	encryptDB(t, p.fl, h, v2Text)
+	publish("db v2") // serial 2
+	secretIs(t, v2Text)
+	p.r.Run(t, "secrets", "revoke", "-C", p.fl.Dir, "db").Want(t, ExitOK)
+	publish("revoke db v1") // serial 3
+	if got := h.Succeed("cat /var/lib/deploy/revoked-secrets"); got != v1+"\n" {
+		t.Errorf("the host's record = %q, want %q", got, v1+"\n")
+	}
+
+	p.r.Run(t, "rollback", "--json", "--channel", "prod", "--to-serial", "1", "--wait", target).Want(t, ExitOK)
+	if rb := p.head(); rb.RollbackTo != 1 {
+		t.Errorf("the channel's head rolls back to %d, want 1", rb.RollbackTo)
+	}
+	secretIs(t, v2Text)
+	if out := h.Succeed("grep -rl pull-v1 /run/deploy /var/lib/deploy 2>/dev/null || true"); out != "" {
+		t.Errorf("version 1's plaintext is on the host: %s", out)
+	}
+	gens := p.generations(h)
+	if cur := gens[len(gens)-1]; !cur.Current || !slices.Contains(cur.RevokedSecrets, "db") {
+		t.Errorf("the running generation %+v, want serial 1's system marked with the revoked db", cur)
+	}
 }
