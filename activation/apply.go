@@ -405,6 +405,7 @@ type lineWriter struct {
 	logf   func(string, ...any)
 	prefix string
 	buf    []byte
+	last   string // the last line, without the prefix
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
@@ -415,6 +416,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 			break
 		}
 		w.logf("%s%s", w.prefix, w.buf[:i])
+		w.last = string(w.buf[:i])
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
@@ -423,6 +425,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 func (w *lineWriter) flush() {
 	if len(w.buf) > 0 {
 		w.logf("%s%s", w.prefix, w.buf)
+		w.last = string(w.buf)
 		w.buf = nil
 	}
 }

@@ -51,8 +51,8 @@ func encryptDB(t *testing.T, fl *e2e.Fleet, h *vmtest.Host, plaintext string) st
 // `deploy rollback --to 1` keeps version 2 (exit 0, a warning), so does
 // the boot after a reboot and the automatic rollback to generation 1 after
 // a failed health check (exit 3), and a rollback to generation 1 from a
-// generation without the secret fails the host (exit 3) leaving it as it
-// was. The plaintext of version 1 is never on the host after generation 3.
+// generation without the secret, by hand or automatic, fails the host
+// (exit 3) leaving it as it was. The plaintext of version 1 is never on the host after generation 3.
 func TestRevokedSecretE2E(t *testing.T) {
 	t.Parallel()
 	nw := vmtest.Start(t, 1)
@@ -155,6 +155,28 @@ func TestRevokedSecretE2E(t *testing.T) {
 			t.Errorf("deploy result %+v, want rolled back", r)
 		}
 		secretIs(t, v2Text)
+		noV1(t)
+	})
+
+	t.Run("automatic rollback without a version to keep fails the host", func(t *testing.T) {
+		// The host runs generation 1 (v2 kept). Generation 5 has no db and
+		// fails its health check: the way back to generation 1 has no
+		// version of db to keep, so the rollback is refused before it
+		// changes anything: the host stays as generation 5 left it.
+		revokeFleet(t, fl, h, false, true)
+		fl.Commit(t, "no secret, broken health check")
+		res := r.JSON(t, "", target).Want(t, ExitRolledBack)
+		hr := res.Results()[h.Name()]
+		t.Logf("host.result: %s: %s", hr.Result, hr.Error)
+		if hr.Result != fleet.ResultFailed || !strings.Contains(hr.Error, "the rollback failed too") || !strings.Contains(hr.Error, `secret "db" of generation 1 is the revoked version `+v1) {
+			t.Errorf("deploy result %s %q, want failed: the rollback refused for db's revoked version", hr.Result, hr.Error)
+		}
+		if cur := current(t); cur != hr.System {
+			t.Errorf("current-system = %s, want the failed generation's %s (nothing of generation 1 applied)", cur, hr.System)
+		}
+		if out := h.Succeed("test -e /run/deploy/secrets/db && echo present || echo absent"); out != "absent\n" {
+			t.Errorf("db after the refused rollback: %s", out)
+		}
 		noV1(t)
 	})
 
