@@ -53,7 +53,7 @@ var allowed = map[string][]string{
 	"unpack":           {"closure"},
 	"oci":              {"closure", "unpack"},
 	"modules":          {"closure", "manifest", "unpack", "oci", "agentapi", "pull/channel"},
-	"builder":          {"modules", "closure", "manifest", "unpack", "oci", "agentapi"},
+	"builder":          {"modules", "closure", "manifest", "unpack", "oci", "agentapi", "secrets"},
 	"secrets":          {"closure", "manifest"},
 	"activation":       {"closure", "secrets", "manifest", "agentapi"},
 	"pull/channel":     {"closure", "agentapi"},

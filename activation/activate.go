@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
@@ -251,6 +252,13 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 			return
 		}
 	}
+	// A revoked secret version is refused before anything changes (Apply
+	// decides the same again, for every other way in).
+	if _, err := l.planSecrets(machine, next, req.Generation, store.RealPath); err != nil {
+		set(OutcomeFailed, fmt.Sprintf("%v; nothing was changed", err))
+		w.logf("%s", res.Message)
+		return
+	}
 
 	// The watchdog is armed before anything changes: from here on, if
 	// this process dies (OOM killer, kill -9, its unit stopped), the
@@ -455,6 +463,10 @@ func (w *Worker) runAgentApply(ctx context.Context, system string, gen int) erro
 	err := cmd.Run()
 	lw.flush()
 	if err != nil {
+		// The agent's last line says why (deploy-agent: ...).
+		if why := strings.TrimPrefix(lw.last, "deploy-agent: "); why != lw.last {
+			return fmt.Errorf("%s apply: %w: %s", exe, err, why)
+		}
 		return fmt.Errorf("%s apply: %w", exe, err)
 	}
 	return nil
@@ -494,6 +506,12 @@ func (w *Worker) ApplyGeneration(ctx context.Context, n int, boot bool) error {
 	machine, err := l.MachineManifest(store.RealPath)
 	if err != nil {
 		return err
+	}
+	// A revoked secret version without one to keep refuses the
+	// generation before anything changes, the running-system link
+	// included (Apply decides the same again).
+	if _, err := l.planSecrets(machine, next, n, store.RealPath); err != nil {
+		return &StepError{"secrets", err}
 	}
 	if err := l.setCurrent(g.System); err != nil {
 		return err

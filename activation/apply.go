@@ -58,6 +58,13 @@ func (o *Options) logf(format string, args ...any) {
 	}
 }
 
+func (o *Options) warnf(format string, args ...any) {
+	o.logf("warning: "+format, args...)
+	if o.Warnf != nil {
+		o.Warnf(format, args...)
+	}
+}
+
 func (o *Options) real(p string) string {
 	if o.RealPath == nil {
 		return p
@@ -96,6 +103,18 @@ func Apply(ctx context.Context, prev, next *manifest.Manifest, opts Options) err
 		opts.UnitSettle = 2 * time.Second
 	}
 	l := opts.Layout
+	// Revoked secret versions: recorded on the host first, then no
+	// revoked version is installed. A secret whose version is revoked
+	// keeps the machine's version, or fails the application here, before
+	// anything changed.
+	plan, err := l.planSecrets(prev, next, opts.Generation, opts.RealPath)
+	if err != nil {
+		return &StepError{"secrets", err}
+	}
+	for _, k := range plan.Kept {
+		opts.warnf("%s", k)
+	}
+	next = withKeptSources(next, plan.sources())
 	rec, err := l.readApplied()
 	if err != nil {
 		return &StepError{"record", err}
@@ -121,10 +140,11 @@ func Apply(ctx context.Context, prev, next *manifest.Manifest, opts Options) err
 		rec.Previous = compact(rec.Previous)
 	}
 	rec.System, rec.Generation, rec.Complete, rec.Phase, rec.Done = opts.System, opts.Generation, false, "start", nil
+	rec.KeptSecrets = plan.sources()
 	if err := l.writeApplied(rec); err != nil {
 		return &StepError{"record", err}
 	}
-	a := &applier{prev: prev, next: next, opts: &opts, rec: rec, l: l}
+	a := &applier{prev: prev, next: next, opts: &opts, rec: rec, l: l, revoked: plan.Revoked}
 	steps := []struct {
 		name string
 		fn   func(context.Context) error
@@ -172,6 +192,7 @@ type applier struct {
 	opts       *Options
 	rec        *applied
 	l          Layout
+	revoked    []string
 }
 
 // progress records the phase and, inside it, one more thing done.
@@ -196,6 +217,7 @@ func (a *applier) secrets(ctx context.Context) error {
 		RealPath:   a.opts.real,
 		Identities: a.opts.Identities,
 		AllowTmpfs: a.next.SecretsAllowTmpfs,
+		Revoked:    a.revoked,
 		Logf:       a.opts.Logf,
 		Warnf:      a.opts.Warnf,
 	})
@@ -383,6 +405,7 @@ type lineWriter struct {
 	logf   func(string, ...any)
 	prefix string
 	buf    []byte
+	last   string // the last line, without the prefix
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
@@ -393,6 +416,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 			break
 		}
 		w.logf("%s%s", w.prefix, w.buf[:i])
+		w.last = string(w.buf[:i])
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
@@ -401,6 +425,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 func (w *lineWriter) flush() {
 	if len(w.buf) > 0 {
 		w.logf("%s%s", w.prefix, w.buf)
+		w.last = string(w.buf)
 		w.buf = nil
 	}
 }

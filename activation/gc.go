@@ -61,6 +61,13 @@ func (l Layout) GC(ctx context.Context, opts GCOptions) (*agentapi.GCResult, err
 	if st, err := l.ReadState(); err == nil && st.CurrentSystem != "" {
 		extra = append(extra, st.CurrentSystem)
 	}
+	// Secrets kept from another generation's closure (their own version
+	// is revoked) are the running system's too.
+	if rec, err := l.readApplied(); err == nil {
+		for _, src := range rec.KeptSecrets {
+			extra = append(extra, src)
+		}
+	}
 	res, err := closure.NewTargetStore(l.withDefaults().StateDir).GCWith(ctx, closure.GCOptions{ExtraRoots: extra, Pins: opts.Pushed})
 	if err != nil {
 		return nil, err

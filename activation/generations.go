@@ -74,6 +74,7 @@ func (l Layout) Generations() ([]*Generation, error) {
 		gens = append(gens, g)
 	}
 	slices.SortFunc(gens, func(a, b *Generation) int { return a.Number - b.Number })
+	l.markRevoked(gens)
 	return gens, nil
 }
 
@@ -101,7 +102,7 @@ func (l Layout) Generation(n int) (*Generation, error) {
 // saveGeneration writes g's metadata atomically.
 func (l Layout) saveGeneration(g *Generation) error {
 	c := *g
-	c.Current, c.Boot = false, false
+	c.Current, c.Boot, c.RevokedSecrets = false, false, nil
 	data, err := json.MarshalIndent(&c, "", "  ")
 	if err != nil {
 		return err

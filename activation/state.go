@@ -93,8 +93,12 @@ type applied struct {
 	// first write): only these are replaced without force or removed when
 	// no generation wants them. A path a generation listed but never wrote
 	// (it failed first, say on an unmanaged file) is not owned.
-	Owned   []string  `json:"owned,omitempty"`
-	Updated time.Time `json:"updated"`
+	Owned []string `json:"owned,omitempty"`
+	// KeptSecrets are System's secrets installed from another ciphertext
+	// than its manifest names (name → store path), because its own
+	// version is revoked and the machine's was kept.
+	KeptSecrets map[string]string `json:"kept_secrets,omitempty"`
+	Updated     time.Time         `json:"updated"`
 }
 
 func (l Layout) readApplied() (*applied, error) {
@@ -232,6 +236,9 @@ func (l Layout) MachineManifest(realPath func(string) string) (*manifest.Manifes
 		sm, err := readManifest(s, realPath, manifest.ParseLenient)
 		if err != nil {
 			return nil, err
+		}
+		if s == a.System {
+			sm = withKeptSources(sm, a.KeptSecrets)
 		}
 		m = mergeManifests(m, sm)
 	}

@@ -3,6 +3,7 @@ package activation
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/declarative/deploy/agentapi"
@@ -86,6 +87,15 @@ func (l Layout) Status() (*Status, error) {
 	}
 	if rec, err := l.readApplied(); err == nil {
 		s.Consistent = rec.Complete
+		if rec.System == s.CurrentSystem {
+			for name := range rec.KeptSecrets {
+				s.KeptSecrets = append(s.KeptSecrets, name)
+			}
+			slices.Sort(s.KeptSecrets)
+		}
+	}
+	if revoked, err := l.RevokedSecrets(); err == nil {
+		s.RevokedSecrets = len(revoked)
 	}
 	return s, nil
 }

@@ -176,9 +176,15 @@ type Generation struct {
 	// that understands less refuses to roll back to it (it would run, or
 	// apply, what it does not understand).
 	AgentAPI int `json:"agent_api,omitempty"`
+	// RevokedSecrets are the generation's secrets whose version this
+	// host has recorded as revoked, by name (filled in by the agent that
+	// answers, like Current and Boot): activating the generation keeps
+	// the running version of each, or is refused when there is none.
+	RevokedSecrets []string `json:"revoked_secrets,omitempty"`
 }
 
-// Marks are the generation's marks for a table: current, boot, failed.
+// Marks are the generation's marks for a table: current, boot, failed,
+// revoked (it holds a revoked secret version).
 func (g *Generation) Marks() []string {
 	var marks []string
 	if g.Current {
@@ -190,15 +196,23 @@ func (g *Generation) Marks() []string {
 	if g.Failed {
 		marks = append(marks, "failed")
 	}
+	if len(g.RevokedSecrets) > 0 {
+		marks = append(marks, "revoked")
+	}
 	return marks
 }
 
-// Note is the generation's message, with why it failed when it did.
+// Note is the generation's message, with why it failed when it did and
+// which of its secrets are revoked.
 func (g *Generation) Note() string {
+	note := g.Message
 	if g.Failed && g.FailedReason != "" {
-		return strings.TrimSpace(g.Message + " [" + g.FailedReason + "]")
+		note += " [" + g.FailedReason + "]"
 	}
-	return g.Message
+	if len(g.RevokedSecrets) > 0 {
+		note += " [revoked secret versions: " + strings.Join(g.RevokedSecrets, ", ") + "]"
+	}
+	return strings.TrimSpace(note)
 }
 
 // Generations is what `generations --json` prints.
@@ -273,6 +287,13 @@ type Status struct {
 	// RebootReason saying so.
 	RebootRequired bool   `json:"reboot_required,omitempty"`
 	RebootReason   string `json:"reboot_reason,omitempty"`
+	// KeptSecrets are the running generation's secrets whose own version
+	// is revoked, so the version the machine ran before was kept, by
+	// name.
+	KeptSecrets []string `json:"kept_secrets,omitempty"`
+	// RevokedSecrets is how many secret versions the host has recorded as
+	// revoked.
+	RevokedSecrets int `json:"revoked_secrets,omitempty"`
 	// Drift is the host's drift from its current generation, with
 	// `status --drift` (store paths checked for presence only).
 	Drift *Drift `json:"drift,omitempty"`

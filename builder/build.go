@@ -136,7 +136,7 @@ func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 		if cfg == nil {
 			continue
 		}
-		z := &modules.Realizer{FleetDir: f.Dir, StoreDir: pb.Store.StoreDir, Objects: dryObjects{storeDir: pb.Store.StoreDir}}
+		z := &modules.Realizer{FleetDir: f.Dir, StoreDir: pb.Store.StoreDir, Objects: dryObjects{storeDir: pb.Store.StoreDir}, Revoked: f.RevokedSecrets}
 		agent, _ := closure.MakeSourcePath(pb.Store.StoreDir, sha256.Sum256([]byte("unbuilt agent")), "deploy-agent", nil)
 		m, d := z.Realize(ctx, cfg, agent)
 		diags = append(diags, d...)
@@ -180,7 +180,7 @@ func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hc
 	}
 	addKnown(agent)
 	objs := &storeObjects{store: b.Store, known: known}
-	z := &modules.Realizer{FleetDir: f.Dir, StoreDir: b.Store.StoreDir, Objects: objs}
+	z := &modules.Realizer{FleetDir: f.Dir, StoreDir: b.Store.StoreDir, Objects: objs, Revoked: f.RevokedSecrets}
 	m, d := z.Realize(ctx, cfg, agent)
 	diags = append(diags, d...)
 	if d.HasErrors() {

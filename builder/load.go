@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/modules"
+	"github.com/declarative/deploy/secrets"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/ext/typeexpr"
 	"github.com/hashicorp/hcl/v2/hclparse"
@@ -44,6 +46,10 @@ type Fleet struct {
 	Admins []*Admin
 	// Cache is the fleet's binary cache, nil when it has none.
 	Cache *Cache
+	// RevokedSecrets are the secret versions the fleet revoked
+	// (secrets/revoked), sorted: every host's manifest carries them, and
+	// no secret may use one.
+	RevokedSecrets []string
 
 	defaults     *scopeBody
 	defaultsHost *Host
@@ -254,6 +260,17 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		lock = &modules.Lock{Version: modules.LockVersion, Inputs: map[string]modules.LockedInput{}}
 	}
 	f.Lock = lock
+	revoked, err := secrets.ReadRevocations(dir)
+	if err != nil {
+		d := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + secrets.RevokedFile,
+			Detail: err.Error() + ". Lines are \"sha256:HEX FILE TIME\", as deploy secrets revoke writes them."}
+		if re := (*secrets.RevocationError)(nil); errors.As(err, &re) {
+			pos := hcl.Pos{Line: re.Line, Column: 1}
+			d.Subject = &hcl.Range{Filename: secrets.RevokedFile, Start: pos, End: pos}
+		}
+		diags = append(diags, d)
+	}
+	f.RevokedSecrets = secrets.Versions(revoked)
 	if diags.HasErrors() {
 		return f, diags
 	}

@@ -107,6 +107,11 @@ func (s *Session) Rollback(ctx context.Context, opts RollbackOptions) (*Report, 
 			s.fail(hr, PhaseRollback, ResultFailed, err)
 			return
 		}
+		// The agent's warnings: a secret kept at its running version
+		// because the generation's own is revoked, secrets on a tmpfs.
+		for _, w := range res.Warnings {
+			s.emit(Event{Type: EventWarning, Host: name, Phase: PhaseRollback, Message: w})
+		}
 		hr.Result, hr.Phase, hr.Generation = ResultOK, PhaseRollback, res.Generation
 		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseRollback, State: "done", Generation: res.Generation})
 		s.finish(hr, Event{})

@@ -55,6 +55,9 @@ type Difference struct {
 	Units             UnitActions `json:"units,omitzero"`
 	ActivationScripts Changes     `json:"activation_scripts,omitzero"`
 	HealthChecks      Changes     `json:"health_checks,omitzero"`
+	// RevokedSecrets are the revoked secret versions added or removed
+	// (the host's record keeps every version it has seen either way).
+	RevokedSecrets Changes `json:"revoked_secrets,omitzero"`
 }
 
 // Empty reports whether the two manifests describe the same state.
@@ -62,7 +65,8 @@ func (d *Difference) Empty() bool {
 	return d.Hostname == [2]string{} && d.Timezone == [2]string{} && d.Agent == [2]string{} &&
 		d.Packages.Empty() && d.Groups.Empty() && d.Users.Empty() && d.Directories.Empty() &&
 		d.Files.Empty() && d.Symlinks.Empty() && d.Secrets.Empty() && d.Sysctls.Empty() &&
-		!d.Firewall && d.Units.Empty() && d.ActivationScripts.Empty() && d.HealthChecks.Empty()
+		!d.Firewall && d.Units.Empty() && d.ActivationScripts.Empty() && d.HealthChecks.Empty() &&
+		d.RevokedSecrets.Empty()
 }
 
 // Diff reports what activating next after prev changes. A nil prev is a
@@ -100,6 +104,7 @@ func Diff(prev, next *Manifest) *Difference {
 	d.Firewall = !equal(prev.Firewall, next.Firewall)
 	d.ActivationScripts = changes(prev.ActivationScripts, next.ActivationScripts, func(a ActivationScript) string { return a.Name })
 	d.HealthChecks = changes(prev.HealthChecks, next.HealthChecks, func(h HealthCheck) string { return h.Name })
+	d.RevokedSecrets = changes(prev.RevokedSecrets, next.RevokedSecrets, func(v string) string { return v })
 
 	// Units restarted because a secret they use changed.
 	secretRestart := map[string]bool{}
@@ -236,6 +241,7 @@ func (d *Difference) Write(w io.Writer) error {
 	list("update", "unit", d.Units.Updated)
 	section("script", d.ActivationScripts)
 	section("check", d.HealthChecks)
+	section("revoked", d.RevokedSecrets)
 	if b.Len() == 0 {
 		b.WriteString("no changes\n")
 	}

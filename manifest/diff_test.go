@@ -114,3 +114,22 @@ func TestDifferenceWrite(t *testing.T) {
 		t.Errorf("Write() = %q, want %q", b.String(), want)
 	}
 }
+
+// A new revocation list is a difference, shown as "+ revoked VERSION".
+func TestDiffRevokedSecrets(t *testing.T) {
+	v := SecretVersion([]byte("v1"))
+	prev := &Manifest{}
+	next := &Manifest{RevokedSecrets: []string{v}}
+	d := Diff(prev, next)
+	if d.Empty() || len(d.RevokedSecrets.Added) != 1 || d.RevokedSecrets.Added[0] != v {
+		t.Fatalf("Diff(none, [%s]) = %+v, want %s added", v, d.RevokedSecrets, v)
+	}
+	var b strings.Builder
+	d.Write(&b)
+	if want := "+        revoked " + v + "\n"; b.String() != want {
+		t.Errorf("Write = %q, want %q", b.String(), want)
+	}
+	if !ValidSecretVersion(v) || ValidSecretVersion("sha256:"+strings.Repeat("A", 64)) || ValidSecretVersion("sha256:ab") {
+		t.Errorf("ValidSecretVersion disagrees with SecretVersion's format")
+	}
+}

@@ -36,6 +36,8 @@ package manifest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,6 +87,35 @@ type Manifest struct {
 	Units             []Unit             `json:"units"`
 	ActivationScripts []ActivationScript `json:"activation_scripts"`
 	HealthChecks      []HealthCheck      `json:"health_checks"`
+
+	// RevokedSecrets are the secret versions the fleet revoked (each a
+	// [SecretVersion]), sorted: the agent adds them to the host's record
+	// of revoked versions, which only grows, and never installs a secret
+	// whose ciphertext is in that record, whatever generation it
+	// activates (a rollback included).
+	RevokedSecrets []string `json:"revoked_secrets,omitempty"`
+}
+
+// SecretVersion names one version of a secret: "sha256:" and the hex
+// SHA-256 of its ciphertext (the .age file's bytes).
+func SecretVersion(ciphertext []byte) string {
+	sum := sha256.Sum256(ciphertext)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// ValidSecretVersion reports whether v is a [SecretVersion]: "sha256:"
+// and 64 lowercase hex digits.
+func ValidSecretVersion(v string) bool {
+	h, ok := strings.CutPrefix(v, "sha256:")
+	if !ok || len(h) != 64 {
+		return false
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Package is a package of the closure. The agent installs nothing for it:
@@ -369,6 +400,7 @@ func (m *Manifest) Sort() {
 		m.ActivationScripts[i].After = sortedSet(m.ActivationScripts[i].After)
 	}
 	sortBy(m.HealthChecks, func(h HealthCheck) string { return h.Name })
+	m.RevokedSecrets = sortedSet(m.RevokedSecrets)
 }
 
 func sortBy[T any](s []T, key func(T) string) {
@@ -540,6 +572,13 @@ func (m *Manifest) Validate() error {
 		}
 		if h.AttemptTimeoutMS < 0 || h.AttemptTimeoutMS > h.TimeoutMS {
 			v.errf("health check %q: attempt_timeout_ms must be positive and at most timeout_ms", h.Name)
+		}
+	}
+	for i, r := range m.RevokedSecrets {
+		if !ValidSecretVersion(r) {
+			v.errf("revoked secret version %q is not sha256:HEX", r)
+		} else if i > 0 && r <= m.RevokedSecrets[i-1] {
+			v.errf("revoked_secrets are not sorted and unique at %q", r)
 		}
 	}
 	return v.err()

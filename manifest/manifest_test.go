@@ -184,3 +184,41 @@ func TestParseLenient(t *testing.T) {
 		t.Fatal("ParseLenient accepted schema_version 2")
 	}
 }
+
+// revoked_secrets: Marshal sorts and dedupes it, Parse reads it back, and
+// Validate refuses a malformed or unsorted list; absent, the encoding is
+// what it was before the field existed.
+func TestRevokedSecretsField(t *testing.T) {
+	a, b := SecretVersion([]byte("a")), SecretVersion([]byte("b"))
+	m := sample()
+	plain, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(plain), "revoked_secrets") {
+		t.Errorf("a manifest without revocations mentions them:\n%s", plain)
+	}
+	m.RevokedSecrets = []string{b, a, b}
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a, b}
+	if b < a {
+		want = []string{b, a}
+	}
+	if diff := cmp.Diff(want, got.RevokedSecrets); diff != "" {
+		t.Errorf("revoked_secrets after a round trip (-want +got):\n%s", diff)
+	}
+	for _, bad := range [][]string{{"sha256:00"}, {"md5:" + strings.Repeat("0", 64)}, {want[1], want[0]}, {a, a}} {
+		m := sample()
+		m.RevokedSecrets = bad
+		if err := m.Validate(); err == nil {
+			t.Errorf("Validate accepts revoked_secrets %q", bad)
+		}
+	}
+}

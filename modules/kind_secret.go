@@ -2,6 +2,7 @@ package modules
 
 import (
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/declarative/deploy/agentapi"
@@ -47,6 +48,12 @@ func realizeSecrets(c *Realization, rs []*Resource) {
 	for _, r := range rs {
 		data, ok := c.read(r, "source")
 		if !ok {
+			continue
+		}
+		if v := manifest.SecretVersion(data); slices.Contains(c.z.Revoked, v) {
+			c.diags = append(c.diags, errAt(r.Range("source"), "Revoked secret version",
+				"The secret file %q is version %s, which secrets/revoked lists: no host installs it. Rotate the secret first (deploy secrets edit %s).",
+				r.String("source", ""), v, r.Name))
 			continue
 		}
 		mode, _ := NormalizeMode(r.String("mode", "0400"))

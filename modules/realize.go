@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/declarative/deploy/manifest"
@@ -50,6 +51,10 @@ type Realizer struct {
 	StoreDir string
 	// Objects receives the content.
 	Objects Objects
+	// Revoked are the secret versions the fleet revoked
+	// ([manifest.SecretVersion]): every manifest carries them, and a
+	// secret whose ciphertext is one of them is an error.
+	Revoked []string
 }
 
 // Realization is one call of [Realizer.Realize] in progress: the host's
@@ -95,11 +100,12 @@ func (c *Realization) read(r *Resource, attr string) ([]byte, bool) {
 // agent. Every kind realizes its resources in [Kinds] order.
 func (z *Realizer) Realize(ctx context.Context, cfg *Config, agent string) (*manifest.Manifest, hcl.Diagnostics) {
 	c := &Realization{
-		Config:   cfg,
-		Manifest: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, Host: cfg.Host, StoreDir: z.StoreDir, Agent: agent},
-		ctx:      ctx,
-		z:        z,
-		byKind:   map[string][]*Resource{},
+		Config: cfg,
+		Manifest: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, Host: cfg.Host, StoreDir: z.StoreDir, Agent: agent,
+			RevokedSecrets: slices.Clone(z.Revoked)},
+		ctx:    ctx,
+		z:      z,
+		byKind: map[string][]*Resource{},
 	}
 	for _, r := range cfg.Resources {
 		c.byKind[r.Kind.Name] = append(c.byKind[r.Kind.Name], r)

@@ -188,6 +188,7 @@ const (
 	StateMissing    = "missing"    // the file does not exist
 	StateUnreadable = "unreadable" // not an age file, or unreadable
 	StateIncomplete = "incomplete" // ok, but some host that uses it has no usable key
+	StateRevoked    = "revoked"    // its current version is revoked (secrets/revoked): rotate it
 )
 
 // Inspection is what [File.Inspect] finds.

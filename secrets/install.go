@@ -54,6 +54,13 @@ type InstallOptions struct {
 	// mounted there already). Without it that is an error. The host's
 	// secrets_allow_tmpfs setting.
 	AllowTmpfs bool
+	// Revoked are versions ([manifest.SecretVersion]) that must never be
+	// decrypted: a secret whose ciphertext is one of them fails Install
+	// with a *[RevokedError] before anything changes, and every file of
+	// a kept generation directory whose recorded ciphertext is one of them
+	// is wiped and removed (so that generation is decrypted again, and
+	// refused, on a rollback).
+	Revoked []string
 	// Logf, if set, receives a line per step (never a secret's content).
 	Logf func(format string, args ...any)
 	// Warnf, if set, receives what the operator must know about (secrets
@@ -152,9 +159,23 @@ func Install(ctx context.Context, opts InstallOptions) error {
 		opts.logf("secrets: %v; replacing it", err)
 	}
 	gen := strconv.Itoa(opts.Generation)
-	state, err := stateOf(entries)
+	revoked := map[string]bool{}
+	for _, v := range opts.Revoked {
+		revoked[strings.TrimPrefix(v, "sha256:")] = true
+	}
+	state, err := stateOf(entries, revoked)
 	if err != nil {
+		var re *RevokedError
+		if errors.As(err, &re) {
+			re.Generation = opts.Generation
+			return re
+		}
 		return fmt.Errorf("install secrets of generation %d: %w", opts.Generation, err)
+	}
+	if len(revoked) > 0 {
+		// Revoked plaintext kept for a rollback goes now; the running
+		// generation's goes once the link no longer names it (below).
+		wipeRevoked(dfd, revoked, prev, hasPrev, opts.logf)
 	}
 	var dests []string
 	for _, e := range entries {
@@ -214,6 +235,9 @@ func Install(ctx context.Context, opts InstallOptions) error {
 		if !slices.Contains(dests, d) {
 			removeDestination(d, runDir)
 		}
+	}
+	if len(revoked) > 0 {
+		wipeRevoked(dfd, revoked, opts.Generation, true, opts.logf)
 	}
 	// The previous generation is kept for a rollback, but not the
 	// plaintext of secrets this generation dropped: wipe them now. A
@@ -480,18 +504,77 @@ func (o *InstallOptions) stage(ctx context.Context, dfd int, stage, state string
 	return nil
 }
 
+// RevokedError is [Install]'s refusal to decrypt a revoked version of a
+// secret.
+type RevokedError struct {
+	// Secret is the secret's name, Version its revoked ciphertext
+	// ([manifest.SecretVersion]).
+	Secret, Version string
+	// Generation is the generation being installed.
+	Generation int
+}
+
+func (e *RevokedError) Error() string {
+	return fmt.Sprintf("secret %q of generation %d is revoked version %s: it is never installed again", e.Secret, e.Generation, e.Version)
+}
+
 // stateOf describes a generation's secrets: for each, its name, the
-// SHA-256 of its ciphertext, uid, gid, mode and destination.
-func stateOf(entries []entry) (string, error) {
+// SHA-256 of its ciphertext, uid, gid, mode and destination. A ciphertext
+// whose hex SHA-256 is in revoked is a *[RevokedError].
+func stateOf(entries []entry, revoked map[string]bool) (string, error) {
 	var b strings.Builder
 	for _, e := range entries {
 		data, err := os.ReadFile(e.src)
 		if err != nil {
 			return "", fmt.Errorf("secret %q: read ciphertext: %w", e.name, err)
 		}
-		fmt.Fprintf(&b, "secret\t%s\t%x\t%d\t%d\t%04o\t%s\n", e.name, sha256.Sum256(data), e.uid, e.gid, e.mode, e.dest)
+		sum := fmt.Sprintf("%x", sha256.Sum256(data))
+		if revoked[sum] {
+			return "", &RevokedError{Secret: e.name, Version: "sha256:" + sum}
+		}
+		fmt.Fprintf(&b, "secret\t%s\t%s\t%d\t%d\t%04o\t%s\n", e.name, sum, e.uid, e.gid, e.mode, e.dest)
 	}
 	return b.String(), nil
+}
+
+// wipeRevoked wipes and removes, from every generation directory under dfd
+// but generation except (when hasExcept), each secret whose recorded
+// ciphertext is revoked (hex SHA-256s).
+func wipeRevoked(dfd int, revoked map[string]bool, except int, hasExcept bool, logf func(string, ...any)) {
+	names, err := readDirNames(dfd)
+	if err != nil {
+		logf("secrets: wiping revoked versions: %v", err)
+		return
+	}
+	for _, gen := range names {
+		if n, err := strconv.Atoi(gen); err != nil || (hasExcept && n == except) {
+			continue
+		}
+		var gone []string
+		for l := range strings.Lines(readState(dfd, gen)) {
+			f := strings.Split(strings.TrimRight(l, "\n"), "\t")
+			if len(f) == 7 && revoked[f[2]] && validName(f[1]) {
+				gone = append(gone, f[1])
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		fd, err := unix.Openat(dfd, gen, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			logf("secrets: wiping revoked versions in generation %s: %v", gen, err)
+			continue
+		}
+		for _, name := range gone {
+			if err := removeAt(fd, name); err != nil {
+				logf("secrets: wiping the revoked version of secret %q in generation %s: %v", name, gen, err)
+				continue
+			}
+			logf("secrets: wiped the revoked version of secret %q kept for generation %s", name, gen)
+		}
+		_ = unix.Fsync(fd)
+		unix.Close(fd)
+	}
 }
 
 // writeStateFile records a generation's state (see stateOf).

@@ -65,6 +65,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if s.RebootRequired {
 		fmt.Fprintf(stdout, "reboot required: %s\n", s.RebootReason)
 	}
+	if len(s.KeptSecrets) > 0 {
+		fmt.Fprintf(stdout, "kept secrets: %s (the generation's own versions are revoked; the versions that ran before were kept)\n", strings.Join(s.KeptSecrets, ", "))
+	}
 	if d := s.Drift; d != nil {
 		for _, it := range d.Items {
 			fmt.Fprintf(stdout, "drift: %s\n", it)

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"filippo.io/age"
 
 	"github.com/declarative/deploy/builder"
+	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/secrets"
 	"github.com/hashicorp/hcl/v2"
 )
@@ -22,6 +24,7 @@ var secretsCommands = []command{
 	{name: "list", summary: "which host can read which secret file, and which files are stale", run: runSecretsList},
 	{name: "edit", summary: "decrypt a secret (NAME or path/to/file.age) into $EDITOR, re-encrypt it", run: runSecretsEdit},
 	{name: "rekey", summary: "re-encrypt stale secret files (NAME... or all) to their current recipients (--force: all)", run: runSecretsRekey},
+	{name: "revoke", summary: "revoke every earlier version of a secret (NAME or path/to/file.age) in secrets/revoked: no host installs them again", run: runSecretsRevoke},
 }
 
 // secretsFlags are the flags every secrets subcommand has.
@@ -123,11 +126,24 @@ func runSecretsList(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	revocations, err := secrets.ReadRevocations(files.Dir)
+	if err != nil {
+		return withHint(err, ExitConfig, "fix "+secrets.RevokedFile+" (lines \"sha256:HEX FILE TIME\")")
+	}
+	revoked := secrets.Versions(revocations)
 	rows := make([]secretsListRow, 0, len(files.Files))
-	stale := 0
+	stale, rotate := 0, 0
 	for _, f := range files.Files {
 		row := secretsListRow{File: f, Inspection: f.Inspect()}
-		if row.State != secrets.StateOK {
+		if data, err := os.ReadFile(f.Path); err == nil && slices.Contains(revoked, manifest.SecretVersion(data)) {
+			row.State = secrets.StateRevoked
+			row.Message = "its current version " + manifest.SecretVersion(data) + " is revoked in " + secrets.RevokedFile + ": rotate it (deploy secrets edit)"
+		}
+		switch row.State {
+		case secrets.StateOK:
+		case secrets.StateRevoked:
+			rotate++
+		default:
 			stale++
 		}
 		rows = append(rows, row)
@@ -159,6 +175,9 @@ func runSecretsList(ctx context.Context, e *env, args []string) error {
 	}
 	if stale > 0 {
 		fmt.Fprintf(e.stderr, "deploy: hint: %d secret files need attention; run deploy secrets rekey\n", stale)
+	}
+	if rotate > 0 {
+		fmt.Fprintf(e.stderr, "deploy: hint: %d secret files are at a revoked version; give them a new value with deploy secrets edit (a rekey keeps the revoked value)\n", rotate)
 	}
 	return nil
 }

@@ -97,6 +97,10 @@ func StatusTable(w io.Writer, hosts []*builder.Host, rep *fleet.Report, drift bo
 		if !st.CurrentTime.IsZero() {
 			age = ageString(now.Sub(st.CurrentTime))
 		}
+		current := dash(st.Current)
+		if len(st.KeptSecrets) > 0 {
+			current += " (kept secrets: " + strings.Join(st.KeptSecrets, ",") + ")"
+		}
 		boot := dash(st.Boot)
 		if st.RebootRequired {
 			boot += " (reboot required)"
@@ -105,7 +109,7 @@ func StatusTable(w io.Writer, hosts []*builder.Host, rep *fleet.Report, drift bo
 		if len(st.Failed) > 0 {
 			failed = strings.Trim(fmt.Sprint(st.Failed), "[]")
 		}
-		row := fmt.Sprintf("%s\tyes\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s", h.Name, dash(st.Current), commit, age, boot, dash(st.Pending), failed, st.Consistent, pushed, lock)
+		row := fmt.Sprintf("%s\tyes\t%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s", h.Name, current, commit, age, boot, dash(st.Pending), failed, st.Consistent, pushed, lock)
 		if drift {
 			switch d := st.Drift; {
 			case d == nil:
