@@ -102,11 +102,21 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 		ts, _ = p.trust.VerifyTimestamp(st.Timestamp, channel.TimestampCheck{Host: cfg.Host})
 	}
 	if data != nil && !bytes.Equal(data, st.Timestamp) {
+		// A timestamp that names a newer root is verified under that root
+		// (the timestamp keys may have changed with it): climb first, on
+		// the timestamp's word, which is only a hint of where to look; each
+		// root of the chain is verified by the one before.
+		var climbErr error
+		if claims, cerr := channel.TimestampClaims(data); cerr == nil && claims.Root > p.trust.Root.Version {
+			if climbErr = p.climb(ctx, claims.Root); climbErr != nil && !errors.As(climbErr, new(*channel.RefusedError)) {
+				p.flush(ctx)
+				return "", nil, nil, climbErr
+			}
+		}
 		next, err := p.trust.VerifyTimestamp(data, channel.TimestampCheck{Host: cfg.Host, Version: versionOf(ts)})
 		if err == nil && next.Root > p.trust.Root.Version {
-			if err = p.climb(ctx, next.Root); err == nil {
-				next, err = p.trust.VerifyTimestamp(data, channel.TimestampCheck{Host: cfg.Host, Version: versionOf(ts)})
-			}
+			err = &channel.RefusedError{Serial: next.Serial, Err: channel.ErrMismatch,
+				Detail: fmt.Sprintf("the timestamp names root version %d, which this host could not accept: %v", next.Root, climbErr)}
 		}
 		var refused *channel.RefusedError
 		switch {

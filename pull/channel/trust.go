@@ -1,6 +1,7 @@
 package channel
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -206,4 +207,19 @@ func RootClaims(data []byte) (*agentapi.Root, error) {
 		return nil, err
 	}
 	return t.Root, nil
+}
+
+// TimestampClaims reads what a timestamp says, without checking its
+// signatures: the root version it names is a hint of where to climb (the
+// chain is verified on its own), never something to act on.
+func TimestampClaims(data []byte) (*agentapi.Timestamp, error) {
+	_, payload, err := decodeSigned(data, agentapi.DocTimestamp)
+	if err != nil {
+		return nil, err
+	}
+	ts := &agentapi.Timestamp{}
+	if err := json.Unmarshal(payload, ts); err != nil {
+		return nil, &RefusedError{Err: ErrMalformed, Detail: "timestamp: " + err.Error()}
+	}
+	return ts, nil
 }
