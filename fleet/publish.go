@@ -458,7 +458,14 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		s.emit(Event{Type: EventPublish, State: "failed", Channel: opts.Channel, Serial: serial})
 		return rep, rep.Err()
 	}
-	s.emit(Event{Type: EventPublish, State: "done", Channel: opts.Channel, Serial: serial, Batches: ro.Batches})
+	done := Event{Type: EventPublish, State: "done", Channel: opts.Channel, Serial: serial, Batches: ro.Batches}
+	if t != nil {
+		if _, k := t.Keys(agentapi.RolePublisher); k > 1 {
+			done.Message = fmt.Sprintf("signed by %s, 1 of the %d publisher signatures the hosts need: they act on it once deploy approve added the others (before the first wave's deadline, %s)",
+				s.PublisherKey.Name, k, now.Add(timeout).Format(time.RFC3339))
+		}
+	}
+	s.emit(done)
 	if !opts.Wait {
 		for _, name := range s.names() {
 			hr := rep.Hosts[name]

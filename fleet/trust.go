@@ -236,8 +236,14 @@ func (s *Session) Refresh(ctx context.Context, opts PublishOptions) (*Report, er
 	if err := s.putRoots(ctx, store, t); err != nil {
 		return nil, err
 	}
-	rep := s.begin("", [][]string{s.names()})
+	rep := s.begin("", nil)
 	defer s.end(rep)
+	expiry := opts.TimestampExpiry
+	if expiry <= 0 {
+		expiry = DefaultTimestampExpiry
+	}
+	s.emit(Event{Type: EventPublish, State: "started", Channel: opts.Channel,
+		Message: fmt.Sprintf("channel %s: signing %d hosts' timestamps again, valid for %v (root version %d)", opts.Channel, len(s.Selected), expiry, t.Root.Version)})
 	for _, name := range s.names() {
 		hr := rep.Hosts[name]
 		if cfgs[name] == nil {
@@ -301,8 +307,19 @@ func (s *Session) Approve(ctx context.Context, opts PublishOptions) (*Report, er
 	if serial == 0 {
 		serial = head.Serial
 	}
-	rep := s.begin("", [][]string{s.names()})
+	if serial != head.Serial {
+		if head, _, err = readChannelDoc(ctx, store, channel.HistoryKey(head.Epoch, serial), keys); err != nil {
+			return nil, err
+		}
+		if head == nil {
+			return nil, &UsageError{Err: fmt.Errorf("approve: channel %q has no record of serial %d", opts.Channel, serial)}
+		}
+	}
+	rep := s.begin("", nil)
 	defer s.end(rep)
+	s.emit(Event{Type: EventPublish, State: "started", Channel: opts.Channel, Serial: serial,
+		Message: fmt.Sprintf("channel %s serial %d, published %s by %s from commit %s (%q): adding %s's signature (the hosts need %d)",
+			opts.Channel, serial, head.Published.Format(time.RFC3339), head.Publisher, head.GitRev, head.Message, s.PublisherKey.Name, k)})
 	for _, name := range s.names() {
 		hr := rep.Hosts[name]
 		doc, _, err := store.Read(ctx, channel.ReleaseKey(name))

@@ -74,7 +74,7 @@ func checkPull(r *Resource) hcl.Diagnostics {
 		switch {
 		case err != nil:
 			diags = append(diags, errAt(r.Range("root"), "Invalid root",
-				"root is not a channel's signed root: %s. Use root = file(\"trust/NAME/root.json\") as deploy trust init writes it.", err))
+				"root is not a channel's signed root: %s. Use root = file(\"trust/NAME/root.json\") as deploy trust init writes it; deploy trust show says what it lacks, deploy trust sign adds root signatures.", err))
 		case t.Root.Channel != r.String("channel", ""):
 			diags = append(diags, errAt(r.Range("root"), "Root of another channel",
 				"The root is channel %q's; this pull block follows %q.", t.Root.Channel, r.String("channel", "")))

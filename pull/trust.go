@@ -115,7 +115,7 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 		}
 		next, err := p.trust.VerifyTimestamp(data, channel.TimestampCheck{Host: cfg.Host, Version: versionOf(ts)})
 		if err == nil && next.Root > p.trust.Root.Version {
-			err = &channel.RefusedError{Serial: next.Serial, Err: channel.ErrMismatch,
+			err = &channel.RefusedError{Doc: agentapi.DocTimestamp, Serial: next.Serial, Err: channel.ErrMismatch,
 				Detail: fmt.Sprintf("the timestamp names root version %d, which this host could not accept: %v", next.Root, climbErr)}
 		}
 		var refused *channel.RefusedError

@@ -167,7 +167,7 @@ func TestTrustReplayAndMixAndMatch(t *testing.T) {
 	// A replayed older timestamp.
 	f.write(channel.TimestampKey("web1"), old)
 	f.poll(a, "none")
-	wantRefusal(t, f.status("web1"), "a replay of an older timestamp")
+	wantRefusal(t, f.status("web1"), "timestamp refused: serial not above the current one: version")
 
 	// Timestamps of another channel, and not signed by the timestamp key.
 	evil, _, _ := cache.GenerateKey("ts-1")
@@ -176,10 +176,10 @@ func TestTrustReplayAndMixAndMatch(t *testing.T) {
 	data, _ := channel.Sign(agentapi.DocTimestamp, ts, f.ts)
 	f.write(channel.TimestampKey("web1"), data)
 	f.poll(a, "none")
-	wantRefusal(t, f.status("web1"), `timestamp: channel "staging"`)
+	wantRefusal(t, f.status("web1"), `timestamp refused: for another channel: channel "staging"`)
 	f.stamp("web1", doc1, time.Hour, evil)
 	f.poll(a, "none")
-	wantRefusal(t, f.status("web1"), "not signed by a trusted publisher key")
+	wantRefusal(t, f.status("web1"), "timestamp refused: not signed by a trusted timestamp key")
 	// Another host's release behind this host's timestamp (hash bound).
 	v2 := f.system("web1", "v2")
 	web2 := f.publish(&agentapi.Release{Host: "web2", Serial: 2, System: f.system("web2", "v1"), RootVersion: 1})

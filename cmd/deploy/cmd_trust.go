@@ -146,13 +146,15 @@ func runTrustRotate(_ context.Context, e *env, args []string) error {
 
 func runTrustRevoke(_ context.Context, e *env, args []string) error {
 	var f trustFlags
-	dir, names, keys, err := trustCommand(e, "revoke", "DIR KEYNAME... --channel NAME --sign FILE...", &f, false, args, 2, -1, func(fs *flag.FlagSet) {
+	dir, names, keys, err := trustCommand(e, "revoke", "DIR KEYNAME... --channel NAME --sign FILE...", &f, true, args, 2, -1, func(fs *flag.FlagSet) {
 		fs.BoolVar(&f.reset, "reset-serial", false, "hosts that accept this root forget their serial (the revoked key signed a huge serial)")
 	})
 	if err != nil {
 		return err
 	}
-	rf, err := fleet.RotateRoot(dir, f.channel, fleet.RootChange{Remove: names, ResetSerial: f.reset}, keys)
+	ch := f.change()
+	ch.Remove = names
+	rf, err := fleet.RotateRoot(dir, f.channel, ch, keys)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("trust revoke: %w", err)}
 	}

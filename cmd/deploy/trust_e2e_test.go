@@ -136,7 +136,7 @@ func TestTrustE2E(t *testing.T) {
 	p.put(pullPrefix+channel.ReleaseKey(name), evilRelease)
 	p.put(tsKey, evilStamp)
 	p.waitStatus(name, "the attacker's release refused", func(st *agentapi.PullStatus) bool {
-		return st.Refused != nil && strings.Contains(st.Refused.Reason, `not signed by a trusted publisher key: timestamp: signed by "ts-1"`)
+		return st.Refused != nil && strings.Contains(st.Refused.Reason, `timestamp refused: not signed by a trusted timestamp key: signed by "ts-1"`)
 	})
 	if v := version(); v != "v3" {
 		t.Fatalf("the host runs %s after the replay, want v3", v)

@@ -35,10 +35,20 @@ type RefusedError struct {
 	Serial int64
 	Err    error
 	Detail string
+	// Doc is the refused document's type (agentapi.DocRelease when empty).
+	Doc string
 }
 
 func (e *RefusedError) Error() string {
-	s := "release refused: " + e.Err.Error()
+	doc := e.Doc
+	if doc == "" {
+		doc = agentapi.DocRelease
+	}
+	what := e.Err.Error()
+	if e.Err == ErrUntrusted && doc != agentapi.DocRelease {
+		what = "not signed by a trusted " + doc + " key"
+	}
+	s := doc + " refused: " + what
 	if e.Detail != "" {
 		s += ": " + e.Detail
 	}
@@ -113,7 +123,7 @@ func OpenThreshold(data []byte, docType string, keys []*cache.PublicKey, thresho
 		}
 	}
 	if len(valid) > 0 && claims != nil {
-		return nil, &RefusedError{Err: ErrMalformed, Detail: "the signed payload is not a " + docType + ": " + claims.Error()}
+		return nil, &RefusedError{Doc: docType, Err: ErrMalformed, Detail: "the signed payload is not a " + docType + ": " + claims.Error()}
 	}
 	if threshold < 1 {
 		threshold = 1
@@ -122,16 +132,16 @@ func OpenThreshold(data []byte, docType string, keys []*cache.PublicKey, thresho
 	case len(valid) >= threshold:
 		return valid, nil
 	case len(names) == 0:
-		return nil, &RefusedError{Err: ErrUnsigned}
+		return nil, &RefusedError{Doc: docType, Err: ErrUnsigned}
 	}
 	var trusted []string
 	for _, k := range keys {
 		trusted = append(trusted, fmt.Sprintf("%q", k.Name))
 	}
 	if len(valid) == 0 {
-		return nil, &RefusedError{Err: ErrUntrusted, Detail: fmt.Sprintf("signed by %s; trusted: %s", strings.Join(names, ", "), strings.Join(trusted, ", "))}
+		return nil, &RefusedError{Doc: docType, Err: ErrUntrusted, Detail: fmt.Sprintf("signed by %s; trusted: %s", strings.Join(names, ", "), strings.Join(trusted, ", "))}
 	}
-	return valid, &RefusedError{Err: ErrThreshold, Detail: fmt.Sprintf("%d of the %d signatures needed (by %s; trusted: %s)",
+	return valid, &RefusedError{Doc: docType, Err: ErrThreshold, Detail: fmt.Sprintf("%d of the %d signatures needed (by %s; trusted: %s)",
 		len(valid), threshold, strings.Join(valid, ", "), strings.Join(trusted, ", "))}
 }
 
@@ -139,17 +149,17 @@ func OpenThreshold(data []byte, docType string, keys []*cache.PublicKey, thresho
 func decodeSigned(data []byte, docType string) (*agentapi.SignedDocument, []byte, error) {
 	var doc agentapi.SignedDocument
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Payload == "" {
-		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("%d bytes that are not a signed document", len(data))}
+		return nil, nil, &RefusedError{Doc: docType, Err: ErrMalformed, Detail: fmt.Sprintf("%d bytes that are not a signed document", len(data))}
 	}
 	if doc.V > agentapi.Version {
-		return nil, nil, &RefusedError{Err: ErrNewerVersion, Detail: fmt.Sprintf("document version %d; this agent reads up to %d: upgrade it", doc.V, agentapi.Version)}
+		return nil, nil, &RefusedError{Doc: docType, Err: ErrNewerVersion, Detail: fmt.Sprintf("document version %d; this agent reads up to %d: upgrade it", doc.V, agentapi.Version)}
 	}
 	if doc.Type != docType {
-		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: fmt.Sprintf("a %q document where a %q was expected", doc.Type, docType)}
+		return nil, nil, &RefusedError{Doc: docType, Err: ErrMalformed, Detail: fmt.Sprintf("a %q document where a %q was expected", doc.Type, docType)}
 	}
 	payload, err := base64.StdEncoding.DecodeString(doc.Payload)
 	if err != nil {
-		return nil, nil, &RefusedError{Err: ErrMalformed, Detail: "the payload is not base64"}
+		return nil, nil, &RefusedError{Doc: docType, Err: ErrMalformed, Detail: "the payload is not base64"}
 	}
 	return &doc, payload, nil
 }

@@ -54,11 +54,11 @@ func decodeRoot(data []byte) (*Trust, error) {
 	}
 	r := &agentapi.Root{}
 	if err := agentapi.Decode("root", payload, r); err != nil {
-		return nil, &RefusedError{Err: ErrMalformed, Detail: err.Error()}
+		return nil, &RefusedError{Doc: agentapi.DocRoot, Err: ErrMalformed, Detail: err.Error()}
 	}
 	t, err := NewTrust(r)
 	if err != nil {
-		return nil, &RefusedError{Serial: r.Version, Err: ErrMalformed, Detail: err.Error()}
+		return nil, &RefusedError{Doc: agentapi.DocRoot, Serial: r.Version, Err: ErrMalformed, Detail: err.Error()}
 	}
 	t.Doc = data
 	return t, nil
@@ -132,9 +132,9 @@ func (t *Trust) Next(data []byte) (*Trust, error) {
 	}
 	switch {
 	case n.Root.Channel != t.Root.Channel:
-		return nil, &RefusedError{Serial: n.Root.Version, Err: ErrOtherChannel, Detail: fmt.Sprintf("root of channel %q, this is %q", n.Root.Channel, t.Root.Channel)}
+		return nil, &RefusedError{Doc: agentapi.DocRoot, Serial: n.Root.Version, Err: ErrOtherChannel, Detail: fmt.Sprintf("root of channel %q, this is %q", n.Root.Channel, t.Root.Channel)}
 	case n.Root.Version != t.Root.Version+1:
-		return nil, &RefusedError{Serial: n.Root.Version, Err: ErrNotNewer, Detail: fmt.Sprintf("root version %d where %d was expected", n.Root.Version, t.Root.Version+1)}
+		return nil, &RefusedError{Doc: agentapi.DocRoot, Serial: n.Root.Version, Err: ErrNotNewer, Detail: fmt.Sprintf("root version %d where %d was expected", n.Root.Version, t.Root.Version+1)}
 	}
 	if err := n.signedBy(data, t, agentapi.RoleRoot); err != nil {
 		return nil, err
@@ -171,12 +171,12 @@ func (t *Trust) VerifyTimestamp(data []byte, c TimestampCheck) (*agentapi.Timest
 	if _, err := OpenThreshold(data, agentapi.DocTimestamp, keys, k, ts); err != nil {
 		var re *RefusedError
 		if errors.As(err, &re) {
-			re.Detail = "timestamp: " + re.Detail
+			re.Doc = agentapi.DocTimestamp
 		}
 		return nil, err
 	}
 	refuse := func(e error, detail string, args ...any) (*agentapi.Timestamp, error) {
-		return nil, &RefusedError{Serial: ts.Serial, Err: e, Detail: "timestamp: " + fmt.Sprintf(detail, args...)}
+		return nil, &RefusedError{Doc: agentapi.DocTimestamp, Serial: ts.Serial, Err: e, Detail: fmt.Sprintf(detail, args...)}
 	}
 	switch {
 	case ts.Channel != t.Root.Channel:
@@ -219,7 +219,7 @@ func TimestampClaims(data []byte) (*agentapi.Timestamp, error) {
 	}
 	ts := &agentapi.Timestamp{}
 	if err := json.Unmarshal(payload, ts); err != nil {
-		return nil, &RefusedError{Err: ErrMalformed, Detail: "timestamp: " + err.Error()}
+		return nil, &RefusedError{Doc: agentapi.DocTimestamp, Err: ErrMalformed, Detail: err.Error()}
 	}
 	return ts, nil
 }

@@ -342,7 +342,11 @@ func publishLine(ev fleet.Event) string {
 	case "started":
 		return ev.Message
 	case "done":
-		return fmt.Sprintf("channel %s: serial %d published", ev.Channel, ev.Serial)
+		line := fmt.Sprintf("channel %s: serial %d published", ev.Channel, ev.Serial)
+		if ev.Message != "" {
+			line += "; " + ev.Message
+		}
+		return line
 	}
 	return fmt.Sprintf("channel %s: serial %d: publishing failed", ev.Channel, ev.Serial)
 }
