@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,6 +38,30 @@ type metricsState struct {
 	Activation *metricsEvent `json:"activation,omitempty"` // the last activation (a rollback is one too)
 	Rollback   *metricsEvent `json:"rollback,omitempty"`   // the last rollback, requested or automatic
 	Check      *checkEvent   `json:"check,omitempty"`      // the last health-check run
+	// Pull is each pulled channel's freshness, by channel name.
+	Pull map[string]*PullMetrics `json:"pull,omitempty"`
+}
+
+// PullMetrics is what the textfile shows of a channel the host pulls
+// (docs/trust.md): whether it is stale and since when, the expiry of the
+// host's timestamp, the root version and the serial the host is at.
+type PullMetrics struct {
+	Stale      bool      `json:"stale"`
+	StaleSince time.Time `json:"stale_since,omitzero"`
+	Expires    time.Time `json:"expires,omitzero"`
+	Root       int64     `json:"root,omitempty"`
+	Serial     int64     `json:"serial"`
+}
+
+// RecordPull updates the textfile with channel name's freshness (pull
+// mode calls it when it changes, never on an idle poll).
+func (l Layout) RecordPull(name string, p PullMetrics) error {
+	return l.updateMetrics(func(m *metricsState) {
+		if m.Pull == nil {
+			m.Pull = map[string]*PullMetrics{}
+		}
+		m.Pull[name] = &p
+	})
 }
 
 type metricsEvent struct {
@@ -180,6 +205,33 @@ func (l Layout) renderMetrics(m *metricsState) []byte {
 				}
 				fmt.Fprintf(&b, "deploy_check_failing{check=%s} %d\n", labelValue(name), v)
 			}
+		}
+	}
+	if len(m.Pull) > 0 {
+		names := slices.Sorted(maps.Keys(m.Pull))
+		metric("deploy_pull_stale", "gauge", "Whether the host acts on nothing from the channel because its timestamp or root expired (1) or not (0).")
+		for _, n := range names {
+			fmt.Fprintf(&b, "deploy_pull_stale{channel=%s} %d\n", labelValue(n), map[bool]int{true: 1}[m.Pull[n].Stale])
+		}
+		metric("deploy_pull_stale_since_timestamp_seconds", "gauge", "Since when the channel is stale, in seconds since the epoch (absent when fresh).")
+		for _, n := range names {
+			if p := m.Pull[n]; p.Stale && !p.StaleSince.IsZero() {
+				fmt.Fprintf(&b, "deploy_pull_stale_since_timestamp_seconds{channel=%s} %s\n", labelValue(n), unixSeconds(p.StaleSince))
+			}
+		}
+		metric("deploy_pull_timestamp_expiry_seconds", "gauge", "When the host's timestamp of the channel expires, in seconds since the epoch: alert well before it.")
+		for _, n := range names {
+			if p := m.Pull[n]; !p.Expires.IsZero() {
+				fmt.Fprintf(&b, "deploy_pull_timestamp_expiry_seconds{channel=%s} %s\n", labelValue(n), unixSeconds(p.Expires))
+			}
+		}
+		metric("deploy_pull_root_version", "gauge", "The version of the channel's root the host trusts.")
+		for _, n := range names {
+			fmt.Fprintf(&b, "deploy_pull_root_version{channel=%s} %d\n", labelValue(n), m.Pull[n].Root)
+		}
+		metric("deploy_pull_serial", "gauge", "The last serial of the channel the host accepted.")
+		for _, n := range names {
+			fmt.Fprintf(&b, "deploy_pull_serial{channel=%s} %d\n", labelValue(n), m.Pull[n].Serial)
 		}
 	}
 	return []byte(b.String())

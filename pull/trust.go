@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/pull/channel"
@@ -145,18 +146,22 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 		stale = channel.TimestampExpired(ts, now)
 	}
 	if stale != "" {
-		if st.Stale != stale {
+		changed := st.Stale != stale
+		if changed {
 			a.logf("stale: %s; acting on nothing until the channel is fresh", stale)
 		}
 		if st.Stale == "" {
 			st.StaleSince = now
 		}
 		st.Stale = stale
+		if changed {
+			p.recordPull(ts)
+		}
 		return "", nil, &Result{Action: "stale", Serial: st.Serial}, p.report(ctx, func(*agentapi.PullStatus) {})
 	}
 	if st.Stale != "" {
 		a.logf("the channel is fresh again (timestamp valid until %s)", ts.Expires.UTC().Format("2006-01-02T15:04:05Z"))
-		st.Stale, st.StaleSince = "", time.Time{}
+		st.Stale, st.StaleSince, p.dirty = "", time.Time{}, true
 		if err := p.report(ctx, func(*agentapi.PullStatus) {}); err != nil {
 			return "", nil, nil, err
 		}
@@ -166,6 +171,7 @@ func (p *poll) trusted(ctx context.Context) (string, *agentapi.Release, *Result,
 		if err := p.save(); err != nil {
 			return "", nil, nil, err
 		}
+		p.recordPull(ts)
 	}
 
 	// The release the timestamp names.
@@ -256,4 +262,16 @@ func (p *poll) refuse(ctx context.Context, refused *channel.RefusedError, action
 		return nil, nil
 	}
 	return &Result{Action: action, Serial: refused.Serial}, p.flush(ctx)
+}
+
+// recordPull puts the channel's freshness into the agent's Prometheus
+// textfile (deploy_pull_stale and its kin); a failure is logged only.
+func (p *poll) recordPull(ts *agentapi.Timestamp) {
+	m := activation.PullMetrics{Stale: p.st.Stale != "", StaleSince: p.st.StaleSince, Root: p.trust.Root.Version, Serial: p.st.Serial}
+	if ts != nil {
+		m.Expires = ts.Expires
+	}
+	if err := p.l.RecordPull(p.a.Config.Channel, m); err != nil {
+		p.a.logf("%v", err)
+	}
 }

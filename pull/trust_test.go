@@ -1,6 +1,7 @@
 package pull
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -133,12 +134,20 @@ func TestTrustFreeze(t *testing.T) {
 	if len(f.activated) != 1 {
 		t.Fatalf("activated %v while stale", f.activated)
 	}
+	if prom, err := os.ReadFile(a.layout().MetricsFile()); err != nil || !strings.Contains(string(prom), `deploy_pull_stale{channel="prod"} 1`) ||
+		!strings.Contains(string(prom), `deploy_pull_stale_since_timestamp_seconds{channel="prod"}`) {
+		t.Fatalf("metrics %v:\n%s\nwant the channel stale", err, prom)
+	}
 
 	// A fresh timestamp naming serial 2: activated, no longer stale.
 	f.stamp("web1", doc2, time.Hour)
 	f.poll(a, "done")
 	if st := f.status("web1"); st.Stale != "" || st.Serial != 2 {
 		t.Fatalf("status %+v: want fresh at serial 2", st)
+	}
+	if prom, _ := os.ReadFile(a.layout().MetricsFile()); !strings.Contains(string(prom), `deploy_pull_stale{channel="prod"} 0`) ||
+		!strings.Contains(string(prom), `deploy_pull_timestamp_expiry_seconds{channel="prod"}`) {
+		t.Fatalf("metrics:\n%s\nwant the channel fresh, with the timestamp's expiry", prom)
 	}
 
 	// An expired root is stale too, whatever the timestamp says.

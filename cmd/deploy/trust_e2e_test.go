@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/cache"
@@ -26,12 +27,15 @@ import (
 //     older timestamp is refused; publish --refresh makes it fresh.
 //  3. deploy trust rotate lowers the publisher threshold to 1: the host
 //     climbs to root version 2 with no SSH, and runs what CI alone signs.
+//     Mix-and-match: serial 1's release served where the timestamp names
+//     serial 3 is refused.
 //  4. Fast-forward: the attacker publishes with serial 2^63-1, which the
 //     host runs; every honest publish is refused. deploy trust rotate
 //     --remove e2e-ci-1 --remove ts-1 --reset-serial (new timestamp key)
 //     brings the host back: it climbs to root 3, resets its serial and runs
 //     alice's release; the attacker's release and timestamp, served again,
-//     are refused.
+//     are refused, and so is a release signed by the revoked key even with
+//     a valid timestamp naming it.
 func TestTrustE2E(t *testing.T) {
 	t.Parallel()
 	p := newPullEnv(t, 1, "canary = 1")
@@ -54,6 +58,7 @@ func TestTrustE2E(t *testing.T) {
 	alice, alicePub := key("alice")
 	ts1, ts1Pub := key("ts-1")
 	ts2, ts2Pub := key("ts-2")
+	ts1Key, ts2Key := ts1, ts2
 	r := p.r.With("DEPLOY_TIMESTAMP_KEY=" + ts1)
 	version := func() string { return strings.TrimSpace(h.Succeed("cat /etc/app/version")) }
 
@@ -78,6 +83,7 @@ func TestTrustE2E(t *testing.T) {
 		t.Errorf("approve does not name the host:\n%s%s", out.Stdout, out.Stderr)
 	}
 	p.waitStatus(name, "serial 1 done", done(1))
+	v1Release := p.object(pullPrefix + channel.ReleaseKey(name))
 	if v := version(); v != "v1" {
 		t.Fatalf("the host runs %s after the approval, want v1", v)
 	}
@@ -113,6 +119,26 @@ func TestTrustE2E(t *testing.T) {
 		t.Fatalf("status %+v, version %s: want root 2 and v2", st, version())
 	}
 
+	// Mix-and-match: a valid timestamp names a new release (serial 3,
+	// here signed by CI's own keys), and the bucket serves serial 1's
+	// release, validly signed, in its place: refused, nothing changes;
+	// the release it names goes.
+	doc3, err := channel.Sign(agentapi.DocRelease, &agentapi.Release{V: agentapi.Version, Channel: "prod", Host: name, Serial: 3,
+		System: st.System, Published: time.Now().UTC(), Wave: 1, Waves: 1, RootVersion: 2}, p.publisher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.put(pullPrefix+channel.ReleaseKey(name), v1Release)
+	p.put(tsKey, stamp(t, ts1Key, name, doc3, 2))
+	p.waitStatus(name, "the mixed release refused", func(st *agentapi.PullStatus) bool {
+		return st.Refused != nil && strings.Contains(st.Refused.Reason, "does not match its timestamp")
+	})
+	if v := version(); v != "v2" {
+		t.Fatalf("the host runs %s after a mixed release, want v2", v)
+	}
+	p.put(pullPrefix+channel.ReleaseKey(name), doc3)
+	p.waitStatus(name, "serial 3 done", done(3))
+
 	// 4. Fast-forward by an attacker with CI's keys.
 	p.write("evil", true)
 	r.Run(t, "publish", "--serial", strconv.FormatInt(math.MaxInt64, 10), "--channel", "prod", target).Want(t, 0)
@@ -141,4 +167,52 @@ func TestTrustE2E(t *testing.T) {
 	if v := version(); v != "v3" {
 		t.Fatalf("the host runs %s after the replay, want v3", v)
 	}
+
+	// The revoked publisher key signs a new release, and (as if the
+	// timestamp key had leaked too) a valid timestamp names it: refused
+	// for its signature, never run.
+	evil := &agentapi.Release{V: agentapi.Version, Channel: "prod", Host: name, Serial: 2, System: st.System, Published: time.Now().UTC(),
+		Wave: 1, Waves: 1, RootVersion: 3}
+	doc, err := channel.Sign(agentapi.DocRelease, evil, p.publisher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.put(pullPrefix+channel.ReleaseKey(name), doc)
+	p.put(tsKey, stamp(t, ts2Key, name, doc, 3))
+	p.waitStatus(name, "the revoked key's release refused", func(st *agentapi.PullStatus) bool {
+		return st.Refused != nil && strings.Contains(st.Refused.Reason, `release refused: not signed by a trusted publisher key: signed by "e2e-ci-1"; trusted: "alice"`)
+	})
+	if g := p.generations(h); g[len(g)-1].Meta["serial"] != "1" || version() != "v3" {
+		t.Fatalf("the host runs %s (generation %+v) after the revoked key's release, want v3 from serial 1", version(), g[len(g)-1])
+	}
+}
+
+// stamp signs host's timestamp naming release doc under root version
+// root with the timestamp key in file, as the holder of that key would.
+func stamp(t *testing.T, file, host string, doc []byte, root int64) []byte {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := cache.ParseSecretKey(string(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := &agentapi.Release{}
+	if _, err := channel.OpenThreshold(doc, agentapi.DocRelease, nil, 1, rel); rel.Serial == 0 {
+		t.Fatalf("not a release: %v", err)
+	}
+	h, err := channel.PayloadHash(doc, agentapi.DocRelease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	ts := &agentapi.Timestamp{V: agentapi.Version, Channel: "prod", Host: host, Version: now.UnixMilli(), Expires: now.Add(time.Hour),
+		Root: root, Serial: rel.Serial, Release: h}
+	out, err := channel.Sign(agentapi.DocTimestamp, ts, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
