@@ -141,14 +141,28 @@ func (s *Server) waitReady(dial func(context.Context, string, string) (net.Conn,
 func (s *Server) Bucket(t testing.TB, name string, public bool) {
 	t.Helper()
 	ctx := context.Background()
-	if err := s.Client.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
+	if err := retryNotInitialized(func() error { return s.Client.MakeBucket(ctx, name, minio.MakeBucketOptions{}) }); err != nil {
 		t.Fatalf("miniotest: make bucket %q: %v", name, err)
 	}
 	if public {
 		policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::%s/*"]}]}`, name)
-		if err := s.Client.SetBucketPolicy(ctx, name, policy); err != nil {
+		if err := retryNotInitialized(func() error { return s.Client.SetBucketPolicy(ctx, name, policy) }); err != nil {
 			t.Fatalf("miniotest: bucket policy of %q: %v", name, err)
 		}
+	}
+}
+
+// retryNotInitialized runs f again while MinIO answers that it is not
+// initialized yet (for up to a minute), as it may just after it said
+// ready.
+func retryNotInitialized(f func() error) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := f()
+		if err == nil || !notInitialized[minio.ToErrorResponse(err).Code] || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -165,6 +179,9 @@ type TempCredentials struct {
 	SessionToken    string
 }
 
+// notInitialized are the codes of MinIO's "please try again" answers.
+var notInitialized = map[string]bool{"XMinioServerNotInitialized": true, "STSNotInitialized": true, "STSIAMNotInitialized": true}
+
 // PrefixCredentials returns temporary credentials (STS AssumeRole, one
 // hour) whose session policy allows only writing and reading objects under
 // prefix in bucket: what a host gets to report its status.
@@ -172,8 +189,10 @@ func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCred
 	t.Helper()
 	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject","s3:GetObject"],"Resource":["arn:aws:s3:::%s/%s*"]}]}`, bucket, prefix)
 	// MinIO says it is ready (Start) before its IAM subsystem is: until
-	// then STS answers XMinioServerNotInitialized ("please try again").
-	// That answer, and only it, is waited out, as Start waits for ready.
+	// then STS answers "not initialized, please try again", with the code
+	// STSNotInitialized or STSIAMNotInitialized (its sts-errors.go), or
+	// XMinioServerNotInitialized. Those answers, and only they, are waited
+	// out, as Start waits for ready.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := credentials.NewSTSAssumeRole(s.Endpoint, credentials.STSAssumeRoleOptions{AccessKey: s.AccessKey, SecretKey: s.SecretKey,
@@ -183,7 +202,7 @@ func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCred
 		}
 		v, err := c.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: s.transport}})
 		var er credentials.ErrorResponse
-		if err != nil && errors.As(err, &er) && er.STSError.Code == "XMinioServerNotInitialized" && time.Now().Before(deadline) {
+		if err != nil && errors.As(err, &er) && notInitialized[er.STSError.Code] && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
