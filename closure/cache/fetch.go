@@ -232,6 +232,14 @@ func (f *Fetcher) fetchNARs(ctx context.Context, s *closure.Store, take []*NarIn
 	if len(take) == 0 {
 		return nil, nil
 	}
+	// A path too large to take refuses the closure before any NAR is
+	// asked for (in parallel, another path's download could start first).
+	maxNar := orInt(f.MaxNarSize, limits.DefaultNAR)
+	for _, ni := range take {
+		if ni.NarSize > maxNar {
+			return nil, &VerifyError{Path: ni.Path, Err: &limits.TooLargeError{Object: "its NAR", Limit: maxNar, Got: ni.NarSize, Setting: f.setting("max_nar_size")}}
+		}
+	}
 	parallel := f.Parallel
 	if parallel <= 0 {
 		parallel = 8
