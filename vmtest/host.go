@@ -711,6 +711,13 @@ func (h *Host) reboot(ctx context.Context) error {
 	// It returns once the job is queued, or dies with the host: either way
 	// nspawn then exits with 133 and monitor boots the host again.
 	_, _ = h.Run(ctx, "systemctl reboot")
+	return h.awaitReboot(ctx, old)
+}
+
+// awaitReboot waits until boot old has ended (nspawn exited) and the next
+// one is ready. Nothing runs in the host meanwhile: a process started in
+// it while it shuts down can keep its nspawn from exiting.
+func (h *Host) awaitReboot(ctx context.Context, old *instance) error {
 	select {
 	case <-old.done:
 	case <-ctx.Done():

@@ -245,15 +245,16 @@ func TestHosts(t *testing.T) {
 	t.Run("RebootFromInside", func(t *testing.T) {
 		h3 := h3.With(t)
 		old := h3.Succeed("cat /proc/sys/kernel/random/boot_id")
+		boot := h3.m.current()
 		// The command's own outcome is not checked: the shutdown may end
 		// the session before it reports; the boot id says what happened.
+		// Nor is the session waited for without a bound: when the
+		// container goes down before sshd closes the connection, nothing
+		// ever answers it.
 		c, err := h3.SSH(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Nor is the session waited for without a bound: when the
-		// container goes down before sshd closes the connection, nothing
-		// ever answers it.
 		if s, err := c.NewSession(); err == nil && s.Start("systemctl reboot") == nil {
 			ended := make(chan error, 1)
 			go func() { ended <- s.Wait() }()
@@ -263,18 +264,17 @@ func TestHosts(t *testing.T) {
 			}
 		}
 		c.Close()
-		// The limit only keeps a broken reboot from hanging the suite.
+		// Wait as an outside observer: for this boot's end and the next
+		// one, running nothing in the host while it shuts down (a command
+		// started in it then could hold its nspawn up). The limit only
+		// keeps a broken reboot from hanging the suite.
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 		defer cancel()
-		for {
-			out, err := h3.Run(ctx, "cat /proc/sys/kernel/random/boot_id")
-			if err == nil && out != old && out != "" {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("h3 did not come back from a reboot from inside: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := h3.awaitReboot(ctx, boot); err != nil {
+			t.Fatalf("h3 did not come back from a reboot from inside: %v", err)
+		}
+		if got := h3.Succeed("cat /proc/sys/kernel/random/boot_id"); got == old {
+			t.Fatalf("h3 has boot id %q after a reboot from inside, as before it", got)
 		}
 		h3.WaitForUnit("multi-user.target")
 		sshRun(t, h3, "true")
