@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,7 +160,7 @@ func retryNotInitialized(f func() error) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		err := f()
-		if err == nil || !notInitialized[minio.ToErrorResponse(err).Code] || time.Now().After(deadline) {
+		if err == nil || !notInitialized(minio.ToErrorResponse(err).Code, minio.ToErrorResponse(err).Message) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -179,8 +180,18 @@ type TempCredentials struct {
 	SessionToken    string
 }
 
-// notInitialized are the codes of MinIO's "please try again" answers.
-var notInitialized = map[string]bool{"XMinioServerNotInitialized": true, "STSNotInitialized": true, "STSIAMNotInitialized": true}
+// notInitialized says whether an answer of MinIO is its "not initialized,
+// please try again": codes XMinioServerNotInitialized (S3),
+// STSNotInitialized and STSIAMNotInitialized (STS), and, seen from
+// AssumeRole just after ready, InvalidParameterValue with the message
+// "Server not initialized, please try again" (its errServerNotInitialized).
+func notInitialized(code, message string) bool {
+	switch code {
+	case "XMinioServerNotInitialized", "STSNotInitialized", "STSIAMNotInitialized":
+		return true
+	}
+	return strings.Contains(message, "not initialized, please try again")
+}
 
 // PrefixCredentials returns temporary credentials (STS AssumeRole, one
 // hour) whose session policy allows only writing and reading objects under
@@ -189,10 +200,9 @@ func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCred
 	t.Helper()
 	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject","s3:GetObject"],"Resource":["arn:aws:s3:::%s/%s*"]}]}`, bucket, prefix)
 	// MinIO says it is ready (Start) before its IAM subsystem is: until
-	// then STS answers "not initialized, please try again", with the code
-	// STSNotInitialized or STSIAMNotInitialized (its sts-errors.go), or
-	// XMinioServerNotInitialized. Those answers, and only they, are waited
-	// out, as Start waits for ready.
+	// then STS answers "not initialized, please try again" (notInitialized).
+	// Those answers, and only they, are waited out, as Start waits for
+	// ready.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := credentials.NewSTSAssumeRole(s.Endpoint, credentials.STSAssumeRoleOptions{AccessKey: s.AccessKey, SecretKey: s.SecretKey,
@@ -202,7 +212,7 @@ func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCred
 		}
 		v, err := c.GetWithContext(&credentials.CredContext{Client: &http.Client{Transport: s.transport}})
 		var er credentials.ErrorResponse
-		if err != nil && errors.As(err, &er) && notInitialized[er.STSError.Code] && time.Now().Before(deadline) {
+		if err != nil && errors.As(err, &er) && notInitialized(er.STSError.Code, er.STSError.Message) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
