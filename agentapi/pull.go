@@ -46,6 +46,11 @@ type Release struct {
 	// authorized_keys line ("ssh-ed25519 AAAA..."). A status that this key
 	// does not verify counts as no report.
 	AfterKeys map[string]string `json:"after_keys,omitempty"`
+	// WaveSizes is the number of hosts of each wave, in order: After holds
+	// the hosts of wave 1, then those of wave 2, and so on, so a host finds
+	// which [WaveReport] holds an earlier host's report. A release without
+	// it (an older publisher) is gated on each host's status document.
+	WaveSizes []int `json:"wave_sizes,omitempty"`
 	// RollbackTo is the serial whose systems this release returns to when
 	// it was published by a rollback through the channel.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
@@ -188,6 +193,26 @@ type PullRefusal struct {
 	Serial int64     `json:"serial,omitempty"`
 	Reason string    `json:"reason"`
 	Time   time.Time `json:"time"`
+}
+
+// WaveReport gathers the final statuses of one wave of one release
+// (status/waves/SERIAL/WAVE.json): each host of the wave, once its outcome
+// is final, adds its signed status document, exactly as it wrote it to
+// status/HOST.json, with a conditional write. A host of a later wave then
+// reads one document per earlier wave instead of one per earlier host.
+// The document itself is not signed: each entry is verified like a status
+// document (the host's key, channel, serial), and an entry that does not
+// verify is no report. Whoever can write the status prefix can withhold
+// entries, as they can delete status documents; the gate then reads the
+// missing hosts' own status documents at the wave's deadline.
+type WaveReport struct {
+	V       int    `json:"v"`
+	Channel string `json:"channel"`
+	Serial  int64  `json:"serial"`
+	Wave    int    `json:"wave"`
+	// Reports maps each host that reported to its signed status
+	// document ([SignedDocument] of type [DocStatus]).
+	Reports map[string]json.RawMessage `json:"reports"`
 }
 
 // PullConfig is a host's pull setting, written by the generation that has

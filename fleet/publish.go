@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,11 +10,13 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache"
+	"github.com/declarative/deploy/internal/fanout"
 	"github.com/declarative/deploy/modules"
 	"github.com/declarative/deploy/pull/channel"
 )
@@ -410,6 +413,10 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	var earlier []string
 	failed := false
 	hostKeys := s.reportKeys()
+	sizes := make([]int, len(ro.Batches))
+	for i, wave := range ro.Batches {
+		sizes[i] = len(wave)
+	}
 	for i, wave := range ro.Batches {
 		for _, name := range wave {
 			rel := &agentapi.Release{V: agentapi.Version, Channel: opts.Channel, Host: name, Serial: serial, System: systems[name],
@@ -418,16 +425,24 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 				RootVersion: rootVersion}
 			if i > 0 {
 				rel.Deadline = now.Add(time.Duration(i) * timeout)
+				rel.WaveSizes = sizes[:i]
 				rel.AfterKeys = map[string]string{}
 				for _, h := range earlier {
 					rel.AfterKeys[h] = hostKeys[h]
 				}
 			}
 			releases[name] = rel
-			hr := rep.Hosts[name]
-			if failed {
-				continue
-			}
+		}
+		earlier = append(earlier, wave...)
+		if failed {
+			continue
+		}
+		// The hosts of a wave in parallel; the waves in order, so that no
+		// host of a later wave has its release while an earlier wave's
+		// writing failed.
+		var mu sync.Mutex
+		left := fanout.Each(ctx, wave, publishWriters, func(ctx context.Context, name string) {
+			rel, hr := releases[name], rep.Hosts[name]
 			doc, err := channel.Sign(agentapi.DocRelease, rel, s.PublisherKey)
 			if err == nil {
 				err = store.Put(ctx, channel.ReleaseKey(name), doc)
@@ -437,16 +452,24 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 				// finds the release it names.
 				_, err = s.putTimestamp(ctx, store, t, name, doc, opts.TimestampExpiry)
 			}
+			if err == nil {
+				err = ctx.Err()
+			}
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				// The later hosts get nothing: those of later waves would
-				// wait for this one until their deadline anyway.
+				// The later waves get nothing: their hosts would wait for
+				// this one until their deadline anyway.
 				failed = true
 				s.fail(hr, PhasePublish, ResultFailed, fmt.Errorf("writing the release: %w", err))
-				continue
+				return
 			}
 			s.emit(Event{Type: EventPhase, Host: name, Phase: PhasePublish, State: "done", Channel: opts.Channel, Serial: serial, Batch: i + 1, System: rel.System})
+		})
+		for _, name := range left {
+			failed = true
+			s.fail(rep.Hosts[name], PhasePublish, ResultFailed, fmt.Errorf("writing the release: %w", ctx.Err()))
 		}
-		earlier = append(earlier, wave...)
 	}
 	if failed {
 		for _, name := range s.names() {
@@ -481,53 +504,117 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 	return rep, fmt.Errorf("publish: serial %d published; stopped waiting for the hosts: %w", cr.Serial, ctx.Err())
 }
 
-// waitRollout follows a published release through the hosts' statuses
-// until every host's outcome is known. Only a status that the host's key
-// (hostKeys) verifies counts; any other is said once, and is no report.
+// publishWriters is how many hosts' releases a publish writes at once.
+const publishWriters = 16
+
+// waitRollout follows a published release until every host's outcome is
+// known, from the waves' reports ([agentapi.WaveReport]: one read per wave
+// per poll, whatever the fleet's size) and, for progress, the status
+// documents of a few hosts of the wave that runs (statusReads per poll, in
+// turn). Only a status that the host's key (hostKeys) verifies counts; any
+// other is said once, and is no report. A host of a later wave halts as
+// soon as the reports say the gate halts it.
 func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, hostKeys map[string]string, poll time.Duration) {
 	if poll <= 0 {
 		poll = 2 * time.Second
 	}
 	timeout := time.Duration(cr.WaveTimeoutMS) * time.Millisecond
-	final := map[string][]byte{}
+	reports := map[string]*agentapi.PullStatus{}
+	etags := map[int]string{}
 	seen, warned := map[string]string{}, map[string]string{}
-	pending := slices.Clone(s.names())
-	statusOf := func(ctx context.Context, host string) ([]byte, error) {
-		if data, ok := final[host]; ok {
-			return data, nil
+	pending := map[string]bool{}
+	for _, name := range s.names() {
+		pending[name] = true
+	}
+	turn := 0
+	// verify believes host's status document (said once when it does not
+	// verify); it returns nil for one that does not.
+	verify := func(name string, data []byte) *agentapi.PullStatus {
+		st, err := channel.VerifyStatus(data, cr.Channel, name, hostKeys[name])
+		if err != nil && warned[name] != err.Error() {
+			warned[name] = err.Error()
+			s.emit(Event{Type: EventWarning, Host: name, Phase: PhasePull, Serial: cr.Serial, Message: err.Error() + ": not believed"})
 		}
-		data, _, err := store.Read(ctx, channel.StatusKey(host))
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
+		return st
+	}
+	// final ends a host from a status of this serial that is final.
+	final := func(name string, st *agentapi.PullStatus) bool {
+		if st == nil || st.Serial != cr.Serial || !st.Outcome.Final() {
+			return false
 		}
-		return data, err
+		reports[name] = st
+		if pending[name] {
+			delete(pending, name)
+			s.finishPull(rep.Hosts[name], st, cr.Serial)
+		}
+		return true
 	}
 	for len(pending) > 0 {
 		now := time.Now()
-		var still []string
-		for _, name := range pending {
+		// 1. Each wave's report that may hold a pending host.
+		active := 0
+		for i, wave := range cr.Waves {
+			if !slices.ContainsFunc(wave, func(h string) bool { return pending[h] }) {
+				continue
+			}
+			if active == 0 {
+				active = i + 1
+			}
+			data, etag, err := store.Read(ctx, channel.WaveReportKey(cr.Serial, cr.RootVersion, i+1))
+			if err != nil || etag == etags[i+1] {
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					s.emit(Event{Type: EventLog, Phase: PhasePull, Message: fmt.Sprintf("reading wave %d's report: %v", i+1, err)})
+				}
+				continue
+			}
+			etags[i+1] = etag
+			wr := &agentapi.WaveReport{}
+			if json.Unmarshal(data, wr) != nil || wr.Channel != cr.Channel || wr.Serial != cr.Serial || wr.Wave != i+1 {
+				continue
+			}
+			for _, name := range wave {
+				if doc, ok := wr.Reports[name]; ok && pending[name] {
+					final(name, verify(name, doc))
+				}
+			}
+		}
+		// 2. A few hosts of the running wave in turn, through their own
+		// status: progress, a refusal, a report that did not reach the
+		// wave's report; and every host whose wave's time is up.
+		var look []string
+		if active > 0 {
+			var waiting []string
+			for _, h := range cr.Waves[active-1] {
+				if pending[h] {
+					waiting = append(waiting, h)
+				}
+			}
+			for k := range min(statusReads, len(waiting)) {
+				look = append(look, waiting[(turn+k)%len(waiting)])
+			}
+			turn += statusReads
+		}
+		for _, name := range s.names() {
+			if rel := releases[name]; pending[name] && now.After(cr.Published.Add(time.Duration(rel.Wave)*timeout)) && !slices.Contains(look, name) {
+				look = append(look, name)
+			}
+		}
+		for _, name := range look {
 			rel, hr := releases[name], rep.Hosts[name]
-			data, err := statusOf(ctx, name)
-			if err != nil {
+			data, _, err := store.Read(ctx, channel.StatusKey(name))
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhasePull, Message: fmt.Sprintf("reading the status: %v", err)})
 			}
 			var st *agentapi.PullStatus
-			var unverified error
 			if data != nil {
-				st, unverified = channel.VerifyStatus(data, cr.Channel, name, hostKeys[name])
-				if unverified != nil && warned[name] != unverified.Error() {
-					warned[name] = unverified.Error()
-					s.emit(Event{Type: EventWarning, Host: name, Phase: PhasePull, Serial: cr.Serial, Message: unverified.Error() + ": not believed"})
-				}
+				st = verify(name, data)
 			}
 			if st != nil && st.Serial == cr.Serial {
 				if key := string(st.Outcome) + "\x00" + st.Message; seen[name] != key {
 					seen[name] = key
 					s.emitPullProgress(name, st)
 				}
-				if st.Outcome.Final() {
-					final[name] = data
-					s.finishPull(hr, st, cr.Serial)
+				if final(name, st) {
 					continue
 				}
 			}
@@ -536,16 +623,9 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				// trust, say): it will never act on it.
 				hr.Result, hr.Phase, hr.Serial, hr.Pull = ResultRefused, PhasePull, cr.Serial, st
 				hr.Err = errors.New(st.Refused.Reason)
+				delete(pending, name)
 				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial, PullStatus: st})
 				continue
-			}
-			if rel.Wave > 1 {
-				d, reason, err := channel.Gate(ctx, rel, now, statusOf)
-				if err == nil && d == channel.Halt {
-					hr.Result, hr.Phase, hr.Serial, hr.Err = ResultSkipped, PhasePull, cr.Serial, errors.New("halted: "+reason)
-					s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
-					continue
-				}
 			}
 			if deadline := cr.Published.Add(time.Duration(rel.Wave) * timeout); now.After(deadline) {
 				what := "did not report"
@@ -554,30 +634,45 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				}
 				hr.Result, hr.Phase, hr.Serial, hr.Pull = ResultUnreachable, PhasePull, cr.Serial, st
 				hr.Err = fmt.Errorf("%s serial %d by %s, the end of wave %d's time", what, cr.Serial, deadline.Format(time.RFC3339), rel.Wave)
-				if unverified != nil {
-					hr.Err = fmt.Errorf("%w; %w", hr.Err, unverified)
+				if why := warned[name]; why != "" {
+					hr.Err = fmt.Errorf("%w; %s", hr.Err, why)
 				}
+				delete(pending, name)
 				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
-				continue
 			}
-			still = append(still, name)
 		}
-		pending = still
+		// 3. The hosts of later waves that the reports halt.
+		for _, name := range s.names() {
+			if rel := releases[name]; pending[name] && rel.Wave > 1 {
+				if d, reason := channel.GateReports(rel, now, reports); d == channel.Halt {
+					hr := rep.Hosts[name]
+					hr.Result, hr.Phase, hr.Serial, hr.Err = ResultSkipped, PhasePull, cr.Serial, errors.New("halted: "+reason)
+					delete(pending, name)
+					s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+				}
+			}
+		}
 		if len(pending) == 0 {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			for _, name := range pending {
-				hr := rep.Hosts[name]
-				hr.Phase, hr.Err = PhasePull, fmt.Errorf("stopped waiting: %w (the rollout goes on; deploy status --channel %s shows it)", ctx.Err(), cr.Channel)
-				s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+			for _, name := range s.names() {
+				if pending[name] {
+					hr := rep.Hosts[name]
+					hr.Phase, hr.Err = PhasePull, fmt.Errorf("stopped waiting: %w (the rollout goes on; deploy status --channel %s shows it)", ctx.Err(), cr.Channel)
+					s.finish(hr, Event{Channel: cr.Channel, Serial: cr.Serial})
+				}
 			}
 			return
 		case <-time.After(poll):
 		}
 	}
 }
+
+// statusReads is how many hosts of the running wave deploy publish --wait
+// reads the status documents of per poll, in turn, for their progress.
+const statusReads = 8
 
 // emitPullProgress turns a host's status into events: activating starts
 // the pull phase, waiting and the rest are log lines.

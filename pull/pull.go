@@ -128,6 +128,23 @@ type state struct {
 	// Stale is why the channel is stale, since StaleSince ("" when fresh).
 	Stale      string    `json:"stale,omitempty"`
 	StaleSince time.Time `json:"stale_since,omitzero"`
+
+	// Gate is what the wave gate verified of the earlier waves of the
+	// release it waits on; Wave the wave report this host adds its final
+	// status to (docs/pull.md, "Waves").
+	Gate *channel.GateCache `json:"gate,omitempty"`
+	Wave *waveRef           `json:"wave,omitempty"`
+}
+
+// waveRef is the wave of the last accepted release, whose report the
+// host's final status joins when a later wave reads it.
+type waveRef struct {
+	Serial int64 `json:"serial"`
+	Root   int64 `json:"root,omitempty"`
+	Wave   int   `json:"wave"`
+	Waves  int   `json:"waves"`
+	// Added says that the report holds the final status.
+	Added bool `json:"added,omitempty"`
 }
 
 type pending struct {
@@ -365,6 +382,29 @@ func (p *poll) flush(ctx context.Context) error {
 		return nil
 	}
 	p.st.Reported = true
+	return p.addToWave(ctx, key)
+}
+
+// addToWave adds the host's final status to its wave's report
+// ([channel.AppendReport]) once it reached status/HOST.json: the later
+// waves and deploy publish --wait read it; a failure is tried again at the
+// next poll.
+func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
+	w, s := p.st.Wave, p.st.Status
+	store, ok := p.a.Status.(channel.Store)
+	if w == nil || w.Added || s == nil || s.Serial != w.Serial || !s.Outcome.Final() || !ok {
+		return p.save()
+	}
+	doc, err := channel.SignStatus(s, key)
+	if err == nil {
+		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave}
+		err = channel.AppendReport(ctx, store, rel, p.a.Config.Host, doc)
+	}
+	if err != nil {
+		p.a.logf("adding the status to wave %d's report: %v (again at the next poll)", w.Wave, err)
+	} else {
+		w.Added = true
+	}
 	return p.save()
 }
 
@@ -484,10 +524,19 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 	}
 
 	// 3. The earlier waves.
-	decision, reason, err := channel.Gate(ctx, rel, a.now(), p.statusOf)
+	if w := st.Wave; w == nil || w.Serial != rel.Serial || w.Root != rel.RootVersion {
+		st.Wave = &waveRef{Serial: rel.Serial, Root: rel.RootVersion, Wave: rel.Wave, Waves: rel.Waves}
+	}
+	if st.Gate == nil {
+		st.Gate = &channel.GateCache{}
+	}
+	decision, reason, err := channel.GateWaves(ctx, rel, a.now(), st.Gate, channel.GateSource{Get: p.waveReport, Status: p.statusOf})
 	if err != nil {
 		p.flush(ctx)
 		return nil, fmt.Errorf("reading the earlier waves' status: %w", err)
+	}
+	if decision != channel.Wait {
+		st.Gate = nil
 	}
 	switch decision {
 	case channel.Wait:
@@ -684,6 +733,11 @@ func (a *Agent) getDocument(ctx context.Context, key, etag string) ([]byte, stri
 		return nil, "", &limits.TooLargeError{Object: a.Source.String() + "/" + key, Limit: max, Got: int64(len(data)), Setting: "max_document_size in the pull block"}
 	}
 	return data, newETag, err
+}
+
+// waveReport reads an earlier wave's report, with its larger limit.
+func (p *poll) waveReport(ctx context.Context, key, etag string) ([]byte, string, error) {
+	return p.a.Source.GetLimit(ctx, key, etag, channel.WaveReportLimit(p.a.Config.MaxDocumentSize))
 }
 
 // statusOf reads a host's status document from the channel (nil when it

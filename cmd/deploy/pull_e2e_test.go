@@ -463,11 +463,13 @@ func TestPullE2E(t *testing.T) {
 // key, on two hosts in two waves (h1, then h2):
 //
 //  1. h1 does not poll; a status claiming h1 is done with the release,
-//     unsigned and then signed by another key, is put into the bucket: h2
-//     keeps waiting, saying why, and deploy status --channel shows the
-//     status as unverified.
+//     unsigned and then signed by another key, is put into the bucket, as
+//     h1's status document and as its entry in wave 1's report: h2 keeps
+//     waiting, saying why, and deploy status --channel shows the status as
+//     unverified.
 //  2. a forged "failed" for h1 does not halt h2 either; once h1 polls,
-//     activates and reports (signed with its host key), h2 goes.
+//     activates and reports (signed with its host key, replacing the
+//     forged entry of the wave's report), h2 goes.
 func TestPullForgedStatusE2E(t *testing.T) {
 	t.Parallel()
 	p := newPullEnv(t, 2, `canary       = 1
@@ -508,6 +510,14 @@ func TestPullForgedStatusE2E(t *testing.T) {
 		data, _ = json.Marshal(doc)
 		return data
 	}()
+	// forge puts doc where h1's status goes: its status document and its
+	// entry in wave 1's report, which the gate of h2 reads.
+	forge := func(doc []byte) {
+		p.put(pullPrefix+channel.StatusKey("h1"), doc)
+		wr, _ := json.Marshal(&agentapi.WaveReport{V: agentapi.Version, Channel: "prod", Serial: head.Serial, Wave: 1,
+			Reports: map[string]json.RawMessage{"h1": doc}})
+		p.put(pullPrefix+channel.WaveReportKey(head.Serial, head.RootVersion, 1), wr)
+	}
 	for _, tt := range []struct {
 		name, detail string
 		doc          []byte
@@ -515,7 +525,7 @@ func TestPullForgedStatusE2E(t *testing.T) {
 		{"an unsigned done", "bytes that are not a signed document", unsignedDone},
 		{"a done signed by another key", "signed by another key", evilDone},
 	} {
-		p.put(pullPrefix+channel.StatusKey("h1"), tt.doc)
+		forge(tt.doc)
 		st := p.waitStatus("h2", "waiting, saying h1's status is not signed", func(st *agentapi.PullStatus) bool {
 			return st.Serial == head.Serial && (st.Outcome.Final() ||
 				strings.Contains(st.Message, "status of h1 not signed by its host key") && strings.Contains(st.Message, tt.detail))
@@ -539,7 +549,7 @@ func TestPullForgedStatusE2E(t *testing.T) {
 	}
 
 	// 2. A forged failure: h2 does not halt; h1's own report decides.
-	p.put(pullPrefix+channel.StatusKey("h1"), strippedFailed)
+	forge(strippedFailed)
 	if st := p.waitStatus("h2", "a verdict on h1's forged failure", func(st *agentapi.PullStatus) bool {
 		return st.Serial == head.Serial && (st.Outcome.Final() || strings.Contains(st.Message, "status of h1 not signed by its host key (unsigned)"))
 	}); st.Outcome != agentapi.PullWaiting {

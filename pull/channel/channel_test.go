@@ -246,6 +246,27 @@ func TestGate(t *testing.T) {
 			if err != nil || got != tt.want || reads != tt.reads || !strings.Contains(reason, tt.reason) {
 				t.Errorf("Gate = %v %q %v after %d reads, want %v containing %q after %d reads", got, reason, err, reads, tt.want, tt.reason, tt.reads)
 			}
+			// GateWaves decides the same from a wave report holding the
+			// same documents (and the hosts' own past the deadline).
+			r.WaveSizes = []int{2}
+			wr := &agentapi.WaveReport{V: agentapi.Version, Channel: "prod", Serial: 9, Wave: 1, Reports: map[string]json.RawMessage{}}
+			for h, doc := range tt.statuses {
+				wr.Reports[h] = doc
+			}
+			report, _ := json.Marshal(wr)
+			var c channel.GateCache
+			wgot, wreason, err := channel.GateWaves(context.Background(), &r, tt.now, &c, channel.GateSource{
+				Get: func(_ context.Context, key, _ string) ([]byte, string, error) {
+					if key != channel.WaveReportKey(9, 0, 1) {
+						t.Errorf("GateWaves read %s", key)
+					}
+					return report, `"1"`, nil
+				},
+				Status: func(_ context.Context, h string) ([]byte, error) { return tt.statuses[h], nil },
+			})
+			if err != nil || wgot != got || wreason != reason {
+				t.Errorf("GateWaves = %v %q %v, want Gate's %v %q", wgot, wreason, err, got, reason)
+			}
 		})
 	}
 	// The first wave has nothing to wait for.

@@ -56,19 +56,29 @@ func (d Decision) String() string {
 // this wave too. Clocks matter only to the deadline (hosts and publisher
 // need them roughly right, as NTP keeps them).
 func Gate(ctx context.Context, rel *agentapi.Release, now time.Time, status func(ctx context.Context, host string) ([]byte, error)) (Decision, string, error) {
+	return decide(ctx, rel, now, func(ctx context.Context, h string) (*agentapi.PullStatus, string, error) {
+		data, err := status(ctx, h)
+		if err != nil || data == nil {
+			return nil, "", err
+		}
+		st, err := VerifyStatus(data, rel.Channel, h, rel.AfterKeys[h])
+		if err != nil {
+			return nil, err.Error(), nil
+		}
+		return st, "", nil
+	})
+}
+
+// decide is the gate's rule over the earlier hosts' statuses, in the order
+// of rel.After: status returns a host's verified status (nil when it has
+// none that verifies, with why when one did not).
+func decide(ctx context.Context, rel *agentapi.Release, now time.Time, status func(ctx context.Context, host string) (*agentapi.PullStatus, string, error)) (Decision, string, error) {
 	var failed, silent, unverified []string
 	late := !rel.Deadline.IsZero() && now.After(rel.Deadline)
 	for _, h := range rel.After {
-		data, err := status(ctx, h)
+		st, why, err := status(ctx, h)
 		if err != nil {
 			return Wait, "", err
-		}
-		var st *agentapi.PullStatus
-		why := ""
-		if data != nil {
-			if st, err = VerifyStatus(data, rel.Channel, h, rel.AfterKeys[h]); err != nil {
-				why = err.Error()
-			}
 		}
 		reported := st != nil && st.Serial == rel.Serial && st.Outcome.Final() &&
 			(rel.Deadline.IsZero() || !outcomeTime(st).After(rel.Deadline))
@@ -120,4 +130,14 @@ func outcomeTime(st *agentapi.PullStatus) time.Time {
 		return st.OutcomeTime
 	}
 	return st.Time
+}
+
+// GateReports decides like [Gate] from statuses verified already (by
+// host; a host without one has not reported): what deploy publish --wait
+// holds of the waves' reports.
+func GateReports(rel *agentapi.Release, now time.Time, reports map[string]*agentapi.PullStatus) (Decision, string) {
+	d, reason, _ := decide(context.Background(), rel, now, func(_ context.Context, h string) (*agentapi.PullStatus, string, error) {
+		return reports[h], "", nil
+	})
+	return d, reason
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/internal/sigv4"
 )
 
@@ -91,32 +93,96 @@ func (w *S3Writer) String() string {
 
 // Put implements [Writer]: one signed PUT.
 func (w *S3Writer) Put(ctx context.Context, key string, data []byte) error {
-	creds, err := w.Credentials()
+	return w.Write(ctx, key, data, Cond{})
+}
+
+// Write implements [Store]: a signed PUT with S3's conditional headers
+// (If-Match, If-None-Match: *). A failed condition (412, or the 409 S3
+// answers when conditional writes race) wraps [ErrConflict].
+func (w *S3Writer) Write(ctx context.Context, key string, data []byte, cond Cond) error {
+	hdr := http.Header{"Content-Type": {"application/json"}}
+	if cond.IfMatch != "" {
+		hdr.Set("If-Match", cond.IfMatch)
+	}
+	if cond.IfAbsent {
+		hdr.Set("If-None-Match", "*")
+	}
+	resp, err := w.do(ctx, http.MethodPut, key, data, hdr)
 	if err != nil {
 		return err
-	}
-	p := "/" + w.Bucket + "/" + key
-	if w.Prefix != "" {
-		p = "/" + w.Bucket + "/" + w.Prefix + "/" + key
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, w.Endpoint, bytes.NewReader(data))
-	if err != nil {
-		return err
-	}
-	req.URL.Path = p
-	req.Header.Set("Content-Type", "application/json")
-	sigv4.Sign(req, creds, w.Region, "s3", sigv4.PayloadHash(data), time.Now())
-	resp, err := w.Client.Do(req)
-	if err != nil {
-		return &cache.UnavailableError{Cache: w.String(), Err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
 		io.Copy(io.Discard, resp.Body)
 		return nil
 	}
+	if resp.StatusCode == http.StatusPreconditionFailed || resp.StatusCode == http.StatusConflict {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return fmt.Errorf("%s: PUT %s: %s: %w", w, key, resp.Status, ErrConflict)
+	}
+	return w.failure(resp, "PUT", key, "s3:PutObject")
+}
+
+// Read implements [Store]: a signed GET, so that a host reads what it
+// is about to change from the bucket itself, not through a cache in front
+// of it. A missing object wraps fs.ErrNotExist; a document above
+// [limits.DefaultDocument] × 16 is a *limits.TooLargeError.
+func (w *S3Writer) Read(ctx context.Context, key string) ([]byte, string, error) {
+	resp, err := w.do(ctx, http.MethodGet, key, nil, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		data, err := io.ReadAll(&limits.Reader{R: resp.Body, Limit: WaveReportLimit(0), Object: w.String() + "/" + key})
+		var tl *limits.TooLargeError
+		if errors.As(err, &tl) {
+			return nil, "", err
+		}
+		if err != nil {
+			return nil, "", &cache.UnavailableError{Cache: w.String(), Err: err}
+		}
+		return data, resp.Header.Get("ETag"), nil
+	case http.StatusNotFound:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil, "", fmt.Errorf("%s/%s: %s: %w", w, key, resp.Status, fs.ErrNotExist)
+	}
+	return nil, "", w.failure(resp, "GET", key, "s3:GetObject")
+}
+
+// do sends one request signed with the current credentials.
+func (w *S3Writer) do(ctx context.Context, method, key string, data []byte, hdr http.Header) (*http.Response, error) {
+	creds, err := w.Credentials()
+	if err != nil {
+		return nil, err
+	}
+	p := "/" + w.Bucket + "/" + key
+	if w.Prefix != "" {
+		p = "/" + w.Bucket + "/" + w.Prefix + "/" + key
+	}
+	req, err := http.NewRequestWithContext(ctx, method, w.Endpoint, bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	req.URL.Path = p
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	sigv4.Sign(req, creds, w.Region, "s3", sigv4.PayloadHash(data), time.Now())
+	resp, err := w.Client.Do(req)
+	if err != nil {
+		return nil, &cache.UnavailableError{Cache: w.String(), Err: err}
+	}
+	return resp, nil
+}
+
+// failure is the error of an answer that is neither success nor a
+// condition: a server error is a *cache.UnavailableError (tried again at
+// the next poll); a 403 names the permission the credentials need.
+func (w *S3Writer) failure(resp *http.Response, method, key, permission string) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	msg := fmt.Sprintf("PUT %s: %s", key, resp.Status)
+	msg := fmt.Sprintf("%s %s: %s", method, key, resp.Status)
 	if code := xmlElement(body, "Code"); code != "" {
 		msg += fmt.Sprintf(" (%s: %s)", code, xmlElement(body, "Message"))
 	}
@@ -124,7 +190,7 @@ func (w *S3Writer) Put(ctx context.Context, key string, data []byte) error {
 		return &cache.UnavailableError{Cache: w.String(), Err: errors.New(msg)}
 	}
 	if resp.StatusCode == http.StatusForbidden {
-		msg += ": the credentials may not write there (they should allow s3:PutObject on the channel's status prefix)"
+		msg += fmt.Sprintf(": the credentials may not do that (they should allow %s on the channel's status prefix)", permission)
 	}
 	return fmt.Errorf("%s: %s", w, msg)
 }

@@ -31,6 +31,9 @@ type Source interface {
 	// within its deadline is a *cache.UnavailableError; a document larger
 	// than the source's limit is a *limits.TooLargeError.
 	Get(ctx context.Context, key, etag string) (data []byte, newETag string, err error)
+	// GetLimit is Get with limit (bytes) in place of the source's own:
+	// for documents that grow with the fleet ([agentapi.WaveReport]).
+	GetLimit(ctx context.Context, key, etag string, limit int64) (data []byte, newETag string, err error)
 	// String names the source in messages.
 	String() string
 }
@@ -81,13 +84,18 @@ func settingIn(settings, name string) string {
 
 // Get implements [Source].
 func (h *HTTPSource) Get(ctx context.Context, key, etag string) ([]byte, string, error) {
+	return h.GetLimit(ctx, key, etag, h.MaxSize)
+}
+
+// GetLimit implements [Source].
+func (h *HTTPSource) GetLimit(ctx context.Context, key, etag string, limit int64) ([]byte, string, error) {
 	d := h.Timeout
 	if d <= 0 {
 		d = limits.DefaultTimeout
 	}
 	ctx, cancel, hit := limits.WithDeadline(ctx, d)
 	defer cancel()
-	lr := &limits.Reader{Limit: h.MaxSize, Object: h.Base + "/" + key, Setting: settingIn(h.Settings, "max_document_size")}
+	lr := &limits.Reader{Limit: limit, Object: h.Base + "/" + key, Setting: settingIn(h.Settings, "max_document_size")}
 	if lr.Limit <= 0 {
 		lr.Limit = limits.DefaultDocument
 	}
@@ -141,7 +149,12 @@ func (h *HTTPSource) String() string { return h.Base }
 type DirSource string
 
 // Get implements [Source].
-func (d DirSource) Get(_ context.Context, key, etag string) ([]byte, string, error) {
+func (d DirSource) Get(ctx context.Context, key, etag string) ([]byte, string, error) {
+	return d.GetLimit(ctx, key, etag, limits.DefaultDocument)
+}
+
+// GetLimit implements [Source].
+func (d DirSource) GetLimit(_ context.Context, key, etag string, limit int64) ([]byte, string, error) {
 	if !fs.ValidPath(key) {
 		return nil, "", fmt.Errorf("channel key %q: %w", key, fs.ErrInvalid)
 	}
@@ -153,7 +166,10 @@ func (d DirSource) Get(_ context.Context, key, etag string) ([]byte, string, err
 		return nil, "", &cache.UnavailableError{Cache: d.String(), Err: err}
 	}
 	defer f.Close()
-	data, err := io.ReadAll(&limits.Reader{R: f, Limit: limits.DefaultDocument, Object: d.String() + "/" + key})
+	if limit <= 0 {
+		limit = limits.DefaultDocument
+	}
+	data, err := io.ReadAll(&limits.Reader{R: f, Limit: limit, Object: d.String() + "/" + key})
 	var tl *limits.TooLargeError
 	if errors.As(err, &tl) {
 		return nil, "", err

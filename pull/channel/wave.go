@@ -1,0 +1,286 @@
+package channel
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/internal/limits"
+)
+
+// WaveReportKey is the [agentapi.WaveReport] of wave of the release with
+// serial, signed under root version root: a serial reset (a new root)
+// starts new reports.
+func WaveReportKey(serial, root int64, wave int) string {
+	s := strconv.FormatInt(serial, 10)
+	if root > 0 {
+		s += "-r" + strconv.FormatInt(root, 10)
+	}
+	return "status/waves/" + s + "/" + strconv.Itoa(wave) + ".json"
+}
+
+// WaveReportLimit bounds a wave report: 16 times the documents' limit
+// (16 MiB by default), as it holds one status, about 1 KiB, per host of its
+// wave.
+func WaveReportLimit(maxDocument int64) int64 {
+	if maxDocument <= 0 {
+		maxDocument = limits.DefaultDocument
+	}
+	return 16 * maxDocument
+}
+
+// appendAttempts bounds the conditional writes of one [AppendReport]:
+// past it, the host tries again at its next poll.
+const appendAttempts = 8
+
+// AppendReport adds host's final status document (doc, exactly as written
+// to its status/HOST.json) to the report of its wave of rel with a
+// conditional write, read again and retried when another host of the wave
+// wrote in between. It is done when the report holds doc already. A report
+// that is not one (malformed, or about another release) is replaced: its
+// entries could not be believed anyway.
+func AppendReport(ctx context.Context, store Store, rel *agentapi.Release, host string, doc []byte) error {
+	key := WaveReportKey(rel.Serial, rel.RootVersion, rel.Wave)
+	for attempt := 0; ; attempt++ {
+		data, etag, err := store.Read(ctx, key)
+		cond := Cond{IfMatch: etag}
+		if errors.Is(err, fs.ErrNotExist) {
+			data, cond = nil, Cond{IfAbsent: true}
+		} else if err != nil {
+			return fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
+		}
+		wr := &agentapi.WaveReport{}
+		if data == nil || json.Unmarshal(data, wr) != nil || wr.Channel != rel.Channel || wr.Serial != rel.Serial || wr.Wave != rel.Wave {
+			wr = &agentapi.WaveReport{Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
+		}
+		if bytes.Equal(wr.Reports[host], doc) {
+			return nil
+		}
+		if wr.Reports == nil {
+			wr.Reports = map[string]json.RawMessage{}
+		}
+		wr.V, wr.Reports[host] = agentapi.Version, doc
+		out, err := json.Marshal(wr)
+		if err != nil {
+			return err
+		}
+		err = store.Write(ctx, key, out, cond)
+		if !errors.Is(err, ErrConflict) {
+			if err != nil {
+				return fmt.Errorf("writing wave %d's report: %w", rel.Wave, err)
+			}
+			return nil
+		}
+		if attempt+1 == appendAttempts {
+			return fmt.Errorf("writing wave %d's report: %d conditional writes lost to other hosts' (again at the next poll): %w", rel.Wave, appendAttempts, err)
+		}
+		// Another host of the wave wrote first: read its version again
+		// after a pause that spreads the writers apart.
+		pause := time.Duration(10+rand.IntN(40*(attempt+1))) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// Reported is what the gate keeps of an earlier host's verified final
+// status for the release it gates.
+type Reported struct {
+	Outcome agentapi.PullOutcome `json:"outcome"`
+	Check   string               `json:"check,omitempty"`
+	// Message is the halt reason, for a halted host.
+	Message string    `json:"message,omitempty"`
+	Time    time.Time `json:"time"`
+}
+
+// GateCache is what a host keeps between polls while it waits for the
+// earlier waves of one release: the verified final reports so far, and
+// the ETag of each wave report read, so that a poll reads again only the
+// report of the wave it waits for, conditionally (a 304 when nothing
+// changed).
+type GateCache struct {
+	Serial  int64               `json:"serial"`
+	Root    int64               `json:"root,omitempty"`
+	ETags   map[int]string      `json:"etags,omitempty"`
+	Reports map[string]Reported `json:"reports,omitempty"`
+	// Why is the last reason an entry was not believed, by host.
+	Why map[string]string `json:"why,omitempty"`
+}
+
+// GateSource is what [GateWaves] reads: the channel, and the hosts' own
+// status documents when a wave's report misses some at its deadline.
+type GateSource struct {
+	// Get reads a wave report (a [Source]'s GetLimit, with the limit of
+	// [WaveReportLimit]).
+	Get func(ctx context.Context, key, etag string) ([]byte, string, error)
+	// Status reads a host's status document (nil, nil when none).
+	Status func(ctx context.Context, host string) ([]byte, error)
+}
+
+// GateWaves decides like [Gate], from the earlier waves' reports
+// ([agentapi.WaveReport]): one conditional read per poll of the wave it
+// waits for, whatever the fleet's size, instead of one read per earlier
+// host. c carries what earlier polls verified (reset when rel is another
+// release); the caller keeps it across polls. A release without
+// WaveSizes (an older publisher) is gated by [Gate] on each host's status.
+//
+// The decision is [Gate]'s for the same statuses: an entry of a report is
+// believed only as a status document would be. A host missing from its
+// wave's report is waited for until the deadline; then its own status
+// document is read (it may have reported without reaching the wave's
+// report: a crash in between, or an entry withheld), and decides.
+func GateWaves(ctx context.Context, rel *agentapi.Release, now time.Time, c *GateCache, src GateSource) (Decision, string, error) {
+	if !hasWaveSizes(rel) {
+		return Gate(ctx, rel, now, src.Status)
+	}
+	if c.Serial != rel.Serial || c.Root != rel.RootVersion || c.Reports == nil {
+		*c = GateCache{Serial: rel.Serial, Root: rel.RootVersion, ETags: map[int]string{}, Reports: map[string]Reported{}, Why: map[string]string{}}
+	}
+	if c.ETags == nil {
+		c.ETags = map[int]string{}
+	}
+	if c.Why == nil {
+		c.Why = map[string]string{}
+	}
+	late := !rel.Deadline.IsZero() && now.After(rel.Deadline)
+	off := 0
+	for j := 1; j < rel.Wave; j++ {
+		hosts := rel.After[off : off+rel.WaveSizes[j-1]]
+		off += rel.WaveSizes[j-1]
+		missing := c.missing(hosts)
+		if len(missing) > 0 {
+			if err := c.readReport(ctx, rel, j, missing, src); err != nil {
+				return Wait, "", err
+			}
+			missing = c.missing(hosts)
+		}
+		if len(missing) == 0 {
+			if c.halts(rel, off) {
+				// The waves so far stop the rollout: the later
+				// ones need not be read.
+				break
+			}
+			continue
+		}
+		if !late {
+			// The gate waits for this wave: the later ones need not be
+			// read yet.
+			break
+		}
+		for _, h := range missing {
+			data, err := src.Status(ctx, h)
+			if err != nil {
+				return Wait, "", err
+			}
+			if data != nil {
+				c.believe(rel, h, data)
+			}
+		}
+	}
+	return decide(ctx, rel, now, func(_ context.Context, h string) (*agentapi.PullStatus, string, error) {
+		r, ok := c.Reports[h]
+		if !ok {
+			return nil, c.Why[h], nil
+		}
+		return &agentapi.PullStatus{Host: h, Channel: rel.Channel, Serial: rel.Serial, Outcome: r.Outcome, Check: r.Check, Message: r.Message, OutcomeTime: r.Time}, "", nil
+	})
+}
+
+// hasWaveSizes reports whether rel's WaveSizes partition its After.
+func hasWaveSizes(rel *agentapi.Release) bool {
+	if len(rel.WaveSizes) < rel.Wave-1 || rel.Wave < 2 {
+		return false
+	}
+	n := 0
+	for _, s := range rel.WaveSizes[:rel.Wave-1] {
+		if s < 0 {
+			return false
+		}
+		n += s
+	}
+	return n == len(rel.After)
+}
+
+// halts reports whether the first n hosts of rel.After, all reported,
+// stop the rollout: one halted, or more failed than rel.MaxFailures.
+func (c *GateCache) halts(rel *agentapi.Release, n int) bool {
+	failed := 0
+	for _, h := range rel.After[:n] {
+		switch r := c.Reports[h]; {
+		case !rel.Deadline.IsZero() && r.Time.After(rel.Deadline):
+		case r.Outcome == agentapi.PullHalted:
+			return true
+		case r.Outcome != agentapi.PullDone:
+			failed++
+		}
+	}
+	return failed > rel.MaxFailures
+}
+
+func (c *GateCache) missing(hosts []string) []string {
+	var m []string
+	for _, h := range hosts {
+		if _, ok := c.Reports[h]; !ok {
+			m = append(m, h)
+		}
+	}
+	return m
+}
+
+// readReport reads wave j's report (conditionally) and believes the
+// entries of the missing hosts that verify. A report that is too large,
+// malformed or about another release is as good as none.
+func (c *GateCache) readReport(ctx context.Context, rel *agentapi.Release, j int, missing []string, src GateSource) error {
+	data, etag, err := src.Get(ctx, WaveReportKey(rel.Serial, rel.RootVersion, j), c.ETags[j])
+	var tl *limits.TooLargeError
+	switch {
+	case errors.Is(err, ErrNotModified), errors.Is(err, fs.ErrNotExist):
+		return nil
+	case errors.As(err, &tl):
+		for _, h := range missing {
+			c.Why[h] = fmt.Sprintf("wave %d's report refused: %v", j, err)
+		}
+		return nil
+	case err != nil:
+		return err
+	}
+	wr := &agentapi.WaveReport{}
+	if json.Unmarshal(data, wr) != nil || wr.Channel != rel.Channel || wr.Serial != rel.Serial || wr.Wave != j {
+		return nil
+	}
+	c.ETags[j] = etag
+	for _, h := range missing {
+		if doc, ok := wr.Reports[h]; ok {
+			c.believe(rel, h, doc)
+		}
+	}
+	return nil
+}
+
+// believe records h's status document when it verifies as a final report
+// of rel's serial; otherwise it notes why not.
+func (c *GateCache) believe(rel *agentapi.Release, h string, doc []byte) {
+	st, err := VerifyStatus(doc, rel.Channel, h, rel.AfterKeys[h])
+	if err != nil {
+		c.Why[h] = err.Error()
+		return
+	}
+	if st.Serial != rel.Serial || !st.Outcome.Final() {
+		return
+	}
+	r := Reported{Outcome: st.Outcome, Check: st.Check, Time: outcomeTime(st)}
+	if st.Outcome == agentapi.PullHalted {
+		r.Message = st.Message
+	}
+	c.Reports[h] = r
+	delete(c.Why, h)
+}

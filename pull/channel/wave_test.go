@@ -1,0 +1,233 @@
+package channel_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/internal/limits"
+	"github.com/declarative/deploy/pull/channel"
+)
+
+// TestAppendReport has the hosts of a wave add their statuses to its
+// report at once: conditional writes that lose are read again and retried,
+// and no host's entry is lost.
+func TestAppendReport(t *testing.T) {
+	store := channel.DirStore(t.TempDir())
+	ctx := context.Background()
+	rel := release("web1", 7)
+	rel.Wave = 2
+	const hosts = 12
+	var wg sync.WaitGroup
+	for i := range hosts {
+		wg.Go(func() {
+			h := fmt.Sprintf("web%d", i)
+			doc := fmt.Appendf(nil, `{"host":%q}`, h)
+			// A host whose writes all lost tries again at its next poll.
+			for {
+				err := channel.AppendReport(ctx, store, rel, h, doc)
+				if err == nil {
+					return
+				}
+				if !errors.Is(err, channel.ErrConflict) {
+					t.Errorf("%s: %v", h, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	data, etag, err := store.Read(ctx, channel.WaveReportKey(7, 0, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wr agentapi.WaveReport
+	if err := json.Unmarshal(data, &wr); err != nil || wr.Channel != "prod" || wr.Serial != 7 || wr.Wave != 2 || len(wr.Reports) != hosts {
+		t.Fatalf("report %s (%v), want %d entries", data, err, hosts)
+	}
+	for h, doc := range wr.Reports {
+		if string(doc) != fmt.Sprintf(`{"host":%q}`, h) {
+			t.Errorf("entry of %s: %s", h, doc)
+		}
+	}
+	// Adding what the report holds already writes nothing.
+	if err := channel.AppendReport(ctx, store, rel, "web3", []byte(`{"host":"web3"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, again, _ := store.Read(ctx, channel.WaveReportKey(7, 0, 2)); again != etag {
+		t.Error("an entry the report held was written again")
+	}
+	// A report about another release is replaced, not merged.
+	other := release("web1", 6)
+	other.Wave = 2
+	store.Put(ctx, channel.WaveReportKey(6, 0, 2), data)
+	if err := channel.AppendReport(ctx, store, other, "web1", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	data, _, _ = store.Read(ctx, channel.WaveReportKey(6, 0, 2))
+	wr = agentapi.WaveReport{}
+	if json.Unmarshal(data, &wr) != nil || wr.Serial != 6 || len(wr.Reports) != 1 {
+		t.Errorf("serial 6's report: %s", data)
+	}
+	if k := channel.WaveReportKey(7, 3, 2); k != "status/waves/7-r3/2.json" {
+		t.Errorf("WaveReportKey after a serial reset = %s", k)
+	}
+}
+
+// waveFleet is a release of serial 9 to web-last, in wave 3 after wave 1
+// (web0) and wave 2 (n hosts), with the hosts' keys.
+type waveFleet struct {
+	rel  *agentapi.Release
+	keys map[string]ed25519.PrivateKey
+	// objects is the channel's status prefix; gets and statuses count
+	// the reads of wave reports and of hosts' status documents.
+	objects        map[string][]byte
+	gets, statuses int
+	refuse         bool
+	published, now time.Time
+}
+
+func newWaveFleet(t *testing.T, n int) *waveFleet {
+	f := &waveFleet{keys: map[string]ed25519.PrivateKey{}, objects: map[string][]byte{}, published: time.Unix(1e9, 0).UTC()}
+	f.now = f.published.Add(time.Minute)
+	f.rel = release("web-last", 9)
+	f.rel.Wave, f.rel.Waves, f.rel.WaveSizes, f.rel.Deadline = 3, 3, []int{1, n}, f.published.Add(time.Hour)
+	f.rel.AfterKeys = map[string]string{}
+	for i := range n + 1 {
+		h := fmt.Sprintf("web%d", i)
+		k, line := hostKey(t)
+		f.keys[h], f.rel.AfterKeys[h] = k, line
+		f.rel.After = append(f.rel.After, h)
+	}
+	return f
+}
+
+func (f *waveFleet) status(t *testing.T, h string, o agentapi.PullOutcome) []byte {
+	return signStatus(t, &agentapi.PullStatus{Host: h, Channel: "prod", Serial: 9, Outcome: o, Time: f.published.Add(time.Minute)}, f.keys[h])
+}
+
+// report puts the entries (host, document) into wave's report.
+func (f *waveFleet) report(wave int, entries map[string][]byte) {
+	wr := &agentapi.WaveReport{V: agentapi.Version, Channel: "prod", Serial: 9, Wave: wave, Reports: map[string]json.RawMessage{}}
+	for h, doc := range entries {
+		wr.Reports[h] = doc
+	}
+	f.objects[channel.WaveReportKey(9, 0, wave)], _ = json.Marshal(wr)
+}
+
+func (f *waveFleet) gate(c *channel.GateCache) (channel.Decision, string, error) {
+	return channel.GateWaves(context.Background(), f.rel, f.now, c, channel.GateSource{
+		Get: func(_ context.Context, key, etag string) ([]byte, string, error) {
+			f.gets++
+			if f.refuse {
+				return nil, "", &limits.TooLargeError{Object: key, Limit: 16}
+			}
+			data, ok := f.objects[key]
+			if !ok {
+				return nil, "", fmt.Errorf("%s: %w", key, fs.ErrNotExist)
+			}
+			tag := fmt.Sprintf(`"%x"`, sha256.Sum256(data))
+			if tag == etag {
+				return nil, "", channel.ErrNotModified
+			}
+			return data, tag, nil
+		},
+		Status: func(_ context.Context, h string) ([]byte, error) {
+			f.statuses++
+			return f.objects[channel.StatusKey(h)], nil
+		},
+	})
+}
+
+// TestGateWaves follows a host of wave 3 through a rollout: it reads the
+// report of the wave it waits for, one read per poll (conditional),
+// whatever the wave's size, believes only entries signed by their hosts,
+// and reads hosts' own statuses only past the deadline.
+func TestGateWaves(t *testing.T) {
+	for _, n := range []int{3, 30} {
+		t.Run(fmt.Sprintf("%d hosts in wave 2", n), func(t *testing.T) {
+			f := newWaveFleet(t, n)
+			var c channel.GateCache
+			poll := func(want channel.Decision, reason string, gets, statuses int) {
+				t.Helper()
+				f.gets, f.statuses = 0, 0
+				got, why, err := f.gate(&c)
+				if err != nil || got != want || !strings.Contains(why, reason) || f.gets != gets || f.statuses != statuses {
+					t.Fatalf("GateWaves = %v %q %v after %d report and %d status reads, want %v containing %q after %d and %d",
+						got, why, err, f.gets, f.statuses, want, reason, gets, statuses)
+				}
+			}
+			// Nothing reported yet: one read of wave 1's report.
+			poll(channel.Wait, "waiting for web0 (wave before 3)", 1, 0)
+			poll(channel.Wait, "waiting for web0", 1, 0)
+			// The canary reports; a forged entry for web1 is not believed.
+			other, _ := hostKey(t)
+			forged := signStatus(t, &agentapi.PullStatus{Host: "web1", Channel: "prod", Serial: 9, Outcome: agentapi.PullDone, Time: f.now}, other)
+			f.report(1, map[string][]byte{"web0": f.status(t, "web0", agentapi.PullDone)})
+			f.report(2, map[string][]byte{"web1": forged})
+			poll(channel.Wait, "waiting for web1 (wave before 3) to report serial 9: status of web1 not signed by its host key", 2, 0)
+			// Unchanged reports: a poll reads wave 2's again, and only it,
+			// conditionally (the fake answers not modified).
+			poll(channel.Wait, "status of web1 not signed", 1, 0)
+			// Every host of wave 2 but the last reports.
+			entries := map[string][]byte{}
+			for i := 1; i < n; i++ {
+				h := fmt.Sprintf("web%d", i)
+				entries[h] = f.status(t, h, agentapi.PullDone)
+			}
+			f.report(2, entries)
+			last := fmt.Sprintf("web%d", n)
+			poll(channel.Wait, "waiting for "+last, 1, 0)
+			// Its entry is withheld (or it crashed before adding it): its
+			// own status document decides, but only past the deadline.
+			f.objects[channel.StatusKey(last)] = f.status(t, last, agentapi.PullDone)
+			poll(channel.Wait, "waiting for "+last, 1, 0)
+			f.now = f.rel.Deadline.Add(time.Second)
+			poll(channel.Go, "", 1, 1)
+		})
+	}
+	t.Run("a failed canary halts", func(t *testing.T) {
+		f := newWaveFleet(t, 3)
+		f.report(1, map[string][]byte{"web0": f.status(t, "web0", agentapi.PullRolledBack)})
+		var c channel.GateCache
+		if got, why, err := f.gate(&c); got != channel.Halt || !strings.Contains(why, "web0 (rolled-back") || err != nil || f.gets != 1 {
+			t.Fatalf("GateWaves = %v %q %v after %d reads, want a halt after 1", got, why, err, f.gets)
+		}
+	})
+	t.Run("a report too large", func(t *testing.T) {
+		f := newWaveFleet(t, 3)
+		f.refuse = true
+		var c channel.GateCache
+		if got, why, _ := f.gate(&c); got != channel.Wait || !strings.Contains(why, "wave 1's report refused") {
+			t.Fatalf("GateWaves = %v %q, want waiting, saying the report was refused", got, why)
+		}
+	})
+	t.Run("another release's cache", func(t *testing.T) {
+		f := newWaveFleet(t, 3)
+		c := channel.GateCache{Serial: 8, Reports: map[string]channel.Reported{"web0": {Outcome: agentapi.PullDone}}}
+		if got, _, _ := f.gate(&c); got != channel.Wait || c.Serial != 9 || len(c.Reports) != 0 {
+			t.Fatalf("GateWaves = %v with cache %+v, want waiting on serial 9's reports", got, c)
+		}
+	})
+	t.Run("a release without wave sizes", func(t *testing.T) {
+		// An older publisher: the hosts' status documents, one read each.
+		f := newWaveFleet(t, 3)
+		f.rel.WaveSizes = nil
+		for _, h := range f.rel.After {
+			f.objects[channel.StatusKey(h)] = f.status(t, h, agentapi.PullDone)
+		}
+		var c channel.GateCache
+		if got, _, err := f.gate(&c); got != channel.Go || err != nil || f.gets != 0 || f.statuses != 4 {
+			t.Fatalf("GateWaves = %v %v after %d report and %d status reads, want go after 0 and 4", got, err, f.gets, f.statuses)
+		}
+	})
+}
