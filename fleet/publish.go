@@ -735,10 +735,16 @@ func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *age
 		return rep, nil, err
 	}
 	hostKeys := s.reportKeys()
+	// A host whose final status of the head's serial is in its wave's
+	// report had the head's release: its release need not be read. Its
+	// status is, as it may have changed since (a stale channel, say).
+	reported := s.waveReports(ctx, store, head, hostKeys)
 	each(ctx, s.names(), s.Parallel.connect(), func(ctx context.Context, host string) {
 		hr := rep.Hosts[host]
 		hr.Phase = PhasePull
-		if data, _, err := store.Read(ctx, channel.ReleaseKey(host)); err == nil {
+		if st := reported[host]; st != nil {
+			hr.Serial, hr.Wave, hr.System = head.Serial, st.Wave, head.Systems[host]
+		} else if data, _, err := store.Read(ctx, channel.ReleaseKey(host)); err == nil {
 			rel := &agentapi.Release{}
 			if _, err := channel.Open(data, agentapi.DocRelease, keys, rel); err != nil {
 				hr.Err = fmt.Errorf("its release in the channel: %w", err)
@@ -769,6 +775,35 @@ func (s *Session) ChannelStatus(ctx context.Context, name string) (*Report, *age
 		s.finish(hr, Event{Channel: name, Serial: hr.Serial, PullStatus: hr.Pull})
 	})
 	return rep, head, rep.Err()
+}
+
+// waveReports reads the reports of head's waves and returns the verified
+// final statuses of head's serial they hold, by host. A report that cannot
+// be read or believed is as good as none: the hosts' own documents are
+// read instead.
+func (s *Session) waveReports(ctx context.Context, store channel.Store, head *agentapi.ChannelRelease, hostKeys map[string]string) map[string]*agentapi.PullStatus {
+	got := map[string]*agentapi.PullStatus{}
+	for i, wave := range head.Waves {
+		data, _, err := store.Read(ctx, channel.WaveReportKey(head.Serial, head.RootVersion, i+1))
+		if err != nil || int64(len(data)) > channel.WaveReportLimit(0) {
+			continue
+		}
+		wr := &agentapi.WaveReport{}
+		if json.Unmarshal(data, wr) != nil || wr.Channel != head.Channel || wr.Serial != head.Serial || wr.Wave != i+1 {
+			continue
+		}
+		for _, h := range wave {
+			doc, ok := wr.Reports[h]
+			if !ok {
+				continue
+			}
+			st, err := channel.VerifyStatus(doc, head.Channel, h, hostKeys[h])
+			if err == nil && st.Serial == head.Serial && st.Outcome.Final() {
+				got[h] = st
+			}
+		}
+	}
+	return got
 }
 
 // channelStore opens channel name of the fleet's cache for the publisher:

@@ -297,6 +297,43 @@ func TestPublishWait(t *testing.T) {
 	}
 }
 
+// publish --wait follows the waves' reports: a canary whose rolled-back
+// status reached only its wave's report (not its own status document)
+// ends it and halts the later wave, and deploy status --channel then shows
+// the hosts' own documents.
+func TestPublishWaitWaveReports(t *testing.T) {
+	f := newPullFleet(t, "")
+	go func() {
+		for {
+			if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey("c"))); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		doc, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Wave: 1, Outcome: agentapi.PullRolledBack,
+			Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()}, f.hostKeys["a"])
+		if err := channel.AppendReport(context.Background(), channel.DirStore(f.channelDir()), f.release(t, "a"), "a", doc); err != nil {
+			t.Error(err)
+		}
+	}()
+	// Without the report, --wait would wait for the wave's hour.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := f.session(t, "all", &eventLog{}).Publish(ctx, PublishOptions{Channel: "prod", Wait: true, Poll: 10 * time.Millisecond})
+	var re *RunError
+	if !errors.As(err, &re) || rep.Hosts["a"].Result != ResultRolledBack {
+		t.Fatalf("Publish --wait = %v (a: %+v), want a rolled back", err, rep.Hosts["a"])
+	}
+	for _, h := range []string{"b", "c"} {
+		if hr := rep.Hosts[h]; hr.Result != ResultSkipped || !strings.Contains(hr.Err.Error(), "halted") || !strings.Contains(hr.Err.Error(), "a (rolled-back") {
+			t.Errorf("%s: %+v, want halted by a", h, hr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.channelDir(), channel.StatusKey("a"))); err == nil {
+		t.Fatal("a's status document exists: the test proves nothing")
+	}
+}
+
 // publish --wait believes only statuses signed by their host's key: a
 // forged "rolled-back" of the canary (signed by another key) neither ends
 // the canary nor halts the second wave; it is said once, as a warning, and
