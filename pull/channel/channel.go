@@ -19,6 +19,9 @@
 //	channels/NAME/timestamps/HOST.json  each host's timestamp (signed Timestamp)
 //	channels/NAME/hosts/HOST.json       each host's release (signed Release)
 //	channels/NAME/status/HOST.json      each host's report (PullStatus, signed with its host key)
+//	channels/NAME/status/waves/S/W.json the final reports of wave W of serial S (WaveReport:
+//	                                    each host's signed status, verbatim; S is SERIAL-rROOT
+//	                                    after a serial reset)
 //
 // # Trust
 //
