@@ -157,6 +157,25 @@ func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 // files under /etc, units/ with symlinks to the unit files, and agent → the
 // deploy-agent's store path. The same inputs give the same system path.
 func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hcl.Diagnostics) {
+	x, err := b.NewBatch(ctx)
+	if err != nil {
+		return nil, hcl.Diagnostics{buildError(host, err)}
+	}
+	defer x.Close()
+	res, diags := b.BuildInto(ctx, f, host, x)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	if err := x.Commit(ctx); err != nil {
+		return nil, append(diags, buildError(host, err))
+	}
+	return res, diags
+}
+
+// BuildInto builds like [Builder.Build], but the host's own objects (its
+// files, units and system) are staged in x: the system is valid once x is
+// committed. Builds of many hosts share one batch, and one flush to disk.
+func (b *Builder) BuildInto(ctx context.Context, f *Fleet, host string, x *Batch) (*Result, hcl.Diagnostics) {
 	cfg, diags := b.Evaluate(ctx, f, host)
 	if diags.HasErrors() {
 		return nil, diags
@@ -179,14 +198,14 @@ func (b *Builder) Build(ctx context.Context, f *Fleet, host string) (*Result, hc
 		addKnown(p)
 	}
 	addKnown(agent)
-	objs := &storeObjects{store: b.Store, known: known}
+	objs := &storeObjects{store: b.Store, known: known, add: x}
 	z := &modules.Realizer{FleetDir: f.Dir, StoreDir: b.Store.StoreDir, Objects: objs, Revoked: f.RevokedSecrets}
 	m, d := z.Realize(ctx, cfg, agent)
 	diags = append(diags, d...)
 	if d.HasErrors() {
 		return nil, diags
 	}
-	sys, err := b.systemPath(ctx, host, m, known)
+	sys, err := b.systemPath(ctx, host, m, known, x)
 	if err != nil {
 		return nil, append(diags, buildError(host, err))
 	}
@@ -206,7 +225,7 @@ func (b *Builder) tempDir() (string, error) {
 }
 
 // systemPath assembles the system tree and adds it to the store.
-func (b *Builder) systemPath(ctx context.Context, host string, m *manifest.Manifest, known map[string]string) (string, error) {
+func (b *Builder) systemPath(ctx context.Context, host string, m *manifest.Manifest, known map[string]string, add *Batch) (string, error) {
 	data, err := m.Marshal()
 	if err != nil {
 		return "", err
@@ -257,13 +276,14 @@ func (b *Builder) systemPath(ctx context.Context, host string, m *manifest.Manif
 	if err != nil {
 		return "", err
 	}
-	return addMem(ctx, b.Store, root, "system-"+host, append(refs, scanned...))
+	return add.add(root, "system-"+host, append(refs, scanned...))
 }
 
 // storeObjects adds content to the store, with the references found in it.
 type storeObjects struct {
 	store *closure.Store
 	known map[string]string // hash part → store path
+	add   *Batch
 }
 
 func (o *storeObjects) AddFile(ctx context.Context, name string, content []byte, executable bool) (string, error) {
@@ -271,7 +291,7 @@ func (o *storeObjects) AddFile(ctx context.Context, name string, content []byte,
 	if err != nil {
 		return "", err
 	}
-	return addMem(ctx, o.store, &memNode{contents: content, executable: executable}, name, refs)
+	return o.add.add(&memNode{contents: content, executable: executable}, name, refs)
 }
 
 // scanRefs finds the store paths of known that content mentions, like Nix's

@@ -533,3 +533,58 @@ host "pi" {
 		t.Errorf("the prebuilt arm64 agent gave system %q, the source build %q; want the same", res2.SystemPath, res.SystemPath)
 	}
 }
+
+// Builds into one Batch share it: their systems are the ones Build makes,
+// valid only once the batch is committed, and an object two hosts share
+// is staged once.
+func TestBuildIntoBatch(t *testing.T) {
+	fleet := strings.Replace(layoutFleet, `host "h1" {`, `host "h2" {
+  address  = "10.0.0.2"
+  roles    = [role.app]
+}
+host "h1" {`, 1)
+	dir := writeFleet(t, map[string]string{
+		"fleet.hcl":     fleet,
+		"tool/bin/tool": "#!/bin/sh\necho tool\n",
+		"data.txt":      "data\n",
+	})
+	f := load(t, dir)
+	want := map[string]string{}
+	for _, h := range []string{"h1", "h2"} {
+		want[h] = build(t, newTestBuilder(t, t.TempDir()), f, h).SystemPath
+	}
+	b := newTestBuilder(t, t.TempDir())
+	x, err := b.NewBatch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	got := map[string]*Result{}
+	for _, h := range []string{"h1", "h2"} {
+		res, diags := b.BuildInto(context.Background(), f, h, x)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		got[h] = res
+		if ok, _ := b.Store.Valid(res.SystemPath); ok {
+			t.Fatalf("%s's system is valid before the commit", h)
+		}
+	}
+	if err := x.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for h, res := range got {
+		if res.SystemPath != want[h] {
+			t.Errorf("%s: %s, want %s as Build makes it", h, res.SystemPath, want[h])
+		}
+		paths, err := b.Store.Closure(res.SystemPath)
+		if err != nil {
+			t.Fatalf("%s's closure after the commit: %v", h, err)
+		}
+		for _, p := range paths {
+			if ok, err := b.Store.Valid(p.Path); !ok || err != nil {
+				t.Errorf("%s: %s not valid after the commit (%v)", h, p.Path, err)
+			}
+		}
+	}
+}

@@ -221,11 +221,13 @@ func TestBatchRecovery(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// Any import runs the sweep when it is alone.
+			// Any import of the next process runs the sweep when it is
+			// alone.
 			extra, err := src.AddTree(ctx, writeTree(t, t.TempDir(), map[string]string{"f": "extra " + t.Name()}), "extra", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			dst = reopen(dst)
 			if err := transferLocal(ctx, src, dst, []string{extra.Path}); err != nil {
 				t.Fatal(err)
 			}
@@ -279,6 +281,15 @@ func TestReceiveSweepsWithNothingMissing(t *testing.T) {
 	if err := os.WriteFile(info, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The Store that swept once does not sweep again (a sweep reads every
+	// path's metadata): the next process's does.
+	if err := transferLocal(ctx, src, dst, paths); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(info); err != nil {
+		t.Fatalf("the Store that swept already swept again: %v", err)
+	}
+	dst = reopen(dst)
 	if err := transferLocal(ctx, src, dst, paths); err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +333,9 @@ func TestReceiveMissingAfterRecovery(t *testing.T) {
 		}
 	}
 	checkClosed(t, dst, "after the receive")
+}
+
+// reopen is s as the next process opens it.
+func reopen(s *Store) *Store {
+	return &Store{StoreDir: s.StoreDir, RealDir: s.RealDir, DBDir: s.DBDir, RootsDir: s.RootsDir, PinsDir: s.PinsDir}
 }

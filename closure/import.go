@@ -327,15 +327,23 @@ func (s *Store) openLock() (int, error) {
 
 // lockShared takes the store lock shared. When it can take it exclusive
 // without waiting, nobody else is importing, so it first sweeps leftovers of
-// interrupted imports.
+// interrupted imports, the first time this Store finds the store idle. Not
+// at every import: a sweep reads every path's metadata, and a build of a
+// thousand hosts imports thousands of paths. What a process that crashes
+// meanwhile leaves is garbage that place replaces (content without
+// metadata) or never reads (temporary files), and a batch commit it cut
+// registered its paths references first, so that what it registered is
+// whole; only a power loss breaks that, and then every process starts
+// again and sweeps first.
 func (s *Store) lockShared(ctx context.Context) (func(), error) {
 	fd, err := s.openLock()
 	if err != nil {
 		return nil, err
 	}
-	if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+	if !s.swept.Load() && unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
 		err := s.sweep()
 		if err == nil {
+			s.swept.Store(true)
 			err = unix.Flock(fd, unix.LOCK_SH) // downgrade
 		}
 		if err != nil {
@@ -407,8 +415,8 @@ func flockWait(ctx context.Context, fd, how int) error {
 // Recover finishes what interrupted imports left, under the store lock
 // (waiting for imports in flight): batch commits cut by a crash are
 // replayed (a listed path whose content or a reference did not reach the
-// disk is unregistered) and leftovers are removed. Imports do it
-// themselves when they find the store idle; the agent's boot unit calls it
+// disk is unregistered) and leftovers are removed. The first import of a
+// Store does it itself when it finds the store idle; the agent's boot unit calls it
 // so that nothing uses the store after a power loss before it ran.
 func (s *Store) Recover(ctx context.Context) error {
 	if err := s.init(); err != nil {

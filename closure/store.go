@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/declarative/deploy/closure/nar"
 )
@@ -37,6 +38,10 @@ type Store struct {
 	// PinsDir holds the pushed closures' roots (see [Store.Pin]); empty:
 	// the store keeps none.
 	PinsDir string
+
+	// swept says that this Store swept the leftovers of interrupted
+	// imports once (see lockShared).
+	swept atomic.Bool
 }
 
 // NewTargetStore returns the store of a target machine under stateDir

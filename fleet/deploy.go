@@ -42,9 +42,16 @@ func (s *Session) build(ctx context.Context, rep *Report) (map[string]*builder.R
 	var mu sync.Mutex
 	results := map[string]*builder.Result{}
 	var diags hcl.Diagnostics
+	// The hosts' own objects go into the store together, at the end: one
+	// flush to disk for the whole build.
+	batch, err := s.Builder.NewBatch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer batch.Close()
 	left := each(ctx, s.names(), s.Parallel.build(), func(ctx context.Context, name string) {
 		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "started"})
-		res, d := s.Builder.Build(ctx, s.Fleet, name)
+		res, d := s.Builder.BuildInto(ctx, s.Fleet, name, batch)
 		mu.Lock()
 		defer mu.Unlock()
 		diags = append(diags, d...)
@@ -55,9 +62,24 @@ func (s *Session) build(ctx context.Context, rep *Report) (map[string]*builder.R
 			return
 		}
 		results[name] = res
-		hr.System = res.SystemPath
-		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "done", System: res.SystemPath})
 	})
+	if err := batch.Commit(ctx); err != nil {
+		for _, name := range s.names() {
+			if hr := rep.Hosts[name]; results[name] != nil || hr.Result == ResultFailed {
+				if results[name] != nil {
+					hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseBuild, fmt.Errorf("adding the system to the store: %w", err)
+				}
+				s.finish(hr, Event{})
+			}
+		}
+		return nil, fmt.Errorf("adding the systems to the store: %w", err)
+	}
+	for _, name := range s.names() {
+		if res := results[name]; res != nil {
+			rep.Hosts[name].System = res.SystemPath
+			s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "done", System: res.SystemPath})
+		}
+	}
 	for _, name := range left {
 		hr := rep.Hosts[name]
 		hr.Result, hr.Phase, hr.Err = ResultFailed, PhaseBuild, fmt.Errorf("not built: %w", ctx.Err())

@@ -398,7 +398,7 @@ func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
 	doc, err := channel.SignStatus(s, key)
 	if err == nil {
 		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave}
-		err = channel.AppendReport(ctx, store, rel, p.a.Config.Host, doc)
+		err = channel.AppendReport(ctx, publicRead{store, p}, rel, p.a.Config.Host, doc)
 	}
 	if err != nil {
 		p.a.logf("adding the status to wave %d's report: %v (again at the next poll)", w.Wave, err)
@@ -733,6 +733,22 @@ func (a *Agent) getDocument(ctx context.Context, key, etag string) ([]byte, stri
 		return nil, "", &limits.TooLargeError{Object: a.Source.String() + "/" + key, Limit: max, Got: int64(len(data)), Setting: "max_document_size in the pull block"}
 	}
 	return data, newETag, err
+}
+
+// publicRead reads a wave's report with the status credentials, or, where
+// they may only write (credentials from before wave reports: s3:PutObject
+// alone), from the channel as the host reads everything else.
+type publicRead struct {
+	channel.Store
+	p *poll
+}
+
+func (r publicRead) Read(ctx context.Context, key string) ([]byte, string, error) {
+	data, etag, err := r.Store.Read(ctx, key)
+	if errors.Is(err, channel.ErrDenied) {
+		return r.p.waveReport(ctx, key, "")
+	}
+	return data, etag, err
 }
 
 // waveReport reads an earlier wave's report, with its larger limit.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -16,9 +17,31 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	endProfile := profile(os.Getenv("DEPLOY_CPUPROFILE"))
 	code := Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	endProfile()
 	stop()
 	os.Exit(code)
+}
+
+// profile writes a CPU profile of the run to path (DEPLOY_CPUPROFILE, for
+// benchmarks: go tool pprof reads it); it returns what ends it.
+func profile(path string) func() {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "deploy: DEPLOY_CPUPROFILE: %v\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // env is what every subcommand gets: its streams and the environment.

@@ -47,7 +47,10 @@ type pullEnv struct {
 
 const pullPrefix = "fleet/channels/prod/"
 
-func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
+// newPullEnv starts hosts test hosts and MinIO; the hosts' status
+// credentials allow actions (default s3:PutObject and s3:GetObject) on the
+// channel's status prefix.
+func newPullEnv(tb testing.TB, hosts int, waves string, actions ...string) *pullEnv {
 	nw := vmtest.Start(tb, hosts)
 	srv := miniotest.Start(tb, miniotest.Options{
 		Host: vmtest.ControllerAddr.String(),
@@ -67,7 +70,7 @@ func newPullEnv(tb testing.TB, hosts int, waves string) *pullEnv {
 	os.WriteFile(filepath.Join(dir, "publisher.key"), []byte(p.publisher.String()), 0o600)
 	p.r = cli.New(tb, nw, p.fl).With(append(srv.Env(), "DEPLOY_CACHE_KEY="+filepath.Join(dir, "cache.key"), "DEPLOY_PUBLISHER_KEY="+filepath.Join(dir, "publisher.key"))...)
 
-	creds := srv.PrefixCredentials(tb, "cache", pullPrefix+"status/")
+	creds := srv.PrefixCredentials(tb, "cache", pullPrefix+"status/", actions...)
 	var rcpts []secrets.Recipient
 	for _, h := range nw.Hosts {
 		rcpts = append(rcpts, secrets.Recipient{Owner: h.Name(), Key: h.HostKeyLine()})
@@ -470,10 +473,14 @@ func TestPullE2E(t *testing.T) {
 //  2. a forged "failed" for h1 does not halt h2 either; once h1 polls,
 //     activates and reports (signed with its host key, replacing the
 //     forged entry of the wave's report), h2 goes.
+//
+// The hosts' status credentials may only write (as before wave reports):
+// h1 reads its wave's report as it reads the channel, and h2 goes on h1's
+// report, not at the wave's deadline (30 minutes).
 func TestPullForgedStatusE2E(t *testing.T) {
 	t.Parallel()
 	p := newPullEnv(t, 2, `canary       = 1
-  batch_size   = "100%"`)
+  batch_size   = "100%"`, "s3:PutObject")
 	target := p.fl.Target("prod")
 	h1, h2 := p.host("h1"), p.host("h2")
 	p.write("v0", true)

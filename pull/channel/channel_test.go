@@ -525,4 +525,36 @@ func TestS3Writer(t *testing.T) {
 	if _, err := srv.Client.StatObject(ctx, "cache", "fleet/channels/prod/hosts/web1.json", minio.StatObjectOptions{}); err == nil {
 		t.Fatal("the release was written")
 	}
+	// The wave report: read, then written only while unchanged.
+	ws := w.(channel.Store)
+	rkey := channel.WaveReportKey(3, 0, 1)
+	if _, _, err := ws.Read(ctx, rkey); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("reading a missing report: %v", err)
+	}
+	if err := ws.Write(ctx, rkey, []byte("1"), channel.Cond{IfAbsent: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, etag, err := ws.Read(ctx, rkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Write(ctx, rkey, []byte("2"), channel.Cond{IfAbsent: true}); !errors.Is(err, channel.ErrConflict) {
+		t.Fatalf("creating an existing report: %v, want a conflict", err)
+	}
+	if err := ws.Write(ctx, rkey, []byte("2"), channel.Cond{IfMatch: etag}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Write(ctx, rkey, []byte("3"), channel.Cond{IfMatch: etag}); !errors.Is(err, channel.ErrConflict) {
+		t.Fatalf("writing with a stale ETag: %v, want a conflict", err)
+	}
+	if data, _, err := ws.Read(ctx, rkey); err != nil || string(data) != "2" {
+		t.Fatalf("the report: %q %v, want 2", data, err)
+	}
+	// Credentials that may only write (from before wave reports) are
+	// denied reads, with the permission named.
+	wcreds := srv.PrefixCredentials(t, "cache", "fleet/channels/prod/status/", "s3:PutObject")
+	os.WriteFile(credFile, fmt.Appendf(nil, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_SESSION_TOKEN=%s\n", wcreds.AccessKeyID, wcreds.SecretAccessKey, wcreds.SessionToken), 0o600)
+	if _, _, err := ws.Read(ctx, rkey); !errors.Is(err, channel.ErrDenied) || !strings.Contains(err.Error(), "s3:GetObject") {
+		t.Fatalf("reading with write-only credentials: %v, want denied, naming s3:GetObject", err)
+	}
 }

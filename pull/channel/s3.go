@@ -191,6 +191,7 @@ func (w *S3Writer) failure(resp *http.Response, method, key, permission string) 
 	}
 	if resp.StatusCode == http.StatusForbidden {
 		msg += fmt.Sprintf(": the credentials may not do that (they should allow %s on the channel's status prefix)", permission)
+		return fmt.Errorf("%s: %s: %w", w, msg, ErrDenied)
 	}
 	return fmt.Errorf("%s: %s", w, msg)
 }

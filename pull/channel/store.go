@@ -32,6 +32,10 @@ type Cond struct {
 // wrote the object meanwhile (another publish, say).
 var ErrConflict = errors.New("the object changed meanwhile")
 
+// ErrDenied is a request the credentials are not allowed to make (S3's
+// 403).
+var ErrDenied = errors.New("access denied")
+
 // Store is a channel as its publisher sees it: reads with ETags, and
 // conditional writes, so that two publishes never take the same serial.
 // The S3 implementation lives with the operator (package deploy, over

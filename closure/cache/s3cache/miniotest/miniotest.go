@@ -5,6 +5,7 @@ package miniotest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -195,10 +196,15 @@ func notInitialized(code, message string) bool {
 
 // PrefixCredentials returns temporary credentials (STS AssumeRole, one
 // hour) whose session policy allows only writing and reading objects under
-// prefix in bucket: what a host gets to report its status.
-func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string) TempCredentials {
+// prefix in bucket: what a host gets to report its status. actions, when
+// given, replace s3:PutObject and s3:GetObject.
+func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string, actions ...string) TempCredentials {
 	t.Helper()
-	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject","s3:GetObject"],"Resource":["arn:aws:s3:::%s/%s*"]}]}`, bucket, prefix)
+	if len(actions) == 0 {
+		actions = []string{"s3:PutObject", "s3:GetObject"}
+	}
+	acts, _ := json.Marshal(actions)
+	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":%s,"Resource":["arn:aws:s3:::%s/%s*"]}]}`, acts, bucket, prefix)
 	// MinIO says it is ready (Start) before its IAM subsystem is: until
 	// then STS answers "not initialized, please try again" (notInitialized).
 	// Those answers, and only they, are waited out, as Start waits for
