@@ -80,6 +80,11 @@ type Agent struct {
 	Logf func(format string, args ...any)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// onDisk is the state file's content as last read or written: a
+	// poll that changes nothing (a host waiting for a wave) writes
+	// nothing.
+	onDisk []byte
 }
 
 // Result says what one poll did.
@@ -205,6 +210,7 @@ func (a *Agent) readState() (*state, error) {
 	if err := json.Unmarshal(data, st); err != nil {
 		return nil, fmt.Errorf("pull state %q: %w", a.stateFile(), err)
 	}
+	a.onDisk = data
 	return st, nil
 }
 
@@ -213,7 +219,15 @@ func (a *Agent) writeState(st *state) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(a.stateFile(), append(data, '\n'), 0o600)
+	data = append(data, '\n')
+	if bytes.Equal(data, a.onDisk) {
+		return nil
+	}
+	if err := atomicfile.Write(a.stateFile(), data, 0o600); err != nil {
+		return err
+	}
+	a.onDisk = data
+	return nil
 }
 
 // ReadConfig reads a host's pull configuration.

@@ -315,6 +315,16 @@ func TestPollWaves(t *testing.T) {
 	if len(g.activated) != 0 {
 		t.Fatalf("web2 activated %v before web1 reported", g.activated)
 	}
+	// Waiting again changes nothing: the state file is not written again
+	// (an atomic write would be a new inode).
+	before, err := os.Stat(rest.stateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.poll(rest, "waiting")
+	if after, err := os.Stat(rest.stateFile()); err != nil || !os.SameFile(before, after) {
+		t.Errorf("a second waiting poll wrote the state file again (%v)", err)
+	}
 	f.poll(canary, "done")
 	g.poll(rest, "done")
 	if len(g.activated) != 1 {
