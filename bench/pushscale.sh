@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Push at scale, side by side: the first deploy and the no-op redeploy of N
+# vmtest hosts, for two or more builds of deploy, in alternating rounds (A B
+# A B ...) so that load on the machine hits every build alike (root; what
+# vmtest needs).
+#
+#   bench/pushscale.sh [-n HOSTS] [-r ROUNDS] [-k NOOPS] LABEL=BINDIR ...
+#
+# BINDIR holds a build's deploy and deploy-agent (deploy finds the agent
+# beside itself), e.g. for a commit C:
+#
+#   git worktree add /tmp/old C && cd /tmp/old &&
+#     CGO_ENABLED=0 go build -trimpath -o /tmp/bin-old/ ./cmd/deploy ./cmd/deploy-agent
+#
+# Each round, for each build in turn: boot HOSTS fresh vmtest hosts
+# (bench/vmhost), write the fleet for them (per host: a Go service built
+# from source, its configuration file, a system user, an HTTP health
+# check), build it (`deploy build`, warm after the first round, not
+# timed), then time `deploy --json DIR#@bench` (the first deploy: the agent's
+# bootstrap, the copy, activation, confirmation) and NOOPS no-op redeploys
+# (every host must say unchanged), then tear the hosts down. Each build
+# keeps its own XDG_CACHE_HOME (its own local store) for all rounds; the Go
+# build cache is the machine's.
+#
+# Prints one line per timed run: build, round, what, hosts, wall seconds,
+# user and system CPU seconds of deploy itself, its peak RSS, the 1-minute
+# load average just before the run, then a summary (median per build and
+# kind) at the end. DEPLOY_FLAGS adds flags to every deploy run; KEEP=1
+# leaves the work directory (logs, events) behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=10 rounds=2 noops=3
+while getopts n:r:k: o; do
+	case $o in
+	n) n=$OPTARG ;;
+	r) rounds=$OPTARG ;;
+	k) noops=$OPTARG ;;
+	*) exit 2 ;;
+	esac
+done
+shift $((OPTIND - 1))
+[ $# -ge 1 ] || { echo "usage: $0 [-n HOSTS] [-r ROUNDS] [-k NOOPS] LABEL=BINDIR ..." >&2; exit 2; }
+export GOTOOLCHAIN=local
+w=$(mktemp -d /var/tmp/deploy-pushscale.XXXXXX)
+vmpid=
+cleanup() {
+	if [ -n "$vmpid" ]; then kill "$vmpid" 2>/dev/null || true; wait "$vmpid" 2>/dev/null || true; fi
+	[ -n "${KEEP:-}" ] && { echo "kept $w" >&2; return; }
+	rm -rf "$w"
+}
+trap cleanup EXIT
+CGO_ENABLED=0 go build -o "$w/vmhost" ./bench/vmhost
+
+# The fleet, but for its hosts (written per boot: host keys change).
+mkdir -p "$w/fleet/hello"
+cp examples/quickstart/hello/main.go examples/quickstart/hello/go.mod "$w/fleet/hello/"
+cat >"$w/fleet/role.hcl" <<'EOF'
+role "web" {
+  package "hello" {
+    go { src = "./hello" }
+  }
+  user "hello" {
+    system = true
+  }
+  file "/etc/hello/config.json" {
+    content = "{\"listen\": \":8080\", \"greeting\": \"hello\", \"host\": \"${host.name}\"}\n"
+    owner   = "root"
+    mode    = "0644"
+  }
+  service "hello" {
+    exec_start = "${package.hello}/bin/hello -config /etc/hello/config.json"
+    user       = "hello"
+    restart    = "always"
+  }
+  health_check "hello-http" {
+    url     = "http://127.0.0.1:8080/healthz"
+    timeout = "20s"
+  }
+}
+EOF
+
+boot() {
+	rm -rf "$w/vm" && mkdir -p "$w/vm"
+	"$w/vmhost" -n "$n" -out "$w/vm" >"$w/vm/stdout" 2>"$w/vm/log" &
+	vmpid=$!
+	for _ in $(seq 600); do
+		grep -q ready "$w/vm/stdout" 2>/dev/null && break
+		kill -0 "$vmpid" 2>/dev/null || { cat "$w/vm/log" >&2; exit 1; }
+		sleep 0.5
+	done
+	grep -q ready "$w/vm/stdout" || { echo "hosts did not boot" >&2; exit 1; }
+	# shellcheck disable=SC1091
+	. "$w/vm/env"
+	i=0
+	: >"$w/fleet/hosts.hcl"
+	while read -r addr key; do
+		i=$((i + 1))
+		printf 'host "h%d" {\n  address  = "%s"\n  host_key = "%s"\n  tags     = ["bench"]\n  roles    = [role.web]\n}\n' "$i" "$addr" "$key" >>"$w/fleet/hosts.hcl"
+	done <"$w/vm/known_hosts"
+}
+
+halt() {
+	kill "$vmpid" 2>/dev/null || true
+	wait "$vmpid" 2>/dev/null || true
+	vmpid=
+}
+
+# timed LABEL BIN ROUND WHAT: one deploy run, one result line.
+timed() {
+	local label=$1 bin=$2 round=$3 what=$4
+	local load
+	load=$(cut -d' ' -f1 /proc/loadavg)
+	local out="$w/$label-$round-$what"
+	# shellcheck disable=SC2086
+	nsenter --net="$NETNS" env HOME="$w/home-$label" XDG_CACHE_HOME="$w/home-$label/cache" SSH_AUTH_SOCK= \
+		/usr/bin/time -f '%e %U %S %M' -o "$out.time" \
+		"$bin/deploy" --json --identity "$w/vm/id" --ssh-config none ${DEPLOY_FLAGS:-} "$w/fleet#@bench" >"$out.json" 2>"$out.err" ||
+		{ echo "$label $what: deploy failed:" >&2; tail -20 "$out.err" >&2; exit 1; }
+	local want=ok
+	[ "$what" = first ] || want=unchanged
+	local got
+	got=$(grep -c "\"event\":\"host.result\".*\"result\":\"$want\"" "$out.json" || true)
+	[ "$got" -eq "$n" ] || { echo "$label $what: $got of $n hosts $want" >&2; exit 1; }
+	read -r wall usr sys rss <"$out.time"
+	printf '%-10s round=%d %-6s hosts=%-3d wall=%6.2fs user=%6.2fs sys=%5.2fs rss=%4dMB load1=%s\n' \
+		"$label" "$round" "$what" "$n" "$wall" "$usr" "$sys" $((rss / 1024)) "$load" | tee -a "$w/results"
+}
+
+echo "pushscale: $n hosts, $rounds rounds, $noops no-op redeploys; $(uptime)"
+for round in $(seq "$rounds"); do
+	for spec in "$@"; do
+		label=${spec%%=*} bin=${spec#*=}
+		boot
+		nsenter --net="$NETNS" env HOME="$w/home-$label" XDG_CACHE_HOME="$w/home-$label/cache" \
+			"$bin/deploy" build "$w/fleet#@bench" >/dev/null 2>"$w/build.err" || { cat "$w/build.err" >&2; exit 1; }
+		timed "$label" "$bin" "$round" first
+		for k in $(seq "$noops"); do
+			timed "$label" "$bin" "$round" noop
+		done
+		halt
+	done
+done
+echo "pushscale: done; $(uptime)"
+echo
+echo "median wall seconds (load1 range):"
+for spec in "$@"; do
+	label=${spec%%=*}
+	for what in first noop; do
+		grep "^$label .* $what " "$w/results" | sed 's/.*wall= *\([0-9.]*\)s.*load1=\(.*\)/\1 \2/' | sort -n |
+			awk -v l="$label" -v w="$what" '{v[NR]=$1; ld[NR]=$2} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2;
+				lo=ld[1]; hi=ld[1]; for(i=1;i<=NR;i++){if(ld[i]<lo)lo=ld[i]; if(ld[i]>hi)hi=ld[i]}
+				printf "  %-10s %-6s median %.2fs of %d runs (min %.2f, max %.2f; load1 %s-%s)\n", l, w, m, NR, v[1], v[NR], lo, hi}'
+	done
+done
