@@ -23,9 +23,11 @@
 # build cache is the machine's.
 #
 # Prints one line per timed run: build, round, what, hosts, wall seconds,
-# user and system CPU seconds of deploy itself, its peak RSS, the 1-minute
-# load average just before the run, then a summary (median per build and
-# kind) at the end. DEPLOY_FLAGS adds flags to every deploy run; KEEP=1
+# user and system CPU seconds of deploy itself, its peak RSS, the CPU
+# seconds the hosts used meanwhile (their cgroups' usage: sshd, agents,
+# systemd, the services), the 1-minute load average just before the run,
+# then a summary (median per build and kind) at the end. The hosts' CPU
+# seconds hardly depend on the machine's load; wall seconds do. DEPLOY_FLAGS adds flags to every deploy run; KEEP=1
 # leaves the work directory (logs, events) behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +93,9 @@ boot() {
 	grep -q ready "$w/vm/stdout" || { echo "hosts did not boot" >&2; exit 1; }
 	# shellcheck disable=SC1091
 	. "$w/vm/env"
+	run=$(sed -n 's/.*vmtest: run \([0-9a-f]*\):.*/\1/p' "$w/vm/log" | head -1)
+	cg=/sys/fs/cgroup/unified/deploy-vmtest/$run
+	[ -r "$cg/cpu.stat" ] || cg=/sys/fs/cgroup/deploy-vmtest/$run
 	i=0
 	: >"$w/fleet/hosts.hcl"
 	while read -r addr key; do
@@ -98,6 +103,9 @@ boot() {
 		printf 'host "h%d" {\n  address  = "%s"\n  host_key = "%s"\n  tags     = ["bench"]\n  roles    = [role.web]\n}\n' "$i" "$addr" "$key" >>"$w/fleet/hosts.hcl"
 	done <"$w/vm/known_hosts"
 }
+
+# hostcpu is the CPU microseconds the hosts have used so far.
+hostcpu() { sed -n 's/^usage_usec //p' "$cg/cpu.stat"; }
 
 halt() {
 	kill "$vmpid" 2>/dev/null || true
@@ -111,6 +119,8 @@ timed() {
 	local load
 	load=$(cut -d' ' -f1 /proc/loadavg)
 	local out="$w/$label-$round-$what"
+	local cpu0
+	cpu0=$(hostcpu)
 	# shellcheck disable=SC2086
 	nsenter --net="$NETNS" env HOME="$w/home-$label" XDG_CACHE_HOME="$w/home-$label/cache" SSH_AUTH_SOCK= \
 		/usr/bin/time -f '%e %U %S %M' -o "$out.time" \
@@ -121,9 +131,11 @@ timed() {
 	local got
 	got=$(grep -c "\"event\":\"host.result\".*\"result\":\"$want\"" "$out.json" || true)
 	[ "$got" -eq "$n" ] || { echo "$label $what: $got of $n hosts $want" >&2; exit 1; }
+	local cpu1
+	cpu1=$(hostcpu)
 	read -r wall usr sys rss <"$out.time"
-	printf '%-10s round=%d %-6s hosts=%-3d wall=%6.2fs user=%6.2fs sys=%5.2fs rss=%4dMB load1=%s\n' \
-		"$label" "$round" "$what" "$n" "$wall" "$usr" "$sys" $((rss / 1024)) "$load" | tee -a "$w/results"
+	printf '%-10s round=%d %-6s hosts=%-3d wall=%6.2fs user=%6.2fs sys=%5.2fs rss=%4dMB hostcpu=%6.2fs load1=%s\n' \
+		"$label" "$round" "$what" "$n" "$wall" "$usr" "$sys" $((rss / 1024)) "$(echo "$cpu0 $cpu1" | awk '{printf "%.2f", ($2-$1)/1e6}')" "$load" | tee -a "$w/results"
 }
 
 echo "pushscale: $n hosts, $rounds rounds, $noops no-op redeploys; $(uptime)"
