@@ -182,6 +182,11 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		return rep, err
 	}
 	var failed map[string]error
+	if real != nil {
+		// The runner looks at drift before the copy (see Runner.host):
+		// the run lock brings it.
+		real.driftWithLock = opts.locks() && opts.Mode.Activates() && opts.Mode != ModeDryActivate
+	}
 	if opts.locks() {
 		agents := map[string]string{}
 		for _, h := range s.Selected {
