@@ -27,7 +27,11 @@
 # seconds the hosts used meanwhile (their cgroups' usage: sshd, agents,
 # systemd, the services), the 1-minute load average just before the run,
 # then a summary (median per build and kind) at the end. The hosts' CPU
-# seconds hardly depend on the machine's load; wall seconds do. DEPLOY_FLAGS adds flags to every deploy run; KEEP=1
+# seconds hardly depend on the machine's load; wall seconds do. A build
+# whose run.done event counts SSH use adds conns= and sessions= (per host,
+# min-max over the hosts). COUNT=1 also counts the processes that ran in
+# the hosts during each run (bench/procacct.py: BSD process accounting in
+# each host's PID namespace) and prints them per host below the run's line. DEPLOY_FLAGS adds flags to every deploy run; KEEP=1
 # leaves the work directory (logs, events) behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,6 +125,7 @@ timed() {
 	local out="$w/$label-$round-$what"
 	local cpu0
 	cpu0=$(hostcpu)
+	[ -z "${COUNT:-}" ] || /usr/bin/python3 bench/procacct.py on "$cg" "$out.acct"
 	# shellcheck disable=SC2086
 	nsenter --net="$NETNS" env HOME="$w/home-$label" XDG_CACHE_HOME="$w/home-$label/cache" SSH_AUTH_SOCK= \
 		/usr/bin/time -f '%e %U %S %M' -o "$out.time" \
@@ -133,9 +138,21 @@ timed() {
 	[ "$got" -eq "$n" ] || { echo "$label $what: $got of $n hosts $want" >&2; exit 1; }
 	local cpu1
 	cpu1=$(hostcpu)
+	[ -z "${COUNT:-}" ] || /usr/bin/python3 bench/procacct.py off "$cg"
+	local ssh
+	ssh=$(/usr/bin/python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    ev = json.loads(line)
+    if ev.get("event") == "run.done" and ev.get("ssh"):
+        c = [h["connections"] for h in ev["ssh"].values()]
+        s = [h["sessions"] for h in ev["ssh"].values()]
+        print(f" conns={min(c)}-{max(c)} sessions={min(s)}-{max(s)}")
+' "$out.json")
 	read -r wall usr sys rss <"$out.time"
-	printf '%-10s round=%d %-6s hosts=%-3d wall=%6.2fs user=%6.2fs sys=%5.2fs rss=%4dMB hostcpu=%6.2fs load1=%s\n' \
-		"$label" "$round" "$what" "$n" "$wall" "$usr" "$sys" $((rss / 1024)) "$(echo "$cpu0 $cpu1" | awk '{printf "%.2f", ($2-$1)/1e6}')" "$load" | tee -a "$w/results"
+	printf '%-10s round=%d %-6s hosts=%-3d wall=%6.2fs user=%6.2fs sys=%5.2fs rss=%4dMB hostcpu=%6.2fs load1=%s%s\n' \
+		"$label" "$round" "$what" "$n" "$wall" "$usr" "$sys" $((rss / 1024)) "$(echo "$cpu0 $cpu1" | awk '{printf "%.2f", ($2-$1)/1e6}')" "$load" "$ssh" | tee -a "$w/results"
+	[ -z "${COUNT:-}" ] || /usr/bin/python3 bench/procacct.py count "$out.acct" | tail -1 | sed 's/^/    processes /'
 }
 
 echo "pushscale: $n hosts, $rounds rounds, $noops no-op redeploys; $(uptime)"
