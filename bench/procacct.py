@@ -11,8 +11,10 @@ per PID namespace (acct(2) records the processes of the caller's namespace),
 so a process that enters a host's namespace and calls acct(2) there counts
 exactly that host's processes, each once, when it exits, under the name it
 last exec'd (a shell that execs the agent counts as deploy-agent). Each host
-writes DIR/hN.acct. Root only. Prints, for count, one line per host and
-command name, then the totals per command name divided by the hosts.
+writes DIR/hN.acct. Root only. Prints, for count, one line per host:
+NAME=PROCESSES/CPU-SECONDS per command name, then the same averaged over the
+hosts. Processes still running (systemd, sshd's listener, services) are
+not counted; python3 is this tool's own (one per on).
 """
 import collections
 import ctypes
@@ -87,27 +89,39 @@ def off(cgroup):
         in_ns(pid, lambda libc: 0 if libc.acct(None) == 0 else 1)
 
 
+def comp_t(v):
+    """Decodes a comp_t: 13-bit mantissa, 3-bit base-8 exponent."""
+    return (v & 0x1FFF) << (3 * (v >> 13))
+
+
 def count(out):
+    """Prints per host, then per host on average: NAME=processes/CPU seconds."""
     total = collections.Counter()
+    cpu_total = collections.Counter()
     n = 0
     for f in sorted(os.listdir(out)):
         if not f.endswith(".acct"):
             continue
         n += 1
         c = collections.Counter()
+        cpu = collections.Counter()
         data = open(os.path.join(out, f), "rb").read()
         for i in range(0, len(data) - 63, 64):
             rec = data[i:i + 64]
             if rec[1] != 3:  # acct_v3
                 continue
+            utime, stime = struct.unpack("<HH", rec[32:36])
             comm = rec[48:64].split(b"\0")[0].decode(errors="replace")
             if comm.startswith(".upload-"):
-                comm = ".upload-* (install-self)"
+                comm = ".upload-*"
             c[comm] += 1
+            cpu[comm] += (comp_t(utime) + comp_t(stime)) / 100  # AHZ is 100
         total.update(c)
-        print(f[:-5], " ".join(f"{k}={v}" for k, v in sorted(c.items())))
+        cpu_total.update(cpu)
+        print(f[:-5], " ".join(f"{k}={v}/{cpu[k]:.2f}s" for k, v in sorted(c.items())))
     if n:
-        print("per host:", " ".join(f"{k}={v / n:g}" for k, v in sorted(total.items())))
+        print("per host:", " ".join(f"{k}={v / n:g}/{cpu_total[k] / n:.2f}s" for k, v in sorted(total.items())),
+              f"(all: {sum(total.values()) / n:g} processes, {sum(cpu_total.values()) / n:.2f}s)")
 
 
 if __name__ == "__main__":
