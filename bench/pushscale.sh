@@ -20,7 +20,7 @@
 # bootstrap, the copy, activation, confirmation) and NOOPS no-op redeploys
 # (every host must say unchanged), then tear the hosts down. Each build
 # keeps its own XDG_CACHE_HOME (its own local store) for all rounds; the Go
-# build cache is the machine's.
+# build and module caches are the machine's (GOCACHE, GOMODCACHE).
 #
 # Prints one line per timed run: build, round, what, hosts, wall seconds,
 # user and system CPU seconds of deploy itself, its peak RSS, the CPU
@@ -56,6 +56,10 @@ cleanup() {
 }
 trap cleanup EXIT
 CGO_ENABLED=0 go build -o "$w/vmhost" ./bench/vmhost
+# The Go package of the fleet builds with the machine's caches, not in each
+# build's own HOME.
+GOCACHE=$(go env GOCACHE) GOMODCACHE=$(go env GOMODCACHE)
+export GOCACHE GOMODCACHE
 
 # The fleet, but for its hosts (written per boot: host keys change).
 mkdir -p "$w/fleet/hello"
