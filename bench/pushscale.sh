@@ -175,13 +175,16 @@ for round in $(seq "$rounds"); do
 done
 echo "pushscale: done; $(uptime)"
 echo
-echo "median wall seconds (load1 range):"
+echo "medians per build and kind (wall, deploy's CPU user+sys, the hosts' CPU; load1 range):"
 for spec in "$@"; do
 	label=${spec%%=*}
 	for what in first noop; do
-		grep "^$label .* $what " "$w/results" | sed 's/.*wall= *\([0-9.]*\)s.*load1=\(.*\)/\1 \2/' | sort -n |
-			awk -v l="$label" -v w="$what" '{v[NR]=$1; ld[NR]=$2} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2;
-				lo=ld[1]; hi=ld[1]; for(i=1;i<=NR;i++){if(ld[i]<lo)lo=ld[i]; if(ld[i]>hi)hi=ld[i]}
-				printf "  %-10s %-6s median %.2fs of %d runs (min %.2f, max %.2f; load1 %s-%s)\n", l, w, m, NR, v[1], v[NR], lo, hi}'
+		grep "^$label .* $what " "$w/results" | sed 's/= */=/g' | awk -v l="$label" -v w="$what" '
+			function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+				return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+			{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v = kv[2]; sub(/s$/, "", v)
+				if (kv[1] == "wall") wall[NR] = v; if (kv[1] == "user") u = v; if (kv[1] == "sys") cpu[NR] = u + v
+				if (kv[1] == "hostcpu") host[NR] = v; if (kv[1] == "load1") { ld[NR] = v + 0; if (NR == 1 || v + 0 < lo) lo = v + 0; if (NR == 1 || v + 0 > hi) hi = v + 0 } } }
+			END { if (NR) printf "  %-10s %-6s %d runs: wall %.2fs  deploy CPU %.2fs  hosts CPU %.2fs  (load1 %.1f-%.1f)\n", l, w, NR, med(wall, NR), med(cpu, NR), med(host, NR), lo, hi }'
 	done
 done
