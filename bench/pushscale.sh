@@ -183,8 +183,8 @@ for spec in "$@"; do
 			function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 				return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 			{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v = kv[2]; sub(/s$/, "", v)
-				if (kv[1] == "wall") wall[NR] = v; if (kv[1] == "user") u = v; if (kv[1] == "sys") cpu[NR] = u + v
-				if (kv[1] == "hostcpu") host[NR] = v; if (kv[1] == "load1") { ld[NR] = v + 0; if (NR == 1 || v + 0 < lo) lo = v + 0; if (NR == 1 || v + 0 > hi) hi = v + 0 } } }
+				if (kv[1] == "wall") wall[NR] = v + 0; if (kv[1] == "user") u = v; if (kv[1] == "sys") cpu[NR] = u + v
+				if (kv[1] == "hostcpu") host[NR] = v + 0; if (kv[1] == "load1") { ld[NR] = v + 0; if (NR == 1 || v + 0 < lo) lo = v + 0; if (NR == 1 || v + 0 > hi) hi = v + 0 } } }
 			END { if (NR) printf "  %-10s %-6s %d runs: wall %.2fs  deploy CPU %.2fs  hosts CPU %.2fs  (load1 %.1f-%.1f)\n", l, w, NR, med(wall, NR), med(cpu, NR), med(host, NR), lo, hi }'
 	done
 done
