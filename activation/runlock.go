@@ -51,6 +51,9 @@ type RunLockOptions struct {
 	Lease time.Duration
 	// Logf receives what happens (may be nil).
 	Logf func(format string, args ...any)
+	// Drift, if set, is asked once the lock is taken, and its answer goes
+	// into the reply (a deploy's look at drift, in the same request).
+	Drift func() (*agentapi.Drift, error)
 }
 
 // HoldRunLock serves one run lock request: it reads the holder (one JSON
@@ -136,7 +139,15 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 	if err := atomicfile.Write(l.RunHolderFile(), data, 0o600); err != nil {
 		return err
 	}
-	if err := reply(&agentapi.LockReply{Locked: true, TookOver: tookOver}); err != nil {
+	r := &agentapi.LockReply{Locked: true, TookOver: tookOver}
+	if opts.Drift != nil {
+		if d, err := opts.Drift(); err != nil {
+			r.DriftError = err.Error()
+		} else {
+			r.Drift = d
+		}
+	}
+	if err := reply(r); err != nil {
 		return err
 	}
 	lines := make(chan string)

@@ -369,6 +369,11 @@ type LockReply struct {
 	// TookOver is the run whose lock was left behind (its run crashed or
 	// lost its connection) and is now ours.
 	TookOver *RunHolder `json:"took_over,omitempty"`
+	// Drift is the host compared with its current generation, when the
+	// request asked for it ([RunLockCmd.Drift]) and the lock was taken;
+	// DriftError says why it could not be compared.
+	Drift      *Drift `json:"drift,omitempty"`
+	DriftError string `json:"drift_error,omitempty"`
 }
 
 // VersionError is a document newer than this operator understands.

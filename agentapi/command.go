@@ -96,11 +96,21 @@ type RunLockCmd struct {
 	StateDir string
 	Wait     time.Duration // how long to wait for another run's lock
 	Lease    time.Duration // how long the lock lasts without a line
+	// Drift, once the lock is taken, compares the host with its current
+	// generation (store paths checked for presence) and puts the result
+	// in the reply ([LockReply.Drift]): a deploy's look at drift without
+	// a session and an agent process of its own. An agent that predates
+	// it exits [ExitUsage].
+	Drift bool
 }
 
 // Args implements the command line.
 func (r RunLockCmd) Args() []string {
-	return append(dirArgs(VerbRunLock, r.StateDir, ""), "--wait", r.Wait.String(), "--lease", r.Lease.String())
+	args := append(dirArgs(VerbRunLock, r.StateDir, ""), "--wait", r.Wait.String(), "--lease", r.Lease.String())
+	if r.Drift {
+		args = append(args, "--drift")
+	}
+	return args
 }
 
 // ReceiveCmd is `receive`: the transfer protocol's agent side.

@@ -109,6 +109,7 @@ func TestCommandLines(t *testing.T) {
 		{RollbackCmd{To: 3, ConfirmTimeout: time.Minute}, "rollback --state-dir /var/lib/deploy --to 3 --confirm-timeout 1m0s"},
 		{ConfirmCmd{Generation: 4}, "confirm --state-dir /var/lib/deploy 4"},
 		{RunLockCmd{Wait: 0, Lease: time.Minute}, "run-lock --state-dir /var/lib/deploy --wait 0s --lease 1m0s"},
+		{RunLockCmd{Wait: 0, Lease: time.Minute, Drift: true}, "run-lock --state-dir /var/lib/deploy --wait 0s --lease 1m0s --drift"},
 		{GCCmd{Keep: 5}, "gc --state-dir /var/lib/deploy --json --keep 5"},
 		{GCCmd{Keep: 2, KeepPushed: -1, PushedMaxAge: time.Hour, DropPushed: true},
 			"gc --state-dir /var/lib/deploy --json --keep 2 --keep-pushed 0 --pushed-max-age 1h0m0s --drop-pushed"},

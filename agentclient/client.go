@@ -117,7 +117,7 @@ func (c *Client) Conn(ctx context.Context) (*mesh.Client, error) {
 		// gave the lock up, or will when it notices. Take it again; if
 		// another run got it meanwhile, this host is lost to this run.
 		lost.abandon()
-		reply, err := c.lockOn(ctx, conn, lost.run, 0, lost.agent)
+		reply, err := c.lockOn(ctx, conn, lost.run, 0, lost.agent, false)
 		if err != nil {
 			return nil, err
 		}

@@ -282,29 +282,53 @@ gzip -dc > "$1" && chmod 700 "$1" || exit 1
 exec "$@"`, agentapi.ExitNoGzip)
 
 // gzipped caches each agent binary's gzip stream (a few MB): a fleet's
-// first deploy bootstraps many hosts with the same agent.
-var gzipped sync.Map // binary path -> []byte
+// first deploy bootstraps many hosts with the same agent, all at once, and
+// compressing it once per host was most of the operator's CPU time in a
+// 10-host first deploy (issue 27). The first caller compresses; the others
+// wait for its bytes.
+var gzipped sync.Map // binary path -> *gzipOnce
+
+type gzipOnce struct {
+	once sync.Once
+	data []byte
+	err  error
+}
+
+// gzipFile returns src gzip-compressed (compressed once per process).
+func gzipFile(src string) ([]byte, error) {
+	v, _ := gzipped.LoadOrStore(src, &gzipOnce{})
+	g := v.(*gzipOnce)
+	g.once.Do(func() {
+		raw, err := os.ReadFile(src)
+		if err != nil {
+			g.err = err
+			return
+		}
+		buf := bytes.NewBuffer(make([]byte, 0, len(raw)/2))
+		zw, _ := gzip.NewWriterLevel(buf, gzip.BestSpeed)
+		zw.Write(raw)
+		if err := zw.Close(); err != nil {
+			g.err = err
+			return
+		}
+		g.data = buf.Bytes()
+	})
+	if g.err != nil {
+		gzipped.CompareAndDelete(src, g) // a later call tries again
+	}
+	return g.data, g.err
+}
 
 // uploadCompressed sends the binary src gzip-compressed (the agent is about
 // 40% of its size so) to upload on the host and runs install there, in one
 // session. A host without gzip exits agentapi.ExitNoGzip, having changed
 // nothing.
 func uploadCompressed(ctx context.Context, client *mesh.Client, src, upload string, install []string, stdout, stderr io.Writer) error {
-	data, ok := gzipped.Load(src)
-	if !ok {
-		raw, err := os.ReadFile(src)
-		if err != nil {
-			return fmt.Errorf("upload: %w", err)
-		}
-		var buf bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-		zw.Write(raw)
-		if err := zw.Close(); err != nil {
-			return fmt.Errorf("upload: %w", err)
-		}
-		data, _ = gzipped.LoadOrStore(src, buf.Bytes())
+	data, err := gzipFile(src)
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
 	}
-	return client.Run(ctx, append([]string{"sh", "-c", uploadScript, "sh"}, install...), bytes.NewReader(data.([]byte)), stdout, stderr)
+	return client.Run(ctx, append([]string{"sh", "-c", uploadScript, "sh"}, install...), bytes.NewReader(data), stdout, stderr)
 }
 
 // errNoOldAgent is upgradeAgent's answer for a host with no agent at all.

@@ -56,16 +56,32 @@ func (c *Client) Lock(ctx context.Context, run *agentapi.RunHolder, wait time.Du
 	if err != nil {
 		return nil, err
 	}
-	return c.lockOn(ctx, conn, run, wait, agent)
+	return c.lockOn(ctx, conn, run, wait, agent, false)
 }
 
-func (c *Client) lockOn(ctx context.Context, conn *mesh.Client, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error) {
+// LockDrift is [Client.Lock] that also has the agent compare the host with
+// its current generation once the lock is taken, in the same request (store
+// paths checked for presence only, as [Client.Drift] with verifyStore
+// false): the reply's Drift, or DriftError. A deploy looks at drift before
+// its copy, and asking with the lock saves each host a session and an
+// agent process. An agent that predates this answers without either: the
+// caller asks [Client.Drift] then.
+func (c *Client) LockDrift(ctx context.Context, run *agentapi.RunHolder, wait time.Duration, agent string) (*agentapi.LockReply, error) {
+	conn, err := c.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.lockOn(ctx, conn, run, wait, agent, true)
+}
+
+func (c *Client) lockOn(ctx context.Context, conn *mesh.Client, run *agentapi.RunHolder, wait time.Duration, agent string, drift bool) (*agentapi.LockReply, error) {
 	who := []agentapi.Agent{agentapi.CurrentAgent}
 	if agent != "" {
 		who = []agentapi.Agent{agentapi.AgentAt(agent)}
 	}
-	args := agentapi.RunLockCmd{StateDir: c.stateDir(), Wait: wait, Lease: LockLease}.Args()
-	for attempt := 0; ; attempt++ {
+	bootstrapped := false
+	for {
+		args := agentapi.RunLockCmd{StateDir: c.stateDir(), Wait: wait, Lease: LockLease, Drift: drift}.Args()
 		// The session outlives ctx: Ctrl-C must not drop the lock before
 		// the run has released it on its way out.
 		sess, err := conn.Start(context.WithoutCancel(ctx), c.command(who, args...))
@@ -84,10 +100,16 @@ func (c *Client) lockOn(ctx context.Context, conn *mesh.Client, run *agentapi.Ru
 				return nil, ctx.Err()
 			case errors.As(rerr, &ve):
 				return nil, fmt.Errorf("run lock: %w", rerr)
-			case errors.As(werr, &ee) && ee.Code == agentapi.ExitNoAgent && agent != "" && attempt == 0:
+			case errors.As(werr, &ee) && ee.Code == agentapi.ExitNoAgent && agent != "" && !bootstrapped:
 				if err := c.bootstrap(ctx, conn, agent); err != nil {
 					return nil, err
 				}
+				bootstrapped = true
+				continue
+			case errors.As(werr, &ee) && ee.Code == agentapi.ExitUsage && drift:
+				// An agent that predates run-lock --drift: ask again
+				// without it (the caller asks for drift on its own).
+				drift = false
 				continue
 			case errors.As(werr, &ee) && ee.Code == agentapi.ExitNoAgent:
 				return nil, ErrNoAgent

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/vmtest"
 )
 
@@ -45,5 +48,43 @@ exit 2`)
 	_, err = c.Drift(ctx, true)
 	if !errors.Is(err, ErrVerbUnknown) {
 		t.Errorf("an agent that predates drift: %v, want %v", err, ErrVerbUnknown)
+	}
+}
+
+// The run lock brings the host's drift when the agent knows run-lock
+// --drift, in one session; an agent that predates the flag (a usage
+// error) is asked again without it, and the reply has no drift, so the
+// caller asks for it on its own.
+func TestLockDrift(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	cfg := testConfig(t, nw)
+	cfg.Counts = &mesh.Counts{}
+	c := &Client{Target: target(h), Mesh: cfg}
+	defer c.Close()
+	ctx := context.Background()
+	run := &agentapi.RunHolder{Run: "r1", Started: time.Now()}
+
+	standInAgent(t, h, `case " $* " in *" --drift "*) reply='{"v":1,"locked":true,"drift":{"v":1,"generation":3,"items":[]}}' ;; *) reply='{"v":1,"locked":true}' ;; esac
+read holder; echo "$reply"; cat >/dev/null`)
+	reply, err := c.LockDrift(ctx, run, 0, "")
+	if err != nil || !reply.Locked || reply.Drift == nil || reply.Drift.Generation != 3 {
+		t.Fatalf("LockDrift = %+v, %v; want locked with the drift of generation 3", reply, err)
+	}
+	c.Unlock()
+	if got := cfg.Counts.Host(c.Name()); got.Sessions != 1 {
+		t.Errorf("LockDrift opened %d sessions, want 1", got.Sessions)
+	}
+
+	standInAgent(t, h, `case " $* " in *" --drift "*) echo "flag provided but not defined: -drift" >&2; exit 2 ;; esac
+read holder; echo '{"v":1,"locked":true}'; cat >/dev/null`)
+	reply, err = c.LockDrift(ctx, run, 0, "")
+	if err != nil || !reply.Locked || reply.Drift != nil || reply.DriftError != "" {
+		t.Fatalf("LockDrift with an agent that predates --drift = %+v, %v; want locked, no drift", reply, err)
+	}
+	c.Unlock()
+	if got := cfg.Counts.Host(c.Name()); got.Sessions != 3 {
+		t.Errorf("sessions after both: %d, want 3 (1, then the refused --drift and the lock)", got.Sessions)
 	}
 }

@@ -38,6 +38,9 @@ type Store struct {
 	// PinsDir holds the pushed closures' roots (see [Store.Pin]); empty:
 	// the store keeps none.
 	PinsDir string
+	// NARs, if set, keeps dumped NARs in memory for the next [Store.Dump]
+	// of the same path (an operator sending one closure to many hosts).
+	NARs *NARCache
 
 	// swept says that this Store swept the leftovers of interrupted
 	// imports once (see lockShared).
@@ -241,7 +244,11 @@ func (s *Store) Closure(roots ...string) ([]*PathInfo, error) {
 
 // Dump writes the NAR of valid path p to w.
 func (s *Store) Dump(w io.Writer, p string) error {
-	if _, err := s.Info(p); err != nil {
+	info, err := s.Info(p)
+	if err != nil {
+		return err
+	}
+	if ok, err := s.NARs.dump(w, p, s.RealPath(p), info.NarSize); ok {
 		return err
 	}
 	return nar.Dump(w, s.RealPath(p))

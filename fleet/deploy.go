@@ -203,7 +203,18 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	if err != nil {
 		return rep, err
 	}
+	if st := s.Builder.Store; real != nil && st != nil && st.NARs == nil && len(s.Selected) > 1 {
+		// Many hosts lack the same paths (the agent, a new package): each
+		// NAR is dumped once and the same bytes go to every host.
+		st.NARs = &closure.NARCache{Max: narCacheMax, MaxPath: narCacheMaxPath}
+		defer func() { st.NARs = nil }()
+	}
 	var failed map[string]error
+	if real != nil {
+		// The runner looks at drift before the copy (see Runner.host):
+		// the run lock brings it.
+		real.driftWithLock = opts.locks() && opts.Mode.Activates() && opts.Mode != ModeDryActivate
+	}
 	if opts.locks() {
 		agents := map[string]string{}
 		for _, h := range s.Selected {
@@ -254,6 +265,14 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	}
 	return rep, rep.Err()
 }
+
+// The NAR cache of a deploy to several hosts: at most narCacheMax bytes,
+// of paths up to narCacheMaxPath (bigger ones are dumped once per host, as
+// they stream).
+const (
+	narCacheMax     = 256 << 20
+	narCacheMaxPath = 64 << 20
+)
 
 // ops returns the host operations of a rollout: Ops, else the real ones
 // (returned a second time, to be set up for the run).

@@ -6,6 +6,7 @@ import (
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/mesh"
 )
 
 // EventSchemaVersion is the version of the [Event] JSON schema (the "v"
@@ -138,6 +139,9 @@ type Event struct {
 	Channel    string               `json:"channel,omitempty"`
 	Serial     int64                `json:"serial,omitempty"`
 	PullStatus *agentapi.PullStatus `json:"pull_status,omitempty"`
+	// SSH of run.done: per host, the SSH connections the run made and
+	// the sessions it opened on them (every host the run contacted).
+	SSH map[string]mesh.HostCounts `json:"ssh,omitempty"`
 }
 
 // Event types.
@@ -154,7 +158,7 @@ const (
 	EventOutput     = "host.output"     // Host, Stream, Message: a line of exec's output
 	EventCachePush  = "cache.push"      // State, Message (the cache), Paths, CopyPaths, Total, Error
 	EventPublish    = "channel.publish" // Channel, Serial, Batches (the waves), State, Message
-	EventRunDone    = "run.done"        // Summary
+	EventRunDone    = "run.done"        // Summary, SSH
 )
 
 // emitter hands events to a sink one at a time, stamped with the schema

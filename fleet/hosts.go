@@ -28,13 +28,18 @@ type sshHosts struct {
 	compress    bool
 	cache       *closure.CacheSpec
 	activation  activationSettings
+	// driftWithLock has each run lock also bring the host's drift (one
+	// session and one agent process per host fewer than asking after);
+	// Drift answers from it.
+	driftWithLock bool
 
 	// beforeConfirm, in tests, runs before a host's confirmation
 	// connection is opened.
 	beforeConfirm func(host string)
 
-	mu     sync.Mutex
-	before map[string]string // each host's current system before this run
+	mu        sync.Mutex
+	before    map[string]string              // each host's current system before this run
+	lockDrift map[string]*agentapi.LockReply // run lock replies that brought drift, until Drift takes them
 }
 
 // activationSettings are the per-run settings of activation.
@@ -65,7 +70,19 @@ func (o *sshHosts) Lock(ctx context.Context, host string, run *agentapi.RunHolde
 	if err != nil {
 		return nil, err
 	}
-	return c.Lock(ctx, run, wait, agent)
+	if !o.driftWithLock {
+		return c.Lock(ctx, run, wait, agent)
+	}
+	reply, err := c.LockDrift(ctx, run, wait, agent)
+	if err == nil && reply.Locked && (reply.Drift != nil || reply.DriftError != "") {
+		o.mu.Lock()
+		if o.lockDrift == nil {
+			o.lockDrift = map[string]*agentapi.LockReply{}
+		}
+		o.lockDrift[host] = reply
+		o.mu.Unlock()
+	}
+	return reply, err
 }
 
 // Unlock implements [HostOps].
@@ -209,8 +226,19 @@ func (o *sshHosts) Rollback(ctx context.Context, host string, gen int, logf func
 }
 
 // Drift implements [DriftChecker] over the host's connection (store paths
-// checked for presence only).
+// checked for presence only): what the host's run lock brought, else a
+// request of its own.
 func (o *sshHosts) Drift(ctx context.Context, host string) (*agentapi.Drift, error) {
+	o.mu.Lock()
+	r := o.lockDrift[host]
+	delete(o.lockDrift, host)
+	o.mu.Unlock()
+	switch {
+	case r != nil && r.DriftError != "":
+		return nil, errors.New(r.DriftError)
+	case r != nil:
+		return r.Drift, nil
+	}
 	c, err := o.client(host)
 	if err != nil {
 		return nil, err

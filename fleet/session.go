@@ -88,6 +88,7 @@ type Session struct {
 
 	emitter     emitter
 	ssh         *sshHosts
+	counts      mesh.Counts // the run's SSH connections and sessions, per host
 	tailnetOnce sync.Once
 	tailnetStop func()
 	tailnetErr  error
@@ -203,7 +204,11 @@ func (s *Session) end(rep *Report) {
 			summary[hr.Result] = append(summary[hr.Result], name)
 		}
 	}
-	s.emit(Event{Type: EventRunDone, Command: s.Command, Summary: summary})
+	ev := Event{Type: EventRunDone, Command: s.Command, Summary: summary}
+	if s.ssh != nil {
+		ev.SSH = s.counts.All()
+	}
+	s.emit(ev)
 }
 
 // finish records a host's end in the report and emits its host.result.
@@ -266,10 +271,7 @@ func (s *Session) hosts(ctx context.Context) (*sshHosts, error) {
 	if s.ssh != nil {
 		return s.ssh, nil
 	}
-	cfg := s.Mesh
-	if cfg == nil {
-		cfg = &mesh.Config{}
-	}
+	cfg := s.countedMesh(s.Mesh)
 	ops := &sshHosts{clients: map[string]*agentclient.Client{}}
 	for _, h := range s.Selected {
 		c := &agentclient.Client{Target: Target(h), Mesh: cfg, StateDir: s.StateDir}
@@ -281,12 +283,23 @@ func (s *Session) hosts(ctx context.Context) (*sshHosts, error) {
 			if err != nil {
 				return nil, err
 			}
-			c.Mesh = tc
+			c.Mesh = s.countedMesh(tc)
 		}
 		ops.clients[h.Name] = c
 	}
 	s.ssh = ops
 	return ops, nil
+}
+
+// countedMesh is a copy of cfg (nil: the zero configuration) that counts
+// into the session's counts (run.done reports them).
+func (s *Session) countedMesh(cfg *mesh.Config) *mesh.Config {
+	c := mesh.Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	c.Counts = &s.counts
+	return &c
 }
 
 // transport is how h is reached: the deployment's transport, else the

@@ -78,6 +78,7 @@ func (c *Config) Connect(ctx context.Context, t Target) (*Client, error) {
 		prev = sc
 	}
 	ok = true
+	c.Counts.add(countKey(t), 1, 0)
 	go cl.watch()
 	interval, max := c.keepaliveInterval(), c.keepaliveMax()
 	if c.KeepaliveInterval == 0 && r.target.aliveInterval > 0 {

@@ -97,6 +97,9 @@ type Config struct {
 	// Logf receives diagnostics; nil discards them. Keys and passwords are
 	// never logged.
 	Logf func(format string, args ...any)
+	// Counts, if set, counts the connections made and the sessions opened
+	// per target.
+	Counts *Counts
 }
 
 func (c *Config) getenv(k string) string {

@@ -203,6 +203,7 @@ func (cl *Client) start(ctx context.Context, cmd []string, extraStderr io.Writer
 	if err != nil {
 		return nil, err
 	}
+	cl.cfg.Counts.add(countKey(cl.target), 0, 1)
 	stdin, err1 := sess.StdinPipe()
 	stdout, err2 := sess.StdoutPipe()
 	stderr, err3 := sess.StderrPipe()

@@ -37,6 +37,7 @@ func (cl *Client) SFTP(ctx context.Context) (*sftp.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	cl.cfg.Counts.add(countKey(cl.target), 0, 1)
 	stdin, err := s.StdinPipe()
 	if err != nil {
 		s.Close()

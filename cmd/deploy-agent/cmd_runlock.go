@@ -15,6 +15,7 @@ type runLockArgs struct {
 	layout activation.Layout
 	wait   time.Duration
 	lease  time.Duration
+	drift  bool
 }
 
 func parseRunLock(args []string, stderr io.Writer) (*runLockArgs, error) {
@@ -23,6 +24,7 @@ func parseRunLock(args []string, stderr io.Writer) (*runLockArgs, error) {
 	a := &runLockArgs{}
 	fs.DurationVar(&a.wait, "wait", 0, "wait up to this `duration` for a held lock")
 	fs.DurationVar(&a.lease, "lease", time.Minute, "give the lock up after this `duration` without a line from the operator")
+	fs.BoolVar(&a.drift, "drift", false, "once the lock is taken, compare the host with its current generation, in the reply")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErr(err)
 	}
@@ -38,7 +40,11 @@ func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	err = a.layout.HoldRunLock(ctx, stdin, stdout, activation.RunLockOptions{Wait: a.wait, Lease: a.lease, Logf: prefixed(stderr)})
+	opts := activation.RunLockOptions{Wait: a.wait, Lease: a.lease, Logf: prefixed(stderr)}
+	if a.drift {
+		opts.Drift = func() (*agentapi.Drift, error) { return a.layout.Drift(ctx, activation.DriftOptions{}) }
+	}
+	err = a.layout.HoldRunLock(ctx, stdin, stdout, opts)
 	var held *activation.RunLockHeldError
 	if errors.As(err, &held) {
 		return lockHeldErr(err)

@@ -17,25 +17,26 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	endProfile := profile(os.Getenv("DEPLOY_CPUPROFILE"))
+	stopProfile := startProfile(os.Getenv("DEPLOY_CPUPROFILE"), os.Stderr)
 	code := Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	endProfile()
+	stopProfile()
 	stop()
 	os.Exit(code)
 }
 
-// profile writes a CPU profile of the run to path (DEPLOY_CPUPROFILE, for
-// benchmarks: go tool pprof reads it); it returns what ends it.
-func profile(path string) func() {
-	if path == "" {
+// startProfile writes a CPU profile of the whole run to file (the
+// environment's DEPLOY_CPUPROFILE; "" profiles nothing) until the
+// returned function is called: for `go tool pprof deploy FILE`.
+func startProfile(file string, stderr io.Writer) func() {
+	if file == "" {
 		return func() {}
 	}
-	f, err := os.Create(path)
+	f, err := os.Create(file)
 	if err == nil {
 		err = pprof.StartCPUProfile(f)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "deploy: DEPLOY_CPUPROFILE: %v\n", err)
+		fmt.Fprintf(stderr, "deploy: DEPLOY_CPUPROFILE: %v\n", err)
 		return func() {}
 	}
 	return func() {

@@ -13,6 +13,7 @@ import (
 	"github.com/declarative/deploy/fleet"
 	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/e2e/cli"
+	"github.com/declarative/deploy/mesh"
 	"github.com/declarative/deploy/vmtest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -89,6 +90,16 @@ func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
 	}
 	if last := events[len(events)-1]; last.Type != fleet.EventRunDone {
 		t.Errorf("last event %+v, want run.done", last)
+	} else {
+		// A fresh host: the run lock's first try finds no agent, so does
+		// the look for an older one to upgrade, then the upload and
+		// install-self, the run lock (with drift), the copy, the
+		// activation, and the confirmation over a second connection.
+		for _, h := range hosts {
+			if got, want := last.SSH[h.Name()], (mesh.HostCounts{Connections: 2, Sessions: 7}); got != want {
+				t.Errorf("first deploy: %s used %+v, want %+v", h.Name(), got, want)
+			}
+		}
 	}
 	firstCopy := slices.IndexFunc(events, func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseCopy })
 	if slices.ContainsFunc(events[firstCopy:], func(ev fleet.Event) bool { return ev.Phase == fleet.PhaseBuild || ev.Phase == fleet.PhaseLock }) {
@@ -98,7 +109,8 @@ func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
 	// 2. One host's role arguments change: only that host is activated.
 	rolloutFleet(t, fl, "hello", map[string]string{"h5": "    greeting = \"hi from h5\"\n"})
 	c2 := fl.Commit(t, "h5 greets")
-	res := r.JSON(t, "", target).Want(t, 0).Results()
+	events = r.JSON(t, "", target).Want(t, 0).Events
+	res := cli.Results(events)
 	for _, h := range []string{"h1", "h2", "h3", "h4"} {
 		if res[h].Result != fleet.ResultUnchanged {
 			t.Errorf("second deploy: %s is %s, want unchanged", h, res[h].Result)
@@ -106,6 +118,20 @@ func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
 	}
 	if res["h5"].Result != fleet.ResultOK || hosts[4].Succeed("cat /etc/web/greeting") != "hi from h5\n" {
 		t.Errorf("second deploy: h5 %+v", res["h5"])
+	}
+	// What each host cost (docs/ARCHITECTURE.md, "Per host, per run"): an
+	// unchanged host one connection with two sessions (the run lock, which
+	// brings the drift, and the closure check); an activated one also the
+	// activation and the confirmation over a connection of its own.
+	ssh := events[len(events)-1].SSH
+	for h, want := range map[string]mesh.HostCounts{
+		"h1": {Connections: 1, Sessions: 2}, "h2": {Connections: 1, Sessions: 2},
+		"h3": {Connections: 1, Sessions: 2}, "h4": {Connections: 1, Sessions: 2},
+		"h5": {Connections: 2, Sessions: 4},
+	} {
+		if ssh[h] != want {
+			t.Errorf("second deploy: %s used %+v, want %+v", h, ssh[h], want)
+		}
 	}
 	before := map[string]string{}
 	for _, h := range hosts {

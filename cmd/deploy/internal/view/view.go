@@ -185,8 +185,13 @@ func cacheLine(ev fleet.Event) string {
 var resultOrder = []fleet.Result{fleet.ResultOK, fleet.ResultUnchanged, fleet.ResultPlanned, fleet.ResultRolledBack,
 	fleet.ResultFailed, fleet.ResultRefused, fleet.ResultUnreachable, fleet.ResultLocked, fleet.ResultCommandFailed, fleet.ResultDrifted, fleet.ResultSkipped}
 
-// liveView redraws a per-host table on the terminal ten times a second.
-// Every state has a word and a symbol; colour only decorates.
+// liveView redraws a per-host table on the terminal ten times a second,
+// when something changed or a row's timer runs. When the rows do not fit
+// the terminal (hundreds of hosts), it draws one summary line per batch
+// instead, then the hosts that failed and the notes, as many as fit: a
+// table taller than the screen cannot be redrawn in place, and a redraw
+// of hundreds of rows per tick is work nobody can read. Every state has a
+// word and a symbol; colour only decorates.
 type liveView struct {
 	mu      sync.Mutex
 	w       *os.File
@@ -205,6 +210,10 @@ type liveView struct {
 	batches int
 	batch   int
 	dryRun  bool // the run.start said so
+	// dirty says that an event came since the last draw.
+	dirty bool
+	// size is the terminal's width and height (0, 0 when unknown).
+	size func() (int, int)
 }
 
 type liveRow struct {
@@ -239,6 +248,13 @@ func newLiveView(w *os.File, noColor bool) *liveView {
 		st = liveStyles{}
 	}
 	v := &liveView{w: w, rows: map[string]*liveRow{}, done: make(chan struct{}), stopped: make(chan struct{}), styles: st, start: time.Now()}
+	v.size = func() (int, int) {
+		w, h, err := term.GetSize(int(v.w.Fd()))
+		if err != nil {
+			return 0, 0
+		}
+		return w, h
+	}
 	go v.loop()
 	return v
 }
@@ -246,6 +262,7 @@ func newLiveView(w *os.File, noColor bool) *liveView {
 func (v *liveView) Event(ev fleet.Event) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.dirty = true
 	row := func(h string) *liveRow {
 		r := v.rows[h]
 		if r == nil {
@@ -358,9 +375,9 @@ func (v *liveView) loop() {
 	for {
 		select {
 		case <-t.C:
-			v.draw()
+			v.draw(false)
 		case <-v.done:
-			v.draw()
+			v.draw(true)
 			return
 		}
 	}
@@ -380,17 +397,141 @@ var symbols = map[string]string{"waiting": "·", "running": "▶", "done": "▶"
 	"rolled-back": "↺", "failed": "✗", "unreachable": "✗", "locked": "✗", "command-failed": "✗", "refused": "✗",
 	"drifted": "≠", "skipped": "-"}
 
-func (v *liveView) draw() {
+// draw redraws the table (or the batches' summary) when an event came
+// since the last draw, a row's timer runs, or final says so.
+func (v *liveView) draw(final bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	width, height := v.size()
+	if width <= 20 {
+		width = 80
+	}
+	compact := height > 0 && 1+len(v.hosts)+len(v.notes) > height-1
+	if !final && !v.dirty && (compact || !v.timing()) {
+		return
+	}
+	v.dirty = false
+	var lines []string
+	if compact {
+		lines = v.summary(width, max(height-1, 2))
+	} else {
+		lines = v.table(width)
+	}
 	var b strings.Builder
 	if v.drawn > 0 {
 		fmt.Fprintf(&b, "\x1b[%dA", v.drawn)
 	}
-	width := 80
-	if w, _, err := term.GetSize(int(v.w.Fd())); err == nil && w > 20 {
-		width = w
+	for _, l := range lines {
+		b.WriteString("\x1b[2K" + l + "\n")
 	}
+	if len(lines) < v.drawn {
+		// A shorter drawing than the last (the table became a summary):
+		// clear what is left below it.
+		b.WriteString("\x1b[J")
+	}
+	v.drawn = len(lines)
+	io.WriteString(v.w, b.String())
+}
+
+// timing reports whether a row's timer is running (its elapsed time
+// changes without an event).
+func (v *liveView) timing() bool {
+	for _, r := range v.rows {
+		if r.state != "waiting" && r.ended.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// summaryOrder is the order of the states in a batch's summary line.
+var summaryOrder = []string{"ok", "unchanged", "planned", "running", "done", "waiting", "rolled-back", "failed",
+	"unreachable", "locked", "command-failed", "refused", "drifted", "skipped"}
+
+// summary is the compact drawing, at most height lines: one line per batch
+// (its hosts by state, running ones by phase), then the hosts that failed,
+// then the last notes.
+func (v *liveView) summary(width, height int) []string {
+	n := max(v.batches, 1)
+	type tally struct {
+		hosts  int
+		states map[string]int
+		phases map[fleet.Phase]int
+	}
+	batches := make([]tally, n)
+	for i := range batches {
+		batches[i] = tally{states: map[string]int{}, phases: map[fleet.Phase]int{}}
+	}
+	var bad []string
+	for _, h := range v.hosts {
+		r := v.rows[h]
+		b := max(v.batchOf[h], 1) - 1
+		if b >= n {
+			b = n - 1
+		}
+		t := &batches[b]
+		t.hosts++
+		t.states[r.state]++
+		if r.state == "running" || r.state == "done" {
+			t.phases[r.phase]++
+		}
+		if r.bad {
+			bad = append(bad, v.styles.bad.Render(clip(fmt.Sprintf("%s  %s %s  %s", h, symbols[r.state], r.state, r.detail), width)))
+		}
+	}
+	lines := []string{v.styles.bold.Render(clip(fmt.Sprintf("%d hosts in %d batches, %s", len(v.hosts), n, time.Since(v.start).Round(time.Second)), width))}
+	for i, t := range batches {
+		var parts []string
+		for _, st := range summaryOrder {
+			c := t.states[st]
+			if c == 0 {
+				continue
+			}
+			part := fmt.Sprintf("%d %s %s", c, symbols[st], st)
+			if st == "running" || st == "done" {
+				var ph []string
+				for _, p := range []fleet.Phase{fleet.PhaseLock, fleet.PhaseBuild, fleet.PhaseVerify, fleet.PhaseCopy, fleet.PhaseActivate, fleet.PhaseConfirm, fleet.PhaseReboot, fleet.PhaseRollback} {
+					if t.phases[p] > 0 {
+						ph = append(ph, fmt.Sprintf("%s %d", p, t.phases[p]))
+					}
+				}
+				if len(ph) > 0 && st == "running" {
+					part += " (" + strings.Join(ph, ", ") + ")"
+				}
+			}
+			parts = append(parts, part)
+		}
+		mark := " "
+		if i+1 == v.batch {
+			mark = "▶"
+		}
+		lines = append(lines, clip(fmt.Sprintf("%s batch %d/%d  %d hosts: %s", mark, i+1, n, t.hosts, strings.Join(parts, ", ")), width))
+	}
+	lines = append(lines, bad...)
+	notes := v.notes
+	if room := height - len(lines); room < len(notes) {
+		notes = notes[len(notes)-max(room, 0):]
+	}
+	for _, note := range notes {
+		lines = append(lines, clip(note, width))
+	}
+	if len(lines) > height {
+		more := len(lines) - height + 1
+		lines = append(lines[:height-1], fmt.Sprintf("... and %d more lines", more))
+	}
+	return lines
+}
+
+// clip cuts s to the terminal's width.
+func clip(s string, width int) string {
+	if len(s) > width-1 {
+		return s[:width-1]
+	}
+	return s
+}
+
+// table is the full drawing: a row per host, then the notes.
+func (v *liveView) table(width int) []string {
 	hostW := 4
 	for _, h := range v.hosts {
 		hostW = max(hostW, len(h))
@@ -428,16 +569,9 @@ func (v *liveView) draw() {
 		lines = append(lines, st.Render(line))
 	}
 	for _, n := range v.notes {
-		if len(n) > width-1 {
-			n = n[:width-1]
-		}
-		lines = append(lines, n)
+		lines = append(lines, clip(n, width))
 	}
-	for _, l := range lines {
-		b.WriteString("\x1b[2K" + l + "\n")
-	}
-	v.drawn = len(lines)
-	io.WriteString(v.w, b.String())
+	return lines
 }
 
 func progressBar(n, total int64, width int) string {
