@@ -354,7 +354,7 @@ var etcFiles = []string{"passwd", "group", "shadow", "gshadow", "nsswitch.conf",
 // prepareDir makes the host's directory: etc (with a new SSH ed25519 host
 // key), state, root.
 func (h *Host) prepareDir() error {
-	for _, d := range []string{"etc/ssh", "state", "root", "etc/ld.so.conf.d"} {
+	for _, d := range []string{"etc/ssh", "etc/systemd/system", "state", "root", "etc/ld.so.conf.d"} {
 		if err := os.MkdirAll(filepath.Join(h.dir, d), 0o755); err != nil {
 			return err
 		}
