@@ -166,6 +166,9 @@ func Start(ctx context.Context, opts Options) (*Network, error) {
 		}
 		n.dir, n.ownDir = d, true
 	}
+	if err := os.MkdirAll(n.dir, 0o755); err != nil {
+		return nil, err
+	}
 	if err := n.start(ctx); err != nil {
 		n.Close()
 		return nil, err
@@ -517,9 +520,10 @@ func (h *Host) ReadFile(ctx context.Context, path string) ([]byte, error) {
 const CallsLog = "/run/simhost/systemd-calls.log"
 
 // Calls are the systemd calls the host's stand-in answered so far, each
-// as its argv ("systemctl", "is-active", "--", "app.service").
+// as its argv ("systemctl", "is-active", "--", "app.service"), read
+// through /proc/PID/root (no process started in the host).
 func (h *Host) Calls(ctx context.Context) ([][]string, error) {
-	data, err := h.ReadFile(ctx, CallsLog)
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s", h.PID(), CallsLog))
 	if err != nil {
 		return nil, err
 	}
@@ -538,4 +542,11 @@ func run(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// Generations is how many generations the host has (its
+// profiles/system-N-link), read from the root namespace.
+func (h *Host) Generations() (int, error) {
+	links, err := filepath.Glob(filepath.Join(h.dir, "state", "profiles", "system-*-link"))
+	return len(links), err
 }

@@ -32,9 +32,13 @@ const (
 type Timers struct {
 	// Hosts are the hosts whose timers run.
 	Hosts []*Host
+	// OnStart, if set, is called before each run (from the host's
+	// goroutine).
+	OnStart func(h *Host)
 	// OnRun, if set, is called after each run (from the host's goroutine):
-	// when it started, how long it took, its error (a non-zero exit).
-	OnRun func(h *Host, start time.Time, took time.Duration, err error)
+	// when it started, how long it took, what it printed (the service's
+	// journal) and its error (a non-zero exit).
+	OnRun func(h *Host, start time.Time, took time.Duration, out []byte, err error)
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -92,13 +96,16 @@ func (t *Timers) loop(ctx context.Context, h *Host) {
 				return
 			}
 		}
+		if t.OnStart != nil {
+			t.OnStart(h)
+		}
 		start := time.Now()
-		err = h.runService(ctx, u.execStart)
+		out, err := h.runService(ctx, u.execStart)
 		if ctx.Err() != nil {
 			return
 		}
 		if t.OnRun != nil {
-			t.OnRun(h, start, time.Since(start), err)
+			t.OnRun(h, start, time.Since(start), out, err)
 		}
 		if !sleep(ctx, u.inactive+u.delay()) {
 			return
@@ -237,7 +244,7 @@ func (h *Host) readHostFile(path string) ([]byte, error) {
 
 // runService runs argv in the host as the service would, its output
 // appended to the host's journal file (Dir/journal.log).
-func (h *Host) runService(ctx context.Context, argv []string) error {
+func (h *Host) runService(ctx context.Context, argv []string) ([]byte, error) {
 	var out bytes.Buffer
 	cmd := h.Command(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -252,7 +259,7 @@ func (h *Host) runService(ctx context.Context, argv []string) error {
 			f.Close()
 		}
 	}
-	return err
+	return out.Bytes(), err
 }
 
 // Journal is what the host's pull service printed so far.
