@@ -160,18 +160,18 @@ type results struct {
 
 // phase is one measured period.
 type phase struct {
-	Name         string             `json:"name"`
-	Wall         time.Duration      `json:"wall_ns"`
-	Exit         int                `json:"exit"`
-	CPUUser      time.Duration      `json:"operator_cpu_user_ns,omitempty"`
-	CPUSys       time.Duration      `json:"operator_cpu_sys_ns,omitempty"`
-	MaxRSSKiB    int64              `json:"operator_max_rss_kib,omitempty"`
-	LoadMax      float64            `json:"load1_max"`
-	LoadEnd      [3]float64         `json:"load_end"`
-	CPUBusy      float64            `json:"machine_cpu_busy"`
+	Name      string        `json:"name"`
+	Wall      time.Duration `json:"wall_ns"`
+	Exit      int           `json:"exit"`
+	CPUUser   time.Duration `json:"operator_cpu_user_ns,omitempty"`
+	CPUSys    time.Duration `json:"operator_cpu_sys_ns,omitempty"`
+	MaxRSSKiB int64         `json:"operator_max_rss_kib,omitempty"`
+	LoadMax   float64       `json:"load1_max"`
+	LoadEnd   [3]float64    `json:"load_end"`
+	CPUBusy   float64       `json:"machine_cpu_busy"`
 	// HarnessCPU is the CPU time of every process of the experiment
 	// (hosts, agents, MinIO, proxy, deploy) during the phase.
-	HarnessCPU time.Duration `json:"harness_cpu_ns"`
+	HarnessCPU   time.Duration      `json:"harness_cpu_ns"`
 	HostReq      int64              `json:"host_requests"`
 	HostBytesIn  int64              `json:"host_bytes_in"`
 	HostBytesOut int64              `json:"host_bytes_out"`
