@@ -36,6 +36,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -123,6 +124,24 @@ func main() {
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	t := &tb{}
 	cg = joinCPUGroup()
+	// Interrupted, it cleans up (hosts, bridges, MinIO) before it exits.
+	var cleanOnce sync.Once
+	cleanup := func() {
+		cleanOnce.Do(func() {
+			for i := len(t.cleanups) - 1; i >= 0; i-- {
+				t.cleanups[i]()
+			}
+			cg.leave()
+		})
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		log.Printf("pullscale: %v: cleaning up", s)
+		cleanup()
+		os.Exit(1)
+	}()
 	code := 0
 	func() {
 		defer func() {
@@ -137,10 +156,7 @@ func main() {
 		}()
 		run(o, t)
 	}()
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
-	cg.leave()
+	cleanup()
 	os.Exit(code)
 }
 
