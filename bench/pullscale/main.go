@@ -88,19 +88,19 @@ func (t *tb) TempDir() string {
 func failf(format string, args ...any) { panic(fatal{fmt.Sprintf(format, args...)}) }
 
 type options struct {
-	hosts     int
-	waves     int
-	interval  time.Duration
-	jitter    time.Duration
-	idle      time.Duration
-	fail      bool
-	deploy    string
-	agent     string
-	dir       string
-	parallel  int
-	poll      time.Duration
-	out       string
-	keepHosts bool
+	hosts    int
+	waves    int
+	interval time.Duration
+	jitter   time.Duration
+	idle     time.Duration
+	fail     bool
+	deploy   string
+	agent    string
+	dir      string
+	parallel int
+	poll     time.Duration
+	out      string
+	order    string
 }
 
 func main() {
@@ -117,6 +117,7 @@ func main() {
 	flag.IntVar(&o.parallel, "bootstrap-parallel", 16, "hosts bootstrapped at once")
 	flag.DurationVar(&o.poll, "wait-poll", 2*time.Second, "publish --wait's --poll")
 	flag.StringVar(&o.out, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&o.order, "order", "rollout,idle,fail", "the phases, in order (fail only with -fail)")
 	flag.Parse()
 	if o.deploy == "" || o.agent == "" {
 		log.Fatal("pullscale: -deploy and -agent are required (bench/pullscale.sh builds them)")
@@ -357,45 +358,24 @@ func run(o options, t *tb) {
 	ld := startLoad()
 	defer ld.stop()
 
-	// 1. A rollout.
-	if err := fl.Write("v1", true); err != nil {
-		failf("%v", err)
-	}
-	res.Rollout = measure("rollout", px, ld, pollsSince, func(ph *phase) {
-		code, lines, ru := publish(fl, o.poll, filepath.Join(work, "publish-v1.log"))
-		ph.Exit = code
-		setRusage(ph, ru)
-		if code != 0 {
-			failf("publish v1 --wait: exit %d\n%s", code, tail(lines, 30))
+	version := 0
+	for _, step := range strings.Split(o.order, ",") {
+		switch step {
+		case "rollout":
+			version++
+			rollout(o, res, fl, nw, px, ld, pollsSince, srv.Endpoint, work, version)
+		case "idle":
+			time.Sleep(o.interval + o.jitter + 2*time.Second)
+			res.Idle = measure("idle", px, ld, pollsSince, func(*phase) { time.Sleep(o.idle) })
+			report(res, res.Idle, o.hosts)
+		case "fail":
+			if o.fail {
+				version++
+				failing(o, res, fl, nw, px, ld, pollsSince, srv.Endpoint, work, version)
+			}
+		default:
+			failf("-order: unknown phase %q", step)
 		}
-	})
-	head := readHead(srv.Endpoint, fl)
-	res.Waves = head.Waves
-	for _, w := range head.Waves {
-		res.WaveSizes = append(res.WaveSizes, len(w))
-	}
-	// Every host's own signed report, read from MinIO directly.
-	var lastHealthy time.Time
-	for _, h := range nw.Hosts() {
-		st := status(srv.Endpoint, h)
-		if st == nil || st.Serial != head.Serial || st.Outcome != agentapi.PullDone {
-			failf("%s: status %+v, want done at serial %d", h.Name(), st, head.Serial)
-		}
-		if st.OutcomeTime.After(lastHealthy) {
-			lastHealthy = st.OutcomeTime
-		}
-	}
-	res.Rollout.Extra = map[string]any{"last host healthy after publish start": lastHealthy.Sub(res.Rollout.startTime()).Round(time.Millisecond).String()}
-	report(res, res.Rollout, o.hosts)
-
-	// 2. Idle: the converged fleet polls, 304s.
-	time.Sleep(o.interval + o.jitter + 2*time.Second)
-	res.Idle = measure("idle", px, ld, pollsSince, func(*phase) { time.Sleep(o.idle) })
-	report(res, res.Idle, o.hosts)
-
-	// 3. A failing canary.
-	if o.fail {
-		failing(o, res, fl, nw, px, ld, pollsSince, srv.Endpoint, work)
 	}
 	if o.out != "" {
 		data, _ := json.MarshalIndent(res, "", "  ")
@@ -403,8 +383,61 @@ func run(o options, t *tb) {
 	}
 }
 
+// releasesWritten is when publish said it wrote the channel's head (its
+// build and push done).
+func releasesWritten(lines []line) time.Time {
+	for _, l := range lines {
+		if strings.Contains(l.text, "channel prod serial") {
+			return l.at
+		}
+	}
+	return time.Time{}
+}
+
+func rollout(o options, res *results, fl *simhost.PullFleet, nw *simhost.Network, px *proxy, ld *load,
+	pollsSince func(from, to time.Time) []poll, endpoint, work string, version int) {
+	if err := fl.Write(fmt.Sprintf("v%d", version), true); err != nil {
+		failf("%v", err)
+	}
+	var lines []line
+	res.Rollout = measure("rollout", px, ld, pollsSince, func(ph *phase) {
+		var ru *syscall.Rusage
+		var code int
+		code, lines, ru = publish(fl, o.poll, filepath.Join(work, fmt.Sprintf("publish-v%d.log", version)))
+		ph.Exit = code
+		setRusage(ph, ru)
+		if code != 0 {
+			failf("publish v%d --wait: exit %d\n%s", version, code, tail(lines, 30))
+		}
+	})
+	head := readHead(endpoint, fl)
+	res.Waves = head.Waves
+	res.WaveSizes = nil
+	for _, w := range head.Waves {
+		res.WaveSizes = append(res.WaveSizes, len(w))
+	}
+	// Every host's own signed report, read from MinIO directly.
+	var lastHealthy time.Time
+	for _, h := range nw.Hosts() {
+		st := status(endpoint, h)
+		if st == nil || st.Serial != head.Serial || st.Outcome != agentapi.PullDone {
+			failf("%s: status %+v, want done at serial %d", h.Name(), st, head.Serial)
+		}
+		if st.OutcomeTime.After(lastHealthy) {
+			lastHealthy = st.OutcomeTime
+		}
+	}
+	start := res.Rollout.startTime()
+	res.Rollout.Extra = map[string]any{"last host healthy after publish start": lastHealthy.Sub(start).Round(time.Millisecond).String()}
+	if w := releasesWritten(lines); !w.IsZero() {
+		res.Rollout.Extra["releases written (build + push done) after publish start"] = w.Sub(start).Round(time.Millisecond).String()
+		res.Rollout.Extra["last host healthy after releases written"] = lastHealthy.Sub(w).Round(time.Millisecond).String()
+	}
+	report(res, res.Rollout, o.hosts)
+}
+
 func failing(o options, res *results, fl *simhost.PullFleet, nw *simhost.Network, px *proxy, ld *load,
-	pollsSince func(from, to time.Time) []poll, endpoint, work string) {
+	pollsSince func(from, to time.Time) []poll, endpoint, work string, version int) {
 	ctx := context.Background()
 	gens := map[string]int{}
 	calls := map[string]int{}
@@ -420,13 +453,13 @@ func failing(o options, res *results, fl *simhost.PullFleet, nw *simhost.Network
 		}
 		calls[h.Name()] = len(c)
 	}
-	if err := fl.Write("v2", false); err != nil {
+	if err := fl.Write(fmt.Sprintf("v%d", version), false); err != nil {
 		failf("%v", err)
 	}
 	var lines []line
 	res.Fail = measure("failing canary", px, ld, pollsSince, func(ph *phase) {
 		var ru *syscall.Rusage
-		ph.Exit, lines, ru = publish(fl, o.poll, filepath.Join(work, "publish-v2.log"))
+		ph.Exit, lines, ru = publish(fl, o.poll, filepath.Join(work, fmt.Sprintf("publish-v%d.log", version)))
 		setRusage(ph, ru)
 	})
 	head := readHead(endpoint, fl)
@@ -445,6 +478,12 @@ func failing(o options, res *results, fl *simhost.PullFleet, nw *simhost.Network
 		if at.After(res.Fail.startTime()) && (halt.IsZero() || at.Before(halt)) {
 			reported = at
 		}
+	}
+	if w := releasesWritten(lines); !w.IsZero() {
+		sum["releases written (build + push done) after publish start"] = w.Sub(res.Fail.startTime()).Round(time.Millisecond).String()
+	}
+	if !halt.IsZero() {
+		sum["halt line after publish start"] = halt.Sub(res.Fail.startTime()).Round(time.Millisecond).String()
 	}
 	if !halt.IsZero() && !reported.IsZero() {
 		sum["canary report to halt line"] = halt.Sub(reported).Round(time.Millisecond).String()
