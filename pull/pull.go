@@ -376,12 +376,14 @@ func sameStatus(a, b *agentapi.PullStatus) bool {
 	return bytes.Equal(ja, jb)
 }
 
-// flush writes the last status if it did not reach the channel yet.
+// flush writes the last status if it did not reach the channel yet, and
+// adds a final one to its wave's report if it is not there yet (an append
+// that lost to the wave's other hosts is tried again at each poll).
 func (p *poll) flush(ctx context.Context) error {
-	if p.st.Status == nil || p.st.Reported {
+	if p.st.Status == nil || p.a.Status == nil {
 		return nil
 	}
-	if p.a.Status == nil {
+	if p.st.Reported && !p.waveDue() {
 		return nil
 	}
 	key, err := p.a.hostKey()
@@ -391,12 +393,22 @@ func (p *poll) flush(ctx context.Context) error {
 		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
 		return nil
 	}
-	if err := channel.PutStatus(ctx, p.a.Status, p.st.Status, key); err != nil {
-		p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
-		return nil
+	if !p.st.Reported {
+		if err := channel.PutStatus(ctx, p.a.Status, p.st.Status, key); err != nil {
+			p.a.logf("reporting to %s: %v (again at the next poll)", p.a.Status, err)
+			return nil
+		}
+		p.st.Reported = true
 	}
-	p.st.Reported = true
 	return p.addToWave(ctx, key)
+}
+
+// waveDue reports whether the host's final status reached the channel but
+// not yet its wave's report.
+func (p *poll) waveDue() bool {
+	w, s := p.st.Wave, p.st.Status
+	_, ok := p.a.Status.(channel.Store)
+	return ok && w != nil && !w.Added && s != nil && s.Serial == w.Serial && s.Outcome.Final()
 }
 
 // addToWave adds the host's final status to its wave's report
@@ -404,11 +416,11 @@ func (p *poll) flush(ctx context.Context) error {
 // waves and deploy publish --wait read it; a failure is tried again at the
 // next poll.
 func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
-	w, s := p.st.Wave, p.st.Status
-	store, ok := p.a.Status.(channel.Store)
-	if w == nil || w.Added || s == nil || s.Serial != w.Serial || !s.Outcome.Final() || !ok {
+	if !p.waveDue() {
 		return p.save()
 	}
+	w, s := p.st.Wave, p.st.Status
+	store := p.a.Status.(channel.Store)
 	doc, err := channel.SignStatus(s, key)
 	if err == nil {
 		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave}
