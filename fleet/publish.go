@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -568,8 +567,8 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				continue
 			}
 			etags[i+1] = etag
-			wr := &agentapi.WaveReport{}
-			if json.Unmarshal(data, wr) != nil || wr.Channel != cr.Channel || wr.Serial != cr.Serial || wr.Wave != i+1 {
+			wr := channel.DecodeWaveReport(data, cr.Channel, cr.Serial, i+1)
+			if wr == nil {
 				continue
 			}
 			for _, name := range wave {
@@ -788,8 +787,8 @@ func (s *Session) waveReports(ctx context.Context, store channel.Store, head *ag
 		if err != nil || int64(len(data)) > channel.WaveReportLimit(0) {
 			continue
 		}
-		wr := &agentapi.WaveReport{}
-		if json.Unmarshal(data, wr) != nil || wr.Channel != head.Channel || wr.Serial != head.Serial || wr.Wave != i+1 {
+		wr := channel.DecodeWaveReport(data, head.Channel, head.Serial, i+1)
+		if wr == nil {
 			continue
 		}
 		for _, h := range wave {

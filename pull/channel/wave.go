@@ -36,6 +36,17 @@ func WaveReportLimit(maxDocument int64) int64 {
 	return 16 * maxDocument
 }
 
+// DecodeWaveReport returns the report in data when it is wave's report of
+// serial in channel; nil when it is not one (malformed, or about another
+// release), which is as good as no report.
+func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agentapi.WaveReport {
+	wr := &agentapi.WaveReport{}
+	if data == nil || json.Unmarshal(data, wr) != nil || wr.Channel != channel || wr.Serial != serial || wr.Wave != wave {
+		return nil
+	}
+	return wr
+}
+
 // appendAttempts bounds the conditional writes of one [AppendReport]:
 // past it, the host tries again at its next poll.
 const appendAttempts = 8
@@ -56,8 +67,8 @@ func AppendReport(ctx context.Context, store Store, rel *agentapi.Release, host 
 		} else if err != nil {
 			return fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
 		}
-		wr := &agentapi.WaveReport{}
-		if data == nil || json.Unmarshal(data, wr) != nil || wr.Channel != rel.Channel || wr.Serial != rel.Serial || wr.Wave != rel.Wave {
+		wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
+		if wr == nil {
 			wr = &agentapi.WaveReport{Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
 		}
 		if bytes.Equal(wr.Reports[host], doc) {
@@ -253,8 +264,8 @@ func (c *GateCache) readReport(ctx context.Context, rel *agentapi.Release, j int
 	case err != nil:
 		return err
 	}
-	wr := &agentapi.WaveReport{}
-	if json.Unmarshal(data, wr) != nil || wr.Channel != rel.Channel || wr.Serial != rel.Serial || wr.Wave != j {
+	wr := DecodeWaveReport(data, rel.Channel, rel.Serial, j)
+	if wr == nil {
 		return nil
 	}
 	c.ETags[j] = etag
