@@ -410,7 +410,6 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		Message: fmt.Sprintf("channel %s serial %d: %d hosts in %d waves", opts.Channel, serial, len(systems), len(ro.Batches))})
 	releases := map[string]*agentapi.Release{}
 	var earlier []string
-	failed := false
 	hostKeys := s.reportKeys()
 	sizes := make([]int, len(ro.Batches))
 	for i, wave := range ro.Batches {
@@ -433,13 +432,32 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 			releases[name] = rel
 		}
 		earlier = append(earlier, wave...)
+	}
+	// With --wait, the rollout is followed from the moment the first wave's
+	// releases are written, while the later waves' are being written: a
+	// canary that fails early halts them in --wait's next poll, not after
+	// the last release of a large fleet is out.
+	w := &rolloutWatch{pending: map[string]bool{}, written: map[string]bool{}, stop: make(chan struct{})}
+	watched := make(chan struct{})
+	if opts.Wait {
+		for _, name := range s.names() {
+			w.pending[name] = true
+		}
+		go func() {
+			defer close(watched)
+			s.waitRollout(ctx, rep, store, cr, releases, hostKeys, opts.Poll, w)
+		}()
+	} else {
+		close(watched)
+	}
+	failed := false
+	for i, wave := range ro.Batches {
 		if failed {
-			continue
+			break
 		}
 		// The hosts of a wave in parallel; the waves in order, so that no
 		// host of a later wave has its release while an earlier wave's
 		// writing failed.
-		var mu sync.Mutex
 		left := fanout.Each(ctx, wave, publishWriters, func(ctx context.Context, name string) {
 			rel, hr := releases[name], rep.Hosts[name]
 			doc, err := channel.Sign(agentapi.DocRelease, rel, s.PublisherKey)
@@ -454,25 +472,39 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 			if err == nil {
 				err = ctx.Err()
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			w.mu.Lock()
+			defer w.mu.Unlock()
 			if err != nil {
 				// The later waves get nothing: their hosts would wait for
 				// this one until their deadline anyway.
 				failed = true
+				delete(w.pending, name)
 				s.fail(hr, PhasePublish, ResultFailed, fmt.Errorf("writing the release: %w", err))
 				return
 			}
+			w.written[name] = true
 			s.emit(Event{Type: EventPhase, Host: name, Phase: PhasePublish, State: "done", Channel: opts.Channel, Serial: serial, Batch: i + 1, System: rel.System})
 		})
+		w.mu.Lock()
 		for _, name := range left {
 			failed = true
+			delete(w.pending, name)
 			s.fail(rep.Hosts[name], PhasePublish, ResultFailed, fmt.Errorf("writing the release: %w", ctx.Err()))
 		}
+		w.mu.Unlock()
 	}
 	if failed {
+		close(w.stop)
+		<-watched
 		for _, name := range s.names() {
-			if hr := rep.Hosts[name]; hr.Result == ResultSkipped {
+			hr := rep.Hosts[name]
+			switch {
+			case hr.Result != ResultSkipped || hr.Err != nil:
+				// Failed, or its outcome is known.
+			case w.written[name]:
+				hr.Phase, hr.Serial, hr.Err = PhasePublish, serial, errors.New("published, but not followed: writing another host's release failed (deploy status --channel shows it)")
+				s.finish(hr, Event{Channel: opts.Channel, Serial: serial})
+			default:
 				hr.Phase, hr.Err = PhasePublish, errors.New("not published: writing an earlier host's release failed")
 				s.finish(hr, Event{Channel: opts.Channel, Serial: serial})
 			}
@@ -487,7 +519,9 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 				s.PublisherKey.Name, k, now.Add(timeout).Format(time.RFC3339))
 		}
 	}
+	w.mu.Lock()
 	s.emit(done)
+	w.mu.Unlock()
 	if !opts.Wait {
 		for _, name := range s.names() {
 			hr := rep.Hosts[name]
@@ -496,11 +530,22 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		}
 		return rep, nil
 	}
-	s.waitRollout(ctx, rep, store, cr, releases, hostKeys, opts.Poll)
+	<-watched
 	if err := rep.Err(); err != nil || ctx.Err() == nil {
 		return rep, err
 	}
 	return rep, fmt.Errorf("publish: serial %d published; stopped waiting for the hosts: %w", cr.Serial, ctx.Err())
+}
+
+// rolloutWatch is what publish --wait shares with the writing of the
+// releases: the hosts whose outcome is not known yet, and the lock that
+// orders their reports' changes and events.
+type rolloutWatch struct {
+	mu      sync.Mutex
+	pending map[string]bool
+	written map[string]bool
+	// stop ends the watch without a word: writing the releases failed.
+	stop chan struct{}
 }
 
 // publishWriters is how many hosts' releases a publish writes at once.
@@ -513,7 +558,11 @@ const publishWriters = 16
 // turn). Only a status that the host's key (hostKeys) verifies counts; any
 // other is said once, and is no report. A host of a later wave halts as
 // soon as the reports say the gate halts it.
-func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, hostKeys map[string]string, poll time.Duration) {
+//
+// It runs while the releases are being written: w orders its changes to
+// rep with the writers', and the writers take the hosts whose release they
+// failed to write out of w.pending.
+func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.Store, cr *agentapi.ChannelRelease, releases map[string]*agentapi.Release, hostKeys map[string]string, poll time.Duration, w *rolloutWatch) {
 	if poll <= 0 {
 		poll = 2 * time.Second
 	}
@@ -521,10 +570,7 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 	reports := map[string]*agentapi.PullStatus{}
 	etags := map[int]string{}
 	seen, warned := map[string]string{}, map[string]string{}
-	pending := map[string]bool{}
-	for _, name := range s.names() {
-		pending[name] = true
-	}
+	pending := w.pending
 	turn := 0
 	// verify believes host's status document (said once when it does not
 	// verify); it returns nil for one that does not.
@@ -548,7 +594,12 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 		}
 		return true
 	}
-	for len(pending) > 0 {
+	for {
+		w.mu.Lock()
+		if len(pending) == 0 {
+			w.mu.Unlock()
+			return
+		}
 		now := time.Now()
 		// 1. Each wave's report that may hold a pending host.
 		active := 0
@@ -651,11 +702,13 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				}
 			}
 		}
-		if len(pending) == 0 {
-			return
-		}
+		w.mu.Unlock()
 		select {
+		case <-w.stop:
+			return
 		case <-ctx.Done():
+			w.mu.Lock()
+			defer w.mu.Unlock()
 			for _, name := range s.names() {
 				if pending[name] {
 					hr := rep.Hosts[name]
@@ -808,6 +861,14 @@ func (s *Session) waveReports(ctx context.Context, store channel.Store, head *ag
 // channelStore opens channel name of the fleet's cache for the publisher:
 // the cache's s3:// bucket (credentials as for pushing) or file:// directory.
 func (s *Session) channelStore(name string) (channel.Store, error) {
+	st, err := s.openChannel(name)
+	if err != nil || s.wrapChannel == nil {
+		return st, err
+	}
+	return s.wrapChannel(st), nil
+}
+
+func (s *Session) openChannel(name string) (channel.Store, error) {
 	raw := channel.URL(s.Fleet.Cache.URL, name)
 	u, err := url.Parse(raw)
 	if err != nil {

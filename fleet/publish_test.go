@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -410,5 +411,93 @@ func TestChannelStatusUnverified(t *testing.T) {
 		if hr := rep.Hosts[h]; hr.Pull != nil || !errors.As(hr.Err, &se) || !strings.Contains(hr.Err.Error(), want) {
 			t.Errorf("%s: %+v (error %v), want no status and %q", h, hr, hr.Err, want)
 		}
+	}
+}
+
+// heldStore holds the writes of the keys in hold until release closes.
+type heldStore struct {
+	channel.Store
+	hold    map[string]bool
+	release chan struct{}
+}
+
+func (h *heldStore) Put(ctx context.Context, key string, data []byte) error {
+	if h.hold[key] {
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return h.Store.Put(ctx, key, data)
+}
+
+// TestPublishWaitWhileWriting: publish --wait follows the rollout while
+// the later waves' releases are still being written, so a canary that
+// fails before they are all out halts them at once, not after the last
+// release of a large fleet.
+func TestPublishWaitWhileWriting(t *testing.T) {
+	f := newPullFleet(t, "")
+	store := &heldStore{hold: map[string]bool{channel.ReleaseKey("b"): true, channel.ReleaseKey("c"): true}, release: make(chan struct{})}
+	log := &eventLog{}
+	halted := map[string]bool{}
+	var once sync.Once
+	emit := func(e Event) {
+		log.emit(e)
+		if e.Type == EventResult && (e.Host == "b" || e.Host == "c") && strings.Contains(e.Error, "halted") {
+			halted[e.Host] = true
+			if len(halted) == 2 {
+				once.Do(func() { close(store.release) })
+			}
+		}
+	}
+	go func() {
+		for {
+			if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey("a"))); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		doc, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Wave: 1, Outcome: agentapi.PullRolledBack,
+			Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()}, f.hostKeys["a"])
+		if err := channel.AppendReport(context.Background(), channel.DirStore(f.channelDir()), f.release(t, "a"), "a", doc); err != nil {
+			t.Error(err)
+		}
+	}()
+	go func() {
+		// Without the watch during the writes, nothing halts b and c
+		// while their releases are held: let them go in the end, so that
+		// the test fails instead of hanging.
+		time.Sleep(time.Minute)
+		once.Do(func() { close(store.release) })
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s := f.session(t, "all", log)
+	s.Emit = emit
+	s.wrapChannel = func(st channel.Store) channel.Store { store.Store = st; return store }
+	rep, err := s.Publish(ctx, PublishOptions{Channel: "prod", Wait: true, Poll: 10 * time.Millisecond})
+	var re *RunError
+	if !errors.As(err, &re) || rep.Hosts["a"].Result != ResultRolledBack {
+		t.Fatalf("Publish --wait = %v (a: %+v), want a rolled back", err, rep.Hosts["a"])
+	}
+	// The halts came while b's and c's releases were held: the events
+	// say so in their order.
+	var order []string
+	for _, e := range log.events {
+		if (e.Host == "b" || e.Host == "c") && (e.Type == EventResult || e.Type == EventPhase && e.Phase == PhasePublish && e.State == "done") {
+			order = append(order, e.Host+":"+e.Type)
+		}
+	}
+	if len(order) != 4 || !strings.HasSuffix(order[0], ":"+EventResult) || !strings.HasSuffix(order[1], ":"+EventResult) {
+		t.Fatalf("events of b and c: %v, want both halted before either release was written", order)
+	}
+	for _, h := range []string{"b", "c"} {
+		if hr := rep.Hosts[h]; hr.Result != ResultSkipped || !strings.Contains(hr.Err.Error(), "a (rolled-back") {
+			t.Errorf("%s: %+v, want halted by a", h, hr)
+		}
+		// And the releases were written all the same: b and c halt by
+		// themselves, as the report says.
+		f.release(t, h)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/internal/fanout"
 	"github.com/declarative/deploy/mesh"
+	"github.com/declarative/deploy/pull/channel"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -94,6 +95,9 @@ type Session struct {
 	tailnetErr  error
 	tailnetCfg  *mesh.Config
 	closeOnce   sync.Once
+	// wrapChannel, in tests, stands between the session and its
+	// channel's store.
+	wrapChannel func(channel.Store) channel.Store
 }
 
 // Open loads the fleet and selects the hosts. Configuration errors are a

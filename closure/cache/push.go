@@ -31,7 +31,8 @@ type Writer interface {
 type Pusher struct {
 	Cache Writer
 	Key   *SecretKey
-	// Parallel is how many paths are uploaded at once (default 4).
+	// Parallel is how many paths are uploaded at once (default 16: most
+	// paths of a fleet are small, and each upload waits on the network).
 	Parallel int
 	// TempDir holds the compressed NARs while they are uploaded (default
 	// the system's temporary directory).
@@ -92,7 +93,7 @@ func (p *Pusher) Push(ctx context.Context, s *closure.Store, paths []string) (*P
 	}
 	parallel := p.Parallel
 	if parallel <= 0 {
-		parallel = 4
+		parallel = 16
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
