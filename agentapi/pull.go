@@ -51,6 +51,11 @@ type Release struct {
 	// which [WaveReport] holds an earlier host's report. A release without
 	// it (an older publisher) is gated on each host's status document.
 	WaveSizes []int `json:"wave_sizes,omitempty"`
+	// WaveSize is the number of hosts of this host's own wave: the
+	// last of them to report gathers the wave's report from its hosts'
+	// entries. Zero (an older publisher): each host adds itself to the
+	// report.
+	WaveSize int `json:"wave_size,omitempty"`
 	// RollbackTo is the serial whose systems this release returns to when
 	// it was published by a rollback through the channel.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
@@ -197,8 +202,11 @@ type PullRefusal struct {
 
 // WaveReport gathers the final statuses of one wave of one release
 // (status/waves/SERIAL/WAVE.json): each host of the wave, once its outcome
-// is final, adds its signed status document, exactly as it wrote it to
-// status/HOST.json, with a conditional write. A host of a later wave then
+// is final, writes its signed status document, exactly as it wrote it to
+// status/HOST.json, as its entry (status/waves/SERIAL/WAVE/HOST.json), and
+// the wave's last host gathers the entries into the report with a
+// conditional write (hosts that cannot list add themselves to the report,
+// a read-modify-write). A host of a later wave then
 // reads one document per earlier wave instead of one per earlier host.
 // The document itself is not signed: each entry is verified like a status
 // document (the host's key, channel, serial), and an entry that does not

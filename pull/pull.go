@@ -148,7 +148,11 @@ type waveRef struct {
 	Root   int64 `json:"root,omitempty"`
 	Wave   int   `json:"wave"`
 	Waves  int   `json:"waves"`
-	// Added says that the report holds the final status.
+	// Size is the number of the wave's hosts (0 from an older
+	// publisher).
+	Size int `json:"size,omitempty"`
+	// Added says that the final status is in the wave's report, or in
+	// the entries its last host gathers.
 	Added bool `json:"added,omitempty"`
 }
 
@@ -412,7 +416,7 @@ func (p *poll) waveDue() bool {
 }
 
 // addToWave adds the host's final status to its wave's report
-// ([channel.AppendReport]) once it reached status/HOST.json: the later
+// ([channel.AddToWave]) once it reached status/HOST.json: the later
 // waves and deploy publish --wait read it; a failure is tried again at the
 // next poll.
 func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
@@ -423,8 +427,8 @@ func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
 	store := p.a.Status.(channel.Store)
 	doc, err := channel.SignStatus(s, key)
 	if err == nil {
-		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave}
-		err = channel.AppendReport(ctx, publicRead{store, p}, rel, p.a.Config.Host, doc)
+		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave, WaveSize: w.Size}
+		err = channel.AddToWave(ctx, publicRead{store, p}, rel, p.a.Config.Host, doc)
 	}
 	if err != nil {
 		p.a.logf("adding the status to wave %d's report: %v (again at the next poll)", w.Wave, err)
@@ -551,12 +555,12 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 
 	// 3. The earlier waves.
 	if w := st.Wave; w == nil || w.Serial != rel.Serial || w.Root != rel.RootVersion {
-		st.Wave = &waveRef{Serial: rel.Serial, Root: rel.RootVersion, Wave: rel.Wave, Waves: rel.Waves}
+		st.Wave = &waveRef{Serial: rel.Serial, Root: rel.RootVersion, Wave: rel.Wave, Waves: rel.Waves, Size: rel.WaveSize}
 	}
 	if st.Gate == nil {
 		st.Gate = &channel.GateCache{}
 	}
-	decision, reason, err := channel.GateWaves(ctx, rel, a.now(), st.Gate, channel.GateSource{Get: p.waveReport, Status: p.statusOf})
+	decision, reason, err := channel.GateWaves(ctx, rel, a.now(), st.Gate, channel.GateSource{Get: p.waveReport, Status: p.statusOf, Gather: p.gatherWave(rel)})
 	if err != nil {
 		p.flush(ctx)
 		return nil, fmt.Errorf("reading the earlier waves' status: %w", err)
@@ -769,12 +773,38 @@ type publicRead struct {
 	p *poll
 }
 
+// List lists with the status credentials; a store that cannot list is
+// denied, as credentials without s3:ListBucket are.
+func (r publicRead) List(ctx context.Context, prefix string) ([]string, error) {
+	if ls, ok := r.Store.(channel.Lister); ok {
+		return ls.List(ctx, prefix)
+	}
+	return nil, fmt.Errorf("%s cannot list: %w", r.Store, channel.ErrDenied)
+}
+
 func (r publicRead) Read(ctx context.Context, key string) ([]byte, string, error) {
 	data, etag, err := r.Store.Read(ctx, key)
 	if errors.Is(err, channel.ErrDenied) {
 		return r.p.waveReport(ctx, key, "")
 	}
 	return data, etag, err
+}
+
+// gatherWave returns the gate's Gather for rel: an earlier wave's entries
+// gathered with the status credentials (nil without them).
+func (p *poll) gatherWave(rel *agentapi.Release) func(ctx context.Context, wave, size int) error {
+	store, ok := p.a.Status.(channel.Store)
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context, wave, size int) error {
+		err := channel.GatherWave(ctx, publicRead{store, p}, &agentapi.Release{Channel: rel.Channel, Serial: rel.Serial, RootVersion: rel.RootVersion, Wave: wave, WaveSize: size})
+		if err != nil {
+			// Not a reason to stop the poll: the report may come anyway.
+			p.a.logf("gathering wave %d's report: %v", wave, err)
+		}
+		return nil
+	}
 }
 
 // waveReport reads an earlier wave's report, with its larger limit.

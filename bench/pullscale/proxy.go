@@ -60,9 +60,15 @@ func newProxy(target *url.URL, operator netip.Addr, prefix string, hosts []netip
 	return p
 }
 
-// class is what a key of the bucket is.
-func (p *proxy) class(path string) string {
-	k := strings.TrimPrefix(path, p.prefix)
+// class is what a key of the bucket is (or, for a LIST, its prefix).
+func (p *proxy) class(u *url.URL) string {
+	k := strings.TrimPrefix(u.Path, p.prefix)
+	if q := u.Query(); q.Get("list-type") != "" {
+		if strings.Contains(q.Get("prefix"), "/status/waves/") {
+			return "wave entries LIST"
+		}
+		return "other (listing, bucket)"
+	}
 	switch {
 	case strings.HasPrefix(k, "channels/"):
 		rest := k[strings.Index(k[len("channels/"):], "/")+len("channels/")+1:]
@@ -73,6 +79,8 @@ func (p *proxy) class(path string) string {
 			return "timestamp"
 		case strings.HasPrefix(rest, "hosts/"):
 			return "release hosts/*.json"
+		case strings.HasPrefix(rest, "status/waves/") && strings.Count(rest, "/") > 3:
+			return "wave entry waves/S/W/H.json"
 		case strings.HasPrefix(rest, "status/waves/"):
 			return "wave report status/waves/*"
 		case strings.HasPrefix(rest, "status/"):
@@ -153,7 +161,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if cw.code >= 200 && cw.code < 300 {
 		answer = "2xx"
 	}
-	class := p.class(r.URL.Path)
+	class := p.class(r.URL)
 	reqBytes := atomic.LoadInt64(&in) + headerBytes(r.Header) + int64(len(r.Method)+len(r.URL.RequestURI())+12)
 	respBytes := cw.n + headerBytes(cw.Header()) + 17
 	p.mu.Lock()

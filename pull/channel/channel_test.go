@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -549,6 +550,31 @@ func TestS3Writer(t *testing.T) {
 	}
 	if data, _, err := ws.Read(ctx, rkey); err != nil || string(data) != "2" {
 		t.Fatalf("the report: %q %v, want 2", data, err)
+	}
+	// The wave's entries, listed page by page (two keys a page here), and
+	// gathered by the last of the wave's hosts.
+	w.(*channel.S3Writer).ListPage = 2
+	wrel := release("web1", 3)
+	wrel.Wave, wrel.WaveSize = 2, 3
+	for _, h := range []string{"web3", "web1", "web2"} {
+		if err := channel.AddToWave(ctx, ws, wrel, h, fmt.Appendf(nil, `{"host":%q}`, h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2))
+	if want := []string{channel.WaveEntryKey(3, 0, 2, "web1"), channel.WaveEntryKey(3, 0, 2, "web2"), channel.WaveEntryKey(3, 0, 2, "web3")}; err != nil || !slices.Equal(keys, want) {
+		t.Fatalf("List = %q %v, want %q", keys, err, want)
+	}
+	data, _, err = ws.Read(ctx, channel.WaveReportKey(3, 0, 2))
+	if wr := channel.DecodeWaveReport(data, "prod", 3, 2); err != nil || wr == nil || len(wr.Reports) != 3 || string(wr.Reports["web3"]) != `{"host":"web3"}` {
+		t.Fatalf("wave 2's report: %s %v, want the 3 entries", data, err)
+	}
+	// Credentials without s3:ListBucket are denied the list, with the
+	// permission named.
+	rwcreds := srv.PrefixCredentials(t, "cache", "fleet/channels/prod/status/", "s3:PutObject", "s3:GetObject")
+	os.WriteFile(credFile, fmt.Appendf(nil, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_SESSION_TOKEN=%s\n", rwcreds.AccessKeyID, rwcreds.SecretAccessKey, rwcreds.SessionToken), 0o600)
+	if _, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2)); !errors.Is(err, channel.ErrDenied) || !strings.Contains(err.Error(), "s3:ListBucket") {
+		t.Fatalf("listing without s3:ListBucket: %v, want denied, naming it", err)
 	}
 	// Credentials that may only write (from before wave reports) are
 	// denied reads, with the permission named.

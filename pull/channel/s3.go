@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,9 @@ type S3Writer struct {
 	// replaced is read again).
 	Credentials func() (sigv4.Credentials, error)
 	Client      *http.Client
+	// ListPage is the most keys one LIST answer holds (S3's max-keys;
+	// 0: the server's default, 1,000 on S3).
+	ListPage int
 }
 
 // OpenWriter opens a channel's root for writing: s3://BUCKET/PREFIX with
@@ -151,21 +156,81 @@ func (w *S3Writer) Read(ctx context.Context, key string) ([]byte, string, error)
 	return nil, "", w.failure(resp, "GET", key, "s3:GetObject")
 }
 
-// do sends one request signed with the current credentials.
-func (w *S3Writer) do(ctx context.Context, method, key string, data []byte, hdr http.Header) (*http.Response, error) {
-	creds, err := w.Credentials()
-	if err != nil {
-		return nil, err
+// List implements [Lister]: ListObjectsV2 of the bucket under prefix, page
+// by page (1,000 keys each), signed; it needs s3:ListBucket on the prefix
+// (a 403 wraps [ErrDenied]).
+func (w *S3Writer) List(ctx context.Context, prefix string) ([]string, error) {
+	full := prefix
+	if w.Prefix != "" {
+		full = w.Prefix + "/" + prefix
 	}
+	var keys []string
+	token := ""
+	for {
+		q := url.Values{"list-type": {"2"}, "prefix": {full}}
+		if token != "" {
+			q.Set("continuation-token", token)
+		}
+		if w.ListPage > 0 {
+			q.Set("max-keys", strconv.Itoa(w.ListPage))
+		}
+		resp, err := w.send(ctx, http.MethodGet, "/"+w.Bucket, q, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			err := w.failure(resp, "LIST", prefix, "s3:ListBucket")
+			resp.Body.Close()
+			return nil, err
+		}
+		var page struct {
+			Contents []struct {
+				Key string
+			}
+			IsTruncated           bool
+			NextContinuationToken string
+		}
+		err = xml.NewDecoder(&limits.Reader{R: resp.Body, Limit: WaveReportLimit(0), Object: w.String() + "/" + prefix}).Decode(&page)
+		resp.Body.Close()
+		if err != nil {
+			return nil, &cache.UnavailableError{Cache: w.String(), Err: fmt.Errorf("LIST %s: %w", prefix, err)}
+		}
+		for _, c := range page.Contents {
+			if k, ok := strings.CutPrefix(c.Key, full); ok {
+				keys = append(keys, prefix+k)
+			}
+		}
+		if !page.IsTruncated || page.NextContinuationToken == "" {
+			return keys, nil
+		}
+		token = page.NextContinuationToken
+	}
+}
+
+// do sends one request about key, signed with the current credentials.
+func (w *S3Writer) do(ctx context.Context, method, key string, data []byte, hdr http.Header) (*http.Response, error) {
 	p := "/" + w.Bucket + "/" + key
 	if w.Prefix != "" {
 		p = "/" + w.Bucket + "/" + w.Prefix + "/" + key
+	}
+	return w.send(ctx, method, p, nil, data, hdr)
+}
+
+// send sends one request to path (and query), signed with the current
+// credentials.
+func (w *S3Writer) send(ctx context.Context, method, p string, query url.Values, data []byte, hdr http.Header) (*http.Response, error) {
+	creds, err := w.Credentials()
+	if err != nil {
+		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, method, w.Endpoint, bytes.NewReader(data))
 	if err != nil {
 		return nil, err
 	}
 	req.URL.Path = p
+	if query != nil {
+		req.URL.RawQuery = query.Encode()
+	}
 	for k, v := range hdr {
 		req.Header[k] = v
 	}

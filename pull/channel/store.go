@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/declarative/deploy/internal/atomicfile"
@@ -115,4 +116,27 @@ func (d DirStore) Write(_ context.Context, key string, data []byte, cond Cond) e
 		}
 	}
 	return atomicfile.Write(p, data, 0o644)
+}
+
+// List implements [Lister]: the files under prefix, in order; none when
+// its directory does not exist.
+func (d DirStore) List(_ context.Context, prefix string) ([]string, error) {
+	p, err := d.path(strings.TrimSuffix(prefix, "/"))
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			keys = append(keys, prefix+e.Name())
+		}
+	}
+	return keys, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
@@ -19,11 +20,28 @@ import (
 // serial, signed under root version root: a serial reset (a new root)
 // starts new reports.
 func WaveReportKey(serial, root int64, wave int) string {
+	return waveDir(serial, root) + strconv.Itoa(wave) + ".json"
+}
+
+// WaveEntryKey is host's entry in wave's report: its final status
+// document, exactly as written to status/HOST.json, under the prefix
+// that [WaveEntryPrefix] names; [AddToWave] gathers the entries into the
+// report once the wave is complete.
+func WaveEntryKey(serial, root int64, wave int, host string) string {
+	return WaveEntryPrefix(serial, root, wave) + host + ".json"
+}
+
+// WaveEntryPrefix is the prefix of wave's entries ([WaveEntryKey]).
+func WaveEntryPrefix(serial, root int64, wave int) string {
+	return waveDir(serial, root) + strconv.Itoa(wave) + "/"
+}
+
+func waveDir(serial, root int64) string {
 	s := strconv.FormatInt(serial, 10)
 	if root > 0 {
 		s += "-r" + strconv.FormatInt(root, 10)
 	}
-	return "status/waves/" + s + "/" + strconv.Itoa(wave) + ".json"
+	return "status/waves/" + s + "/"
 }
 
 // WaveReportLimit bounds a wave report: 16 times the documents' limit
@@ -45,6 +63,176 @@ func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agen
 		return nil
 	}
 	return wr
+}
+
+// AddToWave adds host's final status document (doc, exactly as written to
+// its status/HOST.json) to its wave's report of rel, without a write
+// that every host of the wave contends for:
+//
+//  1. it writes doc as its own entry ([WaveEntryKey]), which no other
+//     host writes;
+//  2. it lists the wave's entries (one LIST, which S3 answers consistently
+//     after the write) and reads the report;
+//  3. when the entries and the report's hosts together number the wave's
+//     hosts (rel.WaveSize), it gathers them into the report, with a
+//     conditional write.
+//
+// So each host makes three requests, and only the last of a wave (or the
+// few that finish together) write the report: the later waves read a
+// report that exists once the wave is complete, and one read tells them.
+// The order matters: a host lists after its own entry is in, so the last
+// host of a wave to write its entry sees every other one.
+//
+// A store that cannot list (credentials without s3:ListBucket on the
+// prefix), or a release without WaveSize (an older publisher), gets the
+// older way: [AppendReport], a read-modify-write of the report by every
+// host. The report is the same either way, and hosts of both kinds may
+// share a wave: entries and appended reports are merged.
+func AddToWave(ctx context.Context, store Store, rel *agentapi.Release, host string, doc []byte) error {
+	ls, ok := store.(Lister)
+	if !ok || rel.WaveSize <= 0 {
+		return AppendReport(ctx, store, rel, host, doc)
+	}
+	if err := store.Put(ctx, WaveEntryKey(rel.Serial, rel.RootVersion, rel.Wave, host), doc); err != nil {
+		return fmt.Errorf("writing the entry in wave %d's report: %w", rel.Wave, err)
+	}
+	err := gather(ctx, store, ls, rel, host, doc)
+	if errors.Is(err, ErrDenied) {
+		return AppendReport(ctx, store, rel, host, doc)
+	}
+	return err
+}
+
+// GatherWave gathers the entries of rel's wave into its report when
+// they make the whole wave (rel.WaveSize hosts), as its last host does in
+// [AddToWave]: what a host of a later wave does when that report is still
+// missing hosts long after it began to wait (the wave's last host stopped
+// between its entry and the report, or appended to the report without
+// seeing the entries: an older agent). A store that cannot list does
+// nothing.
+func GatherWave(ctx context.Context, store Store, rel *agentapi.Release) error {
+	ls, ok := store.(Lister)
+	if !ok || rel.WaveSize <= 0 {
+		return nil
+	}
+	err := gather(ctx, store, ls, rel, "", nil)
+	if errors.Is(err, ErrDenied) {
+		return nil
+	}
+	return err
+}
+
+// gather is steps 2 and 3 of [AddToWave], for host (none: "") whose entry
+// doc is written.
+func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, host string, doc []byte) error {
+	prefix := WaveEntryPrefix(rel.Serial, rel.RootVersion, rel.Wave)
+	keys, err := ls.List(ctx, prefix)
+	if err != nil {
+		return fmt.Errorf("listing wave %d's entries: %w", rel.Wave, err)
+	}
+	var listed []string
+	for _, k := range keys {
+		h, ok := strings.CutSuffix(strings.TrimPrefix(k, prefix), ".json")
+		if ok && CheckName("host", h) == nil {
+			listed = append(listed, h)
+		}
+	}
+	entries := map[string][]byte{}
+	if host != "" {
+		entries[host] = doc
+	}
+	key := WaveReportKey(rel.Serial, rel.RootVersion, rel.Wave)
+	for attempt := 0; ; attempt++ {
+		data, etag, err := store.Read(ctx, key)
+		cond := Cond{IfMatch: etag}
+		if errors.Is(err, fs.ErrNotExist) {
+			data, cond = nil, Cond{IfAbsent: true}
+		} else if err != nil {
+			return fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
+		}
+		wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
+		if wr == nil {
+			wr = &agentapi.WaveReport{V: agentapi.Version, Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
+		}
+		if wr.Reports == nil {
+			wr.Reports = map[string]json.RawMessage{}
+		}
+		all := map[string]bool{}
+		if host != "" {
+			all[host] = true
+		}
+		for h := range wr.Reports {
+			all[h] = true
+		}
+		for _, h := range listed {
+			all[h] = true
+		}
+		if len(all) < rel.WaveSize {
+			// Not complete: the last host of the wave gathers it.
+			return nil
+		}
+		changed := false
+		for _, h := range listed {
+			if _, ok := wr.Reports[h]; ok && h != host {
+				continue
+			}
+			e, ok := entries[h]
+			if !ok {
+				e, _, err = store.Read(ctx, WaveEntryKey(rel.Serial, rel.RootVersion, rel.Wave, h))
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("reading %s's entry in wave %d's report: %w", h, rel.Wave, err)
+				}
+				entries[h] = e
+			}
+			if !bytes.Equal(wr.Reports[h], e) {
+				wr.Reports[h], changed = e, true
+			}
+		}
+		if !changed {
+			return nil
+		}
+		out, err := json.Marshal(wr)
+		if err != nil {
+			return err
+		}
+		err = store.Write(ctx, key, out, cond)
+		if !errors.Is(err, ErrConflict) {
+			if err != nil {
+				return fmt.Errorf("writing wave %d's report: %w", rel.Wave, err)
+			}
+			return nil
+		}
+		if attempt+1 == appendAttempts {
+			return fmt.Errorf("writing wave %d's report: %d conditional writes lost to other hosts' (again at the next poll): %w", rel.Wave, appendAttempts, err)
+		}
+		// Another host gathered the wave too: read its report again
+		// (its entries are kept).
+		if err := pause(ctx, attempt); err != nil {
+			return err
+		}
+	}
+}
+
+// Lister is a [Store] that lists keys: the S3 bucket with s3:ListBucket on
+// the channel's status prefix, or a directory.
+type Lister interface {
+	// List returns the keys under prefix (which ends in a slash), in
+	// order.
+	List(ctx context.Context, prefix string) ([]string, error)
+}
+
+// pause waits before another conditional write, longer at each attempt
+// and at random, so that the writers spread apart.
+func pause(ctx context.Context, attempt int) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Duration(10+rand.IntN(40*(attempt+1))) * time.Millisecond):
+		return nil
+	}
 }
 
 // appendAttempts bounds the conditional writes of one [AppendReport]:
@@ -94,11 +282,8 @@ func AppendReport(ctx context.Context, store Store, rel *agentapi.Release, host 
 		}
 		// Another host of the wave wrote first: read its version again
 		// after a pause that spreads the writers apart.
-		pause := time.Duration(10+rand.IntN(40*(attempt+1))) * time.Millisecond
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pause):
+		if err := pause(ctx, attempt); err != nil {
+			return err
 		}
 	}
 }
@@ -125,7 +310,15 @@ type GateCache struct {
 	Reports map[string]Reported `json:"reports,omitempty"`
 	// Why is the last reason an entry was not believed, by host.
 	Why map[string]string `json:"why,omitempty"`
+	// Since is, for the wave waited for, when the host began to wait for
+	// it or last gathered it ([GatherWave]).
+	Since map[int]time.Time `json:"since,omitempty"`
 }
+
+// GatherAfter is how long a host waits for an earlier wave's report to
+// be complete before it gathers the wave's entries itself
+// ([GatherWave]), and again each time after.
+const GatherAfter = 2 * time.Minute
 
 // GateSource is what [GateWaves] reads: the channel, and the hosts' own
 // status documents when a wave's report misses some at its deadline.
@@ -135,6 +328,9 @@ type GateSource struct {
 	Get func(ctx context.Context, key, etag string) ([]byte, string, error)
 	// Status reads a host's status document (nil, nil when none).
 	Status func(ctx context.Context, host string) ([]byte, error)
+	// Gather, when set, gathers wave's entries into its report
+	// ([GatherWave]) for a release whose wave is that size.
+	Gather func(ctx context.Context, wave, size int) error
 }
 
 // GateWaves decides like [Gate], from the earlier waves' reports
@@ -173,6 +369,26 @@ func GateWaves(ctx context.Context, rel *agentapi.Release, now time.Time, c *Gat
 				return Wait, "", err
 			}
 			missing = c.missing(hosts)
+		}
+		if len(missing) > 0 && !late && src.Gather != nil {
+			// The wave's report is not complete: past GatherAfter, gather
+			// its entries (the host that should have is gone, or could
+			// not see them), once every GatherAfter.
+			if c.Since == nil {
+				c.Since = map[int]time.Time{}
+			}
+			if since, ok := c.Since[j]; !ok {
+				c.Since[j] = now
+			} else if now.Sub(since) >= GatherAfter {
+				c.Since[j] = now
+				if err := src.Gather(ctx, j, rel.WaveSizes[j-1]); err != nil {
+					return Wait, "", err
+				}
+				if err := c.readReport(ctx, rel, j, missing, src); err != nil {
+					return Wait, "", err
+				}
+				missing = c.missing(hosts)
+			}
 		}
 		if len(missing) == 0 {
 			if c.halts(rel, off) {

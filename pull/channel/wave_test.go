@@ -94,6 +94,10 @@ type waveFleet struct {
 	gets, statuses int
 	refuse         bool
 	published, now time.Time
+	// store, when set, holds the reports and entries instead, and the
+	// gate may gather them; gathers counts its calls.
+	store   channel.DirStore
+	gathers int
 }
 
 func newWaveFleet(t *testing.T, n int) *waveFleet {
@@ -132,6 +136,13 @@ func (f *waveFleet) gate(c *channel.GateCache) (channel.Decision, string, error)
 				return nil, "", &limits.TooLargeError{Object: key, Limit: 16}
 			}
 			data, ok := f.objects[key]
+			if f.store != "" {
+				var err error
+				if data, _, err = f.store.Read(context.Background(), key); err != nil {
+					return nil, "", err
+				}
+				ok = true
+			}
 			if !ok {
 				return nil, "", fmt.Errorf("%s: %w", key, fs.ErrNotExist)
 			}
@@ -144,6 +155,13 @@ func (f *waveFleet) gate(c *channel.GateCache) (channel.Decision, string, error)
 		Status: func(_ context.Context, h string) ([]byte, error) {
 			f.statuses++
 			return f.objects[channel.StatusKey(h)], nil
+		},
+		Gather: func(ctx context.Context, wave, size int) error {
+			if f.store == "" {
+				return nil
+			}
+			f.gathers++
+			return channel.GatherWave(ctx, f.store, &agentapi.Release{Channel: "prod", Serial: 9, Wave: wave, WaveSize: size})
 		},
 	})
 }
@@ -195,6 +213,42 @@ func TestGateWaves(t *testing.T) {
 			poll(channel.Go, "", 1, 1)
 		})
 	}
+	t.Run("entries nobody gathered", func(t *testing.T) {
+		// Wave 2's hosts all wrote their entries, but its last one stopped
+		// before it gathered them: a waiting host gathers them itself,
+		// GatherAfter after it began to wait, not before.
+		f := newWaveFleet(t, 3)
+		f.store = channel.DirStore(t.TempDir())
+		ctx := context.Background()
+		for i := range 4 {
+			h := fmt.Sprintf("web%d", i)
+			wave := 2
+			if i == 0 {
+				wave = 1
+			}
+			f.store.Put(ctx, channel.WaveEntryKey(9, 0, wave, h), f.status(t, h, agentapi.PullDone))
+		}
+		var c channel.GateCache
+		for _, after := range []time.Duration{0, time.Minute, channel.GatherAfter - time.Second} {
+			f.now = f.published.Add(time.Minute + after)
+			if got, why, err := f.gate(&c); got != channel.Wait || err != nil || !strings.Contains(why, "waiting for web0") {
+				t.Fatalf("GateWaves %v after it began to wait = %v %q %v, want waiting for web0", after, got, why, err)
+			}
+		}
+		if f.gathers != 0 {
+			t.Fatalf("gathered %d times before GatherAfter", f.gathers)
+		}
+		// Wave 1 is gathered at its GatherAfter; wave 2 is waited for from
+		// then, and gathered GatherAfter later.
+		f.now = f.published.Add(time.Minute + channel.GatherAfter)
+		if got, why, _ := f.gate(&c); got != channel.Wait || !strings.Contains(why, "waiting for web1") || f.gathers != 1 {
+			t.Fatalf("GateWaves at GatherAfter = %v %q after %d gathers, want waiting for web1 after 1", got, why, f.gathers)
+		}
+		f.now = f.now.Add(channel.GatherAfter)
+		if got, why, err := f.gate(&c); got != channel.Go || err != nil || f.gathers != 2 || f.statuses != 0 {
+			t.Fatalf("GateWaves = %v %q %v after %d gathers and %d status reads, want go after 2 and 0", got, why, err, f.gathers, f.statuses)
+		}
+	})
 	t.Run("a failed canary halts", func(t *testing.T) {
 		f := newWaveFleet(t, 3)
 		f.report(1, map[string][]byte{"web0": f.status(t, "web0", agentapi.PullRolledBack)})
@@ -228,6 +282,147 @@ func TestGateWaves(t *testing.T) {
 		var c channel.GateCache
 		if got, _, err := f.gate(&c); got != channel.Go || err != nil || f.gets != 0 || f.statuses != 4 {
 			t.Fatalf("GateWaves = %v %v after %d report and %d status reads, want go after 0 and 4", got, err, f.gets, f.statuses)
+		}
+	})
+}
+
+// countingStore counts the writes of each key.
+type countingStore struct {
+	channel.DirStore
+	mu     sync.Mutex
+	writes map[string]int
+}
+
+func (c *countingStore) Write(ctx context.Context, key string, data []byte, cond channel.Cond) error {
+	c.mu.Lock()
+	c.writes[key]++
+	c.mu.Unlock()
+	return c.DirStore.Write(ctx, key, data, cond)
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, data []byte) error {
+	return c.Write(ctx, key, data, channel.Cond{})
+}
+
+// noList hides a store's List, as credentials without s3:ListBucket do.
+type noList struct{ channel.Store }
+
+func readReport(t *testing.T, store channel.Store, serial int64, wave int) *agentapi.WaveReport {
+	t.Helper()
+	data, _, err := store.Read(context.Background(), channel.WaveReportKey(serial, 0, wave))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr := channel.DecodeWaveReport(data, "prod", serial, wave)
+	if wr == nil {
+		t.Fatalf("wave %d's report: %s", wave, data)
+	}
+	return wr
+}
+
+// TestAddToWave: each host writes its own entry; the report appears once,
+// when the wave's last host gathers every entry, and not before. Hosts
+// that append (an older agent, or credentials that cannot list) share a
+// wave with those that write entries.
+func TestAddToWave(t *testing.T) {
+	ctx := context.Background()
+	doc := func(h string) []byte { return fmt.Appendf(nil, `{"host":%q}`, h) }
+	t.Run("one by one", func(t *testing.T) {
+		store := &countingStore{DirStore: channel.DirStore(t.TempDir()), writes: map[string]int{}}
+		rel := release("web1", 7)
+		rel.Wave, rel.WaveSize = 2, 5
+		for i := range 5 {
+			if wr := readReport(t, store, 7, 2); wr != nil {
+				t.Fatalf("after %d of 5 hosts: a report with %d entries, want none yet", i, len(wr.Reports))
+			}
+			h := fmt.Sprintf("web%d", i)
+			if err := channel.AddToWave(ctx, store, rel, h, doc(h)); err != nil {
+				t.Fatal(err)
+			}
+			if n := store.writes[channel.WaveEntryKey(7, 0, 2, h)]; n != 1 {
+				t.Errorf("%s's entry written %d times", h, n)
+			}
+		}
+		wr := readReport(t, store, 7, 2)
+		if wr == nil || len(wr.Reports) != 5 {
+			t.Fatalf("the report after the wave's last host: %+v, want 5 entries", wr)
+		}
+		for h, d := range wr.Reports {
+			if string(d) != string(doc(h)) {
+				t.Errorf("entry of %s: %s", h, d)
+			}
+		}
+		if n := store.writes[channel.WaveReportKey(7, 0, 2)]; n != 1 {
+			t.Errorf("the report was written %d times, want once", n)
+		}
+		// A host that adds itself again (a retry) changes nothing.
+		if err := channel.AddToWave(ctx, store, rel, "web2", doc("web2")); err != nil {
+			t.Fatal(err)
+		}
+		if n := store.writes[channel.WaveReportKey(7, 0, 2)]; n != 1 {
+			t.Errorf("a retry wrote the report again (%d writes)", n)
+		}
+	})
+	t.Run("at once", func(t *testing.T) {
+		store := channel.DirStore(t.TempDir())
+		rel := release("web1", 7)
+		rel.Wave, rel.WaveSize = 3, 16
+		var wg sync.WaitGroup
+		for i := range rel.WaveSize {
+			wg.Go(func() {
+				h := fmt.Sprintf("web%d", i)
+				// A host whose writes all lost tries again at its next poll.
+				for {
+					err := channel.AddToWave(ctx, store, rel, h, doc(h))
+					if err == nil {
+						return
+					}
+					if !errors.Is(err, channel.ErrConflict) {
+						t.Errorf("%s: %v", h, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if wr := readReport(t, store, 7, 3); wr == nil || len(wr.Reports) != rel.WaveSize {
+			t.Fatalf("the report: %+v, want %d entries", wr, rel.WaveSize)
+		}
+	})
+	t.Run("with appending hosts", func(t *testing.T) {
+		store := channel.DirStore(t.TempDir())
+		rel := release("web1", 7)
+		rel.Wave, rel.WaveSize = 2, 3
+		old := *rel
+		old.WaveSize = 0 // an older publisher's release: every host appends
+		if err := channel.AddToWave(ctx, store, &old, "a", doc("a")); err != nil {
+			t.Fatal(err)
+		}
+		if wr := readReport(t, store, 7, 2); wr == nil || len(wr.Reports) != 1 {
+			t.Fatalf("after a host that appends: %+v, want its entry", wr)
+		}
+		if err := channel.AddToWave(ctx, store, rel, "b", doc("b")); err != nil {
+			t.Fatal(err)
+		}
+		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 1 {
+			t.Fatalf("after a host of 3 that writes its entry: %d entries in the report, want 1", len(wr.Reports))
+		}
+		// Credentials that cannot list: this host appends.
+		if err := channel.AddToWave(ctx, noList{store}, rel, "c", doc("c")); err != nil {
+			t.Fatal(err)
+		}
+		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 2 {
+			t.Fatalf("after a host that cannot list: %d entries, want 2", len(wr.Reports))
+		}
+		// b's retry finds the wave complete and gathers it.
+		if err := channel.AddToWave(ctx, store, rel, "b", doc("b")); err != nil {
+			t.Fatal(err)
+		}
+		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 3 {
+			t.Fatalf("after b again: %d entries, want 3", len(wr.Reports))
 		}
 	})
 }

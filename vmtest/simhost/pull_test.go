@@ -199,8 +199,17 @@ func TestPullWaves(t *testing.T) {
 	}
 	for w := 1; w <= 3; w++ {
 		data, err := httpGet(p.srv.Endpoint + "/cache/fleet/channels/prod/" + channel.WaveReportKey(1, 0, w))
-		if err != nil || data == nil {
-			t.Errorf("wave %d's report: %v", w, err)
+		wr := channel.DecodeWaveReport(data, "prod", 1, w)
+		if err != nil || wr == nil || len(wr.Reports) != len(waves[w-1]) {
+			t.Errorf("wave %d's report: %s %v, want %d entries", w, data, err, len(waves[w-1]))
+		}
+		// Gathered from the hosts' own entries (their credentials may
+		// list), not appended to by each.
+		for _, i := range waves[w-1] {
+			h := p.nw.Hosts()[i].Name()
+			if e, err := httpGet(p.srv.Endpoint + "/cache/fleet/channels/prod/" + channel.WaveEntryKey(1, 0, w, h)); err != nil || e == nil {
+				t.Errorf("%s's entry in wave %d: %v", h, w, err)
+			}
 		}
 	}
 

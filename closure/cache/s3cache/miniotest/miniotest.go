@@ -195,16 +195,30 @@ func notInitialized(code, message string) bool {
 }
 
 // PrefixCredentials returns temporary credentials (STS AssumeRole, one
-// hour) whose session policy allows only writing and reading objects under
-// prefix in bucket: what a host gets to report its status. actions, when
-// given, replace s3:PutObject and s3:GetObject.
+// hour) whose session policy allows only writing, reading and listing
+// objects under prefix in bucket: what a host gets to report its status.
+// actions, when given, replace s3:PutObject, s3:GetObject and
+// s3:ListBucket (which the policy grants on the bucket for keys under
+// prefix, as AWS's s3:prefix condition does).
 func (s *Server) PrefixCredentials(t testing.TB, bucket, prefix string, actions ...string) TempCredentials {
 	t.Helper()
 	if len(actions) == 0 {
-		actions = []string{"s3:PutObject", "s3:GetObject"}
+		actions = []string{"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
 	}
-	acts, _ := json.Marshal(actions)
-	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":%s,"Resource":["arn:aws:s3:::%s/%s*"]}]}`, acts, bucket, prefix)
+	var objActs []string
+	stmts := []string{}
+	for _, a := range actions {
+		if a == "s3:ListBucket" {
+			stmts = append(stmts, fmt.Sprintf(`{"Effect":"Allow","Action":["s3:ListBucket"],"Resource":["arn:aws:s3:::%s"],"Condition":{"StringLike":{"s3:prefix":["%s*"]}}}`, bucket, prefix))
+		} else {
+			objActs = append(objActs, a)
+		}
+	}
+	if len(objActs) > 0 {
+		acts, _ := json.Marshal(objActs)
+		stmts = append(stmts, fmt.Sprintf(`{"Effect":"Allow","Action":%s,"Resource":["arn:aws:s3:::%s/%s*"]}`, acts, bucket, prefix))
+	}
+	policy := `{"Version":"2012-10-17","Statement":[` + strings.Join(stmts, ",") + `]}`
 	// MinIO says it is ready (Start) before its IAM subsystem is: until
 	// then STS answers "not initialized, please try again" (notInitialized).
 	// Those answers, and only they, are waited out, as Start waits for
