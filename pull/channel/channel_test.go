@@ -584,3 +584,15 @@ func TestS3Writer(t *testing.T) {
 		t.Fatalf("reading with write-only credentials: %v, want denied, naming s3:GetObject", err)
 	}
 }
+
+func TestCheckName(t *testing.T) {
+	long := strings.Repeat("a", 128)
+	for name, ok := range map[string]bool{
+		"web1": true, "Web-1.prod_eu": true, "9": true, long: true,
+		"": false, long + "a": false, ".hidden": false, "-x": false, "_x": false, "a/b": false, "a b": false, "é": false, "a\x00": false,
+	} {
+		if err := channel.CheckName("host", name); (err == nil) != ok {
+			t.Errorf("CheckName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+}
