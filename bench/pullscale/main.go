@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/bench/internal/cpuacct"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/pull/channel"
@@ -56,7 +57,7 @@ import (
 )
 
 // cg holds the experiment's processes (nil without cpuacct).
-var cg *cpuGroup
+var cg *cpuacct.Group
 
 // fatal is what tb.Fatal panics with, so that main cleans up.
 type fatal struct{ msg string }
@@ -124,7 +125,7 @@ func main() {
 	}
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	t := &tb{}
-	cg = joinCPUGroup()
+	cg = cpuacct.Join("pullscale")
 	// Interrupted, it cleans up (hosts, bridges, MinIO) before it exits.
 	var cleanOnce sync.Once
 	cleanup := func() {
@@ -132,7 +133,7 @@ func main() {
 			for i := len(t.cleanups) - 1; i >= 0; i-- {
 				t.cleanups[i]()
 			}
-			cg.leave()
+			cg.Leave()
 		})
 	}
 	sig := make(chan os.Signal, 1)
@@ -545,7 +546,7 @@ func measure(name string, px *proxy, ld *load, pollsSince func(from, to time.Tim
 	ph := &phase{Name: name, Extra: map[string]any{}}
 	s0 := px.snapshot()
 	ld.reset()
-	cpu0 := cg.usage()
+	cpu0 := cg.Usage()
 	start := time.Now()
 	ph.start = start
 	log.Printf("pullscale: %s", name)
@@ -554,7 +555,7 @@ func measure(name string, px *proxy, ld *load, pollsSince func(from, to time.Tim
 	end := time.Now()
 	ph.counts = px.snapshot().sub(s0)
 	ph.LoadMax, ph.LoadEnd, ph.CPUBusy = ld.result()
-	ph.HarnessCPU = cg.usage() - cpu0
+	ph.HarnessCPU = cg.Usage() - cpu0
 	h := ph.counts.total("hosts", nil)
 	ph.HostReq, ph.HostBytesIn, ph.HostBytesOut = h.n, h.bytesIn, h.bytesOut
 	op := ph.counts.total("operator", nil)

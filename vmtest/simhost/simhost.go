@@ -37,6 +37,11 @@
 // proxy in front of it) listen on [Network.ServiceAddr], an address of the
 // root namespace that every host routes to through its bridge.
 //
+// # SSH
+//
+// [Host.StartSSHD] runs the real OpenSSH server in a host, on its address
+// with its host key, for push deploys ([PushFleet]).
+//
 // # Bootstrap
 //
 // [Host.Bootstrap] gives a host its first generation the way a push deploy
@@ -96,6 +101,7 @@ type Options struct {
 // them to the root namespace.
 type Network struct {
 	opts    Options
+	base    int // bridge k is 10.(base+k).0.0/16
 	id      string
 	dir     string
 	svc     netip.Addr
@@ -231,9 +237,11 @@ func (n *Network) start(ctx context.Context) error {
 	// first bridge) that every host routes to through its own bridge.
 	n.svc = netip.AddrFrom4([4]byte{10, 99, byte(n.idByte()), 1})
 	bridges := (n.opts.Hosts + HostsPerBridge - 1) / HostsPerBridge
-	if bridges > 150 {
-		return fmt.Errorf("simhost: %d hosts need %d bridges, above 150", n.opts.Hosts, bridges)
+	base, err := freeSubnets(ctx, bridges)
+	if err != nil {
+		return err
 	}
+	n.base = base
 	for k := 0; k < bridges; k++ {
 		br := fmt.Sprintf("sim%sb%d", n.id, k)
 		if err := run(ctx, "ip", "link", "add", br, "type", "bridge"); err != nil {
@@ -284,9 +292,45 @@ func (n *Network) idByte() int {
 	return int(v % 250)
 }
 
-// gateway is bridge k's address: 10.(100+k).0.1.
+// gateway is bridge k's address: 10.(base+k).0.1.
 func (n *Network) gateway(k int) netip.Addr {
-	return netip.AddrFrom4([4]byte{10, byte(100 + k), 0, 1})
+	return netip.AddrFrom4([4]byte{10, byte(n.base + k), 0, 1})
+}
+
+// freeSubnets returns the first B of bridges consecutive /16s 10.B.0.0/16,
+// B from 100 to 249, that no route of the root namespace uses: another
+// Network running on the machine (a benchmark beside a test) keeps its
+// own.
+func freeSubnets(ctx context.Context, bridges int) (int, error) {
+	out, err := exec.CommandContext(ctx, "ip", "-4", "-o", "route", "show").Output()
+	if err != nil {
+		return 0, fmt.Errorf("ip route: %w", err)
+	}
+	used := map[int]bool{}
+	for _, f := range strings.Fields(string(out)) {
+		if p, err := netip.ParsePrefix(f); err == nil {
+			a := p.Addr().As4()
+			if a[0] == 10 && p.Bits() <= 16 {
+				for b := range 256 {
+					if p.Contains(netip.AddrFrom4([4]byte{10, byte(b), 0, 0})) {
+						used[b] = true
+					}
+				}
+			} else if a[0] == 10 {
+				used[int(a[1])] = true
+			}
+		}
+	}
+	for base := 100; base+bridges <= 250; base++ {
+		free := true
+		for k := range bridges {
+			free = free && !used[base+k]
+		}
+		if free {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("simhost: no %d free /16s in 10.100.0.0-10.249.255.255 for %d bridges", bridges, bridges)
 }
 
 func (n *Network) startHost(ctx context.Context, i int) (*Host, error) {
@@ -294,7 +338,7 @@ func (n *Network) startHost(ctx context.Context, i int) (*Host, error) {
 	h := &Host{
 		name:  fmt.Sprintf("%s%d", n.opts.Prefix, i+1),
 		index: i,
-		addr:  netip.AddrFrom4([4]byte{10, byte(100 + k), byte(1 + j/250), byte(2 + j%250)}),
+		addr:  netip.AddrFrom4([4]byte{10, byte(n.base + k), byte(1 + j/250), byte(2 + j%250)}),
 		gw:    n.gateway(k),
 		dir:   filepath.Join(n.dir, "hosts", fmt.Sprintf("%s%d", n.opts.Prefix, i+1)),
 		veth:  fmt.Sprintf("sim%sh%d", n.id, i),

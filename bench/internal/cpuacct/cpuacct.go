@@ -1,4 +1,7 @@
-package main
+// Package cpuacct measures the CPU time of an experiment apart from
+// whatever else runs on the machine: a cgroup (v1 cpuacct) that holds the
+// benchmark's process and every process it starts.
+package cpuacct
 
 import (
 	"fmt"
@@ -9,19 +12,18 @@ import (
 	"time"
 )
 
-// cpuGroup is a cgroup (v1 cpuacct) holding this process and every process
-// it starts (MinIO, the proxy, deploy, the hosts' agents): the CPU time of
-// the whole experiment, apart from whatever else runs on the machine.
-type cpuGroup struct{ dir string }
+// Group is a cgroup (v1 cpuacct) holding this process and every process
+// it starts (MinIO, a proxy, deploy, the hosts' agents and sshd).
+type Group struct{ dir string }
 
-// joinCPUGroup moves this process into a new cpuacct group; nil when the
-// machine has none (then the report says so).
-func joinCPUGroup() *cpuGroup {
+// Join moves this process into a new cpuacct group named after name;
+// nil when the machine has none (then the report says so).
+func Join(name string) *Group {
 	root := "/sys/fs/cgroup/cpuacct"
 	if _, err := os.Stat(filepath.Join(root, "cpuacct.usage")); err != nil {
 		return nil
 	}
-	dir := filepath.Join(root, fmt.Sprintf("pullscale-%d", os.Getpid()))
+	dir := filepath.Join(root, fmt.Sprintf("%s-%d", name, os.Getpid()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil
 	}
@@ -29,11 +31,11 @@ func joinCPUGroup() *cpuGroup {
 		os.Remove(dir)
 		return nil
 	}
-	return &cpuGroup{dir: dir}
+	return &Group{dir: dir}
 }
 
-// usage is the group's CPU time so far.
-func (g *cpuGroup) usage() time.Duration {
+// Usage is the group's CPU time so far (0 for nil).
+func (g *Group) Usage() time.Duration {
 	if g == nil {
 		return 0
 	}
@@ -45,9 +47,9 @@ func (g *cpuGroup) usage() time.Duration {
 	return time.Duration(n)
 }
 
-// leave moves every process left in the group back to the root group and
+// Leave moves every process left in the group back to the root group and
 // removes it.
-func (g *cpuGroup) leave() {
+func (g *Group) Leave() {
 	if g == nil {
 		return
 	}
