@@ -51,11 +51,14 @@ type Release struct {
 	// which [WaveReport] holds an earlier host's report. A release without
 	// it (an older publisher) is gated on each host's status document.
 	WaveSizes []int `json:"wave_sizes,omitempty"`
-	// WaveSize is the number of hosts of this host's own wave: the
-	// last of them to report gathers the wave's report from its hosts'
-	// entries. Zero (an older publisher): each host adds itself to the
-	// report.
+	// WaveSize is the number of hosts of this host's own wave, whose
+	// gatherers make its report from its hosts' entries. Zero (an older
+	// publisher): each host adds itself to the report.
 	WaveSize int `json:"wave_size,omitempty"`
+	// Gatherer: this host gathers its wave's report from the wave's
+	// entries, at each poll after its own until the report holds the whole
+	// wave (the publisher names the first few hosts of each wave).
+	Gatherer bool `json:"gatherer,omitempty"`
 	// RollbackTo is the serial whose systems this release returns to when
 	// it was published by a rollback through the channel.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
@@ -204,7 +207,7 @@ type PullRefusal struct {
 // (status/waves/SERIAL/WAVE.json): each host of the wave, once its outcome
 // is final, writes its signed status document, exactly as it wrote it to
 // status/HOST.json, as its entry (status/waves/SERIAL/WAVE/HOST.json), and
-// the wave's last host gathers the entries into the report with a
+// the wave's gatherers (Release.Gatherer) gather the entries into the report with a
 // conditional write (hosts that cannot list add themselves to the report,
 // a read-modify-write). A host of a later wave then
 // reads one document per earlier wave instead of one per earlier host.

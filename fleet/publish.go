@@ -419,8 +419,8 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 		for _, name := range wave {
 			rel := &agentapi.Release{V: agentapi.Version, Channel: opts.Channel, Host: name, Serial: serial, System: systems[name],
 				GitRev: meta["git_rev"], Publisher: meta["operator"], Message: opts.Message, Published: now,
-				Wave: i + 1, Waves: len(ro.Batches), WaveSize: len(wave), After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo,
-				RootVersion: rootVersion}
+				Wave: i + 1, Waves: len(ro.Batches), WaveSize: len(wave), Gatherer: slices.Index(wave, name) < channel.Gatherers,
+				After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo, RootVersion: rootVersion}
 			if i > 0 {
 				rel.Deadline = now.Add(time.Duration(i) * timeout)
 				rel.WaveSizes = sizes[:i]

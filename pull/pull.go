@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -149,10 +150,13 @@ type waveRef struct {
 	Wave   int   `json:"wave"`
 	Waves  int   `json:"waves"`
 	// Size is the number of the wave's hosts (0 from an older
-	// publisher).
-	Size int `json:"size,omitempty"`
+	// publisher); Gatherer says that this host gathers the wave's report,
+	// and Gathered that the report is complete.
+	Size     int  `json:"size,omitempty"`
+	Gatherer bool `json:"gatherer,omitempty"`
+	Gathered bool `json:"gathered,omitempty"`
 	// Added says that the final status is in the wave's report, or in
-	// the entries its last host gathers.
+	// its entries, whose gatherers make the report.
 	Added bool `json:"added,omitempty"`
 }
 
@@ -407,12 +411,22 @@ func (p *poll) flush(ctx context.Context) error {
 	return p.addToWave(ctx, key)
 }
 
+// gatherFor bounds how long a gatherer keeps gathering its wave's report
+// after its own outcome, when the wave never completes (a host of it is
+// gone): the later waves decide from the hosts' own statuses at their
+// deadline anyway.
+const gatherFor = 24 * time.Hour
+
 // waveDue reports whether the host's final status reached the channel but
-// not yet its wave's report.
+// not yet its wave's entries, or, for a gatherer, its wave's report is
+// not complete yet.
 func (p *poll) waveDue() bool {
 	w, s := p.st.Wave, p.st.Status
 	_, ok := p.a.Status.(channel.Store)
-	return ok && w != nil && !w.Added && s != nil && s.Serial == w.Serial && s.Outcome.Final()
+	if !ok || w == nil || s == nil || s.Serial != w.Serial || !s.Outcome.Final() {
+		return false
+	}
+	return !w.Added || w.Gatherer && !w.Gathered && p.a.now().Sub(s.OutcomeTime) < gatherFor
 }
 
 // addToWave adds the host's final status to its wave's report
@@ -424,17 +438,24 @@ func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
 		return p.save()
 	}
 	w, s := p.st.Wave, p.st.Status
-	store := p.a.Status.(channel.Store)
-	doc, err := channel.SignStatus(s, key)
-	if err == nil {
-		rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave, WaveSize: w.Size}
-		err = channel.AddToWave(ctx, publicRead{store, p}, rel, p.a.Config.Host, doc)
+	store := publicRead{p.a.Status.(channel.Store), p}
+	rel := &agentapi.Release{Channel: p.a.Config.Channel, Serial: w.Serial, RootVersion: w.Root, Wave: w.Wave, WaveSize: w.Size, Gatherer: w.Gatherer}
+	var done bool
+	var err error
+	if w.Added {
+		// A gatherer whose wave was not complete at its last poll.
+		done, err = channel.GatherWave(ctx, store, rel)
+	} else {
+		var doc []byte
+		if doc, err = channel.SignStatus(s, key); err == nil {
+			done, err = channel.AddToWave(ctx, store, rel, p.a.Config.Host, doc)
+			w.Added = err == nil
+		}
 	}
 	if err != nil {
 		p.a.logf("adding the status to wave %d's report: %v (again at the next poll)", w.Wave, err)
-	} else {
-		w.Added = true
 	}
+	w.Gathered = done
 	return p.save()
 }
 
@@ -555,7 +576,7 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 
 	// 3. The earlier waves.
 	if w := st.Wave; w == nil || w.Serial != rel.Serial || w.Root != rel.RootVersion {
-		st.Wave = &waveRef{Serial: rel.Serial, Root: rel.RootVersion, Wave: rel.Wave, Waves: rel.Waves, Size: rel.WaveSize}
+		st.Wave = &waveRef{Serial: rel.Serial, Root: rel.RootVersion, Wave: rel.Wave, Waves: rel.Waves, Size: rel.WaveSize, Gatherer: rel.Gatherer}
 	}
 	if st.Gate == nil {
 		st.Gate = &channel.GateCache{}
@@ -798,7 +819,13 @@ func (p *poll) gatherWave(rel *agentapi.Release) func(ctx context.Context, wave,
 		return nil
 	}
 	return func(ctx context.Context, wave, size int) error {
-		err := channel.GatherWave(ctx, publicRead{store, p}, &agentapi.Release{Channel: rel.Channel, Serial: rel.Serial, RootVersion: rel.RootVersion, Wave: wave, WaveSize: size})
+		// Once in size polls of this host (size: its own wave's), so
+		// that among the hosts that wait about one gathers per interval,
+		// not each at each poll.
+		if n := max(rel.WaveSize, 1); rand.IntN(n) != 0 {
+			return nil
+		}
+		_, err := channel.GatherWave(ctx, publicRead{store, p}, &agentapi.Release{Channel: rel.Channel, Serial: rel.Serial, RootVersion: rel.RootVersion, Wave: wave, WaveSize: size})
 		if err != nil {
 			// Not a reason to stop the poll: the report may come anyway.
 			p.a.logf("gathering wave %d's report: %v", wave, err)

@@ -555,10 +555,10 @@ func TestS3Writer(t *testing.T) {
 	// gathered by the last of the wave's hosts.
 	w.(*channel.S3Writer).ListPage = 2
 	wrel := release("web1", 3)
-	wrel.Wave, wrel.WaveSize = 2, 3
-	for _, h := range []string{"web3", "web1", "web2"} {
-		if err := channel.AddToWave(ctx, ws, wrel, h, fmt.Appendf(nil, `{"host":%q}`, h)); err != nil {
-			t.Fatal(err)
+	wrel.Wave, wrel.WaveSize, wrel.Gatherer = 2, 3, true
+	for i, h := range []string{"web3", "web1", "web2"} {
+		if done, err := channel.AddToWave(ctx, ws, wrel, h, fmt.Appendf(nil, `{"host":%q}`, h)); err != nil || done != (i == 2) {
+			t.Fatalf("AddToWave of %s, gatherer %d of 3 = %v, %v", h, i+1, done, err)
 		}
 	}
 	keys, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2))

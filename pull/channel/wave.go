@@ -70,65 +70,74 @@ func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agen
 // that every host of the wave contends for:
 //
 //  1. it writes doc as its own entry ([WaveEntryKey]), which no other
-//     host writes;
-//  2. it lists the wave's entries (one LIST, which S3 answers consistently
-//     after the write) and reads the report;
+//     host writes: for most hosts of a wave, that is all;
+//  2. a gatherer (rel.Gatherer: the publisher names the first
+//     [Gatherers] hosts of each wave) then lists the wave's entries (one
+//     LIST, which S3 answers consistently after the writes) and reads the
+//     report;
 //  3. when the entries and the report's hosts together number the wave's
 //     hosts (rel.WaveSize), it gathers them into the report, with a
 //     conditional write.
 //
-// So each host makes three requests, and only the last of a wave (or the
-// few that finish together) write the report: the later waves read a
-// report that exists once the wave is complete, and one read tells them.
-// The order matters: a host lists after its own entry is in, so the last
-// host of a wave to write its entry sees every other one.
+// It returns whether the host is done with the report: false for a
+// gatherer whose wave is not complete yet, which calls [GatherWave] again
+// at its next polls until it is. So a wave of any size costs one PUT per
+// host, and a LIST and a GET per gatherer and poll while the wave runs;
+// the later waves read a report that exists once the wave is complete.
 //
 // A store that cannot list (credentials without s3:ListBucket on the
 // prefix), or a release without WaveSize (an older publisher), gets the
 // older way: [AppendReport], a read-modify-write of the report by every
 // host. The report is the same either way, and hosts of both kinds may
 // share a wave: entries and appended reports are merged.
-func AddToWave(ctx context.Context, store Store, rel *agentapi.Release, host string, doc []byte) error {
+func AddToWave(ctx context.Context, store Store, rel *agentapi.Release, host string, doc []byte) (bool, error) {
 	ls, ok := store.(Lister)
 	if !ok || rel.WaveSize <= 0 {
-		return AppendReport(ctx, store, rel, host, doc)
+		return true, AppendReport(ctx, store, rel, host, doc)
 	}
 	if err := store.Put(ctx, WaveEntryKey(rel.Serial, rel.RootVersion, rel.Wave, host), doc); err != nil {
-		return fmt.Errorf("writing the entry in wave %d's report: %w", rel.Wave, err)
+		return false, fmt.Errorf("writing the entry in wave %d's report: %w", rel.Wave, err)
 	}
-	err := gather(ctx, store, ls, rel, host, doc)
+	if !rel.Gatherer {
+		return true, nil
+	}
+	done, err := gather(ctx, store, ls, rel, host, doc)
 	if errors.Is(err, ErrDenied) {
-		return AppendReport(ctx, store, rel, host, doc)
+		return true, AppendReport(ctx, store, rel, host, doc)
 	}
-	return err
+	return done, err
 }
 
+// Gatherers is how many hosts of each wave gather its report
+// ([AddToWave]): more than one, so that one host down does not leave the
+// wave without its report.
+const Gatherers = 3
+
 // GatherWave gathers the entries of rel's wave into its report when
-// they make the whole wave (rel.WaveSize hosts), as its last host does in
-// [AddToWave]: what a host of a later wave does when that report is still
-// missing hosts long after it began to wait (the wave's last host stopped
-// between its entry and the report, or appended to the report without
-// seeing the entries: an older agent). A store that cannot list does
-// nothing.
-func GatherWave(ctx context.Context, store Store, rel *agentapi.Release) error {
+// they make the whole wave (rel.WaveSize hosts), and reports whether the
+// report is complete: what a gatherer does at each poll until it is, and
+// what a host of a later wave does, now and then, when that report is
+// still missing hosts long after it began to wait (the wave's gatherers
+// are down). A store that cannot list does nothing.
+func GatherWave(ctx context.Context, store Store, rel *agentapi.Release) (bool, error) {
 	ls, ok := store.(Lister)
 	if !ok || rel.WaveSize <= 0 {
-		return nil
+		return true, nil
 	}
-	err := gather(ctx, store, ls, rel, "", nil)
+	done, err := gather(ctx, store, ls, rel, "", nil)
 	if errors.Is(err, ErrDenied) {
-		return nil
+		return true, nil
 	}
-	return err
+	return done, err
 }
 
 // gather is steps 2 and 3 of [AddToWave], for host (none: "") whose entry
 // doc is written.
-func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, host string, doc []byte) error {
+func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, host string, doc []byte) (bool, error) {
 	prefix := WaveEntryPrefix(rel.Serial, rel.RootVersion, rel.Wave)
 	keys, err := ls.List(ctx, prefix)
 	if err != nil {
-		return fmt.Errorf("listing wave %d's entries: %w", rel.Wave, err)
+		return false, fmt.Errorf("listing wave %d's entries: %w", rel.Wave, err)
 	}
 	var listed []string
 	for _, k := range keys {
@@ -148,7 +157,7 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 		if errors.Is(err, fs.ErrNotExist) {
 			data, cond = nil, Cond{IfAbsent: true}
 		} else if err != nil {
-			return fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
+			return false, fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
 		}
 		wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
 		if wr == nil {
@@ -168,8 +177,8 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 			all[h] = true
 		}
 		if len(all) < rel.WaveSize {
-			// Not complete: the last host of the wave gathers it.
-			return nil
+			// Not complete: again at the next poll.
+			return false, nil
 		}
 		changed := false
 		for _, h := range listed {
@@ -183,7 +192,7 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 					continue
 				}
 				if err != nil {
-					return fmt.Errorf("reading %s's entry in wave %d's report: %w", h, rel.Wave, err)
+					return false, fmt.Errorf("reading %s's entry in wave %d's report: %w", h, rel.Wave, err)
 				}
 				entries[h] = e
 			}
@@ -192,26 +201,26 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 			}
 		}
 		if !changed {
-			return nil
+			return true, nil
 		}
 		out, err := json.Marshal(wr)
 		if err != nil {
-			return err
+			return false, err
 		}
 		err = store.Write(ctx, key, out, cond)
 		if !errors.Is(err, ErrConflict) {
 			if err != nil {
-				return fmt.Errorf("writing wave %d's report: %w", rel.Wave, err)
+				return false, fmt.Errorf("writing wave %d's report: %w", rel.Wave, err)
 			}
-			return nil
+			return true, nil
 		}
 		if attempt+1 == appendAttempts {
-			return fmt.Errorf("writing wave %d's report: %d conditional writes lost to other hosts' (again at the next poll): %w", rel.Wave, appendAttempts, err)
+			return false, fmt.Errorf("writing wave %d's report: %d conditional writes lost to other hosts' (again at the next poll): %w", rel.Wave, appendAttempts, err)
 		}
 		// Another host gathered the wave too: read its report again
 		// (its entries are kept).
 		if err := pause(ctx, attempt); err != nil {
-			return err
+			return false, err
 		}
 	}
 }
@@ -310,14 +319,14 @@ type GateCache struct {
 	Reports map[string]Reported `json:"reports,omitempty"`
 	// Why is the last reason an entry was not believed, by host.
 	Why map[string]string `json:"why,omitempty"`
-	// Since is, for the wave waited for, when the host began to wait for
-	// it or last gathered it ([GatherWave]).
+	// Since is, for each wave waited for, when the host began to wait
+	// for it.
 	Since map[int]time.Time `json:"since,omitempty"`
 }
 
 // GatherAfter is how long a host waits for an earlier wave's report to
-// be complete before it gathers the wave's entries itself
-// ([GatherWave]), and again each time after.
+// be complete before it may gather the wave's entries itself
+// ([GatherWave], [GateSource].Gather).
 const GatherAfter = 2 * time.Minute
 
 // GateSource is what [GateWaves] reads: the channel, and the hosts' own
@@ -328,8 +337,10 @@ type GateSource struct {
 	Get func(ctx context.Context, key, etag string) ([]byte, string, error)
 	// Status reads a host's status document (nil, nil when none).
 	Status func(ctx context.Context, host string) ([]byte, error)
-	// Gather, when set, gathers wave's entries into its report
-	// ([GatherWave]) for a release whose wave is that size.
+	// Gather, when set, is called at each poll once the host has waited
+	// GatherAfter for wave's report (of a wave of size hosts); it may
+	// gather the wave's entries into it ([GatherWave]), or not: a few of
+	// the waiting hosts should, not every one at every poll.
 	Gather func(ctx context.Context, wave, size int) error
 }
 
@@ -371,16 +382,16 @@ func GateWaves(ctx context.Context, rel *agentapi.Release, now time.Time, c *Gat
 			missing = c.missing(hosts)
 		}
 		if len(missing) > 0 && !late && src.Gather != nil {
-			// The wave's report is not complete: past GatherAfter, gather
-			// its entries (the host that should have is gone, or could
-			// not see them), once every GatherAfter.
+			// The wave's report is not complete: past GatherAfter, the
+			// waiting hosts may gather it (its gatherers are down). Gather
+			// decides how often: each poll would be a LIST per waiting
+			// host.
 			if c.Since == nil {
 				c.Since = map[int]time.Time{}
 			}
 			if since, ok := c.Since[j]; !ok {
 				c.Since[j] = now
 			} else if now.Sub(since) >= GatherAfter {
-				c.Since[j] = now
 				if err := src.Gather(ctx, j, rel.WaveSizes[j-1]); err != nil {
 					return Wait, "", err
 				}

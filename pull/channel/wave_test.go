@@ -161,7 +161,8 @@ func (f *waveFleet) gate(c *channel.GateCache) (channel.Decision, string, error)
 				return nil
 			}
 			f.gathers++
-			return channel.GatherWave(ctx, f.store, &agentapi.Release{Channel: "prod", Serial: 9, Wave: wave, WaveSize: size})
+			_, err := channel.GatherWave(ctx, f.store, &agentapi.Release{Channel: "prod", Serial: 9, Wave: wave, WaveSize: size})
+			return err
 		},
 	})
 }
@@ -214,9 +215,9 @@ func TestGateWaves(t *testing.T) {
 		})
 	}
 	t.Run("entries nobody gathered", func(t *testing.T) {
-		// Wave 2's hosts all wrote their entries, but its last one stopped
-		// before it gathered them: a waiting host gathers them itself,
-		// GatherAfter after it began to wait, not before.
+		// Wave 2's hosts all wrote their entries, but its gatherers are
+		// down: a waiting host may gather them itself (Gather decides
+		// how often), GatherAfter after it began to wait, not before.
 		f := newWaveFleet(t, 3)
 		f.store = channel.DirStore(t.TempDir())
 		ctx := context.Background()
@@ -243,6 +244,10 @@ func TestGateWaves(t *testing.T) {
 		f.now = f.published.Add(time.Minute + channel.GatherAfter)
 		if got, why, _ := f.gate(&c); got != channel.Wait || !strings.Contains(why, "waiting for web1") || f.gathers != 1 {
 			t.Fatalf("GateWaves at GatherAfter = %v %q after %d gathers, want waiting for web1 after 1", got, why, f.gathers)
+		}
+		f.now = f.now.Add(time.Minute)
+		if got, _, _ := f.gate(&c); got != channel.Wait || f.gathers != 1 {
+			t.Fatalf("GateWaves before wave 2's GatherAfter = %v after %d gathers, want waiting after 1", got, f.gathers)
 		}
 		f.now = f.now.Add(channel.GatherAfter)
 		if got, why, err := f.gate(&c); got != channel.Go || err != nil || f.gathers != 2 || f.statuses != 0 {
@@ -324,46 +329,63 @@ func readReport(t *testing.T, store channel.Store, serial int64, wave int) *agen
 }
 
 // TestAddToWave: each host writes its own entry; the report appears once,
-// when the wave's last host gathers every entry, and not before. Hosts
+// when a gatherer finds every entry of the wave, and not before. Hosts
 // that append (an older agent, or credentials that cannot list) share a
 // wave with those that write entries.
 func TestAddToWave(t *testing.T) {
 	ctx := context.Background()
 	doc := func(h string) []byte { return fmt.Appendf(nil, `{"host":%q}`, h) }
+	add := func(t *testing.T, store channel.Store, rel *agentapi.Release, h string, gatherer bool) bool {
+		t.Helper()
+		r := *rel
+		r.Gatherer = gatherer
+		done, err := channel.AddToWave(ctx, store, &r, h, doc(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return done
+	}
 	t.Run("one by one", func(t *testing.T) {
 		store := &countingStore{DirStore: channel.DirStore(t.TempDir()), writes: map[string]int{}}
 		rel := release("web1", 7)
 		rel.Wave, rel.WaveSize = 2, 5
-		for i := range 5 {
-			if wr := readReport(t, store, 7, 2); wr != nil {
-				t.Fatalf("after %d of 5 hosts: a report with %d entries, want none yet", i, len(wr.Reports))
-			}
+		// web0, a gatherer, finishes first: the wave is not complete.
+		if add(t, store, rel, "web0", true) {
+			t.Fatal("a gatherer of an incomplete wave is done")
+		}
+		for i := 1; i < 5; i++ {
 			h := fmt.Sprintf("web%d", i)
-			if err := channel.AddToWave(ctx, store, rel, h, doc(h)); err != nil {
-				t.Fatal(err)
+			if !add(t, store, rel, h, false) {
+				t.Fatalf("%s, not a gatherer, is not done after its entry", h)
 			}
 			if n := store.writes[channel.WaveEntryKey(7, 0, 2, h)]; n != 1 {
 				t.Errorf("%s's entry written %d times", h, n)
 			}
+			if wr := readReport(t, store, 7, 2); wr != nil {
+				t.Fatalf("after %s: a report with %d entries, want none: only gatherers write it", h, len(wr.Reports))
+			}
+		}
+		// web0's next poll gathers the complete wave.
+		gather := *rel
+		gather.Gatherer = true
+		if done, err := channel.GatherWave(ctx, store, &gather); !done || err != nil {
+			t.Fatalf("GatherWave of the complete wave = %v, %v", done, err)
 		}
 		wr := readReport(t, store, 7, 2)
 		if wr == nil || len(wr.Reports) != 5 {
-			t.Fatalf("the report after the wave's last host: %+v, want 5 entries", wr)
+			t.Fatalf("the report after the gather: %+v, want 5 entries", wr)
 		}
 		for h, d := range wr.Reports {
 			if string(d) != string(doc(h)) {
 				t.Errorf("entry of %s: %s", h, d)
 			}
 		}
+		// Again (another gatherer, or a retry): nothing to write.
+		if done, err := channel.GatherWave(ctx, store, &gather); !done || err != nil {
+			t.Fatalf("GatherWave again = %v, %v", done, err)
+		}
 		if n := store.writes[channel.WaveReportKey(7, 0, 2)]; n != 1 {
 			t.Errorf("the report was written %d times, want once", n)
-		}
-		// A host that adds itself again (a retry) changes nothing.
-		if err := channel.AddToWave(ctx, store, rel, "web2", doc("web2")); err != nil {
-			t.Fatal(err)
-		}
-		if n := store.writes[channel.WaveReportKey(7, 0, 2)]; n != 1 {
-			t.Errorf("a retry wrote the report again (%d writes)", n)
 		}
 	})
 	t.Run("at once", func(t *testing.T) {
@@ -374,16 +396,17 @@ func TestAddToWave(t *testing.T) {
 		for i := range rel.WaveSize {
 			wg.Go(func() {
 				h := fmt.Sprintf("web%d", i)
-				// A host whose writes all lost tries again at its next poll.
-				for {
-					err := channel.AddToWave(ctx, store, rel, h, doc(h))
-					if err == nil {
-						return
-					}
-					if !errors.Is(err, channel.ErrConflict) {
-						t.Errorf("%s: %v", h, err)
-						return
-					}
+				r := *rel
+				r.Gatherer = i < channel.Gatherers
+				done, err := channel.AddToWave(ctx, store, &r, h, doc(h))
+				// A gatherer polls again until its wave is complete (all
+				// the entries are in once wg is done).
+				for err == nil && !done || errors.Is(err, channel.ErrConflict) {
+					time.Sleep(time.Millisecond)
+					done, err = channel.GatherWave(ctx, store, &r)
+				}
+				if err != nil {
+					t.Errorf("%s: %v", h, err)
 				}
 			})
 		}
@@ -398,31 +421,28 @@ func TestAddToWave(t *testing.T) {
 		rel.Wave, rel.WaveSize = 2, 3
 		old := *rel
 		old.WaveSize = 0 // an older publisher's release: every host appends
-		if err := channel.AddToWave(ctx, store, &old, "a", doc("a")); err != nil {
-			t.Fatal(err)
+		if !add(t, store, &old, "a", false) {
+			t.Fatal("a host that appends is not done")
 		}
 		if wr := readReport(t, store, 7, 2); wr == nil || len(wr.Reports) != 1 {
 			t.Fatalf("after a host that appends: %+v, want its entry", wr)
 		}
-		if err := channel.AddToWave(ctx, store, rel, "b", doc("b")); err != nil {
-			t.Fatal(err)
-		}
-		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 1 {
-			t.Fatalf("after a host of 3 that writes its entry: %d entries in the report, want 1", len(wr.Reports))
+		if add(t, store, rel, "b", true) {
+			t.Fatal("b, a gatherer of a wave of 3 with 2 reported, is done")
 		}
 		// Credentials that cannot list: this host appends.
-		if err := channel.AddToWave(ctx, noList{store}, rel, "c", doc("c")); err != nil {
-			t.Fatal(err)
+		if !add(t, noList{store}, rel, "c", true) {
+			t.Fatal("a host that cannot list is not done after it appended")
 		}
 		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 2 {
 			t.Fatalf("after a host that cannot list: %d entries, want 2", len(wr.Reports))
 		}
-		// b's retry finds the wave complete and gathers it.
-		if err := channel.AddToWave(ctx, store, rel, "b", doc("b")); err != nil {
-			t.Fatal(err)
+		// b's next poll finds the wave complete and gathers it.
+		if done, err := channel.GatherWave(ctx, store, rel); !done || err != nil {
+			t.Fatalf("GatherWave = %v, %v", done, err)
 		}
 		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 3 {
-			t.Fatalf("after b again: %d entries, want 3", len(wr.Reports))
+			t.Fatalf("after b's gather: %d entries, want 3", len(wr.Reports))
 		}
 	})
 }
