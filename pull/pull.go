@@ -411,6 +411,18 @@ func (p *poll) flush(ctx context.Context) error {
 	return p.addToWave(ctx, key)
 }
 
+// gatherEvery is how often a gatherer lists its wave's entries while it
+// stays in a poll for them ([Agent.gatherStay]).
+const gatherEvery = 2 * time.Second
+
+// gatherStay is how long a gatherer's poll stays to gather its wave's
+// report when the wave is not complete: half the poll interval, at most
+// 30 seconds (none when the interval is unknown); the poll after it goes
+// on, once per poll.
+func (a *Agent) gatherStay() time.Duration {
+	return min(time.Duration(a.Config.IntervalMS)*time.Millisecond/2, 30*time.Second)
+}
+
 // gatherFor bounds how long a gatherer keeps gathering its wave's report
 // after its own outcome, when the wave never completes (a host of it is
 // gone): the later waves decide from the hosts' own statuses at their
@@ -451,6 +463,17 @@ func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
 			done, err = channel.AddToWave(ctx, store, rel, p.a.Config.Host, doc)
 			w.Added = err == nil
 		}
+	}
+	// A gatherer whose wave is not complete stays a while, listing every
+	// few seconds: the report then follows the wave's last entry within
+	// seconds, not at this host's next poll.
+	for stay := p.a.gatherStay(); err == nil && !done && w.Added && w.Gatherer && stay > 0; stay -= gatherEvery {
+		select {
+		case <-ctx.Done():
+			return p.save()
+		case <-time.After(gatherEvery):
+		}
+		done, err = channel.GatherWave(ctx, store, rel)
 	}
 	if err != nil {
 		p.a.logf("adding the status to wave %d's report: %v (again at the next poll)", w.Wave, err)
