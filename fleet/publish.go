@@ -594,6 +594,14 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 		}
 		return true
 	}
+	// read reads key without holding w.mu, which the loop holds
+	// otherwise: the writers of the releases are not held up by a slow
+	// channel.
+	read := func(key string) ([]byte, string, error) {
+		w.mu.Unlock()
+		defer w.mu.Lock()
+		return store.Read(ctx, key)
+	}
 	for {
 		w.mu.Lock()
 		if len(pending) == 0 {
@@ -610,7 +618,7 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 			if active == 0 {
 				active = i + 1
 			}
-			data, etag, err := store.Read(ctx, channel.WaveReportKey(cr.Serial, cr.RootVersion, i+1))
+			data, etag, err := read(channel.WaveReportKey(cr.Serial, cr.RootVersion, i+1))
 			if err != nil || etag == etags[i+1] {
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
 					s.emit(Event{Type: EventLog, Phase: PhasePull, Message: fmt.Sprintf("reading wave %d's report: %v", i+1, err)})
@@ -651,7 +659,11 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 		}
 		for _, name := range look {
 			rel, hr := releases[name], rep.Hosts[name]
-			data, _, err := store.Read(ctx, channel.StatusKey(name))
+			data, _, err := read(channel.StatusKey(name))
+			if !pending[name] {
+				// Its release could not be written meanwhile.
+				continue
+			}
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhasePull, Message: fmt.Sprintf("reading the status: %v", err)})
 			}

@@ -468,7 +468,9 @@ func failing(o options, res *results, fl *simhost.PullFleet, nw *simhost.Network
 	sum := map[string]any{"exit": res.Fail.Exit, "canary": canary}
 	var halt time.Time
 	for _, l := range lines {
-		if strings.Contains(strings.ToLower(l.text), "halt") {
+		// The first later host that --wait ends as halted ("skipped in
+		// pull"), or a line that says so.
+		if t := strings.ToLower(l.text); strings.Contains(t, "halt") || strings.Contains(t, "skipped in pull") {
 			halt = l.at
 			sum["halt line"] = l.text
 			break
