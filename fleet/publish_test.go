@@ -304,19 +304,7 @@ func TestPublishWait(t *testing.T) {
 // the hosts' own documents.
 func TestPublishWaitWaveReports(t *testing.T) {
 	f := newPullFleet(t, "")
-	go func() {
-		for {
-			if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey("c"))); err == nil {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		doc, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Wave: 1, Outcome: agentapi.PullRolledBack,
-			Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()}, f.hostKeys["a"])
-		if err := channel.AppendReport(context.Background(), channel.DirStore(f.channelDir()), f.release(t, "a"), "a", doc); err != nil {
-			t.Error(err)
-		}
-	}()
+	go f.canaryFails(t, "c")
 	// Without the report, --wait would wait for the wave's hour.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -414,6 +402,22 @@ func TestChannelStatusUnverified(t *testing.T) {
 	}
 }
 
+// canaryFails waits for host's release, then adds canary a's rolled-back
+// status to its wave's report, and to nothing else.
+func (f *pullFleet) canaryFails(t *testing.T, host string) {
+	for {
+		if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey(host))); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	doc, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Wave: 1, Outcome: agentapi.PullRolledBack,
+		Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()}, f.hostKeys["a"])
+	if err := channel.AppendReport(context.Background(), channel.DirStore(f.channelDir()), f.release(t, "a"), "a", doc); err != nil {
+		t.Error(err)
+	}
+}
+
 // heldStore holds the writes of the keys in hold until release closes.
 type heldStore struct {
 	channel.Store
@@ -451,19 +455,7 @@ func TestPublishWaitWhileWriting(t *testing.T) {
 			}
 		}
 	}
-	go func() {
-		for {
-			if _, err := os.Stat(filepath.Join(f.channelDir(), channel.ReleaseKey("a"))); err == nil {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		doc, _ := channel.SignStatus(&agentapi.PullStatus{Host: "a", Channel: "prod", Serial: 1, Wave: 1, Outcome: agentapi.PullRolledBack,
-			Check: "http", Message: "generation 2 failed", Time: time.Now().UTC()}, f.hostKeys["a"])
-		if err := channel.AppendReport(context.Background(), channel.DirStore(f.channelDir()), f.release(t, "a"), "a", doc); err != nil {
-			t.Error(err)
-		}
-	}()
+	go f.canaryFails(t, "a")
 	go func() {
 		// Without the watch during the writes, nothing halts b and c
 		// while their releases are held: let them go in the end, so that

@@ -152,19 +152,9 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 	}
 	key := WaveReportKey(rel.Serial, rel.RootVersion, rel.Wave)
 	for attempt := 0; ; attempt++ {
-		data, etag, err := store.Read(ctx, key)
-		cond := Cond{IfMatch: etag}
-		if errors.Is(err, fs.ErrNotExist) {
-			data, cond = nil, Cond{IfAbsent: true}
-		} else if err != nil {
-			return false, fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
-		}
-		wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
-		if wr == nil {
-			wr = &agentapi.WaveReport{V: agentapi.Version, Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
-		}
-		if wr.Reports == nil {
-			wr.Reports = map[string]json.RawMessage{}
+		wr, cond, err := readToWrite(ctx, store, rel)
+		if err != nil {
+			return false, err
 		}
 		all := map[string]bool{}
 		if host != "" {
@@ -225,6 +215,29 @@ func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, 
 	}
 }
 
+// readToWrite reads rel's wave report to change it: the report (a new,
+// empty one when there is none, or the one there is is not one: malformed
+// or about another release, its entries could not be believed anyway) and
+// the condition of its write.
+func readToWrite(ctx context.Context, store Store, rel *agentapi.Release) (*agentapi.WaveReport, Cond, error) {
+	data, etag, err := store.Read(ctx, WaveReportKey(rel.Serial, rel.RootVersion, rel.Wave))
+	cond := Cond{IfMatch: etag}
+	if errors.Is(err, fs.ErrNotExist) {
+		data, cond = nil, Cond{IfAbsent: true}
+	} else if err != nil {
+		return nil, cond, fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
+	}
+	wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
+	if wr == nil {
+		wr = &agentapi.WaveReport{Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
+	}
+	if wr.Reports == nil {
+		wr.Reports = map[string]json.RawMessage{}
+	}
+	wr.V = agentapi.Version
+	return wr, cond, nil
+}
+
 // Lister is a [Store] that lists keys: the S3 bucket with s3:ListBucket on
 // the channel's status prefix, or a directory.
 type Lister interface {
@@ -257,24 +270,14 @@ const appendAttempts = 8
 func AppendReport(ctx context.Context, store Store, rel *agentapi.Release, host string, doc []byte) error {
 	key := WaveReportKey(rel.Serial, rel.RootVersion, rel.Wave)
 	for attempt := 0; ; attempt++ {
-		data, etag, err := store.Read(ctx, key)
-		cond := Cond{IfMatch: etag}
-		if errors.Is(err, fs.ErrNotExist) {
-			data, cond = nil, Cond{IfAbsent: true}
-		} else if err != nil {
-			return fmt.Errorf("reading wave %d's report: %w", rel.Wave, err)
-		}
-		wr := DecodeWaveReport(data, rel.Channel, rel.Serial, rel.Wave)
-		if wr == nil {
-			wr = &agentapi.WaveReport{Channel: rel.Channel, Serial: rel.Serial, Wave: rel.Wave}
+		wr, cond, err := readToWrite(ctx, store, rel)
+		if err != nil {
+			return err
 		}
 		if bytes.Equal(wr.Reports[host], doc) {
 			return nil
 		}
-		if wr.Reports == nil {
-			wr.Reports = map[string]json.RawMessage{}
-		}
-		wr.V, wr.Reports[host] = agentapi.Version, doc
+		wr.Reports[host] = doc
 		out, err := json.Marshal(wr)
 		if err != nil {
 			return err
