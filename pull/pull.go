@@ -385,8 +385,7 @@ func sameStatus(a, b *agentapi.PullStatus) bool {
 }
 
 // flush writes the last status if it did not reach the channel yet, and
-// adds a final one to its wave's report if it is not there yet (an append
-// that lost to the wave's other hosts is tried again at each poll).
+// adds a final one to its wave ([poll.addToWave]) while that is due.
 func (p *poll) flush(ctx context.Context) error {
 	if p.st.Status == nil || p.a.Status == nil {
 		return nil
@@ -819,9 +818,9 @@ type publicRead struct {
 
 // List lists with the status credentials; a store that cannot list is
 // denied, as credentials without s3:ListBucket are.
-func (r publicRead) List(ctx context.Context, prefix string) ([]string, error) {
+func (r publicRead) List(ctx context.Context, prefix string, max int) ([]string, error) {
 	if ls, ok := r.Store.(channel.Lister); ok {
-		return ls.List(ctx, prefix)
+		return ls.List(ctx, prefix, max)
 	}
 	return nil, fmt.Errorf("%s cannot list: %w", r.Store, channel.ErrDenied)
 }

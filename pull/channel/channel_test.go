@@ -561,9 +561,12 @@ func TestS3Writer(t *testing.T) {
 			t.Fatalf("AddToWave of %s, gatherer %d of 3 = %v, %v", h, i+1, done, err)
 		}
 	}
-	keys, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2))
+	keys, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2), 0)
 	if want := []string{channel.WaveEntryKey(3, 0, 2, "web1"), channel.WaveEntryKey(3, 0, 2, "web2"), channel.WaveEntryKey(3, 0, 2, "web3")}; err != nil || !slices.Equal(keys, want) {
 		t.Fatalf("List = %q %v, want %q", keys, err, want)
+	}
+	if keys, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2), 1); err != nil || len(keys) != 1 {
+		t.Fatalf("List of at most 1 = %q %v", keys, err)
 	}
 	data, _, err = ws.Read(ctx, channel.WaveReportKey(3, 0, 2))
 	if wr := channel.DecodeWaveReport(data, "prod", 3, 2); err != nil || wr == nil || len(wr.Reports) != 3 || string(wr.Reports["web3"]) != `{"host":"web3"}` {
@@ -573,7 +576,7 @@ func TestS3Writer(t *testing.T) {
 	// permission named.
 	rwcreds := srv.PrefixCredentials(t, "cache", "fleet/channels/prod/status/", "s3:PutObject", "s3:GetObject")
 	os.WriteFile(credFile, fmt.Appendf(nil, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_SESSION_TOKEN=%s\n", rwcreds.AccessKeyID, rwcreds.SecretAccessKey, rwcreds.SessionToken), 0o600)
-	if _, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2)); !errors.Is(err, channel.ErrDenied) || !strings.Contains(err.Error(), "s3:ListBucket") {
+	if _, err := ws.(channel.Lister).List(ctx, channel.WaveEntryPrefix(3, 0, 2), 1); !errors.Is(err, channel.ErrDenied) || !strings.Contains(err.Error(), "s3:ListBucket") {
 		t.Fatalf("listing without s3:ListBucket: %v, want denied, naming it", err)
 	}
 	// Credentials that may only write (from before wave reports) are

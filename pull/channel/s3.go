@@ -159,7 +159,7 @@ func (w *S3Writer) Read(ctx context.Context, key string) ([]byte, string, error)
 // List implements [Lister]: ListObjectsV2 of the bucket under prefix, page
 // by page (1,000 keys each), signed; it needs s3:ListBucket on the prefix
 // (a 403 wraps [ErrDenied]).
-func (w *S3Writer) List(ctx context.Context, prefix string) ([]string, error) {
+func (w *S3Writer) List(ctx context.Context, prefix string, max int) ([]string, error) {
 	full := prefix
 	if w.Prefix != "" {
 		full = w.Prefix + "/" + prefix
@@ -171,8 +171,10 @@ func (w *S3Writer) List(ctx context.Context, prefix string) ([]string, error) {
 		if token != "" {
 			q.Set("continuation-token", token)
 		}
-		if w.ListPage > 0 {
-			q.Set("max-keys", strconv.Itoa(w.ListPage))
+		if page := w.ListPage; max > 0 && (page <= 0 || max-len(keys) < page) {
+			q.Set("max-keys", strconv.Itoa(max-len(keys)))
+		} else if page > 0 {
+			q.Set("max-keys", strconv.Itoa(page))
 		}
 		resp, err := w.send(ctx, http.MethodGet, "/"+w.Bucket, q, nil, nil)
 		if err != nil {
@@ -200,7 +202,7 @@ func (w *S3Writer) List(ctx context.Context, prefix string) ([]string, error) {
 				keys = append(keys, prefix+k)
 			}
 		}
-		if !page.IsTruncated || page.NextContinuationToken == "" {
+		if !page.IsTruncated || page.NextContinuationToken == "" || max > 0 && len(keys) >= max {
 			return keys, nil
 		}
 		token = page.NextContinuationToken

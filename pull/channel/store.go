@@ -120,7 +120,7 @@ func (d DirStore) Write(_ context.Context, key string, data []byte, cond Cond) e
 
 // List implements [Lister]: the files under prefix, in order; none when
 // its directory does not exist.
-func (d DirStore) List(_ context.Context, prefix string) ([]string, error) {
+func (d DirStore) List(_ context.Context, prefix string, max int) ([]string, error) {
 	p, err := d.path(strings.TrimSuffix(prefix, "/"))
 	if err != nil {
 		return nil, err
@@ -134,6 +134,9 @@ func (d DirStore) List(_ context.Context, prefix string) ([]string, error) {
 	}
 	var keys []string
 	for _, e := range ents {
+		if max > 0 && len(keys) == max {
+			break
+		}
 		if e.Type().IsRegular() {
 			keys = append(keys, prefix+e.Name())
 		}

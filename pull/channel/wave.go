@@ -70,7 +70,8 @@ func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agen
 // that every host of the wave contends for:
 //
 //  1. it writes doc as its own entry ([WaveEntryKey]), which no other
-//     host writes: for most hosts of a wave, that is all;
+//     host writes, and lists one key of the wave (may it list?): for
+//     most hosts of a wave, that is all;
 //  2. a gatherer (rel.Gatherer: the publisher names the first
 //     [Gatherers] hosts of each wave) then lists the wave's entries (one
 //     LIST, which S3 answers consistently after the writes) and reads the
@@ -81,8 +82,9 @@ func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agen
 //
 // It returns whether the host is done with the report: false for a
 // gatherer whose wave is not complete yet, which calls [GatherWave] again
-// at its next polls until it is. So a wave of any size costs one PUT per
-// host, and a LIST and a GET per gatherer and poll while the wave runs;
+// at its next polls until it is. So a wave of any size costs a PUT and a
+// one-key LIST per host, and a LIST and a GET per gatherer and poll while
+// the wave runs;
 // the later waves read a report that exists once the wave is complete.
 //
 // A store that cannot list (credentials without s3:ListBucket on the
@@ -99,7 +101,15 @@ func AddToWave(ctx context.Context, store Store, rel *agentapi.Release, host str
 		return false, fmt.Errorf("writing the entry in wave %d's report: %w", rel.Wave, err)
 	}
 	if !rel.Gatherer {
-		return true, nil
+		// The gatherers see this entry only if their credentials may
+		// list, and so may this host's when the fleet's are alike: a
+		// LIST of one key says so; credentials that may not (from before
+		// wave entries) append, as the gatherers then do.
+		_, err := ls.List(ctx, WaveEntryPrefix(rel.Serial, rel.RootVersion, rel.Wave), 1)
+		if errors.Is(err, ErrDenied) {
+			return true, AppendReport(ctx, store, rel, host, doc)
+		}
+		return err == nil, err
 	}
 	done, err := gather(ctx, store, ls, rel, host, doc)
 	if errors.Is(err, ErrDenied) {
@@ -135,7 +145,7 @@ func GatherWave(ctx context.Context, store Store, rel *agentapi.Release) (bool, 
 // doc is written.
 func gather(ctx context.Context, store Store, ls Lister, rel *agentapi.Release, host string, doc []byte) (bool, error) {
 	prefix := WaveEntryPrefix(rel.Serial, rel.RootVersion, rel.Wave)
-	keys, err := ls.List(ctx, prefix)
+	keys, err := ls.List(ctx, prefix, 0)
 	if err != nil {
 		return false, fmt.Errorf("listing wave %d's entries: %w", rel.Wave, err)
 	}
@@ -242,8 +252,8 @@ func readToWrite(ctx context.Context, store Store, rel *agentapi.Release) (*agen
 // the channel's status prefix, or a directory.
 type Lister interface {
 	// List returns the keys under prefix (which ends in a slash), in
-	// order.
-	List(ctx context.Context, prefix string) ([]string, error)
+	// order: at most max of them (0: all).
+	List(ctx context.Context, prefix string, max int) ([]string, error)
 }
 
 // pause waits before another conditional write, longer at each attempt

@@ -309,8 +309,16 @@ func (c *countingStore) Put(ctx context.Context, key string, data []byte) error 
 	return c.Write(ctx, key, data, channel.Cond{})
 }
 
-// noList hides a store's List, as credentials without s3:ListBucket do.
+// noList hides a store's List, as a store that cannot list does.
 type noList struct{ channel.Store }
+
+// deniedList is a store whose credentials may not list (no
+// s3:ListBucket).
+type deniedList struct{ channel.Store }
+
+func (deniedList) List(context.Context, string, int) ([]string, error) {
+	return nil, fmt.Errorf("LIST: 403: %w", channel.ErrDenied)
+}
 
 func readReport(t *testing.T, store channel.Store, serial int64, wave int) *agentapi.WaveReport {
 	t.Helper()
@@ -443,6 +451,16 @@ func TestAddToWave(t *testing.T) {
 		}
 		if wr := readReport(t, store, 7, 2); len(wr.Reports) != 3 {
 			t.Fatalf("after b's gather: %d entries, want 3", len(wr.Reports))
+		}
+		// A host that is no gatherer, whose credentials may not list,
+		// appends too: the gatherers could not see its entry either.
+		four := *rel
+		four.Wave, four.WaveSize = 4, 5
+		if !add(t, deniedList{store}, &four, "d", false) {
+			t.Fatal("a host whose credentials may not list is not done after it appended")
+		}
+		if wr := readReport(t, store, 7, 4); wr == nil || len(wr.Reports) != 1 {
+			t.Fatalf("after a host that may not list: %+v, want its entry in the report", wr)
 		}
 	})
 }
