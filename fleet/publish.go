@@ -555,7 +555,9 @@ const publishWriters = 16
 // known, from the waves' reports ([agentapi.WaveReport]: one read per wave
 // per poll, whatever the fleet's size) and, for progress, the status
 // documents of a few hosts of the wave that runs (statusReads per poll, in
-// turn). Only a status that the host's key (hostKeys) verifies counts; any
+// turn). A poll's reads run at once, and polls start poll apart (at once
+// after a poll that took longer), so that what a report says is seen
+// within one poll on a slow channel too. Only a status that the host's key (hostKeys) verifies counts; any
 // other is said once, and is no report. A host of a later wave halts as
 // soon as the reports say the gate halts it.
 //
@@ -594,13 +596,29 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 		}
 		return true
 	}
-	// read reads key without holding w.mu, which the loop holds
-	// otherwise: the writers of the releases are not held up by a slow
-	// channel.
-	read := func(key string) ([]byte, string, error) {
+	// fetch reads keys at once, without holding w.mu, which the loop
+	// holds otherwise: the writers of the releases are not held up by a
+	// slow channel, and a poll's reads take one round trip, not one each.
+	type got struct {
+		data []byte
+		etag string
+		err  error
+	}
+	fetch := func(keys []string) []got {
 		w.mu.Unlock()
 		defer w.mu.Lock()
-		return store.Read(ctx, key)
+		out := make([]got, len(keys))
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, publishWriters)
+		for i, key := range keys {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				out[i].data, out[i].etag, out[i].err = store.Read(ctx, key)
+			})
+		}
+		wg.Wait()
+		return out
 	}
 	for {
 		w.mu.Lock()
@@ -608,8 +626,13 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 			w.mu.Unlock()
 			return
 		}
-		now := time.Now()
-		// 1. Each wave's report that may hold a pending host.
+		started := time.Now()
+		// What this poll reads: each wave's report that may hold a pending
+		// host, and the status documents of a few hosts of the running
+		// wave in turn (progress, a refusal, a report that did not reach
+		// the wave's report), and of every host whose wave's time is up.
+		var waves []int
+		var keys, look []string
 		active := 0
 		for i, wave := range cr.Waves {
 			if !slices.ContainsFunc(wave, func(h string) bool { return pending[h] }) {
@@ -618,28 +641,9 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 			if active == 0 {
 				active = i + 1
 			}
-			data, etag, err := read(channel.WaveReportKey(cr.Serial, cr.RootVersion, i+1))
-			if err != nil || etag == etags[i+1] {
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
-					s.emit(Event{Type: EventLog, Phase: PhasePull, Message: fmt.Sprintf("reading wave %d's report: %v", i+1, err)})
-				}
-				continue
-			}
-			etags[i+1] = etag
-			wr := channel.DecodeWaveReport(data, cr.Channel, cr.Serial, i+1)
-			if wr == nil {
-				continue
-			}
-			for _, name := range wave {
-				if doc, ok := wr.Reports[name]; ok && pending[name] {
-					final(name, verify(name, doc))
-				}
-			}
+			waves = append(waves, i+1)
+			keys = append(keys, channel.WaveReportKey(cr.Serial, cr.RootVersion, i+1))
 		}
-		// 2. A few hosts of the running wave in turn, through their own
-		// status: progress, a refusal, a report that did not reach the
-		// wave's report; and every host whose wave's time is up.
-		var look []string
 		if active > 0 {
 			var waiting []string
 			for _, h := range cr.Waves[active-1] {
@@ -653,15 +657,42 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 			turn += statusReads
 		}
 		for _, name := range s.names() {
-			if rel := releases[name]; pending[name] && now.After(cr.Published.Add(time.Duration(rel.Wave)*timeout)) && !slices.Contains(look, name) {
+			if rel := releases[name]; pending[name] && started.After(cr.Published.Add(time.Duration(rel.Wave)*timeout)) && !slices.Contains(look, name) {
 				look = append(look, name)
 			}
 		}
 		for _, name := range look {
+			keys = append(keys, channel.StatusKey(name))
+		}
+		res := fetch(keys)
+		now := time.Now()
+		// 1. The waves' reports.
+		for k, wv := range waves {
+			data, etag, err := res[k].data, res[k].etag, res[k].err
+			if err != nil || etag == etags[wv] {
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					s.emit(Event{Type: EventLog, Phase: PhasePull, Message: fmt.Sprintf("reading wave %d's report: %v", wv, err)})
+				}
+				continue
+			}
+			etags[wv] = etag
+			wr := channel.DecodeWaveReport(data, cr.Channel, cr.Serial, wv)
+			if wr == nil {
+				continue
+			}
+			for _, name := range cr.Waves[wv-1] {
+				if doc, ok := wr.Reports[name]; ok && pending[name] {
+					final(name, verify(name, doc))
+				}
+			}
+		}
+		// 2. The hosts' own status documents.
+		for k, name := range look {
 			rel, hr := releases[name], rep.Hosts[name]
-			data, _, err := read(channel.StatusKey(name))
+			data, err := res[len(waves)+k].data, res[len(waves)+k].err
 			if !pending[name] {
-				// Its release could not be written meanwhile.
+				// Its wave's report ended it, or its release could not be
+				// written meanwhile.
 				continue
 			}
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -729,7 +760,7 @@ func (s *Session) waitRollout(ctx context.Context, rep *Report, store channel.St
 				}
 			}
 			return
-		case <-time.After(poll):
+		case <-time.After(time.Until(started.Add(poll))):
 		}
 	}
 }

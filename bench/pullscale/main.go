@@ -102,6 +102,7 @@ type options struct {
 	poll     time.Duration
 	out      string
 	order    string
+	logs     string
 }
 
 func main() {
@@ -118,6 +119,7 @@ func main() {
 	flag.IntVar(&o.parallel, "bootstrap-parallel", 16, "hosts bootstrapped at once")
 	flag.DurationVar(&o.poll, "wait-poll", 2*time.Second, "publish --wait's --poll")
 	flag.StringVar(&o.out, "json", "", "also write the results as JSON to this file")
+	flag.StringVar(&o.logs, "logs", "", "keep deploy publish's logs (publish-vN.log) in this directory")
 	flag.StringVar(&o.order, "order", "rollout,idle,fail", "the phases, in order (fail only with -fail)")
 	flag.Parse()
 	if o.deploy == "" || o.agent == "" {
@@ -235,7 +237,18 @@ func run(o options, t *tb) {
 		failf("%v", err)
 	}
 	t.dir = work
-	t.Cleanup(func() { os.RemoveAll(work) })
+	t.Cleanup(func() {
+		if o.logs != "" {
+			logs, _ := filepath.Glob(filepath.Join(work, "publish-v*.log"))
+			for _, l := range logs {
+				if data, err := os.ReadFile(l); err == nil {
+					os.MkdirAll(o.logs, 0o755)
+					os.WriteFile(filepath.Join(o.logs, filepath.Base(l)), data, 0o644)
+				}
+			}
+		}
+		os.RemoveAll(work)
+	})
 
 	// The hosts.
 	start := time.Now()
