@@ -54,6 +54,9 @@ type RunLockOptions struct {
 	// Drift, if set, is asked once the lock is taken, and its answer goes
 	// into the reply (a deploy's look at drift, in the same request).
 	Drift func() (*agentapi.Drift, error)
+	// Systems, if set, is asked once the lock is taken for the host's
+	// current and boot-default systems, which go into the reply.
+	Systems func() (current, bootDefault string)
 }
 
 // HoldRunLock serves one run lock request: it reads the holder (one JSON
@@ -140,6 +143,10 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 		return err
 	}
 	r := &agentapi.LockReply{Locked: true, TookOver: tookOver}
+	if opts.Systems != nil {
+		cur, boot := opts.Systems()
+		r.Running = &agentapi.RunningSystems{Current: cur, BootDefault: boot}
+	}
 	if opts.Drift != nil {
 		if d, err := opts.Drift(); err != nil {
 			r.DriftError = err.Error()

@@ -76,18 +76,25 @@ func testLayout(t *testing.T) Layout {
 
 func TestRunLock(t *testing.T) {
 	l := testLayout(t)
-	a := requestRunLock(t, l, "a", RunLockOptions{})
+	systems := func() (string, string) { return "/store/cur-system", "/store/boot-system" }
+	a := requestRunLock(t, l, "a", RunLockOptions{Systems: systems})
 	if !a.reply.Locked || a.reply.TookOver != nil {
 		t.Fatalf("first request: %+v, want locked, nothing taken over", a.reply)
+	}
+	if r := a.reply.Running; r == nil || r.Current != "/store/cur-system" || r.BootDefault != "/store/boot-system" {
+		t.Errorf("first request's running systems %+v, want what Systems says", r)
 	}
 	if h := l.RunLockHolder(); h == nil || h.Run != "a" {
 		t.Errorf("RunLockHolder = %+v, want run a", h)
 	}
 
-	b := requestRunLock(t, l, "b", RunLockOptions{})
+	b := requestRunLock(t, l, "b", RunLockOptions{Systems: systems})
 	var held *RunLockHeldError
 	if err := b.wait(t); !errors.As(err, &held) {
 		t.Fatalf("second run: %v, want a RunLockHeldError", err)
+	}
+	if b.reply.Running != nil {
+		t.Errorf("a refused request's reply says what runs (%+v): only the holder may rely on it", b.reply.Running)
 	}
 	if b.reply.Locked || b.reply.Holder == nil || b.reply.Holder.Run != "a" || b.reply.Holder.Operator != "op-a" {
 		t.Fatalf("second run's reply %+v, want not locked, held by run a", b.reply)

@@ -374,6 +374,18 @@ type LockReply struct {
 	// DriftError says why it could not be compared.
 	Drift      *Drift `json:"drift,omitempty"`
 	DriftError string `json:"drift_error,omitempty"`
+	// Running is what the host runs and boots, when the lock was taken
+	// (nil from an agent older than this field): with a drift that found
+	// nothing, an operator whose system is both needs no transfer session
+	// to call the host unchanged. Neither changes while the lock is held.
+	Running *RunningSystems `json:"running,omitempty"`
+}
+
+// RunningSystems are a host's current and boot-default systems, as store
+// paths ("" for none), as the transfer's hello reports them too.
+type RunningSystems struct {
+	Current     string `json:"current,omitempty"`
+	BootDefault string `json:"boot_default,omitempty"`
 }
 
 // VersionError is a document newer than this operator understands.

@@ -82,6 +82,70 @@ func TestRunDriftReapplies(t *testing.T) {
 	}
 }
 
+// runningOps is a dayTwoOps whose run lock also says what each host runs
+// and boots, as the agent's run-lock reply does.
+type runningOps struct {
+	dayTwoOps
+	running map[string][2]string // current, boot default
+}
+
+func (o *runningOps) Running(host string) (string, string, bool) {
+	r, ok := o.running[host]
+	return r[0], r[1], ok
+}
+
+// A host whose run lock says it runs and boots the system, with no drift,
+// is unchanged without a transfer session (no push); a drifted one, one
+// that boots another system, and one whose agent did not say are pushed
+// as before; a dry run always asks for the plan.
+func TestRunUnchangedFromLock(t *testing.T) {
+	sys := systemsFor("a", "b", "c", "d")
+	ops := &runningOps{
+		dayTwoOps: dayTwoOps{
+			scriptedOps: scriptedOps{current: sys},
+			boot:        map[string]string{"c": "/old"},
+			drift:       map[string][]agentapi.DriftItem{"b": {{Kind: "unit", Name: "web.service", Problem: "inactive"}}},
+		},
+		running: map[string][2]string{"a": {sys["a"], sys["a"]}, "b": {sys["b"], sys["b"]}, "c": {sys["c"], "/old"}},
+	}
+	var events []Event
+	rep := (&Runner{Ops: ops, Mode: ModeSwitch, Emit: func(e Event) { events = append(events, e) }}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a", "b", "c", "d"}}})
+	for h, want := range map[string]Result{"a": ResultUnchanged, "b": ResultOK, "c": ResultOK, "d": ResultUnchanged} {
+		if got := rep.Hosts[h].Result; got != want {
+			t.Errorf("%s: %s, want %s", h, got, want)
+		}
+	}
+	if slices.Contains(ops.calls, "push a") {
+		t.Errorf("calls %v: a was pushed although its run lock said it runs and boots its system", ops.calls)
+	}
+	for _, c := range []string{"push b", "activate b", "push c", "activate c", "push d"} {
+		if !slices.Contains(ops.calls, c) {
+			t.Errorf("calls %v lack %q", ops.calls, c)
+		}
+	}
+	if p := rep.Hosts["a"].Push; p == nil || p.Current != sys["a"] || p.BootDefault != sys["a"] {
+		t.Errorf("a's push result %+v, want its current and boot systems from the lock", p)
+	}
+	if !slices.ContainsFunc(events, func(e Event) bool {
+		return e.Type == EventResult && e.Host == "a" && e.Result == ResultUnchanged && e.System == sys["a"]
+	}) {
+		t.Errorf("no unchanged result event for a in %+v", events)
+	}
+	// In boot mode the boot default decides: c boots /old, so it is
+	// pushed; a is unchanged.
+	ops.calls = nil
+	rep = (&Runner{Ops: ops, Mode: ModeBoot}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a", "c"}}})
+	if rep.Hosts["a"].Result != ResultUnchanged || slices.Contains(ops.calls, "push a") || !slices.Contains(ops.calls, "push c") {
+		t.Errorf("boot mode: a %s, calls %v; want a unchanged without a push, c pushed", rep.Hosts["a"].Result, ops.calls)
+	}
+	// A dry run still asks each host (the plan comes with the push).
+	ops.calls = nil
+	(&Runner{Ops: ops, Mode: ModeSwitch, DryRun: true}).Run(context.Background(), sys, Rollout{Batches: [][]string{{"a"}}})
+	if !slices.Contains(ops.calls, "push a") {
+		t.Errorf("dry run calls %v, want a push for the plan", ops.calls)
+	}
+}
+
 // deploy --mode boot --reboot: a host gets the new boot default and then
 // reboots; one whose boot default it already is only reboots; one that
 // already runs it does neither; a host that comes back unhealthy fails in

@@ -38,8 +38,9 @@ type sshHosts struct {
 	beforeConfirm func(host string)
 
 	mu        sync.Mutex
-	before    map[string]string              // each host's current system before this run
-	lockDrift map[string]*agentapi.LockReply // run lock replies that brought drift, until Drift takes them
+	before    map[string]string                   // each host's current system before this run
+	lockDrift map[string]*agentapi.LockReply      // run lock replies that brought drift, until Drift takes them
+	running   map[string]*agentapi.RunningSystems // what the run locks' replies said each host runs and boots
 }
 
 // activationSettings are the per-run settings of activation.
@@ -74,15 +75,34 @@ func (o *sshHosts) Lock(ctx context.Context, host string, run *agentapi.RunHolde
 		return c.Lock(ctx, run, wait, agent)
 	}
 	reply, err := c.LockDrift(ctx, run, wait, agent)
-	if err == nil && reply.Locked && (reply.Drift != nil || reply.DriftError != "") {
+	if err == nil && reply.Locked {
 		o.mu.Lock()
-		if o.lockDrift == nil {
-			o.lockDrift = map[string]*agentapi.LockReply{}
+		if reply.Drift != nil || reply.DriftError != "" {
+			if o.lockDrift == nil {
+				o.lockDrift = map[string]*agentapi.LockReply{}
+			}
+			o.lockDrift[host] = reply
 		}
-		o.lockDrift[host] = reply
+		if reply.Running != nil {
+			if o.running == nil {
+				o.running = map[string]*agentapi.RunningSystems{}
+			}
+			o.running[host] = reply.Running
+		}
 		o.mu.Unlock()
 	}
 	return reply, err
+}
+
+// Running implements [RunningReporter] from the host's run lock reply.
+func (o *sshHosts) Running(host string) (current, bootDefault string, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r := o.running[host]
+	if r == nil {
+		return "", "", false
+	}
+	return r.Current, r.BootDefault, true
 }
 
 // Unlock implements [HostOps].
@@ -256,7 +276,8 @@ func (o *sshHosts) Reboot(ctx context.Context, host string, opts RebootOptions, 
 }
 
 var (
-	_ HostOps      = (*sshHosts)(nil)
-	_ DriftChecker = (*sshHosts)(nil)
-	_ Rebooter     = (*sshHosts)(nil)
+	_ HostOps         = (*sshHosts)(nil)
+	_ DriftChecker    = (*sshHosts)(nil)
+	_ RunningReporter = (*sshHosts)(nil)
+	_ Rebooter        = (*sshHosts)(nil)
 )

@@ -25,6 +25,16 @@ type DriftChecker interface {
 	Drift(ctx context.Context, host string) (*agentapi.Drift, error)
 }
 
+// RunningReporter is implemented by host operations that learn with the
+// run lock which systems a host runs and boots (ok false: not known). A
+// host that runs and boots the system a deploy would activate, and whose
+// drift check found nothing (its closure present, every file, unit and
+// account as its generation says), is unchanged without a transfer
+// session: the no-op of a large fleet costs one session per host.
+type RunningReporter interface {
+	Running(host string) (current, bootDefault string, ok bool)
+}
+
 // Reboot reboots the selected hosts batch by batch, as a deploy rolls out
 // (the deployment's batch_size, canary and max_failures; any other
 // selection is one batch), under the run lock: each host of a batch is

@@ -212,10 +212,12 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	// What the host's state differs in from its current generation is
 	// what this deploy overwrites: say so, and re-apply even an
 	// unchanged system to repair it.
-	drifted := false
+	drifted, clean := false, false
 	if dc, ok := r.Ops.(DriftChecker); ok && r.Mode.Activates() && r.Mode != ModeDryActivate {
 		d, err := dc.Drift(ctx, h)
 		switch {
+		case err == nil && d != nil && len(d.Items) == 0:
+			clean = true
 		case err != nil:
 			r.emit(Event{Type: EventLog, Host: h, Phase: PhaseVerify, Message: "could not compare the host with its current generation: " + err.Error()})
 		case len(d.Items) > 0:
@@ -229,6 +231,18 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			}
 			r.emit(Event{Type: EventWarning, Host: h, Phase: PhaseVerify, Drift: d,
 				Message: fmt.Sprintf("the host drifted from its generation %d (%s): %s", d.Generation, what, DriftSummary(d))})
+		}
+	}
+	// A host that runs (and boots) this system, with nothing drifted, is
+	// unchanged: what its run lock said is enough, no transfer session.
+	if rr, ok := r.Ops.(RunningReporter); ok && clean && !r.DryRun {
+		if cur, boot, ok := rr.Running(h); ok {
+			pr := &PushResult{Current: cur, BootDefault: boot}
+			if r.unchanged(pr, hr.System) && !(r.Reboot != nil && r.Mode == ModeBoot && cur != hr.System) {
+				hr.Push, hr.Phase, hr.Result = pr, PhaseCopy, ResultUnchanged
+				r.emit(Event{Type: EventResult, Host: h, Result: ResultUnchanged, Phase: PhaseCopy, System: hr.System})
+				return
+			}
 		}
 	}
 	select {

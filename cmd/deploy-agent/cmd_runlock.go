@@ -8,6 +8,7 @@ import (
 
 	"github.com/declarative/deploy/activation"
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/closure"
 )
 
 // runLockArgs is the command line of run-lock (agentapi.RunLockCmd).
@@ -43,6 +44,14 @@ func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	opts := activation.RunLockOptions{Wait: a.wait, Lease: a.lease, Logf: prefixed(stderr)}
 	if a.drift {
 		opts.Drift = func() (*agentapi.Drift, error) { return a.layout.Drift(ctx, activation.DriftOptions{}) }
+	}
+	stateDir := a.layout.StateDir
+	if stateDir == "" {
+		stateDir = activation.DefaultStateDir
+	}
+	s := closure.NewTargetStore(stateDir)
+	opts.Systems = func() (string, string) {
+		return resolveSystem(s, a.layout.CurrentSystem()), resolveSystem(s, a.layout.BootDefault())
 	}
 	err = a.layout.HoldRunLock(ctx, stdin, stdout, opts)
 	var held *activation.RunLockHeldError

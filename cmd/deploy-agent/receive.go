@@ -41,9 +41,7 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return err
 	}
 	s := closure.NewTargetStore(a.stateDir)
-	opts := closure.ReceiveOptions{Agent: version, Systems: func() (string, string) {
-		return resolveSystem(s, agentapi.CurrentSystem(agentapi.DefaultRunDir)), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
-	}}
+	opts := closure.ReceiveOptions{Agent: version, Systems: runningSystems(s)}
 	if a.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
 	}
@@ -166,6 +164,15 @@ func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer
 
 // resolveSystem follows link (and links it points to) to the store path of
 // a system, or "" when there is none.
+// runningSystems reports the host's current and boot-default systems as
+// store paths of s ("" for none): what the transfer's hello and the run
+// lock's reply say.
+func runningSystems(s *closure.Store) func() (string, string) {
+	return func() (string, string) {
+		return resolveSystem(s, agentapi.CurrentSystem(agentapi.DefaultRunDir)), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
+	}
+}
+
 func resolveSystem(s *closure.Store, link string) string {
 	for hops := 0; hops < 8; hops++ {
 		target, err := os.Readlink(link)

@@ -120,13 +120,14 @@ func rolloutE2E(t *testing.T, nw *vmtest.Network, hosts []*vmtest.Host) {
 		t.Errorf("second deploy: h5 %+v", res["h5"])
 	}
 	// What each host cost (docs/ARCHITECTURE.md, "Per host, per run"): an
-	// unchanged host one connection with two sessions (the run lock, which
-	// brings the drift, and the closure check); an activated one also the
-	// activation and the confirmation over a connection of its own.
+	// unchanged host one connection with one session (the run lock, whose
+	// reply brings the drift and what the host runs and boots); an
+	// activated one also the closure check, the activation and the
+	// confirmation over a connection of its own.
 	ssh := events[len(events)-1].SSH
 	for h, want := range map[string]mesh.HostCounts{
-		"h1": {Connections: 1, Sessions: 2}, "h2": {Connections: 1, Sessions: 2},
-		"h3": {Connections: 1, Sessions: 2}, "h4": {Connections: 1, Sessions: 2},
+		"h1": {Connections: 1, Sessions: 1}, "h2": {Connections: 1, Sessions: 1},
+		"h3": {Connections: 1, Sessions: 1}, "h4": {Connections: 1, Sessions: 1},
 		"h5": {Connections: 2, Sessions: 4},
 	} {
 		if ssh[h] != want {
