@@ -782,7 +782,12 @@ func (s *Session) emitPullProgress(host string, st *agentapi.PullStatus) {
 
 // finishPull ends a host from its final status.
 func (s *Session) finishPull(hr *HostReport, st *agentapi.PullStatus, serial int64) {
-	hr.Phase, hr.Serial, hr.Pull, hr.Generation, hr.System = PhasePull, serial, st, st.Generation, st.System
+	hr.Phase, hr.Serial, hr.Pull, hr.Generation = PhasePull, serial, st, st.Generation
+	if st.System != "" {
+		// A wave report's entry does not repeat the system: the release's
+		// stays.
+		hr.System = st.System
+	}
 	msg := st.Message
 	if st.Check != "" {
 		msg = fmt.Sprintf("health check %q: %s", st.Check, msg)

@@ -458,7 +458,7 @@ func (p *poll) addToWave(ctx context.Context, key ed25519.PrivateKey) error {
 		done, err = channel.GatherWave(ctx, store, rel)
 	} else {
 		var doc []byte
-		if doc, err = channel.SignStatus(s, key); err == nil {
+		if doc, err = channel.SignStatus(channel.WaveEntry(s), key); err == nil {
 			done, err = channel.AddToWave(ctx, store, rel, p.a.Config.Host, doc)
 			w.Added = err == nil
 		}

@@ -65,6 +65,25 @@ func DecodeWaveReport(data []byte, channel string, serial int64, wave int) *agen
 	return wr
 }
 
+// WaveEntry is what a wave's report holds of a host's final status: what
+// the wave gate and publish --wait read (serial, wave, outcome and when,
+// the generation, and for an outcome other than done the failed check and
+// the message). It is signed as a status document like the whole, so an
+// agent of any version verifies it as one. The rest (the systems, the
+// agent's version, a refusal, staleness) stays in status/HOST.json: every
+// host of every later wave reads the report, so each byte of an entry is
+// read once per later host, and the whole status is twice the size. Its
+// time is when the outcome was reached, to the millisecond (readers take
+// a status's time when it has no outcome_time).
+func WaveEntry(st *agentapi.PullStatus) *agentapi.PullStatus {
+	e := &agentapi.PullStatus{V: st.V, Host: st.Host, Channel: st.Channel, Time: outcomeTime(st).UTC().Truncate(time.Millisecond),
+		Serial: st.Serial, Wave: st.Wave, Outcome: st.Outcome, Generation: st.Generation}
+	if st.Outcome != agentapi.PullDone {
+		e.Check, e.Message = st.Check, st.Message
+	}
+	return e
+}
+
 // AddToWave adds host's final status document (doc, exactly as written to
 // its status/HOST.json) to its wave's report of rel, without a write
 // that every host of the wave contends for:

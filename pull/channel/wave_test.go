@@ -464,3 +464,47 @@ func TestAddToWave(t *testing.T) {
 		}
 	})
 }
+
+// A wave report's entry is the final status cut to what the gate and
+// publish --wait read, signed and verified as a status document; it is
+// less than half the whole document's size, and a failure keeps its check
+// and message.
+func TestWaveEntry(t *testing.T) {
+	key, pub := hostKey(t)
+	now := time.Date(2026, 12, 7, 19, 28, 13, 123456789, time.UTC)
+	sys := "/var/lib/deploy/store/jicpkgydkhj8b8klwgacwxfxwfml8f8n-system-web12"
+	full := &agentapi.PullStatus{Host: "web12", Channel: "prod", Time: now, Agent: "0.9.0", Serial: 9, System: sys, Wave: 3,
+		Outcome: agentapi.PullDone, Generation: 4, Message: "healthy", OutcomeTime: now, Current: 4, CurrentSystem: sys, Root: 2,
+		Refused: &agentapi.PullRefusal{Serial: 8, Reason: "signed by a key the host does not trust", Time: now}}
+	whole, err := channel.SignStatus(full, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := channel.SignStatus(channel.WaveEntry(full), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := channel.VerifyStatus(entry, "prod", "web12", pub)
+	if err != nil {
+		t.Fatalf("the entry does not verify as web12's status: %v", err)
+	}
+	if st.Serial != 9 || st.Wave != 3 || st.Outcome != agentapi.PullDone || st.Generation != 4 || !st.Time.Equal(now.Truncate(time.Millisecond)) ||
+		st.System != "" || st.CurrentSystem != "" || st.Agent != "" || st.Refused != nil || st.Message != "" {
+		t.Errorf("entry %+v: want serial, wave, outcome, generation and its time only", st)
+	}
+	// Sizes compared without the refusal, which most statuses lack.
+	plain := *full
+	plain.Refused = nil
+	if whole, err = channel.SignStatus(&plain, key); err != nil {
+		t.Fatal(err)
+	}
+	if 2*len(entry) > len(whole)+len(whole)/10 {
+		t.Errorf("entry %d bytes, the whole status %d: want about half or less", len(entry), len(whole))
+	}
+	t.Logf("entry %d bytes, whole status %d (without a refusal)", len(entry), len(whole))
+	failed := *full
+	failed.Outcome, failed.Check, failed.Message = agentapi.PullRolledBack, "app", "exit status 1"
+	if e := channel.WaveEntry(&failed); e.Check != "app" || e.Message != "exit status 1" || e.Outcome != agentapi.PullRolledBack {
+		t.Errorf("a rolled-back host's entry %+v lost its check or message", e)
+	}
+}
