@@ -9,8 +9,9 @@
 #
 # Environment: FAIL_AT (default: the largest N) also runs a failing canary
 # at that N; IDLE (default 3m) is the idle period measured; INTERVAL
-# (default 10s). Needs root, unshare, nsenter, ip and the MinIO server
-# (DEPLOY_MINIO, or make deps). Results: stdout, and OUT (default
+# (default 10s); LOGS, a directory that keeps deploy publish's logs
+# (LOGS/N/publish-vK.log). Needs root, unshare, nsenter, ip and the MinIO
+# server (DEPLOY_MINIO, or make deps). Results: stdout, and OUT (default
 # /var/tmp/pullscale-results)/N.txt and N.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ go build -o "$bin/pullscale" ./bench/pullscale
 for n in "${hosts[@]}"; do
 	args=(-hosts "$n" -interval "${INTERVAL:-10s}" -idle "${IDLE:-3m}" -deploy "$bin/deploy" -agent "$bin/deploy-agent" -json "$out/$n.json")
 	[ "$n" = "$fail_at" ] && args+=(-fail)
+	[ -n "${LOGS:-}" ] && args+=(-logs "$LOGS/$n")
 	echo "== $n hosts: pullscale ${args[*]}" >&2
 	"$bin/pullscale" "${args[@]}" | tee "$out/$n.txt"
 done
