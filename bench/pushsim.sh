@@ -3,8 +3,8 @@
 # vmtest/simhost: a simulation of systemd, not of the agent, the store, the
 # network or SSH): for each N, N hosts with the real OpenSSH server in their
 # own namespaces; the first deploy and NOOPS no-op redeploys of the real
-# deploy, timed, with deploy's CPU and memory and the CPU of the whole
-# experiment.
+# deploy, then deploy status, status --drift, verify and gc, each timed,
+# with deploy's CPU and memory and the CPU of the whole experiment.
 #
 #   bench/pushsim.sh [HOSTS...]        (default: 1 10 100)
 #

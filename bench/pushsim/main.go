@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -38,6 +39,7 @@ func main() {
 	noops := flag.Int("noops", 3, "how many no-op redeploys after the first deploy")
 	deploy := flag.String("deploy", "", "the deploy binary (deploy-agent beside it)")
 	flags := flag.String("flags", "", "more flags for every deploy run (space-separated)")
+	day2 := flag.Bool("day2", true, "after the no-ops, also time deploy status, status --drift, verify and gc once each")
 	flag.Parse()
 	if *deploy == "" {
 		log.Fatal("pushsim: -deploy is required (bench/pushsim.sh builds it)")
@@ -54,14 +56,14 @@ func main() {
 		log.Fatal(err)
 	}
 	defer nw.Close()
-	if err := run(ctx, nw, *deploy, strings.Fields(*flags), *noops, cg); err != nil {
+	if err := run(ctx, nw, *deploy, strings.Fields(*flags), *noops, *day2, cg); err != nil {
 		nw.Close()
 		cg.Leave()
 		log.Fatal(err)
 	}
 }
 
-func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string, noops int, cg *cpuacct.Group) error {
+func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string, noops int, day2 bool, cg *cpuacct.Group) error {
 	fl := &simhost.PushFleet{Dir: filepath.Join(nw.Dir(), "fleet"), Deploy: deploy, Hosts: nw.Hosts()}
 	if err := fl.Init(); err != nil {
 		return err
@@ -97,7 +99,7 @@ func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string
 		if i > 0 {
 			what, want = "noop", "unchanged"
 		}
-		r, err := timed(ctx, fl, flags, want, len(nw.Hosts()), cg)
+		r, err := timed(ctx, fl, nil, flags, want, len(nw.Hosts()), cg)
 		if err != nil {
 			return fmt.Errorf("%s deploy: %w", what, err)
 		}
@@ -111,6 +113,28 @@ func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string
 		sort.Float64s(noopWalls)
 		fmt.Printf("  no-op median %.2fs over %d runs\n", noopWalls[len(noopWalls)/2], len(noopWalls))
 	}
+	if !day2 {
+		return nil
+	}
+	// The day-two commands over the same connections' cost: one run each,
+	// every host's result as named.
+	for _, c := range []struct {
+		what string
+		cmd  []string
+		want string
+	}{
+		{"status", []string{"status"}, "ok"},
+		{"drift", []string{"status", "--drift"}, "ok"},
+		{"verify", []string{"verify"}, "ok"},
+		{"gc", []string{"gc", "--keep", "1"}, "ok"},
+	} {
+		r, err := timed(ctx, fl, c.cmd, flags, c.want, len(nw.Hosts()), cg)
+		if err != nil {
+			return fmt.Errorf("deploy %s: %w", strings.Join(c.cmd, " "), err)
+		}
+		fmt.Printf("  %-6s hosts=%-4d wall=%7.2fs deploy user=%6.2fs sys=%5.2fs rss=%4dMB experiment CPU=%7.2fs load1=%s%s\n",
+			c.what, len(nw.Hosts()), r.wall.Seconds(), r.user.Seconds(), r.sys.Seconds(), r.rssMB, r.cpu.Seconds(), r.load, r.ssh)
+	}
 	return nil
 }
 
@@ -120,11 +144,15 @@ type result struct {
 	load, ssh            string
 }
 
-// timed runs one push deploy and checks that every host's result is want.
-func timed(ctx context.Context, fl *simhost.PushFleet, flags []string, want string, n int, cg *cpuacct.Group) (*result, error) {
+// timed runs one push deploy (or, with command, that host command, such as
+// status) and checks that every host's result is want.
+func timed(ctx context.Context, fl *simhost.PushFleet, command, flags []string, want string, n int, cg *cpuacct.Group) (*result, error) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	var stdout, stderr bytes.Buffer
 	cmd := fl.Push(ctx, flags...)
+	if len(command) > 0 {
+		cmd = fl.Command(ctx, append(append(slices.Clone(command), "--json", "--identity", fl.Identity(), "--ssh-config", "none"), append(slices.Clone(flags), fl.Target())...)...)
+	}
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cpu0, t0 := cg.Usage(), time.Now()
 	err := cmd.Run()

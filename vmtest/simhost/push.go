@@ -67,6 +67,10 @@ func (f *PushFleet) Init() error {
 
 func (f *PushFleet) identity() string { return filepath.Join(f.home, "id_ed25519") }
 
+// Identity is the operator's private key file, for host commands other
+// than [PushFleet.Push] (--identity).
+func (f *PushFleet) Identity() string { return f.identity() }
+
 // AuthorizedKey is the operator's public key, an authorized_keys line for
 // [Host.StartSSHD].
 func (f *PushFleet) AuthorizedKey() (string, error) {
