@@ -23,6 +23,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -120,7 +121,7 @@ func main() {
 	flag.DurationVar(&o.poll, "wait-poll", 2*time.Second, "publish --wait's --poll")
 	flag.StringVar(&o.out, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.logs, "logs", "", "keep deploy publish's logs (publish-vN.log) in this directory")
-	flag.StringVar(&o.order, "order", "rollout,idle,fail", "the phases, in order (fail only with -fail)")
+	flag.StringVar(&o.order, "order", "rollout,idle,fail", "the phases, in order (fail only with -fail; status: deploy status --channel)")
 	flag.Parse()
 	if o.deploy == "" || o.agent == "" {
 		log.Fatal("pullscale: -deploy and -agent are required (bench/pullscale.sh builds them)")
@@ -175,6 +176,7 @@ type results struct {
 	Rollout     *phase            `json:"rollout,omitempty"`
 	Idle        *phase            `json:"idle,omitempty"`
 	Fail        *phase            `json:"fail,omitempty"`
+	Status      *phase            `json:"status,omitempty"`
 	FailSummary map[string]any    `json:"fail_summary,omitempty"`
 }
 
@@ -382,6 +384,8 @@ func run(o options, t *tb) {
 			time.Sleep(o.interval + o.jitter + 2*time.Second)
 			res.Idle = measure("idle", px, ld, pollsSince, func(*phase) { time.Sleep(o.idle) })
 			report(res, res.Idle, o.hosts)
+		case "status":
+			channelStatus(res, fl, px, ld, pollsSince, o.hosts)
 		case "fail":
 			if o.fail {
 				version++
@@ -395,6 +399,33 @@ func run(o options, t *tb) {
 		data, _ := json.MarshalIndent(res, "", "  ")
 		os.WriteFile(o.out, data, 0o644)
 	}
+}
+
+// channelStatus times `deploy status --channel prod --json`: what an
+// operator's look at the whole channel costs (every host's status document
+// and release, read from the bucket; no host contacted).
+func channelStatus(res *results, fl *simhost.PullFleet, px *proxy, ld *load, pollsSince func(from, to time.Time) []poll, n int) {
+	res.Status = measure("status", px, ld, pollsSince, func(ph *phase) {
+		var stdout, stderr bytes.Buffer
+		cmd := fl.Command(context.Background(), "status", "--json", "--channel", "prod", fl.Target())
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ph.Exit = ee.ExitCode()
+		} else if err != nil {
+			failf("deploy status --channel: %v", err)
+		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			setRusage(ph, ru)
+		}
+		ph.Extra["--json bytes"] = stdout.Len()
+		ph.Extra["--json events"] = bytes.Count(stdout.Bytes(), []byte("\n"))
+		if ph.Exit != 0 {
+			failf("deploy status --channel: exit %d\n%s", ph.Exit, stderr.String())
+		}
+	})
+	report(res, res.Status, n)
 }
 
 // releasesWritten is when publish said it wrote the channel's head (its
@@ -693,8 +724,12 @@ func report(res *results, ph *phase, n int) {
 	fmt.Printf("  waves %v, interval %s, machine %s\n", res.WaveSizes, res.Interval, res.Machine)
 	fmt.Printf("  wall %s", ph.Wall.Round(time.Millisecond))
 	if ph.Name != "idle" {
-		fmt.Printf(" (deploy publish --wait, exit %d); operator CPU %s user + %s sys, max RSS %.1f MiB",
-			ph.Exit, ph.CPUUser.Round(time.Millisecond), ph.CPUSys.Round(time.Millisecond), float64(ph.MaxRSSKiB)/1024)
+		what := "deploy publish --wait"
+		if ph.Name == "status" {
+			what = "deploy status --channel"
+		}
+		fmt.Printf(" (%s, exit %d); operator CPU %s user + %s sys, max RSS %.1f MiB",
+			what, ph.Exit, ph.CPUUser.Round(time.Millisecond), ph.CPUSys.Round(time.Millisecond), float64(ph.MaxRSSKiB)/1024)
 	}
 	fmt.Printf("\n  load average: max 1-min %.2f during, %.2f %.2f %.2f at the end; machine CPU busy %.0f%% (of %d cores)\n",
 		ph.LoadMax, ph.LoadEnd[0], ph.LoadEnd[1], ph.LoadEnd[2], 100*ph.CPUBusy, runtime.NumCPU())

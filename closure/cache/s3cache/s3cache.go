@@ -171,15 +171,17 @@ func (b *Bucket) ReadObject(ctx context.Context, key string) ([]byte, string, er
 		return nil, "", b.classify(key, err)
 	}
 	defer obj.Close()
-	info, err := obj.Stat()
-	if err != nil {
-		return nil, "", b.classify(key, err)
-	}
+	// Read, then Stat: the GET's answer carries the ETag. Stat first
+	// would be a HEAD of its own before the GET (two requests per read).
 	data, err := io.ReadAll(&limits.Reader{R: obj, Limit: 16 << 20, Object: b.url + "/" + key})
 	var tl *limits.TooLargeError
 	if errors.As(err, &tl) {
 		return nil, "", err
 	}
+	if err != nil {
+		return nil, "", b.classify(key, err)
+	}
+	info, err := obj.Stat()
 	if err != nil {
 		return nil, "", b.classify(key, err)
 	}

@@ -7,9 +7,14 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/declarative/deploy/closure"
@@ -143,5 +148,47 @@ func TestConditionalWritesMinIO(t *testing.T) {
 	var tl *limits.TooLargeError
 	if _, _, err := b.ReadObject(ctx, "big.json"); !errors.As(err, &tl) {
 		t.Fatalf("ReadObject of 16 MiB + 1 = %v, want a TooLargeError", err)
+	}
+}
+
+// A read of a small object is one GET, its ETag from the GET's answer (a
+// channel's readers, publish --wait and status --channel, read one
+// document per host: a HEAD before each GET doubled their requests).
+func TestReadObjectOneRequest(t *testing.T) {
+	srv := miniotest.Start(t, miniotest.Options{})
+	srv.Bucket(t, "cache", false)
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	rp := httputil.NewSingleHostReverseProxy(target)
+	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	defer px.Close()
+	ctx := context.Background()
+	b, err := Open("s3://cache/fleet/channels/prod?endpoint="+px.URL, env(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteObject(ctx, "status/web1.json", []byte(`{"v":1}`), "application/json", "", false); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	seen = nil
+	mu.Unlock()
+	data, etag, err := b.ReadObject(ctx, "status/web1.json")
+	if err != nil || string(data) != `{"v":1}` || etag == "" {
+		t.Fatalf("ReadObject = %q %q %v", data, etag, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || !strings.HasPrefix(seen[0], "GET ") {
+		t.Errorf("requests for one read: %v, want one GET", seen)
 	}
 }
