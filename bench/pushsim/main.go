@@ -94,6 +94,7 @@ func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string
 	fmt.Printf("pushsim: %d hosts (tier 2: a simulation of systemd, not of the agent, the store, the network or SSH), %s, %d cores\n",
 		len(nw.Hosts()), runtime.Version(), runtime.NumCPU())
 	var noopWalls []float64
+	seenCalls := 0
 	for i := 0; i <= noops; i++ {
 		what, want := "first", "ok"
 		if i > 0 {
@@ -107,6 +108,28 @@ func run(ctx context.Context, nw *simhost.Network, deploy string, flags []string
 			what, len(nw.Hosts()), r.wall.Seconds(), r.user.Seconds(), r.sys.Seconds(), r.rssMB, r.cpu.Seconds(), r.load, r.ssh)
 		if i > 0 {
 			noopWalls = append(noopWalls, r.wall.Seconds())
+		}
+		// What the run asked of the first host's systemd (the stand-in's
+		// log, since the previous run): systemctl calls by verb.
+		if calls, err := nw.Hosts()[0].Calls(ctx); err == nil {
+			verbs := map[string]int{}
+			for _, c := range calls[seenCalls:] {
+				v := c[0]
+				for _, w := range c[1:] {
+					if !strings.HasPrefix(w, "-") {
+						v += " " + w
+						break
+					}
+				}
+				verbs[v]++
+			}
+			fmt.Printf("        systemd calls on %s: %d %v\n", nw.Hosts()[0].Name(), len(calls)-seenCalls, verbs)
+			if os.Getenv("PUSHSIM_CALLS") != "" {
+				for _, c := range calls[seenCalls:] {
+					fmt.Printf("          %s\n", strings.Join(c, " "))
+				}
+			}
+			seenCalls = len(calls)
 		}
 	}
 	if len(noopWalls) > 0 {
