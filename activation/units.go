@@ -244,10 +244,8 @@ func (a *applier) settle(ctx context.Context, units []string) error {
 	}
 	deadline := time.Now().Add(a.opts.UnitSettle)
 	for {
-		for _, u := range units {
-			if err := unitFailed(ctx, u); err != nil {
-				return err
-			}
+		if err := unitsFailed(ctx, units); err != nil {
+			return err
 		}
 		if time.Now().After(deadline) {
 			return nil
@@ -260,21 +258,30 @@ func (a *applier) settle(ctx context.Context, units []string) error {
 	}
 }
 
-// unitFailed returns an error when unit is failed, restarting after a
-// failure, or its last run did not succeed.
-func unitFailed(ctx context.Context, unit string) error {
-	out, err := output(ctx, "systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "Result", "--", unit)
+// unitsFailed returns an error naming the first of units that is failed,
+// restarting after a failure, or whose last run did not succeed: one
+// systemctl call for all of them (its answer is one block per unit, in
+// order, separated by blank lines).
+func unitsFailed(ctx context.Context, units []string) error {
+	args := append([]string{"show", "-p", "ActiveState", "-p", "SubState", "-p", "Result", "--"}, units...)
+	out, err := output(ctx, "systemctl", args...)
 	if err != nil {
-		return fmt.Errorf("systemctl show %s: %w", unit, err)
+		return fmt.Errorf("systemctl show %s: %w", strings.Join(units, " "), err)
 	}
-	p := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			p[k] = v
+	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
+	if len(blocks) != len(units) {
+		return fmt.Errorf("systemctl show: %d answers for %d units", len(blocks), len(units))
+	}
+	for i, b := range blocks {
+		p := map[string]string{}
+		for _, line := range strings.Split(b, "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				p[k] = v
+			}
 		}
-	}
-	if p["ActiveState"] == "failed" || p["SubState"] == "auto-restart" || (p["Result"] != "" && p["Result"] != "success") {
-		return fmt.Errorf("unit %s failed (%s/%s, result %s)", unit, p["ActiveState"], p["SubState"], p["Result"])
+		if p["ActiveState"] == "failed" || p["SubState"] == "auto-restart" || (p["Result"] != "" && p["Result"] != "success") {
+			return fmt.Errorf("unit %s failed (%s/%s, result %s)", units[i], p["ActiveState"], p["SubState"], p["Result"])
+		}
 	}
 	return nil
 }
