@@ -332,41 +332,47 @@ func (s unitState) String() string { return s.active + "/" + s.sub }
 // unitStates asks systemd for the load, active and enablement states of
 // units, in one call.
 func unitStates(ctx context.Context, names []string) (map[string]unitState, error) {
-	args := append([]string{"show", "-p", "Id", "-p", "LoadState", "-p", "ActiveState", "-p", "SubState", "-p", "UnitFileState", "--"}, names...)
-	out, err := output(ctx, "systemctl", args...)
+	props, err := showUnits(ctx, names, "Id", "LoadState", "ActiveState", "SubState", "UnitFileState")
 	if err != nil {
-		return nil, fmt.Errorf("systemctl show: %w", err)
+		return nil, err
 	}
 	states := map[string]unitState{}
-	// One block per unit, in the order asked, separated by blank lines;
-	// each names its unit (Id), which is the name asked unless that is
-	// an alias.
+	for i, p := range props {
+		// Each block names its unit (Id), which is the name asked unless
+		// that is an alias.
+		if id := p["Id"]; id != "" && id != names[i] && slices.Contains(names, id) {
+			return nil, fmt.Errorf("systemctl show: the answer for %q came for %q", names[i], id)
+		}
+		states[names[i]] = unitState{load: p["LoadState"], active: p["ActiveState"], sub: p["SubState"], enabled: p["UnitFileState"]}
+	}
+	return states, nil
+}
+
+// showUnits asks systemd for properties of units in one call
+// (`systemctl show -p P... -- UNIT...`), whose answer is one block per
+// unit, in the order asked, separated by blank lines: the properties of
+// each unit, in order.
+func showUnits(ctx context.Context, names []string, props ...string) ([]map[string]string, error) {
+	args := []string{"show"}
+	for _, p := range props {
+		args = append(args, "-p", p)
+	}
+	out, err := output(ctx, "systemctl", append(append(args, "--"), names...)...)
+	if err != nil {
+		return nil, fmt.Errorf("systemctl show %s: %w", strings.Join(names, " "), err)
+	}
 	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
 	if len(blocks) != len(names) {
 		return nil, fmt.Errorf("systemctl show: %d answers for %d units", len(blocks), len(names))
 	}
+	res := make([]map[string]string, len(blocks))
 	for i, b := range blocks {
-		var st unitState
-		id := names[i]
+		res[i] = map[string]string{}
 		for _, line := range strings.Split(b, "\n") {
-			k, v, _ := strings.Cut(line, "=")
-			switch k {
-			case "Id":
-				id = v
-			case "LoadState":
-				st.load = v
-			case "ActiveState":
-				st.active = v
-			case "SubState":
-				st.sub = v
-			case "UnitFileState":
-				st.enabled = v
+			if k, v, ok := strings.Cut(line, "="); ok {
+				res[i][k] = v
 			}
 		}
-		if id != names[i] && slices.Contains(names, id) {
-			return nil, fmt.Errorf("systemctl show: the answer for %q came for %q", names[i], id)
-		}
-		states[names[i]] = st
 	}
-	return states, nil
+	return res, nil
 }

@@ -260,25 +260,13 @@ func (a *applier) settle(ctx context.Context, units []string) error {
 
 // unitsFailed returns an error naming the first of units that is failed,
 // restarting after a failure, or whose last run did not succeed: one
-// systemctl call for all of them (its answer is one block per unit, in
-// order, separated by blank lines).
+// systemctl call for all of them.
 func unitsFailed(ctx context.Context, units []string) error {
-	args := append([]string{"show", "-p", "ActiveState", "-p", "SubState", "-p", "Result", "--"}, units...)
-	out, err := output(ctx, "systemctl", args...)
+	props, err := showUnits(ctx, units, "ActiveState", "SubState", "Result")
 	if err != nil {
-		return fmt.Errorf("systemctl show %s: %w", strings.Join(units, " "), err)
+		return err
 	}
-	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
-	if len(blocks) != len(units) {
-		return fmt.Errorf("systemctl show: %d answers for %d units", len(blocks), len(units))
-	}
-	for i, b := range blocks {
-		p := map[string]string{}
-		for _, line := range strings.Split(b, "\n") {
-			if k, v, ok := strings.Cut(line, "="); ok {
-				p[k] = v
-			}
-		}
+	for i, p := range props {
 		if p["ActiveState"] == "failed" || p["SubState"] == "auto-restart" || (p["Result"] != "" && p["Result"] != "success") {
 			return fmt.Errorf("unit %s failed (%s/%s, result %s)", units[i], p["ActiveState"], p["SubState"], p["Result"])
 		}

@@ -557,9 +557,9 @@ const publishWriters = 16
 // documents of a few hosts of the wave that runs (statusReads per poll, in
 // turn). A poll's reads run at once, and polls start poll apart (at once
 // after a poll that took longer), so that what a report says is seen
-// within one poll on a slow channel too. Only a status that the host's key (hostKeys) verifies counts; any
-// other is said once, and is no report. A host of a later wave halts as
-// soon as the reports say the gate halts it.
+// within one poll on a slow channel too. Only a status that the host's key
+// (hostKeys) verifies counts; any other is said once, and is no report. A
+// host of a later wave halts as soon as the reports say the gate halts it.
 //
 // It runs while the releases are being written: w orders its changes to
 // rep with the writers', and the writers take the hosts whose release they

@@ -22,7 +22,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -172,10 +171,7 @@ type result struct {
 func timed(ctx context.Context, fl *simhost.PushFleet, command, flags []string, want string, n int, cg *cpuacct.Group) (*result, error) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	var stdout, stderr bytes.Buffer
-	cmd := fl.Push(ctx, flags...)
-	if len(command) > 0 {
-		cmd = fl.Command(ctx, append(append(slices.Clone(command), "--json", "--identity", fl.Identity(), "--ssh-config", "none"), append(slices.Clone(flags), fl.Target())...)...)
-	}
+	cmd := fl.HostCommand(ctx, command, flags...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cpu0, t0 := cg.Usage(), time.Now()
 	err := cmd.Run()

@@ -45,14 +45,7 @@ func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if a.drift {
 		opts.Drift = func() (*agentapi.Drift, error) { return a.layout.Drift(ctx, activation.DriftOptions{}) }
 	}
-	stateDir := a.layout.StateDir
-	if stateDir == "" {
-		stateDir = activation.DefaultStateDir
-	}
-	s := closure.NewTargetStore(stateDir)
-	opts.Systems = func() (string, string) {
-		return resolveSystem(s, a.layout.CurrentSystem()), resolveSystem(s, a.layout.BootDefault())
-	}
+	opts.Systems = runningSystems(closure.NewTargetStore(a.layout.StateDir), a.layout.CurrentSystem())
 	err = a.layout.HoldRunLock(ctx, stdin, stdout, opts)
 	var held *activation.RunLockHeldError
 	if errors.As(err, &held) {

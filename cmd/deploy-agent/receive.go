@@ -41,7 +41,7 @@ func runReceive(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return err
 	}
 	s := closure.NewTargetStore(a.stateDir)
-	opts := closure.ReceiveOptions{Agent: version, Systems: runningSystems(s)}
+	opts := closure.ReceiveOptions{Agent: version, Systems: runningSystems(s, agentapi.CurrentSystem(agentapi.DefaultRunDir))}
 	if a.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...) }
 	}
@@ -162,17 +162,17 @@ func runInstallSelf(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-// resolveSystem follows link (and links it points to) to the store path of
-// a system, or "" when there is none.
-// runningSystems reports the host's current and boot-default systems as
-// store paths of s ("" for none): what the transfer's hello and the run
-// lock's reply say.
-func runningSystems(s *closure.Store) func() (string, string) {
+// runningSystems reports the host's current system (the link current) and
+// its boot default (the store's profiles/system) as store paths of s (""
+// for none): what the transfer's hello and the run lock's reply say.
+func runningSystems(s *closure.Store, current string) func() (string, string) {
 	return func() (string, string) {
-		return resolveSystem(s, agentapi.CurrentSystem(agentapi.DefaultRunDir)), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
+		return resolveSystem(s, current), resolveSystem(s, filepath.Join(s.RootsDir, "system"))
 	}
 }
 
+// resolveSystem follows link (and links it points to) to the store path of
+// a system, or "" when there is none.
 func resolveSystem(s *closure.Store, link string) string {
 	for hops := 0; hops < 8; hops++ {
 		target, err := os.Readlink(link)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -67,10 +68,6 @@ func (f *PushFleet) Init() error {
 
 func (f *PushFleet) identity() string { return filepath.Join(f.home, "id_ed25519") }
 
-// Identity is the operator's private key file, for host commands other
-// than [PushFleet.Push] (--identity).
-func (f *PushFleet) Identity() string { return f.identity() }
-
 // AuthorizedKey is the operator's public key, an authorized_keys line for
 // [Host.StartSSHD].
 func (f *PushFleet) AuthorizedKey() (string, error) {
@@ -113,6 +110,13 @@ func (f *PushFleet) Command(ctx context.Context, args ...string) *exec.Cmd {
 // Push is `deploy --json --identity KEY --ssh-config none [args] DIR#@sim`:
 // a push deploy to every host.
 func (f *PushFleet) Push(ctx context.Context, args ...string) *exec.Cmd {
-	a := append([]string{"--json", "--identity", f.identity(), "--ssh-config", "none"}, args...)
-	return f.Command(ctx, append(a, f.Target())...)
+	return f.HostCommand(ctx, nil, args...)
+}
+
+// HostCommand is `deploy VERB... --json --identity KEY --ssh-config none
+// [args] DIR#@sim`: a host command (status, verify, gc) to every host; no
+// verb is a push deploy.
+func (f *PushFleet) HostCommand(ctx context.Context, verb []string, args ...string) *exec.Cmd {
+	a := slices.Concat(verb, []string{"--json", "--identity", f.identity(), "--ssh-config", "none"}, args, []string{f.Target()})
+	return f.Command(ctx, a...)
 }
