@@ -2,6 +2,7 @@ package activation
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,25 +25,50 @@ func fakeShow(t *testing.T, answer string) (log string) {
 
 // The units an activation started are watched with one systemctl call for
 // all of them per look; a unit restarting after a failure is named.
-func TestUnitsFailed(t *testing.T) {
+func TestSettleWatch(t *testing.T) {
 	ctx := context.Background()
-	log := fakeShow(t, "ActiveState=active\nSubState=running\nResult=success\n\nActiveState=activating\nSubState=auto-restart\nResult=exit-code\n")
-	err := unitsFailed(ctx, []string{"a.service", "b.service"})
+	look := func(w *settleWatch) error { return w.look(ctx) }
+	both := []string{"a.service", "b.service"}
+	log := fakeShow(t, "ActiveState=active\nSubState=running\nResult=success\nNRestarts=0\n\nActiveState=activating\nSubState=auto-restart\nResult=exit-code\nNRestarts=1\n")
+	err := look(&settleWatch{units: both})
 	if err == nil || !strings.Contains(err.Error(), "unit b.service failed (activating/auto-restart, result exit-code)") {
-		t.Errorf("unitsFailed = %v, want b.service named as failed", err)
+		t.Errorf("look = %v, want b.service named as failed", err)
 	}
 	calls, _ := os.ReadFile(log)
-	if got := strings.TrimSpace(string(calls)); got != "show -p ActiveState -p SubState -p Result -- a.service b.service" {
+	if got := strings.TrimSpace(string(calls)); got != "show -p ActiveState -p SubState -p Result -p NRestarts -- a.service b.service" {
 		t.Errorf("systemctl calls %q, want one show of both units", got)
 	}
 
-	fakeShow(t, "ActiveState=active\nSubState=running\nResult=success\n\nActiveState=active\nSubState=running\nResult=success\n")
-	if err := unitsFailed(ctx, []string{"a.service", "b.service"}); err != nil {
-		t.Errorf("two running units: %v", err)
+	running := func(a, b int) string {
+		return fmt.Sprintf("ActiveState=active\nSubState=running\nResult=success\nNRestarts=%d\n\nActiveState=active\nSubState=running\nResult=success\nNRestarts=%d\n", a, b)
+	}
+	// Restarts counted before the first look (an earlier life of the
+	// unit) are the baseline; one more since is a crash loop, although
+	// the unit runs and its last result is success when looked at.
+	w := &settleWatch{units: both}
+	fakeShow(t, running(0, 3))
+	if err := look(w); err != nil {
+		t.Errorf("first look, two running units: %v", err)
+	}
+	if err := look(w); err != nil {
+		t.Errorf("second look, nothing restarted: %v", err)
+	}
+	fakeShow(t, running(0, 4))
+	if err := look(w); err == nil || !strings.Contains(err.Error(), "unit b.service failed: it restarted since it was started (NRestarts 3 -> 4: a crash loop; now active/running)") {
+		t.Errorf("look after a restart = %v, want b.service named as crash-looping", err)
+	}
+	// No NRestarts (a systemd before 235, or not a service): judged by
+	// state alone.
+	w = &settleWatch{units: both}
+	fakeShow(t, "ActiveState=active\nSubState=running\nResult=success\n\nActiveState=active\nSubState=listening\nResult=success\nNRestarts=\n")
+	for range 2 {
+		if err := look(w); err != nil {
+			t.Errorf("units without NRestarts: %v", err)
+		}
 	}
 	// An answer that does not have a block per unit is not read as healthy.
 	fakeShow(t, "ActiveState=active\nSubState=running\nResult=success\n")
-	if err := unitsFailed(ctx, []string{"a.service", "b.service"}); err == nil {
+	if err := look(&settleWatch{units: both}); err == nil {
 		t.Error("one answer for two units: no error")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -237,38 +238,72 @@ func (a *applier) units(ctx context.Context) error {
 }
 
 // settle watches the units just started or restarted for UnitSettle and
-// fails when one of them fails or is crash-looping.
+// fails when one of them fails or is crash-looping. Looks are 250 ms apart
+// at first and twice as far apart each time after (0, 0.25, 0.5, 1, 2 s
+// for the default 2 s: five systemctl calls, not the eleven of a look
+// every 200 ms), ending at the deadline. A unit that restarted between two
+// looks is caught all the same: systemd counts its restarts (NRestarts),
+// and a count above the first look's is a crash loop, whatever state the
+// unit happens to be in when looked at (after an automatic restart its
+// Result is success again and it may well be running).
 func (a *applier) settle(ctx context.Context, units []string) error {
 	if len(units) == 0 {
 		return nil
 	}
 	deadline := time.Now().Add(a.opts.UnitSettle)
+	w := &settleWatch{units: units}
+	wait := 250 * time.Millisecond
 	for {
-		if err := unitsFailed(ctx, units); err != nil {
+		if err := w.look(ctx); err != nil {
 			return err
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(min(wait, left)):
 		}
+		wait *= 2
 	}
 }
 
-// unitsFailed returns an error naming the first of units that is failed,
-// restarting after a failure, or whose last run did not succeed: one
-// systemctl call for all of them.
-func unitsFailed(ctx context.Context, units []string) error {
-	props, err := showUnits(ctx, units, "ActiveState", "SubState", "Result")
+// settleWatch is the settle loop's view of the units it watches: their
+// restart counts at the first look.
+type settleWatch struct {
+	units    []string
+	restarts []int // NRestarts at the first look; nil before it
+}
+
+// look returns an error naming the first of the units that is failed,
+// restarting after a failure, whose last run did not succeed, or that
+// restarted since the first look: one systemctl call for all of them.
+func (w *settleWatch) look(ctx context.Context) error {
+	props, err := showUnits(ctx, w.units, "ActiveState", "SubState", "Result", "NRestarts")
 	if err != nil {
 		return err
 	}
+	first := w.restarts == nil
+	if first {
+		w.restarts = make([]int, len(w.units))
+	}
 	for i, p := range props {
 		if p["ActiveState"] == "failed" || p["SubState"] == "auto-restart" || (p["Result"] != "" && p["Result"] != "success") {
-			return fmt.Errorf("unit %s failed (%s/%s, result %s)", units[i], p["ActiveState"], p["SubState"], p["Result"])
+			return fmt.Errorf("unit %s failed (%s/%s, result %s)", w.units[i], p["ActiveState"], p["SubState"], p["Result"])
+		}
+		// NRestarts is empty for units other than services and on a
+		// systemd older than 235: those are judged by their state alone.
+		n, err := strconv.Atoi(p["NRestarts"])
+		if err != nil {
+			continue
+		}
+		switch {
+		case first:
+			w.restarts[i] = n
+		case n > w.restarts[i]:
+			return fmt.Errorf("unit %s failed: it restarted since it was started (NRestarts %d -> %d: a crash loop; now %s/%s)", w.units[i], w.restarts[i], n, p["ActiveState"], p["SubState"])
 		}
 	}
 	return nil

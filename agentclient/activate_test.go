@@ -254,11 +254,18 @@ func TestActivateFailureRollsBack(t *testing.T) {
 	cases := []struct {
 		name string
 		body string
+		want string // in the error, when set
 	}{
 		{"failing service", svc("a", "2", "1") + file("/etc/app/a.conf", "a v2\n") + file("/etc/app/new.conf", "new\n") +
-			"  service \"broken\" {\n    exec_start = \"/bin/false\"\n  }\n"},
+			"  service \"broken\" {\n    exec_start = \"/bin/false\"\n  }\n", ""},
 		{"failing health check", svc("a", "2", "1") + file("/etc/app/a.conf", "a v2\n") + file("/etc/app/new.conf", "new\n") +
-			"  health_check \"never\" {\n    command = [\"/bin/false\"]\n    timeout = \"2s\"\n    interval = \"500ms\"\n  }\n"},
+			"  health_check \"never\" {\n    command = [\"/bin/false\"]\n    timeout = \"2s\"\n    interval = \"500ms\"\n  }\n", ""},
+		// Up 0.6 s, down 0.1 s (RestartSec's default), up again: between
+		// two looks of the settle loop it may well be running each time;
+		// its restart count gives it away.
+		{"crash-looping service", svc("a", "2", "1") + file("/etc/app/a.conf", "a v2\n") + file("/etc/app/new.conf", "new\n") +
+			"  service \"flappy\" {\n    exec_start = \"/bin/sh -c 'sleep 0.6; exit 1'\"\n  }\n",
+			"unit flappy.service failed"},
 	}
 	failed := []int{}
 	for i, tc := range cases {
@@ -272,6 +279,9 @@ func TestActivateFailureRollsBack(t *testing.T) {
 				t.Fatalf("Activate = %v, want a RolledBackError", err)
 			}
 			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
 			gen := i + 2
 			if rb.Generation != gen {
 				t.Errorf("rolled back generation %d, want %d", rb.Generation, gen)
