@@ -121,7 +121,9 @@ func (b *Builder) Evaluate(ctx context.Context, f *Fleet, host string) (*modules
 
 // Check evaluates every host of f and realizes it without building or
 // writing anything: packages get placeholder paths and url packages must be
-// pinned. It returns every problem found. storeDir is the store directory
+// pinned. It also reads the header of each secret file the hosts use,
+// without decrypting, and reports a host that could not decrypt it
+// ([checkSecrets]). It returns every problem found. storeDir is the store directory
 // the fleet will be built for ("": the default).
 func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 	b := &Builder{}
@@ -129,12 +131,17 @@ func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 		b.Store = &closure.Store{StoreDir: storeDir}
 	}
 	var diags hcl.Diagnostics
+	var uses []SecretUse
 	pb := b.packageBuilder(f, true)
 	for _, h := range f.Hosts {
 		cfg, d := f.Evaluate(ctx, h.Name, pb)
 		diags = append(diags, d...)
 		if cfg == nil {
 			continue
+		}
+		if !d.HasErrors() {
+			u, d := secretUsesOf(h, cfg)
+			uses, diags = append(uses, u...), append(diags, d...)
 		}
 		z := &modules.Realizer{FleetDir: f.Dir, StoreDir: pb.Store.StoreDir, Objects: dryObjects{storeDir: pb.Store.StoreDir}, Revoked: f.RevokedSecrets}
 		agent, _ := closure.MakeSourcePath(pb.Store.StoreDir, sha256.Sum256([]byte("unbuilt agent")), "deploy-agent", nil)
@@ -147,6 +154,7 @@ func Check(ctx context.Context, f *Fleet, storeDir string) hcl.Diagnostics {
 			}
 		}
 	}
+	diags = append(diags, checkSecrets(f, uses)...)
 	return dedupe(diags)
 }
 

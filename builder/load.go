@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
@@ -23,6 +24,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/function"
+	"golang.org/x/crypto/ssh"
 )
 
 // Fleet is a loaded fleet directory: its hosts, roles and deployments, not
@@ -714,9 +716,9 @@ func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bo
 	}
 	if v, ok := get("host_key", cty.String); ok {
 		h.HostKey = v.AsString()
-		if f := strings.Fields(h.HostKey); len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") {
+		if err := checkHostKey(h.HostKey); err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid host_key",
-				Detail: "host_key must be an SSH public key line like \"ssh-ed25519 AAAA...\" (ssh-keyscan prints it).", Subject: rangeOf("host_key")})
+				Detail: fmt.Sprintf("%s. host_key must be an SSH public key line like \"ssh-ed25519 AAAA...\", whole: deploy keyscan ADDRESS (or ssh-keyscan) prints it.", err), Subject: rangeOf("host_key")})
 		}
 	}
 	if v, ok := get("transport", cty.String); ok {
@@ -1012,7 +1014,7 @@ func (f *Fleet) loadAdmin(b *hcl.Block) (*Admin, hcl.Diagnostics) {
 		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid admin keys",
 			Detail: fmt.Sprintf("Admin %q needs keys = [\"age1...\" or \"ssh-ed25519 AAAA...\", ...] (at least one).", a.Name), Subject: attr.Expr.Range().Ptr()})
 	}
-	for _, k := range cv.AsValueSlice() {
+	for i, k := range cv.AsValueSlice() {
 		key := strings.TrimSpace(k.AsString())
 		fields := strings.Fields(key)
 		ok := len(fields) == 1 && strings.HasPrefix(key, "age1") ||
@@ -1020,10 +1022,55 @@ func (f *Fleet) loadAdmin(b *hcl.Block) (*Admin, hcl.Diagnostics) {
 		if !ok {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid admin key",
 				Detail:  fmt.Sprintf("Admin %q: %q is neither an age recipient (age1...) nor an ssh-ed25519 or ssh-rsa public key.", a.Name, key),
-				Subject: attr.Expr.Range().Ptr()})
+				Subject: elemRange(attr.Expr, i)})
+			continue
+		}
+		if _, err := secrets.ParseRecipient(key); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid admin key",
+				Detail:  fmt.Sprintf("Admin %q: %s. Copy the whole key: age-keygen -y prints an identity's recipient, an SSH key's .pub file holds the public key.", a.Name, err),
+				Subject: elemRange(attr.Expr, i)})
 			continue
 		}
 		a.Keys = append(a.Keys, key)
 	}
 	return a, diags
+}
+
+// checkHostKey parses a host_key: the key type, then base64 that decodes to
+// a public key of that type. A truncated or mistyped key is caught here, not
+// as an unreachable host at the first connection.
+func checkHostKey(line string) error {
+	if f := strings.Fields(line); len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") {
+		return errors.New("not an SSH public key line")
+	}
+	f := strings.Fields(line)
+	blob, err := base64.StdEncoding.DecodeString(f[1])
+	if err != nil {
+		return fmt.Errorf("%q: the key's base64 does not decode (%v): truncated or mistyped", abbrevKey(line), err)
+	}
+	k, err := ssh.ParsePublicKey(blob)
+	if err != nil {
+		return fmt.Errorf("%q: not a public key (%v): truncated or mistyped", abbrevKey(line), err)
+	}
+	if k.Type() != f[0] {
+		return fmt.Errorf("%q: the line says %s, the key is %s", abbrevKey(line), f[0], k.Type())
+	}
+	return nil
+}
+
+// abbrevKey shortens a key for a message.
+func abbrevKey(s string) string {
+	if len(s) > 40 {
+		return s[:37] + "..."
+	}
+	return s
+}
+
+// elemRange is the range of a list attribute's element i when the list is
+// written out ([...]), else the whole expression's.
+func elemRange(expr hcl.Expression, i int) *hcl.Range {
+	if t, ok := expr.(*hclsyntax.TupleConsExpr); ok && i < len(t.Exprs) {
+		return t.Exprs[i].Range().Ptr()
+	}
+	return expr.Range().Ptr()
 }

@@ -1,6 +1,8 @@
 package secrets
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -88,10 +90,10 @@ func FleetFiles(dir string, uses []Use, admins []Admin, stray []string) *Files {
 		switch fields := strings.Fields(u.HostKey); {
 		case len(fields) == 0:
 			f.Problems = append(f.Problems, fmt.Sprintf("host %q has no host_key", u.Host))
-		case fields[0] != "ssh-ed25519" || len(fields) < 2:
+		case HostRecipient(u.HostKey) == "":
 			f.Problems = append(f.Problems, fmt.Sprintf("host %q has a %s host_key; the agent decrypts with the ssh-ed25519 host key", u.Host, fields[0]))
 		default:
-			f.Recipients = append(f.Recipients, Recipient{Owner: "host " + u.Host, Key: fields[0] + " " + fields[1]})
+			f.Recipients = append(f.Recipients, Recipient{Owner: "host " + u.Host, Key: HostRecipient(u.HostKey)})
 		}
 	}
 	for _, rel := range stray {
@@ -105,6 +107,39 @@ func FleetFiles(dir string, uses []Use, admins []Admin, stray []string) *Files {
 	}
 	slices.SortFunc(fs.Files, func(a, b *File) int { return strings.Compare(a.File, b.File) })
 	return fs
+}
+
+// HostRecipient is the recipient a host's secrets are encrypted to, from its
+// host_key ("ssh-ed25519 AAAA... [comment]": the agent decrypts with the
+// ssh-ed25519 host key), without the comment; "" for any other key.
+func HostRecipient(hostKey string) string {
+	fields := strings.Fields(hostKey)
+	if len(fields) < 2 || fields[0] != "ssh-ed25519" {
+		return ""
+	}
+	return fields[0] + " " + fields[1]
+}
+
+// IsPlaceholder reports whether the file at path is a placeholder for a
+// secret rather than a ciphertext: its content, or the base64 inside an
+// age armor, begins with "PLACEHOLDER" (as the examples' files do, until
+// deploy secrets edit writes the real ones).
+func IsPlaceholder(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	const marker = "PLACEHOLDER"
+	if bytes.HasPrefix(b, []byte(marker)) {
+		return true
+	}
+	body, ok := bytes.CutPrefix(bytes.TrimSpace(b), []byte("-----BEGIN AGE ENCRYPTED FILE-----"))
+	if !ok {
+		return false
+	}
+	body, _, _ = bytes.Cut(body, []byte("-----END"))
+	raw, _ := base64.StdEncoding.DecodeString(string(bytes.Join(bytes.Fields(body), nil)))
+	return bytes.HasPrefix(raw, []byte(marker))
 }
 
 // newFile is a file no host uses: its recipients are the admins.

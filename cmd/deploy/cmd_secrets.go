@@ -48,15 +48,7 @@ func fleetSecrets(ctx context.Context, e *env, dir string) (*secrets.Files, erro
 		e.printDiags(f, diags)
 		return nil, configError(diags)
 	}
-	su := make([]secrets.Use, len(uses))
-	for i, u := range uses {
-		su[i] = secrets.Use{Secret: u.Secret, File: u.Source, Host: u.Host, HostKey: u.HostKey}
-	}
-	admins := make([]secrets.Admin, len(f.Admins))
-	for i, a := range f.Admins {
-		admins[i] = secrets.Admin{Name: a.Name, Keys: a.Keys}
-	}
-	return secrets.FleetFiles(f.Dir, su, admins, f.SecretFiles()), nil
+	return builder.FleetSecretFiles(f, uses, f.SecretFiles()), nil
 }
 
 // lookupSecretFile finds the file NAME means (see secrets.Files.Lookup).

@@ -1,6 +1,9 @@
 # The quickstart fleet: two web hosts running a small Go HTTP service.
 #
-#   deploy check .          validate everything, build nothing
+#   deploy check .          validate everything, build nothing; until the hosts
+#                           have their host_key (deploy keyscan ADDRESS) and
+#                           secrets/api-token.age is real (deploy secrets edit
+#                           api-token), it says so, exit 1: they could not deploy
 #   deploy build .#web1     build web1's system closure, print its store path
 #   deploy build .#@web     build every host tagged "web"
 #   deploy diff .#web1 --from /var/lib/deploy/store/...-system-web1
