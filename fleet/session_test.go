@@ -297,6 +297,38 @@ func TestSessionUnreachableAtLock(t *testing.T) {
 	}
 }
 
+// With max_failures = 0, a host unreachable for its run lock stops the
+// deploy before anything is built or copied: no host changes, run.halt
+// names the host, the others are skipped and their locks released.
+func TestSessionUnreachableAtLockHalts(t *testing.T) {
+	dir := testFleet(t, []string{"a", "b", "c"}, "  batch_size = 1\n  max_failures = 0")
+	ops := &scriptedOps{lockFail: map[string]error{"b": &HostFailure{Result: ResultUnreachable, Err: errors.New("dial: no route")}}}
+	log := &eventLog{}
+	s := openSession(t, dir, "all", ops, log)
+	rep, err := s.Deploy(context.Background(), DeployOptions{})
+	if rep.Worst() != ResultUnreachable || err == nil {
+		t.Fatalf("worst %q (%v), want unreachable", rep.Worst(), err)
+	}
+	if got := rep.With(ResultSkipped); !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("skipped %v, want a and c", got)
+	}
+	for _, call := range ops.snapshot() {
+		if !strings.HasPrefix(call, "lock ") && !strings.HasPrefix(call, "unlock ") {
+			t.Errorf("call %q: want only locks taken and released", call)
+		}
+	}
+	if !slices.Contains(ops.calls, "unlock a") || !slices.Contains(ops.calls, "unlock c") {
+		t.Errorf("calls %v: want the locks of a and c released", ops.calls)
+	}
+	if log.has(func(e Event) bool { return e.Phase == PhaseBuild }) {
+		t.Error("a build event: the run stops before it builds")
+	}
+	if !log.has(func(e Event) bool { return e.Type == EventHalt && slices.Equal(e.Hosts, []string{"b"}) }) {
+		t.Error("no run.halt naming b")
+	}
+	checkRunBrackets(t, log)
+}
+
 // An agent that cannot hold the run lock lets the run go on, saying so.
 func TestSessionNoRunLock(t *testing.T) {
 	dir := testFleet(t, []string{"a"}, "")
