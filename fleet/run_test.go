@@ -51,10 +51,14 @@ func (l *fakeLocks) try(host string, run *agentapi.RunHolder) *agentapi.LockRepl
 	if l.held == nil {
 		l.held = map[string]*agentapi.RunHolder{}
 	}
-	if h := l.held[host]; h != nil && h.Run != run.Run {
+	h := l.held[host]
+	if h != nil && h.Run != run.Run && h.Run != run.TakeOver {
 		return &agentapi.LockReply{Locked: false, Holder: h}
 	}
 	l.held[host] = run
+	if h != nil && h.Run != run.Run {
+		return &agentapi.LockReply{Locked: true, TookOver: h}
+	}
 	return &agentapi.LockReply{Locked: true}
 }
 
