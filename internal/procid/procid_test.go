@@ -77,4 +77,3 @@ func TestGone(t *testing.T) {
 		t.Errorf("Gone(%+v, of another process table) = true", other)
 	}
 }
-
