@@ -14,6 +14,7 @@ import (
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
+	"github.com/declarative/deploy/internal/procid"
 )
 
 // The run lock is held by an operator's whole run (a deploy, a rollback, a
@@ -40,6 +41,10 @@ func (l Layout) RunHolderFile() string {
 type runHolderRecord struct {
 	Holder agentapi.RunHolder `json:"holder"`
 	PID    int                `json:"pid"`
+	// Start is the process's start time (clock ticks since boot; 0 in a
+	// record of an older agent): the process is signalled only while its
+	// PID still names it.
+	Start uint64 `json:"pid_start,omitempty"`
 }
 
 // RunLockOptions tunes [Layout.HoldRunLock].
@@ -70,7 +75,9 @@ type RunLockOptions struct {
 // A lock whose previous holder ended without releasing it is taken over;
 // the reply says whose it was. A request from the run that already holds
 // the lock (its connection dropped and it came back) replaces the old
-// holding process.
+// holding process; so does a request whose TakeOver names the run holding
+// the lock (the operator found that run's process ended on its own
+// machine, see [agentapi.RunHolder.TakeOver]).
 func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, opts RunLockOptions) error {
 	logf := opts.Logf
 	if logf == nil {
@@ -106,11 +113,18 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 			return fmt.Errorf("run lock %q: %w", l.RunLockFile(), err)
 		}
 		held := l.readRunHolder()
-		if held != nil && held.Holder.Run == me.Run && !replaced {
-			// Our own run, back after its connection dropped: the old
-			// process may not have noticed yet.
-			logf("run %s is back: ending its previous run-lock process %d", me.Run, held.PID)
-			if held.PID > 0 && held.PID != os.Getpid() {
+		if held != nil && !replaced && (held.Holder.Run == me.Run || held.Holder.Run == me.TakeOver) {
+			if held.Holder.Run == me.Run {
+				// Our own run, back after its connection dropped: the
+				// old process may not have noticed yet.
+				logf("run %s is back: ending its previous run-lock process %d", me.Run, held.PID)
+			} else {
+				// Its operator's process ended, says a run on the same
+				// machine; this side may not have noticed for a while
+				// (a connection cut off ends with no word).
+				logf("run %s says the process of run %s on its machine ended: ending that run's run-lock process %d", me.Run, held.Holder.Run, held.PID)
+			}
+			if held.PID > 0 && held.PID != os.Getpid() && procid.Running(held.PID, held.Start) {
 				syscall.Kill(held.PID, syscall.SIGTERM)
 			}
 			replaced = true
@@ -138,7 +152,12 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 		tookOver = &prev.Holder
 		logf("taking over the run lock of %s: its run ended without releasing it", prev.Holder.String())
 	}
-	data, _ := json.Marshal(&runHolderRecord{Holder: *me, PID: os.Getpid()})
+	rec := &runHolderRecord{Holder: *me, PID: os.Getpid()}
+	rec.Holder.TakeOver = ""
+	if self, err := procid.Self(); err == nil {
+		rec.Start = self.Start
+	}
+	data, _ := json.Marshal(rec)
 	if err := atomicfile.Write(l.RunHolderFile(), data, 0o600); err != nil {
 		return err
 	}

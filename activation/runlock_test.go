@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +28,12 @@ type lockClient struct {
 
 func requestRunLock(t *testing.T, l Layout, run string, opts RunLockOptions) *lockClient {
 	t.Helper()
+	return requestRunLockAs(t, l, &agentapi.RunHolder{Run: run, Operator: "op-" + run, Command: "deploy", Hosts: []string{"web1"}, Started: time.Now()}, opts)
+}
+
+func requestRunLockAs(t *testing.T, l Layout, holder *agentapi.RunHolder, opts RunLockOptions) *lockClient {
+	t.Helper()
+	run := holder.Run
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	c := &lockClient{in: inW, done: make(chan error, 1)}
@@ -36,7 +43,7 @@ func requestRunLock(t *testing.T, l Layout, run string, opts RunLockOptions) *lo
 		inR.Close()
 		c.done <- err
 	}()
-	h, _ := json.Marshal(&agentapi.RunHolder{Run: run, Operator: "op-" + run, Command: "deploy", Hosts: []string{"web1"}, Started: time.Now()})
+	h, _ := json.Marshal(holder)
 	if _, err := fmt.Fprintf(inW, "%s\n", h); err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +181,22 @@ func init() {
 // new request ends the old process and takes the lock.
 func TestRunLockSameRun(t *testing.T) {
 	l := testLayout(t)
+	cmd := holdInChild(t, l, "same")
+	again := requestRunLock(t, l, "same", RunLockOptions{})
+	if !again.reply.Locked || again.reply.TookOver != nil {
+		t.Fatalf("the same run again: %+v, want locked, nothing taken over", again.reply)
+	}
+	if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "terminated") {
+		t.Errorf("the old holder ended with %v, want killed by SIGTERM", err)
+	}
+	again.send(t, "release")
+	again.wait(t)
+}
+
+// holdInChild has another process hold the run lock for run, as a
+// run-lock process on a host does, until it is killed.
+func holdInChild(t *testing.T, l Layout, run string) *exec.Cmd {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -185,20 +208,63 @@ func TestRunLockSameRun(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
-	h, _ := json.Marshal(&agentapi.RunHolder{Run: "same", Started: time.Now()})
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	h, _ := json.Marshal(&agentapi.RunHolder{Run: run, Machine: "laptop", Started: time.Now(),
+		Process: &agentapi.RunProcess{Space: "boot/pid:[1]", PID: 4242, Start: 7}})
 	fmt.Fprintf(stdin, "%s\n", h)
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || !strings.Contains(line, `"locked":true`) {
 		t.Fatalf("child: %q, %v; want locked", line, err)
 	}
-	again := requestRunLock(t, l, "same", RunLockOptions{})
-	if !again.reply.Locked || again.reply.TookOver != nil {
-		t.Fatalf("the same run again: %+v, want locked, nothing taken over", again.reply)
+	return cmd
+}
+
+// A run whose operator found the holder's process ended on its machine
+// asks to take the lock over (TakeOver): the agent ends the holder's
+// run-lock process at once and says whose lock it took. A TakeOver that
+// names another run than the holder changes nothing.
+func TestRunLockTakeOver(t *testing.T) {
+	l := testLayout(t)
+	cmd := holdInChild(t, l, "dead")
+	wrong := requestRunLockAs(t, l, &agentapi.RunHolder{Run: "new", TakeOver: "someone-else", Started: time.Now()}, RunLockOptions{})
+	var held *RunLockHeldError
+	if err := wrong.wait(t); !errors.As(err, &held) || wrong.reply.Locked || wrong.reply.Holder == nil || wrong.reply.Holder.Run != "dead" {
+		t.Fatalf("take over of a run that does not hold the lock: %+v, %v; want refused, held by run dead", wrong.reply, err)
+	}
+	if p := wrong.reply.Holder.Process; p == nil || p.PID != 4242 || p.Start != 7 || p.Space != "boot/pid:[1]" {
+		t.Errorf("the holder's process %+v, want as the holder recorded it", p)
+	}
+	c := requestRunLockAs(t, l, &agentapi.RunHolder{Run: "new", TakeOver: "dead", Started: time.Now()}, RunLockOptions{})
+	if !c.reply.Locked || c.reply.TookOver == nil || c.reply.TookOver.Run != "dead" {
+		t.Fatalf("take over: %+v, want locked, taken over from run dead", c.reply)
 	}
 	if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "terminated") {
-		t.Errorf("the old holder ended with %v, want killed by SIGTERM", err)
+		t.Errorf("the dead run's run-lock process ended with %v, want SIGTERM", err)
 	}
-	again.send(t, "release")
-	again.wait(t)
+	if rec := l.readRunHolder(); rec == nil || rec.Holder.Run != "new" || rec.Holder.TakeOver != "" || rec.Start == 0 {
+		t.Errorf("holder record %+v: want run new, no take_over recorded, its process's start time", rec)
+	}
+	c.send(t, "release")
+	c.wait(t)
+}
+
+// A holder record whose PID now names another process (the PID was
+// reused) is not signalled.
+func TestRunLockReusedPIDNotSignalled(t *testing.T) {
+	l := testLayout(t)
+	cmd := holdInChild(t, l, "dead")
+	rec := l.readRunHolder()
+	rec.Start++ // as if the PID had been reused since it was recorded
+	data, _ := json.Marshal(rec)
+	if err := os.WriteFile(l.RunHolderFile(), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := requestRunLockAs(t, l, &agentapi.RunHolder{Run: "new", TakeOver: "dead", Started: time.Now()}, RunLockOptions{Wait: 500 * time.Millisecond})
+	var held *RunLockHeldError
+	if err := c.wait(t); !errors.As(err, &held) || c.reply.Locked {
+		t.Fatalf("take over of a holder whose PID names another process: %+v, %v; want refused", c.reply, err)
+	}
+	if cmd.ProcessState != nil || cmd.Process.Signal(syscall.Signal(0)) != nil {
+		t.Error("the process that holds the lock was signalled")
+	}
 }

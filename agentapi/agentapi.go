@@ -330,6 +330,25 @@ type RunHolder struct {
 	Command  string    `json:"command,omitempty"` // deploy, rollback, gc
 	Hosts    []string  `json:"hosts,omitempty"`   // every host of the run
 	Started  time.Time `json:"started"`
+	// Process is the operator's process that runs the run (nil from an
+	// older deploy, or where it cannot be named): a later run that finds
+	// it ended, in the same process table, takes the lock over at once
+	// instead of waiting for the lease.
+	Process *RunProcess `json:"process,omitempty"`
+	// TakeOver, in a request only (never recorded), names the run holding
+	// the lock whose Process the requesting run found ended: the agent
+	// ends that run's run-lock process and takes the lock.
+	TakeOver string `json:"take_over,omitempty"`
+}
+
+// RunProcess names an operator's process for [RunHolder.Process]: the
+// process table (the kernel's boot id and the PID namespace), the PID and
+// its start time in clock ticks since boot, so that a reused PID is told
+// apart.
+type RunProcess struct {
+	Space string `json:"space"`
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
 }
 
 // String describes h for an operator.

@@ -231,6 +231,15 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 		failed = unreachable
 		defer s.unlockAll(ops)
 	}
+	if len(failed) > ro.MaxFailures {
+		// The rollout stops before its first batch (Runner.Run says
+		// why): nothing to build for.
+		r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Emit: s.emit, Failed: failed, NoRunEvents: true}
+		for name, hr := range r.Run(ctx, nil, ro).Hosts {
+			rep.Hosts[name] = hr
+		}
+		return rep, rep.Err()
+	}
 	results, err := s.build(ctx, rep)
 	if err != nil {
 		return rep, err

@@ -155,6 +155,7 @@ const (
 	EventResult     = "host.result"  // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
 	EventPlan       = "host.plan"    // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
+	EventHalt       = "run.halt"        // Hosts (those that failed before the first batch), Message: the rollout stops before any host changes
 	EventOutput     = "host.output"     // Host, Stream, Message: a line of exec's output
 	EventCachePush  = "cache.push"      // State, Message (the cache), Paths, CopyPaths, Total, Error
 	EventPublish    = "channel.publish" // Channel, Serial, Batches (the waves), State, Message

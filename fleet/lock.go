@@ -16,6 +16,7 @@ import (
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/agentclient"
+	"github.com/declarative/deploy/internal/procid"
 )
 
 // The run lock keeps two runs that change overlapping hosts apart (see
@@ -33,6 +34,9 @@ func (s *Session) runHolder() *agentapi.RunHolder {
 		h.Operator = u.Username
 	}
 	h.Machine, _ = os.Hostname()
+	if p, err := procid.Self(); err == nil {
+		h.Process = &agentapi.RunProcess{Space: p.Space, PID: p.PID, Start: p.Start}
+	}
 	if s.Fleet != nil {
 		h.GitRev = gitRev(s.Fleet.Dir)
 	}
@@ -58,6 +62,7 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 	type attempt struct {
 		reply *agentapi.LockReply
 		err   error
+		dead  bool // taken over from a run whose process ended here
 	}
 	var mu sync.Mutex
 	got := map[string]attempt{}
@@ -65,9 +70,9 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 		s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseLock, State: "started"})
 	}
 	left := each(ctx, names, s.Parallel.connect(), func(ctx context.Context, name string) {
-		reply, err := ops.Lock(ctx, name, run, 0, agentFor(name))
+		reply, dead, err := lockOne(ctx, ops, name, run, 0, agentFor(name))
 		mu.Lock()
-		got[name] = attempt{reply, err}
+		got[name] = attempt{reply, err, dead}
 		mu.Unlock()
 	})
 	for _, name := range left {
@@ -87,15 +92,15 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 			if s.WaitLock > 0 {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseLock, Message: "waiting for the run lock"})
 			}
-			reply, err := ops.Lock(ctx, name, run, s.WaitLock, agentFor(name))
+			reply, dead, err := lockOne(ctx, ops, name, run, s.WaitLock, agentFor(name))
 			if err == nil && reply != nil && !reply.Locked && s.WaitLock < lockSettle && younger(reply.Holder, run) {
 				// Of two runs that meet, the younger gives up and lets go
 				// of what it took (see below): wait for that, briefly. A
 				// younger run that goes on holds it longer, and then this
 				// one gives up instead.
-				reply, err = ops.Lock(ctx, name, run, lockSettle, agentFor(name))
+				reply, dead, err = lockOne(ctx, ops, name, run, lockSettle, agentFor(name))
 			}
-			got[name] = attempt{reply, err}
+			got[name] = attempt{reply, err, dead}
 			if held(name) {
 				break
 			}
@@ -131,7 +136,14 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 		case a.err != nil:
 			unreachable[name] = a.err
 		default:
-			if a.reply.TookOver != nil {
+			if a.reply.TookOver != nil && a.dead {
+				which := "its process"
+				if p := a.reply.TookOver.Process; p != nil {
+					which = fmt.Sprintf("its process %d", p.PID)
+				}
+				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseLock, TookOver: a.reply.TookOver,
+					Message: "took over the run lock of " + a.reply.TookOver.String() + " at once: " + which + " on this machine no longer runs"})
+			} else if a.reply.TookOver != nil {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseLock, TookOver: a.reply.TookOver,
 					Message: "took over the run lock of " + a.reply.TookOver.String() + ", which ended without releasing it"})
 			}
@@ -139,6 +151,30 @@ func (s *Session) lockHosts(ctx context.Context, rep *Report, ops HostOps, names
 		}
 	}
 	return true, unreachable
+}
+
+// lockOne takes host's run lock for run. When another run holds it whose
+// operator process ran on this machine (the same process table) and has
+// ended, as when a run was cut off from the host and exited, it asks the
+// host at once to take that run's lock over rather than wait for the
+// host's lease; dead says it did. A run of another machine, or whose
+// process this machine cannot tell ended, is waited for as usual.
+func lockOne(ctx context.Context, ops HostOps, host string, run *agentapi.RunHolder, wait time.Duration, agent string) (reply *agentapi.LockReply, dead bool, err error) {
+	reply, err = ops.Lock(ctx, host, run, wait, agent)
+	if err != nil || reply == nil || reply.Locked || !endedHere(reply.Holder) {
+		return reply, false, err
+	}
+	take := *run
+	take.TakeOver = reply.Holder.Run
+	reply, err = ops.Lock(ctx, host, &take, wait, agent)
+	dead = err == nil && reply != nil && reply.Locked && reply.TookOver != nil && reply.TookOver.Run == take.TakeOver
+	return reply, dead, err
+}
+
+// endedHere reports whether h is a run whose process ran in this
+// machine's process table and has ended (see package procid).
+func endedHere(h *agentapi.RunHolder) bool {
+	return h != nil && h.Process != nil && procid.Gone(procid.ID{Space: h.Process.Space, PID: h.Process.PID, Start: h.Process.Start})
 }
 
 // lockSettle is how long the ordered pass of lockHosts waits for a lock

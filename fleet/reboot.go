@@ -65,15 +65,27 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 	for _, n := range names {
 		reachable[n] = true
 	}
-	failures := 0
+	// Hosts that ended unreachable when their run lock was taken count
+	// against max_failures before any host reboots.
+	var early []string
+	for _, name := range s.names() {
+		if !reachable[name] && rep.Hosts[name].Result == ResultUnreachable {
+			early = append(early, name)
+		}
+	}
+	failures := len(early)
+	if haltBefore(ro, early, s.emit) {
+		for _, name := range names {
+			s.finish(rep.Hosts[name], Event{Message: haltedMessage + "; not rebooted"})
+		}
+		return rep, rep.Err()
+	}
 	for i, batch := range ro.Batches {
 		s.emit(Event{Type: EventBatchStart, Batch: i + 1, Hosts: batch})
 		var hosts []string
 		for _, name := range batch {
 			if reachable[name] {
 				hosts = append(hosts, name)
-			} else {
-				failures++ // ended unreachable when its run lock was taken
 			}
 		}
 		s.forEach(ctx, rep, hosts, len(hosts), func(ctx context.Context, hr *HostReport) {

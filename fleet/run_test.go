@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,10 +51,14 @@ func (l *fakeLocks) try(host string, run *agentapi.RunHolder) *agentapi.LockRepl
 	if l.held == nil {
 		l.held = map[string]*agentapi.RunHolder{}
 	}
-	if h := l.held[host]; h != nil && h.Run != run.Run {
+	h := l.held[host]
+	if h != nil && h.Run != run.Run && h.Run != run.TakeOver {
 		return &agentapi.LockReply{Locked: false, Holder: h}
 	}
 	l.held[host] = run
+	if h != nil && h.Run != run.Run {
+		return &agentapi.LockReply{Locked: true, TookOver: h}
+	}
 	return &agentapi.LockReply{Locked: true}
 }
 
@@ -228,6 +233,64 @@ func TestRunUnreachableOthersComplete(t *testing.T) {
 	}
 	if got := rep.With(ResultUnreachable); !slices.Equal(got, []string{"b"}) || rep.Hosts["b"].Phase != PhaseCopy {
 		t.Errorf("unreachable = %v (%+v), want b in copy", got, rep.Hosts["b"])
+	}
+}
+
+// Hosts that failed before the rollout (their run lock could not be
+// taken) count against max_failures before the first batch: with more than
+// it allows, no host is touched and run.halt names them.
+func TestRunFailedBeforeRollout(t *testing.T) {
+	cut := errors.New(`reach "b": dial tcp: i/o timeout`)
+	for _, tt := range []struct {
+		name        string
+		maxFailures int
+		wantCalls   []string
+		want        map[Result][]string
+	}{
+		{"max-failures-0", 0, nil, map[Result][]string{ResultUnreachable: {"b"}, ResultSkipped: {"a", "c"}}},
+		{"max-failures-1", 1, []string{"push a", "activate a", "push c", "activate c"}, map[Result][]string{ResultUnreachable: {"b"}, ResultOK: {"a", "c"}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ops := &scriptedOps{}
+			var events []Event
+			r := &Runner{Ops: ops, Mode: ModeSwitch, Failed: map[string]error{"b": cut}, Emit: func(e Event) { events = append(events, e) }}
+			rep := r.Run(context.Background(), systemsFor("a", "b", "c"),
+				Rollout{Batches: [][]string{{"a"}, {"b"}, {"c"}}, MaxFailures: tt.maxFailures, RollbackAll: true})
+			if diff := cmp.Diff(tt.wantCalls, ops.calls); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
+			}
+			for res, hosts := range tt.want {
+				if got := rep.With(res); !slices.Equal(got, hosts) {
+					t.Errorf("hosts %s = %v, want %v", res, got, hosts)
+				}
+			}
+			if hr := rep.Hosts["b"]; hr.Phase != PhaseLock || !errors.Is(hr.Err, cut) {
+				t.Errorf("b: %+v, want unreachable in lock with its error", hr)
+			}
+			// b's result comes before any batch starts.
+			bResult := slices.IndexFunc(events, func(e Event) bool { return e.Type == EventResult && e.Host == "b" })
+			firstBatch := slices.IndexFunc(events, func(e Event) bool { return e.Type == EventBatchStart })
+			halt := slices.IndexFunc(events, func(e Event) bool { return e.Type == EventHalt })
+			if bResult < 0 || (firstBatch >= 0 && bResult > firstBatch) {
+				t.Errorf("b's result at event %d, first batch.start at %d: want b's result first", bResult, firstBatch)
+			}
+			if tt.maxFailures == 0 {
+				if halt < 0 || !slices.Equal(events[halt].Hosts, []string{"b"}) || !strings.Contains(events[halt].Message, "max_failures = 0") {
+					t.Fatalf("events %+v: want run.halt naming b and max_failures", events)
+				}
+				if firstBatch >= 0 {
+					t.Errorf("batch.start at event %d after run.halt: want none", firstBatch)
+				}
+				for _, h := range []string{"a", "c"} {
+					i := slices.IndexFunc(events, func(e Event) bool { return e.Type == EventResult && e.Host == h })
+					if i < 0 || events[i].Result != ResultSkipped || events[i].Message != haltedMessage {
+						t.Errorf("%s: no result skipped with %q in %+v", h, haltedMessage, events)
+					}
+				}
+			} else if halt >= 0 {
+				t.Errorf("run.halt %+v within max_failures", events[halt])
+			}
+		})
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
@@ -135,10 +137,28 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 	}
 	copySem := make(chan struct{}, r.Parallel.copy())
 	actSem := make(chan struct{}, r.Parallel.activate())
-	failures := 0
+	// Hosts that failed before the rollout end first, and count against
+	// MaxFailures before any host changes.
+	var early []string
+	for _, h := range all {
+		if r.Failed[h] != nil {
+			early = append(early, h)
+			r.host(ctx, rep.Hosts[h], copySem, actSem)
+		}
+	}
+	failures := len(early)
+	if haltBefore(ro, early, r.emit) {
+		for _, h := range all {
+			if r.Failed[h] == nil {
+				r.emit(Event{Type: EventResult, Host: h, Result: ResultSkipped, Message: haltedMessage})
+			}
+		}
+		ro.Batches = nil
+	}
 	var switched []string
 	for i, batch := range ro.Batches {
 		r.emit(Event{Type: EventBatchStart, Batch: i + 1, Hosts: batch})
+		batch = slices.DeleteFunc(slices.Clone(batch), func(h string) bool { return r.Failed[h] != nil })
 		// The whole batch at once: the phases' own limits apply inside.
 		left := each(ctx, batch, len(batch), func(ctx context.Context, h string) {
 			r.host(ctx, rep.Hosts[h], copySem, actSem)
@@ -180,6 +200,31 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 		r.emit(Event{Type: EventRunDone, Summary: summary})
 	}
 	return rep
+}
+
+// haltedMessage is the result of a host skipped because the rollout
+// stopped before its first batch.
+const haltedMessage = "the rollout stopped before its first batch: more hosts could not be reached or locked than max_failures allows"
+
+// haltBefore decides whether a rollout stops before its first batch: when
+// more of its hosts failed before it (they could not be reached, or their
+// run lock not taken) than ro.MaxFailures allows, no host is changed. It
+// then emits run.halt naming them, and reports true.
+func haltBefore(ro Rollout, failed []string, emit func(Event)) bool {
+	if len(failed) <= ro.MaxFailures {
+		return false
+	}
+	emit(Event{Type: EventHalt, Hosts: failed, Message: fmt.Sprintf(
+		"%d %s could not be reached or locked before any host changed (%s), more than max_failures = %d allows: no host is changed",
+		len(failed), plural(len(failed), "host", "hosts"), strings.Join(failed, ", "), ro.MaxFailures)})
+	return true
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func orDefault(n, def int) int {

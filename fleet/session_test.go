@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/declarative/deploy/agentclient"
 	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/procid"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -203,6 +205,58 @@ func TestSessionLockHeld(t *testing.T) {
 	checkRunBrackets(t, log)
 }
 
+// A run lock held by a run whose process ran on this machine and ended is
+// taken over at once, saying so; one whose process still runs here, or
+// that ran on another machine, holds the run off.
+func TestSessionTakesOverDeadRun(t *testing.T) {
+	self, err := procid.Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := exec.Command("true")
+	if err := ended.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := &agentapi.RunProcess{Space: self.Space, PID: ended.Process.Pid, Start: 1}
+	for _, tt := range []struct {
+		name     string
+		process  *agentapi.RunProcess
+		takeOver bool
+	}{
+		{"ended-here", dead, true},
+		{"running-here", &agentapi.RunProcess{Space: self.Space, PID: self.PID, Start: self.Start}, false},
+		{"another-machine", &agentapi.RunProcess{Space: "another-boot/pid:[1]", PID: ended.Process.Pid, Start: 1}, false},
+		{"unknown", nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := testFleet(t, []string{"a", "b"}, "")
+			locks := &fakeLocks{}
+			old := &agentapi.RunHolder{Run: "old", Operator: "alice", Machine: "laptop", Started: time.Now(), Process: tt.process}
+			locks.try("b", old)
+			ops := &scriptedOps{locks: locks}
+			log := &eventLog{}
+			s := openSession(t, dir, "all", ops, log)
+			rep, err := s.Deploy(context.Background(), DeployOptions{})
+			tookOver := log.has(func(e Event) bool {
+				return e.Type == EventLog && e.Host == "b" && e.TookOver != nil && e.TookOver.Run == "old" &&
+					strings.Contains(e.Message, fmt.Sprintf("its process %d on this machine no longer runs", ended.Process.Pid))
+			})
+			if !tt.takeOver {
+				if rep.Worst() != ResultLocked || rep.Hosts["b"].Holder == nil || rep.Hosts["b"].Holder.Run != "old" || tookOver {
+					t.Fatalf("Deploy = %v (worst %q, b %+v): want b locked by run old, not taken over", err, rep.Worst(), rep.Hosts["b"])
+				}
+				return
+			}
+			if err != nil || rep.Hosts["b"].Result != ResultOK {
+				t.Fatalf("Deploy = %v (b %+v): want the dead run's lock taken over and b deployed", err, rep.Hosts["b"])
+			}
+			if !tookOver {
+				t.Error("no host.log saying the lock of run old was taken over because its process ended")
+			}
+		})
+	}
+}
+
 // Two runs started together over overlapping hosts: one always gets
 // through; the other stops, having pushed nothing. Run many times, so that
 // both orders and the interleavings in between happen.
@@ -295,6 +349,38 @@ func TestSessionUnreachableAtLock(t *testing.T) {
 	if rep.Hosts["a"].Result != ResultOK || slices.Contains(ops.calls, "push b") {
 		t.Errorf("a %s, calls %v: want a deployed and b not pushed", rep.Hosts["a"].Result, ops.calls)
 	}
+}
+
+// With max_failures = 0, a host unreachable for its run lock stops the
+// deploy before anything is built or copied: no host changes, run.halt
+// names the host, the others are skipped and their locks released.
+func TestSessionUnreachableAtLockHalts(t *testing.T) {
+	dir := testFleet(t, []string{"a", "b", "c"}, "  batch_size = 1\n  max_failures = 0")
+	ops := &scriptedOps{lockFail: map[string]error{"b": &HostFailure{Result: ResultUnreachable, Err: errors.New("dial: no route")}}}
+	log := &eventLog{}
+	s := openSession(t, dir, "all", ops, log)
+	rep, err := s.Deploy(context.Background(), DeployOptions{})
+	if rep.Worst() != ResultUnreachable || err == nil {
+		t.Fatalf("worst %q (%v), want unreachable", rep.Worst(), err)
+	}
+	if got := rep.With(ResultSkipped); !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("skipped %v, want a and c", got)
+	}
+	for _, call := range ops.snapshot() {
+		if !strings.HasPrefix(call, "lock ") && !strings.HasPrefix(call, "unlock ") {
+			t.Errorf("call %q: want only locks taken and released", call)
+		}
+	}
+	if !slices.Contains(ops.calls, "unlock a") || !slices.Contains(ops.calls, "unlock c") {
+		t.Errorf("calls %v: want the locks of a and c released", ops.calls)
+	}
+	if log.has(func(e Event) bool { return e.Phase == PhaseBuild }) {
+		t.Error("a build event: the run stops before it builds")
+	}
+	if !log.has(func(e Event) bool { return e.Type == EventHalt && slices.Equal(e.Hosts, []string{"b"}) }) {
+		t.Error("no run.halt naming b")
+	}
+	checkRunBrackets(t, log)
 }
 
 // An agent that cannot hold the run lock lets the run go on, saying so.

@@ -146,6 +146,8 @@ func plainLine(ev fleet.Event, dryRun bool) string {
 		return s
 	case fleet.EventRollback:
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
+	case fleet.EventHalt:
+		return "stopping: " + ev.Message
 	case fleet.EventCachePush:
 		return cacheLine(ev)
 	case fleet.EventPublish:
@@ -344,6 +346,8 @@ func (v *liveView) Event(ev fleet.Event) {
 		}
 	case fleet.EventRollback:
 		v.notes = append(v.notes, "rolling back "+strings.Join(ev.Hosts, ", ")+": "+ev.Message)
+	case fleet.EventHalt:
+		v.notes = append(v.notes, "stopping: "+ev.Message)
 	case fleet.EventCachePush:
 		if ev.State != "started" {
 			v.notes = append(v.notes, cacheLine(ev))
