@@ -253,11 +253,19 @@ func sysctlIs(s manifest.Sysctl) bool {
 
 func (a *applier) firewall(ctx context.Context) error {
 	if f := a.next.Firewall; f != nil {
-		if a.prev.Firewall != nil && *a.prev.Firewall == *f {
-			// Reload anyway at boot: the kernel forgot it.
-			if !a.opts.Boot {
+		if a.prev.Firewall != nil && *a.prev.Firewall == *f && !a.opts.Boot {
+			// The same ruleset: reloaded only when the table drifted
+			// from it (at boot always: the kernel forgot it).
+			want, werr := firewallWant(ctx, a.opts.real(f.Ruleset), f.Table)
+			got, gerr := firewallLive(ctx, f.Table)
+			if werr == nil && gerr == nil && want == got {
 				return nil
 			}
+			var why []string
+			firewallDrift(f.Table, want, werr, got, gerr, func(_, _, problem, _, detail string) {
+				why = append(why, strings.TrimSpace(problem+" "+detail))
+			})
+			a.opts.logf("firewall: table %s drifted from the ruleset (%s): reloading it", f.Table, strings.Join(why, "; "))
 		}
 		if err := run(ctx, a.opts, "nft", "-f", a.opts.real(f.Ruleset)); err != nil {
 			return fmt.Errorf("loading %q: %w", f.Ruleset, err)
@@ -281,15 +289,18 @@ func (a *applier) firewall(ctx context.Context) error {
 
 func (a *applier) hostBasics(ctx context.Context) error {
 	if h := a.next.Hostname; h != "" {
-		cur, _ := os.Hostname()
-		if cur != h {
+		// The static name and the kernel's, each set when it differs.
+		if cur, err := os.ReadFile("/etc/hostname"); err != nil || strings.TrimSpace(string(cur)) != h {
 			if err := atomicfile.Write("/etc/hostname", []byte(h+"\n"), 0o644); err != nil {
 				return err
 			}
+			a.opts.logf("hostname %s in /etc/hostname", h)
+		}
+		if cur, _ := os.Hostname(); cur != h {
 			if err := syscall.Sethostname([]byte(h)); err != nil {
 				return fmt.Errorf("set hostname %q: %w", h, err)
 			}
-			a.opts.logf("hostname %s", h)
+			a.opts.logf("hostname %s (it was %s)", h, cur)
 		}
 	}
 	if z := a.next.Timezone; z != "" {

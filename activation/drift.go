@@ -29,11 +29,13 @@ type DriftOptions struct {
 }
 
 // Drift compares the machine's live state with the current generation's
-// manifest: users and groups, managed directories, files and symlinks
-// (missing, other type, content, owner, mode, link target), decrypted
-// secrets (missing, owner, mode; never their content), units (unit file
-// link, masked, and those that should run and are not active), and the
-// store paths of the current system's closure. It changes nothing.
+// manifest: users and groups (and their supplementary memberships),
+// managed directories, files and symlinks (missing, other type, content,
+// owner, mode, link target), decrypted secrets (missing, owner, mode;
+// never their content), sysctls, the firewall's nftables table, units
+// (unit file link, masked, and those that should run and are not active),
+// the host name, and the store paths of the current system's closure. It
+// changes nothing.
 func (l Layout) Drift(ctx context.Context, opts DriftOptions) (*Drift, error) {
 	d := &Drift{V: agentapi.Version, Items: []agentapi.DriftItem{}}
 	cur, err := l.CurrentGeneration()
@@ -60,6 +62,7 @@ func (l Layout) Drift(ctx context.Context, opts DriftOptions) (*Drift, error) {
 		return nil, err
 	}
 	accountDrift(m, add)
+	membershipsDrift(m, add)
 	for _, dir := range m.Directories {
 		st, err := lstatPath(dir.Path)
 		if err != nil {
@@ -94,9 +97,11 @@ func (l Layout) Drift(ctx context.Context, opts DriftOptions) (*Drift, error) {
 		}
 		ownerModeDrift(agentapi.DriftSecret, s.Path, &st, s.Owner, s.Group, s.Mode, add)
 	}
+	kernelDrift(ctx, m, store.RealPath, add)
 	if err := l.unitDrift(ctx, m, store.RealPath, add); err != nil {
 		return nil, err
 	}
+	hostnameOf(m, add)
 	infos, err := store.Closure(system)
 	if err != nil {
 		add(agentapi.DriftStore, system, "corrupt", "", err.Error())
@@ -309,9 +314,11 @@ func (l Layout) unitDrift(ctx context.Context, m *manifest.Manifest, realPath fu
 	}
 	for _, u := range m.Units {
 		st := states[u.Name]
-		switch {
-		case strings.HasPrefix(st.load, "masked") || strings.HasPrefix(st.enabled, "masked"):
+		// A masked unit that should run and does not is both.
+		if strings.HasPrefix(st.load, "masked") || strings.HasPrefix(st.enabled, "masked") {
 			add(agentapi.DriftUnit, u.Name, "masked", "", st.enabled)
+		}
+		switch {
 		case !u.Start:
 		case st.active == "failed":
 			add(agentapi.DriftUnit, u.Name, "failed", "active", st.String())

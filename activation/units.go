@@ -142,7 +142,13 @@ func (a *applier) units(ctx context.Context) error {
 		}
 	}
 
-	// 4. Start, restart, reload.
+	// 4. Unmask what the generation installs and someone masked (by hand,
+	// or systemctl mask --runtime): the generation says it runs.
+	if err := a.unmask(ctx); err != nil {
+		return err
+	}
+
+	// 5. Start, restart, reload.
 	var watch []string
 	if a.opts.Boot {
 		// At boot every unit to run is queued, whatever the diff says:
@@ -206,8 +212,7 @@ func (a *applier) units(ctx context.Context) error {
 		}
 	}
 	// Units that should run and do not (stopped by hand, or failed since)
-	// start again, so that a redeploy repairs drift; masked ones are left
-	// masked, with a line saying so.
+	// start again, so that a redeploy repairs drift.
 	var idle []string
 	for _, u := range a.next.Units {
 		if u.Start && !slices.Contains(watch, u.Name) && !slices.Contains(d.Reload, u.Name) {
@@ -224,7 +229,7 @@ func (a *applier) units(ctx context.Context) error {
 			switch {
 			case st.active == "active" || st.active == "reloading" || st.active == "activating":
 			case strings.HasPrefix(st.load, "masked"):
-				a.opts.logf("not starting %s: it is masked (systemctl unmask it)", name)
+				a.opts.warnf("not starting %s: it is still masked after systemctl unmask (a mask in /etc/systemd/system.control or /run/systemd/system.control, say)", name)
 			default:
 				if err := a.systemctl(ctx, "start", name); err != nil {
 					return fmt.Errorf("starting %s: %w", name, err)
@@ -235,6 +240,41 @@ func (a *applier) units(ctx context.Context) error {
 		}
 	}
 	return a.settle(ctx, watch)
+}
+
+// unmask unmasks the generation's units that are masked, at runtime
+// (/run/systemd/system) or for good (/etc/systemd/system): systemctl
+// unmask removes only links to /dev/null, never the generation's unit
+// links, and reloads systemd.
+func (a *applier) unmask(ctx context.Context) error {
+	var names []string
+	for _, u := range a.next.Units {
+		names = append(names, u.Name)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	states, err := unitStates(ctx, names)
+	if err != nil {
+		return err
+	}
+	var masked []string
+	for _, name := range names {
+		if st := states[name]; strings.HasPrefix(st.load, "masked") || strings.HasPrefix(st.enabled, "masked") {
+			masked = append(masked, name)
+		}
+	}
+	if len(masked) == 0 {
+		return nil
+	}
+	for _, scope := range [][]string{{"--runtime"}, nil} {
+		args := append(append([]string{"unmask"}, scope...), "--")
+		if err := run(ctx, a.opts, "systemctl", append(args, masked...)...); err != nil {
+			return fmt.Errorf("unmasking %s: %w", strings.Join(masked, " "), err)
+		}
+	}
+	a.opts.logf("unmasked %s", strings.Join(masked, " "))
+	return a.progress("units", "unmask "+strings.Join(masked, " "))
 }
 
 // settle watches the units just started or restarted for UnitSettle and

@@ -15,7 +15,8 @@ type Drift struct {
 	Generation int    `json:"generation"`
 	System     string `json:"system,omitempty"`
 	// Items are the differences, in the order of the manifest's kinds:
-	// users, groups, directories, files, symlinks, secrets, units, store.
+	// users, groups, directories, files, symlinks, secrets, sysctls,
+	// firewall, units, hostname, store.
 	Items []DriftItem `json:"items"`
 	// StoreVerified is set when the current system's store paths were
 	// rehashed; otherwise they were only checked to be present.
@@ -30,19 +31,26 @@ const (
 	DriftFile      = "file"
 	DriftSymlink   = "symlink"
 	DriftSecret    = "secret"
+	DriftSysctl    = "sysctl"
+	DriftFirewall  = "firewall"
 	DriftUnit      = "unit"
+	DriftHostname  = "hostname"
 	DriftStore     = "store"
 )
 
 // DriftItem is one difference between a host and its generation.
 type DriftItem struct {
 	// Kind is one of the Drift* kinds; Name the file's path, the unit's,
-	// user's or group's name, or the store path.
+	// user's or group's name, the sysctl's key, the firewall's table
+	// ("inet deploy"), the host name's place ("kernel", "/etc/hostname"),
+	// or the store path.
 	Kind string `json:"kind"`
 	Name string `json:"name"`
 	// Problem says what differs: missing, unreadable, type, content,
-	// owner, mode, target, uid, gid, group, home, shell, inactive,
-	// failed, masked, unit-file, corrupt.
+	// owner, mode, target, uid, gid, group, home, shell, groups (a
+	// user's supplementary groups), members (a group's), value (a sysctl,
+	// the host name), rules (the firewall's), inactive, failed, masked,
+	// unit-file, corrupt.
 	Problem string `json:"problem"`
 	// Want and Got are the generation's value and the live one, when
 	// they say more than Problem (owners, modes, unit states).

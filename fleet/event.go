@@ -116,6 +116,9 @@ type Event struct {
 	Reload       []string `json:"units_reload,omitempty"`
 	Stop         []string `json:"units_stop,omitempty"`
 	Files        []string `json:"files_changed,omitempty"`
+	// Repair (dry run of a drifted host): the drift items the deploy
+	// repairs by re-applying the system, one line each.
+	Repair []string `json:"repair,omitempty"`
 	// Summary of run.done: host names by result.
 	Summary map[Result][]string `json:"summary,omitempty"`
 	// Run locks: the run holding a host's lock (locked), or the run whose

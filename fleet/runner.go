@@ -57,6 +57,37 @@ type PushResult struct {
 type Plan struct {
 	Start, Restart, Reload, Stop []string // units
 	Files                        []string // files added, changed or removed
+	// Repair is what the activation repairs of the host's drift from its
+	// current generation ([agentapi.DriftItem.String] each): a drifted
+	// host is re-applied even when it runs the system already.
+	Repair []string
+}
+
+// withDrift adds to p (nil: nothing changes between the generations) what
+// re-applying repairs of d: its drifted files change, its units that should
+// run and do not start, and every item is in Repair.
+func (p *Plan) withDrift(d *agentapi.Drift) *Plan {
+	if d == nil || len(d.Items) == 0 {
+		return p
+	}
+	out := &Plan{}
+	if p != nil {
+		*out = *p
+	}
+	out.Start, out.Files, out.Repair = slices.Clone(out.Start), slices.Clone(out.Files), slices.Clone(out.Repair)
+	for _, it := range d.Items {
+		out.Repair = append(out.Repair, it.String())
+		switch {
+		case it.Kind == agentapi.DriftFile && !slices.Contains(out.Files, it.Name):
+			out.Files = append(out.Files, it.Name)
+		case it.Kind == agentapi.DriftUnit && (it.Problem == "inactive" || it.Problem == "failed") &&
+			!slices.Contains(out.Start, it.Name) && !slices.Contains(out.Restart, it.Name) && !slices.Contains(out.Reload, it.Name):
+			out.Start = append(out.Start, it.Name)
+		}
+	}
+	slices.Sort(out.Files)
+	slices.Sort(out.Start)
+	return out
 }
 
 // ActivateOutcome is the result of a successful [HostOps.Activate].
@@ -318,8 +349,11 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	if r.DryRun {
 		hr.Result = ResultPlanned
 		ev := Event{Type: EventPlan, Host: h, System: hr.System, CopyPaths: pr.Missing, Total: pr.Bytes, Result: ResultPlanned}
+		if drifted && r.Mode != ModeBoot {
+			pr.Plan = pr.Plan.withDrift(hr.Drift)
+		}
 		if p := pr.Plan; p != nil {
-			ev.Start, ev.Restart, ev.Reload, ev.Stop, ev.Files = p.Start, p.Restart, p.Reload, p.Stop, p.Files
+			ev.Start, ev.Restart, ev.Reload, ev.Stop, ev.Files, ev.Repair = p.Start, p.Restart, p.Reload, p.Stop, p.Files, p.Repair
 		}
 		r.emit(ev)
 		return

@@ -63,23 +63,60 @@ func writePlan(e *env, s *fleet.Session, rep *fleet.Report) (bool, error) {
 		fmt.Fprint(e.stdout, view.PlanMarkdown(s.Selected, rep))
 		return true, nil
 	case formatGitHub:
-		path := e.getenv("GITHUB_STEP_SUMMARY")
-		if path == "" {
-			fmt.Fprintln(e.stderr, "deploy: warning: GITHUB_STEP_SUMMARY is not set: the plan goes to no step summary")
-			return false, nil
-		}
-		// The runner gives each step its own file; steps append to it.
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return false, fmt.Errorf("write the plan to the step summary: %w", err)
-		}
-		if _, err := f.WriteString(view.PlanMarkdown(s.Selected, rep)); err != nil {
-			f.Close()
-			return false, fmt.Errorf("write the plan to the step summary %q: %w", path, err)
-		}
-		if err := f.Close(); err != nil {
-			return false, fmt.Errorf("write the plan to the step summary %q: %w", path, err)
+		if err := appendStepSummary(e, "the plan", view.PlanMarkdown(s.Selected, rep)); err != nil {
+			return false, err
 		}
 	}
 	return false, nil
+}
+
+// appendStepSummary appends md (what, for messages) to
+// $GITHUB_STEP_SUMMARY; without it, it warns and writes nothing.
+func appendStepSummary(e *env, what, md string) error {
+	path := e.getenv("GITHUB_STEP_SUMMARY")
+	if path == "" {
+		fmt.Fprintf(e.stderr, "deploy: warning: GITHUB_STEP_SUMMARY is not set: %s goes to no step summary\n", what)
+		return nil
+	}
+	// The runner gives each step its own file; steps append to it.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s to the step summary: %w", what, err)
+	}
+	if _, err := f.WriteString(md); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s to the step summary %q: %w", what, path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s to the step summary %q: %w", what, path, err)
+	}
+	return nil
+}
+
+// writeDrift tells GitHub of the hosts a deploy found drifted: each one a
+// warning annotation naming what drifted, and, for a deploy that is not a
+// dry run (whose plan lists the repair), a section of the step summary.
+func writeDrift(e *env, s *fleet.Session, rep *fleet.Report, dryRun bool) error {
+	if e.ciFormat() != formatGitHub || rep == nil {
+		return nil
+	}
+	for _, h := range s.Selected {
+		hr := rep.Hosts[h.Name]
+		if hr == nil || hr.Drift == nil || len(hr.Drift.Items) == 0 {
+			continue
+		}
+		what := "a deploy would repair it"
+		if !dryRun {
+			what = "the deploy re-applied its system: " + string(hr.Result)
+		}
+		fmt.Fprintf(e.stderr, "::warning title=%s::%s\n", ghEscape(h.Name+" drifted", true),
+			ghEscape(fmt.Sprintf("%s drifted from its generation %d (%s): %s", h.Name, hr.Drift.Generation, what, fleet.DriftSummary(hr.Drift)), false))
+	}
+	if dryRun {
+		return nil
+	}
+	if md := view.DriftMarkdown(s.Selected, rep); md != "" {
+		return appendStepSummary(e, "the drift", md)
+	}
+	return nil
 }

@@ -97,6 +97,9 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 		}
 		onStdout = wrote
 	}
+	if derr := writeDrift(e, s, rep, df.dryRun); derr != nil && err == nil {
+		err = derr
+	}
 	if !df.asJSON && !onStdout {
 		if mode == fleet.ModeBuild {
 			view.Systems(e.stdout, s.Selected, rep)

@@ -128,8 +128,12 @@ func plainLine(ev fleet.Event, dryRun bool) string {
 	case fleet.EventWarning:
 		return fmt.Sprintf("%s: warning: %s", ev.Host, ev.Message)
 	case fleet.EventPlan:
-		return fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
+		s := fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
 			ev.Host, ev.CopyPaths, Bytes(ev.Total), ev.Start, ev.Restart, ev.Reload, ev.Stop, len(ev.Files))
+		if len(ev.Repair) > 0 {
+			s += fmt.Sprintf("; would repair %d drifted: %s", len(ev.Repair), strings.Join(ev.Repair, "; "))
+		}
+		return s
 	case fleet.EventResult:
 		// The failure itself was printed by its phase line, and the
 		// target's log lines as they came: the result says where it ended.
@@ -328,6 +332,9 @@ func (v *liveView) Event(ev fleet.Event) {
 		r := row(ev.Host)
 		r.state, r.good = "planned", true
 		r.detail = fmt.Sprintf("copy %d paths (%s); start %d, restart %d, stop %d units; %d files", ev.CopyPaths, Bytes(ev.Total), len(ev.Start), len(ev.Restart), len(ev.Stop), len(ev.Files))
+		if len(ev.Repair) > 0 {
+			r.detail += fmt.Sprintf("; repair %d drifted", len(ev.Repair))
+		}
 	case fleet.EventResult:
 		r := row(ev.Host)
 		r.state, r.ended = string(ev.Result), time.Now()
@@ -610,13 +617,13 @@ func Bytes(n int64) string {
 }
 
 // PlanMarkdown is a dry run's plan as GitHub-flavoured markdown: a table
-// with a row per host, in the order of hosts, then per host the units and
-// files that change.
+// with a row per host, in the order of hosts, then per host the files that
+// change and the drift the deploy repairs.
 func PlanMarkdown(hosts []*builder.Host, rep *fleet.Report) string {
 	var b strings.Builder
 	b.WriteString("## deploy --dry-run\n\n")
-	b.WriteString("| host | result | paths to copy | bytes | start | restart | reload | stop | files |\n")
-	b.WriteString("|---|---|--:|--:|---|---|---|---|--:|\n")
+	b.WriteString("| host | result | paths to copy | bytes | start | restart | reload | stop | files | drift repaired |\n")
+	b.WriteString("|---|---|--:|--:|---|---|---|---|--:|--:|\n")
 	type detail struct {
 		host string
 		plan *fleet.Plan
@@ -628,7 +635,7 @@ func PlanMarkdown(hosts []*builder.Host, rep *fleet.Report) string {
 			hr = rep.Hosts[h.Name]
 		}
 		if hr == nil {
-			fmt.Fprintf(&b, "| %s | not reached | | | | | | | |\n", mdCell(h.Name))
+			fmt.Fprintf(&b, "| %s | not reached | | | | | | | | |\n", mdCell(h.Name))
 			continue
 		}
 		result := string(hr.Result)
@@ -641,31 +648,71 @@ func PlanMarkdown(hosts []*builder.Host, rep *fleet.Report) string {
 			missing, bytes = fmt.Sprint(hr.Push.Missing), Bytes(hr.Push.Bytes)
 			plan = hr.Push.Plan
 		}
-		var start, restart, reload, stop string
+		var start, restart, reload, stop, repair string
 		if plan != nil {
 			start, restart, reload, stop = units(plan.Start), units(plan.Restart), units(plan.Reload), units(plan.Stop)
-			files = fmt.Sprint(len(plan.Files))
-			if len(plan.Files) > 0 || len(plan.Start)+len(plan.Restart)+len(plan.Reload)+len(plan.Stop) > 0 {
+			files, repair = fmt.Sprint(len(plan.Files)), fmt.Sprint(len(plan.Repair))
+			if len(plan.Files)+len(plan.Repair) > 0 || len(plan.Start)+len(plan.Restart)+len(plan.Reload)+len(plan.Stop) > 0 {
 				details = append(details, detail{h.Name, plan})
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", mdCell(h.Name), mdCell(result),
-			missing, bytes, start, restart, reload, stop, files)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", mdCell(h.Name), mdCell(result),
+			missing, bytes, start, restart, reload, stop, files, repair)
 	}
 	for _, d := range details {
-		fmt.Fprintf(&b, "\n<details><summary>%s: %d files change</summary>\n\n", mdCell(d.host), len(d.plan.Files))
+		summary := fmt.Sprintf("%d files change", len(d.plan.Files))
+		if len(d.plan.Repair) > 0 {
+			summary += fmt.Sprintf(", %d drifted things are repaired", len(d.plan.Repair))
+		}
+		fmt.Fprintf(&b, "\n<details><summary>%s: %s</summary>\n\n", mdCell(d.host), summary)
 		for _, f := range d.plan.Files {
 			fmt.Fprintf(&b, "- `%s`\n", strings.ReplaceAll(f, "`", "'"))
+		}
+		if len(d.plan.Repair) > 0 {
+			b.WriteString("\nDrift the deploy repairs:\n\n")
+			for _, r := range d.plan.Repair {
+				fmt.Fprintf(&b, "- %s\n", mdCode(r))
+			}
 		}
 		b.WriteString("\n</details>\n")
 	}
 	return b.String()
 }
 
+// DriftMarkdown is the drift a deploy found (and set out to repair) on
+// its hosts, in the order of hosts, as GitHub-flavoured markdown; "" when
+// no host drifted.
+func DriftMarkdown(hosts []*builder.Host, rep *fleet.Report) string {
+	if rep == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, h := range hosts {
+		hr := rep.Hosts[h.Name]
+		if hr == nil || hr.Drift == nil || len(hr.Drift.Items) == 0 {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString("## deploy: drift\n\n")
+		}
+		fmt.Fprintf(&b, "%s drifted from generation %d (result: %s):\n\n", mdCode(h.Name), hr.Drift.Generation, hr.Result)
+		for _, it := range hr.Drift.Items {
+			fmt.Fprintf(&b, "- %s\n", mdCode(it.String()))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// mdCode is s as one line of markdown inline code.
+func mdCode(s string) string {
+	return "`" + strings.NewReplacer("`", "'", "\n", " ", "\r", " ").Replace(s) + "`"
+}
+
 func units(u []string) string {
 	var out []string
 	for _, x := range u {
-		out = append(out, "`"+strings.ReplaceAll(x, "`", "'")+"`")
+		out = append(out, mdCode(x))
 	}
 	return mdCell(strings.Join(out, " "))
 }
