@@ -144,6 +144,7 @@ func (w *Worker) takeOver(ctx context.Context, st *State, wait bool, how string)
 			w.logf("watchdog: recording the result: %v", err)
 		}
 		os.Remove(l.requestFile(id))
+		os.Remove(l.heartbeatFile(id)) // a killed worker left it
 	}()
 	if act.Phase.Final() {
 		// The worker recorded the end but died before the result.
