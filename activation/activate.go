@@ -182,13 +182,16 @@ func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 		return w.finish(res, OutcomeFailed, err.Error())
 	}
 	defer lock.Unlock()
+	// Beat until the result is written (see heartbeat.go); stopped before
+	// the lock is released.
+	defer l.startHeartbeat(req.ID, w.Logf)()
 	// An earlier activation whose worker died, and whose watchdog has not
 	// finished it yet (it waits for this lock too): finish it first, so
 	// that this one starts from a generation that ran as a whole.
 	if st, err := l.ReadState(); err == nil && st.Activation != nil && st.Activation.ID != req.ID && st.Activation.Phase.InProgress() {
 		if r, _ := l.ReadResult(st.Activation.ID); r == nil {
 			w.logf("activation %s (generation %d) was interrupted in phase %s: finishing it first", st.Activation.ID, st.Activation.Generation, st.Activation.Phase)
-			if err := w.takeOver(ctx, st, false); err != nil {
+			if err := w.takeOver(ctx, st, false, "died"); err != nil {
 				return w.finish(res, OutcomeFailed, fmt.Sprintf("finishing the interrupted activation %s: %v", st.Activation.ID, err))
 			}
 		}
@@ -325,22 +328,7 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf, Warnf: warnf})
 		if err == nil && len(next.HealthChecks) > 0 {
 			w.setPhase(st, PhaseChecking, "")
-			err = CheckHealth(ctx, next.HealthChecks, w.Logf)
-			// The checks that ran: all, or those up to the first that
-			// failed (CheckHealth stops there).
-			var names, failing []string
-			he := (*HealthError)(nil)
-			errors.As(err, &he)
-			for _, c := range next.HealthChecks {
-				names = append(names, c.Name)
-				if he != nil && c.Name == he.Check {
-					failing = []string{he.Check}
-					break
-				}
-			}
-			if merr := l.recordChecks(names, failing); merr != nil {
-				w.logf("recording the checks in the metrics file: %v", merr)
-			}
+			err = w.checkHealth(ctx, gen.Number, next.HealthChecks)
 		}
 		if err != nil {
 			w.logf("activation of generation %d failed: %v", gen.Number, err)
@@ -355,6 +343,28 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		w.logf("awaiting confirmation until %s", act.Deadline.Format(time.RFC3339))
 	}
 	w.conclude(ctx, req, res, st, prevSystem)
+}
+
+// checkHealth runs generation gen's health checks and records the run in
+// the metrics file.
+func (w *Worker) checkHealth(ctx context.Context, gen int, checks []manifest.HealthCheck) error {
+	err := CheckHealth(ctx, checks, w.Logf)
+	// The checks that ran: all, or those up to the first that failed
+	// (CheckHealth stops there).
+	var names, failing []string
+	he := (*HealthError)(nil)
+	errors.As(err, &he)
+	for _, c := range checks {
+		names = append(names, c.Name)
+		if he != nil && c.Name == he.Check {
+			failing = []string{he.Check}
+			break
+		}
+	}
+	if merr := w.Layout.recordChecks(gen, names, failing); merr != nil {
+		w.logf("recording the checks in the metrics file: %v", merr)
+	}
+	return err
 }
 
 // setPhase records the activation's phase in state.json.
@@ -416,6 +426,7 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	gen, prevGen := st.Activation.Generation, st.Activation.Previous
 	// A rollback must finish even when the activation was cancelled.
 	ctx = context.WithoutCancel(ctx)
+	st.Activation.RollbackBegun = true
 	w.setPhase(st, PhaseRollingBack, cause.Error())
 	var he *HealthError
 	if errors.As(cause, &he) {
@@ -446,9 +457,36 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 		res.Outcome, res.Message = OutcomeFailed, fmt.Sprintf("generation %d failed (%v) and the rollback failed too: %v", gen, cause, err)
 	} else {
 		res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d failed (%v); rolled back to generation %d", gen, cause, prevGen)
+		w.checkAfterRollback(ctx, res, st, prevGen, prevSystem)
 	}
 	w.setPhase(st, res.Outcome, res.Message)
 	w.logf("%s", res.Message)
+}
+
+// checkAfterRollback runs the health checks of generation prevGen (system
+// prevSystem), which a rollback just returned the host to, so that the
+// metrics say how the host is now, not how the failed generation was. A
+// check that fails is a warning of the result: the host runs prevGen
+// again all the same. prevGen 0 (everything removed) has no checks.
+func (w *Worker) checkAfterRollback(ctx context.Context, res *Result, st *State, prevGen int, prevSystem string) {
+	var checks []manifest.HealthCheck
+	if prevGen > 0 {
+		m, err := ReadManifest(prevSystem, w.store().RealPath)
+		if err != nil {
+			w.logf("reading generation %d's health checks: %v", prevGen, err)
+			return
+		}
+		checks = m.HealthChecks
+	}
+	if len(checks) > 0 {
+		w.logf("running generation %d's health checks", prevGen)
+	}
+	if err := w.checkHealth(ctx, prevGen, checks); err != nil {
+		msg := fmt.Sprintf("after the rollback, generation %d fails its health checks too: %v", prevGen, err)
+		w.logf("%s", msg)
+		res.Warnings = append(res.Warnings, msg)
+		st.Activation.Warnings = append(st.Activation.Warnings, msg)
+	}
 }
 
 // runAgentApply runs `<system>/agent/bin/deploy-agent apply --lock-held
@@ -624,6 +662,14 @@ func (w *Worker) ApplyGenerationLocked(ctx context.Context, n int, lockHeld bool
 			return err
 		}
 		defer lock.Unlock()
+		// An apply of its own changes the running generation: the
+		// textfile says so (under a caller's lock, the caller's result
+		// rewrites it).
+		defer func() {
+			if err := w.Layout.WriteMetrics(); err != nil {
+				w.logf("%v", err)
+			}
+		}()
 	}
 	return w.ApplyGeneration(ctx, n, false)
 }

@@ -285,22 +285,53 @@ func armWatchdog(l Layout, exe, id string) error {
 	return os.WriteFile(watchdogPIDFile(l, id), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
 }
 
-// stopWorker kills whatever is left of activation id's dead worker: every
-// process of its unit (KillMode=mixed spares the worker's children when
-// only the worker itself is stopped), or its process group without
-// systemd.
+// stopWorker kills activation id's worker (main process pid), dead or
+// hung, and whatever is left of it, and confirms that nothing of it runs
+// any more: every process of its unit gets SIGKILL (KillMode=mixed spares
+// the worker's children when only the worker itself is stopped; SIGKILL
+// also ends a stopped process), the unit is stopped, and it must then be
+// inactive and the worker's process gone. Without systemd it kills the
+// worker's process group (the worker leads its session) and waits for the
+// process to be gone. It returns an error when it cannot confirm that.
 func stopWorker(id string, pid int) error {
 	if hasSystemd() {
-		exec.Command("systemctl", "kill", "--signal=SIGKILL", workerUnit(id)).Run()
-		if out, err := exec.Command("systemctl", "stop", workerUnit(id)).CombinedOutput(); err != nil {
-			return fmt.Errorf("systemctl stop %s: %w: %s", workerUnit(id), err, strings.TrimSpace(string(out)))
+		unit := workerUnit(id)
+		exec.Command("systemctl", "kill", "--signal=SIGKILL", unit).Run()
+		// Stopping a unit that is already gone (collected) fails; what
+		// counts is that it does not run.
+		out, stopErr := exec.Command("systemctl", "stop", unit).CombinedOutput()
+		if unitAlive(context.Background(), unit) {
+			return fmt.Errorf("%s still runs after SIGKILL and systemctl stop: %v: %s", unit, stopErr, strings.TrimSpace(string(out)))
 		}
-		return nil
-	}
-	if pid > 0 {
+	} else if pid > 0 {
 		syscall.Kill(-pid, syscall.SIGKILL)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if pid > 0 && !processGone(pid, 10*time.Second) {
+		return fmt.Errorf("the worker's process %d is still there 10s after SIGKILL", pid)
 	}
 	return nil
+}
+
+// processGone waits up to wait for process pid to end: to be gone or a
+// zombie (which can no longer act).
+func processGone(pid int, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		if syscall.Kill(pid, 0) != nil {
+			return true
+		}
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			// pid (comm) S ...: the state follows the last ')'.
+			if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i+1:]), " Z") {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // hasSystemd reports whether systemd runs here and systemd-run is there.

@@ -13,13 +13,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/internal/atomicfile"
 )
 
 // The agent keeps a Prometheus textfile (node_exporter's textfile
 // collector format) at [Layout.MetricsFile], rewritten atomically after
-// every activation, rollback and health-check run; point node_exporter's
+// every activation, rollback and health-check run, after the boot unit and
+// after an `apply` of its own; point node_exporter's
 // --collector.textfile.directory at its directory. What the file shows
 // beyond the current generation (which is read afresh each time) is kept
 // in metrics/state.json beside it.
@@ -35,7 +35,7 @@ func (l Layout) metricsStateFile() string {
 
 // metricsState is what the textfile shows of past events.
 type metricsState struct {
-	Activation *metricsEvent `json:"activation,omitempty"` // the last activation (a rollback is one too)
+	Activation *metricsEvent `json:"activation,omitempty"` // the last activation (a requested rollback is one too)
 	Rollback   *metricsEvent `json:"rollback,omitempty"`   // the last rollback, requested or automatic
 	Check      *checkEvent   `json:"check,omitempty"`      // the last health-check run
 	// Pull is each pulled channel's freshness, by channel name.
@@ -64,47 +64,82 @@ func (l Layout) RecordPull(name string, p PullMetrics) error {
 	})
 }
 
+// metricsEvent is an activation or a rollback. Success is what the
+// _success gauge shows (events recorded before it existed are read from
+// Outcome).
 type metricsEvent struct {
 	Time       time.Time `json:"time"`
 	Outcome    string    `json:"outcome"`
 	Generation int       `json:"generation,omitempty"`
+	Success    *bool     `json:"success,omitempty"`
+}
+
+func (ev *metricsEvent) succeeded() bool {
+	if ev.Success != nil {
+		return *ev.Success
+	}
+	return ev.Outcome == string(OutcomeDone)
 }
 
 type checkEvent struct {
-	Time    time.Time `json:"time"`
-	Checks  []string  `json:"checks"`            // the checks that ran
-	Failing []string  `json:"failing,omitempty"` // those that failed
+	Time       time.Time `json:"time"`
+	Generation int       `json:"generation,omitempty"` // whose checks ran
+	Checks     []string  `json:"checks"`               // the checks that ran
+	Failing    []string  `json:"failing,omitempty"`    // those that failed
 }
 
-// outcomes are the values of the outcome label, each exported (0 or 1) so
-// that a query need not know which one was last.
-var metricOutcomes = []string{string(OutcomeDone), string(OutcomeRolledBack), string(OutcomeFailed),
-	string(agentapi.OutcomeAwaiting), string(agentapi.OutcomeDry)}
+// metricOutcomes are the values of the outcome label, each exported (0 or
+// 1) so that a query need not know which one was last: the outcomes a
+// recorded result can have (awaiting-confirmation is never a result, and
+// dry-activated and lock-held results changed nothing and are not
+// recorded).
+var metricOutcomes = []string{string(OutcomeDone), string(OutcomeRolledBack), string(OutcomeFailed)}
 
-// recordResult updates the textfile after an activation's result: a
-// result of a request that re-activates an existing generation (the
-// rollback command) or that rolled back counts as a rollback too. A
-// lock-held result changed nothing and is not recorded.
+// recordResult updates the textfile after an activation's result (see
+// docs/activation.md, Metrics):
+//
+//   - every result that may have changed the host is the last activation,
+//     successful when it ended done;
+//   - an activation that began rolling back (its state says so: a failed
+//     step or check, no confirmation, a worker that died or hung) is also
+//     the last rollback, to the generation it returned to (the previous
+//     one), successful when the host runs that generation again (outcome
+//     rolled-back; failed means the rollback failed too);
+//   - otherwise a request that re-activates an existing generation (the
+//     rollback command) is the last rollback, to that generation,
+//     successful when it ended done.
+//
+// Results that changed nothing (lock-held, dry-activated) are not
+// recorded.
 func (l Layout) recordResult(r *Result) error {
-	if r.Outcome == OutcomeLockHeld {
+	if r.Outcome == OutcomeLockHeld || r.Outcome == OutcomeDry {
 		return nil
 	}
 	now := time.Now().UTC()
+	var act *ActivationState
+	if st, err := l.ReadState(); err == nil && st.Activation != nil && st.Activation.ID == r.ID {
+		act = st.Activation
+	}
 	req, _ := l.ReadRequest(r.ID)
 	return l.updateMetrics(func(m *metricsState) {
-		ev := &metricsEvent{Time: now, Outcome: string(r.Outcome), Generation: r.Generation}
-		m.Activation = ev
-		if r.Outcome == OutcomeRolledBack || (req != nil && req.Generation != 0) {
-			m.Rollback = ev
+		done := r.Outcome == OutcomeDone
+		m.Activation = &metricsEvent{Time: now, Outcome: string(r.Outcome), Generation: r.Generation, Success: &done}
+		switch {
+		case act != nil && (act.RollbackBegun || r.Outcome == OutcomeRolledBack):
+			ok := r.Outcome == OutcomeRolledBack
+			m.Rollback = &metricsEvent{Time: now, Outcome: string(r.Outcome), Generation: act.Previous, Success: &ok}
+		case req != nil && req.Generation != 0:
+			m.Rollback = &metricsEvent{Time: now, Outcome: string(r.Outcome), Generation: r.Generation, Success: &done}
 		}
 	})
 }
 
-// recordChecks updates the textfile after a health-check run.
-func (l Layout) recordChecks(checks []string, failing []string) error {
+// recordChecks updates the textfile after a health-check run of
+// generation gen's checks (none: the generation has none).
+func (l Layout) recordChecks(gen int, checks []string, failing []string) error {
 	now := time.Now().UTC()
 	return l.updateMetrics(func(m *metricsState) {
-		m.Check = &checkEvent{Time: now, Checks: checks, Failing: failing}
+		m.Check = &checkEvent{Time: now, Generation: gen, Checks: checks, Failing: failing}
 	})
 }
 
@@ -162,21 +197,22 @@ func (l Layout) renderMetrics(m *metricsState) []byte {
 				cur, labelValue(g.System), labelValue(g.GitRev), labelValue(g.Operator))
 		}
 	}
-	event := func(prefix, what string, ev *metricsEvent) {
+	type eventHelp struct{ what, generation, success, outcome string }
+	event := func(prefix string, h eventHelp, ev *metricsEvent) {
 		if ev == nil {
 			return
 		}
-		metric(prefix+"_timestamp_seconds", "gauge", "When the last "+what+" ended, in seconds since the epoch.")
+		metric(prefix+"_timestamp_seconds", "gauge", "When the last "+h.what+" ended, in seconds since the epoch.")
 		fmt.Fprintf(&b, "%s_timestamp_seconds %s\n", prefix, unixSeconds(ev.Time))
-		metric(prefix+"_generation", "gauge", "The generation of the last "+what+".")
+		metric(prefix+"_generation", "gauge", h.generation)
 		fmt.Fprintf(&b, "%s_generation %d\n", prefix, ev.Generation)
-		metric(prefix+"_success", "gauge", "Whether the last "+what+" succeeded (1) or not (0).")
+		metric(prefix+"_success", "gauge", h.success)
 		ok := 0
-		if ev.Outcome == string(OutcomeDone) || ev.Outcome == string(agentapi.OutcomeAwaiting) || ev.Outcome == string(agentapi.OutcomeDry) {
+		if ev.succeeded() {
 			ok = 1
 		}
 		fmt.Fprintf(&b, "%s_success %d\n", prefix, ok)
-		metric(prefix+"_outcome", "gauge", "The outcome of the last "+what+" (1 for the one it had).")
+		metric(prefix+"_outcome", "gauge", h.outcome)
 		outcomes := metricOutcomes
 		if !slices.Contains(outcomes, ev.Outcome) {
 			outcomes = append(slices.Clone(outcomes), ev.Outcome)
@@ -189,15 +225,27 @@ func (l Layout) renderMetrics(m *metricsState) []byte {
 			fmt.Fprintf(&b, "%s_outcome{outcome=%s} %d\n", prefix, labelValue(o), v)
 		}
 	}
-	event("deploy_last_activation", "activation", m.Activation)
-	event("deploy_last_rollback", "rollback", m.Rollback)
+	event("deploy_last_activation", eventHelp{
+		what:       "activation (deploy, pull or deploy rollback; not dry-activate)",
+		generation: "The generation the last activation activated.",
+		success:    "Whether the last activation ended done: its generation runs, checked and confirmed (1), or not: rolled back or failed (0).",
+		outcome:    "The outcome of the last activation: 1 for done, rolled-back or failed, 0 for the others.",
+	}, m.Activation)
+	event("deploy_last_rollback", eventHelp{
+		what:       "rollback (automatic, or deploy rollback)",
+		generation: "The generation the last rollback returned the host to, or tried to (0: none, everything removed).",
+		success:    "Whether the last rollback left the host running the generation it returned to (1) or failed (0).",
+		outcome:    "The outcome of the activation the last rollback ended: 1 for done, rolled-back or failed, 0 for the others.",
+	}, m.Rollback)
 	if c := m.Check; c != nil {
 		metric("deploy_last_check_timestamp_seconds", "gauge", "When the health checks last ran, in seconds since the epoch.")
 		fmt.Fprintf(&b, "deploy_last_check_timestamp_seconds %s\n", unixSeconds(c.Time))
-		metric("deploy_checks_failing", "gauge", "How many health checks failed in their last run.")
+		metric("deploy_last_check_generation", "gauge", "The generation whose health checks last ran (an activation's, or after a rollback the one returned to).")
+		fmt.Fprintf(&b, "deploy_last_check_generation %d\n", c.Generation)
+		metric("deploy_checks_failing", "gauge", "How many of deploy_last_check_generation's health checks failed in their last run (they stop at the first failure: 0 or 1).")
 		fmt.Fprintf(&b, "deploy_checks_failing %d\n", len(c.Failing))
 		if len(c.Checks) > 0 {
-			metric("deploy_check_failing", "gauge", "Whether a health check failed (1) or passed (0) in its last run.")
+			metric("deploy_check_failing", "gauge", "Whether a health check of deploy_last_check_generation failed (1) or passed (0) in its last run; absent: it did not run.")
 			for _, name := range c.Checks {
 				v := 0
 				if slices.Contains(c.Failing, name) {

@@ -52,6 +52,16 @@ func parseTextfile(t *testing.T, l Layout) map[string]float64 {
 	return out
 }
 
+// wantSamples checks that got has each sample of want with its value.
+func wantSamples(t *testing.T, got map[string]float64, when string, want map[string]float64) {
+	t.Helper()
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s: %s = %v (present %v), want %v", when, k, g, ok, v)
+		}
+	}
+}
+
 func joinComma(s []string) string {
 	var b bytes.Buffer
 	for i, x := range s {
@@ -94,68 +104,113 @@ func TestMetricsTextfile(t *testing.T) {
 	want := map[string]float64{
 		"deploy_current_generation": 1,
 		`deploy_generation_info{generation=1,git_rev=0123abc,operator=o"p\er,system=` + sys + `}`: 1,
-		"deploy_last_activation_generation":                             1,
-		"deploy_last_activation_success":                                1,
-		"deploy_last_activation_outcome{outcome=done}":                  1,
-		"deploy_last_activation_outcome{outcome=rolled-back}":           0,
-		"deploy_last_activation_outcome{outcome=failed}":                0,
-		"deploy_last_activation_outcome{outcome=awaiting-confirmation}": 0,
-		"deploy_last_activation_outcome{outcome=dry-activated}":         0,
+		"deploy_last_activation_generation":                   1,
+		"deploy_last_activation_success":                      1,
+		"deploy_last_activation_outcome{outcome=done}":        1,
+		"deploy_last_activation_outcome{outcome=rolled-back}": 0,
+		"deploy_last_activation_outcome{outcome=failed}":      0,
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("textfile after an activation (-want +got):\n%s", d)
 	}
 
-	// Health checks, one failing, then the activation rolled back.
-	if err := l.recordChecks([]string{"http", "port"}, []string{"port"}); err != nil {
+	// Generation 2's checks, one failing, then the activation rolled back
+	// to generation 1, whose checks then pass.
+	if err := l.recordChecks(2, []string{"http", "port"}, []string{"port"}); err != nil {
+		t.Fatal(err)
+	}
+	got = parseTextfile(t, l)
+	wantSamples(t, got, "after a failed check", map[string]float64{
+		"deploy_last_check_generation":     2,
+		"deploy_checks_failing":            1,
+		"deploy_check_failing{check=port}": 1,
+		"deploy_check_failing{check=http}": 0,
+	})
+	rollingBack := func(id string, gen, prev int) {
+		t.Helper()
+		st := &State{Current: prev, CurrentSystem: sys, Activation: &ActivationState{RollbackBegun: true}}
+		st.Activation.ID, st.Activation.Generation, st.Activation.Previous, st.Activation.Phase = id, gen, prev, PhaseRollingBack
+		if err := l.writeState(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rollingBack("a2", 2, 1)
+	if err := l.recordChecks(1, []string{"http"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.writeResult(&Result{ID: "a2", Outcome: OutcomeRolledBack, Generation: 2, Check: "port"}); err != nil {
 		t.Fatal(err)
 	}
 	got = parseTextfile(t, l)
-	for k, v := range map[string]float64{
-		"deploy_checks_failing":                               1,
-		"deploy_check_failing{check=port}":                    1,
+	wantSamples(t, got, "after an automatic rollback", map[string]float64{
+		"deploy_last_check_generation":                        1,
+		"deploy_checks_failing":                               0,
 		"deploy_check_failing{check=http}":                    0,
 		"deploy_last_activation_success":                      0,
 		"deploy_last_activation_generation":                   2,
 		"deploy_last_activation_outcome{outcome=rolled-back}": 1,
-		"deploy_last_rollback_success":                        0,
-		"deploy_last_rollback_generation":                     2,
+		"deploy_last_rollback_success":                        1,
+		"deploy_last_rollback_generation":                     1,
+		"deploy_last_rollback_outcome{outcome=rolled-back}":   1,
 		"deploy_current_generation":                           1,
-	} {
-		if g, ok := got[k]; !ok || g != v {
-			t.Errorf("after a rollback: %s = %v (present %v), want %v", k, g, ok, v)
-		}
+	})
+	if _, ok := got["deploy_check_failing{check=port}"]; ok {
+		t.Errorf("after the rollback, generation 2's check is still shown")
 	}
 	if _, ok := got["deploy_last_check_timestamp_seconds"]; !ok {
 		t.Errorf("no deploy_last_check_timestamp_seconds after a check run")
 	}
 
-	// The rollback command re-activates generation 1: a rollback that
-	// succeeded; the checks' record stays.
-	if err := l.WriteRequest(&Request{ID: "a3", System: sys, Generation: 1, Mode: ModeSwitch}); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.writeResult(&Result{ID: "a3", Outcome: OutcomeDone, Generation: 1}); err != nil {
+	// A rollback that failed too.
+	rollingBack("a3", 3, 1)
+	if err := l.writeResult(&Result{ID: "a3", Outcome: OutcomeFailed, Generation: 3}); err != nil {
 		t.Fatal(err)
 	}
 	got = parseTextfile(t, l)
-	for k, v := range map[string]float64{
-		"deploy_last_rollback_success":     1,
-		"deploy_last_rollback_generation":  1,
-		"deploy_last_activation_success":   1,
-		"deploy_check_failing{check=port}": 1,
-	} {
-		if g, ok := got[k]; !ok || g != v {
-			t.Errorf("after the rollback command: %s = %v (present %v), want %v", k, g, ok, v)
-		}
+	wantSamples(t, got, "after a failed rollback", map[string]float64{
+		"deploy_last_activation_success":                 0,
+		"deploy_last_activation_outcome{outcome=failed}": 1,
+		"deploy_last_rollback_success":                   0,
+		"deploy_last_rollback_generation":                1,
+		"deploy_last_rollback_outcome{outcome=failed}":   1,
+	})
+
+	// The rollback command re-activates generation 1: a rollback that
+	// succeeded. An activation that failed before any change (no
+	// rollback begun) is no rollback, and a dry activation is not
+	// recorded at all.
+	if err := l.writeState(&State{Current: 1, CurrentSystem: sys}); err != nil {
+		t.Fatal(err)
 	}
+	if err := l.WriteRequest(&Request{ID: "a4", System: sys, Generation: 1, Mode: ModeSwitch}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.writeResult(&Result{ID: "a4", Outcome: OutcomeDone, Generation: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.writeResult(&Result{ID: "a5", Outcome: OutcomeDry}); err != nil {
+		t.Fatal(err)
+	}
+	got = parseTextfile(t, l)
+	wantSamples(t, got, "after the rollback command", map[string]float64{
+		"deploy_last_rollback_success":      1,
+		"deploy_last_rollback_generation":   1,
+		"deploy_last_activation_success":    1,
+		"deploy_last_activation_generation": 1,
+	})
+	if err := l.writeResult(&Result{ID: "a6", Outcome: OutcomeFailed, Generation: 4}); err != nil {
+		t.Fatal(err)
+	}
+	got = parseTextfile(t, l)
+	wantSamples(t, got, "after a failed activation that changed nothing", map[string]float64{
+		"deploy_last_activation_success":  0,
+		"deploy_last_rollback_success":    1,
+		"deploy_last_rollback_generation": 1,
+	})
 
 	// A lock-held result changed nothing and records nothing.
 	fi, _ := os.Stat(l.MetricsFile())
-	if err := l.writeResult(&Result{ID: "a4", Outcome: OutcomeLockHeld}); err != nil {
+	if err := l.writeResult(&Result{ID: "a7", Outcome: OutcomeLockHeld}); err != nil {
 		t.Fatal(err)
 	}
 	if fi2, _ := os.Stat(l.MetricsFile()); !fi2.ModTime().Equal(fi.ModTime()) {

@@ -46,6 +46,10 @@ type ActivationState struct {
 	agentapi.Activation
 	// TokenHash is the hex SHA-256 of the confirmation token.
 	TokenHash string `json:"token_hash,omitempty"`
+	// RollbackBegun says the activation began rolling back to Previous
+	// (it stays set whatever the rollback's outcome): the metrics count
+	// its result as a rollback.
+	RollbackBegun bool `json:"rollback_begun,omitempty"`
 }
 
 // ReadState reads state.json; a missing file is the zero State.

@@ -30,6 +30,13 @@ import (
 //     generation at once (mode boot changed nothing: it marks the
 //     generation failed).
 //
+// A worker that hangs (stopped, frozen: its heartbeat, see heartbeat.go,
+// stands still for [hungAfter] while it holds the lock) is killed first:
+// every process of its unit with SIGKILL, and the watchdog confirms they
+// are gone (the unit stopped, the worker's process gone, and then the
+// lock, which only the worker's own descriptor held, taken). Only then
+// does it take over as above, so that two actors never apply at once.
+//
 // A reboot ends the watchdog too; then the boot unit re-applies the boot
 // default, which moves only after a confirmation.
 
@@ -42,6 +49,8 @@ var watchPoll = 200 * time.Millisecond
 func (w *Worker) Watch(ctx context.Context, id string) error {
 	l := w.Layout
 	var lock *Lock
+	var beat heartbeatWatch
+	how := "died"
 	for {
 		if res, _ := l.ReadResult(id); res != nil {
 			return nil // the worker finished
@@ -54,6 +63,16 @@ func (w *Worker) Watch(ctx context.Context, id string) error {
 		}
 		if !errors.As(err, &lh) {
 			return err
+		}
+		if lh.Holder != nil && lh.Holder.Activation == id && lh.Holder.User != "watchdog" {
+			// Our worker holds the lock: is it still making progress?
+			if stale := beat.stale(l, id); stale > hungAfter {
+				how = fmt.Sprintf("hung (no heartbeat for %v)", stale.Round(time.Second))
+				if err := w.killHung(id, lh.Holder.PID, how); err != nil {
+					w.logf("watchdog: %v; trying again", err)
+					beat = heartbeatWatch{} // another full bound before the next try
+				}
+			}
 		}
 		if lh.Holder != nil && lh.Holder.Activation != id && lh.Holder.Activation != "" {
 			// Another activation (or gc) holds the lock: ours ended,
@@ -88,15 +107,34 @@ func (w *Worker) Watch(ctx context.Context, id string) error {
 		os.Remove(l.requestFile(id))
 		return nil
 	}
-	return w.takeOver(ctx, st, true)
+	return w.takeOver(ctx, st, true, how)
+}
+
+// killHung kills activation id's hung worker (main process pid) and every
+// process of its unit, and confirms they are gone; the watchdog takes the
+// lock next.
+func (w *Worker) killHung(id string, pid int, how string) error {
+	phase := "unknown"
+	if st, err := w.Layout.ReadState(); err == nil && st.Activation != nil && st.Activation.ID == id {
+		phase = string(st.Activation.Phase)
+	}
+	w.logf("watchdog: the worker of activation %s (pid %d) %s in phase %s: killing it", id, pid, how, phase)
+	if w.StopWorker == nil {
+		return errors.New("no way to stop the worker")
+	}
+	if err := w.StopWorker(id, pid); err != nil {
+		return fmt.Errorf("killing the hung worker: %w", err)
+	}
+	return nil
 }
 
 // takeOver finishes the activation recorded in st, whose worker died
-// without a result; the caller holds the lock. With wait, an activation
+// without a result or hung and was killed (how says which, for the log
+// and the result); the caller holds the lock. With wait, an activation
 // that awaits confirmation is given until its deadline; without (a new
 // activation is starting), it is finished at once: confirmed if the
 // confirmation is there, else rolled back.
-func (w *Worker) takeOver(ctx context.Context, st *State, wait bool) error {
+func (w *Worker) takeOver(ctx context.Context, st *State, wait bool, how string) error {
 	l := w.Layout
 	act := st.Activation
 	id := act.ID
@@ -106,13 +144,14 @@ func (w *Worker) takeOver(ctx context.Context, st *State, wait bool) error {
 			w.logf("watchdog: recording the result: %v", err)
 		}
 		os.Remove(l.requestFile(id))
+		os.Remove(l.heartbeatFile(id)) // a killed worker left it
 	}()
 	if act.Phase.Final() {
 		// The worker recorded the end but died before the result.
 		res.Outcome, res.Message = act.Phase, act.Message
 		return nil
 	}
-	w.logf("watchdog: the worker of activation %s died (phase %s): taking over", id, act.Phase)
+	w.logf("watchdog: the worker of activation %s %s (phase %s): taking over", id, how, act.Phase)
 	if w.StopWorker != nil {
 		if err := w.StopWorker(id, act.PID); err != nil {
 			w.logf("watchdog: stopping what is left of the worker: %v", err)
@@ -132,7 +171,7 @@ func (w *Worker) takeOver(ctx context.Context, st *State, wait bool) error {
 	if act.Previous > 0 {
 		g, err := l.Generation(act.Previous)
 		if err != nil {
-			res.Outcome, res.Message = OutcomeFailed, fmt.Sprintf("the worker died and generation %d to roll back to is gone: %v", act.Previous, err)
+			res.Outcome, res.Message = OutcomeFailed, fmt.Sprintf("the worker %s and generation %d to roll back to is gone: %v", how, act.Previous, err)
 			w.setPhase(st, PhaseFailed, res.Message)
 			return errors.New(res.Message)
 		}
@@ -146,13 +185,13 @@ func (w *Worker) takeOver(ctx context.Context, st *State, wait bool) error {
 		w.logf("watchdog: awaiting confirmation until %s", act.Deadline.Format(time.RFC3339))
 		w.conclude(ctx, req, res, st, prevSystem)
 	case act.Mode == ModeBoot:
-		cause := fmt.Sprintf("the activation worker died (phase %s) before confirmation", act.Phase)
+		cause := fmt.Sprintf("the activation worker %s (phase %s) before confirmation", how, act.Phase)
 		l.markFailed(act.Generation, cause, time.Now())
 		res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d: %s; the boot default stays", act.Generation, cause)
 		w.setPhase(st, PhaseRolledBack, res.Message)
 		w.logf("watchdog: %s", res.Message)
 	default:
-		w.rollback(ctx, res, st, prevSystem, fmt.Errorf("the activation worker died (phase %s) before confirmation", act.Phase))
+		w.rollback(ctx, res, st, prevSystem, fmt.Errorf("the activation worker %s (phase %s) before confirmation", how, act.Phase))
 	}
 	return nil
 }

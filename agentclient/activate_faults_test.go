@@ -266,9 +266,20 @@ func TestRollbackToAndGC(t *testing.T) {
 		t.Fatalf("rollback --to 1: exit %d: %s", code, out)
 	}
 	check("after rollback --to 1")
+	rolledBack := map[string]float64{
+		"deploy_current_generation":                    1,
+		"deploy_last_activation_generation":            1,
+		"deploy_last_activation_success":               1,
+		"deploy_last_activation_outcome{outcome=done}": 1,
+		"deploy_last_rollback_generation":              1,
+		"deploy_last_rollback_success":                 1,
+		"deploy_last_rollback_outcome{outcome=done}":   1,
+	}
+	f.wantMetrics(t, "after rollback --to 1", rolledBack)
 	f.h.Reboot()
 	f.h.WaitForUnit("multi-user.target")
 	check("after a reboot")
+	f.wantMetrics(t, "after a reboot", rolledBack)
 
 	out, code = f.runAgent("", "unused", gen1, "gc", "--keep", "1")
 	if code != 0 {

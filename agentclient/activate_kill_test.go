@@ -137,6 +137,7 @@ func TestActivateKill9(t *testing.T) {
 			} else {
 				endedOld++
 			}
+			f.wantKillMetrics(t, reboot == "")
 			// The activation run again succeeds.
 			rerun := f.clientOn(nil)
 			_, err := rerun.Activate(context.Background(), to.path, ActivateOptions{ConfirmTimeout: 10 * time.Second, Logf: t.Logf})
@@ -146,6 +147,14 @@ func TestActivateKill9(t *testing.T) {
 				t.Fatalf("the rerun: %v", err)
 			}
 			f.hostRuns(to)
+			cur := float64(f.status().Current)
+			f.wantMetrics(t, "after the rerun", map[string]float64{
+				"deploy_current_generation":         cur,
+				"deploy_last_activation_generation": cur,
+				"deploy_last_activation_success":    1,
+				"deploy_last_check_generation":      cur,
+				"deploy_checks_failing":             0,
+			})
 		})
 		f.t, f.h = origT, origH
 		if t.Failed() {
@@ -210,6 +219,39 @@ func (f *fixture) manifestProblems(system string) []string {
 		want(fmt.Sprintf("secret %s %s %s %s", sc.Name, owner, group, mode(md)))
 	}
 	return problems
+}
+
+// wantKillMetrics checks the host's textfile after a kill round: it shows
+// the running generation and, when the round had no reboot (which ends
+// an activation without a result), the outcome of the killed activation:
+// a rollback that succeeded to the running generation, or an activation
+// of it that was done.
+func (f *fixture) wantKillMetrics(t *testing.T, withResult bool) {
+	t.Helper()
+	cur := float64(f.status().Current)
+	want := map[string]float64{"deploy_current_generation": cur}
+	if withResult {
+		out := f.h.Succeed(`id=$(ls -1v /var/lib/deploy/log/ | sed -n 's/^activate-\([0-9]*\)\.log$/\1/p' | tail -1)
+cat /var/lib/deploy/log/activate-$id.result.json`)
+		var res struct {
+			Outcome    string `json:"outcome"`
+			Generation int    `json:"generation"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("the killed activation's result: %v\n%s", err, out)
+		}
+		want["deploy_last_activation_outcome{outcome="+res.Outcome+"}"] = 1
+		switch res.Outcome {
+		case "rolled-back":
+			want["deploy_last_rollback_success"] = 1
+			want["deploy_last_rollback_generation"] = cur
+			want["deploy_last_activation_success"] = 0
+		case "done":
+			want["deploy_last_activation_success"] = 1
+			want["deploy_last_activation_generation"] = cur
+		}
+	}
+	f.wantMetrics(t, "after the kill", want)
 }
 
 func rand2() string { return fmt.Sprintf("%016x", rand.Uint64()) }

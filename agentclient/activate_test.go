@@ -248,8 +248,17 @@ func TestActivateUnitLifecycle(t *testing.T) {
 func TestActivateFailureRollsBack(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	gen1 := f.build(svc("a", "1", "1") + file("/etc/app/a.conf", "a v1\n"))
+	up := "  health_check \"up\" {\n    command = [\"/bin/true\"]\n  }\n"
+	gen1 := f.build(svc("a", "1", "1") + file("/etc/app/a.conf", "a v1\n") + up)
 	f.mustActivate(gen1)
+	f.wantMetrics(t, "after generation 1", map[string]float64{
+		"deploy_current_generation":         1,
+		"deploy_last_activation_generation": 1,
+		"deploy_last_activation_success":    1,
+		"deploy_last_check_generation":      1,
+		"deploy_checks_failing":             0,
+		"deploy_check_failing{check=up}":    0,
+	}, "deploy_last_rollback_success")
 
 	cases := []struct {
 		name string
@@ -298,6 +307,20 @@ func TestActivateFailureRollsBack(t *testing.T) {
 			f.waitCount("/var/tmp/a.log", "start", starts+2)
 			failed = append(failed, gen)
 			f.wantStatus(1, 1, failed...)
+			// The automatic rollback succeeded, and generation 1's check
+			// ran again and passed: nothing reads as failing any more.
+			f.wantMetrics(t, "after the rollback", map[string]float64{
+				"deploy_current_generation":                           1,
+				"deploy_last_activation_generation":                   float64(gen),
+				"deploy_last_activation_success":                      0,
+				"deploy_last_activation_outcome{outcome=rolled-back}": 1,
+				"deploy_last_rollback_generation":                     1,
+				"deploy_last_rollback_success":                        1,
+				"deploy_last_rollback_outcome{outcome=rolled-back}":   1,
+				"deploy_last_check_generation":                        1,
+				"deploy_checks_failing":                               0,
+				"deploy_check_failing{check=up}":                      0,
+			}, "deploy_check_failing{check=never}")
 		})
 	}
 }
