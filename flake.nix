@@ -15,7 +15,7 @@
           version = self.shortRev or "dirty";
           src = ./.;
           # Kept current by scripts/flake-vendor-hash --check (make lint).
-          vendorHash = "sha256-i4fJ7hnJJHMZyPzlC/ThZYqpag/1URP0QXcD+RvCt7Q=";
+          vendorHash = "sha256-Mhr5qYM24tMsA2eqB6ORm7RirHWBT9NgvhOFsTG2aMU=";
           subPackages = [ "cmd/deploy" "cmd/deploy-agent" ];
           env.CGO_ENABLED = 0;
           ldflags = [ "-s" "-w" "-X main.version=${self.shortRev or "dirty"}" ];

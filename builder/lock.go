@@ -3,7 +3,9 @@ package builder
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sort"
+	"strings"
 
 	"github.com/declarative/deploy/modules"
 	"github.com/declarative/deploy/oci"
@@ -15,7 +17,8 @@ import (
 type urlCollector struct {
 	dry    *modules.PackageBuilder
 	urls   map[string][]*modules.Resource
-	images map[string]imageUse // by lock key
+	images map[string]imageUse          // by lock key
+	gos    map[string]*modules.Resource // by toolchain version: one package that names it
 }
 
 // imageUse is an image some host needs for its architecture.
@@ -27,6 +30,24 @@ type imageUse struct {
 }
 
 func (c *urlCollector) Package(ctx context.Context, r *modules.Resource, arch string) (string, hcl.Diagnostics) {
+	if g, ok := r.Block("go"); ok {
+		src, err := modules.FleetPath(c.dry.FleetDir, g.String("src", ""))
+		var v string
+		if err == nil {
+			v, err = modules.GoModToolchain(src)
+		}
+		switch {
+		case err != nil:
+			// The dry build below says what is wrong with src.
+		case v != "":
+			if _, seen := c.gos[v]; !seen {
+				c.gos[v] = r
+			}
+			return c.dry.Placeholder(r.Name, "go:"+g.String("src", "")), nil
+		default:
+			// Unpinned by its go.mod: the dry build warns.
+		}
+	}
 	if r.Has("url") {
 		c.urls[r.String("url", "")] = append(c.urls[r.String("url", "")], r)
 		return c.dry.Placeholder(r.Name, "url:"+r.String("url", "")), nil
@@ -59,7 +80,7 @@ func (b *Builder) UpdateLock(ctx context.Context, f *Fleet, update bool) (*modul
 // is an error. The result is not written; see [modules.Lock.Write].
 func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, update bool) (*modules.Lock, hcl.Diagnostics) {
 	b := &Builder{}
-	c := &urlCollector{dry: b.packageBuilder(f, true), urls: map[string][]*modules.Resource{}, images: map[string]imageUse{}}
+	c := &urlCollector{dry: b.packageBuilder(f, true), urls: map[string][]*modules.Resource{}, images: map[string]imageUse{}, gos: map[string]*modules.Resource{}}
 	var diags hcl.Diagnostics
 	for _, h := range f.Hosts {
 		_, d := f.Evaluate(ctx, h.Name, c)
@@ -126,5 +147,44 @@ func UpdateLock(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, updat
 		}
 		lock.Inputs[k] = modules.LockedInput{Type: modules.LockOCI, Digest: d}
 	}
+	diags = append(diags, lockGo(ctx, f, pb, c.gos, lock, update)...)
 	return lock, diags
+}
+
+// lockGo pins, for this machine's platform, each Go toolchain that a go
+// package's go.mod names: fetched from the Go module proxy and hashed as
+// go.sum hashes it. Pins of those versions for other platforms are kept
+// (other operators made them); pins of versions no package names any more
+// are dropped.
+func lockGo(ctx context.Context, f *Fleet, pb *modules.PackageBuilder, gos map[string]*modules.Resource, lock *modules.Lock, update bool) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for k, in := range f.Lock.Inputs {
+		if in.Type != modules.LockGo {
+			continue
+		}
+		if v, _, _ := strings.Cut(k, " "); gos[v] != nil {
+			lock.Inputs[k] = in
+		}
+	}
+	versions := make([]string, 0, len(gos))
+	for v := range gos {
+		versions = append(versions, v)
+	}
+	sort.Strings(versions)
+	for _, v := range versions {
+		k := modules.GoToolchainLockKey(v, runtime.GOOS, runtime.GOARCH)
+		if old, ok := f.Lock.Inputs[k]; ok && old.Type == modules.LockGo && !update {
+			continue
+		}
+		_, sum, err := pb.FetchGoToolchain(ctx, v)
+		if err != nil {
+			r := gos[v]
+			g, _ := r.Block("go")
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot fetch Go toolchain",
+				Detail: fmt.Sprintf("Package %q names the toolchain %s in its go.mod: %s.", r.Name, v, err), Subject: g.Range("src")})
+			continue
+		}
+		lock.Inputs[k] = modules.LockedInput{Type: modules.LockGo, Sum: sum}
+	}
+	return diags
 }

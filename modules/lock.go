@@ -22,8 +22,9 @@ const LockFileName = "deploy.lock"
 const LockVersion = 1
 
 // Lock is deploy.lock: every external input of a fleet, pinned by hash.
-// The external inputs are url packages, keyed by URL, and OCI images, keyed
-// by the image reference and the platform (see [ImageLockKey]).
+// The external inputs are url packages, keyed by URL, OCI images, keyed by
+// the image reference and the platform (see [ImageLockKey]), and the Go
+// toolchain, keyed by the platform that builds (see [GoToolchainLockKey]).
 type Lock struct {
 	Version int                    `json:"version"`
 	Inputs  map[string]LockedInput `json:"inputs"`
@@ -31,13 +32,16 @@ type Lock struct {
 
 // LockedInput is one pinned input.
 type LockedInput struct {
-	// Type is "url" or "oci".
+	// Type is "url", "oci" or "go".
 	Type string `json:"type"`
 	// SHA256 is the hex SHA-256 of a url input's bytes.
 	SHA256 string `json:"sha256,omitempty"`
 	// Digest is the digest of an oci input's image manifest for the
 	// platform ("sha256:<hex>").
 	Digest string `json:"digest,omitempty"`
+	// Sum is the go.sum hash of a go input's toolchain module zip for the
+	// platform ("h1:<base64>").
+	Sum string `json:"sum,omitempty"`
 }
 
 // Lock input types.
@@ -84,8 +88,13 @@ func ReadLock(fleetDir string) (*Lock, error) {
 			if !validDigest(in.Digest) || in.SHA256 != "" || !strings.Contains(k, " linux/") {
 				return nil, fmt.Errorf("parsing %s: input %q: an oci input is keyed \"IMAGE linux/ARCH\" and has a digest \"sha256:<64 hex digits>\"", LockFileName, k)
 			}
+		case LockGo:
+			version, platform, _ := strings.Cut(k, " ")
+			if strings.Count(platform, "/") != 1 || CheckGoVersion(version) != nil || !strings.HasPrefix(in.Sum, "h1:") || in.SHA256 != "" || in.Digest != "" {
+				return nil, fmt.Errorf("parsing %s: input %q: a go input is keyed \"goVERSION GOOS/GOARCH\" (\"go1.27.3 linux/amd64\") and has a sum \"h1:...\"", LockFileName, k)
+			}
 		default:
-			return nil, fmt.Errorf("parsing %s: input %q: type %q is not \"url\" or \"oci\" (a newer deploy wrote it?)", LockFileName, k, in.Type)
+			return nil, fmt.Errorf("parsing %s: input %q: type %q is not \"url\", \"oci\" or \"go\" (a newer deploy wrote it?)", LockFileName, k, in.Type)
 		}
 	}
 	return &l, nil

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -45,8 +46,10 @@ type PackageBuilder struct {
 	CacheDir string
 	// Lock pins url packages; nil is an empty lock.
 	Lock *Lock
-	// Go is the go command (default: "go" from PATH). The Go version is
-	// part of every go package's cache key.
+	// Go is the go command (default: "go" from PATH) for go packages whose
+	// go.mod names no toolchain; one that names a toolchain is built with
+	// it, as Lock pins it, fetched into the store ([GoModToolchain]). The
+	// Go version is part of every go package's cache key.
 	Go string
 	// GoEnv adds to the fixed environment of go builds; only GOCACHE and
 	// GOMODCACHE (where caches are, not what is built) are honoured.
@@ -61,14 +64,10 @@ type PackageBuilder struct {
 	// with HTTPClient's transport and this builder's Logf).
 	Pull *oci.Puller
 
-	once      sync.Once
-	goVersion string
-	goCache   string
-	goModDir  string
-	goErr     error
-	mu        sync.Mutex
-	inFlight  map[string]*sync.Mutex
-	images    map[string]*Image // by store path
+	goTools  map[string]*goTool // by pinned version; "": the go command on PATH
+	mu       sync.Mutex
+	inFlight map[string]*sync.Mutex
+	images   map[string]*Image // by store path
 }
 
 func (b *PackageBuilder) logf(format string, args ...any) {
@@ -175,43 +174,110 @@ func (b *PackageBuilder) tempDir() (string, error) {
 	return os.MkdirTemp(dir, "build-")
 }
 
-// goSetup finds the go command, its version and its caches, once.
-func (b *PackageBuilder) goSetup(ctx context.Context) error {
-	b.once.Do(func() {
+// goTool is a go command with what goSetup found out about it.
+type goTool struct {
+	once    sync.Once
+	bin     string // absolute path
+	version string // GOVERSION, and for a pinned toolchain its hash too
+	cache   string // GOCACHE
+	modDir  string // GOMODCACHE
+	err     error
+}
+
+// goSetup returns the go command that builds with Go release version as
+// the lock pins it (sum), or with the go command on PATH (b.Go) when version
+// is "", with its version and caches: found out once per version.
+func (b *PackageBuilder) goSetup(ctx context.Context, version, sum string) (*goTool, error) {
+	b.mu.Lock()
+	if b.goTools == nil {
+		b.goTools = map[string]*goTool{}
+	}
+	t, ok := b.goTools[version]
+	if !ok {
+		t = &goTool{}
+		b.goTools[version] = t
+	}
+	b.mu.Unlock()
+	t.once.Do(func() {
 		gobin := b.Go
 		if gobin == "" {
 			gobin = "go"
 		}
+		if version != "" {
+			tc, err := b.goToolchain(ctx, version, sum)
+			if err != nil {
+				t.err = fmt.Errorf("the Go toolchain %s that %s pins: %w", version, LockFileName, err)
+				return
+			}
+			gobin = tc
+		}
 		p, err := exec.LookPath(gobin)
 		if err != nil {
-			b.goErr = fmt.Errorf("finding the go command: %w", err)
+			t.err = fmt.Errorf("finding the go command: %w", err)
 			return
 		}
-		b.Go = p
+		t.bin = p
 		cmd := exec.CommandContext(ctx, p, "env", "GOVERSION", "GOCACHE", "GOMODCACHE")
 		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "GOFLAGS=")
 		out, err := cmd.Output()
 		if err != nil {
-			b.goErr = fmt.Errorf("running %q env: %w", p, err)
+			t.err = fmt.Errorf("running %q env: %w", p, err)
 			return
 		}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		if len(lines) != 3 {
-			b.goErr = fmt.Errorf("running %q env: unexpected output %q", p, out)
+			t.err = fmt.Errorf("running %q env: unexpected output %q", p, out)
 			return
 		}
-		b.goVersion, b.goCache, b.goModDir = lines[0], lines[1], lines[2]
+		t.version, t.cache, t.modDir = lines[0], lines[1], lines[2]
+		if version != "" {
+			if t.version != version {
+				t.err = fmt.Errorf("the pinned Go toolchain says it is %s, not %s", t.version, version)
+				return
+			}
+			t.version += " " + sum // the version and the hash of what built
+		}
 		if v := b.GoEnv["GOCACHE"]; v != "" {
-			b.goCache = v
+			t.cache = v
 		}
 		if v := b.GoEnv["GOMODCACHE"]; v != "" {
-			b.goModDir = v
+			t.modDir = v
 		}
 	})
-	return b.goErr
+	return t, t.err
 }
 
+// goPackage builds a go package with the toolchain its go.mod names, as
+// deploy.lock pins it for this machine; a go.mod that names none builds with
+// the go command on PATH, with a warning that says how to pin one.
 func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string) (string, hcl.Diagnostics) {
+	g, _ := r.Block("go")
+	src, err := FleetPath(b.FleetDir, g.String("src", ""))
+	var version string
+	if err == nil {
+		version, err = GoModToolchain(src)
+	}
+	if err != nil {
+		return b.goBuild(ctx, r, arch, "", "") // goBuild says what is wrong with src
+	}
+	if version == "" {
+		warn := &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Go toolchain not pinned",
+			Detail: fmt.Sprintf("Package %q is built with the go command on PATH, whichever Go that is, so two machines can build different systems from one commit. Name a toolchain in its go.mod (go get toolchain@go1.X.Y in %s), then deploy lock pins it in %s, and every build fetches and uses exactly that.",
+				r.Name, g.String("src", ""), LockFileName),
+			Subject: g.Range("src")}
+		p, diags := b.goBuild(ctx, r, arch, "", "")
+		return p, append(hcl.Diagnostics{warn}, diags...)
+	}
+	sum, ok := b.Lock.PinnedGo(version)
+	if !ok {
+		return "", hcl.Diagnostics{errAt(g.Range("src"), "Unpinned Go toolchain",
+			"Package %q names the toolchain %s in its go.mod, which %s does not pin for %s/%s, this machine's platform: run deploy lock (it fetches the toolchain and records its hash).", r.Name, version, LockFileName, runtime.GOOS, runtime.GOARCH)}
+	}
+	return b.goBuild(ctx, r, arch, version, sum)
+}
+
+// goBuild builds a go package with the go command of goSetup(version, sum).
+func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version, sum string) (string, hcl.Diagnostics) {
 	g, _ := r.Block("go")
 	srcRel := g.String("src", "")
 	src, err := FleetPath(b.FleetDir, srcRel)
@@ -234,7 +300,8 @@ func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string
 	fail := func(err error) (string, hcl.Diagnostics) {
 		return "", hcl.Diagnostics{errAt(g.Range("src"), "Go build failed", "Package %q: %s.", r.Name, err)}
 	}
-	if err := b.goSetup(ctx); err != nil {
+	gt, err := b.goSetup(ctx, version, sum)
+	if err != nil {
 		return fail(err)
 	}
 	h := sha256.New()
@@ -243,7 +310,7 @@ func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string
 	}
 	key := sha256.New()
 	fmt.Fprintf(key, "go-package-v1\x00%s\x00linux\x00%s\x00%t\x00%q\x00%q\x00%q\x00%s\x00%x",
-		b.goVersion, arch, cgo, pkgs, g.Strings("ldflags"), g.Strings("tags"), StoreName(r.Name, "package"), h.Sum(nil))
+		gt.version, arch, cgo, pkgs, g.Strings("ldflags"), g.Strings("tags"), StoreName(r.Name, "package"), h.Sum(nil))
 	k := hex.EncodeToString(key.Sum(nil))
 	mu := b.lockFor("go:" + k)
 	mu.Lock()
@@ -271,7 +338,7 @@ func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string
 		args = append(args, "-tags="+strings.Join(tags, ","))
 	}
 	args = append(args, pkgs...)
-	cmd := exec.CommandContext(ctx, b.Go, args...)
+	cmd := exec.CommandContext(ctx, gt.bin, args...)
 	cmd.Dir = work
 	cgoEnv := "0"
 	if cgo {
@@ -279,10 +346,10 @@ func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string
 	}
 	home := filepath.Join(tmp, "home")
 	cmd.Env = []string{
-		"PATH=" + filepath.Dir(b.Go) + ":/usr/bin:/bin",
+		"PATH=" + filepath.Dir(gt.bin) + ":/usr/bin:/bin",
 		"HOME=" + home,
-		"GOCACHE=" + b.goCache,
-		"GOMODCACHE=" + b.goModDir,
+		"GOCACHE=" + gt.cache,
+		"GOMODCACHE=" + gt.modDir,
 		"GOPROXY=off",
 		"GOSUMDB=off",
 		"GOFLAGS=-mod=mod",
