@@ -60,6 +60,10 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if c, ok := lookup(commands(), targets[0]); ok {
+		// deploy --identity K verify .#prod: flags before a command.
+		return usageErrorf("%q is a command, not a target: write it first and its flags after it (deploy %s [flags] ...); flags before TARGET belong to deploy itself", c.name, c.name)
+	}
 	if df.asJSON && e.format == formatMarkdown && df.dryRun {
 		return usageErrorf("--format markdown and --json both write to stdout: choose one")
 	}
