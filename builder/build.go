@@ -59,6 +59,12 @@ type Builder struct {
 	HTTPClient *http.Client
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Substitute, if set, is asked for each go package's output by its
+	// build inputs before it is compiled (a binary cache's realisations).
+	Substitute modules.Substituter
+	// NoSubstitute tells the fleet's session not to set Substitute from
+	// the fleet's cache: everything is built here.
+	NoSubstitute bool
 
 	mu       sync.Mutex
 	packages map[string]*modules.PackageBuilder // by fleet dir
@@ -101,10 +107,35 @@ func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
 	pb, ok := b.packages[f.Dir]
 	if !ok || pb.Lock != f.Lock {
 		pb = &modules.PackageBuilder{Store: b.Store, FleetDir: f.Dir, CacheDir: b.CacheDir, Lock: f.Lock, Go: b.Go,
-			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf}
+			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf, Substitute: b.Substitute}
 		b.packages[f.Dir] = pb
 	}
 	return pb
+}
+
+// Realisations returns the go packages b obtained for fleets so far, by
+// their build keys: what a push records in a binary cache for others.
+func (b *Builder) Realisations() []modules.Realisation {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []modules.Realisation
+	for _, pb := range b.packages {
+		out = append(out, pb.Realisations()...)
+	}
+	return out
+}
+
+// Counts says how many go packages b compiled and how many it substituted.
+func (b *Builder) Counts() modules.BuildCounts {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var c modules.BuildCounts
+	for _, pb := range b.packages {
+		pc := pb.Counts()
+		c.Compiled += pc.Compiled
+		c.Substituted += pc.Substituted
+	}
+	return c
 }
 
 // EvaluateDry evaluates host without building or fetching anything: its

@@ -10,6 +10,7 @@ import (
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache"
+	"github.com/declarative/deploy/modules"
 )
 
 // OpenCacheWriter opens the cache a cache block's url names for pushing:
@@ -27,6 +28,67 @@ func OpenCacheWriter(rawURL string, getenv func(string) string) (cache.Writer, e
 		return cache.Dir(u.Path), nil
 	}
 	return nil, fmt.Errorf("cache URL %q: want s3:// or file:// to push to", rawURL)
+}
+
+// cacheSubstituter substitutes go packages from the fleet's cache: a
+// realisation signed by one of the cache block's keys, then the output's
+// closure, each path checked as a host checks it.
+type cacheSubstituter struct {
+	fetcher *cache.Fetcher
+	store   *closure.Store
+}
+
+func (c *cacheSubstituter) Substitute(ctx context.Context, key string) (string, error) {
+	return c.fetcher.Substitute(ctx, c.store, key)
+}
+
+// substituter returns the fleet's cache as a substituter for the builder,
+// nil without a cache block (or when the builder is told not to).
+func (s *Session) substituter() (modules.Substituter, error) {
+	if s.Builder.NoSubstitute || s.Fleet == nil || s.Fleet.Cache == nil {
+		return nil, nil
+	}
+	c := s.Fleet.Cache
+	backend, err := cache.Open(c.FetchURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	var keys []*cache.PublicKey
+	for _, k := range c.PublicKeys {
+		pk, err := cache.ParsePublicKey(k)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, pk)
+	}
+	return &cacheSubstituter{fetcher: &cache.Fetcher{Cache: backend, Keys: keys, Settings: map[string]string{}}, store: s.Builder.Store}, nil
+}
+
+// pushRealisations records in the fleet's cache, signed, the build inputs
+// of each go package the builder obtained whose output is among pushed
+// (paths now in the cache): other machines then substitute them.
+func (s *Session) pushRealisations(ctx context.Context, w cache.Writer, pushed []string) error {
+	in := map[string]bool{}
+	for _, p := range pushed {
+		in[p] = true
+	}
+	var rs []cache.Realisation
+	for _, r := range s.Builder.Realisations() {
+		if in[r.Out] {
+			rs = append(rs, cache.Realisation{Key: r.Key, Out: r.Out})
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	p := &cache.Pusher{Cache: w, Key: s.CacheKey}
+	if err := p.PushRealisations(ctx, rs); err != nil {
+		return err
+	}
+	if s.Builder.Logf != nil {
+		s.Builder.Logf("cache: %d build realisations recorded (inputs to outputs, for substitution)", len(rs))
+	}
+	return nil
 }
 
 // cacheSpec is what hosts are told about the fleet's cache: where to fetch
@@ -98,10 +160,13 @@ func (s *Session) CachePush(ctx context.Context, paths []string) (*cache.PushSta
 	p := &cache.Pusher{Cache: w, Key: s.CacheKey, TempDir: s.Builder.CacheDir}
 	start := time.Now()
 	stats, err := p.Push(ctx, s.Builder.Store, paths)
-	if err == nil && s.Builder.Logf != nil {
+	if err != nil {
+		return stats, err
+	}
+	if s.Builder.Logf != nil {
 		s.Builder.Logf("cache: %d of %d paths uploaded to %s (%d bytes) in %v", stats.Uploaded, stats.Paths, w, stats.FileBytes, time.Since(start).Round(time.Millisecond))
 	}
-	return stats, err
+	return stats, s.pushRealisations(ctx, w, paths)
 }
 
 // pushClosures pushes the whole closures of roots to the fleet's cache,

@@ -39,6 +39,15 @@ func (s *Session) build(ctx context.Context, rep *Report) (map[string]*builder.R
 	if s.Builder == nil {
 		return nil, errNoBuilder
 	}
+	if s.Builder.Substitute == nil {
+		sub, err := s.substituter()
+		if err != nil {
+			return nil, err
+		}
+		if sub != nil {
+			s.Builder.Substitute = sub
+		}
+	}
 	var mu sync.Mutex
 	results := map[string]*builder.Result{}
 	var diags hcl.Diagnostics

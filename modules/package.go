@@ -64,10 +64,16 @@ type PackageBuilder struct {
 	// with HTTPClient's transport and this builder's Logf).
 	Pull *oci.Puller
 
-	goTools  map[string]*goTool // by pinned version; "": the go command on PATH
-	mu       sync.Mutex
-	inFlight map[string]*sync.Mutex
-	images   map[string]*Image // by store path
+	// Substitute, if set, is asked for a go package's output by its build
+	// inputs before it is compiled (not for cgo packages).
+	Substitute Substituter
+
+	goTools      map[string]*goTool // by pinned version; "": the go command on PATH
+	realisations map[string]string  // build key -> output, of the go packages obtained
+	counts       BuildCounts
+	mu           sync.Mutex
+	inFlight     map[string]*sync.Mutex
+	images       map[string]*Image // by store path
 }
 
 func (b *PackageBuilder) logf(format string, args ...any) {
@@ -300,9 +306,15 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 	fail := func(err error) (string, hcl.Diagnostics) {
 		return "", hcl.Diagnostics{errAt(g.Range("src"), "Go build failed", "Package %q: %s.", r.Name, err)}
 	}
-	gt, err := b.goSetup(ctx, version, sum)
-	if err != nil {
-		return fail(err)
+	// The toolchain's identity: a pinned one's version and hash, known
+	// without fetching it; else what the go command on PATH says it is.
+	goID := version + " " + sum
+	if version == "" {
+		gt, err := b.goSetup(ctx, "", "")
+		if err != nil {
+			return fail(err)
+		}
+		goID = gt.version
 	}
 	h := sha256.New()
 	if err := nar.Dump(h, src); err != nil {
@@ -310,13 +322,39 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 	}
 	key := sha256.New()
 	fmt.Fprintf(key, "go-package-v1\x00%s\x00linux\x00%s\x00%t\x00%q\x00%q\x00%q\x00%s\x00%x",
-		gt.version, arch, cgo, pkgs, g.Strings("ldflags"), g.Strings("tags"), StoreName(r.Name, "package"), h.Sum(nil))
+		goID, arch, cgo, pkgs, g.Strings("ldflags"), g.Strings("tags"), StoreName(r.Name, "package"), h.Sum(nil))
 	k := hex.EncodeToString(key.Sum(nil))
 	mu := b.lockFor("go:" + k)
 	mu.Lock()
 	defer mu.Unlock()
 	if p, ok := b.cached("go", k); ok {
+		b.built(RealisationKeyGo+k, p)
 		return p, nil
+	}
+	// A cgo build also depends on the machine's C toolchain, which the key
+	// does not name: never substituted.
+	var warn hcl.Diagnostics
+	if b.Substitute != nil && !cgo {
+		p, err := b.Substitute.Substitute(ctx, RealisationKeyGo+k)
+		switch {
+		case err != nil:
+			warn = hcl.Diagnostics{{Severity: hcl.DiagWarning, Summary: "Substitute refused",
+				Detail:  fmt.Sprintf("Package %q: %s; building it here instead.", r.Name, err),
+				Subject: g.Range("src")}}
+			b.logf("package %q: not substituted (%v): building it", r.Name, err)
+		case p != "":
+			b.logf("package %q substituted from the cache: %s", r.Name, p)
+			if err := b.remember("go", k, p); err != nil {
+				return fail(err)
+			}
+			b.built(RealisationKeyGo+k, p)
+			b.countSubstituted()
+			return p, nil
+		}
+	}
+	gt, err := b.goSetup(ctx, version, sum)
+	if err != nil {
+		return fail(err)
 	}
 	b.logf("building package %q (go build %s, %s/%s)", r.Name, srcRel, "linux", arch)
 	tmp, err := b.tempDir()
@@ -392,7 +430,9 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 	if err := b.remember("go", k, pi.Path); err != nil {
 		return fail(err)
 	}
-	return pi.Path, nil
+	b.built(RealisationKeyGo+k, pi.Path)
+	b.countCompiled()
+	return pi.Path, warn
 }
 
 // copyTree copies directories, regular files (keeping the executable bit)

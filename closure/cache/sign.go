@@ -112,9 +112,22 @@ var ErrUntrusted = errors.New("no valid signature by a trusted key")
 // one of keys. It returns the name of the key that signed it, or an error
 // wrapping [ErrUntrusted] that says what was found.
 func Verify(pi *closure.PathInfo, keys []*PublicKey) (string, error) {
-	fp := []byte(Fingerprint(pi))
+	name, names := verifySigs(pi.Sig, []byte(Fingerprint(pi)), keys)
+	switch {
+	case name != "":
+		return name, nil
+	case len(names) == 0:
+		return "", fmt.Errorf("%q: unsigned: %w", pi.Path, ErrUntrusted)
+	}
+	return "", fmt.Errorf("%q: signed by %s: %w", pi.Path, strings.Join(names, ", "), ErrUntrusted)
+}
+
+// verifySigs returns the name of the key of keys whose valid signature of
+// msg is among sigs ("name:base64"), or "" and the names the signatures
+// claim.
+func verifySigs(sigs []string, msg []byte, keys []*PublicKey) (string, []string) {
 	var names []string
-	for _, s := range pi.Sig {
+	for _, s := range sigs {
 		name, b64, ok := strings.Cut(s, ":")
 		if !ok {
 			continue
@@ -125,13 +138,10 @@ func Verify(pi *closure.PathInfo, keys []*PublicKey) (string, error) {
 			continue
 		}
 		for _, k := range keys {
-			if k.Name == name && ed25519.Verify(k.Key, fp, sig) {
+			if k.Name == name && ed25519.Verify(k.Key, msg, sig) {
 				return name, nil
 			}
 		}
 	}
-	if len(names) == 0 {
-		return "", fmt.Errorf("%q: unsigned: %w", pi.Path, ErrUntrusted)
-	}
-	return "", fmt.Errorf("%q: signed by %s: %w", pi.Path, strings.Join(names, ", "), ErrUntrusted)
+	return "", names
 }

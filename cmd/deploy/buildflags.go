@@ -12,15 +12,17 @@ import (
 
 // buildFlags are the flags of commands that build: the store and the agent.
 type buildFlags struct {
-	store    storeFlags
-	agent    string
-	agentSrc string
+	store        storeFlags
+	agent        string
+	agentSrc     string
+	noSubstitute bool
 }
 
 func (bf *buildFlags) register(fs *flag.FlagSet) {
 	bf.store.register(fs)
 	fs.StringVar(&bf.agent, "agent", "", "deploy-agent `binary` to ship (default: deploy-agent beside deploy)")
 	fs.StringVar(&bf.agentSrc, "agent-src", "", "build deploy-agent from this source `directory` (a checkout of deploy)")
+	fs.BoolVar(&bf.noSubstitute, "no-substitute", false, "build every go package here, even one the fleet's cache has a signed realisation of")
 }
 
 // builder returns a Builder on the local store, with the agent to ship.
@@ -29,6 +31,7 @@ func (bf *buildFlags) builder(e *env) (*builder.Builder, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.NoSubstitute = bf.noSubstitute
 	switch {
 	case bf.agent != "" && bf.agentSrc != "":
 		return nil, usageErrorf("--agent and --agent-src exclude each other")
