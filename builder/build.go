@@ -65,6 +65,9 @@ type Builder struct {
 	// NoSubstitute tells the fleet's session not to set Substitute from
 	// the fleet's cache: everything is built here.
 	NoSubstitute bool
+	// CheckBuilds rebuilds go packages whose output is known and compares
+	// ([modules.PackageBuilder.CheckBuilds]).
+	CheckBuilds bool
 
 	mu       sync.Mutex
 	packages map[string]*modules.PackageBuilder // by fleet dir
@@ -107,7 +110,7 @@ func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
 	pb, ok := b.packages[f.Dir]
 	if !ok || pb.Lock != f.Lock {
 		pb = &modules.PackageBuilder{Store: b.Store, FleetDir: f.Dir, CacheDir: b.CacheDir, Lock: f.Lock, Go: b.Go,
-			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf, Substitute: b.Substitute}
+			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf, Substitute: b.Substitute, CheckBuilds: b.CheckBuilds}
 		b.packages[f.Dir] = pb
 	}
 	return pb

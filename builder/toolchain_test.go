@@ -31,7 +31,7 @@ esac
 
 // toolchainZip writes a module zip of Go "go1.99.1" for this machine's
 // platform, as a module proxy serves golang.org/toolchain, and returns it.
-func toolchainZip(t *testing.T) []byte {
+func toolchainZip(t *testing.T, goScript string) []byte {
 	t.Helper()
 	prefix := "golang.org/toolchain@v0.0.1-go1.99.1." + runtime.GOOS + "-" + runtime.GOARCH + "/"
 	p := filepath.Join(t.TempDir(), "tc.zip")
@@ -41,7 +41,7 @@ func toolchainZip(t *testing.T) []byte {
 	}
 	zw := zip.NewWriter(f)
 	for name, content := range map[string]string{
-		"bin/go": fakeGo, "pkg/tool/" + runtime.GOOS + "_" + runtime.GOARCH + "/compile": "#!/bin/sh\n",
+		"bin/go": goScript, "pkg/tool/" + runtime.GOOS + "_" + runtime.GOARCH + "/compile": "#!/bin/sh\n",
 		"src/README": "not Go\n", "VERSION": "go1.99.1\n",
 	} {
 		w, err := zw.Create(prefix + name)
@@ -68,7 +68,7 @@ func toolchainZip(t *testing.T) []byte {
 // dropped from the cache. A go.mod without a toolchain line builds with the
 // go on PATH and says so.
 func TestPinnedGoToolchain(t *testing.T) {
-	zipData := toolchainZip(t)
+	zipData := toolchainZip(t, fakeGo)
 	var requests atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		want := "/golang.org/toolchain/@v/v0.0.1-go1.99.1." + runtime.GOOS + "-" + runtime.GOARCH + ".zip"
@@ -189,6 +189,60 @@ host "h1" {
 	_, diags = b4.Build(ctx, load(t, dir), "h1")
 	if diags.HasErrors() || len(diags) == 0 || diags[0].Summary != "Go toolchain not pinned" || !strings.Contains(diags[0].Detail, "go get toolchain@") {
 		t.Fatalf("Build without a toolchain line = %v, want it built with the warning", diags)
+	}
+}
+
+// deploy build --check: a rebuild from scratch identical to the recorded
+// output passes; one whose bytes differ (this fake go writes random bytes)
+// is an error naming the file and both hashes, and the store keeps the
+// first build.
+func TestCheckBuilds(t *testing.T) {
+	for _, tc := range []struct {
+		name, script, want string
+	}{
+		{"reproducible", fakeGo, ""},
+		{"not reproducible", strings.Replace(fakeGo, `echo built by %s\n' "$0"`, `echo %s\n' "$(od -An -N8 -tx8 /dev/urandom)"`, 1), "bin/hello has other content (sha256 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			zipData := toolchainZip(t, tc.script)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(zipData) }))
+			defer srv.Close()
+			t.Setenv("GOPROXY", srv.URL)
+			dir := writeFleet(t, map[string]string{
+				"fleet.hcl":     "host \"h1\" {\n  address = \"10.0.0.1\"\n  package \"hello\" {\n    go { src = \"./hello\" }\n  }\n  file \"/etc/hello\" {\n    content = package.hello\n  }\n}\n",
+				"hello/go.mod":  "module example.com/hello\n\ngo 1.22\n\ntoolchain go1.99.1\n",
+				"hello/main.go": "package main\n\nfunc main() {}\n",
+			})
+			ctx := context.Background()
+			cache := t.TempDir()
+			b := newTestBuilder(t, cache)
+			lock, diags := b.UpdateLock(ctx, load(t, dir), false)
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			lock.Write(dir)
+			first := build(t, b, load(t, dir), "h1")
+
+			c := newTestBuilder(t, cache)
+			c.CheckBuilds = true
+			res, diags := c.Build(ctx, load(t, dir), "h1")
+			if tc.want == "" {
+				if diags.HasErrors() || res.SystemPath != first.SystemPath {
+					t.Fatalf("check of a reproducible build = %v, %v", res, diags)
+				}
+				if n := c.Counts().Compiled; n != 1 {
+					t.Errorf("the check compiled %d packages, want the one rebuilt", n)
+				}
+				return
+			}
+			if !diags.HasErrors() || diags[0].Summary != "Build not reproducible" || !strings.Contains(diags[0].Detail, tc.want) {
+				t.Fatalf("check of a build that differs = %v, want %q", diags, tc.want)
+			}
+			again := build(t, newTestBuilder(t, cache), load(t, dir), "h1")
+			if again.SystemPath != first.SystemPath {
+				t.Errorf("after the failed check the build gives %s, want the first %s", again.SystemPath, first.SystemPath)
+			}
+		})
 	}
 }
 

@@ -67,6 +67,11 @@ type PackageBuilder struct {
 	// Substitute, if set, is asked for a go package's output by its build
 	// inputs before it is compiled (not for cgo packages).
 	Substitute Substituter
+	// CheckBuilds rebuilds every go package whose output is known (built
+	// here before, or substituted) with an empty Go build cache and
+	// compares the result with that output, file by file: a difference is
+	// an error naming the first differing file (Nix's --check).
+	CheckBuilds bool
 
 	goTools      map[string]*goTool // by pinned version; "": the go command on PATH
 	realisations map[string]string  // build key -> output, of the go packages obtained
@@ -327,14 +332,20 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 	mu := b.lockFor("go:" + k)
 	mu.Lock()
 	defer mu.Unlock()
+	// ref is what a check compares the rebuild with: the output this
+	// machine recorded, else the cache's (substituted).
+	ref := ""
 	if p, ok := b.cached("go", k); ok {
 		b.built(RealisationKeyGo+k, p)
-		return p, nil
+		if !b.CheckBuilds {
+			return p, nil
+		}
+		ref = p
 	}
 	// A cgo build also depends on the machine's C toolchain, which the key
 	// does not name: never substituted.
 	var warn hcl.Diagnostics
-	if b.Substitute != nil && !cgo {
+	if ref == "" && b.Substitute != nil && !cgo {
 		p, err := b.Substitute.Substitute(ctx, RealisationKeyGo+k)
 		switch {
 		case err != nil:
@@ -349,7 +360,10 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 			}
 			b.built(RealisationKeyGo+k, p)
 			b.countSubstituted()
-			return p, nil
+			if !b.CheckBuilds {
+				return p, nil
+			}
+			ref = p
 		}
 	}
 	gt, err := b.goSetup(ctx, version, sum)
@@ -383,10 +397,14 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 		cgoEnv = "1"
 	}
 	home := filepath.Join(tmp, "home")
+	goCache := gt.cache
+	if b.CheckBuilds && ref != "" {
+		goCache = filepath.Join(tmp, "gocache") // a rebuild from scratch, not from the cache's objects
+	}
 	cmd.Env = []string{
 		"PATH=" + filepath.Dir(gt.bin) + ":/usr/bin:/bin",
 		"HOME=" + home,
-		"GOCACHE=" + gt.cache,
+		"GOCACHE=" + goCache,
 		"GOMODCACHE=" + gt.modDir,
 		"GOPROXY=off",
 		"GOSUMDB=off",
@@ -422,6 +440,19 @@ func (b *PackageBuilder) goBuild(ctx context.Context, r *Resource, arch, version
 	}
 	if len(entries) == 0 {
 		return fail(fmt.Errorf("no main package among %q", pkgs))
+	}
+	if b.CheckBuilds && ref != "" {
+		diff, err := FirstDifference(b.Store.RealPath(ref), out)
+		if err != nil {
+			return fail(err)
+		}
+		if diff != "" {
+			return "", hcl.Diagnostics{errAt(g.Range("src"), "Build not reproducible",
+				"Package %q: rebuilt from scratch (an empty Go build cache), it differs from %s: %s.", r.Name, ref, diff)}
+		}
+		b.logf("package %q: rebuilt from scratch, identical to %s", r.Name, ref)
+		b.countCompiled()
+		return ref, warn
 	}
 	pi, err := b.Store.AddTree(ctx, out, StoreName(r.Name, "package"), nil)
 	if err != nil {

@@ -15,12 +15,14 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	var outLink string
 	var asJSON bool
 	var parallel int
+	var check bool
 	fs := newFlags(e, "build", "DIR#NAME...")
 	bf.register(fs)
 	registerFormat(fs, e)
 	fs.StringVar(&outLink, "out-link", "", "also make `PREFIX`-HOST a symlink to each host's system in the local store")
 	fs.BoolVar(&asJSON, "json", false, "print the event stream as JSON lines on stdout (docs/events.md)")
 	fs.IntVar(&parallel, "parallel-build", 2, "hosts built at once")
+	fs.BoolVar(&check, "check", false, "rebuild every go package whose output is known (built here, or in the fleet's cache) from scratch and compare, naming the first differing file")
 	pos, err := parse(fs, args, 1, -1)
 	if err != nil {
 		return err
@@ -29,6 +31,7 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	b.CheckBuilds = check
 	v := newView(e, asJSON, false)
 	s := &fleet.Session{Targets: pos, Command: "build", Builder: b, Parallel: fleet.Parallelism{Build: parallel}, Emit: v.Event,
 		Diagnostics: e.printDiags}
