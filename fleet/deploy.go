@@ -83,9 +83,14 @@ func (s *Session) build(ctx context.Context, rep *Report) (map[string]*builder.R
 		}
 		return nil, fmt.Errorf("adding the systems to the store: %w", err)
 	}
+	now := time.Now()
 	for _, name := range s.names() {
 		if res := results[name]; res != nil {
 			rep.Hosts[name].System = res.SystemPath
+			// A recent build is a root of deploy store gc (--keep-since).
+			if err := s.Builder.Store.RecordBuild(res.SystemPath, name, now); err != nil {
+				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseBuild, Message: "not recorded as a recent build (deploy store gc may collect it): " + err.Error()})
+			}
 			s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseBuild, State: "done", System: res.SystemPath})
 		}
 	}

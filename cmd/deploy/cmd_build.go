@@ -52,6 +52,10 @@ func runBuild(ctx context.Context, e *env, args []string) error {
 			if err := os.Symlink(b.Store.RealPath(hr.System), link); err != nil {
 				return err
 			}
+			// The link keeps its system from deploy store gc while it exists.
+			if err := b.Store.AddIndirectRoot(link); err != nil {
+				return err
+			}
 		}
 		if !asJSON {
 			fmt.Fprintln(e.stdout, hr.System)

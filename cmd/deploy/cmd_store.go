@@ -3,9 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/fleet"
 )
 
 // storeCommands are deploy store's.
@@ -168,25 +173,108 @@ func runStoreVerify(ctx context.Context, e *env, args []string) error {
 }
 
 func runStoreGC(ctx context.Context, e *env, args []string) error {
-	var sf storeFlags
-	var roots stringList
+	var bf buildFlags
+	var roots, fleets stringList
 	fs := newFlags(e, "store gc", "")
-	sf.register(fs)
+	bf.register(fs)
 	fs.Var(&roots, "root", "an extra store `path` to keep with its closure (repeatable)")
+	fs.Var(&fleets, "fleet", "keep the systems of every host of the fleet in `DIR` as it is now, building them first (repeatable)")
+	keepSince := fs.Duration("keep-since", 7*24*time.Hour, "keep the systems built within this `duration`; 0 keeps none of them")
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	s, err := sf.open(e)
+	if *keepSince < 0 {
+		return usageErrorf("--keep-since %v: want a duration of 0 or more", *keepSince)
+	}
+	b, err := bf.builder(e)
 	if err != nil {
 		return err
 	}
-	res, err := s.GC(ctx, roots)
+	s := b.Store
+	keep := map[string][]string{} // path -> why
+	why := func(p, reason string) { keep[p] = append(keep[p], reason) }
+	for _, dir := range fleets {
+		v := newView(e, false, false)
+		sess := &fleet.Session{Targets: []string{dir}, Command: "store gc", Builder: b, Emit: v.Event, Diagnostics: e.printDiags}
+		rep, err := runSession(sess, v, func() (*fleet.Report, error) { return sess.Build(ctx) })
+		if err != nil {
+			return fmt.Errorf("building the fleet in %s to keep its systems (nothing deleted): %w", dir, err)
+		}
+		for _, h := range sess.Selected {
+			if hr := rep.Hosts[h.Name]; hr != nil && hr.System != "" {
+				why(hr.System, "the system of "+h.Name+" in "+dir)
+			}
+		}
+	}
+	builds, err := s.BuildRoots()
+	if err != nil {
+		return err
+	}
+	cutoff := time.Now().Add(-*keepSince)
+	var expired []closure.BuildRoot
+	for _, br := range builds {
+		if *keepSince > 0 && br.At.After(cutoff) {
+			why(br.Path, fmt.Sprintf("built for %s %s ago", br.Name, time.Since(br.At).Round(time.Second)))
+		} else {
+			expired = append(expired, br)
+		}
+	}
+	indirect, err := s.IndirectRoots()
+	if err != nil {
+		return err
+	}
+	var stale []closure.IndirectRoot
+	for _, ir := range indirect {
+		if ir.Path == "" {
+			stale = append(stale, ir)
+			continue
+		}
+		why(ir.Path, "out-link "+ir.Link)
+	}
+	for _, r := range roots {
+		why(r, "--root")
+	}
+	own, err := s.Roots()
+	if err != nil {
+		return err
+	}
+	for _, r := range own {
+		why(r, "a root of the store (a pushed or pinned path)")
+	}
+	// The roots that are no longer roots go first: what gc then deletes
+	// is what nothing above needs.
+	for _, br := range expired {
+		if err := os.Remove(br.Link); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	for _, ir := range stale {
+		if err := os.Remove(ir.Root); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	kept := make([]string, 0, len(keep))
+	for p := range keep {
+		kept = append(kept, p)
+	}
+	sort.Strings(kept)
+	for _, p := range kept {
+		fmt.Fprintf(e.stderr, "deploy: keeping %s (%s)\n", p, strings.Join(keep[p], "; "))
+	}
+	extra := make([]string, 0, len(kept))
+	for _, p := range kept {
+		if ok, err := s.Valid(p); err == nil && ok {
+			extra = append(extra, p)
+		}
+	}
+	res, err := s.GC(ctx, extra)
 	if err != nil {
 		return err
 	}
 	for _, p := range res.Deleted {
 		fmt.Fprintln(e.stdout, p)
 	}
-	fmt.Fprintf(e.stderr, "deploy: deleted %d paths, %d bytes freed\n", len(res.Deleted), res.BytesFreed)
+	fmt.Fprintf(e.stderr, "deploy: kept %d roots with their closures (%d builds older than %v and %d out-links gone no longer count); deleted %d paths, %d bytes freed\n",
+		len(kept), len(expired), *keepSince, len(stale), len(res.Deleted), res.BytesFreed)
 	return nil
 }
