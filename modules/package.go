@@ -273,8 +273,8 @@ func (b *PackageBuilder) goPackage(ctx context.Context, r *Resource, arch string
 	}
 	if version == "" {
 		warn := &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Go toolchain not pinned",
-			Detail: fmt.Sprintf("Package %q is built with the go command on PATH, whichever Go that is, so two machines can build different systems from one commit. Name a toolchain in its go.mod (go get toolchain@go1.X.Y in %s), then deploy lock pins it in %s, and every build fetches and uses exactly that.",
-				r.Name, g.String("src", ""), LockFileName),
+			Detail: fmt.Sprintf("Package %q builds with whatever Go is on PATH: another machine may build another system from this commit. To pin one: go get toolchain@go1.X.Y in %s, then deploy lock.",
+				r.Name, g.String("src", "")),
 			Subject: g.Range("src")}
 		p, diags := b.goBuild(ctx, r, arch, "", "")
 		return p, append(hcl.Diagnostics{warn}, diags...)
