@@ -48,6 +48,8 @@ type Fleet struct {
 	Admins []*Admin
 	// Cache is the fleet's binary cache, nil when it has none.
 	Cache *Cache
+	// Notify are the webhooks told of runs that change hosts.
+	Notify []*Notify
 	// RevokedSecrets are the secret versions the fleet revoked
 	// (secrets/revoked), sorted: every host's manifest carries them, and
 	// no secret may use one.
@@ -97,6 +99,81 @@ type Cache struct {
 	// paths signed by one of them.
 	PublicKeys []string
 	DefRange   hcl.Range
+}
+
+// Notify is a notify block: a webhook that runs which change hosts
+// (deploy, rollback, reboot, publish --wait) post to when they start,
+// halt, roll a host back and end.
+type Notify struct {
+	Name string
+	// URL receives a POST per event (http or https).
+	URL string
+	// Format is "json" (the run's lifecycle events) or "text" (one line,
+	// {"text": "..."}, as chat webhooks take it).
+	Format string
+	// On are the events posted: "start", "halt", "rollback", "done".
+	On       []string
+	DefRange hcl.Range
+}
+
+// NotifyEvents are the events a notify block can be posted.
+var NotifyEvents = []string{"start", "halt", "rollback", "done"}
+
+// loadNotify decodes notify "NAME" { url, format, on }.
+func (f *Fleet) loadNotify(b *hcl.Block) (*Notify, hcl.Diagnostics) {
+	n := &Notify{Name: b.Labels[0], Format: "json", On: NotifyEvents, DefRange: b.DefRange}
+	content, diags := b.Body.Content(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "url", Required: true}, {Name: "format"}, {Name: "on"}}})
+	if content == nil || diags.HasErrors() {
+		return nil, diags
+	}
+	str := func(name string) (string, *hcl.Attribute, bool) {
+		a, ok := content.Attributes[name]
+		if !ok {
+			return "", nil, false
+		}
+		v, d := a.Expr.Value(f.staticCtx())
+		diags = append(diags, d...)
+		if d.HasErrors() || v.IsNull() || !v.IsKnown() || v.Type() != cty.String {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + name, Detail: name + " must be a string.", Subject: a.Expr.Range().Ptr()})
+			return "", a, false
+		}
+		return v.AsString(), a, true
+	}
+	if u, a, ok := str("url"); ok {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid notify url",
+				Detail: fmt.Sprintf("Notify %q: url = %q: want an http:// or https:// URL (a webhook).", n.Name, u), Subject: a.Expr.Range().Ptr()})
+		}
+		n.URL = u
+	}
+	if v, a, ok := str("format"); ok {
+		if v != "json" && v != "text" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid notify format",
+				Detail: fmt.Sprintf("Notify %q: format = %q: want \"json\" (the run's events) or \"text\" (one line, for chat).", n.Name, v), Subject: a.Expr.Range().Ptr()})
+		}
+		n.Format = v
+	}
+	if a, ok := content.Attributes["on"]; ok {
+		v, d := a.Expr.Value(f.staticCtx())
+		diags = append(diags, d...)
+		cv, err := convert.Convert(v, cty.List(cty.String))
+		if d.HasErrors() || err != nil || cv.IsNull() || !cv.IsWhollyKnown() || cv.LengthInt() == 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid notify on",
+				Detail: fmt.Sprintf("Notify %q: on must list some of %q.", n.Name, NotifyEvents), Subject: a.Expr.Range().Ptr()})
+		} else {
+			n.On = nil
+			for i, e := range cv.AsValueSlice() {
+				if !slices.Contains(NotifyEvents, e.AsString()) {
+					diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid notify on",
+						Detail: fmt.Sprintf("Notify %q: %q is not one of %q.", n.Name, e.AsString(), NotifyEvents), Subject: elemRange(a.Expr, i)})
+					continue
+				}
+				n.On = append(n.On, e.AsString())
+			}
+		}
+	}
+	return n, diags
 }
 
 // Admin is an admin block: a person who can edit and rekey secrets.
@@ -283,6 +360,7 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "defaults"},
 		{Type: "admin", LabelNames: []string{"name"}},
 		{Type: "cache"},
+		{Type: "notify", LabelNames: []string{"name"}},
 	}}
 	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks []*hcl.Block
 	for _, body := range bodies {
@@ -308,6 +386,15 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				diags = append(diags, d...)
 				if a != nil {
 					f.Admins = append(f.Admins, a)
+				}
+			case "notify":
+				n, d := f.loadNotify(b)
+				diags = append(diags, d...)
+				if n != nil && slices.ContainsFunc(f.Notify, func(o *Notify) bool { return o.Name == n.Name }) {
+					diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate notify",
+						Detail: fmt.Sprintf("Notify %q is defined twice.", n.Name), Subject: b.DefRange.Ptr()})
+				} else if n != nil {
+					f.Notify = append(f.Notify, n)
 				}
 			}
 		}

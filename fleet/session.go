@@ -98,6 +98,7 @@ type Session struct {
 	// wrapChannel, in tests, stands between the session and its
 	// channel's store.
 	wrapChannel func(channel.Store) channel.Store
+	notify      *notifier // nil: the fleet has no notify block, or the command is not notified
 }
 
 // Open loads the fleet and selects the hosts. Configuration errors are a
@@ -143,6 +144,7 @@ func (s *Session) Open() error {
 		return &ConfigError{Diags: diags}
 	}
 	s.Fleet, s.Selected = f, hosts
+	s.notify = newNotifier(f.Notify, s.Command, s.Targets)
 	if len(names) == 1 {
 		if dep, ok := f.Deployment(names[0]); ok {
 			s.Deployment = dep
@@ -181,7 +183,10 @@ func (s *Session) names() []string {
 }
 
 // emit hands ev to Emit (see [emitter]).
-func (s *Session) emit(ev Event) { s.emitter.emit(s.Emit, ev) }
+func (s *Session) emit(ev Event) {
+	s.notify.observe(ev)
+	s.emitter.emit(s.Emit, ev)
+}
 
 // begin starts a run: run.start, and a report with every selected host
 // skipped until it ends otherwise. end must follow on every path.
@@ -212,7 +217,13 @@ func (s *Session) end(rep *Report) {
 	if s.ssh != nil {
 		ev.SSH = s.counts.All()
 	}
-	s.emit(ev)
+	// The webhooks hear of the end first; what failed to reach them is
+	// said before run.done.
+	s.notify.observe(ev)
+	for _, msg := range s.notify.finish() {
+		s.emitter.emit(s.Emit, Event{Type: EventWarning, Message: msg})
+	}
+	s.emitter.emit(s.Emit, ev)
 }
 
 // finish records a host's end in the report and emits its host.result.
