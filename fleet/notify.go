@@ -136,7 +136,10 @@ func (n *notifier) observe(ev Event) {
 
 // text is the one-line form of a notification.
 func (n *notifier) text(what string, ev Event) string {
-	head := fmt.Sprintf("deploy %s %s", n.command, strings.Join(n.targets, " "))
+	head := "deploy " + strings.Join(n.targets, " ")
+	if n.command != "deploy" {
+		head = "deploy " + n.command + " " + strings.Join(n.targets, " ")
+	}
 	switch what {
 	case "start":
 		return fmt.Sprintf("%s: started on %d hosts", head, len(ev.Hosts))
@@ -148,6 +151,8 @@ func (n *notifier) text(what string, ev Event) string {
 			if msg == "" {
 				msg = ev.Message
 			}
+			msg = strings.TrimPrefix(msg, ev.Host+": ")
+			msg = strings.TrimPrefix(msg, "rolled back: ")
 			return fmt.Sprintf("%s: %s rolled back: %s", head, ev.Host, msg)
 		}
 		return fmt.Sprintf("%s: rolling back: %s", head, ev.Message)
