@@ -225,7 +225,10 @@ type Deployment struct {
 	// WaveTimeout is how long each wave of a pull-mode release has to
 	// report before the later waves stop (default 30m; docs/pull.md).
 	WaveTimeout time.Duration
-	DefRange    hcl.Range
+	// Window, when set, is when the deployment's hosts may change (push:
+	// deploy and reboot refuse or wait outside it).
+	Window   *Window
+	DefRange hcl.Range
 }
 
 // BatchSize is a deployment's batch_size: a number of hosts, or a
@@ -865,6 +868,7 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 	d := &Deployment{Name: b.Labels[0], BatchSize: BatchSize{Hosts: 1}, Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
+		{Name: "window"},
 	}}
 	content, diags := b.Body.Content(schema)
 	if content == nil {
@@ -888,6 +892,14 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 			return cty.NilVal, nil, false
 		}
 		return cv, a.Expr.Range().Ptr(), true
+	}
+	if v, rng, ok := eval("window", cty.String); ok {
+		w, err := ParseWindow(v.AsString())
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid window",
+				Detail: fmt.Sprintf("Deployment %q: %s.", d.Name, err), Subject: rng})
+		}
+		d.Window = w
 	}
 	set := map[string]bool{}
 	given := false

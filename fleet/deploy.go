@@ -213,6 +213,11 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 	ro := s.Rollout()
 	rep := s.beginRun(Event{Mode: opts.Mode, Batches: ro.Batches, DryRun: opts.DryRun})
 	defer s.end(rep)
+	if opts.locks() {
+		if err := s.awaitWindow(ctx); err != nil {
+			return rep, err
+		}
+	}
 	ops, real, err := s.ops(ctx)
 	if err != nil {
 		return rep, err

@@ -49,6 +49,9 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 	ro := s.Rollout()
 	rep := s.begin("", ro.Batches)
 	defer s.end(rep)
+	if err := s.awaitWindow(ctx); err != nil {
+		return rep, err
+	}
 	names, err := s.lockForHostCommand(ctx, rep)
 	if err != nil {
 		return rep, err

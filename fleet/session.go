@@ -67,6 +67,10 @@ type Session struct {
 	// Ops replaces how hosts are acted on in a rollout (tests); nil means
 	// over SSH.
 	Ops HostOps
+	// IgnoreWindow goes on outside the deployment's maintenance window;
+	// WaitWindow waits for it to open. Neither: a run that would change
+	// hosts outside it is a *[WindowError] (deploy, reboot).
+	IgnoreWindow, WaitWindow bool
 	// CacheKey signs what is pushed to the fleet's binary cache; without
 	// it nothing is pushed (hosts still fetch what the cache has).
 	CacheKey *cache.SecretKey

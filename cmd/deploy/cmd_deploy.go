@@ -15,6 +15,8 @@ type deployFlags struct {
 	hostFlags
 	build          buildFlags
 	cacheKey       cacheKeyFlag
+	ignoreWindow   bool
+	waitWindow     bool
 	mode           string
 	dryRun         bool
 	confirmTimeout time.Duration
@@ -53,6 +55,8 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&df.parallel.Connect, "parallel-connect", 16, "hosts contacted at once for their run locks")
 	fs.IntVar(&df.parallel.Copy, "parallel-copy", 4, "hosts copied to at once")
 	fs.IntVar(&df.parallel.Activate, "parallel-activate", 0, "hosts activated at once within a batch (0: the whole batch)")
+	fs.BoolVar(&df.ignoreWindow, "ignore-window", false, "go on outside the deployment's maintenance window")
+	fs.BoolVar(&df.waitWindow, "wait-window", false, "outside the deployment's maintenance window, wait for it to open")
 	fs.BoolVar(&df.reboot, "reboot", false, "with --mode boot: reboot each host into the new generation in its batch and wait until it runs it healthily")
 	fs.DurationVar(&df.rebootOpts.Timeout, "reboot-timeout", 5*time.Minute, "with --reboot: how long a host has to come back after its reboot")
 	fs.DurationVar(&df.rebootOpts.HealthTimeout, "health-timeout", 2*time.Minute, "with --reboot: how long a host has to start its units after its reboot")
@@ -89,6 +93,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	v := newView(e, df.asJSON, true)
 	s := df.session(e, "deploy", targets, v)
 	s.Builder, s.Parallel, s.WaitLock, s.CacheKey, s.Getenv = b, df.parallel, df.waitLock, key, e.getenv
+	s.IgnoreWindow, s.WaitWindow = df.ignoreWindow, df.waitWindow
 	rep, err := runSession(s, v, func() (*fleet.Report, error) {
 		return s.Deploy(ctx, fleet.DeployOptions{Mode: mode, DryRun: df.dryRun, ConfirmTimeout: df.confirmTimeout,
 			Message: df.message, Compress: df.compress, Reboot: reboot})

@@ -22,6 +22,7 @@ const (
 	ExitCommandFailed = 6 // a command failed on some host (exec's command, the agent's gc or a query)
 	ExitRefused       = 7 // pull mode: some host refused its release (signature, serial, host, or a closure failing verification)
 	ExitDrifted       = 8 // verify: some host's live state differs from its current generation
+	ExitWindow        = 9 // the deployment's maintenance window is closed: nothing touched
 )
 
 // resultExit maps how a run's worst host ended (fleet.Report.Worst, by
@@ -64,6 +65,7 @@ func exitCode(err error) (int, string) {
 	var ce *fleet.ConfigError
 	var ue *fleet.UsageError
 	var re *fleet.RunError
+	var we *fleet.WindowError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK, ""
@@ -73,6 +75,8 @@ func exitCode(err error) (int, string) {
 		return ExitUsage, ""
 	case errors.As(err, &ce):
 		return ExitConfig, ""
+	case errors.As(err, &we):
+		return ExitWindow, "--wait-window waits for it to open; --ignore-window goes on now"
 	case errors.As(err, &re):
 		return resultExit[re.Report.Worst()], runHint(re.Report)
 	}
