@@ -41,6 +41,10 @@ type Release struct {
 	After       []string  `json:"after,omitempty"`
 	MaxFailures int       `json:"max_failures,omitempty"`
 	Deadline    time.Time `json:"deadline,omitzero"`
+	// Window is the deployment's maintenance window ([ParseWindow]): the
+	// host activates the release only while it is open, and waits
+	// (reporting so) otherwise.
+	Window string `json:"window,omitempty"`
 	// AfterKeys names, for each host of After, the key its status
 	// documents must be signed with: its SSH ed25519 host key, as an
 	// authorized_keys line ("ssh-ed25519 AAAA..."). A status that this key

@@ -421,6 +421,9 @@ func (s *Session) publishSystems(ctx context.Context, rep *Report, opts PublishO
 				GitRev: meta["git_rev"], Publisher: meta["operator"], Message: opts.Message, Published: now,
 				Wave: i + 1, Waves: len(ro.Batches), WaveSize: len(wave), Gatherer: slices.Index(wave, name) < channel.Gatherers,
 				After: slices.Clone(earlier), MaxFailures: ro.MaxFailures, RollbackTo: rollbackTo, RootVersion: rootVersion}
+			if s.Deployment != nil && s.Deployment.Window != nil {
+				rel.Window = s.Deployment.Window.Spec
+			}
 			if i > 0 {
 				rel.Deadline = now.Add(time.Duration(i) * timeout)
 				rel.WaveSizes = sizes[:i]

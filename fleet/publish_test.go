@@ -53,7 +53,7 @@ func newPullFleet(t *testing.T, trusted string, noKey ...string) *pullFleet {
 		}
 		fmt.Fprintf(&b, "host %q {\n  address = \"192.0.2.1\"\n%s  roles = [role.pulled]\n  file \"/etc/%s\" {\n    content = \"%s\\n\"\n  }\n}\n", h, key, h, h)
 	}
-	b.WriteString("deployment \"all\" {\n  hosts = [\"a\", \"b\", \"c\"]\n  batch_size = \"100%\"\n  wave_timeout = \"1h\"\n}\n")
+	b.WriteString("deployment \"all\" {\n  hosts = [\"a\", \"b\", \"c\"]\n  batch_size = \"100%\"\n  wave_timeout = \"1h\"\n  window = \"Mon-Sun 00:00-00:00\"\n}\n")
 	if err := os.WriteFile(filepath.Join(f.dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestPublish(t *testing.T) {
 	}
 	checkRunBrackets(t, log)
 	a, b, c := f.release(t, "a"), f.release(t, "b"), f.release(t, "c")
-	if a.Serial != 1 || a.Wave != 1 || a.Waves != 2 || len(a.After) != 0 || !a.Deadline.IsZero() || a.Message != "first" {
+	if a.Serial != 1 || a.Wave != 1 || a.Waves != 2 || len(a.After) != 0 || !a.Deadline.IsZero() || a.Message != "first" || a.Window != "Mon-Sun 00:00-00:00" {
 		t.Errorf("a's release %+v", a)
 	}
 	for _, r := range []*agentapi.Release{b, c} {

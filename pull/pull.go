@@ -621,6 +621,26 @@ func (p *poll) run(ctx context.Context) (*Result, error) {
 		return &Result{Action: "halted", Serial: rel.Serial}, p.report(ctx, func(s *agentapi.PullStatus) { inRelease(s, agentapi.PullHalted, reason) })
 	}
 
+	// The deployment's maintenance window: outside it the host waits,
+	// reporting when it opens (a window the agent cannot read is a refusal
+	// of nothing: the release says it and is signed, so it waits, saying
+	// why).
+	if rel.Window != "" {
+		w, err := agentapi.ParseWindow(rel.Window)
+		now := a.now()
+		var msg string
+		switch {
+		case err != nil:
+			msg = fmt.Sprintf("waiting: the release's window cannot be read (%v)", err)
+		case !w.Contains(now):
+			msg = fmt.Sprintf("waiting for the deployment's window (%s): it opens %s", w.Spec, w.NextOpen(now).In(w.Loc).Format("Mon 2006-01-02 15:04 MST"))
+		}
+		if msg != "" {
+			a.logf("serial %d: %s", rel.Serial, msg)
+			return &Result{Action: "waiting", Serial: rel.Serial}, p.report(ctx, func(s *agentapi.PullStatus) { inRelease(s, agentapi.PullWaiting, msg) })
+		}
+	}
+
 	// 4. The host must be free: no push run, no activation.
 	unlock, holder, err := p.runLock(ctx, rel)
 	if err != nil {

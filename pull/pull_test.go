@@ -529,3 +529,25 @@ func TestPollRetriesWaveReport(t *testing.T) {
 		t.Error("an idle poll wrote the wave's report again")
 	}
 }
+
+// A release with the deployment's window: outside it the host waits and
+// says when it opens; inside it, it activates.
+func TestPollWindow(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("web1")
+	tuesday := time.Date(2026, 12, 8, 12, 0, 0, 0, time.UTC)
+	a.Now = func() time.Time { return tuesday }
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: f.system("web1", "v1"), Wave: 1, Waves: 1, Window: "Mon 09:00-10:00 UTC"})
+	f.poll(a, "waiting")
+	if st := f.status("web1"); st.Outcome != agentapi.PullWaiting || !strings.Contains(st.Message, "waiting for the deployment's window (Mon 09:00-10:00 UTC): it opens Mon 2026-12-14 09:00 UTC") {
+		t.Fatalf("status %+v", st)
+	}
+	if len(f.activated) != 0 {
+		t.Fatalf("activated %v outside the window", f.activated)
+	}
+	a.Now = func() time.Time { return time.Date(2026, 12, 14, 9, 30, 0, 0, time.UTC) }
+	f.poll(a, "done")
+	if len(f.activated) != 1 {
+		t.Fatalf("activated %v inside the window", f.activated)
+	}
+}
