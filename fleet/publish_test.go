@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -247,6 +250,20 @@ func TestPublishRefusesHostsWithoutHostKey(t *testing.T) {
 func TestPublishWait(t *testing.T) {
 	f := newPullFleet(t, "")
 	ctx := context.Background()
+	// A webhook: publish --wait is a run that changes hosts.
+	var mu sync.Mutex
+	var notified []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b NotifyBody
+		json.NewDecoder(r.Body).Decode(&b)
+		mu.Lock()
+		notified = append(notified, b.Event)
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	if err := os.WriteFile(filepath.Join(f.dir, "notify.hcl"), []byte("notify \"ops\" {\n  url = \""+hook.URL+"\"\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		// The canary: rolled back by its health check, as soon as its
 		// release is there.
@@ -273,6 +290,11 @@ func TestPublishWait(t *testing.T) {
 			t.Errorf("%s: %+v", h, hr)
 		}
 	}
+	mu.Lock()
+	if want := []string{"start", "rollback", "done"}; !slices.Equal(notified, want) {
+		t.Errorf("the webhook heard %v, want %v", notified, want)
+	}
+	mu.Unlock()
 
 	// A host that never reports is unreachable at the end of its wave's
 	// time; one that refused the release document is refused.
