@@ -271,4 +271,15 @@ type PullConfig struct {
 	MaxNarSize      int64 `json:"max_nar_size,omitempty"`
 	FetchTimeoutMS  int64 `json:"fetch_timeout_ms,omitempty"`
 	FetchMinRate    int64 `json:"fetch_min_rate,omitempty"`
+	// Notify are the fleet's webhooks: the host posts its own outcome of
+	// each release to them (start: activating; done; rollback; halt).
+	Notify []NotifyTarget `json:"notify,omitempty"`
+}
+
+// NotifyTarget is a fleet's notify block as a pull host follows it.
+type NotifyTarget struct {
+	Name   string   `json:"name"`
+	URL    string   `json:"url"`
+	Format string   `json:"format"` // "json" or "text"
+	On     []string `json:"on"`     // of start, halt, rollback, done
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/modules"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
@@ -346,6 +347,9 @@ func (f *Fleet) Evaluate(ctx context.Context, host string, pkgs PackageRealizer)
 	cfg := &modules.Config{Host: h.Name, Arch: h.Arch, SSHPort: h.Port, Packages: map[string]string{}, Images: map[string]*modules.Image{}}
 	if f.Cache != nil {
 		cfg.Cache = &modules.CacheRef{URL: f.Cache.URL, FetchURL: f.Cache.FetchURL, PublicKeys: f.Cache.PublicKeys}
+	}
+	for _, n := range f.Notify {
+		cfg.Notify = append(cfg.Notify, agentapi.NotifyTarget{Name: n.Name, URL: n.URL, Format: n.Format, On: n.On})
 	}
 
 	// Phase 1: packages.

@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,8 +9,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
+	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/builder"
 )
 
@@ -21,11 +20,8 @@ import (
 // host ("halt"), rolls a host back ("rollback") and ends ("done"). Each is
 // a POST, in the order of the run, from a queue of its own: a webhook that
 // is slow or down delays nothing but the end of the run, by at most
-// notifyTimeout per post, and a failed post is a host.warning (host "")
+// agentapi.NotifyTimeout per post, and a failed post is a host.warning (host "")
 // before run.done, never a failed run.
-
-// notifyTimeout bounds one webhook POST.
-const notifyTimeout = 10 * time.Second
 
 // notifyCommands are the commands whose runs are notified.
 var notifyCommands = []string{"deploy", "rollback", "reboot", "publish"}
@@ -72,7 +68,7 @@ func newNotifier(blocks []*builder.Notify, command string, targets []string) *no
 	if len(blocks) == 0 || !slices.Contains(notifyCommands, command) {
 		return nil
 	}
-	return &notifier{blocks: blocks, command: command, targets: targets, client: &http.Client{Timeout: notifyTimeout}}
+	return &notifier{blocks: blocks, command: command, targets: targets, client: &http.Client{Timeout: agentapi.NotifyTimeout}}
 }
 
 // observe looks at each event of the run before it is emitted and queues
@@ -182,23 +178,7 @@ func (n *notifier) send() {
 }
 
 func (n *notifier) post(p notifyPost) error {
-	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.block.URL, bytes.NewReader(p.body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "deploy")
-	resp, err := n.client.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("POST %s: %s", p.block.URL, resp.Status)
-	}
-	return nil
+	return agentapi.PostNotify(context.Background(), n.client, p.block.URL, "deploy", p.body)
 }
 
 // finish waits until every queued notification is posted (or failed) and

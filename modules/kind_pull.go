@@ -180,6 +180,7 @@ func PullConfig(cfg *Config, storeDir string) (*agentapi.PullConfig, hcl.Diagnos
 		pc.FetchTimeoutMS = d.Milliseconds()
 	}
 	pc.HostKeyFile = r.String("host_key_file", "")
+	pc.Notify = cfg.Notify
 	if u, err := url.Parse(ref.URL); err == nil && (u.Scheme == "file" || r.Has("status_credentials")) {
 		pc.StatusURL = channel.URL(ref.URL, name)
 		pc.StatusCredentials = r.String("status_credentials", "")

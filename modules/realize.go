@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/declarative/deploy/agentapi"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +32,9 @@ type Config struct {
 	// Cache is the fleet's binary cache, nil without a cache block (a
 	// pull block needs it).
 	Cache *CacheRef
+	// Notify are the fleet's notify blocks (a pull host posts its own
+	// outcomes to them).
+	Notify []agentapi.NotifyTarget
 }
 
 // Objects adds content to a store. The implementation finds the store paths

@@ -366,14 +366,20 @@ func (p *poll) report(ctx context.Context, update func(s *agentapi.PullStatus)) 
 		return p.save()
 	}
 	next.Time = p.a.now()
-	if prev := p.st.Status; prev == nil || prev.Serial != next.Serial || prev.Outcome != next.Outcome || prev.OutcomeTime.IsZero() {
+	prev := p.st.Status
+	changed := prev == nil || prev.Serial != next.Serial || prev.Outcome != next.Outcome
+	if changed || prev.OutcomeTime.IsZero() {
 		next.OutcomeTime = next.Time
 	}
 	p.st.Status, p.st.Reported = &next, false
 	if err := p.save(); err != nil {
 		return err
 	}
-	return p.flush(ctx)
+	err := p.flush(ctx)
+	if changed {
+		p.a.notify(ctx, &next)
+	}
+	return err
 }
 
 func sameStatus(a, b *agentapi.PullStatus) bool {

@@ -7,9 +7,14 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -549,5 +554,54 @@ func TestPollWindow(t *testing.T) {
 	f.poll(a, "done")
 	if len(f.activated) != 1 {
 		t.Fatalf("activated %v inside the window", f.activated)
+	}
+}
+
+// A pull host posts its own outcome of each release to the fleet's notify
+// blocks: start (activating), then done, or rollback; text form for chat;
+// a webhook that fails does not fail the poll.
+func TestPollNotify(t *testing.T) {
+	var mu sync.Mutex
+	var events, texts []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		data, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case "/json":
+			var b HostNotifyBody
+			if err := json.Unmarshal(data, &b); err != nil || b.Host != "web1" || b.Status == nil {
+				t.Errorf("body %s: %v", data, err)
+			}
+			events = append(events, fmt.Sprintf("%s %d", b.Event, b.Serial))
+		case "/text":
+			var b map[string]string
+			json.Unmarshal(data, &b)
+			texts = append(texts, b["text"])
+		default:
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	f := newFixture(t)
+	a := f.agent("web1")
+	a.Config.Notify = []agentapi.NotifyTarget{
+		{Name: "ops", URL: srv.URL + "/json", Format: "json", On: []string{"start", "halt", "rollback", "done"}},
+		{Name: "chat", URL: srv.URL + "/text", Format: "text", On: []string{"rollback"}},
+		{Name: "down", URL: srv.URL + "/down", Format: "json", On: []string{"done"}},
+	}
+	f.publish(&agentapi.Release{Host: "web1", Serial: 1, System: f.system("web1", "v1"), Wave: 1, Waves: 1})
+	f.poll(a, "done")
+	f.poll(a, "none") // nothing new: nothing posted
+	f.outcome, f.check = agentapi.OutcomeRolledBack, "http"
+	f.publish(&agentapi.Release{Host: "web1", Serial: 2, System: f.system("web1", "v2"), Wave: 1, Waves: 1})
+	f.poll(a, "rolled-back")
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"start 1", "done 1", "start 2", "rollback 2"}; !slices.Equal(events, want) {
+		t.Errorf("json notifications %v, want %v", events, want)
+	}
+	if len(texts) != 1 || !strings.Contains(texts[0], "web1 (channel prod, serial 2): rollback") || !strings.Contains(texts[0], `(health check "http")`) {
+		t.Errorf("text notifications %q", texts)
 	}
 }
