@@ -3,6 +3,7 @@ package agentapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -11,6 +12,21 @@ import (
 // NotifyTimeout bounds one notification POST, the operator's and a pull
 // host's.
 const NotifyTimeout = 10 * time.Second
+
+// NotifyPayload is what a notify block of format receives: for "text" the
+// one-line form as {"text": ...}, as chat webhooks take it; else body as
+// JSON.
+func NotifyPayload(format, text string, body any) []byte {
+	var v any = body
+	if format == "text" {
+		v = map[string]string{"text": text}
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		panic("agentapi: encoding a notification: " + err.Error())
+	}
+	return data
+}
 
 // PostNotify POSTs a notification body (JSON) to a notify block's url with
 // client (nil: http.DefaultClient), within NotifyTimeout; any status but

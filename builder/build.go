@@ -108,7 +108,7 @@ func (b *Builder) packageBuilder(f *Fleet, dry bool) *modules.PackageBuilder {
 		b.packages = map[string]*modules.PackageBuilder{}
 	}
 	pb, ok := b.packages[f.Dir]
-	if !ok || pb.Lock != f.Lock {
+	if !ok || pb.Lock != f.Lock || pb.Substitute != b.Substitute || pb.CheckBuilds != b.CheckBuilds {
 		pb = &modules.PackageBuilder{Store: b.Store, FleetDir: f.Dir, CacheDir: b.CacheDir, Lock: f.Lock, Go: b.Go,
 			GoEnv: b.GoEnv, HTTPClient: b.HTTPClient, Logf: b.Logf, Substitute: b.Substitute, CheckBuilds: b.CheckBuilds}
 		b.packages[f.Dir] = pb

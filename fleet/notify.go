@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -115,13 +114,8 @@ func (n *notifier) observe(ev Event) {
 		if !slices.Contains(b.On, what) {
 			continue
 		}
-		var body []byte
-		if b.Format == "text" {
-			body, _ = json.Marshal(map[string]string{"text": text})
-		} else {
-			body, _ = json.Marshal(NotifyBody{V: 1, Notify: b.Name, Event: what, Command: n.command, Targets: n.targets,
-				Text: text, Events: slices.Clone(n.events)})
-		}
+		body := agentapi.NotifyPayload(b.Format, text, NotifyBody{V: 1, Notify: b.Name, Event: what, Command: n.command, Targets: n.targets,
+			Text: text, Events: n.events}) // encoded now, under n.mu
 		select {
 		case n.queue <- notifyPost{block: b, body: body, event: what}:
 		default:

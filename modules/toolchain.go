@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/declarative/deploy/internal/atomicfile"
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/sumdb/dirhash"
 )
@@ -182,25 +183,17 @@ func (b *PackageBuilder) downloadToolchain(ctx context.Context, mv, dst string) 
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".tmp-")
-	if err != nil {
+	err = atomicfile.WriteFunc(dst, 0o644, func(w io.Writer) error {
+		n, err := io.Copy(w, io.LimitReader(body, maxToolchainZip+1))
+		if err == nil && n > maxToolchainZip {
+			err = fmt.Errorf("larger than %d bytes", maxToolchainZip)
+		}
 		return err
-	}
-	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, io.LimitReader(body, maxToolchainZip+1))
-	if err == nil && n > maxToolchainZip {
-		err = fmt.Errorf("larger than %d bytes", maxToolchainZip)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	})
 	if err != nil {
 		return fmt.Errorf("fetching the Go toolchain %s: %w", mv, err)
 	}
-	return os.Rename(tmp.Name(), dst)
+	return nil
 }
 
 // goToolchain returns the go command of Go release version, whose zip has

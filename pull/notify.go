@@ -2,7 +2,6 @@ package pull
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -60,12 +59,7 @@ func (a *Agent) notify(ctx context.Context, st *agentapi.PullStatus) {
 		if !slices.Contains(n.On, event) {
 			continue
 		}
-		var body []byte
-		if n.Format == "text" {
-			body, _ = json.Marshal(map[string]string{"text": text})
-		} else {
-			body, _ = json.Marshal(HostNotifyBody{V: 1, Notify: n.Name, Event: event, Host: st.Host, Channel: st.Channel, Serial: st.Serial, Text: text, Status: st})
-		}
+		body := agentapi.NotifyPayload(n.Format, text, HostNotifyBody{V: 1, Notify: n.Name, Event: event, Host: st.Host, Channel: st.Channel, Serial: st.Serial, Text: text, Status: st})
 		if err := agentapi.PostNotify(ctx, nil, n.URL, "deploy-agent", body); err != nil {
 			a.logf("notify %q: %s: %v (the status document records it)", n.Name, event, err)
 		}
