@@ -270,6 +270,9 @@ const (
 	CheckTCP        = "tcp"
 	CheckCommand    = "command"
 	CheckUnitActive = "unit_active"
+	// CheckPrometheus is a metric gate: it is realized as a [MetricGate],
+	// never as a HealthCheck.
+	CheckPrometheus = "prometheus"
 )
 
 // HealthCheck is a check the agent runs after activation. The activation
