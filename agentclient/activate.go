@@ -83,7 +83,10 @@ type RolledBackError struct {
 	Host       string
 	Generation int
 	Message    string
-	LogTail    []string // the last lines of the activation's log
+	// Check names the health check (or metric gate) whose failure made
+	// the host roll back, when one did.
+	Check   string
+	LogTail []string // the last lines of the activation's log
 }
 
 func (e *RolledBackError) Error() string {
@@ -197,7 +200,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		return res2, nil
 	case agentapi.OutcomeAwaiting:
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message}
+		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message, Check: res.Check}
 	case agentapi.OutcomeLockHeld:
 		return nil, &LockHeldError{Host: host, Holder: res.Message}
 	default:
@@ -224,7 +227,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		res2.Outcome = agentapi.OutcomeDone
 		return res2, nil
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message}
+		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message, Check: final.Check}
 	}
 	return nil, &ActivationError{Host: host, Message: final.Message}
 }
@@ -255,7 +258,7 @@ func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string,
 	}
 	switch final.Outcome {
 	case agentapi.OutcomeRolledBack:
-		return &RolledBackError{Host: host, Generation: res.Generation, Message: final.Message}
+		return &RolledBackError{Host: host, Generation: res.Generation, Message: final.Message, Check: name}
 	case agentapi.OutcomeDone:
 		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
 	}

@@ -201,8 +201,8 @@ defaults {
 	events = r.JSON(t, "", fl.Target("prod")).Want(t, ExitRolledBack).Events
 	res := cli.Results(events)
 	h1 := res["h1"]
-	if h1.Result != fleet.ResultRolledBack || h1.Phase != fleet.PhaseActivate {
-		t.Fatalf("h1: %+v, want rolled back in activate", h1)
+	if h1.Result != fleet.ResultRolledBack || h1.Phase != fleet.PhaseActivate || h1.Check != "error-ratio" {
+		t.Fatalf("h1: %+v, want rolled back in activate by the check error-ratio", h1)
 	}
 	t.Logf("h1: %s", h1.Error)
 	wantGateFailure(t, "h1's result error", h1.Error, hosts[0])
