@@ -51,7 +51,7 @@ func CheckGates(ctx context.Context, gates []manifest.MetricGate, logf func(stri
 		logf = func(string, ...any) {}
 	}
 	for _, g := range gates {
-		logf("metric gate %s: evaluating %q against %s every %v for %v (at least %d samples)", g.Name, g.Query, g.URL,
+		logf("metric gate %s: evaluating %q against %s every %v for %v (at least %d samples)", g.Name, g.Query, metricgate.Redact(g.URL),
 			time.Duration(g.IntervalMS)*time.Millisecond, time.Duration(g.WindowMS)*time.Millisecond, g.MinSamples)
 		if err := metricgate.Evaluate(ctx, g, logf); err != nil {
 			return &HealthError{Check: g.Name, Err: err}

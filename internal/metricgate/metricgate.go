@@ -92,10 +92,10 @@ func Query(ctx context.Context, client *http.Client, base, query string) ([]Samp
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", redact(u), err)
+		return nil, fmt.Errorf("GET %s: %w", Redact(u), err)
 	}
 	if len(body) > maxAnswer {
-		return nil, fmt.Errorf("GET %s: answer larger than %d bytes", redact(u), maxAnswer)
+		return nil, fmt.Errorf("GET %s: answer larger than %d bytes", Redact(u), maxAnswer)
 	}
 	var ans struct {
 		Status    string `json:"status"`
@@ -107,7 +107,7 @@ func Query(ctx context.Context, client *http.Client, base, query string) ([]Samp
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &ans); err != nil {
-		return nil, fmt.Errorf("GET %s: status %d, not a Prometheus answer: %v", redact(u), resp.StatusCode, err)
+		return nil, fmt.Errorf("GET %s: status %d, not a Prometheus answer: %v", Redact(u), resp.StatusCode, err)
 	}
 	if ans.Status != "success" {
 		return nil, fmt.Errorf("prometheus: status %d: %s: %s", resp.StatusCode, ans.ErrorType, ans.Error)
@@ -179,9 +179,9 @@ func labels(m map[string]string) string {
 	return b.String()
 }
 
-// redact drops a URL's user information (a password in a Prometheus URL
+// Redact drops a URL's user information (a password in a Prometheus URL
 // must not reach a log).
-func redact(u string) string {
+func Redact(u string) string {
 	if p, err := url.Parse(u); err == nil && p.User != nil {
 		p.User = nil
 		return p.String()

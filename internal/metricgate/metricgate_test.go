@@ -158,7 +158,7 @@ func TestEvaluateCancelled(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
-	if got := redact("http://user:secret@prom:9090/api/v1/query?query=up"); strings.Contains(got, "secret") {
-		t.Errorf("redact() = %q, want no password", got)
+	if got := Redact("http://user:secret@prom:9090/api/v1/query?query=up"); strings.Contains(got, "secret") {
+		t.Errorf("Redact() = %q, want no password", got)
 	}
 }
