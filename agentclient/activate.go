@@ -30,9 +30,10 @@ type ActivateOptions struct {
 	// confirmation (outside health checks, the operator's metric gates).
 	// An error rejects the activation (`confirm N --reject`): the host
 	// rolls back at once, without waiting for the confirmation timeout;
-	// a *[CheckError] names the check in the host's result. An agent
-	// that cannot reject is left unconfirmed: it rolls back at the
-	// timeout.
+	// a *[CheckError] names the check in the host's result. An error
+	// that wraps [ErrWithhold], and any error for an agent that cannot
+	// reject, leaves the activation unconfirmed instead: the host rolls
+	// back when its confirmation timeout expires.
 	Check func(ctx context.Context) error
 	// BeforeConfirm, if set, runs just before the confirmation connection
 	// is opened (tests use it to inject faults).
@@ -65,6 +66,11 @@ type ActivateResult struct {
 	// Warnings are the agent's warnings (secrets on swappable memory, ...).
 	Warnings []string
 }
+
+// ErrWithhold, wrapped by an error of [ActivateOptions.Check], withholds
+// the confirmation rather than rejecting the activation: the host rolls
+// back at its confirmation timeout, as when the operator is gone.
+var ErrWithhold = errors.New("confirmation withheld")
 
 // CheckError is the failure of an operator-side check named Check (a
 // metric gate deploy evaluates); [ActivateOptions.Check] returns it so
@@ -212,6 +218,9 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			if errors.Is(cerr, ErrWithhold) {
+				return nil, c.withhold(ctx, res, cerr, opts, logf)
+			}
 			return nil, c.reject(ctx, res, token, cerr, opts, logf)
 		}
 	}
@@ -230,6 +239,21 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message, Check: final.Check}
 	}
 	return nil, &ActivationError{Host: host, Message: final.Message}
+}
+
+// withhold does not confirm: the host rolls back at its timeout. It
+// returns the outcome as an error.
+func (c *Client) withhold(ctx context.Context, res *agentapi.Result, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+	host := c.Name()
+	logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
+	final, err := c.waitFinal(ctx, res.ID, opts)
+	if err != nil {
+		return err
+	}
+	if final.Outcome == agentapi.OutcomeDone {
+		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+	}
+	return &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
 }
 
 // reject tells the host that the operator's check failed (cerr), so that
@@ -251,10 +275,8 @@ func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string,
 		}
 		// An agent that cannot reject (it predates --reject): without
 		// the confirmation it rolls back at its timeout.
-		logf("%s: the agent did not take the rejection (%v): not confirming; waiting for the host to roll back", host, err)
-		if final, err = c.waitFinal(ctx, res.ID, opts); err != nil {
-			return err
-		}
+		logf("%s: the agent did not take the rejection (%v)", host, err)
+		return c.withhold(ctx, res, cerr, opts, logf)
 	}
 	switch final.Outcome {
 	case agentapi.OutcomeRolledBack:
