@@ -68,11 +68,11 @@ func main() {
 `
 
 // gateQuery is the error ratio of one host (HCL, with host.address).
-const gateQuery = `sum(rate(app_requests_total{instance=\"${host.address}:9188\",code=\"500\"}[4s])) / sum(rate(app_requests_total{instance=\"${host.address}:9188\"}[4s]))`
+const gateQuery = `sum(rate(app_requests_total{instance=\"${host.address}:9188\",code=\"500\"}[10s])) / sum(rate(app_requests_total{instance=\"${host.address}:9188\"}[10s]))`
 
 // gateRole is the role "app": the test service with the error ratio of
 // var.error_ratio, an http probe and the prometheus gate "error-ratio"
-// (max 0.05 over 15 s, evaluated where runOn says), against promURL.
+// (max 0.05 over 20 s, evaluated where runOn says), against promURL.
 func gateRole(promURL, runOn, extra string) string {
 	return fmt.Sprintf(`role "app" {
   variable "error_ratio" {
@@ -94,7 +94,7 @@ func gateRole(promURL, runOn, extra string) string {
     url         = %q
     query       = "%s"
     max         = 0.05
-    window      = "15s"
+    window      = "20s"
     interval    = "1s"
     min_samples = 3
     run_on      = %q
