@@ -22,13 +22,13 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS_CACHE   ?= /var/cache/deploy-tools
 MINIO         := $(TOOLS_CACHE)/minio-$(MINIO_VERSION)/minio
 export DEPLOY_MINIO := $(MINIO)
-# The Prometheus server for the metric gate tests: Debian's package,
-# downloaded and unpacked (apt-get download + dpkg-deb -x), never installed:
-# its postinst starts a daemon through the init script where PID 1 is not
-# systemd. Cached by version outside the checkout; the tests find it through
-# DEPLOY_PROMETHEUS and start their own.
-PROMETHEUS_VERSION := 2.42.0+ds-5+deb12u1
-PROMETHEUS         := $(TOOLS_CACHE)/prometheus-$(PROMETHEUS_VERSION)/prometheus
+# The Prometheus server for the metric gate tests: Debian's package (the
+# release's candidate, 2.42 in bookworm), downloaded and unpacked
+# (apt-get download + dpkg-deb -x), never installed: its postinst starts a
+# daemon through the init script where PID 1 is not systemd. Cached outside
+# the checkout with the package's version beside it; the tests find it
+# through DEPLOY_PROMETHEUS and start their own.
+PROMETHEUS         := $(TOOLS_CACHE)/prometheus-debian/prometheus
 export DEPLOY_PROMETHEUS := $(PROMETHEUS)
 # The power-loss tests' qemu host (make test-powerloss only).
 QEMU_PACKAGES := $(DEMO_PACKAGES) qemu-system-x86 e2fsprogs
@@ -73,11 +73,12 @@ minio:
 
 prometheus:
 	@if [ ! -x $(PROMETHEUS) ]; then \
-		echo "make: unpacking Debian's prometheus $(PROMETHEUS_VERSION) for the metric gate tests (not installed, no daemon)"; \
-		tmp=$$(mktemp -d) && chmod 755 $$tmp && (cd $$tmp && apt-get download -qq prometheus=$(PROMETHEUS_VERSION) 2>/dev/null || \
-			{ apt-get update -qq && apt-get download -qq prometheus=$(PROMETHEUS_VERSION); }) && \
-		dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/root && \
-		mkdir -p $(dir $(PROMETHEUS)) && mv $$tmp/root/usr/bin/prometheus $(PROMETHEUS) && rm -rf $$tmp; \
+		echo "make: unpacking Debian's prometheus for the metric gate tests (not installed, no daemon)"; \
+		tmp=$$(mktemp -d) && chmod 755 $$tmp && (cd $$tmp && apt-get download -qq prometheus 2>/dev/null || \
+			{ apt-get update -qq && apt-get download -qq prometheus; }) && \
+		dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/root && mkdir -p $(dir $(PROMETHEUS)) && \
+		dpkg-deb -f $$tmp/prometheus_*.deb Version >$(dir $(PROMETHEUS))VERSION && \
+		mv $$tmp/root/usr/bin/prometheus $(PROMETHEUS) && rm -rf $$tmp; \
 	fi
 
 build:
