@@ -1093,7 +1093,8 @@ func (f *Fleet) loadBudgets(d *Deployment, a *hcl.Attribute, ctx *hcl.EvalContex
 			}
 		}
 		if len(hosts) == 0 {
-			bad(fmt.Sprintf("Deployment %q: none of its hosts has the tag %q, so the budget for %s limits nothing.", d.Name, tag, key))
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_unavailable",
+				Detail: fmt.Sprintf("Deployment %q: none of its hosts has the tag %q, so the budget for %s limits nothing. Remove it, or tag the hosts it is meant for.", d.Name, tag, key), Subject: rng})
 			continue
 		}
 		if b, ok := budget(key, hosts, e); ok {
