@@ -176,10 +176,7 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 	copySem := make(chan struct{}, r.Parallel.copy())
 	actSem := make(chan struct{}, r.Parallel.activate())
 	r.budgets = newBudgets(ro.Budgets)
-	for _, b := range ro.Budgets {
-		r.emit(Event{Type: EventLog, Hosts: b.Hosts, Message: fmt.Sprintf("max_unavailable: at most %d of %s %s (%s) activate at once, counting hosts that may be down",
-			b.Max, plural(len(b.Hosts), "the host of", "the hosts of"), b.Name(), strings.Join(b.Hosts, ", "))})
-	}
+	announceBudgets(ro.Budgets, "activate", r.emit)
 	// Hosts that failed before the rollout end first, and count against
 	// MaxFailures before any host changes (and against the budgets of
 	// their groups for the whole run).
