@@ -392,8 +392,9 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "admin", LabelNames: []string{"name"}},
 		{Type: "cache"},
 		{Type: "notify", LabelNames: []string{"name"}},
+		{Type: "hosts_from", LabelNames: []string{"name"}},
 	}}
-	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks []*hcl.Block
+	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks, inventoryBlocks []*hcl.Block
 	for _, body := range bodies {
 		content, d := body.Content(top)
 		diags = append(diags, d...)
@@ -406,6 +407,8 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				roleBlocks = append(roleBlocks, b)
 			case "host":
 				hostBlocks = append(hostBlocks, b)
+			case "hosts_from":
+				inventoryBlocks = append(inventoryBlocks, b)
 			case "deployment":
 				deployBlocks = append(deployBlocks, b)
 			case "defaults":
@@ -476,6 +479,22 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		}
 		seen[h.Name] = h
 		f.Hosts = append(f.Hosts, h)
+	}
+	// Hosts from inventories come after the host blocks, so that a
+	// duplicate is reported at the inventory.
+	for _, b := range inventoryBlocks {
+		hosts, d := f.loadHostsFrom(b)
+		diags = append(diags, d...)
+		for _, h := range hosts {
+			if prev, ok := seen[h.Name]; ok {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate host",
+					Detail:  fmt.Sprintf("hosts_from %q makes host %q, which is already defined at %s.", b.Labels[0], h.Name, prev.DefRange),
+					Subject: b.DefRange.Ptr()})
+				continue
+			}
+			seen[h.Name] = h
+			f.Hosts = append(f.Hosts, h)
+		}
 	}
 	sort.Slice(f.Hosts, func(i, j int) bool { return f.Hosts[i].Name < f.Hosts[j].Name })
 	deps := map[string]hcl.Range{}
@@ -749,8 +768,16 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	if content == nil {
 		return nil, diags
 	}
+	h, d := f.newHost(name, b.DefRange, content)
+	return h, append(diags, d...)
+}
+
+// newHost makes host name from a host block's content (or a hosts_from
+// element's), over the defaults.
+func (f *Fleet) newHost(name string, def hcl.Range, content *hcl.BodyContent) (*Host, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
 	d0 := f.defaultsHost
-	h := &Host{Name: name, DefRange: b.DefRange, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
+	h := &Host{Name: name, DefRange: def, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
 		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{}}
 	for k, v := range d0.Meta {
 		h.Meta[k] = v
@@ -770,7 +797,7 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	}
 	if h.Address == "" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing address",
-			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: b.DefRange.Ptr()})
+			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: def.Ptr()})
 	}
 	sb, d := f.scope(fmt.Sprintf("host %q", name), content, f.roleCtx())
 	diags = append(diags, d...)
