@@ -227,8 +227,36 @@ type Deployment struct {
 	WaveTimeout time.Duration
 	// Window, when set, is when the deployment's hosts may change (push:
 	// deploy and reboot refuse or wait outside it).
-	Window   *Window
-	DefRange hcl.Range
+	Window *Window
+	// MaxUnavailable are the deployment's disruption budgets
+	// (max_unavailable): at most so many of a group's hosts changing, or
+	// down, at once, whatever the batches hold.
+	MaxUnavailable []Budget
+	DefRange       hcl.Range
+}
+
+// Budget is one disruption budget of a deployment (max_unavailable): at
+// most Max of Hosts changing or down at once.
+type Budget struct {
+	// Group is the tag selector ("@db"), or "" for all the deployment's
+	// hosts.
+	Group string
+	// Hosts are the deployment's hosts in the group, sorted.
+	Hosts []string
+	// Max is the number the budget allows (a percentage of Hosts,
+	// resolved; at least 1).
+	Max int
+	// Spec is the value as written ("1", "25%").
+	Spec string
+}
+
+// Name is the budget's group as the operator wrote it ("@db", or
+// "the deployment").
+func (b Budget) Name() string {
+	if b.Group == "" {
+		return "the deployment"
+	}
+	return b.Group
 }
 
 // BatchSize is a deployment's batch_size: a number of hosts, or a
@@ -364,8 +392,9 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "admin", LabelNames: []string{"name"}},
 		{Type: "cache"},
 		{Type: "notify", LabelNames: []string{"name"}},
+		{Type: "hosts_from", LabelNames: []string{"name"}},
 	}}
-	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks []*hcl.Block
+	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks, inventoryBlocks []*hcl.Block
 	for _, body := range bodies {
 		content, d := body.Content(top)
 		diags = append(diags, d...)
@@ -378,6 +407,8 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				roleBlocks = append(roleBlocks, b)
 			case "host":
 				hostBlocks = append(hostBlocks, b)
+			case "hosts_from":
+				inventoryBlocks = append(inventoryBlocks, b)
 			case "deployment":
 				deployBlocks = append(deployBlocks, b)
 			case "defaults":
@@ -448,6 +479,22 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		}
 		seen[h.Name] = h
 		f.Hosts = append(f.Hosts, h)
+	}
+	// Hosts from inventories come after the host blocks, so that a
+	// duplicate is reported at the inventory.
+	for _, b := range inventoryBlocks {
+		hosts, d := f.loadHostsFrom(b)
+		diags = append(diags, d...)
+		for _, h := range hosts {
+			if prev, ok := seen[h.Name]; ok {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate host",
+					Detail:  fmt.Sprintf("hosts_from %q makes host %q, which is already defined at %s.", b.Labels[0], h.Name, prev.DefRange),
+					Subject: b.DefRange.Ptr()})
+				continue
+			}
+			seen[h.Name] = h
+			f.Hosts = append(f.Hosts, h)
+		}
 	}
 	sort.Slice(f.Hosts, func(i, j int) bool { return f.Hosts[i].Name < f.Hosts[j].Name })
 	deps := map[string]hcl.Range{}
@@ -721,8 +768,16 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	if content == nil {
 		return nil, diags
 	}
+	h, d := f.newHost(name, b.DefRange, content)
+	return h, append(diags, d...)
+}
+
+// newHost makes host name from a host block's content (or a hosts_from
+// element's), over the defaults.
+func (f *Fleet) newHost(name string, def hcl.Range, content *hcl.BodyContent) (*Host, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
 	d0 := f.defaultsHost
-	h := &Host{Name: name, DefRange: b.DefRange, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
+	h := &Host{Name: name, DefRange: def, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
 		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{}}
 	for k, v := range d0.Meta {
 		h.Meta[k] = v
@@ -742,7 +797,7 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	}
 	if h.Address == "" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing address",
-			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: b.DefRange.Ptr()})
+			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: def.Ptr()})
 	}
 	sb, d := f.scope(fmt.Sprintf("host %q", name), content, f.roleCtx())
 	diags = append(diags, d...)
@@ -868,7 +923,7 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 	d := &Deployment{Name: b.Labels[0], BatchSize: BatchSize{Hosts: 1}, Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
-		{Name: "window"},
+		{Name: "window"}, {Name: "max_unavailable"},
 	}}
 	content, diags := b.Body.Content(schema)
 	if content == nil {
@@ -938,6 +993,9 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 		d.Hosts = append(d.Hosts, n)
 	}
 	sort.Strings(d.Hosts)
+	if a, ok := content.Attributes["max_unavailable"]; ok {
+		d.MaxUnavailable, diags = f.loadBudgets(d, a, ctx, diags)
+	}
 	if a, ok := content.Attributes["batch_size"]; ok {
 		v, dd := a.Expr.Value(ctx)
 		diags = append(diags, dd...)
@@ -1001,6 +1059,77 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 		}
 	}
 	return d, diags
+}
+
+// loadBudgets decodes a deployment's max_unavailable: a number of hosts or
+// a percentage ("25%") of all its hosts, or an object of tag selectors to
+// such values ({ "@db" = 1, "@web" = "25%" }), each for the deployment's
+// hosts with that tag.
+func (f *Fleet) loadBudgets(d *Deployment, a *hcl.Attribute, ctx *hcl.EvalContext, diags hcl.Diagnostics) ([]Budget, hcl.Diagnostics) {
+	v, dd := a.Expr.Value(ctx)
+	diags = append(diags, dd...)
+	if dd.HasErrors() {
+		return nil, diags
+	}
+	rng := a.Expr.Range().Ptr()
+	bad := func(detail string) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_unavailable",
+			Detail: detail + ` Write a number of hosts or a percentage of them ("25%"), or an object of tag selectors to those: max_unavailable = { "@db" = 1, "@web" = "25%" }.`, Subject: rng})
+	}
+	budget := func(group string, hosts []string, v cty.Value) (Budget, bool) {
+		what := "max_unavailable"
+		if group != "" {
+			what += " for " + group
+		}
+		s, err := convert.Convert(v, cty.String)
+		if err != nil || s.IsNull() {
+			bad(fmt.Sprintf("Deployment %q: %s is not a number or a percentage.", d.Name, what))
+			return Budget{}, false
+		}
+		size, err := ParseBatchSize(s.AsString())
+		if err != nil {
+			bad(fmt.Sprintf("Deployment %q: %s = %q is not a positive number of hosts or a percentage from 1%% to 100%%.", d.Name, what, s.AsString()))
+			return Budget{}, false
+		}
+		return Budget{Group: group, Hosts: hosts, Max: size.Of(len(hosts)), Spec: s.AsString()}, true
+	}
+	ty := v.Type()
+	if !ty.IsObjectType() && !ty.IsMapType() {
+		if b, ok := budget("", slices.Clone(d.Hosts), v); ok {
+			return []Budget{b}, diags
+		}
+		return nil, diags
+	}
+	if v.IsNull() || !v.IsKnown() {
+		bad(fmt.Sprintf("Deployment %q: max_unavailable is null.", d.Name))
+		return nil, diags
+	}
+	var out []Budget
+	for it := v.ElementIterator(); it.Next(); {
+		k, e := it.Element()
+		key := k.AsString()
+		tag, isTag := strings.CutPrefix(key, "@")
+		if !isTag || tag == "" {
+			bad(fmt.Sprintf("Deployment %q: max_unavailable key %q is not a tag selector like \"@db\".", d.Name, key))
+			continue
+		}
+		var hosts []string
+		for _, n := range d.Hosts {
+			if h, ok := f.Host(n); ok && containsString(h.Tags, tag) {
+				hosts = append(hosts, n)
+			}
+		}
+		if len(hosts) == 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_unavailable",
+				Detail: fmt.Sprintf("Deployment %q: none of its hosts has the tag %q, so the budget for %s limits nothing. Remove it, or tag the hosts it is meant for.", d.Name, tag, key), Subject: rng})
+			continue
+		}
+		if b, ok := budget(key, hosts, e); ok {
+			out = append(out, b)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
+	return out, diags
 }
 
 func containsString(s []string, x string) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,7 +25,21 @@ func (s *Session) Rollout() Rollout {
 	if d == nil {
 		return Rollout{Batches: [][]string{names}, MaxFailures: len(names)}
 	}
-	return Rollout{Batches: Batches(names, d.BatchSize, d.Canary), MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host"}
+	return Rollout{Batches: Batches(names, d.BatchSize, d.Canary), MaxFailures: d.MaxFailures, RollbackAll: d.Rollback != "host",
+		Budgets: budgetsOf(d.MaxUnavailable, names)}
+}
+
+// budgetsOf narrows a deployment's disruption budgets to the selected
+// hosts (a budget's Max stays what the whole group allows).
+func budgetsOf(bs []builder.Budget, names []string) []builder.Budget {
+	var out []builder.Budget
+	for _, b := range bs {
+		b.Hosts = slices.DeleteFunc(slices.Clone(b.Hosts), func(h string) bool { return !slices.Contains(names, h) })
+		if len(b.Hosts) > 0 {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // errNoBuilder is the error of a command that builds in a session

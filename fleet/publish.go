@@ -61,7 +61,7 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	if s.CacheKey == nil {
 		return nil, &UsageError{Err: errors.New("publish: no signing key for the cache (--cache-key FILE or DEPLOY_CACHE_KEY): hosts fetch the closures from the cache, so they must be pushed")}
 	}
-	ro := s.Rollout()
+	ro := s.pullRollout()
 	rep := s.begin("", ro.Batches)
 	defer s.end(rep)
 	results, err := s.build(ctx, rep)
@@ -122,6 +122,15 @@ func (s *Session) Publish(ctx context.Context, opts PublishOptions) (*Report, er
 	return s.publishSystems(ctx, rep, opts, ro, systems, keys, t, 0)
 }
 
+// pullRollout is the rollout of a pull-mode release: its waves are the
+// deployment's batches, each split so that no wave holds more hosts of a
+// group than its disruption budget allows ([SplitWaves]).
+func (s *Session) pullRollout() Rollout {
+	ro := s.Rollout()
+	ro.Batches = SplitWaves(ro.Batches, ro.Budgets)
+	return ro
+}
+
 // ChannelRollback publishes, as a new and higher serial, the systems that
 // an earlier publish gave the selected hosts (opts.ToSerial, default the
 // one before the channel's last): a rollback through the channel, which
@@ -131,7 +140,7 @@ func (s *Session) ChannelRollback(ctx context.Context, opts PublishOptions) (*Re
 	if err := s.checkPublish(opts); err != nil {
 		return nil, err
 	}
-	ro := s.Rollout()
+	ro := s.pullRollout()
 	keys, err := s.trustedPublisherKeys(ctx, opts.Channel)
 	if err != nil {
 		return nil, err
@@ -226,7 +235,7 @@ func (s *Session) checkPublish(opts PublishOptions) error {
 // every host with Wait) but could not be verified: a report counts only
 // when the host's ed25519 host_key verifies its signature.
 func (s *Session) checkReportKeys(opts PublishOptions) error {
-	ro := s.Rollout()
+	ro := s.pullRollout()
 	var last []string
 	if len(ro.Batches) > 0 {
 		last = ro.Batches[len(ro.Batches)-1]

@@ -77,6 +77,11 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 		}
 	}
 	failures := len(early)
+	budgets := newBudgets(ro.Budgets)
+	announceBudgets(ro.Budgets, "reboot", s.emit)
+	for _, name := range early {
+		budgets.markDown(name)
+	}
 	if haltBefore(ro, early, s.emit) {
 		for _, name := range names {
 			s.finish(rep.Hosts[name], Event{Message: haltedMessage + "; not rebooted"})
@@ -93,6 +98,18 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 		}
 		s.forEach(ctx, rep, hosts, len(hosts), func(ctx context.Context, hr *HostReport) {
 			name := hr.Host
+			release, err := budgets.acquire(ctx, name)
+			if err != nil {
+				var be *BudgetError
+				if errors.As(err, &be) {
+					hr.Phase, hr.Err = PhaseReboot, err
+					s.finish(hr, Event{Message: err.Error()})
+					return
+				}
+				s.fail(hr, PhaseReboot, ResultFailed, err)
+				return
+			}
+			defer func() { release(keepsSlot(hr.Result)) }()
 			s.emit(Event{Type: EventPhase, Host: name, Phase: PhaseReboot, State: "started"})
 			h, err := rb.Reboot(ctx, name, opts, func(line string) {
 				s.emit(Event{Type: EventLog, Host: name, Phase: PhaseReboot, Message: line})
@@ -107,7 +124,7 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 			s.finish(hr, Event{Health: h})
 		})
 		for _, name := range hosts {
-			if rep.Hosts[name].Result != ResultOK {
+			if r := rep.Hosts[name].Result; r != ResultOK && r != ResultSkipped {
 				failures++
 			}
 		}

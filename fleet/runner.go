@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/builder"
 	"github.com/declarative/deploy/closure"
 )
 
@@ -120,6 +121,11 @@ type Rollout struct {
 	// RollbackAll returns every host switched in this run to its previous
 	// generation when the rollout stops on failures (rollback = "all").
 	RollbackAll bool
+	// Budgets are the deployment's disruption budgets (max_unavailable):
+	// within a batch, at most so many of a group's hosts activate (or
+	// reboot) at once, and hosts that may be down count against them
+	// ([budgets]).
+	Budgets []builder.Budget
 }
 
 // Runner rolls systems out to hosts.
@@ -144,6 +150,7 @@ type Runner struct {
 	Reboot *RebootOptions
 
 	emitter emitter
+	budgets *budgets
 }
 
 func (r *Runner) emit(ev Event) { r.emitter.emit(r.Emit, ev) }
@@ -168,12 +175,16 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 	}
 	copySem := make(chan struct{}, r.Parallel.copy())
 	actSem := make(chan struct{}, r.Parallel.activate())
+	r.budgets = newBudgets(ro.Budgets)
+	announceBudgets(ro.Budgets, "activate", r.emit)
 	// Hosts that failed before the rollout end first, and count against
-	// MaxFailures before any host changes.
+	// MaxFailures before any host changes (and against the budgets of
+	// their groups for the whole run).
 	var early []string
 	for _, h := range all {
 		if r.Failed[h] != nil {
 			early = append(early, h)
+			r.budgets.markDown(h)
 			r.host(ctx, rep.Hosts[h], copySem, actSem)
 		}
 	}
@@ -203,7 +214,9 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 				if rep.Hosts[h].Generation != 0 && r.Mode.Activates() && r.Mode != ModeDryActivate {
 					switched = append(switched, h)
 				}
-			case ResultUnchanged, ResultPlanned:
+			case ResultUnchanged, ResultPlanned, ResultSkipped:
+				// Skipped in a batch: a disruption budget was spent
+				// by hosts already counted, or the run ended.
 			default:
 				failures++
 			}
@@ -321,6 +334,12 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			}
 		}
 	}
+	// A host whose disruption budget is spent already is not copied to.
+	if err := r.budgets.spent(h); err != nil && r.Mode.Activates() && !r.DryRun {
+		hr.Result, hr.Err = ResultSkipped, err
+		r.emit(Event{Type: EventResult, Host: h, Result: ResultSkipped, System: hr.System, Message: err.Error()})
+		return
+	}
 	select {
 	case copySem <- struct{}{}:
 	case <-ctx.Done():
@@ -371,26 +390,22 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 			return
 		}
 		// Already the boot default: only the reboot is left.
-		select {
-		case actSem <- struct{}{}:
-		case <-ctx.Done():
-			fail(PhaseReboot, ctx.Err())
+		release, ok := r.takeDown(ctx, hr, PhaseReboot, actSem, fail)
+		if !ok {
 			return
 		}
-		defer func() { <-actSem }()
+		defer func() { <-actSem; release(keepsSlot(hr.Result)) }()
 		r.reboot(ctx, hr, fail)
 		return
 	}
 	if drifted && r.unchanged(pr, hr.System) {
 		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: "the host runs this system already: re-applying it to repair the drift"})
 	}
-	select {
-	case actSem <- struct{}{}:
-	case <-ctx.Done():
-		fail(PhaseActivate, ctx.Err())
+	release, ok := r.takeDown(ctx, hr, PhaseActivate, actSem, fail)
+	if !ok {
 		return
 	}
-	defer func() { <-actSem }()
+	defer func() { <-actSem; release(keepsSlot(hr.Result)) }()
 	r.emit(Event{Type: EventPhase, Host: h, Phase: PhaseActivate, State: "started"})
 	out, err := r.Ops.Activate(ctx, h, hr.System, r.Mode, func(line string) {
 		r.emit(Event{Type: EventLog, Host: h, Phase: PhaseActivate, Message: line})
@@ -410,6 +425,34 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	}
 	hr.Result, hr.Phase = ResultOK, PhaseConfirm
 	r.emit(Event{Type: EventResult, Host: h, Result: ResultOK, Phase: PhaseConfirm, System: hr.System, Generation: out.Generation})
+}
+
+// takeDown waits for what a host needs before the step that may take it
+// down (phase): a slot in each disruption budget of its groups, then one
+// of actSem. A host whose budget is spent by hosts that may be down ends
+// skipped, saying so; a cancelled wait fails it in phase. It reports
+// whether the host goes on; then, after the step, one of actSem must be
+// taken back and release called (keep: the host may be down).
+func (r *Runner) takeDown(ctx context.Context, hr *HostReport, phase Phase, actSem chan struct{}, fail func(Phase, error)) (release func(keep bool), ok bool) {
+	release, err := r.budgets.acquire(ctx, hr.Host)
+	var be *BudgetError
+	switch {
+	case errors.As(err, &be):
+		hr.Result, hr.Phase, hr.Err = ResultSkipped, phase, err
+		r.emit(Event{Type: EventResult, Host: hr.Host, Result: ResultSkipped, Phase: phase, System: hr.System, Message: err.Error()})
+		return nil, false
+	case err != nil:
+		fail(phase, err)
+		return nil, false
+	}
+	select {
+	case actSem <- struct{}{}:
+	case <-ctx.Done():
+		release(false)
+		fail(phase, ctx.Err())
+		return nil, false
+	}
+	return release, true
 }
 
 // reboot reboots a host into its (new) boot default and waits until it

@@ -71,6 +71,10 @@ type Session struct {
 	// WaitWindow waits for it to open. Neither: a run that would change
 	// hosts outside it is a *[WindowError] (deploy, reboot).
 	IgnoreWindow, WaitWindow bool
+	// now and after are the window's clock; nil: the real one (tests
+	// set them).
+	now   func() time.Time
+	after func(time.Duration) <-chan time.Time
 	// CacheKey signs what is pushed to the fleet's binary cache; without
 	// it nothing is pushed (hosts still fetch what the cache has).
 	CacheKey *cache.SecretKey

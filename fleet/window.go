@@ -27,7 +27,11 @@ func (s *Session) awaitWindow(ctx context.Context) error {
 	if d == nil || d.Window == nil {
 		return nil
 	}
-	now := time.Now()
+	clock, after := time.Now, time.After
+	if s.now != nil {
+		clock, after = s.now, s.after
+	}
+	now := clock()
 	if d.Window.Contains(now) {
 		return nil
 	}
@@ -41,12 +45,11 @@ func (s *Session) awaitWindow(ctx context.Context) error {
 		return werr
 	}
 	s.emit(Event{Type: EventLog, Message: fmt.Sprintf("waiting for deployment %q's window (%s): it opens %s", d.Name, d.Window.Spec, werr.Next.Format("Mon 2006-01-02 15:04 MST"))})
-	t := time.NewTimer(time.Until(next))
-	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+		return fmt.Errorf("interrupted while waiting for deployment %q's window: no host was contacted: %w", d.Name, ctx.Err())
+	case <-after(next.Sub(now)):
+		s.emit(Event{Type: EventLog, Message: fmt.Sprintf("deployment %q's window (%s) is open: going on", d.Name, d.Window.Spec)})
 		return nil
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -76,4 +77,51 @@ deployment "open" {
 	run(4, append(ssh, dir+"#open")...)
 	// A dry run changes nothing: no window applies.
 	run(4, append(ssh, "--dry-run", dir+"#closed")...)
+
+	// --wait-window waits, contacting no host, and says until when; an
+	// interrupt ends the wait with exit 1, nothing touched. (That the run
+	// goes on once the window opens: fleet's TestAwaitWindow, on the
+	// test's clock.)
+	home := t.TempDir()
+	c := exec.Command(bins.Deploy, append(ssh, "--wait-window", dir+"#closed")...)
+	c.Env = append([]string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, "cache"), "PATH=" + os.Getenv("PATH")}, e2e.GoCaches(t)...)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = pw
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var stderr strings.Builder
+	sc := bufio.NewScanner(pr)
+	waiting := `waiting for deployment "closed"'s window (` + closed + `): it opens `
+	for sc.Scan() {
+		stderr.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), waiting) {
+			break
+		}
+	}
+	if !strings.Contains(stderr.String(), waiting) {
+		c.Process.Kill()
+		c.Wait()
+		t.Fatalf("--wait-window does not say it waits (%q):\n%s", waiting, stderr.String())
+	}
+	c.Process.Signal(os.Interrupt)
+	for sc.Scan() {
+		stderr.WriteString(sc.Text() + "\n")
+	}
+	err = c.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("--wait-window interrupted: %v, want exit 1\n%s", err, stderr.String())
+	}
+	out = stderr.String()
+	if !strings.Contains(out, `interrupted while waiting for deployment "closed"'s window: no host was contacted`) {
+		t.Errorf("the interrupted wait does not say so:\n%s", out)
+	}
+	if strings.Contains(out, "web1: lock") || strings.Contains(out, "unreachable") {
+		t.Errorf("deploy contacted a host while it waited for the window:\n%s", out)
+	}
 }

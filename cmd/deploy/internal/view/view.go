@@ -124,8 +124,18 @@ func plainLine(ev fleet.Event, dryRun bool) string {
 			return fmt.Sprintf("%s: %s %s", ev.Host, ev.Phase, ev.State)
 		}
 	case fleet.EventLog:
+		switch {
+		case ev.Host == "":
+			// The run's own (a window, a budget): no host to name.
+			return ev.Message
+		case ev.Phase == "":
+			return fmt.Sprintf("%s: %s", ev.Host, ev.Message)
+		}
 		return fmt.Sprintf("%s: %s: %s", ev.Host, ev.Phase, ev.Message)
 	case fleet.EventWarning:
+		if ev.Host == "" {
+			return "warning: " + ev.Message
+		}
 		return fmt.Sprintf("%s: warning: %s", ev.Host, ev.Message)
 	case fleet.EventPlan:
 		s := fmt.Sprintf("%s: would copy %d paths (%s); units start %v, restart %v, reload %v, stop %v; %d files change",
@@ -146,6 +156,10 @@ func plainLine(ev fleet.Event, dryRun bool) string {
 		}
 		if ev.Error != "" {
 			s += " in " + string(ev.Phase)
+		}
+		if ev.Result == fleet.ResultSkipped && ev.Message != "" {
+			// Why it was left alone: an earlier batch, a budget.
+			s += ": " + ev.Message
 		}
 		return s
 	case fleet.EventRollback:
@@ -325,8 +339,16 @@ func (v *liveView) Event(ev fleet.Event) {
 			r.rateSample = r.rateSample[1:]
 		}
 	case fleet.EventLog:
+		if ev.Host == "" {
+			v.notes = append(v.notes, ev.Message)
+			break
+		}
 		row(ev.Host).detail = ev.Message
 	case fleet.EventWarning:
+		if ev.Host == "" {
+			v.notes = append(v.notes, "warning: "+ev.Message)
+			break
+		}
 		row(ev.Host).detail = "warning: " + ev.Message
 	case fleet.EventPlan:
 		r := row(ev.Host)
