@@ -72,7 +72,10 @@ const gateQuery = `sum(rate(app_requests_total{instance=\"${host.address}:9188\"
 
 // gateRole is the role "app": the test service with the error ratio of
 // var.error_ratio, an http probe and the prometheus gate "error-ratio"
-// (max 0.05 over 20 s, evaluated where runOn says), against promURL.
+// (max 0.05 over 20 s, evaluated where runOn says), against promURL; and
+// before it (in name order) the gate "a-scraped", which always passes
+// (Prometheus knows the target, up or not) and always runs on the
+// operator: in pull mode, where nobody confirms, the host evaluates it.
 func gateRole(promURL, runOn, extra string) string {
 	return fmt.Sprintf(`role "app" {
   variable "error_ratio" {
@@ -84,23 +87,31 @@ func gateRole(promURL, runOn, extra string) string {
     }
   }
   service "errapp" {
-    exec_start = "${package.errapp}/bin/errapp -listen :%d -error-ratio ${var.error_ratio}"
+    exec_start = "${package.errapp}/bin/errapp -listen :%[1]d -error-ratio ${var.error_ratio}"
   }
   health_check "http" {
-    url     = "http://127.0.0.1:%d/healthz"
+    url     = "http://127.0.0.1:%[1]d/healthz"
     timeout = "20s"
   }
+  health_check "a-scraped" {
+    url         = %[3]q
+    query       = "up{instance=\"${host.address}:%[1]d\"}"
+    min         = 0
+    window      = "0s"
+    min_samples = 1
+    run_on      = "operator"
+  }
   health_check "error-ratio" {
-    url         = %q
-    query       = "%s"
+    url         = %[3]q
+    query       = "%[2]s"
     max         = 0.05
     window      = "20s"
     interval    = "1s"
     min_samples = 3
-    run_on      = %q
+    run_on      = %[4]q
   }
-%s}
-`, errappPort, errappPort, promURL, gateQuery, runOn, extra)
+%[5]s}
+`, errappPort, gateQuery, promURL, runOn, extra)
 }
 
 // startGatePrometheus starts Prometheus in the test network's switch
@@ -192,8 +203,10 @@ defaults {
 		}
 		before[h.Name()] = h.Succeed("readlink /run/deploy/current-system")
 	}
-	if !hasLog(events, "h1", "metric gate error-ratio passed") {
-		t.Errorf("first deploy: no event says the gate passed on the operator")
+	for _, gate := range []string{"a-scraped", "error-ratio"} {
+		if !hasLog(events, "h1", "metric gate "+gate+" passed") {
+			t.Errorf("first deploy: no event says the gate %s passed on the operator", gate)
+		}
 	}
 
 	// 2. 20% errors: the canary passes its probe, fails its gate.
@@ -306,6 +319,12 @@ defaults {
 	}
 	t.Logf("h1's status: %s", st.Message)
 	wantGateFailure(t, "h1's status message", st.Message, p.nw.Hosts[0])
+	// Nobody confirms in pull mode: the host evaluated the operator's
+	// gate itself, before its own.
+	actLog := p.nw.Hosts[0].Succeed("cat $(ls -1v /var/lib/deploy/log/activate-*.log | tail -1)")
+	if !strings.Contains(actLog, "metric gate a-scraped: evaluating") || !strings.Contains(actLog, "health check a-scraped passed") {
+		t.Errorf("h1's activation log does not show the gate a-scraped (run_on operator) evaluated on the host:\n%s", actLog)
+	}
 	for _, h := range p.nw.Hosts {
 		if got := h.Succeed("readlink /run/deploy/current-system"); got != before[h.Name()] {
 			t.Errorf("%s runs %s after the bad release, want %s", h.Name(), got, before[h.Name()])
