@@ -192,7 +192,10 @@ func (o *sshHosts) Activate(ctx context.Context, host, system string, mode Mode,
 		Logf:          func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
 		BeforeConfirm: hook,
 	}
-	if m := o.manifests[host]; m != nil && mode != ModeDryActivate {
+	// Gates judge the new generation running: not in boot mode, where
+	// it runs only after a reboot (nor does the host evaluate its own
+	// then).
+	if m := o.manifests[host]; m != nil && mode != ModeDryActivate && mode != ModeBoot {
 		opts.Check, opts.ConfirmTimeout = operatorGates(m.MetricGates, opts.ConfirmTimeout, logf)
 	}
 	for {
