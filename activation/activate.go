@@ -402,7 +402,7 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
 			}
 			if rej != nil {
-				cause = rej
+				cause, res.Check = rej, rej.Check
 				if rej.Check != "" {
 					if err := l.recordChecks(gen, []string{rej.Check}, []string{rej.Check}); err != nil {
 						w.logf("recording the checks in the metrics file: %v", err)

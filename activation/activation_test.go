@@ -3,6 +3,7 @@ package activation
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,6 +129,39 @@ func TestRejectBinding(t *testing.T) {
 	}
 	if l.confirmed("7", 3, HashToken(tok)) {
 		t.Error("a rejection confirmed")
+	}
+}
+
+// A worker (or the watchdog that took it over) awaiting a confirmation
+// ends as soon as the operator rejects the activation, long before its
+// deadline, with the check named: here in boot mode, where nothing was
+// applied, the generation is marked failed and the boot default stays.
+func TestConcludeRejected(t *testing.T) {
+	l := Layout{StateDir: t.TempDir(), RunDir: t.TempDir() + "/run"}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	sys := "/var/lib/deploy/store/11111111111111111111111111111111-system-web1"
+	if _, err := l.createGeneration(1, sys, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tok := []byte("a-token-of-enough-length")
+	req := &Request{ID: "7", Mode: ModeBoot, ConfirmTimeout: time.Hour, TokenHash: HashToken(tok)}
+	st := &State{Activation: &ActivationState{Activation: agentapi.Activation{ID: "7", Generation: 1, Mode: ModeBoot,
+		Phase: PhaseAwaiting, Deadline: time.Now().Add(time.Hour)}, TokenHash: req.TokenHash}}
+	if err := l.writeState(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reject(1, tok, "error-ratio", `metric gate "error-ratio": query "q" returned 0.2, above max 0.05`); err != nil {
+		t.Fatal(err)
+	}
+	res := &Result{ID: "7", Generation: 1}
+	(&Worker{Layout: l, Logf: t.Logf}).conclude(t.Context(), req, res, st, "")
+	if res.Outcome != OutcomeRolledBack || res.Check != "error-ratio" || !strings.Contains(res.Message, "the operator's health check failed: metric gate") {
+		t.Fatalf("conclude after a rejection = %+v, want rolled back by the check error-ratio", res)
+	}
+	if g, err := l.Generation(1); err != nil || !g.Failed {
+		t.Errorf("generation 1 = %+v, %v; want it failed", g, err)
 	}
 }
 
