@@ -77,7 +77,7 @@ func Start(t testing.TB, opts Options) *Server {
 		opts.Dial = (&net.Dialer{}).DialContext
 	}
 	dir := t.TempDir()
-	targets, _ := json.Marshal(opts.Targets)
+	targets, _ := json.Marshal(append([]string{}, opts.Targets...))
 	config := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(config, fmt.Appendf(nil, `global:
   scrape_interval: 1s
