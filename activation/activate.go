@@ -51,7 +51,11 @@ type Request struct {
 	Meta           map[string]string `json:"meta,omitempty"`
 	User           string            `json:"user,omitempty"`
 	Force          bool              `json:"force,omitempty"`
-	Created        time.Time         `json:"created"`
+	// BootAttempts and BootTimeout set the trial of a boot-mode
+	// activation (see boottrial.go; 0: the defaults).
+	BootAttempts int           `json:"boot_attempts,omitempty"`
+	BootTimeout  time.Duration `json:"boot_timeout,omitempty"`
+	Created      time.Time     `json:"created"`
 }
 
 // Result is how an activation ended: log/activate-ID.result.json, and the
@@ -404,6 +408,15 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 	if err := l.markConfirmed(gen, time.Now()); err != nil {
 		w.logf("recording the confirmation: %v", err)
 	}
+	if req.Mode == ModeBoot {
+		// A trial until a boot of it confirms: recorded before the boot
+		// default moves (see boottrial.go).
+		if err := w.armTrial(ctx, gen, act.System, req); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("generation %d could not be armed as a trial, so it is not the boot default: %v", gen, err))
+			w.setPhase(st, PhaseFailed, res.Message)
+			return
+		}
+	}
 	if req.Mode == ModeSwitch || req.Mode == ModeBoot {
 		if err := l.setBootDefault(gen); err != nil {
 			set(OutcomeFailed, fmt.Sprintf("generation %d runs but could not become the boot default: %v", gen, err))
@@ -411,6 +424,12 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 			return
 		}
 		w.logf("generation %d is the boot default", gen)
+	}
+	if req.Mode == ModeSwitch {
+		// The boot default runs: no trial is pending any more.
+		if err := l.clearTrial(); err != nil {
+			w.logf("dropping the boot trial: %v", err)
+		}
 	}
 	set(OutcomeDone, fmt.Sprintf("generation %d activated", gen))
 	w.setPhase(st, PhaseDone, res.Message)
@@ -634,19 +653,14 @@ WantedBy=sysinit.target
 
 func (w *Worker) installBootUnit() error {
 	l := w.Layout.withDefaults()
-	p := filepath.Join(l.UnitDir, BootUnitName)
-	data := fmt.Sprintf(bootUnit, l.StateDir, l.RunDir)
-	if cur, err := os.ReadFile(p); err == nil && string(cur) == data {
-		return nil
-	}
-	if err := atomicfile.Write(p, []byte(data), 0o644); err != nil {
+	if err := l.installUnit(BootUnitName, fmt.Sprintf(bootUnit, l.StateDir, l.RunDir), "sysinit.target"); err != nil {
 		return err
 	}
-	link := filepath.Join(l.UnitDir, "sysinit.target.wants", BootUnitName)
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+	// Boot counting's units: no-ops while no trial is pending.
+	if err := l.installUnit(BootGuardUnitName, fmt.Sprintf(bootGuardUnit, l.StateDir, l.RunDir), "sysinit.target"); err != nil {
 		return err
 	}
-	return symlinkAtomic(p, link)
+	return l.installUnit(BootConfirmUnitName, fmt.Sprintf(bootConfirmUnit, l.StateDir, l.RunDir), "multi-user.target")
 }
 
 var _ io.Writer = (*lineWriter)(nil)

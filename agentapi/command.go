@@ -27,6 +27,10 @@ const (
 	VerbPull        = "pull"
 	VerbDrift       = "drift"
 	VerbHealth      = "health"
+	// Boot counting: run by deploy-boot-guard.service (the fallback
+	// generation's agent) and deploy-boot-confirm.service (the trial's).
+	VerbBootGuard   = "boot-guard"
+	VerbBootConfirm = "boot-confirm"
 	// The agent's own: the detached halves of an activation.
 	VerbActivateWorker = "activate-worker"
 	VerbWatchdog       = "watchdog"
@@ -46,7 +50,12 @@ type ActivateCmd struct {
 	ConfirmTimeout time.Duration
 	Meta           map[string]string // recorded with the generation
 	Force          bool              // replace unmanaged files
-	System         string
+	// BootAttempts and BootTimeout set a boot-mode trial's attempts and
+	// the time each boot has to confirm (0: the agent's defaults,
+	// [DefaultBootAttempts], [DefaultBootTimeout]).
+	BootAttempts int
+	BootTimeout  time.Duration
+	System       string
 }
 
 // Args implements the command line.
@@ -59,6 +68,12 @@ func (a ActivateCmd) Args() []string {
 	args = append(args, metaArgs(a.Meta)...)
 	if a.Force {
 		args = append(args, "--force")
+	}
+	if a.BootAttempts > 0 {
+		args = append(args, "--boot-attempts", strconv.Itoa(a.BootAttempts))
+	}
+	if a.BootTimeout > 0 {
+		args = append(args, "--boot-timeout", a.BootTimeout.String())
 	}
 	return append(args, a.System)
 }

@@ -27,6 +27,12 @@ var parsers = map[string]func(args []string) (any, error){
 	agentapi.VerbPull:        parseAny(parsePull),
 	agentapi.VerbDrift:       parseAny(parseDrift),
 	agentapi.VerbHealth:      parseAny(parseHealth),
+	agentapi.VerbBootGuard: func(args []string) (any, error) {
+		return parseBootTrial(agentapi.VerbBootGuard, args, io.Discard)
+	},
+	agentapi.VerbBootConfirm: func(args []string) (any, error) {
+		return parseBootTrial(agentapi.VerbBootConfirm, args, io.Discard)
+	},
 	agentapi.VerbActivateWorker: func(args []string) (any, error) {
 		return parseID(agentapi.VerbActivateWorker, args, io.Discard)
 	},
@@ -61,6 +67,9 @@ func TestCommandLines(t *testing.T) {
 		{"activate", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeTest, ConfirmTimeout: 45 * time.Second,
 			Meta: meta, Force: true, System: system}.Args(),
 			&activateArgs{layout: both, mode: activation.ModeTest, confirmTimeout: 45 * time.Second, meta: meta, force: true, system: system}},
+		{"activate boot trial", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeBoot, ConfirmTimeout: 45 * time.Second,
+			BootAttempts: 2, BootTimeout: 90 * time.Second, System: system}.Args(),
+			&activateArgs{layout: both, mode: activation.ModeBoot, confirmTimeout: 45 * time.Second, meta: map[string]string{}, bootAttempts: 2, bootTimeout: 90 * time.Second, system: system}},
 		{"activate defaults", agentapi.ActivateCmd{System: system}.Args(),
 			&activateArgs{layout: defaults, mode: activation.ModeSwitch, meta: map[string]string{}, system: system}},
 		{"activate pull", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeDryActivate, ConfirmTimeout: 0,
