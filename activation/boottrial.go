@@ -458,35 +458,42 @@ func (l Layout) ConfirmBoot(ctx context.Context, logf func(string, ...any)) (*He
 	if err != nil {
 		h = &Health{V: agentapi.Version, Message: err.Error()}
 	}
+	return h, l.recordBootHealth(t.ID, BootID(), h, logf)
+}
+
+// recordBootHealth decides trial id's boot bootID by its health h: healthy
+// confirms the trial (its record is removed), unhealthy is the failure of
+// the boot's attempt, unless the guard decided the attempt already.
+func (l Layout) recordBootHealth(id, bootID string, h *Health, logf func(string, ...any)) error {
 	unlock, err := l.lockBootTrial()
 	if err != nil {
-		return h, err
+		return err
 	}
 	defer unlock()
 	cur, err := l.ReadBootTrial()
-	if err != nil || cur == nil || cur.ID != t.ID {
-		return h, err
+	if err != nil || cur == nil || cur.ID != id {
+		return err
 	}
 	n := len(cur.Attempts)
-	counted := n > 0 && cur.Attempts[n-1].BootID == BootID()
+	counted := n > 0 && cur.Attempts[n-1].BootID == bootID
 	if counted && cur.Attempts[n-1].Failure != "" {
 		logf("boot attempt %d failed already: %s", n, cur.Attempts[n-1].Failure)
-		return h, nil
+		return nil
 	}
 	if h.Healthy {
 		if err := l.removeBootTrial(); err != nil {
-			return h, err
+			return err
 		}
 		logf("generation %d confirmed by boot attempt %d of %d", cur.Generation, n, cur.MaxAttempts)
-		return h, nil
+		return nil
 	}
 	if !counted {
 		logf("this boot was not counted (%s did not run): not healthy: %s", BootGuardUnitName, h.Message)
-		return h, nil
+		return nil
 	}
 	cur.Attempts[n-1].Failure = "not healthy: " + h.Message
 	logf("boot attempt %d of %d of generation %d is not healthy: %s", n, cur.MaxAttempts, cur.Generation, h.Message)
-	return h, writeJSON(l.bootTrialFile(), cur)
+	return writeJSON(l.bootTrialFile(), cur)
 }
 
 // bootGuardUnit runs the agent profiles/boot-guard names, before the boot
