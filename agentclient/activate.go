@@ -26,6 +26,10 @@ type ActivateOptions struct {
 	Meta map[string]string
 	// Force lets the activation replace unmanaged files.
 	Force bool
+	// BootAttempts and BootTimeout set boot counting for mode boot (the
+	// agent's --boot-attempts, --boot-timeout; 0: its defaults).
+	BootAttempts int
+	BootTimeout  time.Duration
 	// Check, if set, runs on the operator's side once the agent awaits
 	// confirmation (outside health checks). An error withholds the
 	// confirmation: the host rolls back when the timeout expires.
@@ -145,7 +149,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 	token := hex.EncodeToString(rnd[:])
 
 	args := agentapi.ActivateCmd{StateDir: c.stateDir(), Mode: opts.Mode, ConfirmTimeout: opts.ConfirmTimeout,
-		Meta: opts.Meta, Force: opts.Force, System: system}.Args()
+		Meta: opts.Meta, Force: opts.Force, BootAttempts: opts.BootAttempts, BootTimeout: opts.BootTimeout, System: system}.Args()
 	if opts.RollbackTo > 0 {
 		args = agentapi.RollbackCmd{StateDir: c.stateDir(), To: opts.RollbackTo, ConfirmTimeout: opts.ConfirmTimeout, Meta: opts.Meta}.Args()
 	}
