@@ -305,7 +305,7 @@ func (g *BootGuard) Count() (*BootTrial, bool, error) {
 		t.Attempts[n-1].Failure = "the boot ended before it confirmed (a crash, a power loss or a reboot)"
 	}
 	if n >= t.MaxAttempts {
-		if err := l.fallBack(t, t.Attempts[n-1].Failure, g.logf); err != nil {
+		if err := l.fallBack(t, t.Attempts[n-1].Failure, id, g.logf); err != nil {
 			return nil, false, err
 		}
 		return nil, true, nil
@@ -324,9 +324,9 @@ func (g *BootGuard) Count() (*BootTrial, bool, error) {
 // default has moved) or the fallback booted: the rollback record, the
 // trial generation marked failed, the boot default, the trial's record
 // removed.
-func (l Layout) fallBack(t *BootTrial, reason string, logf func(string, ...any)) error {
+func (l Layout) fallBack(t *BootTrial, reason, bootID string, logf func(string, ...any)) error {
 	rb := &BootRollback{V: agentapi.Version, Trial: t.ID, Generation: t.Generation, Previous: t.Previous,
-		Attempts: len(t.Attempts), Reason: reason, Time: time.Now().UTC()}
+		Attempts: len(t.Attempts), Reason: reason, Time: time.Now().UTC(), BootID: bootID}
 	if err := writeJSON(l.bootRollbackFile(), rb); err != nil {
 		return fmt.Errorf("recording the fallback: %w", err)
 	}
@@ -408,7 +408,7 @@ func (g *BootGuard) decide(id string, attempt int, failure string) (done, reboot
 	}
 	g.logf("boot attempt %d of %d of generation %d failed: %s", attempt, t.MaxAttempts, t.Generation, a.Failure)
 	if attempt >= t.MaxAttempts {
-		return false, true, l.fallBack(t, a.Failure, g.logf)
+		return false, true, l.fallBack(t, a.Failure, g.bootID(), g.logf)
 	}
 	if err := writeJSON(l.bootTrialFile(), t); err != nil {
 		return false, false, err

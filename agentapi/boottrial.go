@@ -80,6 +80,9 @@ type BootRollback struct {
 	// Reason is why the last of them failed.
 	Reason string    `json:"reason"`
 	Time   time.Time `json:"time"`
+	// BootID is the boot that decided the fallback; the host reboots
+	// from it into Previous.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // Message says what happened, as deploy reboot and status report it.

@@ -3,6 +3,7 @@ package agentclient
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -52,11 +53,14 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 	if err != nil {
 		return nil, err
 	}
-	out, err := conn.Output(ctx, []string{"cat", bootIDFile})
+	before, err := readBootState(ctx, conn)
 	if err != nil {
 		return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("reading the boot id: %w", err)}
 	}
-	old := strings.TrimSpace(string(out))
+	old := before.BootID
+	if t := before.Trial; t != nil {
+		logf(fmt.Sprintf("generation %d boots as a trial: after %d boots that do not confirm within %v, the host boots generation %d again", t.Generation, t.MaxAttempts-len(t.Attempts), t.Timeout, t.Previous))
+	}
 	logf("rebooting")
 	var stderr bytes.Buffer
 	err = conn.Run(ctx, []string{"systemctl", "reboot"}, nil, nil, &stderr)
@@ -115,8 +119,33 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 		}
 		sleepCtx(ctx, time.Second)
 	}
+	var fellBack *RolledBackError
+	if before.Trial != nil {
+		if fellBack, err = c.followTrial(ctx, before.Trial, opts, logf); err != nil {
+			return nil, err
+		}
+		if conn, err = c.Conn(ctx); err != nil {
+			return nil, err
+		}
+	}
+	h, err := c.health(ctx, conn, opts)
+	if fellBack != nil {
+		// The fallback is the outcome; the health says how the host is on
+		// the generation it boots again.
+		return h, fellBack
+	}
+	if err != nil {
+		return h, err
+	}
+	logf(fmt.Sprintf("healthy: generation %d runs (%s)", h.Current, h.SystemState))
+	return h, nil
+}
+
+// health runs the boot default's agent's health on conn.
+func (c *Client) health(ctx context.Context, conn *mesh.Client, opts RebootOptions) (*agentapi.Health, error) {
+	var ee *mesh.ExitError
 	argv := c.command([]agentapi.Agent{agentapi.BootAgent}, agentapi.HealthCmd{StateDir: c.stateDir(), Wait: opts.healthTimeout()}.Args()...)
-	out, err = conn.Output(ctx, argv)
+	out, err := conn.Output(ctx, argv)
 	if errors.As(err, &ee) && ee.Code == agentapi.ExitNoAgent {
 		return &agentapi.Health{V: agentapi.Version, Healthy: true, Message: "no generation is the boot default"}, nil
 	}
@@ -133,8 +162,76 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 	if !h.Healthy {
 		return h, &KindError{Kind: KindFailed, Err: fmt.Errorf("not healthy after the reboot: %s", h.Message)}
 	}
-	logf(fmt.Sprintf("healthy: generation %d runs (%s)", h.Current, h.SystemState))
 	return h, nil
+}
+
+// readBootState reads the host's boot id, pending trial and last fallback
+// ([agentapi.BootStateCmd]: no agent runs).
+func readBootState(ctx context.Context, conn *mesh.Client) (*agentapi.BootState, error) {
+	out, err := conn.Output(ctx, agentapi.BootStateCmd(""))
+	if err != nil {
+		return nil, err
+	}
+	st := &agentapi.BootState{}
+	if err := json.Unmarshal(out, st); err != nil {
+		return nil, fmt.Errorf("the host's boot state %q: %w", out, err)
+	}
+	st.BootID = strings.TrimSpace(st.BootID)
+	return st, nil
+}
+
+// followTrial follows trial t after the reboot, over new connections
+// (the host reboots itself between attempts), until it is decided: the
+// host confirmed it (nil, nil), or fell back to the previous generation
+// and booted it (a *[RolledBackError] naming why), within the
+// trial's attempts, each given its timeout and opts.Timeout to come back.
+func (c *Client) followTrial(ctx context.Context, t *agentapi.BootTrial, opts RebootOptions, logf func(string)) (*RolledBackError, error) {
+	left := t.MaxAttempts - len(t.Attempts)
+	if left < 1 {
+		left = 1
+	}
+	limit := time.Duration(left) * (t.Timeout + opts.timeout())
+	deadline := time.Now().Add(limit)
+	said := ""
+	var lastErr error
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		conn, err := c.Dial(cctx)
+		var st *agentapi.BootState
+		if err == nil {
+			st, err = readBootState(cctx, conn)
+			conn.Close()
+		}
+		cancel()
+		switch {
+		case err == nil && st.Rollback != nil && st.Rollback.Trial == t.ID && st.BootID == st.Rollback.BootID:
+			// Decided in this boot, which reboots into the previous
+			// generation next.
+		case err == nil && st.Rollback != nil && st.Rollback.Trial == t.ID:
+			logf(st.Rollback.Message())
+			return &RolledBackError{Host: c.Name(), Generation: st.Rollback.Previous, Message: st.Rollback.Message()}, nil
+		case err == nil && (st.Trial == nil || st.Trial.ID != t.ID):
+			logf(fmt.Sprintf("generation %d confirmed its boot", t.Generation))
+			return nil, nil
+		case err == nil:
+			msg := fmt.Sprintf("trial of generation %d: boot attempt %d of %d", t.Generation, len(st.Trial.Attempts), st.Trial.MaxAttempts)
+			if n := len(st.Trial.Attempts); n > 0 && st.Trial.Attempts[n-1].Failure != "" {
+				msg += " failed: " + st.Trial.Attempts[n-1].Failure
+			}
+			if msg != said {
+				logf(msg)
+				said = msg
+			}
+		case Classify(err) == KindHostKey:
+			return nil, err
+		default:
+			lastErr = err
+		}
+		if !time.Now().Before(deadline) {
+			return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("the trial of generation %d was not decided within %v (%s; last error: %v)", t.Generation, limit, said, lastErr)}
+		}
+		sleepCtx(ctx, time.Second)
+	}
 }
 
 // bootID reads the host's boot id over a new connection.

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
+	"github.com/declarative/deploy/vmtest"
+)
+
+// bootTrialFleet writes a one-host fleet: a service that refuses to start
+// where /etc/web-broken exists, its health check, and body in the host
+// block (the deployment counts 1 boot attempt, the host may say more).
+func bootTrialFleet(t *testing.T, fl *e2e.Fleet, h *vmtest.Host, body string) {
+	t.Helper()
+	fl.Write(t, "fleet.hcl", fmt.Sprintf(`deployment "prod" {
+  hosts           = [%s]
+  canary          = 0
+  confirm_timeout = "20s"
+  boot_attempts   = 1
+  boot_timeout    = "3m"
+}
+
+role "web" {
+  service "web" {
+    exec_start = "/bin/sh -c 'test ! -e /etc/web-broken || exit 1; touch /run/web-ready; exec /bin/sleep infinity'"
+    restart    = "no"
+  }
+  health_check "ready" {
+    command = ["/bin/sh", "-c", "test -e /run/web-ready"]
+    timeout = "10s"
+  }
+}
+
+%s`, fl.Names(), e2e.HostBlock(h, "  role \"web\" {\n  }\n"+body)))
+}
+
+// hostBootState reads what the operator reads after a reboot: the boot
+// id, the pending trial and the last fallback.
+func hostBootState(t *testing.T, h *vmtest.Host) *agentapi.BootState {
+	t.Helper()
+	st := &agentapi.BootState{}
+	cmd := agentapi.BootStateCmd("")
+	if err := json.Unmarshal([]byte(h.Succeed(cmd[2])), st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestBootTrialE2E is issue 31's boot counting on a vmtest host that
+// really reboots: a generation activated for boot whose health fails
+// after the reboot (its service does not start) is booted boot_attempts
+// times (the host's 2, over the deployment's 1), then the host makes the
+// previous generation the boot default and boots it by itself, and
+// deploy --mode boot --reboot reports the host rolled back (exit 3),
+// naming the attempts and the reason. Then a generation whose boot unit
+// fails (an activation script that fails at boot: the trial's agent does
+// not bring it up) falls back after the deployment's 1 attempt, and
+// deploy reboot reports that. A good generation then boots as a trial and
+// confirms.
+func TestBootTrialE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 1)
+	h1 := nw.Hosts[0]
+	fl := e2e.NewFleet(t, nw)
+	r := cli.New(t, nw, fl)
+	target := fl.Target("prod")
+	bootTrialFleet(t, fl, h1, "  boot_attempts = 2\n")
+	fl.Commit(t, "first")
+	r.JSON(t, "", target).Want(t, 0)
+	gen1 := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system"))
+	if gen1 != "system-1-link" {
+		t.Fatalf("after the first deploy the boot default is %q", gen1)
+	}
+	// wantGeneration1 checks that h1 runs and boots generation 1, healthy.
+	wantGeneration1 := func(t *testing.T) {
+		t.Helper()
+		if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-1-link" {
+			t.Errorf("boot default %q, want system-1-link", got)
+		}
+		if got := h1.Succeed("readlink -f /run/deploy/current-system"); got != h1.Succeed("readlink -f /var/lib/deploy/profiles/system-1-link") {
+			t.Errorf("h1 runs %q, not generation 1", got)
+		}
+		h1.Succeed("test ! -e /etc/web-broken; test ! -e /var/lib/deploy/boot-trial.json")
+		h1.WaitForUnit("web.service")
+	}
+
+	t.Run("health fails after the reboot", func(t *testing.T) {
+		bootTrialFleet(t, fl, h1, "  boot_attempts = 2\n  file \"/etc/web-broken\" {\n    content = \"x\"\n  }\n")
+		fl.Commit(t, "broken after a reboot")
+		before := bootID(h1)
+		res := r.JSON(t, "", target, "--mode", "boot", "--reboot").Want(t, ExitRolledBack)
+		want := "rolled back after 2 failed boots of generation 2: not healthy: "
+		if r := res.Results()["h1"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseReboot || !strings.Contains(r.Error, want) {
+			t.Errorf("deploy --mode boot --reboot: h1 %+v, want rolled back in the reboot phase: %q", r, want)
+		}
+		if r := res.Results()["h1"]; r.Health == nil || !r.Health.Healthy || r.Health.Current != 1 {
+			t.Errorf("h1's health after the fallback: %+v, want healthy at generation 1", r.Health)
+		}
+		if bootID(h1) == before {
+			t.Errorf("h1 did not reboot")
+		}
+		wantGeneration1(t)
+		st := hostBootState(t, h1)
+		if rb := st.Rollback; st.Trial != nil || rb == nil || rb.Generation != 2 || rb.Previous != 1 || rb.Attempts != 2 || !strings.Contains(rb.Reason, "web.service") && !strings.Contains(rb.Reason, `"ready"`) {
+			t.Errorf("boot state after the fallback: trial %+v, rollback %+v; want 2 failed attempts of generation 2 naming web.service or its check", st.Trial, st.Rollback)
+		}
+		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 2 boots as a trial: after 2 boots") || !strings.Contains(log, want) {
+			t.Errorf("deploy's log of h1 does not announce the trial and its fallback:\n%s", log)
+		}
+		out := r.Text(t, "generations", fl.Target("h1")).Want(t, 0).Output()
+		if !strings.Contains(out, "failed") || !strings.Contains(out, want) {
+			t.Errorf("generations does not show generation 2 failed with %q:\n%s", want, out)
+		}
+		out = r.Text(t, "status", fl.Target("h1")).Want(t, 0).Output()
+		if !strings.Contains(out, want) {
+			t.Errorf("status does not report the fallback %q:\n%s", want, out)
+		}
+	})
+
+	t.Run("boot unit fails", func(t *testing.T) {
+		bootTrialFleet(t, fl, h1, "  activation_script \"boot-breaks\" {\n    script = \"test -z \\\"$DEPLOY_BOOT\\\"\"\n  }\n")
+		fl.Commit(t, "its boot unit fails")
+		r.JSON(t, "", target, "--mode", "boot").Want(t, 0)
+		res := r.JSON(t, "reboot", target).Want(t, ExitRolledBack)
+		want := "rolled back after 1 failed boots of generation 3: deploy-boot.service failed"
+		if r := res.Results()["h1"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseReboot || !strings.Contains(r.Error, want) {
+			t.Errorf("deploy reboot: h1 %+v, want rolled back: %q", r, want)
+		}
+		wantGeneration1(t)
+		if st := hostBootState(t, h1); st.Rollback == nil || st.Rollback.Generation != 3 || st.Rollback.Attempts != 1 {
+			t.Errorf("boot state: %+v", st.Rollback)
+		}
+	})
+
+	t.Run("a good generation confirms", func(t *testing.T) {
+		bootTrialFleet(t, fl, h1, "  file \"/etc/web-good\" {\n    content = \"x\"\n  }\n")
+		fl.Commit(t, "good")
+		res := r.JSON(t, "", target, "--mode", "boot", "--reboot").Want(t, 0)
+		if r := res.Results()["h1"]; r.Result != fleet.ResultOK || r.Generation != 4 {
+			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok at generation 4", r)
+		}
+		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 4 boots as a trial: after 1 boots") || !strings.Contains(log, "generation 4 confirmed its boot") {
+			t.Errorf("deploy's log of h1 does not say the trial confirmed:\n%s", log)
+		}
+		h1.Succeed("test -e /etc/web-good; test ! -e /var/lib/deploy/boot-trial.json")
+		if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-4-link" {
+			t.Errorf("boot default %q, want system-4-link", got)
+		}
+	})
+}
+
+// logOf is host's log lines among events.
+func logOf(events []fleet.Event, host string) string {
+	var b strings.Builder
+	for _, ev := range events {
+		if ev.Type == fleet.EventLog && ev.Host == host {
+			b.WriteString(ev.Message + "\n")
+		}
+	}
+	return b.String()
+}
