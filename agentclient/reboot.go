@@ -101,6 +101,11 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 				lastErr = err
 			}
 		}
+		if up && before.Trial != nil {
+			// The trial is followed over connections of its own: its boot
+			// may have no agent that could take the run lock again.
+			break
+		}
 		if up {
 			// The connection of the run, and its run lock, again. A failed
 			// connection is tried again; a failure to take the run lock
@@ -124,7 +129,12 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 		if fellBack, err = c.followTrial(ctx, before.Trial, opts, logf); err != nil {
 			return nil, err
 		}
-		if conn, err = c.Conn(ctx); err != nil {
+		// The trial is decided: the connection of the run, and its run
+		// lock, again (the host runs an agent that can hold it now).
+		if conn, err = c.reconnect(ctx, deadline.Add(opts.timeout())); err != nil {
+			if fellBack != nil {
+				return nil, fmt.Errorf("%w (then: %v)", fellBack, err)
+			}
 			return nil, err
 		}
 	}
@@ -248,4 +258,22 @@ func (c *Client) bootID(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// reconnect makes the run's connection (and takes its run lock) again,
+// retrying a failed connection until deadline.
+func (c *Client) reconnect(ctx context.Context, deadline time.Time) (*mesh.Client, error) {
+	hadLock := c.Locked()
+	for {
+		conn, err := c.Conn(ctx)
+		switch {
+		case err == nil:
+			return conn, nil
+		case Classify(err) == KindHostKey, hadLock && !c.Locked() && c.Connected():
+			return nil, err
+		case !time.Now().Before(deadline):
+			return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("connecting again after the reboot: %w", err)}
+		}
+		sleepCtx(ctx, time.Second)
+	}
 }

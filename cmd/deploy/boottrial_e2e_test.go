@@ -61,8 +61,8 @@ func hostBootState(t *testing.T, h *vmtest.Host) *agentapi.BootState {
 // naming the attempts and the reason. Then a generation whose boot unit
 // fails (an activation script that fails at boot: the trial's agent does
 // not bring it up) falls back after the deployment's 1 attempt, and
-// deploy reboot reports that. A good generation then boots as a trial and
-// confirms.
+// deploy reboot reports that; so does one whose agent does not start at
+// all. A good generation then boots as a trial and confirms.
 func TestBootTrialE2E(t *testing.T) {
 	t.Parallel()
 	nw := vmtest.Start(t, 1)
@@ -141,19 +141,40 @@ func TestBootTrialE2E(t *testing.T) {
 		}
 	})
 
+	// The trial's agent does not even start: every generation here has
+	// the same agent store path, so the test gives generation 4's system
+	// an agent that exits 1 (as a trial built with a broken agent would
+	// have), after its boot-mode activation. Neither its boot unit nor its
+	// confirmation runs; generation 1's agent counts and falls back.
+	t.Run("the trial's agent does not start", func(t *testing.T) {
+		bootTrialFleet(t, fl, h1, "  file \"/etc/web-v4\" {\n    content = \"x\"\n  }\n")
+		fl.Commit(t, "its agent is broken")
+		r.JSON(t, "", target, "--mode", "boot").Want(t, 0)
+		h1.Succeed(`set -e; mkdir -p /var/lib/broken-agent/bin; printf '#!/bin/sh\nexit 1\n' >/var/lib/broken-agent/bin/deploy-agent
+chmod 0755 /var/lib/broken-agent/bin/deploy-agent; sys=$(readlink -f /var/lib/deploy/profiles/system-4-link)
+test "$(readlink -f /var/lib/deploy/profiles/system)" = "$sys"; rm "$sys/agent"; ln -s /var/lib/broken-agent "$sys/agent"`)
+		res := r.JSON(t, "reboot", target).Want(t, ExitRolledBack)
+		want := "rolled back after 1 failed boots of generation 4: deploy-boot.service failed: generation 4's agent did not bring it up"
+		if r := res.Results()["h1"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseReboot || !strings.Contains(r.Error, want) {
+			t.Errorf("deploy reboot: h1 %+v, want rolled back: %q", r, want)
+		}
+		wantGeneration1(t)
+		h1.Succeed("test ! -e /etc/web-v4")
+	})
+
 	t.Run("a good generation confirms", func(t *testing.T) {
 		bootTrialFleet(t, fl, h1, "  file \"/etc/web-good\" {\n    content = \"x\"\n  }\n")
 		fl.Commit(t, "good")
 		res := r.JSON(t, "", target, "--mode", "boot", "--reboot").Want(t, 0)
-		if r := res.Results()["h1"]; r.Result != fleet.ResultOK || r.Generation != 4 {
-			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok at generation 4", r)
+		if r := res.Results()["h1"]; r.Result != fleet.ResultOK || r.Generation != 5 {
+			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok at generation 5", r)
 		}
-		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 4 boots as a trial: after 1 boots") || !strings.Contains(log, "generation 4 confirmed its boot") {
+		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 5 boots as a trial: after 1 boots") || !strings.Contains(log, "generation 5 confirmed its boot") {
 			t.Errorf("deploy's log of h1 does not say the trial confirmed:\n%s", log)
 		}
 		h1.Succeed("test -e /etc/web-good; test ! -e /var/lib/deploy/boot-trial.json")
-		if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-4-link" {
-			t.Errorf("boot default %q, want system-4-link", got)
+		if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-5-link" {
+			t.Errorf("boot default %q, want system-5-link", got)
 		}
 	})
 }
