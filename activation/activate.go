@@ -149,6 +149,9 @@ type Worker struct {
 	// activation id (process pid) died, before taking over: it kills
 	// whatever is left of the worker (the processes of its unit).
 	StopWorker func(id string, pid int) error
+	// Stopping reports whether the host is shutting down (default:
+	// systemctl is-system-running says "stopping").
+	Stopping func() bool
 }
 
 func (w *Worker) logf(format string, args ...any) {
@@ -394,6 +397,9 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
 			}
 			w.logf("%v", cause)
+			if w.shutdownInterrupted(ctx, res, st) {
+				return
+			}
 			if req.Mode == ModeBoot {
 				l.markFailed(gen, cause.Error(), time.Now())
 				set(OutcomeRolledBack, fmt.Sprintf("generation %d %v; the boot default stays", gen, cause))
@@ -441,6 +447,9 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 // there is none, removes what the failed one installed), marks the
 // activation's generation failed and sets the outcome.
 func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSystem string, cause error) {
+	if w.shutdownInterrupted(ctx, res, st) {
+		return
+	}
 	l := w.Layout
 	gen, prevGen := st.Activation.Generation, st.Activation.Previous
 	// A rollback must finish even when the activation was cancelled.
@@ -480,6 +489,40 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	}
 	w.setPhase(st, res.Outcome, res.Message)
 	w.logf("%s", res.Message)
+}
+
+// shutdownInterrupted ends an activation cancelled because the host is
+// shutting down (systemd stops every unit, the worker's too): a rollback
+// now would race the shutdown, and the next boot's boot unit re-applies
+// the boot default, which moves only after a confirmation. So the
+// generation (unless it already ran before) is marked failed as the boot
+// unit would mark it, nothing else changes, and the outcome says what
+// happened: rolled back by the reboot to the boot default. It reports
+// whether it ended the activation.
+func (w *Worker) shutdownInterrupted(ctx context.Context, res *Result, st *State) bool {
+	if ctx.Err() == nil || !w.stopping() {
+		return false
+	}
+	l := w.Layout
+	gen := st.Activation.Generation
+	if gen != st.Activation.Previous {
+		if err := l.markFailed(gen, "interrupted by a reboot or crash before confirmation", time.Now()); err != nil {
+			w.logf("marking generation %d failed: %v", gen, err)
+		}
+	}
+	boot, _ := l.BootGeneration()
+	res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d: interrupted by a reboot of the host before it was confirmed; the host boots generation %d again", gen, boot)
+	w.setPhase(st, PhaseRolledBack, res.Message)
+	w.logf("%s", res.Message)
+	return true
+}
+
+func (w *Worker) stopping() bool {
+	if w.Stopping != nil {
+		return w.Stopping()
+	}
+	out, _ := exec.Command("systemctl", "is-system-running").Output()
+	return strings.TrimSpace(string(out)) == "stopping"
 }
 
 // checkAfterRollback runs the health checks of generation prevGen (system

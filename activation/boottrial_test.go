@@ -326,3 +326,30 @@ func TestBootTrialArm(t *testing.T) {
 		t.Errorf("trial of the running generation: %+v", tr)
 	}
 }
+
+// An activation cancelled because the host shuts down is not rolled back
+// by the worker (the next boot re-applies the boot default): the
+// generation is marked failed and the result says that the reboot ended
+// it, naming the generation the host boots. Cancelled otherwise, it rolls
+// back as before (here: the previous generation's agent is a stand-in
+// that exits 2, so the rollback fails).
+func TestShutdownInterruptsActivation(t *testing.T) {
+	for _, stopping := range []bool{true, false} {
+		h := newTrialHost(t)
+		h.w.Stopping = func() bool { return stopping }
+		st := &State{Current: 2, CurrentSystem: h.sys[2], Activation: &ActivationState{}}
+		st.Activation.ID, st.Activation.Generation, st.Activation.Previous, st.Activation.Mode = "5", 2, 1, ModeSwitch
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		res := &Result{}
+		h.w.rollback(ctx, res, st, h.sys[1], context.Canceled)
+		g, _ := h.l.Generation(2)
+		want := "generation 2: interrupted by a reboot of the host before it was confirmed; the host boots generation 1 again"
+		switch {
+		case stopping && (res.Outcome != OutcomeRolledBack || res.Message != want || !g.Failed):
+			t.Errorf("shutting down: %s %q, generation 2 failed %v; want rolled back: %q", res.Outcome, res.Message, g.Failed, want)
+		case !stopping && (res.Outcome != OutcomeFailed || !strings.Contains(res.Message, "the rollback failed too")):
+			t.Errorf("not shutting down: %s %q; want the rollback tried (and failed)", res.Outcome, res.Message)
+		}
+	}
+}

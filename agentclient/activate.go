@@ -79,6 +79,19 @@ func (e *RolledBackError) Error() string {
 	return fmt.Sprintf("%s: rolled back: %s", e.Host, e.Message)
 }
 
+// RebootedError is an activation ended by a reboot of the host before it
+// was confirmed: the host boots its boot default, so it runs the
+// generation it ran before (Running; 0: none), as after a rollback
+// ([Classify]: [KindRolledBack]).
+type RebootedError struct {
+	Host    string
+	Running int
+}
+
+func (e *RebootedError) Error() string {
+	return fmt.Sprintf("%s: interrupted by a reboot of the host before it was confirmed; the host runs generation %d", e.Host, e.Running)
+}
+
 // LockHeldError is an activation refused because another one holds the
 // host's activation lock. CLI exit code 5.
 type LockHeldError struct {
@@ -173,7 +186,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		}
 		logf("%s: lost the activation session (%v); reconnecting to learn the outcome", host, err)
 		res2.Reconnected = true
-		r, rerr := c.recoverOutcome(ctx, opts, logf)
+		r, rerr := c.recoverOutcome(ctx, system, opts, logf)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -196,7 +209,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 	if opts.Check != nil {
 		if cerr := opts.Check(ctx); cerr != nil {
 			logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
-			final, err := c.waitFinal(ctx, res.ID, opts)
+			final, err := c.waitFinal(ctx, system, res.ID, opts)
 			if err != nil {
 				return nil, err
 			}
@@ -209,7 +222,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 	if opts.BeforeConfirm != nil {
 		opts.BeforeConfirm()
 	}
-	final, err := c.confirm(ctx, res.Generation, token, opts, logf)
+	final, err := c.confirm(ctx, system, res.Generation, token, opts, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +238,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 
 // confirm opens a new connection and runs `confirm N` with the token on
 // stdin; it retries on connection errors until the confirm deadline.
-func (c *Client) confirm(ctx context.Context, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) confirm(ctx context.Context, system string, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -257,7 +270,7 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 			// The agent refused (not pending any more, say): ask for the
 			// outcome.
 			logf("%s: confirm: %v", c.Name(), err)
-			return c.waitFinal(ctx, "", opts)
+			return c.waitFinal(ctx, system, "", opts)
 		}
 		sleepCtx(ctx, time.Second)
 	}
@@ -267,7 +280,7 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 // recoverOutcome reconnects after a dropped activation session and finds
 // out what happened: if the activation awaits confirmation, it returns
 // that (the caller confirms); if it ended, its result.
-func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) recoverOutcome(ctx context.Context, system string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -282,7 +295,7 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 		}
 		a := st.Activation
 		if a == nil {
-			return nil, &ActivationError{Host: c.Name(), Message: "the host knows of no activation (it rebooted?)"}
+			return c.rebooted(st, system)
 		}
 		if a.Phase == agentapi.PhaseAwaiting || a.Phase.Final() {
 			return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
@@ -298,9 +311,24 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 	return nil, lastErr
 }
 
+// rebooted is the outcome of an activation of system that the host
+// forgot because it rebooted (its run directory, where activations are
+// recorded, is emptied by a boot): the boot unit re-applied the boot
+// default, which moves only after a confirmation. A host that runs system
+// now had confirmed it (done); any other ended the activation by the
+// reboot, running the generation it booted: a *[RebootedError] (a kind of
+// rollback).
+func (c *Client) rebooted(st *agentapi.Status, system string) (*agentapi.Result, error) {
+	if st.Current > 0 && st.CurrentSystem == system {
+		return &agentapi.Result{Generation: st.Current, Outcome: agentapi.OutcomeDone,
+			Message: fmt.Sprintf("the host rebooted after the activation was confirmed; it runs generation %d", st.Current)}, nil
+	}
+	return nil, &RebootedError{Host: c.Name(), Running: st.Current}
+}
+
 // waitFinal polls status until the activation id (or, with id "", the last
 // activation) has ended.
-func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions) (*agentapi.Result, error) {
+func (c *Client) waitFinal(ctx context.Context, system, id string, opts ActivateOptions) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -309,10 +337,11 @@ func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions)
 			if a := st.Activation; a.Phase.Final() {
 				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
+		} else if err == nil && st.Activation == nil {
+			// The host forgot the activation: it rebooted.
+			return c.rebooted(st, system)
 		} else if err == nil {
-			// The host forgot the activation (it rebooted: the boot default,
-			// which moves only after a confirmation, runs), or another one
-			// has started since.
+			// Another activation has started since.
 			return nil, &ActivationError{Host: c.Name(), Message: fmt.Sprintf("the host no longer knows the activation (it rebooted?); it runs generation %d, its boot default %d", st.Current, st.Boot)}
 		} else {
 			lastErr = err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/fleet"
@@ -188,4 +189,51 @@ func logOf(events []fleet.Event, host string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestRebootDuringActivationE2E: a host that reboots while an activation
+// checks its health comes back on its boot default, the generation it ran
+// before; deploy reports it as what it is, rolled back by the reboot and
+// running generation 1 (exit 3), not as a failure of unknown outcome.
+func TestRebootDuringActivationE2E(t *testing.T) {
+	t.Parallel()
+	nw := vmtest.Start(t, 1)
+	h1 := nw.Hosts[0]
+	fl := e2e.NewFleet(t, nw)
+	r := cli.New(t, nw, fl)
+	target := fl.Target("prod")
+	bootTrialFleet(t, fl, h1, "")
+	fl.Commit(t, "first")
+	r.JSON(t, "", target).Want(t, 0)
+
+	// Generation 2's health check waits (up to 5m) for a file that never
+	// comes: the activation stays in its checking phase.
+	bootTrialFleet(t, fl, h1, "  file \"/etc/web-v2\" {\n    content = \"x\"\n  }\n  health_check \"waits\" {\n    command = [\"/bin/sh\", \"-c\", \"test -e /run/never\"]\n    timeout = \"5m\"\n  }\n")
+	fl.Commit(t, "second")
+	run := r.Start(t, "", target)
+	for {
+		if out, err := h1.Run(t.Context(), "cat /run/deploy/state.json"); err == nil && strings.Contains(out, `"checking"`) {
+			break
+		}
+		select {
+		case <-run.Done():
+			t.Fatalf("deploy ended before the activation checked its health:\n%s", run.Wait(t).Stderr)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	h1.Reboot()
+	res := run.Wait(t).Want(t, ExitRolledBack)
+	// The worker, stopped by the shutdown, says so ("the host boots
+	// generation 1 again"), or, when the operator's session ended first,
+	// the operator finds the activation forgotten after the boot ("the
+	// host runs generation 1").
+	want := "interrupted by a reboot of the host before it was confirmed; the host "
+	if r := res.Results()["h1"]; r.Result != fleet.ResultRolledBack || r.Phase != fleet.PhaseActivate || !strings.Contains(r.Error, want) || !strings.Contains(r.Error, "generation 1") {
+		t.Errorf("deploy: h1 %+v, want rolled back in the activate phase: %q ... generation 1", r, want)
+	}
+	h1.Succeed("test ! -e /etc/web-v2")
+	if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-1-link" {
+		t.Errorf("boot default %q, want system-1-link", got)
+	}
+	h1.WaitForUnit("web.service")
 }
