@@ -31,6 +31,8 @@ const (
 	// generation's agent) and deploy-boot-confirm.service (the trial's).
 	VerbBootGuard   = "boot-guard"
 	VerbBootConfirm = "boot-confirm"
+	// VerbRunLease keeps a run's run lock across the reboot it orders.
+	VerbRunLease = "run-lease"
 	// The agent's own: the detached halves of an activation.
 	VerbActivateWorker = "activate-worker"
 	VerbWatchdog       = "watchdog"
@@ -126,6 +128,22 @@ func (r RunLockCmd) Args() []string {
 		args = append(args, "--drift")
 	}
 	return args
+}
+
+// RunLeaseCmd is `run-lease --run RUN --for D`: run RUN, which holds the
+// host's run lock, is about to reboot the host; the lock stays its own
+// across the reboot (a lease in the state directory, [RunLease]) until
+// the run takes it again or D has passed. An agent that predates it exits
+// [ExitUsage].
+type RunLeaseCmd struct {
+	StateDir string
+	Run      string
+	For      time.Duration
+}
+
+// Args implements the command line.
+func (r RunLeaseCmd) Args() []string {
+	return append(dirArgs(VerbRunLease, r.StateDir, ""), "--run", r.Run, "--for", r.For.String())
 }
 
 // ReceiveCmd is `receive`: the transfer protocol's agent side.

@@ -61,6 +61,7 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 	if t := before.Trial; t != nil {
 		logf(fmt.Sprintf("generation %d boots as a trial: after %d boots that do not confirm within %v, the host boots generation %d again", t.Generation, t.MaxAttempts-len(t.Attempts), t.Timeout, t.Previous))
 	}
+	c.leaseLock(ctx, conn, before, opts, logf)
 	logf("rebooting")
 	var stderr bytes.Buffer
 	err = conn.Run(ctx, []string{"systemctl", "reboot"}, nil, nil, &stderr)
@@ -275,5 +276,40 @@ func (c *Client) reconnect(ctx context.Context, deadline time.Time) (*mesh.Clien
 			return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("connecting again after the reboot: %w", err)}
 		}
 		sleepCtx(ctx, time.Second)
+	}
+}
+
+// leaseLock keeps the run lock (when the client holds it) for its run
+// across the reboot (`deploy-agent run-lease`): the lock lives in the run
+// directory, which the boot empties, so without the lease another run
+// could take it while the host reboots. It lasts until the run takes the
+// lock again after the reboot, or for as long as the reboot may take
+// (the host's return, a pending trial's attempts, the health wait, and
+// a minute). An agent that cannot keep it is said, not failed.
+func (c *Client) leaseLock(ctx context.Context, conn *mesh.Client, before *agentapi.BootState, opts RebootOptions, logf func(string)) {
+	c.mu.Lock()
+	l := c.lock
+	c.mu.Unlock()
+	if l == nil {
+		return
+	}
+	d := opts.timeout() + opts.healthTimeout() + time.Minute
+	if t := before.Trial; t != nil {
+		d += time.Duration(max(1, t.MaxAttempts-len(t.Attempts))) * (t.Timeout + opts.timeout())
+	}
+	who := []agentapi.Agent{agentapi.CurrentAgent}
+	if l.agent != "" {
+		who = []agentapi.Agent{agentapi.AgentAt(l.agent)}
+	}
+	var stderr bytes.Buffer
+	err := conn.Run(ctx, c.command(who, agentapi.RunLeaseCmd{StateDir: c.stateDir(), Run: l.run.Run, For: d}.Args()...), nil, nil, &stderr)
+	var ee *mesh.ExitError
+	switch {
+	case err == nil:
+		logf(fmt.Sprintf("the run lock stays this run's across the reboot (for at most %v)", d))
+	case errors.As(err, &ee) && ee.Code == agentapi.ExitUsage:
+		logf("the host's deploy-agent cannot keep the run lock across the reboot: another run may take it meanwhile")
+	default:
+		logf(fmt.Sprintf("keeping the run lock across the reboot: %v: %s", err, strings.TrimSpace(stderr.String())))
 	}
 }

@@ -27,6 +27,7 @@ var parsers = map[string]func(args []string) (any, error){
 	agentapi.VerbPull:        parseAny(parsePull),
 	agentapi.VerbDrift:       parseAny(parseDrift),
 	agentapi.VerbHealth:      parseAny(parseHealth),
+	agentapi.VerbRunLease:    parseAny(parseRunLease),
 	agentapi.VerbBootGuard: func(args []string) (any, error) {
 		return parseBootTrial(agentapi.VerbBootGuard, args, io.Discard)
 	},
@@ -81,6 +82,8 @@ func TestCommandLines(t *testing.T) {
 			&rollbackArgs{layout: defaults, meta: map[string]string{}}},
 		{"confirm", agentapi.ConfirmCmd{StateDir: state, Generation: 12}.Args(),
 			&confirmArgs{layout: stateOnly, wait: 10 * time.Minute, generation: 12}},
+		{"run-lease", agentapi.RunLeaseCmd{StateDir: state, Run: "r1", For: 7 * time.Minute}.Args(),
+			&runLeaseArgs{layout: stateOnly, run: "r1", d: 7 * time.Minute}},
 		{"run-lock", agentapi.RunLockCmd{StateDir: state, Wait: 90 * time.Second, Lease: 3 * time.Minute}.Args(),
 			&runLockArgs{layout: stateOnly, wait: 90 * time.Second, lease: 3 * time.Minute}},
 		{"status", agentapi.StatusCmd{StateDir: state}.Args(),
@@ -122,7 +125,7 @@ func TestCommandLines(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parse(%q) = %v", tt.args, err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(activateArgs{}, rollbackArgs{}, confirmArgs{}, runLockArgs{},
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(activateArgs{}, rollbackArgs{}, confirmArgs{}, runLockArgs{}, runLeaseArgs{},
 				statusArgs{}, generationsArgs{}, gcArgs{}, driftArgs{}, healthArgs{}, applyArgs{}, installSelfArgs{}, receiveArgs{})); diff != "" {
 				t.Errorf("parse(%q) differs (-want +got):\n%s", tt.args, diff)
 			}

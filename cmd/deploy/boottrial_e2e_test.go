@@ -163,20 +163,46 @@ test "$(readlink -f /var/lib/deploy/profiles/system)" = "$sys"; rm "$sys/agent";
 		h1.Succeed("test ! -e /etc/web-v4")
 	})
 
-	t.Run("a good generation confirms", func(t *testing.T) {
-		bootTrialFleet(t, fl, h1, "  file \"/etc/web-good\" {\n    content = \"x\"\n  }\n")
+	// A good generation, whose health check waits for /run/go: its trial
+	// boot stays unconfirmed until the test creates it. Meanwhile the host
+	// has rebooted (the run lock under /run is gone with the old boot), and
+	// the rebooting run's lease keeps the lock its own: another run is
+	// refused (exit 5). Then the trial confirms, the run takes its lock
+	// again and ends ok, and the lock is free.
+	t.Run("a good generation confirms; the run lock stays with the rebooting run", func(t *testing.T) {
+		bootTrialFleet(t, fl, h1, "  file \"/etc/web-good\" {\n    content = \"x\"\n  }\n  health_check \"go\" {\n    command = [\"/bin/sh\", \"-c\", \"test -e /run/go\"]\n    timeout = \"5m\"\n  }\n")
 		fl.Commit(t, "good")
-		res := r.JSON(t, "", target, "--mode", "boot", "--reboot").Want(t, 0)
+		before := bootID(h1)
+		run := r.Start(t, "", target, "--mode", "boot", "--reboot")
+		for {
+			out, err := h1.Run(t.Context(), "cat /proc/sys/kernel/random/boot_id; test -e /run/deploy/current-system && test -e /var/lib/deploy/run-lease.json && echo leased")
+			if err == nil && !strings.HasPrefix(out, before) && strings.Contains(out, "leased") {
+				break
+			}
+			select {
+			case <-run.Done():
+				t.Fatalf("deploy ended before the trial's boot was up:\n%s", run.Wait(t).Stderr)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		gc := r.JSON(t, "gc", target).Want(t, ExitLocked)
+		if r := gc.Results()["h1"]; r.Result != fleet.ResultLocked || !strings.Contains(gc.Output(), "deploy") {
+			t.Errorf("gc while h1 reboots for another run: h1 %+v, want locked by that deploy run:\n%s", r, gc.Output())
+		}
+		h1.Succeed("touch /run/go")
+		res := run.Wait(t).Want(t, 0)
 		if r := res.Results()["h1"]; r.Result != fleet.ResultOK || r.Generation != 5 {
 			t.Errorf("deploy --mode boot --reboot: h1 %+v, want ok at generation 5", r)
 		}
-		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 5 boots as a trial: after 1 boots") || !strings.Contains(log, "generation 5 confirmed its boot") {
-			t.Errorf("deploy's log of h1 does not say the trial confirmed:\n%s", log)
+		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 5 boots as a trial: after 1 boots") || !strings.Contains(log, "generation 5 confirmed its boot") ||
+			!strings.Contains(log, "the run lock stays this run's across the reboot") {
+			t.Errorf("deploy's log of h1 does not say the trial confirmed, with the run lock kept:\n%s", log)
 		}
-		h1.Succeed("test -e /etc/web-good; test ! -e /var/lib/deploy/boot-trial.json")
+		h1.Succeed("test -e /etc/web-good; test ! -e /var/lib/deploy/boot-trial.json; test ! -e /var/lib/deploy/run-lease.json")
 		if got := strings.TrimSpace(h1.Succeed("readlink /var/lib/deploy/profiles/system")); got != "system-5-link" {
 			t.Errorf("boot default %q, want system-5-link", got)
 		}
+		r.JSON(t, "gc", target).Want(t, 0)
 	})
 }
 
