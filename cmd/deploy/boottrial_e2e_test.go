@@ -175,8 +175,10 @@ test "$(readlink -f /var/lib/deploy/profiles/system)" = "$sys"; rm "$sys/agent";
 		before := bootID(h1)
 		run := r.Start(t, "", target, "--mode", "boot", "--reboot")
 		for {
-			out, err := h1.Run(t.Context(), "cat /proc/sys/kernel/random/boot_id; test -e /run/deploy/current-system && test -e /var/lib/deploy/run-lease.json && echo leased")
-			if err == nil && !strings.HasPrefix(out, before) && strings.Contains(out, "leased") {
+			// The trial's boot is up (startup over, sshd running) and its
+			// confirmation waits for /run/go.
+			out, err := h1.Run(t.Context(), "cat /proc/sys/kernel/random/boot_id; systemctl is-active -q ssh.service deploy-boot-confirm.service && test -e /var/lib/deploy/boot-trial.json && echo trial")
+			if err == nil && !strings.HasPrefix(out, before) && strings.Contains(out, "trial") {
 				break
 			}
 			select {
