@@ -53,7 +53,7 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 	if err != nil {
 		return nil, err
 	}
-	before, err := readBootState(ctx, conn)
+	before, err := readBootState(ctx, conn, c.stateDir())
 	if err != nil {
 		return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("reading the boot id: %w", err)}
 	}
@@ -178,8 +178,8 @@ func (c *Client) health(ctx context.Context, conn *mesh.Client, opts RebootOptio
 
 // readBootState reads the host's boot id, pending trial and last fallback
 // ([agentapi.BootStateCmd]: no agent runs).
-func readBootState(ctx context.Context, conn *mesh.Client) (*agentapi.BootState, error) {
-	out, err := conn.Output(ctx, agentapi.BootStateCmd(""))
+func readBootState(ctx context.Context, conn *mesh.Client, stateDir string) (*agentapi.BootState, error) {
+	out, err := conn.Output(ctx, agentapi.BootStateCmd(stateDir))
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,7 @@ func (c *Client) followTrial(ctx context.Context, t *agentapi.BootTrial, opts Re
 		conn, err := c.Dial(cctx)
 		var st *agentapi.BootState
 		if err == nil {
-			st, err = readBootState(cctx, conn)
+			st, err = readBootState(cctx, conn, c.stateDir())
 			conn.Close()
 		}
 		cancel()
