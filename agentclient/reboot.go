@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"time"
 
@@ -58,6 +59,11 @@ func (c *Client) Reboot(ctx context.Context, opts RebootOptions, logf func(strin
 		return nil, &KindError{Kind: KindUnreachable, Err: fmt.Errorf("reading the boot id: %w", err)}
 	}
 	old := before.BootID
+	if t := before.Trial; t != nil && path.Base(before.Boot) != path.Base(t.System) {
+		// A record whose generation is not the boot default: the guard
+		// drops it at boot; nothing is on trial.
+		before.Trial = nil
+	}
 	if t := before.Trial; t != nil {
 		logf(fmt.Sprintf("generation %d boots as a trial: after %d boots that do not confirm within %v, the host boots generation %d again", t.Generation, t.MaxAttempts-len(t.Attempts), t.Timeout, t.Previous))
 	}
