@@ -458,7 +458,13 @@ func (l Layout) ConfirmBoot(ctx context.Context, logf func(string, ...any)) (*He
 	if err != nil {
 		h = &Health{V: agentapi.Version, Message: err.Error()}
 	}
-	return h, l.recordBootHealth(t.ID, BootID(), h, logf)
+	err = l.recordBootHealth(t.ID, BootID(), h, logf)
+	// The textfile stops showing a confirmed trial (a view: its failure
+	// is logged, nothing else).
+	if merr := l.WriteMetrics(); merr != nil {
+		logf("%v", merr)
+	}
+	return h, err
 }
 
 // recordBootHealth decides trial id's boot bootID by its health h: healthy

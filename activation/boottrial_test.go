@@ -155,6 +155,14 @@ func TestBootTrialFallsBackAfterAttempts(t *testing.T) {
 	if got, _, _ := g.Count(); got == nil || len(got.Attempts) != 1 || len(h.trial().Attempts) != 1 {
 		t.Fatalf("Count() again in boot 1: %+v, want attempt 1 still", h.trial())
 	}
+	if err := h.l.WriteMetrics(); err != nil {
+		t.Fatal(err)
+	}
+	wantSamples(t, parseTextfile(t, h.l), "in the trial's first boot", map[string]float64{
+		"deploy_boot_trial_generation":   2,
+		"deploy_boot_trial_attempts":     1,
+		"deploy_boot_trial_max_attempts": 2,
+	})
 	// No confirmation within the timeout: a failed attempt, a reboot.
 	if err := g.watch(context.Background(), h.trial()); err != nil {
 		t.Fatal(err)
@@ -200,6 +208,20 @@ func TestBootTrialCrashedBootsCount(t *testing.T) {
 		t.Fatalf("Count() in boot 3 = %+v, %v, %v; want the fallback and a reboot", got, reboot, err)
 	}
 	h.wantFallback(2, 2, "the boot ended before it confirmed")
+	// The textfile (written by the next boot's boot unit) shows the
+	// fallback; no trial is pending.
+	if err := h.l.WriteMetrics(); err != nil {
+		t.Fatal(err)
+	}
+	samples := parseTextfile(t, h.l)
+	wantSamples(t, samples, "after the fallback", map[string]float64{
+		"deploy_last_boot_fallback_generation": 2,
+		"deploy_last_boot_fallback_previous":   1,
+		"deploy_last_boot_fallback_attempts":   2,
+	})
+	if _, ok := samples["deploy_boot_trial_generation"]; ok {
+		t.Errorf("the textfile shows a pending trial after the fallback")
+	}
 }
 
 // A healthy boot confirms the trial: the record goes, the guard stops
