@@ -114,6 +114,10 @@ func TestBootTrialE2E(t *testing.T) {
 		if log := logOf(res.Events, "h1"); !strings.Contains(log, "generation 2 boots as a trial: after 2 boots") || !strings.Contains(log, want) {
 			t.Errorf("deploy's log of h1 does not announce the trial and its fallback:\n%s", log)
 		}
+		if prom := h1.Succeed("cat /var/lib/deploy/metrics/deploy.prom"); !strings.Contains(prom, "\ndeploy_last_boot_fallback_attempts 2\n") ||
+			!strings.Contains(prom, "\ndeploy_last_boot_fallback_generation 2\n") || strings.Contains(prom, "deploy_boot_trial_generation") {
+			t.Errorf("h1's textfile does not show the fallback:\n%s", prom)
+		}
 		out := r.Text(t, "generations", fl.Target("h1")).Want(t, 0).Output()
 		if !strings.Contains(out, "failed") || !strings.Contains(out, want) {
 			t.Errorf("generations does not show generation 2 failed with %q:\n%s", want, out)
