@@ -63,7 +63,9 @@ func hostBootState(t *testing.T, h *vmtest.Host) *agentapi.BootState {
 // fails (an activation script that fails at boot: the trial's agent does
 // not bring it up) falls back after the deployment's 1 attempt, and
 // deploy reboot reports that; so does one whose agent does not start at
-// all. A good generation then boots as a trial and confirms.
+// all (counted and given up by the previous generation's agent). A good
+// generation then boots as a trial and confirms, while another run is
+// refused the host's run lock, kept by the rebooting run's lease.
 func TestBootTrialE2E(t *testing.T) {
 	t.Parallel()
 	nw := vmtest.Start(t, 1)
