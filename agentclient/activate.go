@@ -26,6 +26,10 @@ type ActivateOptions struct {
 	Meta map[string]string
 	// Force lets the activation replace unmanaged files.
 	Force bool
+	// BootAttempts and BootTimeout set boot counting for mode boot (the
+	// agent's --boot-attempts, --boot-timeout; 0: its defaults).
+	BootAttempts int
+	BootTimeout  time.Duration
 	// Check, if set, runs on the operator's side once the agent awaits
 	// confirmation (outside health checks, the operator's metric gates).
 	// An error rejects the activation (`confirm N --reject`): the host
@@ -99,6 +103,19 @@ func (e *RolledBackError) Error() string {
 	return fmt.Sprintf("%s: rolled back: %s", e.Host, e.Message)
 }
 
+// RebootedError is an activation ended by a reboot of the host before it
+// was confirmed: the host boots its boot default, so it runs the
+// generation it ran before (Running; 0: none), as after a rollback
+// ([Classify]: [KindRolledBack]).
+type RebootedError struct {
+	Host    string
+	Running int
+}
+
+func (e *RebootedError) Error() string {
+	return fmt.Sprintf("%s: interrupted by a reboot of the host before it was confirmed; the host runs generation %d", e.Host, e.Running)
+}
+
 // LockHeldError is an activation refused because another one holds the
 // host's activation lock. CLI exit code 5.
 type LockHeldError struct {
@@ -169,7 +186,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 	token := hex.EncodeToString(rnd[:])
 
 	args := agentapi.ActivateCmd{StateDir: c.stateDir(), Mode: opts.Mode, ConfirmTimeout: opts.ConfirmTimeout,
-		Meta: opts.Meta, Force: opts.Force, System: system}.Args()
+		Meta: opts.Meta, Force: opts.Force, BootAttempts: opts.BootAttempts, BootTimeout: opts.BootTimeout, System: system}.Args()
 	if opts.RollbackTo > 0 {
 		args = agentapi.RollbackCmd{StateDir: c.stateDir(), To: opts.RollbackTo, ConfirmTimeout: opts.ConfirmTimeout, Meta: opts.Meta}.Args()
 	}
@@ -193,7 +210,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		}
 		logf("%s: lost the activation session (%v); reconnecting to learn the outcome", host, err)
 		res2.Reconnected = true
-		r, rerr := c.recoverOutcome(ctx, opts, logf)
+		r, rerr := c.recoverOutcome(ctx, system, opts, logf)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -219,15 +236,15 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 				return nil, ctx.Err()
 			}
 			if errors.Is(cerr, ErrWithhold) {
-				return nil, c.withhold(ctx, res, cerr, opts, logf)
+				return nil, c.withhold(ctx, system, res, cerr, opts, logf)
 			}
-			return nil, c.reject(ctx, res, token, cerr, opts, logf)
+			return nil, c.reject(ctx, system, res, token, cerr, opts, logf)
 		}
 	}
 	if opts.BeforeConfirm != nil {
 		opts.BeforeConfirm()
 	}
-	final, err := c.confirm(ctx, res.Generation, token, opts, logf)
+	final, err := c.confirm(ctx, system, res.Generation, token, opts, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -243,10 +260,10 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 
 // withhold does not confirm: the host rolls back at its timeout. It
 // returns the outcome as an error.
-func (c *Client) withhold(ctx context.Context, res *agentapi.Result, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+func (c *Client) withhold(ctx context.Context, system string, res *agentapi.Result, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
 	host := c.Name()
 	logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
-	final, err := c.waitFinal(ctx, res.ID, opts)
+	final, err := c.waitFinal(ctx, system, res.ID, opts)
 	if err != nil {
 		return err
 	}
@@ -259,7 +276,7 @@ func (c *Client) withhold(ctx context.Context, res *agentapi.Result, cerr error,
 // reject tells the host that the operator's check failed (cerr), so that
 // it rolls back now, and returns the outcome as an error: a
 // *[RolledBackError] normally.
-func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+func (c *Client) reject(ctx context.Context, system string, res *agentapi.Result, token string, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
 	host := c.Name()
 	name := "operator"
 	var ce *CheckError
@@ -267,7 +284,7 @@ func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string,
 		name = ce.Check
 	}
 	logf("%s: operator-side check failed (%v): rejecting generation %d, so that the host rolls back now", host, cerr, res.Generation)
-	final, err := c.confirmOrReject(ctx, res.Generation, token, name, cerr.Error(), opts, logf)
+	final, err := c.confirmOrReject(ctx, system, res.Generation, token, name, cerr.Error(), opts, logf)
 	if err != nil {
 		var ae *ActivationError
 		if !errors.As(err, &ae) {
@@ -276,7 +293,7 @@ func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string,
 		// An agent that cannot reject (it predates --reject): without
 		// the confirmation it rolls back at its timeout.
 		logf("%s: the agent did not take the rejection (%v)", host, err)
-		return c.withhold(ctx, res, cerr, opts, logf)
+		return c.withhold(ctx, system, res, cerr, opts, logf)
 	}
 	switch final.Outcome {
 	case agentapi.OutcomeRolledBack:
@@ -289,13 +306,13 @@ func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string,
 
 // confirm opens a new connection and runs `confirm N` with the token on
 // stdin; it retries on connection errors until the confirm deadline.
-func (c *Client) confirm(ctx context.Context, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
-	return c.confirmOrReject(ctx, gen, token, "", "", opts, logf)
+func (c *Client) confirm(ctx context.Context, system string, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+	return c.confirmOrReject(ctx, system, gen, token, "", "", opts, logf)
 }
 
 // confirmOrReject is confirm, or with reject set (the failed check's
 // name) `confirm N --reject NAME` with reason after the token.
-func (c *Client) confirmOrReject(ctx context.Context, gen int, token, reject, reason string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) confirmOrReject(ctx context.Context, system string, gen int, token, reject, reason string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	stdin := token + "\n"
 	if reject != "" {
 		stdin += strings.ReplaceAll(reason, "\n", " ") + "\n"
@@ -331,7 +348,7 @@ func (c *Client) confirmOrReject(ctx context.Context, gen int, token, reject, re
 			// The agent refused (not pending any more, say): ask for the
 			// outcome.
 			logf("%s: confirm: %v", c.Name(), err)
-			return c.waitFinal(ctx, "", opts)
+			return c.waitFinal(ctx, system, "", opts)
 		}
 		sleepCtx(ctx, time.Second)
 	}
@@ -341,7 +358,7 @@ func (c *Client) confirmOrReject(ctx context.Context, gen int, token, reject, re
 // recoverOutcome reconnects after a dropped activation session and finds
 // out what happened: if the activation awaits confirmation, it returns
 // that (the caller confirms); if it ended, its result.
-func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) recoverOutcome(ctx context.Context, system string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -356,7 +373,7 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 		}
 		a := st.Activation
 		if a == nil {
-			return nil, &ActivationError{Host: c.Name(), Message: "the host knows of no activation (it rebooted?)"}
+			return c.rebooted(st, system)
 		}
 		if a.Phase == agentapi.PhaseAwaiting || a.Phase.Final() {
 			return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
@@ -372,9 +389,24 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 	return nil, lastErr
 }
 
+// rebooted is the outcome of an activation of system that the host
+// forgot because it rebooted (its run directory, where activations are
+// recorded, is emptied by a boot): the boot unit re-applied the boot
+// default, which moves only after a confirmation. A host that runs system
+// now had confirmed it (done); any other ended the activation by the
+// reboot, running the generation it booted: a *[RebootedError] (a kind of
+// rollback).
+func (c *Client) rebooted(st *agentapi.Status, system string) (*agentapi.Result, error) {
+	if st.Current > 0 && st.CurrentSystem == system {
+		return &agentapi.Result{Generation: st.Current, Outcome: agentapi.OutcomeDone,
+			Message: fmt.Sprintf("the host rebooted after the activation was confirmed; it runs generation %d", st.Current)}, nil
+	}
+	return nil, &RebootedError{Host: c.Name(), Running: st.Current}
+}
+
 // waitFinal polls status until the activation id (or, with id "", the last
 // activation) has ended.
-func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions) (*agentapi.Result, error) {
+func (c *Client) waitFinal(ctx context.Context, system, id string, opts ActivateOptions) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -383,10 +415,11 @@ func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions)
 			if a := st.Activation; a.Phase.Final() {
 				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
+		} else if err == nil && st.Activation == nil {
+			// The host forgot the activation: it rebooted.
+			return c.rebooted(st, system)
 		} else if err == nil {
-			// The host forgot the activation (it rebooted: the boot default,
-			// which moves only after a confirmation, runs), or another one
-			// has started since.
+			// Another activation has started since.
 			return nil, &ActivationError{Host: c.Name(), Message: fmt.Sprintf("the host no longer knows the activation (it rebooted?); it runs generation %d, its boot default %d", st.Current, st.Boot)}
 		} else {
 			lastErr = err

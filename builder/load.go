@@ -78,8 +78,15 @@ type Host struct {
 	// Arch is the target's GOARCH (default amd64).
 	Arch string
 	// Meta is free-form metadata, host.meta in expressions.
-	Meta     map[string]string
-	DefRange hcl.Range
+	Meta map[string]string
+	// BootAttempts and BootTimeout set boot counting for a generation
+	// activated for boot: how many of its boots may fail to confirm
+	// before the host boots its previous generation again, and how long
+	// each boot has to confirm (0: the deployment's, else the agent's
+	// defaults, 3 and 5m; docs/activation.md).
+	BootAttempts int
+	BootTimeout  time.Duration
+	DefRange     hcl.Range
 
 	body     *scopeBody
 	roleOnly bool // a RoleHost: no defaults
@@ -225,6 +232,10 @@ type Deployment struct {
 	// WaveTimeout is how long each wave of a pull-mode release has to
 	// report before the later waves stop (default 30m; docs/pull.md).
 	WaveTimeout time.Duration
+	// BootAttempts and BootTimeout are its hosts' boot counting settings
+	// where a host sets none (0: the agent's defaults, 3 and 5m).
+	BootAttempts int
+	BootTimeout  time.Duration
 	// Window, when set, is when the deployment's hosts may change (push:
 	// deploy and reboot refuse or wait outside it).
 	Window *Window
@@ -742,7 +753,7 @@ func (v *Variable) decodeString(a *hcl.Attribute, dst *string) hcl.Diagnostics {
 	return nil
 }
 
-var hostAttrs = []string{"address", "ssh_user", "port", "host_key", "transport", "sudo", "tags", "arch", "meta"}
+var hostAttrs = []string{"address", "ssh_user", "port", "host_key", "transport", "sudo", "tags", "arch", "meta", "boot_attempts", "boot_timeout"}
 
 func (f *Fleet) loadDefaults(b *hcl.Block) hcl.Diagnostics {
 	content, diags := b.Body.Content(f.bodySchema(hostAttrs, false))
@@ -778,7 +789,8 @@ func (f *Fleet) newHost(name string, def hcl.Range, content *hcl.BodyContent) (*
 	var diags hcl.Diagnostics
 	d0 := f.defaultsHost
 	h := &Host{Name: name, DefRange: def, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
-		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{}}
+		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{},
+		BootAttempts: d0.BootAttempts, BootTimeout: d0.BootTimeout}
 	for k, v := range d0.Meta {
 		h.Meta[k] = v
 	}
@@ -898,6 +910,12 @@ func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bo
 		sort.Strings(h.Tags)
 		h.Tags = compactStrings(h.Tags)
 	}
+	if v, ok := get("boot_attempts", cty.Number); ok {
+		h.BootAttempts, diags = bootAttempts(v, rangeOf("boot_attempts"), diags)
+	}
+	if v, ok := get("boot_timeout", cty.String); ok {
+		h.BootTimeout, diags = bootTimeout(v, rangeOf("boot_timeout"), diags)
+	}
 	if v, ok := get("meta", cty.Map(cty.String)); ok {
 		if h.Meta == nil {
 			h.Meta = map[string]string{}
@@ -907,6 +925,28 @@ func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bo
 		}
 	}
 	return diags
+}
+
+// bootAttempts reads boot_attempts: a whole number of boots, at least 1.
+func bootAttempts(v cty.Value, rng *hcl.Range, diags hcl.Diagnostics) (int, hcl.Diagnostics) {
+	n, _ := v.AsBigFloat().Int64()
+	if n < 1 || n > 100 || !v.AsBigFloat().IsInt() {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid boot_attempts",
+			Detail: "boot_attempts must be a whole number of boots from 1 to 100: how many boots of a generation activated for boot may fail to confirm before the host boots its previous generation again.", Subject: rng})
+		return 0, diags
+	}
+	return int(n), diags
+}
+
+// bootTimeout reads boot_timeout: a positive duration.
+func bootTimeout(v cty.Value, rng *hcl.Range, diags hcl.Diagnostics) (time.Duration, hcl.Diagnostics) {
+	t, err := time.ParseDuration(v.AsString())
+	if err != nil || t <= 0 {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid boot_timeout",
+			Detail: fmt.Sprintf("boot_timeout = %q is not a positive duration like \"5m\": how long each boot of a generation activated for boot has to confirm.", v.AsString()), Subject: rng})
+		return 0, diags
+	}
+	return t, diags
 }
 
 func compactStrings(s []string) []string {
@@ -922,7 +962,7 @@ func compactStrings(s []string) []string {
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 	d := &Deployment{Name: b.Labels[0], BatchSize: BatchSize{Hosts: 1}, Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"}, {Name: "boot_attempts"}, {Name: "boot_timeout"},
 		{Name: "window"}, {Name: "max_unavailable"},
 	}}
 	content, diags := b.Body.Content(schema)
@@ -1043,6 +1083,12 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 				Detail: fmt.Sprintf("wave_timeout = %q is not a positive duration like \"30m\".", v.AsString()), Subject: rng})
 		}
 		d.WaveTimeout = t
+	}
+	if v, rng, ok := eval("boot_attempts", cty.Number); ok {
+		d.BootAttempts, diags = bootAttempts(v, rng, diags)
+	}
+	if v, rng, ok := eval("boot_timeout", cty.String); ok {
+		d.BootTimeout, diags = bootTimeout(v, rng, diags)
 	}
 	if v, rng, ok := eval("rollback", cty.String); ok {
 		d.Rollback = v.AsString()

@@ -49,6 +49,14 @@ type activationSettings struct {
 	confirmTimeout time.Duration     // 0: the agent's default (30s)
 	meta           map[string]string // recorded with the generation: git_rev, operator, message
 	waitLock       time.Duration     // how long to wait for a held activation lock (0: fail at once)
+	boot           map[string]bootSettings
+}
+
+// bootSettings are a host's boot counting settings (boot_attempts,
+// boot_timeout: the host's, else the deployment's; 0: the agent's).
+type bootSettings struct {
+	attempts int
+	timeout  time.Duration
 }
 
 func (o *sshHosts) client(host string) (*agentclient.Client, error) {
@@ -189,6 +197,7 @@ func (o *sshHosts) Activate(ctx context.Context, host, system string, mode Mode,
 	}
 	opts := agentclient.ActivateOptions{
 		Mode: string(mode), ConfirmTimeout: o.activation.confirmTimeout, Meta: o.activation.meta,
+		BootAttempts: o.activation.boot[host].attempts, BootTimeout: o.activation.boot[host].timeout,
 		Logf:          func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
 		BeforeConfirm: hook,
 	}
