@@ -1,0 +1,146 @@
+// Package console is pull mode's fleet console: one static page (HTML, CSS
+// and JavaScript in one file, nothing fetched from elsewhere) that lives in
+// a channel's prefix of the bucket, beside the documents it reads, and
+// shows the channel in a browser with no server of its own. docs/pull.md
+// ("The console") is the operator's description.
+//
+// # What the page reads
+//
+// Relative to itself (channels/NAME/index.html): the head channel.json,
+// the reports of its waves (status/waves/SERIAL/WAVE.json, one request per
+// wave whatever its size), the own status/HOST.json of the hosts that no
+// report covers, the last publishes' records (releases/N.json) and the
+// release of each wave's first host (for its signatures). It shows the
+// waves and each host's outcome with the failing check, hosts that are
+// stale, silent past their wave's deadline or whose documents do not
+// verify, and the release history with publisher, signers, commit,
+// message and each host's change of system.
+//
+// # Trust
+//
+// The page verifies every document with WebCrypto's Ed25519, exactly as
+// package channel does (the same signed bytes: "deploy TYPE v1\n" and the
+// payload), against the keys written into it by [Page]: the publisher keys
+// the fleet trusts and each host's SSH ed25519 host key. A document that
+// does not verify is shown as unverified, never with what it claims.
+// testdata/vectors.json holds documents made by package channel that the
+// page's verifier must accept, and tampered copies it must refuse; the Go
+// tests check both sides against it.
+//
+// The keys are as trustworthy as the page: whoever may write the page's
+// key in the bucket may change them, as they may write channel.json.
+// Hosts' status credentials (the status prefix only) cannot.
+package console
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"html"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// PageKey is the page, relative to the channel's root.
+const PageKey = "index.html"
+
+// MaxPageSize is the most the page may weigh, keys included.
+const MaxPageSize = 200 << 10
+
+// Config is what the page is told when it is written: whom to trust and
+// what to read. It is embedded in the page as JSON.
+type Config struct {
+	V       int    `json:"v"`
+	Channel string `json:"channel"`
+	// PublisherKeys verify the channel's records and the hosts' releases;
+	// a release needs PublisherThreshold of them (a root's publisher
+	// threshold; below it the page says it waits for approval).
+	PublisherKeys      []Key `json:"publisher_keys"`
+	PublisherThreshold int   `json:"publisher_threshold"`
+	// Hosts are the hosts the page knows, each with its SSH ed25519 host
+	// key (raw, base64; empty when the fleet names none: its status
+	// cannot be verified).
+	Hosts []Key `json:"hosts"`
+	// MaxDocumentSize bounds each document the page reads (a wave's
+	// report: 16 times as much).
+	MaxDocumentSize int64 `json:"max_document_size"`
+	// History is how many publishes the history shows (default 10).
+	History int `json:"history"`
+	// ReadAllStatuses makes the page read every host's own status
+	// document too (for staleness), not only those no wave report covers.
+	ReadAllStatuses bool `json:"read_all_statuses,omitempty"`
+	// RefreshSeconds: the page reads the channel again this often (0:
+	// only when asked).
+	RefreshSeconds int `json:"refresh_seconds,omitempty"`
+}
+
+// Key is a named ed25519 public key, raw and base64 (standard encoding).
+type Key struct {
+	Name string `json:"name"`
+	Key  string `json:"key,omitempty"`
+}
+
+var (
+	//go:embed assets/page.html
+	pageHTML string
+	//go:embed assets/style.css
+	styleCSS string
+	//go:embed assets/verify.js
+	verifyJS string
+	//go:embed assets/console.js
+	consoleJS string
+)
+
+var pageTemplate = template.Must(template.New("page").Parse(pageHTML))
+
+// VerifyJS is the page's verifier (assets/verify.js), for tests that run
+// it alone.
+func VerifyJS() string { return verifyJS }
+
+// PageInfo is what the page says about where it came from.
+type PageInfo struct {
+	// Target is the fleet target it was written from (DIR#NAME).
+	Target string
+	// Generated is when.
+	Generated time.Time
+}
+
+// Page renders the page for cfg. It fails when the page would weigh more
+// than [MaxPageSize] (a fleet of some thousands of hosts: their keys are
+// in it).
+func Page(cfg *Config, info PageInfo) ([]byte, error) {
+	c := *cfg
+	c.V = 1
+	if c.History <= 0 {
+		c.History = 10
+	}
+	if c.PublisherThreshold <= 0 {
+		c.PublisherThreshold = 1
+	}
+	conf, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	err = pageTemplate.Execute(&b, map[string]string{
+		"Channel":   html.EscapeString(c.Channel),
+		"Target":    html.EscapeString(info.Target),
+		"Generated": info.Generated.UTC().Format(time.RFC3339),
+		"Config":    string(conf), // json.Marshal escapes <, > and &
+		"CSS":       styleCSS,
+		"VerifyJS":  verifyJS,
+		"ConsoleJS": consoleJS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if strings.Contains(string(conf), "</") {
+		return nil, fmt.Errorf("console: the configuration would close its script element")
+	}
+	if b.Len() > MaxPageSize {
+		return nil, fmt.Errorf("console page: %d bytes with %d hosts' keys, above the limit of %d", b.Len(), len(c.Hosts), MaxPageSize)
+	}
+	return b.Bytes(), nil
+}
