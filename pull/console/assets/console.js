@@ -278,6 +278,7 @@ function render(model) {
     const s = hostState(h, hs);
     counts[s.cls] = (counts[s.cls] || 0) + 1;
   }
+  const labels = { none: "no report", old: "on an older serial" };
   main.append(el("section", { id: "head", "data-verified": "true", "data-serial": h.serial },
     el("h2", {}, "Serial " + h.serial + (h.rollback_to ? " (rollback to " + h.rollback_to + ")" : "")),
     el("dl", {},
@@ -287,12 +288,12 @@ function render(model) {
       el("dt", {}, "message"), el("dd", {}, h.message || ""),
       el("dt", {}, "signed by"), el("dd", { id: "signers" }, (model.signers.length ? model.signers : model.headSigners).join(", ") + " (verified)"),
       model.approval ? [el("dt", {}, "approval"), el("dd", { class: "bad" }, model.approval)] : null,
-      el("dt", {}, "hosts"), el("dd", { id: "counts" }, Object.entries(counts).sort().map(([k, n]) => el("span", { class: "pill " + k, "data-count": k }, n + " " + k))))));
+      el("dt", {}, "hosts"), el("dd", { id: "counts" }, Object.entries(counts).sort().map(([k, n]) => el("span", { class: "pill " + k, "data-count": k }, n + " " + (labels[k] || k)))))));
 
   const waves = el("section", { id: "waves" }, el("h2", {}, "Waves"));
   for (const w of model.waves) {
     const rows = w.names.map((name) => hostRow(h, model.hosts.get(name)));
-    waves.append(el("section", { class: "wave " + w.state, "data-wave": w.wave, "data-state": w.state },
+    waves.append(el("section", { class: "wave wave-" + w.state, "data-wave": w.wave, "data-state": w.state },
       el("h3", {}, "Wave " + w.wave + " ", el("span", { class: "pill " + w.state }, w.state), " " + w.names.length + " hosts",
         w.deadline ? el("span", { class: "muted" }, " · earlier waves' deadline " + fmtTime(new Date(w.deadline).toISOString())) : null),
       w.why ? el("p", { class: "why" }, w.why) : null,

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/declarative/deploy/fleet"
+)
+
+// consoleCommands are deploy console's.
+var consoleCommands = []command{
+	{name: "publish", summary: "write the fleet console, a static page that reads and verifies the channel in the browser, into the channel's bucket (DIR#TARGET --channel NAME)", run: runConsolePublish, targets: true},
+}
+
+// runConsolePublish is deploy console publish DIR#TARGET --channel NAME:
+// write the console page into the channel's prefix of the fleet's bucket
+// (docs/pull.md, "The console"), trusting the keys that deploy status
+// --channel trusts. It prints the page's URL. Nothing is built; no host is
+// contacted.
+func runConsolePublish(ctx context.Context, e *env, args []string) error {
+	var hf hostFlags
+	var pf publisherKeyFlag
+	var bf buildFlags
+	var opts fleet.ConsoleOptions
+	var refresh time.Duration
+	fs := newFlags(e, "console publish", "DIR#TARGET... --channel NAME")
+	fs.StringVar(&opts.Channel, "channel", "", "the channel's `name` (the hosts' pull { channel })")
+	fs.StringVar(&pf.file, "publisher-key", "", "secret key `file` whose public half the page trusts too, beside the hosts' publisher_keys (default $DEPLOY_PUBLISHER_KEY)")
+	fs.DurationVar(&refresh, "refresh", 0, "the page reads the channel again this often (default: when asked)")
+	fs.BoolVar(&opts.ReadAllStatuses, "read-all-statuses", false, "the page reads every host's own status document (one request each, for staleness), not only those no wave report holds")
+	fs.IntVar(&opts.History, "history", 10, "how many publishes the page's history shows")
+	fs.BoolVar(&hf.asJSON, "json", false, "print the result as a JSON object on stdout")
+	bf.store.register(fs)
+	targets, err := parse(fs, args, 1, -1)
+	if err != nil {
+		return err
+	}
+	if opts.Channel == "" {
+		return usageErrorf("console publish: --channel NAME is required")
+	}
+	if refresh < 0 || refresh > 0 && refresh < time.Second || opts.History < 1 {
+		return usageErrorf("console publish: --refresh takes 1s or more, --history 1 or more")
+	}
+	opts.RefreshSeconds = int(refresh / time.Second)
+	pk, err := pf.load(e)
+	if err != nil {
+		return err
+	}
+	b, err := bf.builder(e)
+	if err != nil {
+		return err
+	}
+	v := newView(e, true, false) // events are not printed: the result is
+	s := hf.session(e, "console", targets, v)
+	s.Emit = nil
+	s.Builder, s.PublisherKey, s.Getenv = b, pk, e.getenv
+	defer s.Close()
+	if err := s.Open(); err != nil {
+		return err
+	}
+	res, err := s.PublishConsole(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if hf.asJSON {
+		return json.NewEncoder(e.stdout).Encode(map[string]any{"key": res.Key, "url": res.URL, "size": res.Size,
+			"hosts": res.Hosts, "unverifiable": res.Unverifiable})
+	}
+	fmt.Fprintf(e.stderr, "deploy: wrote %s (%.1f KiB, the keys of %d hosts)\n", res.Key, float64(res.Size)/1024, res.Hosts)
+	if len(res.Unverifiable) > 0 {
+		fmt.Fprintf(e.stderr, "deploy: %s %s no ed25519 host_key: the page shows their statuses as unverified\ndeploy: hint: deploy keyscan HOST prints a host's key for its host_key\n",
+			strings.Join(res.Unverifiable, ", "), map[bool]string{true: "has", false: "have"}[len(res.Unverifiable) == 1])
+	}
+	if res.URL == "" {
+		fmt.Fprintf(e.stderr, "deploy: hint: open it where the bucket is served over HTTP(S), at %s under the bucket's prefix\n", res.Key)
+		return nil
+	}
+	fmt.Fprintln(e.stdout, res.URL)
+	return nil
+}

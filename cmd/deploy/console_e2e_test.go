@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/closure/cache"
+	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
+	"github.com/declarative/deploy/internal/chromiumtest"
+	"github.com/declarative/deploy/pull/channel"
+	"golang.org/x/crypto/ssh"
+)
+
+// consoleFleet is a fleet of hosts in pull mode whose cache and channel
+// "prod" live in a real MinIO on loopback (a public-read bucket, as
+// hosts read it). The operator's side is the real CLI (runMain: deploy
+// publish, deploy console publish). The hosts are not machines: each is
+// an ed25519 key standing in for its SSH host key (the fleet pins its
+// public half as host_key), and reports as deploy-agent pull does, with
+// the same code: channel.VerifyRelease, channel.Gate, channel.SignStatus,
+// PutStatus and AddToWave (the wave's entries and its gatherers' report),
+// through channel.OpenWriter with temporary credentials that may write
+// only the status prefix.
+type consoleFleet struct {
+	tb       testing.TB
+	srv      *miniotest.Server
+	dir      string
+	names    []string
+	hostKeys map[string]ed25519.PrivateKey
+	env      map[string]string
+	agent    string
+	cacheDir string
+	pub      *cache.SecretKey
+	hosts    channel.Writer // the hosts' view of the channel
+	canary   int
+	batch    string
+}
+
+const consolePrefix = "fleet/channels/prod/"
+
+func newConsoleFleet(tb testing.TB, names []string, canary int, batch string) *consoleFleet {
+	chromiumtest.Binary(tb)
+	srv := miniotest.Start(tb, miniotest.Options{})
+	srv.Bucket(tb, "cache", true)
+	f := &consoleFleet{tb: tb, srv: srv, dir: tb.TempDir(), names: names, hostKeys: map[string]ed25519.PrivateKey{},
+		env: map[string]string{}, cacheDir: tb.TempDir(), canary: canary, batch: batch}
+	keys := tb.TempDir()
+	ck, _, _ := cache.GenerateKey("console-cache-1")
+	f.pub, _, _ = cache.GenerateKey("console-ci-1")
+	os.WriteFile(filepath.Join(keys, "cache.key"), []byte(ck.String()), 0o600)
+	os.WriteFile(filepath.Join(keys, "publisher.key"), []byte(f.pub.String()), 0o600)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		f.env[k] = v
+	}
+	f.env["DEPLOY_CACHE_KEY"] = filepath.Join(keys, "cache.key")
+	f.env["DEPLOY_PUBLISHER_KEY"] = filepath.Join(keys, "publisher.key")
+	f.env["XDG_CACHE_HOME"] = f.cacheDir
+	f.agent = filepath.Join(keys, "deploy-agent")
+	os.WriteFile(f.agent, []byte("#!/bin/sh\necho stand-in deploy-agent\n"), 0o755)
+	creds := srv.PrefixCredentials(tb, "cache", consolePrefix+"status/")
+	credFile := filepath.Join(keys, "status.env")
+	os.WriteFile(credFile, fmt.Appendf(nil, "AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_SESSION_TOKEN=%s\n",
+		creds.AccessKeyID, creds.SecretAccessKey, creds.SessionToken), 0o600)
+	w, err := channel.OpenWriter("s3://cache/"+strings.TrimSuffix(consolePrefix, "/")+"?endpoint="+srv.Endpoint, credFile, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f.hosts = w
+	for _, h := range names {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		f.hostKeys[h] = priv
+	}
+	return f
+}
+
+// write writes the fleet with version as every host's /etc/version and
+// commits it.
+func (f *consoleFleet) write(version string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cache {\n  url = \"s3://cache/fleet?endpoint=%s\"\n  public_keys = [%q]\n}\n", f.srv.Endpoint, mustPublic(f.env["DEPLOY_CACHE_KEY"]))
+	fmt.Fprintf(&b, "role \"pulled\" {\n  pull {\n    channel = \"prod\"\n    publisher_keys = [%q]\n    status_credentials = \"/etc/deploy/status.env\"\n  }\n  file \"/etc/version\" {\n    content = %q\n  }\n}\n", f.pub.Public().String(), version+"\n")
+	for _, h := range f.names {
+		sp, _ := ssh.NewPublicKey(f.hostKeys[h].Public())
+		fmt.Fprintf(&b, "host %q {\n  address = \"192.0.2.1\"\n  host_key = %q\n  roles = [role.pulled]\n}\n", h, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))))
+	}
+	fmt.Fprintf(&b, "deployment \"prod\" {\n  hosts = [%s]\n  canary = %d\n  batch_size = %q\n  wave_timeout = \"1h\"\n}\n", quoted(f.names), f.canary, f.batch)
+	if err := os.WriteFile(filepath.Join(f.dir, "fleet.hcl"), []byte(b.String()), 0o644); err != nil {
+		f.tb.Fatal(err)
+	}
+	git := func(args ...string) string {
+		out, err := exec.Command("git", append([]string{"-C", f.dir}, args...)...).CombinedOutput()
+		if err != nil {
+			f.tb.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, ".git")); err != nil {
+		git("init", "-q")
+	}
+	git("add", "-A")
+	git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", version)
+	return git("rev-parse", "HEAD")
+}
+
+func mustPublic(keyFile string) string {
+	data, _ := os.ReadFile(keyFile)
+	sk, err := cache.ParseSecretKey(strings.TrimSpace(string(data)))
+	if err != nil {
+		panic(err)
+	}
+	return sk.Public().String()
+}
+
+func quoted(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// deploy runs the CLI in-process with the fleet's environment and wants
+// exit code want; it returns stdout.
+func (f *consoleFleet) deploy(want int, args ...string) string {
+	f.tb.Helper()
+	var stdout, stderr bytes.Buffer
+	getenv := func(k string) string {
+		if v, ok := f.env[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	code := runMain(context.Background(), &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: getenv}, args)
+	if code != want {
+		f.tb.Fatalf("deploy %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, stdout.Bytes(), stderr.Bytes())
+	}
+	return stdout.String()
+}
+
+// release is host's release as the host reads and verifies it.
+func (f *consoleFleet) release(host string) *agentapi.Release {
+	f.tb.Helper()
+	data, err := f.read(channel.ReleaseKey(host))
+	if err != nil || data == nil {
+		f.tb.Fatalf("reading %s's release: %v", host, err)
+	}
+	rel, err := channel.VerifyRelease(data, []*cache.PublicKey{f.pub.Public()}, "prod", host, 0)
+	if err != nil {
+		f.tb.Fatal(err)
+	}
+	return rel
+}
+
+// read reads a document of the channel as hosts do, over plain HTTP from
+// the public bucket; nil when there is none.
+func (f *consoleFleet) read(key string) ([]byte, error) {
+	resp, err := http.Get(f.srv.Endpoint + "/cache/" + consolePrefix + key)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", key, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
+// report is what deploy-agent pull does once host reached a final
+// outcome of rel: its signed status, then its entry in its wave.
+func (f *consoleFleet) report(rel *agentapi.Release, st *agentapi.PullStatus) {
+	f.tb.Helper()
+	ctx := context.Background()
+	st.Host, st.Channel, st.Serial, st.Wave, st.System = rel.Host, rel.Channel, rel.Serial, rel.Wave, rel.System
+	if st.Time.IsZero() {
+		st.Time = time.Now().UTC()
+		st.OutcomeTime = st.Time
+	}
+	key := f.hostKeys[rel.Host]
+	if err := channel.PutStatus(ctx, f.hosts, st, key); err != nil {
+		f.tb.Fatal(err)
+	}
+	doc, err := channel.SignStatus(channel.WaveEntry(st), key)
+	if err != nil {
+		f.tb.Fatal(err)
+	}
+	if _, err := channel.AddToWave(ctx, f.hosts.(channel.Store), rel, rel.Host, doc); err != nil {
+		f.tb.Fatal(err)
+	}
+}
+
+// gate is a host's wave gate on its release, reading the earlier hosts'
+// status documents.
+func (f *consoleFleet) gate(rel *agentapi.Release) (channel.Decision, string) {
+	f.tb.Helper()
+	d, why, err := channel.Gate(context.Background(), rel, time.Now(), func(ctx context.Context, h string) ([]byte, error) {
+		return f.read(channel.StatusKey(h))
+	})
+	if err != nil {
+		f.tb.Fatal(err)
+	}
+	return d, why
+}
+
+// TestConsoleE2E is the console's acceptance: a channel made by the real
+// deploy publish (two publishes, so there is a history and a change)
+// into MinIO, hosts reporting as deploy-agent pull does (canary1 rolls
+// back on its "http" health check, so wave 2 halts: web1 and web2 report
+// halted by the real gate, web3 never reports), then someone with the
+// status credentials rewrites web2's status document to claim "done".
+// deploy console publish writes the page; headless Chromium loads it from
+// MinIO, and the DOM after its scripts ran must show wave 2 halted, the
+// failing check, web2's document as unverified (never as done), the
+// history with its publisher, commit and message, and the change of
+// system. The screenshot is kept: go test ./cmd/deploy -run
+// TestConsoleE2E -artifacts -outputdir DIR keeps it under DIR.
+func TestConsoleE2E(t *testing.T) {
+	f := newConsoleFleet(t, []string{"canary1", "web1", "web2", "web3"}, 1, "100%")
+	target := f.dir + "#prod"
+	build := []string{"--agent", f.agent, "--cache-dir", filepath.Join(f.cacheDir, "deploy")}
+	f.write("v1")
+	f.deploy(0, append([]string{"publish", "--channel", "prod", "--message", "first release"}, append(build, target)...)...)
+	rev := f.write("v2")
+	f.deploy(0, append([]string{"publish", "--channel", "prod", "--message", "roll out v2"}, append(build, target)...)...)
+
+	canary := f.release("canary1")
+	if canary.Serial != 2 || canary.Wave != 1 || canary.Waves != 2 {
+		t.Fatalf("canary1's release: serial %d wave %d of %d, want serial 2, wave 1 of 2", canary.Serial, canary.Wave, canary.Waves)
+	}
+	f.report(canary, &agentapi.PullStatus{Outcome: agentapi.PullRolledBack, Generation: 3, Check: "http",
+		Message: `health check "http": GET http://localhost:8080/healthz: connection refused; rolled back to generation 2`})
+	for _, h := range []string{"web1", "web2"} {
+		rel := f.release(h)
+		d, why := f.gate(rel)
+		if d != channel.Halt {
+			t.Fatalf("%s's gate: %s (%s), want halt", h, d, why)
+		}
+		f.report(rel, &agentapi.PullStatus{Outcome: agentapi.PullHalted, Message: why})
+	}
+	// Tamper: web2's status now claims done, its signature kept.
+	ctx := context.Background()
+	store := f.hosts.(channel.Store)
+	doc, _, err := store.Read(ctx, channel.StatusKey("web2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sd agentapi.SignedDocument
+	json.Unmarshal(doc, &sd)
+	payload, _ := base64.StdEncoding.DecodeString(sd.Payload)
+	forged := strings.Replace(string(payload), `"outcome":"halted"`, `"outcome":"done"`, 1)
+	if forged == string(payload) {
+		t.Fatalf("web2's status %s: nothing to tamper", payload)
+	}
+	sd.Payload = base64.StdEncoding.EncodeToString([]byte(forged))
+	tampered, _ := json.Marshal(&sd)
+	if err := store.Put(ctx, channel.StatusKey("web2"), tampered); err != nil {
+		t.Fatal(err)
+	}
+
+	out := f.deploy(0, "console", "publish", "--channel", "prod", "--cache-dir", filepath.Join(f.cacheDir, "deploy"), target)
+	url := strings.TrimSpace(out)
+	if want := f.srv.Endpoint + "/cache/" + consolePrefix + "index.html"; url != want {
+		t.Fatalf("console publish printed %q, want %q", url, want)
+	}
+	page := fetchPage(t, url)
+	if len(page) > 200<<10 {
+		t.Errorf("the page weighs %d bytes, want under 200 KiB", len(page))
+	}
+
+	shot := filepath.Join(t.ArtifactDir(), "console.png")
+	chromiumtest.Screenshot(t, url+"#norefresh", shot, chromiumtest.Options{Width: 1400, Height: 1100})
+	t.Logf("screenshot: %s", shot)
+	dom := chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
+	os.WriteFile(filepath.Join(t.ArtifactDir(), "console.html"), []byte(dom), 0o644)
+
+	for _, want := range []struct{ what, re string }{
+		{"the page finished", `<body[^>]* data-state="loaded"`},
+		{"the head verified, serial 2", `id="head" data-verified="true" data-serial="2"`},
+		{"wave 1 failed", `data-wave="1" data-state="failed"`},
+		{"wave 2 halted", `data-wave="2" data-state="halted"`},
+		{"why wave 2 halted", `stopped before wave 2: canary1 \(rolled-back, health check "http"\) failed \(max_failures 0\)`},
+		{"canary1 rolled back on check http", `<tr data-host="canary1" data-outcome="rolled-back" data-verified="true" data-check="http">`},
+		{"the failing check in its cell", `<td class="check">http</td>`},
+		{"web1 halted", `<tr data-host="web1" data-outcome="halted" data-verified="true"`},
+		{"web2 unverified", `<tr data-host="web2" data-outcome="unverified" data-verified="false"`},
+		{"why web2 is unverified", `status of web2 not signed by its host key \(signed by another key\)`},
+		{"web3 has no report", `<tr data-host="web3" data-outcome="none"`},
+		{"serial 2 in the history", `<tr data-serial="2" data-verified="true"><td>2</td><td>[^<]+</td><td>[^<]+</td><td>console-ci-1</td><td class="mono">` + rev[:12] + `</td><td>roll out v2</td>`},
+		{"serial 1 in the history", `<tr data-serial="1" data-verified="true">.*first release`},
+		{"what serial 2 changed for web1", `<li data-host="web1" data-change="changed">web1: [a-z0-9]+-system-web1 → [a-z0-9]+-system-web1</li>`},
+	} {
+		if !regexp.MustCompile(want.re).MatchString(dom) {
+			t.Errorf("the console does not show %s (%s)", want.what, want.re)
+		}
+	}
+	// What the forged document claims is nowhere.
+	if regexp.MustCompile(`data-host="web2" data-outcome="done"`).MatchString(dom) {
+		t.Error("web2's tampered status is shown as done")
+	}
+	if t.Failed() {
+		t.Logf("the DOM:\n%s", dom)
+	}
+}
+
+func fetchPage(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("GET %s: %s, Content-Type %q", url, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	return data
+}
