@@ -333,3 +333,91 @@ func fetchPage(t *testing.T, url string) []byte {
 	}
 	return data
 }
+
+// BenchmarkConsole loads the console of a channel of 1,000 hosts in five
+// waves (10 canaries, then 25% at a time), every host reported done, in
+// headless Chromium from MinIO on loopback: the channel made by deploy
+// publish, the reports by the hosts' code (as in TestConsoleE2E). Each
+// iteration is one whole Chromium run (start, load the page, read and
+// verify every document, render, dump the DOM): s/load. browser-s is the
+// same run on an empty page, what the browser's start and exit cost;
+// requests is how many documents the page read; page-KiB what the page
+// weighs with the 1,000 hosts' keys in it. The sub-benchmark
+// every-status reads each host's own status too (--read-all-statuses):
+// the cost of 1,000 requests that the waves' reports save.
+//
+//	go test ./cmd/deploy -run '^$' -bench Console -benchtime 5x
+func BenchmarkConsole(b *testing.B) {
+	const n = 1000
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("host%04d", i+1)
+	}
+	f := newConsoleFleet(b, names, 10, "25%")
+	f.write("v1")
+	cacheDir := filepath.Join(f.cacheDir, "deploy")
+	f.deploy(0, "publish", "--channel", "prod", "--message", "bench", "--agent", f.agent, "--cache-dir", cacheDir, f.dir+"#prod")
+	rels := map[int][]*agentapi.Release{}
+	for _, h := range names {
+		rel := f.release(h)
+		rels[rel.Wave] = append(rels[rel.Wave], rel)
+	}
+	for w := 1; w <= len(rels); w++ {
+		// The gatherers last, so that the first of them finds the whole
+		// wave and writes its report.
+		wave := rels[w]
+		for _, last := range []bool{false, true} {
+			for _, rel := range wave {
+				if rel.Gatherer == last {
+					f.report(rel, &agentapi.PullStatus{Outcome: agentapi.PullDone, Generation: 2})
+				}
+			}
+		}
+		if data, _ := f.read(channel.WaveReportKey(1, 0, w)); data == nil {
+			b.Fatalf("wave %d of %d has no report", w, len(rels))
+		}
+	}
+	blank := filepath.Join(b.TempDir(), "blank.html")
+	os.WriteFile(blank, []byte("<!DOCTYPE html><title>blank</title>"), 0o644)
+	for _, every := range []bool{false, true} {
+		name := "reports"
+		args := []string{"console", "publish", "--channel", "prod", "--cache-dir", cacheDir}
+		if every {
+			name = "every-status"
+			args = append(args, "--read-all-statuses")
+		}
+		url := strings.TrimSpace(f.deploy(0, append(args, f.dir+"#prod")...))
+		resp, err := http.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		b.Run(name, func(b *testing.B) {
+			var load, browser time.Duration
+			var requests string
+			for b.Loop() {
+				start := time.Now()
+				dom := chromiumtest.DumpDOM(b, url+"#norefresh", chromiumtest.Options{Budget: 120 * time.Second})
+				load += time.Since(start)
+				m := regexp.MustCompile(`<body data-state="loaded" data-hosts="(\d+)" data-verified="(\d+)" data-requests="(\d+)"`).FindStringSubmatch(dom)
+				if m == nil || m[1] != "1000" || m[2] != "1000" {
+					b.Fatalf("the console did not show 1,000 verified hosts: %v", m)
+				}
+				requests = m[3]
+				b.StopTimer()
+				start = time.Now()
+				chromiumtest.DumpDOM(b, "file://"+blank, chromiumtest.Options{})
+				browser += time.Since(start)
+				b.StartTimer()
+			}
+			b.ReportMetric(load.Seconds()/float64(b.N), "s/load")
+			b.ReportMetric(browser.Seconds()/float64(b.N), "browser-s")
+			var r float64
+			fmt.Sscan(requests, &r)
+			b.ReportMetric(r, "requests")
+			b.ReportMetric(float64(len(page))/1024, "page-KiB")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}

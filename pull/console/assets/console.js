@@ -11,6 +11,7 @@
 const CFG = JSON.parse(document.getElementById("console-config").textContent);
 const FINAL = ["done", "rolled-back", "failed", "halted", "refused"];
 const PARALLEL = 6; // requests in flight
+let requests = 0; // made by the last reading, for the page's data-requests
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -30,6 +31,7 @@ function el(tag, attrs, ...children) {
 // get reads a document of the channel: {status: "ok", bytes} | "missing" |
 // "error" (with why).
 async function get(key, limit) {
+  requests++;
   try {
     const resp = await fetch(key, { cache: "no-store" });
     if (resp.status === 404 || resp.status === 403) return { status: "missing" };
@@ -384,6 +386,7 @@ function diffSystems(prev, cur, unknown) {
 async function refresh() {
   const t0 = performance.now();
   document.body.dataset.state = "loading";
+  requests = 0;
   let model;
   try {
     model = await load();
@@ -393,6 +396,8 @@ async function refresh() {
   }
   document.getElementById("loaded").textContent = "read " + new Date().toISOString().replace(/\.\d+Z$/, "Z") + " in " + Math.round(performance.now() - t0) + " ms";
   document.body.dataset.hosts = model ? model.hosts.size : 0;
+  document.body.dataset.verified = model ? [...model.hosts.values()].filter((hs) => hs.status).length : 0;
+  document.body.dataset.requests = requests;
   document.body.dataset.state = "loaded";
 }
 
