@@ -33,14 +33,16 @@ type ConsoleResult struct {
 	// channels/NAME/index.html); URL is where a browser opens it (under
 	// the cache's fetch_url).
 	Key, URL string
-	Size     int
+	// Size is the page's, ConfigSize its console.json's (the keys).
+	Size, ConfigSize int
 	// Hosts is how many hosts' keys it holds; Unverifiable names those
 	// without an ed25519 host_key (their statuses show as unverified).
 	Hosts        int
 	Unverifiable []string
 }
 
-// PublishConsole writes the fleet console ([console.Page]) into channel
+// PublishConsole writes the fleet console ([console.Page], and its keys
+// in console.json) into channel
 // opts.Channel's prefix of the fleet's bucket, beside the documents it
 // reads. It trusts what ChannelStatus trusts: the publisher keys of the
 // selected hosts' pull blocks for that channel (and of their root), with
@@ -67,22 +69,35 @@ func (s *Session) PublishConsole(ctx context.Context, opts ConsoleOptions) (*Con
 	if len(s.Targets) == 1 {
 		target = s.Targets[0]
 	}
-	page, err := console.Page(cfg, console.PageInfo{Target: target, Generated: time.Now()})
+	page, err := console.Page(opts.Channel, console.PageInfo{Target: target, Generated: time.Now()})
 	if err != nil {
 		return nil, err
 	}
-	res.Size = len(page)
+	conf, err := console.EncodeConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	res.Size, res.ConfigSize = len(page), len(conf)
 	store, err := s.channelStore(opts.Channel)
 	if err != nil {
 		return nil, err
 	}
-	if tp, ok := store.(typedPutter); ok {
-		err = tp.PutTyped(ctx, console.PageKey, page, "text/html; charset=utf-8")
-	} else {
-		err = store.Put(ctx, console.PageKey, page)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("channel %s: writing %s: %w", store, console.PageKey, err)
+	// The keys first: a page never reads keys older than itself.
+	for _, o := range []struct {
+		key, ctype string
+		data       []byte
+	}{
+		{console.ConfigKey, "application/json", conf},
+		{console.PageKey, "text/html; charset=utf-8", page},
+	} {
+		if tp, ok := store.(typedPutter); ok {
+			err = tp.PutTyped(ctx, o.key, o.data, o.ctype)
+		} else {
+			err = store.Put(ctx, o.key, o.data)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("channel %s: writing %s: %w", store, o.key, err)
+		}
 	}
 	if fu := s.Fleet.Cache.FetchURL; fu != "" {
 		res.URL = channel.URL(fu, opts.Channel) + "/" + console.PageKey

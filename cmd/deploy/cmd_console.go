@@ -66,10 +66,10 @@ func runConsolePublish(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if hf.asJSON {
-		return json.NewEncoder(e.stdout).Encode(map[string]any{"key": res.Key, "url": res.URL, "size": res.Size,
+		return json.NewEncoder(e.stdout).Encode(map[string]any{"key": res.Key, "url": res.URL, "size": res.Size, "config_size": res.ConfigSize,
 			"hosts": res.Hosts, "unverifiable": res.Unverifiable})
 	}
-	fmt.Fprintf(e.stderr, "deploy: wrote %s (%.1f KiB, the keys of %d hosts)\n", res.Key, float64(res.Size)/1024, res.Hosts)
+	fmt.Fprintf(e.stderr, "deploy: wrote %s (%.1f KiB) and the keys it trusts, of %d hosts, beside it (console.json, %.1f KiB)\n", res.Key, float64(res.Size)/1024, res.Hosts, float64(res.ConfigSize)/1024)
 	if len(res.Unverifiable) > 0 {
 		fmt.Fprintf(e.stderr, "deploy: %s %s no ed25519 host_key: the page shows their statuses as unverified\ndeploy: hint: deploy keyscan HOST prints a host's key for its host_key\n",
 			strings.Join(res.Unverifiable, ", "), map[bool]string{true: "has", false: "have"}[len(res.Unverifiable) == 1])

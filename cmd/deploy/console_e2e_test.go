@@ -224,7 +224,8 @@ func (f *consoleFleet) gate(rel *agentapi.Release) (channel.Decision, string) {
 // deploy publish (two publishes, so there is a history and a change)
 // into MinIO, hosts reporting as deploy-agent pull does (canary1 rolls
 // back on its "http" health check, so wave 2 halts: web1 and web2 report
-// halted by the real gate, web3 never reports), then someone with the
+// halted by the real gate, web1 stale too, web3 never reports), then
+// someone with the
 // status credentials rewrites web2's status document to claim "done".
 // deploy console publish writes the page; headless Chromium loads it from
 // MinIO, and the DOM after its scripts ran must show wave 2 halted, the
@@ -253,7 +254,12 @@ func TestConsoleE2E(t *testing.T) {
 		if d != channel.Halt {
 			t.Fatalf("%s's gate: %s (%s), want halt", h, d, why)
 		}
-		f.report(rel, &agentapi.PullStatus{Outcome: agentapi.PullHalted, Message: why})
+		st := &agentapi.PullStatus{Outcome: agentapi.PullHalted, Message: why}
+		if h == "web1" {
+			// web1 has lost its timestamp since: stale.
+			st.Stale, st.StaleSince = "the timestamp expired at 2026-12-07T00:00:00Z", time.Now().UTC()
+		}
+		f.report(rel, st)
 	}
 	// Tamper: web2's status now claims done, its signature kept.
 	ctx := context.Background()
@@ -300,6 +306,7 @@ func TestConsoleE2E(t *testing.T) {
 		{"canary1 rolled back on check http", `<tr data-host="canary1" data-outcome="rolled-back" data-verified="true" data-check="http">`},
 		{"the failing check in its cell", `<td class="check">http</td>`},
 		{"web1 halted", `<tr data-host="web1" data-outcome="halted" data-verified="true"`},
+		{"web1 stale", `<li data-host="web1"><b>web1</b>: <span class="stale" data-stale="true">stale since [^<]*: the timestamp expired`},
 		{"web2 unverified", `<tr data-host="web2" data-outcome="unverified" data-verified="false"`},
 		{"why web2 is unverified", `status of web2 not signed by its host key \(signed by another key\)`},
 		{"web3 has no report", `<tr data-host="web3" data-outcome="none"`},
@@ -341,8 +348,9 @@ func fetchPage(t *testing.T, url string) []byte {
 // iteration is one whole Chromium run (start, load the page, read and
 // verify every document, render, dump the DOM): s/load. browser-s is the
 // same run on an empty page, what the browser's start and exit cost;
-// requests is how many documents the page read; page-KiB what the page
-// weighs with the 1,000 hosts' keys in it. The sub-benchmark
+// requests is how many documents the page read (console.json among
+// them); page-KiB what the page weighs, keys-KiB its console.json with
+// the 1,000 hosts' keys. The sub-benchmark
 // every-status reads each host's own status too (--read-all-statuses):
 // the cost of 1,000 requests that the waves' reports save.
 //
@@ -393,6 +401,10 @@ func BenchmarkConsole(b *testing.B) {
 		}
 		page, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		conf, err := f.read("console.json")
+		if err != nil || conf == nil {
+			b.Fatalf("console.json: %v", err)
+		}
 		b.Run(name, func(b *testing.B) {
 			var load, browser time.Duration
 			var requests string
@@ -417,6 +429,7 @@ func BenchmarkConsole(b *testing.B) {
 			fmt.Sscan(requests, &r)
 			b.ReportMetric(r, "requests")
 			b.ReportMetric(float64(len(page))/1024, "page-KiB")
+			b.ReportMetric(float64(len(conf))/1024, "keys-KiB")
 			b.ReportMetric(0, "ns/op")
 		})
 	}

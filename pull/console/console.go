@@ -23,13 +23,15 @@
 // payload), against the keys written into it by [Page]: the publisher keys
 // the fleet trusts and each host's SSH ed25519 host key. A document that
 // does not verify is shown as unverified, never with what it claims.
+// The keys are in console.json beside the page ([ConfigKey]), so that the
+// page weighs the same whatever the fleet's size.
 // testdata/vectors.json holds documents made by package channel that the
 // page's verifier must accept, and tampered copies it must refuse; the Go
 // tests check both sides against it.
 //
-// The keys are as trustworthy as the page: whoever may write the page's
-// key in the bucket may change them, as they may write channel.json.
-// Hosts' status credentials (the status prefix only) cannot.
+// The keys are as trustworthy as the page: whoever may write the page or
+// console.json in the bucket may change them, as they may write
+// channel.json. Hosts' status credentials (the status prefix only) cannot.
 package console
 
 import (
@@ -38,19 +40,26 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
-	"strings"
 	"text/template"
 	"time"
 )
 
-// PageKey is the page, relative to the channel's root.
-const PageKey = "index.html"
+// PageKey is the page, relative to the channel's root, and ConfigKey its
+// configuration ([Config]), which it reads first.
+const (
+	PageKey   = "index.html"
+	ConfigKey = "console.json"
+)
 
-// MaxPageSize is the most the page may weigh, keys included.
-const MaxPageSize = 200 << 10
+// MaxPageSize is the most the page may weigh; MaxConfigSize the most the
+// page reads of its configuration (about 70 bytes per host).
+const (
+	MaxPageSize   = 200 << 10
+	MaxConfigSize = 16 << 20
+)
 
 // Config is what the page is told when it is written: whom to trust and
-// what to read. It is embedded in the page as JSON.
+// what to read. It is console.json beside the page ([ConfigKey]).
 type Config struct {
 	V       int    `json:"v"`
 	Channel string `json:"channel"`
@@ -107,10 +116,29 @@ type PageInfo struct {
 	Generated time.Time
 }
 
-// Page renders the page for cfg. It fails when the page would weigh more
-// than [MaxPageSize] (a fleet of some thousands of hosts: their keys are
-// in it).
-func Page(cfg *Config, info PageInfo) ([]byte, error) {
+// Page renders the page of channel.
+func Page(channel string, info PageInfo) ([]byte, error) {
+	var b bytes.Buffer
+	err := pageTemplate.Execute(&b, map[string]string{
+		"Channel":   html.EscapeString(channel),
+		"Target":    html.EscapeString(info.Target),
+		"Generated": info.Generated.UTC().Format(time.RFC3339),
+		"CSS":       styleCSS,
+		"VerifyJS":  verifyJS,
+		"ConsoleJS": consoleJS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if b.Len() > MaxPageSize {
+		return nil, fmt.Errorf("console page: %d bytes, above the limit of %d", b.Len(), MaxPageSize)
+	}
+	return b.Bytes(), nil
+}
+
+// EncodeConfig is cfg as console.json. It fails above [MaxConfigSize] (a
+// fleet of some 200,000 hosts), which the page would not read.
+func EncodeConfig(cfg *Config) ([]byte, error) {
 	c := *cfg
 	c.V = 1
 	if c.History <= 0 {
@@ -119,28 +147,12 @@ func Page(cfg *Config, info PageInfo) ([]byte, error) {
 	if c.PublisherThreshold <= 0 {
 		c.PublisherThreshold = 1
 	}
-	conf, err := json.Marshal(&c)
+	data, err := json.MarshalIndent(&c, "", " ")
 	if err != nil {
 		return nil, err
 	}
-	var b bytes.Buffer
-	err = pageTemplate.Execute(&b, map[string]string{
-		"Channel":   html.EscapeString(c.Channel),
-		"Target":    html.EscapeString(info.Target),
-		"Generated": info.Generated.UTC().Format(time.RFC3339),
-		"Config":    string(conf), // json.Marshal escapes <, > and &
-		"CSS":       styleCSS,
-		"VerifyJS":  verifyJS,
-		"ConsoleJS": consoleJS,
-	})
-	if err != nil {
-		return nil, err
+	if len(data) > MaxConfigSize {
+		return nil, fmt.Errorf("console configuration: %d bytes with %d hosts' keys, above the limit of %d", len(data), len(c.Hosts), MaxConfigSize)
 	}
-	if strings.Contains(string(conf), "</") {
-		return nil, fmt.Errorf("console: the configuration would close its script element")
-	}
-	if b.Len() > MaxPageSize {
-		return nil, fmt.Errorf("console page: %d bytes with %d hosts' keys, above the limit of %d", b.Len(), len(c.Hosts), MaxPageSize)
-	}
-	return b.Bytes(), nil
+	return append(data, '\n'), nil
 }

@@ -4,11 +4,13 @@
 // status documents of the hosts the reports do not cover, the release
 // history (releases/N.json) and one release per wave (hosts/H.json, for
 // its signatures). Every document is verified with verify.js against the
-// keys deploy console publish wrote into the page; one that does not
-// verify is shown as unverified, never with what it claims.
+// keys deploy console publish wrote beside the page (console.json); one
+// that does not verify is shown as unverified, never with what it claims.
 "use strict";
 
-const CFG = JSON.parse(document.getElementById("console-config").textContent);
+const CONFIG_KEY = "console.json"; // console.ConfigKey
+const CONFIG_LIMIT = 16 << 20;
+let CFG = null; // console.json: whom to trust, what to read
 const FINAL = ["done", "rolled-back", "failed", "halted", "refused"];
 const PARALLEL = 6; // requests in flight
 let requests = 0; // made by the last reading, for the page's data-requests
@@ -77,6 +79,17 @@ function outcomeTime(st) {
 
 // load reads and verifies everything the page shows.
 async function load() {
+  const c = await get(CONFIG_KEY, CONFIG_LIMIT);
+  let cfg = null;
+  try {
+    cfg = c.status === "ok" ? JSON.parse(new TextDecoder().decode(c.bytes)) : null;
+  } catch (e) {
+    cfg = null;
+  }
+  if (!cfg || cfg.channel !== document.body.dataset.channel) {
+    return { headErr: CONFIG_KEY + " (the keys this page trusts) cannot be read" + (c.reason ? ": " + c.reason : "") + ": run deploy console publish again", hosts: new Map(), supported: true };
+  }
+  CFG = cfg;
   const model = { head: null, headErr: "", hosts: new Map(), waves: [], history: [], signers: [], approval: "", supported: await ed25519Supported() };
   const pub = [];
   for (const k of CFG.publisher_keys || []) pub.push({ name: k.name, key: model.supported ? await importKey(k.key) : null });
@@ -403,5 +416,5 @@ async function refresh() {
 
 document.getElementById("refresh").addEventListener("click", refresh);
 refresh().then(() => {
-  if (CFG.refresh_seconds > 0 && !location.hash.includes("norefresh")) setInterval(refresh, CFG.refresh_seconds * 1000);
+  if (CFG && CFG.refresh_seconds > 0 && !location.hash.includes("norefresh")) setInterval(refresh, CFG.refresh_seconds * 1000);
 });
