@@ -10,7 +10,7 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/modules"
 	"github.com/declarative/deploy/pull/channel"
-	"github.com/declarative/deploy/pull/console"
+	"github.com/declarative/deploy/console"
 )
 
 // ConsoleOptions are the settings of [Session.PublishConsole].

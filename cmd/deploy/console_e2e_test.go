@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -439,5 +441,95 @@ func BenchmarkConsole(b *testing.B) {
 			b.ReportMetric(float64(len(conf))/1024, "keys-KiB")
 			b.ReportMetric(0, "ns/op")
 		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer for one writer and a reader in another
+// goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestConsoleServe: deploy console serve serves a push fleet's console on
+// loopback only; the page, in headless Chromium, shows what the fleet
+// session read of each host (here: hosts whose SSH port refuses, so
+// each is unreachable, with the error); a request naming another Host
+// (a DNS name rebound to 127.0.0.1) is refused; an interrupt ends it
+// with exit 0. A real host's row is TestConsoleServeE2E's.
+func TestConsoleServe(t *testing.T) {
+	chromiumtest.Binary(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	var b strings.Builder
+	for _, h := range []string{"web1", "web2"} {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		sp, _ := ssh.NewPublicKey(priv.Public())
+		fmt.Fprintf(&b, "host %q {\n  address = \"127.0.0.1\"\n  port = %d\n  host_key = %q\n}\n", h, closed, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))))
+	}
+	b.WriteString("deployment \"all\" {\n  hosts = [\"web1\", \"web2\"]\n}\n")
+	os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(b.String()), 0o644)
+
+	url := serveConsole(t, "--ssh-config", "none", dir+"#all")
+	dom := chromiumtest.DumpDOM(t, url, chromiumtest.Options{})
+	for _, h := range []string{"web1", "web2"} {
+		re := `<tr data-host="` + h + `" data-result="unreachable"[^>]*><td>` + h + `</td>.*connection refused`
+		if !regexp.MustCompile(re).MatchString(dom) {
+			t.Errorf("the console does not show %s unreachable (%s):\n%s", h, re, dom)
+		}
+	}
+	req, _ := http.NewRequest("GET", url+"status.json", nil)
+	req.Host = "console.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("GET status.json with Host %s: %s, want 403", req.Host, resp.Status)
+	}
+}
+
+// serveConsole starts deploy console serve with args on a free loopback
+// port and returns its URL; the test's end interrupts it and wants exit 0.
+func serveConsole(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	code := make(chan int, 1)
+	go func() {
+		code <- runMain(ctx, &env{stdin: strings.NewReader(""), stdout: stdout, stderr: stderr, getenv: os.Getenv},
+			append([]string{"console", "serve", "--listen", "127.0.0.1:0"}, args...))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if c := <-code; c != 0 {
+			t.Errorf("console serve ended with exit %d after the interrupt, want 0\n%s", c, stderr.String())
+		}
+	})
+	for {
+		select {
+		case c := <-code:
+			code <- 0 // for the cleanup
+			t.Fatalf("console serve ended with exit %d\n%s", c, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if out := stdout.String(); strings.HasSuffix(out, "\n") {
+			return strings.TrimSpace(out)
+		}
 	}
 }

@@ -118,14 +118,23 @@ type PageInfo struct {
 
 // Page renders the page of channel.
 func Page(channel string, info PageInfo) ([]byte, error) {
+	intro := "Every document below is verified here, in this browser, against the keys <code>deploy console publish</code> wrote beside this page (<code>console.json</code>) on " +
+		info.Generated.UTC().Format(time.RFC3339)
+	if info.Target != "" {
+		intro += " from <code>" + html.EscapeString(info.Target) + "</code>"
+	}
+	return render(channel, "channel "+html.EscapeString(channel), intro+".", verifyJS+"\n"+consoleJS)
+}
+
+// render fills the page's template.
+func render(channel, heading, intro, js string) ([]byte, error) {
 	var b bytes.Buffer
 	err := pageTemplate.Execute(&b, map[string]string{
-		"Channel":   html.EscapeString(channel),
-		"Target":    html.EscapeString(info.Target),
-		"Generated": info.Generated.UTC().Format(time.RFC3339),
-		"CSS":       styleCSS,
-		"VerifyJS":  verifyJS,
-		"ConsoleJS": consoleJS,
+		"Channel": html.EscapeString(channel),
+		"Heading": heading,
+		"Intro":   intro,
+		"CSS":     styleCSS,
+		"JS":      js,
 	})
 	if err != nil {
 		return nil, err

@@ -157,7 +157,7 @@ func goVerdict(v *vectors, c vector) (bool, string) {
 
 // TestVectors: testdata/vectors.json is what package channel signs today
 // (ed25519 signatures are deterministic), with pull/channel's verdicts.
-// go test ./pull/console -run TestVectors -update rewrites it.
+// go test ./console -run TestVectors -update rewrites it.
 func TestVectors(t *testing.T) {
 	v := makeVectors(t)
 	for i, c := range v.Cases {
@@ -178,7 +178,7 @@ func TestVectors(t *testing.T) {
 	}
 	want, err := os.ReadFile(file)
 	if err != nil {
-		t.Fatalf("%v (go test ./pull/console -run TestVectors -update writes it)", err)
+		t.Fatalf("%v (go test ./console -run TestVectors -update writes it)", err)
 	}
 	if string(got) != string(want) {
 		t.Errorf("%s differs from what package channel signs now: if the signed format changed on purpose, rerun with -update and check that TestVerifyJSVectors passes", file)
