@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -24,7 +25,10 @@ import (
 	"github.com/declarative/deploy/closure/cache"
 	"github.com/declarative/deploy/closure/cache/s3cache/miniotest"
 	"github.com/declarative/deploy/internal/chromiumtest"
+	"github.com/declarative/deploy/internal/e2e"
+	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/pull/channel"
+	"github.com/declarative/deploy/vmtest"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -531,5 +535,48 @@ func serveConsole(t *testing.T, args ...string) string {
 		if out := stdout.String(); strings.HasSuffix(out, "\n") {
 			return strings.TrimSpace(out)
 		}
+	}
+}
+
+// TestConsoleServeE2E: the console of a push fleet of one real test host
+// (vmtest: systemd, OpenSSH), deployed with the real deploy; deploy
+// console serve and headless Chromium run in the test network's
+// controller namespace, and the page shows the host as the fleet session
+// read it over SSH: reachable, running generation 1, booting it.
+func TestConsoleServeE2E(t *testing.T) {
+	chromiumtest.Binary(t)
+	nw := vmtest.Start(t, 1)
+	h := nw.Hosts[0]
+	fl := e2e.NewFleet(t, nw)
+	fl.WriteHosts(t, "  file \"/etc/console-test\" {\n    content = \"1\\n\"\n  }\n", "")
+	r := cli.New(t, nw, fl)
+	sshArgs := []string{"--identity", fl.Key, "--ssh-config", "none"}
+	r.Run(t, append(append([]string{}, sshArgs...), "--agent", e2e.Agent(t), fl.Target(h.Name()))...).Want(t, 0)
+
+	cmd := r.Command(t, append(append([]string{"console", "serve"}, sshArgs...), "--listen", "127.0.0.1:0", fl.Target(h.Name()))...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("console serve: %v\n%s", err, stderr.String())
+	}
+	url := strings.TrimSpace(line)
+	dom := chromiumtest.DumpDOM(t, url, chromiumtest.Options{Command: nw.ControllerCommand})
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("console serve after an interrupt: %v, want exit 0\n%s", err, stderr.String())
+	}
+	re := `<tr data-host="` + h.Name() + `" data-result="ok" data-generation="1"><td>` + h.Name() + `</td><td><span class="pill done">ok</span></td><td>1</td>.*<td>same</td>`
+	if !regexp.MustCompile(re).MatchString(dom) {
+		t.Errorf("the console does not show %s at generation 1 (%s):\n%s", h.Name(), re, dom)
 	}
 }

@@ -38,6 +38,9 @@ type Options struct {
 	Budget time.Duration
 	// Width and Height are the window's size (default 1280×1600).
 	Width, Height int
+	// Command makes the browser's command (default exec.CommandContext):
+	// for running it inside a test network's namespace.
+	Command func(ctx context.Context, name string, args ...string) *exec.Cmd
 }
 
 // Command is the Chromium command line that loads url with extra flags.
@@ -58,6 +61,9 @@ func Command(ctx context.Context, t testing.TB, url string, opts Options, extra 
 		args = append(args, "--no-sandbox")
 	}
 	args = append(append(args, extra...), url)
+	if opts.Command != nil {
+		return opts.Command(ctx, Binary(t), args...)
+	}
 	return exec.CommandContext(ctx, Binary(t), args...)
 }
 
