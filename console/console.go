@@ -1,8 +1,11 @@
-// Package console is pull mode's fleet console: one static page (HTML, CSS
-// and JavaScript in one file, nothing fetched from elsewhere) that lives in
-// a channel's prefix of the bucket, beside the documents it reads, and
-// shows the channel in a browser with no server of its own. docs/pull.md
-// ("The console") is the operator's description.
+// Package console is the fleet console. In pull mode it is one static page
+// (HTML, CSS and JavaScript in one file, nothing fetched from elsewhere)
+// that lives in a channel's prefix of the bucket, beside the documents it
+// reads, and shows the channel in a browser with no server of its own
+// ([Page], [Config]; docs/pull.md, "The console"). For a push-mode fleet,
+// [Server] serves a page on a loopback address with the fleet's status,
+// read over SSH by the caller at each look (docs/cli.md, "The console of
+// a push fleet").
 //
 // # What the page reads
 //

@@ -29,6 +29,7 @@ import (
 	"github.com/declarative/deploy/internal/e2e/cli"
 	"github.com/declarative/deploy/pull/channel"
 	"github.com/declarative/deploy/vmtest"
+	"github.com/minio/minio-go/v7"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -237,7 +238,10 @@ func (f *consoleFleet) gate(rel *agentapi.Release) (channel.Decision, string) {
 // MinIO, and the DOM after its scripts ran must show wave 2 halted, the
 // failing check, web2's document as unverified (never as done), the
 // history with its publisher, commit and message, and the change of
-// system. The screenshot is kept: go test ./cmd/deploy -run
+// system. Then, with the bucket's own credentials, canary1's entry in
+// wave 1's report is rewritten (the page reads its own document instead,
+// and says why), and the head (the page shows only that it does not
+// verify). The screenshot is kept: go test ./cmd/deploy -run
 // TestConsoleE2E -artifacts -outputdir DIR keeps it under DIR.
 func TestConsoleE2E(t *testing.T) {
 	f := newConsoleFleet(t, []string{"canary1", "web1", "web2", "web3"}, 1, "100%")
@@ -330,6 +334,64 @@ func TestConsoleE2E(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("the DOM:\n%s", dom)
+	}
+
+	// With the bucket's own credentials: canary1's entry in wave 1's
+	// report rewritten (the page falls back to its own status document,
+	// and says why), then the head itself (the page shows nothing else).
+	admin := func(key string, edit func(string) string) {
+		t.Helper()
+		obj := "fleet/channels/prod/" + key
+		r, err := f.srv.Client.GetObject(ctx, "cache", obj, minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := edit(string(data))
+		if out == string(data) {
+			t.Fatalf("%s: nothing to tamper", key)
+		}
+		if _, err := f.srv.Client.PutObject(ctx, "cache", obj, strings.NewReader(out), int64(len(out)), minio.PutObjectOptions{ContentType: "application/json"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin(channel.WaveReportKey(2, 0, 1), func(s string) string {
+		var wr agentapi.WaveReport
+		json.Unmarshal([]byte(s), &wr)
+		var d agentapi.SignedDocument
+		json.Unmarshal(wr.Reports["canary1"], &d)
+		p, _ := base64.StdEncoding.DecodeString(d.Payload)
+		d.Payload = base64.StdEncoding.EncodeToString([]byte(strings.Replace(string(p), `"rolled-back"`, `"done"`, 1)))
+		wr.Reports["canary1"], _ = json.Marshal(&d)
+		out, _ := json.Marshal(&wr)
+		return string(out)
+	})
+	dom = chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
+	for _, want := range []struct{ what, re string }{
+		{"canary1 from its own document", `<tr data-host="canary1" data-outcome="rolled-back" data-verified="true" data-check="http">(<td[^>]*>.*?</td>){6}<td class="muted">status/canary1.json</td>`},
+		{"its entry unverified", `<li data-host="canary1">.*its entry in wave 1's report: status of canary1 not signed by its host key`},
+		{"wave 2 still halted", `data-wave="2" data-state="halted"`},
+	} {
+		if !regexp.MustCompile(want.re).MatchString(dom) {
+			t.Errorf("with canary1's entry tampered, the console does not show %s (%s)", want.what, want.re)
+		}
+	}
+	admin(channel.HeadKey, func(s string) string {
+		var d agentapi.SignedDocument
+		json.Unmarshal([]byte(s), &d)
+		p, _ := base64.StdEncoding.DecodeString(d.Payload)
+		d.Payload = base64.StdEncoding.EncodeToString([]byte(strings.Replace(string(p), `"roll out v2"`, `"nothing to see"`, 1)))
+		out, _ := json.Marshal(&d)
+		return string(out)
+	})
+	dom = chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
+	if !regexp.MustCompile(`<p class="banner bad" id="head" data-verified="false">channel.json unverified: not signed by a trusted publisher key`).MatchString(dom) ||
+		strings.Contains(dom, "nothing to see") || strings.Contains(dom, `data-wave=`) {
+		t.Errorf("with channel.json tampered, the console shows more than that it does not verify:\n%s", dom)
 	}
 }
 
