@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
+	"github.com/declarative/deploy/console"
 	"github.com/declarative/deploy/modules"
 	"github.com/declarative/deploy/pull/channel"
-	"github.com/declarative/deploy/console"
 )
 
 // ConsoleOptions are the settings of [Session.PublishConsole].
