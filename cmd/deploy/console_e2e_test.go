@@ -642,3 +642,35 @@ func TestConsoleServeE2E(t *testing.T) {
 		t.Errorf("the console does not show %s at generation 1 (%s):\n%s", h.Name(), re, dom)
 	}
 }
+
+// TestConsoleSilent: a canary that never reports is silent once its
+// wave's time is over (published with --wave-timeout 1s), and the console
+// shows it so, and the next wave halted for it, as the wave gate decides.
+func TestConsoleSilent(t *testing.T) {
+	f := newConsoleFleet(t, []string{"canary1", "web1"}, 1, "100%")
+	target := f.dir + "#prod"
+	cacheDir := filepath.Join(f.cacheDir, "deploy")
+	f.write("v1")
+	f.deploy(0, "publish", "--channel", "prod", "--wave-timeout", "1s", "--agent", f.agent, "--cache-dir", cacheDir, target)
+	rel := f.release("web1")
+	for time.Now().Before(rel.Deadline.Add(10 * time.Millisecond)) {
+		time.Sleep(rel.Deadline.Sub(time.Now()) + 10*time.Millisecond)
+	}
+	if d, why := f.gate(rel); d != channel.Halt {
+		t.Fatalf("web1's gate: %s (%s), want halt", d, why)
+	}
+	url := strings.TrimSpace(f.deploy(0, "console", "publish", "--channel", "prod", "--cache-dir", cacheDir, target))
+	dom := chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
+	for _, want := range []struct{ what, re string }{
+		{"canary1 silent", `<tr data-host="canary1" data-outcome="none"><td>canary1</td><td><span class="pill none">silent</span>`},
+		{"canary1 among the silent", `<li data-host="canary1"><b>canary1</b>: <span class="silent" data-silent="true">silent: no report of serial 1 by its wave's deadline`},
+		{"wave 2 halted for it", `data-wave="2" data-state="halted".*stopped before wave 2: canary1 did not report by`},
+	} {
+		if !regexp.MustCompile(want.re).MatchString(dom) {
+			t.Errorf("the console does not show %s (%s)", want.what, want.re)
+		}
+	}
+	if t.Failed() {
+		t.Logf("the DOM:\n%s", dom)
+	}
+}
