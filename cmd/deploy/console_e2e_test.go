@@ -241,8 +241,10 @@ func (f *consoleFleet) gate(rel *agentapi.Release) (channel.Decision, string) {
 // system. Then, with the bucket's own credentials, canary1's entry in
 // wave 1's report is rewritten (the page reads its own document instead,
 // and says why), and the head (the page shows only that it does not
-// verify). The screenshot is kept: go test ./cmd/deploy -run
-// TestConsoleE2E -artifacts -outputdir DIR keeps it under DIR.
+// verify). The screenshot and the DOM are kept: mkdir -p DIR; go test
+// ./cmd/deploy -run TestConsoleE2E -artifacts -outputdir DIR keeps them
+// as DIR/_artifacts/*/console.png and console.html (without -artifacts,
+// in a temporary directory removed after the test).
 func TestConsoleE2E(t *testing.T) {
 	f := newConsoleFleet(t, []string{"canary1", "web1", "web2", "web3"}, 1, "100%")
 	target := f.dir + "#prod"

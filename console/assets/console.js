@@ -309,7 +309,7 @@ function render(model) {
   for (const w of model.waves) {
     const rows = w.names.map((name) => hostRow(h, model.hosts.get(name)));
     waves.append(el("section", { class: "wave wave-" + w.state, "data-wave": w.wave, "data-state": w.state },
-      el("h3", {}, "Wave " + w.wave + " ", el("span", { class: "pill " + w.state }, w.state), " " + w.names.length + " hosts",
+      el("h3", {}, "Wave " + w.wave + " ", el("span", { class: "pill " + w.state }, w.state), " " + w.names.length + (w.names.length === 1 ? " host" : " hosts"),
         w.deadline ? el("span", { class: "muted" }, " · earlier waves' deadline " + fmtTime(new Date(w.deadline).toISOString())) : null),
       w.why ? el("p", { class: "why" }, w.why) : null,
       el("table", {}, el("thead", {}, el("tr", {}, ["host", "outcome", "failing check", "message", "generation", "reported", "source", "system"].map((c) => el("th", {}, c)))),
