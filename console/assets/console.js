@@ -156,6 +156,7 @@ async function load() {
     const v = await verifyStatus(r.bytes, h.channel, hs.name, hostKeys.get(hs.name));
     if (!v.ok) {
       if (!hs.status) hs.unverified = v.reason;
+      else hs.ownUnverified = "its own status document: " + v.reason;
       return;
     }
     if (!hs.status || v.value.serial >= hs.status.serial) {
@@ -222,7 +223,8 @@ function judgeWaves(h, hosts) {
     const wave = i + 1;
     const deadline = wave > 1 && timeout ? published + (wave - 1) * timeout : 0;
     const own = names.map((n) => hosts.get(n));
-    const reported = own.filter((hs) => reportedOf(hs, published + wave * timeout));
+    const ownDeadline = timeout ? published + wave * timeout : 0;
+    const reported = own.filter((hs) => reportedOf(hs, ownDeadline));
     let state, why = "";
     if (halt) {
       state = "halted";
@@ -236,7 +238,6 @@ function judgeWaves(h, hosts) {
       state = "waiting";
     }
     // What the next wave's gate sees of this one.
-    const ownDeadline = timeout ? published + wave * timeout : 0;
     const silent = [];
     for (const hs of own) {
       if (!reportedOf(hs, ownDeadline)) {
@@ -317,7 +318,7 @@ function render(model) {
   }
   main.append(waves);
 
-  const attention = [...model.hosts.values()].filter((hs) => hs.silent || (hs.status && hs.status.stale) || hs.unverified || hs.entryUnverified || hs.readErr);
+  const attention = [...model.hosts.values()].filter((hs) => hs.silent || (hs.status && hs.status.stale) || hs.unverified || hs.entryUnverified || hs.ownUnverified || hs.readErr);
   main.append(el("section", { id: "attention" }, el("h2", {}, "Stale, silent and unverified"),
     attention.length ? el("ul", {}, attention.map((hs) => el("li", { "data-host": hs.name },
       el("b", {}, hs.name), ": ",
@@ -325,6 +326,7 @@ function render(model) {
       hs.status && hs.status.stale ? el("span", { class: "stale", "data-stale": "true" }, "stale since " + fmtTime(hs.status.stale_since) + ": " + hs.status.stale) : null,
       hs.silent ? el("span", { class: "silent", "data-silent": "true" }, "silent: no report of serial " + h.serial + " by its wave's deadline") : null,
       hs.entryUnverified ? el("span", { class: "unverified" }, " " + hs.entryUnverified) : null,
+      hs.ownUnverified ? el("span", { class: "unverified" }, " " + hs.ownUnverified) : null,
       hs.readErr ? el("span", { class: "error" }, hs.readErr) : null)))
       : el("p", { class: "muted" }, "none")));
 
