@@ -70,9 +70,8 @@ func Command(ctx context.Context, t testing.TB, url string, opts Options, extra 
 // DumpDOM loads url and returns the DOM after its scripts ran.
 func DumpDOM(t testing.TB, url string, opts Options) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := Command(ctx, t, url, opts, "--dump-dom")
+	// No deadline of its own: go test's -timeout ends a browser that hangs.
+	cmd := Command(context.Background(), t, url, opts, "--dump-dom")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -85,9 +84,7 @@ func DumpDOM(t testing.TB, url string, opts Options) string {
 // Screenshot loads url and writes a PNG of the window to file.
 func Screenshot(t testing.TB, url, file string, opts Options) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := Command(ctx, t, url, opts, "--screenshot="+file)
+	cmd := Command(context.Background(), t, url, opts, "--screenshot="+file)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("chromium --screenshot %s: %v\n%s", url, err, out)
 	}
