@@ -71,6 +71,14 @@ type Config struct {
 	// threshold; below it the page says it waits for approval).
 	PublisherKeys      []Key `json:"publisher_keys"`
 	PublisherThreshold int   `json:"publisher_threshold"`
+	// TimestampKeys and TimestampThreshold are the timestamp role of the
+	// channel's root (none without a root): the page reads one host's
+	// timestamp per wave and says when the channel's timestamps expire, or
+	// that they did (the hosts act on nothing then: stale).
+	TimestampKeys      []Key `json:"timestamp_keys,omitempty"`
+	TimestampThreshold int   `json:"timestamp_threshold,omitempty"`
+	// RootVersion is the version of the root these keys come from.
+	RootVersion int64 `json:"root_version,omitempty"`
 	// Hosts are the hosts the page knows, each with its SSH ed25519 host
 	// key (raw, base64; empty when the fleet names none: its status
 	// cannot be verified).

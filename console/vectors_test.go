@@ -29,13 +29,14 @@ var update = flag.Bool("update", false, "rewrite testdata/vectors.json")
 type vectors struct {
 	Channel       string   `json:"channel"`
 	PublisherKeys []Key    `json:"publisher_keys"`
+	TimestampKeys []Key    `json:"timestamp_keys"`
 	HostKeys      []Key    `json:"host_keys"`
 	Cases         []vector `json:"cases"`
 }
 
 type vector struct {
 	Name string `json:"name"`
-	Type string `json:"type"` // status, release, channel
+	Type string `json:"type"` // status, release, channel, timestamp
 	Host string `json:"host,omitempty"`
 	Doc  string `json:"doc"` // the document's bytes
 	OK   bool   `json:"ok"`
@@ -117,6 +118,15 @@ func makeVectors(t *testing.T) *vectors {
 	add("channel record with another message", "channel", "", tamper(t, cdoc, func(p string) string {
 		return strings.Replace(p, `"publisher":"ci"`, `"publisher":"ci","message":"nothing to see"`, 1)
 	}))
+	tsKey := &cache.SecretKey{Name: "ts-1", Key: seedKey("timestamp ts-1")}
+	v.TimestampKeys = []Key{{Name: "ts-1", Key: base64.StdEncoding.EncodeToString(tsKey.Key.Public().(ed25519.PublicKey))}}
+	ts := &agentapi.Timestamp{V: 1, Channel: "prod", Host: "web1", Version: when.UnixMilli(), Expires: when.Add(24 * time.Hour), Root: 1, Serial: 3,
+		Release: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}
+	tdoc, _ := channel.Sign(agentapi.DocTimestamp, ts, tsKey)
+	add("timestamp signed by the timestamp key", "timestamp", "web1", tdoc)
+	add("timestamp with a later expiry", "timestamp", "web1", tamper(t, tdoc, func(p string) string { return strings.Replace(p, "2026-12-09", "2027-12-09", 1) }))
+	tpub, _ := channel.Sign(agentapi.DocTimestamp, ts, pub)
+	add("timestamp signed by a publisher key", "timestamp", "web1", tpub)
 	// A release's signature does not make a channel record.
 	var rd agentapi.SignedDocument
 	json.Unmarshal(rdoc, &rd)
@@ -139,8 +149,20 @@ func goVerdict(v *vectors, c vector) (bool, string) {
 		pk, _ := cache.ParsePublicKey(k.Name + ":" + k.Key)
 		pubs = append(pubs, pk)
 	}
+	var tkeys []*cache.PublicKey
+	for _, k := range v.TimestampKeys {
+		pk, _ := cache.ParsePublicKey(k.Name + ":" + k.Key)
+		tkeys = append(tkeys, pk)
+	}
 	var err error
 	switch c.Type {
+	case "timestamp":
+		// Trust.VerifyTimestamp's checks, for a reader without a version
+		// of its own.
+		var ts agentapi.Timestamp
+		if _, err = channel.OpenThreshold([]byte(c.Doc), agentapi.DocTimestamp, tkeys, 1, &ts); err == nil && (ts.Channel != v.Channel || ts.Host != c.Host || ts.Expires.IsZero()) {
+			return false, ""
+		}
 	case "status":
 		_, err = channel.VerifyStatus([]byte(c.Doc), v.Channel, c.Host, hostLine[c.Host])
 		if err != nil {
@@ -164,7 +186,7 @@ func TestVectors(t *testing.T) {
 		v.Cases[i].OK, v.Cases[i].Reason = goVerdict(v, c)
 	}
 	for _, c := range v.Cases {
-		if want := strings.HasPrefix(c.Name, "release signed") || strings.HasPrefix(c.Name, "channel record signed") || strings.Contains(c.Name, "signed by its host key"); c.OK != want {
+		if want := strings.HasPrefix(c.Name, "release signed") || strings.HasPrefix(c.Name, "channel record signed") || strings.Contains(c.Name, "signed by its host key") || c.Name == "timestamp signed by the timestamp key"; c.OK != want {
 			t.Errorf("pull/channel on %q: ok = %v, want %v (%s)", c.Name, c.OK, want, c.Reason)
 		}
 	}
@@ -204,6 +226,8 @@ const V = ` + string(data) + `;
 (async () => {
   const pub = [];
   for (const k of V.publisher_keys) pub.push({ name: k.name, key: await importKey(k.key) });
+  const tkeys = [];
+  for (const k of V.timestamp_keys) tkeys.push({ name: k.name, key: await importKey(k.key) });
   const hosts = new Map();
   for (const k of V.host_keys) hosts.set(k.name, await importKey(k.key));
   const out = [];
@@ -212,6 +236,7 @@ const V = ` + string(data) + `;
     let r;
     if (c.type === "status") r = await verifyStatus(bytes, V.channel, c.host, hosts.get(c.host) || null);
     else if (c.type === "release") r = await verifyRelease(bytes, V.channel, c.host, pub, 1);
+    else if (c.type === "timestamp") r = await verifyTimestamp(bytes, V.channel, c.host, tkeys, 1);
     else r = await verifyRecord(bytes, V.channel, pub);
     out.push({ name: c.name, ok: r.ok, reason: r.reason || "" });
   }

@@ -144,9 +144,14 @@ func (s *Session) consoleConfig(ctx context.Context, opts ConsoleOptions) (*cons
 		if pc == nil || pc.Channel != opts.Channel {
 			continue
 		}
-		if t, err := channel.ParseRoot(pc.Root); err == nil {
-			if _, k := t.Keys(agentapi.RolePublisher); k > cfg.PublisherThreshold {
-				cfg.PublisherThreshold = k
+		if t, err := channel.ParseRoot(pc.Root); err == nil && t.Root.Version > cfg.RootVersion {
+			// The newest root the fleet names: its thresholds and
+			// timestamp keys.
+			_, cfg.PublisherThreshold = t.Keys(agentapi.RolePublisher)
+			tk, k := t.Keys(agentapi.RoleTimestamp)
+			cfg.TimestampKeys, cfg.TimestampThreshold, cfg.RootVersion = nil, k, t.Root.Version
+			for _, key := range tk {
+				cfg.TimestampKeys = append(cfg.TimestampKeys, console.Key{Name: key.Name, Key: base64.StdEncoding.EncodeToString(key.Key)})
 			}
 		}
 		cfg.MaxDocumentSize = max(cfg.MaxDocumentSize, pc.MaxDocumentSize)

@@ -56,6 +56,8 @@ type consoleFleet struct {
 	hosts    channel.Writer // the hosts' view of the channel
 	canary   int
 	batch    string
+	// trust replaces the pull block's publisher_keys line when set.
+	trust string
 }
 
 const consolePrefix = "fleet/channels/prod/"
@@ -101,7 +103,11 @@ func newConsoleFleet(tb testing.TB, names []string, canary int, batch string) *c
 func (f *consoleFleet) write(version string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cache {\n  url = \"s3://cache/fleet?endpoint=%s\"\n  public_keys = [%q]\n}\n", f.srv.Endpoint, mustPublic(f.env["DEPLOY_CACHE_KEY"]))
-	fmt.Fprintf(&b, "role \"pulled\" {\n  pull {\n    channel = \"prod\"\n    publisher_keys = [%q]\n    status_credentials = \"/etc/deploy/status.env\"\n  }\n  file \"/etc/version\" {\n    content = %q\n  }\n}\n", f.pub.Public().String(), version+"\n")
+	trust := fmt.Sprintf("publisher_keys = [%q]", f.pub.Public().String())
+	if f.trust != "" {
+		trust = f.trust
+	}
+	fmt.Fprintf(&b, "role \"pulled\" {\n  pull {\n    channel = \"prod\"\n    %s\n    status_credentials = \"/etc/deploy/status.env\"\n  }\n  file \"/etc/version\" {\n    content = %q\n  }\n}\n", trust, version+"\n")
 	for _, h := range f.names {
 		sp, _ := ssh.NewPublicKey(f.hostKeys[h].Public())
 		fmt.Fprintf(&b, "host %q {\n  address = \"192.0.2.1\"\n  host_key = %q\n  roles = [role.pulled]\n}\n", h, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))))
@@ -675,4 +681,63 @@ func TestConsoleSilent(t *testing.T) {
 	if t.Failed() {
 		t.Logf("the DOM:\n%s", dom)
 	}
+}
+
+// TestConsoleRoot: a channel with a root of trust (deploy trust init) whose
+// releases need two publisher signatures. The console says that the head
+// waits for approval, then, after deploy approve, who signed it; and
+// after a refresh whose timestamps expire (--timestamp-expiry 1s), that
+// the channel's timestamps expired (its hosts act on nothing).
+func TestConsoleRoot(t *testing.T) {
+	f := newConsoleFleet(t, []string{"web1"}, 0, "100%")
+	keys := t.TempDir()
+	key := func(n string) (file, pub string) {
+		sk, pk, _ := cache.GenerateKey(n)
+		file = filepath.Join(keys, n+".key")
+		os.WriteFile(file, []byte(sk.String()+"\n"), 0o600)
+		return file, pk.String()
+	}
+	r1, r1Pub := key("r1")
+	alice, alicePub := key("alice")
+	ts1, ts1Pub := key("ts-1")
+	f.env["DEPLOY_TIMESTAMP_KEY"] = ts1
+	target := f.dir + "#prod"
+	cacheDir := filepath.Join(f.cacheDir, "deploy")
+	f.deploy(0, "trust", "init", f.dir, "--channel", "prod", "--root", r1Pub, "--publisher", f.pub.Public().String(),
+		"--publisher", alicePub, "--publisher-threshold", "2", "--timestamp", ts1Pub, "--sign", r1)
+	f.trust = `root = file("trust/prod/root.json")`
+	f.write("v1")
+	f.deploy(0, "publish", "--channel", "prod", "--agent", f.agent, "--cache-dir", cacheDir, target)
+	url := strings.TrimSpace(f.deploy(0, "console", "publish", "--channel", "prod", "--cache-dir", cacheDir, target))
+	check := func(when string, wants ...string) {
+		t.Helper()
+		dom := chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
+		for _, re := range wants {
+			if !regexp.MustCompile(re).MatchString(dom) {
+				t.Errorf("%s: the console does not show %s", when, re)
+			}
+		}
+		if t.Failed() {
+			t.Logf("the DOM:\n%s", dom)
+		}
+	}
+	check("before the approval",
+		`<dt>approval</dt><dd class="bad">waiting for approval: 1 of the 2 signatures needed \(by console-ci-1\)</dd>`,
+		`<dd id="timestamps" data-timestamps="fresh" class="">web1: until [^,]+, root 1, serial 1</dd>`)
+	f.deploy(0, "approve", "--channel", "prod", "--publisher-key", alice, target)
+	check("after the approval", `<dd id="signers">alice, console-ci-1 \(verified\)</dd>`)
+	f.deploy(0, "publish", "--refresh", "--timestamp-expiry", "1s", "--channel", "prod", "--cache-dir", cacheDir, target)
+	data, err := f.read(channel.TimestampKey("web1"))
+	if err != nil || data == nil {
+		t.Fatalf("web1's timestamp: %v", err)
+	}
+	var sd agentapi.SignedDocument
+	var ts agentapi.Timestamp
+	json.Unmarshal(data, &sd)
+	p, _ := base64.StdEncoding.DecodeString(sd.Payload)
+	json.Unmarshal(p, &ts)
+	for time.Now().Before(ts.Expires.Add(10 * time.Millisecond)) {
+		time.Sleep(time.Until(ts.Expires) + 10*time.Millisecond)
+	}
+	check("after the timestamps expired", `<dd id="timestamps" data-timestamps="expired" class="bad">web1: expired at [^(]+\(the hosts act on nothing: run deploy publish --refresh\)</dd>`)
 }

@@ -188,6 +188,24 @@ async function load() {
     }
   }
 
+  // One timestamp per wave (a channel with a root): when the hosts stop
+  // acting on the channel unless it is refreshed.
+  if ((CFG.timestamp_keys || []).length) {
+    const tkeys = [];
+    for (const k of CFG.timestamp_keys) tkeys.push({ name: k.name, key: model.supported ? await importKey(k.key) : null });
+    model.timestamps = [];
+    await pool(waves.map((hosts) => async () => {
+      if (!hosts.length) return;
+      const r = await get("timestamps/" + hosts[0] + ".json", limit);
+      if (r.status !== "ok") {
+        model.timestamps.push({ host: hosts[0], reason: r.status === "missing" ? "no timestamp" : r.reason });
+        return;
+      }
+      const v = await verifyTimestamp(r.bytes, h.channel, hosts[0], tkeys, CFG.timestamp_threshold || 1);
+      model.timestamps.push(v.ok ? { host: hosts[0], ts: v.value } : { host: hosts[0], reason: v.reason });
+    }));
+  }
+
   // One release per wave: its signatures (approvals).
   const signers = new Set();
   await pool(waves.map((hosts) => async () => {
@@ -304,6 +322,7 @@ function render(model) {
       el("dt", {}, "message"), el("dd", {}, h.message || ""),
       el("dt", {}, "signed by"), el("dd", { id: "signers" }, (model.signers.length ? model.signers : model.headSigners).join(", ") + " (verified)"),
       model.approval ? [el("dt", {}, "approval"), el("dd", { class: "bad" }, model.approval)] : null,
+      model.timestamps ? [el("dt", {}, "timestamps"), timestampsOf(model.timestamps)] : null,
       el("dt", {}, "hosts"), el("dd", { id: "counts" }, Object.entries(counts).sort().map(([k, n]) => el("span", { class: "pill " + k, "data-count": k }, n + " " + (labels[k] || k)))))));
 
   const waves = el("section", { id: "waves" }, el("h2", {}, "Waves"));
@@ -331,6 +350,29 @@ function render(model) {
       : el("p", { class: "muted" }, "none")));
 
   main.append(historySection(h, model));
+}
+
+// timestampsOf says when the channel's timestamps (one host's per wave)
+// expire, or that they did or do not verify.
+function timestampsOf(list) {
+  const now = Date.now();
+  let state = "fresh";
+  const parts = [];
+  for (const t of list.sort((a, b) => a.host.localeCompare(b.host))) {
+    if (!t.ts) {
+      state = "unverified";
+      parts.push(t.host + ": " + t.reason);
+      continue;
+    }
+    const exp = new Date(t.ts.expires).getTime();
+    if (exp < now) {
+      if (state === "fresh") state = "expired";
+      parts.push(t.host + ": expired at " + fmtTime(t.ts.expires) + " (the hosts act on nothing: run deploy publish --refresh)");
+    } else {
+      parts.push(t.host + ": until " + fmtTime(t.ts.expires) + ", root " + t.ts.root + ", serial " + t.ts.serial);
+    }
+  }
+  return el("dd", { id: "timestamps", "data-timestamps": state, class: state === "fresh" ? "" : "bad" }, parts.join("; "));
 }
 
 function hostRow(h, hs) {

@@ -134,6 +134,19 @@ async function verifyRecord(bytes, channel, keys) {
   return r;
 }
 
+// verifyTimestamp is pull/channel's Trust.VerifyTimestamp for a reader
+// that holds no version of its own: host's timestamp, signed by the
+// timestamp role's threshold, about channel and host, with an expiry.
+async function verifyTimestamp(bytes, channel, host, keys, threshold) {
+  const r = await openSigned(bytes, "timestamp", keys, threshold);
+  if (!r.ok) return { ok: false, reason: "timestamp refused: " + r.reason };
+  const ts = r.value;
+  if (ts.channel !== channel) return { ok: false, reason: "timestamp refused: for another channel" };
+  if (ts.host !== host) return { ok: false, reason: "timestamp refused: for another host" };
+  if (!ts.expires || ts.expires.startsWith("0001-")) return { ok: false, reason: "timestamp refused: no expiry" };
+  return r;
+}
+
 // verifyRelease verifies host's release document against the publisher
 // keys and threshold: ok, or below the threshold (waiting for approval,
 // with the signers), or refused.
