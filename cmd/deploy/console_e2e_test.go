@@ -662,7 +662,7 @@ func TestConsoleSilent(t *testing.T) {
 	f.deploy(0, "publish", "--channel", "prod", "--wave-timeout", "1s", "--agent", f.agent, "--cache-dir", cacheDir, target)
 	rel := f.release("web1")
 	for time.Now().Before(rel.Deadline.Add(10 * time.Millisecond)) {
-		time.Sleep(rel.Deadline.Sub(time.Now()) + 10*time.Millisecond)
+		time.Sleep(time.Until(rel.Deadline) + 10*time.Millisecond)
 	}
 	if d, why := f.gate(rel); d != channel.Halt {
 		t.Fatalf("web1's gate: %s (%s), want halt", d, why)
