@@ -84,6 +84,9 @@ func runConsolePublish(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "deploy: hint: open it where the bucket is served over HTTP(S), at %s under the bucket's prefix\n", res.Key)
 		return nil
 	}
+	if strings.HasPrefix(res.URL, "file://") {
+		fmt.Fprintf(e.stderr, "deploy: hint: a browser does not let a page read file:// documents: serve the cache's directory over HTTP (python3 -m http.server, say) and open %s under it\n", res.Key)
+	}
 	fmt.Fprintln(e.stdout, res.URL)
 	return nil
 }
