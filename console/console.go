@@ -9,28 +9,30 @@
 //
 // # What the page reads
 //
-// Relative to itself (channels/NAME/index.html): the head channel.json,
-// the reports of its waves (status/waves/SERIAL/WAVE.json, one request per
-// wave whatever its size), the own status/HOST.json of the hosts that no
-// report covers, the last publishes' records (releases/N.json) and the
-// release of each wave's first host (for its signatures). It shows the
-// waves and each host's outcome with the failing check, hosts that are
-// stale, silent past their wave's deadline or whose documents do not
-// verify, and the release history with publisher, signers, commit,
-// message and each host's change of system.
+// Relative to itself (channels/NAME/index.html): its keys console.json
+// ([ConfigKey], written by the caller from [EncodeConfig]), the head
+// channel.json, the reports of its waves (status/waves/SERIAL/WAVE.json,
+// one request per wave whatever its size), the own status/HOST.json of the
+// hosts that no report covers, the last publishes' records
+// (releases/N.json), the release of each wave's first host (its
+// signatures) and, with a root, that host's timestamp. It shows the waves
+// and each host's outcome with the failing check, hosts that are stale,
+// silent past their wave's deadline or whose documents do not verify, the
+// timestamps' expiry, and the release history with publisher, signers,
+// commit, message and each host's change of system.
 //
 // # Trust
 //
-// The page verifies every document with WebCrypto's Ed25519, exactly as
-// package channel does (the same signed bytes: "deploy TYPE v1\n" and the
-// payload), against the keys written into it by [Page]: the publisher keys
-// the fleet trusts and each host's SSH ed25519 host key. A document that
-// does not verify is shown as unverified, never with what it claims.
-// The keys are in console.json beside the page ([ConfigKey]), so that the
-// page weighs the same whatever the fleet's size.
-// testdata/vectors.json holds documents made by package channel that the
-// page's verifier must accept, and tampered copies it must refuse; the Go
-// tests check both sides against it.
+// The page verifies every document with WebCrypto's Ed25519
+// (assets/verify.js), exactly as package channel does (the same signed
+// bytes: "deploy TYPE v1\n" and the payload), against the keys in
+// console.json: the publisher keys the fleet trusts (with the root's
+// threshold), the root's timestamp keys, and each host's SSH ed25519 host
+// key. A document that does not verify is shown as unverified, never with
+// what it claims. The keys are apart from the page so that the page weighs
+// the same whatever the fleet's size. testdata/vectors.json holds
+// documents made by package channel that the page's verifier must accept,
+// and tampered copies it must refuse; the Go tests hold both sides to it.
 //
 // The keys are as trustworthy as the page: whoever may write the page or
 // console.json in the bucket may change them, as they may write
