@@ -111,6 +111,8 @@ var (
 	styleCSS string
 	//go:embed assets/verify.js
 	verifyJS string
+	//go:embed assets/gate.js
+	gateJS string
 	//go:embed assets/console.js
 	consoleJS string
 )
@@ -120,6 +122,10 @@ var pageTemplate = template.Must(template.New("page").Parse(pageHTML))
 // VerifyJS is the page's verifier (assets/verify.js), for tests that run
 // it alone.
 func VerifyJS() string { return verifyJS }
+
+// GateJS is the page's reading of the waves (assets/gate.js), for tests
+// that run it alone.
+func GateJS() string { return gateJS }
 
 // PageInfo is what the page says about where it came from.
 type PageInfo struct {
@@ -136,7 +142,7 @@ func Page(channel string, info PageInfo) ([]byte, error) {
 	if info.Target != "" {
 		intro += " from <code>" + html.EscapeString(info.Target) + "</code>"
 	}
-	return render(channel, "channel "+html.EscapeString(channel), intro+".", verifyJS+"\n"+consoleJS)
+	return render(channel, "channel "+html.EscapeString(channel), intro+".", verifyJS+"\n"+gateJS+"\n"+consoleJS)
 }
 
 // render fills the page's template.

@@ -11,7 +11,6 @@
 const CONFIG_KEY = "console.json"; // console.ConfigKey
 const CONFIG_LIMIT = 16 << 20;
 let CFG = null; // console.json: whom to trust, what to read
-const FINAL = ["done", "rolled-back", "failed", "halted", "refused"];
 const PARALLEL = 6; // requests in flight
 let requests = 0; // made by the last reading, for the page's data-requests
 
@@ -63,18 +62,8 @@ function historyKey(epoch, serial) {
   return epoch > 0 ? "releases/epoch-" + epoch + "/" + serial + ".json" : "releases/" + serial + ".json";
 }
 
-function fmtTime(t) {
-  if (!t || t.startsWith("0001-")) return "";
-  const d = new Date(t);
-  return isNaN(d) ? t : d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
-}
-
 function baseName(p) {
   return p ? p.slice(p.lastIndexOf("/") + 1) : "";
-}
-
-function outcomeTime(st) {
-  return new Date(st.outcome_time && !st.outcome_time.startsWith("0001-") ? st.outcome_time : st.time);
 }
 
 // load reads and verifies everything the page shows.
@@ -217,69 +206,8 @@ async function load() {
     else if (v.approval) model.approval = v.reason;
   }));
   model.signers = [...signers].sort();
-  model.waves = judgeWaves(h, model.hosts);
+  model.waves = judgeWaves(h, model.hosts, Date.now());
   return model;
-}
-
-// judgeWaves decides each wave's state from the verified reports, by the
-// wave gate's rule (pull/channel gate.go): a wave goes when every host of
-// the earlier waves reported the serial with a final outcome by its
-// deadline, at most max_failures of them not done; it halts when more
-// failed, when one halted, or when its deadline passed without them.
-function judgeWaves(h, hosts) {
-  const out = [];
-  const timeout = h.wave_timeout_ms || 0;
-  const published = new Date(h.published).getTime();
-  const now = Date.now();
-  let failed = [];
-  let halt = "";
-  const reportedOf = (hs, deadline) => {
-    const st = hs.status;
-    return st && st.serial === h.serial && FINAL.includes(st.outcome) && (!deadline || outcomeTime(st).getTime() <= deadline);
-  };
-  for (const [i, names] of (h.waves || []).entries()) {
-    const wave = i + 1;
-    const deadline = wave > 1 && timeout ? published + (wave - 1) * timeout : 0;
-    const own = names.map((n) => hosts.get(n));
-    const ownDeadline = timeout ? published + wave * timeout : 0;
-    const reported = own.filter((hs) => reportedOf(hs, ownDeadline));
-    let state, why = "";
-    if (halt) {
-      state = "halted";
-      why = halt;
-    } else if (reported.length === own.length) {
-      const bad = own.filter((hs) => hs.status.outcome !== "done");
-      state = bad.length ? "failed" : "done";
-    } else if (own.some((hs) => hs.status && hs.status.serial === h.serial && hs.status.outcome !== "waiting")) {
-      state = "running";
-    } else {
-      state = "waiting";
-    }
-    // What the next wave's gate sees of this one.
-    const silent = [];
-    for (const hs of own) {
-      if (!reportedOf(hs, ownDeadline)) {
-        if (ownDeadline && now > ownDeadline) silent.push(hs.name);
-        hs.silent = ownDeadline && now > ownDeadline;
-        continue;
-      }
-      const st = hs.status;
-      if (st.outcome === "halted" && !halt) halt = "the rollout stopped before wave " + (wave + 1) + " (" + hs.name + " halted" + (st.message ? ": " + st.message : "") + ")";
-      else if (st.outcome !== "done" && st.outcome !== "halted") failed.push(hs.name + " (" + st.outcome + (st.check ? ", health check \"" + st.check + "\"" : "") + ")");
-    }
-    if (!halt && failed.length > (h.max_failures || 0)) {
-      halt = "the rollout of serial " + h.serial + " stopped before wave " + (wave + 1) + ": " + failed.join(", ") + " failed (max_failures " + (h.max_failures || 0) + ")";
-    }
-    if (!halt && silent.length) {
-      halt = "the rollout of serial " + h.serial + " stopped before wave " + (wave + 1) + ": " + silent.join(", ") + " did not report by " + fmtTime(new Date(ownDeadline).toISOString());
-    }
-    if (state === "halted" || own.some((hs) => hs.status && hs.status.serial === h.serial && hs.status.outcome === "halted")) {
-      state = "halted";
-      if (!why) why = "its hosts halted";
-    }
-    out.push({ wave, names, state, why, deadline });
-  }
-  return out;
 }
 
 // hostState is one host's outcome as shown: verified, unverified, or no
