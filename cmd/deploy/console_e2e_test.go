@@ -641,6 +641,7 @@ func TestConsoleServeE2E(t *testing.T) {
 	}
 	url := strings.TrimSpace(line)
 	dom := chromiumtest.DumpDOM(t, url, chromiumtest.Options{Command: nw.ControllerCommand})
+	chromiumtest.Screenshot(t, url, filepath.Join(t.ArtifactDir(), "console-serve.png"), chromiumtest.Options{Command: nw.ControllerCommand, Width: 1200, Height: 400})
 	cmd.Process.Signal(os.Interrupt)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("console serve after an interrupt: %v, want exit 0\n%s", err, stderr.String())
@@ -667,7 +668,18 @@ func TestConsoleSilent(t *testing.T) {
 	if d, why := f.gate(rel); d != channel.Halt {
 		t.Fatalf("web1's gate: %s (%s), want halt", d, why)
 	}
-	url := strings.TrimSpace(f.deploy(0, "console", "publish", "--channel", "prod", "--cache-dir", cacheDir, target))
+	var res struct {
+		Key, URL     string
+		Size         int
+		ConfigSize   int `json:"config_size"`
+		Hosts        int
+		Unverifiable []string
+	}
+	out := f.deploy(0, "console", "publish", "--json", "--channel", "prod", "--cache-dir", cacheDir, target)
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Key != "channels/prod/index.html" || res.Hosts != 2 || res.Size == 0 || res.ConfigSize == 0 || len(res.Unverifiable) != 0 {
+		t.Fatalf("console publish --json: %s (%v)", out, err)
+	}
+	url := res.URL
 	dom := chromiumtest.DumpDOM(t, url+"#norefresh", chromiumtest.Options{})
 	for _, want := range []struct{ what, re string }{
 		{"canary1 silent", `<tr data-host="canary1" data-outcome="none"><td>canary1</td><td><span class="pill none">silent</span>`},
