@@ -197,6 +197,7 @@ func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 		}
 	}
 	os.Remove(l.confirmFile(req.ID))
+	os.Remove(l.rejectFile(req.ID))
 	w.run(ctx, req, res, started)
 	if err := l.writeResult(res); err != nil {
 		w.logf("recording the result: %v", err)
@@ -326,9 +327,10 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		}
 		err := Apply(ctx, machine, next, Options{Layout: l, System: req.System, Generation: gen.Number,
 			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf, Warnf: warnf})
-		if err == nil && len(next.HealthChecks) > 0 {
+		gates := HostGates(next.MetricGates, req.ConfirmTimeout == 0)
+		if err == nil && len(next.HealthChecks)+len(gates) > 0 {
 			w.setPhase(st, PhaseChecking, "")
-			err = w.checkHealth(ctx, gen.Number, next.HealthChecks)
+			err = w.checkHealth(ctx, gen.Number, next.HealthChecks, gates...)
 		}
 		if err != nil {
 			w.logf("activation of generation %d failed: %v", gen.Number, err)
@@ -345,18 +347,28 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 	w.conclude(ctx, req, res, st, prevSystem)
 }
 
-// checkHealth runs generation gen's health checks and records the run in
-// the metrics file.
-func (w *Worker) checkHealth(ctx context.Context, gen int, checks []manifest.HealthCheck) error {
+// checkHealth runs generation gen's health checks, then its metric gates
+// (those the host evaluates), and records the run in the metrics file.
+func (w *Worker) checkHealth(ctx context.Context, gen int, checks []manifest.HealthCheck, gates ...manifest.MetricGate) error {
 	err := CheckHealth(ctx, checks, w.Logf)
+	if err == nil {
+		err = CheckGates(ctx, gates, w.Logf)
+	}
 	// The checks that ran: all, or those up to the first that failed
-	// (CheckHealth stops there).
+	// (CheckHealth and CheckGates stop there).
 	var names, failing []string
 	he := (*HealthError)(nil)
 	errors.As(err, &he)
+	all := make([]string, 0, len(checks)+len(gates))
 	for _, c := range checks {
-		names = append(names, c.Name)
-		if he != nil && c.Name == he.Check {
+		all = append(all, c.Name)
+	}
+	for _, g := range gates {
+		all = append(all, g.Name)
+	}
+	for _, name := range all {
+		names = append(names, name)
+		if he != nil && name == he.Check {
 			failing = []string{he.Check}
 			break
 		}
@@ -384,10 +396,18 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 	gen := act.Generation
 	set := func(outcome agentapi.Outcome, msg string) { res.Outcome, res.Message = outcome, msg }
 	if req.ConfirmTimeout > 0 {
-		if !l.waitConfirmed(ctx, req.ID, gen, req.TokenHash, act.Deadline) {
+		if ok, rej := l.waitConfirmed(ctx, req.ID, gen, req.TokenHash, act.Deadline); !ok {
 			cause := fmt.Errorf("not confirmed within %v", req.ConfirmTimeout)
 			if ctx.Err() != nil {
 				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
+			}
+			if rej != nil {
+				cause, res.Check = rej, rej.Check
+				if rej.Check != "" {
+					if err := l.recordChecks(gen, []string{rej.Check}, []string{rej.Check}); err != nil {
+						w.logf("recording the checks in the metrics file: %v", err)
+					}
+				}
 			}
 			w.logf("%v", cause)
 			if req.Mode == ModeBoot {
@@ -429,8 +449,12 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	st.Activation.RollbackBegun = true
 	w.setPhase(st, PhaseRollingBack, cause.Error())
 	var he *HealthError
-	if errors.As(cause, &he) {
+	var rej *RejectedError
+	switch {
+	case errors.As(cause, &he):
 		res.Check = he.Check
+	case errors.As(cause, &rej):
+		res.Check = rej.Check
 	}
 	var err error
 	if gen != prevGen {

@@ -199,7 +199,13 @@ func ReadToken(r io.Reader) ([]byte, error) {
 	if r == nil {
 		r = strings.NewReader("")
 	}
-	line, err := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
+	// A *bufio.Reader is read one line only: what follows the token (a
+	// rejection's reason) stays for the caller.
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReader(io.LimitReader(r, 4096))
+	}
+	line, err := br.ReadString('\n')
 	if err != nil && err != io.EOF {
 		return nil, &TokenError{fmt.Errorf("reading the confirmation token from stdin: %w", err)}
 	}

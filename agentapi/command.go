@@ -83,11 +83,19 @@ func (r RollbackCmd) Args() []string {
 type ConfirmCmd struct {
 	StateDir   string
 	Generation int
+	// Reject, when set, refuses the activation instead: the operator's
+	// check of that name failed, and the reason follows the token on
+	// stdin (one line). The host rolls back at once.
+	Reject string
 }
 
 // Args implements the command line.
 func (c ConfirmCmd) Args() []string {
-	return append(dirArgs(VerbConfirm, c.StateDir, ""), strconv.Itoa(c.Generation))
+	args := dirArgs(VerbConfirm, c.StateDir, "")
+	if c.Reject != "" {
+		args = append(args, "--reject", c.Reject)
+	}
+	return append(args, strconv.Itoa(c.Generation))
 }
 
 // RunLockCmd is `run-lock`: the run lock held for an operator's run (see

@@ -27,8 +27,13 @@ type ActivateOptions struct {
 	// Force lets the activation replace unmanaged files.
 	Force bool
 	// Check, if set, runs on the operator's side once the agent awaits
-	// confirmation (outside health checks). An error withholds the
-	// confirmation: the host rolls back when the timeout expires.
+	// confirmation (outside health checks, the operator's metric gates).
+	// An error rejects the activation (`confirm N --reject`): the host
+	// rolls back at once, without waiting for the confirmation timeout;
+	// a *[CheckError] names the check in the host's result. An error
+	// that wraps [ErrWithhold], and any error for an agent that cannot
+	// reject, leaves the activation unconfirmed instead: the host rolls
+	// back when its confirmation timeout expires.
 	Check func(ctx context.Context) error
 	// BeforeConfirm, if set, runs just before the confirmation connection
 	// is opened (tests use it to inject faults).
@@ -62,13 +67,32 @@ type ActivateResult struct {
 	Warnings []string
 }
 
+// ErrWithhold, wrapped by an error of [ActivateOptions.Check], withholds
+// the confirmation rather than rejecting the activation: the host rolls
+// back at its confirmation timeout, as when the operator is gone.
+var ErrWithhold = errors.New("confirmation withheld")
+
+// CheckError is the failure of an operator-side check named Check (a
+// metric gate deploy evaluates); [ActivateOptions.Check] returns it so
+// that the host's result names the check.
+type CheckError struct {
+	Check string
+	Err   error
+}
+
+func (e *CheckError) Error() string { return e.Err.Error() }
+func (e *CheckError) Unwrap() error { return e.Err }
+
 // RolledBackError is an activation that failed or was not confirmed; the
 // host restored the previous generation by itself. CLI exit code 3.
 type RolledBackError struct {
 	Host       string
 	Generation int
 	Message    string
-	LogTail    []string // the last lines of the activation's log
+	// Check names the health check (or metric gate) whose failure made
+	// the host roll back, when one did.
+	Check   string
+	LogTail []string // the last lines of the activation's log
 }
 
 func (e *RolledBackError) Error() string {
@@ -182,7 +206,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		return res2, nil
 	case agentapi.OutcomeAwaiting:
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message}
+		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message, Check: res.Check}
 	case agentapi.OutcomeLockHeld:
 		return nil, &LockHeldError{Host: host, Holder: res.Message}
 	default:
@@ -191,15 +215,13 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 
 	if opts.Check != nil {
 		if cerr := opts.Check(ctx); cerr != nil {
-			logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
-			final, err := c.waitFinal(ctx, res.ID, opts)
-			if err != nil {
-				return nil, err
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
-			if final.Outcome == agentapi.OutcomeDone {
-				return nil, &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+			if errors.Is(cerr, ErrWithhold) {
+				return nil, c.withhold(ctx, res, cerr, opts, logf)
 			}
-			return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
+			return nil, c.reject(ctx, res, token, cerr, opts, logf)
 		}
 	}
 	if opts.BeforeConfirm != nil {
@@ -214,14 +236,70 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		res2.Outcome = agentapi.OutcomeDone
 		return res2, nil
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message}
+		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message, Check: final.Check}
 	}
 	return nil, &ActivationError{Host: host, Message: final.Message}
+}
+
+// withhold does not confirm: the host rolls back at its timeout. It
+// returns the outcome as an error.
+func (c *Client) withhold(ctx context.Context, res *agentapi.Result, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+	host := c.Name()
+	logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
+	final, err := c.waitFinal(ctx, res.ID, opts)
+	if err != nil {
+		return err
+	}
+	if final.Outcome == agentapi.OutcomeDone {
+		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+	}
+	return &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
+}
+
+// reject tells the host that the operator's check failed (cerr), so that
+// it rolls back now, and returns the outcome as an error: a
+// *[RolledBackError] normally.
+func (c *Client) reject(ctx context.Context, res *agentapi.Result, token string, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+	host := c.Name()
+	name := "operator"
+	var ce *CheckError
+	if errors.As(cerr, &ce) && ce.Check != "" {
+		name = ce.Check
+	}
+	logf("%s: operator-side check failed (%v): rejecting generation %d, so that the host rolls back now", host, cerr, res.Generation)
+	final, err := c.confirmOrReject(ctx, res.Generation, token, name, cerr.Error(), opts, logf)
+	if err != nil {
+		var ae *ActivationError
+		if !errors.As(err, &ae) {
+			return err
+		}
+		// An agent that cannot reject (it predates --reject): without
+		// the confirmation it rolls back at its timeout.
+		logf("%s: the agent did not take the rejection (%v)", host, err)
+		return c.withhold(ctx, res, cerr, opts, logf)
+	}
+	switch final.Outcome {
+	case agentapi.OutcomeRolledBack:
+		return &RolledBackError{Host: host, Generation: res.Generation, Message: final.Message, Check: name}
+	case agentapi.OutcomeDone:
+		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+	}
+	return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v): %s", cerr, final.Message)}
 }
 
 // confirm opens a new connection and runs `confirm N` with the token on
 // stdin; it retries on connection errors until the confirm deadline.
 func (c *Client) confirm(ctx context.Context, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+	return c.confirmOrReject(ctx, gen, token, "", "", opts, logf)
+}
+
+// confirmOrReject is confirm, or with reject set (the failed check's
+// name) `confirm N --reject NAME` with reason after the token.
+func (c *Client) confirmOrReject(ctx context.Context, gen int, token, reject, reason string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+	stdin := token + "\n"
+	if reject != "" {
+		stdin += strings.ReplaceAll(reason, "\n", " ") + "\n"
+	}
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -236,8 +314,8 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 		}
 		var stdout bytes.Buffer
 		lw := &logLines{logf: logf, prefix: "agent: "}
-		argv := c.command([]agentapi.Agent{agentapi.AgentOfGeneration(gen)}, agentapi.ConfirmCmd{StateDir: c.stateDir(), Generation: gen}.Args()...)
-		err = conn.Run(ctx, argv, strings.NewReader(token+"\n"), &stdout, lw)
+		argv := c.command([]agentapi.Agent{agentapi.AgentOfGeneration(gen)}, agentapi.ConfirmCmd{StateDir: c.stateDir(), Generation: gen, Reject: reject}.Args()...)
+		err = conn.Run(ctx, argv, strings.NewReader(stdin), &stdout, lw)
 		lw.flush()
 		conn.Close()
 		r, perr := agentapi.ParseResult(stdout.Bytes())

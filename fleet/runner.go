@@ -292,7 +292,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		hr.Phase, hr.Err = phase, err
 		hr.Result, hr.LogTail = resultOf(err, def)
 		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
-		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail, Health: hr.Health})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), Check: checkOf(err), LogTail: hr.LogTail, Health: hr.Health})
 	}
 	if err := r.Failed[h]; err != nil {
 		fail(PhaseLock, err)

@@ -72,6 +72,8 @@ func TestCommandLines(t *testing.T) {
 			&rollbackArgs{layout: defaults, meta: map[string]string{}}},
 		{"confirm", agentapi.ConfirmCmd{StateDir: state, Generation: 12}.Args(),
 			&confirmArgs{layout: stateOnly, wait: 10 * time.Minute, generation: 12}},
+		{"confirm --reject", agentapi.ConfirmCmd{StateDir: state, Generation: 12, Reject: "error-ratio"}.Args(),
+			&confirmArgs{layout: stateOnly, wait: 10 * time.Minute, generation: 12, reject: "error-ratio"}},
 		{"run-lock", agentapi.RunLockCmd{StateDir: state, Wait: 90 * time.Second, Lease: 3 * time.Minute}.Args(),
 			&runLockArgs{layout: stateOnly, wait: 90 * time.Second, lease: 3 * time.Minute}},
 		{"status", agentapi.StatusCmd{StateDir: state}.Args(),
