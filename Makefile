@@ -14,7 +14,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # also need Nix for golden vectors, OpenSSH and sudo for the SSH tests, and
 # what the benchmarks and fault injection use.
 DEMO_PACKAGES := debootstrap debian-archive-keyring systemd-container iproute2 util-linux mount ca-certificates
-TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc zsh fish
+TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc zsh fish chromium-headless-shell
 # The MinIO server for the binary cache tests: built from source once per
 # machine (about 3 minutes on 2 cores), cached by version outside the
 # checkout; the tests find it through DEPLOY_MINIO.
