@@ -73,8 +73,9 @@ const gateQuery = `sum(rate(app_requests_total{instance=\"${host.address}:9188\"
 // gateRole is the role "app": the test service with the error ratio of
 // var.error_ratio, an http probe and the prometheus gate "error-ratio"
 // (max 0.05 over 20 s, evaluated where runOn says), against promURL; and
-// before it (in name order) the gate "a-scraped", which always passes
-// (Prometheus knows the target, up or not) and always runs on the
+// before it (in name order) the gate "a-scraped", which passes once
+// Prometheus has tried to scrape the target (up, 0 or 1, has a sample: the
+// tests wait for that before the first deploy) and always runs on the
 // operator: in pull mode, where nobody confirms, the host evaluates it.
 func gateRole(promURL, runOn, extra string) string {
 	return fmt.Sprintf(`role "app" {
@@ -192,7 +193,10 @@ defaults {
 `, fl.Names(), gateRole(prom.URL, "operator", ""), ratio))
 	}
 
-	// 1. No errors: every gate passes, every host at generation 1.
+	// 1. No errors: every gate passes, every host at generation 1. The
+	// gate a-scraped needs Prometheus to have tried each target once
+	// (up is 0 until the service runs, but it is there).
+	prom.WaitScraped(t, targets...)
 	write("0")
 	events := r.JSON(t, "", fl.Target("prod")).Want(t, ExitOK).Events
 	prom.WaitUp(t, targets...)
@@ -295,6 +299,7 @@ defaults {
 
 	// 0. The hosts join pull mode by one push deploy: no errors, the
 	// gates (on the hosts) pass.
+	prom.WaitScraped(t, targets...)
 	write("0")
 	p.r.Text(t, "", target).Want(t, ExitOK)
 	prom.WaitUp(t, targets...)

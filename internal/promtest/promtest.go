@@ -189,23 +189,37 @@ func (s *Server) Query(t testing.TB, query string) map[string]string {
 // limit only keeps a broken set-up from hanging the suite.
 func (s *Server) WaitUp(t testing.TB, targets ...string) {
 	t.Helper()
+	s.waitTargets(t, "up", targets, func(v string) bool { return v == "1" })
+}
+
+// WaitScraped waits until Prometheus has tried to scrape every target at
+// least once (up has a sample, 0 or 1): from then on a query of up for
+// the target is never empty. A Prometheus that has just started, on a
+// loaded machine, may take seconds to get there.
+func (s *Server) WaitScraped(t testing.TB, targets ...string) {
+	t.Helper()
+	s.waitTargets(t, "scraped", targets, func(string) bool { return true })
+}
+
+func (s *Server) waitTargets(t testing.TB, what string, targets []string, ok func(up string) bool) {
+	t.Helper()
 	limit := time.Now().Add(2 * time.Minute)
 	for {
-		up := 0
+		n := 0
 		for _, target := range targets {
 			if v := s.Query(t, fmt.Sprintf("up{instance=%q}", target)); len(v) == 1 {
 				for _, val := range v {
-					if val == "1" {
-						up++
+					if ok(val) {
+						n++
 					}
 				}
 			}
 		}
-		if up == len(targets) {
+		if n == len(targets) {
 			return
 		}
 		if time.Now().After(limit) {
-			t.Fatalf("promtest: %d of the targets %v up after 2 minutes", up, targets)
+			t.Fatalf("promtest: %d of the targets %v %s after 2 minutes", n, targets, what)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
