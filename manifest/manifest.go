@@ -88,6 +88,11 @@ type Manifest struct {
 	ActivationScripts []ActivationScript `json:"activation_scripts"`
 	HealthChecks      []HealthCheck      `json:"health_checks"`
 
+	// Images are the OCI images whose roots the agent realizes on the
+	// host before anything else changes (units' RootDirectory= names
+	// them); added after version 1 as an optional field.
+	Images []Image `json:"images,omitempty"`
+
 	// RevokedSecrets are the secret versions the fleet revoked (each a
 	// [SecretVersion]), sorted: the agent adds them to the host's record
 	// of revoked versions, which only grows, and never installs a secret
@@ -116,6 +121,17 @@ func ValidSecretVersion(v string) bool {
 		}
 	}
 	return true
+}
+
+// Image is an OCI image a service runs in. Its store path holds
+// manifest.json, config.json and layers (a line "DIGEST LAYERPATH" per
+// layer, bottom first); the agent realizes its root at
+// STATE/images/HEX/rootfs, HEX the digest's hex digits.
+type Image struct {
+	// Digest is the image manifest's digest ("sha256:" and 64 hex digits).
+	Digest string `json:"digest"`
+	// Path is the image's store path.
+	Path string `json:"path"`
 }
 
 // Package is a package of the closure. The agent installs nothing for it:
@@ -400,6 +416,7 @@ func (m *Manifest) Sort() {
 		m.ActivationScripts[i].After = sortedSet(m.ActivationScripts[i].After)
 	}
 	sortBy(m.HealthChecks, func(h HealthCheck) string { return h.Name })
+	sortBy(m.Images, func(i Image) string { return i.Digest })
 	m.RevokedSecrets = sortedSet(m.RevokedSecrets)
 }
 
@@ -444,6 +461,9 @@ func (m *Manifest) StorePaths() []string {
 	for _, a := range m.ActivationScripts {
 		add(a.Source)
 	}
+	for _, i := range m.Images {
+		add(i.Path)
+	}
 	return sortedSet(ps)
 }
 
@@ -468,6 +488,13 @@ func (m *Manifest) Validate() error {
 			v.errf("duplicate %s %q", kind, key)
 		}
 		seen[kind+"\x00"+key] = true
+	}
+	for _, i := range m.Images {
+		unique("image", i.Digest)
+		if !ValidSecretVersion(i.Digest) {
+			v.errf("image %q: the digest is not \"sha256:\" and 64 lowercase hex digits", i.Digest)
+		}
+		v.storePath("image "+i.Digest, i.Path)
 	}
 	for _, p := range m.Packages {
 		unique("package", p.Name)

@@ -3,8 +3,11 @@ package oci_test
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -64,7 +67,8 @@ func TestResolveAndRealize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := s.RealPath(img.Path)
+	// The builder's view: the root flattened in the cache.
+	root := filepath.Dir(img.RootDir)
 	var got []string
 	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
 		rel, _ := filepath.Rel(root, p)
@@ -81,13 +85,50 @@ func TestResolveAndRealize(t *testing.T) {
 		got = append(got, rel)
 		return nil
 	})
-	want := []string{"./", "config.json", "manifest.json", "rootfs/",
+	want := []string{"./", "rootfs/",
 		"rootfs/bin/", "rootfs/bin/server = #!/bin/sh\necho server", "rootfs/bin/srv = #!/bin/sh\necho server",
 		"rootfs/dev/", "rootfs/etc/", "rootfs/etc/hosts = ", "rootfs/etc/resolv.conf = ", "rootfs/home/",
 		"rootfs/proc/", "rootfs/root/", "rootfs/run/", "rootfs/sys/", "rootfs/tmp/", "rootfs/usr/", "rootfs/var/", "rootfs/var/tmp/",
 		"rootfs/www/", "rootfs/www/index.html = v1"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("image tree (-want +got):\n%s", diff)
+	}
+	// The store: the image path holds the documents and references one
+	// path per layer, which holds the blob as the registry served it.
+	m, _ := amd.Manifest()
+	if len(img.Layers) != len(m.Layers) {
+		t.Fatalf("Layers = %+v, want %d", img.Layers, len(m.Layers))
+	}
+	info, err := s.Info(img.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantRefs []string
+	for i, l := range img.Layers {
+		if l.Digest != m.Layers[i].Digest.String() || !strings.HasSuffix(l.Path, "-"+oci.LayerStoreName(l.Digest)) {
+			t.Errorf("layer %d = %+v, want digest %s", i, l, m.Layers[i].Digest)
+		}
+		blob, err := os.ReadFile(filepath.Join(s.RealPath(l.Path), oci.LayerFile))
+		if sum := sha256.Sum256(blob); err != nil || "sha256:"+hex.EncodeToString(sum[:]) != l.Digest {
+			t.Errorf("layer %d's store path does not hold its blob (%v)", i, err)
+		}
+		wantRefs = append(wantRefs, filepath.Base(l.Path))
+	}
+	slices.Sort(wantRefs)
+	var gotRefs []string
+	for _, r := range info.References {
+		gotRefs = append(gotRefs, filepath.Base(r))
+	}
+	if diff := cmp.Diff(wantRefs, gotRefs); diff != "" {
+		t.Errorf("image path references (-want +got):\n%s", diff)
+	}
+	ents, _ := os.ReadDir(s.RealPath(img.Path))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if diff := cmp.Diff([]string{"config.json", "layers", "manifest.json"}, names); diff != "" {
+		t.Errorf("image path (-want +got):\n%s", diff)
 	}
 	if img.Digest != amdDigest.String() || img.Config.User != "101:101" || img.Config.Entrypoint[0] != "/bin/server" {
 		t.Errorf("Realize = %+v", img)
@@ -102,7 +143,7 @@ func TestResolveAndRealize(t *testing.T) {
 	// The same digest again: the same path, without asking the registry.
 	before := reg.Requests.Load()
 	again, err := p.Realize(ctx, s, ref, amdDigest.String(), true, oci.Platform("amd64"))
-	if err != nil || again.Path != img.Path || again.Digest != img.Digest {
+	if err != nil || again.Path != img.Path || again.Digest != img.Digest || again.RootDir != img.RootDir || !slices.Equal(again.Layers, img.Layers) {
 		t.Errorf("second Realize = %+v, %v; want %q", again, err, img.Path)
 	}
 	if n := reg.Requests.Load() - before; n != 0 {
