@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
-	"github.com/declarative/deploy/manifest"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
 )
 
 // Defaults of gc for pushed systems (copied, not activated): the newest
