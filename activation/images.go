@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/user"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/declarative/deploy/imageroot"
@@ -39,6 +41,11 @@ func (a *applier) images(ctx context.Context) error {
 			a.opts.logf("realized image %s (%d layers) at %s", img.Digest, len(layers), imageroot.Path(a.l.ImagesDir(), img.Digest))
 			for _, s := range skipped {
 				a.opts.logf("image %s: skipped %s", img.Digest, s)
+			}
+		}
+		if img.User != nil {
+			if err := a.ensureImageUser(ctx, img.User); err != nil {
+				return fmt.Errorf("image %s: %w", img.Digest, err)
 			}
 		}
 	}
@@ -101,4 +108,38 @@ func (l Layout) gcImages(keep []*manifest.Manifest) ([]string, error) {
 		}
 	}
 	return removed, nil
+}
+
+// ensureImageUser makes sure the host resolves the IDs of an image's user,
+// which its units name as numbers: systemd refuses a User= it cannot look
+// up. A missing group and user are added as locked system accounts named
+// as in the image (or image-ID when the host uses that name for another
+// ID), with no home and no shell. They are not removed later: files the
+// service made on the host (its state directory) keep their IDs.
+func (a *applier) ensureImageUser(ctx context.Context, u *manifest.ImageUser) error {
+	gid, uid := strconv.Itoa(u.GID), strconv.Itoa(u.UID)
+	free := func(name string, taken func(string) error) string {
+		if name != "" && taken(name) != nil {
+			return name
+		}
+		return "image-" + uid
+	}
+	if _, err := user.LookupGroupId(gid); err != nil {
+		name := free(u.Name, func(n string) error { _, err := user.LookupGroup(n); return err })
+		if name == "image-"+uid {
+			name = "image-" + gid
+		}
+		if err := run(ctx, a.opts, "groupadd", "-r", "-g", gid, name); err != nil {
+			return fmt.Errorf("adding group %s for the image's user: %w", gid, err)
+		}
+		a.opts.logf("added group %s (%s) for an image's user", name, gid)
+	}
+	if _, err := user.LookupId(uid); err != nil {
+		name := free(u.Name, func(n string) error { _, err := user.Lookup(n); return err })
+		if err := run(ctx, a.opts, "useradd", "-r", "-u", uid, "-g", gid, "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", "-c", "OCI image user", name); err != nil {
+			return fmt.Errorf("adding user %s for the image's user: %w", uid, err)
+		}
+		a.opts.logf("added user %s (%s) for an image's user", name, uid)
+	}
+	return nil
 }

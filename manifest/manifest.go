@@ -132,6 +132,20 @@ type Image struct {
 	Digest string `json:"digest"`
 	// Path is the image's store path.
 	Path string `json:"path"`
+	// User is the image's own user, when a service runs as it: the
+	// agent makes sure the host resolves its IDs (systemd refuses a
+	// numeric User= the host does not know), adding a locked system
+	// account when it has none.
+	User *ImageUser `json:"user,omitempty"`
+}
+
+// ImageUser is the user an image's configuration names, resolved in the
+// image's /etc/passwd and /etc/group.
+type ImageUser struct {
+	// Name is the image's name for the user ("" when it has none).
+	Name string `json:"name,omitempty"`
+	UID  int    `json:"uid"`
+	GID  int    `json:"gid"`
 }
 
 // Package is a package of the closure. The agent installs nothing for it:
@@ -495,6 +509,12 @@ func (m *Manifest) Validate() error {
 			v.errf("image %q: the digest is not \"sha256:\" and 64 lowercase hex digits", i.Digest)
 		}
 		v.storePath("image "+i.Digest, i.Path)
+		if u := i.User; u != nil && (u.UID <= 0 || u.GID < 0 || u.UID >= 1<<32-1 || u.GID >= 1<<32-1) {
+			v.errf("image %q: user %d:%d is not a valid non-root user", i.Digest, u.UID, u.GID)
+		}
+		if u := i.User; u != nil && u.Name != "" && !validAccount(u.Name) {
+			v.errf("image %q: user name %q is not a valid account name", i.Digest, u.Name)
+		}
 	}
 	for _, p := range m.Packages {
 		unique("package", p.Name)
@@ -648,4 +668,18 @@ func (v *validator) mode(what, mode string) {
 	if _, err := strconv.ParseUint(mode, 8, 32); err != nil {
 		v.errf("%s: mode %q is not four octal digits", what, mode)
 	}
+}
+
+// validAccount reports whether name is a portable account name:
+// [a-z_][a-z0-9_-]*, at most 32 characters.
+func validAccount(name string) bool {
+	if name == "" || len(name) > 32 {
+		return false
+	}
+	for i, c := range name {
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '-')) {
+			return false
+		}
+	}
+	return true
 }

@@ -199,13 +199,29 @@ func (c *Realization) serviceUnits() []renderedUnit {
 		}
 		text, diags := serviceUnit(r, timed[name], img)
 		c.diags = append(c.diags, diags...)
-		if img != nil && img.Known && !slices.ContainsFunc(c.Manifest.Images, func(i manifest.Image) bool { return i.Digest == img.Digest }) {
-			c.Manifest.Images = append(c.Manifest.Images, manifest.Image{Digest: img.Digest, Path: img.Path})
+		if img != nil && img.Known {
+			c.addImage(r, img)
 		}
 		c.units = append(c.units, renderedUnit{name: name, r: r, text: text})
 	}
 	sort.Slice(c.units, func(i, j int) bool { return c.units[i].name < c.units[j].name })
 	return c.units
+}
+
+// addImage lists img in the manifest, with its user when service r runs as
+// the image's user.
+func (c *Realization) addImage(r *Resource, img *Image) {
+	i := slices.IndexFunc(c.Manifest.Images, func(i manifest.Image) bool { return i.Digest == img.Digest })
+	if i < 0 {
+		c.Manifest.Images = append(c.Manifest.Images, manifest.Image{Digest: img.Digest, Path: img.Path})
+		i = len(c.Manifest.Images) - 1
+	}
+	if r.Has("user") {
+		return
+	}
+	if u, err := imageUserOf(img); err == nil && u != nil {
+		c.Manifest.Images[i].User = u
+	}
 }
 
 func realizeServices(c *Realization, _ []*Resource) {

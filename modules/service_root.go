@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/declarative/deploy/manifest"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -216,6 +217,21 @@ func imageUser(img *Image) (uid, gid string, err error) {
 		}
 	}
 	return uid, gid, nil
+}
+
+// imageUserOf is the image's user for the manifest (nil for root).
+func imageUserOf(img *Image) (*manifest.ImageUser, error) {
+	uid, gid, err := imageUser(img)
+	if err != nil || uid == "" || uid == "0" {
+		return nil, err
+	}
+	u := &manifest.ImageUser{}
+	u.UID, _ = strconv.Atoi(uid)
+	u.GID, _ = strconv.Atoi(gid)
+	if fields, ok := lookupDB(img.RootDir, "/etc/passwd", 2, uid); ok && accountRe.MatchString(fields[0]) {
+		u.Name = fields[0]
+	}
+	return u, nil
 }
 
 // lookupDB returns the fields of the first line of the colon-separated
