@@ -174,7 +174,7 @@ func (a *applier) entry(tr *tar.Reader, hdr *tar.Header) error {
 		return nil
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeFifo:
+	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeFifo:
 	case tar.TypeChar, tar.TypeBlock:
 		return a.refuse(hdr.Name, "a device node outside /dev")
 	default:
@@ -208,7 +208,7 @@ func (a *applier) entry(tr *tar.Reader, hdr *tar.Header) error {
 		if err := unix.Mkdirat(fd, base, 0o700); err != nil {
 			return a.refuse(hdr.Name, "%v", err)
 		}
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg:
 		f, err := unix.Openat(fd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return a.refuse(hdr.Name, "%v", err)

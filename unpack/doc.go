@@ -15,7 +15,9 @@
 // Only what a NAR holds survives: the file type, the executable bit and the
 // contents. Owners, permission bits other than executable, set-user-ID
 // bits, extended attributes, capabilities and times are dropped; hard links
-// become copies.
+// become copies. (OCI images keep their layers as blobs in the store, and
+// package imageroot applies them with all of that on the host; this package
+// only flattens an image for the builder's checks.)
 //
 // # Hostile entries
 //
