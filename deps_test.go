@@ -66,7 +66,7 @@ var allowed = map[string][]string{
 	"vmtest/simhost":   {"closure", "agentapi", "secrets", "pull/channel"},
 	"examples":         {"closure", "manifest"},
 	"sbom":             {"closure", "manifest"},
-	"bench":            {"closure", "manifest", "oci", "vmtest", "agentapi", "secrets", "pull/channel"},
+	"bench":            {"closure", "manifest", "oci", "imageroot", "vmtest", "agentapi", "secrets", "pull/channel"},
 	"cmd/deploy":       {"fleet", "agentclient", "builder", "modules", "closure", "mesh", "secrets", "manifest", "agentapi", "oci", "pull/channel", "sbom"},
 	"cmd/deploy-demo":  {"vmtest", "builder", "secrets", "closure", "manifest", "agentapi"},
 	"cmd/deploy-agent": {"activation", "closure", "secrets", "manifest", "agentapi", "pull"},
