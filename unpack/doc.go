@@ -30,9 +30,11 @@
 //     entry.
 //   - OCI image layers follow what container runtimes do: absolute names
 //     are taken relative to the root, intermediate symbolic links are
-//     resolved inside the root (never outside it), and device nodes and
-//     FIFOs, which a store path cannot hold, are skipped and listed in
-//     [Tree.Skipped]. Names that leave the root are refused there too.
+//     resolved inside the root (never outside it), and device nodes under
+//     /dev and FIFOs, which a store path cannot hold, are skipped and listed
+//     in [Tree.Skipped]; a device node elsewhere is refused, as the host
+//     refuses it when it realizes the image (package imageroot). Names that
+//     leave the root are refused there too.
 //
 // # Whiteouts
 //
