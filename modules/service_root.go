@@ -92,7 +92,7 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // (the image's entrypoint and cmd unless exec_start is set, the program
 // found on the image's PATH) and the mount points systemd needs, which must
 // exist in the image: systemd would otherwise create them inside the
-// read-only, content-addressed store path.
+// image's realized root, which every generation running the image shares.
 func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 	run := &imageRun{img: img, stopSignal: img.StopSignal}
 	if !img.Known {
@@ -123,7 +123,7 @@ func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 		}
 		if _, ok := resolveInRoot(img.RootDir, p); !ok {
 			diags = append(diags, errAt(r.Range(attr), "Missing mount point",
-				"Service %q needs %s in the image (%s) as a mount point, and the image has no such path: systemd would create it inside the read-only store path. Use a path the image has, or add it to the image.", r.Name, p, img.Digest))
+				"Service %q needs %s in the image (%s) as a mount point, and the image has no such path: systemd would create it inside the image's realized root, which every generation running the image shares. Use a path the image has, or add it to the image.", r.Name, p, img.Digest))
 		}
 	}
 	for _, b := range r.Strings("bind") {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +197,23 @@ func TestImageOwnersCapsE2E(t *testing.T) {
 		t.Errorf("the host has %s layer paths, want 3 (the shared base once)", got)
 	}
 
+	// 2b. An image the host fails to realize (a file stands where its root
+	// would go): the activation fails before anything else changed, and
+	// the host keeps running the second image.
+	third := push(app("v3 secret\n"))
+	r.Run(t, "lock", "--update", fl.Dir).Want(t, 0)
+	h.Succeed("touch /var/lib/deploy/images/" + third)
+	res3 := r.JSON(t, "", target).Want(t, ExitRolledBack)
+	if got := res3.Results()[h.Name()]; got.Result != fleet.ResultRolledBack || !strings.Contains(got.Error, "image") {
+		t.Errorf("an image the host cannot realize: %+v, want rolled back naming the image", got)
+	}
+	h.Succeed("rm -f /run/app/out; systemctl restart app.service")
+	running("after a failed realization", second, "v2 secret\n")
+	if got := strings.TrimSpace(h.Succeed("ls -A /var/lib/deploy/images")); got != strings.Join(sortedStrings(first, second, third), "\n") {
+		t.Errorf("after a failed realization the host has %q in its images directory, want the two roots and the blocking file", got)
+	}
+	h.Succeed("rm /var/lib/deploy/images/" + third)
+
 	// 3. deploy rollback returns the first image, whose root is still there.
 	r.Text(t, "rollback", "--confirm-timeout", "10s", target).Want(t, 0)
 	h.Succeed("rm -f /run/app/out; systemctl restart app.service")
@@ -220,4 +238,9 @@ func TestImageOwnersCapsE2E(t *testing.T) {
 	}
 	h.Succeed("rm -f /run/app/out; systemctl restart app.service")
 	running("after gc", first, "v1 secret\n")
+}
+
+func sortedStrings(s ...string) []string {
+	slices.Sort(s)
+	return s
 }
