@@ -103,6 +103,53 @@ func TestImagePostgresE2E(t *testing.T) {
 		t.Errorf("%s realized as %q, want 600 %d %d", secret, got, uid, gid)
 	}
 	h.Fail("setpriv --reuid=65534 --regid=65534 --clear-groups cat " + root + "/" + secret)
+	// Every entry of the image is on the host as in the root filesystem the
+	// layer was made from: type, mode (set-ID bits included), owner, group.
+	want := map[string]string{}
+	skip := map[string]bool{"usr/share/doc": true, "usr/share/man": true}
+	mountPoints := map[string]bool{"dev": true, "proc": true, "sys": true, "run": true, "tmp": true, "var/tmp": true,
+		"root": true, "home": true, "usr": true, "etc/resolv.conf": true, "etc/hosts": true}
+	err = filepath.WalkDir(rootfs, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(rootfs, p)
+		if skip[rel] {
+			return filepath.SkipDir
+		}
+		if rel == "." || mountPoints[rel] || strings.HasPrefix(rel, "dev/") {
+			return nil
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		typ := map[uint32]string{syscall.S_IFDIR: "d", syscall.S_IFREG: "f", syscall.S_IFLNK: "l", syscall.S_IFIFO: "p"}[st.Mode&syscall.S_IFMT]
+		if typ == "" {
+			return nil
+		}
+		want[rel] = fmt.Sprintf("%o %d %d %s", st.Mode&0o7777, st.Uid, st.Gid, typ)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(h.Succeed("cd "+root+" && find . -mindepth 1 -printf '%P\\t%m %U %G %y\\n'")), "\n") {
+		p, rest, _ := strings.Cut(line, "\t")
+		got[p] = rest
+	}
+	differ := 0
+	for p, w := range want {
+		if got[p] != w {
+			if differ++; differ <= 10 {
+				t.Errorf("/%s on the host: %q, in the image's source: %q", p, got[p], w)
+			}
+		}
+	}
+	t.Logf("compared %d entries of the image with the host's realized root: %d differ", len(want), differ)
+
 	// A restart keeps the data.
 	h.Succeed("systemctl restart postgres.service")
 	h.Succeed("for i in $(seq 100); do " + psql + `"select 1" >/dev/null 2>&1 && break; sleep 0.1; done`)
