@@ -13,9 +13,9 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/imageroot"
 	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/testenv"
-	"github.com/declarative/deploy/imageroot"
 	"github.com/declarative/deploy/oci"
 	"github.com/declarative/deploy/oci/ocitest"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
