@@ -23,7 +23,9 @@
 //     mode and its xattrs, because chown(2) clears set-ID bits and file
 //     capabilities.
 //   - security.selinux is not applied (the host labels its own files);
-//     every other xattr is.
+//     every other xattr is, and one the file system does not support
+//     (EOPNOTSUPP) is skipped and listed, but for security.capability,
+//     whose failure fails the layer.
 //   - Device nodes are skipped under /dev (a service's MountAPIVFS= mounts a
 //     private /dev over it) and refused elsewhere.
 //

@@ -116,7 +116,7 @@ func (a *applier) entry(tr *tar.Reader, hdr *tar.Header) error {
 		if hdr.Typeflag != tar.TypeDir {
 			return a.refuse(hdr.Name, "the root is not a directory")
 		}
-		if err := meta(a.root, hdr); err != nil {
+		if err := a.meta(a.root, hdr); err != nil {
 			return a.refuse(hdr.Name, "%v", err)
 		}
 		return nil
@@ -219,7 +219,7 @@ func (a *applier) entry(tr *tar.Reader, hdr *tar.Header) error {
 			err = fmt.Errorf("%d of %d bytes", n, hdr.Size)
 		}
 		if err == nil {
-			err = meta(f, hdr)
+			err = a.meta(f, hdr)
 		}
 		if cerr := file.Close(); err == nil {
 			err = cerr
@@ -268,15 +268,17 @@ func (a *applier) metaAt(dirfd int, base string, hdr *tar.Header) error {
 		return a.refuse(hdr.Name, "%v", err)
 	}
 	defer unix.Close(f)
-	if err := meta(f, hdr); err != nil {
+	if err := a.meta(f, hdr); err != nil {
 		return a.refuse(hdr.Name, "%v", err)
 	}
 	return nil // a directory's time changes as entries land in it
 }
 
 // meta sets the owner, then the mode, then the xattrs of the open file or
-// directory fd.
-func meta(fd int, hdr *tar.Header) error {
+// directory fd. An xattr the file system does not support is skipped (and
+// listed), as container runtimes do, but for security.capability, without
+// which the program would not run as the image says.
+func (a *applier) meta(fd int, hdr *tar.Header) error {
 	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
@@ -289,6 +291,10 @@ func meta(fd int, hdr *tar.Header) error {
 			continue
 		}
 		if err := unix.Fsetxattr(fd, name, []byte(v), 0); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) && name != "security.capability" {
+				a.skipped = append(a.skipped, fmt.Sprintf("%s: xattr %s: %v", hdr.Name, name, err))
+				continue
+			}
 			return fmt.Errorf("xattr %s: %w", name, err)
 		}
 	}
