@@ -339,7 +339,7 @@ func (p *Puller) RealizeWithin(ctx context.Context, s *closure.Store, ref, diges
 	mu := p.lockFor(digest)
 	mu.Lock()
 	defer mu.Unlock()
-	indexFile := filepath.Join(p.CacheDir, "images", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
+	indexFile := p.indexFile(digest, platform)
 	if data, err := os.ReadFile(indexFile); err == nil {
 		path := strings.TrimSpace(string(data))
 		if img, err := p.cached(s, path, platform); err == nil {
@@ -355,6 +355,13 @@ func (p *Puller) RealizeWithin(ctx context.Context, s *closure.Store, ref, diges
 	}
 	if err := atomicfile.Write(indexFile, []byte(img.Path+"\n"), 0o644); err != nil {
 		return nil, err
+	}
+	if img.Digest != digest {
+		// Pinned by an index: the root is named by the image manifest's
+		// digest, and so is an index entry (which PruneRoots reads).
+		if err := atomicfile.Write(p.indexFile(img.Digest, platform), []byte(img.Path+"\n"), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	return img, nil
 }
@@ -389,6 +396,12 @@ func (p *Puller) cached(s *closure.Store, path string, platform v1.Platform) (*I
 		return nil, fmt.Errorf("no flattened root at %s", root)
 	}
 	return &Image{Path: path, Digest: digest, Config: cf.Config, Layers: layers, RootDir: filepath.Join(root, RootDir)}, nil
+}
+
+// indexFile records the image path realized for digest (an image's or an
+// index's).
+func (p *Puller) indexFile(digest string, platform v1.Platform) string {
+	return filepath.Join(p.CacheDir, "images", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
 }
 
 // rootDir is where the root of the image whose manifest digest is digest
@@ -776,4 +789,37 @@ func (p *Puller) applyLayer(tree *unpack.Tree, i int, l v1.Descriptor, diffID v1
 		return fmt.Errorf("%s: the uncompressed layer does not match diff ID %s", name, diffID)
 	}
 	return nil
+}
+
+// PruneRoots removes the roots flattened in the cache for the builder
+// whose image path is no longer valid in s (collected by the store's GC),
+// and what interrupted flattenings left; it returns how many it removed.
+// The next build of such an image flattens it again from the cached blobs.
+func (p *Puller) PruneRoots(s *closure.Store) (int, error) {
+	dir := filepath.Join(p.CacheDir, "roots")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".tmp-") {
+			data, err := os.ReadFile(filepath.Join(p.CacheDir, "images", name))
+			if err == nil {
+				if ok, err := s.Valid(strings.TrimSpace(string(data))); err == nil && ok {
+					continue
+				}
+			}
+			os.Remove(filepath.Join(p.CacheDir, "images", name))
+		}
+		if err := nar.RemoveTree(filepath.Join(dir, name)); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

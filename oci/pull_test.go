@@ -160,6 +160,22 @@ func TestResolveAndRealize(t *testing.T) {
 	if err != nil || armImg.Digest != armDigest.String() {
 		t.Errorf("Realize(index, arm64) = %+v, %v; want digest %s", armImg, err, armDigest)
 	}
+	// Pruning keeps the roots of valid image paths and removes the others
+	// (a store whose GC collected them: here, an empty one).
+	if n, err := p.PruneRoots(s); err != nil || n != 0 {
+		t.Errorf("PruneRoots(the store with the images) = %d, %v; want 0", n, err)
+	}
+	if n, err := p.PruneRoots(newStore(t)); err != nil || n != 2 {
+		t.Errorf("PruneRoots(an empty store) = %d, %v; want both roots", n, err)
+	}
+	if _, err := os.Stat(img.RootDir); !os.IsNotExist(err) {
+		t.Errorf("the pruned root %s: %v", img.RootDir, err)
+	}
+	if again, err := p.Realize(ctx, s, ref, amdDigest.String(), true, oci.Platform("amd64")); err != nil || again.Path != img.Path {
+		t.Errorf("Realize after pruning = %+v, %v", again, err)
+	} else if _, err := os.Stat(again.RootDir); err != nil {
+		t.Errorf("Realize after pruning did not flatten the root again: %v", err)
+	}
 	// A single-platform image for another architecture is refused.
 	if _, err := p.Realize(ctx, s, ref, armDigest.String(), true, oci.Platform("amd64")); err == nil || !strings.Contains(err.Error(), "linux/arm64") {
 		t.Errorf("Realize(arm64 image on amd64) = %v, want a platform error", err)
