@@ -23,8 +23,8 @@ import (
 )
 
 // appImageFleet runs the test image's app as the image's own user: it
-// copies its 0600 file into its runtime directory, then runs a program with
-// a file capability.
+// copies its 0600 file into its runtime directory (before the unit is
+// active), then runs a program with a file capability.
 const appImageFleet = `
 role "app" {
   package "app" {
@@ -35,7 +35,8 @@ role "app" {
   }
   service "app" {
     root              = package.app
-    exec_start        = "/bin/sh -c 'cat /srv/app/secret.txt > /run/app/out; exec /usr/local/bin/capsleep infinity'"
+    exec_start_pre    = ["/bin/sh -c 'cat /srv/app/secret.txt > /run/app/out'"]
+    exec_start        = "/usr/local/bin/capsleep infinity"
     runtime_directory = ["app"]
   }
 }
@@ -153,7 +154,7 @@ func TestImageOwnersCapsE2E(t *testing.T) {
 		}
 		h.WaitForUnit("app.service")
 		// The service ran as the image's user and read the file it owns.
-		if got := h.Succeed("for i in $(seq 50); do test -s /run/app/out && break; sleep 0.1; done; cat /run/app/out"); got != secret {
+		if got := h.Succeed("cat /run/app/out"); got != secret {
 			t.Errorf("%s: the service read %q, want %q", step, got, secret)
 		}
 		if got := strings.TrimSpace(h.Succeed(`pid=$(systemctl show -P MainPID app.service); stat -c '%u %g' /proc/$pid; grep CapEff /proc/$pid/status`)); got != fmt.Sprintf("%d %d\nCapEff:\t0000000000000400", uid, uid) {
