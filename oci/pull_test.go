@@ -210,3 +210,44 @@ func TestDockerConfigAuth(t *testing.T) {
 		t.Errorf("Resolve with ~/.docker/config.json = %q, %v; want %q", got, err, want)
 	}
 }
+
+// Two images that share their base layer share its store path: a host or a
+// cache that has one image needs only the other's own layer and image path.
+func TestSharedLayersShareStorePaths(t *testing.T) {
+	ctx := context.Background()
+	reg := ocitest.Start(t)
+	v1img, v2img := webImage(t, "amd64", "v1"), webImage(t, "amd64", "v2")
+	d1 := reg.Push(t, reg.Host+"/web/server:1", v1img)
+	d2 := reg.Push(t, reg.Host+"/web/server:2", v2img)
+	s := newStore(t)
+	p := &oci.Puller{CacheDir: t.TempDir()}
+	a, err := p.Realize(ctx, s, reg.Host+"/web/server:1", d1, true, oci.Platform("amd64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Realize(ctx, s, reg.Host+"/web/server:2", d2, true, oci.Platform("amd64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Layers) != 2 || len(b.Layers) != 2 || a.Layers[0] != b.Layers[0] || a.Layers[1].Path == b.Layers[1].Path || a.Path == b.Path {
+		t.Fatalf("layers %+v and %+v: want the base shared, the top and the image paths apart", a.Layers, b.Layers)
+	}
+	ca, _ := s.Closure(a.Path)
+	cb, _ := s.Closure(b.Path)
+	have := map[string]bool{}
+	for _, pi := range ca {
+		have[pi.Path] = true
+	}
+	var missing []string
+	for _, pi := range cb {
+		if !have[pi.Path] {
+			missing = append(missing, pi.Path)
+		}
+	}
+	slices.Sort(missing)
+	want := []string{b.Path, b.Layers[1].Path}
+	slices.Sort(want)
+	if !slices.Equal(missing, want) {
+		t.Errorf("a store with image 1 lacks %q of image 2, want only its image path and top layer %q", missing, want)
+	}
+}
