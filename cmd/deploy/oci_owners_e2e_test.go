@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -181,11 +182,35 @@ func TestImageOwnersCapsE2E(t *testing.T) {
 
 	// 2. A new image sharing the base layer: only the new layer, the image
 	// path and the system's own paths are copied.
-	second := push(app("v2 secret\n"))
+	top2 := app("v2 secret\n")
+	second := push(top2)
 	r.Run(t, "lock", "--update", fl.Dir).Want(t, 0)
 	res2 := r.JSON(t, "", target).Want(t, 0)
 	running("new image", second, "v2 secret\n")
 	c2 := copyDone(res2)
+	// The paths the copy named: the new top layer and the new image path
+	// among them, no other layer.
+	sent := map[string]bool{}
+	for _, ev := range res2.Events {
+		if ev.Type == fleet.EventProgress && ev.Host == h.Name() && ev.Phase == "copy" && ev.Path != "" {
+			sent[ev.Path] = true
+		}
+	}
+	topDigest, _ := top2.Digest()
+	baseDigest, _ := base.Digest()
+	var layersSent, imagesSent []string
+	for p := range sent {
+		switch {
+		case strings.Contains(p, "-oci-layer-"):
+			layersSent = append(layersSent, p)
+		case strings.HasSuffix(p, "-oci-"+second[:16]):
+			imagesSent = append(imagesSent, p)
+		}
+	}
+	t.Logf("the new image's copy named %q", slices.Sorted(maps.Keys(sent)))
+	if len(layersSent) != 1 || !strings.HasSuffix(layersSent[0], "-oci-layer-"+topDigest.Hex[:16]) || len(imagesSent) != 1 || len(sent) != c2.CopyPaths {
+		t.Errorf("the new image's copy named %d paths %q (copy_paths %d); want its top layer (%s, not the base %s) and its image path among them", len(sent), slices.Sorted(maps.Keys(sent)), c2.CopyPaths, topDigest.Hex[:16], baseDigest.Hex[:16])
+	}
 	baseSize := strings.TrimSpace(h.Succeed("du -sb /var/lib/deploy/store/*-oci-layer-* | sort -n | tail -1 | cut -f1"))
 	t.Logf("first deploy copied %d paths, %d bytes; the new image %d paths, %d bytes; the base layer path is %s bytes", c1.CopyPaths, c1.Total, c2.CopyPaths, c2.Total, baseSize)
 	var baseBytes int64
