@@ -14,7 +14,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # also need Nix for golden vectors, OpenSSH and sudo for the SSH tests, and
 # what the benchmarks and fault injection use.
 DEMO_PACKAGES := debootstrap debian-archive-keyring systemd-container iproute2 util-linux mount ca-certificates
-TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc zsh fish
+TEST_PACKAGES := $(DEMO_PACKAGES) nix-bin openssh-server openssh-client sudo nftables procps bc zsh fish chromium-headless-shell
 # The MinIO server for the binary cache tests: built from source once per
 # machine (about 3 minutes on 2 cores), cached by version outside the
 # checkout; the tests find it through DEPLOY_MINIO.
@@ -22,11 +22,19 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 TOOLS_CACHE   ?= /var/cache/deploy-tools
 MINIO         := $(TOOLS_CACHE)/minio-$(MINIO_VERSION)/minio
 export DEPLOY_MINIO := $(MINIO)
+# The Prometheus server for the metric gate tests: Debian's package (the
+# release's candidate, 2.42 in bookworm), downloaded and unpacked
+# (apt-get download + dpkg-deb -x), never installed: its postinst starts a
+# daemon through the init script where PID 1 is not systemd. Cached outside
+# the checkout with the package's version beside it; the tests find it
+# through DEPLOY_PROMETHEUS and start their own.
+PROMETHEUS         := $(TOOLS_CACHE)/prometheus-debian/prometheus
+export DEPLOY_PROMETHEUS := $(PROMETHEUS)
 # The power-loss tests' qemu host (make test-powerloss only).
 QEMU_PACKAGES := $(DEMO_PACKAGES) qemu-system-x86 e2fsprogs
 FUZZTIME    ?= 30s
 
-.PHONY: all build deps deps-demo tools minio lint tidy-check test test-unit test-powerloss fuzz bench demo clean
+.PHONY: all build deps deps-demo tools minio prometheus lint tidy-check test test-unit test-powerloss fuzz bench demo clean
 
 all: build
 
@@ -51,7 +59,7 @@ deps-demo:
 deps:
 	$(call apt-packages,$(TEST_PACKAGES))
 	$(GO) mod download
-	$(MAKE) --no-print-directory tools minio
+	$(MAKE) --no-print-directory tools minio prometheus
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
@@ -61,6 +69,16 @@ minio:
 		echo "make: building the MinIO server $(MINIO_VERSION) for the cache tests (once per machine, about 3 minutes)"; \
 		tmp=$$(mktemp -d) && GOBIN=$$tmp $(GO) install github.com/minio/minio@$(MINIO_VERSION) && \
 		mkdir -p $(dir $(MINIO)) && mv $$tmp/minio $(MINIO) && rmdir $$tmp; \
+	fi
+
+prometheus:
+	@if [ ! -x $(PROMETHEUS) ]; then \
+		echo "make: unpacking Debian's prometheus for the metric gate tests (not installed, no daemon)"; \
+		tmp=$$(mktemp -d) && chmod 755 $$tmp && (cd $$tmp && apt-get download -qq prometheus 2>/dev/null || \
+			{ apt-get update -qq && apt-get download -qq prometheus; }) && \
+		dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/root && mkdir -p $(dir $(PROMETHEUS)) && \
+		dpkg-deb -f $$tmp/prometheus_*.deb Version >$(dir $(PROMETHEUS))VERSION && \
+		mv $$tmp/root/usr/bin/prometheus $(PROMETHEUS) && rm -rf $$tmp; \
 	fi
 
 build:

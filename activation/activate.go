@@ -51,7 +51,11 @@ type Request struct {
 	Meta           map[string]string `json:"meta,omitempty"`
 	User           string            `json:"user,omitempty"`
 	Force          bool              `json:"force,omitempty"`
-	Created        time.Time         `json:"created"`
+	// BootAttempts and BootTimeout set the trial of a boot-mode
+	// activation (see boottrial.go; 0: the defaults).
+	BootAttempts int           `json:"boot_attempts,omitempty"`
+	BootTimeout  time.Duration `json:"boot_timeout,omitempty"`
+	Created      time.Time     `json:"created"`
 }
 
 // Result is how an activation ended: log/activate-ID.result.json, and the
@@ -145,6 +149,9 @@ type Worker struct {
 	// activation id (process pid) died, before taking over: it kills
 	// whatever is left of the worker (the processes of its unit).
 	StopWorker func(id string, pid int) error
+	// Stopping reports whether the host is shutting down (default:
+	// systemctl is-system-running says "stopping").
+	Stopping func() bool
 }
 
 func (w *Worker) logf(format string, args ...any) {
@@ -197,6 +204,7 @@ func (w *Worker) Run(ctx context.Context, req *Request) *Result {
 		}
 	}
 	os.Remove(l.confirmFile(req.ID))
+	os.Remove(l.rejectFile(req.ID))
 	w.run(ctx, req, res, started)
 	if err := l.writeResult(res); err != nil {
 		w.logf("recording the result: %v", err)
@@ -326,9 +334,10 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 		}
 		err := Apply(ctx, machine, next, Options{Layout: l, System: req.System, Generation: gen.Number,
 			RealPath: store.RealPath, Force: req.Force, UnitSettle: w.UnitSettle, Logf: w.Logf, Warnf: warnf})
-		if err == nil && len(next.HealthChecks) > 0 {
+		gates := HostGates(next.MetricGates, req.ConfirmTimeout == 0)
+		if err == nil && len(next.HealthChecks)+len(gates) > 0 {
 			w.setPhase(st, PhaseChecking, "")
-			err = w.checkHealth(ctx, gen.Number, next.HealthChecks)
+			err = w.checkHealth(ctx, gen.Number, next.HealthChecks, gates...)
 		}
 		if err != nil {
 			w.logf("activation of generation %d failed: %v", gen.Number, err)
@@ -345,18 +354,28 @@ func (w *Worker) run(ctx context.Context, req *Request, res *Result, started tim
 	w.conclude(ctx, req, res, st, prevSystem)
 }
 
-// checkHealth runs generation gen's health checks and records the run in
-// the metrics file.
-func (w *Worker) checkHealth(ctx context.Context, gen int, checks []manifest.HealthCheck) error {
+// checkHealth runs generation gen's health checks, then its metric gates
+// (those the host evaluates), and records the run in the metrics file.
+func (w *Worker) checkHealth(ctx context.Context, gen int, checks []manifest.HealthCheck, gates ...manifest.MetricGate) error {
 	err := CheckHealth(ctx, checks, w.Logf)
+	if err == nil {
+		err = CheckGates(ctx, gates, w.Logf)
+	}
 	// The checks that ran: all, or those up to the first that failed
-	// (CheckHealth stops there).
+	// (CheckHealth and CheckGates stop there).
 	var names, failing []string
 	he := (*HealthError)(nil)
 	errors.As(err, &he)
+	all := make([]string, 0, len(checks)+len(gates))
 	for _, c := range checks {
-		names = append(names, c.Name)
-		if he != nil && c.Name == he.Check {
+		all = append(all, c.Name)
+	}
+	for _, g := range gates {
+		all = append(all, g.Name)
+	}
+	for _, name := range all {
+		names = append(names, name)
+		if he != nil && name == he.Check {
 			failing = []string{he.Check}
 			break
 		}
@@ -384,12 +403,23 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 	gen := act.Generation
 	set := func(outcome agentapi.Outcome, msg string) { res.Outcome, res.Message = outcome, msg }
 	if req.ConfirmTimeout > 0 {
-		if !l.waitConfirmed(ctx, req.ID, gen, req.TokenHash, act.Deadline) {
+		if ok, rej := l.waitConfirmed(ctx, req.ID, gen, req.TokenHash, act.Deadline); !ok {
 			cause := fmt.Errorf("not confirmed within %v", req.ConfirmTimeout)
 			if ctx.Err() != nil {
 				cause = fmt.Errorf("interrupted before confirmation: %w", ctx.Err())
 			}
+			if rej != nil {
+				cause, res.Check = rej, rej.Check
+				if rej.Check != "" {
+					if err := l.recordChecks(gen, []string{rej.Check}, []string{rej.Check}); err != nil {
+						w.logf("recording the checks in the metrics file: %v", err)
+					}
+				}
+			}
 			w.logf("%v", cause)
+			if w.shutdownInterrupted(ctx, res, st) {
+				return
+			}
 			if req.Mode == ModeBoot {
 				l.markFailed(gen, cause.Error(), time.Now())
 				set(OutcomeRolledBack, fmt.Sprintf("generation %d %v; the boot default stays", gen, cause))
@@ -404,6 +434,15 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 	if err := l.markConfirmed(gen, time.Now()); err != nil {
 		w.logf("recording the confirmation: %v", err)
 	}
+	if req.Mode == ModeBoot {
+		// A trial until a boot of it confirms: recorded before the boot
+		// default moves (see boottrial.go).
+		if err := w.armTrial(ctx, gen, act.System, req); err != nil {
+			set(OutcomeFailed, fmt.Sprintf("generation %d could not be armed as a trial, so it is not the boot default: %v", gen, err))
+			w.setPhase(st, PhaseFailed, res.Message)
+			return
+		}
+	}
 	if req.Mode == ModeSwitch || req.Mode == ModeBoot {
 		if err := l.setBootDefault(gen); err != nil {
 			set(OutcomeFailed, fmt.Sprintf("generation %d runs but could not become the boot default: %v", gen, err))
@@ -411,6 +450,12 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 			return
 		}
 		w.logf("generation %d is the boot default", gen)
+	}
+	if req.Mode == ModeSwitch {
+		// The boot default runs: no trial is pending any more.
+		if err := l.clearTrial(); err != nil {
+			w.logf("dropping the boot trial: %v", err)
+		}
 	}
 	set(OutcomeDone, fmt.Sprintf("generation %d activated", gen))
 	w.setPhase(st, PhaseDone, res.Message)
@@ -422,6 +467,9 @@ func (w *Worker) conclude(ctx context.Context, req *Request, res *Result, st *St
 // there is none, removes what the failed one installed), marks the
 // activation's generation failed and sets the outcome.
 func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSystem string, cause error) {
+	if w.shutdownInterrupted(ctx, res, st) {
+		return
+	}
 	l := w.Layout
 	gen, prevGen := st.Activation.Generation, st.Activation.Previous
 	// A rollback must finish even when the activation was cancelled.
@@ -429,8 +477,12 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	st.Activation.RollbackBegun = true
 	w.setPhase(st, PhaseRollingBack, cause.Error())
 	var he *HealthError
-	if errors.As(cause, &he) {
+	var rej *RejectedError
+	switch {
+	case errors.As(cause, &he):
 		res.Check = he.Check
+	case errors.As(cause, &rej):
+		res.Check = rej.Check
 	}
 	var err error
 	if gen != prevGen {
@@ -461,6 +513,40 @@ func (w *Worker) rollback(ctx context.Context, res *Result, st *State, prevSyste
 	}
 	w.setPhase(st, res.Outcome, res.Message)
 	w.logf("%s", res.Message)
+}
+
+// shutdownInterrupted ends an activation cancelled because the host is
+// shutting down (systemd stops every unit, the worker's too): a rollback
+// now would race the shutdown, and the next boot's boot unit re-applies
+// the boot default, which moves only after a confirmation. So the
+// generation (unless it already ran before) is marked failed as the boot
+// unit would mark it, nothing else changes, and the outcome says what
+// happened: rolled back by the reboot to the boot default. It reports
+// whether it ended the activation.
+func (w *Worker) shutdownInterrupted(ctx context.Context, res *Result, st *State) bool {
+	if ctx.Err() == nil || !w.stopping() {
+		return false
+	}
+	l := w.Layout
+	gen := st.Activation.Generation
+	if gen != st.Activation.Previous {
+		if err := l.markFailed(gen, "interrupted by a reboot or crash before confirmation", time.Now()); err != nil {
+			w.logf("marking generation %d failed: %v", gen, err)
+		}
+	}
+	boot, _ := l.BootGeneration()
+	res.Outcome, res.Message = OutcomeRolledBack, fmt.Sprintf("generation %d: interrupted by a reboot of the host before it was confirmed; the host boots generation %d again", gen, boot)
+	w.setPhase(st, PhaseRolledBack, res.Message)
+	w.logf("%s", res.Message)
+	return true
+}
+
+func (w *Worker) stopping() bool {
+	if w.Stopping != nil {
+		return w.Stopping()
+	}
+	out, _ := exec.Command("systemctl", "is-system-running").Output()
+	return strings.TrimSpace(string(out)) == "stopping"
 }
 
 // checkAfterRollback runs the health checks of generation prevGen (system
@@ -634,19 +720,14 @@ WantedBy=sysinit.target
 
 func (w *Worker) installBootUnit() error {
 	l := w.Layout.withDefaults()
-	p := filepath.Join(l.UnitDir, BootUnitName)
-	data := fmt.Sprintf(bootUnit, l.StateDir, l.RunDir)
-	if cur, err := os.ReadFile(p); err == nil && string(cur) == data {
-		return nil
-	}
-	if err := atomicfile.Write(p, []byte(data), 0o644); err != nil {
+	if err := l.installUnit(BootUnitName, fmt.Sprintf(bootUnit, l.StateDir, l.RunDir), "sysinit.target"); err != nil {
 		return err
 	}
-	link := filepath.Join(l.UnitDir, "sysinit.target.wants", BootUnitName)
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+	// Boot counting's units: no-ops while no trial is pending.
+	if err := l.installUnit(BootGuardUnitName, fmt.Sprintf(bootGuardUnit, l.StateDir, l.RunDir), "sysinit.target"); err != nil {
 		return err
 	}
-	return symlinkAtomic(p, link)
+	return l.installUnit(BootConfirmUnitName, fmt.Sprintf(bootConfirmUnit, l.StateDir, l.RunDir), "multi-user.target")
 }
 
 var _ io.Writer = (*lineWriter)(nil)

@@ -3,6 +3,7 @@ package activation
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,6 +97,74 @@ func TestMergeManifests(t *testing.T) {
 	}
 }
 
+// Reject binds a rejection as Confirm binds a confirmation, and the wait
+// returns it at once with the check and the reason.
+func TestRejectBinding(t *testing.T) {
+	l := Layout{StateDir: t.TempDir(), RunDir: t.TempDir() + "/run"}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	tok := []byte("a-token-of-enough-length")
+	st := &State{Activation: &ActivationState{Activation: agentapi.Activation{ID: "7", Generation: 3, Phase: PhaseAwaiting}, TokenHash: HashToken(tok)}}
+	if err := l.writeState(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reject(3, []byte("another-token-entirely"), "errors", "bad"); !errors.Is(err, ErrBadToken) {
+		t.Errorf("Reject(wrong token) = %v, want ErrBadToken", err)
+	}
+	if _, err := l.Reject(2, tok, "errors", "bad"); !errors.Is(err, ErrNotPending) {
+		t.Errorf("Reject(other generation) = %v, want ErrNotPending", err)
+	}
+	reason := `metric gate "errors": query "q" returned 0.2, above max 0.05`
+	if _, err := l.Reject(3, tok, "errors", reason+"\nsecond line"); err != nil {
+		t.Fatalf("Reject = %v", err)
+	}
+	// A deadline far away: the rejection ends the wait, not the deadline.
+	ok, rej := l.waitConfirmed(t.Context(), "7", 3, HashToken(tok), time.Now().Add(time.Hour))
+	if ok || rej == nil || rej.Check != "errors" || rej.Reason != reason+" second line" {
+		t.Fatalf("waitConfirmed after Reject = %v, %+v, want the rejection of check errors", ok, rej)
+	}
+	if l.rejected("7", 3, HashToken([]byte("another-token-entirely"))) != nil || l.rejected("8", 3, HashToken(tok)) != nil {
+		t.Error("a rejection counted for another token or activation")
+	}
+	if l.confirmed("7", 3, HashToken(tok)) {
+		t.Error("a rejection confirmed")
+	}
+}
+
+// A worker (or the watchdog that took it over) awaiting a confirmation
+// ends as soon as the operator rejects the activation, long before its
+// deadline, with the check named: here in boot mode, where nothing was
+// applied, the generation is marked failed and the boot default stays.
+func TestConcludeRejected(t *testing.T) {
+	l := Layout{StateDir: t.TempDir(), RunDir: t.TempDir() + "/run"}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	sys := "/var/lib/deploy/store/11111111111111111111111111111111-system-web1"
+	if _, err := l.createGeneration(1, sys, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tok := []byte("a-token-of-enough-length")
+	req := &Request{ID: "7", Mode: ModeBoot, ConfirmTimeout: time.Hour, TokenHash: HashToken(tok)}
+	st := &State{Activation: &ActivationState{Activation: agentapi.Activation{ID: "7", Generation: 1, Mode: ModeBoot,
+		Phase: PhaseAwaiting, Deadline: time.Now().Add(time.Hour)}, TokenHash: req.TokenHash}}
+	if err := l.writeState(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reject(1, tok, "error-ratio", `metric gate "error-ratio": query "q" returned 0.2, above max 0.05`); err != nil {
+		t.Fatal(err)
+	}
+	res := &Result{ID: "7", Generation: 1}
+	(&Worker{Layout: l, Logf: t.Logf}).conclude(t.Context(), req, res, st, "")
+	if res.Outcome != OutcomeRolledBack || res.Check != "error-ratio" || !strings.Contains(res.Message, "the operator's health check failed: metric gate") {
+		t.Fatalf("conclude after a rejection = %+v, want rolled back by the check error-ratio", res)
+	}
+	if g, err := l.Generation(1); err != nil || !g.Failed {
+		t.Errorf("generation 1 = %+v, %v; want it failed", g, err)
+	}
+}
+
 // Confirm binds a confirmation to the pending activation's generation and
 // token; a stale confirmation file never counts.
 func TestConfirmBinding(t *testing.T) {
@@ -121,8 +190,8 @@ func TestConfirmBinding(t *testing.T) {
 	if _, err := l.Confirm(3, tok); err != nil {
 		t.Fatalf("Confirm = %v", err)
 	}
-	if !l.waitConfirmed(t.Context(), "7", 3, HashToken(tok), time.Now()) {
-		t.Error("an early confirmation was lost")
+	if ok, rej := l.waitConfirmed(t.Context(), "7", 3, HashToken(tok), time.Now()); !ok || rej != nil {
+		t.Errorf("waitConfirmed = %v, %v: an early confirmation was lost", ok, rej)
 	}
 	// The same file does not confirm another activation or token.
 	if l.confirmed("7", 3, HashToken([]byte("another-token-entirely"))) || l.confirmed("8", 3, HashToken(tok)) {

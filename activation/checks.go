@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/declarative/deploy/internal/metricgate"
 	"github.com/declarative/deploy/manifest"
 )
 
@@ -20,7 +21,44 @@ type HealthError struct {
 }
 
 func (e *HealthError) Error() string {
+	var ge *metricgate.Error
+	if errors.As(e.Err, &ge) {
+		// It names the check itself.
+		return "health check failed: " + e.Err.Error()
+	}
 	return fmt.Sprintf("health check %q failed: %v", e.Check, e.Err)
+}
+
+// HostGates returns the metric gates the host evaluates: those with
+// run_on host, and, when no operator confirms the activation (pull mode,
+// --confirm-timeout 0), those with run_on operator too, so that no gate
+// is skipped.
+func HostGates(gates []manifest.MetricGate, noOperator bool) []manifest.MetricGate {
+	var out []manifest.MetricGate
+	for _, g := range gates {
+		if g.RunOn == manifest.GateOnHost || noOperator {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// CheckGates evaluates the metric gates one after another, in name order
+// ([metricgate.Evaluate]: an instant query every interval for the
+// window). It returns a *[HealthError] for the first gate that fails.
+func CheckGates(ctx context.Context, gates []manifest.MetricGate, logf func(string, ...any)) error {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	for _, g := range gates {
+		logf("metric gate %s: evaluating %q against %s every %v for %v (at least %d samples)", g.Name, g.Query, metricgate.Redact(g.URL),
+			time.Duration(g.IntervalMS)*time.Millisecond, time.Duration(g.WindowMS)*time.Millisecond, g.MinSamples)
+		if err := metricgate.Evaluate(ctx, g, logf); err != nil {
+			return &HealthError{Check: g.Name, Err: err}
+		}
+		logf("health check %s passed", g.Name)
+	}
+	return nil
 }
 
 func (e *HealthError) Unwrap() error { return e.Err }

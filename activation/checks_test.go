@@ -3,6 +3,7 @@ package activation
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/declarative/deploy/manifest"
@@ -30,4 +31,22 @@ func TestHealthCheckAttemptTimeout(t *testing.T) {
 			t.Fatalf("CheckHealth = %v, want a HealthError: no attempt may run 8 s", err)
 		}
 	})
+}
+
+// HostGates: the host evaluates its own gates, and the operator's too when
+// no operator confirms (pull mode, --confirm-timeout 0).
+func TestHostGates(t *testing.T) {
+	gates := []manifest.MetricGate{{Name: "a", RunOn: manifest.GateOnHost}, {Name: "b", RunOn: manifest.GateOnOperator}}
+	names := func(gs []manifest.MetricGate) (out []string) {
+		for _, g := range gs {
+			out = append(out, g.Name)
+		}
+		return out
+	}
+	if got := names(HostGates(gates, false)); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("HostGates(with an operator) = %v, want [a]", got)
+	}
+	if got := names(HostGates(gates, true)); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("HostGates(no operator) = %v, want [a b]", got)
+	}
 }

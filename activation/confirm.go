@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/internal/atomicfile"
@@ -52,27 +53,57 @@ func confirmContent(gen int, tokenHash string) []byte {
 // returns [ErrNotPending] when no activation of gen is in progress, and
 // [ErrBadToken] when token is not that activation's.
 func (l Layout) Confirm(gen int, token []byte) (*ActivationState, error) {
+	a, hash, err := l.pendingFor(gen, token, "confirm")
+	if err != nil {
+		return a, err
+	}
+	if err := atomicfile.Write(l.confirmFile(a.ID), confirmContent(gen, hash), 0o600); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// Reject refuses the pending activation of generation gen with token: the
+// operator's own check (check names it) failed for reason. The activation
+// rolls back at once, as if its confirmation timed out, rather than when
+// the timeout expires. Errors as for [Layout.Confirm].
+func (l Layout) Reject(gen int, token []byte, check, reason string) (*ActivationState, error) {
+	a, hash, err := l.pendingFor(gen, token, "reject")
+	if err != nil {
+		return a, err
+	}
+	content := append(confirmContent(gen, hash), []byte(oneLine(check)+"\n"+oneLine(reason)+"\n")...)
+	if err := atomicfile.Write(l.rejectFile(a.ID), content, 0o600); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
+
+func (l Layout) rejectFile(id string) string { return l.confirmFile(id) + ".reject" }
+
+// pendingFor returns the activation of generation gen that is in
+// progress and whose token is token, with the token's hash.
+func (l Layout) pendingFor(gen int, token []byte, verb string) (*ActivationState, string, error) {
 	st, err := l.ReadState()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	a := st.Activation
 	if a == nil || a.Generation != gen {
-		return nil, fmt.Errorf("confirm generation %d: %w", gen, ErrNotPending)
+		return nil, "", fmt.Errorf("%s generation %d: %w", verb, gen, ErrNotPending)
 	}
 	switch a.Phase {
 	case PhaseStarting, PhaseApplying, PhaseChecking, PhaseAwaiting:
 	default:
-		return a, fmt.Errorf("confirm generation %d: activation %s is %s: %w", gen, a.ID, a.Phase, ErrNotPending)
+		return a, "", fmt.Errorf("%s generation %d: activation %s is %s: %w", verb, gen, a.ID, a.Phase, ErrNotPending)
 	}
 	got := HashToken(token)
 	if a.TokenHash == "" || subtle.ConstantTimeCompare([]byte(got), []byte(a.TokenHash)) != 1 {
-		return a, fmt.Errorf("confirm generation %d: %w", gen, ErrBadToken)
+		return a, "", fmt.Errorf("%s generation %d: %w", verb, gen, ErrBadToken)
 	}
-	if err := atomicfile.Write(l.confirmFile(a.ID), confirmContent(gen, got), 0o600); err != nil {
-		return a, err
-	}
-	return a, nil
+	return a, got, nil
 }
 
 // confirmed reports whether activation id of generation gen with the token
@@ -85,18 +116,48 @@ func (l Layout) confirmed(id string, gen int, tokenHash string) bool {
 	return subtle.ConstantTimeCompare(data, confirmContent(gen, tokenHash)) == 1
 }
 
-// waitConfirmed polls for the confirmation until deadline.
-func (l Layout) waitConfirmed(ctx context.Context, id string, gen int, tokenHash string, deadline time.Time) bool {
+// RejectedError is the cause of a rollback that the operator asked for:
+// its own check of the activation (a metric gate it evaluates) failed.
+type RejectedError struct {
+	Check  string // the check that failed
+	Reason string // what the operator said (it names the check)
+}
+
+func (e *RejectedError) Error() string {
+	return "the operator's health check failed: " + e.Reason
+}
+
+// rejected returns the operator's rejection of activation id of
+// generation gen with the token hash, or nil.
+func (l Layout) rejected(id string, gen int, tokenHash string) *RejectedError {
+	data, err := os.ReadFile(l.rejectFile(id))
+	if err != nil {
+		return nil
+	}
+	head := confirmContent(gen, tokenHash)
+	if len(data) < len(head) || subtle.ConstantTimeCompare(data[:len(head)], head) != 1 {
+		return nil
+	}
+	check, reason, _ := strings.Cut(strings.TrimSuffix(string(data[len(head):]), "\n"), "\n")
+	return &RejectedError{Check: check, Reason: reason}
+}
+
+// waitConfirmed polls for the confirmation until deadline, or until the
+// operator rejects the activation (then it returns the rejection).
+func (l Layout) waitConfirmed(ctx context.Context, id string, gen int, tokenHash string, deadline time.Time) (bool, *RejectedError) {
 	for {
 		if l.confirmed(id, gen, tokenHash) {
-			return true
+			return true, nil
+		}
+		if r := l.rejected(id, gen, tokenHash); r != nil {
+			return false, r
 		}
 		if !time.Now().Before(deadline) {
-			return false
+			return false, nil
 		}
 		select {
 		case <-ctx.Done():
-			return l.confirmed(id, gen, tokenHash)
+			return l.confirmed(id, gen, tokenHash), nil
 		case <-time.After(min(100*time.Millisecond, time.Until(deadline)+time.Millisecond)):
 		}
 	}
@@ -108,7 +169,17 @@ func (l Layout) waitConfirmed(ctx context.Context, id string, gen int, tokenHash
 // late) returns its result with no error; logf says when the confirmation
 // was recorded.
 func (l Layout) ConfirmAndWait(ctx context.Context, gen int, token []byte, wait time.Duration, logf func(format string, args ...any)) (*Result, error) {
-	act, err := l.Confirm(gen, token)
+	return l.decideAndWait(ctx, gen, wait, logf, func() (*ActivationState, error) { return l.Confirm(gen, token) }, "confirmed")
+}
+
+// RejectAndWait rejects the pending activation of generation gen (see
+// [Layout.Reject]) and waits up to wait for its result (rolled back).
+func (l Layout) RejectAndWait(ctx context.Context, gen int, token []byte, check, reason string, wait time.Duration, logf func(format string, args ...any)) (*Result, error) {
+	return l.decideAndWait(ctx, gen, wait, logf, func() (*ActivationState, error) { return l.Reject(gen, token, check, reason) }, "rejected")
+}
+
+func (l Layout) decideAndWait(ctx context.Context, gen int, wait time.Duration, logf func(format string, args ...any), decide func() (*ActivationState, error), what string) (*Result, error) {
+	act, err := decide()
 	if err != nil {
 		if act != nil && errors.Is(err, ErrNotPending) {
 			// Too late or not ours: report the real outcome if there is one.
@@ -119,7 +190,7 @@ func (l Layout) ConfirmAndWait(ctx context.Context, gen int, token []byte, wait 
 		return nil, err
 	}
 	if logf != nil {
-		logf("generation %d confirmed; waiting for activation %s to finish", gen, act.ID)
+		logf("generation %d %s; waiting for activation %s to finish", gen, what, act.ID)
 	}
 	deadline := time.Now().Add(wait)
 	for {

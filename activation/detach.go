@@ -199,7 +199,13 @@ func ReadToken(r io.Reader) ([]byte, error) {
 	if r == nil {
 		r = strings.NewReader("")
 	}
-	line, err := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
+	// A *bufio.Reader is read one line only: what follows the token (a
+	// rejection's reason) stays for the caller.
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReader(io.LimitReader(r, 4096))
+	}
+	line, err := br.ReadString('\n')
 	if err != nil && err != io.EOF {
 		return nil, &TokenError{fmt.Errorf("reading the confirmation token from stdin: %w", err)}
 	}
@@ -430,7 +436,19 @@ func follow(ctx context.Context, l Layout, id, unit string, worker *exec.Cmd, lo
 				deadSince = time.Now()
 			} else if time.Since(deadSince) > 5*time.Second {
 				io.Copy(log, f)
-				return &Result{V: agentapi.Version, ID: id, Outcome: OutcomeFailed, Message: "the activation worker and its watchdog ended without a result (see the log and the journal)", Log: l.LogFile(id)}, nil
+				res := &Result{V: agentapi.Version, ID: id, Outcome: OutcomeFailed, Message: "the activation worker and its watchdog ended without a result (see the log and the journal)", Log: l.LogFile(id)}
+				// A worker that died before it armed its watchdog had not
+				// recorded the activation either, so it changed nothing and
+				// nobody will finish it: its result is this one. (One that
+				// recorded it is finished by the next activation, which
+				// looks for activations without a result.)
+				if st, err := l.ReadState(); err == nil && (st.Activation == nil || st.Activation.ID != id) {
+					res.Message += "; it had not begun, so nothing was changed"
+					if err := l.writeResult(res); err != nil {
+						return nil, err
+					}
+				}
+				return res, nil
 			}
 		}
 		select {

@@ -302,9 +302,18 @@ func (l Layout) RemoveOldGenerations(keep int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A pending trial's fallback and the generation whose agent counts
+	// its boots stay: the boot guard needs both.
+	pinned := map[int]bool{}
+	if t, err := l.ReadBootTrial(); err == nil && t != nil {
+		pinned[t.Previous] = true
+	}
+	if n, ok := l.bootGuardGeneration(); ok {
+		pinned[n] = true
+	}
 	var removed []int
 	for i, g := range gens {
-		if i >= len(gens)-keep || g.Current || g.Boot {
+		if i >= len(gens)-keep || g.Current || g.Boot || pinned[g.Number] {
 			continue
 		}
 		if err := os.Remove(l.genLink(g.Number)); err != nil {

@@ -282,6 +282,24 @@ func (l Layout) renderMetrics(m *metricsState) []byte {
 			fmt.Fprintf(&b, "deploy_pull_serial{channel=%s} %d\n", labelValue(n), m.Pull[n].Serial)
 		}
 	}
+	if t, _ := l.ReadBootTrial(); t != nil {
+		metric("deploy_boot_trial_generation", "gauge", "The boot default while it is a boot trial that no boot has confirmed yet (absent otherwise).")
+		fmt.Fprintf(&b, "deploy_boot_trial_generation %d\n", t.Generation)
+		metric("deploy_boot_trial_attempts", "gauge", "The boots of the pending trial counted so far.")
+		fmt.Fprintf(&b, "deploy_boot_trial_attempts %d\n", len(t.Attempts))
+		metric("deploy_boot_trial_max_attempts", "gauge", "The boots the pending trial may fail to confirm before the host boots its previous generation again.")
+		fmt.Fprintf(&b, "deploy_boot_trial_max_attempts %d\n", t.MaxAttempts)
+	}
+	if rb, _ := l.ReadBootRollback(); rb != nil {
+		metric("deploy_last_boot_fallback_timestamp_seconds", "gauge", "When the last boot trial fell back to its previous generation, in seconds since the epoch.")
+		fmt.Fprintf(&b, "deploy_last_boot_fallback_timestamp_seconds %s\n", unixSeconds(rb.Time))
+		metric("deploy_last_boot_fallback_generation", "gauge", "The trial generation that the last fallback gave up.")
+		fmt.Fprintf(&b, "deploy_last_boot_fallback_generation %d\n", rb.Generation)
+		metric("deploy_last_boot_fallback_previous", "gauge", "The generation the last fallback made the boot default again.")
+		fmt.Fprintf(&b, "deploy_last_boot_fallback_previous %d\n", rb.Previous)
+		metric("deploy_last_boot_fallback_attempts", "gauge", "How many boots of the trial had failed.")
+		fmt.Fprintf(&b, "deploy_last_boot_fallback_attempts %d\n", rb.Attempts)
+	}
 	return []byte(b.String())
 }
 

@@ -104,10 +104,29 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 	// free: retry briefly before calling it held.
 	deadline := time.Now().Add(max(opts.Wait, 300*time.Millisecond))
 	replaced := false
+	var kept *agentapi.RunLease
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			break
+			// Free, unless a run that rebooted the host keeps it with a
+			// lease (LeaseRunLock) that has not expired.
+			kept = l.readRunLease()
+			if !kept.Blocks(me, time.Now()) {
+				break
+			}
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			if time.Now().After(deadline) {
+				if err := reply(&agentapi.LockReply{Locked: false, Holder: &kept.Holder}); err != nil {
+					return err
+				}
+				return &RunLockHeldError{Holder: &kept.Holder, Lease: kept}
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("run lock: %w", ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return fmt.Errorf("run lock %q: %w", l.RunLockFile(), err)
@@ -151,6 +170,17 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 	if prev := l.readRunHolder(); prev != nil && prev.Holder.Run != me.Run {
 		tookOver = &prev.Holder
 		logf("taking over the run lock of %s: its run ended without releasing it", prev.Holder.String())
+	}
+	if kept != nil {
+		if kept.Holder.Run == me.Run {
+			logf("run %s takes its run lock again after the reboot it ordered", me.Run)
+		} else if tookOver == nil {
+			tookOver = &kept.Holder
+			logf("taking over the run lock of %s: its lease across a reboot expired (%s) or its run ended", kept.Holder.String(), kept.Expires.Format(time.RFC3339))
+		}
+		if err := l.removeRunLease(); err != nil {
+			return err
+		}
 	}
 	rec := &runHolderRecord{Holder: *me, PID: os.Getpid()}
 	rec.Holder.TakeOver = ""
@@ -199,6 +229,9 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 			switch s {
 			case agentapi.LockRelease:
 				os.Remove(l.RunHolderFile())
+				if ls := l.readRunLease(); ls != nil && ls.Holder.Run == me.Run {
+					l.removeRunLease()
+				}
 				return nil
 			case agentapi.LockPing, "":
 				lease.Reset(opts.Lease)
@@ -217,10 +250,54 @@ func (l Layout) HoldRunLock(ctx context.Context, in io.Reader, out io.Writer, op
 // RunLockHeldError is a run lock held by another run.
 type RunLockHeldError struct {
 	Holder *agentapi.RunHolder // nil when the holder did not record itself
+	// Lease is set when the holder keeps the lock across a reboot.
+	Lease *agentapi.RunLease
 }
 
 func (e *RunLockHeldError) Error() string {
+	if e.Lease != nil {
+		return fmt.Sprintf("the run lock is kept across a reboot (until %s) by %s", e.Lease.Expires.Format(time.RFC3339), e.Holder.String())
+	}
 	return "the run lock is held by " + e.Holder.String()
+}
+
+func (l Layout) runLeaseFile() string { return agentapi.RunLeaseFile(l.withDefaults().StateDir) }
+
+// readRunLease reads the run lock's lease across a reboot; nil when none.
+func (l Layout) readRunLease() *agentapi.RunLease {
+	r := &agentapi.RunLease{}
+	if ok, err := readJSON(l.runLeaseFile(), r); !ok || err != nil || r.Holder.Run == "" {
+		return nil
+	}
+	return r
+}
+
+func (l Layout) removeRunLease() error {
+	if err := os.Remove(l.runLeaseFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(l.runLeaseFile()))
+}
+
+// LeaseRunLock keeps the run lock that run holds across the reboot it is
+// about to order: a lease in the state directory (which a boot does not
+// empty, unlike the run directory where the lock lives), written durably,
+// that [Layout.HoldRunLock] honours after the boot: the lock is run's
+// until it takes it again, its TakeOver names it, or d has passed.
+func (l Layout) LeaseRunLock(run string, d time.Duration) error {
+	held := l.flockHolder()
+	if held == nil || held.Run != run {
+		return fmt.Errorf("run %q does not hold the run lock (held by %s)", run, held.String())
+	}
+	rec := l.readRunHolder()
+	if rec == nil {
+		return fmt.Errorf("run %q: the run lock's holder is not recorded", run)
+	}
+	data, err := json.Marshal(&agentapi.RunLease{V: agentapi.Version, Holder: rec.Holder, Expires: time.Now().Add(d).UTC()})
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(l.runLeaseFile(), append(data, '\n'), 0o600)
 }
 
 func (l Layout) readRunHolder() *runHolderRecord {
@@ -235,8 +312,20 @@ func (l Layout) readRunHolder() *runHolderRecord {
 	return r
 }
 
-// RunLockHolder names the run holding the run lock, or nil when it is free.
+// RunLockHolder names the run holding the run lock (or keeping it across
+// a reboot with a lease that has not expired), or nil when it is free.
 func (l Layout) RunLockHolder() *agentapi.RunHolder {
+	if h := l.flockHolder(); h != nil {
+		return h
+	}
+	if lease := l.readRunLease(); lease != nil && time.Now().Before(lease.Expires) {
+		return &lease.Holder
+	}
+	return nil
+}
+
+// flockHolder names the run whose process holds the run lock's flock.
+func (l Layout) flockHolder() *agentapi.RunHolder {
 	f, err := os.OpenFile(l.RunLockFile(), os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil

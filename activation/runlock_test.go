@@ -268,3 +268,60 @@ func TestRunLockReusedPIDNotSignalled(t *testing.T) {
 		t.Error("the process that holds the lock was signalled")
 	}
 }
+
+// A run that reboots the host keeps its run lock across the reboot with a
+// lease: after the boot (the run directory emptied), another run is
+// refused, naming the rebooting run, until that run takes the lock again
+// (the lease is then gone) or the lease expires (the next run takes it
+// over and says whose it was). Only the holder can take a lease.
+func TestRunLockLeaseAcrossReboot(t *testing.T) {
+	l := testLayout(t)
+	a := requestRunLock(t, l, "A", RunLockOptions{})
+	if !a.reply.Locked {
+		t.Fatalf("A: %+v", a.reply)
+	}
+	if err := l.LeaseRunLock("B", time.Minute); err == nil {
+		t.Errorf("LeaseRunLock by B, which does not hold the lock: no error")
+	}
+	if err := l.LeaseRunLock("A", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// The reboot: A's process ends, the run directory is emptied.
+	a.in.Close()
+	a.wait(t)
+	if err := os.RemoveAll(l.withDefaults().RunDir); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.RunLockHolder(); h == nil || h.Run != "A" {
+		t.Errorf("RunLockHolder() after the reboot = %+v, want A's lease", h)
+	}
+	b := requestRunLock(t, l, "B", RunLockOptions{})
+	var held *RunLockHeldError
+	if err := b.wait(t); b.reply.Locked || b.reply.Holder == nil || b.reply.Holder.Run != "A" || !errors.As(err, &held) || !strings.Contains(err.Error(), "kept across a reboot") {
+		t.Fatalf("B after A's reboot: %+v, %v; want refused, held by A across the reboot", b.reply, err)
+	}
+	a = requestRunLock(t, l, "A", RunLockOptions{})
+	if !a.reply.Locked || a.reply.TookOver != nil {
+		t.Fatalf("A again: %+v, want locked", a.reply)
+	}
+	if _, err := os.Stat(l.runLeaseFile()); !os.IsNotExist(err) {
+		t.Errorf("the lease is still there after A took the lock again: %v", err)
+	}
+	a.send(t, agentapi.LockRelease)
+	a.wait(t)
+
+	// An expired lease: the next run takes the lock over.
+	a = requestRunLock(t, l, "A", RunLockOptions{})
+	if err := l.LeaseRunLock("A", time.Nanosecond); err != nil {
+		t.Fatal(err)
+	}
+	a.in.Close()
+	a.wait(t)
+	os.RemoveAll(l.withDefaults().RunDir)
+	b = requestRunLock(t, l, "B", RunLockOptions{})
+	if !b.reply.Locked || b.reply.TookOver == nil || b.reply.TookOver.Run != "A" {
+		t.Errorf("B after A's lease expired: %+v, want locked, taken over from A", b.reply)
+	}
+	b.send(t, agentapi.LockRelease)
+	b.wait(t)
+}

@@ -44,6 +44,7 @@ func (l Layout) Status() (*Status, error) {
 		}
 	}
 	s.BootID = BootID()
+	l.trialStatus(s)
 	if s.Boot != 0 && s.Boot != s.Current {
 		s.RebootRequired = true
 		s.RebootReason = fmt.Sprintf("generation %d is the boot default; generation %d runs", s.Boot, s.Current)

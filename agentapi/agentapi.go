@@ -282,6 +282,11 @@ type Status struct {
 	CurrentGitRev string    `json:"current_git_rev,omitempty"`
 	// BootID is the kernel's boot id (see [Health]).
 	BootID string `json:"boot_id,omitempty"`
+	// BootTrial is the pending trial of the boot default (boot counting),
+	// BootRollback the last trial that fell back to its previous
+	// generation.
+	BootTrial    *BootTrial    `json:"boot_trial,omitempty"`
+	BootRollback *BootRollback `json:"boot_rollback,omitempty"`
 	// RebootRequired is set when the running generation is not the boot
 	// default (one activated with --mode boot waits for a reboot), with
 	// RebootReason saying so.

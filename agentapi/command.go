@@ -27,6 +27,12 @@ const (
 	VerbPull        = "pull"
 	VerbDrift       = "drift"
 	VerbHealth      = "health"
+	// Boot counting: run by deploy-boot-guard.service (the fallback
+	// generation's agent) and deploy-boot-confirm.service (the trial's).
+	VerbBootGuard   = "boot-guard"
+	VerbBootConfirm = "boot-confirm"
+	// VerbRunLease keeps a run's run lock across the reboot it orders.
+	VerbRunLease = "run-lease"
 	// The agent's own: the detached halves of an activation.
 	VerbActivateWorker = "activate-worker"
 	VerbWatchdog       = "watchdog"
@@ -46,7 +52,12 @@ type ActivateCmd struct {
 	ConfirmTimeout time.Duration
 	Meta           map[string]string // recorded with the generation
 	Force          bool              // replace unmanaged files
-	System         string
+	// BootAttempts and BootTimeout set a boot-mode trial's attempts and
+	// the time each boot has to confirm (0: the agent's defaults,
+	// [DefaultBootAttempts], [DefaultBootTimeout]).
+	BootAttempts int
+	BootTimeout  time.Duration
+	System       string
 }
 
 // Args implements the command line.
@@ -59,6 +70,12 @@ func (a ActivateCmd) Args() []string {
 	args = append(args, metaArgs(a.Meta)...)
 	if a.Force {
 		args = append(args, "--force")
+	}
+	if a.BootAttempts > 0 {
+		args = append(args, "--boot-attempts", strconv.Itoa(a.BootAttempts))
+	}
+	if a.BootTimeout > 0 {
+		args = append(args, "--boot-timeout", a.BootTimeout.String())
 	}
 	return append(args, a.System)
 }
@@ -83,11 +100,19 @@ func (r RollbackCmd) Args() []string {
 type ConfirmCmd struct {
 	StateDir   string
 	Generation int
+	// Reject, when set, refuses the activation instead: the operator's
+	// check of that name failed, and the reason follows the token on
+	// stdin (one line). The host rolls back at once.
+	Reject string
 }
 
 // Args implements the command line.
 func (c ConfirmCmd) Args() []string {
-	return append(dirArgs(VerbConfirm, c.StateDir, ""), strconv.Itoa(c.Generation))
+	args := dirArgs(VerbConfirm, c.StateDir, "")
+	if c.Reject != "" {
+		args = append(args, "--reject", c.Reject)
+	}
+	return append(args, strconv.Itoa(c.Generation))
 }
 
 // RunLockCmd is `run-lock`: the run lock held for an operator's run (see
@@ -111,6 +136,22 @@ func (r RunLockCmd) Args() []string {
 		args = append(args, "--drift")
 	}
 	return args
+}
+
+// RunLeaseCmd is `run-lease --run RUN --for D`: run RUN, which holds the
+// host's run lock, is about to reboot the host; the lock stays its own
+// across the reboot (a lease in the state directory, [RunLease]) until
+// the run takes it again or D has passed. An agent that predates it exits
+// [ExitUsage].
+type RunLeaseCmd struct {
+	StateDir string
+	Run      string
+	For      time.Duration
+}
+
+// Args implements the command line.
+func (r RunLeaseCmd) Args() []string {
+	return append(dirArgs(VerbRunLease, r.StateDir, ""), "--run", r.Run, "--for", r.For.String())
 }
 
 // ReceiveCmd is `receive`: the transfer protocol's agent side.

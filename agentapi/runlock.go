@@ -6,8 +6,30 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strings"
+	"time"
 )
+
+// RunLeaseFile holds a [RunLease]: the run lock kept for a run across a
+// reboot it ordered (the lock itself lives in the run directory, which a
+// boot empties).
+func RunLeaseFile(stateDir string) string { return path.Join(orState(stateDir), "run-lease.json") }
+
+// RunLease is the run lock kept for Holder's run until it takes the lock
+// again after the reboot, or until Expires.
+type RunLease struct {
+	V       int       `json:"v"`
+	Holder  RunHolder `json:"holder"`
+	Expires time.Time `json:"expires"`
+}
+
+// Blocks reports whether the lease (nil: none) keeps the run lock from
+// the run requesting it as me at now: it has not expired, and me is
+// neither its run nor taking its run over.
+func (l *RunLease) Blocks(me *RunHolder, now time.Time) bool {
+	return l != nil && l.Holder.Run != me.Run && l.Holder.Run != me.TakeOver && now.Before(l.Expires)
+}
 
 // The run lock's conversation (`deploy-agent run-lock`, see [RunLockCmd]),
 // one line at a time: the run writes its [RunHolder]

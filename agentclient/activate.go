@@ -26,9 +26,18 @@ type ActivateOptions struct {
 	Meta map[string]string
 	// Force lets the activation replace unmanaged files.
 	Force bool
+	// BootAttempts and BootTimeout set boot counting for mode boot (the
+	// agent's --boot-attempts, --boot-timeout; 0: its defaults).
+	BootAttempts int
+	BootTimeout  time.Duration
 	// Check, if set, runs on the operator's side once the agent awaits
-	// confirmation (outside health checks). An error withholds the
-	// confirmation: the host rolls back when the timeout expires.
+	// confirmation (outside health checks, the operator's metric gates).
+	// An error rejects the activation (`confirm N --reject`): the host
+	// rolls back at once, without waiting for the confirmation timeout;
+	// a *[CheckError] names the check in the host's result. An error
+	// that wraps [ErrWithhold], and any error for an agent that cannot
+	// reject, leaves the activation unconfirmed instead: the host rolls
+	// back when its confirmation timeout expires.
 	Check func(ctx context.Context) error
 	// BeforeConfirm, if set, runs just before the confirmation connection
 	// is opened (tests use it to inject faults).
@@ -62,17 +71,49 @@ type ActivateResult struct {
 	Warnings []string
 }
 
+// ErrWithhold, wrapped by an error of [ActivateOptions.Check], withholds
+// the confirmation rather than rejecting the activation: the host rolls
+// back at its confirmation timeout, as when the operator is gone.
+var ErrWithhold = errors.New("confirmation withheld")
+
+// CheckError is the failure of an operator-side check named Check (a
+// metric gate deploy evaluates); [ActivateOptions.Check] returns it so
+// that the host's result names the check.
+type CheckError struct {
+	Check string
+	Err   error
+}
+
+func (e *CheckError) Error() string { return e.Err.Error() }
+func (e *CheckError) Unwrap() error { return e.Err }
+
 // RolledBackError is an activation that failed or was not confirmed; the
 // host restored the previous generation by itself. CLI exit code 3.
 type RolledBackError struct {
 	Host       string
 	Generation int
 	Message    string
-	LogTail    []string // the last lines of the activation's log
+	// Check names the health check (or metric gate) whose failure made
+	// the host roll back, when one did.
+	Check   string
+	LogTail []string // the last lines of the activation's log
 }
 
 func (e *RolledBackError) Error() string {
 	return fmt.Sprintf("%s: rolled back: %s", e.Host, e.Message)
+}
+
+// RebootedError is an activation ended by a reboot of the host before it
+// was confirmed: the host boots its boot default, so it runs the
+// generation it ran before (Running; 0: none), as after a rollback
+// ([Classify]: [KindRolledBack]).
+type RebootedError struct {
+	Host    string
+	Running int
+}
+
+func (e *RebootedError) Error() string {
+	return fmt.Sprintf("%s: interrupted by a reboot of the host before it was confirmed; the host runs generation %d", e.Host, e.Running)
 }
 
 // LockHeldError is an activation refused because another one holds the
@@ -145,7 +186,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 	token := hex.EncodeToString(rnd[:])
 
 	args := agentapi.ActivateCmd{StateDir: c.stateDir(), Mode: opts.Mode, ConfirmTimeout: opts.ConfirmTimeout,
-		Meta: opts.Meta, Force: opts.Force, System: system}.Args()
+		Meta: opts.Meta, Force: opts.Force, BootAttempts: opts.BootAttempts, BootTimeout: opts.BootTimeout, System: system}.Args()
 	if opts.RollbackTo > 0 {
 		args = agentapi.RollbackCmd{StateDir: c.stateDir(), To: opts.RollbackTo, ConfirmTimeout: opts.ConfirmTimeout, Meta: opts.Meta}.Args()
 	}
@@ -169,7 +210,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		}
 		logf("%s: lost the activation session (%v); reconnecting to learn the outcome", host, err)
 		res2.Reconnected = true
-		r, rerr := c.recoverOutcome(ctx, opts, logf)
+		r, rerr := c.recoverOutcome(ctx, system, opts, logf)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -182,7 +223,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		return res2, nil
 	case agentapi.OutcomeAwaiting:
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message}
+		return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: res.Message, Check: res.Check}
 	case agentapi.OutcomeLockHeld:
 		return nil, &LockHeldError{Host: host, Holder: res.Message}
 	default:
@@ -191,21 +232,19 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 
 	if opts.Check != nil {
 		if cerr := opts.Check(ctx); cerr != nil {
-			logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
-			final, err := c.waitFinal(ctx, res.ID, opts)
-			if err != nil {
-				return nil, err
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
-			if final.Outcome == agentapi.OutcomeDone {
-				return nil, &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+			if errors.Is(cerr, ErrWithhold) {
+				return nil, c.withhold(ctx, system, res, cerr, opts, logf)
 			}
-			return nil, &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
+			return nil, c.reject(ctx, system, res, token, cerr, opts, logf)
 		}
 	}
 	if opts.BeforeConfirm != nil {
 		opts.BeforeConfirm()
 	}
-	final, err := c.confirm(ctx, res.Generation, token, opts, logf)
+	final, err := c.confirm(ctx, system, res.Generation, token, opts, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -214,14 +253,70 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		res2.Outcome = agentapi.OutcomeDone
 		return res2, nil
 	case agentapi.OutcomeRolledBack:
-		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message}
+		return nil, &RolledBackError{Host: host, Generation: final.Generation, Message: final.Message, Check: final.Check}
 	}
 	return nil, &ActivationError{Host: host, Message: final.Message}
 }
 
+// withhold does not confirm: the host rolls back at its timeout. It
+// returns the outcome as an error.
+func (c *Client) withhold(ctx context.Context, system string, res *agentapi.Result, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+	host := c.Name()
+	logf("%s: operator-side check failed (%v): not confirming; waiting for the host to roll back", host, cerr)
+	final, err := c.waitFinal(ctx, system, res.ID, opts)
+	if err != nil {
+		return err
+	}
+	if final.Outcome == agentapi.OutcomeDone {
+		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+	}
+	return &RolledBackError{Host: host, Generation: res.Generation, Message: fmt.Sprintf("operator check failed: %v; %s", cerr, final.Message)}
+}
+
+// reject tells the host that the operator's check failed (cerr), so that
+// it rolls back now, and returns the outcome as an error: a
+// *[RolledBackError] normally.
+func (c *Client) reject(ctx context.Context, system string, res *agentapi.Result, token string, cerr error, opts ActivateOptions, logf func(string, ...any)) error {
+	host := c.Name()
+	name := "operator"
+	var ce *CheckError
+	if errors.As(cerr, &ce) && ce.Check != "" {
+		name = ce.Check
+	}
+	logf("%s: operator-side check failed (%v): rejecting generation %d, so that the host rolls back now", host, cerr, res.Generation)
+	final, err := c.confirmOrReject(ctx, system, res.Generation, token, name, cerr.Error(), opts, logf)
+	if err != nil {
+		var ae *ActivationError
+		if !errors.As(err, &ae) {
+			return err
+		}
+		// An agent that cannot reject (it predates --reject): without
+		// the confirmation it rolls back at its timeout.
+		logf("%s: the agent did not take the rejection (%v)", host, err)
+		return c.withhold(ctx, system, res, cerr, opts, logf)
+	}
+	switch final.Outcome {
+	case agentapi.OutcomeRolledBack:
+		return &RolledBackError{Host: host, Generation: res.Generation, Message: final.Message, Check: name}
+	case agentapi.OutcomeDone:
+		return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v) but generation %d was activated", cerr, res.Generation)}
+	}
+	return &ActivationError{Host: host, Message: fmt.Sprintf("operator check failed (%v): %s", cerr, final.Message)}
+}
+
 // confirm opens a new connection and runs `confirm N` with the token on
 // stdin; it retries on connection errors until the confirm deadline.
-func (c *Client) confirm(ctx context.Context, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) confirm(ctx context.Context, system string, gen int, token string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+	return c.confirmOrReject(ctx, system, gen, token, "", "", opts, logf)
+}
+
+// confirmOrReject is confirm, or with reject set (the failed check's
+// name) `confirm N --reject NAME` with reason after the token.
+func (c *Client) confirmOrReject(ctx context.Context, system string, gen int, token, reject, reason string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+	stdin := token + "\n"
+	if reject != "" {
+		stdin += strings.ReplaceAll(reason, "\n", " ") + "\n"
+	}
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -236,8 +331,8 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 		}
 		var stdout bytes.Buffer
 		lw := &logLines{logf: logf, prefix: "agent: "}
-		argv := c.command([]agentapi.Agent{agentapi.AgentOfGeneration(gen)}, agentapi.ConfirmCmd{StateDir: c.stateDir(), Generation: gen}.Args()...)
-		err = conn.Run(ctx, argv, strings.NewReader(token+"\n"), &stdout, lw)
+		argv := c.command([]agentapi.Agent{agentapi.AgentOfGeneration(gen)}, agentapi.ConfirmCmd{StateDir: c.stateDir(), Generation: gen, Reject: reject}.Args()...)
+		err = conn.Run(ctx, argv, strings.NewReader(stdin), &stdout, lw)
 		lw.flush()
 		conn.Close()
 		r, perr := agentapi.ParseResult(stdout.Bytes())
@@ -253,7 +348,7 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 			// The agent refused (not pending any more, say): ask for the
 			// outcome.
 			logf("%s: confirm: %v", c.Name(), err)
-			return c.waitFinal(ctx, "", opts)
+			return c.waitFinal(ctx, system, "", opts)
 		}
 		sleepCtx(ctx, time.Second)
 	}
@@ -263,7 +358,7 @@ func (c *Client) confirm(ctx context.Context, gen int, token string, opts Activa
 // recoverOutcome reconnects after a dropped activation session and finds
 // out what happened: if the activation awaits confirmation, it returns
 // that (the caller confirms); if it ended, its result.
-func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+func (c *Client) recoverOutcome(ctx context.Context, system string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -278,7 +373,7 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 		}
 		a := st.Activation
 		if a == nil {
-			return nil, &ActivationError{Host: c.Name(), Message: "the host knows of no activation (it rebooted?)"}
+			return c.rebooted(st, system)
 		}
 		if a.Phase == agentapi.PhaseAwaiting || a.Phase.Final() {
 			return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
@@ -294,9 +389,24 @@ func (c *Client) recoverOutcome(ctx context.Context, opts ActivateOptions, logf 
 	return nil, lastErr
 }
 
+// rebooted is the outcome of an activation of system that the host
+// forgot because it rebooted (its run directory, where activations are
+// recorded, is emptied by a boot): the boot unit re-applied the boot
+// default, which moves only after a confirmation. A host that runs system
+// now had confirmed it (done); any other ended the activation by the
+// reboot, running the generation it booted: a *[RebootedError] (a kind of
+// rollback).
+func (c *Client) rebooted(st *agentapi.Status, system string) (*agentapi.Result, error) {
+	if st.Current > 0 && st.CurrentSystem == system {
+		return &agentapi.Result{Generation: st.Current, Outcome: agentapi.OutcomeDone,
+			Message: fmt.Sprintf("the host rebooted after the activation was confirmed; it runs generation %d", st.Current)}, nil
+	}
+	return nil, &RebootedError{Host: c.Name(), Running: st.Current}
+}
+
 // waitFinal polls status until the activation id (or, with id "", the last
 // activation) has ended.
-func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions) (*agentapi.Result, error) {
+func (c *Client) waitFinal(ctx context.Context, system, id string, opts ActivateOptions) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -305,10 +415,11 @@ func (c *Client) waitFinal(ctx context.Context, id string, opts ActivateOptions)
 			if a := st.Activation; a.Phase.Final() {
 				return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
 			}
+		} else if err == nil && st.Activation == nil {
+			// The host forgot the activation: it rebooted.
+			return c.rebooted(st, system)
 		} else if err == nil {
-			// The host forgot the activation (it rebooted: the boot default,
-			// which moves only after a confirmation, runs), or another one
-			// has started since.
+			// Another activation has started since.
 			return nil, &ActivationError{Host: c.Name(), Message: fmt.Sprintf("the host no longer knows the activation (it rebooted?); it runs generation %d, its boot default %d", st.Current, st.Boot)}
 		} else {
 			lastErr = err

@@ -155,6 +155,49 @@ func TestActivateConfirmation(t *testing.T) {
 		}
 		f.wantStatus(2, 2, 3)
 	})
+
+	// The operator's "no": only the activation's token rejects it, and a
+	// rejection rolls the host back at once, with the check named (the
+	// confirmation timeout, 10 minutes, never comes into it).
+	t.Run("reject", func(t *testing.T) {
+		f.t = t
+		f.h.Succeed("id mallory >/dev/null 2>&1 || useradd -m mallory")
+		const tok3 = "0123456789abcdef-third-token"
+		const reason = `metric gate "error-ratio": query "q" returned 0.2, above max 0.05`
+		gen4 := f.build(svc("a", "4", "1"))
+		f.h.Succeed(fmt.Sprintf("(printf '%%s\\n' %q | %s activate --confirm-timeout 10m %s >/tmp/act4.out 2>&1 &)", tok3, agentAt(gen4), gen4))
+		f.waitPhase("awaiting-confirmation")
+		reject := func(user, tok string) (string, int) {
+			t.Helper()
+			run := agentAt(gen4)
+			if user != "" {
+				run = "runuser -u " + user + " -- " + run
+			}
+			out, err := f.h.Run(context.Background(), fmt.Sprintf("printf '%%s\\n' %q %q | %s confirm --reject error-ratio 4 2>&1; echo \"exit=$?\"", tok, reason, run))
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := strings.LastIndex(out, "exit=")
+			var code int
+			fmt.Sscan(out[i+5:], &code)
+			return out[:i], code
+		}
+		if out, code := reject("", tok1); code == 0 {
+			t.Fatalf("a reject with another token succeeded: %s", out)
+		}
+		if out, code := reject("mallory", tok3); code == 0 {
+			t.Fatalf("mallory rejected: %s", out)
+		}
+		if st := f.status(); st.Pending != 4 {
+			t.Fatalf("status %+v after the refused rejections: want generation 4 still pending", st)
+		}
+		out, code := reject("", tok3)
+		if code != 3 || !strings.Contains(out, `"outcome":"rolled-back"`) || !strings.Contains(out, `"check":"error-ratio"`) ||
+			!strings.Contains(out, "the operator's health check failed: metric gate") {
+			t.Fatalf("reject: exit %d, output %s; want exit 3, rolled back by the check error-ratio", code, out)
+		}
+		f.wantStatus(2, 2, 3, 4)
+	})
 }
 
 // Two concurrent activations: the second fails at once, naming the

@@ -3,7 +3,6 @@ package agentclient
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -134,7 +133,7 @@ func TestActivateKill9(t *testing.T) {
 					Check: func(ctx context.Context) error {
 						time.Sleep(1500 * time.Millisecond)
 						if withhold {
-							return errors.New("withheld by the test")
+							return fmt.Errorf("withheld by the test: %w", ErrWithhold)
 						}
 						return nil
 					}})

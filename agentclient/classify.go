@@ -59,6 +59,7 @@ func Classify(err error) Kind {
 		rke  *mesh.RevokedHostKeyError
 		ue   *mesh.UnreachableError
 		rb   *RolledBackError
+		rbe  *RebootedError
 		lh   *LockHeldError
 		ll   *LockLostError
 		ae   *ActivationError
@@ -74,7 +75,7 @@ func Classify(err error) Kind {
 	// wraps it.
 	case errors.As(err, &hke), errors.As(err, &uhe), errors.As(err, &rke):
 		return KindHostKey
-	case errors.As(err, &rb):
+	case errors.As(err, &rb), errors.As(err, &rbe):
 		return KindRolledBack
 	case errors.As(err, &lh), errors.As(err, &ll):
 		return KindLocked

@@ -257,3 +257,39 @@ func TestParseBatchSize(t *testing.T) {
 		}
 	}
 }
+
+// boot_attempts and boot_timeout: a host's own, else from defaults; a
+// deployment's of its own (the fleet session applies it to hosts that
+// set none).
+func TestBootSettings(t *testing.T) {
+	dir := writeFleet(t, map[string]string{"fleet.hcl": `
+defaults {
+  boot_timeout = "2m"
+}
+host "a" {
+  address       = "10.0.0.1"
+  boot_attempts = 5
+}
+host "b" {
+  address      = "10.0.0.2"
+  boot_timeout = "90s"
+}
+deployment "prod" {
+  hosts         = ["a", "b"]
+  boot_attempts = 2
+  boot_timeout  = "10m"
+}
+`})
+	f := load(t, dir)
+	got := map[string][2]any{}
+	for _, h := range f.Hosts {
+		got[h.Name] = [2]any{h.BootAttempts, h.BootTimeout.String()}
+	}
+	for _, d := range f.Deployments {
+		got["deployment "+d.Name] = [2]any{d.BootAttempts, d.BootTimeout.String()}
+	}
+	want := map[string][2]any{"a": {5, "2m0s"}, "b": {0, "1m30s"}, "deployment prod": {2, "10m0s"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("boot settings (-want +got):\n%s", diff)
+	}
+}

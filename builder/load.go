@@ -78,8 +78,15 @@ type Host struct {
 	// Arch is the target's GOARCH (default amd64).
 	Arch string
 	// Meta is free-form metadata, host.meta in expressions.
-	Meta     map[string]string
-	DefRange hcl.Range
+	Meta map[string]string
+	// BootAttempts and BootTimeout set boot counting for a generation
+	// activated for boot: how many of its boots may fail to confirm
+	// before the host boots its previous generation again, and how long
+	// each boot has to confirm (0: the deployment's, else the agent's
+	// defaults, 3 and 5m; docs/activation.md).
+	BootAttempts int
+	BootTimeout  time.Duration
+	DefRange     hcl.Range
 
 	body     *scopeBody
 	roleOnly bool // a RoleHost: no defaults
@@ -225,6 +232,10 @@ type Deployment struct {
 	// WaveTimeout is how long each wave of a pull-mode release has to
 	// report before the later waves stop (default 30m; docs/pull.md).
 	WaveTimeout time.Duration
+	// BootAttempts and BootTimeout are its hosts' boot counting settings
+	// where a host sets none (0: the agent's defaults, 3 and 5m).
+	BootAttempts int
+	BootTimeout  time.Duration
 	// Window, when set, is when the deployment's hosts may change (push:
 	// deploy and reboot refuse or wait outside it).
 	Window *Window
@@ -392,8 +403,9 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		{Type: "admin", LabelNames: []string{"name"}},
 		{Type: "cache"},
 		{Type: "notify", LabelNames: []string{"name"}},
+		{Type: "hosts_from", LabelNames: []string{"name"}},
 	}}
-	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks []*hcl.Block
+	var hostBlocks, deployBlocks, roleBlocks, defaultsBlocks, cacheBlocks, inventoryBlocks []*hcl.Block
 	for _, body := range bodies {
 		content, d := body.Content(top)
 		diags = append(diags, d...)
@@ -406,6 +418,8 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 				roleBlocks = append(roleBlocks, b)
 			case "host":
 				hostBlocks = append(hostBlocks, b)
+			case "hosts_from":
+				inventoryBlocks = append(inventoryBlocks, b)
 			case "deployment":
 				deployBlocks = append(deployBlocks, b)
 			case "defaults":
@@ -476,6 +490,22 @@ func Load(dir string) (*Fleet, hcl.Diagnostics) {
 		}
 		seen[h.Name] = h
 		f.Hosts = append(f.Hosts, h)
+	}
+	// Hosts from inventories come after the host blocks, so that a
+	// duplicate is reported at the inventory.
+	for _, b := range inventoryBlocks {
+		hosts, d := f.loadHostsFrom(b)
+		diags = append(diags, d...)
+		for _, h := range hosts {
+			if prev, ok := seen[h.Name]; ok {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate host",
+					Detail:  fmt.Sprintf("hosts_from %q makes host %q, which is already defined at %s.", b.Labels[0], h.Name, prev.DefRange),
+					Subject: b.DefRange.Ptr()})
+				continue
+			}
+			seen[h.Name] = h
+			f.Hosts = append(f.Hosts, h)
+		}
 	}
 	sort.Slice(f.Hosts, func(i, j int) bool { return f.Hosts[i].Name < f.Hosts[j].Name })
 	deps := map[string]hcl.Range{}
@@ -723,7 +753,7 @@ func (v *Variable) decodeString(a *hcl.Attribute, dst *string) hcl.Diagnostics {
 	return nil
 }
 
-var hostAttrs = []string{"address", "ssh_user", "port", "host_key", "transport", "sudo", "tags", "arch", "meta"}
+var hostAttrs = []string{"address", "ssh_user", "port", "host_key", "transport", "sudo", "tags", "arch", "meta", "boot_attempts", "boot_timeout"}
 
 func (f *Fleet) loadDefaults(b *hcl.Block) hcl.Diagnostics {
 	content, diags := b.Body.Content(f.bodySchema(hostAttrs, false))
@@ -749,9 +779,18 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	if content == nil {
 		return nil, diags
 	}
+	h, d := f.newHost(name, b.DefRange, content)
+	return h, append(diags, d...)
+}
+
+// newHost makes host name from a host block's content (or a hosts_from
+// element's), over the defaults.
+func (f *Fleet) newHost(name string, def hcl.Range, content *hcl.BodyContent) (*Host, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
 	d0 := f.defaultsHost
-	h := &Host{Name: name, DefRange: b.DefRange, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
-		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{}}
+	h := &Host{Name: name, DefRange: def, SSHUser: d0.SSHUser, Port: d0.Port, Transport: d0.Transport,
+		Sudo: d0.Sudo, Arch: d0.Arch, Tags: append([]string(nil), d0.Tags...), Meta: map[string]string{},
+		BootAttempts: d0.BootAttempts, BootTimeout: d0.BootTimeout}
 	for k, v := range d0.Meta {
 		h.Meta[k] = v
 	}
@@ -770,7 +809,7 @@ func (f *Fleet) loadHost(b *hcl.Block) (*Host, hcl.Diagnostics) {
 	}
 	if h.Address == "" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing address",
-			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: b.DefRange.Ptr()})
+			Detail: fmt.Sprintf("Host %q needs address = \"...\" (an IP address or DNS name, or a tailnet name with transport = \"tailscale\").", name), Subject: def.Ptr()})
 	}
 	sb, d := f.scope(fmt.Sprintf("host %q", name), content, f.roleCtx())
 	diags = append(diags, d...)
@@ -871,6 +910,12 @@ func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bo
 		sort.Strings(h.Tags)
 		h.Tags = compactStrings(h.Tags)
 	}
+	if v, ok := get("boot_attempts", cty.Number); ok {
+		h.BootAttempts, diags = bootAttempts(v, rangeOf("boot_attempts"), diags)
+	}
+	if v, ok := get("boot_timeout", cty.String); ok {
+		h.BootTimeout, diags = bootTimeout(v, rangeOf("boot_timeout"), diags)
+	}
 	if v, ok := get("meta", cty.Map(cty.String)); ok {
 		if h.Meta == nil {
 			h.Meta = map[string]string{}
@@ -880,6 +925,28 @@ func (f *Fleet) decodeHostAttrs(h *Host, content *hcl.BodyContent, isDefaults bo
 		}
 	}
 	return diags
+}
+
+// bootAttempts reads boot_attempts: a whole number of boots, at least 1.
+func bootAttempts(v cty.Value, rng *hcl.Range, diags hcl.Diagnostics) (int, hcl.Diagnostics) {
+	n, _ := v.AsBigFloat().Int64()
+	if n < 1 || n > 100 || !v.AsBigFloat().IsInt() {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid boot_attempts",
+			Detail: "boot_attempts must be a whole number of boots from 1 to 100: how many boots of a generation activated for boot may fail to confirm before the host boots its previous generation again.", Subject: rng})
+		return 0, diags
+	}
+	return int(n), diags
+}
+
+// bootTimeout reads boot_timeout: a positive duration.
+func bootTimeout(v cty.Value, rng *hcl.Range, diags hcl.Diagnostics) (time.Duration, hcl.Diagnostics) {
+	t, err := time.ParseDuration(v.AsString())
+	if err != nil || t <= 0 {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid boot_timeout",
+			Detail: fmt.Sprintf("boot_timeout = %q is not a positive duration like \"5m\": how long each boot of a generation activated for boot has to confirm.", v.AsString()), Subject: rng})
+		return 0, diags
+	}
+	return t, diags
 }
 
 func compactStrings(s []string) []string {
@@ -895,7 +962,7 @@ func compactStrings(s []string) []string {
 func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 	d := &Deployment{Name: b.Labels[0], BatchSize: BatchSize{Hosts: 1}, Canary: 1, Rollback: "all", ConfirmTimeout: 30 * time.Second, WaveTimeout: 30 * time.Minute, DefRange: b.DefRange}
 	schema := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"},
+		{Name: "hosts"}, {Name: "selector"}, {Name: "batch_size"}, {Name: "canary"}, {Name: "max_failures"}, {Name: "confirm_timeout"}, {Name: "rollback"}, {Name: "transport"}, {Name: "wave_timeout"}, {Name: "boot_attempts"}, {Name: "boot_timeout"},
 		{Name: "window"}, {Name: "max_unavailable"},
 	}}
 	content, diags := b.Body.Content(schema)
@@ -1017,6 +1084,12 @@ func (f *Fleet) loadDeployment(b *hcl.Block) (*Deployment, hcl.Diagnostics) {
 		}
 		d.WaveTimeout = t
 	}
+	if v, rng, ok := eval("boot_attempts", cty.Number); ok {
+		d.BootAttempts, diags = bootAttempts(v, rng, diags)
+	}
+	if v, rng, ok := eval("boot_timeout", cty.String); ok {
+		d.BootTimeout, diags = bootTimeout(v, rng, diags)
+	}
 	if v, rng, ok := eval("rollback", cty.String); ok {
 		d.Rollback = v.AsString()
 		if d.Rollback != "all" && d.Rollback != "host" {
@@ -1093,7 +1166,8 @@ func (f *Fleet) loadBudgets(d *Deployment, a *hcl.Attribute, ctx *hcl.EvalContex
 			}
 		}
 		if len(hosts) == 0 {
-			bad(fmt.Sprintf("Deployment %q: none of its hosts has the tag %q, so the budget for %s limits nothing.", d.Name, tag, key))
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid max_unavailable",
+				Detail: fmt.Sprintf("Deployment %q: none of its hosts has the tag %q, so the budget for %s limits nothing. Remove it, or tag the hosts it is meant for.", d.Name, tag, key), Subject: rng})
 			continue
 		}
 		if b, ok := budget(key, hosts, e); ok {

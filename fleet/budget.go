@@ -24,6 +24,15 @@ func (e *BudgetError) Error() string {
 		plural(len(e.Down), "this host", "these hosts"), strings.Join(e.Down, ", "))
 }
 
+// announceBudgets says a run's budgets at its start: at most so many of a
+// group's hosts do what (activate, reboot) at once.
+func announceBudgets(bs []builder.Budget, what string, emit func(Event)) {
+	for _, b := range bs {
+		emit(Event{Type: EventLog, Hosts: b.Hosts, Message: fmt.Sprintf("max_unavailable: at most %d of %s %s (%s) %s at once, counting hosts that may be down",
+			b.Max, plural(len(b.Hosts), "the host of", "the hosts of"), b.Name(), strings.Join(b.Hosts, ", "), what)})
+	}
+}
+
 // budgets are a run's disruption budgets. A host takes a slot in each
 // budget of its groups, in the budgets' order (so no two hosts each hold
 // what the other waits for), before the step that takes it down

@@ -299,7 +299,7 @@ func (s *Session) Deploy(ctx context.Context, opts DeployOptions) (*Report, erro
 			real.manifests[name] = res.Manifest
 			real.trustedKeys[name] = res.TrustedKeys
 		}
-		real.activation = activationSettings{confirmTimeout: confirm, waitLock: s.WaitLock, meta: GenerationMeta(s.Fleet.Dir, opts.Message)}
+		real.activation = activationSettings{confirmTimeout: confirm, waitLock: s.WaitLock, meta: GenerationMeta(s.Fleet.Dir, opts.Message), boot: s.bootSettings()}
 	}
 	r := &Runner{Ops: ops, Mode: opts.Mode, DryRun: opts.DryRun, Parallel: s.Parallel, Emit: s.emit, Failed: failed, NoRunEvents: true, Reboot: opts.Reboot}
 	out := r.Run(ctx, systems, ro)
@@ -338,4 +338,23 @@ func (s *Session) unlockAll(ops HostOps) {
 	for _, name := range s.names() {
 		ops.Unlock(name)
 	}
+}
+
+// bootSettings are the selected hosts' boot counting settings: each
+// host's boot_attempts and boot_timeout, else the deployment's.
+func (s *Session) bootSettings() map[string]bootSettings {
+	out := map[string]bootSettings{}
+	for _, h := range s.Selected {
+		b := bootSettings{attempts: h.BootAttempts, timeout: h.BootTimeout}
+		if d := s.Deployment; d != nil {
+			if b.attempts == 0 {
+				b.attempts = d.BootAttempts
+			}
+			if b.timeout == 0 {
+				b.timeout = d.BootTimeout
+			}
+		}
+		out[h.Name] = b
+	}
+	return out
 }

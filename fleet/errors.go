@@ -111,3 +111,13 @@ func resultOf(err error, def Result) (Result, []string) {
 	}
 	return def, tail
 }
+
+// checkOf names the health check (or metric gate) whose failure made a
+// host roll back, when err says one did.
+func checkOf(err error) string {
+	var rb *agentclient.RolledBackError
+	if errors.As(err, &rb) {
+		return rb.Check
+	}
+	return ""
+}

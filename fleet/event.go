@@ -98,11 +98,14 @@ type Event struct {
 	Confirmed int64  `json:"confirmed,omitempty"`
 	Total     int64  `json:"total,omitempty"`
 	// Results.
-	Result     Result   `json:"result,omitempty"`
-	System     string   `json:"system,omitempty"`
-	Generation int      `json:"generation,omitempty"`
-	Error      string   `json:"error,omitempty"`
-	LogTail    []string `json:"log_tail,omitempty"`
+	Result     Result `json:"result,omitempty"`
+	System     string `json:"system,omitempty"`
+	Generation int    `json:"generation,omitempty"`
+	Error      string `json:"error,omitempty"`
+	// Check names the health check (or metric gate) whose failure rolled
+	// the host back (host.result of an activation).
+	Check   string   `json:"check,omitempty"`
+	LogTail []string `json:"log_tail,omitempty"`
 	// Plan (dry run): paths and bytes to copy, unit changes. A copy's
 	// done also has Paths, the paths in the closure.
 	Paths     int `json:"paths,omitempty"`
@@ -155,7 +158,7 @@ const (
 	EventProgress   = "host.progress"
 	EventLog        = "host.log"     // Host, Phase, Message: a line of the target's log
 	EventWarning    = "host.warning" // Host, Phase, Message: what the operator must know (secrets on swappable memory)
-	EventResult     = "host.result"  // Host, Result, Phase (where it ended), System, Generation, Error, LogTail
+	EventResult     = "host.result"  // Host, Result, Phase (where it ended), System, Generation, Error, Check, LogTail
 	EventPlan       = "host.plan"    // Host + the plan fields (dry run)
 	EventRollback   = "run.rollback"
 	EventHalt       = "run.halt"        // Hosts (those that failed before the first batch), Message: the rollout stops before any host changes

@@ -11,6 +11,7 @@ import (
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/agentclient"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/internal/metricgate"
 	"github.com/declarative/deploy/manifest"
 )
 
@@ -48,6 +49,14 @@ type activationSettings struct {
 	confirmTimeout time.Duration     // 0: the agent's default (30s)
 	meta           map[string]string // recorded with the generation: git_rev, operator, message
 	waitLock       time.Duration     // how long to wait for a held activation lock (0: fail at once)
+	boot           map[string]bootSettings
+}
+
+// bootSettings are a host's boot counting settings (boot_attempts,
+// boot_timeout: the host's, else the deployment's; 0: the agent's).
+type bootSettings struct {
+	attempts int
+	timeout  time.Duration
 }
 
 func (o *sshHosts) client(host string) (*agentclient.Client, error) {
@@ -186,12 +195,20 @@ func (o *sshHosts) Activate(ctx context.Context, host, system string, mode Mode,
 	if o.beforeConfirm != nil {
 		hook = func() { o.beforeConfirm(host) }
 	}
+	opts := agentclient.ActivateOptions{
+		Mode: string(mode), ConfirmTimeout: o.activation.confirmTimeout, Meta: o.activation.meta,
+		BootAttempts: o.activation.boot[host].attempts, BootTimeout: o.activation.boot[host].timeout,
+		Logf:          func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
+		BeforeConfirm: hook,
+	}
+	// Gates judge the new generation running: not in boot mode, where
+	// it runs only after a reboot (nor does the host evaluate its own
+	// then).
+	if m := o.manifests[host]; m != nil && mode != ModeDryActivate && mode != ModeBoot {
+		opts.Check, opts.ConfirmTimeout = operatorGates(m.MetricGates, opts.ConfirmTimeout, logf)
+	}
 	for {
-		res, err := c.Activate(ctx, system, agentclient.ActivateOptions{
-			Mode: string(mode), ConfirmTimeout: o.activation.confirmTimeout, Meta: o.activation.meta,
-			Logf:          func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) },
-			BeforeConfirm: hook,
-		})
+		res, err := c.Activate(ctx, system, opts)
 		var lh *agentclient.LockHeldError
 		if errors.As(err, &lh) && time.Now().Before(deadline) {
 			logf("waiting for the lock: " + lh.Holder)
@@ -281,3 +298,37 @@ var (
 	_ RunningReporter = (*sshHosts)(nil)
 	_ Rebooter        = (*sshHosts)(nil)
 )
+
+// operatorGates returns the check that evaluates the metric gates with
+// run_on operator (nil when there are none), and the confirmation timeout
+// the host gets: the run's (default 30 s) plus the time those gates take
+// (each its window and one query's timeout), so that the host does not
+// roll back while the operator is still judging it.
+func operatorGates(gates []manifest.MetricGate, confirmTimeout time.Duration, logf func(string)) (func(context.Context) error, time.Duration) {
+	var mine []manifest.MetricGate
+	var took time.Duration
+	for _, g := range gates {
+		if g.RunOn == manifest.GateOnOperator {
+			mine = append(mine, g)
+			took += time.Duration(g.WindowMS+g.QueryTimeoutMS) * time.Millisecond
+		}
+	}
+	if len(mine) == 0 {
+		return nil, confirmTimeout
+	}
+	if confirmTimeout <= 0 {
+		confirmTimeout = 30 * time.Second
+	}
+	return func(ctx context.Context) error {
+		for _, g := range mine {
+			logf(fmt.Sprintf("metric gate %s (on the operator): evaluating %q every %v for %v (at least %d samples)", g.Name, g.Query,
+				time.Duration(g.IntervalMS)*time.Millisecond, time.Duration(g.WindowMS)*time.Millisecond, g.MinSamples))
+			err := metricgate.Evaluate(ctx, g, func(format string, args ...any) { logf(fmt.Sprintf(format, args...)) })
+			if err != nil {
+				return &agentclient.CheckError{Check: g.Name, Err: err}
+			}
+			logf(fmt.Sprintf("metric gate %s passed", g.Name))
+		}
+		return nil
+	}, confirmTimeout + took
+}

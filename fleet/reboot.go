@@ -78,6 +78,7 @@ func (s *Session) Reboot(ctx context.Context, opts RebootOptions) (*Report, erro
 	}
 	failures := len(early)
 	budgets := newBudgets(ro.Budgets)
+	announceBudgets(ro.Budgets, "reboot", s.emit)
 	for _, name := range early {
 		budgets.markDown(name)
 	}

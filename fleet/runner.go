@@ -176,10 +176,7 @@ func (r *Runner) Run(ctx context.Context, systems map[string]string, ro Rollout)
 	copySem := make(chan struct{}, r.Parallel.copy())
 	actSem := make(chan struct{}, r.Parallel.activate())
 	r.budgets = newBudgets(ro.Budgets)
-	for _, b := range ro.Budgets {
-		r.emit(Event{Type: EventLog, Hosts: b.Hosts, Message: fmt.Sprintf("max_unavailable: at most %d of %s %s (%s) activate at once, counting hosts that may be down",
-			b.Max, plural(len(b.Hosts), "the host of", "the hosts of"), b.Name(), strings.Join(b.Hosts, ", "))})
-	}
+	announceBudgets(ro.Budgets, "activate", r.emit)
 	// Hosts that failed before the rollout end first, and count against
 	// MaxFailures before any host changes (and against the budgets of
 	// their groups for the whole run).
@@ -295,7 +292,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 		hr.Phase, hr.Err = phase, err
 		hr.Result, hr.LogTail = resultOf(err, def)
 		r.emit(Event{Type: EventPhase, Host: h, Phase: phase, State: "failed", Error: err.Error()})
-		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), LogTail: hr.LogTail, Health: hr.Health})
+		r.emit(Event{Type: EventResult, Host: h, Result: hr.Result, Phase: phase, System: hr.System, Error: err.Error(), Check: checkOf(err), LogTail: hr.LogTail, Health: hr.Health})
 	}
 	if err := r.Failed[h]; err != nil {
 		fail(PhaseLock, err)

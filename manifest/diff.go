@@ -55,6 +55,7 @@ type Difference struct {
 	Units             UnitActions `json:"units,omitzero"`
 	ActivationScripts Changes     `json:"activation_scripts,omitzero"`
 	HealthChecks      Changes     `json:"health_checks,omitzero"`
+	MetricGates       Changes     `json:"metric_gates,omitzero"`
 	// RevokedSecrets are the revoked secret versions added or removed
 	// (the host's record keeps every version it has seen either way).
 	RevokedSecrets Changes `json:"revoked_secrets,omitzero"`
@@ -68,7 +69,7 @@ func (d *Difference) Empty() bool {
 	return d.Hostname == [2]string{} && d.Timezone == [2]string{} && d.Agent == [2]string{} &&
 		d.Packages.Empty() && d.Groups.Empty() && d.Users.Empty() && d.Directories.Empty() &&
 		d.Files.Empty() && d.Symlinks.Empty() && d.Secrets.Empty() && d.Sysctls.Empty() &&
-		!d.Firewall && d.Units.Empty() && d.ActivationScripts.Empty() && d.HealthChecks.Empty() &&
+		!d.Firewall && d.Units.Empty() && d.ActivationScripts.Empty() && d.HealthChecks.Empty() && d.MetricGates.Empty() &&
 		d.RevokedSecrets.Empty() && d.Images.Empty()
 }
 
@@ -107,6 +108,7 @@ func Diff(prev, next *Manifest) *Difference {
 	d.Firewall = !equal(prev.Firewall, next.Firewall)
 	d.ActivationScripts = changes(prev.ActivationScripts, next.ActivationScripts, func(a ActivationScript) string { return a.Name })
 	d.HealthChecks = changes(prev.HealthChecks, next.HealthChecks, func(h HealthCheck) string { return h.Name })
+	d.MetricGates = changes(prev.MetricGates, next.MetricGates, func(g MetricGate) string { return g.Name })
 	d.RevokedSecrets = changes(prev.RevokedSecrets, next.RevokedSecrets, func(v string) string { return v })
 	d.Images = changes(prev.Images, next.Images, func(i Image) string { return i.Digest })
 
@@ -246,6 +248,7 @@ func (d *Difference) Write(w io.Writer) error {
 	list("update", "unit", d.Units.Updated)
 	section("script", d.ActivationScripts)
 	section("check", d.HealthChecks)
+	section("gate", d.MetricGates)
 	section("revoked", d.RevokedSecrets)
 	if b.Len() == 0 {
 		b.WriteString("no changes\n")

@@ -87,6 +87,13 @@ type Manifest struct {
 	Units             []Unit             `json:"units"`
 	ActivationScripts []ActivationScript `json:"activation_scripts"`
 	HealthChecks      []HealthCheck      `json:"health_checks"`
+	// MetricGates are the health checks of type prometheus, judged after
+	// HealthChecks passed: on the host (RunOn host) by the agent, on the
+	// operator (RunOn operator) by deploy before it confirms. They are a
+	// field of their own so that an older agent, which reads the manifests
+	// of systems the machine ran leniently, ignores them rather than
+	// refusing an unknown check type.
+	MetricGates []MetricGate `json:"metric_gates,omitempty"`
 
 	// Images are the OCI images whose roots the agent realizes on the
 	// host before anything else changes (units' RootDirectory= names
@@ -293,6 +300,9 @@ const (
 	CheckTCP        = "tcp"
 	CheckCommand    = "command"
 	CheckUnitActive = "unit_active"
+	// CheckPrometheus is a metric gate: it is realized as a [MetricGate],
+	// never as a HealthCheck.
+	CheckPrometheus = "prometheus"
 )
 
 // HealthCheck is a check the agent runs after activation. The activation
@@ -317,6 +327,54 @@ type HealthCheck struct {
 	// AttemptTimeoutMS bounds one attempt (0: max(IntervalMS, 5 s), at
 	// most TimeoutMS); it is at most TimeoutMS.
 	AttemptTimeoutMS int64 `json:"attempt_timeout_ms,omitempty"`
+}
+
+// Where a [MetricGate] is evaluated.
+const (
+	GateOnHost     = "host"     // by the agent, after the host's health checks
+	GateOnOperator = "operator" // by deploy, before it confirms
+)
+
+// MetricGate is a health check of type prometheus: an instant query
+// evaluated every IntervalMS for WindowMS against a Prometheus server. The
+// gate passes when at least MinSamples evaluations returned a value and
+// every value met the thresholds (Min <= value <= Max, each when set). A
+// value out of bounds fails it at once; an evaluation that returns nothing
+// (an empty result, NaN) or fails (Prometheus unreachable within
+// QueryTimeoutMS, an error answer) counts as no sample, and the gate fails
+// as soon as MinSamples can no longer be reached.
+type MetricGate struct {
+	Name string `json:"name"`
+	// RunOn is GateOnHost or GateOnOperator. A host with no operator to
+	// confirm (pull mode, --confirm-timeout 0) evaluates operator gates
+	// itself: a gate is never skipped.
+	RunOn string `json:"run_on"`
+	// URL is the Prometheus server's base URL (the query goes to
+	// URL/api/v1/query).
+	URL   string `json:"url"`
+	Query string `json:"query"`
+	// Min and Max bound every sample (at least one is set).
+	Min *float64 `json:"min,omitempty"`
+	Max *float64 `json:"max,omitempty"`
+	// WindowMS is how long the gate evaluates; IntervalMS the pause
+	// between evaluations; the evaluations are at 0, IntervalMS,
+	// 2*IntervalMS, ... up to WindowMS.
+	WindowMS   int64 `json:"window_ms"`
+	IntervalMS int64 `json:"interval_ms"`
+	// MinSamples is how many evaluations must return a value (at least 1,
+	// at most the number of evaluations).
+	MinSamples int `json:"min_samples"`
+	// QueryTimeoutMS bounds one query.
+	QueryTimeoutMS int64 `json:"query_timeout_ms"`
+}
+
+// Evaluations is how many times g is evaluated: at 0, IntervalMS, ...
+// up to WindowMS.
+func (g MetricGate) Evaluations() int {
+	if g.IntervalMS <= 0 {
+		return 1
+	}
+	return int(g.WindowMS/g.IntervalMS) + 1
 }
 
 // Parse decodes and validates a manifest. It rejects unknown fields and any
@@ -431,6 +489,7 @@ func (m *Manifest) Sort() {
 	}
 	sortBy(m.HealthChecks, func(h HealthCheck) string { return h.Name })
 	sortBy(m.Images, func(i Image) string { return i.Digest })
+	sortBy(m.MetricGates, func(g MetricGate) string { return g.Name })
 	m.RevokedSecrets = sortedSet(m.RevokedSecrets)
 }
 
@@ -619,6 +678,31 @@ func (m *Manifest) Validate() error {
 		}
 		if h.AttemptTimeoutMS < 0 || h.AttemptTimeoutMS > h.TimeoutMS {
 			v.errf("health check %q: attempt_timeout_ms must be positive and at most timeout_ms", h.Name)
+		}
+	}
+	for _, g := range m.MetricGates {
+		unique("health check", g.Name)
+		v.name("health check", g.Name)
+		if g.RunOn != GateOnHost && g.RunOn != GateOnOperator {
+			v.errf("health check %q: run_on %q is not host or operator", g.Name, g.RunOn)
+		}
+		if !strings.HasPrefix(g.URL, "http://") && !strings.HasPrefix(g.URL, "https://") {
+			v.errf("health check %q: prometheus url %q is not http(s)", g.Name, g.URL)
+		}
+		if g.Query == "" {
+			v.errf("health check %q: prometheus check without query", g.Name)
+		}
+		if g.Min == nil && g.Max == nil {
+			v.errf("health check %q: prometheus check without min or max", g.Name)
+		}
+		if g.Min != nil && g.Max != nil && *g.Min > *g.Max {
+			v.errf("health check %q: min %v is above max %v", g.Name, *g.Min, *g.Max)
+		}
+		if g.WindowMS < 0 || g.IntervalMS <= 0 || g.QueryTimeoutMS <= 0 {
+			v.errf("health check %q: window_ms must not be negative, interval_ms and query_timeout_ms must be positive", g.Name)
+		}
+		if g.MinSamples < 1 || g.MinSamples > g.Evaluations() {
+			v.errf("health check %q: min_samples %d is not between 1 and the %d evaluations of the window", g.Name, g.MinSamples, g.Evaluations())
 		}
 	}
 	for i, r := range m.RevokedSecrets {

@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -40,8 +41,12 @@ func sample() *Manifest {
 		ActivationScripts: []ActivationScript{{Name: "migrate", Source: sp("migrate")}},
 		HealthChecks: []HealthCheck{{Name: "http", Type: CheckHTTP, URL: "http://localhost:8080/", ExpectStatus: 200,
 			TimeoutMS: 10000, IntervalMS: 500}},
+		MetricGates: []MetricGate{{Name: "errors", RunOn: GateOnOperator, URL: "http://prometheus:9090", Query: "sum(rate(e[1m]))",
+			Max: &gateMax, WindowMS: 60000, IntervalMS: 10000, MinSamples: 4, QueryTimeoutMS: 10000}},
 	}
 }
+
+var gateMax = 0.05
 
 func TestMarshalRoundTrip(t *testing.T) {
 	m := sample()
@@ -138,6 +143,11 @@ func TestValidate(t *testing.T) {
 		{"user without group", func(m *Manifest) { m.Users[0].Group = "" }, "no primary group"},
 		{"bad sysctl", func(m *Manifest) { m.Sysctls[0].Key = "net/ipv4" }, "not a dotted parameter name"},
 		{"no agent", func(m *Manifest) { m.Agent = "" }, "agent:"},
+		{"gate named as a check", func(m *Manifest) { m.MetricGates[0].Name = "http" }, `duplicate health check "http"`},
+		{"gate without threshold", func(m *Manifest) { m.MetricGates[0].Max = nil }, "without min or max"},
+		{"gate run where", func(m *Manifest) { m.MetricGates[0].RunOn = "ci" }, `run_on "ci" is not host or operator`},
+		{"gate min_samples", func(m *Manifest) { m.MetricGates[0].MinSamples = 8 }, "min_samples 8 is not between 1 and the 7 evaluations"},
+		{"gate url", func(m *Manifest) { m.MetricGates[0].URL = "prometheus:9090" }, "is not http(s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,6 +192,25 @@ func TestParseLenient(t *testing.T) {
 	other := bytes.Replace(data, []byte(`"schema_version": 1`), []byte(`"schema_version": 2`), 1)
 	if _, err := ParseLenient(other); err == nil {
 		t.Fatal("ParseLenient accepted schema_version 2")
+	}
+}
+
+// An older agent reads a newer manifest leniently (a rollback): a
+// metric gate is a field of its own, so such an agent ignores it rather
+// than refusing an unknown health check type. Simulated by a manifest
+// whose gate field this version does not know either.
+func TestMetricGatesIgnoredLeniently(t *testing.T) {
+	data, err := sample().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	renamed := bytes.Replace(data, []byte(`"metric_gates"`), []byte(`"metric_gates_of_the_future"`), 1)
+	got, err := ParseLenient(renamed)
+	if err != nil || len(got.MetricGates) != 0 || len(got.HealthChecks) != 1 {
+		t.Fatalf("ParseLenient(a manifest with gates it does not know) = %+v, %v; want the health checks only", got, err)
+	}
+	if d := Diff(got, sample()); !slices.Equal(d.MetricGates.Added, []string{"errors"}) {
+		t.Errorf("Diff(without, with the gate).MetricGates = %+v, want errors added", d.MetricGates)
 	}
 }
 

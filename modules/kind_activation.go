@@ -26,14 +26,20 @@ func activationScriptKind() *Kind {
 func healthCheckKind() *Kind {
 	return &Kind{Name: KindHealthCheck, Label: "name", Doc: "a check run after activation",
 		Attrs: []Attr{
-			{Name: "type", Type: str, Doc: "http, tcp, command or unit_active (default: from the attribute given)"},
-			{Name: "url", Type: str}, {Name: "expect_status", Type: num},
+			{Name: "type", Type: str, Doc: "http, tcp, command, unit_active or prometheus (default: from the attribute given)"},
+			{Name: "url", Type: str, Doc: "http: the URL to GET; prometheus: the Prometheus server's base URL"}, {Name: "expect_status", Type: num},
 			{Name: "address", Type: str},
 			{Name: "command", Type: strList},
 			{Name: "unit", Type: str},
 			{Name: "timeout", Type: str, Doc: "how long the check may take to pass (default 30s)"},
 			{Name: "interval", Type: str, Doc: "pause between attempts (default 1s)"},
-			{Name: "attempt_timeout", Type: str, Doc: "how long one attempt may take before it is stopped and retried (default: max(interval, 5s), at most timeout)"},
+			{Name: "attempt_timeout", Type: str, Doc: "how long one attempt may take before it is stopped and retried (default: max(interval, 5s), at most timeout); prometheus: how long one query may take"},
+			{Name: "query", Type: str, Doc: "prometheus: the PromQL instant query"},
+			{Name: "min", Type: num, Doc: "prometheus: the lowest value every sample may have"},
+			{Name: "max", Type: num, Doc: "prometheus: the highest value every sample may have"},
+			{Name: "window", Type: str, Doc: "prometheus: how long the query is evaluated, every interval (default 1m)"},
+			{Name: "min_samples", Type: num, Doc: "prometheus: how many evaluations must return a value (default: half of them, rounded up)"},
+			{Name: "run_on", Type: str, Doc: "prometheus: host (the agent evaluates it) or operator (deploy does, before it confirms); default host"},
 		},
 		Check:   checkHealthCheck,
 		Realize: realizeHealthChecks,
@@ -60,6 +66,9 @@ func HealthCheckType(r *Resource) string {
 	if r.Has("type") {
 		return r.String("type", "")
 	}
+	if r.Has("query") {
+		return manifest.CheckPrometheus
+	}
 	for a, t := range map[string]string{"url": "http", "address": "tcp", "command": "command", "unit": "unit_active"} {
 		if r.Has(a) {
 			return t
@@ -69,7 +78,16 @@ func HealthCheckType(r *Resource) string {
 }
 
 func checkHealthCheck(r *Resource) hcl.Diagnostics {
+	if HealthCheckType(r) == manifest.CheckPrometheus {
+		return checkMetricGate(r)
+	}
 	diags := checkName(r)
+	for _, a := range gateAttrs {
+		if r.Has(a) {
+			diags = append(diags, errAt(r.Range(a), "Invalid health check",
+				"%s is an attribute of prometheus health checks; health check %q is of type %s.", a, r.Name, HealthCheckType(r)))
+		}
+	}
 	set := 0
 	for _, a := range []string{"url", "address", "command", "unit"} {
 		if r.Has(a) {
@@ -84,7 +102,7 @@ func checkHealthCheck(r *Resource) hcl.Diagnostics {
 			"Health check %q needs exactly one of url (http), address (tcp), command or unit (unit_active).", r.Name))
 	case need == "":
 		diags = append(diags, errAt(r.Range("type"), "Invalid health check type",
-			"type = %q is not one of http, tcp, command, unit_active.", typ))
+			"type = %q is not one of http, tcp, command, unit_active, prometheus.", typ))
 	case !r.Has(need):
 		diags = append(diags, errAt(r.Range("type"), "Invalid health check",
 			"A %s health check needs %s.", typ, need))
@@ -201,6 +219,10 @@ func checkScriptCycles(scripts []manifest.ActivationScript, rs []*Resource) hcl.
 
 func realizeHealthChecks(c *Realization, rs []*Resource) {
 	for _, r := range rs {
+		if HealthCheckType(r) == manifest.CheckPrometheus {
+			c.Manifest.MetricGates = append(c.Manifest.MetricGates, metricGate(r))
+			continue
+		}
 		h := manifest.HealthCheck{Name: r.Name, Type: HealthCheckType(r), URL: r.String("url", ""),
 			Address: r.String("address", ""), Command: r.Strings("command"), Unit: r.String("unit", ""),
 			TimeoutMS: durationMS(r.String("timeout", "30s")), IntervalMS: durationMS(r.String("interval", "1s"))}

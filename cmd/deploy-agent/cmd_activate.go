@@ -19,6 +19,8 @@ type activateArgs struct {
 	confirmTimeout time.Duration
 	meta           map[string]string
 	force          bool
+	bootAttempts   int
+	bootTimeout    time.Duration
 	noDetach       bool
 	system         string
 }
@@ -31,12 +33,17 @@ func parseActivate(args []string, stderr io.Writer) (*activateArgs, error) {
 	fs.DurationVar(&a.confirmTimeout, "confirm-timeout", 30*time.Second, "roll back unless confirmed within this `duration` (0: no confirmation); the token is read from stdin")
 	fs.Var(metaFlag(a.meta), "meta", "`key=value` recorded with the generation (operator, git_rev, message); repeatable")
 	fs.BoolVar(&a.force, "force", false, "replace unmanaged files and symlinks")
+	fs.IntVar(&a.bootAttempts, "boot-attempts", 0, "mode boot: the boots `N` the generation may fail to confirm before the host boots its previous generation again (0: 3)")
+	fs.DurationVar(&a.bootTimeout, "boot-timeout", 0, "mode boot: how long each boot of the generation has to confirm (0: 5m)")
 	fs.BoolVar(&a.noDetach, "no-detach", false, "run the activation's worker as a child of this process, in this session, instead of detached (debugging)")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErr(err)
 	}
 	if fs.NArg() != 1 {
 		return nil, usageErr(errors.New("activate: want exactly one SYSTEM store path"))
+	}
+	if a.bootAttempts < 0 || a.bootTimeout < 0 {
+		return nil, usageErr(errors.New("activate: --boot-attempts and --boot-timeout cannot be negative"))
 	}
 	switch a.mode {
 	case activation.ModeSwitch, activation.ModeBoot, activation.ModeTest, activation.ModeDryActivate:
@@ -56,7 +63,8 @@ func runActivate(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	if err != nil {
 		return err
 	}
-	req := &activation.Request{System: a.system, Mode: a.mode, ConfirmTimeout: a.confirmTimeout, Meta: a.meta, Force: a.force}
+	req := &activation.Request{System: a.system, Mode: a.mode, ConfirmTimeout: a.confirmTimeout, Meta: a.meta, Force: a.force,
+		BootAttempts: a.bootAttempts, BootTimeout: a.bootTimeout}
 	return startActivation(ctx, a.layout, req, stdin, stdout, stderr, a.noDetach)
 }
 

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/declarative/deploy/activation"
@@ -18,6 +20,7 @@ type confirmArgs struct {
 	layout     activation.Layout
 	wait       time.Duration
 	generation int
+	reject     string // the operator's failed check: reject instead of confirming
 }
 
 func parseConfirm(args []string, stderr io.Writer) (*confirmArgs, error) {
@@ -25,6 +28,7 @@ func parseConfirm(args []string, stderr io.Writer) (*confirmArgs, error) {
 	layout := layoutFlags(fs)
 	a := &confirmArgs{}
 	fs.DurationVar(&a.wait, "wait", 10*time.Minute, "how long to wait for the activation's result")
+	fs.StringVar(&a.reject, "reject", "", "reject the activation instead: the operator's health check `NAME` failed (the reason is the line after the token on stdin); the host rolls back at once")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErr(err)
 	}
@@ -50,13 +54,25 @@ func runConfirm(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if os.Geteuid() != 0 {
 		return errors.New("confirm: must run as root")
 	}
-	tok, err := activation.ReadToken(stdin)
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...)
+	}
+	in := bufio.NewReader(io.LimitReader(stdin, 64<<10))
+	tok, err := activation.ReadToken(in)
 	if err != nil {
 		return activationErr(err)
 	}
-	res, err := a.layout.ConfirmAndWait(ctx, a.generation, tok, a.wait, func(format string, args ...any) {
-		fmt.Fprintf(stderr, "deploy-agent: "+format+"\n", args...)
-	})
+	var res *activation.Result
+	if a.reject != "" {
+		reason, _ := in.ReadString('\n')
+		reason = strings.TrimSpace(reason)
+		if reason == "" {
+			reason = fmt.Sprintf("health check %q failed", a.reject)
+		}
+		res, err = a.layout.RejectAndWait(ctx, a.generation, tok, a.reject, reason, a.wait, logf)
+	} else {
+		res, err = a.layout.ConfirmAndWait(ctx, a.generation, tok, a.wait, logf)
+	}
 	if err != nil {
 		return err
 	}

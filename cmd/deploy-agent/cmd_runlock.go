@@ -53,3 +53,36 @@ func runRunLock(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	}
 	return err
 }
+
+// runLeaseArgs is the command line of run-lease (agentapi.RunLeaseCmd).
+type runLeaseArgs struct {
+	layout activation.Layout
+	run    string
+	d      time.Duration
+}
+
+func parseRunLease(args []string, stderr io.Writer) (*runLeaseArgs, error) {
+	fs := newFlagSet(agentapi.VerbRunLease, stderr)
+	layout := layoutFlags(fs)
+	a := &runLeaseArgs{}
+	fs.StringVar(&a.run, "run", "", "the `run` that holds the run lock and reboots the host")
+	fs.DurationVar(&a.d, "for", 10*time.Minute, "keep the lock for the run across the reboot for at most this `duration`")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErr(err)
+	}
+	if a.run == "" || a.d <= 0 {
+		return nil, usageErr(errors.New("run-lease: --run and a positive --for are required"))
+	}
+	a.layout = layout()
+	return a, nil
+}
+
+// runRunLease keeps the run lock of a run that is about to reboot the
+// host across the reboot (activation.Layout.LeaseRunLock).
+func runRunLease(ctx context.Context, args []string, stderr io.Writer) error {
+	a, err := parseRunLease(args, stderr)
+	if err != nil {
+		return err
+	}
+	return a.layout.LeaseRunLock(a.run, a.d)
+}

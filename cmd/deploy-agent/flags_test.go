@@ -27,6 +27,13 @@ var parsers = map[string]func(args []string) (any, error){
 	agentapi.VerbPull:        parseAny(parsePull),
 	agentapi.VerbDrift:       parseAny(parseDrift),
 	agentapi.VerbHealth:      parseAny(parseHealth),
+	agentapi.VerbRunLease:    parseAny(parseRunLease),
+	agentapi.VerbBootGuard: func(args []string) (any, error) {
+		return parseBootTrial(agentapi.VerbBootGuard, args, io.Discard)
+	},
+	agentapi.VerbBootConfirm: func(args []string) (any, error) {
+		return parseBootTrial(agentapi.VerbBootConfirm, args, io.Discard)
+	},
 	agentapi.VerbActivateWorker: func(args []string) (any, error) {
 		return parseID(agentapi.VerbActivateWorker, args, io.Discard)
 	},
@@ -61,6 +68,9 @@ func TestCommandLines(t *testing.T) {
 		{"activate", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeTest, ConfirmTimeout: 45 * time.Second,
 			Meta: meta, Force: true, System: system}.Args(),
 			&activateArgs{layout: both, mode: activation.ModeTest, confirmTimeout: 45 * time.Second, meta: meta, force: true, system: system}},
+		{"activate boot trial", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeBoot, ConfirmTimeout: 45 * time.Second,
+			BootAttempts: 2, BootTimeout: 90 * time.Second, System: system}.Args(),
+			&activateArgs{layout: both, mode: activation.ModeBoot, confirmTimeout: 45 * time.Second, meta: map[string]string{}, bootAttempts: 2, bootTimeout: 90 * time.Second, system: system}},
 		{"activate defaults", agentapi.ActivateCmd{System: system}.Args(),
 			&activateArgs{layout: defaults, mode: activation.ModeSwitch, meta: map[string]string{}, system: system}},
 		{"activate pull", agentapi.ActivateCmd{StateDir: state, RunDir: run, Mode: activation.ModeDryActivate, ConfirmTimeout: 0,
@@ -72,6 +82,10 @@ func TestCommandLines(t *testing.T) {
 			&rollbackArgs{layout: defaults, meta: map[string]string{}}},
 		{"confirm", agentapi.ConfirmCmd{StateDir: state, Generation: 12}.Args(),
 			&confirmArgs{layout: stateOnly, wait: 10 * time.Minute, generation: 12}},
+		{"confirm --reject", agentapi.ConfirmCmd{StateDir: state, Generation: 12, Reject: "error-ratio"}.Args(),
+			&confirmArgs{layout: stateOnly, wait: 10 * time.Minute, generation: 12, reject: "error-ratio"}},
+		{"run-lease", agentapi.RunLeaseCmd{StateDir: state, Run: "r1", For: 7 * time.Minute}.Args(),
+			&runLeaseArgs{layout: stateOnly, run: "r1", d: 7 * time.Minute}},
 		{"run-lock", agentapi.RunLockCmd{StateDir: state, Wait: 90 * time.Second, Lease: 3 * time.Minute}.Args(),
 			&runLockArgs{layout: stateOnly, wait: 90 * time.Second, lease: 3 * time.Minute}},
 		{"status", agentapi.StatusCmd{StateDir: state}.Args(),
@@ -113,7 +127,7 @@ func TestCommandLines(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parse(%q) = %v", tt.args, err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(activateArgs{}, rollbackArgs{}, confirmArgs{}, runLockArgs{},
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(activateArgs{}, rollbackArgs{}, confirmArgs{}, runLockArgs{}, runLeaseArgs{},
 				statusArgs{}, generationsArgs{}, gcArgs{}, driftArgs{}, healthArgs{}, applyArgs{}, installSelfArgs{}, receiveArgs{})); diff != "" {
 				t.Errorf("parse(%q) differs (-want +got):\n%s", tt.args, diff)
 			}

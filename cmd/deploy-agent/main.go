@@ -35,7 +35,7 @@ func main() {
 // lock held. `VERB -h` exits 0 for every verb it knows.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|run-lock|pull|drift|health} [flags]")
+		fmt.Fprintln(stderr, "usage: deploy-agent {version|verify|receive|install-self|activate|confirm|status|generations|rollback|gc|boot|boot-guard|boot-confirm|run-lock|run-lease|pull|drift|health} [flags]")
 		return agentapi.ExitUsage
 	}
 	var err error
@@ -76,6 +76,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDrift(ctx, args[1:], stdout, stderr)
 	case agentapi.VerbHealth:
 		err = runHealth(ctx, args[1:], stdout, stderr)
+	case agentapi.VerbBootGuard:
+		err = runBootGuard(ctx, args[1:], stderr)
+	case agentapi.VerbBootConfirm:
+		err = runBootConfirm(ctx, args[1:], stdout, stderr)
+	case agentapi.VerbRunLease:
+		err = runRunLease(ctx, args[1:], stderr)
 	default:
 		fmt.Fprintf(stderr, "deploy-agent: unknown command %q\n", args[0])
 		return agentapi.ExitUsage

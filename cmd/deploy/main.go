@@ -83,6 +83,7 @@ func commands() []command {
 		{name: "cache", summary: "the fleet's binary cache: key generate NAME, push DIR#NAME...", subs: cacheCommands},
 		{name: "publish", summary: "build hosts, push their closures and publish signed releases to a channel for pull mode (DIR#TARGET... --channel NAME [--wait])", run: runPublish, targets: true},
 		{name: "approve", summary: "add a publisher key's signature to a channel's releases, for a root that needs more than one (DIR#TARGET... --channel NAME [--serial N])", run: runApprove, targets: true},
+		{name: "console", summary: "the fleet console: publish a static page into a channel's bucket that shows its rollout, verified in the browser (publish DIR#TARGET --channel NAME)", subs: consoleCommands},
 		{name: "trust", summary: "a pull channel's root of trust: init, rotate, revoke, sign, show (docs/trust.md)", subs: trustCommands},
 		{name: "secrets", summary: "edit, rekey and list the fleet's age-encrypted secrets (list, edit NAME, rekey)", subs: secretsCommands},
 		{name: "keyscan", summary: "print the SSH host keys of HOST[:PORT] (for host_key or known_hosts)", run: runKeyscan},

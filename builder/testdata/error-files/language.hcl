@@ -91,3 +91,15 @@ deployment "tailnet" {
   hosts     = ["h1"]
   transport = "tailscale"
 }
+
+deployment "badboot" {
+  hosts         = ["h1"]
+  boot_attempts = 0 # ERROR: Invalid boot_attempts
+  boot_timeout  = "soon" # ERROR: Invalid boot_timeout
+}
+
+host "h8" {
+  address       = "10.0.0.8"
+  boot_attempts = 2.5 # ERROR: Invalid boot_attempts
+  boot_timeout  = "-1m" # ERROR: Invalid boot_timeout
+}

@@ -59,6 +59,9 @@ func StatusTable(w io.Writer, hosts []*builder.Host, rep *fleet.Report, drift bo
 	}
 	fmt.Fprintln(tw, head)
 	now := time.Now()
+	// notes follow the table: each host's boot default that a trial
+	// fell back to, and why.
+	var notes []string
 	for _, h := range hosts {
 		hr := rep.Hosts[h.Name]
 		st := hr.Status
@@ -105,6 +108,12 @@ func StatusTable(w io.Writer, hosts []*builder.Host, rep *fleet.Report, drift bo
 		if st.RebootRequired {
 			boot += " (reboot required)"
 		}
+		if t := st.BootTrial; t != nil && t.Generation == st.Boot {
+			boot += fmt.Sprintf(" (trial: %d of %d boots)", len(t.Attempts), t.MaxAttempts)
+		}
+		if rb := st.BootRollback; rb != nil && rb.Previous == st.Boot && rb.Previous != 0 {
+			notes = append(notes, fmt.Sprintf("%s: boot default %d: %s", h.Name, st.Boot, rb.Message()))
+		}
 		failed := "-"
 		if len(st.Failed) > 0 {
 			failed = strings.Trim(fmt.Sprint(st.Failed), "[]")
@@ -123,6 +132,9 @@ func StatusTable(w io.Writer, hosts []*builder.Host, rep *fleet.Report, drift bo
 		fmt.Fprintln(tw, row)
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
 }
 
 // ageString renders a duration the way an operator reads an age: 45s,

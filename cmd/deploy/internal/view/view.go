@@ -157,6 +157,10 @@ func plainLine(ev fleet.Event, dryRun bool) string {
 		if ev.Error != "" {
 			s += " in " + string(ev.Phase)
 		}
+		if ev.Result == fleet.ResultSkipped && ev.Message != "" {
+			// Why it was left alone: an earlier batch, a budget.
+			s += ": " + ev.Message
+		}
 		return s
 	case fleet.EventRollback:
 		return fmt.Sprintf("rolling back %s: %s", strings.Join(ev.Hosts, ", "), ev.Message)
