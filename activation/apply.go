@@ -83,7 +83,8 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // Apply makes the machine match next, given that it matches prev (nil: a
 // first activation; see [Layout.MachineManifest]). It applies, in order:
-// groups and users, directories, files and symlinks, secrets, sysctls, the
+// the roots of the OCI images it runs (realized once per digest under
+// [Layout.ImagesDir]), groups and users, directories, files and symlinks, secrets, sysctls, the
 // firewall, units (stop removed; install; one daemon-reload; start new,
 // restart changed, reload reload-only changes), hostname and time zone,
 // then activation scripts. Health checks are separate ([CheckHealth]).
@@ -149,6 +150,7 @@ func Apply(ctx context.Context, prev, next *manifest.Manifest, opts Options) err
 		name string
 		fn   func(context.Context) error
 	}{
+		{"images", a.images},
 		{"users", a.accounts},
 		{"directories", a.directories},
 		{"files", a.files},

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/declarative/deploy/agentapi"
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/manifest"
 )
 
 // Defaults of gc for pushed systems (copied, not activated): the newest
@@ -57,9 +59,10 @@ func (l Layout) GC(ctx context.Context, opts GCOptions) (*agentapi.GCResult, err
 	for _, n := range removed {
 		logf("removed generation %d", n)
 	}
-	var extra []string
+	var extra, imagesRemoved, systems []string
 	if st, err := l.ReadState(); err == nil && st.CurrentSystem != "" {
 		extra = append(extra, st.CurrentSystem)
+		systems = append(systems, st.CurrentSystem)
 	}
 	// Secrets kept from another generation's closure (their own version
 	// is revoked) are the running system's too.
@@ -67,6 +70,19 @@ func (l Layout) GC(ctx context.Context, opts GCOptions) (*agentapi.GCResult, err
 		for _, src := range rec.KeptSecrets {
 			extra = append(extra, src)
 		}
+	}
+	// Image roots: those of the remaining generations and the running
+	// system stay; with a manifest that cannot be read, all stay.
+	images, err := l.imagesInUse(systems)
+	if err != nil {
+		logf("kept every image root: %v", err)
+	} else if gone, err := l.gcImages(images); err != nil {
+		return nil, fmt.Errorf("gc: image roots: %w", err)
+	} else {
+		for _, d := range gone {
+			logf("removed the root of image %s", d)
+		}
+		imagesRemoved = gone
 	}
 	res, err := closure.NewTargetStore(l.withDefaults().StateDir).GCWith(ctx, closure.GCOptions{ExtraRoots: extra, Pins: opts.Pushed})
 	if err != nil {
@@ -80,5 +96,27 @@ func (l Layout) GC(ctx context.Context, opts GCOptions) (*agentapi.GCResult, err
 	if removed == nil {
 		removed = []int{}
 	}
-	return &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed, Pushed: pushed}, nil
+	return &agentapi.GCResult{V: agentapi.Version, Generations: removed, Paths: len(res.Deleted), Bytes: res.BytesFreed, Pushed: pushed, Images: imagesRemoved}, nil
+}
+
+// imagesInUse returns the manifests of every generation left and of the
+// systems in extra.
+func (l Layout) imagesInUse(extra []string) ([]*manifest.Manifest, error) {
+	gens, err := l.Generations()
+	if err != nil {
+		return nil, err
+	}
+	systems := slices.Clone(extra)
+	for _, g := range gens {
+		systems = append(systems, g.System)
+	}
+	var out []*manifest.Manifest
+	for _, s := range compact(systems) {
+		m, err := readManifest(s, nil, manifest.ParseLenient)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

@@ -322,6 +322,9 @@ type GCResult struct {
 	// beyond the count kept, or dropped); their paths were then collected
 	// unless something else needs them.
 	Pushed []string `json:"pushed,omitempty"`
+	// Images are the manifest digests of the realized image roots removed
+	// (no remaining generation runs them).
+	Images []string `json:"images,omitempty"`
 }
 
 // RunHolder describes a deploy run that holds (or held) a host's run lock:

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/manifest"
+	"github.com/declarative/deploy/oci/ocitest"
+	"github.com/declarative/deploy/vmtest"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // killSystem is one side of the kill test: a system and what the host
@@ -22,6 +25,19 @@ type killSystem struct {
 	absent  string            // the file only the other system has
 	units   map[string]bool   // unit → must run (false: must not exist)
 	secrets map[string]string // secret → plaintext ("" must not exist anywhere)
+	image   string            // the hex digest of the image its img.service runs in
+}
+
+// killImage pushes an image of the test root filesystem (a base layer
+// both systems share) with /srv/version saying name, and returns the package and service that run it, and its digest.
+func killImage(t *testing.T, reg *ocitest.Registry, base v1.Layer, name string) (decl, hex string) {
+	top := ocitest.Layer(t, ocitest.Dir("srv/"), ocitest.File("srv/version", name+"\n"))
+	img := ocitest.Image(t, "amd64", v1.Config{}, base, top)
+	ref := reg.Host + "/kill/img:" + name
+	digest := reg.Push(t, ref, img)
+	decl = fmt.Sprintf("  package \"img\" {\n    oci {\n      image    = %q\n      insecure = true\n    }\n  }\n"+
+		"  service \"img\" {\n    root       = package.img\n    exec_start = \"/bin/sleep infinity\"\n  }\n", reg.Host+"/kill/img@"+digest)
+	return decl, strings.TrimPrefix(digest, "sha256:")
 }
 
 // killActivation is the kill -9 fault test (issue 16): an activation of
@@ -31,24 +47,35 @@ type killSystem struct {
 // power cut or a clean reboot). Each time the host must end on exactly the
 // old or exactly the new system (files, units and secrets checked against
 // what that system declares), never a mix, with status consistent, and
-// the activation run again must succeed.
+// the activation run again must succeed. Each system runs a service in an
+// OCI image of its own (sharing a base layer), and the root of the image
+// being activated is removed before each round, so that kills also land
+// while the agent realizes it.
 func TestActivateKill9(t *testing.T) {
 	t.Parallel()
 	const rounds = 24
+	rootfs, err := vmtest.Rootfs(context.Background(), []string{"nginx-light"}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := ocitest.Start(t)
+	base := ocitest.DirLayer(t, rootfs, "usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info")
+	imgA, hexA := killImage(t, reg, base, "A")
+	imgB, hexB := killImage(t, reg, base, "B")
 	f := newFixture(t)
 	s := newSecretFleet(f)
 	db1, db2, api := "db-one-"+rand2(), "db-two-"+rand2(), "api-"+rand2()
 	s.put("db", db1)
 	check := "  health_check \"ok\" {\n    command = [\"/bin/true\"]\n    timeout = \"10s\"\n  }\n"
 	sysA := &killSystem{name: "A", conf: "A\n", only: "/etc/app/only-a", absent: "/etc/app/only-b",
-		units: map[string]bool{"a.service": true, "b.service": false}, secrets: map[string]string{"db": db1, "api": ""}}
-	sysA.path = s.build(appUser + secretDecl("db", "app") + svc("a", "1", "1") +
+		units: map[string]bool{"a.service": true, "b.service": false, "img.service": true}, secrets: map[string]string{"db": db1, "api": ""}, image: hexA}
+	sysA.path = s.build(appUser + imgA + secretDecl("db", "app") + svc("a", "1", "1") +
 		file("/etc/app/conf", sysA.conf) + file(sysA.only, "a\n") + check)
 	s.put("db", db2)
 	s.put("api", api)
 	sysB := &killSystem{name: "B", conf: "B\n", only: "/etc/app/only-b", absent: "/etc/app/only-a",
-		units: map[string]bool{"a.service": true, "b.service": true}, secrets: map[string]string{"db": db2, "api": api}}
-	sysB.path = s.build(appUser + secretDecl("db", "app") + secretDecl("api", "app") + svc("a", "2", "1") + svc("b", "1", "1") +
+		units: map[string]bool{"a.service": true, "b.service": true, "img.service": true}, secrets: map[string]string{"db": db2, "api": api}, image: hexB}
+	sysB.path = s.build(appUser + imgB + secretDecl("db", "app") + secretDecl("api", "app") + svc("a", "2", "1") + svc("b", "1", "1") +
 		file("/etc/app/conf", sysB.conf) + file(sysB.only, "b\n") + check + slowScript(1))
 	f.mustActivate(sysA.path)
 	f.hostRuns(sysA)
@@ -92,6 +119,9 @@ func TestActivateKill9(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f.t = t
 			f.h = f.h.With(t)
+			// The host runs from: the root of to's image goes, to be
+			// realized again by this activation.
+			f.h.Succeed("rm -rf /var/lib/deploy/images/" + to.image)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -411,6 +441,24 @@ func (f *fixture) hostRuns(sys *killSystem) {
 		}
 		if got, _ := f.h.Run(context.Background(), "cat /run/deploy/secrets/"+name); got != plain {
 			bad("secret %s = %q, want %q", name, got, plain)
+		}
+	}
+	// The image root: the system's, whole, with the image's owner and
+	// mode; every root on the host is whole (a killed realization leaves
+	// only a temporary directory).
+	root := "/var/lib/deploy/images/" + sys.image + "/rootfs"
+	if got := strings.TrimSpace(f.h.Succeed("grep -h '^RootDirectory=' /etc/systemd/system/img.service")); got != "RootDirectory="+root {
+		bad("img.service has %s, want RootDirectory=%s", got, root)
+	}
+	if got, _ := f.h.Run(context.Background(), "cat "+root+"/srv/version; stat -c '%a %u' "+root+"/srv/version"); got != sys.name+"\n644 0\n" {
+		bad("the image root's /srv/version: %q", got)
+	}
+	if got, _ := f.h.Run(context.Background(), "pid=$(systemctl show -P MainPID img.service); cat /proc/$pid/root/srv/version"); got != sys.name+"\n" {
+		bad("img.service does not run in %s's image root: %q", sys.name, got)
+	}
+	for _, d := range strings.Fields(f.h.Succeed("ls /var/lib/deploy/images")) {
+		if _, err := f.h.Run(context.Background(), "test -f /var/lib/deploy/images/"+d+"/rootfs/srv/version && test -d /var/lib/deploy/images/"+d+"/rootfs/usr/sbin"); err != nil {
+			bad("the image root %s is not whole", d)
 		}
 	}
 	problems = append(problems, f.manifestProblems(sys.path)...)

@@ -351,7 +351,7 @@ func (r *Runner) host(ctx context.Context, hr *HostReport, copySem, actSem chan 
 	pr, err := r.Ops.Push(ctx, h, hr.System, r.DryRun, func(p closure.Progress) {
 		if p.Done || time.Since(last) > 100*time.Millisecond {
 			last = time.Now()
-			r.emit(Event{Type: EventProgress, Host: h, Phase: PhaseCopy, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
+			r.emit(Event{Type: EventProgress, Host: h, Phase: PhaseCopy, Path: p.Path, Sent: p.Sent, Confirmed: p.Confirmed, Total: p.Total})
 		}
 	})
 	<-copySem

@@ -59,6 +59,9 @@ type Difference struct {
 	// RevokedSecrets are the revoked secret versions added or removed
 	// (the host's record keeps every version it has seen either way).
 	RevokedSecrets Changes `json:"revoked_secrets,omitzero"`
+	// Images are the OCI images (by manifest digest) whose roots the
+	// agent realizes or no longer needs.
+	Images Changes `json:"images,omitzero"`
 }
 
 // Empty reports whether the two manifests describe the same state.
@@ -67,7 +70,7 @@ func (d *Difference) Empty() bool {
 		d.Packages.Empty() && d.Groups.Empty() && d.Users.Empty() && d.Directories.Empty() &&
 		d.Files.Empty() && d.Symlinks.Empty() && d.Secrets.Empty() && d.Sysctls.Empty() &&
 		!d.Firewall && d.Units.Empty() && d.ActivationScripts.Empty() && d.HealthChecks.Empty() && d.MetricGates.Empty() &&
-		d.RevokedSecrets.Empty()
+		d.RevokedSecrets.Empty() && d.Images.Empty()
 }
 
 // Diff reports what activating next after prev changes. A nil prev is a
@@ -107,6 +110,7 @@ func Diff(prev, next *Manifest) *Difference {
 	d.HealthChecks = changes(prev.HealthChecks, next.HealthChecks, func(h HealthCheck) string { return h.Name })
 	d.MetricGates = changes(prev.MetricGates, next.MetricGates, func(g MetricGate) string { return g.Name })
 	d.RevokedSecrets = changes(prev.RevokedSecrets, next.RevokedSecrets, func(v string) string { return v })
+	d.Images = changes(prev.Images, next.Images, func(i Image) string { return i.Digest })
 
 	// Units restarted because a secret they use changed.
 	secretRestart := map[string]bool{}
@@ -226,6 +230,7 @@ func (d *Difference) Write(w io.Writer) error {
 	pair("timezone", d.Timezone)
 	pair("agent", d.Agent)
 	section("package", d.Packages)
+	section("image", d.Images)
 	section("group", d.Groups)
 	section("user", d.Users)
 	section("directory", d.Directories)

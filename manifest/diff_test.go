@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -131,5 +132,18 @@ func TestDiffRevokedSecrets(t *testing.T) {
 	}
 	if !ValidSecretVersion(v) || ValidSecretVersion("sha256:"+strings.Repeat("A", 64)) || ValidSecretVersion("sha256:ab") {
 		t.Errorf("ValidSecretVersion disagrees with SecretVersion's format")
+	}
+}
+
+func TestDiffImages(t *testing.T) {
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	prev := &Manifest{Images: []Image{{Digest: a, Path: "/s/a"}}}
+	next := &Manifest{Images: []Image{{Digest: b, Path: "/s/b"}}}
+	d := Diff(prev, next)
+	if !slices.Equal(d.Images.Added, []string{b}) || !slices.Equal(d.Images.Removed, []string{a}) || d.Empty() {
+		t.Errorf("Diff(images %s -> %s) = %+v", a, b, d.Images)
+	}
+	if d := Diff(prev, prev); !d.Empty() {
+		t.Errorf("Diff(same images) = %+v, want empty", d)
 	}
 }

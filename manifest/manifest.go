@@ -95,6 +95,11 @@ type Manifest struct {
 	// refusing an unknown check type.
 	MetricGates []MetricGate `json:"metric_gates,omitempty"`
 
+	// Images are the OCI images whose roots the agent realizes on the
+	// host before anything else changes (units' RootDirectory= names
+	// them); added after version 1 as an optional field.
+	Images []Image `json:"images,omitempty"`
+
 	// RevokedSecrets are the secret versions the fleet revoked (each a
 	// [SecretVersion]), sorted: the agent adds them to the host's record
 	// of revoked versions, which only grows, and never installs a secret
@@ -123,6 +128,31 @@ func ValidSecretVersion(v string) bool {
 		}
 	}
 	return true
+}
+
+// Image is an OCI image a service runs in. Its store path holds
+// manifest.json, config.json and layers (a line "DIGEST LAYERPATH" per
+// layer, bottom first); the agent realizes its root at
+// STATE/images/HEX/rootfs, HEX the digest's hex digits.
+type Image struct {
+	// Digest is the image manifest's digest ("sha256:" and 64 hex digits).
+	Digest string `json:"digest"`
+	// Path is the image's store path.
+	Path string `json:"path"`
+	// User is the image's own user, when a service runs as it: the
+	// agent makes sure the host resolves its IDs (systemd refuses a
+	// numeric User= the host does not know), adding a locked system
+	// account when it has none.
+	User *ImageUser `json:"user,omitempty"`
+}
+
+// ImageUser is the user an image's configuration names, resolved in the
+// image's /etc/passwd and /etc/group.
+type ImageUser struct {
+	// Name is the image's name for the user ("" when it has none).
+	Name string `json:"name,omitempty"`
+	UID  int    `json:"uid"`
+	GID  int    `json:"gid"`
 }
 
 // Package is a package of the closure. The agent installs nothing for it:
@@ -458,6 +488,7 @@ func (m *Manifest) Sort() {
 		m.ActivationScripts[i].After = sortedSet(m.ActivationScripts[i].After)
 	}
 	sortBy(m.HealthChecks, func(h HealthCheck) string { return h.Name })
+	sortBy(m.Images, func(i Image) string { return i.Digest })
 	sortBy(m.MetricGates, func(g MetricGate) string { return g.Name })
 	m.RevokedSecrets = sortedSet(m.RevokedSecrets)
 }
@@ -503,6 +534,9 @@ func (m *Manifest) StorePaths() []string {
 	for _, a := range m.ActivationScripts {
 		add(a.Source)
 	}
+	for _, i := range m.Images {
+		add(i.Path)
+	}
 	return sortedSet(ps)
 }
 
@@ -527,6 +561,19 @@ func (m *Manifest) Validate() error {
 			v.errf("duplicate %s %q", kind, key)
 		}
 		seen[kind+"\x00"+key] = true
+	}
+	for _, i := range m.Images {
+		unique("image", i.Digest)
+		if !ValidSecretVersion(i.Digest) {
+			v.errf("image %q: the digest is not \"sha256:\" and 64 lowercase hex digits", i.Digest)
+		}
+		v.storePath("image "+i.Digest, i.Path)
+		if u := i.User; u != nil && (u.UID <= 0 || u.GID < 0 || u.UID >= 1<<32-1 || u.GID >= 1<<32-1) {
+			v.errf("image %q: user %d:%d is not a valid non-root user", i.Digest, u.UID, u.GID)
+		}
+		if u := i.User; u != nil && u.Name != "" && !validAccount(u.Name) {
+			v.errf("image %q: user name %q is not a valid account name", i.Digest, u.Name)
+		}
 	}
 	for _, p := range m.Packages {
 		unique("package", p.Name)
@@ -705,4 +752,18 @@ func (v *validator) mode(what, mode string) {
 	if _, err := strconv.ParseUint(mode, 8, 32); err != nil {
 		v.errf("%s: mode %q is not four octal digits", what, mode)
 	}
+}
+
+// validAccount reports whether name is a portable account name:
+// [a-z_][a-z0-9_-]*, at most 32 characters.
+func validAccount(name string) bool {
+	if name == "" || len(name) > 32 {
+		return false
+	}
+	for i, c := range name {
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '-')) {
+			return false
+		}
+	}
+	return true
 }

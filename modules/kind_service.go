@@ -38,7 +38,8 @@ func serviceKind() *Kind {
 			{Name: "restart_triggers", Type: strList, Merge: MergeSet, Doc: "values whose change restarts the service"},
 			{Name: "reload_triggers", Type: strList, Merge: MergeSet, Doc: "values whose change reloads the service"},
 			{Name: "enable", Type: boolean, Doc: "start it on activation (default true, false when a timer starts it)"},
-			{Name: "root", Type: str, Doc: "an oci package (package.NAME): the service runs in the image's root filesystem, read-only (RootDirectory=)"},
+			{Name: "root", Type: str, Doc: "an oci package (package.NAME): the service runs in the image's root filesystem, realized by the agent, read-only (RootDirectory=, ProtectSystem=strict)"},
+			{Name: "root_writable", Type: boolean, Doc: "with root: leave the image's root writable (no ProtectSystem=strict); what the service writes stays in the realized root that every generation with this image shares"},
 			{Name: "bind", Type: strList, Merge: MergeSet, Doc: `host paths made visible inside: "PATH", "PATH:rw", "SRC:DST", "SRC:DST:rw" (read-only unless :rw; "-SRC" when it may be missing)`},
 			{Name: "state_directory", Type: strList, Merge: MergeSet, Doc: "StateDirectory=: directories under /var/lib that systemd creates for the service"},
 			{Name: "runtime_directory", Type: strList, Merge: MergeSet, Doc: "RuntimeDirectory=: directories under /run"},
@@ -198,10 +199,29 @@ func (c *Realization) serviceUnits() []renderedUnit {
 		}
 		text, diags := serviceUnit(r, timed[name], img)
 		c.diags = append(c.diags, diags...)
+		if img != nil && img.Known {
+			c.addImage(r, img)
+		}
 		c.units = append(c.units, renderedUnit{name: name, r: r, text: text})
 	}
 	sort.Slice(c.units, func(i, j int) bool { return c.units[i].name < c.units[j].name })
 	return c.units
+}
+
+// addImage lists img in the manifest, with its user when service r runs as
+// the image's user.
+func (c *Realization) addImage(r *Resource, img *Image) {
+	i := slices.IndexFunc(c.Manifest.Images, func(i manifest.Image) bool { return i.Digest == img.Digest })
+	if i < 0 {
+		c.Manifest.Images = append(c.Manifest.Images, manifest.Image{Digest: img.Digest, Path: img.Path})
+		i = len(c.Manifest.Images) - 1
+	}
+	if r.Has("user") {
+		return
+	}
+	if u, err := imageUserOf(img); err == nil && u != nil {
+		c.Manifest.Images[i].User = u
+	}
 }
 
 func realizeServices(c *Realization, _ []*Resource) {

@@ -267,3 +267,32 @@ func TestStoreName(t *testing.T) {
 		}
 	}
 }
+
+func TestImageUser(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\npostgres:x:999:998::/var/lib/postgresql:/bin/sh\nweird:x:abc:1::/:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\npostgres:x:998:\nssl-cert:x:105:postgres\n"), 0o644)
+	for _, tt := range []struct {
+		user, uid, gid, err string
+	}{
+		{"", "", "", ""},
+		{"root", "", "", ""},
+		{"0:0", "", "", ""},
+		{"postgres", "999", "998", ""},
+		{"999", "999", "998", ""},
+		{"1234", "1234", "1234", ""},
+		{"postgres:ssl-cert", "999", "105", ""},
+		{"999:7", "999", "7", ""},
+		{"0:ssl-cert", "0", "105", ""},
+		{"nobody", "", "", "does not have"},
+		{"weird", "", "", "does not have"},
+		{"postgres:nogroup", "", "", "does not have"},
+		{"Bad User", "", "", "not a valid user name"},
+	} {
+		uid, gid, err := imageUser(&Image{User: tt.user, RootDir: root})
+		if uid != tt.uid || gid != tt.gid || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("imageUser(%q) = %q, %q, %v; want %q, %q, error %q", tt.user, uid, gid, err, tt.uid, tt.gid, tt.err)
+		}
+	}
+}

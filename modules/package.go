@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -742,8 +743,19 @@ type Image struct {
 	Entrypoint, Cmd, Env []string
 	WorkingDir, User     string
 	StopSignal           string
-	// RootDir is where the root filesystem is on this machine.
+	// RootDir is where the root filesystem is flattened on this machine
+	// (for the builder's checks).
 	RootDir string
+	// Root is where the agent realizes the root on the host: a unit's
+	// RootDirectory=.
+	Root string
+}
+
+// ImageRoot is where the agent realizes the root of the image whose
+// manifest digest is digest, on a host whose store directory is storeDir
+// (the state directory is its parent).
+func ImageRoot(storeDir, digest string) string {
+	return path.Join(path.Dir(storeDir), "images", strings.TrimPrefix(digest, "sha256:"), "rootfs")
 }
 
 // Image returns what b knows of the oci package whose store path is p.
@@ -802,7 +814,7 @@ func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch strin
 	ref, insecure := o.String("image", ""), o.Bool("insecure", false)
 	if b.DryRun {
 		p := b.Placeholder(r.Name, "oci:"+digest+":"+arch)
-		b.addImage(&Image{Path: p, Digest: digest})
+		b.addImage(&Image{Path: p, Digest: digest, Root: ImageRoot(b.Store.StoreDir, digest)})
 		return p, nil
 	}
 	img, err := b.Puller().RealizeWithin(ctx, b.Store, ref, digest, insecure, oci.Platform(arch), PackageLimits(r))
@@ -811,7 +823,7 @@ func (b *PackageBuilder) ociPackage(ctx context.Context, r *Resource, arch strin
 	}
 	c := img.Config
 	b.addImage(&Image{Path: img.Path, Digest: img.Digest, Known: true, Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env,
-		WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal, RootDir: filepath.Join(b.Store.RealPath(img.Path), oci.RootDir)})
+		WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal, RootDir: img.RootDir, Root: ImageRoot(b.Store.StoreDir, img.Digest)})
 	return img.Path, nil
 }
 

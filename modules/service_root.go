@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/declarative/deploy/manifest"
 	"github.com/hashicorp/hcl/v2"
 )
 
@@ -75,8 +76,10 @@ func (b bind) unitValue() string {
 
 // imageRun is what a service that runs in an image adds to its unit.
 type imageRun struct {
-	img        *Image
-	user       string // a name for DynamicUser=, or "" for the service's own
+	img *Image
+	// uid and gid are the image's user and group as numbers, "" for
+	// root or when the service sets its own user.
+	uid, gid   string
 	execStart  string
 	stopSignal string
 }
@@ -89,7 +92,7 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // (the image's entrypoint and cmd unless exec_start is set, the program
 // found on the image's PATH) and the mount points systemd needs, which must
 // exist in the image: systemd would otherwise create them inside the
-// read-only, content-addressed store path.
+// image's realized root, which every generation running the image shares.
 func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 	run := &imageRun{img: img, stopSignal: img.StopSignal}
 	if !img.Known {
@@ -98,12 +101,12 @@ func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 	}
 	var diags hcl.Diagnostics
 	if !r.Has("user") {
-		u, err := imageUser(img)
+		uid, gid, err := imageUser(img)
 		if err != nil {
 			diags = append(diags, errAt(r.nameRange(), "Unknown image user",
 				"Service %q runs image %s as %s; set user = \"...\" on the service to run it as a user of the host.", r.Name, img.Digest, err))
 		}
-		run.user = u
+		run.uid, run.gid = uid, gid
 	}
 	if !r.Has("exec_start") {
 		cmd, err := imageCommand(img, run.env(r.Map("environment")), r.String("working_directory", img.WorkingDir))
@@ -120,7 +123,7 @@ func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 		}
 		if _, ok := resolveInRoot(img.RootDir, p); !ok {
 			diags = append(diags, errAt(r.Range(attr), "Missing mount point",
-				"Service %q needs %s in the image (%s) as a mount point, and the image has no such path: systemd would create it inside the read-only store path. Use a path the image has, or add it to the image.", r.Name, p, img.Digest))
+				"Service %q needs %s in the image (%s) as a mount point, and the image has no such path: systemd would create it inside the image's realized root, which every generation running the image shares. Use a path the image has, or add it to the image.", r.Name, p, img.Digest))
 		}
 	}
 	for _, b := range r.Strings("bind") {
@@ -136,16 +139,20 @@ func imageRunOf(r *Resource, img *Image) (*imageRun, hcl.Diagnostics) {
 	return run, diags
 }
 
-// render adds the root directory, the mounts every image service gets and
-// the image's user and working directory.
+// render adds the root directory (the image's root as the agent realizes
+// it), the mounts every image service gets, the read-only root and the
+// image's user and working directory.
 func (run *imageRun) render(u *unitFile, r *Resource) {
-	u.set("Service", "RootDirectory", run.img.Path+"/rootfs")
+	u.set("Service", "RootDirectory", run.img.Root)
 	u.set("Service", "MountAPIVFS", "yes")
 	u.set("Service", "PrivateTmp", "yes")
 	u.set("Service", "BindReadOnlyPaths", "-/etc/resolv.conf -/etc/hosts")
-	if run.user != "" {
-		u.set("Service", "User", run.user)
-		u.set("Service", "DynamicUser", "yes")
+	if !r.Bool("root_writable", false) {
+		u.set("Service", "ProtectSystem", "strict")
+	}
+	if run.uid != "" {
+		u.set("Service", "User", run.uid)
+		u.set("Service", "Group", run.gid)
 	}
 	if !r.Has("working_directory") && run.img.WorkingDir != "" {
 		u.set("Service", "WorkingDirectory", run.img.WorkingDir)
@@ -166,33 +173,95 @@ func (run *imageRun) env(service map[string]string) map[string]string {
 	return out
 }
 
-// imageUser returns the name the image's user runs as under DynamicUser=,
-// "" for root. A numeric user is looked up in the image's /etc/passwd.
-func imageUser(img *Image) (string, error) {
-	user, _, _ := strings.Cut(img.User, ":")
+// imageUser returns the user and group the image runs as, as numbers
+// ("", "" for root): the configuration's User ("name", "uid", "name:group",
+// "uid:gid"), names resolved in the image's /etc/passwd and /etc/group the
+// way a container runtime resolves them inside the image.
+func imageUser(img *Image) (uid, gid string, err error) {
+	user, group, hasGroup := strings.Cut(img.User, ":")
 	if user == "" || user == "root" || user == "0" {
-		return "", nil
-	}
-	if _, err := strconv.Atoi(user); err != nil {
-		if !accountRe.MatchString(user) {
-			return "", fmt.Errorf("user %q, which is not a valid user name", user)
+		if !hasGroup || group == "" || group == "root" || group == "0" {
+			return "", "", nil
 		}
-		return user, nil
+		user = "0"
 	}
-	p, ok := resolveInRoot(img.RootDir, "/etc/passwd")
-	if ok {
-		if f, err := os.Open(p); err == nil {
-			defer f.Close()
-			sc := bufio.NewScanner(f)
-			for sc.Scan() {
-				fields := strings.Split(sc.Text(), ":")
-				if len(fields) >= 3 && fields[2] == user && accountRe.MatchString(fields[0]) {
-					return fields[0], nil
+	if _, err := strconv.Atoi(user); err == nil {
+		uid = user
+		if fields, ok := lookupDB(img.RootDir, "/etc/passwd", 2, user); ok {
+			gid = fields[3]
+		} else {
+			gid = user // as runc: a uid without an entry runs with gid = uid
+		}
+	} else {
+		if !accountRe.MatchString(user) {
+			return "", "", fmt.Errorf("user %q, which is not a valid user name", user)
+		}
+		fields, ok := lookupDB(img.RootDir, "/etc/passwd", 0, user)
+		if !ok {
+			return "", "", fmt.Errorf("user %q, which the image's /etc/passwd does not have", user)
+		}
+		uid, gid = fields[2], fields[3]
+	}
+	if hasGroup && group != "" {
+		if _, err := strconv.Atoi(group); err == nil {
+			gid = group
+		} else if fields, ok := lookupDB(img.RootDir, "/etc/group", 0, group); ok {
+			gid = fields[2]
+		} else {
+			return "", "", fmt.Errorf("group %q, which the image's /etc/group does not have", group)
+		}
+	}
+	for _, n := range []string{uid, gid} {
+		if v, err := strconv.ParseUint(n, 10, 32); err != nil || v == 4294967295 {
+			return "", "", fmt.Errorf("user %q, whose id %q is not a valid number", img.User, n)
+		}
+	}
+	return uid, gid, nil
+}
+
+// imageUserOf is the image's user for the manifest (nil for root).
+func imageUserOf(img *Image) (*manifest.ImageUser, error) {
+	uid, gid, err := imageUser(img)
+	if err != nil || uid == "" || uid == "0" {
+		return nil, err
+	}
+	u := &manifest.ImageUser{}
+	u.UID, _ = strconv.Atoi(uid)
+	u.GID, _ = strconv.Atoi(gid)
+	if fields, ok := lookupDB(img.RootDir, "/etc/passwd", 2, uid); ok && accountRe.MatchString(fields[0]) {
+		u.Name = fields[0]
+	}
+	return u, nil
+}
+
+// lookupDB returns the fields of the first line of the colon-separated
+// file p (in the image's root) whose field key is value.
+func lookupDB(root, p string, key int, value string) ([]string, bool) {
+	real, ok := resolveInRoot(root, p)
+	if !ok {
+		return nil, false
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) >= 4 && fields[key] == value {
+			if _, err := strconv.Atoi(fields[2]); err != nil {
+				continue
+			}
+			if p == "/etc/passwd" {
+				if _, err := strconv.Atoi(fields[3]); err != nil {
+					continue
 				}
 			}
+			return fields, true
 		}
 	}
-	return "", fmt.Errorf("user %s, which has no name in the image's /etc/passwd", user)
+	return nil, false
 }
 
 // imageCommand returns ExecStart= for the image's entrypoint and cmd, the

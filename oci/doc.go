@@ -6,26 +6,34 @@
 //
 // A [Puller] resolves an image reference to the digest of the manifest for
 // a platform ([Puller.Resolve], what `deploy lock` records) and realizes a
-// pinned image as one store path ([Puller.Realize]):
+// pinned image as one store path per layer plus one for the image
+// ([Puller.Realize]):
 //
-//	<hash>-oci-<digest prefix>/
+//	<hash>-oci-layer-<blob digest prefix>/
+//	  layer           the layer blob as the registry served it (its SHA-256 is the digest)
+//	<hash>-oci-<manifest digest prefix>/   (references its layer paths)
 //	  manifest.json   the image manifest, byte for byte (its SHA-256 is the digest)
 //	  config.json     the image configuration, byte for byte
-//	  rootfs/         the layers applied in order (package unpack)
+//	  layers          "DIGEST LAYERPATH" per layer, bottom first ([ParseLayers])
+//
+// A store path cannot hold owners, modes, set-ID bits, xattrs or hard
+// links, but the tar headers in a layer path do: the agent applies them when
+// it realizes the image's root on the host (package imageroot). Layers that
+// two images share are one store path, copied and stored once.
 //
 // Layer blobs are cached by digest and verified against it; a realized
 // image is remembered by manifest digest, so the same digest gives the same
-// store path without downloading anything. Credentials come from
+// store paths without downloading anything. Credentials come from
 // ~/.docker/config.json and its credential helpers, as docker and crane
 // find them ([authn.DefaultKeychain]); plain HTTP is refused unless the
 // caller allows it for that image.
 //
-// The root filesystem gets what a service's RootDirectory= needs to be
-// mounted over without writing into the store path, as systemd's portable
-// services require of their images: directories /dev, /proc, /sys, /run,
-// /tmp, /var/tmp, /root, /home and /usr, and /etc/resolv.conf and
-// /etc/hosts as regular files (an image's symbolic links there are replaced
-// by empty files).
+// For the builder's checks (the image's user, its command on PATH, mount
+// points), [Image.RootDir] is the root flattened in the cache (types,
+// executable bits and contents, package unpack), with the directories and
+// files a service's RootDirectory= is mounted over: /dev, /proc, /sys,
+// /run, /tmp, /var/tmp, /root, /home, /usr, /etc/resolv.conf and /etc/hosts
+// (the agent adds the same ones to the realized root).
 //
 // # Images out
 //

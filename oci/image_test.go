@@ -132,7 +132,7 @@ func TestClosureImageReproducible(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pi := range cl {
-		in := filepath.Join(dest.RealPath(back.Path), "rootfs", strings.TrimPrefix(pi.Path, "/"))
+		in := filepath.Join(back.RootDir, strings.TrimPrefix(pi.Path, "/"))
 		if _, err := os.Lstat(in); err != nil {
 			t.Errorf("%s is not in the image's root: %v", pi.Path, err)
 		}

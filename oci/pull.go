@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/closure/nar"
 	"github.com/declarative/deploy/internal/atomicfile"
 	"github.com/declarative/deploy/internal/limits"
 	"github.com/declarative/deploy/unpack"
@@ -27,23 +28,28 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Layout names inside an image's store path.
+// Layout names inside an image's store path (ManifestFile, ConfigFile,
+// LayersFile), a layer's store path (LayerFile) and a realized root
+// (RootDir).
 const (
 	ManifestFile = "manifest.json"
 	ConfigFile   = "config.json"
+	LayersFile   = "layers"
+	LayerFile    = "layer"
 	RootDir      = "rootfs"
 )
 
 // treeVersion counts changes to how an image becomes a tree (the unpack
 // rules, the mount points added): it is part of the realized-image index
 // key, so a new rule never reuses a path made by the old one.
-const treeVersion = "1"
+const treeVersion = "2"
 
 // Puller fetches images from registries into a store. Its zero value is
 // not usable: set CacheDir. A Puller is safe for concurrent use.
 type Puller struct {
-	// CacheDir holds layer blobs (blobs/sha256/HEX) and the index of
-	// realized images (images/HEX), each file written atomically.
+	// CacheDir holds layer blobs (blobs/sha256/HEX), the index of
+	// realized images (images/HEX), each file written atomically, and the
+	// images' roots flattened for the builder's checks (roots/HEX-vN).
 	CacheDir string
 	// Keychain finds credentials (default authn.DefaultKeychain:
 	// ~/.docker/config.json, its credential helpers, then Podman's
@@ -199,27 +205,76 @@ func (p *Puller) forPlatform(ctx context.Context, r name.Reference, mt types.Med
 	return dg, raw, nil
 }
 
-// Image is an image realized in the store.
+// Image is an image realized in the store: an image path that references
+// one store path per layer.
 type Image struct {
-	// Path is the store path.
+	// Path is the image's store path (manifest.json, config.json,
+	// layers).
 	Path string
 	// Digest is the image manifest's digest.
 	Digest string
 	// Config is the image's configuration.
 	Config v1.Config
-	// Skipped lists layer entries left out (device nodes, FIFOs).
+	// Layers are the image's layers, bottom first.
+	Layers []Layer
+	// RootDir is the image's root flattened on this machine, outside the
+	// store (types, executable bits and contents only): what the builder
+	// looks into to resolve the image's user and command.
+	RootDir string
+	// Skipped lists layer entries left out of RootDir (device nodes,
+	// FIFOs).
 	Skipped []string
+}
+
+// Layer is one layer of an [Image].
+type Layer struct {
+	// Digest is the layer blob's digest.
+	Digest string
+	// Path is its store path, holding the blob as LayerFile.
+	Path string
 }
 
 // StoreName is the name of the store path of the image whose manifest
 // digest is digest: the same digest gives the same name, wherever the
 // image came from.
-func StoreName(digest string) string {
+func StoreName(digest string) string { return "oci-" + shortHex(digest) }
+
+// LayerStoreName is the name of the store path of the layer whose blob
+// digest is digest.
+func LayerStoreName(digest string) string { return "oci-layer-" + shortHex(digest) }
+
+func shortHex(digest string) string {
 	hexPart := strings.TrimPrefix(digest, "sha256:")
 	if len(hexPart) > 16 {
 		hexPart = hexPart[:16]
 	}
-	return "oci-" + hexPart
+	return hexPart
+}
+
+// ParseLayers parses an image path's LayersFile: a line "DIGEST PATH" per
+// layer, bottom first.
+func ParseLayers(data []byte) ([]Layer, error) {
+	var out []Layer
+	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if line == "" && len(data) == 0 {
+			break
+		}
+		d, p, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(d, "sha256:") || len(d) != len("sha256:")+64 || !strings.HasPrefix(p, "/") {
+			return nil, fmt.Errorf("%s line %d: %q is not \"sha256:HEX PATH\"", LayersFile, i+1, line)
+		}
+		out = append(out, Layer{Digest: d, Path: p})
+	}
+	return out, nil
+}
+
+// FormatLayers is the LayersFile of layers.
+func FormatLayers(layers []Layer) []byte {
+	var b strings.Builder
+	for _, l := range layers {
+		b.WriteString(l.Digest + " " + l.Path + "\n")
+	}
+	return []byte(b.String())
 }
 
 // ReadImage reads the image configuration of an image store path whose
@@ -284,16 +339,11 @@ func (p *Puller) RealizeWithin(ctx context.Context, s *closure.Store, ref, diges
 	mu := p.lockFor(digest)
 	mu.Lock()
 	defer mu.Unlock()
-	indexFile := filepath.Join(p.CacheDir, "images", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
+	indexFile := p.indexFile(digest, platform)
 	if data, err := os.ReadFile(indexFile); err == nil {
 		path := strings.TrimSpace(string(data))
-		if ok, err := s.Valid(path); err == nil && ok {
-			cf, err := ReadImage(s.RealPath(path))
-			if err == nil {
-				m, _ := os.ReadFile(filepath.Join(s.RealPath(path), ManifestFile))
-				sum := sha256.Sum256(m)
-				return &Image{Path: path, Digest: "sha256:" + hex.EncodeToString(sum[:]), Config: cf.Config}, nil
-			}
+		if img, err := p.cached(s, path, platform); err == nil {
+			return img, nil
 		}
 	}
 	img, err := p.realize(ctx, s, ref, digest, insecure, platform, lim)
@@ -306,7 +356,58 @@ func (p *Puller) RealizeWithin(ctx context.Context, s *closure.Store, ref, diges
 	if err := atomicfile.Write(indexFile, []byte(img.Path+"\n"), 0o644); err != nil {
 		return nil, err
 	}
+	if img.Digest != digest {
+		// Pinned by an index: the root is named by the image manifest's
+		// digest, and so is an index entry (which PruneRoots reads).
+		if err := atomicfile.Write(p.indexFile(img.Digest, platform), []byte(img.Path+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+	}
 	return img, nil
+}
+
+// cached returns the image whose store path, valid in s, the index named,
+// if its root is flattened in the cache.
+func (p *Puller) cached(s *closure.Store, path string, platform v1.Platform) (*Image, error) {
+	if ok, err := s.Valid(path); err != nil || !ok {
+		return nil, fmt.Errorf("%s is not valid", path)
+	}
+	dir := s.RealPath(path)
+	cf, err := ReadImage(dir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(dir, LayersFile))
+	if err != nil {
+		return nil, err
+	}
+	layers, err := ParseLayers(data)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(m)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	root := p.rootDir(digest, platform)
+	if fi, err := os.Stat(filepath.Join(root, RootDir)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("no flattened root at %s", root)
+	}
+	return &Image{Path: path, Digest: digest, Config: cf.Config, Layers: layers, RootDir: filepath.Join(root, RootDir)}, nil
+}
+
+// indexFile records the image path realized for digest (an image's or an
+// index's).
+func (p *Puller) indexFile(digest string, platform v1.Platform) string {
+	return filepath.Join(p.CacheDir, "images", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
+}
+
+// rootDir is where the root of the image whose manifest digest is digest
+// is flattened for the builder (its RootDir subdirectory).
+func (p *Puller) rootDir(digest string, platform v1.Platform) string {
+	return filepath.Join(p.CacheDir, "roots", strings.TrimPrefix(digest, "sha256:")+"-"+platform.Architecture+"-v"+treeVersion)
 }
 
 func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest string, insecure bool, platform v1.Platform, lim Limits) (*Image, error) {
@@ -394,20 +495,81 @@ func (p *Puller) realize(ctx context.Context, s *closure.Store, ref, digest stri
 	if err := mountPoints(tree); err != nil {
 		return nil, err
 	}
-	if err := tree.WriteFile(ManifestFile, raw, false); err != nil {
-		return nil, err
-	}
-	if err := tree.WriteFile(ConfigFile, cfgRaw, false); err != nil {
-		return nil, err
-	}
 	for _, sk := range tree.Skipped {
 		p.logf("image %s: %s", ref, sk)
 	}
-	pi, err := tree.AddToStore(ctx, s, StoreName(mdg.String()), nil)
+	root := p.rootDir(mdg.String(), platform)
+	if err := writeRoot(tree, root); err != nil {
+		return nil, err
+	}
+
+	// The store: a path per layer (the blob as served), then the image's.
+	layers := make([]Layer, len(m.Layers))
+	var refs []string
+	for i, l := range m.Layers {
+		pi, err := p.addLayer(ctx, s, l.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
+		}
+		layers[i] = Layer{Digest: l.Digest.String(), Path: pi.Path}
+		refs = append(refs, pi.Path)
+	}
+	meta, err := unpack.NewTree(tmp)
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Path: pi.Path, Digest: mdg.String(), Config: cf.Config, Skipped: tree.Skipped}, nil
+	defer meta.Close()
+	for name, data := range map[string][]byte{ManifestFile: raw, ConfigFile: cfgRaw, LayersFile: FormatLayers(layers)} {
+		if err := meta.WriteFile(name, data, false); err != nil {
+			return nil, err
+		}
+	}
+	pi, err := meta.AddToStore(ctx, s, StoreName(mdg.String()), refs)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Path: pi.Path, Digest: mdg.String(), Config: cf.Config, Layers: layers, RootDir: filepath.Join(root, RootDir), Skipped: tree.Skipped}, nil
+}
+
+// addLayer adds the cached blob d as a layer store path: a directory
+// holding the blob as LayerFile.
+func (p *Puller) addLayer(ctx context.Context, s *closure.Store, d v1.Hash) (*closure.PathInfo, error) {
+	dir, err := os.MkdirTemp(filepath.Join(p.CacheDir, "tmp"), "layer-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Link(p.blobPath(d), filepath.Join(dir, LayerFile)); err != nil {
+		return nil, err
+	}
+	return s.AddTree(ctx, dir, LayerStoreName(d.String()), nil)
+}
+
+// writeRoot writes the tree at dir (made anew, atomically) with the store's
+// own restorer.
+func writeRoot(tree *unpack.Tree, dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(dir), ".tmp-"+filepath.Base(dir))
+	if _, err := os.Lstat(tmp); err == nil {
+		if err := nar.RemoveTree(tmp); err != nil {
+			return err
+		}
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(tree.WriteNAR(pw)) }()
+	_, err := nar.Restore(pr, tmp, nar.RestoreOptions{})
+	pr.CloseWithError(errors.New("restore finished"))
+	if err != nil {
+		return fmt.Errorf("flattening the image's root: %w", err)
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		if err := nar.RemoveTree(dir); err != nil {
+			return err
+		}
+	}
+	return os.Rename(tmp, dir)
 }
 
 // mountPoints adds what systemd mounts over when the root filesystem is a
@@ -627,4 +789,37 @@ func (p *Puller) applyLayer(tree *unpack.Tree, i int, l v1.Descriptor, diffID v1
 		return fmt.Errorf("%s: the uncompressed layer does not match diff ID %s", name, diffID)
 	}
 	return nil
+}
+
+// PruneRoots removes the roots flattened in the cache for the builder
+// whose image path is no longer valid in s (collected by the store's GC),
+// and what interrupted flattenings left; it returns how many it removed.
+// The next build of such an image flattens it again from the cached blobs.
+func (p *Puller) PruneRoots(s *closure.Store) (int, error) {
+	dir := filepath.Join(p.CacheDir, "roots")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".tmp-") {
+			data, err := os.ReadFile(filepath.Join(p.CacheDir, "images", name))
+			if err == nil {
+				if ok, err := s.Valid(strings.TrimSpace(string(data))); err == nil && ok {
+					continue
+				}
+			}
+			os.Remove(filepath.Join(p.CacheDir, "images", name))
+		}
+		if err := nar.RemoveTree(filepath.Join(dir, name)); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

@@ -227,10 +227,10 @@ func isELF(p string) bool {
 }
 
 // imageDigest reports whether dir is an OCI image as the oci package
-// stores it (manifest.json, config.json, rootfs/) and its manifest's
+// stores it (manifest.json, config.json, layers) and its manifest's
 // digest: the SHA-256 of manifest.json's bytes, which are the registry's.
 func imageDigest(dir string) (string, bool, error) {
-	for _, n := range []string{"config.json", "rootfs"} {
+	for _, n := range []string{"config.json", "layers"} {
 		if _, err := os.Lstat(filepath.Join(dir, n)); err != nil {
 			return "", false, nil
 		}

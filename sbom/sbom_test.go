@@ -108,7 +108,7 @@ func testClosure(t *testing.T) (*closure.Store, *manifest.Manifest, string, []*c
 	lib := add("libthing", map[string]string{"lib/thing": "a library"})
 	gopkg := add("hello", map[string]string{"bin/hello": string(exe), "share/ref": lib.Path}, lib.Path)
 	manifestJSON := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`
-	img := add("oci-image", map[string]string{"manifest.json": manifestJSON, "config.json": "{}", "rootfs/etc/os-release": "ID=test"})
+	img := add("oci-image", map[string]string{"manifest.json": manifestJSON, "config.json": "{}", "layers": ""})
 	agent := add("deploy-agent", map[string]string{"bin/deploy-agent": "#!/bin/sh\n"})
 	unit := add("hello.service", map[string]string{"unit": "ExecStart=" + gopkg.Path + "/bin/hello"}, gopkg.Path)
 	m := &manifest.Manifest{Host: "web1", Agent: agent.Path,

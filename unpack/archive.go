@@ -12,6 +12,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
+	"strings"
 
 	"github.com/declarative/deploy/closure/nar"
 	"github.com/klauspost/compress/zstd"
@@ -52,6 +54,11 @@ func (a *applier) tarEntry(tr *tar.Reader, hdr *tar.Header) error {
 		what := map[byte]string{tar.TypeChar: "a character device", tar.TypeBlock: "a block device", tar.TypeFifo: "a FIFO"}[hdr.Typeflag]
 		if !a.opt.Layer {
 			return a.refuse(hdr.Name, "it is %s, which a package may not hold", what)
+		}
+		if p := path.Clean(strings.TrimLeft(hdr.Name, "/")); hdr.Typeflag != tar.TypeFifo && p != "dev" && !strings.HasPrefix(p, "dev/") {
+			// The agent refuses these when it realizes the root
+			// (package imageroot): refuse them at build time.
+			return a.refuse(hdr.Name, "it is %s outside /dev, which a host does not realize", what)
 		}
 		a.skip(hdr.Name, what+" (a store path cannot hold one), skipped")
 		return nil

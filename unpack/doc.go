@@ -15,7 +15,9 @@
 // Only what a NAR holds survives: the file type, the executable bit and the
 // contents. Owners, permission bits other than executable, set-user-ID
 // bits, extended attributes, capabilities and times are dropped; hard links
-// become copies.
+// become copies. (OCI images keep their layers as blobs in the store, and
+// package imageroot applies them with all of that on the host; this package
+// only flattens an image for the builder's checks.)
 //
 // # Hostile entries
 //
@@ -28,9 +30,11 @@
 //     entry.
 //   - OCI image layers follow what container runtimes do: absolute names
 //     are taken relative to the root, intermediate symbolic links are
-//     resolved inside the root (never outside it), and device nodes and
-//     FIFOs, which a store path cannot hold, are skipped and listed in
-//     [Tree.Skipped]. Names that leave the root are refused there too.
+//     resolved inside the root (never outside it), and device nodes under
+//     /dev and FIFOs, which a store path cannot hold, are skipped and listed
+//     in [Tree.Skipped]; a device node elsewhere is refused, as the host
+//     refuses it when it realizes the image (package imageroot). Names that
+//     leave the root are refused there too.
 //
 // # Whiteouts
 //

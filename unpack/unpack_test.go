@@ -232,6 +232,7 @@ func TestHostileRefused(t *testing.T) {
 		{"hard link through a symlink in an archive", false, []entry{symlink("l", "/etc"), hardlink("h", "l/passwd")}, "h"},
 		{"entry below a symlink in an archive", false, []entry{symlink("l", "/etc"), file("l/passwd", "x")}, "l/passwd"},
 		{"device in an archive", false, []entry{device("dev/sda", tar.TypeBlock)}, "dev/sda"},
+		{"device outside /dev in a layer", true, []entry{device("etc/mem", tar.TypeChar)}, "etc/mem"},
 		{"FIFO in an archive", false, []entry{device("fifo", tar.TypeFifo)}, "fifo"},
 	}
 	for _, tt := range tests {

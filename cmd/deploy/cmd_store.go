@@ -11,6 +11,7 @@ import (
 
 	"github.com/declarative/deploy/closure"
 	"github.com/declarative/deploy/fleet"
+	"github.com/declarative/deploy/oci"
 )
 
 // storeCommands are deploy store's.
@@ -273,6 +274,14 @@ func runStoreGC(ctx context.Context, e *env, args []string) error {
 	}
 	for _, p := range res.Deleted {
 		fmt.Fprintln(e.stdout, p)
+	}
+	// The images' roots flattened for the builder go with their image paths.
+	pruned, err := (&oci.Puller{CacheDir: filepath.Join(b.CacheDir, "oci")}).PruneRoots(s)
+	if err != nil {
+		return fmt.Errorf("removing the flattened roots of collected images: %w", err)
+	}
+	if pruned > 0 {
+		fmt.Fprintf(e.stderr, "deploy: removed %d flattened image roots from the cache\n", pruned)
 	}
 	fmt.Fprintf(e.stderr, "deploy: kept %d roots with their closures (%d builds older than %v and %d out-links gone no longer count); deleted %d paths, %d bytes freed\n",
 		len(kept), len(expired), *keepSince, len(stale), len(res.Deleted), res.BytesFreed)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/declarative/deploy/closure"
+	"github.com/declarative/deploy/imageroot"
 	"github.com/declarative/deploy/internal/e2e"
 	"github.com/declarative/deploy/internal/testenv"
 	"github.com/declarative/deploy/oci"
@@ -170,7 +171,16 @@ func TestImageCommand(t *testing.T) {
 	}
 	cmd := exec.Command(back.Config.Entrypoint[0], back.Config.Entrypoint[1:]...)
 	cmd.Env = back.Config.Env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: filepath.Join(s.RealPath(back.Path), oci.RootDir)}
+	// The root as the agent realizes it on a host, from the layer paths.
+	var blobs []imageroot.Layer
+	for _, l := range back.Layers {
+		blobs = append(blobs, imageroot.Layer{Digest: l.Digest, Blob: filepath.Join(s.RealPath(l.Path), oci.LayerFile)})
+	}
+	images := t.TempDir()
+	if _, _, err := imageroot.Realize(context.Background(), images, back.Digest, blobs); err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: filepath.Join(imageroot.Path(images, back.Digest), imageroot.RootDir)}
 	cmd.Dir = "/"
 	got, err := cmd.CombinedOutput()
 	if err != nil || string(got) != "hi two words|100%\n" {

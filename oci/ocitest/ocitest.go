@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,7 +210,32 @@ func DirLayer(t testing.TB, dir string, skip ...string) v1.Layer {
 // zeroed; device nodes, FIFOs and sockets are left out, and so are the
 // paths in skip (relative, slash-separated) with what is below them.
 func WriteDirTar(w io.Writer, dir string, skip ...string) error {
+	return writeDirTar(w, dir, false, skip)
+}
+
+// OwnedDirLayer is [DirLayer] keeping what `docker build` keeps of a root
+// filesystem: numeric owners, modes with set-ID bits, hard links (a later
+// name of an inode is a link to the first) and extended attributes.
+func OwnedDirLayer(t testing.TB, dir string, skip ...string) v1.Layer {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "layer-*.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := writeDirTar(f, dir, true, skip); err != nil {
+		t.Fatal(err)
+	}
+	l, err := tarball.LayerFromFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func writeDirTar(w io.Writer, dir string, owned bool, skip []string) error {
 	tw := tar.NewWriter(w)
+	inodes := map[uint64]string{}
 	var paths []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -256,13 +282,33 @@ func WriteDirTar(w io.Writer, dir string, skip ...string) error {
 		if fi.IsDir() {
 			h.Name += "/"
 		}
-		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
+		h.Uname, h.Gname = "", ""
+		if !owned {
+			h.Uid, h.Gid = 0, 0
+		}
 		h.ModTime, h.AccessTime, h.ChangeTime = time.Unix(1, 0), time.Time{}, time.Time{}
 		h.Format = tar.FormatPAX
+		if owned {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode().IsRegular() && st.Nlink > 1 {
+				if first, ok := inodes[st.Ino]; ok {
+					h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
+				} else {
+					inodes[st.Ino] = h.Name
+				}
+			}
+			if fi.Mode()&fs.ModeSymlink == 0 {
+				for _, x := range xattrs(p) {
+					if h.PAXRecords == nil {
+						h.PAXRecords = map[string]string{}
+					}
+					h.PAXRecords["SCHILY.xattr."+x[0]] = x[1]
+				}
+			}
+		}
 		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
-		if fi.Mode().IsRegular() {
+		if fi.Mode().IsRegular() && h.Typeflag != tar.TypeLink {
 			f, err := os.Open(p)
 			if err != nil {
 				return err
@@ -275,6 +321,24 @@ func WriteDirTar(w io.Writer, dir string, skip ...string) error {
 		}
 	}
 	return tw.Close()
+}
+
+// xattrs returns the extended attributes of the file at p, name and value.
+func xattrs(p string) [][2]string {
+	buf := make([]byte, 64<<10)
+	n, err := syscall.Listxattr(p, buf)
+	if err != nil || n <= 0 {
+		return nil
+	}
+	var out [][2]string
+	for _, name := range strings.Split(strings.TrimSuffix(string(buf[:n]), "\x00"), "\x00") {
+		val := make([]byte, 64<<10)
+		m, err := syscall.Getxattr(p, name, val)
+		if err == nil {
+			out = append(out, [2]string{name, string(val[:m])})
+		}
+	}
+	return out
 }
 
 // Image returns an image for linux/arch with the given configuration and

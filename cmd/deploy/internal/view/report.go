@@ -270,7 +270,11 @@ func Drift(w io.Writer, hosts []*builder.Host, rep *fleet.Report) {
 func GC(w io.Writer, hosts []*builder.Host, rep *fleet.Report) {
 	for _, h := range hosts {
 		if g := rep.Hosts[h.Name].GC; g != nil {
-			fmt.Fprintf(w, "%s\tremoved %d generations and %d pushed systems, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), len(g.Pushed), g.Paths, Bytes(g.Bytes))
+			images := ""
+			if len(g.Images) > 0 {
+				images = fmt.Sprintf(" and %d image roots", len(g.Images))
+			}
+			fmt.Fprintf(w, "%s\tremoved %d generations and %d pushed systems%s, deleted %d store paths, freed %s\n", h.Name, len(g.Generations), len(g.Pushed), images, g.Paths, Bytes(g.Bytes))
 		}
 	}
 }
