@@ -443,22 +443,25 @@ func (f *fixture) hostRuns(sys *killSystem) {
 			bad("secret %s = %q, want %q", name, got, plain)
 		}
 	}
-	// The image root: the system's, whole, with the image's owner and
+	// The image root (of a system with an image: the hung-worker test's
+	// have none): the system's, whole, with the image's owner and
 	// mode; every root on the host is whole (a killed realization leaves
 	// only a temporary directory).
-	root := "/var/lib/deploy/images/" + sys.image + "/rootfs"
-	if got := strings.TrimSpace(f.h.Succeed("grep -h '^RootDirectory=' /etc/systemd/system/img.service")); got != "RootDirectory="+root {
-		bad("img.service has %s, want RootDirectory=%s", got, root)
-	}
-	if got, _ := f.h.Run(context.Background(), "cat "+root+"/srv/version; stat -c '%a %u' "+root+"/srv/version"); got != sys.name+"\n644 0\n" {
-		bad("the image root's /srv/version: %q", got)
-	}
-	if got, _ := f.h.Run(context.Background(), "pid=$(systemctl show -P MainPID img.service); cat /proc/$pid/root/srv/version"); got != sys.name+"\n" {
-		bad("img.service does not run in %s's image root: %q", sys.name, got)
-	}
-	for _, d := range strings.Fields(f.h.Succeed("ls /var/lib/deploy/images")) {
-		if _, err := f.h.Run(context.Background(), "test -f /var/lib/deploy/images/"+d+"/rootfs/srv/version && test -d /var/lib/deploy/images/"+d+"/rootfs/usr/sbin"); err != nil {
-			bad("the image root %s is not whole", d)
+	if sys.image != "" {
+		root := "/var/lib/deploy/images/" + sys.image + "/rootfs"
+		if got := strings.TrimSpace(f.h.Succeed("grep -h '^RootDirectory=' /etc/systemd/system/img.service")); got != "RootDirectory="+root {
+			bad("img.service has %s, want RootDirectory=%s", got, root)
+		}
+		if got, _ := f.h.Run(context.Background(), "cat "+root+"/srv/version; stat -c '%a %u' "+root+"/srv/version"); got != sys.name+"\n644 0\n" {
+			bad("the image root's /srv/version: %q", got)
+		}
+		if got, _ := f.h.Run(context.Background(), "pid=$(systemctl show -P MainPID img.service); cat /proc/$pid/root/srv/version"); got != sys.name+"\n" {
+			bad("img.service does not run in %s's image root: %q", sys.name, got)
+		}
+		for _, d := range strings.Fields(f.h.Succeed("ls /var/lib/deploy/images")) {
+			if _, err := f.h.Run(context.Background(), "test -f /var/lib/deploy/images/"+d+"/rootfs/srv/version && test -d /var/lib/deploy/images/"+d+"/rootfs/usr/sbin"); err != nil {
+				bad("the image root %s is not whole", d)
+			}
 		}
 	}
 	problems = append(problems, f.manifestProblems(sys.path)...)
