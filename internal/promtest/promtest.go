@@ -29,16 +29,7 @@ import (
 // (fails under CI=true).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("DEPLOY_PROMETHEUS"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if m, _ := filepath.Glob("/var/cache/deploy-tools/prometheus-*/prometheus"); len(m) > 0 {
-		return m[len(m)-1]
-	}
-	testenv.Missing(t, "the Prometheus server (make deps unpacks Debian's; or set DEPLOY_PROMETHEUS)")
-	return ""
+	return testenv.CachedTool(t, "DEPLOY_PROMETHEUS", "prometheus-*/prometheus", "the Prometheus server (Debian's, unpacked)")
 }
 
 // Options say where the server runs and what it scrapes.

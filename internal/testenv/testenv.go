@@ -7,6 +7,7 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -30,6 +31,24 @@ func NeedTool(t testing.TB, name, pkg string) string {
 		Missing(t, name+" is not installed (apt-get install "+pkg+")")
 	}
 	return p
+}
+
+// CachedTool returns the path of a server that make deps puts into
+// /var/cache/deploy-tools rather than installing it (MinIO, Prometheus):
+// $env when it names an existing file, else the newest match of glob
+// there, else it calls [Missing], naming what and env.
+func CachedTool(t testing.TB, env, glob, what string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join("/var/cache/deploy-tools", glob)); len(m) > 0 {
+		return m[len(m)-1]
+	}
+	Missing(t, what+" (make deps puts it under /var/cache/deploy-tools; or set "+env+")")
+	return ""
 }
 
 // NeedRoot calls [Missing] unless the test runs as root.

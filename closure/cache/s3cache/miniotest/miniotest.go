@@ -29,16 +29,7 @@ import (
 // under CI=true).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("DEPLOY_MINIO"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if m, _ := filepath.Glob("/var/cache/deploy-tools/minio-*/minio"); len(m) > 0 {
-		return m[len(m)-1]
-	}
-	testenv.Missing(t, "the MinIO server (make deps builds it; or set DEPLOY_MINIO)")
-	return ""
+	return testenv.CachedTool(t, "DEPLOY_MINIO", "minio-*/minio", "the MinIO server (built from source)")
 }
 
 // Options say where the server runs.
