@@ -123,7 +123,7 @@ func Start(ctx context.Context, l Layout, req *Request, opts StartOptions) (*Res
 			"--service-type=exec", "--description=deploy activation " + id,
 			"--property=KillMode=mixed", "--property=TimeoutStopSec=10min", "--", exe}, workerArgs...)...).CombinedOutput()
 		if err != nil {
-			return nil, fmt.Errorf("activate: systemd-run: %w: %s", err, strings.TrimSpace(string(out)))
+			return l.workerNotStarted(unit, id, fmt.Errorf("activate: systemd-run: %w: %s", err, strings.TrimSpace(string(out))))
 		}
 	default:
 		worker = exec.Command(exe, workerArgs...)
@@ -338,6 +338,33 @@ func processGone(pid int, wait time.Duration) bool {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// workerNotStarted is the outcome of activation id whose worker's unit
+// did not start (systemd-run failed: the worker died before it ran, or
+// systemd refused the unit). A worker that never ran recorded nothing and
+// changed nothing, and nobody will finish it: its result, written now, is
+// a failure saying so, and the front prints it (an operator must not take
+// another activation's outcome for this one's). If the unit runs after all,
+// or the activation is recorded, err stands: the worker finishes it.
+func (l Layout) workerNotStarted(unit, id string, err error) (*Result, error) {
+	state, serr := exec.Command("systemctl", "show", "-P", "ActiveState", unit+".service").Output()
+	switch strings.TrimSpace(string(state)) {
+	case "active", "activating", "deactivating", "reloading":
+		return nil, err
+	}
+	if serr != nil {
+		return nil, err
+	}
+	if st, rerr := l.ReadState(); rerr != nil || (st.Activation != nil && st.Activation.ID == id) {
+		return nil, err
+	}
+	res := &Result{V: agentapi.Version, ID: id, Outcome: OutcomeFailed,
+		Message: fmt.Sprintf("the activation worker did not start (%v); nothing was changed", err), Log: l.LogFile(id)}
+	if werr := l.writeResult(res); werr != nil {
+		return nil, errors.Join(err, werr)
+	}
+	return res, nil
 }
 
 // hasSystemd reports whether systemd runs here and systemd-run is there.

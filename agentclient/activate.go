@@ -191,7 +191,19 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		args = agentapi.RollbackCmd{StateDir: c.stateDir(), To: opts.RollbackTo, ConfirmTimeout: opts.ConfirmTimeout, Meta: opts.Meta}.Args()
 	}
 	var stdout bytes.Buffer
-	lw := &logLines{logf: logf, prefix: "agent: "}
+	// The agent names its activation on stderr as soon as its worker
+	// runs ("deploy-agent: activation ID (log ...)"): if the session is
+	// lost after that, only that activation's outcome is this one's.
+	var started string
+	lw := &logLines{logf: func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		if rest, ok := strings.CutPrefix(line, "agent: deploy-agent: activation "); ok && started == "" {
+			if id, _, ok := strings.Cut(rest, " (log "); ok {
+				started = id
+			}
+		}
+		logf("%s", line)
+	}, prefix: "agent: "}
 	err = client.Run(ctx, c.command([]agentapi.Agent{agentapi.AgentOfSystem(system)}, args...), strings.NewReader(token+"\n"), &stdout, lw)
 	lw.flush()
 	res, perr := agentapi.ParseResult(stdout.Bytes())
@@ -210,7 +222,7 @@ func (c *Client) activate(ctx context.Context, system string, opts ActivateOptio
 		}
 		logf("%s: lost the activation session (%v); reconnecting to learn the outcome", host, err)
 		res2.Reconnected = true
-		r, rerr := c.recoverOutcome(ctx, system, opts, logf)
+		r, rerr := c.recoverOutcome(ctx, system, started, opts, logf)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -358,7 +370,10 @@ func (c *Client) confirmOrReject(ctx context.Context, system string, gen int, to
 // recoverOutcome reconnects after a dropped activation session and finds
 // out what happened: if the activation awaits confirmation, it returns
 // that (the caller confirms); if it ended, its result.
-func (c *Client) recoverOutcome(ctx context.Context, system string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
+//
+// The activation it looks at must be this one: id when the agent named it
+// (else one of system): an earlier activation's outcome is not this one's.
+func (c *Client) recoverOutcome(ctx context.Context, system, id string, opts ActivateOptions, logf func(string, ...any)) (*agentapi.Result, error) {
 	deadline := time.Now().Add(opts.ReconnectFor)
 	var lastErr error
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -374,6 +389,13 @@ func (c *Client) recoverOutcome(ctx context.Context, system string, opts Activat
 		a := st.Activation
 		if a == nil {
 			return c.rebooted(st, system)
+		}
+		if (id != "" && a.ID != id) || (id == "" && a.System != system) {
+			// Not this run's activation (its own never began, or
+			// another's came after it): no outcome of it to learn.
+			lastErr = &ActivationError{Host: c.Name(), Message: fmt.Sprintf("the activation session was lost, and the host's last activation (%s, of %s) is not this one: whether this one began is unknown", a.ID, a.System)}
+			sleepCtx(ctx, 500*time.Millisecond)
+			continue
 		}
 		if a.Phase == agentapi.PhaseAwaiting || a.Phase.Final() {
 			return &agentapi.Result{ID: a.ID, Generation: a.Generation, Outcome: a.Phase, Message: a.Message}, nil
